@@ -1,0 +1,230 @@
+/* kvclient.h - libkvclient, the worker-side library of kvpool.
+ *
+ * A worker connects to kvpoold, attaches to a pool (which maps the pool's
+ * memory into the process once: POSIX shared memory for a host pool, a CUDA
+ * IPC handle for a GPU pool), allocates and frees pages, publishes and looks
+ * up prefix pages, and runs the data-path kernels (write, gather, attention)
+ * directly on the mapped memory.  No KV byte passes through the daemon.
+ *
+ * Conventions
+ *  - Every function returning int returns 0 (or a count where documented) on
+ *    success and a negative errno on failure; ret_* out-parameters are left
+ *    untouched on failure.  kvc_errmsg() gives a one-line explanation of the
+ *    calling thread's last failure on that client.  The library never prints.
+ *  - Thread safety: a kvc_client and its kvc_pools may be shared between
+ *    threads.  Control requests on one client are serialized by an internal
+ *    mutex (one request in flight per client); data-path calls (kvc_write,
+ *    kvc_gather, kvc_decode, kvc_extend) take no lock and may run
+ *    concurrently.  Use one client per thread for parallel control requests.
+ *  - Destructors accept NULL.
+ *
+ * Error values used throughout:
+ *  -ECONNREFUSED / -ENOENT on connect: no daemon at that address
+ *  -EPROTO     malformed reply, or the daemon rejected a malformed request
+ *  -ENOENT     no pool of that name
+ *  -ENOSPC     alloc: not enough free pages (the message says how many are free)
+ *  -EPERM      free/publish of a page this session does not hold
+ *  -ERANGE     a page id out of range
+ *  -EINVAL     a bad argument (the message names it)
+ *  -ENODEV     a GPU pool but no CUDA device with the pool's UUID in this process
+ *  -ESTALE     the daemon restarted since this pool was attached: re-attach
+ *  -ESHUTDOWN  the daemon is shutting down
+ *  -ETIMEDOUT  no reply within the client's timeout
+ */
+#ifndef KVCLIENT_H
+#define KVCLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVC_DEFAULT_SOCKET "ipc:///run/kvpool/kvpool.sock"
+#define KVC_KEY_LEN 16
+
+/* Storage dtypes of a pool (wire values: never renumber). */
+enum kvc_dtype {
+        KVC_DTYPE_BF16     = 0,
+        KVC_DTYPE_FP16     = 1,
+        KVC_DTYPE_FP8_E4M3 = 2,
+        KVC_DTYPE_FP8_E5M2 = 3,
+        KVC_DTYPE_FP4_E2M1 = 4,
+        KVC_DTYPE__COUNT
+};
+
+/* Element types of caller tensors (inputs to write, outputs of gather, q/out
+ * of attention). */
+enum kvc_elem {
+        KVC_ELEM_F32  = 0,
+        KVC_ELEM_BF16 = 1,
+        KVC_ELEM_F16  = 2,
+};
+
+enum kvc_backend { KVC_BACKEND_HOST = 0, KVC_BACKEND_CUDA = 1 };
+
+typedef struct kvc_client kvc_client;
+typedef struct kvc_pool kvc_pool;
+typedef struct { uint8_t b[KVC_KEY_LEN]; } kvc_key;
+
+/* Everything a worker needs to address a pool's memory.  Valid from
+ * kvc_attach() until kvc_detach().  Offsets are bytes from base; layer l's K
+ * array is base + k_offset + l*layer_stride, shaped
+ * [num_pages][page_size][kv_heads][head_dim] (fp4: head_dim/2 bytes a head,
+ * even element in the low nibble), and for fp4 its scale array is
+ * base + ks_offset + l*layer_stride, shaped [num_pages][page_size][kv_heads][head_dim/16]
+ * bytes (E8M0: value 2^(s-127)). */
+struct kvc_pool_desc {
+        char             name[32];
+        enum kvc_dtype   dtype;
+        enum kvc_backend backend;
+        int              device;      /* this process's CUDA ordinal, -1 for host */
+        uint32_t         pool_id;
+        uint32_t         num_layers, kv_heads, head_dim, page_size, num_pages;
+        void            *base;        /* host pointer or device pointer */
+        uint64_t         bytes;       /* size of the mapping */
+        uint64_t         layer_stride;
+        uint64_t         k_offset, v_offset, ks_offset, vs_offset;
+        uint64_t         page_bytes, token_bytes, head_bytes;
+        uint64_t         scale_page_bytes, scale_token_bytes, scale_head_bytes;
+        const float     *k_scale;     /* [num_layers], host memory; 1.0 unless fp8 */
+        const float     *v_scale;     /* [num_layers] */
+        char             scale_source[32];
+};
+
+/* ---- connection ---------------------------------------------------------- */
+
+/* Connects to kvpoold at url (NULL: $KVPOOL_SOCKET, else KVC_DEFAULT_SOCKET)
+ * and says hello.  name is shown in `kvpoolctl status` (truncated to 31
+ * bytes).  tenant_salt (NULL = none) scopes prefix-cache keys: clients with
+ * different salts never see each other's prefixes.  On success *ret_client
+ * owns the connection; free it with kvc_disconnect(). */
+int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, kvc_client **ret_client);
+
+/* Detaches every pool still attached, says bye, closes.  The daemon releases
+ * every page this client still holds. */
+void kvc_disconnect(kvc_client *c);
+
+/* The calling thread's last error message on c ("" if none).  Valid until the
+ * thread's next call on c. */
+const char *kvc_errmsg(const kvc_client *c);
+
+/* Daemon status as one JSON document (the same as `kvpoolctl status --json`).
+ * *ret_json is malloc'ed; free() it. */
+int kvc_status_json(kvc_client *c, char **ret_json);
+/* Prometheus text exposition (the same as GET /metrics). free() it. */
+int kvc_metrics_text(kvc_client *c, char **ret_text);
+
+/* ---- pools ------------------------------------------------------------------ */
+
+/* Attaches to pool `name` and maps its memory.  A process maps a pool once:
+ * attaching twice to the same pool on one client returns the same kvc_pool. */
+int kvc_attach(kvc_client *c, const char *name, kvc_pool **ret_pool);
+/* Unmaps the pool; pages still held stay held until free or disconnect. */
+void kvc_detach(kvc_pool *p);
+const struct kvc_pool_desc *kvc_pool_get_desc(const kvc_pool *p);
+
+/* Allocates n pages, all or nothing, into ret_pages[n]. */
+int kvc_alloc(kvc_pool *p, uint32_t n, int32_t *ret_pages);
+/* Releases this session's reference on n pages.  All or nothing: if one page
+ * is not held by this session nothing is freed (-EPERM). */
+int kvc_free(kvc_pool *p, uint32_t n, const int32_t *pages);
+
+/* ---- prefix cache ------------------------------------------------------------ */
+
+/* Publishes n held, fully written pages under keys.  ret_dup (optional, [n])
+ * gets 1 where the key was already published (it keeps its first page).
+ * Returns the number of pages newly stored. */
+int kvc_publish(kvc_pool *p, uint32_t n, const int32_t *pages, const kvc_key *keys, uint8_t *ret_dup);
+/* Looks up keys[0..n) and returns the longest leading run that is cached:
+ * ret_pages[0..hits) are now also held by this session.  Returns hits (>= 0). */
+int kvc_lookup(kvc_pool *p, uint32_t n, const kvc_key *keys, int32_t *ret_pages);
+
+/* Chained block key: XXH3-128 (seed 0) over
+ *   parent key (16 bytes; all zero for the first block) ||
+ *   tokens as little-endian int32 ||
+ *   extra bytes (optional, e.g. a LoRA id or image hash),
+ * written as the 128-bit hash's high 64 bits little-endian then the low 64
+ * bits little-endian.  docs/prefix-cache.md gives a Python equivalent. */
+void kvc_block_key(const kvc_key *parent, const int32_t *tokens, size_t n_tokens,
+                   const void *extra, size_t extra_len, kvc_key *ret_key);
+
+/* ---- data path --------------------------------------------------------------
+ * On a CUDA pool every pointer below is device memory and the call is
+ * asynchronous on `stream` (a cudaStream_t; NULL = the default stream).  On a
+ * host pool every pointer is host memory, the call runs the CPU reference
+ * synchronously and stream is ignored.  Arguments are checked before any
+ * kernel runs; device-resident indices (slots, page tables) are range-checked
+ * in the kernel, which skips out-of-range entries. */
+
+struct kvc_write_args {
+        const void    *k;            /* [T, kv_heads, head_dim], elem, rows k_row_stride apart */
+        const void    *v;            /* [T, kv_heads, head_dim], elem, rows v_row_stride apart */
+        enum kvc_elem  elem;
+        int64_t        k_row_stride; /* elements between consecutive tokens (>= kv_heads*head_dim) */
+        int64_t        v_row_stride;
+        const int64_t *slots;        /* [T]: page*page_size + offset, -1 = skip */
+        uint32_t       num_tokens;   /* T */
+        uint32_t       layer;
+};
+/* Quantizes K and V of T tokens into the pool (fp8: x / layer scale, fp4:
+ * per-16-element block scale, bf16/fp16: conversion). */
+int kvc_write(kvc_pool *p, const struct kvc_write_args *a, void *stream);
+
+struct kvc_gather_args {
+        const int32_t *pages;     /* [n_pages] */
+        uint32_t       n_pages;
+        uint32_t       layer;
+        void          *k_out;     /* [n_pages*page_size, kv_heads, head_dim], elem */
+        void          *v_out;     /* same */
+        enum kvc_elem  elem;      /* KVC_ELEM_F32 or KVC_ELEM_BF16 */
+};
+/* Dequantizes pages of one layer into dense buffers (scales applied). */
+int kvc_gather(kvc_pool *p, const struct kvc_gather_args *a, void *stream);
+
+struct kvc_decode_args {
+        const void    *q;          /* [B, Hq, D], elem (BF16 or F16) */
+        void          *out;        /* [B, Hq, D], elem */
+        enum kvc_elem  elem;
+        const int32_t *page_table; /* [B, max_pages] */
+        uint32_t       max_pages;
+        const int32_t *seq_lens;   /* [B], device memory on a CUDA pool */
+        const int32_t *seq_lens_host; /* [B], host copy (required on CUDA: used to check
+                                         lengths and plan the split before launch) */
+        uint32_t       batch;      /* B */
+        uint32_t       num_q_heads;/* Hq, a multiple of kv_heads */
+        float          sm_scale;   /* softmax scale, e.g. 1/sqrt(D) */
+        uint32_t       layer;
+};
+/* Paged decode attention: one query token per sequence over its cached K/V. */
+int kvc_decode(kvc_pool *p, const struct kvc_decode_args *a, void *stream);
+
+struct kvc_extend_args {
+        const void    *q;            /* [total_q, Hq, D], elem */
+        void          *out;          /* [total_q, Hq, D], elem */
+        enum kvc_elem  elem;
+        const int32_t *qo_indptr;    /* [B+1], device on CUDA: sequence b's queries are rows [indptr[b], indptr[b+1]) */
+        const int32_t *qo_indptr_host; /* [B+1], host copy */
+        const int32_t *page_table;   /* [B, max_pages] */
+        uint32_t       max_pages;
+        const int32_t *seq_lens;     /* [B] total KV length, new tokens included (already written) */
+        const int32_t *seq_lens_host;/* [B] host copy */
+        uint32_t       batch;
+        uint32_t       num_q_heads;
+        float          sm_scale;
+        uint32_t       layer;
+};
+/* Extend (chunked-prefill) attention: query i of sequence b sits at position
+ * seq_len[b] - n_b + i and attends causally to positions <= its own. */
+int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
+
+/* Names: "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"; NULL if unknown. */
+const char *kvc_dtype_name(enum kvc_dtype d);
+/* Parses a dtype name; returns 0 or -EINVAL. */
+int kvc_dtype_parse(const char *name, enum kvc_dtype *ret_dtype);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,48 @@
+/* backend.h - where a pool's memory lives.  A backend creates the single
+ * allocation of a pool, describes how a client maps it (the part of the
+ * attach reply that is backend specific), and destroys it.
+ *
+ *   host: POSIX shared memory (shm_open + ftruncate + mmap), mode 0600, or
+ *         0660 with a configured group; name /kvpool.<pid>.<pool>.
+ *   cuda: one cudaMalloc on the pool's device, zeroed, exported with
+ *         cudaIpcGetMemHandle; the attach reply carries the handle and the
+ *         device UUID.  Only in builds with CUDA.
+ */
+#ifndef KVD_BACKEND_H
+#define KVD_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "kv_proto.h"
+
+struct kvd_region {
+        int       kind;           /* enum kv_backend_kind */
+        void     *base;           /* daemon-side address (host) or device pointer (cuda) */
+        uint64_t  bytes;
+        int       device;         /* cuda ordinal, -1 for host */
+        char      shm_name[KV_SHM_NAME_LEN];
+        uint8_t   ipc_handle[64];
+        uint8_t   device_uuid[16];
+};
+
+struct kvd_backend_ops {
+        const char *name;
+        /* Creates a zeroed region of bytes (already 2 MiB rounded). */
+        int  (*create)(const char *pool_name, uint64_t bytes, int device, gid_t group, int has_group,
+                       struct kvd_region *ret, char *err, size_t errlen);
+        /* Fills the backend-specific fields of an attach reply. */
+        void (*describe)(const struct kvd_region *r, struct kv_attach_rep *rep);
+        /* Releases the region (unlinks the shm name). Accepts a zeroed region. */
+        void (*destroy)(struct kvd_region *r);
+};
+
+extern const struct kvd_backend_ops kvd_backend_host;
+/* NULL in builds without CUDA. */
+extern const struct kvd_backend_ops *const kvd_backend_cuda;
+
+/* Device memory free on device, for "capacity": "0.9" style fractions.
+ * Returns 0 or -ENODEV. */
+int kvd_cuda_mem_info(int device, uint64_t *ret_free, uint64_t *ret_total);
+
+#endif

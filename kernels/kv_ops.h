@@ -1,0 +1,51 @@
+/* kv_ops.h - the data-path operations over a mapped pool: write (quantize +
+ * scatter), gather (dequantize pages), decode and extend attention.
+ *
+ * Each operation exists twice with the same arguments:
+ *   kv_ref_*   CPU reference in fp32, host pointers, synchronous
+ *              (kernels/kv_ref_*.c; what the host backend runs and what GPU
+ *              tests compare against);
+ *   kv_cuda_*  CUDA launcher, device pointers, asynchronous on stream
+ *              (kernels/*.cu; only when built with CUDA, else they return
+ *              -ENOSYS).
+ * All return 0 or a negative errno, having checked every host-side argument
+ * before launching anything; on error, msg (if not NULL) gets a line naming
+ * the bad argument.  The argument structs are the public ones of kvclient.h.
+ */
+#ifndef KV_OPS_H
+#define KV_OPS_H
+
+#include <stddef.h>
+#include "kvclient.h"
+#include "kv_layout.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A pool as the kernels see it: a mapped base and its layout and scales. */
+struct kv_pool_view {
+        void                   *base;    /* host or device pointer to the pool */
+        struct kv_layout        layout;
+        const float            *k_scale; /* [num_layers], host memory */
+        const float            *v_scale; /* [num_layers], host memory */
+};
+
+
+int kv_ref_write(const struct kv_pool_view *p, const struct kvc_write_args *a, char *msg, size_t msglen);
+int kv_ref_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a, char *msg, size_t msglen);
+int kv_ref_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a, char *msg, size_t msglen);
+int kv_ref_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a, char *msg, size_t msglen);
+
+int kv_cuda_write(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream, char *msg, size_t msglen);
+int kv_cuda_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a, void *stream, char *msg, size_t msglen);
+int kv_cuda_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *stream, char *msg, size_t msglen);
+int kv_cuda_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a, void *stream, char *msg, size_t msglen);
+
+/* 1 if this build has CUDA kernels and at least one device is usable. */
+int kv_cuda_available(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
