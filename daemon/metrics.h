@@ -1,0 +1,27 @@
+/* metrics.h - request counters, a latency histogram, and the Prometheus text
+ * exposition served at /metrics (nng's HTTP server) and by the METRICS
+ * request.  Counters are updated by the serving thread; rendering happens
+ * under the server lock (kvd_server_lock), so no extra locking is needed. */
+#ifndef KVD_METRICS_H
+#define KVD_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct kvd_server;
+struct kvd_metrics;
+
+int  kvd_metrics_new(struct kvd_metrics **ret);
+void kvd_metrics_free(struct kvd_metrics *m);
+/* One request handled: its opcode, its wire error code (0 = ok), its latency. */
+void kvd_metrics_observe(struct kvd_metrics *m, uint16_t opcode, uint32_t err_code, double seconds);
+/* Renders the exposition text (pools from the server, counters from m).
+ * Returns a malloc'ed NUL-terminated string or NULL on OOM.  Caller holds the
+ * server lock. */
+char *kvd_metrics_render(const struct kvd_metrics *m, const struct kvd_server *s);
+/* Serves GET /metrics on addr ("127.0.0.1:9464"); NULL/"" = off. */
+int  kvd_metrics_http_start(struct kvd_metrics *m, struct kvd_server *s, const char *addr,
+                            char *err, size_t errlen);
+void kvd_metrics_http_stop(struct kvd_metrics *m);
+
+#endif

@@ -1,0 +1,50 @@
+/* pool.h - one pool: geometry and layout, the backend region holding its
+ * memory, its page table, and its FP8 scales. */
+#ifndef KVD_POOL_H
+#define KVD_POOL_H
+
+#include <stdint.h>
+#include "kv_layout.h"
+#include "kv_proto.h"
+#include "backend.h"
+#include "pages.h"
+#include "scales.h"
+
+/* Requested pool, as parsed from the config file or --pool. */
+struct kvd_pool_spec {
+        char           name[KV_NAME_LEN];
+        struct kv_geom geom;
+        char           backend[16];      /* "auto" (default), "host", "cuda" */
+        int            device;           /* cuda ordinal (default 0) */
+        uint64_t       capacity_bytes;   /* 0 if given as a fraction */
+        double         capacity_fraction;/* of the device's free memory (cuda), 0 if bytes */
+        cJSON         *scales_cfg;       /* owned copy of the "scales" object, or NULL */
+        double         pressure_low;     /* free fraction thresholds for pressure events */
+        double         pressure_high;
+};
+
+struct kvd_pool {
+        char                          name[KV_NAME_LEN];
+        uint32_t                      id;        /* index in the daemon's pool array */
+        struct kv_layout              layout;
+        const struct kvd_backend_ops *backend;
+        struct kvd_region             region;
+        struct kvd_pages             *pages;
+        struct kvd_scales             scales;
+        uint64_t                      epoch;     /* random per daemon start */
+        double                        pressure_low, pressure_high;
+        int                           under_pressure; /* last pressure state announced */
+};
+
+/* Creates a pool from spec: picks the backend (auto: cuda if usable, else
+ * host, saying why in err-level logs), fits the layout into the capacity,
+ * allocates and zeroes the region, loads scales.  On failure returns a
+ * negative errno, a message in err naming the pool and the cause, and
+ * *ret is untouched. */
+int  kvd_pool_new(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_pool **ret,
+                  char *err, size_t errlen);
+void kvd_pool_free(struct kvd_pool *p);
+/* Fills an attach reply for this pool (everything but the scales arrays). */
+void kvd_pool_describe(const struct kvd_pool *p, struct kv_attach_rep *rep);
+
+#endif
