@@ -10,6 +10,8 @@
 #include "pages.h"
 #include "scales.h"
 
+struct kvd_events;
+
 /* Requested pool, as parsed from the config file or --pool. */
 struct kvd_pool_spec {
         char           name[KV_NAME_LEN];
@@ -21,6 +23,10 @@ struct kvd_pool_spec {
         cJSON         *scales_cfg;       /* owned copy of the "scales" object, or NULL */
         double         pressure_low;     /* free fraction thresholds for pressure events */
         double         pressure_high;
+        /* Added by the daemon core (additive): the --group for the host
+         * backend's shm object (mode 0660 + fchown) when has_group. */
+        gid_t          group;
+        int            has_group;
 };
 
 struct kvd_pool {
@@ -34,6 +40,9 @@ struct kvd_pool {
         uint64_t                      epoch;     /* random per daemon start */
         double                        pressure_low, pressure_high;
         int                           under_pressure; /* last pressure state announced */
+        /* Added by the daemon core (additive): the event stream the page
+         * table's hooks publish to; NULL until the server opened it. */
+        struct kvd_events            *events;
 };
 
 /* Creates a pool from spec: picks the backend (auto: cuda if usable, else
