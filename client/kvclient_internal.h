@@ -1,0 +1,72 @@
+/* kvclient_internal.h - libkvclient's private structures, shared by
+ * kvclient.c (control path) and datapath.c (kernel dispatch).  Not installed.
+ */
+#ifndef KVCLIENT_INTERNAL_H
+#define KVCLIENT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+
+#include <nng/nng.h>
+
+#include "kvclient.h"
+#include "kv_layout.h"
+
+struct kvc_mapping; /* process-wide registry entry (kvclient.c) */
+
+struct kvc_pool {
+        struct kvc_client   *c;
+        struct kvc_pool     *next;     /* the client's list of attached pools */
+        unsigned             attaches; /* kvc_attach calls minus kvc_detach calls */
+        struct kvc_mapping  *map;      /* shared with other clients of this process */
+        struct kvc_pool_desc desc;     /* what kvc_pool_get_desc returns */
+        struct kv_layout     layout;   /* the same figures, as the kernels want them */
+        float               *scales;   /* [2*num_layers]: k then v, owned */
+};
+
+struct kvc_client {
+        nng_socket       sock;
+        pthread_mutex_t  lock;       /* one request in flight; guards the fields below */
+        uint32_t         next_rid;
+        uint64_t         session_id;
+        uint64_t         serial;     /* unique per client in this process (errmsg slots) */
+        int              stale;      /* the daemon forgot this session: every call -ESTALE */
+        struct kvc_pool *pools;
+        char             url[256];
+        char             name[32];
+};
+
+/* Records the calling thread's error message for c (c may be NULL: a connect
+ * failure, read back with kvc_errmsg(NULL)) and returns err unchanged, so a
+ * failure is reported and returned in one step. */
+int kvc__fail(const struct kvc_client *c, int err, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+/* "kvpoold restarted: ..." - the message of every -ESTALE. */
+extern const char kvc__stale_msg[];
+
+/* Allocates a request message of cap bytes for a kv_enc_* encoder to fill
+ * (trim it to the encoded length with nng_msg_chop). */
+int kvc__req_new(struct kvc_client *c, size_t cap, nng_msg **ret);
+
+/* Sends req (encoded with request id 0; consumed in every case), waits for
+ * the reply and checks it: same request id, opcode op|REPLY.  An ERROR reply
+ * becomes its errno with the daemon's message; KV_E_NOHELLO (the daemon
+ * restarted and forgot the session) marks the client stale: -ESTALE.  On
+ * success *ret_rep owns the reply and body/len point after its header.
+ * Caller holds c->lock. */
+int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
+              nng_msg **ret_rep, const uint8_t **ret_body, size_t *ret_len);
+
+/* Drops a pool handle's mapping reference and frees it (attach.c). */
+void kvc__pool_free(struct kvc_pool *p);
+
+/* 1 when the client was marked stale (read without the lock: data-path calls
+ * check it without serializing on the control mutex). */
+static inline int kvc__is_stale(const struct kvc_client *c)
+{
+        return __atomic_load_n(&c->stale, __ATOMIC_ACQUIRE);
+}
+
+#endif
