@@ -1,0 +1,784 @@
+/* pages.c - the page table of one pool: free list, per-session holdings,
+ * prefix cache (scoped key -> page) and LRU of idle cached pages.
+ *
+ * Data structures (all O(1) per page touched):
+ *  - pages[id]: refcount, key flag, and two links used either by the free list
+ *    (a stack through `next`) or by the LRU list (doubly linked through
+ *    prev/next: head = least recently used, tail = most recently used);
+ *  - keys[id]: the scoped key of a published page, khash[id] its hash;
+ *  - a linear-probing table of (scoped key -> page) with backward-shift
+ *    deletion, sized at >= 2 * num_pages so it never grows (a page carries at
+ *    most one key, so there are never more than num_pages keys);
+ *  - sessions: a small map sid -> session record; each record has its own
+ *    map page -> count of references and a total.  "Does sid hold page p"
+ *    is one probe; dropping a session walks only its own map.
+ *
+ * Order of the LRU: a cached page enters the LRU (at the most recently used
+ * end) when its last reference is dropped.  Within one release call the
+ * pages become idle from the last id to the first, so ids[0] ends most
+ * recently used: a worker frees a sequence's pages in order, and its leading
+ * blocks, which every longer prompt shares, should outlive its tail (vLLM
+ * frees in reverse for the same reason).  drop_session behaves as a release
+ * of the session's pages in ascending id order.
+ *
+ * Keys come from clients, so the table hashes them with SipHash-1-3 under a
+ * random per-table secret: a client cannot build colliding keys to make
+ * probes long.
+ */
+#include "pages.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NIL        UINT32_MAX
+#define MAP_EMPTY  UINT32_MAX
+#define MAX_PAGES  (1u << 30)
+
+/* ---- u32 -> u32 open-addressing map ---------------------------------------
+ * Used for sid -> session index and, per session, page -> count.  Keys are
+ * never MAP_EMPTY (page ids are < MAX_PAGES, sid MAX is refused). */
+struct u32map {
+        uint32_t *k;
+        uint32_t *v;
+        uint32_t  cap; /* 0 or a power of two */
+        uint32_t  len;
+};
+
+static uint32_t mix32(uint32_t x)
+{
+        /* a cheap bijective mixer (lowbias32); keys here are daemon-chosen */
+        x ^= x >> 16;
+        x *= 0x7feb352dU;
+        x ^= x >> 15;
+        x *= 0x846ca68bU;
+        x ^= x >> 16;
+        return x;
+}
+
+static int64_t map_find(const struct u32map *m, uint32_t key)
+{
+        if (m->cap == 0)
+                return -1;
+        uint32_t mask = m->cap - 1;
+        for (uint32_t i = mix32(key) & mask;; i = (i + 1) & mask) {
+                if (m->k[i] == key)
+                        return i;
+                if (m->k[i] == MAP_EMPTY)
+                        return -1;
+        }
+}
+
+/* Inserts a key known to be absent; the caller reserved room. */
+static void map_put(struct u32map *m, uint32_t key, uint32_t val)
+{
+        uint32_t mask = m->cap - 1;
+        uint32_t i = mix32(key) & mask;
+        while (m->k[i] != MAP_EMPTY)
+                i = (i + 1) & mask;
+        m->k[i] = key;
+        m->v[i] = val;
+        m->len++;
+}
+
+static int map_rehash(struct u32map *m, uint32_t cap)
+{
+        uint32_t *k = malloc((size_t)cap * sizeof(*k));
+        uint32_t *v = malloc((size_t)cap * sizeof(*v));
+        if (!k || !v) {
+                free(k);
+                free(v);
+                return -ENOMEM;
+        }
+        memset(k, 0xff, (size_t)cap * sizeof(*k));
+        struct u32map n = { .k = k, .v = v, .cap = cap, .len = 0 };
+        for (uint32_t i = 0; i < m->cap; i++)
+                if (m->k[i] != MAP_EMPTY)
+                        map_put(&n, m->k[i], m->v[i]);
+        free(m->k);
+        free(m->v);
+        *m = n;
+        return 0;
+}
+
+/* Makes room for `extra` more keys at load <= 1/2, so that later puts cannot
+ * fail: this is what lets every operation be all or nothing. */
+static int map_reserve(struct u32map *m, uint64_t extra)
+{
+        uint64_t need = (uint64_t)m->len + extra;
+        if (need * 2 <= m->cap)
+                return 0;
+        uint64_t cap = m->cap ? m->cap : 8;
+        while (cap < need * 2)
+                cap *= 2;
+        if (cap > (1ull << 31))
+                return -ENOMEM;
+        return map_rehash(m, (uint32_t)cap);
+}
+
+/* Removes slot i (backward-shift deletion keeps probe runs unbroken). */
+static void map_del_slot(struct u32map *m, uint32_t i)
+{
+        uint32_t mask = m->cap - 1;
+        uint32_t j = i;
+        for (;;) {
+                j = (j + 1) & mask;
+                if (m->k[j] == MAP_EMPTY)
+                        break;
+                uint32_t home = mix32(m->k[j]) & mask;
+                /* move j into the hole i unless its home lies cyclically in (i, j] */
+                bool stays = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
+                if (!stays) {
+                        m->k[i] = m->k[j];
+                        m->v[i] = m->v[j];
+                        i = j;
+                }
+        }
+        m->k[i] = MAP_EMPTY;
+        m->len--;
+}
+
+/* Shrinks a mostly empty map so that walking it stays O(entries).  A failed
+ * allocation just keeps the larger map. */
+static void map_maybe_shrink(struct u32map *m)
+{
+        if (m->cap <= 64 || (uint64_t)m->len * 8 >= m->cap)
+                return;
+        uint32_t cap = m->cap;
+        while (cap > 64 && (uint64_t)m->len * 8 < cap)
+                cap /= 2;
+        (void)map_rehash(m, cap);
+}
+
+static void map_fini(struct u32map *m)
+{
+        free(m->k);
+        free(m->v);
+        memset(m, 0, sizeof(*m));
+}
+
+/* ---- SipHash-1-3 over a 32-byte scoped key ------------------------------- */
+
+static inline uint64_t rotl(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
+
+#define SIPROUND do { \
+        v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32); \
+        v2 += v3; v3 = rotl(v3, 16); v3 ^= v2; \
+        v0 += v3; v3 = rotl(v3, 21); v3 ^= v0; \
+        v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32); \
+} while (0)
+
+static uint64_t le64(const uint8_t *p)
+{
+        uint64_t x = 0;
+        for (int i = 7; i >= 0; i--)
+                x = (x << 8) | p[i];
+        return x;
+}
+
+static uint64_t siphash_key(const uint64_t sk[2], const struct kvd_scoped_key *key)
+{
+        uint64_t v0 = sk[0] ^ 0x736f6d6570736575ULL, v1 = sk[1] ^ 0x646f72616e646f6dULL;
+        uint64_t v2 = sk[0] ^ 0x6c7967656e657261ULL, v3 = sk[1] ^ 0x7465646279746573ULL;
+        const uint8_t *p = (const uint8_t *)key;
+        for (int i = 0; i < 4; i++) {
+                uint64_t m = le64(p + 8 * i);
+                v3 ^= m;
+                SIPROUND;
+                v0 ^= m;
+        }
+        uint64_t b = 32ULL << 56;
+        v3 ^= b;
+        SIPROUND;
+        v0 ^= b;
+        v2 ^= 0xff;
+        SIPROUND; SIPROUND; SIPROUND;
+        return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* ---- the table ----------------------------------------------------------- */
+
+struct page {
+        uint32_t ref;
+        uint32_t prev, next; /* LRU links, or `next` as free-list link */
+        uint8_t  keyed;
+        uint8_t  on_free;
+        uint8_t  on_lru;
+};
+
+struct sess {
+        uint32_t      sid;   /* MAP_EMPTY when the slot is unused */
+        uint32_t      total; /* references held, duplicates counted */
+        struct u32map held;  /* page -> count (>= 1) */
+};
+
+struct kvd_pages {
+        uint32_t                n;
+        struct page            *pages;
+        struct kvd_scoped_key  *keys;
+        uint32_t               *khash;
+        uint32_t               *slots; /* key table: page + 1, 0 = empty */
+        uint32_t                kmask;
+        uint64_t                sipkey[2];
+        uint32_t                free_head;
+        uint32_t                lru_head, lru_tail;
+        uint32_t               *scratch; /* [n], for drop_session */
+        struct u32map           sids;    /* sid -> index into sess */
+        struct sess            *sess;
+        uint32_t                nsess, sess_cap, sess_free; /* sess_free: chain via total */
+        struct kvd_pages_hooks  hooks;
+        struct kvd_pages_stats  st;
+};
+
+static void free_push(struct kvd_pages *t, uint32_t id)
+{
+        t->pages[id].next = t->free_head;
+        t->pages[id].on_free = 1;
+        t->free_head = id;
+        t->st.free++;
+}
+
+static uint32_t free_pop(struct kvd_pages *t)
+{
+        uint32_t id = t->free_head;
+        t->free_head = t->pages[id].next;
+        t->pages[id].on_free = 0;
+        t->pages[id].next = NIL;
+        t->st.free--;
+        return id;
+}
+
+static void lru_append(struct kvd_pages *t, uint32_t id)
+{
+        struct page *p = &t->pages[id];
+        p->prev = t->lru_tail;
+        p->next = NIL;
+        if (t->lru_tail != NIL)
+                t->pages[t->lru_tail].next = id;
+        else
+                t->lru_head = id;
+        t->lru_tail = id;
+        p->on_lru = 1;
+        t->st.cached_idle++;
+}
+
+static void lru_remove(struct kvd_pages *t, uint32_t id)
+{
+        struct page *p = &t->pages[id];
+        if (p->prev != NIL)
+                t->pages[p->prev].next = p->next;
+        else
+                t->lru_head = p->next;
+        if (p->next != NIL)
+                t->pages[p->next].prev = p->prev;
+        else
+                t->lru_tail = p->prev;
+        p->prev = p->next = NIL;
+        p->on_lru = 0;
+        t->st.cached_idle--;
+}
+
+/* Slot index of key in the key table, or -1. */
+static int64_t key_find(const struct kvd_pages *t, const struct kvd_scoped_key *k, uint32_t h)
+{
+        for (uint32_t i = h & t->kmask;; i = (i + 1) & t->kmask) {
+                uint32_t s = t->slots[i];
+                if (s == 0)
+                        return -1;
+                if (t->khash[s - 1] == h && memcmp(&t->keys[s - 1], k, sizeof(*k)) == 0)
+                        return i;
+        }
+}
+
+static void key_insert(struct kvd_pages *t, uint32_t id, const struct kvd_scoped_key *k, uint32_t h)
+{
+        uint32_t i = h & t->kmask;
+        while (t->slots[i] != 0)
+                i = (i + 1) & t->kmask;
+        t->slots[i] = id + 1;
+        t->keys[id] = *k;
+        t->khash[id] = h;
+        t->pages[id].keyed = 1;
+        t->st.cached++;
+}
+
+static void key_delete(struct kvd_pages *t, uint32_t id)
+{
+        int64_t at = key_find(t, &t->keys[id], t->khash[id]);
+        uint32_t i = (uint32_t)at, j = i;
+        for (;;) {
+                j = (j + 1) & t->kmask;
+                if (t->slots[j] == 0)
+                        break;
+                uint32_t home = t->khash[t->slots[j] - 1] & t->kmask;
+                bool stays = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
+                if (!stays) {
+                        t->slots[i] = t->slots[j];
+                        i = j;
+                }
+        }
+        t->slots[i] = 0;
+        t->pages[id].keyed = 0;
+        t->st.cached--;
+}
+
+static void make_scoped(struct kvd_scoped_key *sk, const uint8_t *salt, const uint8_t *key)
+{
+        if (salt)
+                memcpy(sk->salt, salt, KVD_KEY_LEN);
+        else
+                memset(sk->salt, 0, KVD_KEY_LEN);
+        memcpy(sk->key, key, KVD_KEY_LEN);
+}
+
+static uint32_t key_hash(const struct kvd_pages *t, const struct kvd_scoped_key *k)
+{
+        return (uint32_t)siphash_key(t->sipkey, k);
+}
+
+/* ---- sessions ------------------------------------------------------------ */
+
+static struct sess *sess_get(const struct kvd_pages *t, uint32_t sid)
+{
+        int64_t at = map_find(&t->sids, sid);
+        return at < 0 ? NULL : &t->sess[t->sids.v[at]];
+}
+
+/* Finds or creates the record of sid, with room for `extra` more distinct
+ * pages.  On failure nothing is left behind. */
+static int sess_reserve(struct kvd_pages *t, uint32_t sid, uint32_t extra, struct sess **ret)
+{
+        struct sess *s = sess_get(t, sid);
+        if (!s) {
+                int r = map_reserve(&t->sids, 1);
+                if (r < 0)
+                        return r;
+                if (t->sess_free == NIL && t->nsess == t->sess_cap) {
+                        uint32_t cap = t->sess_cap ? t->sess_cap * 2 : 8;
+                        struct sess *ns = realloc(t->sess, (size_t)cap * sizeof(*ns));
+                        if (!ns)
+                                return -ENOMEM;
+                        t->sess = ns;
+                        t->sess_cap = cap;
+                }
+                uint32_t idx;
+                if (t->sess_free != NIL) {
+                        idx = t->sess_free;
+                        t->sess_free = t->sess[idx].total;
+                } else {
+                        idx = t->nsess++;
+                }
+                s = &t->sess[idx];
+                memset(s, 0, sizeof(*s));
+                s->sid = sid;
+                map_put(&t->sids, sid, idx);
+        }
+        int r = map_reserve(&s->held, extra);
+        if (r < 0) {
+                if (s->total == 0) {
+                        /* drop the record we may just have made */
+                        uint32_t idx = (uint32_t)(s - t->sess);
+                        map_fini(&s->held);
+                        map_del_slot(&t->sids, (uint32_t)map_find(&t->sids, sid));
+                        s->sid = MAP_EMPTY;
+                        s->total = t->sess_free;
+                        t->sess_free = idx;
+                }
+                return r;
+        }
+        *ret = s;
+        return 0;
+}
+
+/* Removes the record of a session that holds nothing. */
+static void sess_gc(struct kvd_pages *t, struct sess *s)
+{
+        if (s->total != 0)
+                return;
+        uint32_t idx = (uint32_t)(s - t->sess);
+        map_del_slot(&t->sids, (uint32_t)map_find(&t->sids, s->sid));
+        map_fini(&s->held);
+        s->sid = MAP_EMPTY;
+        s->total = t->sess_free;
+        t->sess_free = idx;
+}
+
+/* One more reference of s on page id (room reserved by the caller). */
+static void hold(struct kvd_pages *t, struct sess *s, uint32_t id)
+{
+        int64_t at = map_find(&s->held, id);
+        if (at >= 0)
+                s->held.v[at]++;
+        else
+                map_put(&s->held, id, 1);
+        s->total++;
+        if (t->pages[id].ref++ == 0)
+                t->st.held++;
+}
+
+/* The page lost its last reference: to the LRU if published, else freed. */
+static void went_idle(struct kvd_pages *t, uint32_t id)
+{
+        t->st.held--;
+        if (t->pages[id].keyed)
+                lru_append(t, id);
+        else
+                free_push(t, id);
+}
+
+/* ---- public -------------------------------------------------------------- */
+
+int kvd_pages_new(uint32_t num_pages, const struct kvd_pages_hooks *hooks, struct kvd_pages **ret)
+{
+        if (num_pages == 0 || num_pages > MAX_PAGES || !ret)
+                return -EINVAL;
+        struct kvd_pages *t = calloc(1, sizeof(*t));
+        if (!t)
+                return -ENOMEM;
+        uint64_t kcap = 8;
+        while (kcap < 2ull * num_pages)
+                kcap *= 2;
+        t->n = num_pages;
+        t->pages = calloc(num_pages, sizeof(*t->pages));
+        t->keys = calloc(num_pages, sizeof(*t->keys));
+        t->khash = calloc(num_pages, sizeof(*t->khash));
+        t->scratch = calloc(num_pages, sizeof(*t->scratch));
+        t->slots = calloc(kcap, sizeof(*t->slots));
+        if (!t->pages || !t->keys || !t->khash || !t->scratch || !t->slots) {
+                kvd_pages_free(t);
+                return -ENOMEM;
+        }
+        t->kmask = (uint32_t)(kcap - 1);
+        if (getrandom(t->sipkey, sizeof(t->sipkey), GRND_NONBLOCK) != (ssize_t)sizeof(t->sipkey)) {
+                /* no entropy yet (early boot): still unpredictable enough to a client */
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                t->sipkey[0] = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ULL ^ (uint64_t)getpid();
+                t->sipkey[1] = (uint64_t)ts.tv_sec * 0xC2B2AE3D27D4EB4FULL ^ (uint64_t)(uintptr_t)t;
+        }
+        if (hooks)
+                t->hooks = *hooks;
+        t->free_head = NIL;
+        t->lru_head = t->lru_tail = NIL;
+        t->sess_free = NIL;
+        t->st.total = num_pages;
+        /* pushed in reverse so that a fresh table hands out 0, 1, 2, ... */
+        for (uint32_t i = num_pages; i-- > 0;) {
+                t->pages[i].prev = NIL;
+                free_push(t, i);
+        }
+        *ret = t;
+        return 0;
+}
+
+void kvd_pages_free(struct kvd_pages *t)
+{
+        if (!t)
+                return;
+        for (uint32_t i = 0; i < t->nsess; i++)
+                if (t->sess[i].sid != MAP_EMPTY)
+                        map_fini(&t->sess[i].held);
+        free(t->sess);
+        map_fini(&t->sids);
+        free(t->pages);
+        free(t->keys);
+        free(t->khash);
+        free(t->scratch);
+        free(t->slots);
+        free(t);
+}
+
+int kvd_pages_alloc(struct kvd_pages *t, uint32_t sid, uint32_t n, uint32_t *ret_ids)
+{
+        if (!t || sid == MAP_EMPTY || (n && !ret_ids))
+                return -EINVAL;
+        if (n == 0)
+                return 0;
+        if ((uint64_t)t->st.free + t->st.cached_idle < n)
+                return -ENOSPC;
+        struct sess *s;
+        int r = sess_reserve(t, sid, n, &s);
+        if (r < 0)
+                return r;
+        for (uint32_t i = 0; i < n; i++) {
+                uint32_t id;
+                if (t->free_head != NIL) {
+                        id = free_pop(t);
+                } else {
+                        /* evict the least recently used idle cached page */
+                        id = t->lru_head;
+                        lru_remove(t, id);
+                        struct kvd_scoped_key k = t->keys[id];
+                        key_delete(t, id);
+                        t->st.evictions++;
+                        if (t->hooks.evicted)
+                                t->hooks.evicted(t->hooks.ud, id, &k);
+                }
+                hold(t, s, id);
+                ret_ids[i] = id;
+        }
+        return 0;
+}
+
+int kvd_pages_release(struct kvd_pages *t, uint32_t sid, uint32_t n, const uint32_t *ids)
+{
+        if (!t || (n && !ids))
+                return -EINVAL;
+        if (n == 0)
+                return 0;
+        for (uint32_t i = 0; i < n; i++)
+                if (ids[i] >= t->n)
+                        return -ERANGE;
+        struct sess *s = sid == MAP_EMPTY ? NULL : sess_get(t, sid);
+        if (!s)
+                return -EPERM;
+        /* take the session's counts down first, undoing them if one is short,
+         * so that a page listed more often than held changes nothing */
+        for (uint32_t i = 0; i < n; i++) {
+                int64_t at = map_find(&s->held, ids[i]);
+                if (at < 0 || s->held.v[at] == 0) {
+                        while (i-- > 0)
+                                s->held.v[map_find(&s->held, ids[i])]++;
+                        return -EPERM;
+                }
+                s->held.v[at]--;
+        }
+        /* last to first: see "Order of the LRU" at the top */
+        for (uint32_t i = n; i-- > 0;) {
+                uint32_t id = ids[i];
+                int64_t at = map_find(&s->held, id);
+                if (at >= 0 && s->held.v[at] == 0)
+                        map_del_slot(&s->held, (uint32_t)at);
+                if (--t->pages[id].ref == 0)
+                        went_idle(t, id);
+        }
+        s->total -= n;
+        if (s->total == 0)
+                sess_gc(t, s);
+        else
+                map_maybe_shrink(&s->held);
+        return 0;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+        uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+        return (x > y) - (x < y);
+}
+
+uint32_t kvd_pages_drop_session(struct kvd_pages *t, uint32_t sid)
+{
+        struct sess *s = (t && sid != MAP_EMPTY) ? sess_get(t, sid) : NULL;
+        if (!s)
+                return 0;
+        uint32_t m = 0;
+        for (uint32_t i = 0; i < s->held.cap; i++)
+                if (s->held.k[i] != MAP_EMPTY)
+                        t->scratch[m++] = s->held.k[i];
+        qsort(t->scratch, m, sizeof(uint32_t), cmp_u32);
+        /* as a release of the ids in ascending order: the highest id first */
+        for (uint32_t i = m; i-- > 0;) {
+                uint32_t id = t->scratch[i];
+                uint32_t c = s->held.v[map_find(&s->held, id)];
+                t->pages[id].ref -= c;
+                if (t->pages[id].ref == 0)
+                        went_idle(t, id);
+        }
+        uint32_t dropped = s->total;
+        s->total = 0;
+        sess_gc(t, s);
+        return dropped;
+}
+
+uint32_t kvd_pages_session_count(const struct kvd_pages *t, uint32_t sid)
+{
+        const struct sess *s = (t && sid != MAP_EMPTY) ? sess_get(t, sid) : NULL;
+        return s ? s->total : 0;
+}
+
+uint32_t kvd_pages_refcount(const struct kvd_pages *t, uint32_t id)
+{
+        return (t && id < t->n) ? t->pages[id].ref : 0;
+}
+
+int kvd_pages_publish(struct kvd_pages *t, uint32_t sid, const uint8_t salt[KVD_KEY_LEN],
+                      uint32_t n, const uint32_t *ids, const uint8_t (*keys)[KVD_KEY_LEN],
+                      uint8_t *results)
+{
+        if (!t || (n && (!ids || !keys)))
+                return -EINVAL;
+        for (uint32_t i = 0; i < n; i++)
+                if (ids[i] >= t->n)
+                        return -ERANGE;
+        const struct sess *s = (sid != MAP_EMPTY) ? sess_get(t, sid) : NULL;
+        for (uint32_t i = 0; i < n; i++)
+                if (!s || map_find(&s->held, ids[i]) < 0)
+                        return -EPERM;
+        int stored = 0;
+        for (uint32_t i = 0; i < n; i++) {
+                struct kvd_scoped_key k;
+                make_scoped(&k, salt, keys[i]);
+                uint32_t h = key_hash(t, &k);
+                uint8_t res;
+                if (key_find(t, &k, h) >= 0) {
+                        res = 1;
+                } else if (t->pages[ids[i]].keyed) {
+                        res = 2;
+                } else {
+                        key_insert(t, ids[i], &k, h);
+                        res = 0;
+                        stored++;
+                        if (t->hooks.stored)
+                                t->hooks.stored(t->hooks.ud, ids[i], &t->keys[ids[i]]);
+                }
+                if (results)
+                        results[i] = res;
+        }
+        return stored;
+}
+
+int kvd_pages_lookup(struct kvd_pages *t, uint32_t sid, const uint8_t salt[KVD_KEY_LEN],
+                     uint32_t n, const uint8_t (*keys)[KVD_KEY_LEN], uint32_t *ret_ids)
+{
+        if (!t || sid == MAP_EMPTY || (n && (!keys || !ret_ids)))
+                return -EINVAL;
+        if (n == 0)
+                return 0;
+        /* find the run first without touching anything, then reserve the
+         * session's room, then take the references: all or nothing */
+        uint32_t h = 0;
+        for (; h < n; h++) {
+                struct kvd_scoped_key k;
+                make_scoped(&k, salt, keys[h]);
+                int64_t at = key_find(t, &k, key_hash(t, &k));
+                if (at < 0)
+                        break;
+                /* a key may repeat, so a run can be longer than the table */
+                if (h < t->n)
+                        t->scratch[h] = t->slots[at] - 1;
+        }
+        if (h > 0) {
+                struct sess *s;
+                int r = sess_reserve(t, sid, h, &s);
+                if (r < 0)
+                        return r;
+                for (uint32_t i = 0; i < h; i++) {
+                        uint32_t id;
+                        if (i < t->n) {
+                                id = t->scratch[i];
+                        } else {
+                                struct kvd_scoped_key k;
+                                make_scoped(&k, salt, keys[i]);
+                                id = t->slots[key_find(t, &k, key_hash(t, &k))] - 1;
+                        }
+                        if (t->pages[id].on_lru)
+                                lru_remove(t, id);
+                        hold(t, s, id);
+                        ret_ids[i] = id;
+                }
+        }
+        t->st.lookups += n;
+        t->st.hits += h;
+        return (int)h;
+}
+
+void kvd_pages_get_stats(const struct kvd_pages *t, struct kvd_pages_stats *ret)
+{
+        if (t && ret)
+                *ret = t->st;
+}
+
+/* ---- invariants ---------------------------------------------------------- */
+
+#define CHECK(c) do { if (!(c)) { ret = -EUCLEAN; goto out; } } while (0)
+
+int kvd_pages_check(const struct kvd_pages *t)
+{
+        if (!t)
+                return -EINVAL;
+        int ret = 0;
+        uint32_t *refs = calloc(t->n, sizeof(*refs));
+        if (!refs)
+                return -ENOMEM;
+        /* free list: no loop, only unkeyed pages at refcount 0 */
+        uint32_t nfree = 0;
+        for (uint32_t id = t->free_head; id != NIL; id = t->pages[id].next) {
+                CHECK(id < t->n && nfree < t->n);
+                const struct page *p = &t->pages[id];
+                CHECK(p->on_free && !p->on_lru && !p->keyed && p->ref == 0);
+                nfree++;
+        }
+        /* LRU: links agree both ways, only keyed pages at refcount 0 */
+        uint32_t nidle = 0, prev = NIL;
+        for (uint32_t id = t->lru_head; id != NIL; id = t->pages[id].next) {
+                CHECK(id < t->n && nidle < t->n);
+                const struct page *p = &t->pages[id];
+                CHECK(p->on_lru && !p->on_free && p->keyed && p->ref == 0 && p->prev == prev);
+                prev = id;
+                nidle++;
+        }
+        CHECK(t->lru_tail == prev);
+        /* every page is in exactly one state; counters add up */
+        uint32_t nheld = 0, ncached = 0;
+        for (uint32_t id = 0; id < t->n; id++) {
+                const struct page *p = &t->pages[id];
+                CHECK(p->on_free + p->on_lru <= 1);
+                if (p->ref > 0)
+                        CHECK(!p->on_free && !p->on_lru);
+                else
+                        CHECK(p->keyed ? p->on_lru : p->on_free);
+                nheld += p->ref > 0;
+                if (p->keyed) {
+                        ncached++;
+                        CHECK(key_hash(t, &t->keys[id]) == t->khash[id]);
+                        int64_t at = key_find(t, &t->keys[id], t->khash[id]);
+                        CHECK(at >= 0 && t->slots[at] == id + 1);
+                }
+        }
+        uint32_t nslots = 0;
+        for (uint32_t i = 0; i <= t->kmask; i++) {
+                if (t->slots[i] == 0)
+                        continue;
+                CHECK(t->slots[i] <= t->n && t->pages[t->slots[i] - 1].keyed);
+                nslots++;
+        }
+        CHECK(nslots == ncached);
+        CHECK(nfree == t->st.free && nidle == t->st.cached_idle && nheld == t->st.held &&
+              ncached == t->st.cached && t->st.total == t->n);
+        CHECK(nfree + nidle + nheld == t->n);
+        /* holdings: each session's counts sum to its total and, over all
+         * sessions, to each page's refcount */
+        uint32_t nlive = 0;
+        for (uint32_t i = 0; i < t->nsess; i++) {
+                const struct sess *s = &t->sess[i];
+                if (s->sid == MAP_EMPTY)
+                        continue;
+                nlive++;
+                int64_t at = map_find(&t->sids, s->sid);
+                CHECK(at >= 0 && t->sids.v[at] == i);
+                CHECK(s->total > 0);
+                uint64_t sum = 0;
+                uint32_t len = 0;
+                for (uint32_t j = 0; j < s->held.cap; j++) {
+                        uint32_t id = s->held.k[j];
+                        if (id == MAP_EMPTY)
+                                continue;
+                        CHECK(id < t->n && s->held.v[j] > 0);
+                        CHECK(map_find(&s->held, id) == j);
+                        refs[id] += s->held.v[j];
+                        sum += s->held.v[j];
+                        len++;
+                }
+                CHECK(len == s->held.len && sum == s->total);
+        }
+        CHECK(nlive == t->sids.len);
+        for (uint32_t id = 0; id < t->n; id++)
+                CHECK(refs[id] == t->pages[id].ref);
+out:
+        free(refs);
+        return ret;
+}
