@@ -1,0 +1,114 @@
+/* backend_host.c - pools in POSIX shared memory (see backend.h).
+ *
+ * The object is /kvpool.<pid>.<pool>: the pid keeps two daemons (a test and
+ * a system service) apart, and O_EXCL refuses to adopt a leftover object of
+ * a crashed daemon that happened to have the same pid.  The memory is
+ * reserved with posix_fallocate, so that a /dev/shm too small for the pool
+ * is an error at start instead of a SIGBUS in a worker later. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "backend.h"
+#include "log.h"
+
+static int host_create(const char *pool_name, uint64_t bytes, int device, gid_t group, int has_group,
+                       struct kvd_region *ret, char *err, size_t errlen)
+{
+        struct kvd_region r;
+        mode_t            mode = has_group ? 0660 : 0600;
+        void             *base;
+        int               fd, rc;
+
+        memset(&r, 0, sizeof(r));
+        r.kind = KV_BACKEND_HOST;
+        r.device = -1;
+        r.bytes = bytes;
+        if (bytes == 0 || bytes > (uint64_t)SIZE_MAX || (uint64_t)(off_t)bytes != bytes) {
+                snprintf(err, errlen, "size %llu bytes is not mappable", (unsigned long long)bytes);
+                return -EINVAL;
+        }
+        if (snprintf(r.shm_name, sizeof(r.shm_name), "/kvpool.%d.%s", (int)getpid(), pool_name) >=
+            (int)sizeof(r.shm_name)) {
+                snprintf(err, errlen, "shared memory name for pool \"%s\" is too long", pool_name);
+                return -ENAMETOOLONG;
+        }
+        fd = shm_open(r.shm_name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, mode);
+        if (fd < 0) {
+                rc = -errno;
+                snprintf(err, errlen, "shm_open(%s): %s", r.shm_name, strerror(errno));
+                return rc;
+        }
+        /* The umask may have masked bits off: set the mode we mean. */
+        if (fchmod(fd, mode) != 0 || (has_group && fchown(fd, (uid_t)-1, group) != 0)) {
+                rc = -errno;
+                snprintf(err, errlen, "%s: cannot set mode %04o%s: %s", r.shm_name, (unsigned)mode,
+                         has_group ? " and group" : "", strerror(errno));
+                goto fail;
+        }
+        /* posix_fallocate returns the error number instead of setting errno. */
+        rc = posix_fallocate(fd, 0, (off_t)bytes);
+        if (rc == EOPNOTSUPP || rc == ENOSYS) {
+                /* a file system without fallocate: ftruncate still zero-fills */
+                rc = ftruncate(fd, (off_t)bytes) ? errno : 0;
+        }
+        if (rc) {
+                snprintf(err, errlen, "cannot reserve %llu bytes for %s in /dev/shm: %s%s",
+                         (unsigned long long)bytes, r.shm_name, strerror(rc),
+                         rc == ENOSPC ? " (shared memory too small: lower the capacity or enlarge /dev/shm)" : "");
+                rc = -rc;
+                goto fail;
+        }
+        base = mmap(NULL, (size_t)bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (base == MAP_FAILED) {
+                rc = -errno;
+                snprintf(err, errlen, "mmap of %s (%llu bytes): %s", r.shm_name, (unsigned long long)bytes,
+                         strerror(errno));
+                goto fail;
+        }
+        /* The mapping keeps the object alive; the fd is no longer needed.
+         * The memory is zero: a new shm object reads as zeros, and fallocate
+         * has already committed its pages, so there is nothing to memset. */
+        close(fd);
+        r.base = base;
+        kvd_debug("host backend: %s, %llu bytes, mode %04o", r.shm_name, (unsigned long long)bytes, (unsigned)mode);
+        *ret = r;
+        return 0;
+fail:
+        close(fd);
+        shm_unlink(r.shm_name);
+        return rc;
+}
+
+static void host_describe(const struct kvd_region *r, struct kv_attach_rep *rep)
+{
+        rep->backend = KV_BACKEND_HOST;
+        rep->pool_bytes = r->bytes;
+        memcpy(rep->shm_name, r->shm_name, sizeof(rep->shm_name));
+        memset(rep->ipc_handle, 0, sizeof(rep->ipc_handle));
+        memset(rep->device_uuid, 0, sizeof(rep->device_uuid));
+}
+
+static void host_destroy(struct kvd_region *r)
+{
+        if (!r)
+                return;
+        if (r->base)
+                munmap(r->base, (size_t)r->bytes);
+        /* Unlinking removes the name; workers that still map the pool keep
+         * their mapping until they unmap it. */
+        if (r->shm_name[0] && shm_unlink(r->shm_name) != 0 && errno != ENOENT)
+                kvd_warn("shm_unlink(%s): %s", r->shm_name, strerror(errno));
+        memset(r, 0, sizeof(*r));
+        r->device = -1;
+}
+
+const struct kvd_backend_ops kvd_backend_host = {
+        .name = "host",
+        .create = host_create,
+        .describe = host_describe,
+        .destroy = host_destroy,
+};
