@@ -1,0 +1,148 @@
+/* client_cuda.c - opening and closing a cuda pool's IPC handle in a worker
+ * (see client_cuda.h). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kv_config.h"
+#include "client_cuda.h"
+
+static int say(char *err, size_t errlen, int code, const char *fmt, const char *a)
+{
+        if (err && errlen)
+                snprintf(err, errlen, fmt, a);
+        return code;
+}
+
+#if !KV_HAVE_CUDA
+int kvc__cuda_map(const struct kv_attach_rep *rep, void **ret_base, int *ret_device, char *err, size_t errlen)
+{
+        (void)rep;
+        (void)ret_base;
+        (void)ret_device;
+        return say(err, errlen, -ENODEV, "%s", "cuda pool: libkvclient was built without CUDA");
+}
+
+void kvc__cuda_unmap(void *base, int device)
+{
+        (void)base;
+        (void)device;
+}
+#else
+#include <cuda_runtime.h>
+#include "kv_cuda_common.cuh" /* kv_cuda_errno */
+
+/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", as nvidia-smi -L prints it. */
+static void uuid_str(const uint8_t u[16], char out[48])
+{
+        static const int dash[] = { 4, 6, 8, 10 };
+        char *p = out;
+        int d = 0;
+
+        p += sprintf(p, "GPU-");
+        for (int i = 0; i < 16; i++) {
+                if (d < 4 && i == dash[d]) {
+                        *p++ = '-';
+                        d++;
+                }
+                p += sprintf(p, "%02x", u[i]);
+        }
+        *p = 0;
+}
+
+/* This process's ordinal of the device with UUID u, or a negative errno. */
+static int find_device(const uint8_t u[16], char *err, size_t errlen)
+{
+        char us[48], what[160];
+        cudaError_t e;
+        int n = 0;
+
+        uuid_str(u, us);
+        e = cudaGetDeviceCount(&n);
+        if (e != cudaSuccess) {
+                (void)cudaGetLastError();
+                snprintf(what, sizeof what, "cuda pool on %s: cudaGetDeviceCount", us);
+                kv_cuda_errno(e, what, err, errlen);
+                return -ENODEV;
+        }
+        for (int i = 0; i < n; i++) {
+                cudaUUID_t id;
+                struct cudaDeviceProp prop;
+
+                if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) {
+                        (void)cudaGetLastError();
+                        continue;
+                }
+                id = prop.uuid;
+                if (memcmp(&id, u, 16) == 0)
+                        return i;
+        }
+        if (err && errlen) {
+                const char *cvd = getenv("CUDA_VISIBLE_DEVICES");
+                snprintf(err, errlen,
+                         "cuda pool on %s: no device with that UUID is visible in this process "
+                         "(%d device%s visible, CUDA_VISIBLE_DEVICES=%s)",
+                         us, n, n == 1 ? "" : "s", cvd ? cvd : "(unset)");
+        }
+        return -ENODEV;
+}
+
+int kvc__cuda_map(const struct kv_attach_rep *rep, void **ret_base, int *ret_device, char *err, size_t errlen)
+{
+        cudaIpcMemHandle_t h;
+        void *base = NULL;
+        int dev, prev = -1;
+        cudaError_t e;
+
+        if (!rep || rep->backend != KV_BACKEND_CUDA)
+                return say(err, errlen, -EINVAL, "%s", "cuda map: the attach reply is not a cuda pool");
+        dev = find_device(rep->device_uuid, err, errlen);
+        if (dev < 0)
+                return dev;
+        /* open on the pool's device without changing the caller's current
+         * device for good */
+        if (cudaGetDevice(&prev) != cudaSuccess)
+                prev = -1;
+        e = cudaSetDevice(dev);
+        if (e != cudaSuccess) {
+                (void)cudaGetLastError();
+                kv_cuda_errno(e, "cuda map: cudaSetDevice", err, errlen);
+                return -ENODEV;
+        }
+        memcpy(&h, rep->ipc_handle, sizeof h);
+        e = cudaIpcOpenMemHandle(&base, h, cudaIpcMemLazyEnablePeerAccess);
+        if (prev >= 0 && prev != dev)
+                cudaSetDevice(prev);
+        if (e != cudaSuccess) {
+                char what[200];
+
+                (void)cudaGetLastError();
+                /* The usual cause: the daemon that exported the handle exited
+                 * or restarted, so the allocation behind it is gone.  Never
+                 * guess further and map something else. */
+                snprintf(what, sizeof what,
+                         "cuda pool: cannot open its CUDA IPC handle on device %d (stale handle: kvpoold exited or "
+                         "restarted since the attach; reconnect and re-attach)", dev);
+                kv_cuda_errno(e, what, err, errlen);
+                return -ESTALE;
+        }
+        *ret_base = base;
+        *ret_device = dev;
+        return 0;
+}
+
+void kvc__cuda_unmap(void *base, int device)
+{
+        int prev = -1;
+
+        if (!base)
+                return;
+        if (cudaGetDevice(&prev) != cudaSuccess)
+                prev = -1;
+        if (cudaSetDevice(device) == cudaSuccess)
+                cudaIpcCloseMemHandle(base);
+        if (prev >= 0 && prev != device)
+                cudaSetDevice(prev);
+        (void)cudaGetLastError();
+}
+#endif

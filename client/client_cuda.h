@@ -1,0 +1,29 @@
+/* client_cuda.h - libkvclient's CUDA mapping primitive (client_cuda.c).
+ * Not installed.  kvclient.c keeps the process-wide registry (one mapping
+ * per process and pool); these functions only open and close one. */
+#ifndef KVC_CLIENT_CUDA_H
+#define KVC_CLIENT_CUDA_H
+
+#include <stddef.h>
+#include "kv_proto.h"
+
+/* Maps a cuda pool described by an attach reply: finds this process's CUDA
+ * ordinal for rep->device_uuid (CUDA_VISIBLE_DEVICES may differ between
+ * processes) and opens rep->ipc_handle on it with
+ * cudaIpcMemLazyEnablePeerAccess.  The calling thread's current device is
+ * restored afterwards.  On success *ret_base is the device pointer of the
+ * pool's start and *ret_device the ordinal; release with kvc__cuda_unmap().
+ * Errors (message in err): -ENODEV no device with that UUID in this process
+ * (the UUID is named) or no usable CUDA at all, or a build without CUDA
+ * ("built without CUDA"); -ESTALE the handle cannot be opened (the daemon
+ * that exported it has exited or restarted); -EINVAL rep is not a cuda pool.
+ * Opening costs milliseconds: call it once per process and pool.
+ * Thread-safe (the CUDA runtime serializes what it must). */
+int kvc__cuda_map(const struct kv_attach_rep *rep, void **ret_base, int *ret_device, char *err, size_t errlen);
+
+/* Closes a mapping made by kvc__cuda_map (cudaIpcCloseMemHandle on its
+ * device).  Accepts base == NULL.  The caller synchronizes its streams
+ * first: kernels still running on the mapping would fault. */
+void kvc__cuda_unmap(void *base, int device);
+
+#endif

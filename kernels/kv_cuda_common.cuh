@@ -1,0 +1,238 @@
+/* kv_cuda_common.cuh - what the CUDA kernels of kvpool share: the CUDA error
+ * conversion, argument checks of the write and gather launchers, 16-byte
+ * memory helpers and the element-type traits.
+ *
+ * The C part (outside __CUDACC__) may be included from C files too: it only
+ * declares functions defined in kv_cuda_common.cu.
+ */
+#ifndef KV_CUDA_COMMON_CUH
+#define KV_CUDA_COMMON_CUH
+
+#include <stddef.h>
+#include <stdint.h>
+#include "kvclient.h"
+#include "kv_ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Converts a cudaError_t (passed as int so C callers need no CUDA header) into
+ * a negative errno and, when msg is not NULL, writes "<what>: <CUDA error name>:
+ * <description>" into it.  cudaSuccess gives 0 and leaves msg alone.
+ *   memory allocation             -> -ENOMEM
+ *   invalid value / configuration -> -EINVAL
+ *   no device / driver too old    -> -ENODEV
+ *   stale or invalid IPC handle   -> -ESTALE
+ *   anything else                 -> -EIO */
+int kv_cuda_errno(int cuda_err, const char *what, char *msg, size_t msglen);
+
+/* Checks every host-side argument of a write (the same rules and messages as
+ * kv_ref_write, plus what the CUDA kernels need: head_dim 64/128/256, a device
+ * pool, element pointers aligned to their element size).  Returns 0 or
+ * -EINVAL/-ERANGE with the argument named in msg.  Slots are device memory
+ * and are not read here: the kernel skips the out-of-range ones. */
+int kv_cuda_check_write(const struct kv_pool_view *p, const struct kvc_write_args *a,
+                        char *msg, size_t msglen);
+
+/* The same for a gather; page ids are device memory and not read here: the
+ * kernel writes zeros for the rows of an out-of-range page. */
+int kv_cuda_check_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a,
+                         char *msg, size_t msglen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#ifdef __CUDACC__
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include "kv_codec.h"
+
+namespace kvk {
+
+/* Element types of caller tensors, as compile-time tags. */
+template <int E> struct elem_traits;
+template <> struct elem_traits<KVC_ELEM_F32> {
+        typedef float t;
+        static constexpr int bytes = 4;
+        static __device__ __forceinline__ float to_f32(uint32_t bits) { return __uint_as_float(bits); }
+};
+template <> struct elem_traits<KVC_ELEM_BF16> {
+        typedef uint16_t t;
+        static constexpr int bytes = 2;
+        static __device__ __forceinline__ float to_f32(uint32_t bits) { return __uint_as_float(bits << 16); }
+};
+/* ---- device conversions proven equal to the codec -------------------------
+ * Each of these equals the kv_codec.h function named beside it on EVERY
+ * input (tests/gpu/test_conv_exhaustive.cu runs all 2^32 float patterns, or
+ * all 2^16 halves, through both on the device).  They exist because the
+ * codec's integer code costs 15-25 instructions an element, which would make
+ * the write kernel compute-bound on an H200.  Define KV_CUDA_CODEC_ONLY to
+ * compile the codec functions instead. */
+
+/* == kv_f16_to_f32: the hardware widening is exact; NaN keeps sign and
+ * payload in the codec, which the hardware does not promise. */
+__device__ __forceinline__ float f16_to_f32(uint32_t h)
+{
+#ifdef KV_CUDA_CODEC_ONLY
+        return kv_f16_to_f32((uint16_t)h);
+#else
+        if (__builtin_expect((h & 0x7C00u) == 0x7C00u && (h & 0x3FFu), 0))
+                return kv_f16_to_f32((uint16_t)h);
+        return __half2float(__ushort_as_half((unsigned short)h));
+#endif
+}
+
+/* == kv_f32_to_f16 for both values (x0 in the low half): cvt.rn.f16x2.f32
+ * rounds to nearest even with IEEE overflow to Inf; NaN goes to the codec. */
+__device__ __forceinline__ uint32_t f32x2_to_f16x2(float x0, float x1)
+{
+#ifdef KV_CUDA_CODEC_ONLY
+        return (uint32_t)kv_f32_to_f16(x0) | (uint32_t)kv_f32_to_f16(x1) << 16;
+#else
+        __half2 h = __floats2half2_rn(x0, x1);
+        uint32_t r = *(uint32_t *)&h;
+        if (__builtin_expect(isnan(x0) || isnan(x1), 0))
+                r = (uint32_t)kv_f32_to_f16(x0) | (uint32_t)kv_f32_to_f16(x1) << 16;
+        return r;
+#endif
+}
+
+/* == kv_f32_to_e4m3 / kv_f32_to_e5m2 for both values (x0 in the low byte).
+ * cvt.rn.satfinite (sm_89+) rounds to nearest even and saturates finite
+ * values and infinities to +-max, as the codec does; only NaN differs (the
+ * hardware drops its sign), so NaN goes through the codec. */
+template <int D>
+__device__ __forceinline__ uint32_t f32x2_to_fp8x2(float x0, float x1)
+{
+        static_assert(D == KVC_DTYPE_FP8_E4M3 || D == KVC_DTYPE_FP8_E5M2, "fp8 dtype");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890 && !defined(KV_CUDA_CODEC_ONLY)
+        const __nv_fp8_interpretation_t kind = D == KVC_DTYPE_FP8_E4M3 ? __NV_E4M3 : __NV_E5M2;
+        uint32_t r = __nv_cvt_float2_to_fp8x2(make_float2(x0, x1), __NV_SATFINITE, kind);
+        if (__builtin_expect(isnan(x0) || isnan(x1), 0)) {
+                uint32_t a = D == KVC_DTYPE_FP8_E4M3 ? kv_f32_to_e4m3(x0) : kv_f32_to_e5m2(x0);
+                uint32_t b = D == KVC_DTYPE_FP8_E4M3 ? kv_f32_to_e4m3(x1) : kv_f32_to_e5m2(x1);
+                r = a | b << 8;
+        }
+        return r;
+#else
+        uint32_t a = D == KVC_DTYPE_FP8_E4M3 ? kv_f32_to_e4m3(x0) : kv_f32_to_e5m2(x0);
+        uint32_t b = D == KVC_DTYPE_FP8_E4M3 ? kv_f32_to_e4m3(x1) : kv_f32_to_e5m2(x1);
+        return a | b << 8;
+#endif
+}
+
+/* == kv_f32_to_e2m1 for every input.  Round half even onto {0, .5, 1, 1.5,
+ * 2, 3, 4, 6} is a count of the midpoints below |x| (a tie goes to the even
+ * code: 0.25 -> 0, 0.75 -> 1.0, 1.25 -> 1.0, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4,
+ * 5 -> 4); beyond 5 (Inf too) saturates to 6; NaN is +0. */
+__device__ __forceinline__ uint32_t f32_to_e2m1(float x)
+{
+#ifdef KV_CUDA_CODEC_ONLY
+        return kv_f32_to_e2m1(x);
+#else
+        const uint32_t u = __float_as_uint(x);
+        const uint32_t a = u & 0x7FFFFFFFu;
+        uint32_t c = (a > 0x3E800000u) + (a >= 0x3F400000u) + (a > 0x3FA00000u) + (a >= 0x3FE00000u) +
+                     (a > 0x40200000u) + (a >= 0x40600000u) + (a > 0x40A00000u);
+        c |= (u >> 28) & 8u;
+        return a > 0x7F800000u ? 0u : c;
+#endif
+}
+
+/* == kv_fp4_encode_block16 on x[0..16), nibbles packed into two words
+ * (element i of the block in bits [4i, 4i+4) of w[i/8]).  The usual block
+ * (all finite) takes the short path; a block holding NaN or Inf goes
+ * through the codec's own encoder. */
+__device__ __forceinline__ void fp4_block16(const float *x, uint32_t &w0, uint32_t &w1, uint32_t &scale)
+{
+        uint32_t m = 0;
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+                m = max(m, __float_as_uint(x[i]) & 0x7FFFFFFFu);
+        if (__builtin_expect(m >= 0x7F800000u, 0)) {
+                uint8_t p[8], s;
+                kv_fp4_encode_block16(x, p, &s);
+                w0 = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+                w1 = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+                scale = s;
+                return;
+        }
+        /* all finite: amax is the largest magnitude, as in the codec */
+        const uint8_t s = kv_fp4_block_scale(__uint_as_float(m));
+        const float inv = kv_e8m0_inv_f32(s); /* a power of two: x * inv is exact */
+        uint32_t r[2] = { 0, 0 };
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+                r[i / 8] |= f32_to_e2m1(__fmul_rn(x[i], inv)) << (4 * (i % 8));
+        w0 = r[0];
+        w1 = r[1];
+        scale = s;
+}
+
+template <> struct elem_traits<KVC_ELEM_F16> {
+        typedef uint16_t t;
+        static constexpr int bytes = 2;
+        static __device__ __forceinline__ float to_f32(uint32_t bits) { return f16_to_f32(bits); }
+};
+
+/* Loads N elements of element type E starting at p into f[0..N) as fp32
+ * (exact: every input type widens to fp32 without rounding).  vec says p is
+ * 16-byte aligned (the launcher checked the base and the row stride), so the
+ * loads are 16 bytes wide; otherwise element by element. */
+template <int E, int N>
+__device__ __forceinline__ void load_f32(const void *p, bool vec, float (&f)[N])
+{
+        typedef elem_traits<E> tr;
+        constexpr int per16 = 16 / tr::bytes;
+        static_assert(N % per16 == 0, "whole 16-byte vectors");
+        if (vec) {
+                const uint4 *q = (const uint4 *)p;
+                uint4 w[N / per16];
+#pragma unroll
+                for (int i = 0; i < N / per16; i++)
+                        w[i] = __ldcs(q + i); /* read once: do not keep in L1/L2 longer than needed */
+#pragma unroll
+                for (int i = 0; i < N / per16; i++) {
+                        const uint32_t u[4] = { w[i].x, w[i].y, w[i].z, w[i].w };
+#pragma unroll
+                        for (int j = 0; j < 4; j++) {
+                                if constexpr (tr::bytes == 4) {
+                                        f[i * per16 + j] = tr::to_f32(u[j]);
+                                } else {
+                                        f[i * per16 + 2 * j]     = tr::to_f32(u[j] & 0xFFFFu);
+                                        f[i * per16 + 2 * j + 1] = tr::to_f32(u[j] >> 16);
+                                }
+                        }
+                }
+        } else {
+                const typename tr::t *q = (const typename tr::t *)p;
+#pragma unroll
+                for (int i = 0; i < N; i++) {
+                        uint32_t bits;
+                        if constexpr (tr::bytes == 4)
+                                bits = __float_as_uint(*(const float *)(q + i));
+                        else
+                                bits = *(const uint16_t *)(q + i);
+                        f[i] = tr::to_f32(bits);
+                }
+        }
+}
+
+/* Grid-stride helper: a 1-D launch of enough blocks to cover n items, capped
+ * so that very large calls loop instead of launching millions of blocks. */
+static inline unsigned grid_for(uint64_t n, unsigned threads)
+{
+        uint64_t b = (n + threads - 1) / threads;
+        if (b > (1u << 20))
+                b = 1u << 20;
+        return b ? (unsigned)b : 1u;
+}
+
+} // namespace kvk
+#endif /* __CUDACC__ */
+
+#endif

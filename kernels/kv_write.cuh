@@ -1,0 +1,138 @@
+/* kv_write.cuh - the quantizing write kernel: K and V of T new tokens into
+ * their slots of one layer of a pool (design §8).
+ *
+ * One thread produces 16 bytes of one token's K or V row in the pool: 8
+ * elements of a 16-bit pool, 16 of an fp8 pool, 32 (two fp4 blocks plus their
+ * two E8M0 scale bytes) of an fp4 pool.  It reads its inputs with 16-byte
+ * loads (when the caller's tensors are 16-byte aligned), converts them and
+ * writes one 16-byte store: one pass over the input, every byte written once.
+ * A token's row is [kv_heads * head_dim] contiguous elements both in the
+ * input and in the pool slot, and fp4 blocks of 16 never straddle a head
+ * (head_dim is a multiple of 16), so the kernel needs no head index and
+ * head_dim is a runtime value.
+ *
+ * Bits: the result equals kv_ref_write bit for bit.  Conversions are the
+ * codec's (kernels/kv_codec.h) or hardware instructions proven equal to them
+ * on every input they are used for (tests/gpu/test_write_gather.cu checks
+ * the hardware fp8 conversions against the codec over all 2^32 floats).
+ * FP8 divides by the layer scale with an IEEE division (__fdiv_rn), as the
+ * reference does: a precomputed reciprocal would round differently.
+ */
+#ifndef KV_WRITE_CUH
+#define KV_WRITE_CUH
+
+#include "kv_cuda_common.cuh"
+
+namespace kvk {
+
+struct write_params {
+        const uint8_t *src[2];        /* k, v: [T, kv_heads, head_dim] elements, rows stride[] bytes apart */
+        int64_t        stride[2];     /* bytes between tokens */
+        bool           vec[2];        /* src and stride 16-byte aligned */
+        const int64_t *slots;         /* [T] device memory; -1 or out of range = skip */
+        uint32_t       T;
+        uint32_t       chunks;        /* 16-byte output chunks per token row */
+        uint8_t       *dst[2];        /* layer's K, V arrays: [num_pages][page_size][kv_heads][head_dim] */
+        uint8_t       *sdst[2];       /* fp4: layer's KS, VS arrays: [num_pages][page_size][kv_heads][head_dim/16] */
+        uint64_t       page_bytes, token_bytes, scale_page_bytes, scale_token_bytes;
+        uint32_t       page_size;
+        int64_t        num_slots;     /* num_pages * page_size */
+        float          scale[2];      /* fp8: k and v scale of the layer */
+};
+
+/* ---- conversions ------------------------------------------------------- */
+
+/* x / s rounded to nearest even, as the host's float division.  GPU
+ * arithmetic turns a NaN into the canonical NaN (sign dropped) where the
+ * host keeps the operand's NaN: keep x itself so the codec sees the same
+ * NaN as on the host. */
+__device__ __forceinline__ float div_like_host(float x, float s)
+{
+        return isnan(x) ? x : __fdiv_rn(x, s);
+}
+
+/* Elements of input converted per thread: one 16-byte output chunk. */
+template <int D> struct epc { static constexpr int n = 8; };          /* bf16, fp16 */
+template <> struct epc<KVC_DTYPE_FP8_E4M3> { static constexpr int n = 16; };
+template <> struct epc<KVC_DTYPE_FP8_E5M2> { static constexpr int n = 16; };
+template <> struct epc<KVC_DTYPE_FP4_E2M1> { static constexpr int n = 32; };
+
+/* Converts N = epc<D>::n fp32 values into one 16-byte chunk (and, for fp4,
+ * the two block scale bytes, first block in the low byte of *sc). */
+template <int D>
+__device__ __forceinline__ uint4 convert_chunk(const float (&f)[epc<D>::n], float scale, uint16_t *sc)
+{
+        uint32_t w[4];
+
+        if constexpr (D == KVC_DTYPE_BF16) {
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                        w[i] = (uint32_t)kv_f32_to_bf16(f[2 * i]) | (uint32_t)kv_f32_to_bf16(f[2 * i + 1]) << 16;
+        } else if constexpr (D == KVC_DTYPE_FP16) {
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                        w[i] = f32x2_to_f16x2(f[2 * i], f[2 * i + 1]);
+        } else if constexpr (D == KVC_DTYPE_FP8_E4M3 || D == KVC_DTYPE_FP8_E5M2) {
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                        uint32_t lo = f32x2_to_fp8x2<D>(div_like_host(f[4 * i], scale),
+                                                        div_like_host(f[4 * i + 1], scale));
+                        uint32_t hi = f32x2_to_fp8x2<D>(div_like_host(f[4 * i + 2], scale),
+                                                        div_like_host(f[4 * i + 3], scale));
+                        w[i] = lo | hi << 16;
+                }
+        } else {
+                /* fp4: two blocks of 16 elements, each with its own E8M0 scale */
+                uint32_t s0, s1;
+                fp4_block16(&f[0], w[0], w[1], s0);
+                fp4_block16(&f[16], w[2], w[3], s1);
+                *sc = (uint16_t)(s0 | s1 << 8);
+        }
+        return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+/* ---- the kernel -------------------------------------------------------- */
+
+/* Grid: 1-D over T * 2 * chunks items (token, K or V, chunk), grid-stride. */
+template <int D, int E>
+__global__ void __launch_bounds__(256) write_kernel(const write_params p)
+{
+        constexpr int N = epc<D>::n;
+        const uint64_t per_token = 2ull * p.chunks;
+        const uint64_t total = (uint64_t)p.T * per_token;
+
+        for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+             i += (uint64_t)gridDim.x * blockDim.x) {
+                const uint32_t t = (uint32_t)(i / per_token);
+                const uint32_t r = (uint32_t)(i - (uint64_t)t * per_token);
+                const int which = r >= p.chunks;          /* 0 = K, 1 = V */
+                const uint32_t c = r - (which ? p.chunks : 0);
+                const int64_t slot = __ldg(p.slots + t);
+
+                /* -1 means skip; anything else out of range is skipped too:
+                 * the slots live on the device, so the launcher cannot check them */
+                if (slot < 0 || slot >= p.num_slots)
+                        continue;
+                const uint64_t page = (uint64_t)slot / p.page_size;
+                const uint64_t off = (uint64_t)slot - page * p.page_size;
+
+                float f[N];
+                const uint8_t *src = p.src[which] + (int64_t)t * p.stride[which] +
+                                     (uint64_t)c * N * elem_traits<E>::bytes;
+                load_f32<E, N>(src, p.vec[which], f);
+
+                uint16_t sc = 0;
+                const uint4 out = convert_chunk<D>(f, p.scale[which], &sc);
+                uint8_t *dst = p.dst[which] + page * p.page_bytes + off * p.token_bytes + (uint64_t)c * 16;
+                *(uint4 *)dst = out;
+                if constexpr (D == KVC_DTYPE_FP4_E2M1) {
+                        /* chunk c holds blocks 2c and 2c+1 of the row: scale bytes 2c, 2c+1 */
+                        uint8_t *sdst = p.sdst[which] + page * p.scale_page_bytes + off * p.scale_token_bytes +
+                                        (uint64_t)c * 2;
+                        *(uint16_t *)sdst = sc;
+                }
+        }
+}
+
+} // namespace kvk
+#endif
