@@ -1,0 +1,29 @@
+/* status.h - the STATUS document: one JSON object describing the daemon, its
+ * pools and its clients (kvpoolctl status renders it).  Key names are fixed:
+ *
+ * {"version", "pid", "uptime_s", "socket", "events",
+ *  "pools": [{"name", "dtype", "backend", "device", "layers", "kv_heads",
+ *             "head_dim", "page_size", "pages_total", "pages_free",
+ *             "pages_held", "pages_cached", "cached_idle", "token_capacity",
+ *             "bytes", "scale_source", "scale_path", "k_scale_min",
+ *             "k_scale_max", "v_scale_min", "v_scale_max", "lookups", "hits",
+ *             "hit_rate", "evictions"}],
+ *  "clients": [{"name", "pid", "uid", "session_id", "pages_held", "tenant"}]}
+ *
+ * "events" is null when the event stream is off; "device" is -1 for host
+ * pools; "pid"/"uid" of a client are -1 when unknown; "hit_rate" is
+ * hits/lookups (0 before any lookup).
+ */
+#ifndef KVD_STATUS_H
+#define KVD_STATUS_H
+
+#define KVD_VERSION "0.1.0"
+
+struct kvd_server;
+
+/* Renders the document (unformatted JSON, NUL-terminated, malloc'ed: the
+ * caller frees it) or returns NULL when out of memory.  Caller holds the
+ * server lock. */
+char *kvd_status_json(const struct kvd_server *s);
+
+#endif
