@@ -31,4 +31,35 @@ void kvd_events_pressure(struct kvd_events *e, const char *pool, double free_fra
                          double threshold, int entering);
 uint64_t kvd_events_seq(const struct kvd_events *e); /* last sequence number sent */
 
+/* ---- decoding (added by 'pages'; used by kvpoolctl, which links events.c
+ * alone: nothing below depends on daemon state) ---------------------------- */
+
+#define KVD_EV_MAGIC        0x3145564Bu /* "KVE1" read as a little-endian u32 */
+#define KVD_EV_VERSION      1u
+#define KVD_EV_HDR_SIZE     56u         /* magic .. pool[32] */
+#define KVD_EV_PAGE_SIZE    76u         /* STORED / EVICTED */
+#define KVD_EV_PRESSURE_SIZE 76u
+
+/* One decoded event.  Fields a type does not carry are zero. */
+struct kvd_event {
+        uint16_t version;
+        uint16_t type;          /* enum kvd_event_type, or an unknown newer type */
+        uint64_t seq;
+        uint64_t time_ns;       /* CLOCK_REALTIME, ns since the Unix epoch */
+        char     pool[32];      /* NUL-terminated */
+        uint32_t page;          /* STORED, EVICTED */
+        uint8_t  key[16];       /* STORED, EVICTED */
+        double   free_fraction; /* PRESSURE */
+        double   threshold;     /* PRESSURE */
+        uint32_t entering;      /* PRESSURE: 1 fell below, 0 rose back */
+};
+
+/* Decodes one event message.  Returns 0, -EPROTO (too short for its type,
+ * bad magic, pool name not NUL-terminated) or -EPROTONOSUPPORT (another
+ * version); *ret is untouched on failure.  An unknown type decodes with its
+ * header only; bytes past the known fields are ignored (room to grow). */
+int kvd_event_decode(const uint8_t *buf, size_t len, struct kvd_event *ret);
+/* "stored", "evicted", "pressure", "shutdown", or NULL for an unknown type. */
+const char *kvd_event_type_name(uint16_t type);
+
 #endif

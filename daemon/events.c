@@ -1,0 +1,284 @@
+/* events.c - the event stream: an nng PUB0 socket announcing pages stored,
+ * pages evicted, pool pressure and shutdown, and the decoder kvpoolctl uses.
+ *
+ * Wire format of one event (one nng message, little-endian, no padding):
+ *
+ *   offset size field
+ *   0      4    magic      "KVE1" (bytes 4B 56 45 31; 0x3145564B as a LE u32)
+ *   4      2    version    1
+ *   6      2    type       1 STORED, 2 EVICTED, 3 PRESSURE, 4 SHUTDOWN
+ *   8      8    seq        1 for the first event of a daemon run, +1 per event
+ *   16     8    time_ns    CLOCK_REALTIME when sent, ns since the Unix epoch
+ *   24     32   pool       pool name, NUL-padded (empty for SHUTDOWN)
+ *   56     ...  body, by type:
+ *     STORED, EVICTED (76 bytes in all):
+ *     56   4    page       page id
+ *     60   16   key        the 16-byte content key the client published
+ *     PRESSURE (76 bytes in all):
+ *     56   8    free_fraction  IEEE-754 binary64, the pool's free fraction
+ *     64   8    threshold      the threshold that was crossed
+ *     72   4    entering       1: fell below the threshold, 0: rose back above
+ *     SHUTDOWN (56 bytes in all): no body.
+ *
+ * A reader checks magic and version, ignores bytes after the fields it knows
+ * (later versions may append) and may skip types it does not know.  nng's PUB
+ * drops messages for a subscriber that does not keep up; a gap in seq tells
+ * the subscriber how many it missed.  Subscribers must subscribe to the empty
+ * topic ("" = everything): the type is not a topic prefix.
+ *
+ * This file depends on nng and libc only, so that kvpoolctl can link it.
+ */
+#include "events.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/pubsub0/pub.h>
+
+#define POOL_LEN 32
+
+struct kvd_events {
+        nng_socket      sock;
+        int             open;        /* 0: events are off (NULL url) */
+        pthread_mutex_t lock;        /* seq order == send order */
+        uint64_t        seq;
+        atomic_int      subscribers; /* pipes attached, from nng's pipe callback */
+};
+
+static int nng_to_errno(int rv)
+{
+        switch (rv) {
+        case NNG_ENOMEM:      return -ENOMEM;
+        case NNG_EINVAL:      return -EINVAL;
+        case NNG_EADDRINVAL:  return -EINVAL;
+        case NNG_EADDRINUSE:  return -EADDRINUSE;
+        case NNG_EPERM:       return -EPERM;
+        case NNG_ENOTSUP:     return -ENOTSUP;
+        case NNG_ENOENT:      return -ENOENT;
+        case NNG_ECLOSED:     return -EBADF;
+        default:              return -EIO;
+        }
+}
+
+static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static void put32(uint8_t *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i)); }
+static void put64(uint8_t *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i)); }
+
+static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint32_t get32(const uint8_t *p)
+{
+        return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32; }
+
+static void putf64(uint8_t *p, double d)
+{
+        uint64_t v;
+        memcpy(&v, &d, sizeof(v));
+        put64(p, v);
+}
+
+static double getf64(const uint8_t *p)
+{
+        uint64_t v = get64(p);
+        double d;
+        memcpy(&d, &v, sizeof(d));
+        return d;
+}
+
+static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+        struct kvd_events *e = arg;
+        if (ev == NNG_PIPE_EV_ADD_POST)
+                atomic_fetch_add(&e->subscribers, 1);
+        else if (ev == NNG_PIPE_EV_REM_POST)
+                atomic_fetch_sub(&e->subscribers, 1);
+}
+
+int kvd_events_open(const char *url, struct kvd_events **ret, char *err, size_t errlen)
+{
+        if (!ret)
+                return -EINVAL;
+        if (err && errlen)
+                err[0] = '\0';
+        struct kvd_events *e = calloc(1, sizeof(*e));
+        if (!e) {
+                if (err)
+                        snprintf(err, errlen, "events: out of memory");
+                return -ENOMEM;
+        }
+        pthread_mutex_init(&e->lock, NULL);
+        atomic_init(&e->subscribers, 0);
+        if (!url) {
+                *ret = e;
+                return 0;
+        }
+        int rv = nng_pub0_open(&e->sock);
+        if (rv == 0) {
+                nng_pipe_notify(e->sock, NNG_PIPE_EV_ADD_POST, on_pipe, e);
+                nng_pipe_notify(e->sock, NNG_PIPE_EV_REM_POST, on_pipe, e);
+                rv = nng_listen(e->sock, url, NULL, 0);
+                if (rv != 0)
+                        nng_close(e->sock);
+        }
+        if (rv != 0) {
+                if (err)
+                        snprintf(err, errlen, "events: cannot listen on %s: %s", url, nng_strerror(rv));
+                pthread_mutex_destroy(&e->lock);
+                free(e);
+                return nng_to_errno(rv);
+        }
+        e->open = 1;
+        *ret = e;
+        return 0;
+}
+
+/* Fills the common header; seq is set under the lock in send_event. */
+static void header(uint8_t *buf, uint16_t type, const char *pool)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        put32(buf, KVD_EV_MAGIC);
+        put16(buf + 4, KVD_EV_VERSION);
+        put16(buf + 6, type);
+        put64(buf + 16, (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec);
+        memset(buf + 24, 0, POOL_LEN);
+        if (pool) {
+                size_t n = strnlen(pool, POOL_LEN - 1);
+                memcpy(buf + 24, pool, n);
+        }
+}
+
+/* Sends without blocking.  A failed send still consumes its sequence number,
+ * so subscribers see the gap instead of silently missing an event. */
+static void send_event(struct kvd_events *e, uint8_t *buf, size_t len)
+{
+        pthread_mutex_lock(&e->lock);
+        uint64_t seq = e->seq + 1;
+        __atomic_store_n(&e->seq, seq, __ATOMIC_RELAXED);
+        put64(buf + 8, seq);
+        (void)nng_send(e->sock, buf, len, NNG_FLAG_NONBLOCK);
+        pthread_mutex_unlock(&e->lock);
+}
+
+static void page_event(struct kvd_events *e, uint16_t type, const char *pool, uint32_t page,
+                       const uint8_t key[16])
+{
+        if (!e || !e->open)
+                return;
+        uint8_t buf[KVD_EV_PAGE_SIZE];
+        header(buf, type, pool);
+        put32(buf + 56, page);
+        if (key)
+                memcpy(buf + 60, key, 16);
+        else
+                memset(buf + 60, 0, 16);
+        send_event(e, buf, sizeof(buf));
+}
+
+void kvd_events_stored(struct kvd_events *e, const char *pool, uint32_t page, const uint8_t key[16])
+{
+        page_event(e, KVD_EV_STORED, pool, page, key);
+}
+
+void kvd_events_evicted(struct kvd_events *e, const char *pool, uint32_t page, const uint8_t key[16])
+{
+        page_event(e, KVD_EV_EVICTED, pool, page, key);
+}
+
+void kvd_events_pressure(struct kvd_events *e, const char *pool, double free_fraction,
+                         double threshold, int entering)
+{
+        if (!e || !e->open)
+                return;
+        uint8_t buf[KVD_EV_PRESSURE_SIZE];
+        header(buf, KVD_EV_PRESSURE, pool);
+        putf64(buf + 56, free_fraction);
+        putf64(buf + 64, threshold);
+        put32(buf + 72, entering ? 1 : 0);
+        send_event(e, buf, sizeof(buf));
+}
+
+uint64_t kvd_events_seq(const struct kvd_events *e)
+{
+        if (!e)
+                return 0;
+        /* no lock: written with an atomic store, read for status only */
+        return __atomic_load_n(&e->seq, __ATOMIC_RELAXED);
+}
+
+void kvd_events_close(struct kvd_events *e)
+{
+        if (!e)
+                return;
+        if (e->open) {
+                uint8_t buf[KVD_EV_HDR_SIZE];
+                header(buf, KVD_EV_SHUTDOWN, NULL);
+                send_event(e, buf, sizeof(buf));
+                /* nng sends asynchronously and closing drops what is queued:
+                 * give connected subscribers a moment to receive the event */
+                if (atomic_load(&e->subscribers) > 0) {
+                        struct timespec ts = { 0, 100 * 1000 * 1000 };
+                        nanosleep(&ts, NULL);
+                }
+                nng_close(e->sock);
+        }
+        pthread_mutex_destroy(&e->lock);
+        free(e);
+}
+
+const char *kvd_event_type_name(uint16_t type)
+{
+        switch (type) {
+        case KVD_EV_STORED:   return "stored";
+        case KVD_EV_EVICTED:  return "evicted";
+        case KVD_EV_PRESSURE: return "pressure";
+        case KVD_EV_SHUTDOWN: return "shutdown";
+        default:              return NULL;
+        }
+}
+
+int kvd_event_decode(const uint8_t *buf, size_t len, struct kvd_event *ret)
+{
+        if (!buf || !ret)
+                return -EINVAL;
+        if (len < KVD_EV_HDR_SIZE || get32(buf) != KVD_EV_MAGIC)
+                return -EPROTO;
+        if (get16(buf + 4) != KVD_EV_VERSION)
+                return -EPROTONOSUPPORT;
+        if (memchr(buf + 24, '\0', POOL_LEN) == NULL)
+                return -EPROTO;
+        struct kvd_event ev;
+        memset(&ev, 0, sizeof(ev));
+        ev.version = get16(buf + 4);
+        ev.type = get16(buf + 6);
+        ev.seq = get64(buf + 8);
+        ev.time_ns = get64(buf + 16);
+        memcpy(ev.pool, buf + 24, POOL_LEN);
+        switch (ev.type) {
+        case KVD_EV_STORED:
+        case KVD_EV_EVICTED:
+                if (len < KVD_EV_PAGE_SIZE)
+                        return -EPROTO;
+                ev.page = get32(buf + 56);
+                memcpy(ev.key, buf + 60, 16);
+                break;
+        case KVD_EV_PRESSURE:
+                if (len < KVD_EV_PRESSURE_SIZE)
+                        return -EPROTO;
+                ev.free_fraction = getf64(buf + 56);
+                ev.threshold = getf64(buf + 64);
+                ev.entering = get32(buf + 72);
+                break;
+        default:
+                break;
+        }
+        *ret = ev;
+        return 0;
+}
