@@ -1,0 +1,166 @@
+/* test_datapath.c - the full kvc_write / kvc_gather path through libkvclient
+ * on host pools of every dtype, against a private copy written and gathered
+ * by the CPU reference, and against the inputs within the dtype's rounding. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "kv_layout.h"
+#include "kv_ops.h"
+
+static struct kvt_daemon D;
+
+static void cleanup(void)
+{
+        if (D.dir[0])
+                kvt_daemon_cleanup(&D);
+}
+
+static const char *const dtypes[] = { "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1" };
+
+/* Relative rounding of each dtype (half an ulp), generous for fp4 (checked
+ * against the block's amax instead). */
+static double tol(enum kvc_dtype dt, double x, double block_amax)
+{
+        switch (dt) {
+        case KVC_DTYPE_BF16:     return fabs(x) * 0x1p-8 + 1e-30;
+        case KVC_DTYPE_FP16:     return fabs(x) * 0x1p-11 + 0x1p-24;
+        case KVC_DTYPE_FP8_E4M3: return fabs(x) * 0x1p-4 + 0x1p-9;
+        case KVC_DTYPE_FP8_E5M2: return fabs(x) * 0x1p-3 + 0x1p-16;
+        default:                 return block_amax / 3.0 + 1e-30;
+        }
+}
+
+static float rnd(unsigned *s)
+{
+        *s = *s * 1103515245u + 12345u;
+        return (float)((*s >> 8) & 0xffff) / 65536.0f * 6.0f - 3.0f;
+}
+
+#define NP 3
+#define T  40
+
+static void one_dtype(kvc_client *c, const char *name)
+{
+        kvc_pool *p;
+        const struct kvc_pool_desc *d;
+        int32_t pages[NP], own[NP] = { 0, 1, 2 };
+        unsigned seed = 12345;
+        char msg[256] = "";
+        int rv;
+
+        cr_assert_eq(kvc_attach(c, name, &p), 0, "%s: %s", name, kvc_errmsg(c));
+        d = kvc_pool_get_desc(p);
+        cr_assert_eq(kvc_dtype_name(d->dtype) != NULL && strcmp(kvc_dtype_name(d->dtype), name) == 0, 1,
+                     "pool %s has dtype %d", name, d->dtype);
+        cr_assert_eq(kvc_alloc(p, NP, pages), 0, "%s", kvc_errmsg(c));
+
+        uint64_t row = (uint64_t)d->kv_heads * d->head_dim, stride = row + 8;
+        uint64_t out_n = (uint64_t)NP * d->page_size * row;
+        float *k = malloc(T * stride * 4), *v = malloc(T * stride * 4);
+        float *gk = malloc(out_n * 4), *gv = malloc(out_n * 4), *rk = malloc(out_n * 4), *rv_ = malloc(out_n * 4);
+        uint16_t *bk = malloc(out_n * 2), *bv = malloc(out_n * 2), *rbk = malloc(out_n * 2), *rbv = malloc(out_n * 2);
+        int64_t slots[T], pslots[T];
+        struct kv_geom g = { d->dtype, d->num_layers, d->kv_heads, d->head_dim, d->page_size };
+        struct kv_pool_view priv = { .k_scale = d->k_scale, .v_scale = d->v_scale };
+
+        cr_assert(k && v && gk && gv && rk && rv_ && bk && bv && rbk && rbv);
+        cr_assert_eq(kv_layout_init(&g, NP, &priv.layout), 0);
+        priv.base = calloc(1, priv.layout.alloc_bytes);
+        cr_assert_not_null(priv.base);
+        /* Tokens fill the pages in order; every 7th token is skipped (-1). */
+        for (int t = 0; t < T; t++) {
+                int i = t / (int)d->page_size, o = t % (int)d->page_size;
+
+                slots[t] = t % 7 == 3 ? -1 : (int64_t)pages[i] * d->page_size + o;
+                pslots[t] = t % 7 == 3 ? -1 : (int64_t)own[i] * d->page_size + o;
+        }
+        for (uint32_t l = 0; l < d->num_layers; l++) {
+                for (uint64_t i = 0; i < T * stride; i++) {
+                        k[i] = rnd(&seed);
+                        v[i] = rnd(&seed) * 0.25f;
+                }
+                struct kvc_write_args w = { .k = k, .v = v, .elem = KVC_ELEM_F32,
+                                            .k_row_stride = (int64_t)stride, .v_row_stride = (int64_t)stride,
+                                            .slots = slots, .num_tokens = T, .layer = l };
+                struct kvc_write_args pw = w;
+
+                pw.slots = pslots;
+                rv = kvc_write(p, &w, NULL);
+                cr_assert_eq(rv, 0, "%s layer %u: kvc_write: %s", name, l, kvc_errmsg(c));
+                cr_assert_eq(kv_ref_write(&priv, &pw, msg, sizeof msg), 0, "%s", msg);
+
+                struct kvc_gather_args ga = { .pages = pages, .n_pages = NP, .layer = l,
+                                              .k_out = gk, .v_out = gv, .elem = KVC_ELEM_F32 };
+                struct kvc_gather_args pg = { .pages = own, .n_pages = NP, .layer = l,
+                                              .k_out = rk, .v_out = rv_, .elem = KVC_ELEM_F32 };
+
+                cr_assert_eq(kvc_gather(p, &ga, NULL), 0, "%s: kvc_gather: %s", name, kvc_errmsg(c));
+                cr_assert_eq(kv_ref_gather(&priv, &pg, msg, sizeof msg), 0, "%s", msg);
+                cr_assert_eq(memcmp(gk, rk, out_n * 4), 0, "%s layer %u: K differs from the reference", name, l);
+                cr_assert_eq(memcmp(gv, rv_, out_n * 4), 0, "%s layer %u: V differs from the reference", name, l);
+                /* Stored values are the inputs within the dtype's rounding;
+                 * skipped tokens and the unwritten tail stay zero. */
+                for (int t = 0; t < NP * (int)d->page_size; t++) {
+                        for (uint64_t e = 0; e < row; e++) {
+                                uint64_t i = (uint64_t)t * row + e;
+
+                                if (t >= T || t % 7 == 3) {
+                                        cr_assert_eq(gk[i], 0.0f, "%s: skipped token %d was written", name, t);
+                                        continue;
+                                }
+                                for (int kv = 0; kv < 2; kv++) {
+                                        const float *in = (kv ? v : k) + (uint64_t)t * stride;
+                                        double amax = 0;
+
+                                        for (uint64_t j = e - e % 16; j < e - e % 16 + 16; j++)
+                                                amax = fmax(amax, fabs(in[j]));
+                                        cr_assert(fabs((kv ? gv : gk)[i] - in[e]) <= tol(d->dtype, in[e], amax),
+                                                  "%s layer %u token %d elem %llu %c: wrote %g, read %g", name, l,
+                                                  t, (unsigned long long)e, kv ? 'V' : 'K', in[e], (kv ? gv : gk)[i]);
+                                }
+                        }
+                }
+                /* The bf16 output path too. */
+                ga.elem = pg.elem = KVC_ELEM_BF16;
+                ga.k_out = bk; ga.v_out = bv; pg.k_out = rbk; pg.v_out = rbv;
+                cr_assert_eq(kvc_gather(p, &ga, NULL), 0, "%s: bf16 gather: %s", name, kvc_errmsg(c));
+                cr_assert_eq(kv_ref_gather(&priv, &pg, msg, sizeof msg), 0, "%s", msg);
+                cr_assert_eq(memcmp(bk, rbk, out_n * 2), 0, "%s: bf16 K differs", name);
+                cr_assert_eq(memcmp(bv, rbv, out_n * 2), 0, "%s: bf16 V differs", name);
+        }
+        /* A bad argument is refused with a message naming it. */
+        {
+                struct kvc_write_args w = { .k = k, .v = v, .elem = KVC_ELEM_F32,
+                                            .k_row_stride = (int64_t)stride, .v_row_stride = (int64_t)stride,
+                                            .slots = slots, .num_tokens = T, .layer = d->num_layers };
+
+                rv = kvc_write(p, &w, NULL);
+                cr_assert_eq(rv, -EINVAL, "%s: layer out of range gave %d", name, rv);
+                cr_assert(strstr(kvc_errmsg(c), "layer") != NULL, "message: %s", kvc_errmsg(c));
+                cr_assert_eq(kvc_write(p, NULL, NULL), -EINVAL);
+        }
+        cr_assert_eq(kvc_free(p, NP, pages), 0);
+        free(priv.base);
+        free(k); free(v); free(gk); free(gv); free(rk); free(rv_);
+        free(bk); free(bv); free(rbk); free(rbv);
+}
+
+Test(integration, write_gather_every_dtype_through_libkvclient, .fini = cleanup, .timeout = 60)
+{
+        const char *pools[6];
+        kvc_client *c;
+
+        for (int i = 0; i < 5; i++)
+                pools[i] = kvt_pool_spec(i, dtypes[i], dtypes[i], "2MiB");
+        pools[5] = NULL;
+        cr_assert_eq(kvt_daemon_start(&D, pools), 0);
+        cr_assert_eq(kvc_connect(D.url, "datapath", NULL, &c), 0);
+        for (int i = 0; i < 5; i++)
+                one_dtype(c, dtypes[i]);
+        kvc_disconnect(c);
+}

@@ -1,0 +1,193 @@
+/* test_tools.c - kvpoolctl and kvpool-demo-worker against a live kvpoold. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static struct kvt_daemon D;
+
+static void cleanup(void)
+{
+        if (D.dir[0])
+                kvt_daemon_cleanup(&D);
+}
+
+Test(integration, kvpoolctl_status_table_and_json, .fini = cleanup, .timeout = 60)
+{
+        const char *ctl = kvt_env_path("KVPOOLCTL");
+        const char *pools[] = { kvt_pool_spec(0, "ctlpool", "fp8_e4m3", "2MiB"), NULL };
+        kvc_client *c;
+        kvc_pool *p;
+        int32_t pages[3];
+        char *out = NULL;
+        cJSON *doc, *it;
+        int found = 0;
+
+        cr_assert_not_null(ctl);
+        cr_assert_eq(kvt_daemon_start(&D, pools), 0);
+        cr_assert_eq(kvc_connect(D.url, "ctl-visible", NULL, &c), 0);
+        cr_assert_eq(kvc_attach(c, "ctlpool", &p), 0);
+        cr_assert_eq(kvc_alloc(p, 3, pages), 0);
+        {
+                char *argv[] = { (char *)ctl, "--socket", D.url, "status", NULL };
+
+                cr_assert_eq(kvt_run(argv, &out), 0, "kvpoolctl status failed:\n%s", out);
+                cr_assert(strstr(out, "ctlpool") != NULL, "no pool in:\n%s", out);
+                cr_assert(strstr(out, "fp8_e4m3") != NULL, "no dtype in:\n%s", out);
+                cr_assert(strstr(out, "ctl-visible") != NULL, "no client in:\n%s", out);
+                cr_assert(strstr(out, "2x2x64") != NULL, "no geometry in:\n%s", out);
+                free(out);
+        }
+        {
+                char *argv[] = { (char *)ctl, "--socket", D.url, "status", "--json", NULL };
+
+                cr_assert_eq(kvt_run(argv, &out), 0, "kvpoolctl status --json failed:\n%s", out);
+                doc = cJSON_Parse(out);
+                cr_assert_not_null(doc, "not JSON:\n%s", out);
+                it = cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "pools"), 0);
+                cr_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(it, "name")), "ctlpool");
+                cJSON_ArrayForEach(it, cJSON_GetObjectItem(doc, "clients")) {
+                        const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(it, "name"));
+
+                        if (name && strcmp(name, "ctl-visible") == 0) {
+                                found = 1;
+                                cr_assert_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(it, "pages_held")), 3);
+                                cr_assert_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(it, "pid")), getpid());
+                        }
+                }
+                cr_assert(found, "client missing in:\n%s", out);
+                cJSON_Delete(doc);
+                free(out);
+        }
+        {
+                /* KVPOOL_SOCKET is the default when --socket is absent. */
+                char *argv[] = { (char *)ctl, "status", NULL };
+
+                setenv("KVPOOL_SOCKET", D.url, 1);
+                cr_assert_eq(kvt_run(argv, &out), 0, "%s", out);
+                unsetenv("KVPOOL_SOCKET");
+                free(out);
+        }
+        kvc_disconnect(c);
+}
+
+Test(integration, kvpoolctl_metrics, .fini = cleanup, .timeout = 60)
+{
+        const char *ctl = kvt_env_path("KVPOOLCTL");
+        const char *pools[] = { kvt_pool_spec(0, "mpool", "bf16", "2MiB"), NULL };
+        char *out = NULL;
+
+        cr_assert_not_null(ctl);
+        cr_assert_eq(kvt_daemon_start(&D, pools), 0);
+        char *argv[] = { (char *)ctl, "--socket", D.url, "metrics", NULL };
+
+        cr_assert_eq(kvt_run(argv, &out), 0, "kvpoolctl metrics failed:\n%s", out);
+        cr_assert(strstr(out, "# TYPE") != NULL, "no Prometheus text:\n%s", out);
+        cr_assert(strstr(out, "mpool") != NULL, "pool not in the metrics:\n%s", out);
+        free(out);
+}
+
+Test(integration, kvpoolctl_without_daemon_and_bad_usage, .timeout = 30)
+{
+        const char *ctl = kvt_env_path("KVPOOLCTL");
+        char url[128], *out = NULL;
+
+        cr_assert_not_null(ctl);
+        snprintf(url, sizeof url, "ipc:///tmp/kvtest-%d-absent.sock", (int)getpid());
+        {
+                char *argv[] = { (char *)ctl, "--socket", url, "status", NULL };
+
+                cr_assert_eq(kvt_run(argv, &out), 1, "%s", out);
+                cr_assert(strstr(out, "kvpoolctl: cannot reach kvpoold at ") != NULL, "%s", out);
+                cr_assert(strstr(out, url) != NULL, "%s", out);
+                free(out);
+        }
+        {
+                char *argv[] = { (char *)ctl, "--socket", url, "frobnicate", NULL };
+
+                cr_assert_eq(kvt_run(argv, &out), 2, "%s", out);
+                cr_assert(strstr(out, "usage:") != NULL, "%s", out);
+                free(out);
+        }
+        {
+                char *argv[] = { (char *)ctl, "--bogus", "status", NULL };
+
+                cr_assert_eq(kvt_run(argv, &out), 2, "%s", out);
+                cr_assert(strstr(out, "--bogus") != NULL, "%s", out);
+                free(out);
+        }
+        {
+                char *argv[] = { (char *)ctl, "status", "--jsno", NULL };
+
+                cr_assert_eq(kvt_run(argv, &out), 2, "%s", out);
+                free(out);
+        }
+        {
+                char *argv[] = { (char *)ctl, NULL };
+
+                cr_assert_eq(kvt_run(argv, &out), 2, "%s", out);
+                free(out);
+        }
+        {
+                char *argv[] = { (char *)ctl, "--help", NULL };
+
+                cr_assert_eq(kvt_run(argv, &out), 0, "%s", out);
+                cr_assert(strstr(out, "status") && strstr(out, "metrics") && strstr(out, "events"));
+                free(out);
+        }
+        {
+                char *argv[] = { (char *)ctl, "--version", NULL };
+
+                cr_assert_eq(kvt_run(argv, &out), 0, "%s", out);
+                cr_assert(strncmp(out, "kvpoolctl ", 10) == 0, "%s", out);
+                free(out);
+        }
+}
+
+static void demo_roundtrip(const char *dtype)
+{
+        const char *demo = kvt_env_path("KVPOOL_DEMO_WORKER");
+        const char *pools[] = { kvt_pool_spec(0, "demo", dtype, "4MiB"), NULL };
+        struct kvt_proc w;
+        char line[1024], *out = NULL;
+        int holding = 0;
+
+        cr_assert_not_null(demo);
+        cr_assert_eq(kvt_daemon_start(&D, pools), 0);
+        char *wargv[] = { (char *)demo, "write", "--socket", D.url, "--pool", "demo", "--pages", "4",
+                          "--tag", "42", NULL };
+        char *rargv[] = { (char *)demo, "read", "--socket", D.url, "--pool", "demo", "--pages", "4",
+                          "--tag", "42", NULL };
+        char *bargv[] = { (char *)demo, "read", "--socket", D.url, "--pool", "demo", "--pages", "4",
+                          "--tag", "43", NULL };
+
+        cr_assert_eq(kvt_spawn(wargv, &w), 0);
+        while (!holding && kvt_proc_line(&w, line, sizeof line) == 0)
+                holding = strstr(line, "holding") != NULL;
+        cr_assert(holding, "the writer did not get to hold its pages");
+        /* While the writer holds them, and again after it exited. */
+        cr_assert_eq(kvt_run(rargv, &out), 0, "reader failed:\n%s", out);
+        cr_assert(strstr(out, "verified 4 pages") != NULL, "%s", out);
+        free(out);
+        cr_assert_eq(kvt_proc_wait(&w), 0, "writer failed");
+        cr_assert_eq(kvt_run(rargv, &out), 0, "reader after the writer exited failed:\n%s", out);
+        cr_assert(strstr(out, "verified 4 pages") != NULL, "%s", out);
+        free(out);
+        /* Another tag's keys are not cached. */
+        cr_assert_eq(kvt_run(bargv, &out), 1, "%s", out);
+        free(out);
+}
+
+Test(integration, demo_worker_fp8, .fini = cleanup, .timeout = 60)
+{
+        demo_roundtrip("fp8_e4m3");
+}
+
+Test(integration, demo_worker_fp4, .fini = cleanup, .timeout = 60)
+{
+        demo_roundtrip("fp4_e2m1");
+}
