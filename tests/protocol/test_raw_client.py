@@ -1,0 +1,238 @@
+"""A client written from docs/protocol.md alone: Python's socket and struct,
+no nng and no kvpool code.  It speaks the SP framing of the appendix over the
+Unix socket and the kvpool messages of section 4 to a real kvpoold, so the
+document, the daemon and kv_proto.c are checked against each other.
+
+Needs $KVPOOL_BUILD/daemon/kvpoold (fails, does not skip, without it).
+"""
+import json
+import os
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+
+MAGIC = 0x3150564B
+HELLO, ATTACH, ALLOC, FREE, STATUS, BYE, PUBLISH, LOOKUP, METRICS = range(1, 10)
+REPLY, ERROR = 0x8000, 0xFFFF
+E_MAGIC, E_NOHELLO, E_NOPOOL, E_NOSPACE, E_NOTHELD = 2, 6, 7, 8, 10
+LAYERS = 2
+SCALES = [0.5, 0.0152]
+
+
+class Conn:
+    """One REQ connection: SP handshake, then framed request/reply."""
+
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.settimeout(5)
+        self.s.connect(path)
+        self.s.sendall(b"\x00SP\x00" + struct.pack(">H", 0x30) + b"\x00\x00")
+        peer = self._read(8)
+        assert peer[:4] == b"\x00SP\x00" and struct.unpack(">H", peer[4:6])[0] == 0x31, peer
+        self.sp_id = 0x80000001
+        self.rid = 100
+
+    def _read(self, n):
+        b = b""
+        while len(b) < n:
+            chunk = self.s.recv(n - len(b))
+            if not chunk:
+                raise ConnectionError("closed by the daemon")
+            b += chunk
+        return b
+
+    def raw(self, msg):
+        """Sends one kvpool message; returns the kvpool reply bytes."""
+        sp = struct.pack(">I", self.sp_id)
+        self.sp_id += 1
+        self.s.sendall(b"\x01" + struct.pack(">Q", len(sp) + len(msg)) + sp + msg)
+        kind, n = struct.unpack(">BQ", self._read(9))
+        assert kind == 1
+        payload = self._read(n)
+        assert payload[:4] == sp, "REP must echo the SP request id"
+        return payload[4:]
+
+    def call(self, op, body):
+        self.rid += 1
+        rep = self.raw(struct.pack("<IHHII", MAGIC, 1, op, self.rid, len(body)) + body)
+        magic, ver, rop, rid, blen = struct.unpack("<IHHII", rep[:16])
+        assert (magic, ver, rid, blen) == (MAGIC, 1, self.rid, len(rep) - 16)
+        assert rop in (op | REPLY, ERROR), hex(rop)
+        return rop, rep[16:]
+
+    def ok(self, op, body):
+        rop, b = self.call(op, body)
+        assert rop == op | REPLY, f"error {error(b)}"
+        return b
+
+    def close(self):
+        self.s.close()
+
+
+def error(body):
+    code, n = struct.unpack("<II", body[:8])
+    assert len(body) == 8 + n and 0 < n <= 512
+    return code, body[8:].decode()
+
+
+def name(s, n=32):
+    return s.encode().ljust(n, b"\0")
+
+
+def cstr(b):
+    return b.split(b"\0", 1)[0].decode()
+
+
+def pages(body):
+    (count,) = struct.unpack("<I", body[:4])
+    assert len(body) == 4 + 4 * count
+    return list(struct.unpack(f"<{count}I", body[4:]))
+
+
+def hello(c, who="raw"):
+    b = c.ok(HELLO, struct.pack("<II", 1, os.getpid()) + name(who) + bytes(16))
+    session, npools, max_frame = struct.unpack("<QII", b)
+    assert npools == 1 and max_frame == 1 << 20
+    return session
+
+
+def attach(c):
+    b = c.ok(ATTACH, name("p0"))
+    L = struct.unpack("<I", b[12:16])[0]
+    assert len(b) == 320 + 8 * L
+    u32 = struct.unpack("<8I", b[:32])
+    u64 = struct.unpack("<13Q", b[32:136])
+    d = dict(zip(["pool_id", "dtype", "backend", "num_layers", "kv_heads", "head_dim", "page_size",
+                  "num_pages"], u32))
+    d.update(zip(["pool_bytes", "layer_stride", "k_offset", "v_offset", "ks_offset", "vs_offset",
+                  "page_bytes", "token_bytes", "head_bytes", "scale_page_bytes", "scale_token_bytes",
+                  "scale_head_bytes", "reserved"], u64))
+    d["shm_name"] = cstr(b[136:200])
+    d["pool_epoch"] = struct.unpack("<Q", b[280:288])[0]
+    d["scale_source"] = cstr(b[288:320])
+    d["k_scale"] = list(struct.unpack(f"<{L}f", b[320:320 + 4 * L]))
+    d["v_scale"] = list(struct.unpack(f"<{L}f", b[320 + 4 * L:]))
+    return d
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    build = os.environ.get("KVPOOL_BUILD")
+    assert build, "KVPOOL_BUILD must name the meson build directory"
+    exe = os.path.join(build, "daemon", "kvpoold")
+    assert os.access(exe, os.X_OK), f"{exe} is missing: build the project first"
+    d = tmp_path_factory.mktemp("raw")
+    scales = d / "scales.json"
+    scales.write_text(json.dumps({"kv_cache": {"dtype": "float8_e4m3fn",
+                                               "scaling_factor": {"0": {str(i): x for i, x in enumerate(SCALES)}}}}))
+    cfg = d / "kvpoold.json"
+    cfg.write_text(json.dumps({"pools": [{"name": "p0", "dtype": "fp8_e4m3", "layers": LAYERS, "kv_heads": 2,
+                                          "head_dim": 64, "page_size": 16, "capacity": "2MiB", "backend": "host",
+                                          "scales": {"source": "json", "path": str(scales)}}]}))
+    path = f"/tmp/kvtest-raw-{os.getpid()}.sock"
+    log = open(d / "kvpoold.log", "w")
+    p = subprocess.Popen([exe, "--config", str(cfg), "--socket", "ipc://" + path, "--events", "none",
+                          "--metrics", "none"], stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(100):
+        if os.path.exists(path) or p.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, (d / "kvpoold.log").read_text()
+    yield path
+    p.terminate()
+    assert p.wait(timeout=10) == 0, (d / "kvpoold.log").read_text()
+    assert not os.path.exists(path)
+
+
+def test_hello_attach_descriptor(daemon):
+    c = Conn(daemon)
+    hello(c)
+    d = attach(c)
+    assert (d["dtype"], d["backend"], d["num_layers"], d["kv_heads"], d["head_dim"], d["page_size"]) == \
+        (2, 0, LAYERS, 2, 64, 16)
+    # design section 4: fp8 page = page_size * kv_heads * head_dim bytes, arrays 256-aligned
+    assert d["head_bytes"] == 64 and d["token_bytes"] == 128 and d["page_bytes"] == 2048
+    assert d["k_offset"] == 0 and d["v_offset"] % 256 == 0 and d["v_offset"] >= d["num_pages"] * 2048
+    assert d["pool_bytes"] % (2 << 20) == 0 and d["pool_bytes"] >= LAYERS * d["layer_stride"]
+    assert d["ks_offset"] == d["vs_offset"] == d["scale_page_bytes"] == d["reserved"] == 0
+    assert d["scale_source"] == "json"
+    assert d["k_scale"] == [struct.unpack("<f", struct.pack("<f", x))[0] for x in SCALES]
+    assert d["v_scale"] == d["k_scale"]
+    assert os.stat("/dev/shm/" + d["shm_name"].lstrip("/")).st_size == d["pool_bytes"]
+    c.ok(BYE, b"")
+    c.close()
+
+
+def test_alloc_free_publish_lookup(daemon):
+    c = Conn(daemon)
+    hello(c)
+    pid = attach(c)["pool_id"]
+    ids = pages(c.ok(ALLOC, struct.pack("<II", pid, 3)))
+    assert len(set(ids)) == 3
+    key = bytes(range(16))
+    res = c.ok(PUBLISH, struct.pack("<II", pid, 1) + struct.pack("<I", ids[0]) + key)
+    assert res == struct.pack("<I", 1) + b"\0\0\0\0"  # stored, padded to 4
+    hit = pages(c.ok(LOOKUP, struct.pack("<II", pid, 2) + key + bytes(16)))
+    assert hit == [ids[0]]  # longest leading run: the first key only
+    freed = pages(c.ok(FREE, struct.pack("<II", pid, 4) + struct.pack("<4I", *ids, ids[0])))
+    assert freed == ids + [ids[0]]
+    rop, b = c.call(FREE, struct.pack("<III", pid, 1, ids[1]))
+    assert rop == ERROR and error(b)[0] == E_NOTHELD
+    c.close()
+
+
+def test_session_rules_and_errors(daemon):
+    c = Conn(daemon)
+    rop, b = c.call(ALLOC, struct.pack("<II", 0, 1))
+    assert rop == ERROR and error(b)[0] == E_NOHELLO
+    hello(c)
+    rop, b = c.call(HELLO, struct.pack("<II", 1, 1) + name("again") + bytes(16))
+    assert rop == ERROR and error(b)[0] == E_NOHELLO
+    rop, b = c.call(ALLOC, struct.pack("<II", 0, 1))  # not attached yet
+    assert rop == ERROR and error(b)[0] == E_NOPOOL
+    rop, b = c.call(ATTACH, name("nope"))
+    assert rop == ERROR and error(b)[0] == E_NOPOOL and "nope" in error(b)[1]
+    # bad magic: an ERROR reply that echoes the request id
+    rep = c.raw(struct.pack("<IHHII", 0x12345678, 1, ALLOC, 4242, 0))
+    magic, _, rop, rid, _ = struct.unpack("<IHHII", rep[:16])
+    assert (magic, rop, rid) == (MAGIC, ERROR, 4242) and error(rep[16:])[0] == E_MAGIC
+    st = json.loads(c.ok(STATUS, struct.pack("<I", 0))[4:])
+    assert st["pools"][0]["name"] == "p0" and st["pools"][0]["scale_source"] == "json"
+    c.close()
+
+
+def test_pages_released_when_connection_closes(daemon):
+    a, b = Conn(daemon), Conn(daemon)
+    for c in (a, b):
+        hello(c)
+    n = attach(a)["num_pages"]
+    attach(b)
+    st = json.loads(a.ok(STATUS, struct.pack("<I", 0))[4:])
+    free = st["pools"][0]["pages_free"] + st["pools"][0]["cached_idle"]  # ALLOC evicts idle cached pages
+    assert len(pages(a.ok(ALLOC, struct.pack("<II", 0, free)))) == free
+    rop, body = b.call(ALLOC, struct.pack("<II", 0, 1))
+    assert rop == ERROR and error(body)[0] == E_NOSPACE
+    a.close()  # no BYE, no FREE: like a crash
+    deadline = time.time() + 2
+    while True:
+        rop, body = b.call(ALLOC, struct.pack("<II", 0, 1))
+        if rop == ALLOC | REPLY or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    assert rop == ALLOC | REPLY and 0 <= pages(body)[0] < n
+    b.close()
+
+
+def test_oversized_frame_closes_only_that_connection(daemon):
+    bad, good = Conn(daemon), Conn(daemon)
+    hello(good)
+    big = (1 << 20) + 64
+    bad.s.sendall(b"\x01" + struct.pack(">Q", big) + b"\x80\x00\x00\x01")
+    with pytest.raises((ConnectionError, OSError)):
+        bad._read(1)
+    bad.close()
+    assert json.loads(good.ok(STATUS, struct.pack("<I", 0))[4:])["pools"]
+    good.close()
