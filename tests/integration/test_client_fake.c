@@ -1,0 +1,430 @@
+/* test_client_fake.c - libkvclient's protocol handling against a scripted
+ * fake daemon (an nng REP socket in a thread of the test process): replies,
+ * error mapping, stale sessions, timeouts, descriptor checks, argument checks,
+ * per-thread error messages, and the block-key definition. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <xxhash.h>
+
+#include "kv_layout.h"
+#include "kv_proto.h"
+#include "kvclient.h"
+
+enum mode { NORMAL, NOHELLO, WRONG_RID, SILENT, NOSPACE, BADPAGE, BAD_DESC };
+
+static struct fake {
+        nng_socket      sock;
+        pthread_t       thread;
+        char            url[128], shm[64];
+        struct kv_layout L;
+        volatile int    mode;
+        volatile int    requests; /* requests after hello */
+} F;
+
+static void reply(nng_msg *req, const uint8_t *buf, int len)
+{
+        nng_msg_clear(req);
+        nng_msg_append(req, buf, (size_t)len);
+        if (nng_sendmsg(F.sock, req, 0) != 0)
+                nng_msg_free(req);
+}
+
+static int attach_rep(uint8_t *out, size_t cap, uint32_t rid)
+{
+        struct kv_attach_rep r = { 0 };
+        float ks[2] = { 0.5f, 0.25f }, vs[2] = { 2.0f, 4.0f };
+
+        r.pool_id = 7;
+        r.dtype = F.L.g.dtype;
+        r.backend = KV_BACKEND_HOST;
+        r.num_layers = F.L.g.num_layers;
+        r.kv_heads = F.L.g.kv_heads;
+        r.head_dim = F.L.g.head_dim;
+        r.page_size = F.L.g.page_size;
+        r.num_pages = F.L.num_pages;
+        r.pool_bytes = F.L.alloc_bytes;
+        r.layer_stride = F.L.layer_stride;
+        r.k_offset = F.L.k_offset;
+        r.v_offset = F.L.v_offset;
+        r.page_bytes = F.mode == BAD_DESC ? F.L.page_bytes * 2 : F.L.page_bytes;
+        r.token_bytes = F.L.token_bytes;
+        r.head_bytes = F.L.head_bytes;
+        snprintf(r.shm_name, sizeof r.shm_name, "%s", F.shm);
+        r.pool_epoch = 99;
+        snprintf(r.scale_source, sizeof r.scale_source, "json");
+        return kv_enc_attach_rep(out, cap, rid, &r, ks, vs);
+}
+
+static void *serve(void *arg)
+{
+        static uint8_t out[1 << 16];
+        nng_msg *m;
+
+        (void)arg;
+        while (nng_recvmsg(F.sock, &m, 0) == 0) {
+                const uint8_t *b = nng_msg_body(m);
+                struct kv_hdr h;
+                int n;
+
+                if (kv_hdr_decode(b, nng_msg_len(m), &h) != 0) {
+                        nng_msg_free(m);
+                        continue;
+                }
+                const uint8_t *body = b + KV_HDR_SIZE;
+                uint16_t rop = h.opcode | KV_OP_REPLY;
+
+                if (h.opcode == KV_OP_HELLO) {
+                        struct kv_hello_rep hr = { .session_id = 1, .num_pools = 1, .max_frame = KV_MAX_FRAME };
+
+                        reply(m, out, kv_enc_hello_rep(out, sizeof out, h.request_id, &hr));
+                        continue;
+                }
+                F.requests++;
+                if (h.opcode == KV_OP_BYE) {
+                        reply(m, out, kv_enc_empty(out, sizeof out, rop, h.request_id));
+                        continue;
+                }
+                switch (F.mode) {
+                case NOHELLO:
+                        reply(m, out, kv_enc_error(out, sizeof out, h.request_id, KV_E_NOHELLO, "who are you?"));
+                        continue;
+                case WRONG_RID:
+                        reply(m, out, kv_enc_error(out, sizeof out, h.request_id + 1, KV_E_INTERNAL, "x"));
+                        continue;
+                case SILENT:
+                        nng_msg_free(m);
+                        continue;
+                case NOSPACE:
+                        reply(m, out, kv_enc_error(out, sizeof out, h.request_id, KV_E_NOSPACE,
+                                                   "pool p: 9 pages requested, 2 free (0 cached evictable)"));
+                        continue;
+                default:
+                        break;
+                }
+                if (h.opcode == KV_OP_ATTACH) {
+                        n = attach_rep(out, sizeof out, h.request_id);
+                } else if (h.opcode == KV_OP_ALLOC) {
+                        uint32_t ids[64], cnt = kv_le32(body + 4);
+
+                        for (uint32_t i = 0; i < cnt && i < 64; i++)
+                                ids[i] = F.mode == BADPAGE ? F.L.num_pages + i : i;
+                        n = kv_enc_pages(out, sizeof out, rop, h.request_id, 0, cnt, ids);
+                } else if (h.opcode == KV_OP_FREE) {
+                        n = kv_enc_pages(out, sizeof out, rop, h.request_id, 0, 0, NULL);
+                } else if (h.opcode == KV_OP_PUBLISH) {
+                        uint8_t res[3] = { 0, 1, 0 };
+
+                        n = kv_enc_publish_rep(out, sizeof out, h.request_id, 3, res);
+                } else if (h.opcode == KV_OP_LOOKUP) {
+                        uint32_t ids[2] = { 4, 5 };
+
+                        n = kv_enc_pages(out, sizeof out, rop, h.request_id, 0, 2, ids);
+                } else if (h.opcode == KV_OP_STATUS || h.opcode == KV_OP_METRICS) {
+                        n = kv_enc_text(out, sizeof out, rop, h.request_id, "{\"pools\":[]}", 12);
+                } else {
+                        n = kv_enc_error(out, sizeof out, h.request_id, KV_E_OPCODE, "unknown");
+                }
+                reply(m, out, n);
+        }
+        return NULL;
+}
+
+static void fake_start(void)
+{
+        static int seq;
+        struct kv_geom g = { KVC_DTYPE_FP8_E4M3, 2, 2, 64, 16 };
+        int fd;
+
+        memset(&F, 0, sizeof F);
+        snprintf(F.url, sizeof F.url, "ipc:///tmp/kvtest-%d-fake-%d.sock", (int)getpid(), seq);
+        snprintf(F.shm, sizeof F.shm, "/kvtest-%d-fake-%d", (int)getpid(), seq++);
+        cr_assert_eq(kv_layout_init(&g, 32, &F.L), 0);
+        fd = shm_open(F.shm, O_CREAT | O_RDWR | O_EXCL, 0600);
+        cr_assert(fd >= 0);
+        cr_assert_eq(ftruncate(fd, (off_t)F.L.alloc_bytes), 0);
+        close(fd);
+        cr_assert_eq(nng_rep0_open(&F.sock), 0);
+        cr_assert_eq(nng_listen(F.sock, F.url, NULL, 0), 0);
+        cr_assert_eq(pthread_create(&F.thread, NULL, serve, NULL), 0);
+}
+
+static void fake_stop(void)
+{
+        nng_close(F.sock);
+        pthread_join(F.thread, NULL);
+        shm_unlink(F.shm);
+}
+
+static kvc_pool *attach(kvc_client **ret_c)
+{
+        kvc_pool *p;
+
+        cr_assert_eq(kvc_connect(F.url, "fake-client", NULL, ret_c), 0, "%s", kvc_errmsg(NULL));
+        cr_assert_eq(kvc_attach(*ret_c, "p", &p), 0, "%s", kvc_errmsg(*ret_c));
+        return p;
+}
+
+TestSuite(client, .init = fake_start, .fini = fake_stop, .timeout = 30);
+
+Test(client, attach_fills_the_descriptor_and_maps_the_pool)
+{
+        kvc_client *c;
+        kvc_pool *p = attach(&c);
+        const struct kvc_pool_desc *d = kvc_pool_get_desc(p);
+        int fd;
+        uint8_t *own;
+
+        cr_assert_str_eq(d->name, "p");
+        cr_assert_eq(d->pool_id, 7);
+        cr_assert_eq(d->dtype, KVC_DTYPE_FP8_E4M3);
+        cr_assert_eq(d->backend, KVC_BACKEND_HOST);
+        cr_assert_eq(d->device, -1);
+        cr_assert_eq(d->num_pages, 32);
+        cr_assert_eq(d->bytes, F.L.alloc_bytes);
+        cr_assert_eq(d->k_offset, F.L.k_offset);
+        cr_assert_eq(d->v_offset, F.L.v_offset);
+        cr_assert_eq(d->layer_stride, F.L.layer_stride);
+        cr_assert_eq(d->page_bytes, F.L.page_bytes);
+        cr_assert_eq(d->k_scale[0], 0.5f);
+        cr_assert_eq(d->k_scale[1], 0.25f);
+        cr_assert_eq(d->v_scale[0], 2.0f);
+        cr_assert_eq(d->v_scale[1], 4.0f);
+        cr_assert_str_eq(d->scale_source, "json");
+        /* The mapping is the shared memory object itself. */
+        fd = shm_open(F.shm, O_RDWR, 0);
+        own = mmap(NULL, F.L.alloc_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        close(fd);
+        cr_assert_neq(own, MAP_FAILED);
+        ((uint8_t *)d->base)[F.L.v_offset + 5] = 0xA5;
+        cr_assert_eq(own[F.L.v_offset + 5], 0xA5);
+        munmap(own, F.L.alloc_bytes);
+        kvc_disconnect(c);
+}
+
+Test(client, replies_are_decoded)
+{
+        kvc_client *c;
+        kvc_pool *p = attach(&c);
+        int32_t pages[3];
+        kvc_key keys[3] = { 0 };
+        uint8_t dup[3] = { 9, 9, 9 };
+        char *text = NULL;
+
+        cr_assert_eq(kvc_alloc(p, 3, pages), 0);
+        cr_assert(pages[0] == 0 && pages[1] == 1 && pages[2] == 2);
+        cr_assert_eq(kvc_free(p, 3, pages), 0, "%s", kvc_errmsg(c));
+        cr_assert_eq(kvc_publish(p, 3, pages, keys, dup), 2);
+        cr_assert(dup[0] == 0 && dup[1] == 1 && dup[2] == 0);
+        cr_assert_eq(kvc_lookup(p, 3, keys, pages), 2);
+        cr_assert(pages[0] == 4 && pages[1] == 5);
+        cr_assert_eq(kvc_status_json(c, &text), 0);
+        cr_assert_str_eq(text, "{\"pools\":[]}");
+        free(text);
+        cr_assert_eq(kvc_metrics_text(c, &text), 0);
+        free(text);
+        kvc_disconnect(c);
+}
+
+Test(client, error_reply_gives_errno_and_the_daemons_message)
+{
+        kvc_client *c;
+        kvc_pool *p = attach(&c);
+        int32_t pages[9] = { -1 };
+
+        F.mode = NOSPACE;
+        cr_assert_eq(kvc_alloc(p, 9, pages), -ENOSPC);
+        cr_assert_eq(pages[0], -1, "ret_pages touched on failure");
+        cr_assert(strstr(kvc_errmsg(c), "9 pages requested, 2 free") != NULL, "%s", kvc_errmsg(c));
+        kvc_disconnect(c);
+}
+
+Test(client, nohello_marks_the_client_stale)
+{
+        kvc_client *c;
+        kvc_pool *p = attach(&c);
+        int32_t page = 0;
+        int before;
+
+        F.mode = NOHELLO;
+        cr_assert_eq(kvc_alloc(p, 1, &page), -ESTALE);
+        cr_assert(strstr(kvc_errmsg(c), "kvpoold restarted") != NULL, "%s", kvc_errmsg(c));
+        F.mode = NORMAL;
+        before = F.requests;
+        cr_assert_eq(kvc_alloc(p, 1, &page), -ESTALE);
+        cr_assert_eq(kvc_free(p, 1, &page), -ESTALE);
+        cr_assert_eq(F.requests, before, "a stale client kept sending requests");
+        kvc_disconnect(c);
+}
+
+Test(client, mismatched_request_id_is_eproto)
+{
+        kvc_client *c;
+        kvc_pool *p = attach(&c);
+        int32_t page;
+
+        F.mode = WRONG_RID;
+        cr_assert_eq(kvc_alloc(p, 1, &page), -EPROTO);
+        kvc_disconnect(c);
+}
+
+Test(client, page_ids_outside_the_pool_are_eproto)
+{
+        kvc_client *c;
+        kvc_pool *p = attach(&c);
+        int32_t pages[2] = { -7, -7 };
+
+        F.mode = BADPAGE;
+        cr_assert_eq(kvc_alloc(p, 2, pages), -EPROTO);
+        cr_assert_eq(pages[0], -7);
+        kvc_disconnect(c);
+}
+
+Test(client, inconsistent_descriptor_is_refused)
+{
+        kvc_client *c;
+        kvc_pool *p = NULL;
+
+        cr_assert_eq(kvc_connect(F.url, "fake-client", NULL, &c), 0);
+        F.mode = BAD_DESC;
+        cr_assert_eq(kvc_attach(c, "p", &p), -EPROTO);
+        cr_assert_null(p);
+        kvc_disconnect(c);
+}
+
+Test(client, no_reply_is_etimedout_and_the_client_recovers)
+{
+        kvc_client *c;
+        kvc_pool *p;
+        int32_t page;
+
+        setenv("KVPOOL_TIMEOUT_MS", "300", 1);
+        p = attach(&c);
+        F.mode = SILENT;
+        cr_assert_eq(kvc_alloc(p, 1, &page), -ETIMEDOUT);
+        F.mode = NORMAL;
+        cr_assert_eq(kvc_alloc(p, 1, &page), 0, "%s", kvc_errmsg(c));
+        kvc_disconnect(c);
+}
+
+Test(client, bad_arguments_are_einval_before_any_request)
+{
+        kvc_client *c;
+        kvc_pool *p = attach(&c);
+        int32_t pages[2];
+        kvc_key keys[2] = { 0 };
+        int before = F.requests;
+
+        cr_assert_eq(kvc_alloc(p, 0, pages), -EINVAL);
+        cr_assert(strstr(kvc_errmsg(c), "n is 0") != NULL, "%s", kvc_errmsg(c));
+        cr_assert_eq(kvc_alloc(p, KV_MAX_PAGES_REQ + 1, pages), -EINVAL);
+        cr_assert_eq(kvc_free(p, 1, NULL), -EINVAL);
+        cr_assert(strstr(kvc_errmsg(c), "pages") != NULL);
+        cr_assert_eq(kvc_publish(p, 2, pages, NULL, NULL), -EINVAL);
+        cr_assert(strstr(kvc_errmsg(c), "keys") != NULL);
+        cr_assert_eq(kvc_lookup(p, KV_MAX_KEYS_REQ + 1, keys, pages), -EINVAL);
+        cr_assert_eq(kvc_lookup(p, 2, keys, NULL), -EINVAL);
+        cr_assert_eq(kvc_status_json(c, NULL), -EINVAL);
+        cr_assert_eq(kvc_attach(c, "a-name-that-is-far-too-long-for-a-pool", &p), -EINVAL);
+        cr_assert_eq(F.requests, before, "an invalid call reached the daemon");
+        cr_assert_eq(kvc_alloc(NULL, 1, pages), -EINVAL);
+        kvc_detach(NULL);
+        kvc_disconnect(NULL);
+        kvc_disconnect(c);
+}
+
+static void *fail_in_thread(void *arg)
+{
+        kvc_pool *p = arg;
+        int32_t page;
+
+        return (void *)(intptr_t)kvc_alloc(p, 0, &page);
+}
+
+Test(client, error_messages_are_per_thread)
+{
+        kvc_client *c;
+        kvc_pool *p = attach(&c);
+        pthread_t t;
+        void *rv;
+
+        cr_assert_str_eq(kvc_errmsg(c), "");
+        cr_assert_eq(pthread_create(&t, NULL, fail_in_thread, p), 0);
+        pthread_join(t, &rv);
+        cr_assert_eq((intptr_t)rv, -EINVAL);
+        cr_assert_str_eq(kvc_errmsg(c), "", "another thread's error leaked: %s", kvc_errmsg(c));
+        kvc_disconnect(c);
+}
+
+Test(client, attach_twice_on_one_client_is_one_handle)
+{
+        kvc_client *c;
+        kvc_pool *p = attach(&c), *q;
+        int before = F.requests;
+
+        cr_assert_eq(kvc_attach(c, "p", &q), 0);
+        cr_assert_eq(p, q);
+        cr_assert_eq(F.requests, before, "the second attach went to the daemon");
+        kvc_detach(q);
+        cr_assert_eq(kvc_pool_get_desc(p)->num_pages, 32);
+        kvc_disconnect(c);
+}
+
+/* ---- block keys (no daemon) ---- */
+
+Test(blockkey, is_xxh3_128_of_the_concatenation)
+{
+        kvc_key parent, k1, k2, k0;
+        int32_t tok[5] = { 1, -2, 300000, 0x7fffffff, 42 };
+        uint8_t buf[16 + 20 + 3], zero[16] = { 0 };
+        XXH128_hash_t h;
+
+        for (int i = 0; i < 16; i++)
+                parent.b[i] = (uint8_t)(i * 17);
+        kvc_block_key(&parent, tok, 5, "abc", 3, &k1);
+        memcpy(buf, parent.b, 16);
+        for (int i = 0; i < 5; i++)
+                for (int j = 0; j < 4; j++)
+                        buf[16 + 4 * i + j] = (uint8_t)((uint32_t)tok[i] >> (8 * j));
+        memcpy(buf + 36, "abc", 3);
+        h = XXH3_128bits(buf, sizeof buf);
+        for (int j = 0; j < 8; j++) {
+                cr_assert_eq(k1.b[j], (uint8_t)(h.high64 >> (8 * j)), "byte %d", j);
+                cr_assert_eq(k1.b[8 + j], (uint8_t)(h.low64 >> (8 * j)), "byte %d", 8 + j);
+        }
+        /* No parent is an all-zero parent; no extra is empty extra. */
+        kvc_block_key(NULL, tok, 5, NULL, 0, &k0);
+        memcpy(buf, zero, 16);
+        h = XXH3_128bits(buf, 36);
+        for (int j = 0; j < 8; j++)
+                cr_assert_eq(k0.b[j], (uint8_t)(h.high64 >> (8 * j)));
+        /* Chaining: a different parent gives a different key. */
+        kvc_block_key(&k1, tok, 5, "abc", 3, &k2);
+        cr_assert_neq(memcmp(k1.b, k2.b, 16), 0);
+        /* Many tokens (more than one internal chunk) equal the one-shot hash. */
+        {
+                enum { N = 1000 };
+                static int32_t many[N];
+                static uint8_t all[16 + 4 * N];
+
+                for (int i = 0; i < N; i++)
+                        many[i] = i * 7919 - 5;
+                kvc_block_key(NULL, many, N, NULL, 0, &k0);
+                memset(all, 0, 16);
+                for (int i = 0; i < N; i++)
+                        for (int j = 0; j < 4; j++)
+                                all[16 + 4 * i + j] = (uint8_t)((uint32_t)many[i] >> (8 * j));
+                h = XXH3_128bits(all, sizeof all);
+                for (int j = 0; j < 8; j++)
+                        cr_assert_eq(k0.b[8 + j], (uint8_t)(h.low64 >> (8 * j)));
+        }
+}
