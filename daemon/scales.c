@@ -24,10 +24,8 @@
 #define ST_HEADER_MAX (100u << 20) /* the safetensors format's own limit */
 #define MAX_INDEX     100000000u   /* rank and layer keys */
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-        __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
+/* Formats a message into err (which may be NULL) and returns code. */
+static __attribute__((format(printf, 4, 5))) int fail(char *err, size_t errlen, int code, const char *fmt, ...)
 {
         va_list ap;
 
@@ -50,6 +48,18 @@ static const char *json_type(const cJSON *j)
         return "nothing";
 }
 
+/* A JSON value for an error message: numbers and strings shown, else the type. */
+static const char *describe(const cJSON *j, char *buf, size_t n)
+{
+        if (cJSON_IsNumber(j))
+                snprintf(buf, n, "%g", j->valuedouble);
+        else if (cJSON_IsString(j))
+                snprintf(buf, n, "a string \"%.48s\"", j->valuestring);
+        else
+                return json_type(j);
+        return buf;
+}
+
 /* A canonical decimal index ("0", "17"; not "01", "+1", " 1", "1.0"). */
 static int parse_index(const char *s, uint32_t *ret)
 {
@@ -69,13 +79,10 @@ static int parse_index(const char *s, uint32_t *ret)
         return 0;
 }
 
-/* Reads a whole (small) file.  The caller frees *ret_buf, which is NUL
- * terminated for convenience. */
-static int slurp(const char *path, size_t max, char **ret_buf, size_t *ret_len, char *err, size_t errlen)
+/* Opens a regular file for reading; returns the fd or a negative errno. */
+static int open_regular(const char *path, uint64_t *ret_size, char *err, size_t errlen)
 {
         struct stat st;
-        char *buf;
-        size_t got = 0;
         int fd = open(path, O_RDONLY | O_CLOEXEC);
 
         if (fd < 0)
@@ -85,32 +92,53 @@ static int slurp(const char *path, size_t max, char **ret_buf, size_t *ret_len, 
                 close(fd);
                 return fail(err, errlen, -EINVAL, "%s: not a regular file", path);
         }
-        if ((uint64_t)st.st_size > max) {
-                close(fd);
-                return fail(err, errlen, -EINVAL, "%s: %lld bytes, more than the %zu allowed for this file",
-                            path, (long long)st.st_size, max);
-        }
-        buf = malloc((size_t)st.st_size + 1);
-        if (!buf) {
-                close(fd);
-                return fail(err, errlen, -ENOMEM, "%s: out of memory", path);
-        }
-        while (got < (size_t)st.st_size) {
-                ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+        *ret_size = (uint64_t)st.st_size;
+        return fd;
+}
+
+/* Reads exactly n bytes at off (retrying short reads); 0 or -EIO. */
+static int read_at(int fd, void *buf, size_t n, uint64_t off)
+{
+        size_t got = 0;
+
+        while (got < n) {
+                ssize_t r = pread(fd, (char *)buf + got, n - got, (off_t)(off + got));
                 if (r < 0 && errno == EINTR)
                         continue;
-                if (r <= 0) {
-                        int e = r < 0 ? errno : EIO;
-                        free(buf);
-                        close(fd);
-                        return fail(err, errlen, -EIO, "%s: read failed: %s", path, strerror(e));
-                }
+                if (r <= 0)
+                        return r < 0 ? -errno : -EIO; /* 0: the file shrank under us */
                 got += (size_t)r;
         }
+        return 0;
+}
+
+/* Reads a whole (small) file.  The caller frees *ret_buf, which is NUL
+ * terminated for convenience. */
+static int slurp(const char *path, size_t max, char **ret_buf, size_t *ret_len, char *err, size_t errlen)
+{
+        uint64_t size;
+        char *buf = NULL;
+        int r, fd = open_regular(path, &size, err, errlen);
+
+        if (fd < 0)
+                return fd;
+        if (size > max)
+                r = fail(err, errlen, -EINVAL, "%s: %llu bytes, more than the %zu allowed for this file", path,
+                         (unsigned long long)size, max);
+        else if (!(buf = malloc((size_t)size + 1)))
+                r = fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+        else if ((r = read_at(fd, buf, (size_t)size, 0)))
+                r = fail(err, errlen, -EIO, "%s: read failed: %s", path, strerror(-r));
+        else
+                r = 0;
         close(fd);
-        buf[got] = 0;
+        if (r) {
+                free(buf);
+                return r;
+        }
+        buf[size] = 0;
         *ret_buf = buf;
-        *ret_len = got;
+        *ret_len = (size_t)size;
         return 0;
 }
 
@@ -143,6 +171,20 @@ static int parse_json(const char *path, const char *buf, size_t len, cJSON **ret
         near[n] = 0;
         return fail(err, errlen, -EINVAL, "%s:%zu:%zu: not valid JSON near \"%s\" (NaN and Infinity are not JSON numbers)",
                     path, line, col, near);
+}
+
+/* Reads and parses a whole JSON file; the caller deletes *ret. */
+static int read_json(const char *path, cJSON **ret, char *err, size_t errlen)
+{
+        char *buf = NULL;
+        size_t len = 0;
+        int r = slurp(path, JSON_FILE_MAX, &buf, &len, err, errlen);
+
+        if (r)
+                return r;
+        r = parse_json(path, buf, len, ret, err, errlen);
+        free(buf);
+        return r;
 }
 
 /* A scale as stored: float32, positive, finite.  Converting from double
@@ -182,17 +224,15 @@ static int check_keys(const cJSON *cfg, const char *source, const char *const *a
 static int const_value(const cJSON *cfg, const char *key, float *ret, char *err, size_t errlen)
 {
         const cJSON *it = cJSON_GetObjectItemCaseSensitive(cfg, key);
+        char val[80];
 
         if (!it) {
                 *ret = 1.0f;
                 return 0;
         }
-        if (!cJSON_IsNumber(it))
+        if (!cJSON_IsNumber(it) || !scale_ok(it->valuedouble, ret))
                 return fail(err, errlen, -EINVAL, "\"%s\": expected a positive finite number, got %s", key,
-                            json_type(it));
-        if (!scale_ok(it->valuedouble, ret))
-                return fail(err, errlen, -EINVAL, "\"%s\": expected a positive finite number, got %g", key,
-                            it->valuedouble);
+                            describe(it, val, sizeof val));
         return 0;
 }
 
@@ -246,17 +286,12 @@ static int load_json(const char *path, uint32_t tp_rank, enum kvc_dtype dt, uint
         const char *want = dt == KVC_DTYPE_FP8_E4M3 ? "float8_e4m3fn" : "float8_e5m2";
         const cJSON *kvc, *d, *sf, *rank;
         cJSON *root = NULL;
-        char *buf = NULL, where[64];
+        char where[64], val[80];
         uint8_t *seen = NULL;
-        size_t len;
         uint32_t tp = 0, r_idx;
         int r;
 
-        if ((r = slurp(path, JSON_FILE_MAX, &buf, &len, err, errlen)))
-                return r;
-        r = parse_json(path, buf, len, &root, err, errlen);
-        free(buf);
-        if (r)
+        if ((r = read_json(path, &root, err, errlen)))
                 return r;
         if (!cJSON_IsObject(root)) {
                 r = fail(err, errlen, -EINVAL, "%s: expected a JSON object with a \"kv_cache\" key, got %s", path,
@@ -325,14 +360,9 @@ static int load_json(const char *path, uint32_t tp_rank, enum kvc_dtype dt, uint
                         float f;
 
                         parse_index(it->string, &l);
-                        if (!cJSON_IsNumber(it)) {
+                        if (!cJSON_IsNumber(it) || !scale_ok(it->valuedouble, &f)) {
                                 r = fail(err, errlen, -EINVAL, "%s: %s.\"%u\": expected a positive finite number, got %s",
-                                         path, where, l, json_type(it));
-                                goto out;
-                        }
-                        if (!scale_ok(it->valuedouble, &f)) {
-                                r = fail(err, errlen, -EINVAL, "%s: %s.\"%u\": expected a positive finite number, got %g",
-                                         path, where, l, it->valuedouble);
+                                         path, where, l, describe(it, val, sizeof val));
                                 goto out;
                         }
                         if (r_idx == tp_rank)
@@ -458,7 +488,7 @@ static int read_scale(const char *path, int fd, uint64_t data_start, uint64_t da
         if (off[1] - off[0] != esize)
                 return fail(err, errlen, -EINVAL, "%s: tensor %s: data_offsets span %llu bytes, expected %zu for one %s",
                             path, name, (unsigned long long)(off[1] - off[0]), esize, dt->valuestring);
-        if (pread(fd, raw, esize, (off_t)(data_start + off[0])) != (ssize_t)esize)
+        if (read_at(fd, raw, esize, data_start + off[0]))
                 return fail(err, errlen, -EIO, "%s: tensor %s: cannot read its %zu bytes", path, name, esize);
         if (esize == 4) {
                 uint32_t u = (uint32_t)raw[0] | (uint32_t)raw[1] << 8 | (uint32_t)raw[2] << 16 |
@@ -480,22 +510,15 @@ static int load_st_file(const char *path, const cJSON *weight_map, const char *s
                         struct st_load *ld, char *err, size_t errlen)
 {
         uint8_t lenbuf[8];
-        struct stat st;
         uint64_t hlen, size;
         char *hdr = NULL;
         cJSON *root = NULL;
         const cJSON *t;
-        int r, fd = open(path, O_RDONLY | O_CLOEXEC);
+        int r, fd = open_regular(path, &size, err, errlen);
 
         if (fd < 0)
-                return fail(err, errlen, errno == ENOENT ? -ENOENT : -EIO, "%s: cannot open: %s", path,
-                            strerror(errno));
-        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-                r = fail(err, errlen, -EINVAL, "%s: not a regular file", path);
-                goto out;
-        }
-        size = (uint64_t)st.st_size;
-        if (size < 8 || pread(fd, lenbuf, 8, 0) != 8) {
+                return fd;
+        if (size < 8 || read_at(fd, lenbuf, 8, 0)) {
                 r = fail(err, errlen, -EINVAL,
                          "%s: %llu bytes, too short for the 8-byte header length of a safetensors file", path,
                          (unsigned long long)size);
@@ -521,7 +544,7 @@ static int load_st_file(const char *path, const cJSON *weight_map, const char *s
                          (unsigned long long)hlen);
                 goto out;
         }
-        if (pread(fd, hdr, (size_t)hlen, 8) != (ssize_t)hlen) {
+        if (read_at(fd, hdr, (size_t)hlen, 8)) {
                 r = fail(err, errlen, -EIO, "%s: cannot read the %llu-byte header", path, (unsigned long long)hlen);
                 goto out;
         }
@@ -595,16 +618,11 @@ static int load_st_index(const char *path, struct st_load *ld, char *err, size_t
 {
         const cJSON *wm, *m, *prev;
         cJSON *root = NULL;
-        char *buf = NULL, dir[512], shard[1024];
+        char dir[512], shard[1024];
         const char *slash;
-        size_t len;
         int r;
 
-        if ((r = slurp(path, JSON_FILE_MAX, &buf, &len, err, errlen)))
-                return r;
-        r = parse_json(path, buf, len, &root, err, errlen);
-        free(buf);
-        if (r)
+        if ((r = read_json(path, &root, err, errlen)))
                 return r;
         wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
         if (!cJSON_IsObject(wm)) {
@@ -709,6 +727,7 @@ int kvd_scales_load(const cJSON *cfg, uint32_t num_layers, const char *kv_dtype_
         const cJSON *src = NULL, *p;
         const char *source = "constant";
         float ck = 1.0f, cv = 1.0f;
+        char val[80];
         int fp8, r;
 
         if (!kv_dtype_name || kvc_dtype_parse(kv_dtype_name, &dt))
@@ -724,14 +743,11 @@ int kvd_scales_load(const cJSON *cfg, uint32_t num_layers, const char *kv_dtype_
                         return fail(err, errlen, -EINVAL, "expected an object like {\"source\": \"json\", \"path\": FILE}, got %s",
                                     json_type(cfg));
                 src = cJSON_GetObjectItemCaseSensitive(cfg, "source");
-                if (!cJSON_IsString(src))
-                        return fail(err, errlen, -EINVAL,
-                                    "\"source\": expected \"constant\", \"json\" or \"safetensors\", got %s",
-                                    json_type(src));
+                if (!cJSON_IsString(src) || (strcmp(src->valuestring, "constant") && strcmp(src->valuestring, "json") &&
+                                             strcmp(src->valuestring, "safetensors")))
+                        return fail(err, errlen, -EINVAL, "\"source\": expected \"constant\", \"json\" or \"safetensors\", got %s",
+                                    describe(src, val, sizeof val));
                 source = src->valuestring;
-                if (strcmp(source, "constant") && strcmp(source, "json") && strcmp(source, "safetensors"))
-                        return fail(err, errlen, -EINVAL,
-                                    "\"source\": expected \"constant\", \"json\" or \"safetensors\", got \"%s\"", source);
         }
         if (strcmp(source, "constant") && !fp8)
                 return fail(err, errlen, -EINVAL,
@@ -778,19 +794,14 @@ int kvd_scales_load(const cJSON *cfg, uint32_t num_layers, const char *kv_dtype_
                 const cJSON *tr = cJSON_GetObjectItemCaseSensitive(cfg, "tp_rank");
                 uint32_t rank = 0;
 
-                if (tr) {
-                        if (!cJSON_IsNumber(tr) || tr->valuedouble < 0 || tr->valuedouble >= MAX_INDEX ||
-                            tr->valuedouble != floor(tr->valuedouble)) {
-                                if (cJSON_IsNumber(tr))
-                                        r = fail(err, errlen, -EINVAL, "\"tp_rank\": expected a whole number >= 0, got %g",
-                                                 tr->valuedouble);
-                                else
-                                        r = fail(err, errlen, -EINVAL, "\"tp_rank\": expected a whole number >= 0, got %s",
-                                                 json_type(tr));
-                                goto fail;
-                        }
-                        rank = (uint32_t)tr->valuedouble;
+                if (tr && (!cJSON_IsNumber(tr) || tr->valuedouble < 0 || tr->valuedouble >= MAX_INDEX ||
+                           tr->valuedouble != floor(tr->valuedouble))) {
+                        r = fail(err, errlen, -EINVAL, "\"tp_rank\": expected a whole number >= 0, got %s",
+                                 describe(tr, val, sizeof val));
+                        goto fail;
                 }
+                if (tr)
+                        rank = (uint32_t)tr->valuedouble;
                 if ((r = load_json(s.path, rank, dt, num_layers, s.k, s.v, err, errlen)))
                         goto fail;
         } else {
