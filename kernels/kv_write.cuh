@@ -134,5 +134,72 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
         }
 }
 
+/* Fills the kernel's parameters from checked arguments (kv_cuda_check_write
+ * returned 0 and num_tokens > 0). */
+static inline void make_write_params(const struct kv_pool_view *p, const struct kvc_write_args *a, write_params *wp)
+{
+        const struct kv_layout *L = &p->layout;
+        const int64_t esz = a->elem == KVC_ELEM_F32 ? 4 : 2;
+
+        wp->src[0] = (const uint8_t *)a->k;
+        wp->src[1] = (const uint8_t *)a->v;
+        wp->stride[0] = a->k_row_stride * esz;
+        wp->stride[1] = a->v_row_stride * esz;
+        /* 16-byte loads need every row start 16-byte aligned */
+        wp->vec[0] = ((uintptr_t)a->k % 16 == 0) && (wp->stride[0] % 16 == 0);
+        wp->vec[1] = ((uintptr_t)a->v % 16 == 0) && (wp->stride[1] % 16 == 0);
+        wp->slots = a->slots;
+        wp->T = a->num_tokens;
+        wp->chunks = (uint32_t)(L->token_bytes / 16);
+        wp->dst[0] = (uint8_t *)p->base + kv_layout_k(L, a->layer);
+        wp->dst[1] = (uint8_t *)p->base + kv_layout_v(L, a->layer);
+        wp->sdst[0] = (uint8_t *)p->base + kv_layout_ks(L, a->layer);
+        wp->sdst[1] = (uint8_t *)p->base + kv_layout_vs(L, a->layer);
+        wp->page_bytes = L->page_bytes;
+        wp->token_bytes = L->token_bytes;
+        wp->scale_page_bytes = L->scale_page_bytes;
+        wp->scale_token_bytes = L->scale_token_bytes;
+        wp->page_size = L->g.page_size;
+        wp->num_slots = (int64_t)L->num_pages * L->g.page_size;
+        wp->scale[0] = 1.0f;
+        wp->scale[1] = 1.0f;
+        if (L->g.dtype == KVC_DTYPE_FP8_E4M3 || L->g.dtype == KVC_DTYPE_FP8_E5M2) {
+                wp->scale[0] = p->k_scale[a->layer];
+                wp->scale[1] = p->v_scale[a->layer];
+        }
+}
+
+/* Launches write_kernel<D, elem> with 256-thread blocks over every item. */
+template <int D>
+static inline cudaError_t launch_write_d(const write_params &wp, enum kvc_elem elem, cudaStream_t s)
+{
+        const unsigned grid = grid_for((uint64_t)wp.T * 2 * wp.chunks, 256);
+
+        switch (elem) {
+        case KVC_ELEM_F32:
+                write_kernel<D, KVC_ELEM_F32><<<grid, 256, 0, s>>>(wp);
+                break;
+        case KVC_ELEM_BF16:
+                write_kernel<D, KVC_ELEM_BF16><<<grid, 256, 0, s>>>(wp);
+                break;
+        case KVC_ELEM_F16:
+                write_kernel<D, KVC_ELEM_F16><<<grid, 256, 0, s>>>(wp);
+                break;
+        }
+        return cudaGetLastError();
+}
+
+static inline cudaError_t launch_write(const write_params &wp, enum kvc_dtype d, enum kvc_elem elem, cudaStream_t s)
+{
+        switch (d) {
+        case KVC_DTYPE_BF16: return launch_write_d<KVC_DTYPE_BF16>(wp, elem, s);
+        case KVC_DTYPE_FP16: return launch_write_d<KVC_DTYPE_FP16>(wp, elem, s);
+        case KVC_DTYPE_FP8_E4M3: return launch_write_d<KVC_DTYPE_FP8_E4M3>(wp, elem, s);
+        case KVC_DTYPE_FP8_E5M2: return launch_write_d<KVC_DTYPE_FP8_E5M2>(wp, elem, s);
+        case KVC_DTYPE_FP4_E2M1: return launch_write_d<KVC_DTYPE_FP4_E2M1>(wp, elem, s);
+        default: return cudaErrorInvalidValue;
+        }
+}
+
 } // namespace kvk
 #endif

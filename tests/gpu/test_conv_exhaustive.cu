@@ -1,0 +1,194 @@
+/* test_conv_exhaustive.cu - proves the device conversions of the write and
+ * gather kernels equal the codec of kernels/kv_codec.h (suite 'gpu'; exits 77
+ * without a CUDA device).
+ *
+ * kv_cuda_common.cuh swaps some codec functions for hardware instructions
+ * (fp8 and f16 cvt, a compare-count e2m1 encoder, a short fp4 block path);
+ * kv_codec.h allows that only where proven equal.  This test is the proof:
+ * each replacement runs next to the codec function on the device over EVERY
+ * input (all 2^32 float bit patterns, all 2^16 halves), plus 2^24 random fp4
+ * blocks with outliers and specials, and the IEEE division used for fp8 is
+ * checked against a division in double rounded once to float (exact for
+ * float operands).  Any difference is a failure, with the first inputs. */
+#include <stdio.h>
+#include <stdlib.h>
+#include "kv_cuda_common.cuh"
+#include "kv_write.cuh"
+
+#include "gpu_common.h"
+
+struct mism {
+        unsigned long long count;
+        uint32_t first[4];
+};
+
+__device__ void record(mism *m, uint32_t in)
+{
+        unsigned long long i = atomicAdd(&m->count, 1ull);
+        if (i < 4)
+                m->first[i] = in;
+}
+
+/* lane-1 input: a bijection of u, so a full sweep covers every value in both
+ * lanes of the x2 conversions */
+__device__ __forceinline__ uint32_t other(uint32_t u) { return u * 2654435761u + 0x9E3779B9u; }
+
+template <int D>
+__global__ void sweep_fp8(mism *m)
+{
+        for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < (1ull << 32);
+             i += (uint64_t)gridDim.x * blockDim.x) {
+                uint32_t u = (uint32_t)i, w = other(u);
+                float x = __uint_as_float(u), y = __uint_as_float(w);
+                uint32_t got = kvk::f32x2_to_fp8x2<D>(x, y);
+                uint32_t a = D == KVC_DTYPE_FP8_E4M3 ? kv_f32_to_e4m3(x) : kv_f32_to_e5m2(x);
+                uint32_t b = D == KVC_DTYPE_FP8_E4M3 ? kv_f32_to_e4m3(y) : kv_f32_to_e5m2(y);
+                if (got != (a | b << 8))
+                        record(m, u);
+        }
+}
+
+__global__ void sweep_f16(mism *m)
+{
+        for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < (1ull << 32);
+             i += (uint64_t)gridDim.x * blockDim.x) {
+                uint32_t u = (uint32_t)i, w = other(u);
+                float x = __uint_as_float(u), y = __uint_as_float(w);
+                uint32_t got = kvk::f32x2_to_f16x2(x, y);
+                uint32_t want = (uint32_t)kv_f32_to_f16(x) | (uint32_t)kv_f32_to_f16(y) << 16;
+                if (got != want)
+                        record(m, u);
+        }
+}
+
+__global__ void sweep_e2m1(mism *m)
+{
+        for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < (1ull << 32);
+             i += (uint64_t)gridDim.x * blockDim.x) {
+                uint32_t u = (uint32_t)i;
+                float x = __uint_as_float(u);
+                if (kvk::f32_to_e2m1(x) != kv_f32_to_e2m1(x))
+                        record(m, u);
+        }
+}
+
+__global__ void sweep_f16_to_f32(mism *m)
+{
+        uint32_t h = blockIdx.x * blockDim.x + threadIdx.x;
+        if (h < 65536u && __float_as_uint(kvk::f16_to_f32(h)) != __float_as_uint(kv_f16_to_f32((uint16_t)h)))
+                record(m, h);
+}
+
+/* x / s as the write kernel computes it vs the correctly rounded quotient
+ * (double division of two floats rounded to float is correctly rounded:
+ * 53 >= 2*24 + 2).  NaN inputs are kept as they are by both. */
+__global__ void sweep_div(mism *m, float s)
+{
+        for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < (1ull << 32);
+             i += (uint64_t)gridDim.x * blockDim.x) {
+                uint32_t u = (uint32_t)i;
+                float x = __uint_as_float(u);
+                float got = kvk::div_like_host(x, s);
+                float want = isnan(x) ? x : (float)((double)x / (double)s);
+                if (__float_as_uint(got) != __float_as_uint(want))
+                        record(m, u);
+        }
+}
+
+__device__ __forceinline__ uint64_t mix(uint64_t z)
+{
+        z += 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+}
+
+/* Random blocks: a random binade per block (2^-140 .. 2^+120), random signs
+ * and mantissas, some exact e2m1 midpoints times the block scale, and now
+ * and then NaN, Inf, zero or a subnormal. */
+__global__ void random_blocks(mism *m, uint64_t n)
+{
+        for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < n; b += (uint64_t)gridDim.x * blockDim.x) {
+                float x[16];
+                uint64_t h = mix(b);
+                int binade = (int)(h % 261) - 140;
+                for (int i = 0; i < 16; i++) {
+                        uint64_t r = mix(h + i + 1);
+                        uint32_t e = (uint32_t)max(1, min(254, binade + 127 + (int)(r % 3)));
+                        uint32_t u = (uint32_t)(r >> 32) & 0x807FFFFFu;
+                        u |= e << 23;
+                        switch ((r >> 8) % 64) {
+                        case 0: u = 0x7FC00000u | (uint32_t)(r & 0x80000000u); break;          /* NaN */
+                        case 1: u = 0x7F800000u | (uint32_t)(r & 0x80000000u); break;          /* Inf */
+                        case 2: u = (uint32_t)(r & 0x80000000u); break;                        /* +-0 */
+                        case 3: u = (uint32_t)(r >> 40) & 0x807FFFFFu; break;                  /* subnormal */
+                        case 4: case 5: case 6:                                                /* midpoint */
+                                u = (((uint32_t)(binade + 127 > 3 && binade + 127 < 250 ? binade + 127 : 127)) << 23) |
+                                    (((r >> 20) & 1) ? 0x400000u : 0u) | ((uint32_t)r & 0x80000000u);
+                                break;
+                        default: break;
+                        }
+                        x[i] = __uint_as_float(u);
+                }
+                uint32_t w0, w1, s;
+                uint8_t p[8], s2;
+                kvk::fp4_block16(x, w0, w1, s);
+                kv_fp4_encode_block16(x, p, &s2);
+                uint32_t r0 = p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
+                uint32_t r1 = p[4] | p[5] << 8 | p[6] << 16 | (uint32_t)p[7] << 24;
+                if (w0 != r0 || w1 != r1 || s != s2)
+                        record(m, (uint32_t)b);
+        }
+}
+
+static int run(const char *name, void (*launch)(mism *), mism *dm)
+{
+        mism h;
+
+        CK(cudaMemset(dm, 0, sizeof *dm));
+        launch(dm);
+        CK(cudaGetLastError());
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(&h, dm, sizeof h, cudaMemcpyDeviceToHost));
+        if (h.count) {
+                printf("FAIL %s: %llu inputs differ from the codec, first:", name, h.count);
+                for (unsigned i = 0; i < 4 && i < h.count; i++)
+                        printf(" 0x%08x", h.first[i]);
+                printf("\n");
+                return 1;
+        }
+        printf("ok   %s: equal to the codec on every input\n", name);
+        return 0;
+}
+
+static const unsigned G = 132 * 16, B = 256;
+static void l_e4m3(mism *m) { sweep_fp8<KVC_DTYPE_FP8_E4M3><<<G, B>>>(m); }
+static void l_e5m2(mism *m) { sweep_fp8<KVC_DTYPE_FP8_E5M2><<<G, B>>>(m); }
+static void l_f16(mism *m) { sweep_f16<<<G, B>>>(m); }
+static void l_e2m1(mism *m) { sweep_e2m1<<<G, B>>>(m); }
+static void l_h2f(mism *m) { sweep_f16_to_f32<<<256, 256>>>(m); }
+static void l_div1(mism *m) { sweep_div<<<G, B>>>(m, 0.0371f); }
+static void l_div2(mism *m) { sweep_div<<<G, B>>>(m, 0.293f); }
+static void l_div3(mism *m) { sweep_div<<<G, B>>>(m, 3.0e-5f); }
+static void l_fp4(mism *m) { random_blocks<<<G, B>>>(m, 1ull << 24); }
+
+int main(void)
+{
+        mism *dm;
+        int f = 0;
+
+        gpu_require_device("test_conv_exhaustive");
+        CK(cudaMalloc(&dm, sizeof *dm));
+        f += run("f32x2 -> e4m3x2 (cvt.rn.satfinite) vs kv_f32_to_e4m3, all 2^32", l_e4m3, dm);
+        f += run("f32x2 -> e5m2x2 (cvt.rn.satfinite) vs kv_f32_to_e5m2, all 2^32", l_e5m2, dm);
+        f += run("f32x2 -> f16x2 (cvt.rn) vs kv_f32_to_f16, all 2^32", l_f16, dm);
+        f += run("f32 -> e2m1 (midpoint count) vs kv_f32_to_e2m1, all 2^32", l_e2m1, dm);
+        f += run("f16 -> f32 (cvt) vs kv_f16_to_f32, all 2^16", l_h2f, dm);
+        f += run("x / 0.0371 (__fdiv_rn) vs correctly rounded, all 2^32", l_div1, dm);
+        f += run("x / 0.293 (__fdiv_rn) vs correctly rounded, all 2^32", l_div2, dm);
+        f += run("x / 3e-5 (__fdiv_rn) vs correctly rounded, all 2^32", l_div3, dm);
+        f += run("fp4 block16 short path vs kv_fp4_encode_block16, 2^24 random blocks", l_fp4, dm);
+        cudaFree(dm);
+        printf("test_conv_exhaustive: %d failures\n", f);
+        return f ? 1 : 0;
+}
