@@ -12,6 +12,12 @@
  * truncation, extension).  Usage: fuzz_proto [iterations] [seed].
  * It exits 1 if a valid message stops decoding, which would mean the
  * harness itself tests nothing.
+ *
+ * With libFuzzer (clang), from the repository root:
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -DKV_LIBFUZZER -D_GNU_SOURCE \
+ *         -Iprotocol -Iclient/include -Itests/protocol \
+ *         tests/protocol/fuzz_proto.c protocol/kv_proto.c -o fuzz_proto_lf
+ *   ./fuzz_proto_lf -max_total_time=60 -max_len=4096 CORPUS_DIR
  */
 #include <stdint.h>
 #include <stdio.h>
