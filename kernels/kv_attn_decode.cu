@@ -1,0 +1,230 @@
+/* kv_attn_decode.cu - launchers of the paged attention kernel
+ * (kv_attn_decode.cuh): kv_cuda_decode and the planner/launcher shared with
+ * kv_cuda_extend (kv_attn_extend.cu).
+ *
+ * Split planning (flash-decoding).  A CTA covers one (query row, kv head,
+ * group of <= 8 q heads) and `chunk` keys.  When rows * kv_heads * groups
+ * CTAs would not fill the GPU (fewer than 4 per SM), the sequence is split
+ * into chunks of at least 256 keys (a multiple of 64: 4 warps x 16 keys)
+ * so that B = 1 at 32k keys still runs ~4 CTAs per SM; the partials
+ * (m, l, unnormalized o: rows * Hq * splits * (D + 2) floats) go to scratch
+ * taken with cudaMallocAsync on the caller's stream and given back with
+ * cudaFreeAsync after the reduction kernel, so concurrent calls on different
+ * streams never share scratch, and the stream-ordered pool makes the
+ * allocation cheap after the first call.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <cuda_runtime.h>
+
+#include "kv_ops.h"
+#include "kv_cuda_common.cuh"
+#include "kv_attn_common.cuh"
+#include "kv_attn_decode.cuh"
+
+static int say(char *msg, size_t msglen, int err, const char *fmt, ...)
+{
+        if (msg && msglen) {
+                va_list ap;
+                va_start(ap, fmt);
+                vsnprintf(msg, msglen, fmt, ap);
+                va_end(ap);
+        }
+        return err;
+}
+
+template <int DT, int D>
+static void launch(const kva::params &p, dim3 grid, cudaStream_t st)
+{
+        /* f16 q on a bf16-compute pool takes the hi/lo-q kernel; the other
+         * dtypes compute in f16 and never need it */
+        if (kva::dtraits<DT>::bf && p.elem == KVC_ELEM_F16)
+                kva::attn_kernel<DT, D, kva::dtraits<DT>::bf><<<grid, kva::THREADS, 0, st>>>(p);
+        else
+                kva::attn_kernel<DT, D, false><<<grid, kva::THREADS, 0, st>>>(p);
+        if (p.splits > 1)
+                kva::attn_reduce<D><<<(unsigned)((uint64_t)grid.x * p.Hq), 128, 0, st>>>(p);
+}
+
+template <int DT>
+static int launch_d(uint32_t D, const kva::params &p, dim3 grid, cudaStream_t st)
+{
+        switch (D) {
+        case 64:
+                launch<DT, 64>(p, grid, st);
+                return 0;
+        case 128:
+                launch<DT, 128>(p, grid, st);
+                return 0;
+        case 256:
+                launch<DT, 256>(p, grid, st);
+                return 0;
+        default:
+                return -EINVAL;
+        }
+}
+
+static int sm_count(int *ret)
+{
+        static int cache[64];
+        int dev = 0, n = 0;
+        cudaError_t e = cudaGetDevice(&dev);
+        if (e != cudaSuccess)
+                return (int)e;
+        if (dev >= 0 && dev < 64 && cache[dev] > 0) {
+                *ret = cache[dev];
+                return 0;
+        }
+        e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+        if (e != cudaSuccess)
+                return (int)e;
+        if (dev >= 0 && dev < 64)
+                cache[dev] = n; /* benign race: every thread stores the same value */
+        *ret = n;
+        return 0;
+}
+
+extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_attn_call *c, void *stream,
+                                char *msg, size_t msglen)
+{
+        uint32_t rows, max_len;
+        int r = kv_attn_check(pv, c, false, true, &rows, &max_len, msg, msglen);
+        if (r < 0)
+                return r;
+        if (rows == 0)
+                return 0;
+        if (((uintptr_t)c->q | (uintptr_t)c->out) & 1u)
+                return say(msg, msglen, -EINVAL, "%s: q or out is not 2-byte aligned", c->op);
+        if (((uintptr_t)c->page_table | (uintptr_t)c->seq_lens | (uintptr_t)c->qo_indptr) & 3u)
+                return say(msg, msglen, -EINVAL, "%s: page_table, seq_lens or qo_indptr is not 4-byte aligned",
+                           c->op);
+
+        const struct kv_layout *L = &pv->layout;
+        const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;
+        const enum kvc_dtype dt = L->g.dtype;
+        const uint8_t *base = (const uint8_t *)pv->base;
+        kva::params p = {};
+
+        p.k = base + kv_layout_k(L, c->layer);
+        p.v = base + kv_layout_v(L, c->layer);
+        p.ks = dt == KVC_DTYPE_FP4_E2M1 ? base + kv_layout_ks(L, c->layer) : p.k;
+        p.vs = dt == KVC_DTYPE_FP4_E2M1 ? base + kv_layout_vs(L, c->layer) : p.v;
+        p.q = c->q;
+        p.out = c->out;
+        p.page_table = c->page_table;
+        p.seq_lens = c->seq_lens;
+        p.qo_indptr = c->qo_indptr;
+        p.batch = c->batch;
+        p.max_pages = c->max_pages;
+        p.num_pages = L->num_pages;
+        p.page_size = P;
+        p.page_shift = -1;
+        if ((P & (P - 1)) == 0)
+                p.page_shift = __builtin_ctz(P);
+        p.H = H;
+        p.Hq = c->num_q_heads;
+        p.G = c->num_q_heads / H;
+        p.head_groups = (p.G + kva::HG - 1) / kva::HG;
+        p.page_bytes = L->page_bytes;
+        p.token_bytes = L->token_bytes;
+        p.head_bytes = L->head_bytes;
+        p.spage_bytes = L->scale_page_bytes;
+        p.stoken_bytes = L->scale_token_bytes;
+        p.shead_bytes = L->scale_head_bytes;
+        p.elem = c->elem;
+
+        /* scale folding: fp8 decodes exactly to f16 codes (x = code * scale);
+         * fp4 decodes to value * 2^-64 (see kv_attn_decode.cuh) */
+        float kf = 1.0f, vf = 1.0f;
+        if (dt == KVC_DTYPE_FP8_E4M3 || dt == KVC_DTYPE_FP8_E5M2) {
+                kf = pv->k_scale[c->layer];
+                vf = pv->v_scale[c->layer];
+        } else if (dt == KVC_DTYPE_FP4_E2M1) {
+                kf = vf = 18446744073709551616.0f; /* 2^64 */
+        }
+        p.qk_scale_log2 = c->sm_scale * kf * 1.4426950408889634f;
+        p.out_scale = vf;
+        if (p.H * p.head_groups > 65535u)
+                return say(msg, msglen, -EINVAL, "%s: kv_heads * ceil(group/8) = %u exceeds the grid limit",
+                           c->op, p.H * p.head_groups);
+
+        /* split plan */
+        int sms = 132;
+        r = sm_count(&sms);
+        if (r != 0)
+                return kv_cuda_errno(r, c->op, msg, msglen);
+        const uint64_t ctas = (uint64_t)rows * H * p.head_groups;
+        const uint64_t want = 4ull * (uint64_t)sms;
+        uint64_t splits = 1;
+        if (ctas < want && max_len > 256) {
+                splits = (want + ctas - 1) / ctas;
+                uint64_t most = (max_len + 255) / 256;
+                if (splits > most)
+                        splits = most;
+        }
+        uint32_t chunk = (uint32_t)((max_len + splits - 1) / splits);
+        chunk = (chunk + 63) / 64 * 64;
+        if (chunk == 0)
+                chunk = 64;
+        splits = max_len ? (max_len + chunk - 1) / chunk : 1;
+        p.chunk = chunk;
+        p.splits = (uint32_t)splits;
+
+        cudaStream_t st = (cudaStream_t)stream;
+        void *ws = NULL;
+        if (p.splits > 1) {
+                const size_t n = (size_t)rows * p.Hq * p.splits;
+                cudaError_t e = cudaMallocAsync(&ws, n * (D + 2) * sizeof(float), st);
+                if (e != cudaSuccess)
+                        return kv_cuda_errno(e, "attention scratch (cudaMallocAsync)", msg, msglen);
+                p.part_o = (float *)ws;
+                p.part_ml = (float *)ws + n * D;
+        }
+        dim3 grid(rows, H * p.head_groups, p.splits);
+        switch (dt) {
+        case KVC_DTYPE_BF16:
+                r = launch_d<KVC_DTYPE_BF16>(D, p, grid, st);
+                break;
+        case KVC_DTYPE_FP16:
+                r = launch_d<KVC_DTYPE_FP16>(D, p, grid, st);
+                break;
+        case KVC_DTYPE_FP8_E4M3:
+                r = launch_d<KVC_DTYPE_FP8_E4M3>(D, p, grid, st);
+                break;
+        case KVC_DTYPE_FP8_E5M2:
+                r = launch_d<KVC_DTYPE_FP8_E5M2>(D, p, grid, st);
+                break;
+        case KVC_DTYPE_FP4_E2M1:
+                r = launch_d<KVC_DTYPE_FP4_E2M1>(D, p, grid, st);
+                break;
+        default:
+                r = -EINVAL;
+                break;
+        }
+        cudaError_t e = cudaGetLastError();
+        if (ws)
+                cudaFreeAsync(ws, st);
+        if (r < 0)
+                return say(msg, msglen, r, "%s: no kernel for dtype %d head_dim %u", c->op, (int)dt, D);
+        if (e != cudaSuccess)
+                return kv_cuda_errno(e, c->op, msg, msglen);
+        return 0;
+}
+
+/* Paged decode attention on a CUDA pool (kv_ops.h): q, out, page_table and
+ * seq_lens are device memory, seq_lens_host the host copy used to check the
+ * lengths and plan the split.  Asynchronous on stream.  Page ids are
+ * range-checked in the kernel: a key on an out-of-range page is skipped.
+ * Returns 0 or a negative errno with msg naming the argument. */
+extern "C" int kv_cuda_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *stream,
+                              char *msg, size_t msglen)
+{
+        struct kv_attn_call c;
+
+        if (!a)
+                return say(msg, msglen, -EINVAL, "decode: args are NULL");
+        kv_attn_from_decode(a, &c);
+        return kv_attn_cuda_run(p, &c, stream, msg, msglen);
+}

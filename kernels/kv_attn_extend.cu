@@ -1,0 +1,36 @@
+/* kv_attn_extend.cu - kv_cuda_extend: extend (chunked-prefill) attention on
+ * a CUDA pool.  It runs the decode kernel over query rows (see
+ * kv_attn_extend.cuh for how a row maps to its sequence and causal horizon),
+ * so it inherits its dtypes, head dims, GQA grouping and sequence split. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "kv_ops.h"
+#include "kv_attn_common.cuh"
+
+/* Extend attention (kv_ops.h): q, out, qo_indptr, page_table and seq_lens
+ * are device memory; qo_indptr_host and seq_lens_host their host copies,
+ * both required (they are checked and plan the launch).  Query i of sequence
+ * b sits at position seq_len[b] - n_b + i and attends to keys 0..position.
+ * Asynchronous on stream.  Returns 0 or a negative errno with msg naming the
+ * argument. */
+extern "C" int kv_cuda_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a, void *stream,
+                              char *msg, size_t msglen)
+{
+        struct kv_attn_call c;
+
+        if (!a) {
+                if (msg && msglen)
+                        snprintf(msg, msglen, "extend: args are NULL");
+                return -EINVAL;
+        }
+        kv_attn_from_extend(a, &c);
+        if (a->batch > 0 && (!a->qo_indptr || !a->qo_indptr_host)) {
+                if (msg && msglen)
+                        snprintf(msg, msglen, "extend: %s is NULL (device qo_indptr and its host copy are required)",
+                                 !a->qo_indptr ? "qo_indptr" : "qo_indptr_host");
+                return -EINVAL;
+        }
+        return kv_attn_cuda_run(p, &c, stream, msg, msglen);
+}

@@ -1,0 +1,367 @@
+/* kv_ref_attn.c - CPU reference of paged decode and extend attention
+ * (kv_ops.h), in fp32 over the dequantized pool values, and the argument
+ * check the CUDA launchers share (kv_attn_common.cuh).
+ *
+ * Arithmetic, spelled out because the GPU kernels are compared against it:
+ *   k[j] = dequant(K code) (fp8: code * k_scale[layer]; fp4: nibble *
+ *          2^(s-127) of its block; bf16/fp16: widened), likewise v[j];
+ *   s[j] = sm_scale * sum_d q[d] * k[j][d]              (fp32 accumulation)
+ *   out  = sum_j exp(s[j] - max s) v[j] / sum_j exp(s[j] - max s)
+ *   rounded once to the output elem (bf16 or f16, nearest even).
+ * A sequence (or a query) that sees no key (seq_len 0) gets an output of
+ * zeros.  Every argument is checked before anything is computed: page ids
+ * here are host memory and are all range-checked (-ERANGE).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kv_codec.h"
+#include "kv_ops.h"
+#include "kv_attn_common.cuh"
+
+static int fail(int err, char *msg, size_t msglen, const char *fmt, ...)
+{
+        if (msg && msglen) {
+                va_list ap;
+                va_start(ap, fmt);
+                vsnprintf(msg, msglen, fmt, ap);
+                va_end(ap);
+        }
+        return err;
+}
+
+void kv_attn_from_decode(const struct kvc_decode_args *a, struct kv_attn_call *c)
+{
+        memset(c, 0, sizeof(*c));
+        c->op = "decode";
+        c->q = a->q;
+        c->out = a->out;
+        c->elem = a->elem;
+        c->page_table = a->page_table;
+        c->max_pages = a->max_pages;
+        c->seq_lens = a->seq_lens;
+        c->seq_lens_host = a->seq_lens_host;
+        c->batch = a->batch;
+        c->num_q_heads = a->num_q_heads;
+        c->sm_scale = a->sm_scale;
+        c->layer = a->layer;
+}
+
+void kv_attn_from_extend(const struct kvc_extend_args *a, struct kv_attn_call *c)
+{
+        memset(c, 0, sizeof(*c));
+        c->op = "extend";
+        c->q = a->q;
+        c->out = a->out;
+        c->elem = a->elem;
+        c->page_table = a->page_table;
+        c->max_pages = a->max_pages;
+        c->seq_lens = a->seq_lens;
+        c->seq_lens_host = a->seq_lens_host;
+        c->qo_indptr = a->qo_indptr;
+        c->qo_indptr_host = a->qo_indptr_host;
+        c->batch = a->batch;
+        c->num_q_heads = a->num_q_heads;
+        c->sm_scale = a->sm_scale;
+        c->layer = a->layer;
+}
+
+int kv_attn_check(const struct kv_pool_view *p, const struct kv_attn_call *c, bool read_pages,
+                  bool device, uint32_t *ret_rows, uint32_t *ret_max_len, char *msg, size_t msglen)
+{
+        char why[160];
+        const char *op = c->op;
+
+        if (!p)
+                return fail(-EINVAL, msg, msglen, "%s: pool view is NULL", op);
+        if (!p->base)
+                return fail(-EINVAL, msg, msglen, "%s: pool base is NULL", op);
+        if (kv_geom_check(&p->layout.g, why, sizeof(why)) < 0)
+                return fail(-EINVAL, msg, msglen, "%s: pool layout: %s", op, why);
+        const struct kv_layout *L = &p->layout;
+        const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;
+        if (L->num_pages == 0)
+                return fail(-EINVAL, msg, msglen, "%s: pool layout has 0 pages", op);
+        if (device && D != 64 && D != 128 && D != 256)
+                return fail(-EINVAL, msg, msglen, "%s: head_dim %u: the CUDA kernels support 64, 128 and 256",
+                            op, D);
+        if (c->layer >= L->g.num_layers)
+                return fail(-EINVAL, msg, msglen, "%s: layer %u out of range [0, %u)", op, c->layer,
+                            L->g.num_layers);
+        if (L->g.dtype == KVC_DTYPE_FP8_E4M3 || L->g.dtype == KVC_DTYPE_FP8_E5M2) {
+                if (!p->k_scale || !p->v_scale)
+                        return fail(-EINVAL, msg, msglen, "%s: fp8 pool without %s array", op,
+                                    p->k_scale ? "v_scale" : "k_scale");
+                float ks = p->k_scale[c->layer], vs = p->v_scale[c->layer];
+                if (!(isfinite(ks) && ks > 0.0f))
+                        return fail(-EINVAL, msg, msglen, "%s: k_scale[%u] = %g is not a positive finite number",
+                                    op, c->layer, (double)ks);
+                if (!(isfinite(vs) && vs > 0.0f))
+                        return fail(-EINVAL, msg, msglen, "%s: v_scale[%u] = %g is not a positive finite number",
+                                    op, c->layer, (double)vs);
+        }
+        if (c->elem != KVC_ELEM_BF16 && c->elem != KVC_ELEM_F16)
+                return fail(-EINVAL, msg, msglen, "%s: elem %d is not BF16 or F16 (q and out)", op, (int)c->elem);
+        if (c->num_q_heads == 0 || c->num_q_heads % H != 0)
+                return fail(-EINVAL, msg, msglen, "%s: num_q_heads %u is not a positive multiple of kv_heads %u",
+                            op, c->num_q_heads, H);
+        if (!isfinite(c->sm_scale))
+                return fail(-EINVAL, msg, msglen, "%s: sm_scale %g is not finite", op, (double)c->sm_scale);
+        if (c->batch == 0) {
+                *ret_rows = 0;
+                *ret_max_len = 0;
+                return 0;
+        }
+        const int32_t *lens = c->seq_lens_host;
+        if (!lens)
+                return fail(-EINVAL, msg, msglen, "%s: seq_lens_host is NULL (the host copy of seq_lens is required)",
+                            op);
+        if (!c->seq_lens)
+                return fail(-EINVAL, msg, msglen, "%s: seq_lens is NULL", op);
+        const bool ext = c->qo_indptr_host != NULL || c->qo_indptr != NULL;
+        if (ext && (!c->qo_indptr_host || !c->qo_indptr))
+                return fail(-EINVAL, msg, msglen, "%s: %s is NULL", op,
+                            c->qo_indptr ? "qo_indptr_host" : "qo_indptr");
+        if (ext && c->qo_indptr_host[0] != 0)
+                return fail(-EINVAL, msg, msglen, "%s: qo_indptr[0] = %d, must be 0", op, c->qo_indptr_host[0]);
+
+        const uint64_t cap = (uint64_t)c->max_pages * P;
+        uint32_t max_len = 0;
+        for (uint32_t b = 0; b < c->batch; b++) {
+                if (lens[b] < 0 || (uint64_t)lens[b] > cap)
+                        return fail(-EINVAL, msg, msglen,
+                                    "%s: seq_lens[%u] = %d out of range [0, max_pages*page_size = %" PRIu64 "]",
+                                    op, b, lens[b], cap);
+                if ((uint32_t)lens[b] > max_len)
+                        max_len = (uint32_t)lens[b];
+                if (ext) {
+                        int32_t lo = c->qo_indptr_host[b], hi = c->qo_indptr_host[b + 1];
+                        if (hi < lo)
+                                return fail(-EINVAL, msg, msglen, "%s: qo_indptr[%u] = %d < qo_indptr[%u] = %d",
+                                            op, b + 1, hi, b, lo);
+                        if (hi - lo > lens[b])
+                                return fail(-EINVAL, msg, msglen,
+                                            "%s: sequence %u has %d queries but seq_lens[%u] = %d "
+                                            "(the new tokens must be written and counted in seq_lens)",
+                                            op, b, hi - lo, b, lens[b]);
+                }
+        }
+        const uint32_t rows = ext ? (uint32_t)c->qo_indptr_host[c->batch] : c->batch;
+        if (rows > 0 && (!c->q || !c->out))
+                return fail(-EINVAL, msg, msglen, "%s: %s is NULL", op, !c->q ? "q" : "out");
+        if (max_len > 0 && !c->page_table)
+                return fail(-EINVAL, msg, msglen, "%s: page_table is NULL", op);
+        if (read_pages) {
+                for (uint32_t b = 0; b < c->batch; b++) {
+                        uint32_t np = ((uint32_t)lens[b] + P - 1) / P;
+                        for (uint32_t i = 0; i < np; i++) {
+                                int32_t pg = c->page_table[(uint64_t)b * c->max_pages + i];
+                                if (pg < 0 || (uint32_t)pg >= L->num_pages)
+                                        return fail(-ERANGE, msg, msglen,
+                                                    "%s: page_table[%u][%u] = %d out of range [0, %u)",
+                                                    op, b, i, pg, L->num_pages);
+                        }
+                }
+        }
+        *ret_rows = rows;
+        *ret_max_len = max_len;
+        return 0;
+}
+
+/* Dequantizes token `tok` of sequence row `pt` (its page-table row), head h,
+ * K (which = 0) or V (which = 1), into out[0..D). */
+static void dequant(const struct kv_pool_view *p, uint32_t layer, int which, const int32_t *pt,
+                    uint32_t tok, uint32_t h, float *out)
+{
+        const struct kv_layout *L = &p->layout;
+        const uint32_t D = L->g.head_dim, P = L->g.page_size;
+        const uint64_t pg = (uint64_t)pt[tok / P], off = tok % P;
+        const uint8_t *base = p->base;
+        const uint8_t *src = base + (which ? kv_layout_v(L, layer) : kv_layout_k(L, layer)) +
+                             pg * L->page_bytes + off * L->token_bytes + h * L->head_bytes;
+        uint16_t x;
+
+        switch (L->g.dtype) {
+        case KVC_DTYPE_BF16:
+                for (uint32_t i = 0; i < D; i++) {
+                        memcpy(&x, src + 2 * i, 2);
+                        out[i] = kv_bf16_to_f32(x);
+                }
+                break;
+        case KVC_DTYPE_FP16:
+                for (uint32_t i = 0; i < D; i++) {
+                        memcpy(&x, src + 2 * i, 2);
+                        out[i] = kv_f16_to_f32(x);
+                }
+                break;
+        case KVC_DTYPE_FP8_E4M3: {
+                const float s = which ? p->v_scale[layer] : p->k_scale[layer];
+                for (uint32_t i = 0; i < D; i++)
+                        out[i] = kv_e4m3_to_f32(src[i]) * s;
+                break;
+        }
+        case KVC_DTYPE_FP8_E5M2: {
+                const float s = which ? p->v_scale[layer] : p->k_scale[layer];
+                for (uint32_t i = 0; i < D; i++)
+                        out[i] = kv_e5m2_to_f32(src[i]) * s;
+                break;
+        }
+        case KVC_DTYPE_FP4_E2M1: {
+                const uint8_t *ss = base + (which ? kv_layout_vs(L, layer) : kv_layout_ks(L, layer)) +
+                                    pg * L->scale_page_bytes + off * L->scale_token_bytes +
+                                    h * L->scale_head_bytes;
+                for (uint32_t i = 0; i < D; i++) {
+                        uint8_t nib = (uint8_t)((src[i / 2] >> (4 * (i & 1))) & 0xFu);
+                        out[i] = kv_e2m1_to_f32(nib) * kv_e8m0_to_f32(ss[i / KV_FP4_BLOCK]);
+                }
+                break;
+        }
+        default:
+                memset(out, 0, D * sizeof(float));
+                break;
+        }
+}
+
+static float load_q(const void *q, enum kvc_elem e, uint64_t i)
+{
+        uint16_t x = ((const uint16_t *)q)[i];
+        return e == KVC_ELEM_BF16 ? kv_bf16_to_f32(x) : kv_f16_to_f32(x);
+}
+
+static void store_out(void *out, enum kvc_elem e, uint64_t i, float v)
+{
+        ((uint16_t *)out)[i] = e == KVC_ELEM_BF16 ? kv_f32_to_bf16(v) : kv_f32_to_f16(v);
+}
+
+/* Attention of sequence b's query rows [r0, r0+n) over its first len keys,
+ * row r0+i seeing keys [0, len - n + i] (decode: n = 1, sees all). */
+static int attend_seq(const struct kv_pool_view *p, const struct kv_attn_call *c, uint32_t b,
+                      uint32_t r0, uint32_t n, uint32_t len)
+{
+        const struct kv_layout *L = &p->layout;
+        const uint32_t H = L->g.kv_heads, D = L->g.head_dim, Hq = c->num_q_heads, G = Hq / H;
+        const int32_t *pt = c->page_table ? c->page_table + (uint64_t)b * c->max_pages : NULL;
+        float *K = NULL, *V = NULL, *s = NULL, *acc = NULL, *q = NULL;
+        int ret = 0;
+
+        if (n == 0)
+                return 0;
+        if (len > 0) {
+                K = malloc((size_t)len * D * sizeof(float));
+                V = malloc((size_t)len * D * sizeof(float));
+                s = malloc((size_t)len * sizeof(float));
+        }
+        acc = malloc((size_t)D * sizeof(float));
+        q = malloc((size_t)D * sizeof(float));
+        if ((len > 0 && (!K || !V || !s)) || !acc || !q) {
+                ret = -ENOMEM;
+                goto out;
+        }
+        for (uint32_t h = 0; h < H; h++) {
+                /* dequantize this kv head once for all its q heads and rows */
+                for (uint32_t j = 0; j < len; j++) {
+                        dequant(p, c->layer, 0, pt, j, h, K + (size_t)j * D);
+                        dequant(p, c->layer, 1, pt, j, h, V + (size_t)j * D);
+                }
+                for (uint32_t i = 0; i < n; i++) {
+                        const uint32_t row = r0 + i;
+                        const uint32_t see = len - n + i + 1; /* keys [0, see) */
+                        for (uint32_t g = 0; g < G; g++) {
+                                const uint32_t hq = h * G + g;
+                                const uint64_t qo = ((uint64_t)row * Hq + hq) * D;
+                                for (uint32_t d = 0; d < D; d++)
+                                        q[d] = load_q(c->q, c->elem, qo + d);
+                                float m = -INFINITY;
+                                for (uint32_t j = 0; j < see; j++) {
+                                        const float *k = K + (size_t)j * D;
+                                        float dot = 0.0f;
+                                        for (uint32_t d = 0; d < D; d++)
+                                                dot += q[d] * k[d];
+                                        s[j] = dot * c->sm_scale;
+                                        if (s[j] > m)
+                                                m = s[j];
+                                }
+                                float l = 0.0f;
+                                memset(acc, 0, D * sizeof(float));
+                                for (uint32_t j = 0; j < see; j++) {
+                                        const float w = expf(s[j] - m);
+                                        const float *v = V + (size_t)j * D;
+                                        l += w;
+                                        for (uint32_t d = 0; d < D; d++)
+                                                acc[d] += w * v[d];
+                                }
+                                const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+                                for (uint32_t d = 0; d < D; d++)
+                                        store_out(c->out, c->elem, qo + d, see ? acc[d] * inv : 0.0f);
+                        }
+                }
+        }
+out:
+        free(K);
+        free(V);
+        free(s);
+        free(acc);
+        free(q);
+        return ret;
+}
+
+static int run(const struct kv_pool_view *p, const struct kv_attn_call *c, char *msg, size_t msglen)
+{
+        uint32_t rows, max_len;
+        int r = kv_attn_check(p, c, true, false, &rows, &max_len, msg, msglen);
+        if (r < 0)
+                return r;
+        for (uint32_t b = 0; b < c->batch; b++) {
+                const uint32_t len = (uint32_t)c->seq_lens[b];
+                uint32_t r0 = b, n = 1;
+                if (c->qo_indptr) {
+                        r0 = (uint32_t)c->qo_indptr[b];
+                        n = (uint32_t)(c->qo_indptr[b + 1] - c->qo_indptr[b]);
+                }
+                r = attend_seq(p, c, b, r0, n, len);
+                if (r < 0)
+                        return fail(r, msg, msglen, "%s: out of memory for %u keys", c->op, len);
+        }
+        return 0;
+}
+
+/* Paged decode attention on host memory (see the file comment).  All
+ * pointers are host memory; seq_lens_host may equal seq_lens.  Returns 0,
+ * -EINVAL (a bad argument, named in msg), -ERANGE (a page id out of range),
+ * -ENOMEM.  Thread-safe; out is written only after every check passed. */
+int kv_ref_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a, char *msg, size_t msglen)
+{
+        struct kv_attn_call c;
+
+        if (!a)
+                return fail(-EINVAL, msg, msglen, "decode: args are NULL");
+        kv_attn_from_decode(a, &c);
+        if (!c.seq_lens_host)
+                c.seq_lens_host = c.seq_lens; /* host pool: the array is host memory */
+        return run(p, &c, msg, msglen);
+}
+
+/* Extend (chunked-prefill) attention on host memory: query i of sequence b
+ * sits at position seq_len[b] - n_b + i and attends causally.  Same returns
+ * as kv_ref_decode; qo_indptr_host may be NULL (then qo_indptr is used). */
+int kv_ref_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a, char *msg, size_t msglen)
+{
+        struct kv_attn_call c;
+
+        if (!a)
+                return fail(-EINVAL, msg, msglen, "extend: args are NULL");
+        kv_attn_from_extend(a, &c);
+        if (!c.seq_lens_host)
+                c.seq_lens_host = c.seq_lens;
+        if (!c.qo_indptr_host)
+                c.qo_indptr_host = c.qo_indptr;
+        if (!c.qo_indptr)
+                return fail(-EINVAL, msg, msglen, "extend: qo_indptr is NULL");
+        return run(p, &c, msg, msglen);
+}

@@ -1,0 +1,447 @@
+/* test_attn.c - GPU decode and extend attention against the CPU reference
+ * on the same pool bytes (suite 'gpu'; exits 77 without a CUDA device).
+ *
+ * The pool is written on the host with kv_ref_write (random N(0,1)-like K/V,
+ * K with outlier channels), every byte the test does not write is random
+ * poison (so a kernel that reads a slot past a sequence, or an unused page,
+ * picks up garbage and NaNs), then copied to the device.  Outputs are
+ * poisoned with NaN before each run.  For every dtype x head_dim {64, 128,
+ * 256} x page size {1, 16, 128}: ragged lengths including 0, 1, a page
+ * exactly, a page plus one, and random ones; GQA groups 1..12 (one and two
+ * head groups of the kernel); bf16 and f16 q/out.  Then long sequences up to
+ * 32k keys, a device page id out of range (the key is skipped), and every
+ * argument error before any launch.  Pass: for every (row, head), ||gpu -
+ * ref|| / ||ref|| <= 1e-2, no NaN, and rows that see no key are exactly 0. */
+#include <errno.h>
+#include "gpu_common.h"
+
+static int failures, cases;
+static double worst;
+
+#define EXPECT(cond, ...)                                                                          \
+        do {                                                                                       \
+                if (!(cond)) {                                                                     \
+                        failures++;                                                                \
+                        printf("FAIL %s:%d: ", __FILE__, __LINE__);                                \
+                        printf(__VA_ARGS__);                                                       \
+                        printf("\n");                                                              \
+                }                                                                                  \
+        } while (0)
+
+struct apool {
+        struct kv_layout L;
+        uint8_t *host, *dev;
+        float ks[2], vs[2];
+};
+
+static struct kv_pool_view view(struct apool *P, int dev)
+{
+        struct kv_pool_view v = { .base = dev ? (void *)P->dev : (void *)P->host, .layout = P->L,
+                                  .k_scale = P->ks, .v_scale = P->vs };
+        return v;
+}
+
+/* A pool whose sequences b (lengths lens[b]) are written at random distinct
+ * pages; *ret_pt gets the page table [B, max_pages] (unused entries -7). */
+static int32_t *apool_fill(struct apool *P, struct rng *r, enum kvc_dtype d, uint32_t H, uint32_t D, uint32_t ps,
+                           uint32_t B, const int32_t *lens, uint32_t *ret_max_pages)
+{
+        const uint32_t layers = 2, layer = 1;
+        uint32_t need = 0, maxp = 1;
+        for (uint32_t b = 0; b < B; b++) {
+                uint32_t np = ((uint32_t)lens[b] + ps - 1) / ps;
+                need += np;
+                if (np + 1 > maxp)
+                        maxp = np + 1;
+        }
+        const uint32_t pages = need + 3;
+        struct kv_geom g = { .dtype = d, .num_layers = layers, .kv_heads = H, .head_dim = D, .page_size = ps };
+        if (kv_layout_init(&g, pages, &P->L) < 0) {
+                printf("FAIL: kv_layout_init\n");
+                exit(1);
+        }
+        P->host = malloc(P->L.alloc_bytes);
+        fill_poison(P->host, P->L.alloc_bytes, rng_next(r));
+        P->ks[0] = P->ks[1] = 0.0213f;
+        P->vs[0] = P->vs[1] = 0.0087f;
+
+        uint32_t *perm = malloc(sizeof(uint32_t) * pages);
+        for (uint32_t i = 0; i < pages; i++)
+                perm[i] = i;
+        for (uint32_t i = pages - 1; i > 0; i--) {
+                uint32_t j = (uint32_t)(rng_next(r) % (i + 1)), t = perm[i];
+                perm[i] = perm[j];
+                perm[j] = t;
+        }
+        int32_t *pt = malloc(sizeof(int32_t) * B * maxp);
+        uint32_t next = 0;
+        for (uint32_t b = 0; b < B; b++) {
+                uint32_t np = ((uint32_t)lens[b] + ps - 1) / ps;
+                for (uint32_t i = 0; i < maxp; i++)
+                        pt[b * maxp + i] = i < np ? (int32_t)perm[next++] : -7;
+        }
+        free(perm);
+
+        /* K/V of every key: N(0,1) * 2.5, K with outlier channels 3 and 77 */
+        const uint64_t row = (uint64_t)H * D;
+        for (uint32_t b = 0; b < B; b++) {
+                const uint32_t T = (uint32_t)lens[b];
+                if (!T)
+                        continue;
+                float *k = malloc(sizeof(float) * T * row), *v = malloc(sizeof(float) * T * row);
+                int64_t *slots = malloc(sizeof(int64_t) * T);
+                for (uint64_t i = 0; i < T * row; i++) {
+                        k[i] = rng_normal(r) * 2.5f;
+                        v[i] = rng_normal(r) * 2.5f;
+                        if (i % D == 3 || i % D == 77 % D)
+                                k[i] *= 8.0f;
+                }
+                for (uint32_t j = 0; j < T; j++)
+                        slots[j] = (int64_t)pt[b * maxp + j / ps] * ps + j % ps;
+                struct kv_pool_view hv = view(P, 0);
+                struct kvc_write_args wa = { .k = k, .v = v, .elem = KVC_ELEM_F32, .k_row_stride = (int64_t)row,
+                                             .v_row_stride = (int64_t)row, .slots = slots, .num_tokens = T,
+                                             .layer = layer };
+                char msg[256] = "";
+                int rc = kv_ref_write(&hv, &wa, msg, sizeof msg);
+                if (rc < 0) {
+                        printf("FAIL: kv_ref_write: %s\n", msg);
+                        exit(1);
+                }
+                free(k);
+                free(v);
+                free(slots);
+        }
+        CK(cudaMalloc((void **)&P->dev, P->L.alloc_bytes));
+        CK(cudaMemcpy(P->dev, P->host, P->L.alloc_bytes, cudaMemcpyHostToDevice));
+        *ret_max_pages = maxp;
+        return pt;
+}
+
+static void apool_fini(struct apool *P)
+{
+        free(P->host);
+        cudaFree(P->dev);
+}
+
+static void *to_dev(const void *h, size_t n)
+{
+        void *d;
+        CK(cudaMalloc(&d, n ? n : 4));
+        if (n && h)
+                CK(cudaMemcpy(d, h, n, cudaMemcpyHostToDevice));
+        return d;
+}
+
+static float get_out(const uint16_t *o, enum kvc_elem e, size_t i)
+{
+        return e == KVC_ELEM_BF16 ? kv_bf16_to_f32(o[i]) : kv_f16_to_f32(o[i]);
+}
+
+/* Compares rows x Hq x D outputs per (row, head). */
+static void compare(const char *what, const uint16_t *g, const uint16_t *ref, enum kvc_elem e, uint32_t rows,
+                    uint32_t Hq, uint32_t D)
+{
+        for (uint32_t r = 0; r < rows; r++) {
+                for (uint32_t h = 0; h < Hq; h++) {
+                        double num = 0, den = 0;
+                        int nan = 0;
+                        for (uint32_t d = 0; d < D; d++) {
+                                size_t i = ((size_t)r * Hq + h) * D + d;
+                                float a = get_out(g, e, i), b = get_out(ref, e, i);
+                                if (isnan(a) || isnan(b))
+                                        nan = 1;
+                                num += (double)(a - b) * (a - b);
+                                den += (double)b * b;
+                        }
+                        if (nan) {
+                                EXPECT(0, "%s: row %u head %u: NaN in the output", what, r, h);
+                                return;
+                        }
+                        if (den == 0) {
+                                EXPECT(num == 0, "%s: row %u head %u: reference is 0, gpu is not", what, r, h);
+                                continue;
+                        }
+                        double rel = sqrt(num / den);
+                        if (rel > worst)
+                                worst = rel;
+                        if (rel > 1e-2) {
+                                EXPECT(0, "%s: row %u head %u: relative error %.3g > 1e-2", what, r, h, rel);
+                                return;
+                        }
+                }
+        }
+}
+
+static void *make_q(struct rng *r, enum kvc_elem e, size_t n)
+{
+        uint16_t *q = malloc(n * 2 + 2);
+        for (size_t i = 0; i < n; i++)
+                put_elem(q, e, i, rng_normal(r));
+        return q;
+}
+
+/* One decode (qn == NULL) or extend (qn[b] = new queries of sequence b) case. */
+static void run_case(enum kvc_dtype d, uint32_t D, uint32_t ps, uint32_t H, uint32_t G, uint32_t B,
+                     const int32_t *lens, const int32_t *qn, enum kvc_elem e, uint64_t seed)
+{
+        struct rng r = { seed * 2654435761u + 1 };
+        struct apool P;
+        uint32_t maxp;
+        char what[200], msg[256] = "";
+        const uint32_t Hq = H * G;
+
+        cases++;
+        snprintf(what, sizeof what, "%s %s D=%u page=%u H=%u G=%u B=%u len0=%d elem=%s", qn ? "extend" : "decode",
+                 kvc_dtype_name(d), D, ps, H, G, B, lens[0], e == KVC_ELEM_BF16 ? "bf16" : "f16");
+        int32_t *pt = apool_fill(&P, &r, d, H, D, ps, B, lens, &maxp);
+        int32_t *indptr = malloc(sizeof(int32_t) * (B + 1));
+        indptr[0] = 0;
+        for (uint32_t b = 0; b < B; b++)
+                indptr[b + 1] = indptr[b] + (qn ? qn[b] : 1);
+        const uint32_t rows = (uint32_t)indptr[B];
+        const size_t n = (size_t)rows * Hq * D;
+        void *q = make_q(&r, e, n);
+        uint16_t *ref = malloc(n * 2 + 2), *got = malloc(n * 2 + 2);
+        void *dq = to_dev(q, n * 2), *dout = to_dev(NULL, n * 2);
+        int32_t *dpt = to_dev(pt, sizeof(int32_t) * B * maxp), *dlens = to_dev(lens, sizeof(int32_t) * B);
+        int32_t *dind = to_dev(indptr, sizeof(int32_t) * (B + 1));
+        CK(cudaMemset(dout, 0xFF, n * 2)); /* NaN in bf16 and f16 */
+        struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
+        const float sm = 1.0f / sqrtf((float)D);
+        int rc, rr;
+
+        if (!qn) {
+                struct kvc_decode_args a = { .q = dq, .out = dout, .elem = e, .page_table = dpt, .max_pages = maxp,
+                                             .seq_lens = dlens, .seq_lens_host = lens, .batch = B,
+                                             .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
+                rc = kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg);
+                struct kvc_decode_args h = a;
+                h.q = q;
+                h.out = ref;
+                h.page_table = pt;
+                h.seq_lens = lens;
+                rr = kv_ref_decode(&hv, &h, msg, sizeof msg);
+        } else {
+                struct kvc_extend_args a = { .q = dq, .out = dout, .elem = e, .qo_indptr = dind,
+                                             .qo_indptr_host = indptr, .page_table = dpt, .max_pages = maxp,
+                                             .seq_lens = dlens, .seq_lens_host = lens, .batch = B,
+                                             .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
+                rc = kv_cuda_extend(&dv, &a, NULL, msg, sizeof msg);
+                struct kvc_extend_args h = a;
+                h.q = q;
+                h.out = ref;
+                h.qo_indptr = indptr;
+                h.page_table = pt;
+                h.seq_lens = lens;
+                rr = kv_ref_extend(&hv, &h, msg, sizeof msg);
+        }
+        EXPECT(rc == 0, "%s: kv_cuda_* returned %d: %s", what, rc, msg);
+        EXPECT(rr == 0, "%s: kv_ref_* returned %d: %s", what, rr, msg);
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
+        if (rc == 0 && rr == 0)
+                compare(what, got, ref, e, rows, Hq, D);
+
+        cudaFree(dq);
+        cudaFree(dout);
+        cudaFree(dpt);
+        cudaFree(dlens);
+        cudaFree(dind);
+        free(q);
+        free(ref);
+        free(got);
+        free(pt);
+        free(indptr);
+        apool_fini(&P);
+}
+
+static void shapes(void)
+{
+        static const enum kvc_dtype dts[] = { KVC_DTYPE_BF16, KVC_DTYPE_FP16, KVC_DTYPE_FP8_E4M3,
+                                              KVC_DTYPE_FP8_E5M2, KVC_DTYPE_FP4_E2M1 };
+        static const uint32_t Ds[] = { 64, 128, 256 }, pss[] = { 1, 16, 128 }, Gs[] = { 1, 4, 8, 3, 12, 5 };
+        uint64_t seed = 1;
+
+        for (int di = 0; di < 5; di++) {
+                for (int hi = 0; hi < 3; hi++) {
+                        for (int pi = 0; pi < 3; pi++) {
+                                const uint32_t ps = pss[pi], D = Ds[hi];
+                                struct rng r = { ++seed * 977 };
+                                const uint32_t G = Gs[(di + hi + pi) % 6], H = 1 + (uint32_t)(rng_next(&r) % 3);
+                                const enum kvc_elem e = (di + pi) % 2 ? KVC_ELEM_F16 : KVC_ELEM_BF16;
+                                /* 1, a page exactly, a page + 1, 0 keys, random up to 700 */
+                                int32_t lens[6] = { 1, (int32_t)ps, (int32_t)ps + 1, 0,
+                                                    1 + (int32_t)(rng_next(&r) % 700),
+                                                    1 + (int32_t)(rng_next(&r) % 300) };
+                                run_case(dts[di], D, ps, H, G, 6, lens, NULL, e, seed);
+                                /* extend: whole prefill, 1 new, several new, none, chunk */
+                                int32_t qn[6] = { 1, (int32_t)ps, 1 + (int32_t)ps / 2, 0,
+                                                  1 + (int32_t)(rng_next(&r) % 40), 17 };
+                                int32_t el[6] = { 1, (int32_t)ps, (int32_t)ps + 1, 5, lens[4] + qn[4],
+                                                  lens[5] + 17 };
+                                run_case(dts[di], D, ps, H, G, 6, el, qn, e, seed + 1000);
+                        }
+                }
+        }
+}
+
+static void long_sequences(void)
+{
+        /* up to 32k keys: split over the sequence with a reduction */
+        int32_t lens[3] = { 32768, 20001, 4097 };
+        run_case(KVC_DTYPE_BF16, 128, 16, 2, 4, 3, lens, NULL, KVC_ELEM_BF16, 77);
+        run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 2, 4, 3, lens, NULL, KVC_ELEM_BF16, 78);
+        run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 3, lens, NULL, KVC_ELEM_BF16, 79);
+        int32_t l1[1] = { 32768 };
+        run_case(KVC_DTYPE_FP8_E5M2, 256, 128, 1, 8, 1, l1, NULL, KVC_ELEM_F16, 80);
+        run_case(KVC_DTYPE_FP16, 64, 1, 1, 8, 1, l1, NULL, KVC_ELEM_F16, 81);
+        int32_t el[2] = { 9000, 700 }, qn[2] = { 300, 700 };
+        run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 2, el, qn, KVC_ELEM_BF16, 82);
+        run_case(KVC_DTYPE_BF16, 128, 16, 2, 4, 2, el, qn, KVC_ELEM_BF16, 83);
+}
+
+/* A device page id out of range: the kernel skips that page's keys, which
+ * must equal the reference over the sequence without its last page. */
+static void bad_page(void)
+{
+        struct rng r = { 4242 };
+        struct apool P;
+        uint32_t maxp;
+        const uint32_t D = 128, H = 2, Hq = 8, ps = 16;
+        int32_t lens[1] = { 100 }, short_len[1] = { 96 };
+        char msg[256] = "";
+
+        cases++;
+        int32_t *pt = apool_fill(&P, &r, KVC_DTYPE_BF16, H, D, ps, 1, lens, &maxp);
+        const size_t n = (size_t)Hq * D;
+        void *q = make_q(&r, KVC_ELEM_BF16, n);
+        uint16_t *ref = malloc(n * 2), *got = malloc(n * 2);
+        struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
+        struct kvc_decode_args h = { .q = q, .out = ref, .elem = KVC_ELEM_BF16, .page_table = pt, .max_pages = maxp,
+                                     .seq_lens = short_len, .seq_lens_host = short_len, .batch = 1,
+                                     .num_q_heads = Hq, .sm_scale = 0.088f, .layer = 1 };
+        EXPECT(kv_ref_decode(&hv, &h, msg, sizeof msg) == 0, "bad_page: reference: %s", msg);
+        int32_t bad = (int32_t)P.L.num_pages + 5;
+        pt[6] = bad; /* keys 96..99 */
+        int32_t *dpt = to_dev(pt, sizeof(int32_t) * maxp), *dlens = to_dev(lens, 4);
+        void *dq = to_dev(q, n * 2), *dout = to_dev(NULL, n * 2);
+        CK(cudaMemset(dout, 0xFF, n * 2));
+        struct kvc_decode_args a = h;
+        a.q = dq;
+        a.out = dout;
+        a.page_table = dpt;
+        a.seq_lens = dlens;
+        a.seq_lens_host = lens;
+        int rc = kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg);
+        EXPECT(rc == 0, "bad_page: kv_cuda_decode = %d: %s", rc, msg);
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
+        compare("bad_page", got, ref, KVC_ELEM_BF16, 1, Hq, D);
+        /* the host reference refuses the same table, naming the entry */
+        h.page_table = pt;
+        h.seq_lens = lens;
+        h.seq_lens_host = lens;
+        rc = kv_ref_decode(&hv, &h, msg, sizeof msg);
+        EXPECT(rc == -ERANGE && strstr(msg, "page_table[0][6]"), "bad_page: ref gave %d '%s'", rc, msg);
+        cudaFree(dpt);
+        cudaFree(dlens);
+        cudaFree(dq);
+        cudaFree(dout);
+        free(q);
+        free(ref);
+        free(got);
+        free(pt);
+        apool_fini(&P);
+}
+
+#define ARGERR(expr, want, needle)                                                                 \
+        do {                                                                                       \
+                msg[0] = 0;                                                                        \
+                int rc_ = (expr);                                                                  \
+                cases++;                                                                           \
+                EXPECT(rc_ == (want) && strstr(msg, needle), "%s: got %d '%s', want %d '%s'", #expr, \
+                       rc_, msg, want, needle);                                                    \
+        } while (0)
+
+static void arg_errors(void)
+{
+        struct rng r = { 99 };
+        struct apool P;
+        uint32_t maxp;
+        int32_t lens[2] = { 40, 3 };
+        char msg[256];
+        int32_t *pt = apool_fill(&P, &r, KVC_DTYPE_FP8_E4M3, 2, 128, 16, 2, lens, &maxp);
+        int32_t *dpt = to_dev(pt, sizeof(int32_t) * 2 * maxp), *dlens = to_dev(lens, 8);
+        void *dq = to_dev(NULL, 2 * 8 * 128 * 2), *dout = to_dev(NULL, 2 * 8 * 128 * 2);
+        CK(cudaMemset(dout, 0xAB, 2 * 8 * 128 * 2));
+        struct kv_pool_view dv = view(&P, 1);
+        const struct kvc_decode_args ok = { .q = dq, .out = dout, .elem = KVC_ELEM_BF16, .page_table = dpt,
+                                            .max_pages = maxp, .seq_lens = dlens, .seq_lens_host = lens,
+                                            .batch = 2, .num_q_heads = 8, .sm_scale = 0.1f, .layer = 1 };
+        struct kvc_decode_args a;
+
+        a = ok; a.num_q_heads = 7;
+        ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "num_q_heads 7");
+        a = ok; a.layer = 2;
+        ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "layer 2");
+        a = ok; a.elem = KVC_ELEM_F32;
+        ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "elem");
+        a = ok; a.seq_lens_host = NULL;
+        ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "seq_lens_host");
+        a = ok; a.max_pages = 2;
+        ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "seq_lens[0] = 40");
+        a = ok; a.sm_scale = NAN;
+        ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "sm_scale");
+        a = ok; a.q = NULL;
+        ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "q is NULL");
+        float bad_scale[2] = { 0.0f, 0.0f };
+        struct kv_pool_view bv = dv;
+        bv.k_scale = bad_scale;
+        ARGERR(kv_cuda_decode(&bv, &ok, NULL, msg, sizeof msg), -EINVAL, "k_scale[1]");
+
+        int32_t ind[3] = { 0, 2, 6 }, bad_ind[3] = { 1, 2, 3 };
+        int32_t *dind = to_dev(ind, 12);
+        const struct kvc_extend_args eok = { .q = dq, .out = dout, .elem = KVC_ELEM_BF16, .qo_indptr = dind,
+                                             .qo_indptr_host = ind, .page_table = dpt, .max_pages = maxp,
+                                             .seq_lens = dlens, .seq_lens_host = lens, .batch = 2,
+                                             .num_q_heads = 8, .sm_scale = 0.1f, .layer = 1 };
+        struct kvc_extend_args x;
+        x = eok; /* 4 new queries for a sequence of 3 keys */
+        ARGERR(kv_cuda_extend(&dv, &x, NULL, msg, sizeof msg), -EINVAL, "seq_lens[1] = 3");
+        x = eok; x.qo_indptr_host = NULL;
+        ARGERR(kv_cuda_extend(&dv, &x, NULL, msg, sizeof msg), -EINVAL, "qo_indptr_host");
+        x = eok; x.qo_indptr_host = bad_ind;
+        ARGERR(kv_cuda_extend(&dv, &x, NULL, msg, sizeof msg), -EINVAL, "qo_indptr[0] = 1");
+
+        /* nothing ran: the output keeps its 0xAB fill */
+        uint8_t *o = malloc(2 * 8 * 128 * 2);
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(o, dout, 2 * 8 * 128 * 2, cudaMemcpyDeviceToHost));
+        int touched = 0;
+        for (int i = 0; i < 2 * 8 * 128 * 2; i++)
+                touched |= o[i] != 0xAB;
+        EXPECT(!touched, "a refused call wrote its output");
+        free(o);
+        cudaFree(dind);
+        cudaFree(dpt);
+        cudaFree(dlens);
+        cudaFree(dq);
+        cudaFree(dout);
+        free(pt);
+        apool_fini(&P);
+}
+
+int main(int argc, char **argv)
+{
+        gpu_require_device(argv[0]);
+        (void)argc;
+        shapes();
+        long_sequences();
+        bad_page();
+        arg_errors();
+        CK(cudaGetLastError());
+        printf("test_attn: %d cases, %d failures, worst relative error %.3g (bound 1e-2)\n", cases, failures,
+               worst);
+        return failures ? 1 : 0;
+}
