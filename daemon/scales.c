@@ -164,10 +164,11 @@ static int parse_json(const char *path, const char *buf, size_t len, cJSON **ret
                 }
         }
         /* Show a little context before the error point too: a NaN or a
-         * missing comma is easiest to see with the key in front of it. */
+         * missing comma is easiest to see with the key in front of it.
+         * Binary garbage is shown as '?' so the message stays one clean line. */
         size_t from = off > 12 ? off - 12 : 0, n = 0;
         for (size_t i = from; i < len && n < sizeof near - 1; i++)
-                near[n++] = (buf[i] == '\n' || buf[i] == '\t' || (unsigned char)buf[i] < 0x20) ? ' ' : buf[i];
+                near[n++] = (unsigned char)buf[i] < 0x20 ? ' ' : (unsigned char)buf[i] >= 0x7f ? '?' : buf[i];
         near[n] = 0;
         return fail(err, errlen, -EINVAL, "%s:%zu:%zu: not valid JSON near \"%s\" (NaN and Infinity are not JSON numbers)",
                     path, line, col, near);

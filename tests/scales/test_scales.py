@@ -29,7 +29,8 @@ def probe():
 
 def run(probe, cfg, layers=L, dtype="fp8_e4m3"):
     text = "null" if cfg is None else json.dumps(cfg)
-    p = subprocess.run([probe, text, str(layers), dtype], capture_output=True, text=True, timeout=30)
+    p = subprocess.run([probe, text, str(layers), dtype], capture_output=True, text=True, errors="replace",
+                       timeout=30)
     return p
 
 
@@ -386,3 +387,38 @@ def test_constant(probe):
     got = load(probe, {"source": "constant", "k": 0.5, "v": 2})
     assert got["k"] == [0.5] * L and got["v"] == [2.0] * L
     assert load(probe, None, dtype="bf16")["warn_unscaled"] == 0
+
+
+# ---- robustness ----------------------------------------------------------------
+
+def test_mutated_checkpoints_load_or_refuse_cleanly(probe, tmp_path):
+    """Random corruptions of a valid checkpoint and of a valid JSON file: the
+    loader either loads positive finite scales or refuses with a message
+    naming the file; it never crashes (rc 0 or 1 only)."""
+    rng = np.random.default_rng(1234)
+    st_path = valid_file(tmp_path, "orig.safetensors")
+    js_path = qp(tmp_path, {"0": layers(K), "1": layers(V)}, name="orig.json")
+    for src, make_cfg in ((st_path, st), (js_path, js)):
+        orig = src.read_bytes()
+        for i in range(150):
+            data = bytearray(orig)
+            for _ in range(int(rng.integers(1, 6))):
+                op = rng.integers(0, 4)
+                pos = int(rng.integers(0, len(data)))
+                if op == 0:
+                    data[pos] ^= 1 << int(rng.integers(0, 8))
+                elif op == 1:
+                    data[pos] = int(rng.integers(0, 256))
+                elif op == 2:
+                    del data[pos:pos + int(rng.integers(1, 16))]
+                else:
+                    data[pos:pos] = bytes(rng.integers(0, 256, int(rng.integers(1, 8)), dtype=np.uint8))
+            path = tmp_path / f"mut{i}{src.suffix}"
+            path.write_bytes(bytes(data))
+            p = run(probe, make_cfg(path))
+            assert p.returncode in (0, 1), f"{path}: rc {p.returncode}: {p.stderr}"
+            if p.returncode == 0:
+                got = json.loads(p.stdout)
+                assert all(x > 0 and np.isfinite(x) for x in got["k"] + got["v"])
+            else:
+                assert str(path) in p.stderr, p.stderr
