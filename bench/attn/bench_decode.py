@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""bench_decode.py - paged decode attention over the quantized pool against
+PyTorch's scaled_dot_product_attention on dense bf16 K/V, in one process.
+
+    python3 bench/attn/bench_decode.py [--lib PATH] [--reps N] [--quick]
+
+The library is libkvattn_shim.so (bench/attn/attn_shim.cu): found through
+--lib, else $KVPOOL_BUILD/bench/attn/, else /tmp/attn-build (what
+bench/attn/device_build.sh builds).  Shapes: Hq/kv_heads/D = 32/8/128, page
+16, B in {1, 8, 32, 128}, L in {1k, 4k, 16k, 32k}, every pool dtype, bf16 q
+and out.  Each time is the median of --reps runs timed with CUDA events, the
+L2 flushed (a memset of 4x its size) before every run.  Effective bandwidth =
+(K/V bytes + fp4 scales + q + out) / time, next to a streaming-read
+bandwidth (16-byte loads over 8 GiB) measured in the same run.  The page
+table is a random permutation of the pool's pages.
+"""
+import argparse
+import ctypes
+import os
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+DTYPES = [("bf16", 0, 16), ("fp16", 1, 16), ("fp8_e4m3", 2, 8), ("fp8_e5m2", 3, 8), ("fp4_e2m1", 4, 4)]
+ELEM_BF16 = 1
+
+
+def find_lib(arg):
+    cands = []
+    if arg:
+        cands.append(arg)
+    if os.environ.get("KVPOOL_BUILD"):
+        cands.append(os.path.join(os.environ["KVPOOL_BUILD"], "bench", "attn", "libkvattn_shim.so"))
+    cands.append("/tmp/attn-build/libkvattn_shim.so")
+    for c in cands:
+        if os.path.exists(c):
+            return c
+    sys.exit("bench_decode: libkvattn_shim.so not found (tried %s)" % ", ".join(cands))
+
+
+def load(path):
+    lib = ctypes.CDLL(path)
+    u64, i32, f32, p = ctypes.c_uint64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+    lib.shim_pool_new.restype = p
+    lib.shim_pool_new.argtypes = [i32] * 7
+    lib.shim_pool_free.argtypes = [p]
+    lib.shim_fill_random.argtypes = [p, u64]
+    lib.shim_errmsg.restype = ctypes.c_char_p
+    lib.shim_stream_read.argtypes = [u64, u64, u64, u64]
+    lib.shim_decode.argtypes = [p, i32, u64, u64, i32, u64, i32, u64, ctypes.POINTER(ctypes.c_int32), i32, i32,
+                                f32, u64]
+    return lib
+
+
+class Timer:
+    def __init__(self, reps):
+        self.reps = reps
+        l2 = torch.cuda.get_device_properties(0).L2_cache_size
+        self.flush = torch.empty(4 * l2, dtype=torch.uint8, device="cuda")
+
+    def median_us(self, fn):
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(self.reps):
+            self.flush.zero_()  # cold L2
+            a = torch.cuda.Event(enable_timing=True)
+            b = torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) * 1e3)
+        return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="B in {1, 32}, L in {4k, 32k}")
+    args = ap.parse_args()
+    lib = load(find_lib(args.lib))
+    torch.manual_seed(0)
+    dev = torch.cuda.get_device_properties(0)
+    stream = torch.cuda.current_stream().cuda_stream
+    timer = Timer(args.reps)
+    Hq, H, D, ps = 32, 8, 128, 16
+    Bs = [1, 32] if args.quick else [1, 8, 32, 128]
+    Ls = [4096, 32768] if args.quick else [1024, 4096, 16384, 32768]
+
+    # streaming read over 8 GiB: the bandwidth ceiling of this run
+    buf = torch.empty(8 << 30, dtype=torch.uint8, device="cuda")
+    buf.fill_(1)
+    sink = torch.zeros(1, dtype=torch.int32, device="cuda")
+    t = timer.median_us(lambda: lib.shim_stream_read(buf.data_ptr(), buf.numel(), sink.data_ptr(), stream))
+    read_bw = buf.numel() / (t * 1e-6) / 1e12
+    del buf
+    print("device: %s, %d SMs, L2 %d MB; torch %s" % (dev.name, dev.multi_processor_count,
+                                                      dev.L2_cache_size >> 20, torch.__version__))
+    print("streaming read (8 GiB, 16-byte loads): %.0f us = %.2f TB/s" % (t, read_bw))
+    print("Hq/kv/D = %d/%d/%d, page %d, bf16 q/out, median of %d runs, cold L2" % (Hq, H, D, ps, args.reps))
+    print()
+    hdr = "%5s %6s %-9s %9s %8s %7s %9s" % ("B", "L", "kv", "time_us", "TB/s", "%read", "vs_sdpa")
+    print(hdr)
+    print("-" * len(hdr))
+    sys.stdout.flush()
+
+    for B in Bs:
+        for L in Ls:
+            q = torch.randn(B, Hq, D, dtype=torch.bfloat16, device="cuda")
+            qo_bytes = 2 * q.numel() * 2
+            # the outside reference: SDPA over dense bf16 K/V [B, H, L, D]
+            k = torch.randn(B, H, L, D, dtype=torch.bfloat16, device="cuda")
+            v = torch.randn(B, H, L, D, dtype=torch.bfloat16, device="cuda")
+            q4 = q.view(B, Hq, 1, D)
+            t_sdpa = timer.median_us(lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=True))
+            by = 2 * k.numel() * 2 + qo_bytes
+            print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %9s" % (B, L, "sdpa-bf16", t_sdpa, by / t_sdpa / 1e6,
+                                                            100 * by / t_sdpa / 1e6 / read_bw, "1.00x"))
+            del k, v
+            pages = B * L // ps
+            pt = torch.randperm(pages, device="cuda", dtype=torch.int64).to(torch.int32).view(B, L // ps)
+            lens = torch.full((B,), L, dtype=torch.int32, device="cuda")
+            lens_host = (ctypes.c_int32 * B)(*([L] * B))
+            out = torch.empty(B, Hq, D, dtype=torch.bfloat16, device="cuda")
+            for name, dt, bits in DTYPES:
+                pool = lib.shim_pool_new(dt, 1, H, D, ps, pages, 0)
+                if not pool:
+                    sys.exit("shim_pool_new(%s): %s" % (name, lib.shim_errmsg().decode()))
+                rc = lib.shim_fill_random(pool, 1234)
+                if rc:
+                    sys.exit("fill: %s" % lib.shim_errmsg().decode())
+
+                def run():
+                    r = lib.shim_decode(pool, 0, q.data_ptr(), out.data_ptr(), ELEM_BF16, pt.data_ptr(), L // ps,
+                                        lens.data_ptr(), lens_host, B, Hq, D ** -0.5, stream)
+                    if r:
+                        raise RuntimeError("shim_decode: %d %s" % (r, lib.shim_errmsg().decode()))
+                t = timer.median_us(run)
+                kv = B * L * H * D * bits // 8 * 2
+                if bits == 4:
+                    kv += B * L * H * (D // 16) * 2
+                by = kv + qo_bytes
+                if torch.isnan(out.float()).any():
+                    sys.exit("NaN in the output of %s" % name)
+                print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %8.2fx" % (B, L, name, t, by / t / 1e6,
+                                                                   100 * by / t / 1e6 / read_bw, t_sdpa / t))
+                lib.shim_pool_free(pool)
+                sys.stdout.flush()
+            del pt, lens, out, q
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
