@@ -101,23 +101,17 @@ __device__ __forceinline__ uint32_t f32x2_to_f16x2(float x0, float x1)
 #endif
 }
 
-/* == kv_f32_to_e4m3 / kv_f32_to_e5m2 for both values (x0 in the low byte).
- * cvt.rn.satfinite (sm_89+) rounds to nearest even and saturates finite
- * values and infinities to +-max, as the codec does; only NaN differs (the
- * hardware drops its sign), so NaN goes through the codec. */
+/* Two fp32 values to two fp8 codes (x0 in the low byte) with the hardware
+ * conversion cvt.rn.satfinite (sm_89+): round to nearest even, finite values
+ * and infinities beyond the range saturate to +-max, as in the codec.  Only
+ * NaN differs (the hardware drops its sign): callers handle NaN. */
 template <int D>
-__device__ __forceinline__ uint32_t f32x2_to_fp8x2(float x0, float x1)
+__device__ __forceinline__ uint32_t fp8x2_hw(float x0, float x1)
 {
         static_assert(D == KVC_DTYPE_FP8_E4M3 || D == KVC_DTYPE_FP8_E5M2, "fp8 dtype");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890 && !defined(KV_CUDA_CODEC_ONLY)
         const __nv_fp8_interpretation_t kind = D == KVC_DTYPE_FP8_E4M3 ? __NV_E4M3 : __NV_E5M2;
-        uint32_t r = __nv_cvt_float2_to_fp8x2(make_float2(x0, x1), __NV_SATFINITE, kind);
-        if (__builtin_expect(isnan(x0) || isnan(x1), 0)) {
-                uint32_t a = D == KVC_DTYPE_FP8_E4M3 ? kv_f32_to_e4m3(x0) : kv_f32_to_e5m2(x0);
-                uint32_t b = D == KVC_DTYPE_FP8_E4M3 ? kv_f32_to_e4m3(x1) : kv_f32_to_e5m2(x1);
-                r = a | b << 8;
-        }
-        return r;
+        return __nv_cvt_float2_to_fp8x2(make_float2(x0, x1), __NV_SATFINITE, kind);
 #else
         uint32_t a = D == KVC_DTYPE_FP8_E4M3 ? kv_f32_to_e4m3(x0) : kv_f32_to_e5m2(x0);
         uint32_t b = D == KVC_DTYPE_FP8_E4M3 ? kv_f32_to_e4m3(x1) : kv_f32_to_e5m2(x1);
@@ -125,21 +119,52 @@ __device__ __forceinline__ uint32_t f32x2_to_fp8x2(float x0, float x1)
 #endif
 }
 
-/* == kv_f32_to_e2m1 for every input.  Round half even onto {0, .5, 1, 1.5,
- * 2, 3, 4, 6} is a count of the midpoints below |x| (a tie goes to the even
- * code: 0.25 -> 0, 0.75 -> 1.0, 1.25 -> 1.0, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4,
- * 5 -> 4); beyond 5 (Inf too) saturates to 6; NaN is +0. */
-__device__ __forceinline__ uint32_t f32_to_e2m1(float x)
+template <int D>
+__device__ __forceinline__ uint32_t fp8_codec(float x)
+{
+        return D == KVC_DTYPE_FP8_E4M3 ? kv_f32_to_e4m3(x) : kv_f32_to_e5m2(x);
+}
+
+/* == kv_f32_to_e4m3 / kv_f32_to_e5m2 for both values (x0 in the low byte),
+ * every input: the hardware conversion, NaN through the codec. */
+template <int D>
+__device__ __forceinline__ uint32_t f32x2_to_fp8x2(float x0, float x1)
+{
+        uint32_t r = fp8x2_hw<D>(x0, x1);
+        if (__builtin_expect(isnan(x0) || isnan(x1), 0))
+                r = fp8_codec<D>(x0) | fp8_codec<D>(x1) << 8;
+        return r;
+}
+
+/* == kv_f32_to_fp8(x0 / s) | kv_f32_to_fp8(x1 / s) << 8 as the host computes
+ * it: an IEEE division (a reciprocal would round differently), then the
+ * conversion.  A NaN quotient comes only from a NaN x, which the host's
+ * division passes through with its sign and the GPU's does not: the codec
+ * then gets x itself. */
+template <int D>
+__device__ __forceinline__ uint32_t fp8x2_div(float x0, float x1, float s)
+{
+        const float q0 = __fdiv_rn(x0, s), q1 = __fdiv_rn(x1, s);
+        uint32_t r = fp8x2_hw<D>(q0, q1);
+        if (__builtin_expect(isnan(q0) || isnan(q1), 0))
+                r = fp8_codec<D>(isnan(x0) ? x0 : q0) | fp8_codec<D>(isnan(x1) ? x1 : q1) << 8;
+        return r;
+}
+
+/* == kv_f32_to_e2m1(y) for 0 <= y <= 6 (the range of |x| / block scale in
+ * a block without NaN or Inf; the sign is added by the caller).  Round half
+ * even onto {0, .5, 1, 1.5, 2, 3, 4, 6} is a float addition of a magic
+ * number whose ulp is the grid spacing of y's binade: 2^22 (ulp 0.5) below
+ * 2, 2^23 (ulp 1) in [2, 4), 2^24 (ulp 2) in [4, 6]; the sum's low mantissa
+ * bits then count grid steps, and 2E shifts them to the code. */
+__device__ __forceinline__ uint32_t e2m1_mag(float y)
 {
 #ifdef KV_CUDA_CODEC_ONLY
-        return kv_f32_to_e2m1(x);
+        return kv_f32_to_e2m1(y);
 #else
-        const uint32_t u = __float_as_uint(x);
-        const uint32_t a = u & 0x7FFFFFFFu;
-        uint32_t c = (a > 0x3E800000u) + (a >= 0x3F400000u) + (a > 0x3FA00000u) + (a >= 0x3FE00000u) +
-                     (a > 0x40200000u) + (a >= 0x40600000u) + (a > 0x40A00000u);
-        c |= (u >> 28) & 8u;
-        return a > 0x7F800000u ? 0u : c;
+        const uint32_t e = max(__float_as_uint(y) >> 23, 127u) - 127u; /* 0, 1, 2 */
+        const float magic = __uint_as_float((149u + e) << 23);          /* 2^(22+e) */
+        return (__float_as_uint(__fadd_rn(y, magic)) & 7u) + 2u * e;
 #endif
 }
 
@@ -161,13 +186,20 @@ __device__ __forceinline__ void fp4_block16(const float *x, uint32_t &w0, uint32
                 scale = s;
                 return;
         }
-        /* all finite: amax is the largest magnitude, as in the codec */
+        /* all finite: amax is the largest magnitude, as in the codec, and
+         * |x| / 2^e <= 6 for every element */
         const uint8_t s = kv_fp4_block_scale(__uint_as_float(m));
-        const float inv = kv_e8m0_inv_f32(s); /* a power of two: x * inv is exact */
+        const float inv = kv_e8m0_inv_f32(s); /* a power of two: |x| * inv is exact */
         uint32_t r[2] = { 0, 0 };
 #pragma unroll
-        for (int i = 0; i < 16; i++)
-                r[i / 8] |= f32_to_e2m1(__fmul_rn(x[i], inv)) << (4 * (i % 8));
+        for (int i = 0; i < 16; i++) {
+                const uint32_t u = __float_as_uint(x[i]);
+                const uint32_t code = e2m1_mag(__fmul_rn(__uint_as_float(u & 0x7FFFFFFFu), inv));
+                /* nibble i: code in bits 4i..4i+2, the sign in bit 4i+3 (-0
+                 * and negative values that round to zero keep it, as in the
+                 * codec) */
+                r[i / 8] |= code << (4 * (i % 8)) | ((u >> 31) << (4 * (i % 8) + 3));
+        }
         w0 = r[0];
         w1 = r[1];
         scale = s;
@@ -179,45 +211,56 @@ template <> struct elem_traits<KVC_ELEM_F16> {
         static __device__ __forceinline__ float to_f32(uint32_t bits) { return f16_to_f32(bits); }
 };
 
-/* Loads N elements of element type E starting at p into f[0..N) as fp32
- * (exact: every input type widens to fp32 without rounding).  vec says p is
- * 16-byte aligned (the launcher checked the base and the row stride), so the
- * loads are 16 bytes wide; otherwise element by element. */
+/* Reads N elements of element type E at p as raw 16-byte words w[] (N *
+ * bytes / 16 of them).  vec says p is 16-byte aligned (the launcher checked
+ * the base and the row stride): then each word is one 16-byte load;
+ * otherwise the words are assembled element by element.  Split from the
+ * conversion so that a thread issues all its loads before it waits. */
 template <int E, int N>
-__device__ __forceinline__ void load_f32(const void *p, bool vec, float (&f)[N])
+__device__ __forceinline__ void load_raw(const void *p, bool vec, uint4 (&w)[N * elem_traits<E>::bytes / 16])
+{
+        typedef elem_traits<E> tr;
+        constexpr int NW = N * tr::bytes / 16;
+        if (vec) {
+                const uint4 *q = (const uint4 *)p;
+#pragma unroll
+                for (int i = 0; i < NW; i++)
+                        w[i] = __ldcs(q + i); /* read once: stream past the caches */
+        } else {
+                const uint8_t *b = (const uint8_t *)p;
+#pragma unroll
+                for (int i = 0; i < NW; i++) {
+                        uint32_t u[4];
+#pragma unroll
+                        for (int j = 0; j < 4; j++) {
+                                if constexpr (tr::bytes == 4)
+                                        u[j] = *(const uint32_t *)(b + 16 * i + 4 * j);
+                                else
+                                        u[j] = (uint32_t) * (const uint16_t *)(b + 16 * i + 4 * j) |
+                                               (uint32_t) * (const uint16_t *)(b + 16 * i + 4 * j + 2) << 16;
+                        }
+                        w[i] = make_uint4(u[0], u[1], u[2], u[3]);
+                }
+        }
+}
+
+/* Widens the raw words of load_raw to fp32 (exact for every input type). */
+template <int E, int N>
+__device__ __forceinline__ void unpack_f32(const uint4 (&w)[N * elem_traits<E>::bytes / 16], float (&f)[N])
 {
         typedef elem_traits<E> tr;
         constexpr int per16 = 16 / tr::bytes;
-        static_assert(N % per16 == 0, "whole 16-byte vectors");
-        if (vec) {
-                const uint4 *q = (const uint4 *)p;
-                uint4 w[N / per16];
 #pragma unroll
-                for (int i = 0; i < N / per16; i++)
-                        w[i] = __ldcs(q + i); /* read once: do not keep in L1/L2 longer than needed */
+        for (int i = 0; i < N / per16; i++) {
+                const uint32_t u[4] = { w[i].x, w[i].y, w[i].z, w[i].w };
 #pragma unroll
-                for (int i = 0; i < N / per16; i++) {
-                        const uint32_t u[4] = { w[i].x, w[i].y, w[i].z, w[i].w };
-#pragma unroll
-                        for (int j = 0; j < 4; j++) {
-                                if constexpr (tr::bytes == 4) {
-                                        f[i * per16 + j] = tr::to_f32(u[j]);
-                                } else {
-                                        f[i * per16 + 2 * j]     = tr::to_f32(u[j] & 0xFFFFu);
-                                        f[i * per16 + 2 * j + 1] = tr::to_f32(u[j] >> 16);
-                                }
+                for (int j = 0; j < 4; j++) {
+                        if constexpr (tr::bytes == 4) {
+                                f[i * per16 + j] = tr::to_f32(u[j]);
+                        } else {
+                                f[i * per16 + 2 * j] = tr::to_f32(u[j] & 0xFFFFu);
+                                f[i * per16 + 2 * j + 1] = tr::to_f32(u[j] >> 16);
                         }
-                }
-        } else {
-                const typename tr::t *q = (const typename tr::t *)p;
-#pragma unroll
-                for (int i = 0; i < N; i++) {
-                        uint32_t bits;
-                        if constexpr (tr::bytes == 4)
-                                bits = __float_as_uint(*(const float *)(q + i));
-                        else
-                                bits = *(const uint16_t *)(q + i);
-                        f[i] = tr::to_f32(bits);
                 }
         }
 }

@@ -1,11 +1,12 @@
 /* kv_write.cuh - the quantizing write kernel: K and V of T new tokens into
  * their slots of one layer of a pool (design §8).
  *
- * One thread produces 16 bytes of one token's K or V row in the pool: 8
- * elements of a 16-bit pool, 16 of an fp8 pool, 32 (two fp4 blocks plus their
- * two E8M0 scale bytes) of an fp4 pool.  It reads its inputs with 16-byte
- * loads (when the caller's tensors are 16-byte aligned), converts them and
- * writes one 16-byte store: one pass over the input, every byte written once.
+ * One thread produces 16 bytes of one token's K row and the same 16 bytes
+ * of its V row in the pool: 8 elements of a 16-bit pool, 16 of an fp8 pool,
+ * 32 (two fp4 blocks plus their two E8M0 scale bytes) of an fp4 pool.  It
+ * reads its inputs with 16-byte loads (when the caller's tensors are
+ * 16-byte aligned), all of them before converting, and writes 16-byte
+ * stores: one pass over the input, every byte written once.
  * A token's row is [kv_heads * head_dim] contiguous elements both in the
  * input and in the pool slot, and fp4 blocks of 16 never straddle a head
  * (head_dim is a multiple of 16), so the kernel needs no head index and
@@ -29,6 +30,8 @@ struct write_params {
         const uint8_t *src[2];        /* k, v: [T, kv_heads, head_dim] elements, rows stride[] bytes apart */
         int64_t        stride[2];     /* bytes between tokens */
         bool           vec[2];        /* src and stride 16-byte aligned */
+        bool           flat;          /* page_bytes == page_size * token_bytes (and for scales):
+                                         a slot's byte offset is slot * token_bytes */
         const int64_t *slots;         /* [T] device memory; -1 or out of range = skip */
         uint32_t       T;
         uint32_t       chunks;        /* 16-byte output chunks per token row */
@@ -40,18 +43,17 @@ struct write_params {
         float          scale[2];      /* fp8: k and v scale of the layer */
 };
 
-/* ---- conversions ------------------------------------------------------- */
-
 /* x / s rounded to nearest even, as the host's float division.  GPU
  * arithmetic turns a NaN into the canonical NaN (sign dropped) where the
  * host keeps the operand's NaN: keep x itself so the codec sees the same
- * NaN as on the host. */
+ * NaN as on the host.  (The kernel uses fp8x2_div, which checks the
+ * quotient instead; this form is the codec-only build's and the tests'.) */
 __device__ __forceinline__ float div_like_host(float x, float s)
 {
         return isnan(x) ? x : __fdiv_rn(x, s);
 }
 
-/* Elements of input converted per thread: one 16-byte output chunk. */
+/* Elements of input converted per chunk: one 16-byte output chunk. */
 template <int D> struct epc { static constexpr int n = 8; };          /* bf16, fp16 */
 template <> struct epc<KVC_DTYPE_FP8_E4M3> { static constexpr int n = 16; };
 template <> struct epc<KVC_DTYPE_FP8_E5M2> { static constexpr int n = 16; };
@@ -75,11 +77,15 @@ __device__ __forceinline__ uint4 convert_chunk(const float (&f)[epc<D>::n], floa
         } else if constexpr (D == KVC_DTYPE_FP8_E4M3 || D == KVC_DTYPE_FP8_E5M2) {
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-                        uint32_t lo = f32x2_to_fp8x2<D>(div_like_host(f[4 * i], scale),
-                                                        div_like_host(f[4 * i + 1], scale));
-                        uint32_t hi = f32x2_to_fp8x2<D>(div_like_host(f[4 * i + 2], scale),
-                                                        div_like_host(f[4 * i + 3], scale));
-                        w[i] = lo | hi << 16;
+#ifdef KV_CUDA_CODEC_ONLY
+                        const float q[4] = { div_like_host(f[4 * i], scale), div_like_host(f[4 * i + 1], scale),
+                                             div_like_host(f[4 * i + 2], scale), div_like_host(f[4 * i + 3], scale) };
+                        w[i] = fp8_codec<D>(q[0]) | fp8_codec<D>(q[1]) << 8 | fp8_codec<D>(q[2]) << 16 |
+                               fp8_codec<D>(q[3]) << 24;
+#else
+                        w[i] = fp8x2_div<D>(f[4 * i], f[4 * i + 1], scale) |
+                               fp8x2_div<D>(f[4 * i + 2], f[4 * i + 3], scale) << 16;
+#endif
                 }
         } else {
                 /* fp4: two blocks of 16 elements, each with its own E8M0 scale */
@@ -93,44 +99,54 @@ __device__ __forceinline__ uint4 convert_chunk(const float (&f)[epc<D>::n], floa
 
 /* ---- the kernel -------------------------------------------------------- */
 
-/* Grid: 1-D over T * 2 * chunks items (token, K or V, chunk), grid-stride. */
+/* Block (tx, ty): threadIdx.x walks the 16-byte chunks of a token row,
+ * threadIdx.y the tokens; grid (ceil(T / ty), ceil(chunks / tx)).  Each
+ * thread converts chunk c of token t for K and for V: both inputs' loads go
+ * out before either conversion, and the slot, index and address arithmetic
+ * is shared.  No division unless the pool layout is not flat. */
 template <int D, int E>
 __global__ void __launch_bounds__(256) write_kernel(const write_params p)
 {
         constexpr int N = epc<D>::n;
-        const uint64_t per_token = 2ull * p.chunks;
-        const uint64_t total = (uint64_t)p.T * per_token;
+        constexpr int NW = N * elem_traits<E>::bytes / 16;
+        const uint32_t c = blockIdx.y * blockDim.x + threadIdx.x;
+        const uint32_t t = blockIdx.x * blockDim.y + threadIdx.y;
 
-        for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-             i += (uint64_t)gridDim.x * blockDim.x) {
-                const uint32_t t = (uint32_t)(i / per_token);
-                const uint32_t r = (uint32_t)(i - (uint64_t)t * per_token);
-                const int which = r >= p.chunks;          /* 0 = K, 1 = V */
-                const uint32_t c = r - (which ? p.chunks : 0);
-                const int64_t slot = __ldg(p.slots + t);
+        if (t >= p.T || c >= p.chunks)
+                return;
+        const int64_t slot = __ldg(p.slots + t);
+        /* -1 means skip; anything else out of range is skipped too: the
+         * slots live on the device, so the launcher cannot check them */
+        if (slot < 0 || slot >= p.num_slots)
+                return;
 
-                /* -1 means skip; anything else out of range is skipped too:
-                 * the slots live on the device, so the launcher cannot check them */
-                if (slot < 0 || slot >= p.num_slots)
-                        continue;
-                const uint64_t page = (uint64_t)slot / p.page_size;
-                const uint64_t off = (uint64_t)slot - page * p.page_size;
+        uint4 wk[NW], wv[NW];
+        const uint32_t in_off = c * (uint32_t)(N * elem_traits<E>::bytes);
+        load_raw<E, N>(p.src[0] + (int64_t)t * p.stride[0] + in_off, p.vec[0], wk);
+        load_raw<E, N>(p.src[1] + (int64_t)t * p.stride[1] + in_off, p.vec[1], wv);
 
-                float f[N];
-                const uint8_t *src = p.src[which] + (int64_t)t * p.stride[which] +
-                                     (uint64_t)c * N * elem_traits<E>::bytes;
-                load_f32<E, N>(src, p.vec[which], f);
+        uint64_t doff, soff;
+        if (p.flat) {
+                doff = (uint64_t)slot * p.token_bytes;
+                soff = (uint64_t)slot * p.scale_token_bytes;
+        } else {
+                const uint64_t page = (uint64_t)slot / p.page_size, off = (uint64_t)slot - page * p.page_size;
+                doff = page * p.page_bytes + off * p.token_bytes;
+                soff = page * p.scale_page_bytes + off * p.scale_token_bytes;
+        }
 
-                uint16_t sc = 0;
-                const uint4 out = convert_chunk<D>(f, p.scale[which], &sc);
-                uint8_t *dst = p.dst[which] + page * p.page_bytes + off * p.token_bytes + (uint64_t)c * 16;
-                *(uint4 *)dst = out;
-                if constexpr (D == KVC_DTYPE_FP4_E2M1) {
-                        /* chunk c holds blocks 2c and 2c+1 of the row: scale bytes 2c, 2c+1 */
-                        uint8_t *sdst = p.sdst[which] + page * p.scale_page_bytes + off * p.scale_token_bytes +
-                                        (uint64_t)c * 2;
-                        *(uint16_t *)sdst = sc;
-                }
+        float f[N];
+        uint16_t sk = 0, sv = 0;
+        unpack_f32<E, N>(wk, f);
+        const uint4 ok = convert_chunk<D>(f, p.scale[0], &sk);
+        unpack_f32<E, N>(wv, f);
+        const uint4 ov = convert_chunk<D>(f, p.scale[1], &sv);
+        *(uint4 *)(p.dst[0] + doff + (uint64_t)c * 16) = ok;
+        *(uint4 *)(p.dst[1] + doff + (uint64_t)c * 16) = ov;
+        if constexpr (D == KVC_DTYPE_FP4_E2M1) {
+                /* chunk c holds blocks 2c and 2c+1 of the row: scale bytes 2c, 2c+1 */
+                *(uint16_t *)(p.sdst[0] + soff + (uint64_t)c * 2) = sk;
+                *(uint16_t *)(p.sdst[1] + soff + (uint64_t)c * 2) = sv;
         }
 }
 
@@ -160,6 +176,8 @@ static inline void make_write_params(const struct kv_pool_view *p, const struct 
         wp->scale_page_bytes = L->scale_page_bytes;
         wp->scale_token_bytes = L->scale_token_bytes;
         wp->page_size = L->g.page_size;
+        wp->flat = L->page_bytes == (uint64_t)L->g.page_size * L->token_bytes &&
+                   L->scale_page_bytes == (uint64_t)L->g.page_size * L->scale_token_bytes;
         wp->num_slots = (int64_t)L->num_pages * L->g.page_size;
         wp->scale[0] = 1.0f;
         wp->scale[1] = 1.0f;
@@ -169,24 +187,39 @@ static inline void make_write_params(const struct kv_pool_view *p, const struct 
         }
 }
 
-/* Launches write_kernel<D, elem> with 256-thread blocks over every item. */
+/* Launches write_kernel<D, elem>: blocks of (tx, ty) threads, tx chunks of
+ * a row by ty tokens (see the kernel).  Very large T goes in pieces of at
+ * most 2^24 tokens so grid.x stays far below its limit. */
 template <int D>
-static inline cudaError_t launch_write_d(const write_params &wp, enum kvc_elem elem, cudaStream_t s)
+static inline cudaError_t launch_write_d(const write_params &wp0, enum kvc_elem elem, cudaStream_t s)
 {
-        const unsigned grid = grid_for((uint64_t)wp.T * 2 * wp.chunks, 256);
+        const unsigned tx = wp0.chunks < 256 ? wp0.chunks : 256;
+        const unsigned ty = 256 / tx > 0 ? 256 / tx : 1;
+        const uint32_t piece = 1u << 24;
+        write_params wp = wp0;
 
-        switch (elem) {
-        case KVC_ELEM_F32:
-                write_kernel<D, KVC_ELEM_F32><<<grid, 256, 0, s>>>(wp);
-                break;
-        case KVC_ELEM_BF16:
-                write_kernel<D, KVC_ELEM_BF16><<<grid, 256, 0, s>>>(wp);
-                break;
-        case KVC_ELEM_F16:
-                write_kernel<D, KVC_ELEM_F16><<<grid, 256, 0, s>>>(wp);
-                break;
+        for (uint32_t t0 = 0; t0 < wp0.T; t0 += piece) {
+                wp.T = wp0.T - t0 < piece ? wp0.T - t0 : piece;
+                wp.src[0] = wp0.src[0] + (int64_t)t0 * wp0.stride[0];
+                wp.src[1] = wp0.src[1] + (int64_t)t0 * wp0.stride[1];
+                wp.slots = wp0.slots + t0;
+                const dim3 block(tx, ty), grid((wp.T + ty - 1) / ty, (wp.chunks + tx - 1) / tx);
+                switch (elem) {
+                case KVC_ELEM_F32:
+                        write_kernel<D, KVC_ELEM_F32><<<grid, block, 0, s>>>(wp);
+                        break;
+                case KVC_ELEM_BF16:
+                        write_kernel<D, KVC_ELEM_BF16><<<grid, block, 0, s>>>(wp);
+                        break;
+                case KVC_ELEM_F16:
+                        write_kernel<D, KVC_ELEM_F16><<<grid, block, 0, s>>>(wp);
+                        break;
+                }
+                cudaError_t e = cudaGetLastError();
+                if (e != cudaSuccess)
+                        return e;
         }
-        return cudaGetLastError();
+        return cudaSuccess;
 }
 
 static inline cudaError_t launch_write(const write_params &wp, enum kvc_dtype d, enum kvc_elem elem, cudaStream_t s)

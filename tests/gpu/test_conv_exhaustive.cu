@@ -3,10 +3,11 @@
  * without a CUDA device).
  *
  * kv_cuda_common.cuh swaps some codec functions for hardware instructions
- * (fp8 and f16 cvt, a compare-count e2m1 encoder, a short fp4 block path);
+ * (fp8 and f16 cvt, a magic-add e2m1 encoder, a short fp4 block path);
  * kv_codec.h allows that only where proven equal.  This test is the proof:
  * each replacement runs next to the codec function on the device over EVERY
- * input (all 2^32 float bit patterns, all 2^16 halves), plus 2^24 random fp4
+ * input (all 2^32 float bit patterns, all 2^16 halves, all of [0, 6] for the
+ * e2m1 encoder, whose caller never passes more), plus 2^24 random fp4
  * blocks with outliers and specials, and the IEEE division used for fp8 is
  * checked against a division in double rounded once to float (exact for
  * float operands).  Any difference is a failure, with the first inputs. */
@@ -61,13 +62,31 @@ __global__ void sweep_f16(mism *m)
         }
 }
 
+/* the short fp4 path's element encoder, over its whole domain [0, 6] */
 __global__ void sweep_e2m1(mism *m)
 {
-        for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < (1ull << 32);
+        const uint64_t n = 0x40C00000ull + 1; /* every float pattern from +0 to 6.0 */
+        for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
              i += (uint64_t)gridDim.x * blockDim.x) {
                 uint32_t u = (uint32_t)i;
                 float x = __uint_as_float(u);
-                if (kvk::f32_to_e2m1(x) != kv_f32_to_e2m1(x))
+                if (kvk::e2m1_mag(x) != kv_f32_to_e2m1(x))
+                        record(m, u);
+        }
+}
+
+/* what the write kernel computes for fp8: division + conversion of a pair */
+template <int D>
+__global__ void sweep_fp8_div(mism *m, float s)
+{
+        for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < (1ull << 32);
+             i += (uint64_t)gridDim.x * blockDim.x) {
+                uint32_t u = (uint32_t)i, w = other(u);
+                float x = __uint_as_float(u), y = __uint_as_float(w);
+                uint32_t got = kvk::fp8x2_div<D>(x, y, s);
+                uint32_t want = kvk::fp8_codec<D>(kvk::div_like_host(x, s)) |
+                                kvk::fp8_codec<D>(kvk::div_like_host(y, s)) << 8;
+                if (got != want)
                         record(m, u);
         }
 }
@@ -166,6 +185,8 @@ static void l_e4m3(mism *m) { sweep_fp8<KVC_DTYPE_FP8_E4M3><<<G, B>>>(m); }
 static void l_e5m2(mism *m) { sweep_fp8<KVC_DTYPE_FP8_E5M2><<<G, B>>>(m); }
 static void l_f16(mism *m) { sweep_f16<<<G, B>>>(m); }
 static void l_e2m1(mism *m) { sweep_e2m1<<<G, B>>>(m); }
+static void l_e4m3d(mism *m) { sweep_fp8_div<KVC_DTYPE_FP8_E4M3><<<G, B>>>(m, 0.0371f); }
+static void l_e5m2d(mism *m) { sweep_fp8_div<KVC_DTYPE_FP8_E5M2><<<G, B>>>(m, 0.293f); }
 static void l_h2f(mism *m) { sweep_f16_to_f32<<<256, 256>>>(m); }
 static void l_div1(mism *m) { sweep_div<<<G, B>>>(m, 0.0371f); }
 static void l_div2(mism *m) { sweep_div<<<G, B>>>(m, 0.293f); }
@@ -182,7 +203,9 @@ int main(void)
         f += run("f32x2 -> e4m3x2 (cvt.rn.satfinite) vs kv_f32_to_e4m3, all 2^32", l_e4m3, dm);
         f += run("f32x2 -> e5m2x2 (cvt.rn.satfinite) vs kv_f32_to_e5m2, all 2^32", l_e5m2, dm);
         f += run("f32x2 -> f16x2 (cvt.rn) vs kv_f32_to_f16, all 2^32", l_f16, dm);
-        f += run("f32 -> e2m1 (midpoint count) vs kv_f32_to_e2m1, all 2^32", l_e2m1, dm);
+        f += run("|y| -> e2m1 (magic add) vs kv_f32_to_e2m1, all of [0, 6]", l_e2m1, dm);
+        f += run("e4m3x2(x / 0.0371) fused vs codec(x / 0.0371), all 2^32", l_e4m3d, dm);
+        f += run("e5m2x2(x / 0.293) fused vs codec(x / 0.293), all 2^32", l_e5m2d, dm);
         f += run("f16 -> f32 (cvt) vs kv_f16_to_f32, all 2^16", l_h2f, dm);
         f += run("x / 0.0371 (__fdiv_rn) vs correctly rounded, all 2^32", l_div1, dm);
         f += run("x / 0.293 (__fdiv_rn) vs correctly rounded, all 2^32", l_div2, dm);
