@@ -519,7 +519,8 @@ int kvd_metrics_http_start(struct kvd_metrics *m, struct kvd_server *s, const ch
 fail:
         snprintf(err, errlen, "metrics: cannot serve http://%s/metrics: %s", addr + (strncmp(addr, "http://", 7) ? 0 : 7),
                  nng_strerror(rv));
-        nng_http_handler_free(h);
+        if (h) /* nng 1.5 does not accept NULL here */
+                nng_http_handler_free(h);
         if (hs)
                 nng_http_server_release(hs);
         nng_url_free(url);
