@@ -38,10 +38,7 @@
 #include "metrics.h"
 #include "pool.h"
 #include "server.h"
-
-#ifndef KVPOOL_VERSION
-#define KVPOOL_VERSION "0.1.0"
-#endif
+#include "status.h" /* KVD_VERSION, the same string as STATUS's "version" */
 
 /* Opcodes 1..KV_OP_METRICS have names; slot 0 collects anything else (a
  * malformed request whose opcode could not be read, an unknown opcode). */
@@ -373,7 +370,7 @@ char *kvd_metrics_render(const struct kvd_metrics *m, const struct kvd_server *s
         b.p[0] = '\0';
 
         family(&b, "kvpool_build_info", "gauge", "Always 1; the labels say which kvpoold is running.");
-        put(&b, "kvpool_build_info{version=\"%s\",cuda=\"%s\"} 1\n", KVPOOL_VERSION,
+        put(&b, "kvpool_build_info{version=\"%s\",cuda=\"%s\"} 1\n", KVD_VERSION,
             KV_HAVE_CUDA ? "yes" : "no");
         family(&b, "kvpool_start_time_seconds", "gauge", "When kvpoold started, in seconds since the epoch.");
         put(&b, "kvpool_start_time_seconds %.3f\n", m->start_time);

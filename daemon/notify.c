@@ -29,6 +29,7 @@
 #define STATUS_MAX 256
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static bool     initialized;      /* init_locked ran */
 static bool     enabled;          /* NOTIFY_SOCKET was set at init */
 static uint64_t wd_interval_usec; /* half the watchdog timeout, 0 = no watchdog */
 static uint64_t wd_last_usec;     /* CLOCK_MONOTONIC of the last WATCHDOG=1 */
@@ -73,16 +74,14 @@ static void sanitize(char *dst, const char *line)
         dst[i] = '\0';
 }
 
-/* Returns the interval (usec) at which the serving loop must call
- * kvd_notify_watchdog(): half of WATCHDOG_USEC, or 0 without a watchdog (or
- * without NOTIFY_SOCKET, or when WATCHDOG_PID names another process).
- * Call once at startup, before any other kvd_notify_* function. */
-uint64_t kvd_notify_init(void)
+/* Reads NOTIFY_SOCKET and WATCHDOG_USEC; called with the lock held.  The
+ * last STATUS= line is kept across a re-init, so an unchanged line is not
+ * sent twice. */
+static void init_locked(void)
 {
         uint64_t usec = 0;
         int r;
 
-        pthread_mutex_lock(&lock);
         enabled = getenv("NOTIFY_SOCKET") != NULL;
         /* sd_watchdog_enabled also checks WATCHDOG_PID against our pid, so a
          * variable inherited from a parent is ignored.  Keep the environment:
@@ -91,9 +90,27 @@ uint64_t kvd_notify_init(void)
         r = sd_watchdog_enabled(0, &usec);
         wd_interval_usec = enabled && r > 0 ? usec / 2 : 0;
         wd_last_usec = now_usec();
-        have_status = false;
-        warned = false;
-        last_status[0] = '\0';
+        __atomic_store_n(&initialized, true, __ATOMIC_RELEASE);
+}
+
+/* Every entry point initializes on first use, so the order in which the
+ * daemon calls them (ready before the loop's init, say) does not matter. */
+static inline void ensure_init_locked(void)
+{
+        if (!initialized)
+                init_locked();
+}
+
+/* Returns the interval (usec) at which the serving loop must call
+ * kvd_notify_watchdog(): half of WATCHDOG_USEC, or 0 without a watchdog (or
+ * without NOTIFY_SOCKET, or when WATCHDOG_PID names another process).
+ * Re-reads the environment each time it is called. */
+uint64_t kvd_notify_init(void)
+{
+        uint64_t usec;
+
+        pthread_mutex_lock(&lock);
+        init_locked();
         usec = wd_interval_usec;
         pthread_mutex_unlock(&lock);
         return usec;
@@ -107,6 +124,7 @@ void kvd_notify_ready(const char *status_line)
         char line[STATUS_MAX];
 
         pthread_mutex_lock(&lock);
+        ensure_init_locked();
         if (!enabled)
                 goto out;
         if (status_line) {
@@ -136,6 +154,7 @@ void kvd_notify_status(const char *status_line)
         if (!status_line)
                 return;
         pthread_mutex_lock(&lock);
+        ensure_init_locked();
         if (!enabled)
                 goto out;
         sanitize(line, status_line);
@@ -165,11 +184,17 @@ void kvd_notify_watchdog(void)
 {
         uint64_t now;
 
-        if (!enabled || !wd_interval_usec) /* set once at init: read without the lock */
+        /* Fast path without the lock: after init, enabled and the interval
+         * only change in a re-init, which a stale read merely delays by one
+         * call. */
+        if (__atomic_load_n(&initialized, __ATOMIC_ACQUIRE) &&
+            (!__atomic_load_n(&enabled, __ATOMIC_RELAXED) ||
+             !__atomic_load_n(&wd_interval_usec, __ATOMIC_RELAXED)))
                 return;
         now = now_usec();
         pthread_mutex_lock(&lock);
-        if (now - wd_last_usec >= wd_interval_usec / 2) {
+        ensure_init_locked();
+        if (enabled && wd_interval_usec && now - wd_last_usec >= wd_interval_usec / 2) {
                 send_state("WATCHDOG=1");
                 wd_last_usec = now;
         }
@@ -181,6 +206,7 @@ void kvd_notify_watchdog(void)
 void kvd_notify_stopping(void)
 {
         pthread_mutex_lock(&lock);
+        ensure_init_locked();
         if (enabled)
                 send_state("STOPPING=1\nSTATUS=shutting down");
         pthread_mutex_unlock(&lock);

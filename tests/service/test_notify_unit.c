@@ -184,3 +184,37 @@ Test(notify, bad_socket_does_not_crash)
         kvd_notify_status("y");
         kvd_notify_stopping();
 }
+
+/* kvpoold announces READY before its serving loop calls kvd_notify_init():
+ * every entry point must initialize itself. */
+Test(notify, ready_before_init)
+{
+        char buf[1024], val[256];
+
+        setenv("WATCHDOG_USEC", "400000", 1);
+        kvd_notify_ready("early");
+        cr_assert_gt(svc_recv(sock_fd, buf, sizeof(buf), 1000), 0, "READY before init was not sent");
+        cr_expect(svc_has_line(buf, "READY=1", NULL, 0), "got: %s", buf);
+        cr_expect(svc_has_line(buf, "WATCHDOG=1", NULL, 0), "got: %s", buf);
+        /* The loop's init afterwards keeps the status memory. */
+        cr_expect_eq(kvd_notify_init(), 200000);
+        kvd_notify_status("early");
+        cr_expect_eq(drain(100), 0, "an unchanged line after re-init must not be re-sent");
+        kvd_notify_status("later");
+        cr_assert_gt(svc_recv(sock_fd, buf, sizeof(buf), 1000), 0);
+        cr_expect(svc_has_line(buf, "STATUS=", val, sizeof(val)));
+        cr_expect_str_eq(val, "later");
+}
+
+Test(notify, watchdog_before_init)
+{
+        char buf[256];
+
+        setenv("WATCHDOG_USEC", "100000", 1);
+        usleep(30000);
+        kvd_notify_watchdog(); /* initializes: the clock starts now, no ping yet */
+        usleep(30000);
+        kvd_notify_watchdog(); /* 30 ms >= 25 ms: ping */
+        cr_assert_gt(svc_recv(sock_fd, buf, sizeof(buf), 1000), 0, "no ping");
+        cr_expect_str_eq(buf, "WATCHDOG=1");
+}
