@@ -15,11 +15,6 @@
 
 #define MSG_LEN 256
 
-/* TEMPORARY while kernels/kv_ref_attn.c ('attn') has not landed: weak
- * references keep the library linking; a missing reference reads -ENOSYS. */
-#pragma weak kv_ref_decode
-#pragma weak kv_ref_extend
-
 enum op { OP_WRITE, OP_GATHER, OP_DECODE, OP_EXTEND };
 
 static const char *const op_names[] = {
@@ -62,11 +57,11 @@ static int dispatch(kvc_pool *p, enum op op, const void *args, void *stream)
                 break;
         case OP_DECODE:
                 rv = cuda ? kv_cuda_decode(&v, args, stream, msg, sizeof msg)
-                          : kv_ref_decode ? kv_ref_decode(&v, args, msg, sizeof msg) : -ENOSYS;
+                          : kv_ref_decode(&v, args, msg, sizeof msg);
                 break;
         case OP_EXTEND:
                 rv = cuda ? kv_cuda_extend(&v, args, stream, msg, sizeof msg)
-                          : kv_ref_extend ? kv_ref_extend(&v, args, msg, sizeof msg) : -ENOSYS;
+                          : kv_ref_extend(&v, args, msg, sizeof msg);
                 break;
         default:
                 rv = -EINVAL;

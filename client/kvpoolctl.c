@@ -185,12 +185,12 @@ static void print_pools(const cJSON *pools)
                 printf("pools: none\n");
                 return;
         }
-        if (table_init(&t1, 12, n + 1) != 0 || table_init(&t2, 8, n + 1) != 0) {
+        if (table_init(&t1, 11, n + 1) != 0 || table_init(&t2, 8, n + 1) != 0) {
                 fprintf(stderr, "kvpoolctl: out of memory\n");
                 return;
         }
         table_row(&t1, "POOL", "DTYPE", "BACKEND", "LAYERSxHEADSxDIM", "PAGE", "PAGES",
-                  "FREE", "HELD", "CACHED", "TOKENS", "BYTES", "");
+                  "FREE", "HELD", "CACHED", "TOKENS", "BYTES");
         table_row(&t2, "POOL", "SCALES", "K SCALE", "V SCALE", "LOOKUPS", "HITS", "HIT RATE",
                   "EVICTIONS");
         cJSON_ArrayForEach(p, pools) {
@@ -219,7 +219,7 @@ static void print_pools(const cJSON *pools)
                           fmt_count(held, sizeof held, num(p, "pages_held")),
                           fmt_count(cached, sizeof cached, num(p, "pages_cached")),
                           fmt_count(tokens, sizeof tokens, num(p, "token_capacity")),
-                          fmt_bytes(bytes, sizeof bytes, num(p, "bytes")), "");
+                          fmt_bytes(bytes, sizeof bytes, num(p, "bytes")));
                 table_row(&t2, str(p, "name"), str(p, "scale_source"),
                           fmt_range(ks, sizeof ks, num(p, "k_scale_min"), num(p, "k_scale_max")),
                           fmt_range(vs, sizeof vs, num(p, "v_scale_min"), num(p, "v_scale_max")),

@@ -316,11 +316,18 @@ int kvt_proc_wait(struct kvt_proc *p)
 {
         int st;
 
+        char buf[512];
+
         if (p->in >= 0)
                 close(p->in);
         p->in = -1;
-        if (p->out != NULL)
+        /* Drain what the child still prints: closing the pipe first would
+         * kill it with SIGPIPE on its last words. */
+        if (p->out != NULL) {
+                while (fgets(buf, sizeof buf, p->out) != NULL)
+                        ;
                 fclose(p->out);
+        }
         p->out = NULL;
         if (waitpid(p->pid, &st, 0) != p->pid)
                 return -1;
