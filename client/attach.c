@@ -10,15 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "client_cuda.h"
 #include "kv_proto.h"
 #include "kvclient_internal.h"
-
-/* client_cuda.c ('cuda') provides these in every build (-ENODEV without
- * CUDA).  They are declared weak so that this library still links in a tree
- * where that file has not landed yet: a missing primitive reads as "no CUDA". */
-int kvc__cuda_map(const struct kv_attach_rep *rep, void **ret_base, int *ret_device,
-                  char *err, size_t errlen) __attribute__((weak));
-void kvc__cuda_unmap(void *base, int device) __attribute__((weak));
 
 /* ---- the process-wide mapping registry --------------------------------------
  * A process maps a pool once, however many clients attach it: mappings are
@@ -75,7 +69,7 @@ static void unmap(struct kvc_mapping *m)
 {
         if (m->backend == KV_BACKEND_HOST)
                 munmap(m->base, m->bytes);
-        else if (kvc__cuda_unmap != NULL)
+        else
                 kvc__cuda_unmap(m->base, m->device);
 }
 
@@ -110,10 +104,8 @@ static int mapping_ref(struct kvc_client *c, const char *pool, const struct kv_a
         m->device = -1;
         if (r->backend == KV_BACKEND_HOST) {
                 rv = map_host(c, r, &m->base);
-        } else if (kvc__cuda_map == NULL) {
-                rv = kvc__fail(c, -ENODEV, "attach %s: a CUDA pool, but libkvclient was built "
-                               "without CUDA", pool);
         } else {
+                /* -ENODEV in a build without CUDA, with err saying so. */
                 rv = kvc__cuda_map(r, &m->base, &m->device, err, sizeof err);
                 if (rv != 0)
                         kvc__fail(c, rv, "attach %s: %s", pool, err[0] ? err : strerror(-rv));

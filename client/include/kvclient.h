@@ -107,7 +107,8 @@ int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, k
 void kvc_disconnect(kvc_client *c);
 
 /* The calling thread's last error message on c ("" if none).  Valid until the
- * thread's next call on c. */
+ * thread's next call on c.  kvc_errmsg(NULL) is the calling thread's last
+ * kvc_connect() failure (there is no client to hold it). */
 const char *kvc_errmsg(const kvc_client *c);
 
 /* Daemon status as one JSON document (the same as `kvpoolctl status --json`).
