@@ -329,7 +329,8 @@ int kvt_proc_wait(struct kvt_proc *p)
                 fclose(p->out);
         }
         p->out = NULL;
-        if (waitpid(p->pid, &st, 0) != p->pid)
+        /* pid -1: the caller already reaped the child. */
+        if (p->pid <= 0 || waitpid(p->pid, &st, 0) != p->pid)
                 return -1;
         if (WIFSIGNALED(st))
                 return 128 + WTERMSIG(st);

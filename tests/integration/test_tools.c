@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -190,4 +191,52 @@ Test(integration, demo_worker_fp8, .fini = cleanup, .timeout = 60)
 Test(integration, demo_worker_fp4, .fini = cleanup, .timeout = 60)
 {
         demo_roundtrip("fp4_e2m1");
+}
+
+/* `kvpoolctl events` finds the event socket beside the control socket by
+ * default and prints what the daemon announces. */
+Test(integration, kvpoolctl_events_on_the_default_url, .fini = cleanup, .timeout = 60)
+{
+        const char *ctl = kvt_env_path("KVPOOLCTL");
+        const char *pools[] = { kvt_pool_spec(0, "evpool", "bf16", "2MiB"), NULL };
+        struct kvt_proc sub;
+        kvc_client *c;
+        kvc_pool *p;
+        char line[1024] = "";
+        int rv, exited = 0;
+
+        cr_assert_not_null(ctl);
+        cr_assert_eq(kvt_daemon_start(&D, pools), 0);
+        char *argv[] = { (char *)ctl, "--socket", D.url, "events", "--json", "--count", "1", NULL };
+
+        cr_assert_eq(kvt_spawn(argv, &sub), 0);
+        cr_assert_eq(kvc_connect(D.url, "publisher", NULL, &c), 0);
+        cr_assert_eq(kvc_attach(c, "evpool", &p), 0);
+        /* A SUB socket sees only what is sent after it connected: publish
+         * fresh pages until the subscriber has its one event and exits. */
+        for (int i = 0; i < 200 && !exited; i++) {
+                int32_t page;
+                kvc_key key;
+                int32_t tok = i;
+
+                kvc_block_key(NULL, &tok, 1, "ev", 2, &key);
+                cr_assert_eq(kvc_alloc(p, 1, &page), 0, "%s", kvc_errmsg(c));
+                rv = kvc_publish(p, 1, &page, &key, NULL);
+                cr_assert_eq(rv, 1, "publish gave %d (%s)", rv, kvc_errmsg(c));
+                cr_assert_eq(kvc_free(p, 1, &page), 0);
+                usleep(25000);
+                exited = waitpid(sub.pid, NULL, WNOHANG) == sub.pid;
+        }
+        cr_assert(exited, "kvpoolctl events --count 1 did not exit");
+        sub.pid = -1;
+        cr_assert_eq(kvt_proc_line(&sub, line, sizeof line), 0, "kvpoolctl events printed nothing");
+        {
+                cJSON *ev = cJSON_Parse(line);
+
+                cr_assert_not_null(ev, "not JSON: %s", line);
+                cr_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(ev, "pool")), "evpool", "%s", line);
+                cJSON_Delete(ev);
+        }
+        kvt_proc_wait(&sub);
+        kvc_disconnect(c);
 }
