@@ -665,6 +665,15 @@ static char *default_events_url(const char *socket_url)
         return out;
 }
 
+/* Where pool i came from, for messages: "FILE: pools[i]" or "--pool #k". */
+static void where_pool(const struct kvd_config *c, uint32_t nfile, uint32_t i, char *buf, size_t len)
+{
+        if (i < nfile)
+                snprintf(buf, len, "%s: pools[%u]", c->config_path, i);
+        else
+                snprintf(buf, len, "--pool #%u", i - nfile + 1);
+}
+
 static int opt_value(int argc, char **argv, int *i, const char *name, const char **ret, char *err, size_t errlen)
 {
         const char *a = argv[*i];
@@ -694,7 +703,7 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
         struct kvd_config    c;
         struct scalars       file = { 0 }, cli = { 0 };
         struct kvd_pool_spec *cli_pools = NULL, *all;
-        uint32_t             ncli = 0;
+        uint32_t             ncli = 0, nfile = 0;
         int                  r = 0;
 
         memset(&c, 0, sizeof(c));
@@ -810,6 +819,7 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                 r = fail(err, errlen, "%u pools configured, at most %u are supported", c.num_pools + ncli, KVD_MAX_POOLS);
                 goto out;
         }
+        nfile = c.num_pools;
         if (ncli) {
                 all = realloc(c.pools, (c.num_pools + ncli) * sizeof(*all));
                 if (!all) {
@@ -835,8 +845,12 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                 c.pools[i].group = c.gid;
                 for (uint32_t j = 0; j < i; j++) {
                         if (strcmp(c.pools[i].name, c.pools[j].name) == 0) {
-                                r = fail(err, errlen, "pool name \"%s\" is used twice (pools %u and %u)",
-                                         c.pools[i].name, j, i);
+                                char a[160], b[160];
+
+                                where_pool(&c, nfile, j, a, sizeof(a));
+                                where_pool(&c, nfile, i, b, sizeof(b));
+                                r = fail(err, errlen, "pool name \"%s\" is used twice: %s and %s",
+                                         c.pools[i].name, a, b);
                                 goto out;
                         }
                 }

@@ -1,0 +1,368 @@
+/* test_config.c - kvpoold configuration: JSON file, --pool, capacities,
+ * precedence, and that every error names its key. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "config.h"
+#include "log.h"
+
+static char path[128];
+static char err[1024];
+
+/* Writes text to a per-test config file and returns its path. */
+static const char *write_cfg(const char *text)
+{
+        static int n;
+        FILE      *f;
+
+        snprintf(path, sizeof(path), "/tmp/kvtest-cfg-%d-%d.json", (int)getpid(), n++);
+        f = fopen(path, "w");
+        cr_assert(f);
+        fputs(text, f);
+        fclose(f);
+        return path;
+}
+
+static void cleanup(void)
+{
+        if (path[0])
+                unlink(path);
+}
+
+/* Parses argv (NULL-terminated after argv[0] "kvpoold"). */
+static int parse(struct kvd_config *c, ...)
+{
+        char   *argv[32];
+        int     argc = 0;
+        va_list ap;
+
+        argv[argc++] = "kvpoold";
+        va_start(ap, c);
+        for (char *a; (a = va_arg(ap, char *)) && argc < 31;)
+                argv[argc++] = a;
+        va_end(ap);
+        argv[argc] = NULL;
+        err[0] = 0;
+        return kvd_config_parse(argc, argv, c, err, sizeof(err));
+}
+
+/* Parses a config file; returns the result, err holds the message. */
+static int parse_file(struct kvd_config *c, const char *text)
+{
+        return parse(c, "--config", write_cfg(text), NULL);
+}
+
+#define POOL_OK "{\"name\": \"p\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, \"head_dim\": 64, " \
+                "\"page_size\": 16, \"capacity\": \"8MiB\"}"
+
+TestSuite(config, .fini = cleanup);
+
+Test(config, valid_file_every_key)
+{
+        struct kvd_config c;
+        int r = parse_file(&c,
+                "{\"socket\": \"ipc:///tmp/kvtest-x.sock\", \"events\": \"ipc:///tmp/kvtest-x-ev.sock\",\n"
+                " \"metrics\": \"127.0.0.1:19464\", \"log_level\": \"debug\",\n"
+                " \"pools\": [\n"
+                "  {\"name\": \"llama\", \"dtype\": \"fp8_e4m3\", \"layers\": 32, \"kv_heads\": 8, \"head_dim\": 128,\n"
+                "   \"page_size\": 16, \"capacity\": \"64MiB\", \"backend\": \"host\", \"device\": 0,\n"
+                "   \"scales\": {\"source\": \"constant\", \"k\": 0.5, \"v\": 0.25},\n"
+                "   \"pressure\": {\"low\": 0.05, \"high\": 0.3}},\n"
+                "  {\"name\": \"small\", \"dtype\": \"fp4_e2m1\", \"layers\": 2, \"kv_heads\": 2, \"head_dim\": 64,\n"
+                "   \"page_size\": 32, \"capacity\": 4194304}\n"
+                " ]}\n");
+        cr_assert_eq(r, 0, "%s", err);
+        cr_assert_str_eq(c.socket_url, "ipc:///tmp/kvtest-x.sock");
+        cr_assert_str_eq(c.events_url, "ipc:///tmp/kvtest-x-ev.sock");
+        cr_assert_str_eq(c.metrics_addr, "127.0.0.1:19464");
+        cr_assert_eq(c.log_level, KVD_LOG_DEBUG);
+        cr_assert_eq(c.num_pools, 2);
+        cr_assert_eq(c.default_pool, 0);
+        cr_assert_str_eq(c.pools[0].name, "llama");
+        cr_assert_eq(c.pools[0].geom.dtype, KVC_DTYPE_FP8_E4M3);
+        cr_assert_eq(c.pools[0].geom.num_layers, 32);
+        cr_assert_eq(c.pools[0].geom.kv_heads, 8);
+        cr_assert_eq(c.pools[0].geom.head_dim, 128);
+        cr_assert_eq(c.pools[0].geom.page_size, 16);
+        cr_assert_eq(c.pools[0].capacity_bytes, 64ull << 20);
+        cr_assert_str_eq(c.pools[0].backend, "host");
+        cr_assert_float_eq(c.pools[0].pressure_low, 0.05, 1e-12);
+        cr_assert_float_eq(c.pools[0].pressure_high, 0.3, 1e-12);
+        cr_assert_not_null(c.pools[0].scales_cfg);
+        cr_assert_str_eq(cJSON_GetObjectItem(c.pools[0].scales_cfg, "source")->valuestring, "constant");
+        cr_assert_eq(c.pools[1].geom.dtype, KVC_DTYPE_FP4_E2M1);
+        cr_assert_eq(c.pools[1].capacity_bytes, 4194304);
+        cr_assert_str_eq(c.pools[1].backend, "auto");
+        cr_assert_float_eq(c.pools[1].pressure_low, 0.1, 1e-12);
+        cr_assert_float_eq(c.pools[1].pressure_high, 0.2, 1e-12);
+        cr_assert_eq(kvd_config_check_scales(&c, err, sizeof(err)), 0, "%s", err);
+        kvd_config_fini(&c);
+}
+
+/* Each bad file must fail, and the message must contain every fragment. */
+static void expect_file_error(const char *text, const char *frag1, const char *frag2)
+{
+        struct kvd_config c;
+        int r = parse_file(&c, text);
+
+        cr_assert_neq(r, 0, "accepted: %s", text);
+        cr_assert(strstr(err, path), "error does not name the file: %s", err);
+        cr_assert(strstr(err, frag1), "error lacks \"%s\": %s", frag1, err);
+        if (frag2)
+                cr_assert(strstr(err, frag2), "error lacks \"%s\": %s", frag2, err);
+}
+
+Test(config, errors_name_the_key)
+{
+        expect_file_error("{\"sockett\": \"ipc:///x\"}", "sockett", "unknown key");
+        expect_file_error("{\"pools\": [" POOL_OK ", {\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, "
+                          "\"kv_heads\": 2, \"head_dim\": \"128\", \"page_size\": 16, \"capacity\": \"8MiB\"}]}",
+                          "pools[1].head_dim", "integer");
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 100, \"page_size\": 16, \"capacity\": \"8MiB\"}]}",
+                          "pools[0].head_dim", "100");
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"fp9\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\"}]}",
+                          "pools[0].dtype", "fp9");
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dims\": 64, \"page_size\": 16, \"capacity\": \"8MiB\"}]}",
+                          "pools[0].head_dims", "unknown key");
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16}]}", "pools[0].capacity", "missing");
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2.5, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\"}]}", "pools[0].layers", NULL);
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2000, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\"}]}", "pools[0].layers", "2000");
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8 parsecs\"}]}",
+                          "pools[0].capacity", "8 parsecs");
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"90%\", \"backend\": \"host\"}]}",
+                          "pools[0].capacity", "fraction");
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\", \"backend\": \"tpu\"}]}",
+                          "pools[0].backend", "tpu");
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\", "
+                          "\"pressure\": {\"low\": 0.1, \"hi\": 0.2}}]}", "pools[0].pressure.hi", NULL);
+        expect_file_error("{\"pools\": [{\"name\": \"a/b\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\"}]}", "pools[0].name", "a/b");
+        expect_file_error("{\"pools\": [" POOL_OK ", " POOL_OK "]}", "\"p\"", "twice");
+        expect_file_error("{\"pools\": {\"name\": \"p\"}}", "pools", "array");
+        expect_file_error("{\"log_level\": \"loud\"}", "log_level", NULL);
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 32, \"kv_heads\": 8, "
+                          "\"head_dim\": 128, \"page_size\": 16, \"capacity\": \"1KiB\"}]}",
+                          "pools[0].capacity", "page");
+}
+
+Test(config, syntax_error_names_line)
+{
+        expect_file_error("{\n  \"socket\": \"ipc:///x\",\n  \"pools\": [ oops ]\n}\n", "line 3", "syntax");
+}
+
+Test(config, missing_file)
+{
+        struct kvd_config c;
+
+        cr_assert_eq(parse(&c, "--config", "/nonexistent/kvpoold.json", NULL), -ENOENT);
+        cr_assert(strstr(err, "/nonexistent/kvpoold.json"), "%s", err);
+}
+
+Test(config, pool_arg)
+{
+        struct kvd_pool_spec s;
+
+        cr_assert_eq(kvd_config_parse_pool_arg("name=a,dtype=fp8_e5m2,layers=4,kv_heads=2,head_dim=256,"
+                                               "page_size=8,capacity=1GiB,backend=cuda,device=3",
+                                               &s, err, sizeof(err)), 0, "%s", err);
+        cr_assert_str_eq(s.name, "a");
+        cr_assert_eq(s.geom.dtype, KVC_DTYPE_FP8_E5M2);
+        cr_assert_eq(s.geom.num_layers, 4);
+        cr_assert_eq(s.geom.kv_heads, 2);
+        cr_assert_eq(s.geom.head_dim, 256);
+        cr_assert_eq(s.geom.page_size, 8);
+        cr_assert_eq(s.capacity_bytes, 1ull << 30);
+        cr_assert_str_eq(s.backend, "cuda");
+        cr_assert_eq(s.device, 3);
+        kvd_pool_spec_fini(&s);
+
+        cr_assert_eq(kvd_config_parse_pool_arg("name=b,dtype=bf16,layers=4,kv_heads=2,head_dim=64,page_size=16,"
+                                               "capacity=0.9", &s, err, sizeof(err)), 0, "%s", err);
+        cr_assert_float_eq(s.capacity_fraction, 0.9, 1e-12);
+        cr_assert_eq(s.capacity_bytes, 0);
+        cr_assert_str_eq(s.backend, "auto");
+
+        struct { const char *arg, *frag; } bad[] = {
+                { "name=a,dtype=bf16,layers=4,kv_heads=2,head_dim=64,page_size=16,capacity=1G,colour=red", "colour" },
+                { "name=a,dtype=bf16,layers=4,kv_heads=2,head_dim=64,page_size=16", "capacity" },
+                { "name=a,dtype=bf16,layers=x,kv_heads=2,head_dim=64,page_size=16,capacity=1G", "layers" },
+                { "name=a,dtype=int8,layers=4,kv_heads=2,head_dim=64,page_size=16,capacity=1G", "int8" },
+                { "name=a,dtype=bf16,layers=4,kv_heads=2,head_dim=64,page_size=16,capacity=90%,backend=host", "fraction" },
+                { "name=a,dtype=bf16,layers=4,kv_heads=2,head_dim=64,page_size=16,capacity=1G,backend=gpu", "gpu" },
+                { "name=a,dtype=bf16,layers=4,kv_heads=2,head_dim=64,page_size=0,capacity=1G", "page_size" },
+                { "name=a,dtype=bf16,layers=4,kv_heads=999,head_dim=64,page_size=16,capacity=1G", "kv_heads" },
+                { "dtype=bf16,layers=4,kv_heads=2,head_dim=64,page_size=16,capacity=1G", "name" },
+                { "name=a,dtype=bf16,layers4", "layers4" },
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                err[0] = 0;
+                cr_assert_eq(kvd_config_parse_pool_arg(bad[i].arg, &s, err, sizeof(err)), -EINVAL, "accepted %s",
+                             bad[i].arg);
+                cr_assert(strstr(err, bad[i].frag), "\"%s\": error lacks \"%s\": %s", bad[i].arg, bad[i].frag, err);
+        }
+}
+
+Test(config, capacities)
+{
+        struct { const char *s; uint64_t bytes; double frac; } ok[] = {
+                { "8GiB", 8ull << 30, 0 },   { "8Gi", 8ull << 30, 0 },   { "512MiB", 512ull << 20, 0 },
+                { "512Mi", 512ull << 20, 0 }, { "4KiB", 4096, 0 },       { "4Ki", 4096, 0 },
+                { "1G", 1000000000ull, 0 },   { "1GB", 1000000000ull, 0 }, { "3M", 3000000ull, 0 },
+                { "2K", 2000, 0 },            { "1073741824", 1ull << 30, 0 }, { "1.5GiB", 3ull << 29, 0 },
+                { "1TiB", 1ull << 40, 0 },    { "0.9", 0, 0.9 },          { "90%", 0, 0.9 },
+                { "100%", 0, 1.0 },           { "0.25", 0, 0.25 },        { "1.0", 0, 1.0 },
+        };
+        const char *bad[] = { "", "abc", "-1", "0", "0%", "150%", "2.0", "12X", "8 GiBs", "1e400", "%", "0.0" };
+
+        for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+                uint64_t b = 77;
+                double   f = 77;
+
+                cr_assert_eq(kvd_config_parse_capacity(ok[i].s, &b, &f, err, sizeof(err)), 0, "%s: %s", ok[i].s, err);
+                cr_assert_eq(b, ok[i].bytes, "%s: %llu bytes", ok[i].s, (unsigned long long)b);
+                cr_assert_float_eq(f, ok[i].frac, 1e-12, "%s: fraction %g", ok[i].s, f);
+        }
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                uint64_t b = 77;
+                double   f = 77;
+
+                cr_assert_eq(kvd_config_parse_capacity(bad[i], &b, &f, err, sizeof(err)), -EINVAL, "accepted \"%s\"",
+                             bad[i]);
+                cr_assert_eq(b, 77, "out-parameter touched on failure");
+                cr_assert(strstr(err, "capacity"), "%s", err);
+        }
+}
+
+Test(config, json_capacity_forms)
+{
+        struct kvd_config c;
+
+        cr_assert_eq(parse_file(&c, "{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, "
+                                    "\"kv_heads\": 2, \"head_dim\": 64, \"page_size\": 16, \"capacity\": 0.5}]}"),
+                     0, "%s", err);
+        cr_assert_float_eq(c.pools[0].capacity_fraction, 0.5, 1e-12);
+        kvd_config_fini(&c);
+        cr_assert_eq(parse_file(&c, "{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, "
+                                    "\"kv_heads\": 2, \"head_dim\": 64, \"page_size\": 16, \"capacity\": \"90%\"}]}"),
+                     0, "%s", err);
+        cr_assert_float_eq(c.pools[0].capacity_fraction, 0.9, 1e-12);
+        kvd_config_fini(&c);
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": true}]}", "pools[0].capacity", "boolean");
+}
+
+Test(config, default_pool_and_defaults)
+{
+        struct kvd_config c;
+
+        unsetenv("KVPOOL_SOCKET");
+        cr_assert_eq(parse(&c, NULL), 0, "%s", err);
+        cr_assert_eq(c.default_pool, 1);
+        cr_assert_eq(c.num_pools, 1);
+        cr_assert_str_eq(c.pools[0].name, "default");
+        cr_assert_eq(c.pools[0].geom.dtype, KVC_DTYPE_FP8_E4M3);
+        cr_assert_eq(c.pools[0].geom.num_layers, 32);
+        cr_assert_eq(c.pools[0].geom.kv_heads, 8);
+        cr_assert_eq(c.pools[0].geom.head_dim, 128);
+        cr_assert_eq(c.pools[0].geom.page_size, 16);
+        cr_assert_eq(c.pools[0].capacity_bytes, 256ull << 20);
+        cr_assert_str_eq(c.pools[0].backend, "auto");
+        cr_assert_str_eq(c.socket_url, "ipc:///run/kvpool/kvpool.sock");
+        cr_assert_str_eq(c.events_url, "ipc:///run/kvpool/events.sock");
+        cr_assert_str_eq(c.metrics_addr, "127.0.0.1:9464");
+        cr_assert_eq(c.log_level, KVD_LOG_INFO);
+        kvd_config_fini(&c);
+}
+
+Test(config, precedence)
+{
+        struct kvd_config c;
+        const char *f = write_cfg("{\"socket\": \"ipc:///tmp/kvtest-file.sock\", \"metrics\": \"none\", "
+                                  "\"log_level\": \"warning\", \"pools\": [" POOL_OK "]}");
+
+        /* environment < file < command line */
+        setenv("KVPOOL_SOCKET", "ipc:///tmp/kvtest-env.sock", 1);
+        cr_assert_eq(parse(&c, NULL), 0, "%s", err);
+        cr_assert_str_eq(c.socket_url, "ipc:///tmp/kvtest-env.sock");
+        cr_assert_str_eq(c.events_url, "ipc:///tmp/kvtest-env.events.sock");
+        kvd_config_fini(&c);
+
+        cr_assert_eq(parse(&c, "--config", f, NULL), 0, "%s", err);
+        cr_assert_str_eq(c.socket_url, "ipc:///tmp/kvtest-file.sock");
+        cr_assert_null(c.metrics_addr);
+        cr_assert_eq(c.log_level, KVD_LOG_WARNING);
+        cr_assert_eq(c.num_pools, 1);
+        kvd_config_fini(&c);
+
+        cr_assert_eq(parse(&c, "--config", f, "--socket=ipc:///tmp/kvtest-cli.sock", "--events", "none",
+                           "--metrics", "127.0.0.1:1", "--log-level", "debug",
+                           "--pool", "name=z,dtype=fp16,layers=1,kv_heads=1,head_dim=64,page_size=4,capacity=2MiB",
+                           NULL), 0, "%s", err);
+        cr_assert_str_eq(c.socket_url, "ipc:///tmp/kvtest-cli.sock");
+        cr_assert_null(c.events_url);
+        cr_assert_str_eq(c.metrics_addr, "127.0.0.1:1");
+        cr_assert_eq(c.log_level, KVD_LOG_DEBUG);
+        cr_assert_eq(c.num_pools, 2);
+        cr_assert_str_eq(c.pools[0].name, "p");
+        cr_assert_str_eq(c.pools[1].name, "z");
+        kvd_config_fini(&c);
+
+        /* a --pool with the name of a file pool is a duplicate */
+        cr_assert_neq(parse(&c, "--config", f, "--pool",
+                            "name=p,dtype=fp16,layers=1,kv_heads=1,head_dim=64,page_size=4,capacity=2MiB", NULL), 0);
+        cr_assert(strstr(err, "\"p\""), "%s", err);
+        unsetenv("KVPOOL_SOCKET");
+}
+
+Test(config, command_line_errors)
+{
+        struct kvd_config c;
+
+        cr_assert_neq(parse(&c, "--sockett", "x", NULL), 0);
+        cr_assert(strstr(err, "--sockett"), "%s", err);
+        cr_assert_neq(parse(&c, "--socket", NULL), 0);
+        cr_assert(strstr(err, "--socket"), "%s", err);
+        cr_assert_neq(parse(&c, "--log-level", "chatty", NULL), 0);
+        cr_assert(strstr(err, "--log-level"), "%s", err);
+        cr_assert_neq(parse(&c, "--group", "kvtest-no-such-group-xyz", NULL), 0);
+        cr_assert(strstr(err, "kvtest-no-such-group-xyz"), "%s", err);
+        cr_assert_neq(parse(&c, "--socket", "/run/kvpool.sock", NULL), 0);
+        cr_assert(strstr(err, "URL"), "%s", err);
+        cr_assert_eq(parse(&c, "--help", NULL), 0);
+        cr_assert_eq(c.help, 1);
+        kvd_config_fini(&c);
+        cr_assert_eq(parse(&c, "--group", "root", "--check-config", NULL), 0, "%s", err);
+        cr_assert_eq(c.check_config, 1);
+        cr_assert_eq(c.gid, 0);
+        cr_assert_eq(c.pools[0].has_group, 1);
+        kvd_config_fini(&c);
+}
+
+Test(config, log_levels)
+{
+        int l = -1;
+
+        cr_assert_eq(kvd_log_parse_level("DEBUG", &l), 0);
+        cr_assert_eq(l, KVD_LOG_DEBUG);
+        cr_assert_eq(kvd_log_parse_level("warn", &l), 0);
+        cr_assert_eq(l, KVD_LOG_WARNING);
+        cr_assert_eq(kvd_log_parse_level("error", &l), 0);
+        cr_assert_eq(l, KVD_LOG_ERR);
+        cr_assert_eq(kvd_log_parse_level("loud", &l), -EINVAL);
+        cr_assert_eq(l, KVD_LOG_ERR, "untouched on failure");
+        cr_assert_eq(kvd_log_ret(KVD_LOG_DEBUG, -EXDEV, "not shown at info"), -EXDEV);
+}
