@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,6 +54,9 @@ int kvt_daemon_start(struct kvt_daemon *d, const char *exe, const char *const *p
         if (pid < 0)
                 return -errno;
         if (pid == 0) {
+                /* a test that fails an assertion exits at once: take the
+                 * daemon with it (SIGTERM: it removes its shared memory) */
+                prctl(PR_SET_PDEATHSIG, SIGTERM);
                 execv(exe, (char *const *)argv);
                 _exit(127);
         }
@@ -123,6 +127,7 @@ int kvt_worker_start(struct kvt_worker *w)
         if (pid < 0)
                 return -errno;
         if (pid == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
                 dup2(in[0], 0);
                 dup2(out[1], 1);
                 close(in[0]);
