@@ -223,7 +223,7 @@ Test(pages, drop_session_releases_everything)
 {
         struct rec r = { 0 };
         struct kvd_pages *t = mk(8, &r);
-        uint32_t a[4], b[2], got[2];
+        uint32_t a[6], b[2], got[2];
         uint8_t k[2][KVD_KEY_LEN];
         key(k[0], 10);
         key(k[1], 11);
