@@ -5,16 +5,23 @@
  * Split planning (flash-decoding).  A CTA covers one (query row, kv head,
  * group of <= 8 q heads) and `chunk` keys.  When rows * kv_heads * groups
  * CTAs would not fill the GPU (fewer than 4 per SM), the sequence is split
- * into chunks of at least 256 keys (a multiple of 64: 4 warps x 16 keys)
- * so that B = 1 at 32k keys still runs ~4 CTAs per SM; the partials
- * (m, l, unnormalized o: rows * Hq * splits * (D + 2) floats) go to scratch
- * taken with cudaMallocAsync on the caller's stream and given back with
- * cudaFreeAsync after the reduction kernel, so concurrent calls on different
- * streams never share scratch, and the stream-ordered pool makes the
- * allocation cheap after the first call.
+ * into chunks of at least 128 keys (a multiple of 64: 4 warps x 16 keys,
+ * so every warp has two tiles to overlap) so that B = 1 at 32k keys still
+ * runs ~4 CTAs per SM; the partials (m, l, unnormalized o: rows * Hq *
+ * splits * (D + 2) floats) go to scratch taken with cudaMallocFromPoolAsync
+ * on the caller's stream and given back with cudaFreeAsync after the
+ * reduction kernel, so concurrent calls on different streams never share
+ * scratch.  The pool is the library's own, one per device, created on first
+ * use and kept for the life of the process, with a release threshold of
+ * 64 MiB: the default pool's threshold of 0 would hand the memory back at
+ * every synchronization and make each call map fresh memory (seen on the
+ * H200: tens of microseconds per small call).  Scratch is at most
+ * ~4 * SMs * 8 * (D + 2) floats, i.e. about 1 MiB at D = 128.
  */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <string.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <cuda_runtime.h>
@@ -64,6 +71,38 @@ static int launch_d(uint32_t D, const kva::params &p, dim3 grid, cudaStream_t st
         default:
                 return -EINVAL;
         }
+}
+
+/* The library's own stream-ordered pool for scratch on the current device
+ * (see the file comment).  Returns a cudaError_t. */
+static int scratch_pool(cudaMemPool_t *ret)
+{
+        static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+        static cudaMemPool_t pools[64];
+        int dev = 0;
+        cudaError_t e = cudaGetDevice(&dev);
+        if (e != cudaSuccess)
+                return (int)e;
+        if (dev < 0 || dev >= 64)
+                return (int)cudaErrorInvalidDevice;
+        pthread_mutex_lock(&mu);
+        if (!pools[dev]) {
+                cudaMemPoolProps props;
+                memset(&props, 0, sizeof props);
+                props.allocType = cudaMemAllocationTypePinned;
+                props.location.type = cudaMemLocationTypeDevice;
+                props.location.id = dev;
+                e = cudaMemPoolCreate(&pools[dev], &props);
+                if (e == cudaSuccess) {
+                        uint64_t thr = 64ull << 20;
+                        e = cudaMemPoolSetAttribute(pools[dev], cudaMemPoolAttrReleaseThreshold, &thr);
+                }
+                if (e != cudaSuccess)
+                        pools[dev] = NULL;
+        }
+        *ret = pools[dev];
+        pthread_mutex_unlock(&mu);
+        return (int)e;
 }
 
 static int sm_count(int *ret)
@@ -123,6 +162,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         p.page_shift = -1;
         if ((P & (P - 1)) == 0)
                 p.page_shift = __builtin_ctz(P);
+        p.page16 = P % kva::TILE == 0;
         p.H = H;
         p.Hq = c->num_q_heads;
         p.G = c->num_q_heads / H;
@@ -158,9 +198,9 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         const uint64_t ctas = (uint64_t)rows * H * p.head_groups;
         const uint64_t want = 4ull * (uint64_t)sms;
         uint64_t splits = 1;
-        if (ctas < want && max_len > 256) {
+        if (ctas < want && max_len > 128) {
                 splits = (want + ctas - 1) / ctas;
-                uint64_t most = (max_len + 255) / 256;
+                uint64_t most = (max_len + 127) / 128;
                 if (splits > most)
                         splits = most;
         }
@@ -176,9 +216,13 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         void *ws = NULL;
         if (p.splits > 1) {
                 const size_t n = (size_t)rows * p.Hq * p.splits;
-                cudaError_t e = cudaMallocAsync(&ws, n * (D + 2) * sizeof(float), st);
+                cudaMemPool_t pool;
+                int pe = scratch_pool(&pool);
+                if (pe != 0)
+                        return kv_cuda_errno(pe, "attention scratch pool (cudaMemPoolCreate)", msg, msglen);
+                cudaError_t e = cudaMallocFromPoolAsync(&ws, n * (D + 2) * sizeof(float), pool, st);
                 if (e != cudaSuccess)
-                        return kv_cuda_errno(e, "attention scratch (cudaMallocAsync)", msg, msglen);
+                        return kv_cuda_errno(e, "attention scratch (cudaMallocFromPoolAsync)", msg, msglen);
                 p.part_o = (float *)ws;
                 p.part_ml = (float *)ws + n * D;
         }

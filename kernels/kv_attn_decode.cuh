@@ -69,6 +69,7 @@ struct params {
         const int32_t *qo_indptr;       /* [B+1], NULL for decode */
         uint32_t batch, max_pages, num_pages, page_size;
         int32_t page_shift;             /* log2(page_size) or -1 */
+        int32_t page16;                 /* page_size % 16 == 0: a tile is on one page */
         uint32_t H, Hq, G, head_groups;
         uint64_t page_bytes, token_bytes, head_bytes;
         uint64_t spage_bytes, stoken_bytes, shead_bytes;
@@ -84,6 +85,14 @@ template <> struct dtraits<KVC_DTYPE_FP16>     { static constexpr int bits = 16;
 template <> struct dtraits<KVC_DTYPE_FP8_E4M3> { static constexpr int bits = 8;  static constexpr bool bf = false; };
 template <> struct dtraits<KVC_DTYPE_FP8_E5M2> { static constexpr int bits = 8;  static constexpr bool bf = false; };
 template <> struct dtraits<KVC_DTYPE_FP4_E2M1> { static constexpr int bits = 4;  static constexpr bool bf = true; };
+
+/* 2^x on the SFU (ex2.approx.ftz: relative error ~2^-22, -inf -> 0) */
+__device__ __forceinline__ float ex2(float x)
+{
+        float r;
+        asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+        return r;
+}
 
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel)
 {
@@ -106,6 +115,24 @@ __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uin
                     "{%8,%9}, {%0,%1,%2,%3};"
                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* S += Q K^T on fp8 tensor cores: A = q (e4m3, rows g; the g+8 rows are
+ * zero), B = K codes as stored (e4m3 or e5m2). */
+template <int DT>
+__device__ __forceinline__ void mma8(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1)
+{
+        const uint32_t z = 0;
+        if (DT == KVC_DTYPE_FP8_E4M3)
+                asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                    "{%8,%9}, {%0,%1,%2,%3};"
+                    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                    : "r"(a0), "r"(z), "r"(a2), "r"(z), "r"(b0), "r"(b1));
+        else
+                asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e5m2.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                    "{%8,%9}, {%0,%1,%2,%3};"
+                    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                    : "r"(a0), "r"(z), "r"(a2), "r"(z), "r"(b0), "r"(b1));
 }
 
 /* NW 32-bit words from p (16-, 8- or 4-byte aligned as NW allows). */
@@ -301,18 +328,110 @@ __device__ __forceinline__ int64_t slot_of(const params &p, const int32_t *__res
         return (int64_t)pg * p.page_size + off;
 }
 
+/* One 16-key tile of a warp as loaded from the pool: K of keys g and g+8
+ * (the thread's D/4 dims), V of keys 2t, 2t+1, 2t+8, 2t+9 (its D/8 dims),
+ * fp4 scale bytes, and which of the four V keys exist (bit n). */
+template <int DT, int D>
+struct tregs {
+        static constexpr int NWK = D / 4 * dtraits<DT>::bits / 32;
+        static constexpr int NWV = D / 8 * dtraits<DT>::bits / 32;
+        static_assert(D / 8 * dtraits<DT>::bits % 32 == 0, "V words");
+        uint32_t kw[2][NWK], vw[4][NWV];
+        uint32_t ksc[2], vsc[4];
+        uint32_t vok;
+};
+
+template <int DT, int D>
+__device__ __forceinline__ void load_tile(const params &p, const int32_t *__restrict__ pt, uint32_t tile,
+                                          uint32_t t_end, uint64_t hoff, uint64_t shoff, int g, int t,
+                                          tregs<DT, D> &r)
+{
+        constexpr int bits = dtraits<DT>::bits;
+        constexpr bool FP4 = DT == KVC_DTYPE_FP4_E2M1;
+        const uint32_t kbyte = t * (D / 4) * bits / 8; /* thread's K bytes in a head */
+        const uint32_t vbyte = g * (D / 8) * bits / 8; /* thread's V bytes in a head */
+        const uint32_t kk[6] = { (uint32_t)g, (uint32_t)g + 8, 2u * t, 2u * t + 1, 2u * t + 8, 2u * t + 9 };
+        int64_t sl[6];
+
+        if (p.page16) {
+                /* page_size is a multiple of 16 and tiles start at multiples
+                 * of 16: the whole tile sits on one page, one lookup */
+                uint32_t pi, off0;
+                if (p.page_shift >= 0) {
+                        pi = tile >> p.page_shift;
+                        off0 = tile & (p.page_size - 1);
+                } else {
+                        pi = tile / p.page_size;
+                        off0 = tile - pi * p.page_size;
+                }
+                const int32_t pg = __ldg(pt + pi);
+                const bool pok = (uint32_t)pg < p.num_pages;
+                const int64_t base = (int64_t)pg * p.page_size + off0;
+#pragma unroll
+                for (int i = 0; i < 6; i++)
+                        sl[i] = (pok && tile + kk[i] < t_end) ? base + kk[i] : -1;
+        } else {
+#pragma unroll
+                for (int i = 0; i < 6; i++)
+                        sl[i] = slot_of(p, pt, tile + kk[i], t_end);
+        }
+#pragma unroll
+        for (int n = 0; n < 2; n++) {
+                const int64_t s = sl[n];
+                const uint64_t o = s < 0 ? 0 : (uint64_t)s * p.token_bytes + hoff + kbyte;
+                ldw<tregs<DT, D>::NWK>(p.k + o, r.kw[n]);
+                r.ksc[n] = 0;
+                if constexpr (FP4) {
+                        const uint8_t *sp = p.ks + (s < 0 ? 0 : (uint64_t)s * p.stoken_bytes + shoff) + t * (D / 64);
+                        r.ksc[n] = D == 64 ? sp[0] : D == 128 ? *(const uint16_t *)sp : *(const uint32_t *)sp;
+                }
+        }
+        r.vok = 0;
+#pragma unroll
+        for (int n = 0; n < 4; n++) {
+                const int64_t s = sl[2 + n];
+                const uint64_t o = s < 0 ? 0 : (uint64_t)s * p.token_bytes + hoff;
+                ldw<tregs<DT, D>::NWV>(p.v + o + vbyte, r.vw[n]);
+                r.vsc[n] = 0;
+                if constexpr (FP4) {
+                        const uint8_t *sp = p.vs + (s < 0 ? 0 : (uint64_t)s * p.stoken_bytes + shoff);
+                        r.vsc[n] = D == 64 ? sp[g / 2] : D == 128 ? sp[g] : *(const uint16_t *)(sp + 2 * g);
+                }
+                if (s >= 0) {
+                        r.vok |= 1u << n;
+                } else {
+#pragma unroll
+                        for (int i = 0; i < tregs<DT, D>::NWV; i++)
+                                r.vw[n][i] = 0;
+                }
+        }
+}
+
 /* QLO: q is f16 on a bf16-compute pool (see qb below); a template argument
- * so that the common bf16-q case does not pay its registers. */
+ * so that the common bf16-q case does not pay its registers.  fp8/fp4
+ * kernels at D <= 128 are asked to fit 4 CTAs (16 warps, 2 tiles each in
+ * flight) per SM: 128 registers, a few bytes of spill. */
+#ifndef KVA_FP8MMA
+#define KVA_FP8MMA 0    /* 1: fp8 K straight into fp8 mma (q as 3 e4m3 terms) */
+#endif
+#ifndef KVA_PIPE8
+#define KVA_PIPE8 1     /* fp8/fp4 kernels keep two tiles in flight */
+#endif
+#ifndef KVA_PIPE16
+#define KVA_PIPE16 0    /* 1: bf16/fp16 kernels keep two tiles in flight too */
+#endif
+#ifndef KVA_MINB8
+#define KVA_MINB8 4     /* CTAs per SM asked of fp8/fp4 kernels at D <= 128 */
+#endif
 template <int DT, int D, bool QLO>
-__global__ void __launch_bounds__(THREADS) attn_kernel(const params p)
+__global__ void __launch_bounds__(THREADS, (DT >= KVC_DTYPE_FP8_E4M3 && D <= 128 && !QLO) ? KVA_MINB8 : 1)
+attn_kernel(const params p)
 {
         typedef dtraits<DT> tr;
         constexpr bool BF = tr::bf;
-        constexpr int NWK = D / 4 * tr::bits / 32;      /* K words per key per thread */
-        constexpr int NWV = D / 8 * tr::bits / 32 > 0 ? D / 8 * tr::bits / 32 : 1;
+        constexpr int NWK = tregs<DT, D>::NWK;
+        constexpr int NWV = tregs<DT, D>::NWV;
         constexpr int KC = D / 16;                      /* k-chunks of QK, m-tiles of PV */
-        constexpr bool FP4 = DT == KVC_DTYPE_FP4_E2M1;
-        static_assert(D / 8 * tr::bits % 32 == 0, "V words");
 
         __shared__ float sm_o[WARPS][HG][D];
         __shared__ float sm_m[WARPS][HG], sm_l[WARPS][HG];
@@ -336,22 +455,68 @@ __global__ void __launch_bounds__(THREADS) attn_kernel(const params p)
          * significant bits fit in two 8-bit ones), so the scores do not carry
          * the rounding of q to bf16 (outlier K channels amplify it) */
         constexpr bool qlo = BF && QLO;
-        uint32_t qa[D / 8], qb[qlo ? D / 8 : 1];
+        constexpr bool F8 = KVA_FP8MMA && tr::bits == 8;
+        uint32_t qa[F8 ? 1 : D / 8], qb[qlo ? D / 8 : 1];
+        uint32_t q8[F8 ? 3 : 1][F8 ? D / 16 : 1];
+        float qinv = 1.0f;
         {
                 const bool ok = gi < p.G;
                 const uint64_t q0 = ((uint64_t)row * p.Hq + h * p.G + gi) * D + t * (D / 4);
+                if constexpr (!F8) {
 #pragma unroll
-                for (int j = 0; j < D / 8; j++) {
-                        float x0 = ok ? elem_to_f32(p.q, q0 + kel<DT>(2 * j), p.elem) : 0.0f;
-                        float x1 = ok ? elem_to_f32(p.q, q0 + kel<DT>(2 * j + 1), p.elem) : 0.0f;
-                        qa[j] = pack2<BF>(x0, x1);
-                        if constexpr (qlo) {
-                                const float h0 = __uint_as_float(qa[j] << 16);
-                                const float h1 = __uint_as_float(qa[j] & 0xFFFF0000u);
-                                qb[j] = pack2<BF>(x0 - h0, x1 - h1);
+                        for (int j = 0; j < D / 8; j++) {
+                                float x0 = ok ? elem_to_f32(p.q, q0 + kel<DT>(2 * j), p.elem) : 0.0f;
+                                float x1 = ok ? elem_to_f32(p.q, q0 + kel<DT>(2 * j + 1), p.elem) : 0.0f;
+                                qa[j] = pack2<BF>(x0, x1);
+                                if constexpr (qlo) {
+                                        const float h0 = __uint_as_float(qa[j] << 16);
+                                        const float h1 = __uint_as_float(qa[j] & 0xFFFF0000u);
+                                        qb[j] = pack2<BF>(x0 - h0, x1 - h1);
+                                }
+                        }
+                } else {
+                        /* fp8 K goes into the tensor cores as it is (mma
+                         * m16n8k32 e4m3 x e4m3/e5m2): q becomes three e4m3
+                         * terms of q * 2^k (k per head: |q| * 2^k in (64, 128]),
+                         * q*2^k = q1 + q2 + q3 + r with |r| <= max(2^-12 |q*2^k|,
+                         * 2^-10), finer than bf16's rounding of q */
+                        float r[D / 4];
+                        float am = 0.0f;
+#pragma unroll
+                        for (int j = 0; j < D / 4; j++) {
+                                r[j] = ok ? elem_to_f32(p.q, q0 + j, p.elem) : 0.0f;
+                                am = fmaxf(am, fabsf(r[j]));
+                        }
+                        am = fmaxf(am, __shfl_xor_sync(0xFFFFFFFFu, am, 1));
+                        am = fmaxf(am, __shfl_xor_sync(0xFFFFFFFFu, am, 2));
+                        int E = 0;
+                        if (am > 0.0f && isfinite(am))
+                                frexpf(am, &E);
+                        E = max(-100, min(E, 100));
+                        const float sq = ldexpf(1.0f, 7 - E);
+                        qinv = ldexpf(1.0f, E - 7);
+#pragma unroll
+                        for (int j = 0; j < D / 4; j++)
+                                r[j] *= sq;
+#pragma unroll
+                        for (int term = 0; term < 3; term++) {
+#pragma unroll
+                                for (int w = 0; w < D / 16; w++) {
+                                        const uint32_t lo = __nv_cvt_float2_to_fp8x2(
+                                                make_float2(r[4 * w], r[4 * w + 1]), __NV_SATFINITE, __NV_E4M3);
+                                        const uint32_t hi = __nv_cvt_float2_to_fp8x2(
+                                                make_float2(r[4 * w + 2], r[4 * w + 3]), __NV_SATFINITE, __NV_E4M3);
+                                        q8[term][w] = (lo & 0xFFFFu) | (hi << 16);
+                                        const uint32_t f0 = e4m3x2_f16x2(lo), f1 = e4m3x2_f16x2(hi);
+                                        r[4 * w] -= __half2float(__ushort_as_half((unsigned short)(f0 & 0xFFFFu)));
+                                        r[4 * w + 1] -= __half2float(__ushort_as_half((unsigned short)(f0 >> 16)));
+                                        r[4 * w + 2] -= __half2float(__ushort_as_half((unsigned short)(f1 & 0xFFFFu)));
+                                        r[4 * w + 3] -= __half2float(__ushort_as_half((unsigned short)(f1 >> 16)));
+                                }
                         }
                 }
         }
+        const float qk_scale = p.qk_scale_log2 * qinv;
 
         float acc[KC][4];
 #pragma unroll
@@ -361,83 +526,90 @@ __global__ void __launch_bounds__(THREADS) attn_kernel(const params p)
 
         const uint64_t hoff = (uint64_t)h * p.head_bytes;
         const uint64_t shoff = (uint64_t)h * p.shead_bytes;
-        const uint32_t kbyte = t * (D / 4) * tr::bits / 8;      /* thread's K bytes in a head */
-        const uint32_t vbyte = g * (D / 8) * tr::bits / 8;      /* thread's V bytes in a head */
+        /* fp8/fp4 keep two tiles in flight (their tiles are few bytes, so one
+         * per warp leaves HBM idle); bf16/fp16 tiles are big enough and the
+         * extra 64 registers would cost a CTA per SM */
+        constexpr bool PIPE = (tr::bits < 16 && KVA_PIPE8) || KVA_PIPE16;
 
+        tregs<DT, D> cur, nxt;
+        nxt.vok = cur.vok = 0;
+        if (t_begin + warp * TILE < t_end)
+                load_tile<DT, D>(p, pt, t_begin + warp * TILE, t_end, hoff, shoff, g, t, cur);
         for (uint32_t tile = t_begin + warp * TILE; tile < t_end; tile += WARPS * TILE) {
-                /* ---- loads: K of keys g and g+8, V of keys 2t, 2t+1, 2t+8, 2t+9 */
-                uint32_t kw[2][NWK], vw[4][NWV];
-                uint32_t ksc[2] = { 0, 0 }, vsc[4] = { 0, 0, 0, 0 };
-                bool vok[4];
-#pragma unroll
-                for (int n = 0; n < 2; n++) {
-                        const int64_t s = slot_of(p, pt, tile + g + 8 * n, t_end);
-                        const uint64_t o = s < 0 ? 0 : (uint64_t)s * p.token_bytes + hoff + kbyte;
-                        ldw<NWK>(p.k + o, kw[n]);
-                        if constexpr (FP4) {
-                                const uint8_t *sp = p.ks + (s < 0 ? 0 : (uint64_t)s * p.stoken_bytes + shoff) +
-                                                    t * (D / 64);
-                                ksc[n] = D == 64 ? sp[0] : D == 128 ? *(const uint16_t *)sp : *(const uint32_t *)sp;
-                        }
+                const uint32_t tn = tile + WARPS * TILE;
+                if constexpr (PIPE) {
+                        /* the next tile's loads go out before this tile's math */
+                        if (tn < t_end)
+                                load_tile<DT, D>(p, pt, tn, t_end, hoff, shoff, g, t, nxt);
                 }
-#pragma unroll
-                for (int n = 0; n < 4; n++) {
-                        const uint32_t tok = tile + 2 * t + (n & 1) + 8 * (n >> 1);
-                        const int64_t s = slot_of(p, pt, tok, t_end);
-                        vok[n] = s >= 0;
-                        const uint64_t o = s < 0 ? 0 : (uint64_t)s * p.token_bytes + hoff;
-                        ldw<NWV>(p.v + o + vbyte, vw[n]);
-                        if constexpr (FP4) {
-                                const uint8_t *sp = p.vs + (s < 0 ? 0 : (uint64_t)s * p.stoken_bytes + shoff);
-                                vsc[n] = D == 64 ? sp[g / 2] : D == 128 ? sp[g] : *(const uint16_t *)(sp + 2 * g);
-                        }
-                        if (!vok[n]) {
-#pragma unroll
-                                for (int i = 0; i < NWV; i++)
-                                        vw[n][i] = 0;
-                        }
-                }
+                const uint32_t(&kw)[2][NWK] = cur.kw;
+                const uint32_t(&vw)[4][NWV] = cur.vw;
+                const uint32_t(&ksc)[2] = cur.ksc;
+                const uint32_t(&vsc)[4] = cur.vsc;
+                const bool vok[4] = { (cur.vok & 1u) != 0, (cur.vok & 2u) != 0, (cur.vok & 4u) != 0,
+                                      (cur.vok & 8u) != 0 };
 
                 /* ---- S = Q K^T, two n-tiles of 8 keys */
                 float s[2][4];
 #pragma unroll
                 for (int n = 0; n < 2; n++) {
-                        uint32_t kp[D / 8];
-                        deq_k<DT, D>(kw[n], ksc[n], kp);
                         s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+                        if constexpr (F8) {
 #pragma unroll
-                        for (int kc = 0; kc < KC; kc++)
-                                mma<BF>(s[n], qa[2 * kc], 0u, qa[2 * kc + 1], 0u, kp[2 * kc], kp[2 * kc + 1]);
-                        if constexpr (qlo) {
+                                for (int kc = 0; kc < D / 32; kc++)
+#pragma unroll
+                                        for (int term = 0; term < 3; term++)
+                                                mma8<DT>(s[n], q8[term][2 * kc], q8[term][2 * kc + 1],
+                                                         kw[n][2 * kc], kw[n][2 * kc + 1]);
+                        } else {
+                                uint32_t kp[D / 8];
+                                deq_k<DT, D>(kw[n], ksc[n], kp);
 #pragma unroll
                                 for (int kc = 0; kc < KC; kc++)
-                                        mma<BF>(s[n], qb[2 * kc], 0u, qb[2 * kc + 1], 0u, kp[2 * kc],
-                                                kp[2 * kc + 1]);
+                                        mma<BF>(s[n], qa[2 * kc], 0u, qa[2 * kc + 1], 0u, kp[2 * kc], kp[2 * kc + 1]);
+                                if constexpr (qlo) {
+#pragma unroll
+                                        for (int kc = 0; kc < KC; kc++)
+                                                mma<BF>(s[n], qb[2 * kc], 0u, qb[2 * kc + 1], 0u, kp[2 * kc],
+                                                        kp[2 * kc + 1]);
+                                }
                         }
                 }
 
                 /* ---- online softmax for head g over keys 2t, 2t+1 (n-tile 0) and 8+2t, 9+2t */
                 float x[4];
-                x[0] = vok[0] ? s[0][0] * p.qk_scale_log2 : -INFINITY;
-                x[1] = vok[1] ? s[0][1] * p.qk_scale_log2 : -INFINITY;
-                x[2] = vok[2] ? s[1][0] * p.qk_scale_log2 : -INFINITY;
-                x[3] = vok[3] ? s[1][1] * p.qk_scale_log2 : -INFINITY;
+                x[0] = vok[0] ? s[0][0] * qk_scale : -INFINITY;
+                x[1] = vok[1] ? s[0][1] * qk_scale : -INFINITY;
+                x[2] = vok[2] ? s[1][0] * qk_scale : -INFINITY;
+                x[3] = vok[3] ? s[1][1] * qk_scale : -INFINITY;
                 float mt = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
                 mt = fmaxf(mt, __shfl_xor_sync(0xFFFFFFFFu, mt, 1));
                 mt = fmaxf(mt, __shfl_xor_sync(0xFFFFFFFFu, mt, 2));
                 const float mn = fmaxf(m, mt);
-                const float alpha = exp2f(m - mn);
+                const float alpha = ex2(m - mn);
                 m = mn;
                 float pr[4];
 #pragma unroll
                 for (int i = 0; i < 4; i++)
-                        pr[i] = exp2f(x[i] - mn);
+                        pr[i] = ex2(x[i] - mn);
                 l = l * alpha + (pr[0] + pr[1]) + (pr[2] + pr[3]);
-                /* acc columns are heads 2t and 2t+1: their alphas live in lanes 8t and 8t+4 */
-                const float a0 = __shfl_sync(0xFFFFFFFFu, alpha, 8 * t);
-                const float a1 = __shfl_sync(0xFFFFFFFFu, alpha, 8 * t + 4);
                 const uint32_t pb0 = pack2<BF>(pr[0], pr[1]);
                 const uint32_t pb1 = pack2<BF>(pr[2], pr[3]);
+
+                /* rescale the accumulators only when some head's max moved
+                 * (after the first tiles it rarely does); acc columns are
+                 * heads 2t and 2t+1, whose alphas live in lanes 8t and 8t+4 */
+                if (__any_sync(0xFFFFFFFFu, alpha != 1.0f)) {
+                        const float a0 = __shfl_sync(0xFFFFFFFFu, alpha, 8 * t);
+                        const float a1 = __shfl_sync(0xFFFFFFFFu, alpha, 8 * t + 4);
+#pragma unroll
+                        for (int mt2 = 0; mt2 < KC; mt2++) {
+                                acc[mt2][0] *= a0;
+                                acc[mt2][1] *= a1;
+                                acc[mt2][2] *= a0;
+                                acc[mt2][3] *= a1;
+                        }
+                }
 
                 /* ---- O^T += V^T P^T */
                 uint32_t vp0[D / 8], vp1[D / 8];
@@ -445,11 +617,13 @@ __global__ void __launch_bounds__(THREADS) attn_kernel(const params p)
                 deq_v<DT, D>(vw[2], vw[3], vsc[2], vsc[3], vp1);
 #pragma unroll
                 for (int mt2 = 0; mt2 < KC; mt2++) {
-                        acc[mt2][0] *= a0;
-                        acc[mt2][1] *= a1;
-                        acc[mt2][2] *= a0;
-                        acc[mt2][3] *= a1;
                         mma<BF>(acc[mt2], vp0[2 * mt2], vp0[2 * mt2 + 1], vp1[2 * mt2], vp1[2 * mt2 + 1], pb0, pb1);
+                }
+                if constexpr (PIPE) {
+                        cur = nxt;
+                } else {
+                        if (tn < t_end)
+                                load_tile<DT, D>(p, pt, tn, t_end, hoff, shoff, g, t, cur);
                 }
         }
 

@@ -2,14 +2,15 @@
 # device_build.sh OUTDIR - builds the attention kernels, their GPU test, the
 # ctypes shim and the accuracy bench with nvcc/gcc directly, without meson,
 # for a quick run on the device machine whatever state the rest of the tree's
-# meson files are in (the meson build builds the same targets).
+# meson files are in (the meson build builds the same targets).  NVX adds
+# nvcc flags (e.g. NVX=-DKVA_MINB8=1 for the occupancy variant).
 set -e
 O=${1:-/tmp/attn-build}
 R=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$O"
 printf '#define KV_HAVE_CUDA 1\n' > "$O/kv_config.h"
 INC="-I$R/kernels -I$R/client/include -I$O"
-NV="nvcc -gencode=arch=compute_90,code=sm_90 -std=c++17 -O3 --expt-relaxed-constexpr -lineinfo -Xcompiler -fPIC $INC"
+NV="nvcc -gencode=arch=compute_90,code=sm_90 -std=c++17 -O3 --expt-relaxed-constexpr -lineinfo -Xcompiler -fPIC $INC ${NVX:-}"
 CC="gcc -std=gnu11 -O2 -fPIC -D_GNU_SOURCE $INC -I/usr/local/cuda/include"
 for f in kv_layout kv_codec_names kv_ref_write kv_ref_attn; do $CC -c "$R/kernels/$f.c" -o "$O/$f.o" & done
 for f in kv_cuda_common kv_write kv_gather kv_attn_extend; do $NV -c "$R/kernels/$f.cu" -o "$O/$f.o" & done

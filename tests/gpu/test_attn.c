@@ -296,6 +296,14 @@ static void long_sequences(void)
         int32_t l1[1] = { 32768 };
         run_case(KVC_DTYPE_FP8_E5M2, 256, 128, 1, 8, 1, l1, NULL, KVC_ELEM_F16, 80);
         run_case(KVC_DTYPE_FP16, 64, 1, 1, 8, 1, l1, NULL, KVC_ELEM_F16, 81);
+        /* page sizes that are not powers of two: a multiple of 16 (one page
+         * lookup per 16-key tile, by division) and not (one per key) */
+        int32_t odd[4] = { 1000, 47, 48, 97 };
+        run_case(KVC_DTYPE_FP8_E4M3, 128, 48, 2, 4, 4, odd, NULL, KVC_ELEM_BF16, 84);
+        run_case(KVC_DTYPE_BF16, 64, 24, 2, 3, 4, odd, NULL, KVC_ELEM_F16, 85);
+        run_case(KVC_DTYPE_FP4_E2M1, 128, 80, 1, 8, 4, odd, NULL, KVC_ELEM_BF16, 86);
+        int32_t oq[4] = { 100, 47, 1, 30 };
+        run_case(KVC_DTYPE_FP8_E5M2, 128, 48, 2, 4, 4, odd, oq, KVC_ELEM_BF16, 87);
         int32_t el[2] = { 9000, 700 }, qn[2] = { 300, 700 };
         run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 2, el, qn, KVC_ELEM_BF16, 82);
         run_case(KVC_DTYPE_BF16, 128, 16, 2, 4, 2, el, qn, KVC_ELEM_BF16, 83);
