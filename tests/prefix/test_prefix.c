@@ -13,9 +13,11 @@
  * The randomized model test is in test_prefix_model.c. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <nng/nng.h>
@@ -37,7 +39,8 @@ static void up(void)
 
 static void down(void)
 {
-        cr_assert_eq(kvt_daemon_stop(&D), 0, "kvpoold exited with an error");
+        if (D.pid > 0) /* a test may have stopped it already */
+                cr_assert_eq(kvt_daemon_stop(&D), 0, "kvpoold exited with an error");
 }
 
 /* A block's tokens are seed*100000 + 16*i + j; keys chain over blocks. */
@@ -495,4 +498,92 @@ Test(prefix, lookup_racing_eviction_never_gets_a_reused_page, .init = up, .fini 
         cr_assert_eq(kvt_worker_stop(&rd), 0);
         cr_assert_eq(kvt_worker_stop(&wr), 0);
         kvc_disconnect(ctl);
+}
+
+/* ---- kvpoolctl events against the daemon ------------------------------------ */
+
+/* Reads one line of kvpoolctl's output, waiting up to ms; NULL on timeout. */
+static char *ctl_line(FILE *f, int ms, char *buf, size_t len)
+{
+        struct pollfd pfd = { .fd = fileno(f), .events = POLLIN };
+        if (poll(&pfd, 1, ms) <= 0)
+                return NULL;
+        if (!fgets(buf, (int)len, f))
+                return NULL;
+        buf[strcspn(buf, "\n")] = '\0';
+        return buf;
+}
+
+Test(prefix, kvpoolctl_events_follows_the_daemon, .init = up, .fini = down, .timeout = 60)
+{
+        const char *exe = getenv("KVPOOLCTL");
+        cr_assert(exe && access(exe, X_OK) == 0, "KVPOOLCTL does not name kvpoolctl");
+        int fd[2];
+        cr_assert_eq(pipe(fd), 0);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                dup2(fd[1], 1);
+                close(fd[0]);
+                close(fd[1]);
+                execl(exe, exe, "--events", D.events, "events", "--json", (char *)NULL);
+                _exit(127);
+        }
+        close(fd[1]);
+        FILE *out = fdopen(fd[0], "r");
+        setvbuf(out, NULL, _IONBF, 0); /* poll() must see every unread byte */
+        struct kvt_worker w;
+        worker(&w, NULL, "W", "p");
+        /* publish probes until kvpoolctl has subscribed and prints one */
+        char line[512];
+        int seen = 0;
+        for (uint32_t i = 0; i < 100 && !seen; i++) {
+                kvc_key pk;
+                int32_t id;
+                chain_keys(800000 + i, 1, &pk);
+                alloc_ids(&w, 1, &id);
+                cr_assert_str_eq(publish(&w, &id, &pk, 1), "ok 1 0");
+                cr_assert_str_eq(kvt_cmd(&w, "free %d", id), "ok");
+                while (ctl_line(out, 100, line, sizeof(line)))
+                        seen = 1;
+        }
+        cr_assert(seen, "kvpoolctl events printed nothing");
+        /* a published chain: one STORED line a key, in order */
+        kvc_key k[2];
+        int32_t ids[2];
+        chain_keys(51, 2, k);
+        alloc_ids(&w, 2, ids);
+        cr_assert_str_eq(publish(&w, ids, k, 2), "ok 2 0 0");
+        for (int i = 0; i < 2; i++) {
+                char hex[33], want[96];
+                kvt_hex(&k[i], hex);
+                cr_assert_not_null(ctl_line(out, 5000, line, sizeof(line)), "no STORED line %d", i);
+                snprintf(want, sizeof(want), "\"type\":\"stored\",\"pool\":\"p\",\"page\":%d,\"key\":\"%s\"}",
+                         ids[i], hex);
+                cr_assert(strstr(line, want), "line %s lacks %s", line, want);
+        }
+        /* filling the pool (nothing evictable but the probes) crosses the
+         * low pressure threshold: the PRESSURE line says so */
+        struct kvt_pool_stats st;
+        kvc_client *ctl;
+        cr_assert_eq(kvt_connect(&D, "test", NULL, &ctl), 0);
+        stats(ctl, "p", &st);
+        char *r = kvt_cmd(&w, "alloc %lld", (long long)(st.free + st.cached_idle));
+        cr_assert(r && !strncmp(r, "ok", 2), "alloc of everything: %s", r);
+        int pressure = 0;
+        while (!pressure && ctl_line(out, 5000, line, sizeof(line)))
+                pressure = strstr(line, "\"type\":\"pressure\"") && strstr(line, "\"entering\":true");
+        cr_assert(pressure, "no PRESSURE event after filling the pool (last line: %s)", line);
+        kvc_disconnect(ctl);
+        cr_assert_eq(kvt_worker_stop(&w), 0);
+        /* the daemon stops: kvpoolctl prints SHUTDOWN and exits 0 */
+        cr_assert_eq(kvt_daemon_stop(&D), 0);
+        int shutdown = 0;
+        while (!shutdown && ctl_line(out, 5000, line, sizeof(line)))
+                shutdown = strstr(line, "\"type\":\"shutdown\"") != NULL;
+        cr_assert(shutdown, "no SHUTDOWN event when the daemon stopped");
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "kvpoolctl events exit status %d", status);
+        fclose(out);
 }
