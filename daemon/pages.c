@@ -430,7 +430,7 @@ static void went_idle(struct kvd_pages *t, uint32_t id)
                 free_push(t, id);
 }
 
-/* ---- public -------------------------------------------------------------- */
+/* ---- public: each function's contract is above its declaration in pages.h */
 
 int kvd_pages_new(uint32_t num_pages, const struct kvd_pages_hooks *hooks, struct kvd_pages **ret)
 {

@@ -87,6 +87,18 @@ Test(pages, new_is_all_free)
         cr_assert_eq(s.total, 8);
         cr_assert_eq(s.lookups + s.hits + s.evictions, 0);
         ASSERT_STATS(t, 8, 0, 0, 0);
+        /* queries out of range or on NULL answer 0 and touch nothing */
+        cr_assert_eq(kvd_pages_refcount(t, 8), 0);
+        cr_assert_eq(kvd_pages_refcount(t, UINT32_MAX), 0);
+        cr_assert_eq(kvd_pages_refcount(NULL, 0), 0);
+        cr_assert_eq(kvd_pages_session_count(NULL, 1), 0);
+        cr_assert_eq(kvd_pages_session_count(t, UINT32_MAX), 0);
+        struct kvd_pages_stats keep;
+        memset(&keep, 0x3C, sizeof(keep));
+        s = keep;
+        kvd_pages_get_stats(NULL, &s);
+        cr_assert_eq(memcmp(&s, &keep, sizeof(s)), 0);
+        kvd_pages_get_stats(t, NULL);
         kvd_pages_free(t);
 }
 
