@@ -51,10 +51,16 @@ done
 
 echo "== a SIGKILLed writer's pages come back"
 held_before=$("$ctl" --socket "$sock" status --json | python3 -c 'import json,sys; print(sum(p["pages_held"] for p in json.load(sys.stdin)["pools"]))')
-sleep 1000 | "$worker" write --socket "$sock" --pool fp8_e4m3 --pages 8 --tag 7 >"$run/k" 2>&1 &
+# stdin from a fifo held open here (no helper process may keep this
+# script's output pipe open after it exits).
+mkfifo "$run/kin"
+"$worker" write --socket "$sock" --pool fp8_e4m3 --pages 8 --tag 7 <"$run/kin" >"$run/k" 2>&1 &
+kpid=$!
+exec 4>"$run/kin"
 for _ in $(seq 100); do grep -q holding "$run/k" && break; sleep 0.1; done
-kpid=$(pgrep -n -f "kvpool-demo-worker write --socket $sock --pool fp8_e4m3 --pages 8 --tag 7")
 kill -KILL "$kpid"
+wait "$kpid" 2>/dev/null || true
+exec 4>&-
 sleep 1
 held_after=$("$ctl" --socket "$sock" status --json | python3 -c 'import json,sys; print(sum(p["pages_held"] for p in json.load(sys.stdin)["pools"]))')
 echo "pages held before $held_before, 1 s after the kill $held_after"
