@@ -169,6 +169,9 @@ int ctl_events_main(const char *events_url, int json, int argc, char **argv)
         int rv = nng_sub0_open(&sock);
         if (rv == 0)
                 rv = nng_socket_set(sock, NNG_OPT_SUB_SUBSCRIBE, "", 0);
+        /* absorb bursts (thousands of evictions from one alloc) */
+        if (rv == 0)
+                rv = nng_socket_set_int(sock, NNG_OPT_RECVBUF, 8192);
         /* wake up now and then to notice SIGINT */
         if (rv == 0)
                 rv = nng_socket_set_ms(sock, NNG_OPT_RECVTIMEO, 200);

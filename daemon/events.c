@@ -21,9 +21,10 @@
  *     SHUTDOWN (56 bytes in all): no body.
  *
  * A reader checks magic and version, ignores bytes after the fields it knows
- * (later versions may append) and may skip types it does not know.  nng's PUB
- * drops messages for a subscriber that does not keep up; a gap in seq tells
- * the subscriber how many it missed.  Subscribers must subscribe to the empty
+ * (later versions may append) and may skip types it does not know.  Up to
+ * EVENT_QUEUE events wait per subscriber; beyond that nng's PUB drops messages
+ * for a subscriber that does not keep up, and a gap in seq tells the
+ * subscriber how many it missed.  Subscribers must subscribe to the empty
  * topic ("" = everything): the type is not a topic prefix.
  *
  * This file depends on nng and libc only, so that kvpoolctl can link it.
@@ -42,6 +43,7 @@
 #include <nng/protocol/pubsub0/pub.h>
 
 #define POOL_LEN 32
+#define EVENT_QUEUE 8192 /* nng's maximum */
 
 struct kvd_events {
         nng_socket      sock;
@@ -121,9 +123,14 @@ int kvd_events_open(const char *url, struct kvd_events **ret, char *err, size_t 
         }
         int rv = nng_pub0_open(&e->sock);
         if (rv == 0) {
-                nng_pipe_notify(e->sock, NNG_PIPE_EV_ADD_POST, on_pipe, e);
-                nng_pipe_notify(e->sock, NNG_PIPE_EV_REM_POST, on_pipe, e);
-                rv = nng_listen(e->sock, url, NULL, 0);
+                /* one alloc may evict thousands of pages at once: queue a
+                 * burst per subscriber rather than drop it (default: 16) */
+                rv = nng_socket_set_int(e->sock, NNG_OPT_SENDBUF, EVENT_QUEUE);
+                if (rv == 0) {
+                        nng_pipe_notify(e->sock, NNG_PIPE_EV_ADD_POST, on_pipe, e);
+                        nng_pipe_notify(e->sock, NNG_PIPE_EV_REM_POST, on_pipe, e);
+                        rv = nng_listen(e->sock, url, NULL, 0);
+                }
                 if (rv != 0)
                         nng_close(e->sock);
         }

@@ -135,6 +135,34 @@ Test(events, publish_and_decode)
         nng_close(sub);
 }
 
+/* One alloc can evict thousands of pages: a burst sent while the subscriber
+ * is not reading arrives whole, without a gap. */
+Test(events, a_burst_is_not_dropped)
+{
+        char url[128];
+        url_for(url, sizeof(url), "burst");
+        struct kvd_events *e = NULL;
+        char err[256];
+        cr_assert_eq(kvd_events_open(url, &e, err, sizeof(err)), 0, "%s", err);
+        nng_socket sub = subscriber(url);
+        cr_assert_eq(nng_socket_set_int(sub, NNG_OPT_RECVBUF, 8192), 0);
+        wait_connected(sub, e);
+        uint64_t base = kvd_events_seq(e);
+        uint8_t key[16] = { 9 };
+        enum { N = 4000 };
+        for (uint32_t i = 0; i < N; i++)
+                kvd_events_evicted(e, "p", i, key);
+        for (uint32_t i = 0; i < N; i++) {
+                struct kvd_event ev;
+                cr_assert_eq(recv_event(sub, &ev, NULL), 0, "event %u of %u did not arrive", i, N);
+                cr_assert_eq(ev.seq, base + 1 + i, "gap: got seq %llu, want %llu",
+                             (unsigned long long)ev.seq, (unsigned long long)(base + 1 + i));
+                cr_assert_eq(ev.page, i);
+        }
+        kvd_events_close(e);
+        nng_close(sub);
+}
+
 Test(events, off_and_errors)
 {
         struct kvd_events *e = NULL;

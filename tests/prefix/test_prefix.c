@@ -236,6 +236,7 @@ static void sub_open(struct evsub *e, struct kvt_worker *w)
 {
         cr_assert_eq(nng_sub0_open(&e->s), 0);
         cr_assert_eq(nng_socket_set(e->s, NNG_OPT_SUB_SUBSCRIBE, "", 0), 0);
+        cr_assert_eq(nng_socket_set_int(e->s, NNG_OPT_RECVBUF, 8192), 0);
         cr_assert_eq(nng_socket_set_ms(e->s, NNG_OPT_RECVTIMEO, 100), 0);
         cr_assert_eq(nng_dial(e->s, D.events, NULL, 0), 0, "cannot subscribe to %s", D.events);
         /* PUB drops what it sends before our pipe is up on its side: publish
