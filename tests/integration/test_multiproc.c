@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -308,5 +309,77 @@ Test(integration, unknown_pool_is_enoent, .fini = cleanup, .timeout = 30)
                 cr_assert_eq(kvc_alloc(p, total, pages), 0, "%s", kvc_errmsg(c));
                 free(pages);
         }
+        kvc_disconnect(c);
+}
+
+/* One client shared by threads: control requests are serialized inside the
+ * library, data-path calls run concurrently; nothing is lost or mixed up. */
+struct thread_arg {
+        kvc_pool *p;
+        int       id;
+        int       failures;
+};
+
+static void *hammer(void *arg)
+{
+        struct thread_arg *a = arg;
+        const struct kvc_pool_desc *d = kvc_pool_get_desc(a->p);
+        uint64_t row = (uint64_t)d->kv_heads * d->head_dim;
+        float *k = calloc(d->page_size * row, sizeof *k), *out = calloc(d->page_size * row, sizeof *out);
+        float *vout = calloc(d->page_size * row, sizeof *vout);
+        int64_t *slots = calloc(d->page_size, sizeof *slots);
+
+        for (int it = 0; it < 100 && k && out && vout && slots; it++) {
+                int32_t page;
+
+                if (kvc_alloc(a->p, 1, &page) != 0) {
+                        a->failures++;
+                        continue;
+                }
+                /* bf16 holds integers up to 256 exactly: a value names the
+                 * thread and the iteration. */
+                for (uint64_t i = 0; i < d->page_size * row; i++)
+                        k[i] = (float)(a->id * 32 + it % 32);
+                for (uint32_t t = 0; t < d->page_size; t++)
+                        slots[t] = (int64_t)page * d->page_size + t;
+                struct kvc_write_args w = { .k = k, .v = k, .elem = KVC_ELEM_F32,
+                                            .k_row_stride = (int64_t)row, .v_row_stride = (int64_t)row,
+                                            .slots = slots, .num_tokens = d->page_size, .layer = 1 };
+                struct kvc_gather_args g = { .pages = &page, .n_pages = 1, .layer = 1,
+                                             .k_out = out, .v_out = vout, .elem = KVC_ELEM_F32 };
+
+                if (kvc_write(a->p, &w, NULL) != 0 || kvc_gather(a->p, &g, NULL) != 0 ||
+                    memcmp(out, k, d->page_size * row * sizeof *k) != 0)
+                        a->failures++;
+                if (kvc_free(a->p, 1, &page) != 0)
+                        a->failures++;
+        }
+        free(k);
+        free(out);
+        free(vout);
+        free(slots);
+        return NULL;
+}
+
+Test(integration, one_client_shared_by_threads, .fini = cleanup, .timeout = 60)
+{
+        enum { THREADS = 4 };
+        pthread_t t[THREADS];
+        struct thread_arg a[THREADS];
+        kvc_client *c;
+        kvc_pool *p;
+
+        start_pool("bf16", "2MiB");
+        cr_assert_eq(kvc_connect(D.url, "threads", NULL, &c), 0);
+        cr_assert_eq(kvc_attach(c, "p", &p), 0);
+        for (int i = 0; i < THREADS; i++) {
+                a[i] = (struct thread_arg){ .p = p, .id = i + 1 };
+                cr_assert_eq(pthread_create(&t[i], NULL, hammer, &a[i]), 0);
+        }
+        for (int i = 0; i < THREADS; i++) {
+                pthread_join(t[i], NULL);
+                cr_assert_eq(a[i].failures, 0, "thread %d: %d failures", i, a[i].failures);
+        }
+        cr_assert_eq(kvt_pool_num(D.url, "p", "pages_held"), 0);
         kvc_disconnect(c);
 }
