@@ -164,3 +164,74 @@ Test(integration, write_gather_every_dtype_through_libkvclient, .fini = cleanup,
                 one_dtype(c, dtypes[i]);
         kvc_disconnect(c);
 }
+
+/* bf16 bits of a float that bf16 holds exactly. */
+static uint16_t bf16(float f)
+{
+        uint32_t u;
+
+        memcpy(&u, &f, 4);
+        return (uint16_t)(u >> 16);
+}
+
+/* kvc_decode and kvc_extend reach the attention reference through the
+ * library: with one cached token, attention returns that token's V. */
+Test(integration, decode_and_extend_through_libkvclient, .fini = cleanup, .timeout = 60)
+{
+        const char *pools[] = { kvt_pool_spec(0, "att", "bf16", "2MiB"), NULL };
+        kvc_client *c;
+        kvc_pool *p;
+        const struct kvc_pool_desc *d;
+        int32_t page;
+
+        cr_assert_eq(kvt_daemon_start(&D, pools), 0);
+        cr_assert_eq(kvc_connect(D.url, "attention", NULL, &c), 0);
+        cr_assert_eq(kvc_attach(c, "att", &p), 0);
+        d = kvc_pool_get_desc(p);
+        cr_assert_eq(kvc_alloc(p, 1, &page), 0);
+
+        uint32_t H = d->kv_heads, Dm = d->head_dim, Hq = 2 * H, row = H * Dm;
+        float *k = malloc(row * 4), *v = malloc(row * 4);
+        uint16_t *q = malloc(Hq * Dm * 2), *out = malloc(Hq * Dm * 2);
+        int64_t slot = (int64_t)page * d->page_size;
+        int32_t len = 1, indptr[2] = { 0, 1 };
+
+        for (uint32_t i = 0; i < row; i++) {
+                k[i] = (float)((int)(i % 7) - 3) * 0.25f;
+                v[i] = (float)((int)(i % 11) - 5) * 0.5f;
+        }
+        for (uint32_t i = 0; i < Hq * Dm; i++)
+                q[i] = bf16((float)((int)(i % 5) - 2) * 0.5f);
+        struct kvc_write_args w = { .k = k, .v = v, .elem = KVC_ELEM_F32, .k_row_stride = row,
+                                    .v_row_stride = row, .slots = &slot, .num_tokens = 1, .layer = 0 };
+
+        cr_assert_eq(kvc_write(p, &w, NULL), 0, "%s", kvc_errmsg(c));
+        struct kvc_decode_args da = { .q = q, .out = out, .elem = KVC_ELEM_BF16, .page_table = &page,
+                                      .max_pages = 1, .seq_lens = &len, .seq_lens_host = &len, .batch = 1,
+                                      .num_q_heads = Hq, .sm_scale = 0.125f, .layer = 0 };
+
+        memset(out, 0xff, Hq * Dm * 2);
+        cr_assert_eq(kvc_decode(p, &da, NULL), 0, "%s", kvc_errmsg(c));
+        /* Query head h reads kv head h / (Hq / H). */
+        for (uint32_t h = 0; h < Hq; h++)
+                for (uint32_t e = 0; e < Dm; e++)
+                        cr_assert_eq(out[h * Dm + e], bf16(v[(h / 2) * Dm + e]),
+                                     "decode head %u elem %u", h, e);
+        struct kvc_extend_args ea = { .q = q, .out = out, .elem = KVC_ELEM_BF16, .qo_indptr = indptr,
+                                      .qo_indptr_host = indptr, .page_table = &page, .max_pages = 1,
+                                      .seq_lens = &len, .seq_lens_host = &len, .batch = 1,
+                                      .num_q_heads = Hq, .sm_scale = 0.125f, .layer = 0 };
+
+        memset(out, 0xff, Hq * Dm * 2);
+        cr_assert_eq(kvc_extend(p, &ea, NULL), 0, "%s", kvc_errmsg(c));
+        for (uint32_t h = 0; h < Hq; h++)
+                for (uint32_t e = 0; e < Dm; e++)
+                        cr_assert_eq(out[h * Dm + e], bf16(v[(h / 2) * Dm + e]),
+                                     "extend head %u elem %u", h, e);
+        /* A bad argument comes back with the kernel's message. */
+        da.num_q_heads = H + 1;
+        cr_assert_eq(kvc_decode(p, &da, NULL), -EINVAL);
+        cr_assert(strstr(kvc_errmsg(c), "num_q_heads") != NULL, "%s", kvc_errmsg(c));
+        free(k); free(v); free(q); free(out);
+        kvc_disconnect(c);
+}
