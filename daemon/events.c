@@ -38,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <nng/nng.h>
 #include <nng/protocol/pubsub0/pub.h>
@@ -103,7 +104,37 @@ static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
                 atomic_fetch_sub(&e->subscribers, 1);
 }
 
-int kvd_events_open(const char *url, struct kvd_events **ret, char *err, size_t errlen)
+/* Listens on url; for an ipc:// url with mode != 0, the socket file gets
+ * that mode (set before it is bound, so it is never more open) and, with
+ * gid != (gid_t)-1, that group.  Returns an nng error (positive) or a
+ * negative errno, with err naming the step. */
+static int listen_on(struct kvd_events *e, const char *url, int mode, gid_t gid,
+                     char *err, size_t errlen)
+{
+        const char *path = strncmp(url, "ipc://", 6) == 0 ? url + 6 : NULL;
+        nng_listener l;
+        int rv = nng_listener_create(&l, e->sock, url);
+        if (rv == 0 && path && mode)
+                rv = nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, mode);
+        if (rv == 0)
+                rv = nng_listener_start(l, 0);
+        if (rv != 0) {
+                if (err)
+                        snprintf(err, errlen, "events: cannot listen on %s: %s", url, nng_strerror(rv));
+                return rv;
+        }
+        if (path && gid != (gid_t)-1 && chown(path, (uid_t)-1, gid) != 0) {
+                int saved = errno;
+                if (err)
+                        snprintf(err, errlen, "events: cannot give %s to group %u: %s", path,
+                                 (unsigned)gid, strerror(saved));
+                return -saved;
+        }
+        return 0;
+}
+
+int kvd_events_open_mode(const char *url, int mode, gid_t gid, struct kvd_events **ret,
+                         char *err, size_t errlen)
 {
         if (!ret)
                 return -EINVAL;
@@ -122,28 +153,36 @@ int kvd_events_open(const char *url, struct kvd_events **ret, char *err, size_t 
                 return 0;
         }
         int rv = nng_pub0_open(&e->sock);
-        if (rv == 0) {
+        if (rv != 0) {
+                if (err)
+                        snprintf(err, errlen, "events: cannot open a PUB socket: %s", nng_strerror(rv));
+        } else {
                 /* one alloc may evict thousands of pages at once: queue a
                  * burst per subscriber rather than drop it (default: 16) */
                 rv = nng_socket_set_int(e->sock, NNG_OPT_SENDBUF, EVENT_QUEUE);
+                if (rv != 0 && err)
+                        snprintf(err, errlen, "events: cannot size the send queue: %s", nng_strerror(rv));
                 if (rv == 0) {
                         nng_pipe_notify(e->sock, NNG_PIPE_EV_ADD_POST, on_pipe, e);
                         nng_pipe_notify(e->sock, NNG_PIPE_EV_REM_POST, on_pipe, e);
-                        rv = nng_listen(e->sock, url, NULL, 0);
+                        rv = listen_on(e, url, mode, gid, err, errlen);
                 }
                 if (rv != 0)
                         nng_close(e->sock);
         }
         if (rv != 0) {
-                if (err)
-                        snprintf(err, errlen, "events: cannot listen on %s: %s", url, nng_strerror(rv));
                 pthread_mutex_destroy(&e->lock);
                 free(e);
-                return nng_to_errno(rv);
+                return rv < 0 ? rv : nng_to_errno(rv);
         }
         e->open = 1;
         *ret = e;
         return 0;
+}
+
+int kvd_events_open(const char *url, struct kvd_events **ret, char *err, size_t errlen)
+{
+        return kvd_events_open_mode(url, 0, (gid_t)-1, ret, err, errlen);
 }
 
 /* Fills the common header; seq is set under the lock in send_event. */

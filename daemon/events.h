@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct kvd_events;
 
@@ -22,6 +23,12 @@ enum kvd_event_type {
 /* Listens on url (e.g. ipc:///run/kvpool/events.sock). NULL url: events off
  * (every call below is then a no-op). */
 int  kvd_events_open(const char *url, struct kvd_events **ret, char *err, size_t errlen);
+/* As kvd_events_open; for an ipc:// url, mode != 0 gives the socket file that
+ * mode (e.g. 0660, like the request socket) and gid != (gid_t)-1 that group,
+ * so that the operators who may use the request socket may also subscribe.
+ * (Added by 'pages'.) */
+int  kvd_events_open_mode(const char *url, int mode, gid_t gid, struct kvd_events **ret,
+                          char *err, size_t errlen);
 /* Publishes a shutdown event, then closes. Accepts NULL. */
 void kvd_events_close(struct kvd_events *e);
 void kvd_events_stored(struct kvd_events *e, const char *pool, uint32_t page, const uint8_t key[16]);

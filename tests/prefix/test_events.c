@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -161,6 +162,32 @@ Test(events, a_burst_is_not_dropped)
         }
         kvd_events_close(e);
         nng_close(sub);
+}
+
+Test(events, socket_mode_and_group)
+{
+        char url[128];
+        url_for(url, sizeof(url), "mode");
+        const char *path = url + strlen("ipc://");
+        struct kvd_events *e = NULL;
+        char err[256];
+        cr_assert_eq(kvd_events_open_mode(url, 0660, getgid(), &e, err, sizeof(err)), 0, "%s", err);
+        struct stat st;
+        cr_assert_eq(stat(path, &st), 0);
+        cr_assert_eq(st.st_mode & 0777, 0660, "mode %o", (unsigned)(st.st_mode & 0777));
+        cr_assert_eq(st.st_gid, getgid());
+        kvd_events_close(e);
+        url_for(url, sizeof(url), "mode");
+        cr_assert_eq(kvd_events_open_mode(url, 0600, (gid_t)-1, &e, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(stat(url + strlen("ipc://"), &st), 0);
+        cr_assert_eq(st.st_mode & 0777, 0600, "mode %o", (unsigned)(st.st_mode & 0777));
+        kvd_events_close(e);
+        /* a bad mode is refused by nng and named */
+        url_for(url, sizeof(url), "mode");
+        struct kvd_events *untouched = (struct kvd_events *)0x1;
+        cr_assert_lt(kvd_events_open_mode(url, 070000, (gid_t)-1, &untouched, err, sizeof(err)), 0);
+        cr_assert_eq(untouched, (struct kvd_events *)0x1);
+        cr_assert(strstr(err, url) != NULL, "error names the url: %s", err);
 }
 
 Test(events, off_and_errors)
