@@ -148,7 +148,8 @@ static int sync_stream(const struct kvc_pool_desc *d)
 
 static int fail(kvc_client *c, const char *what, int rv)
 {
-        fprintf(stderr, "kvpool-demo-worker: %s: %s (%s)\n", what, kvc_errmsg(c), strerror(-rv));
+        fprintf(stderr, "kvpool-demo-worker: %s failed: %s\n", what,
+                kvc_errmsg(c)[0] ? kvc_errmsg(c) : strerror(-rv));
         return 1;
 }
 

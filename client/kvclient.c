@@ -188,7 +188,11 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
                 rv = kv_err_to_errno(e.code);
                 if (rv >= 0)
                         rv = -EPROTO;
-                kvc__fail(c, rv, "%s: %.*s (%s)", what, (int)e.len, e.msg, kv_err_name(e.code));
+                /* The daemon's message names the request and what was wrong. */
+                if (e.len > 0)
+                        kvc__fail(c, rv, "%.*s (%s)", (int)e.len, e.msg, kv_err_name(e.code));
+                else
+                        kvc__fail(c, rv, "%s: refused by kvpoold (%s)", what, kv_err_name(e.code));
                 nng_msg_free(rep);
                 return rv;
         }
