@@ -14,13 +14,19 @@
  * A benchmark, not a test: it prints, it never fails on a figure.
  *
  * usage: bench_rtt [--kvpoold PATH] [--clients 1,4,16] [--pages 1,16,256]
- *                  [--pairs N] [--warmup N]
+ *                  [--pairs N] [--warmup N] [--rounds N] [--echo-timeouts MS]
+ * --pairs is per configuration over all clients and rounds; echo and kvpool
+ * alternate --rounds times (default 5) so that a busy machine's noise falls
+ * on both alike; percentiles pool every round.
+ * --echo-timeouts gives the echo sockets receive/send timeouts like kvpoold's
+ * and libkvclient's (a diagnostic: what the timeouts alone cost).
  * kvpoold is found, in order: --kvpoold, $KVPOOLD, beside this binary, or
  * in the build tree (../../daemon/kvpoold from bench/rtt/).
  *
  * The parent never touches nng (nng's threads do not survive fork): every
  * client and the echo server are fresh processes.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -52,6 +58,8 @@ struct opts {
         int         pages[MAX_LIST], npages;
         int         pairs;   /* alloc+free pairs per phase, over all clients */
         int         warmup;  /* pairs per client before the clock starts */
+        int         rounds;  /* echo and kvpool alternate this many times per configuration */
+        int         echo_tmo;/* ms: give the echo sockets kvpool's receive/send timeouts (0 = none) */
 };
 
 /* Per-phase results written by the client processes into shared memory. */
@@ -101,7 +109,7 @@ static int parse_list(const char *s, int *out, int max, const char *what)
 
 static const char *find_kvpoold(const char *given)
 {
-        static char path[PATH_MAX];
+        static char path[PATH_MAX + 32];
         static const char *const rel[] = { "kvpoold", "../../daemon/kvpoold", "../sbin/kvpoold" };
         char self[PATH_MAX];
         ssize_t n;
@@ -169,14 +177,9 @@ static pid_t start_kvpoold(const char *exe, const char *url, const char *pool_sp
                 if (strstr(buf, "READY=1"))
                         break;
         }
-        /* kvpoold keeps notifying (STATUS=, and WATCHDOG=1 if set): the
-         * socket stays open and a child drains it so sd_notify never blocks
-         * on a full queue; without WATCHDOG_USEC only STATUS= changes come. */
-        if (fork() == 0) {
-                for (;;)
-                        if (recv(fd, buf, sizeof(buf), 0) < 0 && errno != EINTR)
-                                _exit(0);
-        }
+        /* kvpoold keeps sending STATUS= as usage changes; with the socket
+         * gone those sends fail at once (kvpoold logs it once) instead of
+         * blocking on a queue nobody reads. */
         close(fd);
         unlink(nsock);
         return pid;
@@ -186,13 +189,14 @@ static pid_t start_kvpoold(const char *exe, const char *url, const char *pool_sp
 
 /* A REP socket echoing back a reply whose length the request's first four
  * bytes give (so replies match kvpool's sizes).  One thread, like kvpoold. */
-static void echo_server(const char *url, int ready_fd)
+static void echo_server(const char *url, int ready_fd, int tmo_ms)
 {
         nng_socket s;
         nng_msg *m;
         int rv;
 
         if ((rv = nng_rep0_open(&s)) || (rv = nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, KV_MAX_FRAME)) ||
+            (tmo_ms && (rv = nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, tmo_ms))) ||
             (rv = nng_listen(s, url, NULL, 0))) {
                 fprintf(stderr, "bench_rtt: echo server on %s: %s\n", url, nng_strerror(rv));
                 _exit(1);
@@ -201,7 +205,7 @@ static void echo_server(const char *url, int ready_fd)
         close(ready_fd);
         for (;;) {
                 if (nng_recvmsg(s, &m, 0) != 0)
-                        continue;
+                        continue; /* a timeout (with --echo-timeouts), like kvpoold's loop */
                 uint32_t want = nng_msg_len(m) >= 4 ? kv_le32(nng_msg_body(m)) : 0;
 
                 if (want > KV_MAX_FRAME || nng_msg_realloc(m, want) != 0 || nng_sendmsg(s, m, 0) != 0)
@@ -218,6 +222,7 @@ struct phase {
         int         pages;
         int         pairs;   /* per client */
         int         warmup;
+        int         echo_tmo;
         size_t      alloc_req, alloc_rep, free_req, free_rep; /* message sizes (echo) */
 };
 
@@ -259,6 +264,8 @@ static void client(const struct phase *ph, int idx, struct shared *sh, int ready
                         goto fail;
         } else {
                 if ((r = nng_req0_open(&s)) || (r = nng_socket_set_ms(s, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE)) ||
+                    (ph->echo_tmo && ((r = nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, ph->echo_tmo)) ||
+                                      (r = nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, ph->echo_tmo)))) ||
                     (r = nng_dial(s, ph->url, NULL, 0)))
                         goto fail;
         }
@@ -306,9 +313,68 @@ fail:
 
 struct result {
         double p50[2], p99[2]; /* us: alloc, free */
+        double srv_cpu_us;     /* server CPU time (all threads) per round trip */
+        double srv_cs;         /* server context switches per round trip */
         double rt_per_s;       /* round trips per second, all clients */
         double pages_per_s;    /* pages allocated per second */
 };
+
+/* Latencies of every round of one configuration, pooled. */
+struct samples {
+        uint64_t *v[2];   /* alloc, free (ns) */
+        size_t    n;
+        double    wall_s; /* summed over rounds */
+        double    pages;  /* pages allocated */
+        double    srv_ticks, srv_cs; /* server CPU (clock ticks) and context switches */
+};
+
+/* The server's CPU time in clock ticks, all threads (utime + stime). */
+static double proc_ticks(pid_t pid)
+{
+        char path[64], buf[1024], *p;
+        unsigned long ut = 0, st = 0;
+        FILE *f;
+
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+        if (!(f = fopen(path, "r")))
+                return 0;
+        buf[fread(buf, 1, sizeof(buf) - 1, f)] = '\0';
+        fclose(f);
+        p = strrchr(buf, ')'); /* the command name may hold spaces */
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
+                return (double)(ut + st);
+        return 0;
+}
+
+/* Context switches (voluntary + involuntary) of all the server's threads. */
+static double proc_cs(pid_t pid)
+{
+        char path[300], line[256];
+        double total = 0;
+        struct dirent *e;
+        DIR *d;
+
+        snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+        if (!(d = opendir(path)))
+                return 0;
+        while ((e = readdir(d))) {
+                unsigned long v;
+                FILE *f;
+
+                if (e->d_name[0] == '.')
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%d/task/%s/status", (int)pid, e->d_name);
+                if (!(f = fopen(path, "r")))
+                        continue;
+                while (fgets(line, sizeof(line), f))
+                        if (sscanf(line, "voluntary_ctxt_switches: %lu", &v) == 1 ||
+                            sscanf(line, "nonvoluntary_ctxt_switches: %lu", &v) == 1)
+                                total += (double)v;
+                fclose(f);
+        }
+        closedir(d);
+        return total;
+}
 
 static int cmp_u64(const void *a, const void *b)
 {
@@ -317,15 +383,17 @@ static int cmp_u64(const void *a, const void *b)
         return x < y ? -1 : x > y;
 }
 
-static void run_phase(const struct phase *ph, struct result *res)
+/* Runs one round of a phase: ph->clients processes, ph->pairs pairs each,
+ * started together; appends their latencies to acc. */
+static void run_phase(const struct phase *ph, pid_t server, struct samples *acc)
 {
+        double ticks0, cs0;
         size_t n = (size_t)ph->clients * ph->pairs;
         size_t bytes = sizeof(struct shared) + n * 2 * sizeof(uint64_t);
         struct shared *sh = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         int ready[2], go[2], st, failed = 0;
         pid_t pids[64];
         uint64_t t0 = UINT64_MAX, t1 = 0;
-        uint64_t *v;
         char ch;
 
         if (sh == MAP_FAILED || pipe(ready) || pipe(go))
@@ -343,33 +411,52 @@ static void run_phase(const struct phase *ph, struct result *res)
         for (int i = 0; i < ph->clients; i++)
                 if (read(ready[0], &ch, 1) != 1 || ch != 'r')
                         failed = 1;
+        ticks0 = proc_ticks(server);
+        cs0 = proc_cs(server);
         close(go[1]); /* go */
         for (int i = 0; i < ph->clients; i++) {
                 waitpid(pids[i], &st, 0);
                 if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || sh->failed[i])
                         failed = 1;
         }
+        acc->srv_ticks += proc_ticks(server) - ticks0;
+        acc->srv_cs += proc_cs(server) - cs0;
         close(ready[0]);
         if (failed)
                 die("a client failed: %s", sh->err[0] ? sh->err : "(crashed)");
-        v = malloc(n * sizeof(uint64_t));
-        if (!v)
-                die("out of memory");
         for (int op = 0; op < 2; op++) {
+                acc->v[op] = realloc(acc->v[op], (acc->n + n) * sizeof(uint64_t));
+                if (!acc->v[op])
+                        die("out of memory");
                 for (size_t i = 0; i < n; i++)
-                        v[i] = sh->lat[2 * i + op];
-                qsort(v, n, sizeof(*v), cmp_u64);
-                res->p50[op] = (double)v[n / 2] / 1e3;
-                res->p99[op] = (double)v[(n * 99) / 100] / 1e3;
+                        acc->v[op][acc->n + i] = sh->lat[2 * i + op];
         }
-        free(v);
+        acc->n += n;
         for (int i = 0; i < ph->clients; i++) {
                 t0 = sh->t_start[i] < t0 ? sh->t_start[i] : t0;
                 t1 = sh->t_end[i] > t1 ? sh->t_end[i] : t1;
         }
-        res->rt_per_s = 2.0 * (double)n / ((double)(t1 - t0) / 1e9);
-        res->pages_per_s = (double)n * ph->pages / ((double)(t1 - t0) / 1e9);
+        acc->wall_s += (double)(t1 - t0) / 1e9;
+        acc->pages += (double)n * ph->pages;
         munmap(sh, bytes);
+}
+
+static void summarize(struct samples *acc, struct result *res)
+{
+        for (int op = 0; op < 2; op++) {
+                qsort(acc->v[op], acc->n, sizeof(uint64_t), cmp_u64);
+                res->p50[op] = (double)acc->v[op][acc->n / 2] / 1e3;
+                res->p99[op] = (double)acc->v[op][(acc->n * 99) / 100] / 1e3;
+                free(acc->v[op]);
+                acc->v[op] = NULL;
+        }
+        res->rt_per_s = 2.0 * (double)acc->n / acc->wall_s;
+        res->pages_per_s = acc->pages / acc->wall_s;
+        res->srv_cpu_us = acc->srv_ticks * 1e6 / (double)sysconf(_SC_CLK_TCK) / (2.0 * (double)acc->n);
+        res->srv_cs = acc->srv_cs / (2.0 * (double)acc->n);
+        acc->srv_ticks = acc->srv_cs = 0;
+        acc->n = 0;
+        acc->wall_s = acc->pages = 0;
 }
 
 /* ---- main ------------------------------------------------------------------------ */
@@ -377,8 +464,8 @@ static void run_phase(const struct phase *ph, struct result *res)
 int main(int argc, char **argv)
 {
         struct opts o = { .clients = { 1, 4, 16 }, .nclients = 3, .pages = { 1, 16, 256 }, .npages = 3,
-                          .pairs = 6000, .warmup = 200 };
-        char url[128], echo_url[128], log[128], pool[256], sock[128], esock[128];
+                          .pairs = 6000, .warmup = 200, .rounds = 5 };
+        char url[160], echo_url[160], log[128], pool[256], sock[128], esock[128];
         struct result kv[MAX_LIST][MAX_LIST], ec[MAX_LIST][MAX_LIST];
         int maxc = 0, maxp = 0, efd[2];
         pid_t kvpid, echopid;
@@ -393,9 +480,11 @@ int main(int argc, char **argv)
                 else if (!strcmp(a, "--pages") && v) o.npages = parse_list(v, o.pages, MAX_LIST, "--pages");
                 else if (!strcmp(a, "--pairs") && v) o.pairs = atoi(v);
                 else if (!strcmp(a, "--warmup") && v) o.warmup = atoi(v);
+                else if (!strcmp(a, "--echo-timeouts") && v) o.echo_tmo = atoi(v);
+                else if (!strcmp(a, "--rounds") && v) o.rounds = atoi(v);
                 else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
                         printf("usage: %s [--kvpoold PATH] [--clients 1,4,16] [--pages 1,16,256] "
-                               "[--pairs N] [--warmup N]\n", argv[0]);
+                               "[--pairs N] [--warmup N] [--rounds N] [--echo-timeouts MS]\n", argv[0]);
                         return 0;
                 } else
                         die("unknown or incomplete option \"%s\" (see --help)", a);
@@ -408,8 +497,8 @@ int main(int argc, char **argv)
         }
         for (int i = 0; i < o.npages; i++)
                 maxp = o.pages[i] > maxp ? o.pages[i] : maxp;
-        if (o.pairs < 100 || o.warmup < 0)
-                die("--pairs must be at least 100 and --warmup at least 0");
+        if (o.pairs < 100 || o.warmup < 0 || o.rounds < 1 || o.rounds > o.pairs / 16)
+                die("--pairs must be at least 100, --warmup at least 0, --rounds 1..pairs/16");
         o.kvpoold = find_kvpoold(o.kvpoold);
 
         snprintf(sock, sizeof(sock), "/tmp/kvbench-%d.sock", (int)getpid());
@@ -428,7 +517,7 @@ int main(int argc, char **argv)
         echopid = fork();
         if (echopid == 0) {
                 close(efd[0]);
-                echo_server(echo_url, efd[1]);
+                echo_server(echo_url, efd[1], o.echo_tmo);
         }
         close(efd[1]);
         if (read(efd[0], &ch, 1) != 1)
@@ -436,8 +525,9 @@ int main(int argc, char **argv)
         close(efd[0]);
         kvpid = start_kvpoold(o.kvpoold, url, pool, log);
 
-        printf("# bench_rtt: %d pairs (alloc+free) per phase over all clients, %d warm-up pairs per client\n",
-               o.pairs, o.warmup);
+        printf("# bench_rtt: %d pairs (alloc+free) per configuration over all clients, in %d alternating rounds;"
+               " %d warm-up pairs per client and round%s\n",
+               o.pairs, o.rounds, o.warmup, o.echo_tmo ? "; echo with timeouts" : "");
         printf("# kvpoold %s, %ld CPUs online\n\n", o.kvpoold, sysconf(_SC_NPROCESSORS_ONLN));
         printf("| clients | pages | op | kvpool p50 µs | kvpool p99 µs | echo p50 µs | echo p99 µs | p50 ratio |\n");
         printf("|---:|---:|---|---:|---:|---:|---:|---:|\n");
@@ -446,6 +536,7 @@ int main(int argc, char **argv)
                         struct phase ph = {
                                 .clients = o.clients[ci], .pages = o.pages[pi],
                                 .pairs = (o.pairs + o.clients[ci] - 1) / o.clients[ci], .warmup = o.warmup,
+                                .echo_tmo = o.echo_tmo,
                         };
                         uint32_t np = (uint32_t)o.pages[pi];
                         struct kv_alloc_req ar = { 0, np };
@@ -457,14 +548,21 @@ int main(int argc, char **argv)
                         ph.free_req = kv_size_pages(np);
                         ph.free_rep = kv_size_pages(np) - 4;
 
-                        /* Echo first, then kvpool, for every configuration:
-                         * both see the same machine state. */
-                        ph.url = echo_url;
-                        ph.echo = 1;
-                        run_phase(&ph, &ec[ci][pi]);
-                        ph.url = url;
-                        ph.echo = 0;
-                        run_phase(&ph, &kv[ci][pi]);
+                        /* Echo and kvpool alternate in rounds, so that the
+                         * load of a shared machine falls on both alike. */
+                        struct samples se = { 0 }, sk = { 0 };
+
+                        ph.pairs = (ph.pairs + o.rounds - 1) / o.rounds;
+                        for (int r = 0; r < o.rounds; r++) {
+                                ph.url = echo_url;
+                                ph.echo = 1;
+                                run_phase(&ph, echopid, &se);
+                                ph.url = url;
+                                ph.echo = 0;
+                                run_phase(&ph, kvpid, &sk);
+                        }
+                        summarize(&se, &ec[ci][pi]);
+                        summarize(&sk, &kv[ci][pi]);
                         for (int op = 0; op < 2; op++)
                                 printf("| %d | %d | %s | %.1f | %.1f | %.1f | %.1f | %.2f |\n", o.clients[ci],
                                        o.pages[pi], op ? "free" : "alloc", kv[ci][pi].p50[op], kv[ci][pi].p99[op],
@@ -473,13 +571,15 @@ int main(int argc, char **argv)
                 }
         }
 
-        printf("\n| clients | pages | kvpool round trips/s | echo round trips/s | ratio | kvpool pages/s |\n");
-        printf("|---:|---:|---:|---:|---:|---:|\n");
+        printf("\n| clients | pages | kvpool round trips/s | echo round trips/s | ratio | kvpool pages/s "
+               "| kvpoold CPU µs/rt | echo CPU µs/rt | kvpoold cs/rt | echo cs/rt |\n");
+        printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for (int ci = 0; ci < o.nclients; ci++)
                 for (int pi = 0; pi < o.npages; pi++)
-                        printf("| %d | %d | %.0f | %.0f | %.2f | %.0f |\n", o.clients[ci], o.pages[pi],
-                               kv[ci][pi].rt_per_s, ec[ci][pi].rt_per_s, kv[ci][pi].rt_per_s / ec[ci][pi].rt_per_s,
-                               kv[ci][pi].pages_per_s);
+                        printf("| %d | %d | %.0f | %.0f | %.2f | %.0f | %.1f | %.1f | %.2f | %.2f |\n", o.clients[ci],
+                               o.pages[pi], kv[ci][pi].rt_per_s, ec[ci][pi].rt_per_s,
+                               kv[ci][pi].rt_per_s / ec[ci][pi].rt_per_s, kv[ci][pi].pages_per_s,
+                               kv[ci][pi].srv_cpu_us, ec[ci][pi].srv_cpu_us, kv[ci][pi].srv_cs, ec[ci][pi].srv_cs);
 
         /* Targets. */
         printf("\n");
