@@ -17,6 +17,9 @@
  *    kvc_gather, kvc_decode, kvc_extend) take no lock and may run
  *    concurrently.  Use one client per thread for parallel control requests.
  *  - Destructors accept NULL.
+ *  - fork(): nng, underneath, does not survive a fork; a child of a process
+ *    that has used libkvclient must exec before it connects (a client is
+ *    never carried across fork).
  *
  * Error values used throughout:
  *  -ECONNREFUSED / -ENOENT on connect: no daemon at that address
