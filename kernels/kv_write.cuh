@@ -14,10 +14,11 @@
  *
  * Bits: the result equals kv_ref_write bit for bit.  Conversions are the
  * codec's (kernels/kv_codec.h) or hardware instructions proven equal to them
- * on every input they are used for (tests/gpu/test_write_gather.cu checks
- * the hardware fp8 conversions against the codec over all 2^32 floats).
- * FP8 divides by the layer scale with an IEEE division (__fdiv_rn), as the
- * reference does: a precomputed reciprocal would round differently.
+ * on every input they are used for (tests/gpu/test_conv_exhaustive.cu runs
+ * them next to the codec over all 2^32 floats; tests/gpu/test_write_gather.cu
+ * compares whole pools with kv_ref_write).  FP8 divides by the layer scale
+ * with an IEEE division (__fdiv_rn), as the reference does: multiplying by
+ * a precomputed reciprocal alone would round differently.
  */
 #ifndef KV_WRITE_CUH
 #define KV_WRITE_CUH
