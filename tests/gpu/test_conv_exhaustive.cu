@@ -176,7 +176,7 @@ static int run(const char *name, void (*launch)(mism *), mism *dm)
                 printf("\n");
                 return 1;
         }
-        printf("ok   %s: equal to the codec on every input\n", name);
+        printf("ok   %s: no difference on any input\n", name);
         return 0;
 }
 
