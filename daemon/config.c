@@ -254,6 +254,10 @@ static int check_spec(const struct kvd_pool_spec *s, const char *where, char *er
                         return fail(err, errlen, "%s.capacity: %llu bytes do not hold a single page of this geometry",
                                     where, (unsigned long long)s->capacity_bytes);
         }
+        if (s->capacity_fraction > 0 && !kvd_backend_cuda)
+                return fail(err, errlen,
+                            "%s.capacity: a fraction (%g) is a share of free GPU memory, but this kvpoold was built without CUDA; give bytes (e.g. \"8GiB\")",
+                            where, s->capacity_fraction);
         if (s->capacity_fraction > 0 && strcmp(s->backend, "host") == 0)
                 return fail(err, errlen,
                             "%s.capacity: a fraction (%g) is a share of free GPU memory; host pools need bytes (e.g. \"8GiB\")",

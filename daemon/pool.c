@@ -59,6 +59,13 @@ static int choose_backend(const struct kvd_pool_spec *spec, const struct kvd_bac
                 *ret = &kvd_backend_host;
                 return 0;
         }
+        if (!want_cuda && kvd_backend_cuda && spec->geom.head_dim != 64 && spec->geom.head_dim != 128 &&
+            spec->geom.head_dim != 256) {
+                kvd_warn("pool %s: backend auto: head_dim %u is not supported by the CUDA kernels (64, 128, 256), "
+                         "using host shared memory", spec->name, spec->geom.head_dim);
+                *ret = &kvd_backend_host;
+                return 0;
+        }
         if (!kvd_backend_cuda) {
                 if (want_cuda) {
                         snprintf(err, errlen, "pool %s: backend \"cuda\" requested, but this kvpoold was built without CUDA",

@@ -175,6 +175,7 @@ Test(config, missing_file)
 Test(config, pool_arg)
 {
         struct kvd_pool_spec s;
+        int                  r;
 
         cr_assert_eq(kvd_config_parse_pool_arg("name=a,dtype=fp8_e5m2,layers=4,kv_heads=2,head_dim=256,"
                                                "page_size=8,capacity=1GiB,backend=cuda,device=3",
@@ -190,11 +191,18 @@ Test(config, pool_arg)
         cr_assert_eq(s.device, 3);
         kvd_pool_spec_fini(&s);
 
-        cr_assert_eq(kvd_config_parse_pool_arg("name=b,dtype=bf16,layers=4,kv_heads=2,head_dim=64,page_size=16,"
-                                               "capacity=0.9", &s, err, sizeof(err)), 0, "%s", err);
-        cr_assert_float_eq(s.capacity_fraction, 0.9, 1e-12);
-        cr_assert_eq(s.capacity_bytes, 0);
-        cr_assert_str_eq(s.backend, "auto");
+        /* A fraction of free GPU memory needs a build with CUDA. */
+        r = kvd_config_parse_pool_arg("name=b,dtype=bf16,layers=4,kv_heads=2,head_dim=64,page_size=16,capacity=0.9",
+                                      &s, err, sizeof(err));
+        if (kvd_backend_cuda) {
+                cr_assert_eq(r, 0, "%s", err);
+                cr_assert_float_eq(s.capacity_fraction, 0.9, 1e-12);
+                cr_assert_eq(s.capacity_bytes, 0);
+                cr_assert_str_eq(s.backend, "auto");
+        } else {
+                cr_assert_eq(r, -EINVAL);
+                cr_assert(strstr(err, "without CUDA"), "%s", err);
+        }
 
         struct { const char *arg, *frag; } bad[] = {
                 { "name=a,dtype=bf16,layers=4,kv_heads=2,head_dim=64,page_size=16,capacity=1G,colour=red", "colour" },
@@ -250,17 +258,32 @@ Test(config, capacities)
 Test(config, json_capacity_forms)
 {
         struct kvd_config c;
+        const char *fr[] = { "0.5", "\"90%\"" };
+        const double want[] = { 0.5, 0.9 };
+        char text[512];
 
         cr_assert_eq(parse_file(&c, "{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, "
-                                    "\"kv_heads\": 2, \"head_dim\": 64, \"page_size\": 16, \"capacity\": 0.5}]}"),
+                                    "\"kv_heads\": 2, \"head_dim\": 64, \"page_size\": 16, \"capacity\": 2097152}]}"),
                      0, "%s", err);
-        cr_assert_float_eq(c.pools[0].capacity_fraction, 0.5, 1e-12);
+        cr_assert_eq(c.pools[0].capacity_bytes, 2097152);
         kvd_config_fini(&c);
-        cr_assert_eq(parse_file(&c, "{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, "
-                                    "\"kv_heads\": 2, \"head_dim\": 64, \"page_size\": 16, \"capacity\": \"90%\"}]}"),
-                     0, "%s", err);
-        cr_assert_float_eq(c.pools[0].capacity_fraction, 0.9, 1e-12);
-        kvd_config_fini(&c);
+        /* fractions: a JSON number below 1 or a percentage string; they need
+         * a CUDA build (host pools take bytes) */
+        for (int i = 0; i < 2; i++) {
+                int r;
+
+                snprintf(text, sizeof(text), "{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, "
+                         "\"kv_heads\": 2, \"head_dim\": 64, \"page_size\": 16, \"capacity\": %s}]}", fr[i]);
+                r = parse_file(&c, text);
+                if (kvd_backend_cuda) {
+                        cr_assert_eq(r, 0, "%s", err);
+                        cr_assert_float_eq(c.pools[0].capacity_fraction, want[i], 1e-12);
+                        kvd_config_fini(&c);
+                } else {
+                        cr_assert_neq(r, 0);
+                        cr_assert(strstr(err, "pools[0].capacity") && strstr(err, "without CUDA"), "%s", err);
+                }
+        }
         expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
                           "\"head_dim\": 64, \"page_size\": 16, \"capacity\": true}]}", "pools[0].capacity", "boolean");
 }
