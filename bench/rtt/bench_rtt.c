@@ -11,6 +11,11 @@
  * kvpool/echo ratio, then checks the targets: kvpool's p50 within 1.3x of
  * echo's at every client count, and a 256-page alloc under 2x a 1-page one.
  *
+ * The last column is kvpoold's own service time per request (mean, from its
+ * kvpool_request_duration_seconds histogram, read over METRICS before and
+ * after each configuration): the part of the round trip that is kvpool's
+ * work rather than nng's transport.
+ *
  * A benchmark, not a test: it prints, it never fails on a figure.
  *
  * usage: bench_rtt [--kvpoold PATH] [--clients 1,4,16] [--pages 1,16,256]
@@ -313,6 +318,7 @@ fail:
 
 struct result {
         double p50[2], p99[2]; /* us: alloc, free */
+        double svc_us[2];      /* kvpoold's own time per alloc/free (its histogram), -1 if unknown */
         double srv_cpu_us;     /* server CPU time (all threads) per round trip */
         double srv_cs;         /* server context switches per round trip */
         double rt_per_s;       /* round trips per second, all clients */
@@ -459,6 +465,58 @@ static void summarize(struct samples *acc, struct result *res)
         acc->wall_s = acc->pages = 0;
 }
 
+/* kvpoold's own request histogram: the sum and count of
+ * kvpool_request_duration_seconds for alloc and free, read with a METRICS
+ * request from a child (the parent stays clear of nng).  The difference of
+ * two readings is the daemon's service time of the requests in between:
+ * what kvpool adds to the transport, measured from inside. */
+struct svc_times {
+        double sum[2], cnt[2];
+        int    ok;
+};
+
+static double metric_value(const char *text, const char *series)
+{
+        const char *p = strstr(text, series);
+
+        return p ? strtod(p + strlen(series), NULL) : -1;
+}
+
+static void read_service_times(const char *url, struct svc_times *ret)
+{
+        struct svc_times *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        pid_t pid;
+
+        memset(ret, 0, sizeof(*ret));
+        if (sh == MAP_FAILED)
+                return;
+        memset(sh, 0, sizeof(*sh));
+        pid = fork();
+        if (pid == 0) {
+                static const char *const ops[2] = { "alloc", "free" };
+                kvc_client *c = NULL;
+                char *text = NULL, series[128];
+
+                if (kvc_connect(url, "bench-metrics", NULL, &c) == 0 && kvc_metrics_text(c, &text) == 0) {
+                        sh->ok = 1;
+                        for (int op = 0; op < 2; op++) {
+                                snprintf(series, sizeof(series), "kvpool_request_duration_seconds_sum{op=\"%s\"} ", ops[op]);
+                                sh->sum[op] = metric_value(text, series);
+                                snprintf(series, sizeof(series), "kvpool_request_duration_seconds_count{op=\"%s\"} ", ops[op]);
+                                sh->cnt[op] = metric_value(text, series);
+                                if (sh->sum[op] < 0 || sh->cnt[op] < 0)
+                                        sh->ok = 0;
+                        }
+                }
+                free(text);
+                kvc_disconnect(c);
+                _exit(0);
+        }
+        waitpid(pid, NULL, 0);
+        *ret = *sh;
+        munmap(sh, sizeof(*sh));
+}
+
 /* ---- main ------------------------------------------------------------------------ */
 
 int main(int argc, char **argv)
@@ -529,8 +587,9 @@ int main(int argc, char **argv)
                " %d warm-up pairs per client and round%s\n",
                o.pairs, o.rounds, o.warmup, o.echo_tmo ? "; echo with timeouts" : "");
         printf("# kvpoold %s, %ld CPUs online\n\n", o.kvpoold, sysconf(_SC_NPROCESSORS_ONLN));
-        printf("| clients | pages | op | kvpool p50 µs | kvpool p99 µs | echo p50 µs | echo p99 µs | p50 ratio |\n");
-        printf("|---:|---:|---|---:|---:|---:|---:|---:|\n");
+        printf("| clients | pages | op | kvpool p50 µs | kvpool p99 µs | echo p50 µs | echo p99 µs | p50 ratio "
+               "| kvpoold service µs |\n");
+        printf("|---:|---:|---|---:|---:|---:|---:|---:|---:|\n");
         for (int ci = 0; ci < o.nclients; ci++) {
                 for (int pi = 0; pi < o.npages; pi++) {
                         struct phase ph = {
@@ -551,8 +610,10 @@ int main(int argc, char **argv)
                         /* Echo and kvpool alternate in rounds, so that the
                          * load of a shared machine falls on both alike. */
                         struct samples se = { 0 }, sk = { 0 };
+                        struct svc_times before, after;
 
                         ph.pairs = (ph.pairs + o.rounds - 1) / o.rounds;
+                        read_service_times(url, &before);
                         for (int r = 0; r < o.rounds; r++) {
                                 ph.url = echo_url;
                                 ph.echo = 1;
@@ -561,12 +622,20 @@ int main(int argc, char **argv)
                                 ph.echo = 0;
                                 run_phase(&ph, kvpid, &sk);
                         }
+                        read_service_times(url, &after);
                         summarize(&se, &ec[ci][pi]);
                         summarize(&sk, &kv[ci][pi]);
+                        for (int op = 0; op < 2; op++) {
+                                double n = after.cnt[op] - before.cnt[op];
+
+                                kv[ci][pi].svc_us[op] = before.ok && after.ok && n > 0
+                                        ? (after.sum[op] - before.sum[op]) / n * 1e6 : -1;
+                        }
                         for (int op = 0; op < 2; op++)
-                                printf("| %d | %d | %s | %.1f | %.1f | %.1f | %.1f | %.2f |\n", o.clients[ci],
+                                printf("| %d | %d | %s | %.1f | %.1f | %.1f | %.1f | %.2f | %.1f |\n", o.clients[ci],
                                        o.pages[pi], op ? "free" : "alloc", kv[ci][pi].p50[op], kv[ci][pi].p99[op],
-                                       ec[ci][pi].p50[op], ec[ci][pi].p99[op], kv[ci][pi].p50[op] / ec[ci][pi].p50[op]);
+                                       ec[ci][pi].p50[op], ec[ci][pi].p99[op], kv[ci][pi].p50[op] / ec[ci][pi].p50[op],
+                                       kv[ci][pi].svc_us[op]);
                         fflush(stdout);
                 }
         }
