@@ -408,9 +408,22 @@ __device__ __forceinline__ void load_tile(const params &p, const int32_t *__rest
 }
 
 /* QLO: q is f16 on a bf16-compute pool (see qb below); a template argument
- * so that the common bf16-q case does not pay its registers.  fp8/fp4
- * kernels at D <= 128 are asked to fit 4 CTAs (16 warps, 2 tiles each in
- * flight) per SM: 128 registers, a few bytes of spill. */
+ * so that the common bf16-q case does not pay its registers.
+ *
+ * Variants measured on the H200 (docs/benchmarks.md, "Decode attention"),
+ * kept as compile-time switches because each is correct (the GPU test and
+ * the SDPA check pass with every one) and the trade-off may move with the
+ * shape:
+ *   KVA_MINB8=4   fp8/fp4 kernels squeezed to 128 registers for 4 CTAs per
+ *                 SM: 80-120 bytes of spill; slower at large B*L (fp8 e5m2
+ *                 924 vs 602 us at B=32, L=32k), so the default is 1 (about
+ *                 150 registers, 3 CTAs per SM).
+ *   KVA_FP8MMA=1  fp8 K fed to mma.sync m16n8k32 as stored (no conversion),
+ *                 q as three e4m3 terms: 248 registers, 2 CTAs per SM,
+ *                 slower (fp8 e4m3 829 vs 675 us at B=32, L=32k).
+ *   KVA_PIPE8=0   fp8/fp4 with one tile in flight per warp (not measured
+ *                 alone; the first version, which also lacked the
+ *                 page-uniform addressing, ran fp8 e5m2 at 880 us there). */
 #ifndef KVA_FP8MMA
 #define KVA_FP8MMA 0    /* 1: fp8 K straight into fp8 mma (q as 3 e4m3 terms) */
 #endif
@@ -421,7 +434,7 @@ __device__ __forceinline__ void load_tile(const params &p, const int32_t *__rest
 #define KVA_PIPE16 0    /* 1: bf16/fp16 kernels keep two tiles in flight too */
 #endif
 #ifndef KVA_MINB8
-#define KVA_MINB8 4     /* CTAs per SM asked of fp8/fp4 kernels at D <= 128 */
+#define KVA_MINB8 1     /* CTAs per SM asked of fp8/fp4 kernels at D <= 128 */
 #endif
 template <int DT, int D, bool QLO>
 __global__ void __launch_bounds__(THREADS, (DT >= KVC_DTYPE_FP8_E4M3 && D <= 128 && !QLO) ? KVA_MINB8 : 1)
