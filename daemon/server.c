@@ -742,6 +742,26 @@ static int start_listener(struct kvd_server *s, const struct kvd_server_cfg *cfg
         return 0;
 }
 
+/* The event socket gets the request socket's mode and group, so that the
+ * members of the group who may send requests may also subscribe (nng creates
+ * it with the process umask). */
+static int secure_events_socket(struct kvd_server *s, const struct kvd_server_cfg *cfg, char *err, size_t errlen)
+{
+        const char *path;
+        mode_t      mode = (mode_t)(cfg->socket_mode ? cfg->socket_mode : 0600);
+
+        if (!s->events_url || strncmp(s->events_url, "ipc://", 6) != 0)
+                return 0;
+        path = s->events_url + 6;
+        if (chmod(path, mode) != 0 || (cfg->has_group && chown(path, (uid_t)-1, cfg->group) != 0)) {
+                int e = errno;
+                snprintf(err, errlen, "cannot set mode %04o%s on the event socket %s: %s", (unsigned)mode,
+                         cfg->has_group ? " and group" : "", path, strerror(e));
+                return -e;
+        }
+        return 0;
+}
+
 int kvd_server_new(const struct kvd_server_cfg *cfg, struct kvd_pool **pools, uint32_t num_pools,
                    struct kvd_server **ret, char *err, size_t errlen)
 {
@@ -794,6 +814,8 @@ int kvd_server_new(const struct kvd_server_cfg *cfg, struct kvd_pool **pools, ui
                 goto fail;
         for (uint32_t i = 0; i < num_pools; i++)
                 pools[i]->events = s->events;
+        if ((r = secure_events_socket(s, cfg, err, errlen)))
+                goto fail;
         if (cfg->metrics_addr && *cfg->metrics_addr) {
                 if ((r = kvd_metrics_http_start(s->metrics, s, cfg->metrics_addr, err, errlen)))
                         goto fail;
