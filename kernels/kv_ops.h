@@ -6,7 +6,7 @@
  *              (kernels/kv_ref_*.c; what the host backend runs and what GPU
  *              tests compare against);
  *   kv_cuda_*  CUDA launcher, device pointers, asynchronous on stream
- *              (kernels/*.cu; only when built with CUDA, else they return
+ *              (kernels/kv_*.cu; only when built with CUDA, else they return
  *              -ENOSYS).
  * All return 0 or a negative errno, having checked every host-side argument
  * before launching anything; on error, msg (if not NULL) gets a line naming
