@@ -1,4 +1,5 @@
-/* config.c - kvpoold's command line and JSON configuration (see config.h). */
+/* config.c - kvpoold's command line, precedence and defaults, pool specs and
+ * capacities (see config.h); the JSON file is read by config_file.c. */
 #include <ctype.h>
 #include <errno.h>
 #include <grp.h>
@@ -9,15 +10,12 @@
 #include <string.h>
 #include <strings.h>
 #include <cjson/cJSON.h>
-#include "config.h"
+#include "config_int.h"
 #include "log.h"
 #include "kv_layout.h"
 #include "scales.h"
 
-#define MAX_CONFIG_FILE (4u << 20)
-
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...)
+int kvd_cfg_fail(char *err, size_t errlen, const char *fmt, ...)
 {
         va_list ap;
 
@@ -64,7 +62,7 @@ void kvd_pool_spec_fini(struct kvd_pool_spec *s)
         s->scales_cfg = NULL;
 }
 
-static void spec_defaults(struct kvd_pool_spec *s)
+void kvd_cfg_spec_defaults(struct kvd_pool_spec *s)
 {
         memset(s, 0, sizeof(*s));
         strcpy(s->backend, "auto");
@@ -75,7 +73,7 @@ static void spec_defaults(struct kvd_pool_spec *s)
 
 void kvd_config_default_pool(struct kvd_pool_spec *ret)
 {
-        spec_defaults(ret);
+        kvd_cfg_spec_defaults(ret);
         strcpy(ret->name, "default");
         ret->geom.dtype = KVC_DTYPE_FP8_E4M3;
         ret->geom.num_layers = 32;
@@ -98,15 +96,15 @@ int kvd_config_parse_capacity(const char *s, uint64_t *ret_bytes, double *ret_fr
         int         has_dot;
 
         if (!s)
-                return fail(err, errlen, "capacity missing: %s", expect);
+                return kvd_cfg_fail(err, errlen, "capacity missing: %s", expect);
         while (isspace((unsigned char)*s))
                 s++;
         if (!*s || *s == '-' || *s == '+')
-                return fail(err, errlen, "capacity \"%s\": %s", s, expect);
+                return kvd_cfg_fail(err, errlen, "capacity \"%s\": %s", s, expect);
         errno = 0;
         v = strtod(s, &end);
         if (end == s || errno || !isfinite(v) || v <= 0)
-                return fail(err, errlen, "capacity \"%s\": %s", s, expect);
+                return kvd_cfg_fail(err, errlen, "capacity \"%s\": %s", s, expect);
         has_dot = memchr(s, '.', (size_t)(end - s)) || memchr(s, 'e', (size_t)(end - s)) ||
                   memchr(s, 'E', (size_t)(end - s));
         p = end;
@@ -117,14 +115,14 @@ int kvd_config_parse_capacity(const char *s, uint64_t *ret_bytes, double *ret_fr
                 while (isspace((unsigned char)*p))
                         p++;
                 if (*p || v > 100.0)
-                        return fail(err, errlen, "capacity \"%s\": a percentage must be in (0, 100]%%", s);
+                        return kvd_cfg_fail(err, errlen, "capacity \"%s\": a percentage must be in (0, 100]%%", s);
                 *ret_fraction = v / 100.0;
                 *ret_bytes = 0;
                 return 0;
         }
         if (!*p && has_dot) {
                 if (v > 1.0)
-                        return fail(err, errlen, "capacity \"%s\": a fraction must be in (0, 1]; %s", s, expect);
+                        return kvd_cfg_fail(err, errlen, "capacity \"%s\": a fraction must be in (0, 1]; %s", s, expect);
                 *ret_fraction = v;
                 *ret_bytes = 0;
                 return 0;
@@ -140,7 +138,7 @@ int kvd_config_parse_capacity(const char *s, uint64_t *ret_bytes, double *ret_fr
                 case 'T': exp = 4; break;
                 case 'B': exp = 0; break;
                 default:
-                        return fail(err, errlen, "capacity \"%s\": unknown suffix \"%s\"; %s", s, p, expect);
+                        return kvd_cfg_fail(err, errlen, "capacity \"%s\": unknown suffix \"%s\"; %s", s, p, expect);
                 }
                 if (exp) {
                         p++;
@@ -152,13 +150,13 @@ int kvd_config_parse_capacity(const char *s, uint64_t *ret_bytes, double *ret_fr
                 if (*p == 'B' || *p == 'b')
                         p++;
                 if (*p)
-                        return fail(err, errlen, "capacity \"%s\": unknown suffix; %s", s, expect);
+                        return kvd_cfg_fail(err, errlen, "capacity \"%s\": unknown suffix; %s", s, expect);
                 for (int i = 0; i < exp; i++)
                         mult *= base;
         }
         v = v * mult;
         if (v < 1.0 || v > 1.8e19)
-                return fail(err, errlen, "capacity \"%s\": out of range; %s", s, expect);
+                return kvd_cfg_fail(err, errlen, "capacity \"%s\": out of range; %s", s, expect);
         *ret_bytes = (uint64_t)llround(v);
         *ret_fraction = 0.0;
         return 0;
@@ -166,18 +164,18 @@ int kvd_config_parse_capacity(const char *s, uint64_t *ret_bytes, double *ret_fr
 
 /* ---- pool fields ---------------------------------------------------------- */
 
-static int check_pool_name(const char *name, const char *where, char *err, size_t errlen)
+int kvd_cfg_check_name(const char *name, const char *where, char *err, size_t errlen)
 {
         size_t n = strlen(name);
 
         if (n == 0 || n >= KV_NAME_LEN)
-                return fail(err, errlen, "%s: expected a pool name of 1 to %u characters, got \"%s\"",
+                return kvd_cfg_fail(err, errlen, "%s: expected a pool name of 1 to %u characters, got \"%s\"",
                             where, KV_NAME_LEN - 1, name);
         for (size_t i = 0; i < n; i++) {
                 unsigned char c = (unsigned char)name[i];
                 /* The name goes into the shm object name and the status JSON. */
                 if (!isalnum(c) && c != '_' && c != '-' && c != '.')
-                        return fail(err, errlen,
+                        return kvd_cfg_fail(err, errlen,
                                     "%s: \"%s\" has a '%c': expected letters, digits, '_', '-' and '.'",
                                     where, name, c);
         }
@@ -199,17 +197,17 @@ static int parse_u32_str(const char *v, uint32_t *ret)
         return 0;
 }
 
-static int check_backend(const char *v, const char *where, char *err, size_t errlen)
+int kvd_cfg_check_backend(const char *v, const char *where, char *err, size_t errlen)
 {
         if (strcmp(v, "auto") && strcmp(v, "host") && strcmp(v, "cuda"))
-                return fail(err, errlen, "%s: expected \"auto\", \"host\" or \"cuda\", got \"%s\"", where, v);
+                return kvd_cfg_fail(err, errlen, "%s: expected \"auto\", \"host\" or \"cuda\", got \"%s\"", where, v);
         return 0;
 }
 
-static int check_dtype(const char *v, enum kvc_dtype *ret, const char *where, char *err, size_t errlen)
+int kvd_cfg_check_dtype(const char *v, enum kvc_dtype *ret, const char *where, char *err, size_t errlen)
 {
         if (kvc_dtype_parse(v, ret) != 0)
-                return fail(err, errlen,
+                return kvd_cfg_fail(err, errlen,
                             "%s: expected bf16, fp16, fp8_e4m3, fp8_e5m2 or fp4_e2m1, got \"%s\"", where, v);
         return 0;
 }
@@ -217,53 +215,53 @@ static int check_dtype(const char *v, enum kvc_dtype *ret, const char *where, ch
 /* Checks a complete spec: every required field given, geometry valid, a
  * fraction only where a GPU can be used.  where: "FILE: pools[1]" or
  * "--pool 'x'". */
-static int check_spec(const struct kvd_pool_spec *s, const char *where, char *err, size_t errlen)
+int kvd_cfg_check_spec(const struct kvd_pool_spec *s, const char *where, char *err, size_t errlen)
 {
         char e[256];
 
         if (!s->name[0])
-                return fail(err, errlen, "%s.name: missing (every pool needs a name)", where);
+                return kvd_cfg_fail(err, errlen, "%s.name: missing (every pool needs a name)", where);
         if (s->geom.dtype == KVC_DTYPE__COUNT)
-                return fail(err, errlen, "%s.dtype: missing (bf16, fp16, fp8_e4m3, fp8_e5m2 or fp4_e2m1)", where);
+                return kvd_cfg_fail(err, errlen, "%s.dtype: missing (bf16, fp16, fp8_e4m3, fp8_e5m2 or fp4_e2m1)", where);
         if (!s->geom.num_layers)
-                return fail(err, errlen, "%s.layers: missing or 0 (expected 1 to %u)", where, KV_MAX_LAYERS);
+                return kvd_cfg_fail(err, errlen, "%s.layers: missing or 0 (expected 1 to %u)", where, KV_MAX_LAYERS);
         if (!s->geom.kv_heads)
-                return fail(err, errlen, "%s.kv_heads: missing or 0 (expected 1 to 256)", where);
+                return kvd_cfg_fail(err, errlen, "%s.kv_heads: missing or 0 (expected 1 to 256)", where);
         if (!s->geom.head_dim)
-                return fail(err, errlen, "%s.head_dim: missing or 0 (expected 64, 128 or 256)", where);
+                return kvd_cfg_fail(err, errlen, "%s.head_dim: missing or 0 (expected 64, 128 or 256)", where);
         if (!s->geom.page_size)
-                return fail(err, errlen, "%s.page_size: missing or 0 (expected 1 to 1024)", where);
+                return kvd_cfg_fail(err, errlen, "%s.page_size: missing or 0 (expected 1 to 1024)", where);
         if (!s->capacity_bytes && s->capacity_fraction <= 0)
-                return fail(err, errlen, "%s.capacity: missing (e.g. \"8GiB\" or \"90%%\")", where);
+                return kvd_cfg_fail(err, errlen, "%s.capacity: missing (e.g. \"8GiB\" or \"90%%\")", where);
         if (s->geom.num_layers > KV_MAX_LAYERS)
-                return fail(err, errlen, "%s.layers: %u is above the limit %u", where,
+                return kvd_cfg_fail(err, errlen, "%s.layers: %u is above the limit %u", where,
                             s->geom.num_layers, KV_MAX_LAYERS);
         if (s->geom.kv_heads > 256)
-                return fail(err, errlen, "%s.kv_heads: %u is above the limit 256", where, s->geom.kv_heads);
+                return kvd_cfg_fail(err, errlen, "%s.kv_heads: %u is above the limit 256", where, s->geom.kv_heads);
         if (s->geom.page_size > 1024)
-                return fail(err, errlen, "%s.page_size: %u is above the limit 1024", where, s->geom.page_size);
+                return kvd_cfg_fail(err, errlen, "%s.page_size: %u is above the limit 1024", where, s->geom.page_size);
         if (s->geom.head_dim % 16 || s->geom.head_dim > 512)
-                return fail(err, errlen,
+                return kvd_cfg_fail(err, errlen,
                             "%s.head_dim: expected 64, 128 or 256 (host pools: a multiple of 16 up to 512), got %u",
                             where, s->geom.head_dim);
         if (kv_geom_check(&s->geom, e, sizeof(e)) != 0)
-                return fail(err, errlen, "%s: %s", where, e);
+                return kvd_cfg_fail(err, errlen, "%s: %s", where, e);
         if (s->capacity_bytes) {
                 struct kv_layout L;
                 if (kv_layout_fit(&s->geom, s->capacity_bytes, &L) != 0)
-                        return fail(err, errlen, "%s.capacity: %llu bytes do not hold a single page of this geometry",
+                        return kvd_cfg_fail(err, errlen, "%s.capacity: %llu bytes do not hold a single page of this geometry",
                                     where, (unsigned long long)s->capacity_bytes);
         }
         if (s->capacity_fraction > 0 && !kvd_backend_cuda)
-                return fail(err, errlen,
+                return kvd_cfg_fail(err, errlen,
                             "%s.capacity: a fraction (%g) is a share of free GPU memory, but this kvpoold was built without CUDA; give bytes (e.g. \"8GiB\")",
                             where, s->capacity_fraction);
         if (s->capacity_fraction > 0 && strcmp(s->backend, "host") == 0)
-                return fail(err, errlen,
+                return kvd_cfg_fail(err, errlen,
                             "%s.capacity: a fraction (%g) is a share of free GPU memory; host pools need bytes (e.g. \"8GiB\")",
                             where, s->capacity_fraction);
         if (s->pressure_low < 0 || s->pressure_high > 1 || s->pressure_low > s->pressure_high)
-                return fail(err, errlen,
+                return kvd_cfg_fail(err, errlen,
                             "%s.pressure: expected 0 <= low <= high <= 1, got low %g high %g",
                             where, s->pressure_low, s->pressure_high);
         return 0;
@@ -276,9 +274,9 @@ int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *
         char                *save = NULL, *tok;
         int                  r = 0;
 
-        spec_defaults(&s);
+        kvd_cfg_spec_defaults(&s);
         if (!arg || strlen(arg) >= sizeof(buf))
-                return fail(err, errlen, "--pool: expected name=…,dtype=…,layers=…,kv_heads=…,head_dim=…,page_size=…,capacity=…");
+                return kvd_cfg_fail(err, errlen, "--pool: expected name=…,dtype=…,layers=…,kv_heads=…,head_dim=…,page_size=…,capacity=…");
         strcpy(buf, arg);
         snprintf(where, sizeof(where), "--pool");
         for (tok = strtok_r(buf, ",", &save); tok && !r; tok = strtok_r(NULL, ",", &save)) {
@@ -287,21 +285,21 @@ int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *
                 uint32_t  u = 0;
 
                 if (!eq)
-                        return fail(err, errlen, "--pool \"%s\": \"%s\" is not key=value", arg, tok);
+                        return kvd_cfg_fail(err, errlen, "--pool \"%s\": \"%s\" is not key=value", arg, tok);
                 *eq = 0;
                 v = eq + 1;
                 if (strcmp(k, "name") == 0) {
-                        if ((r = check_pool_name(v, "--pool name", err, errlen)))
+                        if ((r = kvd_cfg_check_name(v, "--pool name", err, errlen)))
                                 return r;
                         strcpy(s.name, v);
                         snprintf(where, sizeof(where), "--pool '%s'", s.name);
                 } else if (strcmp(k, "dtype") == 0) {
-                        if (check_dtype(v, &s.geom.dtype, "--pool dtype", err, errlen))
+                        if (kvd_cfg_check_dtype(v, &s.geom.dtype, "--pool dtype", err, errlen))
                                 return -EINVAL;
                 } else if (!strcmp(k, "layers") || !strcmp(k, "kv_heads") || !strcmp(k, "head_dim") ||
                            !strcmp(k, "page_size") || !strcmp(k, "device")) {
                         if (parse_u32_str(v, &u))
-                                return fail(err, errlen, "--pool %s: expected a non-negative integer, got \"%s\"", k, v);
+                                return kvd_cfg_fail(err, errlen, "--pool %s: expected a non-negative integer, got \"%s\"", k, v);
                         if (!strcmp(k, "layers"))
                                 s.geom.num_layers = u;
                         else if (!strcmp(k, "kv_heads"))
@@ -311,311 +309,26 @@ int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *
                         else if (!strcmp(k, "page_size"))
                                 s.geom.page_size = u;
                         else if (u > 1024)
-                                return fail(err, errlen, "--pool device: %u is not a plausible CUDA ordinal", u);
+                                return kvd_cfg_fail(err, errlen, "--pool device: %u is not a plausible CUDA ordinal", u);
                         else
                                 s.device = (int)u;
                 } else if (strcmp(k, "capacity") == 0) {
                         if (kvd_config_parse_capacity(v, &s.capacity_bytes, &s.capacity_fraction, e, sizeof(e)))
-                                return fail(err, errlen, "--pool %s", e);
+                                return kvd_cfg_fail(err, errlen, "--pool %s", e);
                 } else if (strcmp(k, "backend") == 0) {
-                        if (check_backend(v, "--pool backend", err, errlen))
+                        if (kvd_cfg_check_backend(v, "--pool backend", err, errlen))
                                 return -EINVAL;
                         strcpy(s.backend, v);
                 } else {
-                        return fail(err, errlen,
+                        return kvd_cfg_fail(err, errlen,
                                     "--pool: unknown key \"%s\" (expected name, dtype, layers, kv_heads, head_dim, page_size, capacity, backend, device)",
                                     k);
                 }
         }
-        if ((r = check_spec(&s, where, err, errlen)))
+        if ((r = kvd_cfg_check_spec(&s, where, err, errlen)))
                 return r;
         *ret = s;
         return 0;
-}
-
-/* ---- JSON file -------------------------------------------------------------- */
-
-static const char *json_type(const cJSON *j)
-{
-        if (cJSON_IsString(j)) return "a string";
-        if (cJSON_IsNumber(j)) return "a number";
-        if (cJSON_IsBool(j)) return "a boolean";
-        if (cJSON_IsNull(j)) return "null";
-        if (cJSON_IsArray(j)) return "an array";
-        if (cJSON_IsObject(j)) return "an object";
-        return "an invalid value";
-}
-
-static int json_u32(const cJSON *j, const char *file, const char *key, uint32_t *ret, char *err, size_t errlen)
-{
-        double d;
-
-        if (!cJSON_IsNumber(j))
-                return fail(err, errlen, "%s: %s: expected a non-negative integer, got %s", file, key, json_type(j));
-        d = j->valuedouble;
-        if (d < 0 || d > UINT32_MAX || floor(d) != d)
-                return fail(err, errlen, "%s: %s: expected a non-negative integer, got %g", file, key, d);
-        *ret = (uint32_t)d;
-        return 0;
-}
-
-static int json_string(const cJSON *j, const char *file, const char *key, const char **ret, char *err, size_t errlen)
-{
-        if (!cJSON_IsString(j))
-                return fail(err, errlen, "%s: %s: expected a string, got %s", file, key, json_type(j));
-        *ret = j->valuestring;
-        return 0;
-}
-
-static int json_pressure(const cJSON *j, const char *file, const char *key, struct kvd_pool_spec *s,
-                         char *err, size_t errlen)
-{
-        const cJSON *it;
-
-        if (!cJSON_IsObject(j))
-                return fail(err, errlen, "%s: %s: expected an object {\"low\": 0.1, \"high\": 0.2}, got %s",
-                            file, key, json_type(j));
-        cJSON_ArrayForEach(it, j) {
-                double *dst;
-
-                if (strcmp(it->string, "low") == 0)
-                        dst = &s->pressure_low;
-                else if (strcmp(it->string, "high") == 0)
-                        dst = &s->pressure_high;
-                else
-                        return fail(err, errlen, "%s: %s.%s: unknown key (expected low, high)", file, key, it->string);
-                if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble > 1)
-                        return fail(err, errlen, "%s: %s.%s: expected a free fraction between 0 and 1", file, key,
-                                    it->string);
-                *dst = it->valuedouble;
-        }
-        return 0;
-}
-
-static int json_pool(const cJSON *jp, const char *file, uint32_t idx, struct kvd_pool_spec *ret,
-                     char *err, size_t errlen)
-{
-        struct kvd_pool_spec s;
-        const cJSON         *it;
-        char                 key[96], where[600], e[256];
-        const char          *str = NULL;
-        int                  r = 0;
-
-        spec_defaults(&s);
-        if (!cJSON_IsObject(jp))
-                return fail(err, errlen, "%s: pools[%u]: expected an object, got %s", file, idx, json_type(jp));
-        cJSON_ArrayForEach(it, jp) {
-                uint32_t u = 0;
-
-                snprintf(key, sizeof(key), "pools[%u].%s", idx, it->string);
-                if (!strcmp(it->string, "name")) {
-                        if (!(r = json_string(it, file, key, &str, err, errlen))) {
-                                snprintf(where, sizeof(where), "%s: %s", file, key);
-                                if (!(r = check_pool_name(str, where, err, errlen)))
-                                        strcpy(s.name, str);
-                        }
-                } else if (!strcmp(it->string, "dtype")) {
-                        snprintf(where, sizeof(where), "%s: %s", file, key);
-                        if (!(r = json_string(it, file, key, &str, err, errlen)))
-                                r = check_dtype(str, &s.geom.dtype, where, err, errlen);
-                } else if (!strcmp(it->string, "layers") || !strcmp(it->string, "kv_heads") ||
-                           !strcmp(it->string, "head_dim") || !strcmp(it->string, "page_size") ||
-                           !strcmp(it->string, "device")) {
-                        if ((r = json_u32(it, file, key, &u, err, errlen)))
-                                break;
-                        if (!strcmp(it->string, "layers"))
-                                s.geom.num_layers = u;
-                        else if (!strcmp(it->string, "kv_heads"))
-                                s.geom.kv_heads = u;
-                        else if (!strcmp(it->string, "head_dim"))
-                                s.geom.head_dim = u;
-                        else if (!strcmp(it->string, "page_size"))
-                                s.geom.page_size = u;
-                        else if (u > 1024)
-                                r = fail(err, errlen, "%s: %s: %u is not a plausible CUDA ordinal", file, key, u);
-                        else
-                                s.device = (int)u;
-                } else if (!strcmp(it->string, "capacity")) {
-                        if (cJSON_IsString(it)) {
-                                r = kvd_config_parse_capacity(it->valuestring, &s.capacity_bytes,
-                                                              &s.capacity_fraction, e, sizeof(e));
-                        } else if (cJSON_IsNumber(it) && it->valuedouble > 0 && it->valuedouble < 1) {
-                                s.capacity_fraction = it->valuedouble;
-                        } else if (cJSON_IsNumber(it) && it->valuedouble >= 1 && it->valuedouble < 1.8e19 &&
-                                   floor(it->valuedouble) == it->valuedouble) {
-                                s.capacity_bytes = (uint64_t)it->valuedouble;
-                        } else {
-                                r = -EINVAL;
-                                snprintf(e, sizeof(e),
-                                         "expected bytes (a whole number or a string like \"8GiB\") or a fraction (0.9 or \"90%%\"), got %s",
-                                         json_type(it));
-                        }
-                        if (r)
-                                r = fail(err, errlen, "%s: %s: %s", file, key, e);
-                } else if (!strcmp(it->string, "backend")) {
-                        snprintf(where, sizeof(where), "%s: %s", file, key);
-                        if (!(r = json_string(it, file, key, &str, err, errlen)) &&
-                            !(r = check_backend(str, where, err, errlen)))
-                                strcpy(s.backend, str);
-                } else if (!strcmp(it->string, "scales")) {
-                        if (!cJSON_IsObject(it)) {
-                                r = fail(err, errlen, "%s: %s: expected an object like {\"source\": \"json\", \"path\": FILE}, got %s",
-                                         file, key, json_type(it));
-                        } else if (!s.scales_cfg && !(s.scales_cfg = cJSON_Duplicate(it, 1))) {
-                                r = -ENOMEM;
-                                snprintf(err, errlen, "%s: %s: out of memory", file, key);
-                        }
-                } else if (!strcmp(it->string, "pressure")) {
-                        r = json_pressure(it, file, key, &s, err, errlen);
-                } else {
-                        r = fail(err, errlen,
-                                 "%s: %s: unknown key (expected name, dtype, layers, kv_heads, head_dim, page_size, capacity, backend, device, scales, pressure)",
-                                 file, key);
-                }
-                if (r)
-                        break;
-        }
-        if (!r) {
-                snprintf(where, sizeof(where), "%s: pools[%u]", file, idx);
-                r = check_spec(&s, where, err, errlen);
-        }
-        if (r) {
-                kvd_pool_spec_fini(&s);
-                return r;
-        }
-        *ret = s;
-        return 0;
-}
-
-static char *read_file(const char *path, size_t *ret_len, char *err, size_t errlen, int *ret_err)
-{
-        FILE  *f = fopen(path, "rb");
-        char  *buf = NULL;
-        size_t n = 0;
-
-        if (!f) {
-                *ret_err = -errno;
-                snprintf(err, errlen, "%s: cannot open config file: %s", path, strerror(errno));
-                return NULL;
-        }
-        buf = malloc(MAX_CONFIG_FILE + 1);
-        if (buf)
-                n = fread(buf, 1, MAX_CONFIG_FILE + 1, f);
-        if (!buf || ferror(f) || n > MAX_CONFIG_FILE) {
-                *ret_err = !buf ? -ENOMEM : ferror(f) ? -EIO : -EFBIG;
-                snprintf(err, errlen, "%s: cannot read config file: %s", path,
-                         !buf ? "out of memory" : ferror(f) ? "read error" : "larger than 4 MiB");
-                free(buf);
-                fclose(f);
-                return NULL;
-        }
-        fclose(f);
-        buf[n] = 0;
-        *ret_len = n;
-        return buf;
-}
-
-/* Scalar settings of the file, kept apart so the command line can override. */
-struct scalars {
-        char *socket, *events, *metrics, *group;
-        int   has_socket, has_events, has_metrics, has_group;
-        int   log_level, has_log_level;
-};
-
-static int set_scalar(const cJSON *it, const char *file, char **dst, int *has, int nullable,
-                      char *err, size_t errlen)
-{
-        if (nullable && cJSON_IsNull(it)) {
-                *has = 1;
-                return 0;
-        }
-        if (!cJSON_IsString(it))
-                return fail(err, errlen, "%s: %s: expected a string, got %s", file, it->string, json_type(it));
-        free(*dst);
-        if (!(*dst = strdup(it->valuestring)))
-                return -ENOMEM;
-        *has = 1;
-        return 0;
-}
-
-static int load_file(const char *file, struct scalars *sc, struct kvd_pool_spec **pools, uint32_t *npools,
-                     char *err, size_t errlen)
-{
-        const cJSON *it;
-        cJSON       *root;
-        const char  *end = NULL;
-        size_t       len = 0;
-        char        *text;
-        int          r = 0;
-
-        if (!(text = read_file(file, &len, err, errlen, &r)))
-                return r;
-        root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-        if (!root) {
-                const char *at = end ? end : cJSON_GetErrorPtr();
-                unsigned    line = 1;
-
-                if (!at || at < text || at > text + len)
-                        at = text;
-                for (const char *p = text; p < at; p++)
-                        line += *p == '\n';
-                r = fail(err, errlen, "%s: line %u: JSON syntax error near \"%.20s\"", file, line, at);
-                free(text);
-                return r;
-        }
-        free(text);
-        if (!cJSON_IsObject(root)) {
-                r = fail(err, errlen, "%s: expected a JSON object at the top level, got %s", file, json_type(root));
-                goto out;
-        }
-        cJSON_ArrayForEach(it, root) {
-                if (!strcmp(it->string, "socket")) {
-                        r = set_scalar(it, file, &sc->socket, &sc->has_socket, 0, err, errlen);
-                } else if (!strcmp(it->string, "events")) {
-                        r = set_scalar(it, file, &sc->events, &sc->has_events, 1, err, errlen);
-                } else if (!strcmp(it->string, "metrics")) {
-                        r = set_scalar(it, file, &sc->metrics, &sc->has_metrics, 1, err, errlen);
-                } else if (!strcmp(it->string, "group")) {
-                        r = set_scalar(it, file, &sc->group, &sc->has_group, 1, err, errlen);
-                } else if (!strcmp(it->string, "log_level")) {
-                        if (!cJSON_IsString(it) || kvd_log_parse_level(it->valuestring, &sc->log_level))
-                                r = fail(err, errlen, "%s: log_level: expected \"error\", \"warning\", \"info\" or \"debug\"",
-                                         file);
-                        sc->has_log_level = 1;
-                } else if (!strcmp(it->string, "pools")) {
-                        uint32_t n = (uint32_t)cJSON_GetArraySize(it), i = 0;
-                        const cJSON *jp;
-
-                        if (!cJSON_IsArray(it)) {
-                                r = fail(err, errlen, "%s: pools: expected an array of pool objects, got %s",
-                                         file, json_type(it));
-                                break;
-                        }
-                        if (n > KVD_MAX_POOLS) {
-                                r = fail(err, errlen, "%s: pools: %u pools, at most %u are supported", file, n,
-                                         KVD_MAX_POOLS);
-                                break;
-                        }
-                        if (n && !(*pools = calloc(n, sizeof(**pools)))) {
-                                r = -ENOMEM;
-                                break;
-                        }
-                        cJSON_ArrayForEach(jp, it) {
-                                if ((r = json_pool(jp, file, i, &(*pools)[i], err, errlen)))
-                                        break;
-                                *npools = ++i;
-                        }
-                } else {
-                        r = fail(err, errlen,
-                                 "%s: %s: unknown key (expected socket, events, metrics, group, log_level, pools)",
-                                 file, it->string);
-                }
-                if (r)
-                        break;
-        }
-out:
-        cJSON_Delete(root);
-        return r;
 }
 
 /* ---- command line -------------------------------------------------------- */
@@ -688,7 +401,7 @@ static int opt_value(int argc, char **argv, int *i, const char *name, const char
                 return 0;
         }
         if (*i + 1 >= argc)
-                return fail(err, errlen, "%s: missing value (see --help)", name);
+                return kvd_cfg_fail(err, errlen, "%s: missing value (see --help)", name);
         *ret = argv[++*i];
         return 0;
 }
@@ -705,7 +418,7 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
         static const char *valued[] = { "--config", "--pool", "--socket", "--events", "--metrics",
                                         "--group", "--log-level" };
         struct kvd_config    c;
-        struct scalars       file = { 0 }, cli = { 0 };
+        struct kvd_cfg_scalars file = { 0 }, cli = { 0 };
         struct kvd_pool_spec *cli_pools = NULL, *all;
         uint32_t             ncli = 0, nfile = 0;
         int                  r = 0;
@@ -738,7 +451,7 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                         }
                 }
                 if (!opt) {
-                        r = fail(err, errlen, "unknown argument \"%s\" (see --help)", a);
+                        r = kvd_cfg_fail(err, errlen, "unknown argument \"%s\" (see --help)", a);
                         break;
                 }
                 if ((r = opt_value(argc, argv, &i, opt, &v, err, errlen)))
@@ -747,7 +460,7 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                         r = dup_str(&c.config_path, v);
                 } else if (!strcmp(opt, "--pool")) {
                         if (ncli >= KVD_MAX_POOLS)
-                                r = fail(err, errlen, "--pool: at most %u pools are supported", KVD_MAX_POOLS);
+                                r = kvd_cfg_fail(err, errlen, "--pool: at most %u pools are supported", KVD_MAX_POOLS);
                         else if (!(r = kvd_config_parse_pool_arg(v, &cli_pools[ncli], err, errlen)))
                                 ncli++;
                 } else if (!strcmp(opt, "--socket")) {
@@ -764,14 +477,14 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                         cli.has_group = 1;
                 } else if (!strcmp(opt, "--log-level")) {
                         if (kvd_log_parse_level(v, &cli.log_level))
-                                r = fail(err, errlen, "--log-level: expected error, warning, info or debug, got \"%s\"", v);
+                                r = kvd_cfg_fail(err, errlen, "--log-level: expected error, warning, info or debug, got \"%s\"", v);
                         cli.has_log_level = 1;
                 }
         }
         if (r || c.help || c.version)
                 goto out;
 
-        if (c.config_path && (r = load_file(c.config_path, &file, &c.pools, &c.num_pools, err, errlen)))
+        if (c.config_path && (r = kvd_cfg_load_file(c.config_path, &file, &c.pools, &c.num_pools, err, errlen)))
                 goto out;
 
         /* Scalars: command line > file > environment > built-in default. */
@@ -782,7 +495,7 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                 const char *src = cli.has_socket ? "--socket" : file.has_socket ? "socket" : "KVPOOL_SOCKET";
 
                 if (!sock || !*sock || !strstr(sock, "://")) {
-                        r = fail(err, errlen, "%s: expected a URL like ipc:///run/kvpool/kvpool.sock, got \"%s\"",
+                        r = kvd_cfg_fail(err, errlen, "%s: expected a URL like ipc:///run/kvpool/kvpool.sock, got \"%s\"",
                                  src, sock ? sock : "");
                         goto out;
                 }
@@ -809,7 +522,7 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                 if (g && *g) {
                         struct group *gr = getgrnam(g);
                         if (!gr) {
-                                r = fail(err, errlen, "%s: no such group \"%s\"", cli.has_group ? "--group" : "group", g);
+                                r = kvd_cfg_fail(err, errlen, "%s: no such group \"%s\"", cli.has_group ? "--group" : "group", g);
                                 goto out;
                         }
                         c.gid = gr->gr_gid;
@@ -820,7 +533,7 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
 
         /* Pools: the file's, then the command line's. */
         if (c.num_pools + ncli > KVD_MAX_POOLS) {
-                r = fail(err, errlen, "%u pools configured, at most %u are supported", c.num_pools + ncli, KVD_MAX_POOLS);
+                r = kvd_cfg_fail(err, errlen, "%u pools configured, at most %u are supported", c.num_pools + ncli, KVD_MAX_POOLS);
                 goto out;
         }
         nfile = c.num_pools;
@@ -853,7 +566,7 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
 
                                 where_pool(&c, nfile, j, a, sizeof(a));
                                 where_pool(&c, nfile, i, b, sizeof(b));
-                                r = fail(err, errlen, "pool name \"%s\" is used twice: %s and %s",
+                                r = kvd_cfg_fail(err, errlen, "pool name \"%s\" is used twice: %s and %s",
                                          c.pools[i].name, a, b);
                                 goto out;
                         }

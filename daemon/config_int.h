@@ -1,0 +1,34 @@
+/* config_int.h - what the command line (config.c) and the JSON file reader
+ * (config_file.c) share.  Internal to the daemon core. */
+#ifndef KVD_CONFIG_INT_H
+#define KVD_CONFIG_INT_H
+
+#include <stddef.h>
+#include "config.h"
+
+/* Scalar settings of the file, kept apart so the command line can override. */
+struct kvd_cfg_scalars {
+        char *socket, *events, *metrics, *group;
+        int   has_socket, has_events, has_metrics, has_group;
+        int   log_level, has_log_level;
+};
+
+/* Formats a message into err (may be NULL) and returns -EINVAL. */
+int  kvd_cfg_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* A spec with nothing given: backend auto, default pressure thresholds. */
+void kvd_cfg_spec_defaults(struct kvd_pool_spec *s);
+/* Field checks: 0 or -EINVAL with a message that starts with where. */
+int  kvd_cfg_check_name(const char *name, const char *where, char *err, size_t errlen);
+int  kvd_cfg_check_backend(const char *v, const char *where, char *err, size_t errlen);
+int  kvd_cfg_check_dtype(const char *v, enum kvc_dtype *ret, const char *where, char *err, size_t errlen);
+/* Checks a complete spec (everything required given, geometry, capacity). */
+int  kvd_cfg_check_spec(const struct kvd_pool_spec *s, const char *where, char *err, size_t errlen);
+
+/* Reads the JSON config file: scalars into *sc, pools into a new array
+ * *pools of *npools specs.  0 or a negative errno with err naming the file
+ * and the key; what was read so far stays in *sc / *pools for the caller to
+ * free. */
+int kvd_cfg_load_file(const char *file, struct kvd_cfg_scalars *sc, struct kvd_pool_spec **pools,
+                      uint32_t *npools, char *err, size_t errlen);
+
+#endif
