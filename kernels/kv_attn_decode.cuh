@@ -33,7 +33,13 @@
  *                softmax scale and the output.  Bytes above 192 (block amax
  *                beyond 6 * 2^65) clamp.  bf16 compute.
  * Q is converted to the compute type (bf16 q on an fp8 pool: rounded to f16,
- * exact for |q| in [2^-14, 65504]).
+ * exact for |q| in [2^-14, 65504]; f16 q on a bf16/fp4 pool: split into two
+ * bf16 terms, exact, at the cost of a second Q K^T mma).
+ *
+ * Addressing: when page_size is a multiple of 16 a 16-key tile sits on one
+ * page (tiles start at multiples of 16), so a warp reads one page-table entry
+ * per tile; otherwise one per key.  fp8/fp4 warps keep two tiles in flight
+ * (their tiles are small); bf16/fp16 one.
  *
  * Page ids are device memory: a key whose page id is outside [0, num_pages)
  * is skipped (score -inf, V zero); lengths are clamped to the page table.
