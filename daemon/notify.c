@@ -82,13 +82,15 @@ static void init_locked(void)
         uint64_t usec = 0;
         int r;
 
-        enabled = getenv("NOTIFY_SOCKET") != NULL;
+        /* Stores are atomic because kvd_notify_watchdog() reads these two
+         * without the lock. */
+        __atomic_store_n(&enabled, getenv("NOTIFY_SOCKET") != NULL, __ATOMIC_RELAXED);
         /* sd_watchdog_enabled also checks WATCHDOG_PID against our pid, so a
          * variable inherited from a parent is ignored.  Keep the environment:
          * nothing is forked, and the values are useful in /proc for
          * debugging. */
         r = sd_watchdog_enabled(0, &usec);
-        wd_interval_usec = enabled && r > 0 ? usec / 2 : 0;
+        __atomic_store_n(&wd_interval_usec, enabled && r > 0 ? usec / 2 : 0, __ATOMIC_RELAXED);
         wd_last_usec = now_usec();
         __atomic_store_n(&initialized, true, __ATOMIC_RELEASE);
 }
