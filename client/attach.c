@@ -312,14 +312,8 @@ int kvc_attach(kvc_client *c, const char *name, kvc_pool **ret_pool)
         rv = kvc__req_new(c, KV_HDR_SIZE + sizeof q.name, &req);
         if (rv != 0)
                 goto out;
-        rv = kv_enc_attach_req(nng_msg_body(req), nng_msg_len(req), 0, &q);
-        if (rv < 0) {
-                nng_msg_free(req);
-                rv = kvc__fail(c, -EPROTO, "attach %s: cannot encode the request", name);
-                goto out;
-        }
-        nng_msg_chop(req, nng_msg_len(req) - (size_t)rv);
-        rv = kvc__call(c, req, KV_OP_ATTACH, "attach", &rep, &body, &len);
+        rv = kvc__send(c, req, kv_enc_attach_req(nng_msg_body(req), nng_msg_len(req), 0, &q),
+                       KV_OP_ATTACH, "attach", &rep, &body, &len);
         if (rv != 0)
                 goto out;
         rv = kv_dec_attach_rep(body, len, &r);

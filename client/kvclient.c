@@ -207,6 +207,18 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
         return 0;
 }
 
+int kvc__send(struct kvc_client *c, nng_msg *req, int enc, uint16_t op, const char *what,
+              nng_msg **ret_rep, const uint8_t **ret_body, size_t *ret_len)
+{
+        if (enc < 0) {
+                nng_msg_free(req);
+                return kvc__fail(c, -EPROTO, "%s: cannot encode the request", what);
+        }
+        /* req may be longer than what the encoder wrote: send only that. */
+        nng_msg_chop(req, nng_msg_len(req) - (size_t)enc);
+        return kvc__call(c, req, op, what, ret_rep, ret_body, ret_len);
+}
+
 /* ---- connection ------------------------------------------------------------ */
 
 static int timeout_ms(void)
@@ -242,13 +254,8 @@ static int hello(struct kvc_client *c, const kvc_key *salt)
         rv = kvc__req_new(c, KV_HDR_SIZE + 64, &req);
         if (rv != 0)
                 return rv;
-        rv = kv_enc_hello_req(nng_msg_body(req), nng_msg_len(req), 0, &h);
-        if (rv < 0) {
-                nng_msg_free(req);
-                return kvc__fail(c, -EPROTO, "hello: cannot encode the request");
-        }
-        nng_msg_chop(req, nng_msg_len(req) - (size_t)rv);
-        rv = kvc__call(c, req, KV_OP_HELLO, "hello", &rep, &body, &len);
+        rv = kvc__send(c, req, kv_enc_hello_req(nng_msg_body(req), nng_msg_len(req), 0, &h),
+                       KV_OP_HELLO, "hello", &rep, &body, &len);
         if (rv != 0)
                 return rv;
         rv = kv_dec_hello_rep(body, len, &r);
@@ -356,9 +363,8 @@ void kvc_disconnect(kvc_client *c)
         if (!kvc__is_stale(c) && kvc__req_new(c, KV_HDR_SIZE, &req) == 0) {
                 nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, BYE_TIMEOUT_MS);
                 nng_socket_set_ms(c->sock, NNG_OPT_SENDTIMEO, BYE_TIMEOUT_MS);
-                if (kv_enc_empty(nng_msg_body(req), nng_msg_len(req), KV_OP_BYE, 0) < 0)
-                        nng_msg_free(req);
-                else if (kvc__call(c, req, KV_OP_BYE, "bye", &rep, &body, &len) == 0)
+                if (kvc__send(c, req, kv_enc_empty(nng_msg_body(req), nng_msg_len(req), KV_OP_BYE, 0),
+                              KV_OP_BYE, "bye", &rep, &body, &len) == 0)
                         nng_msg_free(rep);
         }
         pthread_mutex_unlock(&c->lock);
@@ -373,8 +379,11 @@ void kvc_disconnect(kvc_client *c)
 static int pool_enter(kvc_pool *p, const char *what, uint32_t n, uint32_t max, const void *a1,
                       const char *a1name, const void *a2, const char *a2name)
 {
-        struct kvc_client *c = p->c;
+        struct kvc_client *c;
 
+        if (p == NULL)
+                return -EINVAL;
+        c = p->c;
         if (n == 0 || n > max)
                 return kvc__fail(c, -EINVAL, "%s: n is %u, must be 1 to %u", what, n, max);
         if (a1 == NULL)
@@ -382,6 +391,19 @@ static int pool_enter(kvc_pool *p, const char *what, uint32_t n, uint32_t max, c
         if (a2name != NULL && a2 == NULL)
                 return kvc__fail(c, -EINVAL, "%s: %s is NULL", what, a2name);
         pthread_mutex_lock(&c->lock);
+        return 0;
+}
+
+/* Page ids the caller passes for p: -ERANGE naming the first one outside
+ * the pool. */
+static int check_ids(struct kvc_pool *p, const char *what, uint32_t n, const int32_t *pages)
+{
+        for (uint32_t i = 0; i < n; i++) {
+                if (pages[i] < 0 || (uint32_t)pages[i] >= p->desc.num_pages)
+                        return kvc__fail(p->c, -ERANGE, "%s: pages[%u] = %d is out of range (pool %s "
+                                         "has %u pages)", what, i, pages[i], p->desc.name,
+                                         p->desc.num_pages);
+        }
         return 0;
 }
 
@@ -412,22 +434,16 @@ int kvc_alloc(kvc_pool *p, uint32_t n, int32_t *ret_pages)
         size_t len;
         int rv;
 
-        if (p == NULL)
-                return -EINVAL;
-        c = p->c;
         rv = pool_enter(p, "kvc_alloc", n, KV_MAX_PAGES_REQ, ret_pages, "ret_pages", NULL, NULL);
         if (rv != 0)
                 return rv;
+        c = p->c;
         q.pool_id = p->desc.pool_id;
         rv = kvc__req_new(c, KV_HDR_SIZE + 8, &req);
         if (rv != 0)
                 goto out;
-        if (kv_enc_alloc_req(nng_msg_body(req), nng_msg_len(req), 0, &q) < 0) {
-                nng_msg_free(req);
-                rv = kvc__fail(c, -EPROTO, "alloc: cannot encode the request");
-                goto out;
-        }
-        rv = kvc__call(c, req, KV_OP_ALLOC, "alloc", &rep, &body, &len);
+        rv = kvc__send(c, req, kv_enc_alloc_req(nng_msg_body(req), nng_msg_len(req), 0, &q),
+                       KV_OP_ALLOC, "alloc", &rep, &body, &len);
         if (rv != 0)
                 goto out;
         rv = kv_dec_pages(body, len, KV_OP_ALLOC | KV_OP_REPLY, &pg);
@@ -450,30 +466,20 @@ int kvc_free(kvc_pool *p, uint32_t n, const int32_t *pages)
         size_t len;
         int rv;
 
-        if (p == NULL)
-                return -EINVAL;
-        c = p->c;
         rv = pool_enter(p, "kvc_free", n, KV_MAX_PAGES_REQ, pages, "pages", NULL, NULL);
         if (rv != 0)
                 return rv;
-        for (uint32_t i = 0; i < n; i++) {
-                if (pages[i] < 0 || (uint32_t)pages[i] >= p->desc.num_pages) {
-                        rv = kvc__fail(c, -ERANGE, "free: pages[%u] = %d is out of range (pool %s "
-                                       "has %u pages)", i, pages[i], p->desc.name, p->desc.num_pages);
-                        goto out;
-                }
-        }
+        c = p->c;
+        rv = check_ids(p, "free", n, pages);
+        if (rv != 0)
+                goto out;
         rv = kvc__req_new(c, kv_size_pages(n), &req);
         if (rv != 0)
                 goto out;
         /* int32 and uint32 arrays share their representation (ids checked >= 0). */
-        if (kv_enc_pages(nng_msg_body(req), nng_msg_len(req), KV_OP_FREE, 0, p->desc.pool_id, n,
-                         (const uint32_t *)pages) < 0) {
-                nng_msg_free(req);
-                rv = kvc__fail(c, -EPROTO, "free: cannot encode the request");
-                goto out;
-        }
-        rv = kvc__call(c, req, KV_OP_FREE, "free", &rep, &body, &len);
+        rv = kvc__send(c, req, kv_enc_pages(nng_msg_body(req), nng_msg_len(req), KV_OP_FREE, 0,
+                                            p->desc.pool_id, n, (const uint32_t *)pages),
+                       KV_OP_FREE, "free", &rep, &body, &len);
         if (rv == 0)
                 nng_msg_free(rep);
 out:
@@ -492,29 +498,20 @@ int kvc_publish(kvc_pool *p, uint32_t n, const int32_t *pages, const kvc_key *ke
         size_t len;
         int rv, stored = 0;
 
-        if (p == NULL)
-                return -EINVAL;
-        c = p->c;
         rv = pool_enter(p, "kvc_publish", n, KV_MAX_KEYS_REQ, pages, "pages", keys, "keys");
         if (rv != 0)
                 return rv;
-        for (uint32_t i = 0; i < n; i++) {
-                if (pages[i] < 0 || (uint32_t)pages[i] >= p->desc.num_pages) {
-                        rv = kvc__fail(c, -ERANGE, "publish: pages[%u] = %d is out of range (pool %s "
-                                       "has %u pages)", i, pages[i], p->desc.name, p->desc.num_pages);
-                        goto out;
-                }
-        }
+        c = p->c;
+        rv = check_ids(p, "publish", n, pages);
+        if (rv != 0)
+                goto out;
         rv = kvc__req_new(c, KV_HDR_SIZE + 8 + 20 * (size_t)n, &req);
         if (rv != 0)
                 goto out;
-        if (kv_enc_publish_req(nng_msg_body(req), nng_msg_len(req), 0, p->desc.pool_id, n,
-                               (const uint32_t *)pages, (const uint8_t (*)[KV_KEY_LEN])keys) < 0) {
-                nng_msg_free(req);
-                rv = kvc__fail(c, -EPROTO, "publish: cannot encode the request");
-                goto out;
-        }
-        rv = kvc__call(c, req, KV_OP_PUBLISH, "publish", &rep, &body, &len);
+        rv = kvc__send(c, req, kv_enc_publish_req(nng_msg_body(req), nng_msg_len(req), 0,
+                                                  p->desc.pool_id, n, (const uint32_t *)pages,
+                                                  (const uint8_t (*)[KV_KEY_LEN])keys),
+                       KV_OP_PUBLISH, "publish", &rep, &body, &len);
         if (rv != 0)
                 goto out;
         rv = kv_dec_publish_rep(body, len, &pr);
@@ -544,22 +541,16 @@ int kvc_lookup(kvc_pool *p, uint32_t n, const kvc_key *keys, int32_t *ret_pages)
         size_t len;
         int rv;
 
-        if (p == NULL)
-                return -EINVAL;
-        c = p->c;
         rv = pool_enter(p, "kvc_lookup", n, KV_MAX_KEYS_REQ, keys, "keys", ret_pages, "ret_pages");
         if (rv != 0)
                 return rv;
+        c = p->c;
         rv = kvc__req_new(c, KV_HDR_SIZE + 8 + KV_KEY_LEN * (size_t)n, &req);
         if (rv != 0)
                 goto out;
-        if (kv_enc_lookup_req(nng_msg_body(req), nng_msg_len(req), 0, p->desc.pool_id, n,
-                              (const uint8_t (*)[KV_KEY_LEN])keys) < 0) {
-                nng_msg_free(req);
-                rv = kvc__fail(c, -EPROTO, "lookup: cannot encode the request");
-                goto out;
-        }
-        rv = kvc__call(c, req, KV_OP_LOOKUP, "lookup", &rep, &body, &len);
+        rv = kvc__send(c, req, kv_enc_lookup_req(nng_msg_body(req), nng_msg_len(req), 0,
+                                                 p->desc.pool_id, n, (const uint8_t (*)[KV_KEY_LEN])keys),
+                       KV_OP_LOOKUP, "lookup", &rep, &body, &len);
         if (rv != 0)
                 goto out;
         rv = kv_dec_pages(body, len, KV_OP_LOOKUP | KV_OP_REPLY, &pg);
@@ -595,12 +586,8 @@ static int text_request(kvc_client *c, uint16_t op, const char *what, char **ret
         rv = kvc__req_new(c, KV_HDR_SIZE + 4, &req);
         if (rv != 0)
                 goto out;
-        if (kv_enc_u32_req(nng_msg_body(req), nng_msg_len(req), op, 0, 0) < 0) {
-                nng_msg_free(req);
-                rv = kvc__fail(c, -EPROTO, "%s: cannot encode the request", what);
-                goto out;
-        }
-        rv = kvc__call(c, req, op, what, &rep, &body, &len);
+        rv = kvc__send(c, req, kv_enc_u32_req(nng_msg_body(req), nng_msg_len(req), op, 0, 0),
+                       op, what, &rep, &body, &len);
         if (rv != 0)
                 goto out;
         rv = kv_dec_text(body, len, &t);

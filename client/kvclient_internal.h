@@ -59,6 +59,14 @@ int kvc__req_new(struct kvc_client *c, size_t cap, nng_msg **ret);
 int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
               nng_msg **ret_rep, const uint8_t **ret_body, size_t *ret_len);
 
+/* kvc__call for a request that a kv_enc_* encoder has just filled in req: enc
+ * is the encoder's return value (the encoded length, or a negative errno).
+ * req is trimmed to enc bytes and sent; an encoder failure frees req and
+ * gives -EPROTO "<what>: cannot encode the request".  Otherwise the same
+ * returns and ownership as kvc__call.  Caller holds c->lock. */
+int kvc__send(struct kvc_client *c, nng_msg *req, int enc, uint16_t op, const char *what,
+              nng_msg **ret_rep, const uint8_t **ret_body, size_t *ret_len);
+
 /* Drops a pool handle's mapping reference and frees it (attach.c). */
 void kvc__pool_free(struct kvc_pool *p);
 
