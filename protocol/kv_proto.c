@@ -104,6 +104,26 @@ static size_t pad4(size_t n)
         return (n + 3u) & ~(size_t)3u;
 }
 
+/* The shape of the counted bodies: head bytes whose last u32 is a count,
+ * then count entries of entry bytes.  Checks, in this order, that the head
+ * is there (KV_E_PROTO), that the count is at most max (KV_E_TOOBIG) and
+ * that the body is exactly that long (KV_E_PROTO); only then *ret_count. */
+static int dec_counted(const uint8_t *buf, size_t len, size_t head, size_t entry, uint32_t max,
+                       uint32_t *ret_count)
+{
+        uint32_t count;
+
+        if (len < head)
+                return -KV_E_PROTO;
+        count = kv_le32(buf + head - 4);
+        if (count > max)
+                return -KV_E_TOOBIG;
+        if (len != head + entry * (size_t)count)
+                return -KV_E_PROTO;
+        *ret_count = count;
+        return 0;
+}
+
 /* ---- header ------------------------------------------------------------ */
 
 int kv_hdr_encode(uint8_t *buf, size_t cap, uint16_t opcode, uint32_t request_id, uint32_t body_len)
@@ -463,17 +483,14 @@ int kv_dec_pages(const uint8_t *buf, size_t len, uint16_t opcode, struct kv_page
         int with_pool = pages_has_pool(opcode);
         size_t head;
         uint32_t count;
+        int rv;
 
         if (with_pool < 0)
                 return -KV_E_OPCODE;
         head = with_pool ? 8u : 4u;
-        if (len < head)
-                return -KV_E_PROTO;
-        count = kv_le32(buf + head - 4);
-        if (count > KV_MAX_PAGES_REQ)
-                return -KV_E_TOOBIG;
-        if (len != head + 4u * (size_t)count)
-                return -KV_E_PROTO;
+        rv = dec_counted(buf, len, head, 4u, KV_MAX_PAGES_REQ, &count);
+        if (rv != 0)
+                return rv;
         ret->pool_id = with_pool ? kv_le32(buf) : 0;
         ret->count = count;
         ret->ids = buf + head;
@@ -511,14 +528,10 @@ int kv_enc_publish_req(uint8_t *buf, size_t cap, uint32_t rid, uint32_t pool_id,
 int kv_dec_publish_req(const uint8_t *buf, size_t len, struct kv_publish_req *ret)
 {
         uint32_t count;
+        int rv = dec_counted(buf, len, 8u, PUB_ENTRY, KV_MAX_KEYS_REQ, &count);
 
-        if (len < 8)
-                return -KV_E_PROTO;
-        count = kv_le32(buf + 4);
-        if (count > KV_MAX_KEYS_REQ)
-                return -KV_E_TOOBIG;
-        if (len != 8u + PUB_ENTRY * (size_t)count)
-                return -KV_E_PROTO;
+        if (rv != 0)
+                return rv;
         ret->pool_id = kv_le32(buf);
         ret->count = count;
         ret->entries = buf + 8;
@@ -590,14 +603,10 @@ int kv_enc_lookup_req(uint8_t *buf, size_t cap, uint32_t rid, uint32_t pool_id, 
 int kv_dec_lookup_req(const uint8_t *buf, size_t len, struct kv_lookup_req *ret)
 {
         uint32_t count;
+        int rv = dec_counted(buf, len, 8u, KV_KEY_LEN, KV_MAX_KEYS_REQ, &count);
 
-        if (len < 8)
-                return -KV_E_PROTO;
-        count = kv_le32(buf + 4);
-        if (count > KV_MAX_KEYS_REQ)
-                return -KV_E_TOOBIG;
-        if (len != 8u + KV_KEY_LEN * (size_t)count)
-                return -KV_E_PROTO;
+        if (rv != 0)
+                return rv;
         ret->pool_id = kv_le32(buf);
         ret->count = count;
         ret->keys = buf + 8;
@@ -656,14 +665,10 @@ int kv_enc_text(uint8_t *buf, size_t cap, uint16_t opcode, uint32_t rid, const c
 int kv_dec_text(const uint8_t *buf, size_t len, struct kv_text *ret)
 {
         uint32_t n;
+        int rv = dec_counted(buf, len, 4u, 1u, KV_MAX_STATUS_LEN, &n);
 
-        if (len < 4)
-                return -KV_E_PROTO;
-        n = kv_le32(buf);
-        if (n > KV_MAX_STATUS_LEN)
-                return -KV_E_TOOBIG;
-        if (len != 4u + (size_t)n)
-                return -KV_E_PROTO;
+        if (rv != 0)
+                return rv;
         /* The text is counted, not terminated: an embedded NUL would make
          * C consumers silently see a shorter document. */
         if (n > 0 && has_nul(buf + 4, n))
@@ -690,15 +695,11 @@ int kv_enc_error(uint8_t *buf, size_t cap, uint32_t rid, uint32_t code, const ch
 int kv_dec_error(const uint8_t *buf, size_t len, struct kv_error *ret)
 {
         uint32_t code, n;
+        int rv = dec_counted(buf, len, 8u, 1u, KV_MAX_MSG_LEN, &n);
 
-        if (len < 8)
-                return -KV_E_PROTO;
+        if (rv != 0)
+                return rv;
         code = kv_le32(buf);
-        n = kv_le32(buf + 4);
-        if (n > KV_MAX_MSG_LEN)
-                return -KV_E_TOOBIG;
-        if (len != 8u + (size_t)n)
-                return -KV_E_PROTO;
         /* An error reply saying "OK" would turn a failure into a success. */
         if (code == KV_OK)
                 return -KV_E_INVAL;
