@@ -12,29 +12,14 @@
  * zeros.  Every argument is checked before anything is computed: page ids
  * here are host memory and are all range-checked (-ERANGE).
  */
-#include <errno.h>
 #include <inttypes.h>
-#include <math.h>
-#include <stdarg.h>
-#include <stdbool.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kv_codec.h"
 #include "kv_ops.h"
 #include "kv_attn_common.cuh"
-
-static int fail(int err, char *msg, size_t msglen, const char *fmt, ...)
-{
-        if (msg && msglen) {
-                va_list ap;
-                va_start(ap, fmt);
-                vsnprintf(msg, msglen, fmt, ap);
-                va_end(ap);
-        }
-        return err;
-}
+#include "kv_ref_common.h"
 
 void kv_attn_from_decode(const struct kvc_decode_args *a, struct kv_attn_call *c)
 {
@@ -75,44 +60,26 @@ void kv_attn_from_extend(const struct kvc_extend_args *a, struct kv_attn_call *c
 int kv_attn_check(const struct kv_pool_view *p, const struct kv_attn_call *c, bool read_pages,
                   bool device, uint32_t *ret_rows, uint32_t *ret_max_len, char *msg, size_t msglen)
 {
-        char why[160];
         const char *op = c->op;
+        int r = kv_ref_check_view(p, op, msg, msglen);
 
-        if (!p)
-                return fail(-EINVAL, msg, msglen, "%s: pool view is NULL", op);
-        if (!p->base)
-                return fail(-EINVAL, msg, msglen, "%s: pool base is NULL", op);
-        if (kv_geom_check(&p->layout.g, why, sizeof(why)) < 0)
-                return fail(-EINVAL, msg, msglen, "%s: pool layout: %s", op, why);
+        if (r < 0)
+                return r;
         const struct kv_layout *L = &p->layout;
         const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;
-        if (L->num_pages == 0)
-                return fail(-EINVAL, msg, msglen, "%s: pool layout has 0 pages", op);
         if (device && D != 64 && D != 128 && D != 256)
-                return fail(-EINVAL, msg, msglen, "%s: head_dim %u: the CUDA kernels support 64, 128 and 256",
-                            op, D);
-        if (c->layer >= L->g.num_layers)
-                return fail(-EINVAL, msg, msglen, "%s: layer %u out of range [0, %u)", op, c->layer,
-                            L->g.num_layers);
-        if (L->g.dtype == KVC_DTYPE_FP8_E4M3 || L->g.dtype == KVC_DTYPE_FP8_E5M2) {
-                if (!p->k_scale || !p->v_scale)
-                        return fail(-EINVAL, msg, msglen, "%s: fp8 pool without %s array", op,
-                                    p->k_scale ? "v_scale" : "k_scale");
-                float ks = p->k_scale[c->layer], vs = p->v_scale[c->layer];
-                if (!(isfinite(ks) && ks > 0.0f))
-                        return fail(-EINVAL, msg, msglen, "%s: k_scale[%u] = %g is not a positive finite number",
-                                    op, c->layer, (double)ks);
-                if (!(isfinite(vs) && vs > 0.0f))
-                        return fail(-EINVAL, msg, msglen, "%s: v_scale[%u] = %g is not a positive finite number",
-                                    op, c->layer, (double)vs);
-        }
+                return kv_fail(-EINVAL, msg, msglen, "%s: head_dim %u: the CUDA kernels support 64, 128 and 256",
+                               op, D);
+        r = kv_ref_check_layer(p, c->layer, op, msg, msglen);
+        if (r < 0)
+                return r;
         if (c->elem != KVC_ELEM_BF16 && c->elem != KVC_ELEM_F16)
-                return fail(-EINVAL, msg, msglen, "%s: elem %d is not BF16 or F16 (q and out)", op, (int)c->elem);
+                return kv_fail(-EINVAL, msg, msglen, "%s: elem %d is not BF16 or F16 (q and out)", op, (int)c->elem);
         if (c->num_q_heads == 0 || c->num_q_heads % H != 0)
-                return fail(-EINVAL, msg, msglen, "%s: num_q_heads %u is not a positive multiple of kv_heads %u",
-                            op, c->num_q_heads, H);
+                return kv_fail(-EINVAL, msg, msglen, "%s: num_q_heads %u is not a positive multiple of kv_heads %u",
+                               op, c->num_q_heads, H);
         if (!isfinite(c->sm_scale))
-                return fail(-EINVAL, msg, msglen, "%s: sm_scale %g is not finite", op, (double)c->sm_scale);
+                return kv_fail(-EINVAL, msg, msglen, "%s: sm_scale %g is not finite", op, (double)c->sm_scale);
         if (c->batch == 0) {
                 *ret_rows = 0;
                 *ret_max_len = 0;
@@ -120,52 +87,52 @@ int kv_attn_check(const struct kv_pool_view *p, const struct kv_attn_call *c, bo
         }
         const int32_t *lens = c->seq_lens_host;
         if (!lens)
-                return fail(-EINVAL, msg, msglen, "%s: seq_lens_host is NULL (the host copy of seq_lens is required)",
-                            op);
+                return kv_fail(-EINVAL, msg, msglen, "%s: seq_lens_host is NULL (the host copy of seq_lens is required)",
+                               op);
         if (!c->seq_lens)
-                return fail(-EINVAL, msg, msglen, "%s: seq_lens is NULL", op);
+                return kv_fail(-EINVAL, msg, msglen, "%s: seq_lens is NULL", op);
         const bool ext = c->qo_indptr_host != NULL || c->qo_indptr != NULL;
         if (ext && (!c->qo_indptr_host || !c->qo_indptr))
-                return fail(-EINVAL, msg, msglen, "%s: %s is NULL", op,
-                            c->qo_indptr ? "qo_indptr_host" : "qo_indptr");
+                return kv_fail(-EINVAL, msg, msglen, "%s: %s is NULL", op,
+                               c->qo_indptr ? "qo_indptr_host" : "qo_indptr");
         if (ext && c->qo_indptr_host[0] != 0)
-                return fail(-EINVAL, msg, msglen, "%s: qo_indptr[0] = %d, must be 0", op, c->qo_indptr_host[0]);
+                return kv_fail(-EINVAL, msg, msglen, "%s: qo_indptr[0] = %d, must be 0", op, c->qo_indptr_host[0]);
 
         const uint64_t cap = (uint64_t)c->max_pages * P;
         uint32_t max_len = 0;
         for (uint32_t b = 0; b < c->batch; b++) {
                 if (lens[b] < 0 || (uint64_t)lens[b] > cap)
-                        return fail(-EINVAL, msg, msglen,
-                                    "%s: seq_lens[%u] = %d out of range [0, max_pages*page_size = %" PRIu64 "]",
-                                    op, b, lens[b], cap);
+                        return kv_fail(-EINVAL, msg, msglen,
+                                       "%s: seq_lens[%u] = %d out of range [0, max_pages*page_size = %" PRIu64 "]",
+                                       op, b, lens[b], cap);
                 if ((uint32_t)lens[b] > max_len)
                         max_len = (uint32_t)lens[b];
                 if (ext) {
                         int32_t lo = c->qo_indptr_host[b], hi = c->qo_indptr_host[b + 1];
                         if (hi < lo)
-                                return fail(-EINVAL, msg, msglen, "%s: qo_indptr[%u] = %d < qo_indptr[%u] = %d",
-                                            op, b + 1, hi, b, lo);
+                                return kv_fail(-EINVAL, msg, msglen, "%s: qo_indptr[%u] = %d < qo_indptr[%u] = %d",
+                                               op, b + 1, hi, b, lo);
                         if (hi - lo > lens[b])
-                                return fail(-EINVAL, msg, msglen,
-                                            "%s: sequence %u has %d queries but seq_lens[%u] = %d "
-                                            "(the new tokens must be written and counted in seq_lens)",
-                                            op, b, hi - lo, b, lens[b]);
+                                return kv_fail(-EINVAL, msg, msglen,
+                                               "%s: sequence %u has %d queries but seq_lens[%u] = %d "
+                                               "(the new tokens must be written and counted in seq_lens)",
+                                               op, b, hi - lo, b, lens[b]);
                 }
         }
         const uint32_t rows = ext ? (uint32_t)c->qo_indptr_host[c->batch] : c->batch;
         if (rows > 0 && (!c->q || !c->out))
-                return fail(-EINVAL, msg, msglen, "%s: %s is NULL", op, !c->q ? "q" : "out");
+                return kv_fail(-EINVAL, msg, msglen, "%s: %s is NULL", op, !c->q ? "q" : "out");
         if (max_len > 0 && !c->page_table)
-                return fail(-EINVAL, msg, msglen, "%s: page_table is NULL", op);
+                return kv_fail(-EINVAL, msg, msglen, "%s: page_table is NULL", op);
         if (read_pages) {
                 for (uint32_t b = 0; b < c->batch; b++) {
                         uint32_t np = ((uint32_t)lens[b] + P - 1) / P;
                         for (uint32_t i = 0; i < np; i++) {
                                 int32_t pg = c->page_table[(uint64_t)b * c->max_pages + i];
                                 if (pg < 0 || (uint32_t)pg >= L->num_pages)
-                                        return fail(-ERANGE, msg, msglen,
-                                                    "%s: page_table[%u][%u] = %d out of range [0, %u)",
-                                                    op, b, i, pg, L->num_pages);
+                                        return kv_fail(-ERANGE, msg, msglen,
+                                                       "%s: page_table[%u][%u] = %d out of range [0, %u)",
+                                                       op, b, i, pg, L->num_pages);
                         }
                 }
         }
@@ -175,63 +142,18 @@ int kv_attn_check(const struct kv_pool_view *p, const struct kv_attn_call *c, bo
 }
 
 /* Dequantizes token `tok` of sequence row `pt` (its page-table row), head h,
- * K (which = 0) or V (which = 1), into out[0..D). */
-static void dequant(const struct kv_pool_view *p, uint32_t layer, int which, const int32_t *pt,
+ * K (which = 0) or V (which = 1) of layer ly, into out[0..D). */
+static void dequant(const struct kv_pool_view *p, const struct kv_ref_layer *ly, int which, const int32_t *pt,
                     uint32_t tok, uint32_t h, float *out)
 {
         const struct kv_layout *L = &p->layout;
-        const uint32_t D = L->g.head_dim, P = L->g.page_size;
+        const uint32_t P = L->g.page_size;
         const uint64_t pg = (uint64_t)pt[tok / P], off = tok % P;
-        const uint8_t *base = p->base;
-        const uint8_t *src = base + (which ? kv_layout_v(L, layer) : kv_layout_k(L, layer)) +
-                             pg * L->page_bytes + off * L->token_bytes + h * L->head_bytes;
-        uint16_t x;
+        const uint8_t *src = (which ? ly->v : ly->k) + kv_ref_head_off(L, pg, off, h);
+        const uint8_t *ss = which ? ly->vs : ly->ks;
 
-        switch (L->g.dtype) {
-        case KVC_DTYPE_BF16:
-                for (uint32_t i = 0; i < D; i++) {
-                        memcpy(&x, src + 2 * i, 2);
-                        out[i] = kv_bf16_to_f32(x);
-                }
-                break;
-        case KVC_DTYPE_FP16:
-                for (uint32_t i = 0; i < D; i++) {
-                        memcpy(&x, src + 2 * i, 2);
-                        out[i] = kv_f16_to_f32(x);
-                }
-                break;
-        case KVC_DTYPE_FP8_E4M3: {
-                const float s = which ? p->v_scale[layer] : p->k_scale[layer];
-                for (uint32_t i = 0; i < D; i++)
-                        out[i] = kv_e4m3_to_f32(src[i]) * s;
-                break;
-        }
-        case KVC_DTYPE_FP8_E5M2: {
-                const float s = which ? p->v_scale[layer] : p->k_scale[layer];
-                for (uint32_t i = 0; i < D; i++)
-                        out[i] = kv_e5m2_to_f32(src[i]) * s;
-                break;
-        }
-        case KVC_DTYPE_FP4_E2M1: {
-                const uint8_t *ss = base + (which ? kv_layout_vs(L, layer) : kv_layout_ks(L, layer)) +
-                                    pg * L->scale_page_bytes + off * L->scale_token_bytes +
-                                    h * L->scale_head_bytes;
-                for (uint32_t i = 0; i < D; i++) {
-                        uint8_t nib = (uint8_t)((src[i / 2] >> (4 * (i & 1))) & 0xFu);
-                        out[i] = kv_e2m1_to_f32(nib) * kv_e8m0_to_f32(ss[i / KV_FP4_BLOCK]);
-                }
-                break;
-        }
-        default:
-                memset(out, 0, D * sizeof(float));
-                break;
-        }
-}
-
-static float load_q(const void *q, enum kvc_elem e, uint64_t i)
-{
-        uint16_t x = ((const uint16_t *)q)[i];
-        return e == KVC_ELEM_BF16 ? kv_bf16_to_f32(x) : kv_f16_to_f32(x);
+        kv_ref_get_head(L->g.dtype, L->g.head_dim, src, ss ? ss + kv_ref_scale_off(L, pg, off, h) : NULL,
+                        which ? ly->v_scale : ly->k_scale, out);
 }
 
 static void store_out(void *out, enum kvc_elem e, uint64_t i, float v)
@@ -247,6 +169,7 @@ static int attend_seq(const struct kv_pool_view *p, const struct kv_attn_call *c
         const struct kv_layout *L = &p->layout;
         const uint32_t H = L->g.kv_heads, D = L->g.head_dim, Hq = c->num_q_heads, G = Hq / H;
         const int32_t *pt = c->page_table ? c->page_table + (uint64_t)b * c->max_pages : NULL;
+        struct kv_ref_layer ly;
         float *K = NULL, *V = NULL, *s = NULL, *acc = NULL, *q = NULL;
         int ret = 0;
 
@@ -263,11 +186,12 @@ static int attend_seq(const struct kv_pool_view *p, const struct kv_attn_call *c
                 ret = -ENOMEM;
                 goto out;
         }
+        kv_ref_layer_of(p, c->layer, &ly);
         for (uint32_t h = 0; h < H; h++) {
                 /* dequantize this kv head once for all its q heads and rows */
                 for (uint32_t j = 0; j < len; j++) {
-                        dequant(p, c->layer, 0, pt, j, h, K + (size_t)j * D);
-                        dequant(p, c->layer, 1, pt, j, h, V + (size_t)j * D);
+                        dequant(p, &ly, 0, pt, j, h, K + (size_t)j * D);
+                        dequant(p, &ly, 1, pt, j, h, V + (size_t)j * D);
                 }
                 for (uint32_t i = 0; i < n; i++) {
                         const uint32_t row = r0 + i;
@@ -276,7 +200,7 @@ static int attend_seq(const struct kv_pool_view *p, const struct kv_attn_call *c
                                 const uint32_t hq = h * G + g;
                                 const uint64_t qo = ((uint64_t)row * Hq + hq) * D;
                                 for (uint32_t d = 0; d < D; d++)
-                                        q[d] = load_q(c->q, c->elem, qo + d);
+                                        q[d] = kv_ref_load(c->q, c->elem, (int64_t)(qo + d));
                                 float m = -INFINITY;
                                 for (uint32_t j = 0; j < see; j++) {
                                         const float *k = K + (size_t)j * D;
@@ -326,7 +250,7 @@ static int run(const struct kv_pool_view *p, const struct kv_attn_call *c, char 
                 }
                 r = attend_seq(p, c, b, r0, n, len);
                 if (r < 0)
-                        return fail(r, msg, msglen, "%s: out of memory for %u keys", c->op, len);
+                        return kv_fail(r, msg, msglen, "%s: out of memory for %u keys", c->op, len);
         }
         return 0;
 }
@@ -340,7 +264,7 @@ int kv_ref_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a,
         struct kv_attn_call c;
 
         if (!a)
-                return fail(-EINVAL, msg, msglen, "decode: args are NULL");
+                return kv_fail(-EINVAL, msg, msglen, "decode: args are NULL");
         kv_attn_from_decode(a, &c);
         if (!c.seq_lens_host)
                 c.seq_lens_host = c.seq_lens; /* host pool: the array is host memory */
@@ -355,13 +279,13 @@ int kv_ref_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a,
         struct kv_attn_call c;
 
         if (!a)
-                return fail(-EINVAL, msg, msglen, "extend: args are NULL");
+                return kv_fail(-EINVAL, msg, msglen, "extend: args are NULL");
         kv_attn_from_extend(a, &c);
         if (!c.seq_lens_host)
                 c.seq_lens_host = c.seq_lens;
         if (!c.qo_indptr_host)
                 c.qo_indptr_host = c.qo_indptr;
         if (!c.qo_indptr)
-                return fail(-EINVAL, msg, msglen, "extend: qo_indptr is NULL");
+                return kv_fail(-EINVAL, msg, msglen, "extend: qo_indptr is NULL");
         return run(p, &c, msg, msglen);
 }
