@@ -33,21 +33,22 @@ struct daemon {
 };
 
 /* The daemon of the running test, stopped by the suite's fini even when an
- * assertion ended the test early, so that no kvpoold outlives its test. */
-static struct daemon *running;
+ * assertion ended the test early (the test's stack is gone by then: keep the
+ * pid in a global), so that no kvpoold outlives its test. */
+static pid_t running_pid;
 
 static void kill_leftover(void)
 {
         int st;
 
-        if (!running || running->pid <= 0)
+        if (running_pid <= 0)
                 return;
-        kill(running->pid, SIGTERM);
-        for (int i = 0; i < 250 && waitpid(running->pid, &st, WNOHANG) == 0; i++)
+        kill(running_pid, SIGTERM);
+        for (int i = 0; i < 250 && waitpid(running_pid, &st, WNOHANG) == 0; i++)
                 usleep(20000);
-        kill(running->pid, SIGKILL);
-        waitpid(running->pid, &st, 0);
-        running->pid = 0;
+        kill(running_pid, SIGKILL);
+        waitpid(running_pid, &st, 0);
+        running_pid = 0;
 }
 
 TestSuite(e2e, .fini = kill_leftover);
@@ -104,9 +105,10 @@ static void start_daemon(struct daemon *d, const char *const *extra)
         argv[argc] = NULL;
         d->pid = fork();
         cr_assert(d->pid >= 0);
-        running = d;
+        running_pid = d->pid;
         if (d->pid == 0) {
                 int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+                dup2(fd, 1); /* never hold the test runner's output pipes */
                 dup2(fd, 2);
                 execv(argv[0], argv);
                 _exit(127);
@@ -116,6 +118,7 @@ static void start_daemon(struct daemon *d, const char *const *extra)
                 int        st, ok;
 
                 if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
+                        running_pid = 0;
                         dump_log(d);
                         cr_assert_fail("kvpoold exited during startup (status %d)", st);
                 }
@@ -139,6 +142,7 @@ static int stop_daemon(struct daemon *d)
         for (int i = 0; i < 500; i++) {
                 if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
                         d->pid = 0;
+                        running_pid = 0;
                         return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
                 }
                 sleep_ms(20);
@@ -942,4 +946,82 @@ Test(e2e, failed_start_leaves_nothing)
         cr_assert_eq(run_kvpoold(args, out, sizeof(out), &pid), 1, "%s", out);
         cr_assert(strstr(out, "/proc/kvtest-no"), "%s", out);
         cr_assert_eq(shm_objects(pid), 0, "a failed start left shared memory behind");
+}
+
+/* The log of daemon d so far, NUL-terminated (static buffer). */
+static const char *read_log(const struct daemon *d)
+{
+        static char buf[16384];
+        FILE       *f = fopen(d->log, "r");
+        size_t      n = 0;
+
+        if (f) {
+                n = fread(buf, 1, sizeof(buf) - 1, f);
+                fclose(f);
+        }
+        buf[n] = 0;
+        return buf;
+}
+
+Test(e2e, pressure_crossings_are_announced_once)
+{
+        /* 256 pages; pressure below 10% free, relieved above 20% */
+        const char *const args[] = { "--pool", "name=a,dtype=bf16,layers=2,kv_heads=2,head_dim=64,page_size=16,capacity=4MiB",
+                                     NULL };
+        struct daemon     d;
+        struct rep        r, keep;
+        static uint32_t   ids[256];
+        const char       *log, *at;
+
+        start_daemon(&d, args);
+        nng_socket s = client(d.url, 5000);
+        hello(s, "p", 0);
+        struct kv_attach_rep a = attach(s, "a", &keep);
+        rep_free(&keep);
+        cr_assert_eq(a.num_pages, 256);
+        alloc_pages(s, 0, 200, ids);            /* 21.9% free: nothing */
+        alloc_pages(s, 0, 35, ids + 200);       /* 8.2% free: pressure */
+        alloc_pages(s, 0, 5, ids + 235);        /* 6.25%: still, no repeat */
+        r = rpc(s, req, enc_free(0, 20, ids));  /* 14.1%: between, no change */
+        rep_free(&r);
+        log = read_log(&d);
+        cr_assert(strstr(log, "pool a: under pressure, 8.2% free (below 10.0%)"), "%s", log);
+        cr_assert_null(strstr(strstr(log, "under pressure") + 1, "under pressure"), "announced twice: %s", log);
+        cr_assert_null(strstr(log, "relieved"), "%s", log);
+        r = rpc(s, req, enc_free(0, 20, ids + 20)); /* 21.9%: relieved */
+        rep_free(&r);
+        log = read_log(&d);
+        at = strstr(log, "pool a: pressure relieved, 21.9% free (above 20.0%)");
+        cr_assert(at, "%s", log);
+        nng_close(s);
+        stop_clean(&d);
+}
+
+Test(e2e, group_gives_mode_0660)
+{
+        const char *const args[] = { "--group", "root", "--pool", SMALL_POOL, NULL };
+        struct daemon     d;
+        struct rep        keep;
+        struct stat       sb;
+        char              shm[96], ev[160];
+
+        start_daemon(&d, args);
+        nng_socket s = client(d.url, 5000);
+        hello(s, "g", 0);
+        struct kv_attach_rep a = attach(s, "a", &keep);
+        rep_free(&keep);
+        snprintf(shm, sizeof(shm), "/dev/shm%s", a.shm_name);
+        cr_assert_eq(stat(shm, &sb), 0);
+        cr_assert_eq(sb.st_mode & 0777, 0660, "shm mode %o", sb.st_mode & 0777);
+        cr_assert_eq(sb.st_gid, 0);
+        cr_assert_eq(stat(d.path, &sb), 0);
+        cr_assert_eq(sb.st_mode & 0777, 0660, "socket mode %o", sb.st_mode & 0777);
+        cr_assert_eq(sb.st_gid, 0);
+        /* the event socket sits beside the request socket, same mode */
+        snprintf(ev, sizeof(ev), "%s/events.sock", d.dir);
+        cr_assert_eq(stat(ev, &sb), 0, "%s missing", ev);
+        cr_assert_eq(sb.st_mode & 0777, 0660, "event socket mode %o", sb.st_mode & 0777);
+        nng_close(s);
+        stop_clean(&d);
+        cr_assert_neq(access(ev, F_OK), 0, "event socket left behind");
 }
