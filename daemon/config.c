@@ -590,7 +590,7 @@ out:
 
 /* ---- check and print ----------------------------------------------------- */
 
-int kvd_config_check_scales(const struct kvd_config *c, char *err, size_t errlen)
+int kvd_config_check_scales(const struct kvd_config *c, FILE *f, char *err, size_t errlen)
 {
         for (uint32_t i = 0; i < c->num_pools; i++) {
                 const struct kvd_pool_spec *s = &c->pools[i];
@@ -604,6 +604,12 @@ int kvd_config_check_scales(const struct kvd_config *c, char *err, size_t errlen
                         snprintf(err, errlen, "pool %s: scales: %s", s->name, e);
                         return r;
                 }
+                if (f)
+                        fprintf(f, "pool %s scales: %s%s%s, k %g..%g, v %g..%g over %u layers%s\n", s->name,
+                                sc.source, sc.path[0] ? " " : "", sc.path, sc.k_min, sc.k_max, sc.v_min, sc.v_max,
+                                sc.num_layers, sc.warn_unscaled && (s->geom.dtype == KVC_DTYPE_FP8_E4M3 ||
+                                                                    s->geom.dtype == KVC_DTYPE_FP8_E5M2)
+                                                       ? " (UNSCALED fp8: configure \"scales\")" : "");
                 kvd_scales_fini(&sc);
         }
         return 0;

@@ -71,8 +71,9 @@ int kvd_config_parse_capacity(const char *s, uint64_t *ret_bytes, double *ret_fr
 void kvd_config_default_pool(struct kvd_pool_spec *ret);
 
 /* Loads (and frees again) the scales of every pool, to report bad scale
- * input at --check-config time.  Returns 0 or the first error with err. */
-int kvd_config_check_scales(const struct kvd_config *c, char *err, size_t errlen);
+ * input at --check-config time, printing each pool's scale source and range
+ * to f (NULL: print nothing).  Returns 0 or the first error with err. */
+int kvd_config_check_scales(const struct kvd_config *c, FILE *f, char *err, size_t errlen);
 
 /* Prints the pools as --check-config shows them (geometry, capacity in pages,
  * tokens and bytes where the capacity is in bytes) to f. */

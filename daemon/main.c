@@ -46,11 +46,11 @@ static int check_config(const struct kvd_config *c)
 {
         char err[1024];
 
-        if (kvd_config_check_scales(c, err, sizeof(err))) {
+        kvd_config_print(c, stdout);
+        if (kvd_config_check_scales(c, stdout, err, sizeof(err))) {
                 fprintf(stderr, "kvpoold: %s\n", err);
                 return 1;
         }
-        kvd_config_print(c, stdout);
         printf("configuration OK\n");
         return 0;
 }

@@ -99,7 +99,7 @@ Test(config, valid_file_every_key)
         cr_assert_str_eq(c.pools[1].backend, "auto");
         cr_assert_float_eq(c.pools[1].pressure_low, 0.1, 1e-12);
         cr_assert_float_eq(c.pools[1].pressure_high, 0.2, 1e-12);
-        cr_assert_eq(kvd_config_check_scales(&c, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(kvd_config_check_scales(&c, NULL, err, sizeof(err)), 0, "%s", err);
         kvd_config_fini(&c);
 }
 
