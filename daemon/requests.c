@@ -156,6 +156,11 @@ static int do_hello(struct kvd_server *s, struct kvd_req *q, struct kvd_session 
         ss->hello = 1;
         memcpy(ss->name, m.name, sizeof(ss->name));
         ss->name[KV_NAME_LEN - 1] = 0;
+        /* The name goes into logs and the STATUS JSON: printable ASCII only,
+         * so that a client cannot inject lines or invalid UTF-8. */
+        for (char *c = ss->name; *c; c++)
+                if ((unsigned char)*c < 0x20 || (unsigned char)*c > 0x7e)
+                        *c = '?';
         if (ss->pid < 0) /* no peer credentials (not ipc): trust the hello */
                 ss->pid = m.pid;
         memcpy(ss->salt, m.tenant_salt, KV_KEY_LEN);
