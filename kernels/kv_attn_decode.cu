@@ -22,25 +22,13 @@
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <cuda_runtime.h>
 
 #include "kv_ops.h"
 #include "kv_cuda_common.cuh"
 #include "kv_attn_common.cuh"
 #include "kv_attn_decode.cuh"
-
-static int say(char *msg, size_t msglen, int err, const char *fmt, ...)
-{
-        if (msg && msglen) {
-                va_list ap;
-                va_start(ap, fmt);
-                vsnprintf(msg, msglen, fmt, ap);
-                va_end(ap);
-        }
-        return err;
-}
+#include "kv_ref_common.h"
 
 template <int DT, int D>
 static void launch(const kva::params &p, dim3 grid, cudaStream_t st)
@@ -135,10 +123,10 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         if (rows == 0)
                 return 0;
         if (((uintptr_t)c->q | (uintptr_t)c->out) & 1u)
-                return say(msg, msglen, -EINVAL, "%s: q or out is not 2-byte aligned", c->op);
+                return kv_fail(-EINVAL, msg, msglen, "%s: q or out is not 2-byte aligned", c->op);
         if (((uintptr_t)c->page_table | (uintptr_t)c->seq_lens | (uintptr_t)c->qo_indptr) & 3u)
-                return say(msg, msglen, -EINVAL, "%s: page_table, seq_lens or qo_indptr is not 4-byte aligned",
-                           c->op);
+                return kv_fail(-EINVAL, msg, msglen, "%s: page_table, seq_lens or qo_indptr is not 4-byte aligned",
+                               c->op);
 
         const struct kv_layout *L = &pv->layout;
         const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;
@@ -187,8 +175,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         p.qk_scale_log2 = c->sm_scale * kf * 1.4426950408889634f;
         p.out_scale = vf;
         if (p.H * p.head_groups > 65535u)
-                return say(msg, msglen, -EINVAL, "%s: kv_heads * ceil(group/8) = %u exceeds the grid limit",
-                           c->op, p.H * p.head_groups);
+                return kv_fail(-EINVAL, msg, msglen, "%s: kv_heads * ceil(group/8) = %u exceeds the grid limit",
+                               c->op, p.H * p.head_groups);
 
         /* split plan */
         int sms = 132;
@@ -227,31 +215,13 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 p.part_ml = (float *)ws + n * D;
         }
         dim3 grid(rows, H * p.head_groups, p.splits);
-        switch (dt) {
-        case KVC_DTYPE_BF16:
-                r = launch_d<KVC_DTYPE_BF16>(D, p, grid, st);
-                break;
-        case KVC_DTYPE_FP16:
-                r = launch_d<KVC_DTYPE_FP16>(D, p, grid, st);
-                break;
-        case KVC_DTYPE_FP8_E4M3:
-                r = launch_d<KVC_DTYPE_FP8_E4M3>(D, p, grid, st);
-                break;
-        case KVC_DTYPE_FP8_E5M2:
-                r = launch_d<KVC_DTYPE_FP8_E5M2>(D, p, grid, st);
-                break;
-        case KVC_DTYPE_FP4_E2M1:
-                r = launch_d<KVC_DTYPE_FP4_E2M1>(D, p, grid, st);
-                break;
-        default:
+        if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st); }))
                 r = -EINVAL;
-                break;
-        }
         cudaError_t e = cudaGetLastError();
         if (ws)
                 cudaFreeAsync(ws, st);
         if (r < 0)
-                return say(msg, msglen, r, "%s: no kernel for dtype %d head_dim %u", c->op, (int)dt, D);
+                return kv_fail(r, msg, msglen, "%s: no kernel for dtype %d head_dim %u", c->op, (int)dt, D);
         if (e != cudaSuccess)
                 return kv_cuda_errno(e, c->op, msg, msglen);
         return 0;
@@ -268,7 +238,7 @@ extern "C" int kv_cuda_decode(const struct kv_pool_view *p, const struct kvc_dec
         struct kv_attn_call c;
 
         if (!a)
-                return say(msg, msglen, -EINVAL, "decode: args are NULL");
+                return kv_fail(-EINVAL, msg, msglen, "decode: args are NULL");
         kv_attn_from_decode(a, &c);
         return kv_attn_cuda_run(p, &c, stream, msg, msglen);
 }

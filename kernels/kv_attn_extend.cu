@@ -3,11 +3,10 @@
  * kv_attn_extend.cuh for how a row maps to its sequence and causal horizon),
  * so it inherits its dtypes, head dims, GQA grouping and sequence split. */
 #include <errno.h>
-#include <stdarg.h>
-#include <stdio.h>
 
 #include "kv_ops.h"
 #include "kv_attn_common.cuh"
+#include "kv_ref_common.h"
 
 /* Extend attention (kv_ops.h): q, out, qo_indptr, page_table and seq_lens
  * are device memory; qo_indptr_host and seq_lens_host their host copies,
@@ -20,17 +19,12 @@ extern "C" int kv_cuda_extend(const struct kv_pool_view *p, const struct kvc_ext
 {
         struct kv_attn_call c;
 
-        if (!a) {
-                if (msg && msglen)
-                        snprintf(msg, msglen, "extend: args are NULL");
-                return -EINVAL;
-        }
+        if (!a)
+                return kv_fail(-EINVAL, msg, msglen, "extend: args are NULL");
         kv_attn_from_extend(a, &c);
-        if (a->batch > 0 && (!a->qo_indptr || !a->qo_indptr_host)) {
-                if (msg && msglen)
-                        snprintf(msg, msglen, "extend: %s is NULL (device qo_indptr and its host copy are required)",
-                                 !a->qo_indptr ? "qo_indptr" : "qo_indptr_host");
-                return -EINVAL;
-        }
+        if (a->batch > 0 && (!a->qo_indptr || !a->qo_indptr_host))
+                return kv_fail(-EINVAL, msg, msglen,
+                               "extend: %s is NULL (device qo_indptr and its host copy are required)",
+                               !a->qo_indptr ? "qo_indptr" : "qo_indptr_host");
         return kv_attn_cuda_run(p, &c, stream, msg, msglen);
 }

@@ -1,22 +1,10 @@
 /* kv_cuda_common.cu - CUDA error conversion, argument checks shared by the
  * write and gather launchers, and kv_cuda_available(). */
 #include <errno.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <cuda_runtime.h>
 
 #include "kv_cuda_common.cuh"
-
-static int say(char *msg, size_t msglen, int err, const char *fmt, ...)
-{
-        if (msg && msglen) {
-                va_list ap;
-                va_start(ap, fmt);
-                vsnprintf(msg, msglen, fmt, ap);
-                va_end(ap);
-        }
-        return err;
-}
+#include "kv_ref_common.h"
 
 extern "C" int kv_cuda_errno(int cuda_err, const char *what, char *msg, size_t msglen)
 {
@@ -50,8 +38,8 @@ extern "C" int kv_cuda_errno(int cuda_err, const char *what, char *msg, size_t m
                 err = -EIO;
                 break;
         }
-        return say(msg, msglen, err, "%s: %s: %s", what ? what : "CUDA", cudaGetErrorName(e),
-                   cudaGetErrorString(e));
+        return kv_fail(err, msg, msglen, "%s: %s: %s", what ? what : "CUDA", cudaGetErrorName(e),
+                       cudaGetErrorString(e));
 }
 
 extern "C" int kv_cuda_available(void)
@@ -73,35 +61,35 @@ static int check_pool(const struct kv_pool_view *p, uint32_t layer, char *msg, s
         const struct kv_layout *L;
 
         if (!p || !p->base)
-                return say(msg, msglen, -EINVAL, "pool: no mapped pool (NULL view or base)");
+                return kv_fail(-EINVAL, msg, msglen, "pool: no mapped pool (NULL view or base)");
         L = &p->layout;
         if ((unsigned)L->g.dtype >= KVC_DTYPE__COUNT)
-                return say(msg, msglen, -EINVAL, "pool: unknown dtype %d", (int)L->g.dtype);
+                return kv_fail(-EINVAL, msg, msglen, "pool: unknown dtype %d", (int)L->g.dtype);
         if (L->g.head_dim != 64 && L->g.head_dim != 128 && L->g.head_dim != 256)
-                return say(msg, msglen, -EINVAL,
-                           "pool: head_dim %u is not supported by the CUDA kernels (64, 128 or 256)",
-                           L->g.head_dim);
+                return kv_fail(-EINVAL, msg, msglen,
+                               "pool: head_dim %u is not supported by the CUDA kernels (64, 128 or 256)",
+                               L->g.head_dim);
         if (L->g.kv_heads == 0 || L->g.page_size == 0 || L->num_pages == 0)
-                return say(msg, msglen, -EINVAL, "pool: empty geometry (kv_heads %u, page_size %u, num_pages %u)",
-                           L->g.kv_heads, L->g.page_size, L->num_pages);
+                return kv_fail(-EINVAL, msg, msglen, "pool: empty geometry (kv_heads %u, page_size %u, num_pages %u)",
+                               L->g.kv_heads, L->g.page_size, L->num_pages);
         if (layer >= L->g.num_layers)
-                return say(msg, msglen, -EINVAL, "layer: %u out of range (pool has %u layers)", layer,
-                           L->g.num_layers);
+                return kv_fail(-EINVAL, msg, msglen, "layer: %u out of range (pool has %u layers)", layer,
+                               L->g.num_layers);
         if (L->g.dtype == KVC_DTYPE_FP8_E4M3 || L->g.dtype == KVC_DTYPE_FP8_E5M2) {
                 float ks, vs;
 
                 if (!p->k_scale || !p->v_scale)
-                        return say(msg, msglen, -EINVAL, "pool: fp8 pool without k_scale/v_scale");
+                        return kv_fail(-EINVAL, msg, msglen, "pool: fp8 pool without k_scale/v_scale");
                 ks = p->k_scale[layer];
                 vs = p->v_scale[layer];
                 /* a zero, negative, infinite or NaN scale would turn every value
                  * into NaN or Inf: refuse it rather than corrupt the pool */
                 if (!(ks > 0.0f && ks < INFINITY))
-                        return say(msg, msglen, -EINVAL, "k_scale[%u]: %g is not a positive finite number", layer,
-                                   (double)ks);
+                        return kv_fail(-EINVAL, msg, msglen, "k_scale[%u]: %g is not a positive finite number", layer,
+                                       (double)ks);
                 if (!(vs > 0.0f && vs < INFINITY))
-                        return say(msg, msglen, -EINVAL, "v_scale[%u]: %g is not a positive finite number", layer,
-                                   (double)vs);
+                        return kv_fail(-EINVAL, msg, msglen, "v_scale[%u]: %g is not a positive finite number", layer,
+                                       (double)vs);
         }
         return 0;
 }
@@ -114,7 +102,7 @@ extern "C" int kv_cuda_check_write(const struct kv_pool_view *p, const struct kv
         int r;
 
         if (!a)
-                return say(msg, msglen, -EINVAL, "args: NULL write arguments");
+                return kv_fail(-EINVAL, msg, msglen, "args: NULL write arguments");
         r = check_pool(p, a->layer, msg, msglen);
         if (r < 0)
                 return r;
@@ -123,31 +111,31 @@ extern "C" int kv_cuda_check_write(const struct kv_pool_view *p, const struct kv
         case KVC_ELEM_BF16: esz = 2; break;
         case KVC_ELEM_F16: esz = 2; break;
         default:
-                return say(msg, msglen, -EINVAL, "elem: unknown element type %d (f32, bf16 or f16)", (int)a->elem);
+                return kv_fail(-EINVAL, msg, msglen, "elem: unknown element type %d (f32, bf16 or f16)", (int)a->elem);
         }
         if (a->num_tokens == 0)
                 return 0;
         if (!a->k || !a->v)
-                return say(msg, msglen, -EINVAL, "%s: NULL with num_tokens %u", !a->k ? "k" : "v", a->num_tokens);
+                return kv_fail(-EINVAL, msg, msglen, "%s: NULL with num_tokens %u", !a->k ? "k" : "v", a->num_tokens);
         if (!a->slots)
-                return say(msg, msglen, -EINVAL, "slots: NULL with num_tokens %u", a->num_tokens);
+                return kv_fail(-EINVAL, msg, msglen, "slots: NULL with num_tokens %u", a->num_tokens);
         row = (int64_t)p->layout.g.kv_heads * p->layout.g.head_dim;
         if (a->k_row_stride < row)
-                return say(msg, msglen, -EINVAL, "k_row_stride: %lld is less than kv_heads*head_dim = %lld",
-                           (long long)a->k_row_stride, (long long)row);
+                return kv_fail(-EINVAL, msg, msglen, "k_row_stride: %lld is less than kv_heads*head_dim = %lld",
+                               (long long)a->k_row_stride, (long long)row);
         if (a->v_row_stride < row)
-                return say(msg, msglen, -EINVAL, "v_row_stride: %lld is less than kv_heads*head_dim = %lld",
-                           (long long)a->v_row_stride, (long long)row);
+                return kv_fail(-EINVAL, msg, msglen, "v_row_stride: %lld is less than kv_heads*head_dim = %lld",
+                               (long long)a->v_row_stride, (long long)row);
         /* the last row's end must be addressable without overflow */
         if ((uint64_t)a->k_row_stride > (UINT64_MAX / esz) / a->num_tokens ||
             (uint64_t)a->v_row_stride > (UINT64_MAX / esz) / a->num_tokens)
-                return say(msg, msglen, -EINVAL, "k_row_stride/v_row_stride: %u rows overflow the address space",
-                           a->num_tokens);
+                return kv_fail(-EINVAL, msg, msglen, "k_row_stride/v_row_stride: %u rows overflow the address space",
+                               a->num_tokens);
         if ((uintptr_t)a->k % esz || (uintptr_t)a->v % esz)
-                return say(msg, msglen, -EINVAL, "%s: pointer not aligned to its %zu-byte element",
-                           (uintptr_t)a->k % esz ? "k" : "v", esz);
+                return kv_fail(-EINVAL, msg, msglen, "%s: pointer not aligned to its %zu-byte element",
+                               (uintptr_t)a->k % esz ? "k" : "v", esz);
         if ((uintptr_t)a->slots % 8)
-                return say(msg, msglen, -EINVAL, "slots: pointer not aligned to 8 bytes");
+                return kv_fail(-EINVAL, msg, msglen, "slots: pointer not aligned to 8 bytes");
         return 0;
 }
 
@@ -158,7 +146,7 @@ extern "C" int kv_cuda_check_gather(const struct kv_pool_view *p, const struct k
         int r;
 
         if (!a)
-                return say(msg, msglen, -EINVAL, "args: NULL gather arguments");
+                return kv_fail(-EINVAL, msg, msglen, "args: NULL gather arguments");
         r = check_pool(p, a->layer, msg, msglen);
         if (r < 0)
                 return r;
@@ -166,21 +154,21 @@ extern "C" int kv_cuda_check_gather(const struct kv_pool_view *p, const struct k
         case KVC_ELEM_F32: esz = 4; break;
         case KVC_ELEM_BF16: esz = 2; break;
         default:
-                return say(msg, msglen, -EINVAL, "elem: gather writes f32 or bf16, not element type %d",
-                           (int)a->elem);
+                return kv_fail(-EINVAL, msg, msglen, "elem: gather writes f32 or bf16, not element type %d",
+                               (int)a->elem);
         }
         if (a->n_pages == 0)
                 return 0;
         if (!a->pages)
-                return say(msg, msglen, -EINVAL, "pages: NULL with n_pages %u", a->n_pages);
+                return kv_fail(-EINVAL, msg, msglen, "pages: NULL with n_pages %u", a->n_pages);
         if (!a->k_out || !a->v_out)
-                return say(msg, msglen, -EINVAL, "%s: NULL with n_pages %u", !a->k_out ? "k_out" : "v_out",
-                           a->n_pages);
+                return kv_fail(-EINVAL, msg, msglen, "%s: NULL with n_pages %u", !a->k_out ? "k_out" : "v_out",
+                               a->n_pages);
         /* the kernel writes 16-byte vectors (rows are multiples of 16 bytes) */
         if ((uintptr_t)a->k_out % 16 || (uintptr_t)a->v_out % 16)
-                return say(msg, msglen, -EINVAL, "%s: pointer not 16-byte aligned (element size %zu)",
-                           (uintptr_t)a->k_out % 16 ? "k_out" : "v_out", esz);
+                return kv_fail(-EINVAL, msg, msglen, "%s: pointer not 16-byte aligned (element size %zu)",
+                               (uintptr_t)a->k_out % 16 ? "k_out" : "v_out", esz);
         if ((uintptr_t)a->pages % 4)
-                return say(msg, msglen, -EINVAL, "pages: pointer not aligned to 4 bytes");
+                return kv_fail(-EINVAL, msg, msglen, "pages: pointer not aligned to 4 bytes");
         return 0;
 }

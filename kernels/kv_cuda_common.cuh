@@ -265,6 +265,27 @@ __device__ __forceinline__ void unpack_f32(const uint4 (&w)[N * elem_traits<E>::
         }
 }
 
+/* Pool dtypes as compile-time tags, for the launchers' dispatch:
+ * with_dtype(d, f) calls f(dtype_tag<D>()) with D the pool dtype d, so the
+ * callee can instantiate its kernel for D (decltype(tag)::value).  Returns
+ * false without calling f for a dtype that has no kernels. */
+template <int D> struct dtype_tag {
+        static constexpr int value = D;
+};
+
+template <class F>
+static inline bool with_dtype(enum kvc_dtype d, F &&f)
+{
+        switch (d) {
+        case KVC_DTYPE_BF16: f(dtype_tag<KVC_DTYPE_BF16>()); return true;
+        case KVC_DTYPE_FP16: f(dtype_tag<KVC_DTYPE_FP16>()); return true;
+        case KVC_DTYPE_FP8_E4M3: f(dtype_tag<KVC_DTYPE_FP8_E4M3>()); return true;
+        case KVC_DTYPE_FP8_E5M2: f(dtype_tag<KVC_DTYPE_FP8_E5M2>()); return true;
+        case KVC_DTYPE_FP4_E2M1: f(dtype_tag<KVC_DTYPE_FP4_E2M1>()); return true;
+        default: return false;
+        }
+}
+
 /* Grid-stride helper: a 1-D launch of enough blocks to cover n items, capped
  * so that very large calls loop instead of launching millions of blocks. */
 static inline unsigned grid_for(uint64_t n, unsigned threads)

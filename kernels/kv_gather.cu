@@ -58,13 +58,7 @@ extern "C" int kv_cuda_gather(const struct kv_pool_view *p, const struct kvc_gat
         uint64_t items = (uint64_t)a->n_pages * L->g.page_size * 2 * gp.chunks;
         unsigned grid = grid_for(items, 256);
         cudaStream_t s = (cudaStream_t)stream;
-        switch (L->g.dtype) {
-        case KVC_DTYPE_BF16: e = launch_d<KVC_DTYPE_BF16>(gp, a->elem, grid, s); break;
-        case KVC_DTYPE_FP16: e = launch_d<KVC_DTYPE_FP16>(gp, a->elem, grid, s); break;
-        case KVC_DTYPE_FP8_E4M3: e = launch_d<KVC_DTYPE_FP8_E4M3>(gp, a->elem, grid, s); break;
-        case KVC_DTYPE_FP8_E5M2: e = launch_d<KVC_DTYPE_FP8_E5M2>(gp, a->elem, grid, s); break;
-        case KVC_DTYPE_FP4_E2M1: e = launch_d<KVC_DTYPE_FP4_E2M1>(gp, a->elem, grid, s); break;
-        default: return -EINVAL;
-        }
+        if (!with_dtype(L->g.dtype, [&](auto t) { e = launch_d<decltype(t)::value>(gp, a->elem, grid, s); }))
+                return -EINVAL;
         return kv_cuda_errno(e, "kv_cuda_gather: launch", msg, msglen);
 }

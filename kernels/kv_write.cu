@@ -2,10 +2,10 @@
  * element type, launches kvk::write_kernel (kv_write.cuh) on the caller's
  * stream. */
 #include <errno.h>
-#include <stdio.h>
 #include <cuda_runtime.h>
 
 #include "kv_write.cuh"
+#include "kv_ref_common.h"
 
 using namespace kvk;
 
@@ -28,11 +28,8 @@ extern "C" int kv_cuda_write(const struct kv_pool_view *p, const struct kvc_writ
         make_write_params(p, a, &wp);
         /* kv_layout puts every array on a 256-byte boundary; a view built by
          * hand might not */
-        if (L->token_bytes % 16 || ((uintptr_t)wp.dst[0] | (uintptr_t)wp.dst[1]) % 16) {
-                if (msg && msglen)
-                        snprintf(msg, msglen, "pool: layer %u arrays are not 16-byte aligned", a->layer);
-                return -EINVAL;
-        }
+        if (L->token_bytes % 16 || ((uintptr_t)wp.dst[0] | (uintptr_t)wp.dst[1]) % 16)
+                return kv_fail(-EINVAL, msg, msglen, "pool: layer %u arrays are not 16-byte aligned", a->layer);
 
         e = launch_write(wp, L->g.dtype, a->elem, (cudaStream_t)stream);
         return kv_cuda_errno(e, "kv_cuda_write: launch", msg, msglen);

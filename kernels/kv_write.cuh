@@ -225,14 +225,10 @@ static inline cudaError_t launch_write_d(const write_params &wp0, enum kvc_elem 
 
 static inline cudaError_t launch_write(const write_params &wp, enum kvc_dtype d, enum kvc_elem elem, cudaStream_t s)
 {
-        switch (d) {
-        case KVC_DTYPE_BF16: return launch_write_d<KVC_DTYPE_BF16>(wp, elem, s);
-        case KVC_DTYPE_FP16: return launch_write_d<KVC_DTYPE_FP16>(wp, elem, s);
-        case KVC_DTYPE_FP8_E4M3: return launch_write_d<KVC_DTYPE_FP8_E4M3>(wp, elem, s);
-        case KVC_DTYPE_FP8_E5M2: return launch_write_d<KVC_DTYPE_FP8_E5M2>(wp, elem, s);
-        case KVC_DTYPE_FP4_E2M1: return launch_write_d<KVC_DTYPE_FP4_E2M1>(wp, elem, s);
-        default: return cudaErrorInvalidValue;
-        }
+        cudaError_t e = cudaErrorInvalidValue;
+
+        with_dtype(d, [&](auto t) { e = launch_write_d<decltype(t)::value>(wp, elem, s); });
+        return e;
 }
 
 } // namespace kvk
