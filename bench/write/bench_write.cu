@@ -29,18 +29,9 @@
 
 #include "kv_cuda_common.cuh"
 #include "kv_codec.h"
+#include "gpu_common.h" /* tests/gpu: CK, the PRNG, the device check */
 
 extern "C" int bench_write_codec_only(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream);
-
-#define CK(call)                                                                                   \
-        do {                                                                                       \
-                cudaError_t e_ = (call);                                                           \
-                if (e_ != cudaSuccess) {                                                           \
-                        fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,              \
-                                cudaGetErrorString(e_));                                           \
-                        exit(1);                                                                   \
-                }                                                                                  \
-        } while (0)
 
 static const uint32_t HEADS = 8, HD = 128, PAGE = 16;
 
@@ -50,14 +41,7 @@ static double median(std::vector<double> v)
         return v[v.size() / 2];
 }
 
-static uint64_t rng_s = 0x1234567;
-static uint64_t rnd(void)
-{
-        rng_s ^= rng_s >> 12;
-        rng_s ^= rng_s << 25;
-        rng_s ^= rng_s >> 27;
-        return rng_s * 0x2545F4914F6CDD1Dull;
-}
+static struct rng bench_rng = { 0x1234567 };
 
 /* bytes of one call's traffic the effective bandwidth counts */
 static double call_bytes(enum kvc_dtype d, uint32_t T)
@@ -100,7 +84,7 @@ static void make_setup(setup &s, enum kvc_dtype d, uint32_t T, size_t l2)
         for (size_t i = 0; i < h.size(); i++) {
                 float x = 0;
                 for (int k = 0; k < 3; k++)
-                        x += (float)((rnd() >> 40) * (1.0 / 16777216.0)) - 0.5f;
+                        x += (float)((rng_next(&bench_rng) >> 40) * (1.0 / 16777216.0)) - 0.5f;
                 h[i] = kv_f32_to_bf16(x * 2.0f);
         }
         CK(cudaMalloc(&s.in, elems * 2 * 2 * sets));
@@ -111,7 +95,7 @@ static void make_setup(setup &s, enum kvc_dtype d, uint32_t T, size_t l2)
                 for (uint32_t t = 0; t < T; t++)
                         sl[(size_t)k * T + t] = (int64_t)k * pages_per_set * PAGE + t;
                 for (uint32_t t = T - 1; t > 0; t--)
-                        std::swap(sl[(size_t)k * T + t], sl[(size_t)k * T + rnd() % (t + 1)]);
+                        std::swap(sl[(size_t)k * T + t], sl[(size_t)k * T + rng_next(&bench_rng) % (t + 1)]);
         }
         CK(cudaMalloc(&s.slots, sl.size() * sizeof(int64_t)));
         CK(cudaMemcpy(s.slots, sl.data(), sl.size() * sizeof(int64_t), cudaMemcpyHostToDevice));
@@ -244,12 +228,8 @@ int main(int argc, char **argv)
         const int quick = argc > 1 && !strcmp(argv[1], "--quick");
         cudaDeviceProp prop;
         cudaStream_t st;
-        int n = 0;
 
-        if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-                printf("bench-write: no CUDA device\n");
-                return 77;
-        }
+        gpu_require_device("bench-write");
         CK(cudaGetDeviceProperties(&prop, 0));
         CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
         const double copy = copy_bw(st);

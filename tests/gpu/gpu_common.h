@@ -1,6 +1,7 @@
-/* gpu_common.h - helpers shared by the GPU tests (tests/gpu): device check
- * with the exit-77 skip, a seeded PRNG, CUDA call checking, and test data
- * (random K/V with special values, poisoned pools). */
+/* gpu_common.h - helpers shared by the GPU tests (tests/gpu) and the write
+ * benchmark (bench/write): device check with the exit-77 skip, a seeded PRNG,
+ * check counting, CUDA call checking, and test data (random K/V with special
+ * values, poisoned pools).  C and C++. */
 #ifndef KV_GPU_COMMON_H
 #define KV_GPU_COMMON_H
 
@@ -29,6 +30,20 @@ static inline void gpu_require_device(const char *prog)
                 exit(GPU_SKIP);
         }
 }
+
+/* Counts a failed check in the including file's `static int failures` and
+ * prints it with its place; the test goes on, and fails at its end.
+ * Flushed at once: a child process or a crash must not lose the line. */
+#define EXPECT(cond, ...)                                                                          \
+        do {                                                                                       \
+                if (!(cond)) {                                                                     \
+                        failures++;                                                                \
+                        printf("FAIL %s:%d: ", __FILE__, __LINE__);                                \
+                        printf(__VA_ARGS__);                                                       \
+                        printf("\n");                                                              \
+                        fflush(stdout);                                                            \
+                }                                                                                  \
+        } while (0)
 
 /* Aborts the test with the failing call named: a CUDA runtime failure in a
  * test is a failure of the test, never something to skip. */

@@ -18,16 +18,6 @@
 static int failures, cases;
 static double worst;
 
-#define EXPECT(cond, ...)                                                                          \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        failures++;                                                                \
-                        printf("FAIL %s:%d: ", __FILE__, __LINE__);                                \
-                        printf(__VA_ARGS__);                                                       \
-                        printf("\n");                                                              \
-                }                                                                                  \
-        } while (0)
-
 struct apool {
         struct kv_layout L;
         uint8_t *host, *dev;

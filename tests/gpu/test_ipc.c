@@ -28,17 +28,6 @@
 
 static int failures;
 
-#define EXPECT(cond, ...)                                                                          \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        failures++;                                                                \
-                        printf("FAIL %s:%d: ", __FILE__, __LINE__);                                \
-                        printf(__VA_ARGS__);                                                       \
-                        printf("\n");                                                              \
-                        fflush(stdout);                                                            \
-                }                                                                                  \
-        } while (0)
-
 #define POOL_GEOM "layers=2,kv_heads=4,head_dim=128,page_size=16,capacity=64MiB,backend=cuda,device=0"
 static const char *const pools[] = {
         "name=gpu8,dtype=fp8_e4m3," POOL_GEOM,

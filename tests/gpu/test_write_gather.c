@@ -16,16 +16,6 @@
 static int failures;
 static int cases;
 
-#define EXPECT(cond, ...)                                                                          \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        failures++;                                                                \
-                        printf("FAIL %s:%d: ", __FILE__, __LINE__);                                \
-                        printf(__VA_ARGS__);                                                       \
-                        printf("\n");                                                              \
-                }                                                                                  \
-        } while (0)
-
 struct pool {
         struct kv_layout L;
         uint8_t *host;          /* reference pool */
