@@ -1025,3 +1025,34 @@ Test(e2e, group_gives_mode_0660)
         stop_clean(&d);
         cr_assert_neq(access(ev, F_OK), 0, "event socket left behind");
 }
+
+Test(e2e, sigterm_with_clients_connected)
+{
+        /* clients still connected and holding pages: the daemon still exits
+         * 0 and leaves nothing behind; the clients then get no reply */
+        const char *const args[] = { "--pool", SMALL_POOL, NULL };
+        struct daemon     d;
+        struct rep        keep;
+        uint32_t          ids[8];
+        nng_socket        c[3];
+
+        start_daemon(&d, args);
+        for (int i = 0; i < 3; i++) {
+                c[i] = client(d.url, 500);
+                hello(c[i], "held", 0);
+                attach(c[i], "a", &keep);
+                rep_free(&keep);
+                alloc_pages(c[i], 0, 8, ids);
+        }
+        stop_clean(&d);
+        {
+                uint8_t *b;
+                size_t   l;
+                /* REQ waits for a connection to send on: bound the wait */
+                nng_socket_set_ms(c[0], NNG_OPT_SENDTIMEO, 500);
+                nng_send(c[0], req, (size_t)kv_enc_u32_req(req, sizeof(req), KV_OP_STATUS, 5, 0), 0);
+                cr_assert_neq(nng_recv(c[0], &b, &l, NNG_FLAG_ALLOC), 0, "a stopped daemon answered");
+        }
+        for (int i = 0; i < 3; i++)
+                nng_close(c[i]);
+}
