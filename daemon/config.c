@@ -354,31 +354,23 @@ static int is_off(const char *v)
         return !v || !*v || strcmp(v, "none") == 0 || strcmp(v, "off") == 0;
 }
 
-/* The event socket's default: beside the request socket.  For the standard
- * name kvpool.sock that is events.sock in the same folder; for another name
- * X.sock it is X.events.sock, so that two daemons sharing a folder (tests) do
- * not collide.  Only ipc:// sockets get a default; others have events off. */
+/* The event socket's default: events.sock beside the request socket (the
+ * same folder; kvpoolctl derives it the same way).  Only ipc:// sockets get
+ * a default; on other transports events are off unless --events names one. */
 static char *default_events_url(const char *socket_url)
 {
         const char *path, *base;
         char       *out;
-        size_t      dirlen, stem;
+        size_t      dirlen;
 
         if (strncmp(socket_url, "ipc://", 6) != 0)
                 return NULL;
         path = socket_url + 6;
         base = strrchr(path, '/');
-        base = base ? base + 1 : path;
-        dirlen = (size_t)(base - path);
-        stem = strlen(base);
-        if (stem > 5 && strcmp(base + stem - 5, ".sock") == 0)
-                stem -= 5;
-        if (!(out = malloc(6 + dirlen + stem + 16)))
+        dirlen = base ? (size_t)(base - path) + 1 : 0;
+        if (!(out = malloc(6 + dirlen + sizeof("events.sock"))))
                 return NULL;
-        if (strcmp(base, "kvpool.sock") == 0)
-                sprintf(out, "ipc://%.*sevents.sock", (int)dirlen, path);
-        else
-                sprintf(out, "ipc://%.*s%.*s.events.sock", (int)dirlen, path, (int)stem, base);
+        sprintf(out, "ipc://%.*sevents.sock", (int)dirlen, path);
         return out;
 }
 
@@ -508,6 +500,10 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                         goto out;
         } else {
                 c.events_url = default_events_url(c.socket_url);
+                if (!c.events_url && strncmp(c.socket_url, "ipc://", 6) == 0) {
+                        r = -ENOMEM;
+                        goto out;
+                }
         }
         {
                 const char *m = cli.has_metrics ? cli.metrics : file.has_metrics ? file.metrics

@@ -321,7 +321,7 @@ Test(config, precedence)
         setenv("KVPOOL_SOCKET", "ipc:///tmp/kvtest-env.sock", 1);
         cr_assert_eq(parse(&c, NULL), 0, "%s", err);
         cr_assert_str_eq(c.socket_url, "ipc:///tmp/kvtest-env.sock");
-        cr_assert_str_eq(c.events_url, "ipc:///tmp/kvtest-env.events.sock");
+        cr_assert_str_eq(c.events_url, "ipc:///tmp/events.sock");
         kvd_config_fini(&c);
 
         cr_assert_eq(parse(&c, "--config", f, NULL), 0, "%s", err);
