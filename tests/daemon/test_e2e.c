@@ -1056,3 +1056,92 @@ Test(e2e, sigterm_with_clients_connected)
         for (int i = 0; i < 3; i++)
                 nng_close(c[i]);
 }
+
+Test(e2e, mutated_requests_always_get_an_answer)
+{
+        /* valid requests with random bytes flipped, cut or extended: every
+         * one gets a reply (an error or a success), the daemon lives, and
+         * when the fuzzing client goes, every page it got is free again */
+        const char *const args[] = { "--pool", SMALL_POOL, NULL };
+        struct daemon     d;
+        struct rep        keep;
+        static uint8_t    base[8][512];
+        int               blen[8], nb = 0;
+        uint32_t          ids[4] = { 0, 1, 2, 3 };
+        uint8_t           keys[2][KV_KEY_LEN] = { { 1 }, { 2 } };
+        unsigned          seed = 20261129;
+
+        {
+                struct kv_hello_req h = { .proto_version = KV_PROTO_VERSION, .name = "fuzz" };
+                struct kv_attach_req at = { "a" };
+                struct kv_alloc_req al = { 0, 3 };
+
+                blen[nb++] = kv_enc_hello_req(base[0], 512, 1, &h);
+                blen[nb++] = kv_enc_attach_req(base[1], 512, 2, &at);
+                blen[nb++] = kv_enc_alloc_req(base[2], 512, 3, &al);
+                blen[nb++] = kv_enc_pages(base[3], 512, KV_OP_FREE, 4, 0, 4, ids);
+                blen[nb++] = kv_enc_publish_req(base[4], 512, 5, 0, 2, ids, (const uint8_t (*)[16])keys);
+                blen[nb++] = kv_enc_lookup_req(base[5], 512, 6, 0, 2, (const uint8_t (*)[16])keys);
+                blen[nb++] = kv_enc_u32_req(base[6], 512, KV_OP_STATUS, 7, 0);
+                blen[nb++] = kv_enc_empty(base[7], 512, KV_OP_BYE, 8);
+        }
+        start_daemon(&d, args);
+        nng_socket watcher = client(d.url, 5000);
+        hello(watcher, "watcher", 0);
+        nng_socket f = client(d.url, 5000);
+        /* a valid session first, so that mutations reach the handlers */
+        hello(f, "fuzz", 0);
+        attach(f, "a", &keep);
+        rep_free(&keep);
+        for (int i = 0; i < 3000; i++) {
+                int     k = rand_r(&seed) % nb, len = blen[k];
+                uint8_t m[600];
+
+                memcpy(m, base[k], (size_t)len);
+                switch (rand_r(&seed) % 4) {
+                case 0: /* flip a few bytes anywhere */
+                        for (int j = rand_r(&seed) % 4 + 1; j > 0; j--)
+                                m[rand_r(&seed) % len] ^= (uint8_t)(1u << (rand_r(&seed) % 8));
+                        break;
+                case 1: /* cut */
+                        len = rand_r(&seed) % len;
+                        break;
+                case 2: /* extend with junk */
+                        for (int j = rand_r(&seed) % 64; j > 0 && len < (int)sizeof(m); j--)
+                                m[len++] = (uint8_t)rand_r(&seed);
+                        break;
+                default: /* flip a body byte only, keeping the header valid */
+                        if (len > (int)KV_HDR_SIZE)
+                                m[KV_HDR_SIZE + rand_r(&seed) % (len - KV_HDR_SIZE)] ^= 0xFF;
+                        break;
+                }
+                struct rep r = rpc(f, m, (size_t)len);
+                rep_free(&r);
+        }
+        cr_assert_eq(kill(d.pid, 0), 0);
+        {
+                cJSON *st = status(watcher);
+                const cJSON *p = status_pool(st, "a");
+                cr_assert_eq(num(p, "pages_total"), num(p, "pages_free") + num(p, "pages_held") + num(p, "cached_idle"),
+                             "page counts do not add up");
+                cJSON_Delete(st);
+        }
+        nng_close(f);
+        /* published pages stay cached (idle) after their holder went */
+        for (int t = 0; t < 100; t++) {
+                cJSON *st = status(watcher);
+                const cJSON *p = status_pool(st, "a");
+                int done = num(p, "pages_held") == 0;
+                cJSON_Delete(st);
+                if (done)
+                        break;
+                sleep_ms(10);
+        }
+        {
+                cJSON *st = status(watcher);
+                cr_assert_eq(num(status_pool(st, "a"), "pages_held"), 0, "pages of the fuzzing client still held");
+                cJSON_Delete(st);
+        }
+        nng_close(watcher);
+        stop_clean(&d);
+}
