@@ -1,0 +1,268 @@
+/* test_lifecycle.c - kvpoold's life cycle end to end: capacity per dtype,
+ * --check-config, a failed start, pressure crossings, --group modes, and
+ * SIGTERM with clients connected.  $KVPOOLD names the binary. */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <cjson/cJSON.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+#include "kv_proto.h"
+#include "kv_layout.h"
+
+#include "e2e_util.h"
+
+TestSuite(lifecycle, .fini = kill_leftover);
+
+Test(lifecycle, capacity_by_dtype)
+{
+        /* same byte budget, three dtypes: bf16 = 2 bytes, fp8 = 1, fp4 =
+         * 0.5 + 1/16 per element, so tokens stand 1 : 2 : 3.56 */
+        const char *const args[] = {
+                "--pool", "name=b16,dtype=bf16,layers=2,kv_heads=2,head_dim=64,page_size=16,capacity=64MiB",
+                "--pool", "name=f8,dtype=fp8_e4m3,layers=2,kv_heads=2,head_dim=64,page_size=16,capacity=64MiB",
+                "--pool", "name=f4,dtype=fp4_e2m1,layers=2,kv_heads=2,head_dim=64,page_size=16,capacity=64MiB",
+                NULL };
+        const char *names[3] = { "b16", "f8", "f4" };
+        const double bpe[3] = { 2.0, 1.0, 0.5 + 1.0 / 16.0 };
+        double       tokens[3];
+        struct daemon d;
+
+        start_daemon(&d, args);
+        nng_socket s = client(d.url, 5000);
+        hello(s, "cap", 0);
+        cJSON *st = status(s);
+        for (int i = 0; i < 3; i++) {
+                const cJSON         *p = status_pool(st, names[i]);
+                struct rep           keep;
+                struct kv_attach_rep a = attach(s, names[i], &keep);
+                double ideal = (double)(64u << 20) / (2.0 * 2 * 2 * 64 * bpe[i]);
+
+                tokens[i] = num(p, "token_capacity");
+                cr_assert_eq(tokens[i], (double)a.num_pages * 16);
+                cr_assert_leq(num(p, "bytes"), 64u << 20);
+                cr_assert_eq(num(p, "bytes"), (double)a.pool_bytes);
+                cr_assert(fabs(tokens[i] - ideal) <= 16.0, "%s: %g tokens, ideal %g: more than a page apart",
+                          names[i], tokens[i], ideal);
+                check_layout(&a);
+                rep_free(&keep);
+        }
+        cJSON_Delete(st);
+        cr_log_info("token capacity bf16 %g fp8 %g fp4 %g: ratios %.4f %.4f", tokens[0], tokens[1], tokens[2],
+                    tokens[1] / tokens[0], tokens[2] / tokens[0]);
+        cr_assert(fabs(tokens[1] / tokens[0] - 2.0) <= 2.0 * 16 / tokens[0], "fp8/bf16 = %g", tokens[1] / tokens[0]);
+        cr_assert(fabs(tokens[2] / tokens[0] - 32.0 / 9.0) <= 4.0 * 16 / tokens[0], "fp4/bf16 = %g",
+                  tokens[2] / tokens[0]);
+        cr_assert_eq(round(tokens[1] / tokens[0] * 100), 200);
+        cr_assert_eq(round(tokens[2] / tokens[0] * 100), 356);
+        nng_close(s);
+        stop_clean(&d);
+}
+
+/* Runs kvpoold with args; returns its exit code, output in out. */
+static int run_kvpoold(const char *const *args, char *out, size_t cap, pid_t *ret_pid)
+{
+        char *argv[16];
+        int   argc = 0, fds[2], st;
+        size_t n = 0;
+        ssize_t k;
+        pid_t pid;
+
+        argv[argc++] = (char *)kvpoold();
+        for (int i = 0; args[i]; i++)
+                argv[argc++] = (char *)args[i];
+        argv[argc] = NULL;
+        cr_assert_eq(pipe(fds), 0);
+        pid = fork();
+        if (pid == 0) {
+                dup2(fds[1], 1);
+                dup2(fds[1], 2);
+                close(fds[0]);
+                execv(argv[0], argv);
+                _exit(127);
+        }
+        close(fds[1]);
+        while (n + 1 < cap && (k = read(fds[0], out + n, cap - 1 - n)) > 0)
+                n += (size_t)k;
+        out[n] = 0;
+        close(fds[0]);
+        waitpid(pid, &st, 0);
+        if (ret_pid)
+                *ret_pid = pid;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(lifecycle, check_config)
+{
+        char        out[8192], cfg[64];
+        pid_t       pid;
+        FILE       *f;
+        const char *good[] = { "--check-config", "--metrics", "none", "--socket", "ipc:///tmp/kvtest-cc.sock",
+                               "--pool", SMALL_POOL, NULL };
+
+        cr_assert_eq(run_kvpoold(good, out, sizeof(out), &pid), 0, "%s", out);
+        cr_assert(strstr(out, "pool a"), "%s", out);
+        cr_assert(strstr(out, "configuration OK"), "%s", out);
+        cr_assert_eq(shm_objects(pid), 0, "--check-config allocated shared memory");
+
+        snprintf(cfg, sizeof(cfg), "/tmp/kvtest-cc-%d.json", (int)getpid());
+        f = fopen(cfg, "w");
+        fputs("{\"pools\": [{\"name\": \"x\", \"dtype\": \"fp8_e4m3\", \"layers\": 2, \"kv_heads\": 2,\n"
+              " \"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\",\n"
+              " \"scales\": {\"source\": \"json\", \"path\": \"/nonexistent/kvtest-scales.json\"}}]}\n", f);
+        fclose(f);
+        {
+                const char *bad[] = { "--check-config", "--config", cfg, NULL };
+                cr_assert_eq(run_kvpoold(bad, out, sizeof(out), NULL), 1, "%s", out);
+                cr_assert(strstr(out, "kvtest-scales.json"), "scale error does not name the file: %s", out);
+        }
+        f = fopen(cfg, "w");
+        fputs("{\"pools\": [{\"name\": \"x\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2,\n"
+              " \"head_dim\": 64, \"page_sise\": 16, \"capacity\": \"8MiB\"}]}\n", f);
+        fclose(f);
+        {
+                const char *bad[] = { "--check-config", "--config", cfg, NULL };
+                cr_assert_eq(run_kvpoold(bad, out, sizeof(out), NULL), 1, "%s", out);
+                cr_assert(strstr(out, "pools[0].page_sise"), "%s", out);
+        }
+        unlink(cfg);
+        {
+                const char *help[] = { "--help", NULL };
+                cr_assert_eq(run_kvpoold(help, out, sizeof(out), NULL), 0);
+                cr_assert(strstr(out, "--pool"), "%s", out);
+        }
+}
+
+Test(lifecycle, failed_start_leaves_nothing)
+{
+        /* the pools are made, then listening fails: exit 1, no shm left */
+        char        out[8192];
+        pid_t       pid;
+        const char *args[] = { "--metrics", "none", "--socket", "ipc:///proc/kvtest-no/kvpool.sock",
+                               "--pool", SMALL_POOL, NULL };
+
+        cr_assert_eq(run_kvpoold(args, out, sizeof(out), &pid), 1, "%s", out);
+        cr_assert(strstr(out, "/proc/kvtest-no"), "%s", out);
+        cr_assert_eq(shm_objects(pid), 0, "a failed start left shared memory behind");
+}
+
+/* The log of daemon d so far, NUL-terminated (static buffer). */
+static const char *read_log(const struct daemon *d)
+{
+        static char buf[16384];
+        FILE       *f = fopen(d->log, "r");
+        size_t      n = 0;
+
+        if (f) {
+                n = fread(buf, 1, sizeof(buf) - 1, f);
+                fclose(f);
+        }
+        buf[n] = 0;
+        return buf;
+}
+
+Test(lifecycle, pressure_crossings_are_announced_once)
+{
+        /* 256 pages; pressure below 10% free, relieved above 20% */
+        const char *const args[] = { "--pool", "name=a,dtype=bf16,layers=2,kv_heads=2,head_dim=64,page_size=16,capacity=4MiB",
+                                     NULL };
+        struct daemon     d;
+        struct rep        r, keep;
+        static uint32_t   ids[256];
+        const char       *log, *at;
+
+        start_daemon(&d, args);
+        nng_socket s = client(d.url, 5000);
+        hello(s, "p", 0);
+        struct kv_attach_rep a = attach(s, "a", &keep);
+        rep_free(&keep);
+        cr_assert_eq(a.num_pages, 256);
+        alloc_pages(s, 0, 200, ids);            /* 21.9% free: nothing */
+        alloc_pages(s, 0, 35, ids + 200);       /* 8.2% free: pressure */
+        alloc_pages(s, 0, 5, ids + 235);        /* 6.25%: still, no repeat */
+        r = rpc(s, req, enc_free(0, 20, ids));  /* 14.1%: between, no change */
+        rep_free(&r);
+        log = read_log(&d);
+        cr_assert(strstr(log, "pool a: under pressure, 8.2% free (below 10.0%)"), "%s", log);
+        cr_assert_null(strstr(strstr(log, "under pressure") + 1, "under pressure"), "announced twice: %s", log);
+        cr_assert_null(strstr(log, "relieved"), "%s", log);
+        r = rpc(s, req, enc_free(0, 20, ids + 20)); /* 21.9%: relieved */
+        rep_free(&r);
+        log = read_log(&d);
+        at = strstr(log, "pool a: pressure relieved, 21.9% free (above 20.0%)");
+        cr_assert(at, "%s", log);
+        nng_close(s);
+        stop_clean(&d);
+}
+
+Test(lifecycle, group_gives_mode_0660)
+{
+        const char *const args[] = { "--group", "root", "--pool", SMALL_POOL, NULL };
+        struct daemon     d;
+        struct rep        keep;
+        struct stat       sb;
+        char              shm[96], ev[160];
+
+        start_daemon(&d, args);
+        nng_socket s = client(d.url, 5000);
+        hello(s, "g", 0);
+        struct kv_attach_rep a = attach(s, "a", &keep);
+        rep_free(&keep);
+        snprintf(shm, sizeof(shm), "/dev/shm%s", a.shm_name);
+        cr_assert_eq(stat(shm, &sb), 0);
+        cr_assert_eq(sb.st_mode & 0777, 0660, "shm mode %o", sb.st_mode & 0777);
+        cr_assert_eq(sb.st_gid, 0);
+        cr_assert_eq(stat(d.path, &sb), 0);
+        cr_assert_eq(sb.st_mode & 0777, 0660, "socket mode %o", sb.st_mode & 0777);
+        cr_assert_eq(sb.st_gid, 0);
+        /* the event socket sits beside the request socket, same mode */
+        snprintf(ev, sizeof(ev), "%s/events.sock", d.dir);
+        cr_assert_eq(stat(ev, &sb), 0, "%s missing", ev);
+        cr_assert_eq(sb.st_mode & 0777, 0660, "event socket mode %o", sb.st_mode & 0777);
+        nng_close(s);
+        stop_clean(&d);
+        cr_assert_neq(access(ev, F_OK), 0, "event socket left behind");
+}
+
+Test(lifecycle, sigterm_with_clients_connected)
+{
+        /* clients still connected and holding pages: the daemon still exits
+         * 0 and leaves nothing behind; the clients then get no reply */
+        const char *const args[] = { "--pool", SMALL_POOL, NULL };
+        struct daemon     d;
+        struct rep        keep;
+        uint32_t          ids[8];
+        nng_socket        c[3];
+
+        start_daemon(&d, args);
+        for (int i = 0; i < 3; i++) {
+                c[i] = client(d.url, 500);
+                hello(c[i], "held", 0);
+                attach(c[i], "a", &keep);
+                rep_free(&keep);
+                alloc_pages(c[i], 0, 8, ids);
+        }
+        stop_clean(&d);
+        {
+                uint8_t *b;
+                size_t   l;
+                /* REQ waits for a connection to send on: bound the wait */
+                nng_socket_set_ms(c[0], NNG_OPT_SENDTIMEO, 500);
+                nng_send(c[0], req, (size_t)kv_enc_u32_req(req, sizeof(req), KV_OP_STATUS, 5, 0), 0);
+                cr_assert_neq(nng_recv(c[0], &b, &l, NNG_FLAG_ALLOC), 0, "a stopped daemon answered");
+        }
+        for (int i = 0; i < 3; i++)
+                nng_close(c[i]);
+}
