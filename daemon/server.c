@@ -201,12 +201,17 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
         if (wd_usec && wd_usec / 2000 < (uint64_t)wake_ms)
                 wake_ms = wd_usec / 2000 ? (int)(wd_usec / 2000) : 1;
         period = wake_ms / 2000.0;
-        if ((rv = nng_socket_set_ms(s->sock, NNG_OPT_RECVTIMEO, wake_ms)))
-                return kvd_log_ret(KVD_LOG_ERR, nng_errno(rv), "socket: cannot set a receive timeout: %s",
+        /* The send timeout bounds how long a peer that does not read its
+         * replies (a raw peer pipelining requests) can hold the loop: REP
+         * waits while the previous reply to that pipe is still unsent. */
+        if ((rv = nng_socket_set_ms(s->sock, NNG_OPT_RECVTIMEO, wake_ms)) ||
+            (rv = nng_socket_set_ms(s->sock, NNG_OPT_SENDTIMEO, wake_ms)))
+                return kvd_log_ret(KVD_LOG_ERR, nng_errno(rv), "socket: cannot set timeouts: %s",
                                    nng_strerror(rv));
         while (!*stop) {
                 struct kvd_req q = { 0 };
-                double     t0, t1;
+                nng_pipe       pipe;
+                double         t0, t1;
 
                 rv = nng_recvmsg(s->sock, &q.msg, 0);
                 t0 = now_s();
@@ -227,8 +232,21 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
                 t1 = now_s();
                 kvd_metrics_observe(s->metrics, q.op, q.ok ? q.code : KV_E_INTERNAL, t1 - t0);
                 pthread_mutex_unlock(&s->lock);
-                if (!q.ok || nng_sendmsg(s->sock, q.msg, 0) != 0)
-                        nng_msg_free(q.msg); /* the peer is gone or we ran out of memory */
+                if (!q.ok) {
+                        nng_msg_free(q.msg); /* out of memory: the peer times out */
+                        continue;
+                }
+                pipe = nng_msg_get_pipe(q.msg);
+                rv = nng_sendmsg(s->sock, q.msg, 0);
+                if (rv) {
+                        nng_msg_free(q.msg);
+                        if (rv == NNG_ETIMEDOUT) {
+                                /* It does not read: drop it (its session ends, its
+                                 * pages are released) rather than stall everyone. */
+                                kvd_warn("connection %u does not read its replies: closing it", nng_pipe_id(pipe));
+                                nng_pipe_close(pipe);
+                        }
+                }
         }
         return 0;
 }

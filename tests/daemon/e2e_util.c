@@ -339,3 +339,18 @@ void check_layout(const struct kv_attach_rep *a)
         cr_assert_eq(a->scale_token_bytes, L.scale_token_bytes);
         cr_assert_eq(a->scale_head_bytes, L.scale_head_bytes);
 }
+
+/* The log of daemon d so far, NUL-terminated (static buffer). */
+const char *read_log(const struct daemon *d)
+{
+        static char buf[16384];
+        FILE       *f = fopen(d->log, "r");
+        size_t      n = 0;
+
+        if (f) {
+                n = fread(buf, 1, sizeof(buf) - 1, f);
+                fclose(f);
+        }
+        buf[n] = 0;
+        return buf;
+}

@@ -14,7 +14,7 @@ struct daemon {
         pid_t pid;
         char  dir[64];
         char  url[160];
-        char  path[128];
+        char  path[96];
         char  log[128];
 };
 
@@ -69,5 +69,7 @@ double num(const cJSON *o, const char *key);
 int wait_all_free(nng_socket s, const char *pool, int ms);
 /* Asserts an attach reply's offsets equal kv_layout_init's. */
 void check_layout(const struct kv_attach_rep *a);
+/* The daemon's log so far, NUL-terminated (a static buffer). */
+const char *read_log(const struct daemon *d);
 
 #endif

@@ -571,3 +571,71 @@ Test(e2e, mutated_requests_always_get_an_answer)
         nng_close(watcher);
         stop_clean(&d);
 }
+
+/* One nng IPC frame carrying a REQ message: type 1, 64-bit big-endian
+ * length, the request id (big-endian, high bit set), then the body. */
+static size_t ipc_frame(uint8_t *out, uint32_t rid, const uint8_t *body, size_t n)
+{
+        uint64_t len = n + 4;
+
+        out[0] = 1;
+        for (int i = 0; i < 8; i++)
+                out[1 + i] = (uint8_t)(len >> (56 - 8 * i));
+        rid |= 0x80000000u;
+        for (int i = 0; i < 4; i++)
+                out[9 + i] = (uint8_t)(rid >> (24 - 8 * i));
+        memcpy(out + 13, body, n);
+        return 13 + n;
+}
+
+Test(e2e, peer_that_never_reads_is_dropped)
+{
+        /* a raw peer pipelines requests and never reads a reply: the daemon
+         * must not stall on it, and keeps serving the others */
+        const char *const  args[] = { "--pool", SMALL_POOL, NULL };
+        struct daemon      d;
+        struct rep         keep;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct timeval     tv = { 2, 0 };
+        uint8_t            hs[8] = { 0x00, 'S', 'P', 0x00, 0x00, 0x30, 0x00, 0x00 }, peer[8], msg[256], frame[300];
+        uint32_t           ids[2];
+        int                fd, n, sent = 0;
+
+        start_daemon(&d, args);
+        nng_socket good = client(d.url, 5000);
+        hello(good, "good", 0);
+        attach(good, "a", &keep);
+        rep_free(&keep);
+
+        fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", d.path);
+        cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        cr_assert_eq(write(fd, hs, 8), 8);
+        cr_assert_eq(read(fd, peer, 8), 8, "no SP handshake from the daemon");
+        {
+                struct kv_hello_req h = { .proto_version = KV_PROTO_VERSION, .name = "mute" };
+                n = kv_enc_hello_req(msg, sizeof(msg), 1, &h);
+                cr_assert_eq(write(fd, frame, ipc_frame(frame, 1, msg, (size_t)n)), (ssize_t)(13 + n));
+        }
+        n = kv_enc_u32_req(msg, sizeof(msg), KV_OP_STATUS, 2, 0);
+        for (int i = 0; i < 50000; i++) {
+                size_t l = ipc_frame(frame, 2 + (uint32_t)i, msg, (size_t)n);
+                if (write(fd, frame, l) != (ssize_t)l)
+                        break; /* the daemon stopped reading us, or dropped us */
+                sent++;
+        }
+        cr_log_info("the mute peer got %d requests in", sent);
+        /* the others are served meanwhile and after */
+        for (int i = 0; i < 20; i++) {
+                alloc_pages(good, 0, 2, ids);
+                struct rep r = rpc(good, req, enc_free(0, 2, ids));
+                cr_assert_eq(r.h.opcode, KV_OP_FREE | KV_OP_REPLY);
+                rep_free(&r);
+        }
+        cr_assert(strstr(read_log(&d), "does not read its replies: closing it"), "%s", read_log(&d));
+        close(fd);
+        cr_assert_eq(kill(d.pid, 0), 0);
+        nng_close(good);
+        stop_clean(&d);
+}

@@ -158,21 +158,6 @@ Test(lifecycle, failed_start_leaves_nothing)
         cr_assert_eq(shm_objects(pid), 0, "a failed start left shared memory behind");
 }
 
-/* The log of daemon d so far, NUL-terminated (static buffer). */
-static const char *read_log(const struct daemon *d)
-{
-        static char buf[16384];
-        FILE       *f = fopen(d->log, "r");
-        size_t      n = 0;
-
-        if (f) {
-                n = fread(buf, 1, sizeof(buf) - 1, f);
-                fclose(f);
-        }
-        buf[n] = 0;
-        return buf;
-}
-
 Test(lifecycle, pressure_crossings_are_announced_once)
 {
         /* 256 pages; pressure below 10% free, relieved above 20% */
