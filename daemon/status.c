@@ -84,12 +84,21 @@ static cJSON *client_json(const struct kvd_server *s, const struct kvd_session *
         return o;
 }
 
+static int by_session_id(const void *a, const void *b)
+{
+        const struct kvd_session *x = *(const struct kvd_session *const *)a;
+        const struct kvd_session *y = *(const struct kvd_session *const *)b;
+
+        return x->id < y->id ? -1 : x->id > y->id;
+}
+
 char *kvd_status_json(const struct kvd_server *s)
 {
         const struct kvd_session *ss;
         const char               *ev = kvd_server_events_url(s);
         cJSON                    *root = cJSON_CreateObject(), *pools, *clients, *item;
-        uint32_t                  cursor = 0;
+        const struct kvd_session **order = NULL;
+        uint32_t                  cursor = 0, n;
         char                     *text = NULL;
 
         if (!root)
@@ -106,13 +115,21 @@ char *kvd_status_json(const struct kvd_server *s)
                         goto out;
                 cJSON_AddItemToArray(pools, item);
         }
-        while ((ss = kvd_sessions_next(kvd_server_sessions(s), &cursor))) {
-                if (!(item = client_json(s, ss)))
+        /* Clients in the order they connected (the table's order is a hash's). */
+        n = kvd_sessions_count(kvd_server_sessions(s));
+        if (n && !(order = malloc(n * sizeof(*order))))
+                goto out;
+        for (uint32_t i = 0; i < n && (ss = kvd_sessions_next(kvd_server_sessions(s), &cursor)); i++)
+                order[i] = ss;
+        qsort(order, n, sizeof(*order), by_session_id);
+        for (uint32_t i = 0; i < n; i++) {
+                if (!(item = client_json(s, order[i])))
                         goto out;
                 cJSON_AddItemToArray(clients, item);
         }
         text = cJSON_PrintUnformatted(root);
 out:
+        free(order);
         cJSON_Delete(root);
         return text;
 }
