@@ -159,6 +159,21 @@ Test(config, errors_name_the_key)
                           "pools[0].capacity", "page");
 }
 
+/* JSON allows a key twice and cJSON keeps both: a second "pools" must not
+ * silently replace (and leak) the first, nor leave the count of the first
+ * over the second's shorter array. */
+Test(config, pools_key_twice)
+{
+        expect_file_error("{\"pools\": [" POOL_OK "], \"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, "
+                          "\"kv_heads\": 2, \"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\"}]}",
+                          "pools", "twice");
+        expect_file_error("{\"pools\": [" POOL_OK ", {\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, "
+                          "\"kv_heads\": 2, \"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\"}, "
+                          "{\"name\": \"r\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, \"head_dim\": 64, "
+                          "\"page_size\": 16, \"capacity\": \"8MiB\"}], \"pools\": [{\"name\": \"s\"}]}",
+                          "pools", "twice");
+}
+
 Test(config, syntax_error_names_line)
 {
         expect_file_error("{\n  \"socket\": \"ipc:///x\",\n  \"pools\": [ oops ]\n}\n", "line 3", "syntax");
