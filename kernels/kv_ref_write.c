@@ -14,6 +14,8 @@
  * Input elements (bf16/f16) are widened to fp32 exactly first.
  */
 #include <inttypes.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "kv_codec.h"
@@ -98,6 +100,17 @@ int kv_ref_write(const struct kv_pool_view *p, const struct kvc_write_args *a, c
         if (a->v_row_stride < row)
                 return kv_fail(-EINVAL, msg, msglen, "v_row_stride %" PRId64 " < kv_heads*head_dim = %" PRId64,
                                a->v_row_stride, row);
+        /* Element t*stride + h*D + i is read for t < num_tokens: the last row
+         * must be addressable (the element index, times the element size,
+         * within ptrdiff_t), or the index arithmetic overflows and reads
+         * somewhere else entirely.  kv_cuda_write refuses these strides too. */
+        const int64_t esz = a->elem == KVC_ELEM_F32 ? 4 : 2;
+        if (a->k_row_stride > PTRDIFF_MAX / esz / a->num_tokens)
+                return kv_fail(-EINVAL, msg, msglen, "k_row_stride %" PRId64 ": %u rows overflow the address space",
+                               a->k_row_stride, a->num_tokens);
+        if (a->v_row_stride > PTRDIFF_MAX / esz / a->num_tokens)
+                return kv_fail(-EINVAL, msg, msglen, "v_row_stride %" PRId64 ": %u rows overflow the address space",
+                               a->v_row_stride, a->num_tokens);
         const int64_t nslots = (int64_t)L->num_pages * P;
         for (uint32_t t = 0; t < a->num_tokens; t++) {
                 int64_t s = a->slots[t];

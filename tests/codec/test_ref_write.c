@@ -336,6 +336,12 @@ Test(ref_write, argument_errors)
         expect_write_error(&f, &wa, -EINVAL, "k_row_stride");
         wa = good; wa.v_row_stride = 0;
         expect_write_error(&f, &wa, -EINVAL, "v_row_stride");
+        /* a stride whose last row lies beyond the address space: refused (as
+         * kv_cuda_write does), not dereferenced */
+        wa = good; wa.k_row_stride = INT64_MAX;
+        expect_write_error(&f, &wa, -EINVAL, "k_row_stride");
+        wa = good; wa.v_row_stride = INT64_MAX / 2;
+        expect_write_error(&f, &wa, -EINVAL, "v_row_stride");
         wa = good; wa.k = NULL;
         expect_write_error(&f, &wa, -EINVAL, "k is NULL");
         wa = good; wa.slots = NULL;
