@@ -241,6 +241,24 @@ static int run(const struct kv_pool_view *p, const struct kv_attn_call *c, char 
         int r = kv_attn_check(p, c, true, false, &rows, &max_len, msg, msglen);
         if (r < 0)
                 return r;
+        /* kv_attn_check read the host copies; the loop below reads seq_lens
+         * and qo_indptr (on a host pool both are host memory, possibly other
+         * arrays).  A copy that disagrees would take the loop past what was
+         * checked: page-table entries, pages, q and out rows. */
+        for (uint32_t b = 0; b < c->batch; b++) {
+                if (c->seq_lens[b] != c->seq_lens_host[b])
+                        return kv_fail(-EINVAL, msg, msglen,
+                                       "%s: seq_lens[%u] = %d differs from seq_lens_host[%u] = %d "
+                                       "(on a host pool they must hold the same values)",
+                                       c->op, b, c->seq_lens[b], b, c->seq_lens_host[b]);
+        }
+        for (uint32_t b = 0; c->batch > 0 && c->qo_indptr && b <= c->batch; b++) {
+                if (c->qo_indptr[b] != c->qo_indptr_host[b])
+                        return kv_fail(-EINVAL, msg, msglen,
+                                       "%s: qo_indptr[%u] = %d differs from qo_indptr_host[%u] = %d "
+                                       "(on a host pool they must hold the same values)",
+                                       c->op, b, c->qo_indptr[b], b, c->qo_indptr_host[b]);
+        }
         for (uint32_t b = 0; b < c->batch; b++) {
                 const uint32_t len = (uint32_t)c->seq_lens[b];
                 uint32_t r0 = b, n = 1;
@@ -256,7 +274,8 @@ static int run(const struct kv_pool_view *p, const struct kv_attn_call *c, char 
 }
 
 /* Paged decode attention on host memory (see the file comment).  All
- * pointers are host memory; seq_lens_host may equal seq_lens.  Returns 0,
+ * pointers are host memory; seq_lens_host may equal seq_lens (or be another
+ * array holding the same values: -EINVAL if they differ).  Returns 0,
  * -EINVAL (a bad argument, named in msg), -ERANGE (a page id out of range),
  * -ENOMEM.  Thread-safe; out is written only after every check passed. */
 int kv_ref_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a, char *msg, size_t msglen)
@@ -273,7 +292,8 @@ int kv_ref_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a,
 
 /* Extend (chunked-prefill) attention on host memory: query i of sequence b
  * sits at position seq_len[b] - n_b + i and attends causally.  Same returns
- * as kv_ref_decode; qo_indptr_host may be NULL (then qo_indptr is used). */
+ * as kv_ref_decode; qo_indptr_host may be NULL (then qo_indptr is used), else
+ * it must hold the same values as qo_indptr. */
 int kv_ref_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a, char *msg, size_t msglen)
 {
         struct kv_attn_call c;

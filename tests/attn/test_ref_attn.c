@@ -289,6 +289,17 @@ Test(ref_attn, decode_argument_errors)
         P.ks[1] = -1.0f;
         ERR(kv_ref_decode, -EINVAL, "k_scale[1]");
         P.ks[1] = 0.023f;
+        /* The lengths checked are seq_lens_host's; a seq_lens that says more
+         * must not send the reference to page-table entries (and pages) that
+         * were never checked: sequence 1 needs one page by its host length,
+         * its second entry holds a page id outside the pool. */
+        int32_t longer[2] = { 30, 20 };
+        P.pt[3] = (int32_t)P.L.num_pages + 1000;
+        a = ok; a.seq_lens = longer; a.seq_lens_host = P.lens;
+        ERR(kv_ref_decode, -EINVAL, "seq_lens[1] = 20 differs from seq_lens_host[1] = 5");
+        P.pt[3] = 0;
+        a = ok; a.seq_lens_host = P.lens;
+        cr_expect_eq(kv_ref_decode(&P.v, &a, NULL, 0), 0, "a separate but equal host copy is fine");
         struct kv_pool_view nob = P.v;
         nob.base = NULL;
         char m[200] = "";
@@ -325,5 +336,16 @@ Test(ref_attn, extend_argument_errors)
         int32_t good[3] = { 0, 3, 6 };
         a = ok; a.qo_indptr = good;
         cr_expect_eq(kv_ref_extend(&P.v, &a, NULL, 0), 0);
+        /* qo_indptr_host is what gets checked; a qo_indptr that disagrees (here
+         * 5 queries for sequence 1 of length 3, rows past out's end) is refused */
+        int32_t wild[3] = { 0, 2, 7 };
+        a = ok; a.qo_indptr = wild; a.qo_indptr_host = good;
+        ERR(kv_ref_extend, -EINVAL, "qo_indptr[1] = 2 differs from qo_indptr_host[1] = 3");
+        int32_t longer[2] = { 10, 9 };
+        a = ok; a.qo_indptr = good; a.seq_lens = longer; a.seq_lens_host = P.lens;
+        ERR(kv_ref_extend, -EINVAL, "seq_lens[1] = 9 differs from seq_lens_host[1] = 3");
+        int32_t good2[3] = { 0, 3, 6 }, lens2[2] = { 10, 3 };
+        a = ok; a.qo_indptr = good; a.qo_indptr_host = good2; a.seq_lens_host = lens2;
+        cr_expect_eq(kv_ref_extend(&P.v, &a, NULL, 0), 0, "separate but equal host copies are fine");
         tpool_fini(&P);
 }
