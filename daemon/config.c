@@ -157,7 +157,9 @@ int kvd_config_parse_capacity(const char *s, uint64_t *ret_bytes, double *ret_fr
         v = v * mult;
         if (v < 1.0 || v > 1.8e19)
                 return kvd_cfg_fail(err, errlen, "capacity \"%s\": out of range; %s", s, expect);
-        *ret_bytes = (uint64_t)llround(v);
+        /* round(), not llround(): v may exceed INT64_MAX (up to 1.8e19), and
+         * llround() overflows there; every v in range fits a uint64_t. */
+        *ret_bytes = (uint64_t)round(v);
         *ret_fraction = 0.0;
         return 0;
 }
