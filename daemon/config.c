@@ -14,6 +14,7 @@
 #include "log.h"
 #include "kv_layout.h"
 #include "scales.h"
+#include "scales_int.h"
 
 int kvd_cfg_fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -37,8 +38,12 @@ const char *kvd_config_usage(void)
 "                       log_level, pools)\n"
 "  --pool SPEC          add a pool: name=N,dtype=D,layers=L,kv_heads=H,head_dim=E,\n"
 "                       page_size=P,capacity=C[,backend=auto|host|cuda][,device=N]\n"
+"                       [,tp_size=T][,devices=0:1:...]\n"
 "                       dtype: bf16 fp16 fp8_e4m3 fp8_e5m2 fp4_e2m1; capacity: bytes\n"
 "                       (8GiB, 512MiB, 1G) or a fraction of free GPU memory (0.9, 90%)\n"
+"                       per pool; tp_size=T: one pool per tensor-parallel rank r,\n"
+"                       NAME.tp<r> with kv_heads/T heads on device r (or devices[r]);\n"
+"                       devices alone: one pool NAME.dev<d> per device d\n"
 "  --socket URL         request socket (default $KVPOOL_SOCKET, else\n"
 "                       " KVC_DEFAULT_SOCKET ")\n"
 "  --events URL         event PUB socket (default: events.sock beside the\n"
@@ -269,12 +274,179 @@ int kvd_cfg_check_spec(const struct kvd_pool_spec *s, const char *where, char *e
         return 0;
 }
 
+/* ---- several GPUs: tp_size and devices ------------------------------------ */
+
+int kvd_cfg_set_tp_size(struct kvd_pool_spec *s, uint32_t v, const char *key, char *err, size_t errlen)
+{
+        if (v == 0 || v > KVD_MAX_DEVICES)
+                return kvd_cfg_fail(err, errlen, "%s: expected 1 to %u tensor-parallel ranks, got %u", key,
+                                    KVD_MAX_DEVICES, v);
+        s->tp_size = v;
+        return 0;
+}
+
+int kvd_cfg_add_device(struct kvd_pool_spec *s, long long v, const char *key, char *err, size_t errlen)
+{
+        if (v < 0 || v > 1024)
+                return kvd_cfg_fail(err, errlen, "%s: %lld is not a CUDA ordinal (expected 0 to 1024)", key, v);
+        for (uint32_t i = 0; i < s->num_devices; i++)
+                if (s->devices[i] == (int)v)
+                        return kvd_cfg_fail(err, errlen, "%s: device %lld is listed twice (one pool per device)", key, v);
+        if (s->num_devices >= KVD_MAX_DEVICES)
+                return kvd_cfg_fail(err, errlen, "%s: more than %u devices", key, KVD_MAX_DEVICES);
+        s->devices[s->num_devices++] = (int)v;
+        return 0;
+}
+
+/* "0:1:3", the --pool form of "devices" (',' separates the --pool keys). */
+static int parse_devices_arg(struct kvd_pool_spec *s, const char *v, char *err, size_t errlen)
+{
+        const char *p = v;
+
+        s->num_devices = 0;
+        for (;;) {
+                char     *end;
+                long long d;
+
+                errno = 0;
+                d = strtoll(p, &end, 10);
+                if (end == p || errno || (*end && *end != ':'))
+                        return kvd_cfg_fail(err, errlen,
+                                            "--pool devices: expected CUDA ordinals separated by ':' (e.g. devices=0:1), got \"%s\"", v);
+                if (kvd_cfg_add_device(s, d, "--pool devices", err, errlen))
+                        return -EINVAL;
+                if (!*end)
+                        return 0;
+                p = end + 1;
+        }
+}
+
+/* Pools a spec expands into: tp_size, else its devices, else 1 (itself). */
+static uint32_t expanded_count(const struct kvd_pool_spec *s)
+{
+        return s->tp_size ? s->tp_size : s->num_devices ? s->num_devices : 1;
+}
+
+/* The name of expanded pool k of s: "<name>.tp<k>" for rank k (a worker of
+ * rank r computes it), "<name>.dev<d>" for device d of a spec with devices
+ * only. */
+static void expanded_name(const struct kvd_pool_spec *s, uint32_t k, char *buf, size_t len)
+{
+        if (s->tp_size)
+                snprintf(buf, len, "%s.tp%u", s->name, k);
+        else
+                snprintf(buf, len, "%s.dev%d", s->name, s->devices[k]);
+}
+
+/* With tp_size and JSON scales, the file needs a rank per pool.  Read here so
+ * the error names tp_size; a file that cannot be read or parsed is left to
+ * the scales loader (--check-config, pool creation), which says what is
+ * wrong with it. */
+static int check_json_ranks(const struct kvd_pool_spec *s, const char *where, char *err, size_t errlen)
+{
+        const cJSON *src, *path, *sf;
+        cJSON       *root = NULL;
+        char         e[256];
+        int          n, r = 0;
+
+        if (!s->tp_size || !s->scales_cfg)
+                return 0;
+        src = cJSON_GetObjectItemCaseSensitive(s->scales_cfg, "source");
+        path = cJSON_GetObjectItemCaseSensitive(s->scales_cfg, "path");
+        if (!cJSON_IsString(src) || strcmp(src->valuestring, "json") || !cJSON_IsString(path) ||
+            kvd_sc_read_json(path->valuestring, &root, e, sizeof(e)))
+                return 0;
+        sf = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "kv_cache"), "scaling_factor");
+        n = cJSON_IsObject(sf) ? cJSON_GetArraySize(sf) : -1;
+        if (n >= 0 && (uint32_t)n < s->tp_size)
+                r = kvd_cfg_fail(err, errlen,
+                                 "%s.tp_size: %u ranks, but the scaling-factor file %s has %d (kv_cache.scaling_factor "
+                                 "needs ranks \"0\"..\"%u\": the pool of rank r takes the factors of rank r)",
+                                 where, s->tp_size, path->valuestring, n, s->tp_size - 1);
+        cJSON_Delete(root);
+        return r;
+}
+
+int kvd_cfg_check_multi(const struct kvd_pool_spec *s, int has_device, const char *where, char *err, size_t errlen)
+{
+        char name[128];
+
+        if (!s->tp_size && !s->num_devices)
+                return 0;
+        if (has_device)
+                return kvd_cfg_fail(err, errlen, "%s.device: not allowed beside %s; list the devices as \"devices\"",
+                                    where, s->tp_size ? "tp_size" : "devices");
+        if (s->tp_size && s->num_devices && s->num_devices != s->tp_size)
+                return kvd_cfg_fail(err, errlen, "%s.devices: %u device%s for tp_size %u (expected one device per rank)",
+                                    where, s->num_devices, s->num_devices == 1 ? "" : "s", s->tp_size);
+        if (s->tp_size && s->geom.kv_heads % s->tp_size)
+                return kvd_cfg_fail(err, errlen,
+                                    "%s.kv_heads: %u is not divisible by tp_size %u (each rank's pool takes kv_heads/tp_size heads)",
+                                    where, s->geom.kv_heads, s->tp_size);
+        if (s->tp_size && s->scales_cfg && cJSON_GetObjectItemCaseSensitive(s->scales_cfg, "tp_rank"))
+                return kvd_cfg_fail(err, errlen,
+                                    "%s.scales.tp_rank: not allowed with tp_size (pool %s.tp<r> takes the factors of rank r)",
+                                    where, s->name);
+        for (uint32_t k = 0; k < expanded_count(s); k++) {
+                expanded_name(s, k, name, sizeof(name));
+                if (strlen(name) >= KV_NAME_LEN)
+                        return kvd_cfg_fail(err, errlen,
+                                            "%s.name: \"%s\" is too long for %s: its pools are named like \"%s\" (at most %u characters)",
+                                            where, s->name, s->tp_size ? "tp_size" : "devices", name, KV_NAME_LEN - 1);
+        }
+        return check_json_ranks(s, where, err, errlen);
+}
+
+/* Expands pool i of c into out[*k..]: copies for a plain spec, one spec per
+ * rank or device otherwise (see config.h).  Each gets its own scales_cfg. */
+static int expand_one(const struct kvd_pool_spec *s, const char *where, struct kvd_pool_spec *out, uint32_t *k,
+                      char *err, size_t errlen)
+{
+        uint32_t n = expanded_count(s);
+        int      multi = s->tp_size || s->num_devices;
+
+        for (uint32_t r = 0; r < n; r++) {
+                struct kvd_pool_spec *e = &out[*k];
+                char                  w[320];
+
+                *e = *s;
+                e->scales_cfg = NULL;
+                if (s->scales_cfg && !(e->scales_cfg = cJSON_Duplicate(s->scales_cfg, 1)))
+                        return -ENOMEM;
+                ++*k;
+                if (!multi)
+                        return 0;
+                e->num_devices = 0;
+                memset(e->devices, 0, sizeof(e->devices));
+                snprintf(e->spec_name, sizeof(e->spec_name), "%s", s->name);
+                expanded_name(s, r, w, sizeof(w));
+                if (strlen(w) >= sizeof(e->name)) /* kvd_cfg_check_multi said so already */
+                        return kvd_cfg_fail(err, errlen, "%s.name: \"%s\" is too long", where, w);
+                memcpy(e->name, w, strlen(w) + 1);
+                e->device = s->num_devices ? s->devices[r] : (int)r;
+                if (s->tp_size) {
+                        const cJSON *src = e->scales_cfg ? cJSON_GetObjectItemCaseSensitive(e->scales_cfg, "source") : NULL;
+
+                        e->tp_rank = r;
+                        e->geom.kv_heads = s->geom.kv_heads / s->tp_size;
+                        /* JSON factors are per rank; the other sources are shared. */
+                        if (cJSON_IsString(src) && !strcmp(src->valuestring, "json") &&
+                            !cJSON_AddNumberToObject(e->scales_cfg, "tp_rank", r))
+                                return -ENOMEM;
+                }
+                snprintf(w, sizeof(w), "%s (pool %s)", where, e->name);
+                if (kvd_cfg_check_spec(e, w, err, errlen))
+                        return -EINVAL;
+        }
+        return 0;
+}
+
 int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *err, size_t errlen)
 {
         struct kvd_pool_spec s;
         char                 buf[1024], where[96], e[256];
         char                *save = NULL, *tok;
-        int                  r = 0;
+        int                  r = 0, has_device = 0;
 
         kvd_cfg_spec_defaults(&s);
         if (!arg || strlen(arg) >= sizeof(buf))
@@ -313,7 +485,16 @@ int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *
                         else if (u > 1024)
                                 return kvd_cfg_fail(err, errlen, "--pool device: %u is not a plausible CUDA ordinal", u);
                         else
-                                s.device = (int)u;
+                                s.device = (int)u, has_device = 1;
+                } else if (strcmp(k, "tp_size") == 0) {
+                        if (parse_u32_str(v, &u))
+                                return kvd_cfg_fail(err, errlen, "--pool tp_size: expected 1 to %u, got \"%s\"",
+                                                    KVD_MAX_DEVICES, v);
+                        if ((r = kvd_cfg_set_tp_size(&s, u, "--pool tp_size", err, errlen)))
+                                return r;
+                } else if (strcmp(k, "devices") == 0) {
+                        if ((r = parse_devices_arg(&s, v, err, errlen)))
+                                return r;
                 } else if (strcmp(k, "capacity") == 0) {
                         if (kvd_config_parse_capacity(v, &s.capacity_bytes, &s.capacity_fraction, e, sizeof(e)))
                                 return kvd_cfg_fail(err, errlen, "--pool %s", e);
@@ -323,11 +504,12 @@ int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *
                         strcpy(s.backend, v);
                 } else {
                         return kvd_cfg_fail(err, errlen,
-                                    "--pool: unknown key \"%s\" (expected name, dtype, layers, kv_heads, head_dim, page_size, capacity, backend, device)",
+                                    "--pool: unknown key \"%s\" (expected name, dtype, layers, kv_heads, head_dim, page_size, capacity, backend, device, tp_size, devices)",
                                     k);
                 }
         }
-        if ((r = kvd_cfg_check_spec(&s, where, err, errlen)))
+        if ((r = kvd_cfg_check_spec(&s, where, err, errlen)) ||
+            (r = kvd_cfg_check_multi(&s, has_device, where, err, errlen)))
                 return r;
         *ret = s;
         return 0;
@@ -385,6 +567,54 @@ static void where_pool(const struct kvd_config *c, uint32_t nfile, uint32_t i, c
                 snprintf(buf, len, "--pool #%u", i - nfile + 1);
 }
 
+/* Replaces c's pools by their expansion over tp_size / devices; origin[i]
+ * is the configured pool that expanded pool i came from. */
+static int expand_pools(struct kvd_config *c, uint32_t nfile, uint32_t *origin, char *err, size_t errlen)
+{
+        struct kvd_pool_spec *out;
+        uint32_t              total = 0, k = 0;
+        int                   r = 0;
+
+        for (uint32_t i = 0; i < c->num_pools; i++)
+                total += expanded_count(&c->pools[i]);
+        if (total > KVD_MAX_POOLS)
+                return kvd_cfg_fail(err, errlen, "%u pools after expanding tp_size and devices, at most %u are supported",
+                                    total, KVD_MAX_POOLS);
+        if (total == c->num_pools) {
+                int multi = 0;
+
+                for (uint32_t i = 0; i < c->num_pools; i++) {
+                        origin[i] = i;
+                        multi |= c->pools[i].tp_size || c->pools[i].num_devices;
+                }
+                if (!multi)
+                        return 0;
+        }
+        if (!(out = calloc(total, sizeof(*out))))
+                return -ENOMEM;
+        for (uint32_t i = 0; i < c->num_pools && !r; i++) {
+                char     where[160];
+                uint32_t k0 = k;
+
+                where_pool(c, nfile, i, where, sizeof(where));
+                r = expand_one(&c->pools[i], where, out, &k, err, errlen);
+                for (uint32_t j = k0; j < k; j++)
+                        origin[j] = i;
+        }
+        if (r) {
+                for (uint32_t j = 0; j < k; j++)
+                        kvd_pool_spec_fini(&out[j]);
+                free(out);
+                return r;
+        }
+        for (uint32_t i = 0; i < c->num_pools; i++)
+                kvd_pool_spec_fini(&c->pools[i]);
+        free(c->pools);
+        c->pools = out;
+        c->num_pools = total;
+        return 0;
+}
+
 static int opt_value(int argc, char **argv, int *i, const char *name, const char **ret, char *err, size_t errlen)
 {
         const char *a = argv[*i];
@@ -414,7 +644,7 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
         struct kvd_config    c;
         struct kvd_cfg_scalars file = { 0 }, cli = { 0 };
         struct kvd_pool_spec *cli_pools = NULL, *all;
-        uint32_t             ncli = 0, nfile = 0;
+        uint32_t             ncli = 0, nfile = 0, origin[KVD_MAX_POOLS];
         int                  r = 0;
 
         memset(&c, 0, sizeof(c));
@@ -555,6 +785,8 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                 c.num_pools = 1;
                 c.default_pool = 1;
         }
+        if ((r = expand_pools(&c, nfile, origin, err, errlen)))
+                goto out;
         for (uint32_t i = 0; i < c.num_pools; i++) {
                 c.pools[i].has_group = c.group != NULL;
                 c.pools[i].group = c.gid;
@@ -562,8 +794,8 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                         if (strcmp(c.pools[i].name, c.pools[j].name) == 0) {
                                 char a[160], b[160];
 
-                                where_pool(&c, nfile, j, a, sizeof(a));
-                                where_pool(&c, nfile, i, b, sizeof(b));
+                                where_pool(&c, nfile, origin[j], a, sizeof(a));
+                                where_pool(&c, nfile, origin[i], b, sizeof(b));
                                 r = kvd_cfg_fail(err, errlen, "pool name \"%s\" is used twice: %s and %s",
                                          c.pools[i].name, a, b);
                                 goto out;
@@ -629,6 +861,10 @@ void kvd_config_print(const struct kvd_config *c, FILE *f)
                         s->geom.num_layers, s->geom.kv_heads, s->geom.head_dim, s->geom.page_size, s->backend);
                 if (strcmp(s->backend, "host"))
                         fprintf(f, " device %d", s->device);
+                if (s->tp_size)
+                        fprintf(f, ", tensor-parallel rank %u of %u of %s", s->tp_rank, s->tp_size, s->spec_name);
+                else if (s->spec_name[0])
+                        fprintf(f, ", one of %s's per-device pools", s->spec_name);
                 if (s->capacity_fraction > 0) {
                         fprintf(f, ", capacity %.1f%% of free GPU memory (sized at start)\n",
                                 s->capacity_fraction * 100.0);

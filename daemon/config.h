@@ -9,6 +9,17 @@
  *
  * Every error names where it came from (the file, the option) and the key
  * (pools[1].head_dim), and says what was expected.
+ *
+ * Several GPUs (issue 8): a spec with "tp_size": N (--pool tp_size=N)
+ * expands into N pools, one per tensor-parallel rank r, named "<name>.tp<r>"
+ * (a worker of rank r attaches to that name), each with kv_heads/N heads on
+ * devices[r] ("devices": [..], --pool devices=0:1; default 0..N-1), the same
+ * dtype, layers, head_dim and page_size, the capacity as given (per rank),
+ * and for a "json" scales source the factors of rank r (the file must have
+ * N ranks; tp_rank may not be set by hand).  Other scale sources are shared.
+ * "devices" without tp_size gives one pool "<name>.dev<d>" per device d with
+ * all kv_heads (data parallel).  The expanded specs are what kvd_config
+ * holds: spec_name is the name before expansion, tp_rank/tp_size the rank.
  */
 #ifndef KVD_CONFIG_H
 #define KVD_CONFIG_H
@@ -41,7 +52,9 @@ struct kvd_config {
 /* Parses argv (and the --config file it names, and KVPOOL_SOCKET), applies
  * defaults, and validates everything that can be checked without allocating
  * (geometry with kv_geom_check, names, duplicates, capacity forms, the
- * group).  Scales are not loaded here (see kvd_config_check_scales).  On
+ * group) and expands tp_size/devices.  Scales are not loaded here (see
+ * kvd_config_check_scales); only a tp_size spec's JSON scales file is read,
+ * to check that it has a rank per pool.  On
  * success fills *ret (free with kvd_config_fini); on failure returns -EINVAL
  * (or -ENOENT/-EIO/-ENOMEM) with a one-line message in err, and *ret is
  * untouched.  With --help or --version it returns 0 with help/version set and
@@ -53,9 +66,10 @@ void kvd_config_fini(struct kvd_config *c);
 const char *kvd_config_usage(void);
 
 /* Parses one --pool value "name=…,dtype=…,layers=…,kv_heads=…,head_dim=…,
- * page_size=…,capacity=…[,backend=auto|host|cuda][,device=N]" into *ret
- * (pressure thresholds get their defaults).  Returns 0 or -EINVAL with the
- * bad key in err. */
+ * page_size=…,capacity=…[,backend=auto|host|cuda][,device=N][,tp_size=N]
+ * [,devices=0:1:…]" into *ret (pressure thresholds get their defaults), not
+ * yet expanded over tp_size/devices.  Returns 0 or -EINVAL with the bad key
+ * in err. */
 int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *err, size_t errlen);
 
 /* Parses a capacity: bytes with an optional K/M/G/T (powers of 1000) or

@@ -71,6 +71,29 @@ static int json_pressure(const cJSON *j, const char *file, const char *key, stru
         return 0;
 }
 
+/* "devices": [0, 1, ...], CUDA ordinals, each once. */
+static int json_devices(const cJSON *j, const char *file, const char *key, struct kvd_pool_spec *s,
+                        char *err, size_t errlen)
+{
+        const cJSON *it;
+        char         where[600];
+        uint32_t     i = 0;
+
+        if (!cJSON_IsArray(j) || cJSON_GetArraySize(j) == 0)
+                return kvd_cfg_fail(err, errlen, "%s: %s: expected a non-empty array of CUDA ordinals like [0, 1], got %s",
+                                    file, key, cJSON_IsArray(j) ? "an empty array" : json_type(j));
+        s->num_devices = 0;
+        cJSON_ArrayForEach(it, j) {
+                snprintf(where, sizeof(where), "%s: %s[%u]", file, key, i++);
+                if (!cJSON_IsNumber(it) || floor(it->valuedouble) != it->valuedouble || fabs(it->valuedouble) > 1e9)
+                        return kvd_cfg_fail(err, errlen, "%s: expected a CUDA ordinal (a whole number >= 0), got %s",
+                                            where, json_type(it));
+                if (kvd_cfg_add_device(s, (long long)it->valuedouble, where, err, errlen))
+                        return -EINVAL;
+        }
+        return 0;
+}
+
 static int json_pool(const cJSON *jp, const char *file, uint32_t idx, struct kvd_pool_spec *ret,
                      char *err, size_t errlen)
 {
@@ -78,7 +101,7 @@ static int json_pool(const cJSON *jp, const char *file, uint32_t idx, struct kvd
         const cJSON         *it;
         char                 key[96], where[600], e[256];
         const char          *str = NULL;
-        int                  r = 0;
+        int                  r = 0, has_device = 0;
 
         kvd_cfg_spec_defaults(&s);
         if (!cJSON_IsObject(jp))
@@ -113,7 +136,17 @@ static int json_pool(const cJSON *jp, const char *file, uint32_t idx, struct kvd
                         else if (u > 1024)
                                 r = kvd_cfg_fail(err, errlen, "%s: %s: %u is not a plausible CUDA ordinal", file, key, u);
                         else
-                                s.device = (int)u;
+                                s.device = (int)u, has_device = 1;
+                } else if (!strcmp(it->string, "tp_size")) {
+                        snprintf(where, sizeof(where), "%s: %s", file, key);
+                        if (cJSON_IsNumber(it) && it->valuedouble >= 0 && it->valuedouble <= UINT32_MAX &&
+                            floor(it->valuedouble) == it->valuedouble)
+                                r = kvd_cfg_set_tp_size(&s, (uint32_t)it->valuedouble, where, err, errlen);
+                        else
+                                r = kvd_cfg_fail(err, errlen, "%s: expected 1 to %u tensor-parallel ranks, got %s",
+                                                 where, KVD_MAX_DEVICES, json_type(it));
+                } else if (!strcmp(it->string, "devices")) {
+                        r = json_devices(it, file, key, &s, err, errlen);
                 } else if (!strcmp(it->string, "capacity")) {
                         if (cJSON_IsString(it)) {
                                 r = kvd_config_parse_capacity(it->valuestring, &s.capacity_bytes,
@@ -148,7 +181,7 @@ static int json_pool(const cJSON *jp, const char *file, uint32_t idx, struct kvd
                         r = json_pressure(it, file, key, &s, err, errlen);
                 } else {
                         r = kvd_cfg_fail(err, errlen,
-                                 "%s: %s: unknown key (expected name, dtype, layers, kv_heads, head_dim, page_size, capacity, backend, device, scales, pressure)",
+                                 "%s: %s: unknown key (expected name, dtype, layers, kv_heads, head_dim, page_size, capacity, backend, device, tp_size, devices, scales, pressure)",
                                  file, key);
                 }
                 if (r)
@@ -156,7 +189,8 @@ static int json_pool(const cJSON *jp, const char *file, uint32_t idx, struct kvd
         }
         if (!r) {
                 snprintf(where, sizeof(where), "%s: pools[%u]", file, idx);
-                r = kvd_cfg_check_spec(&s, where, err, errlen);
+                if (!(r = kvd_cfg_check_spec(&s, where, err, errlen)))
+                        r = kvd_cfg_check_multi(&s, has_device, where, err, errlen);
         }
         if (r) {
                 kvd_pool_spec_fini(&s);

@@ -24,6 +24,18 @@ int  kvd_cfg_check_dtype(const char *v, enum kvc_dtype *ret, const char *where, 
 /* Checks a complete spec (everything required given, geometry, capacity). */
 int  kvd_cfg_check_spec(const struct kvd_pool_spec *s, const char *where, char *err, size_t errlen);
 
+/* Several GPUs (issue 8).  Sets s->tp_size from a given value: 1 to 64,
+ * else -EINVAL naming key. */
+int  kvd_cfg_set_tp_size(struct kvd_pool_spec *s, uint32_t v, const char *key, char *err, size_t errlen);
+/* Appends device v to s->devices; key names the entry for messages
+ * ("FILE: pools[0].devices[1]", "--pool devices").  -EINVAL for a negative,
+ * implausible or repeated ordinal, or too many. */
+int  kvd_cfg_add_device(struct kvd_pool_spec *s, long long v, const char *key, char *err, size_t errlen);
+/* Checks tp_size and devices of a parsed spec before expansion: tp_size 1 to
+ * 64 dividing kv_heads, one device per rank, no "device" beside them
+ * (has_device), no explicit scales.tp_rank with tp_size, names that fit. */
+int  kvd_cfg_check_multi(const struct kvd_pool_spec *s, int has_device, const char *where, char *err, size_t errlen);
+
 /* Reads the JSON config file: scalars into *sc, pools into a new array
  * *pools of *npools specs.  0 or a negative errno with err naming the file
  * and the key; what was read so far stays in *sc / *pools for the caller to

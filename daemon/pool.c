@@ -142,6 +142,10 @@ int kvd_pool_new(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_pool 
         p->pressure_low = spec->pressure_low;
         p->pressure_high = spec->pressure_high;
         p->epoch = random_epoch();
+        /* Several GPUs (issue 8): the rank and the configured spec, for STATUS. */
+        p->tp_rank = spec->tp_rank;
+        p->tp_size = spec->tp_size;
+        snprintf(p->group, sizeof(p->group), "%s", spec->spec_name[0] ? spec->spec_name : spec->name);
 
         if ((r = kv_layout_fit(&spec->geom, budget, &p->layout))) {
                 snprintf(err, errlen, "pool %s: capacity %llu bytes does not hold a single page of this geometry (%s)",

@@ -12,6 +12,8 @@
 
 struct kvd_events;
 
+#define KVD_MAX_DEVICES 64u /* tp_size and "devices" entries of one spec */
+
 /* Requested pool, as parsed from the config file or --pool. */
 struct kvd_pool_spec {
         char           name[KV_NAME_LEN];
@@ -27,6 +29,18 @@ struct kvd_pool_spec {
          * backend's shm object (mode 0660 + fchown) when has_group. */
         gid_t          group;
         int            has_group;
+        /* Added for several GPUs (issue 8, additive).  As parsed, tp_size
+         * (0 = not given) and devices[0..num_devices) (num_devices 0 = not
+         * given) describe a spec that kvd_config_parse expands into one spec
+         * per tensor-parallel rank or per device (config.h).  An expanded
+         * spec has num_devices 0, its tp_rank (tp_size stays; 0 for a
+         * per-device data-parallel pool) and spec_name, the name before
+         * expansion ("" for a pool that was never expanded). */
+        uint32_t       tp_size;
+        uint32_t       tp_rank;
+        uint32_t       num_devices;
+        int            devices[KVD_MAX_DEVICES];
+        char           spec_name[KV_NAME_LEN];
 };
 
 struct kvd_pool {
@@ -43,6 +57,11 @@ struct kvd_pool {
         /* Added by the daemon core (additive): the event stream the page
          * table's hooks publish to; NULL until the server opened it. */
         struct kvd_events            *events;
+        /* Added for several GPUs (issue 8, additive), from the spec:
+         * tp_size 0 = not a tensor-parallel rank; group = the spec's name
+         * before expansion (the pool's own name for a plain pool). */
+        uint32_t                      tp_rank, tp_size;
+        char                          group[KV_NAME_LEN];
 };
 
 /* Creates a pool from spec: picks the backend (auto: cuda if usable, else

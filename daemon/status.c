@@ -53,7 +53,12 @@ static cJSON *pool_json(const struct kvd_pool *p)
              add_num(o, "lookups", (double)st.lookups) &&
              add_num(o, "hits", (double)st.hits) &&
              add_num(o, "hit_rate", st.lookups ? (double)st.hits / (double)st.lookups : 0.0) &&
-             add_num(o, "evictions", (double)st.evictions);
+             add_num(o, "evictions", (double)st.evictions) &&
+             /* Several GPUs (issue 8): the configured spec it came from, and
+              * its tensor-parallel rank (null for a pool that is not one). */
+             add_str(o, "group", p->group[0] ? p->group : p->name) &&
+             (p->tp_size ? add_num(o, "tp_rank", p->tp_rank) : cJSON_AddNullToObject(o, "tp_rank") != NULL) &&
+             (p->tp_size ? add_num(o, "tp_size", p->tp_size) : cJSON_AddNullToObject(o, "tp_size") != NULL);
         if (!ok) {
                 cJSON_Delete(o);
                 return NULL;

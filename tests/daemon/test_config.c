@@ -406,3 +406,235 @@ Test(config, log_levels)
         cr_assert_eq(l, KVD_LOG_ERR, "untouched on failure");
         cr_assert_eq(kvd_log_ret(KVD_LOG_DEBUG, -EXDEV, "not shown at info"), -EXDEV);
 }
+
+/* ---- several GPUs: tp_size and devices (issue 8) -------------------------- */
+
+#include "scales.h"
+
+/* A scaling-factor JSON (vLLM schema) of nranks ranks and 2 layers: rank r,
+ * layer l has factor 0.01 * (r + 1) + 0.001 * l.  Path in buf. */
+static const char *write_rank_file(char *buf, size_t len, int nranks)
+{
+        static int n;
+        FILE      *f;
+
+        snprintf(buf, len, "/tmp/kvtest-tpscales-%d-%d.json", (int)getpid(), n++);
+        f = fopen(buf, "w");
+        cr_assert(f);
+        fprintf(f, "{\"model_type\": \"llama\", \"kv_cache\": {\"dtype\": \"float8_e4m3fn\", \"scaling_factor\": {");
+        for (int r = 0; r < nranks; r++)
+                fprintf(f, "%s\"%d\": {\"0\": %g, \"1\": %g}", r ? ", " : "", r, 0.01 * (r + 1), 0.01 * (r + 1) + 0.001);
+        fprintf(f, "}}}\n");
+        fclose(f);
+        return buf;
+}
+
+static int parse_tp_file(struct kvd_config *c, const char *pool_extra, const char *scales_path)
+{
+        char text[2048];
+
+        snprintf(text, sizeof(text),
+                 "{\"pools\": [{\"name\": \"m\", \"dtype\": \"fp8_e4m3\", \"layers\": 2, \"kv_heads\": 8, "
+                 "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\", \"backend\": \"host\"%s%s%s%s}]}",
+                 pool_extra, scales_path ? ", \"scales\": {\"source\": \"json\", \"path\": \"" : "",
+                 scales_path ? scales_path : "", scales_path ? "\"}" : "");
+        return parse_file(c, text);
+}
+
+Test(config, tp_size_json_expands_per_rank)
+{
+        struct kvd_config c;
+        char              sp[128];
+
+        write_rank_file(sp, sizeof(sp), 2);
+        cr_assert_eq(parse_tp_file(&c, ", \"tp_size\": 2", sp), 0, "%s", err);
+        cr_assert_eq(c.num_pools, 2);
+        for (uint32_t r = 0; r < 2; r++) {
+                const struct kvd_pool_spec *s = &c.pools[r];
+                const cJSON                *tr = cJSON_GetObjectItem(s->scales_cfg, "tp_rank");
+                struct kvd_scales           sc;
+                char                        name[32];
+
+                snprintf(name, sizeof(name), "m.tp%u", r);
+                cr_assert_str_eq(s->name, name);
+                cr_assert_str_eq(s->spec_name, "m");
+                cr_assert_eq(s->geom.kv_heads, 4, "kv_heads/tp_size");
+                cr_assert_eq(s->geom.num_layers, 2);
+                cr_assert_eq(s->geom.head_dim, 64);
+                cr_assert_eq(s->geom.page_size, 16);
+                cr_assert_eq(s->geom.dtype, KVC_DTYPE_FP8_E4M3);
+                cr_assert_eq(s->capacity_bytes, 8u << 20, "capacity is per rank");
+                cr_assert_eq(s->device, (int)r, "default devices 0..N-1");
+                cr_assert_eq(s->tp_rank, r);
+                cr_assert_eq(s->tp_size, 2);
+                cr_assert_eq(s->num_devices, 0);
+                cr_assert(cJSON_IsNumber(tr) && tr->valuedouble == r, "scales of rank %u", r);
+                cr_assert_eq(kvd_scales_load(s->scales_cfg, 2, "fp8_e4m3", &sc, err, sizeof(err)), 0, "%s", err);
+                cr_assert_float_eq(sc.k[0], 0.01f * (r + 1), 1e-7, "rank %u layer 0: %g", r, sc.k[0]);
+                cr_assert_float_eq(sc.v[1], 0.01f * (r + 1) + 0.001f, 1e-7, "rank %u layer 1: %g", r, sc.v[1]);
+                kvd_scales_fini(&sc);
+        }
+        cr_assert_neq(c.pools[0].scales_cfg, c.pools[1].scales_cfg, "each rank owns its scales object");
+        cr_assert_eq(kvd_config_check_scales(&c, NULL, err, sizeof(err)), 0, "%s", err);
+        kvd_config_fini(&c);
+        unlink(sp);
+}
+
+Test(config, tp_size_pool_arg_and_devices)
+{
+        struct kvd_config    c;
+        struct kvd_pool_spec s;
+
+        cr_assert_eq(kvd_config_parse_pool_arg("name=g,dtype=bf16,layers=2,kv_heads=4,head_dim=64,page_size=16,"
+                                               "capacity=8MiB,tp_size=2,devices=3:1", &s, err, sizeof(err)), 0, "%s", err);
+        /* --pool gives the spec as written; kvd_config_parse expands it. */
+        cr_assert_eq(s.tp_size, 2);
+        cr_assert_eq(s.num_devices, 2);
+        cr_assert_eq(s.devices[0], 3);
+        cr_assert_eq(s.devices[1], 1);
+        kvd_pool_spec_fini(&s);
+
+        cr_assert_eq(parse(&c, "--pool", "name=plain,dtype=bf16,layers=2,kv_heads=4,head_dim=64,page_size=16,capacity=4MiB",
+                           "--pool", "name=g,dtype=bf16,layers=2,kv_heads=4,head_dim=64,page_size=16,capacity=8MiB,tp_size=2,devices=3:1",
+                           NULL), 0, "%s", err);
+        cr_assert_eq(c.num_pools, 3);
+        cr_assert_str_eq(c.pools[0].name, "plain");
+        cr_assert_eq(c.pools[0].tp_size, 0);
+        cr_assert_str_eq(c.pools[0].spec_name, "");
+        cr_assert_eq(c.pools[0].geom.kv_heads, 4);
+        cr_assert_str_eq(c.pools[1].name, "g.tp0");
+        cr_assert_str_eq(c.pools[2].name, "g.tp1");
+        cr_assert_eq(c.pools[1].device, 3);
+        cr_assert_eq(c.pools[2].device, 1);
+        cr_assert_eq(c.pools[1].geom.kv_heads, 2);
+        cr_assert_eq(c.pools[2].tp_rank, 1);
+        cr_assert_null(c.pools[1].scales_cfg, "constant scales stay unset");
+        kvd_config_fini(&c);
+
+        /* tp_size 1 is a single rank pool, still named .tp0. */
+        cr_assert_eq(parse(&c, "--pool", "name=one,dtype=bf16,layers=2,kv_heads=4,head_dim=64,page_size=16,capacity=4MiB,tp_size=1",
+                           NULL), 0, "%s", err);
+        cr_assert_eq(c.num_pools, 1);
+        cr_assert_str_eq(c.pools[0].name, "one.tp0");
+        cr_assert_eq(c.pools[0].geom.kv_heads, 4);
+        kvd_config_fini(&c);
+}
+
+Test(config, devices_without_tp_size)
+{
+        struct kvd_config c;
+        char              sp[128];
+
+        write_rank_file(sp, sizeof(sp), 1);
+        /* Data-parallel: full kv_heads on each device, shared scales. */
+        cr_assert_eq(parse_tp_file(&c, ", \"devices\": [1, 0]", sp), 0, "%s", err);
+        cr_assert_eq(c.num_pools, 2);
+        cr_assert_str_eq(c.pools[0].name, "m.dev1");
+        cr_assert_str_eq(c.pools[1].name, "m.dev0");
+        for (int i = 0; i < 2; i++) {
+                cr_assert_eq(c.pools[i].device, 1 - i);
+                cr_assert_eq(c.pools[i].geom.kv_heads, 8);
+                cr_assert_eq(c.pools[i].tp_size, 0);
+                cr_assert_str_eq(c.pools[i].spec_name, "m");
+                cr_assert_null(cJSON_GetObjectItem(c.pools[i].scales_cfg, "tp_rank"));
+        }
+        cr_assert_eq(kvd_config_check_scales(&c, NULL, err, sizeof(err)), 0, "%s", err);
+        kvd_config_fini(&c);
+        cr_assert_eq(parse(&c, "--pool", "name=d,dtype=bf16,layers=2,kv_heads=4,head_dim=64,page_size=16,capacity=4MiB,devices=2",
+                           NULL), 0, "%s", err);
+        cr_assert_eq(c.num_pools, 1);
+        cr_assert_str_eq(c.pools[0].name, "d.dev2");
+        cr_assert_eq(c.pools[0].device, 2);
+        kvd_config_fini(&c);
+        unlink(sp);
+}
+
+Test(config, tp_errors_name_the_key)
+{
+        struct kvd_config c;
+        char              one[128], two[128];
+        struct { const char *extra; const char *frag1, *frag2; int scales; } bad[] = {
+                { ", \"tp_size\": 0", "pools[0].tp_size", "got 0", 0 },
+                { ", \"tp_size\": 65", "pools[0].tp_size", "1 to 64", 0 },
+                { ", \"tp_size\": \"2\"", "pools[0].tp_size", "a string", 0 },
+                { ", \"tp_size\": 3", "kv_heads", "not divisible by tp_size 3", 0 },
+                { ", \"tp_size\": 2, \"devices\": [0, 1, 2]", "pools[0].devices", "3 devices for tp_size 2", 0 },
+                { ", \"tp_size\": 2, \"devices\": [0]", "pools[0].devices", "1 device for tp_size 2", 0 },
+                { ", \"devices\": [0, 0]", "pools[0].devices[1]", "listed twice", 0 },
+                { ", \"devices\": [0, -1]", "pools[0].devices[1]", "-1 is not a CUDA ordinal", 0 },
+                { ", \"devices\": [0.5]", "pools[0].devices[0]", "CUDA ordinal", 0 },
+                { ", \"devices\": []", "pools[0].devices", "non-empty array", 0 },
+                { ", \"devices\": 1", "pools[0].devices", "array", 0 },
+                { ", \"tp_size\": 2, \"device\": 1", "pools[0].device", "beside tp_size", 0 },
+                { ", \"devices\": [1], \"device\": 1", "pools[0].device", "beside devices", 0 },
+                /* a two-rank file is fine, a one-rank file is too short for tp_size 2 */
+                { ", \"tp_size\": 2", "pools[0].tp_size", "has 1", 1 },
+        };
+
+        write_rank_file(one, sizeof(one), 1);
+        write_rank_file(two, sizeof(two), 2);
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                int r = parse_tp_file(&c, bad[i].extra, bad[i].scales ? one : NULL);
+
+                cr_assert_neq(r, 0, "accepted %s", bad[i].extra);
+                cr_assert(strstr(err, path), "error does not name the file: %s", err);
+                cr_assert(strstr(err, bad[i].frag1), "%s: error lacks \"%s\": %s", bad[i].extra, bad[i].frag1, err);
+                cr_assert(strstr(err, bad[i].frag2), "%s: error lacks \"%s\": %s", bad[i].extra, bad[i].frag2, err);
+        }
+        /* An explicit tp_rank beside tp_size. */
+        {
+                char text[1024];
+
+                snprintf(text, sizeof(text),
+                         "{\"pools\": [{\"name\": \"m\", \"dtype\": \"fp8_e4m3\", \"layers\": 2, \"kv_heads\": 8, "
+                         "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\", \"tp_size\": 2, "
+                         "\"scales\": {\"source\": \"json\", \"path\": \"%s\", \"tp_rank\": 1}}]}", two);
+                cr_assert_neq(parse_file(&c, text), 0);
+                cr_assert(strstr(err, "pools[0].scales.tp_rank") && strstr(err, "tp_size"), "%s", err);
+        }
+        /* A name that does not leave room for ".tp<r>". */
+        cr_assert_neq(parse_file(&c, "{\"pools\": [{\"name\": \"abcdefghijabcdefghijabcdefghi\", \"dtype\": \"bf16\", "
+                                     "\"layers\": 2, \"kv_heads\": 8, \"head_dim\": 64, \"page_size\": 16, "
+                                     "\"capacity\": \"8MiB\", \"tp_size\": 2}]}"), 0);
+        cr_assert(strstr(err, "pools[0].name") && strstr(err, "too long"), "%s", err);
+        /* An expanded name clashing with another pool. */
+        cr_assert_neq(parse_file(&c, "{\"pools\": [{\"name\": \"m.tp1\", \"dtype\": \"bf16\", \"layers\": 2, "
+                                     "\"kv_heads\": 8, \"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\"}, "
+                                     "{\"name\": \"m\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 8, "
+                                     "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\", \"tp_size\": 2}]}"), 0);
+        cr_assert(strstr(err, "\"m.tp1\" is used twice") && strstr(err, "pools[0]") && strstr(err, "pools[1]"), "%s", err);
+        unlink(one);
+        unlink(two);
+}
+
+Test(config, tp_pool_arg_errors)
+{
+        struct kvd_pool_spec s;
+        struct kvd_config    c;
+        const char          *base = "name=g,dtype=bf16,layers=2,kv_heads=4,head_dim=64,page_size=16,capacity=8MiB,";
+        struct { const char *tail, *frag1, *frag2; } bad[] = {
+                { "tp_size=0", "tp_size", "got 0" },
+                { "tp_size=65", "tp_size", "1 to 64" },
+                { "tp_size=two", "tp_size", "\"two\"" },
+                { "tp_size=8", "kv_heads", "not divisible by tp_size 8" },
+                { "devices=0:x", "devices", "0:x" },
+                { "devices=", "devices", "ordinals" },
+                { "devices=-1", "devices", "-1 is not a CUDA ordinal" },
+                { "devices=1:1", "devices", "listed twice" },
+                { "tp_size=2,devices=0:1:2", "devices", "3 devices for tp_size 2" },
+                { "tp_size=2,device=1", "device", "beside tp_size" },
+        };
+        char arg[512];
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                snprintf(arg, sizeof(arg), "%s%s", base, bad[i].tail);
+                err[0] = 0;
+                cr_assert_eq(kvd_config_parse_pool_arg(arg, &s, err, sizeof(err)), -EINVAL, "accepted %s", arg);
+                cr_assert(strstr(err, "--pool") && strstr(err, bad[i].frag1) && strstr(err, bad[i].frag2),
+                          "\"%s\": error lacks \"%s\"/\"%s\": %s", bad[i].tail, bad[i].frag1, bad[i].frag2, err);
+        }
+        /* 64 ranks plus one more pool is more than a daemon serves. */
+        cr_assert_neq(parse(&c, "--pool", "name=a,dtype=bf16,layers=2,kv_heads=64,head_dim=64,page_size=16,capacity=8MiB,tp_size=64",
+                            "--pool", "name=b,dtype=bf16,layers=2,kv_heads=4,head_dim=64,page_size=16,capacity=8MiB", NULL), 0);
+        cr_assert(strstr(err, "65 pools after expanding tp_size"), "%s", err);
+}
