@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,8 +172,18 @@ static int array_fits(uint64_t off, uint64_t stride, uint32_t layers, uint64_t p
         return end <= bytes;
 }
 
+/* a * b == want, without wrapping around 64 bits. */
+static int product_is(uint64_t a, uint64_t b, uint64_t want)
+{
+        uint64_t p;
+
+        return !__builtin_mul_overflow(a, b, &p) && p == want;
+}
+
 /* The kernels trust the descriptor, so a reply that would make them write
- * outside the mapping is refused here. */
+ * outside the mapping is refused here.  The byte figures must equal their
+ * products exactly (a product that wraps could pass for a small page), and
+ * page ids travel as int32, so a pool has at most INT32_MAX pages. */
 static int check_rep(struct kvc_client *c, const char *pool, const struct kv_attach_rep *r)
 {
         uint32_t bits = dtype_bits(r->dtype);
@@ -181,16 +192,17 @@ static int check_rep(struct kvc_client *c, const char *pool, const struct kv_att
 
         if (bits == 0 || r->backend > KV_BACKEND_CUDA || r->num_layers == 0 ||
             r->num_layers > KV_MAX_LAYERS || r->kv_heads == 0 || r->head_dim == 0 ||
-            r->page_size == 0 || r->num_pages == 0 || r->head_dim % (fp4 ? 16 : 1) != 0 ||
+            r->page_size == 0 || r->num_pages == 0 || r->num_pages > INT32_MAX ||
+            r->head_dim % (fp4 ? 16 : 1) != 0 ||
             r->head_bytes != (uint64_t)r->head_dim * bits / 8 ||
-            r->token_bytes != r->head_bytes * r->kv_heads ||
-            r->page_bytes != r->token_bytes * r->page_size ||
+            !product_is(r->head_bytes, r->kv_heads, r->token_bytes) ||
+            !product_is(r->token_bytes, r->page_size, r->page_bytes) ||
             !array_fits(r->k_offset, r->layer_stride, r->num_layers, r->num_pages, r->page_bytes, r->pool_bytes) ||
             !array_fits(r->v_offset, r->layer_stride, r->num_layers, r->num_pages, r->page_bytes, r->pool_bytes))
                 goto bad;
         if (fp4 && (r->scale_head_bytes != r->head_dim / 16 ||
-                    r->scale_token_bytes != r->scale_head_bytes * r->kv_heads ||
-                    r->scale_page_bytes != r->scale_token_bytes * r->page_size ||
+                    !product_is(r->scale_head_bytes, r->kv_heads, r->scale_token_bytes) ||
+                    !product_is(r->scale_token_bytes, r->page_size, r->scale_page_bytes) ||
                     !array_fits(r->ks_offset, r->layer_stride, r->num_layers, r->num_pages,
                                 r->scale_page_bytes, r->pool_bytes) ||
                     !array_fits(r->vs_offset, r->layer_stride, r->num_layers, r->num_pages,

@@ -20,7 +20,7 @@
 #include "kv_proto.h"
 #include "kvclient.h"
 
-enum mode { NORMAL, NOHELLO, WRONG_RID, SILENT, NOSPACE, BADPAGE, BAD_DESC };
+enum mode { NORMAL, NOHELLO, WRONG_RID, SILENT, NOSPACE, BADPAGE, BAD_DESC, WRAP_DESC, HUGE_DESC };
 
 static struct fake {
         nng_socket      sock;
@@ -59,6 +59,32 @@ static int attach_rep(uint8_t *out, size_t cap, uint32_t rid)
         r.page_bytes = F.mode == BAD_DESC ? F.L.page_bytes * 2 : F.L.page_bytes;
         r.token_bytes = F.L.token_bytes;
         r.head_bytes = F.L.head_bytes;
+        if (F.mode == WRAP_DESC) {
+                /* bf16, head_dim 256, 2^31 kv heads, 2^24-token pages: a page
+                 * is 512 * 2^31 * 2^24 = 2^64 bytes, which wraps to 0 in 64
+                 * bits, and "0 bytes a page" fits any mapping. */
+                r.dtype = KVC_DTYPE_BF16;
+                r.head_dim = 256;
+                r.kv_heads = 1u << 31;
+                r.page_size = 1u << 24;
+                r.head_bytes = 512;
+                r.token_bytes = 512ull << 31;
+                r.page_bytes = 0;
+        }
+        if (F.mode == HUGE_DESC) {
+                /* 2^31 one-byte pages, consistent and inside an 8 GiB
+                 * (sparse) mapping, but page 2^31 would reach the caller as a
+                 * negative int32 page id */
+                r.head_dim = 1;
+                r.kv_heads = 1;
+                r.page_size = 1;
+                r.head_bytes = r.token_bytes = r.page_bytes = 1;
+                r.num_pages = 0x80000000u;
+                r.k_offset = 0;
+                r.v_offset = 1ull << 31;
+                r.layer_stride = 1ull << 32;
+                r.pool_bytes = 1ull << 33;
+        }
         snprintf(r.shm_name, sizeof r.shm_name, "%s", F.shm);
         r.pool_epoch = 99;
         snprintf(r.scale_source, sizeof r.scale_source, "json");
@@ -298,6 +324,31 @@ Test(client, inconsistent_descriptor_is_refused)
         F.mode = BAD_DESC;
         cr_assert_eq(kvc_attach(c, "p", &p), -EPROTO);
         cr_assert_null(p);
+        kvc_disconnect(c);
+}
+
+/* The descriptor's byte figures must match its geometry without wrapping
+ * around 64 bits: the kernels address head h of token t of page p at
+ * p*page_bytes + t*token_bytes + h*head_bytes. */
+Test(client, wrapping_descriptor_is_refused)
+{
+        kvc_client *c;
+        kvc_pool *p = NULL;
+        int fd;
+
+        cr_assert_eq(kvc_connect(F.url, "fake-client", NULL, &c), 0);
+        F.mode = WRAP_DESC;
+        cr_assert_eq(kvc_attach(c, "p", &p), -EPROTO, "%s", kvc_errmsg(c));
+        cr_assert_null(p);
+        fd = shm_open(F.shm, O_RDWR, 0);
+        cr_assert(fd >= 0);
+        cr_assert_eq(ftruncate(fd, (off_t)1 << 33), 0);
+        close(fd);
+        F.mode = HUGE_DESC;
+        cr_assert_eq(kvc_attach(c, "p", &p), -EPROTO, "%s", kvc_errmsg(c));
+        cr_assert_null(p);
+        F.mode = NORMAL;
+        cr_assert_eq(kvc_attach(c, "p", &p), 0, "%s", kvc_errmsg(c));
         kvc_disconnect(c);
 }
 
