@@ -54,7 +54,7 @@ static int usage_error(const char *fmt, ...)
 
 /* ---- a small column-aligned table ------------------------------------------ */
 
-#define MAX_COLS 12
+#define MAX_COLS 14
 #define CELL_LEN 48
 
 struct table {
@@ -175,34 +175,71 @@ static const char *fmt_uptime(char *buf, size_t len, double s)
         return buf;
 }
 
+/* A pool's device for sorting: CUDA ordinals first, host (-1, or no
+ * number) after them. */
+static double device_key(const cJSON *p)
+{
+        double d = num(p, "device");
+
+        return isnan(d) || d < 0 || strcmp(str(p, "backend"), "host") == 0 ? 1e9 : d;
+}
+
+/* Pools grouped by device, then by name (so a tensor-parallel group's ranks
+ * on one device stand together, and each device's pools in one block). */
+static int by_device_then_name(const void *a, const void *b)
+{
+        const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
+        double       dx = device_key(x), dy = device_key(y);
+
+        if (dx != dy)
+                return dx < dy ? -1 : 1;
+        return strcmp(str(x, "name"), str(y, "name"));
+}
+
 static void print_pools(const cJSON *pools)
 {
         struct table t1, t2;
-        const cJSON *p;
-        int n = cJSON_GetArraySize(pools);
+        const cJSON *p, **order;
+        int n = cJSON_GetArraySize(pools), k = 0;
 
         if (n == 0) {
                 printf("pools: none\n");
                 return;
         }
-        if (table_init(&t1, 11, n + 1) != 0 || table_init(&t2, 8, n + 1) != 0) {
+        order = calloc((size_t)n, sizeof *order);
+        if (order == NULL || table_init(&t1, 13, n + 1) != 0 || table_init(&t2, 9, n + 1) != 0) {
                 fprintf(stderr, "kvpoolctl: out of memory\n");
+                free(order);
                 return;
         }
-        table_row(&t1, "POOL", "DTYPE", "BACKEND", "LAYERSxHEADSxDIM", "PAGE", "PAGES",
+        cJSON_ArrayForEach(p, pools)
+                if (k < n)
+                        order[k++] = p;
+        qsort(order, (size_t)k, sizeof *order, by_device_then_name);
+        table_row(&t1, "DEVICE", "POOL", "TP", "DTYPE", "BACKEND", "LAYERSxHEADSxDIM", "PAGE", "PAGES",
                   "FREE", "HELD", "CACHED", "TOKENS", "BYTES");
-        table_row(&t2, "POOL", "SCALES", "K SCALE", "V SCALE", "LOOKUPS", "HITS", "HIT RATE",
+        table_row(&t2, "DEVICE", "POOL", "SCALES", "K SCALE", "V SCALE", "LOOKUPS", "HITS", "HIT RATE",
                   "EVICTIONS");
-        cJSON_ArrayForEach(p, pools) {
-                char backend[32], geom[64], page[24], total[24], fr[24], held[24], cached[24];
+        for (int i = 0; i < k; i++) {
+                char device[32], tp[32], geom[64], page[24], total[24], fr[24], held[24], cached[24];
                 char tokens[24], bytes[24], ks[48], vs[48], lk[24], hits[24], rate[24], ev[24];
-                double dev = num(p, "device"), lookups = num(p, "lookups"), h = num(p, "hits");
-                double hr = num(p, "hit_rate");
+                double lookups, h, hr, rank, size;
 
-                if (strcmp(str(p, "backend"), "cuda") == 0 && !isnan(dev) && dev >= 0)
-                        snprintf(backend, sizeof backend, "cuda:%.0f", dev);
+                p = order[i];
+                lookups = num(p, "lookups");
+                h = num(p, "hits");
+                hr = num(p, "hit_rate");
+                rank = num(p, "tp_rank");
+                size = num(p, "tp_size");
+                if (device_key(p) >= 1e9)
+                        snprintf(device, sizeof device, "host");
                 else
-                        snprintf(backend, sizeof backend, "%s", str(p, "backend"));
+                        snprintf(device, sizeof device, "%.0f", device_key(p));
+                /* Rank/size of a tensor-parallel pool; "-" for a plain one. */
+                if (!isnan(rank) && !isnan(size))
+                        snprintf(tp, sizeof tp, "%.0f/%.0f", rank, size);
+                else
+                        snprintf(tp, sizeof tp, "-");
                 snprintf(geom, sizeof geom, "%.0fx%.0fx%.0f", num(p, "layers"), num(p, "kv_heads"),
                          num(p, "head_dim"));
                 /* The hit rate is the daemon's when it gives one, else derived. */
@@ -212,7 +249,7 @@ static void print_pools(const cJSON *pools)
                         snprintf(rate, sizeof rate, "-");
                 else
                         snprintf(rate, sizeof rate, "%.1f%%", 100.0 * hr);
-                table_row(&t1, str(p, "name"), str(p, "dtype"), backend, geom,
+                table_row(&t1, device, str(p, "name"), tp, str(p, "dtype"), str(p, "backend"), geom,
                           fmt_count(page, sizeof page, num(p, "page_size")),
                           fmt_count(total, sizeof total, num(p, "pages_total")),
                           fmt_count(fr, sizeof fr, num(p, "pages_free")),
@@ -220,12 +257,13 @@ static void print_pools(const cJSON *pools)
                           fmt_count(cached, sizeof cached, num(p, "pages_cached")),
                           fmt_count(tokens, sizeof tokens, num(p, "token_capacity")),
                           fmt_bytes(bytes, sizeof bytes, num(p, "bytes")));
-                table_row(&t2, str(p, "name"), str(p, "scale_source"),
+                table_row(&t2, device, str(p, "name"), str(p, "scale_source"),
                           fmt_range(ks, sizeof ks, num(p, "k_scale_min"), num(p, "k_scale_max")),
                           fmt_range(vs, sizeof vs, num(p, "v_scale_min"), num(p, "v_scale_max")),
                           fmt_count(lk, sizeof lk, lookups), fmt_count(hits, sizeof hits, h), rate,
                           fmt_count(ev, sizeof ev, num(p, "evictions")));
         }
+        free(order);
         table_print(&t1, "");
         printf("\n");
         table_print(&t2, "");
