@@ -430,6 +430,18 @@ static void went_idle(struct kvd_pages *t, uint32_t id)
                 free_push(t, id);
 }
 
+/* Whether sid may take n more references, on pages whose largest refcount
+ * is maxref, without wrapping a u32 counter: the session's total (which
+ * bounds its count on each page) or a page's refcount.  A client can pile up
+ * references with lookups of a repeated key; a wrapped refcount would send a
+ * page that is still held to the LRU or the free list. */
+static bool counts_fit(const struct kvd_pages *t, uint32_t sid, uint32_t n, uint32_t maxref)
+{
+        const struct sess *s = sess_get(t, sid);
+
+        return maxref <= UINT32_MAX - n && (!s || s->total <= UINT32_MAX - n);
+}
+
 /* ---- public: each function's contract is above its declaration in pages.h */
 
 int kvd_pages_new(uint32_t num_pages, const struct kvd_pages_hooks *hooks, struct kvd_pages **ret)
@@ -500,6 +512,8 @@ int kvd_pages_alloc(struct kvd_pages *t, uint32_t sid, uint32_t n, uint32_t *ret
                 return 0;
         if ((uint64_t)t->st.free + t->st.cached_idle < n)
                 return -ENOSPC;
+        if (!counts_fit(t, sid, n, 0))
+                return -EOVERFLOW;
         struct sess *s;
         int r = sess_reserve(t, sid, n, &s);
         if (r < 0)
@@ -650,17 +664,22 @@ int kvd_pages_lookup(struct kvd_pages *t, uint32_t sid, const uint8_t salt[KVD_K
                 return 0;
         /* find the run first without touching anything, then reserve the
          * session's room, then take the references: all or nothing */
-        uint32_t h = 0;
+        uint32_t h = 0, maxref = 0;
         for (; h < n; h++) {
                 struct kvd_scoped_key k;
                 make_scoped(&k, salt, keys[h]);
                 int64_t at = key_find(t, &k, key_hash(t, &k));
                 if (at < 0)
                         break;
+                uint32_t id = t->slots[at] - 1;
+                if (t->pages[id].ref > maxref)
+                        maxref = t->pages[id].ref;
                 /* a key may repeat, so a run can be longer than the table */
                 if (h < t->n)
-                        t->scratch[h] = t->slots[at] - 1;
+                        t->scratch[h] = id;
         }
+        if (h > 0 && !counts_fit(t, sid, h, maxref))
+                return -EOVERFLOW;
         if (h > 0) {
                 struct sess *s;
                 int r = sess_reserve(t, sid, h, &s);

@@ -58,7 +58,8 @@ void kvd_pages_free(struct kvd_pages *t);
 
 /* Allocates n pages for session sid, all or nothing.  Takes FREE pages first,
  * then evicts idle CACHED pages least recently used first.  -ENOSPC if
- * free + cached_idle < n (nothing changes). */
+ * free + cached_idle < n (nothing changes); -EOVERFLOW if sid would hold more
+ * than 2^32-1 references. */
 int kvd_pages_alloc(struct kvd_pages *t, uint32_t sid, uint32_t n, uint32_t *ret_ids);
 
 /* Drops one reference of sid on each of ids[0..n).  All or nothing: -ERANGE if
@@ -85,7 +86,8 @@ int kvd_pages_publish(struct kvd_pages *t, uint32_t sid, const uint8_t salt[KVD_
 /* Finds the longest leading run of keys that are cached under salt; each found
  * page gains a reference for sid (atomically: nothing can evict it between
  * finding and holding) and moves to the most recently used end.  Returns the
- * number of hits h and fills ret_ids[0..h). */
+ * number of hits h and fills ret_ids[0..h); -EOVERFLOW (nothing changes) if
+ * a page's refcount or sid's references would pass 2^32-1. */
 int kvd_pages_lookup(struct kvd_pages *t, uint32_t sid, const uint8_t salt[KVD_KEY_LEN],
                      uint32_t n, const uint8_t (*keys)[KVD_KEY_LEN], uint32_t *ret_ids);
 

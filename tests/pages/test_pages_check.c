@@ -111,3 +111,46 @@ Test(pages_check, held_page_on_free_list)
         cr_assert_eq(kvd_pages_check(t), -EUCLEAN);
         kvd_pages_free(t);
 }
+
+/* Not a checker test, but one that needs the internals: reference counts
+ * are u32, and a client piles them up with LOOKUPs of one key repeated (8192
+ * references a request, 2^32 in about half a million requests).  Fast-forward
+ * a session to just below 2^32 references on one page: what would wrap a
+ * counter must be refused, because a wrapped refcount sends a page that is
+ * still held to the LRU or the free list, where an alloc hands it out again. */
+Test(pages_check, reference_counts_never_wrap)
+{
+        struct kvd_pages *t = NULL;
+        uint8_t keys[2][KVD_KEY_LEN] = { { 7 }, { 7 } };
+        uint32_t id, got[2];
+
+        cr_assert_eq(kvd_pages_new(4, NULL, &t), 0);
+        cr_assert_eq(kvd_pages_alloc(t, 1, 1, &id), 0);
+        cr_assert_eq(kvd_pages_publish(t, 1, NULL, 1, &id, keys, NULL), 1);
+        struct sess *s = sess_get(t, 1);
+        s->held.v[map_find(&s->held, id)] = UINT32_MAX - 2;
+        s->total = UINT32_MAX - 2;
+        t->pages[id].ref = UINT32_MAX - 2;
+        cr_assert_eq(kvd_pages_check(t), 0);
+
+        /* up to the limit: fine */
+        cr_assert_eq(kvd_pages_lookup(t, 1, NULL, 2, keys, got), 2);
+        cr_assert_eq(t->pages[id].ref, UINT32_MAX);
+        cr_assert_eq(kvd_pages_session_count(t, 1), UINT32_MAX);
+        cr_assert_eq(kvd_pages_check(t), 0);
+        /* one more reference on the page, by anyone: refused, nothing changes */
+        cr_assert_eq(kvd_pages_lookup(t, 1, NULL, 1, keys, got), -EOVERFLOW);
+        cr_assert_eq(kvd_pages_lookup(t, 2, NULL, 1, keys, got), -EOVERFLOW);
+        cr_assert_eq(t->pages[id].ref, UINT32_MAX);
+        cr_assert_eq(kvd_pages_session_count(t, 2), 0);
+        /* one more reference for the session, on another page: refused */
+        cr_assert_eq(kvd_pages_alloc(t, 1, 1, got), -EOVERFLOW);
+        cr_assert_eq(kvd_pages_session_count(t, 1), UINT32_MAX);
+        cr_assert_eq(kvd_pages_check(t), 0);
+        /* others are not affected, and the references all go away */
+        cr_assert_eq(kvd_pages_alloc(t, 2, 1, got), 0);
+        cr_assert_eq(kvd_pages_drop_session(t, 1), UINT32_MAX);
+        cr_assert_eq(t->pages[id].ref, 0);
+        cr_assert_eq(kvd_pages_check(t), 0);
+        kvd_pages_free(t);
+}
