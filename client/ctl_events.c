@@ -226,7 +226,14 @@ int ctl_events_main(const char *events_url, int json, int argc, char **argv)
                         print_restart(json, last, ev.seq);
                 last = ev.seq;
                 print_event(json, &ev);
-                fflush(stdout);
+                /* output nobody can read (a full disk) ends the command with
+                 * a failure, rather than following the stream forever */
+                if (fflush(stdout) != 0 || ferror(stdout)) {
+                        fprintf(stderr, "kvpoolctl: events: cannot write the output: %s\n",
+                                strerror(errno));
+                        status = 1;
+                        break;
+                }
                 if (ev.type == KVD_EV_SHUTDOWN || (count && ++printed >= count))
                         break;
         }

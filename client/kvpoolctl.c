@@ -52,6 +52,17 @@ static int usage_error(const char *fmt, ...)
         return 2;
 }
 
+/* Flushes stdout: 0, or 1 (the failure exit status) after saying why.  Output
+ * that could not be written (a full disk, a closed pipe) is a failure, not a
+ * silent success. */
+static int output_done(void)
+{
+        if (fflush(stdout) == 0 && !ferror(stdout))
+                return 0;
+        fprintf(stderr, "kvpoolctl: cannot write the output: %s\n", strerror(errno));
+        return 1;
+}
+
 /* ---- a small column-aligned table ------------------------------------------ */
 
 #define MAX_COLS 14
@@ -371,6 +382,8 @@ static int cmd_text(const char *url, int status, int json)
                         putchar('\n');
         }
         free(text);
+        if (rv == 0)
+                rv = output_done();
         return rv;
 }
 
@@ -407,11 +420,11 @@ int main(int argc, char **argv)
 
                 if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
                         fputs(usage_text, stdout);
-                        return 0;
+                        return output_done();
                 }
                 if (strcmp(argv[i], "-V") == 0 || strcmp(argv[i], "--version") == 0) {
                         printf("kvpoolctl %s\n", KV_VERSION);
-                        return 0;
+                        return output_done();
                 }
                 if ((v = opt_value(argc, argv, &i, "--socket")) != NULL)
                         url = v;
@@ -468,7 +481,7 @@ int main(int argc, char **argv)
         }
         if (strcmp(cmd, "help") == 0) {
                 fputs(usage_text, stdout);
-                return 0;
+                return output_done();
         }
         return usage_error("unknown command '%s'", cmd);
 }

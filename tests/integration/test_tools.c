@@ -1,6 +1,7 @@
 /* test_tools.c - kvpoolctl and kvpool-demo-worker against a live kvpoold. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +91,30 @@ Test(integration, kvpoolctl_metrics, .fini = cleanup, .timeout = 60)
         cr_assert(strstr(out, "# TYPE") != NULL, "no Prometheus text:\n%s", out);
         cr_assert(strstr(out, "mpool") != NULL, "pool not in the metrics:\n%s", out);
         free(out);
+        /* Output that cannot be written is a failure, not a silent success
+         * (a script redirecting it to a full disk must hear about it). */
+        {
+                char *sargv[] = { "/bin/sh", "-c", "exec \"$0\" \"$@\" > /dev/full", (char *)ctl,
+                                  "--socket", D.url, "metrics", NULL };
+
+                cr_assert_eq(kvt_run(sargv, &out), 1, "metrics > /dev/full:\n%s", out);
+                cr_assert(strstr(out, "kvpoolctl: ") != NULL, "no message:\n%s", out);
+                free(out);
+        }
+        {
+                char *sargv[] = { "/bin/sh", "-c", "exec \"$0\" \"$@\" > /dev/full", (char *)ctl,
+                                  "--socket", D.url, "status", "--json", NULL };
+
+                cr_assert_eq(kvt_run(sargv, &out), 1, "status --json > /dev/full:\n%s", out);
+                free(out);
+        }
+        {
+                char *sargv[] = { "/bin/sh", "-c", "exec \"$0\" \"$@\" > /dev/full", (char *)ctl,
+                                  "--socket", D.url, "status", NULL };
+
+                cr_assert_eq(kvt_run(sargv, &out), 1, "status > /dev/full:\n%s", out);
+                free(out);
+        }
 }
 
 Test(integration, kvpoolctl_without_daemon_and_bad_usage, .timeout = 30)
@@ -191,6 +216,47 @@ Test(integration, demo_worker_fp8, .fini = cleanup, .timeout = 60)
 Test(integration, demo_worker_fp4, .fini = cleanup, .timeout = 60)
 {
         demo_roundtrip("fp4_e2m1");
+}
+
+/* `kvpoolctl events` whose output cannot be written stops with status 1 at
+ * the first event instead of following the stream into the void forever. */
+Test(integration, kvpoolctl_events_write_error_fails, .fini = cleanup, .timeout = 60)
+{
+        const char *ctl = kvt_env_path("KVPOOLCTL");
+        const char *pools[] = { kvt_pool_spec(0, "evpool", "bf16", "2MiB"), NULL };
+        struct kvt_proc sub;
+        kvc_client *c;
+        kvc_pool *p;
+        int st = 0, exited = 0;
+
+        cr_assert_not_null(ctl);
+        cr_assert_eq(kvt_daemon_start(&D, pools), 0);
+        char *argv[] = { "/bin/sh", "-c", "exec \"$0\" \"$@\" > /dev/full", (char *)ctl,
+                         "--socket", D.url, "events", NULL };
+
+        cr_assert_eq(kvt_spawn(argv, &sub), 0);
+        cr_assert_eq(kvc_connect(D.url, "publisher", NULL, &c), 0);
+        cr_assert_eq(kvc_attach(c, "evpool", &p), 0);
+        for (int i = 0; i < 200 && !exited; i++) {
+                int32_t page, tok = i;
+                kvc_key key;
+
+                kvc_block_key(NULL, &tok, 1, "ev", 2, &key);
+                cr_assert_eq(kvc_alloc(p, 1, &page), 0, "%s", kvc_errmsg(c));
+                cr_assert_eq(kvc_publish(p, 1, &page, &key, NULL), 1, "%s", kvc_errmsg(c));
+                cr_assert_eq(kvc_free(p, 1, &page), 0);
+                usleep(25000);
+                exited = waitpid(sub.pid, &st, WNOHANG) == sub.pid;
+        }
+        if (!exited) {
+                kill(sub.pid, SIGKILL);
+                waitpid(sub.pid, NULL, 0);
+        }
+        sub.pid = -1;
+        kvt_proc_wait(&sub);
+        kvc_disconnect(c);
+        cr_assert(exited, "kvpoolctl events kept running with its output going nowhere");
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status 0x%x, want 1", st);
 }
 
 /* `kvpoolctl events` finds the event socket beside the control socket by
