@@ -18,7 +18,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <pthread.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+
 #include "harness.h"
+#include "kv_proto.h"
 #include "pattern.h"
 
 static struct kvt_daemon D;
@@ -402,5 +408,104 @@ Test(tp, bad_configs_stop_kvpoold_naming_the_key, .fini = cleanup, .timeout = 60
                                  "name=x,dtype=bf16,layers=2,kv_heads=4,head_dim=64,page_size=16,capacity=2MiB,devices=0:0",
                                  NULL), 1, "%s", out);
         cr_assert(strstr(out, "--pool devices") && strstr(out, "listed twice"), "%s", out);
+        free(out);
+}
+
+/* ---- kvpoolctl against a fake daemon reporting CUDA pools ------------------ */
+
+/* A REP socket in a thread that answers HELLO, STATUS (with doc) and BYE: the
+ * only way to show kvpoolctl pools on GPUs on a machine without one. */
+static struct {
+        nng_socket  sock;
+        pthread_t   thread;
+        char        url[128];
+        const char *doc;
+} FK;
+
+static void *fake_serve(void *arg)
+{
+        static uint8_t out[1 << 16];
+        nng_msg       *m;
+
+        (void)arg;
+        while (nng_recvmsg(FK.sock, &m, 0) == 0) {
+                struct kv_hdr h;
+                int           n;
+
+                if (kv_hdr_decode(nng_msg_body(m), nng_msg_len(m), &h) != 0) {
+                        nng_msg_free(m);
+                        continue;
+                }
+                if (h.opcode == KV_OP_HELLO) {
+                        struct kv_hello_rep hr = { .session_id = 1, .num_pools = 5, .max_frame = KV_MAX_FRAME };
+
+                        n = kv_enc_hello_rep(out, sizeof out, h.request_id, &hr);
+                } else if (h.opcode == KV_OP_STATUS) {
+                        n = kv_enc_text(out, sizeof out, KV_OP_STATUS | KV_OP_REPLY, h.request_id, FK.doc,
+                                        (uint32_t)strlen(FK.doc));
+                } else {
+                        n = kv_enc_empty(out, sizeof out, h.opcode | KV_OP_REPLY, h.request_id);
+                }
+                nng_msg_clear(m);
+                nng_msg_append(m, out, (size_t)(n > 0 ? n : 0));
+                if (nng_sendmsg(FK.sock, m, 0) != 0)
+                        nng_msg_free(m);
+        }
+        return NULL;
+}
+
+#define FAKE_POOL(name, dev, backend, tp) \
+        "{\"name\": \"" name "\", \"dtype\": \"fp8_e4m3\", \"backend\": \"" backend "\", \"device\": " #dev ", " \
+        "\"layers\": 2, \"kv_heads\": 2, \"head_dim\": 128, \"page_size\": 16, \"pages_total\": 10, " \
+        "\"pages_free\": 10, \"pages_held\": 0, \"pages_cached\": 0, \"token_capacity\": 160, \"bytes\": 2097152, " \
+        "\"scale_source\": \"json\", \"k_scale_min\": 0.02, \"k_scale_max\": 0.02, \"v_scale_min\": 0.02, " \
+        "\"v_scale_max\": 0.02, \"lookups\": 0, \"hits\": 0, \"hit_rate\": 0, \"evictions\": 0, " tp "}"
+#define NO_TP "\"group\": \"x\", \"tp_rank\": null, \"tp_size\": null"
+
+Test(tp, kvpoolctl_groups_cuda_pools_by_device, .timeout = 60)
+{
+        /* Reported out of order: rank 1 on GPU 1 first, a host pool in the
+         * middle. */
+        static const char doc[] =
+                "{\"version\": \"fake\", \"pid\": 1, \"uptime_s\": 5, \"socket\": \"fake\", \"events\": null, \"pools\": ["
+                FAKE_POOL("m.tp1", 1, "cuda", "\"group\": \"m\", \"tp_rank\": 1, \"tp_size\": 2") ", "
+                FAKE_POOL("z", 0, "cuda", NO_TP) ", "
+                FAKE_POOL("h", -1, "host", NO_TP) ", "
+                FAKE_POOL("m.tp0", 0, "cuda", "\"group\": \"m\", \"tp_rank\": 0, \"tp_size\": 2") ", "
+                FAKE_POOL("a", 1, "cuda", NO_TP)
+                "], \"clients\": []}";
+        /* Device 0 (m.tp0, z), device 1 (a, m.tp1), then host (h). */
+        static const char *const rows[] = {
+                "0       m.tp0  0/2  fp8_e4m3  cuda ", "0       z      -    fp8_e4m3  cuda ",
+                "1       a      -    fp8_e4m3  cuda ", "1       m.tp1  1/2  fp8_e4m3  cuda ",
+                "host    h      -    fp8_e4m3  host ",
+        };
+        const char *ctl = kvt_env_path("KVPOOLCTL");
+        char *argv[] = { (char *)ctl, "--socket", FK.url, "status", NULL };
+        char *out = NULL, *at;
+
+        cr_assert_not_null(ctl);
+        FK.doc = doc;
+        snprintf(FK.url, sizeof FK.url, "ipc:///tmp/kvtest-%d-tpfake.sock", (int)getpid());
+        cr_assert_eq(nng_rep0_open(&FK.sock), 0);
+        cr_assert_eq(nng_listen(FK.sock, FK.url, NULL, 0), 0);
+        cr_assert_eq(pthread_create(&FK.thread, NULL, fake_serve, NULL), 0);
+        cr_assert_eq(kvt_run(argv, &out), 0, "kvpoolctl status failed:\n%s", out);
+        nng_close(FK.sock);
+        pthread_join(FK.thread, NULL);
+        unlink(FK.url + 6);
+        cr_log_info("kvpoolctl status against the fake daemon:\n%s", out);
+        cr_assert_not_null(strstr(out, "\nDEVICE  POOL   TP   DTYPE"), "header:\n%s", out);
+        at = out;
+        for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+                char *r = strstr(at, rows[i]);
+
+                cr_assert_not_null(r, "row \"%s\" missing or out of order:\n%s", rows[i], out);
+                at = r + 1;
+        }
+        /* The scales table follows the same order. */
+        cr_assert_not_null(strstr(at, "\nDEVICE  POOL   SCALES"), "%s", out);
+        cr_assert_not_null(strstr(at, "\n0       m.tp0  json"), "%s", out);
+        cr_assert(strstr(at, "\n1       m.tp1  json") > strstr(at, "\n1       a      json"), "%s", out);
         free(out);
 }
