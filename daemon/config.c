@@ -258,6 +258,11 @@ int kvd_cfg_check_spec(const struct kvd_pool_spec *s, const char *where, char *e
                 if (kv_layout_fit(&s->geom, s->capacity_bytes, &L) != 0)
                         return kvd_cfg_fail(err, errlen, "%s.capacity: %llu bytes do not hold a single page of this geometry",
                                     where, (unsigned long long)s->capacity_bytes);
+                if (L.num_pages > KVD_PAGES_MAX)
+                        return kvd_cfg_fail(err, errlen,
+                                    "%s.capacity: %llu bytes hold %u pages of this geometry, more than the %u a pool can have "
+                                    "(lower the capacity or use larger pages)",
+                                    where, (unsigned long long)s->capacity_bytes, L.num_pages, KVD_PAGES_MAX);
         }
         if (s->capacity_fraction > 0 && !kvd_backend_cuda)
                 return kvd_cfg_fail(err, errlen,

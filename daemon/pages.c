@@ -37,7 +37,7 @@
 
 #define NIL        UINT32_MAX
 #define MAP_EMPTY  UINT32_MAX
-#define MAX_PAGES  (1u << 30)
+#define MAX_PAGES  KVD_PAGES_MAX
 
 /* ---- u32 -> u32 open-addressing map ---------------------------------------
  * Used for sid -> session index and, per session, page -> count.  Keys are

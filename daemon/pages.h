@@ -26,6 +26,9 @@
 #include <stddef.h>
 
 #define KVD_KEY_LEN 16
+/* Pages one table holds (kvd_pages_new refuses more): ids stay far from the
+ * u32 sentinels, and a session's map of them fits its 2^31 slots. */
+#define KVD_PAGES_MAX (1u << 30)
 
 struct kvd_pages;
 

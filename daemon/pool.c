@@ -153,6 +153,15 @@ int kvd_pool_new(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_pool 
                 free(p);
                 return r == -ENOSPC ? -EINVAL : r;
         }
+        /* The page table would refuse it: say so before the memory is taken
+         * (a fraction of a large GPU, or a spec that skipped the config). */
+        if (p->layout.num_pages > KVD_PAGES_MAX) {
+                snprintf(err, errlen, "pool %s: capacity %llu bytes holds %u pages of this geometry, more than the %u a "
+                         "pool can have (lower the capacity or use larger pages)", spec->name,
+                         (unsigned long long)budget, p->layout.num_pages, KVD_PAGES_MAX);
+                free(p);
+                return -EINVAL;
+        }
         /* Scales first: a bad scales file must fail before memory is taken. */
         if ((r = kvd_scales_load(spec->scales_cfg, spec->geom.num_layers, dname, &p->scales, e, sizeof(e)))) {
                 snprintf(err, errlen, "pool %s: scales: %s", spec->name, e);

@@ -159,6 +159,24 @@ Test(config, errors_name_the_key)
                           "pools[0].capacity", "page");
 }
 
+/* A page table holds at most 2^30 pages (page ids stay far from the u32
+ * sentinels): a capacity holding more pages of a tiny geometry (18 bytes a
+ * page here) is refused at configuration time, not after the daemon has
+ * reserved the memory. */
+Test(config, more_pages_than_a_page_table_holds)
+{
+        struct kvd_pool_spec s;
+
+        cr_assert_eq(kvd_config_parse_pool_arg("name=a,dtype=fp4_e2m1,layers=1,kv_heads=1,head_dim=16,page_size=1,"
+                                               "capacity=20GiB,backend=host", &s, err, sizeof(err)), -EINVAL,
+                     "accepted more than 2^30 pages");
+        cr_assert(strstr(err, "capacity") && strstr(err, "pages"), "%s", err);
+        /* at the limit: 18 GiB hold exactly 2^30 pages of 18 bytes */
+        cr_assert_eq(kvd_config_parse_pool_arg("name=a,dtype=fp4_e2m1,layers=1,kv_heads=1,head_dim=16,page_size=1,"
+                                               "capacity=18GiB,backend=host", &s, err, sizeof(err)), 0, "%s", err);
+        kvd_pool_spec_fini(&s);
+}
+
 /* JSON allows a key twice and cJSON keeps both: a second "pools" must not
  * silently replace (and leak) the first, nor leave the count of the first
  * over the second's shorter array. */

@@ -4,7 +4,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -200,6 +202,32 @@ Test(pool, refusals_leave_nothing)
                 cr_assert_eq(kvd_pool_new(&s, 0, &p, err, sizeof(err)), -ENODEV);
                 cr_assert(strstr(err, "without CUDA"), "%s", err);
         }
+}
+
+/* More pages than a page table holds (2^30, here of 18 bytes each): refused
+ * before any memory is reserved.  The file-size limit keeps a regression
+ * from reserving 20 GiB of /dev/shm (tmpfs fallocate fails with EFBIG). */
+Test(pool, more_pages_than_a_page_table_holds)
+{
+        struct kvd_pool_spec s;
+        struct kvd_pool     *p = NULL;
+        struct rlimit        rl = { 64u << 20, 64u << 20 };
+        char                 err[512], path[128];
+        struct stat          sb;
+
+        signal(SIGXFSZ, SIG_IGN);
+        cr_assert_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+        spec(&s, "huge", KVC_DTYPE_FP4_E2M1, 20ull << 30);
+        s.geom.num_layers = 1;
+        s.geom.kv_heads = 1;
+        s.geom.head_dim = 16;
+        s.geom.page_size = 1;
+        cr_assert_eq(kvd_pool_new(&s, 0, &p, err, sizeof(err)), -EINVAL, "%s", err);
+        cr_assert(strstr(err, s.name) && strstr(err, "pages"), "%s", err);
+        cr_assert_null(p);
+        snprintf(path, sizeof(path), "/dev/shm/kvpool.%d.%s", (int)getpid(), s.name);
+        cr_assert_neq(stat(path, &sb), 0, "%s left after a failed pool", path);
+        kvd_pool_spec_fini(&s);
 }
 
 Test(pool, same_name_twice_is_refused)
