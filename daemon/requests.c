@@ -232,6 +232,10 @@ static int do_alloc(struct kvd_server *s, struct kvd_req *q, struct kvd_session 
         if (r < 0)
                 return reply_error(q, KV_E_INTERNAL, "ALLOC: pool %s: %s", p->name, strerror(-r));
         reply_pages(q, m.count, s->ids);
+        if (!q->ok || q->code) { /* the client will never learn of these pages */
+                kvd_pages_release(p->pages, ss->id, m.count, s->ids);
+                return 0;
+        }
         kvd_server_check_pressure(s, p);
         return 0;
 }
@@ -355,7 +359,7 @@ static int do_lookup(struct kvd_server *s, struct kvd_req *q, struct kvd_session
         if (r < 0)
                 return reply_error(q, KV_E_INTERNAL, "LOOKUP: pool %s: %s", p->name, strerror(-r));
         reply_pages(q, (uint32_t)r, s->ids);
-        if (!q->ok && r > 0) /* the caller will never learn of these pages */
+        if ((!q->ok || q->code) && r > 0) /* the caller will never learn of these pages */
                 kvd_pages_release(p->pages, ss->id, (uint32_t)r, s->ids);
         if (r > 0)
                 kvd_server_check_pressure(s, p);

@@ -244,3 +244,126 @@ Test(pool, same_name_twice_is_refused)
         kvd_pool_free(a);
         kvd_pool_spec_fini(&s);
 }
+
+/* ---- request handlers when the reply cannot be built ---------------------------- */
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include "server_int.h"
+
+/* nng_msg_realloc, interposed for this test program (requests.c, linked in
+ * statically, calls this one): above fail_above bytes it fails like nng out
+ * of memory.  0 = never. */
+static size_t fail_above;
+
+int nng_msg_realloc(nng_msg *m, size_t sz)
+{
+        static int (*real)(nng_msg *, size_t);
+
+        if (!real)
+                real = (int (*)(nng_msg *, size_t))dlsym(RTLD_NEXT, "nng_msg_realloc");
+        if (fail_above && sz > fail_above)
+                return NNG_ENOMEM;
+        return real(m, sz);
+}
+
+/* Runs one request through kvd_requests_dispatch; returns the wire error
+ * code of the reply (0 for a success reply, -1 for no reply at all). */
+static int dispatch(struct kvd_server *s, const uint8_t *buf, int len, uint8_t *out, size_t outcap)
+{
+        struct kvd_req q = { 0 };
+        struct kv_hdr  h;
+        int            code;
+
+        cr_assert_gt(len, 0);
+        cr_assert_eq(nng_msg_alloc(&q.msg, 0), 0);
+        cr_assert_eq(nng_msg_append(q.msg, buf, (size_t)len), 0);
+        nng_msg_set_pipe(q.msg, (nng_pipe){ .id = 42 }); /* no such pipe: no peer credentials */
+        kvd_requests_dispatch(s, &q);
+        if (!q.ok) {
+                nng_msg_free(q.msg);
+                return -1;
+        }
+        cr_assert_eq(kv_hdr_decode(nng_msg_body(q.msg), nng_msg_len(q.msg), &h), 0);
+        code = h.opcode == KV_OP_ERROR ? (int)kv_le32((const uint8_t *)nng_msg_body(q.msg) + KV_HDR_SIZE) : 0;
+        cr_assert_eq(code != 0, q.code != 0, "q.code %u, reply code %d", q.code, code);
+        if (out)
+                memcpy(out, nng_msg_body(q.msg), nng_msg_len(q.msg) < outcap ? nng_msg_len(q.msg) : outcap);
+        nng_msg_free(q.msg);
+        return code;
+}
+
+/* All or nothing (docs/protocol.md §3): an ALLOC or LOOKUP whose page list
+ * cannot be put into the reply must not leave the session holding pages the
+ * client never learns of. */
+Test(requests, pages_of_a_failed_reply_are_given_back)
+{
+        struct kvd_pool_spec s;
+        struct kvd_pool     *p;
+        struct kvd_server    srv;
+        struct kvd_session  *ss;
+        uint8_t              buf[4096], rep[4096];
+        uint32_t             ids[200];
+        uint8_t              keys[200][KV_KEY_LEN];
+        char                 err[512];
+
+        spec(&s, "req", KVC_DTYPE_BF16, 16u << 20);
+        cr_assert_eq(kvd_pool_new(&s, 0, &p, err, sizeof(err)), 0, "%s", err);
+        cr_assert_geq(p->layout.num_pages, 400, "the ALLOC below must not evict");
+        memset(&srv, 0, sizeof(srv));
+        pthread_mutex_init(&srv.lock, NULL);
+        srv.pools = &p;
+        srv.num_pools = 1;
+        srv.ids = malloc(KV_MAX_PAGES_REQ * sizeof(*srv.ids));
+        srv.keys = malloc(KV_MAX_KEYS_REQ * sizeof(*srv.keys));
+        srv.results = malloc(KV_MAX_KEYS_REQ);
+        cr_assert(srv.ids && srv.keys && srv.results);
+        cr_assert_eq(kvd_sessions_new(&srv.sessions), 0);
+
+        struct kv_hello_req hello = { .proto_version = KV_PROTO_VERSION, .name = "t" };
+        struct kv_attach_req att;
+        snprintf(att.name, sizeof(att.name), "%s", p->name);
+        cr_assert_eq(dispatch(&srv, buf, kv_enc_hello_req(buf, sizeof(buf), 1, &hello), NULL, 0), 0);
+        cr_assert_eq(dispatch(&srv, buf, kv_enc_attach_req(buf, sizeof(buf), 2, &att), NULL, 0), 0);
+        cr_assert_not_null(ss = kvd_sessions_find(srv.sessions, 42));
+
+        /* 200 cached pages, then nobody holds them */
+        struct kv_alloc_req a = { 0, 200 };
+        cr_assert_eq(dispatch(&srv, buf, kv_enc_alloc_req(buf, sizeof(buf), 3, &a), rep, sizeof(rep)), 0);
+        for (uint32_t i = 0; i < 200; i++) {
+                ids[i] = kv_le32(rep + KV_HDR_SIZE + 4 + 4 * i);
+                memset(keys[i], 0, KV_KEY_LEN);
+                memcpy(keys[i], &i, sizeof(i));
+        }
+        {
+                static uint8_t big[8 + 200 * 20 + 64];
+                int n = kv_enc_publish_req(big, sizeof(big), 4, 0, 200, ids, (const uint8_t (*)[KV_KEY_LEN])keys);
+                cr_assert_eq(dispatch(&srv, big, n, NULL, 0), 0);
+                n = kv_enc_pages(big, sizeof(big), KV_OP_FREE, 5, 0, 200, ids);
+                cr_assert_eq(dispatch(&srv, big, n, NULL, 0), 0);
+        }
+        cr_assert_eq(kvd_pages_session_count(p->pages, ss->id), 0);
+
+        /* page lists of 200 ids no longer fit; error replies (536 bytes) do */
+        fail_above = 600;
+        cr_assert_eq(dispatch(&srv, buf, kv_enc_alloc_req(buf, sizeof(buf), 6, &a), NULL, 0), KV_E_INTERNAL);
+        cr_assert_eq(kvd_pages_session_count(p->pages, ss->id), 0, "ALLOC without a reply kept %u references",
+                     kvd_pages_session_count(p->pages, ss->id));
+        {
+                static uint8_t big[8 + 200 * 16 + 64];
+                int n = kv_enc_lookup_req(big, sizeof(big), 7, 0, 200, (const uint8_t (*)[KV_KEY_LEN])keys);
+                cr_assert_eq(dispatch(&srv, big, n, NULL, 0), KV_E_INTERNAL);
+        }
+        cr_assert_eq(kvd_pages_session_count(p->pages, ss->id), 0, "LOOKUP without a reply kept %u references",
+                     kvd_pages_session_count(p->pages, ss->id));
+        cr_assert_eq(kvd_pages_check(p->pages), 0);
+        fail_above = 0;
+
+        kvd_sessions_free(srv.sessions);
+        free(srv.ids);
+        free(srv.keys);
+        free(srv.results);
+        pthread_mutex_destroy(&srv.lock);
+        kvd_pool_free(p);
+        kvd_pool_spec_fini(&s);
+}
