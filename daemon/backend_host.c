@@ -39,7 +39,16 @@ static int host_create(const char *pool_name, uint64_t bytes, int device, gid_t 
         fd = shm_open(r.shm_name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, mode);
         if (fd < 0) {
                 rc = -errno;
-                snprintf(err, errlen, "shm_open(%s): %s", r.shm_name, strerror(errno));
+                /* EEXIST: a crashed kvpoold that had our pid left it behind (or a
+                 * daemon in another pid namespace shares /dev/shm): never adopt or
+                 * remove it here, tell the operator. */
+                snprintf(err, errlen, "shm_open(%s): %s%s", r.shm_name, strerror(errno),
+                         errno == EEXIST ? " (left by an earlier kvpoold with the same pid? "
+                                           "remove /dev/shm" : "");
+                if (errno == EEXIST) {
+                        size_t n = strlen(err);
+                        snprintf(err + n, errlen > n ? errlen - n : 0, "%s if no kvpoold uses it)", r.shm_name);
+                }
                 return rc;
         }
         /* The umask may have masked bits off: set the mode we mean. */
