@@ -160,12 +160,16 @@ static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
                 return;
         }
         if (ev == NNG_PIPE_EV_ADD_POST) {
-                if (kvd_sessions_add(s->sessions, pid, &ss) == 0) {
+                int r = kvd_sessions_add(s->sessions, pid, &ss);
+                if (r == 0) {
                         kvd_server_fill_peer(ss, p);
                         kvd_debug("pipe %u connected (session %u, pid %lld, uid %lld)", pid, ss->id,
                                   (long long)ss->pid, (long long)ss->uid);
                 } else {
-                        kvd_warn("pipe %u: cannot create a session (out of memory); closing it", pid);
+                        /* -ESTALE: nng ran this pipe's removal first (a peer that
+                         * connected and left at once); nothing to report then. */
+                        if (r != -ESTALE)
+                                kvd_warn("pipe %u: cannot create a session (%s); closing it", pid, strerror(-r));
                         nng_pipe_close(p);
                 }
         } else if (ev == NNG_PIPE_EV_REM_POST) {
@@ -322,26 +326,6 @@ static int start_listener(struct kvd_server *s, const struct kvd_server_cfg *cfg
         return 0;
 }
 
-/* The event socket gets the request socket's mode and group, so that the
- * members of the group who may send requests may also subscribe (nng creates
- * it with the process umask). */
-static int secure_events_socket(struct kvd_server *s, const struct kvd_server_cfg *cfg, char *err, size_t errlen)
-{
-        const char *path;
-        mode_t      mode = (mode_t)(cfg->socket_mode ? cfg->socket_mode : 0600);
-
-        if (!s->events_url || strncmp(s->events_url, "ipc://", 6) != 0)
-                return 0;
-        path = s->events_url + 6;
-        if (chmod(path, mode) != 0 || (cfg->has_group && chown(path, (uid_t)-1, cfg->group) != 0)) {
-                int e = errno;
-                snprintf(err, errlen, "cannot set mode %04o%s on the event socket %s: %s", (unsigned)mode,
-                         cfg->has_group ? " and group" : "", path, strerror(e));
-                return -e;
-        }
-        return 0;
-}
-
 int kvd_server_new(const struct kvd_server_cfg *cfg, struct kvd_pool **pools, uint32_t num_pools,
                    struct kvd_server **ret, char *err, size_t errlen)
 {
@@ -390,12 +374,14 @@ int kvd_server_new(const struct kvd_server_cfg *cfg, struct kvd_pool **pools, ui
         pthread_mutex_unlock(&s->lock);
         if ((r = start_listener(s, cfg, err, errlen)))
                 goto fail;
-        if ((r = kvd_events_open(s->events_url, &s->events, err, errlen)))
+        /* The event socket gets the request socket's mode and group before it
+         * listens, so that the members of the group who may send requests may
+         * also subscribe, and nobody else ever could. */
+        if ((r = kvd_events_open_mode(s->events_url, cfg->socket_mode ? cfg->socket_mode : 0600,
+                                      cfg->has_group ? cfg->group : (gid_t)-1, &s->events, err, errlen)))
                 goto fail;
         for (uint32_t i = 0; i < num_pools; i++)
                 pools[i]->events = s->events;
-        if ((r = secure_events_socket(s, cfg, err, errlen)))
-                goto fail;
         if (cfg->metrics_addr && *cfg->metrics_addr) {
                 if ((r = kvd_metrics_http_start(s->metrics, s, cfg->metrics_addr, err, errlen)))
                         goto fail;
