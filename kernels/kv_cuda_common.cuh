@@ -151,6 +151,38 @@ __device__ __forceinline__ uint32_t fp8x2_div(float x0, float x1, float s)
         return r;
 }
 
+/* The same as fp8x2_div without a division, for scales s in [2^-60, 2^60]
+ * with r = RN(1/s) (the host's 1.0f / s).  q = x*r corrected once with the
+ * exact FMA residual, q' = q + (x - q*s)*r, is within one ulp of RN(x/s)
+ * whenever x/s is a normal float (the residual term is exact there and the
+ * error left is ~2^-47 relative, so q' is RN(x/s) or one of its two
+ * neighbours).  fp8 rounding is monotone, so when the fp8 codes of q''s two
+ * neighbours (bit patterns q'-1 and q'+1) agree, every value between them,
+ * RN(x/s) included, has that code.  When they differ (q' within an ulp of
+ * an fp8 rounding midpoint: about 2^-19 of inputs) or q' is 0, Inf or NaN
+ * (x zero, non-finite, or a quotient out of range), *hard is set and the
+ * caller redoes the chunk with fp8x2_div.  Range: a quotient with a
+ * non-zero, non-saturated fp8 code has 2^-18 <= |x/s| <= 2^17, so with s in
+ * [2^-60, 2^60] x and the residual are normal floats and the argument above
+ * holds; smaller quotients are fp8 zeros with x's sign in every candidate,
+ * larger ones saturate in every candidate.
+ * tests/gpu/test_conv_exhaustive.cu checks it against the codec over all
+ * 2^32 x for several scales, the range ends included. */
+template <int D>
+__device__ __forceinline__ uint32_t fp8x2_div_fast(float x0, float x1, float s, float r, bool &hard)
+{
+        float q0 = __fmul_rn(x0, r), q1 = __fmul_rn(x1, r);
+        q0 = __fmaf_rn(__fmaf_rn(-q0, s, x0), r, q0);
+        q1 = __fmaf_rn(__fmaf_rn(-q1, s, x1), r, q1);
+        const uint32_t b0 = __float_as_uint(q0), b1 = __float_as_uint(q1);
+        /* Inf or NaN (x not finite, or x/s overflowed): the IEEE path */
+        hard |= ((b0 & 0x7F800000u) == 0x7F800000u) | ((b1 & 0x7F800000u) == 0x7F800000u);
+        const uint32_t lo = fp8x2_hw<D>(__uint_as_float(b0 - 1u), __uint_as_float(b1 - 1u));
+        const uint32_t hi = fp8x2_hw<D>(__uint_as_float(b0 + 1u), __uint_as_float(b1 + 1u));
+        hard |= lo != hi;
+        return lo;
+}
+
 /* == kv_f32_to_e2m1(y) for 0 <= y <= 6 (the range of |x| / block scale in
  * a block without NaN or Inf; the sign is added by the caller).  Round half
  * even onto {0, .5, 1, 1.5, 2, 3, 4, 6} is a float addition of a magic
@@ -194,12 +226,26 @@ __device__ __forceinline__ void fp4_block16(const float *x, uint32_t &w0, uint32
 #pragma unroll
         for (int i = 0; i < 16; i++) {
                 const uint32_t u = __float_as_uint(x[i]);
-                const uint32_t code = e2m1_mag(__fmul_rn(__uint_as_float(u & 0x7FFFFFFFu), inv));
-                /* nibble i: code in bits 4i..4i+2, the sign in bit 4i+3 (-0
-                 * and negative values that round to zero keep it, as in the
-                 * codec) */
-                r[i / 8] |= code << (4 * (i % 8)) | ((u >> 31) << (4 * (i % 8) + 3));
+#ifdef KV_CUDA_CODEC_ONLY
+                const uint32_t nib = e2m1_mag(__fmul_rn(__uint_as_float(u & 0x7FFFFFFFu), inv)) | (u >> 31) << 3;
+                r[i / 8] |= nib << (4 * (i % 8));
+#else
+                /* e2m1_mag inlined with its constant moved out: with
+                 * m = max(exponent, 127) the code is (sum & 7) + 2m - 254;
+                 * the nibbles are added (the sign as +8, -0 and negative
+                 * values that round to zero keep it, as in the codec) and
+                 * the -254 of every nibble is subtracted once per word,
+                 * which modulo 2^32 leaves exactly the packed nibbles. */
+                const uint32_t y = __float_as_uint(__fmul_rn(__uint_as_float(u & 0x7FFFFFFFu), inv));
+                const uint32_t m2 = max(y >> 23, 127u);
+                const uint32_t t = __float_as_uint(__fadd_rn(__uint_as_float(y), __uint_as_float((m2 + 22u) << 23)));
+                r[i / 8] += ((t & 7u) + 2u * m2 + ((u >> 31) << 3)) << (4 * (i % 8));
+#endif
         }
+#ifndef KV_CUDA_CODEC_ONLY
+        r[0] -= 254u * 0x11111111u;
+        r[1] -= 254u * 0x11111111u;
+#endif
         w0 = r[0];
         w1 = r[1];
         scale = s;

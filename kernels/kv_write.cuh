@@ -42,6 +42,8 @@ struct write_params {
         uint32_t       page_size;
         int64_t        num_slots;     /* num_pages * page_size */
         float          scale[2];      /* fp8: k and v scale of the layer */
+        float          rscale[2];     /* fp8: RN(1 / scale), for fp8x2_div_fast */
+        bool           fastdiv;       /* both scales in [2^-60, 2^60]: fp8x2_div_fast applies */
 };
 
 /* x / s rounded to nearest even, as the host's float division.  GPU
@@ -63,7 +65,8 @@ template <> struct epc<KVC_DTYPE_FP4_E2M1> { static constexpr int n = 32; };
 /* Converts N = epc<D>::n fp32 values into one 16-byte chunk (and, for fp4,
  * the two block scale bytes, first block in the low byte of *sc). */
 template <int D>
-__device__ __forceinline__ uint4 convert_chunk(const float (&f)[epc<D>::n], float scale, uint16_t *sc)
+__device__ __forceinline__ uint4 convert_chunk(const float (&f)[epc<D>::n], float scale, float rscale, bool fastdiv,
+                                               uint16_t *sc)
 {
         uint32_t w[4];
 
@@ -76,18 +79,31 @@ __device__ __forceinline__ uint4 convert_chunk(const float (&f)[epc<D>::n], floa
                 for (int i = 0; i < 4; i++)
                         w[i] = f32x2_to_f16x2(f[2 * i], f[2 * i + 1]);
         } else if constexpr (D == KVC_DTYPE_FP8_E4M3 || D == KVC_DTYPE_FP8_E5M2) {
+#ifdef KV_CUDA_CODEC_ONLY
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-#ifdef KV_CUDA_CODEC_ONLY
                         const float q[4] = { div_like_host(f[4 * i], scale), div_like_host(f[4 * i + 1], scale),
                                              div_like_host(f[4 * i + 2], scale), div_like_host(f[4 * i + 3], scale) };
                         w[i] = fp8_codec<D>(q[0]) | fp8_codec<D>(q[1]) << 8 | fp8_codec<D>(q[2]) << 16 |
                                fp8_codec<D>(q[3]) << 24;
-#else
-                        w[i] = fp8x2_div<D>(f[4 * i], f[4 * i + 1], scale) |
-                               fp8x2_div<D>(f[4 * i + 2], f[4 * i + 3], scale) << 16;
-#endif
                 }
+#else
+                bool hard = !fastdiv;
+                if (fastdiv) {
+#pragma unroll
+                        for (int i = 0; i < 4; i++)
+                                w[i] = fp8x2_div_fast<D>(f[4 * i], f[4 * i + 1], scale, rscale, hard) |
+                                       fp8x2_div_fast<D>(f[4 * i + 2], f[4 * i + 3], scale, rscale, hard) << 16;
+                }
+                if (__builtin_expect(hard, 0)) {
+                        /* a code the fast quotient cannot decide, or a scale
+                         * outside its range: the IEEE division */
+#pragma unroll
+                        for (int i = 0; i < 4; i++)
+                                w[i] = fp8x2_div<D>(f[4 * i], f[4 * i + 1], scale) |
+                                       fp8x2_div<D>(f[4 * i + 2], f[4 * i + 3], scale) << 16;
+                }
+#endif
         } else {
                 /* fp4: two blocks of 16 elements, each with its own E8M0 scale */
                 uint32_t s0, s1;
@@ -139,9 +155,9 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
         float f[N];
         uint16_t sk = 0, sv = 0;
         unpack_f32<E, N>(wk, f);
-        const uint4 ok = convert_chunk<D>(f, p.scale[0], &sk);
+        const uint4 ok = convert_chunk<D>(f, p.scale[0], p.rscale[0], p.fastdiv, &sk);
         unpack_f32<E, N>(wv, f);
-        const uint4 ov = convert_chunk<D>(f, p.scale[1], &sv);
+        const uint4 ov = convert_chunk<D>(f, p.scale[1], p.rscale[1], p.fastdiv, &sv);
         *(uint4 *)(p.dst[0] + doff + (uint64_t)c * 16) = ok;
         *(uint4 *)(p.dst[1] + doff + (uint64_t)c * 16) = ov;
         if constexpr (D == KVC_DTYPE_FP4_E2M1) {
@@ -186,6 +202,13 @@ static inline void make_write_params(const struct kv_pool_view *p, const struct 
                 wp->scale[0] = p->k_scale[a->layer];
                 wp->scale[1] = p->v_scale[a->layer];
         }
+        /* fp8x2_div_fast's precondition; RN(1/s) by the host's IEEE division */
+        wp->rscale[0] = 1.0f / wp->scale[0];
+        wp->rscale[1] = 1.0f / wp->scale[1];
+        wp->fastdiv = true;
+        for (int i = 0; i < 2; i++)
+                if (!(wp->scale[i] >= 0x1p-60f && wp->scale[i] <= 0x1p60f))
+                        wp->fastdiv = false;
 }
 
 /* Launches write_kernel<D, elem>: blocks of (tx, ty) threads, tx chunks of

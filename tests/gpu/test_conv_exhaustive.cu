@@ -114,6 +114,30 @@ __global__ void sweep_div(mism *m, float s)
         }
 }
 
+/* the write kernel's fp8 path with its fallback, as convert_chunk composes
+ * them, vs the codec on the host's division; hard counts the fallbacks */
+template <int D>
+__global__ void sweep_fp8_fast(mism *m, float s, float r, unsigned long long *hard_count)
+{
+        unsigned long long hard_local = 0;
+        for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < (1ull << 32);
+             i += (uint64_t)gridDim.x * blockDim.x) {
+                uint32_t u = (uint32_t)i, w = other(u);
+                float x = __uint_as_float(u), y = __uint_as_float(w);
+                bool hard = false;
+                uint32_t got = kvk::fp8x2_div_fast<D>(x, y, s, r, hard);
+                if (hard) {
+                        got = kvk::fp8x2_div<D>(x, y, s);
+                        hard_local++;
+                }
+                uint32_t want = kvk::fp8_codec<D>(kvk::div_like_host(x, s)) |
+                                kvk::fp8_codec<D>(kvk::div_like_host(y, s)) << 8;
+                if (got != want)
+                        record(m, u);
+        }
+        atomicAdd(hard_count, hard_local);
+}
+
 __device__ __forceinline__ uint64_t mix(uint64_t z)
 {
         z += 0x9E3779B97F4A7C15ull;
@@ -211,6 +235,38 @@ int main(void)
         f += run("x / 0.293 (__fdiv_rn) vs correctly rounded, all 2^32", l_div2, dm);
         f += run("x / 3e-5 (__fdiv_rn) vs correctly rounded, all 2^32", l_div3, dm);
         f += run("fp4 block16 short path vs kv_fp4_encode_block16, 2^24 random blocks", l_fp4, dm);
+        {
+                /* the fast fp8 division over every x, at typical scales,
+                 * awkward mantissas and both ends of its range */
+                static const float scales[] = { 0.0371f, 0.293f, 3.0e-5f, 1.0f, 64.0f, 1.99999988f, 0.70710677f,
+                                                0x1p-60f, 0x1p60f, 0x1.fffffep59f, 12345.678f };
+                unsigned long long *dh, hh;
+                CK(cudaMalloc(&dh, sizeof *dh));
+                for (unsigned k = 0; k < sizeof scales / sizeof scales[0]; k++)
+                        for (int d = 0; d < 2; d++) {
+                                const float sc = scales[k], r = 1.0f / sc;
+                                mism h;
+                                CK(cudaMemset(dm, 0, sizeof *dm));
+                                CK(cudaMemset(dh, 0, sizeof *dh));
+                                if (d == 0)
+                                        sweep_fp8_fast<KVC_DTYPE_FP8_E4M3><<<G, B>>>(dm, sc, r, dh);
+                                else
+                                        sweep_fp8_fast<KVC_DTYPE_FP8_E5M2><<<G, B>>>(dm, sc, r, dh);
+                                CK(cudaGetLastError());
+                                CK(cudaDeviceSynchronize());
+                                CK(cudaMemcpy(&h, dm, sizeof h, cudaMemcpyDeviceToHost));
+                                CK(cudaMemcpy(&hh, dh, sizeof hh, cudaMemcpyDeviceToHost));
+                                if (h.count) {
+                                        printf("FAIL fast %s division by %a: %llu inputs differ, first 0x%08x\n",
+                                               d ? "e5m2" : "e4m3", (double)sc, h.count, h.first[0]);
+                                        f++;
+                                } else {
+                                        printf("ok   fast %s division by %-14a equal on all 2^32 x (%llu pairs took the IEEE fallback)\n",
+                                               d ? "e5m2" : "e4m3", (double)sc, hh);
+                                }
+                        }
+                cudaFree(dh);
+        }
         cudaFree(dm);
         printf("test_conv_exhaustive: %d failures\n", f);
         return f ? 1 : 0;
