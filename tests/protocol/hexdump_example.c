@@ -78,7 +78,7 @@ int main(void)
         rep.scale_page_bytes = L.scale_page_bytes;
         rep.scale_token_bytes = L.scale_token_bytes;
         rep.scale_head_bytes = L.scale_head_bytes;
-        strcpy(rep.shm_name, "/kvpool-1234-llama-8b");
+        strcpy(rep.shm_name, "/kvpool.1234.llama-8b"); /* the host backend's "/kvpool.<pid>.<pool>" */
         rep.pool_epoch = 0x65f1a2b3c4d5e6f7ull;
         strcpy(rep.scale_source, "json");
         n = kv_enc_attach_rep(buf, sizeof buf, 2, &rep, k_scale, v_scale);
