@@ -70,7 +70,7 @@ enum kv_err {
         KV_E_NOHELLO   = 6,  /* request before hello, or hello twice */
         KV_E_NOPOOL    = 7,  /* no pool of that name / id, or not attached */
         KV_E_NOSPACE   = 8,  /* alloc cannot be satisfied */
-        KV_E_BADPAGE   = 9,  /* page id out of range or repeated in one request */
+        KV_E_BADPAGE   = 9,  /* page id out of range (a page may repeat in one request) */
         KV_E_NOTHELD   = 10, /* page not held by this session */
         KV_E_INVAL     = 11, /* a field has a value outside its domain */
         KV_E_INTERNAL  = 12, /* daemon-side failure; the request changed nothing */
@@ -165,7 +165,8 @@ struct kv_publish_req {
         const uint8_t *entries; /* count * 20 bytes: u32 page, u8 key[16] */
 };
 /* PUBLISH reply: count, then count u8 results (0 = stored, 1 = duplicate key:
- * the key keeps its first page). Padded to a multiple of 4 with zeros. */
+ * the key keeps its first page, 2 = the page is already published under
+ * another key and keeps it). Padded to a multiple of 4 with zeros. */
 struct kv_publish_rep {
         uint32_t       count;
         const uint8_t *results;
