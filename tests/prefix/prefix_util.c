@@ -262,3 +262,20 @@ void kvt_hex(const kvc_key *k, char *buf)
         }
         buf[32] = '\0';
 }
+
+int kvt_parse_ok(const char *line, int64_t *out, int max)
+{
+        if (!line || strncmp(line, "ok", 2) != 0)
+                return -1;
+        const char *p = line + 2;
+        int n = 0;
+        while (n < max) {
+                char *end;
+                long long v = strtoll(p, &end, 10);
+                if (end == p)
+                        break;
+                out[n++] = v;
+                p = end;
+        }
+        return n;
+}

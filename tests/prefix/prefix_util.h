@@ -57,5 +57,8 @@ int kvt_wait_gone(kvc_client *c, pid_t pid);
 
 /* Key k as 32 hex digits (buf[33]). */
 void kvt_hex(const kvc_key *k, char *buf);
+/* Parses a worker's reply "ok a b c" (decimal) into out[0..max); returns the
+ * count, or -1 if the line is NULL or does not start with "ok". */
+int kvt_parse_ok(const char *line, int64_t *out, int max);
 
 #endif

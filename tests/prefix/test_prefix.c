@@ -77,24 +77,6 @@ static char *idlist(const int32_t *ids, uint32_t n)
         return s;
 }
 
-/* Parses "ok a b c" into out; returns the count, -1 if not "ok". */
-static int parse_ok(const char *line, int64_t *out, int max)
-{
-        if (!line || strncmp(line, "ok", 2) != 0)
-                return -1;
-        const char *p = line + 2;
-        int n = 0;
-        while (n < max) {
-                char *end;
-                long long v = strtoll(p, &end, 0);
-                if (end == p)
-                        break;
-                out[n++] = v;
-                p = end;
-        }
-        return n;
-}
-
 static void worker(struct kvt_worker *w, const char *salt, const char *name, const char *pool)
 {
         cr_assert_eq(kvt_worker_start(w), 0);
@@ -108,7 +90,7 @@ static void alloc_ids(struct kvt_worker *w, uint32_t n, int32_t *ids)
 {
         int64_t v[256];
         char *r = kvt_cmd(w, "alloc %u", n);
-        cr_assert_eq(parse_ok(r, v, 256), (int)n, "alloc %u: %s", n, r);
+        cr_assert_eq(kvt_parse_ok(r, v, 256), (int)n, "alloc %u: %s", n, r);
         for (uint32_t i = 0; i < n; i++)
                 ids[i] = (int32_t)v[i];
 }
@@ -129,7 +111,7 @@ static int lookup(struct kvt_worker *w, const kvc_key *k, uint32_t n, int32_t *i
         char *kl = hexlist(k, n);
         char *r = kvt_cmd(w, "lookup %u %s", n, kl);
         free(kl);
-        int c = parse_ok(r, v, 257);
+        int c = kvt_parse_ok(r, v, 257);
         cr_assert_geq(c, 1, "lookup: %s", r);
         cr_assert_eq(c, 1 + v[0], "lookup reply: %s", r);
         for (int i = 0; i < v[0]; i++)
@@ -482,9 +464,9 @@ Test(prefix, lookup_racing_eviction_never_gets_a_reused_page, .init = up, .fini 
         int64_t rv[3], wv[2];
         char line[256];
         cr_assert_not_null(fgets(line, sizeof(line), rd.out));
-        cr_assert_eq(parse_ok(line, rv, 3), 3, "reader: %s", line);
+        cr_assert_eq(kvt_parse_ok(line, rv, 3), 3, "reader: %s", line);
         cr_assert_not_null(fgets(line, sizeof(line), wr.out));
-        cr_assert_eq(parse_ok(line, wv, 2), 2, "writer: %s", line);
+        cr_assert_eq(kvt_parse_ok(line, wv, 2), 2, "writer: %s", line);
         cr_assert_eq(rv[2], 0, "%lld pages found by lookup did not hold what was published "
                      "(reused under the reader)", (long long)rv[2]);
         stats(ctl, "p", &st);

@@ -74,23 +74,6 @@ static void unref(uint32_t id, uint32_t c)
                 M.lru[M.nlru++] = id;
 }
 
-static int parse_ok(const char *line, int64_t *out, int max)
-{
-        if (!line || strncmp(line, "ok", 2) != 0)
-                return -1;
-        const char *p = line + 2;
-        int n = 0;
-        while (n < max) {
-                char *end;
-                long long v = strtoll(p, &end, 10);
-                if (end == p)
-                        break;
-                out[n++] = v;
-                p = end;
-        }
-        return n;
-}
-
 static int err_of(const char *line)
 {
         cr_assert(line && !strncmp(line, "err ", 4), "expected an error, got: %s", line ? line : "(died)");
@@ -106,7 +89,7 @@ static void spawn(int w)
         cr_assert(r && !strcmp(r, "ok"), "connect: %s", r);
         int64_t v[1];
         r = kvt_cmd(&wk[w], "use p");
-        cr_assert_eq(parse_ok(r, v, 1), 1, "use: %s", r);
+        cr_assert_eq(kvt_parse_ok(r, v, 1), 1, "use: %s", r);
         M.n = (uint32_t)v[0];
         cr_assert_leq(M.n, MAXN);
 }
@@ -120,7 +103,7 @@ static void do_alloc(int w)
                 return;
         }
         int64_t v[MAXN + 8];
-        cr_assert_eq(parse_ok(r, v, MAXN + 8), (int)n, "alloc %u: %s", n, r);
+        cr_assert_eq(kvt_parse_ok(r, v, MAXN + 8), (int)n, "alloc %u: %s", n, r);
         for (uint32_t i = 0; i < n; i++) {
                 uint32_t id = (uint32_t)v[i];
                 cr_assert_lt(id, M.n);
@@ -207,7 +190,7 @@ static void do_publish(int w)
                 return;
         }
         int64_t v[5];
-        cr_assert_eq(parse_ok(r, v, 5), (int)n + 1, "%s: %s", line, r);
+        cr_assert_eq(kvt_parse_ok(r, v, 5), (int)n + 1, "%s: %s", line, r);
         int64_t stored = 0;
         for (uint32_t i = 0; i < n; i++) {
                 uint32_t sk = (uint32_t)tenant_of[w] * NKEYS + k[i];
@@ -242,7 +225,7 @@ static void do_lookup(int w)
         while (h < n && M.page_of[t * NKEYS + k[h]] >= 0)
                 h++;
         int64_t v[8];
-        cr_assert_eq(parse_ok(r, v, 8), (int)h + 1, "lookup of %u keys, model %u hits: %s", n, h, r);
+        cr_assert_eq(kvt_parse_ok(r, v, 8), (int)h + 1, "lookup of %u keys, model %u hits: %s", n, h, r);
         cr_assert_eq(v[0], h);
         for (uint32_t i = 0; i < h; i++) {
                 uint32_t id = (uint32_t)M.page_of[t * NKEYS + k[i]];
