@@ -4,10 +4,12 @@
  *
  * Split planning (flash-decoding).  A CTA covers one (query row, kv head,
  * group of <= 8 q heads) and `chunk` keys.  When rows * kv_heads * groups
- * CTAs would not fill the GPU (fewer than 4 per SM), the sequence is split
- * into chunks of at least 128 keys (a multiple of 64: 4 warps x 16 keys,
- * so every warp has two tiles to overlap) so that B = 1 at 32k keys still
- * runs ~4 CTAs per SM; the partials (m, l, unnormalized o: rows * Hq *
+ * CTAs would fill at most half of one wave (the kernel's occupancy, 2 to 4
+ * CTAs per SM by dtype, times the SMs), the sequence is split into chunks
+ * of at least 128 keys (a multiple of 64: 4 warps x 16 keys) so that the
+ * CTAs make about one full wave: B = 1 at 32k keys still fills the GPU, and
+ * no launch ends with a mostly empty second wave; the partials (m, l,
+ * unnormalized o: rows * Hq *
  * splits * (D + 2) floats) go to scratch taken with cudaMallocFromPoolAsync
  * on the caller's stream and given back with cudaFreeAsync after the
  * reduction kernel, so concurrent calls on different streams never share
@@ -16,12 +18,13 @@
  * 64 MiB: the default pool's threshold of 0 would hand the memory back at
  * every synchronization and make each call map fresh memory (seen on the
  * H200: tens of microseconds per small call).  Scratch is at most
- * ~4 * SMs * 8 * (D + 2) floats, i.e. about 1 MiB at D = 128.
+ * one wave of CTAs * 8 * (D + 2) floats, i.e. under 1 MiB at D = 128.
  */
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
+#include <atomic>
 #include <cuda_runtime.h>
 
 #include "kv_ops.h"
@@ -30,32 +33,103 @@
 #include "kv_attn_decode.cuh"
 #include "kv_ref_common.h"
 
+/* Raises kernel k's dynamic shared memory limit to bytes, once per device
+ * (the attribute is per device context).  Returns a cudaError_t. */
+template <typename K>
+static int smem_limit(K k, int bytes, std::atomic<uint64_t> &done)
+{
+        int dev = 0;
+        cudaError_t e = cudaGetDevice(&dev);
+        if (e != cudaSuccess)
+                return (int)e;
+        const uint64_t bit = dev < 64 ? 1ull << dev : 0;
+        if (bit && (done.load(std::memory_order_acquire) & bit))
+                return 0;
+        e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+        if (e == cudaSuccess && bit)
+                done.fetch_or(bit, std::memory_order_release);
+        return (int)e;
+}
+
+/* Launches attn_kernel<DT, D, QLO> on grid, or, with ret_occ, only stores
+ * how many of its CTAs fit on one SM (cached per device).  Returns a
+ * cudaError_t. */
+template <int DT, int D, bool QLO>
+static int launch_q(const kva::params &p, dim3 grid, cudaStream_t st, int *ret_occ)
+{
+        static std::atomic<uint64_t> done(0);
+        static std::atomic<int> occ_cache[64];
+        constexpr int smem = kva::tgeo<DT, D>::SMEM;
+        int e = smem_limit(kva::attn_kernel<DT, D, QLO>, smem, done);
+        if (e != 0)
+                return e;
+        if (ret_occ) {
+                int dev = 0, n = 0;
+                e = (int)cudaGetDevice(&dev);
+                if (e != 0)
+                        return e;
+                if (dev >= 0 && dev < 64 && (n = occ_cache[dev].load(std::memory_order_relaxed)) > 0) {
+                        *ret_occ = n;
+                        return 0;
+                }
+                e = (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kva::attn_kernel<DT, D, QLO>,
+                                                                      kva::THREADS, smem);
+                if (e != 0)
+                        return e;
+                if (dev >= 0 && dev < 64)
+                        occ_cache[dev].store(n, std::memory_order_relaxed);
+                *ret_occ = n;
+                return 0;
+        }
+        kva::attn_kernel<DT, D, QLO><<<grid, kva::THREADS, smem, st>>>(p);
+        return 0;
+}
+
+/* The kernel for p (and, with splits, the reduction), or its occupancy
+ * (ret_occ).  Returns a cudaError_t. */
 template <int DT, int D>
-static void launch(const kva::params &p, dim3 grid, cudaStream_t st)
+static int launch(const kva::params &p, dim3 grid, cudaStream_t st, int *ret_occ)
 {
         /* f16 q on a bf16-compute pool takes the hi/lo-q kernel; the other
          * dtypes compute in f16 and never need it */
+        int e;
         if (kva::dtraits<DT>::bf && p.elem == KVC_ELEM_F16)
-                kva::attn_kernel<DT, D, kva::dtraits<DT>::bf><<<grid, kva::THREADS, 0, st>>>(p);
+                e = launch_q<DT, D, kva::dtraits<DT>::bf>(p, grid, st, ret_occ);
         else
-                kva::attn_kernel<DT, D, false><<<grid, kva::THREADS, 0, st>>>(p);
-        if (p.splits > 1)
-                kva::attn_reduce<D><<<(unsigned)((uint64_t)grid.x * p.Hq), 128, 0, st>>>(p);
+                e = launch_q<DT, D, false>(p, grid, st, ret_occ);
+        if (e == 0 && !ret_occ && p.splits > 1) {
+                /* programmatic dependent launch: the reduction's CTAs are
+                 * scheduled while the split kernel runs (it triggers at
+                 * its start) and wait in griddepcontrol.wait until it has
+                 * completed and its partials are visible; this hides the
+                 * launch gap between the two kernels */
+                cudaLaunchConfig_t cfg;
+                cudaLaunchAttribute at[1];
+                memset(&cfg, 0, sizeof cfg);
+                memset(at, 0, sizeof at);
+                at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+                at[0].val.programmaticStreamSerializationAllowed = 1;
+                cfg.gridDim = dim3((unsigned)((uint64_t)p.rows * p.Hq));
+                cfg.blockDim = dim3(128);
+                cfg.stream = st;
+                cfg.attrs = at;
+                cfg.numAttrs = 1;
+                e = (int)cudaLaunchKernelEx(&cfg, kva::attn_reduce<D>, p);
+        }
+        return e;
 }
 
+/* Returns 0, a cudaError_t (> 0), or -EINVAL for a head_dim without a kernel. */
 template <int DT>
-static int launch_d(uint32_t D, const kva::params &p, dim3 grid, cudaStream_t st)
+static int launch_d(uint32_t D, const kva::params &p, dim3 grid, cudaStream_t st, int *ret_occ)
 {
         switch (D) {
         case 64:
-                launch<DT, 64>(p, grid, st);
-                return 0;
+                return launch<DT, 64>(p, grid, st, ret_occ);
         case 128:
-                launch<DT, 128>(p, grid, st);
-                return 0;
+                return launch<DT, 128>(p, grid, st, ret_occ);
         case 256:
-                launch<DT, 256>(p, grid, st);
-                return 0;
+                return launch<DT, 256>(p, grid, st, ret_occ);
         default:
                 return -EINVAL;
         }
@@ -150,7 +224,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         p.page_shift = -1;
         if ((P & (P - 1)) == 0)
                 p.page_shift = __builtin_ctz(P);
-        p.page16 = P % kva::TILE == 0;
+        /* the page-aligned path adds 32-bit offsets of up to 16 token rows */
+        p.page16 = P % kva::TILE == 0 && L->token_bytes < (1ull << 27);
         p.H = H;
         p.Hq = c->num_q_heads;
         p.G = c->num_q_heads / H;
@@ -174,20 +249,29 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         }
         p.qk_scale_log2 = c->sm_scale * kf * 1.4426950408889634f;
         p.out_scale = vf;
-        if (p.H * p.head_groups > 65535u)
-                return kv_fail(-EINVAL, msg, msglen, "%s: kv_heads * ceil(group/8) = %u exceeds the grid limit",
-                               c->op, p.H * p.head_groups);
 
-        /* split plan */
-        int sms = 132;
+        /* split plan: when the CTAs of (row, kv head, head group) fill less
+         * than one wave of the GPU, split the keys so that they make about
+         * one full wave (the kernel's occupancy decides how many CTAs fit),
+         * chunks of at least 128 keys, a multiple of 64 (4 warps x 16 keys) */
+        int sms = 132, occ = 1;
         r = sm_count(&sms);
         if (r != 0)
                 return kv_cuda_errno(r, c->op, msg, msglen);
-        const uint64_t ctas = (uint64_t)rows * H * p.head_groups;
-        const uint64_t want = 4ull * (uint64_t)sms;
+        r = -EINVAL;
+        if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, dim3(), NULL, &occ); }) ||
+            r < 0)
+                return kv_fail(-EINVAL, msg, msglen, "%s: no kernel for dtype %d head_dim %u", c->op, (int)dt, D);
+        if (r > 0)
+                return kv_cuda_errno(r, c->op, msg, msglen);
+        if (occ < 1)
+                occ = 1;
+        const uint64_t hgt = (uint64_t)H * p.head_groups;
+        const uint64_t ctas = (uint64_t)rows * hgt;
+        const uint64_t slots = (uint64_t)occ * (uint64_t)sms;
         uint64_t splits = 1;
-        if (ctas < want && max_len > 128) {
-                splits = (want + ctas - 1) / ctas;
+        if (2 * ctas <= slots && max_len > 128) {
+                splits = slots / ctas;
                 uint64_t most = (max_len + 127) / 128;
                 if (splits > most)
                         splits = most;
@@ -199,6 +283,11 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         splits = max_len ? (max_len + chunk - 1) / chunk : 1;
         p.chunk = chunk;
         p.splits = (uint32_t)splits;
+        p.rows = rows;
+        p.hgt = (uint32_t)hgt;
+        if (ctas > 0x7FFFFFFFull)
+                return kv_fail(-EINVAL, msg, msglen, "%s: %llu query rows x kv heads exceed the grid limit", c->op,
+                               (unsigned long long)ctas);
 
         cudaStream_t st = (cudaStream_t)stream;
         void *ws = NULL;
@@ -214,10 +303,13 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 p.part_o = (float *)ws;
                 p.part_ml = (float *)ws + n * D;
         }
-        dim3 grid(rows, H * p.head_groups, p.splits);
-        if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st); }))
+        /* CTAs of one row's kv heads are adjacent in launch order, so the
+         * CTAs running together read whole token rows of the pool (all
+         * heads), not one head's slice of many rows */
+        dim3 grid((unsigned)ctas, p.splits);
+        if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st, NULL); }))
                 r = -EINVAL;
-        cudaError_t e = cudaGetLastError();
+        cudaError_t e = r > 0 ? (cudaError_t)r : cudaGetLastError();
         if (ws)
                 cudaFreeAsync(ws, st);
         if (r < 0)

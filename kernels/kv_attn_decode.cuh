@@ -80,6 +80,7 @@ struct params {
         uint64_t page_bytes, token_bytes, head_bytes;
         uint64_t spage_bytes, stoken_bytes, shead_bytes;
         uint32_t chunk, splits;
+        uint32_t rows, hgt;             /* grid.x = rows * hgt (hgt = H * head_groups), grid.y = splits */
         float qk_scale_log2;            /* sm_scale * k fold * log2(e) */
         float out_scale;                /* v fold */
         int elem;                       /* KVC_ELEM_BF16 / F16 */
@@ -121,51 +122,6 @@ __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uin
                     "{%8,%9}, {%0,%1,%2,%3};"
                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-/* S += Q K^T on fp8 tensor cores: A = q (e4m3, rows g; the g+8 rows are
- * zero), B = K codes as stored (e4m3 or e5m2). */
-template <int DT>
-__device__ __forceinline__ void mma8(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1)
-{
-        const uint32_t z = 0;
-        if (DT == KVC_DTYPE_FP8_E4M3)
-                asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-                    "{%8,%9}, {%0,%1,%2,%3};"
-                    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                    : "r"(a0), "r"(z), "r"(a2), "r"(z), "r"(b0), "r"(b1));
-        else
-                asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e5m2.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-                    "{%8,%9}, {%0,%1,%2,%3};"
-                    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                    : "r"(a0), "r"(z), "r"(a2), "r"(z), "r"(b0), "r"(b1));
-}
-
-/* NW 32-bit words from p (16-, 8- or 4-byte aligned as NW allows). */
-template <int NW>
-__device__ __forceinline__ void ldw(const uint8_t *p, uint32_t (&w)[NW])
-{
-        if constexpr (NW % 4 == 0) {
-#pragma unroll
-                for (int i = 0; i < NW / 4; i++) {
-                        uint4 x = __ldg((const uint4 *)p + i);
-                        w[4 * i] = x.x;
-                        w[4 * i + 1] = x.y;
-                        w[4 * i + 2] = x.z;
-                        w[4 * i + 3] = x.w;
-                }
-        } else if constexpr (NW % 2 == 0) {
-#pragma unroll
-                for (int i = 0; i < NW / 2; i++) {
-                        uint2 x = __ldg((const uint2 *)p + i);
-                        w[2 * i] = x.x;
-                        w[2 * i + 1] = x.y;
-                }
-        } else {
-#pragma unroll
-                for (int i = 0; i < NW; i++)
-                        w[i] = __ldg((const uint32_t *)p + i);
-        }
 }
 
 /* two e4m3 bytes (low 16 bits of x, element 0 in the low byte) -> f16x2, exact */
@@ -313,8 +269,8 @@ __device__ __forceinline__ uint32_t pack2(float x, float y)
         return *(uint32_t *)&r;
 }
 
-/* Byte offset of key tok's page slot from the array start, or -1 if the key
- * is past t_end or its page id is out of range. */
+/* Slot of key tok (page * page_size + offset), or -1 if the key is past
+ * t_end or its page id is out of range. */
 __device__ __forceinline__ int64_t slot_of(const params &p, const int32_t *__restrict__ pt, uint32_t tok,
                                            uint32_t t_end)
 {
@@ -334,34 +290,188 @@ __device__ __forceinline__ int64_t slot_of(const params &p, const int32_t *__res
         return (int64_t)pg * p.page_size + off;
 }
 
-/* One 16-key tile of a warp as loaded from the pool: K of keys g and g+8
- * (the thread's D/4 dims), V of keys 2t, 2t+1, 2t+8, 2t+9 (its D/8 dims),
- * fp4 scale bytes, and which of the four V keys exist (bit n). */
+/* ---- one warp's ring of 16-key tiles in shared memory ------------------
+ *
+ * A stage holds one tile as the pool stores it, restricted to the kv head:
+ * 16 K rows, 16 V rows (RB bytes each) and, for fp4, 16 K and 16 V scale
+ * rows (SB bytes).  The warp fills stages with cp.async (16-byte copies that
+ * need no registers; keys that do not exist are zero-filled) S-1 tiles
+ * ahead of the one it computes, so about (S-1) tiles per warp are always in
+ * flight from HBM while the tensor cores work.  Rows are stored with their
+ * 16-byte chunks permuted (phys) so that the fragment reads below hit 8
+ * different bank groups per quarter warp. */
+/* Ring depth per dtype width at D <= 128 (compile-time switches for
+ * measuring; docs/benchmarks.md has the measured choice). */
+#ifndef KVA_S16
+#define KVA_S16 3
+#endif
+#ifndef KVA_S8
+#define KVA_S8 4
+#endif
+#ifndef KVA_S4
+#define KVA_S4 4
+#endif
+#ifndef KVA_MINB4
+#define KVA_MINB4 4     /* CTAs per SM the fp4 kernels ask for at D <= 128 */
+#endif
 template <int DT, int D>
-struct tregs {
-        static constexpr int NWK = D / 4 * dtraits<DT>::bits / 32;
-        static constexpr int NWV = D / 8 * dtraits<DT>::bits / 32;
-        static_assert(D / 8 * dtraits<DT>::bits % 32 == 0, "V words");
-        uint32_t kw[2][NWK], vw[4][NWV];
-        uint32_t ksc[2], vsc[4];
-        uint32_t vok;
+struct tgeo {
+        static constexpr int bits = dtraits<DT>::bits;
+        static constexpr bool FP4 = DT == KVC_DTYPE_FP4_E2M1;
+        static constexpr int RB = D * bits / 8;         /* bytes of one key's head row */
+        static constexpr int CPR = RB / 16;             /* 16-byte chunks per row */
+        static constexpr int EPC = 128 / bits;          /* elements per chunk */
+        static constexpr int KB = D / 4 * bits / 8;     /* K bytes of a key one thread reads */
+        static constexpr int VB = D / 8 * bits / 8;     /* V bytes of a key one thread reads */
+        static constexpr int SB = FP4 ? D / 16 : 0;     /* scale bytes per row */
+        static constexpr int KOFF = 0, VOFF = 16 * RB, KSOFF = 32 * RB, VSOFF = 32 * RB + 16 * SB;
+        static constexpr int STAGE = 32 * RB + 32 * SB;
+        /* stages per warp: ~16-24 KB of ring per warp at D <= 128 */
+        static constexpr int S = bits == 16 ? (D <= 128 ? KVA_S16 : 2) : bits == 8 ? (D <= 128 ? KVA_S8 : 3)
+                                                                                 : (D <= 128 ? KVA_S4 : 4);
+        /* CTAs per SM the launch bounds ask for (registers <= 65536 / (128 * MINB)) */
+        static constexpr int MINB = D > 128 ? 1 : bits == 16 ? 2 : bits == 8 ? 3 : KVA_MINB4;
+        static constexpr int SMEM = 4 * S * STAGE;      /* bytes of dynamic shared memory per CTA */
+        static_assert(STAGE % 16 == 0 && CPR >= 2, "tile geometry");
 };
 
-template <int DT, int D>
-__device__ __forceinline__ void load_tile(const params &p, const int32_t *__restrict__ pt, uint32_t tile,
-                                          uint32_t t_end, uint64_t hoff, uint64_t shoff, int g, int t,
-                                          tregs<DT, D> &r)
+/* Physical 16-byte chunk of (row, chunk c) in a K or V region.  Reads are
+ * LDS.128 by quarter warps (8 lanes) or LDS.64 by half warps; K reads take
+ * rows (g, g+1) x chunks (t + 4i) per quarter warp, V reads rows 2t (or 2t+1,
+ * 2t+8, 2t+9) x chunks (g + 8j): XOR-ing the low chunk bits with
+ * f(row) = (row & 6) ^ 4 * (row & 1) spreads both over the 8 bank groups.
+ * Rows of 4 chunks share a 128-byte line two by two: lines are XOR-ed with
+ * 2 * (line & 3).  Rows of 2 chunks (fp4, D = 64) are left as they are. */
+template <int CPR>
+__device__ __forceinline__ uint32_t phys(uint32_t row, uint32_t c)
 {
-        constexpr int bits = dtraits<DT>::bits;
-        constexpr bool FP4 = DT == KVC_DTYPE_FP4_E2M1;
-        const uint32_t kbyte = t * (D / 4) * bits / 8; /* thread's K bytes in a head */
-        const uint32_t vbyte = g * (D / 8) * bits / 8; /* thread's V bytes in a head */
-        const uint32_t kk[6] = { (uint32_t)g, (uint32_t)g + 8, 2u * t, 2u * t + 1, 2u * t + 8, 2u * t + 9 };
-        int64_t sl[6];
+        if constexpr (CPR >= 8) {
+                const uint32_t r = row & 7u;
+                return row * CPR + (c ^ ((r & 6u) ^ ((r & 1u) << 2)));
+        } else if constexpr (CPR == 4) {
+                const uint32_t L = row * 4u + c;
+                return (L & ~7u) | ((L & 7u) ^ (((L >> 3) & 3u) << 1));
+        } else {
+                return row * CPR + c;
+        }
+}
+
+__device__ __forceinline__ void cp16(uint32_t dst, const void *src, bool ok)
+{
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0)
+                     : "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void cpn(uint32_t dst, const void *src, bool ok)
+{
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(src), "n"(N),
+                     "r"(ok ? N : 0)
+                     : "memory");
+}
+
+__device__ __forceinline__ void cp_commit()
+{
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void cp_wait()
+{
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* The dim of the thread's i-th K element (t = lane % 4): thread t owns the
+ * chunks t, t+4, ... of a row (the whole D/4 dims at once when they fit in
+ * one chunk or less), in the dtype's pair order (kel). */
+template <int DT, int D>
+__device__ __forceinline__ int kdim(int t, int i)
+{
+        typedef tgeo<DT, D> G;
+        const int p = kel<DT>(i);
+        if constexpr (G::KB >= 32)
+                return (t + 4 * (p / G::EPC)) * G::EPC + p % G::EPC;
+        return t * (D / 4) + p;
+}
+
+/* The dim of the thread's local V dim l (g = lane / 4): chunks g, g+8, ... */
+template <int DT, int D>
+__device__ __forceinline__ int vdim(int g, int l)
+{
+        typedef tgeo<DT, D> G;
+        if constexpr (G::VB >= 32)
+                return (g + 8 * (l / G::EPC)) * G::EPC + l % G::EPC;
+        return g * (D / 8) + l;
+}
+
+/* K words of key row r for thread t (its D/4 dims, kdim order). */
+template <int DT, int D>
+__device__ __forceinline__ void lds_k(const uint8_t *reg, uint32_t r, int t, uint32_t (&w)[D / 4 * dtraits<DT>::bits / 32])
+{
+        typedef tgeo<DT, D> G;
+        if constexpr (G::KB >= 16) {
+#pragma unroll
+                for (int i = 0; i < G::KB / 16; i++) {
+                        const uint4 x = *(const uint4 *)(reg + phys<G::CPR>(r, t + 4 * i) * 16);
+                        w[4 * i] = x.x;
+                        w[4 * i + 1] = x.y;
+                        w[4 * i + 2] = x.z;
+                        w[4 * i + 3] = x.w;
+                }
+        } else {
+                static_assert(G::KB == 8, "K bytes per thread");
+                const uint2 x = *(const uint2 *)(reg + phys<G::CPR>(r, t >> 1) * 16 + (t & 1) * 8);
+                w[0] = x.x;
+                w[1] = x.y;
+        }
+}
+
+/* V words of key row r for thread g (its D/8 dims, vdim order). */
+template <int DT, int D>
+__device__ __forceinline__ void lds_v(const uint8_t *reg, uint32_t r, int g, uint32_t (&w)[D / 8 * dtraits<DT>::bits / 32])
+{
+        typedef tgeo<DT, D> G;
+        if constexpr (G::VB >= 16) {
+#pragma unroll
+                for (int j = 0; j < G::VB / 16; j++) {
+                        const uint4 x = *(const uint4 *)(reg + phys<G::CPR>(r, g + 8 * j) * 16);
+                        w[4 * j] = x.x;
+                        w[4 * j + 1] = x.y;
+                        w[4 * j + 2] = x.z;
+                        w[4 * j + 3] = x.w;
+                }
+        } else if constexpr (G::VB == 8) {
+                const uint2 x = *(const uint2 *)(reg + phys<G::CPR>(r, g >> 1) * 16 + (g & 1) * 8);
+                w[0] = x.x;
+                w[1] = x.y;
+        } else {
+                static_assert(G::VB == 4, "V bytes per thread");
+                w[0] = *(const uint32_t *)(reg + phys<G::CPR>(r, g >> 2) * 16 + (g & 3) * 4);
+        }
+}
+
+/* Starts the copies of the 16-key tile at key `tile` into stage st and
+ * records which keys exist (bit k: key tile+k is below t_end on a valid
+ * page) in *valid.  Every lane of the warp calls it.  Lane L copies chunks
+ * L, L+32, ... of the K region and the same chunks of the V region: chunk
+ * i*32+L is (row, c) = (i*32+L) / CPR, % CPR. */
+template <int DT, int D>
+__device__ __forceinline__ void issue_tile(const params &p, const int32_t *__restrict__ pt, uint32_t tile,
+                                           uint32_t t_end, uint64_t hoff, uint64_t shoff, int lane, uint8_t *st,
+                                           uint32_t *valid)
+{
+        typedef tgeo<DT, D> G;
+        constexpr int NCH = 16 * G::CPR;       /* chunks per K (or V) region, a multiple of 32 */
+        constexpr int RPI = 32 / G::CPR;       /* rows a round of 32 chunks covers (CPR <= 32) */
+        static_assert(G::CPR <= 32 && NCH % 32 == 0, "chunks per round");
+        const uint32_t sb = (uint32_t)__cvta_generic_to_shared(st);
+        const uint32_t k = lane & 15;
+        const uint32_t row0 = lane / G::CPR, c = lane % G::CPR;
 
         if (p.page16) {
                 /* page_size is a multiple of 16 and tiles start at multiples
-                 * of 16: the whole tile sits on one page, one lookup */
+                 * of 16: the tile is 16 consecutive slots of one page, so
+                 * one lookup, one 64-bit base, 32-bit offsets per chunk */
                 uint32_t pi, off0;
                 if (p.page_shift >= 0) {
                         pi = tile >> p.page_shift;
@@ -371,171 +481,147 @@ __device__ __forceinline__ void load_tile(const params &p, const int32_t *__rest
                         off0 = tile - pi * p.page_size;
                 }
                 const int32_t pg = __ldg(pt + pi);
-                const bool pok = (uint32_t)pg < p.num_pages;
-                const int64_t base = (int64_t)pg * p.page_size + off0;
+                const uint32_t nv = (uint32_t)pg < p.num_pages ? min(16u, t_end - tile) : 0u;
+                const uint32_t vm = (1u << nv) - 1u;
+                if (lane == 0)
+                        *valid = vm;
+                const uint64_t base = ((uint64_t)(uint32_t)pg * p.page_size + off0) * p.token_bytes + hoff;
+                const uint8_t *kb = p.k + (nv ? base : 0), *vb = p.v + (nv ? base : 0);
+                const uint32_t tb = (uint32_t)p.token_bytes; /* the launcher checked it fits */
 #pragma unroll
-                for (int i = 0; i < 6; i++)
-                        sl[i] = (pok && tile + kk[i] < t_end) ? base + kk[i] : -1;
-        } else {
-#pragma unroll
-                for (int i = 0; i < 6; i++)
-                        sl[i] = slot_of(p, pt, tile + kk[i], t_end);
-        }
-#pragma unroll
-        for (int n = 0; n < 2; n++) {
-                const int64_t s = sl[n];
-                const uint64_t o = s < 0 ? 0 : (uint64_t)s * p.token_bytes + hoff + kbyte;
-                ldw<tregs<DT, D>::NWK>(p.k + o, r.kw[n]);
-                r.ksc[n] = 0;
-                if constexpr (FP4) {
-                        const uint8_t *sp = p.ks + (s < 0 ? 0 : (uint64_t)s * p.stoken_bytes + shoff) + t * (D / 64);
-                        r.ksc[n] = D == 64 ? sp[0] : D == 128 ? *(const uint16_t *)sp : *(const uint32_t *)sp;
+                for (int i = 0; i < NCH / 32; i++) {
+                        const uint32_t row = i * RPI + row0;
+                        const uint32_t o = row * tb + c * 16;
+                        const bool ok = (vm >> row) & 1u;
+                        const uint32_t d = sb + phys<G::CPR>(row, c) * 16;
+                        cp16(d + G::KOFF, kb + (ok ? o : 0), ok);
+                        cp16(d + G::VOFF, vb + (ok ? o : 0), ok);
                 }
-        }
-        r.vok = 0;
-#pragma unroll
-        for (int n = 0; n < 4; n++) {
-                const int64_t s = sl[2 + n];
-                const uint64_t o = s < 0 ? 0 : (uint64_t)s * p.token_bytes + hoff;
-                ldw<tregs<DT, D>::NWV>(p.v + o + vbyte, r.vw[n]);
-                r.vsc[n] = 0;
-                if constexpr (FP4) {
-                        const uint8_t *sp = p.vs + (s < 0 ? 0 : (uint64_t)s * p.stoken_bytes + shoff);
-                        r.vsc[n] = D == 64 ? sp[g / 2] : D == 128 ? sp[g] : *(const uint16_t *)(sp + 2 * g);
+                if constexpr (G::FP4) {
+                        /* lanes 0-15: K scale row k, lanes 16-31: V scale row k */
+                        const bool ok = (vm >> k) & 1u;
+                        const uint64_t so = ok ? ((uint64_t)(uint32_t)pg * p.page_size + off0 + k) * p.stoken_bytes + shoff : 0;
+                        cpn<G::SB>(sb + (lane < 16 ? G::KSOFF : G::VSOFF) + k * G::SB, (lane < 16 ? p.ks : p.vs) + so,
+                                   ok);
                 }
-                if (s >= 0) {
-                        r.vok |= 1u << n;
-                } else {
-#pragma unroll
-                        for (int i = 0; i < tregs<DT, D>::NWV; i++)
-                                r.vw[n][i] = 0;
-                }
+                return;
         }
+
+        /* any page size: lane k (and k+16) finds key k's slot, the chunks
+         * take it from there */
+        const int64_t my = slot_of(p, pt, tile + k, t_end);
+        const uint32_t vm = __ballot_sync(0xFFFFFFFFu, my >= 0) & 0xFFFFu;
+        if (lane == 0)
+                *valid = vm;
+#pragma unroll
+        for (int i = 0; i < NCH / 32; i++) {
+                const uint32_t row = i * RPI + row0;
+                const int64_t s = __shfl_sync(0xFFFFFFFFu, my, row);
+                const uint64_t o = (s < 0 ? 0 : (uint64_t)s * p.token_bytes) + hoff + c * 16;
+                const uint32_t d = sb + phys<G::CPR>(row, c) * 16;
+                cp16(d + G::KOFF, p.k + o, s >= 0);
+                cp16(d + G::VOFF, p.v + o, s >= 0);
+        }
+        if constexpr (G::FP4) {
+                const uint64_t so = (my < 0 ? 0 : (uint64_t)my * p.stoken_bytes) + shoff;
+                cpn<G::SB>(sb + (lane < 16 ? G::KSOFF : G::VSOFF) + k * G::SB, (lane < 16 ? p.ks : p.vs) + so,
+                           my >= 0);
+        }
+}
+
+/* fp4 scale bytes a thread needs from a scale row: K (thread t: the blocks
+ * of its D/4 dims), V (thread g: the blocks of its D/8 dims). */
+template <int D>
+__device__ __forceinline__ uint32_t ksc_of(const uint8_t *row, int t)
+{
+        if constexpr (D == 64)
+                return row[t];                  /* dims 16t.. : block t */
+        else if constexpr (D == 128)
+                return *(const uint16_t *)(row + 2 * t); /* chunk t: blocks 2t, 2t+1 */
+        else                                    /* chunks t, t+4: blocks 2t, 2t+1, 8+2t, 9+2t */
+                return *(const uint16_t *)(row + 2 * t) | (uint32_t) * (const uint16_t *)(row + 8 + 2 * t) << 16;
+}
+
+template <int D>
+__device__ __forceinline__ uint32_t vsc_of(const uint8_t *row, int g)
+{
+        return D == 64 ? row[g / 2] : D == 128 ? row[g] : *(const uint16_t *)(row + 2 * g);
 }
 
 /* QLO: q is f16 on a bf16-compute pool (see qb below); a template argument
  * so that the common bf16-q case does not pay its registers.
  *
- * Variants measured on the H200 (docs/benchmarks.md, "Decode attention"),
- * kept as compile-time switches because each is correct (the GPU test and
- * the SDPA check pass with every one) and the trade-off may move with the
- * shape:
- *   KVA_MINB8=4   fp8/fp4 kernels squeezed to 128 registers for 4 CTAs per
- *                 SM: 80-120 bytes of spill; slower at large B*L (fp8 e5m2
- *                 924 vs 602 us at B=32, L=32k), so the default is 1 (about
- *                 150 registers, 3 CTAs per SM).
- *   KVA_FP8MMA=1  fp8 K fed to mma.sync m16n8k32 as stored (no conversion),
- *                 q as three e4m3 terms: 248 registers, 2 CTAs per SM,
- *                 slower (fp8 e4m3 829 vs 675 us at B=32, L=32k).
- *   KVA_PIPE8=0   fp8/fp4 with one tile in flight per warp (not measured
- *                 alone; the first version, which also lacked the
- *                 page-uniform addressing, ran fp8 e5m2 at 880 us there). */
-#ifndef KVA_FP8MMA
-#define KVA_FP8MMA 0    /* 1: fp8 K straight into fp8 mma (q as 3 e4m3 terms) */
-#endif
-#ifndef KVA_PIPE8
-#define KVA_PIPE8 1     /* fp8/fp4 kernels keep two tiles in flight */
-#endif
-#ifndef KVA_PIPE16
-#define KVA_PIPE16 0    /* 1: bf16/fp16 kernels keep two tiles in flight too */
-#endif
-#ifndef KVA_MINB8
-#define KVA_MINB8 1     /* CTAs per SM asked of fp8/fp4 kernels at D <= 128 */
-#endif
+ * Dynamic shared memory: tgeo<DT, D>::SMEM bytes (the four warps' rings). */
 template <int DT, int D, bool QLO>
-__global__ void __launch_bounds__(THREADS, (DT >= KVC_DTYPE_FP8_E4M3 && D <= 128 && !QLO) ? KVA_MINB8 : 1)
+__global__ void __launch_bounds__(THREADS, QLO && tgeo<DT, D>::MINB > 3 ? 3 : tgeo<DT, D>::MINB)
 attn_kernel(const params p)
 {
         typedef dtraits<DT> tr;
+        typedef tgeo<DT, D> G;
         constexpr bool BF = tr::bf;
-        constexpr int NWK = tregs<DT, D>::NWK;
-        constexpr int NWV = tregs<DT, D>::NWV;
+        constexpr int NWK = D / 4 * tr::bits / 32;
+        constexpr int NWV = D / 8 * tr::bits / 32;
         constexpr int KC = D / 16;                      /* k-chunks of QK, m-tiles of PV */
 
-        __shared__ float sm_o[WARPS][HG][D];
+        extern __shared__ __align__(128) uint8_t dsm[];
         __shared__ float sm_m[WARPS][HG], sm_l[WARPS][HG];
+        __shared__ uint32_t sm_valid[WARPS][G::S];
 
-        const uint32_t row = blockIdx.x;
-        const uint32_t h = blockIdx.y / p.head_groups, hg = blockIdx.y % p.head_groups;
-        const uint32_t split = blockIdx.z;
+        const uint32_t row = blockIdx.x / p.hgt, hy = blockIdx.x % p.hgt;
+        const uint32_t h = hy / p.head_groups, hg = hy % p.head_groups;
+        const uint32_t split = blockIdx.y;
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
         const int g = lane / 4, t = lane % 4;
+        uint8_t *ring = dsm + warp * G::S * G::STAGE;
+
+        /* the reduction (launched as a programmatic dependent when there
+         * are splits) may be scheduled now; it waits for this grid to end */
+        asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 
         uint32_t b, len;
         row_to_seq(p.seq_lens, p.qo_indptr, p.batch, row, p.max_pages * p.page_size, b, len);
         const uint32_t t_begin = split * p.chunk;
         const uint32_t t_end = min(len, t_begin + p.chunk);
         const int32_t *pt = p.page_table + (uint64_t)b * p.max_pages;
+        const uint64_t hoff = (uint64_t)h * p.head_bytes;
+        const uint64_t shoff = (uint64_t)h * p.shead_bytes;
 
-        /* Q fragment: head g of the group, the thread's dims [t*D/4, ...) in
-         * the dtype's pair order; rows g+8 are zero. */
+        /* this warp's tiles: t_begin + (warp + 4k) * 16; the first S-1 go
+         * out before Q is even loaded */
+        const uint32_t first = t_begin + warp * TILE, step = WARPS * TILE;
+        const uint32_t ntiles = first < t_end ? (t_end - first + step - 1) / step : 0;
+#pragma unroll
+        for (int s = 0; s < G::S - 1; s++) {
+                if ((uint32_t)s < ntiles)
+                        issue_tile<DT, D>(p, pt, first + s * step, t_end, hoff, shoff, lane, ring + s * G::STAGE,
+                                          &sm_valid[warp][s]);
+                cp_commit();
+        }
+
+        /* Q fragment: head g of the group, the thread's K dims in kdim
+         * order; rows g+8 are zero.  f16 q on a bf16-compute pool: q = hi +
+         * lo, both bf16, exact (11 significant bits fit in two 8-bit ones),
+         * so the scores do not carry the rounding of q to bf16 (outlier K
+         * channels amplify it) */
         const uint32_t gi = hg * HG + g;
-        /* f16 q on a bf16-compute pool: q = hi + lo, both bf16, exact (11
-         * significant bits fit in two 8-bit ones), so the scores do not carry
-         * the rounding of q to bf16 (outlier K channels amplify it) */
         constexpr bool qlo = BF && QLO;
-        constexpr bool F8 = KVA_FP8MMA && tr::bits == 8;
-        uint32_t qa[F8 ? 1 : D / 8], qb[qlo ? D / 8 : 1];
-        uint32_t q8[F8 ? 3 : 1][F8 ? D / 16 : 1];
-        float qinv = 1.0f;
+        uint32_t qa[D / 8], qb[qlo ? D / 8 : 1];
         {
                 const bool ok = gi < p.G;
-                const uint64_t q0 = ((uint64_t)row * p.Hq + h * p.G + gi) * D + t * (D / 4);
-                if constexpr (!F8) {
+                const uint64_t q0 = ((uint64_t)row * p.Hq + h * p.G + gi) * D;
 #pragma unroll
-                        for (int j = 0; j < D / 8; j++) {
-                                float x0 = ok ? elem_to_f32(p.q, q0 + kel<DT>(2 * j), p.elem) : 0.0f;
-                                float x1 = ok ? elem_to_f32(p.q, q0 + kel<DT>(2 * j + 1), p.elem) : 0.0f;
-                                qa[j] = pack2<BF>(x0, x1);
-                                if constexpr (qlo) {
-                                        const float h0 = __uint_as_float(qa[j] << 16);
-                                        const float h1 = __uint_as_float(qa[j] & 0xFFFF0000u);
-                                        qb[j] = pack2<BF>(x0 - h0, x1 - h1);
-                                }
-                        }
-                } else {
-                        /* fp8 K goes into the tensor cores as it is (mma
-                         * m16n8k32 e4m3 x e4m3/e5m2): q becomes three e4m3
-                         * terms of q * 2^k (k per head: |q| * 2^k in (64, 128]),
-                         * q*2^k = q1 + q2 + q3 + r with |r| <= max(2^-12 |q*2^k|,
-                         * 2^-10), finer than bf16's rounding of q */
-                        float r[D / 4];
-                        float am = 0.0f;
-#pragma unroll
-                        for (int j = 0; j < D / 4; j++) {
-                                r[j] = ok ? elem_to_f32(p.q, q0 + j, p.elem) : 0.0f;
-                                am = fmaxf(am, fabsf(r[j]));
-                        }
-                        am = fmaxf(am, __shfl_xor_sync(0xFFFFFFFFu, am, 1));
-                        am = fmaxf(am, __shfl_xor_sync(0xFFFFFFFFu, am, 2));
-                        int E = 0;
-                        if (am > 0.0f && isfinite(am))
-                                frexpf(am, &E);
-                        E = max(-100, min(E, 100));
-                        const float sq = ldexpf(1.0f, 7 - E);
-                        qinv = ldexpf(1.0f, E - 7);
-#pragma unroll
-                        for (int j = 0; j < D / 4; j++)
-                                r[j] *= sq;
-#pragma unroll
-                        for (int term = 0; term < 3; term++) {
-#pragma unroll
-                                for (int w = 0; w < D / 16; w++) {
-                                        const uint32_t lo = __nv_cvt_float2_to_fp8x2(
-                                                make_float2(r[4 * w], r[4 * w + 1]), __NV_SATFINITE, __NV_E4M3);
-                                        const uint32_t hi = __nv_cvt_float2_to_fp8x2(
-                                                make_float2(r[4 * w + 2], r[4 * w + 3]), __NV_SATFINITE, __NV_E4M3);
-                                        q8[term][w] = (lo & 0xFFFFu) | (hi << 16);
-                                        const uint32_t f0 = e4m3x2_f16x2(lo), f1 = e4m3x2_f16x2(hi);
-                                        r[4 * w] -= __half2float(__ushort_as_half((unsigned short)(f0 & 0xFFFFu)));
-                                        r[4 * w + 1] -= __half2float(__ushort_as_half((unsigned short)(f0 >> 16)));
-                                        r[4 * w + 2] -= __half2float(__ushort_as_half((unsigned short)(f1 & 0xFFFFu)));
-                                        r[4 * w + 3] -= __half2float(__ushort_as_half((unsigned short)(f1 >> 16)));
-                                }
+                for (int j = 0; j < D / 8; j++) {
+                        float x0 = ok ? elem_to_f32(p.q, q0 + kdim<DT, D>(t, 2 * j), p.elem) : 0.0f;
+                        float x1 = ok ? elem_to_f32(p.q, q0 + kdim<DT, D>(t, 2 * j + 1), p.elem) : 0.0f;
+                        qa[j] = pack2<BF>(x0, x1);
+                        if constexpr (qlo) {
+                                const float h0 = __uint_as_float(qa[j] << 16);
+                                const float h1 = __uint_as_float(qa[j] & 0xFFFF0000u);
+                                qb[j] = pack2<BF>(x0 - h0, x1 - h1);
                         }
                 }
         }
-        const float qk_scale = p.qk_scale_log2 * qinv;
+        const float qk_scale = p.qk_scale_log2;
 
         float acc[KC][4];
 #pragma unroll
@@ -543,64 +629,49 @@ attn_kernel(const params p)
                 acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
         float m = -1e30f, l = 0.0f;
 
-        const uint64_t hoff = (uint64_t)h * p.head_bytes;
-        const uint64_t shoff = (uint64_t)h * p.shead_bytes;
-        /* fp8/fp4 keep two tiles in flight (their tiles are few bytes, so one
-         * per warp leaves HBM idle); bf16/fp16 tiles are big enough and the
-         * extra 64 registers would cost a CTA per SM */
-        constexpr bool PIPE = (tr::bits < 16 && KVA_PIPE8) || KVA_PIPE16;
+        uint32_t si = G::S - 1, sc = 0; /* stage to issue into, stage to compute */
+        for (uint32_t k = 0; k < ntiles; k++) {
+                /* every lane is done with the stage computed last round,
+                 * which is the one the next tile goes into */
+                __syncwarp();
+                if (k + G::S - 1 < ntiles)
+                        issue_tile<DT, D>(p, pt, first + (k + G::S - 1) * step, t_end, hoff, shoff, lane,
+                                          ring + si * G::STAGE, &sm_valid[warp][si]);
+                cp_commit();
+                si = si + 1 == G::S ? 0 : si + 1;
+                cp_wait<G::S - 1>();    /* this thread's copies of tile k are done */
+                __syncwarp();           /* ... and every lane's are visible */
 
-        tregs<DT, D> cur, nxt;
-        nxt.vok = cur.vok = 0;
-        if (t_begin + warp * TILE < t_end)
-                load_tile<DT, D>(p, pt, t_begin + warp * TILE, t_end, hoff, shoff, g, t, cur);
-        for (uint32_t tile = t_begin + warp * TILE; tile < t_end; tile += WARPS * TILE) {
-                const uint32_t tn = tile + WARPS * TILE;
-                if constexpr (PIPE) {
-                        /* the next tile's loads go out before this tile's math */
-                        if (tn < t_end)
-                                load_tile<DT, D>(p, pt, tn, t_end, hoff, shoff, g, t, nxt);
-                }
-                const uint32_t(&kw)[2][NWK] = cur.kw;
-                const uint32_t(&vw)[4][NWV] = cur.vw;
-                const uint32_t(&ksc)[2] = cur.ksc;
-                const uint32_t(&vsc)[4] = cur.vsc;
-                const bool vok[4] = { (cur.vok & 1u) != 0, (cur.vok & 2u) != 0, (cur.vok & 4u) != 0,
-                                      (cur.vok & 8u) != 0 };
+                const uint8_t *st = ring + sc * G::STAGE;
+                const uint32_t vm = sm_valid[warp][sc];
+                sc = sc + 1 == G::S ? 0 : sc + 1;
 
-                /* ---- S = Q K^T, two n-tiles of 8 keys */
+                /* ---- S = Q K^T, two n-tiles of 8 keys (keys g and g+8) */
                 float s[2][4];
 #pragma unroll
                 for (int n = 0; n < 2; n++) {
+                        uint32_t kw[NWK], kp[D / 8];
+                        lds_k<DT, D>(st + G::KOFF, g + 8 * n, t, kw);
+                        const uint32_t ksc = G::FP4 ? ksc_of<D>(st + G::KSOFF + (g + 8 * n) * G::SB, t) : 0u;
+                        deq_k<DT, D>(kw, ksc, kp);
                         s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-                        if constexpr (F8) {
 #pragma unroll
-                                for (int kc = 0; kc < D / 32; kc++)
-#pragma unroll
-                                        for (int term = 0; term < 3; term++)
-                                                mma8<DT>(s[n], q8[term][2 * kc], q8[term][2 * kc + 1],
-                                                         kw[n][2 * kc], kw[n][2 * kc + 1]);
-                        } else {
-                                uint32_t kp[D / 8];
-                                deq_k<DT, D>(kw[n], ksc[n], kp);
+                        for (int kc = 0; kc < KC; kc++)
+                                mma<BF>(s[n], qa[2 * kc], 0u, qa[2 * kc + 1], 0u, kp[2 * kc], kp[2 * kc + 1]);
+                        if constexpr (qlo) {
 #pragma unroll
                                 for (int kc = 0; kc < KC; kc++)
-                                        mma<BF>(s[n], qa[2 * kc], 0u, qa[2 * kc + 1], 0u, kp[2 * kc], kp[2 * kc + 1]);
-                                if constexpr (qlo) {
-#pragma unroll
-                                        for (int kc = 0; kc < KC; kc++)
-                                                mma<BF>(s[n], qb[2 * kc], 0u, qb[2 * kc + 1], 0u, kp[2 * kc],
-                                                        kp[2 * kc + 1]);
-                                }
+                                        mma<BF>(s[n], qb[2 * kc], 0u, qb[2 * kc + 1], 0u, kp[2 * kc], kp[2 * kc + 1]);
                         }
                 }
 
                 /* ---- online softmax for head g over keys 2t, 2t+1 (n-tile 0) and 8+2t, 9+2t */
+                const uint32_t kk[4] = { 2u * t, 2u * t + 1, 2u * t + 8, 2u * t + 9 };
                 float x[4];
-                x[0] = vok[0] ? s[0][0] * qk_scale : -INFINITY;
-                x[1] = vok[1] ? s[0][1] * qk_scale : -INFINITY;
-                x[2] = vok[2] ? s[1][0] * qk_scale : -INFINITY;
-                x[3] = vok[3] ? s[1][1] * qk_scale : -INFINITY;
+                x[0] = (vm >> kk[0]) & 1u ? s[0][0] * qk_scale : -INFINITY;
+                x[1] = (vm >> kk[1]) & 1u ? s[0][1] * qk_scale : -INFINITY;
+                x[2] = (vm >> kk[2]) & 1u ? s[1][0] * qk_scale : -INFINITY;
+                x[3] = (vm >> kk[3]) & 1u ? s[1][1] * qk_scale : -INFINITY;
                 float mt = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
                 mt = fmaxf(mt, __shfl_xor_sync(0xFFFFFFFFu, mt, 1));
                 mt = fmaxf(mt, __shfl_xor_sync(0xFFFFFFFFu, mt, 2));
@@ -630,36 +701,49 @@ attn_kernel(const params p)
                         }
                 }
 
-                /* ---- O^T += V^T P^T */
+                /* ---- O^T += V^T P^T; keys that do not exist were
+                 * zero-filled, so their V is 0 and their p is 0 */
                 uint32_t vp0[D / 8], vp1[D / 8];
-                deq_v<DT, D>(vw[0], vw[1], vsc[0], vsc[1], vp0);
-                deq_v<DT, D>(vw[2], vw[3], vsc[2], vsc[3], vp1);
+                {
+                        uint32_t va[NWV], vb[NWV];
+                        lds_v<DT, D>(st + G::VOFF, kk[0], g, va);
+                        lds_v<DT, D>(st + G::VOFF, kk[1], g, vb);
+                        const uint32_t sa = G::FP4 ? vsc_of<D>(st + G::VSOFF + kk[0] * G::SB, g) : 0u;
+                        const uint32_t sb2 = G::FP4 ? vsc_of<D>(st + G::VSOFF + kk[1] * G::SB, g) : 0u;
+                        deq_v<DT, D>(va, vb, sa, sb2, vp0);
+                }
+                {
+                        uint32_t va[NWV], vb[NWV];
+                        lds_v<DT, D>(st + G::VOFF, kk[2], g, va);
+                        lds_v<DT, D>(st + G::VOFF, kk[3], g, vb);
+                        const uint32_t sa = G::FP4 ? vsc_of<D>(st + G::VSOFF + kk[2] * G::SB, g) : 0u;
+                        const uint32_t sb2 = G::FP4 ? vsc_of<D>(st + G::VSOFF + kk[3] * G::SB, g) : 0u;
+                        deq_v<DT, D>(va, vb, sa, sb2, vp1);
+                }
 #pragma unroll
-                for (int mt2 = 0; mt2 < KC; mt2++) {
+                for (int mt2 = 0; mt2 < KC; mt2++)
                         mma<BF>(acc[mt2], vp0[2 * mt2], vp0[2 * mt2 + 1], vp1[2 * mt2], vp1[2 * mt2 + 1], pb0, pb1);
-                }
-                if constexpr (PIPE) {
-                        cur = nxt;
-                } else {
-                        if (tn < t_end)
-                                load_tile<DT, D>(p, pt, tn, t_end, hoff, shoff, g, t, cur);
-                }
         }
+        cp_wait<0>();
 
-        /* ---- merge the warps: l over t, then through shared memory */
+        /* ---- merge the warps: l over t, then through shared memory (each
+         * warp's partial o goes into its own ring, which it no longer needs) */
         l += __shfl_xor_sync(0xFFFFFFFFu, l, 1);
         l += __shfl_xor_sync(0xFFFFFFFFu, l, 2);
+        __syncwarp();
+        static_assert(HG * D * sizeof(float) <= G::S * G::STAGE, "partial o fits the ring");
+        float(*my_o)[D] = (float(*)[D])ring;
         if (t == 0) {
                 sm_m[warp][g] = m;
                 sm_l[warp][g] = l;
         }
 #pragma unroll
         for (int mt2 = 0; mt2 < KC; mt2++) {
-                const int d0 = g * (D / 8) + 2 * mt2;
-                sm_o[warp][2 * t][d0] = acc[mt2][0];
-                sm_o[warp][2 * t + 1][d0] = acc[mt2][1];
-                sm_o[warp][2 * t][d0 + 1] = acc[mt2][2];
-                sm_o[warp][2 * t + 1][d0 + 1] = acc[mt2][3];
+                const int d0 = vdim<DT, D>(g, 2 * mt2), d1 = vdim<DT, D>(g, 2 * mt2 + 1);
+                my_o[2 * t][d0] = acc[mt2][0];
+                my_o[2 * t + 1][d0] = acc[mt2][1];
+                my_o[2 * t][d1] = acc[mt2][2];
+                my_o[2 * t + 1][d1] = acc[mt2][3];
         }
         __syncthreads();
 
@@ -677,7 +761,7 @@ attn_kernel(const params p)
                 for (int w = 0; w < WARPS; w++) {
                         const float f = exp2f(sm_m[w][hh] - M);
                         L += sm_l[w][hh] * f;
-                        O += sm_o[w][hh][d] * f;
+                        O += ((const float(*)[D])(dsm + w * G::S * G::STAGE))[hh][d] * f;
                 }
                 const uint64_t hq = (uint64_t)row * p.Hq + h * p.G + gg;
                 if (p.splits == 1) {
@@ -699,6 +783,9 @@ attn_kernel(const params p)
 template <int D>
 __global__ void __launch_bounds__(128) attn_reduce(const params p)
 {
+        /* launched as a programmatic dependent of attn_kernel: wait until it
+         * has completed and its partials are visible */
+        asm volatile("griddepcontrol.wait;\n" ::: "memory");
         const uint64_t hq = blockIdx.x;         /* row * Hq + q head */
         const float *ml = p.part_ml + hq * p.splits * 2;
         float M = -1e30f;
