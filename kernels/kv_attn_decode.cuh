@@ -8,19 +8,29 @@
  * than 8 take several head groups and re-read).  Warps take 16-key tiles in
  * turn and keep their own online-softmax state; the CTA merges its 4 warps
  * in shared memory and writes either the output (one split) or a partial
- * (m, l, unnormalized o) that attn_reduce() combines (flash-decoding).
+ * (m, l, unnormalized o) that attn_reduce() combines (flash-decoding).  The
+ * CTAs of one row's kv heads are adjacent in launch order (grid.x = row *
+ * heads + head), so the CTAs that run together read whole token rows.
+ *
+ * Memory path.  Each warp owns a ring of S stages in shared memory (tgeo),
+ * one 16-key tile each, and keeps S-1 tiles in flight: it issues cp.async
+ * copies (16 bytes per lane, no registers held, keys that do not exist
+ * zero-filled) for tile k+S-1 before it computes tile k.  A stage holds the
+ * tile's K and V rows of this head as the pool stores them (and for fp4
+ * their scale rows), with the 16-byte chunks of each row permuted (phys) so
+ * that the fragment reads below are free of bank conflicts.
  *
  * Per 16-key tile a warp computes, with g = lane/4, t = lane%4:
  *   S[8 heads x 16 keys] = Q[heads x D] K^T        A = Q (rows g, g+8; the
  *       g+8 rows are zero padding), B = K^T in two n-tiles of 8 keys.  Thread
- *       (g,t) supplies key g (and g+8) over the dims it owns, [t*D/4,
- *       (t+1)*D/4), loaded straight from the pool with 16-byte loads: the dot
- *       product runs over every dim once, so the order of dims inside the
- *       k-chunks is free as long as Q uses the same order (the "pair"
- *       permutation of each dtype below).
+ *       (g,t) supplies key g (and g+8) over the D/4 dims it owns: chunks t,
+ *       t+4, ... of the row (kdim): the dot product runs over every dim
+ *       once, so the order of dims inside the k-chunks is free as long as Q
+ *       uses the same order (and the "pair" permutation of each dtype below).
  *   O^T[D x 8 heads] += V^T[D x 16 keys] P^T       A = V^T (thread g owns
- *       the dims [g*D/8, (g+1)*D/8), keys 2t, 2t+1, 2t+8, 2t+9), B = P^T,
- *       whose fragment is exactly the C fragment of S: no shuffles.
+ *       the D/8 dims of chunks g, g+8, ... (vdim), keys 2t, 2t+1, 2t+8,
+ *       2t+9), B = P^T, whose fragment is exactly the C fragment of S: no
+ *       shuffles.
  * Dequantization happens in registers on the way into the A/B fragments:
  *   bf16, fp16   none (fp16 compute for fp16 pools, bf16 for bf16)
  *   fp8 e4m3     cvt.rn.f16x2.e4m3x2 (exact), fp16 compute; k_scale folds into
@@ -36,13 +46,14 @@
  * exact for |q| in [2^-14, 65504]; f16 q on a bf16/fp4 pool: split into two
  * bf16 terms, exact, at the cost of a second Q K^T mma).
  *
- * Addressing: when page_size is a multiple of 16 a 16-key tile sits on one
- * page (tiles start at multiples of 16), so a warp reads one page-table entry
- * per tile; otherwise one per key.  fp8/fp4 warps keep two tiles in flight
- * (their tiles are small); bf16/fp16 one.
+ * Addressing: when page_size is a multiple of 16 a 16-key tile is 16
+ * consecutive slots of one page (tiles start at multiples of 16), so a warp
+ * reads one page-table entry per tile; otherwise each key's slot is looked
+ * up by one lane and shuffled to the lanes that copy its chunks.
  *
  * Page ids are device memory: a key whose page id is outside [0, num_pages)
- * is skipped (score -inf, V zero); lengths are clamped to the page table.
+ * is skipped (score -inf, V zero-filled); lengths are clamped to the page
+ * table.
  */
 #ifndef KV_ATTN_DECODE_CUH
 #define KV_ATTN_DECODE_CUH
