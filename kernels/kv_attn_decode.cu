@@ -237,6 +237,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         p.stoken_bytes = L->scale_token_bytes;
         p.shead_bytes = L->scale_head_bytes;
         p.elem = c->elem;
+        p.q16 = ((uintptr_t)c->q % 16) == 0; /* rows are D * 2 bytes, a multiple of 16 */
 
         /* scale folding: fp8 decodes exactly to f16 codes (x = code * scale);
          * fp4 decodes to value * 2^-64 (see kv_attn_decode.cuh) */
@@ -275,6 +276,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 uint64_t most = (max_len + 127) / 128;
                 if (splits > most)
                         splits = most;
+                if (splits > (uint64_t)kva::MAX_SPLITS)
+                        splits = kva::MAX_SPLITS;
         }
         uint32_t chunk = (uint32_t)((max_len + splits - 1) / splits);
         chunk = (chunk + 63) / 64 * 64;

@@ -95,6 +95,7 @@ struct params {
         float qk_scale_log2;            /* sm_scale * k fold * log2(e) */
         float out_scale;                /* v fold */
         int elem;                       /* KVC_ELEM_BF16 / F16 */
+        int q16;                        /* q is 16-byte aligned */
 };
 
 template <int DT> struct dtraits;
@@ -262,13 +263,6 @@ __device__ __forceinline__ void deq_v(const uint32_t (&a)[D / 8 * dtraits<DT>::b
         }
 }
 
-__device__ __forceinline__ float elem_to_f32(const void *p, uint64_t i, int elem)
-{
-        const uint16_t x = ((const uint16_t *)p)[i];
-        return elem == KVC_ELEM_BF16 ? __bfloat162float(__ushort_as_bfloat16(x))
-                                     : __half2float(__ushort_as_half(x));
-}
-
 template <bool BF>
 __device__ __forceinline__ uint32_t pack2(float x, float y)
 {
@@ -396,13 +390,18 @@ __device__ __forceinline__ void cp_wait()
  * chunks t, t+4, ... of a row (the whole D/4 dims at once when they fit in
  * one chunk or less), in the dtype's pair order (kel). */
 template <int DT, int D>
-__device__ __forceinline__ int kdim(int t, int i)
+__device__ __forceinline__ int kpos(int t, int p)
 {
         typedef tgeo<DT, D> G;
-        const int p = kel<DT>(i);
         if constexpr (G::KB >= 32)
                 return (t + 4 * (p / G::EPC)) * G::EPC + p % G::EPC;
         return t * (D / 4) + p;
+}
+
+template <int DT, int D>
+__device__ __forceinline__ int kdim(int t, int i)
+{
+        return kpos<DT, D>(t, kel<DT>(i));
 }
 
 /* The dim of the thread's local V dim l (g = lane / 4): chunks g, g+8, ... */
@@ -619,11 +618,35 @@ attn_kernel(const params p)
         uint32_t qa[D / 8], qb[qlo ? D / 8 : 1];
         {
                 const bool ok = gi < p.G;
-                const uint64_t q0 = ((uint64_t)row * p.Hq + h * p.G + gi) * D;
+                const uint16_t *qp = (const uint16_t *)p.q + ((uint64_t)row * p.Hq + h * p.G + gi) * D;
+                /* the thread's D/4 q elements in kpos order: 8 consecutive
+                 * positions are 8 consecutive dims, one 16-byte load when q
+                 * is 16-byte aligned */
+                uint32_t raw[D / 8];
+                if (ok && p.q16) {
+#pragma unroll
+                        for (int i = 0; i < D / 32; i++) {
+                                const uint4 x = __ldg((const uint4 *)(qp + kpos<DT, D>(t, 8 * i)));
+                                raw[4 * i] = x.x;
+                                raw[4 * i + 1] = x.y;
+                                raw[4 * i + 2] = x.z;
+                                raw[4 * i + 3] = x.w;
+                        }
+                } else {
+#pragma unroll
+                        for (int i = 0; i < D / 8; i++)
+                                raw[i] = ok ? (uint32_t)qp[kpos<DT, D>(t, 2 * i)] |
+                                                      (uint32_t)qp[kpos<DT, D>(t, 2 * i + 1)] << 16
+                                            : 0u;
+                }
+                const bool qbf = p.elem == KVC_ELEM_BF16;
 #pragma unroll
                 for (int j = 0; j < D / 8; j++) {
-                        float x0 = ok ? elem_to_f32(p.q, q0 + kdim<DT, D>(t, 2 * j), p.elem) : 0.0f;
-                        float x1 = ok ? elem_to_f32(p.q, q0 + kdim<DT, D>(t, 2 * j + 1), p.elem) : 0.0f;
+                        const int i0 = kel<DT>(2 * j), i1 = kel<DT>(2 * j + 1);
+                        const uint32_t u0 = (raw[i0 / 2] >> (16 * (i0 % 2))) & 0xFFFFu;
+                        const uint32_t u1 = (raw[i1 / 2] >> (16 * (i1 % 2))) & 0xFFFFu;
+                        const float x0 = qbf ? __uint_as_float(u0 << 16) : __half2float(__ushort_as_half((unsigned short)u0));
+                        const float x1 = qbf ? __uint_as_float(u1 << 16) : __half2float(__ushort_as_half((unsigned short)u1));
                         qa[j] = pack2<BF>(x0, x1);
                         if constexpr (qlo) {
                                 const float h0 = __uint_as_float(qa[j] << 16);
@@ -790,26 +813,58 @@ attn_kernel(const params p)
         }
 }
 
-/* Combines the splits of each (row, q head): one CTA of 128 threads each. */
+/* Most splits the planner makes (kv_attn_decode.cu clamps to it): the
+ * reduction keeps one weight per split in shared memory. */
+constexpr int MAX_SPLITS = 1024;
+
+/* Combines the splits of each (row, q head): one CTA of 128 threads each.
+ * The splits' (m, l) are read once, in parallel, into one weight per split
+ * (2^(m_s - M)); then each thread sums its dims over the splits with
+ * independent loads (a serial walk would pay one L2 round trip per split). */
 template <int D>
 __global__ void __launch_bounds__(128) attn_reduce(const params p)
 {
         /* launched as a programmatic dependent of attn_kernel: wait until it
          * has completed and its partials are visible */
         asm volatile("griddepcontrol.wait;\n" ::: "memory");
+        __shared__ float sw[MAX_SPLITS];
+        __shared__ float red[2][4];
         const uint64_t hq = blockIdx.x;         /* row * Hq + q head */
-        const float *ml = p.part_ml + hq * p.splits * 2;
+        const uint32_t S = p.splits;
+        const float *ml = p.part_ml + hq * S * 2;
+        const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+
         float M = -1e30f;
-        for (uint32_t s = 0; s < p.splits; s++)
+        for (uint32_t s = tid; s < S; s += 128)
                 M = fmaxf(M, ml[2 * s]);
+#pragma unroll
+        for (int o = 16; o > 0; o /= 2)
+                M = fmaxf(M, __shfl_xor_sync(0xFFFFFFFFu, M, o));
+        if (lane == 0)
+                red[0][warp] = M;
+        __syncthreads();
+        M = fmaxf(fmaxf(red[0][0], red[0][1]), fmaxf(red[0][2], red[0][3]));
         float L = 0.0f;
-        for (uint32_t s = 0; s < p.splits; s++)
-                L += ml[2 * s + 1] * exp2f(ml[2 * s] - M);
+        for (uint32_t s = tid; s < S; s += 128) {
+                const float w = exp2f(ml[2 * s] - M);
+                sw[s] = w;
+                L += ml[2 * s + 1] * w;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o /= 2)
+                L += __shfl_xor_sync(0xFFFFFFFFu, L, o);
+        if (lane == 0)
+                red[1][warp] = L;
+        __syncthreads();
+        L = (red[1][0] + red[1][1]) + (red[1][2] + red[1][3]);
+
         const float inv = L > 0.0f ? p.out_scale / L : 0.0f;
-        for (int d = threadIdx.x; d < D; d += 128) {
+        const float *po = p.part_o + hq * S * D;
+        for (int d = tid; d < D; d += 128) {
                 float O = 0.0f;
-                for (uint32_t s = 0; s < p.splits; s++)
-                        O += p.part_o[(hq * p.splits + s) * D + d] * exp2f(ml[2 * s] - M);
+#pragma unroll 8
+                for (uint32_t s = 0; s < S; s++)
+                        O += po[(uint64_t)s * D + d] * sw[s];
                 const float v = O * inv;
                 uint16_t *o = (uint16_t *)p.out + hq * D + d;
                 *o = p.elem == KVC_ELEM_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))

@@ -34,6 +34,7 @@ for v in "$@"; do
         n=$((n + 1))
         NVX="$v" sh "$R/bench/attn/device_build.sh" /tmp/V$n >/tmp/build-v$n.txt 2>&1 || { echo "variant $v: build failed"; tail /tmp/build-v$n.txt; continue; }
         echo "== variant $n: $v"
+        echo "test_attn: $(/tmp/V$n/test_attn 2>&1 | tail -n 1)"
         python3 "$R/bench/attn/bench_decode.py" --lib /tmp/V$n/libkvattn_shim.so --reps 15 --quick 2>&1 | tail -n 30
 done
 echo "$t1"; echo "$t2"

@@ -16,6 +16,9 @@
 #include "gpu_common.h"
 
 static int failures, cases;
+/* q starts q_shift elements into its device buffer: 1 makes it only 2-byte
+ * aligned, which takes the kernel's element-wise q load */
+static uint32_t q_shift;
 static double worst;
 
 struct apool {
@@ -182,8 +185,9 @@ static void run_case(enum kvc_dtype d, uint32_t D, uint32_t ps, uint32_t H, uint
         const uint32_t Hq = H * G;
 
         cases++;
-        snprintf(what, sizeof what, "%s %s D=%u page=%u H=%u G=%u B=%u len0=%d elem=%s", qn ? "extend" : "decode",
-                 kvc_dtype_name(d), D, ps, H, G, B, lens[0], e == KVC_ELEM_BF16 ? "bf16" : "f16");
+        snprintf(what, sizeof what, "%s %s D=%u page=%u H=%u G=%u B=%u len0=%d elem=%s%s", qn ? "extend" : "decode",
+                 kvc_dtype_name(d), D, ps, H, G, B, lens[0], e == KVC_ELEM_BF16 ? "bf16" : "f16",
+                 q_shift ? " q 2-byte aligned" : "");
         int32_t *pt = apool_fill(&P, &r, d, H, D, ps, B, lens, &maxp);
         int32_t *indptr = malloc(sizeof(int32_t) * (B + 1));
         indptr[0] = 0;
@@ -193,7 +197,9 @@ static void run_case(enum kvc_dtype d, uint32_t D, uint32_t ps, uint32_t H, uint
         const size_t n = (size_t)rows * Hq * D;
         void *q = make_q(&r, e, n);
         uint16_t *ref = malloc(n * 2 + 2), *got = malloc(n * 2 + 2);
-        void *dq = to_dev(q, n * 2), *dout = to_dev(NULL, n * 2);
+        uint16_t *dqbuf = to_dev(NULL, n * 2 + 16);
+        CK(cudaMemcpy(dqbuf + q_shift, q, n * 2, cudaMemcpyHostToDevice));
+        void *dq = dqbuf + q_shift, *dout = to_dev(NULL, n * 2);
         int32_t *dpt = to_dev(pt, sizeof(int32_t) * B * maxp), *dlens = to_dev(lens, sizeof(int32_t) * B);
         int32_t *dind = to_dev(indptr, sizeof(int32_t) * (B + 1));
         CK(cudaMemset(dout, 0xFF, n * 2)); /* NaN in bf16 and f16 */
@@ -233,7 +239,7 @@ static void run_case(enum kvc_dtype d, uint32_t D, uint32_t ps, uint32_t H, uint
         if (rc == 0 && rr == 0)
                 compare(what, got, ref, e, rows, Hq, D);
 
-        cudaFree(dq);
+        cudaFree(dqbuf);
         cudaFree(dout);
         cudaFree(dpt);
         cudaFree(dlens);
@@ -297,6 +303,16 @@ static void long_sequences(void)
         int32_t el[2] = { 9000, 700 }, qn[2] = { 300, 700 };
         run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 2, el, qn, KVC_ELEM_BF16, 82);
         run_case(KVC_DTYPE_BF16, 128, 16, 2, 4, 2, el, qn, KVC_ELEM_BF16, 83);
+        /* q not 16-byte aligned: every dtype, both q types, decode and extend */
+        q_shift = 1;
+        int32_t ml[3] = { 3000, 17, 1 };
+        run_case(KVC_DTYPE_BF16, 128, 16, 2, 4, 3, ml, NULL, KVC_ELEM_F16, 88);
+        run_case(KVC_DTYPE_FP16, 64, 16, 2, 4, 3, ml, NULL, KVC_ELEM_BF16, 89);
+        run_case(KVC_DTYPE_FP8_E4M3, 256, 32, 2, 4, 3, ml, NULL, KVC_ELEM_BF16, 90);
+        run_case(KVC_DTYPE_FP8_E5M2, 128, 8, 2, 4, 3, ml, NULL, KVC_ELEM_F16, 91);
+        run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 3, ml, NULL, KVC_ELEM_BF16, 92);
+        run_case(KVC_DTYPE_FP4_E2M1, 256, 16, 2, 4, 2, el, qn, KVC_ELEM_F16, 93);
+        q_shift = 0;
 }
 
 /* A device page id out of range: the kernel skips that page's keys, which
@@ -323,7 +339,9 @@ static void bad_page(void)
         int32_t bad = (int32_t)P.L.num_pages + 5;
         pt[6] = bad; /* keys 96..99 */
         int32_t *dpt = to_dev(pt, sizeof(int32_t) * maxp), *dlens = to_dev(lens, 4);
-        void *dq = to_dev(q, n * 2), *dout = to_dev(NULL, n * 2);
+        uint16_t *dqbuf = to_dev(NULL, n * 2 + 16);
+        CK(cudaMemcpy(dqbuf + q_shift, q, n * 2, cudaMemcpyHostToDevice));
+        void *dq = dqbuf + q_shift, *dout = to_dev(NULL, n * 2);
         CK(cudaMemset(dout, 0xFF, n * 2));
         struct kvc_decode_args a = h;
         a.q = dq;
@@ -344,7 +362,7 @@ static void bad_page(void)
         EXPECT(rc == -ERANGE && strstr(msg, "page_table[0][6]"), "bad_page: ref gave %d '%s'", rc, msg);
         cudaFree(dpt);
         cudaFree(dlens);
-        cudaFree(dq);
+        cudaFree(dqbuf);
         cudaFree(dout);
         free(q);
         free(ref);
