@@ -251,6 +251,197 @@ __device__ __forceinline__ void fp4_block16(const float *x, uint32_t &w0, uint32
         scale = s;
 }
 
+/* ---- the fp4 block encoder for 16-bit inputs, two elements at a time -------
+ * Helpers on words holding two f16 values (lane 0 in the low half).  On the
+ * device each is one instruction; on the host each is an exact emulation,
+ * so that the encoder below can also be run on the CPU next to the codec. */
+
+/* #pragma unroll for the device pass only (the host compiler warns) */
+#ifdef __CUDA_ARCH__
+#define KV_UNROLL _Pragma("unroll")
+#else
+#define KV_UNROLL
+#endif
+
+/* {RN_f16(lo), RN_f16(hi)}: cvt.rn.f16x2.f32 (equal to kv_f32_to_f16 on
+ * every non-NaN float, tests/gpu/test_conv_exhaustive.cu). */
+__host__ __device__ __forceinline__ uint32_t h2_cvt(float lo, float hi)
+{
+#ifdef __CUDA_ARCH__
+        __half2 h = __floats2half2_rn(lo, hi);
+        return *(uint32_t *)&h;
+#else
+        return (uint32_t)kv_f32_to_f16(lo) | (uint32_t)kv_f32_to_f16(hi) << 16;
+#endif
+}
+
+/* Per-lane unsigned 16-bit maximum (max.u16x2, sm_90). */
+__host__ __device__ __forceinline__ uint32_t u16x2_max(uint32_t a, uint32_t b)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        uint32_t r;
+        asm("max.u16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+        return r;
+#elif defined(__CUDA_ARCH__)
+        return __vmaxu2(a, b);
+#else
+        const uint32_t lo = (a & 0xFFFFu) > (b & 0xFFFFu) ? a & 0xFFFFu : b & 0xFFFFu;
+        const uint32_t hi = (a >> 16) > (b >> 16) ? a >> 16 : b >> 16;
+        return lo | hi << 16;
+#endif
+}
+
+#ifndef __CUDA_ARCH__
+/* RN_f16(a * b + c) of three finite f16 values, one rounding; exact as long
+ * as a * b + c needs at most 53 significant bits (the encoder's operands
+ * need 35) and the result is below 65520. */
+static inline uint16_t h_fma_host(uint16_t a, uint16_t b, uint16_t c)
+{
+        const double z = (double)kv_f16_to_f32(a) * kv_f16_to_f32(b) + kv_f16_to_f32(c);
+        const double m = z < 0 ? -z : z;
+        int q;
+        if (m == 0)
+                return 0; /* +0: the encoder's sums are never 0 */
+        frexp(m, &q); /* m in [2^(q-1), 2^q) */
+        const double ulp = ldexp(1.0, (q - 1 < -14 ? -14 : q - 1) - 10);
+        const double r = nearbyint(m / ulp) * ulp; /* ties to even in the default rounding mode */
+        return (uint16_t)(kv_f32_to_f16((float)r) | (z < 0 ? 0x8000u : 0u));
+}
+#endif
+
+/* {RN_f16(a.lo * b.lo + |c.lo|), RN_f16(a.hi * b.hi + |c.hi|)}: fma.rn.f16x2
+ * with abs.f16x2 on c, which ptxas folds into the FMA as an operand
+ * modifier (c must not hold NaN). */
+__host__ __device__ __forceinline__ uint32_t h2_fma_abs(uint32_t a, uint32_t b, uint32_t c)
+{
+#ifdef __CUDA_ARCH__
+        uint32_t r;
+        asm("{\n\t.reg .b32 ac;\n\tabs.f16x2 ac, %3;\n\tfma.rn.f16x2 %0, %1, %2, ac;\n\t}"
+            : "=r"(r) : "r"(a), "r"(b), "r"(c));
+        return r;
+#else
+        c &= 0x7FFF7FFFu;
+        return (uint32_t)h_fma_host((uint16_t)a, (uint16_t)b, (uint16_t)c) |
+               (uint32_t)h_fma_host((uint16_t)(a >> 16), (uint16_t)(b >> 16), (uint16_t)(c >> 16)) << 16;
+#endif
+}
+
+/* Element i (0..15) of a block of 16-bit values held as 8 raw words. */
+template <int E>
+__host__ __device__ __forceinline__ float h_elem(const uint32_t (&w)[8], int i)
+{
+        const uint32_t h = (i & 1) ? w[i / 2] >> 16 : w[i / 2] & 0xFFFFu;
+#ifdef __CUDA_ARCH__
+        if constexpr (E == KVC_ELEM_BF16)
+                return __uint_as_float(h << 16);
+        else
+                return __half2float(__ushort_as_half((unsigned short)h));
+#else
+        if constexpr (E == KVC_ELEM_BF16)
+                return kv_bf16_to_f32((uint16_t)h);
+        else
+                return kv_f16_to_f32((uint16_t)h);
+#endif
+}
+
+/* == kv_fp4_encode_block16 on a block of 16 bf16 (E = KVC_ELEM_BF16) or f16
+ * values given as raw words (element i in half i % 2 of w[i / 2]); the
+ * nibbles and the scale byte as fp4_block16 returns them.
+ *
+ * Why it is equal, with e the block's scale exponent and y = x * 2^-e
+ * (exact in f32: a power of two, and |y| <= 6 for finite blocks):
+ * - y converted to f16 is exact when |y| >= 2^-14 (x has at most 11
+ *   significant bits); a smaller y (or one that underflowed in f32) becomes
+ *   an f16 of magnitude <= 2^-14 with x's sign, and both it and the exact y
+ *   encode as a signed zero (anything below 0.25 does).
+ * - E2M1 rounding of |y| is a magic addition in f16: with E = max(biased
+ *   f16 exponent of |y|, 15) and magic = 2^(E-6), whose ulp 2^(E-16) is the
+ *   grid step of |y|'s binade (0.5 below 2, 1 in [2, 4), 2 in [4, 6]),
+ *   t = RN(magic + |y|) = magic + k * ulp with k = round-half-even(|y| / ulp)
+ *   in 0..4 (the step parity is k's, so ties go to the even code).  One
+ *   fma.rn.f16x2 does it for two elements: magic = M * 2^9 with
+ *   M = max(|y| & exponent mask, 1.0) = 2^(E-15), exact.
+ * - t's bits are then (E+9) << 10 | k: bits 12..14 are always 110, bits
+ *   10..11 hold E-15 (0..2), bits 0..2 hold k, and the E2M1 magnitude code
+ *   is k + 2(E-15) <= 7.  t * (2^12 + 2^3) (one IMAD for both lanes) puts
+ *   lane 0's code in bits 12..14 and lane 1's in bits 28..30; every other
+ *   product term lands in bits 0..5, 16..17, 19..27 or above bit 31, without
+ *   carries into the codes, so bits 15 and 31 stay 0 and take the signs of
+ *   y (bits 15 and 31 of the f16 pair) with one LOP3.
+ * - the pairs are (x_j, x_{j+4}) of each group of 8, so the 8 nibbles of a
+ *   word come from 4 pair results with two shifts, two LOP3 merges and one
+ *   byte permutation.
+ * amax is an integer max over the 16-bit magnitudes (max.u16x2), which also
+ * finds NaN and Inf (magnitudes at or above the format's Inf pattern): such
+ * a block goes through the codec's own encoder.
+ * tests/gpu/test_conv_exhaustive.cu compares it with the codec for every
+ * bf16 and every f16 value at every position of a block, against every
+ * block scale that leaves it a non-zero code (and a few that do not). */
+template <int E>
+__host__ __device__ __forceinline__ void fp4_block16_h(const uint32_t (&w)[8], uint32_t &w0, uint32_t &w1,
+                                                       uint32_t &scale)
+{
+        static_assert(E == KVC_ELEM_BF16 || E == KVC_ELEM_F16, "16-bit input");
+        constexpr uint32_t inf = E == KVC_ELEM_BF16 ? 0x7F80u : 0x7C00u;
+        uint32_t m2 = w[0] & 0x7FFF7FFFu;
+KV_UNROLL
+        for (int i = 1; i < 8; i++)
+                m2 = u16x2_max(m2, w[i] & 0x7FFF7FFFu);
+        const uint32_t m = (m2 & 0xFFFFu) > (m2 >> 16) ? m2 & 0xFFFFu : m2 >> 16;
+        if (__builtin_expect(m >= inf, 0)) {
+                float x[16];
+                uint8_t p[8], s;
+KV_UNROLL
+                for (int i = 0; i < 16; i++)
+                        x[i] = h_elem<E>(w, i);
+                kv_fp4_encode_block16(x, p, &s);
+                w0 = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+                w1 = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+                scale = s;
+                return;
+        }
+        float amax;
+        if constexpr (E == KVC_ELEM_BF16) {
+                amax = kv_bits_f32(m << 16);
+        } else {
+#ifdef __CUDA_ARCH__
+                amax = __half2float(__ushort_as_half((unsigned short)m));
+#else
+                amax = kv_f16_to_f32((uint16_t)m);
+#endif
+        }
+        const uint8_t s = kv_fp4_block_scale(amax);
+        const float inv = kv_e8m0_inv_f32(s); /* a power of two: x * inv is exact */
+        uint32_t r[2];
+KV_UNROLL
+        for (int g = 0; g < 2; g++) {
+                uint32_t q[4];
+KV_UNROLL
+                for (int j = 0; j < 4; j++) {
+                        const float a = h_elem<E>(w, 8 * g + j), b = h_elem<E>(w, 8 * g + j + 4);
+#ifdef __CUDA_ARCH__
+                        const uint32_t y = h2_cvt(__fmul_rn(a, inv), __fmul_rn(b, inv));
+#else
+                        const uint32_t y = h2_cvt(a * inv, b * inv);
+#endif
+                        const uint32_t M = u16x2_max(y & 0x7C007C00u, 0x3C003C00u);      /* 2^(E-15) */
+                        const uint32_t t = h2_fma_abs(M, 0x60006000u, y);                /* M * 512 + |y| */
+                        q[j] = t * 0x1008u | (y & 0x80008000u); /* nibbles in bits 12..15, 28..31 */
+                }
+                /* bytes 1 and 3 of za: (x1 x0), (x5 x4); of zb: (x3 x2), (x7 x6) */
+                const uint32_t za = (q[1] & 0xF000F000u) | ((q[0] >> 4) & 0x0F000F00u);
+                const uint32_t zb = (q[3] & 0xF000F000u) | ((q[2] >> 4) & 0x0F000F00u);
+#ifdef __CUDA_ARCH__
+                r[g] = __byte_perm(za, zb, 0x7351);
+#else
+                r[g] = (za >> 8 & 0xFFu) | (zb >> 8 & 0xFFu) << 8 | (za >> 24) << 16 | (zb >> 24) << 24;
+#endif
+        }
+        w0 = r[0];
+        w1 = r[1];
+        scale = s;
+}
+
 template <> struct elem_traits<KVC_ELEM_F16> {
         typedef uint16_t t;
         static constexpr int bytes = 2;

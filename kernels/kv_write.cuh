@@ -15,15 +15,22 @@
  * Bits: the result equals kv_ref_write bit for bit.  Conversions are the
  * codec's (kernels/kv_codec.h) or hardware instructions proven equal to them
  * on every input they are used for (tests/gpu/test_conv_exhaustive.cu runs
- * them next to the codec over all 2^32 floats; tests/gpu/test_write_gather.cu
- * compares whole pools with kv_ref_write).  FP8 divides by the layer scale
- * with an IEEE division (__fdiv_rn), as the reference does: multiplying by
- * a precomputed reciprocal alone would round differently.
+ * them next to the codec over all 2^32 floats; tests/gpu/test_write_gather.c
+ * compares whole pools with kv_ref_write).  FP8 stores the codes of x / scale
+ * correctly rounded, as the reference's division does (fp8x2_div_fast, with
+ * the IEEE division where it cannot decide); FP4 from bf16/f16 input rounds
+ * in f16 pairs (fp4_block16_h), from fp32 input in fp32 (fp4_block16).
  */
 #ifndef KV_WRITE_CUH
 #define KV_WRITE_CUH
 
 #include "kv_cuda_common.cuh"
+
+/* Launch the write with programmatic dependent launch (see launch_write_d).
+ * Measured on the H200 before it was made the default: docs/benchmarks.md. */
+#ifndef KV_WRITE_PDL
+#define KV_WRITE_PDL 1
+#endif
 
 namespace kvk {
 
@@ -114,7 +121,51 @@ __device__ __forceinline__ uint4 convert_chunk(const float (&f)[epc<D>::n], floa
         return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
+/* fp4 pools with bf16 or f16 input skip the widening to fp32: the block
+ * encoder works on the raw 16-bit words, two elements per instruction
+ * (fp4_block16_h).  fp32 input keeps the fp32 encoder (rounding its values
+ * to f16 first would round twice); the codec-only build keeps the codec. */
+template <int D, int E>
+__device__ __forceinline__ constexpr bool fp4_from_raw()
+{
+#ifdef KV_CUDA_CODEC_ONLY
+        return false;
+#else
+        return D == KVC_DTYPE_FP4_E2M1 && E != KVC_ELEM_F32;
+#endif
+}
+
+/* One 16-byte chunk of an fp4 pool (two blocks of 16) from 32 raw 16-bit
+ * inputs; the two scale bytes into *sc, first block in the low byte. */
+template <int E>
+__device__ __forceinline__ uint4 fp4_chunk_raw(const uint4 (&w)[4], uint16_t *sc)
+{
+        const uint32_t b0[8] = { w[0].x, w[0].y, w[0].z, w[0].w, w[1].x, w[1].y, w[1].z, w[1].w };
+        const uint32_t b1[8] = { w[2].x, w[2].y, w[2].z, w[2].w, w[3].x, w[3].y, w[3].z, w[3].w };
+        uint32_t o[4], s0, s1;
+        fp4_block16_h<E>(b0, o[0], o[1], s0);
+        fp4_block16_h<E>(b1, o[2], o[3], s1);
+        *sc = (uint16_t)(s0 | s1 << 8);
+        return make_uint4(o[0], o[1], o[2], o[3]);
+}
+
 /* ---- the kernel -------------------------------------------------------- */
+
+/* griddepcontrol (sm_90): wait for the prerequisite grids and their memory;
+ * allow the dependent grid to be scheduled. */
+__device__ __forceinline__ void grid_dep_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void grid_dep_launch()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 
 /* Block (tx, ty): threadIdx.x walks the 16-byte chunks of a token row,
  * threadIdx.y the tokens; grid (ceil(T / ty), ceil(chunks / tx)).  Each
@@ -131,6 +182,11 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
 
         if (t >= p.T || c >= p.chunks)
                 return;
+        /* Launched with programmatic stream serialization (launch_write's
+         * pdl), this grid may start before the previous kernel on the stream
+         * has finished: wait for it, and for its memory, before the first
+         * global access.  Launched normally, this is a no-op. */
+        grid_dep_wait();
         const int64_t slot = __ldg(p.slots + t);
         /* -1 means skip; anything else out of range is skipped too: the
          * slots live on the device, so the launcher cannot check them */
@@ -141,6 +197,9 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
         const uint32_t in_off = c * (uint32_t)(N * elem_traits<E>::bytes);
         load_raw<E, N>(p.src[0] + (int64_t)t * p.stride[0] + in_off, p.vec[0], wk);
         load_raw<E, N>(p.src[1] + (int64_t)t * p.stride[1] + in_off, p.vec[1], wv);
+        /* every load of this thread is issued: the next grid may be
+         * scheduled (it waits for this one's completion all the same) */
+        grid_dep_launch();
 
         uint64_t doff, soff;
         if (p.flat) {
@@ -152,12 +211,18 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
                 soff = page * p.scale_page_bytes + off * p.scale_token_bytes;
         }
 
-        float f[N];
         uint16_t sk = 0, sv = 0;
-        unpack_f32<E, N>(wk, f);
-        const uint4 ok = convert_chunk<D>(f, p.scale[0], p.rscale[0], p.fastdiv, &sk);
-        unpack_f32<E, N>(wv, f);
-        const uint4 ov = convert_chunk<D>(f, p.scale[1], p.rscale[1], p.fastdiv, &sv);
+        uint4 ok, ov;
+        if constexpr (fp4_from_raw<D, E>()) {
+                ok = fp4_chunk_raw<E>(wk, &sk);
+                ov = fp4_chunk_raw<E>(wv, &sv);
+        } else {
+                float f[N];
+                unpack_f32<E, N>(wk, f);
+                ok = convert_chunk<D>(f, p.scale[0], p.rscale[0], p.fastdiv, &sk);
+                unpack_f32<E, N>(wv, f);
+                ov = convert_chunk<D>(f, p.scale[1], p.rscale[1], p.fastdiv, &sv);
+        }
         *(uint4 *)(p.dst[0] + doff + (uint64_t)c * 16) = ok;
         *(uint4 *)(p.dst[1] + doff + (uint64_t)c * 16) = ov;
         if constexpr (D == KVC_DTYPE_FP4_E2M1) {
@@ -213,9 +278,14 @@ static inline void make_write_params(const struct kv_pool_view *p, const struct 
 
 /* Launches write_kernel<D, elem>: blocks of (tx, ty) threads, tx chunks of
  * a row by ty tokens (see the kernel).  Very large T goes in pieces of at
- * most 2^24 tokens so grid.x stays far below its limit. */
+ * most 2^24 tokens so grid.x stays far below its limit.
+ * pdl: launch with programmatic stream serialization, so that the grid can
+ * be scheduled while the previous kernel of the stream drains (the kernel
+ * waits for it with griddepcontrol.wait before touching memory, so stream
+ * order is kept).  Used only on a created stream: the legacy and per-thread
+ * default streams keep the plain launch. */
 template <int D>
-static inline cudaError_t launch_write_d(const write_params &wp0, enum kvc_elem elem, cudaStream_t s)
+static inline cudaError_t launch_write_d(const write_params &wp0, enum kvc_elem elem, cudaStream_t s, bool pdl)
 {
         const unsigned tx = wp0.chunks < 256 ? wp0.chunks : 256;
         const unsigned ty = 256 / tx > 0 ? 256 / tx : 1;
@@ -227,30 +297,41 @@ static inline cudaError_t launch_write_d(const write_params &wp0, enum kvc_elem 
                 wp.src[0] = wp0.src[0] + (int64_t)t0 * wp0.stride[0];
                 wp.src[1] = wp0.src[1] + (int64_t)t0 * wp0.stride[1];
                 wp.slots = wp0.slots + t0;
-                const dim3 block(tx, ty), grid((wp.T + ty - 1) / ty, (wp.chunks + tx - 1) / tx);
+                cudaLaunchConfig_t cfg = {};
+                cudaLaunchAttribute at[1];
+                at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+                at[0].val.programmaticStreamSerializationAllowed = 1;
+                cfg.gridDim = dim3((wp.T + ty - 1) / ty, (wp.chunks + tx - 1) / tx);
+                cfg.blockDim = dim3(tx, ty);
+                cfg.stream = s;
+                cfg.attrs = at;
+                cfg.numAttrs = pdl && s != 0 && s != cudaStreamLegacy && s != cudaStreamPerThread ? 1 : 0;
+                cudaError_t e = cudaErrorInvalidValue;
                 switch (elem) {
                 case KVC_ELEM_F32:
-                        write_kernel<D, KVC_ELEM_F32><<<grid, block, 0, s>>>(wp);
+                        e = cudaLaunchKernelEx(&cfg, write_kernel<D, KVC_ELEM_F32>, wp);
                         break;
                 case KVC_ELEM_BF16:
-                        write_kernel<D, KVC_ELEM_BF16><<<grid, block, 0, s>>>(wp);
+                        e = cudaLaunchKernelEx(&cfg, write_kernel<D, KVC_ELEM_BF16>, wp);
                         break;
                 case KVC_ELEM_F16:
-                        write_kernel<D, KVC_ELEM_F16><<<grid, block, 0, s>>>(wp);
+                        e = cudaLaunchKernelEx(&cfg, write_kernel<D, KVC_ELEM_F16>, wp);
                         break;
                 }
-                cudaError_t e = cudaGetLastError();
+                if (e == cudaSuccess)
+                        e = cudaGetLastError();
                 if (e != cudaSuccess)
                         return e;
         }
         return cudaSuccess;
 }
 
-static inline cudaError_t launch_write(const write_params &wp, enum kvc_dtype d, enum kvc_elem elem, cudaStream_t s)
+static inline cudaError_t launch_write(const write_params &wp, enum kvc_dtype d, enum kvc_elem elem, cudaStream_t s,
+                                       bool pdl = KV_WRITE_PDL)
 {
         cudaError_t e = cudaErrorInvalidValue;
 
-        with_dtype(d, [&](auto t) { e = launch_write_d<decltype(t)::value>(wp, elem, s); });
+        with_dtype(d, [&](auto t) { e = launch_write_d<decltype(t)::value>(wp, elem, s, pdl); });
         return e;
 }
 

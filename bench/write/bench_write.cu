@@ -16,6 +16,16 @@
  *   GB/s    (bf16 K+V read + quantized K+V written + fp4 scales) / graph time
  *   %copy   GB/s over the device-to-device cudaMemcpy bandwidth (bytes read
  *           + written) of a 1 GiB buffer, measured in this run
+ *   pdl / nopdl  graph time of the same kernel launched the other way than
+ *           the library does by default (KV_WRITE_PDL): with or without
+ *           programmatic dependent launch, which lets a call's grid be
+ *           scheduled while the previous call drains
+ *   szcopy  graph time of cudaMemcpyAsync device-to-device calls moving the
+ *           same bytes per call (half the write's traffic copied: read +
+ *           write equal the write's), in a graph of as many calls, rotating
+ *           over as many buffer sets: what one transfer of that size reaches,
+ *           launch gaps included; %sz is the write's bandwidth over it.  The
+ *           1 GiB copy stays the reference of %copy.
  *   codec   graph time of the same kernel built with the codec's integer
  *           conversions only (KV_CUDA_CODEC_ONLY), for comparison
  */
@@ -28,6 +38,7 @@
 #include <cuda_runtime.h>
 
 #include "kv_cuda_common.cuh"
+#include "kv_write.cuh"
 #include "kv_codec.h"
 #include "gpu_common.h" /* tests/gpu: CK, the PRNG, the device check */
 
@@ -56,6 +67,8 @@ struct setup {
         std::vector<kvc_write_args> args; /* one per rotation set */
         void *pool, *in;
         int64_t *slots;
+        void *csrc, *cdst;                /* same-size copy: sets x cbytes each */
+        size_t cbytes;
 };
 
 static void make_setup(setup &s, enum kvc_dtype d, uint32_t T, size_t l2)
@@ -97,6 +110,12 @@ static void make_setup(setup &s, enum kvc_dtype d, uint32_t T, size_t l2)
                 for (uint32_t t = T - 1; t > 0; t--)
                         std::swap(sl[(size_t)k * T + t], sl[(size_t)k * T + rng_next(&bench_rng) % (t + 1)]);
         }
+        /* the same-size copy: half the write's traffic, 256-byte aligned */
+        s.cbytes = ((size_t)(per_call / 2) + 255) / 256 * 256;
+        CK(cudaMalloc(&s.csrc, s.cbytes * sets));
+        CK(cudaMalloc(&s.cdst, s.cbytes * sets));
+        CK(cudaMemset(s.csrc, 0x5A, s.cbytes * sets));
+        CK(cudaMemset(s.cdst, 0, s.cbytes * sets));
         CK(cudaMalloc(&s.slots, sl.size() * sizeof(int64_t)));
         CK(cudaMemcpy(s.slots, sl.data(), sl.size() * sizeof(int64_t), cudaMemcpyHostToDevice));
         s.args.clear();
@@ -119,15 +138,40 @@ static void free_setup(setup &s)
         cudaFree(s.pool);
         cudaFree(s.in);
         cudaFree(s.slots);
+        cudaFree(s.csrc);
+        cudaFree(s.cdst);
 }
 
-static int call(setup &s, int i, cudaStream_t st, int codec_only)
+enum variant { V_LIB, V_CODEC, V_OTHER_LAUNCH, V_COPY };
+
+static int call(setup &s, int i, cudaStream_t st, int v)
 {
-        char msg[256];
-        int r = codec_only ? bench_write_codec_only(&s.view, &s.args[i % s.args.size()], st)
-                           : kv_cuda_write(&s.view, &s.args[i % s.args.size()], st, msg, sizeof msg);
+        char msg[256] = "";
+        const size_t k = i % s.args.size();
+        int r;
+
+        switch (v) {
+        case V_LIB:
+                r = kv_cuda_write(&s.view, &s.args[k], st, msg, sizeof msg);
+                break;
+        case V_CODEC:
+                r = bench_write_codec_only(&s.view, &s.args[k], st);
+                break;
+        case V_OTHER_LAUNCH: {
+                /* the library's kernel and arguments, launched the other way */
+                kvk::write_params wp;
+                kvk::make_write_params(&s.view, &s.args[k], &wp);
+                r = kvk::launch_write(wp, s.view.layout.g.dtype, s.args[k].elem, st, !KV_WRITE_PDL) == cudaSuccess ? 0
+                                                                                                            : -5;
+                break;
+        }
+        default:
+                r = cudaMemcpyAsync((uint8_t *)s.cdst + k * s.cbytes, (uint8_t *)s.csrc + k * s.cbytes, s.cbytes,
+                                    cudaMemcpyDeviceToDevice, st) == cudaSuccess ? 0 : -5;
+                break;
+        }
         if (r) {
-                fprintf(stderr, "write failed: %d %s\n", r, codec_only ? "" : msg);
+                fprintf(stderr, "write failed (variant %d): %d %s\n", v, r, msg);
                 exit(1);
         }
         return r;
@@ -142,11 +186,11 @@ static double time_events(setup &s, cudaStream_t st, int reps)
         CK(cudaEventCreate(&a));
         CK(cudaEventCreate(&b));
         for (int i = 0; i < 10; i++)
-                call(s, i, st, 0);
+                call(s, i, st, V_LIB);
         for (int i = 0; i < reps; i++) {
                 float ms;
                 CK(cudaEventRecord(a, st));
-                call(s, i, st, 0);
+                call(s, i, st, V_LIB);
                 CK(cudaEventRecord(b, st));
                 CK(cudaEventSynchronize(b));
                 CK(cudaEventElapsedTime(&ms, a, b));
@@ -158,7 +202,7 @@ static double time_events(setup &s, cudaStream_t st, int reps)
 }
 
 /* median µs per call of a graph of n calls, replayed */
-static double time_graph(setup &s, cudaStream_t st, int n, int codec_only)
+static double time_graph(setup &s, cudaStream_t st, int n, int variant)
 {
         cudaGraph_t g;
         cudaGraphExec_t ge;
@@ -167,7 +211,7 @@ static double time_graph(setup &s, cudaStream_t st, int n, int codec_only)
 
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
         for (int i = 0; i < n; i++)
-                call(s, i, st, codec_only);
+                call(s, i, st, variant);
         CK(cudaStreamEndCapture(st, &g));
         CK(cudaGraphInstantiate(&ge, g, 0));
         CK(cudaEventCreate(&a));
@@ -236,7 +280,10 @@ int main(int argc, char **argv)
         printf("bench-write: %s, %d SMs, L2 %d MiB; kv_heads %u x head_dim %u, page %u, bf16 input\n", prop.name,
                prop.multiProcessorCount, prop.l2CacheSize >> 20, HEADS, HD, PAGE);
         printf("device-to-device cudaMemcpy of 1 GiB: %.0f GB/s (read + write)\n\n", copy);
-        printf("%6s  %-9s %11s %11s %9s %7s %11s %7s\n", "T", "dtype", "events_us", "graph_us", "GB/s", "%copy",
+        printf("library launch: %s programmatic dependent launch (KV_WRITE_PDL %d)\n\n",
+               KV_WRITE_PDL ? "with" : "without", KV_WRITE_PDL);
+        printf("%6s  %-9s %9s %9s %6s %6s %9s %6s %9s %6s %6s %9s %6s\n", "T", "dtype", "events_us", "graph_us",
+               "GB/s", "%copy", KV_WRITE_PDL ? "nopdl_us" : "pdl_us", "%copy", "szcopy_us", "GB/s", "%sz",
                "codec_us", "%copy");
         for (uint32_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
                 for (int d = 0; d < KVC_DTYPE__COUNT; d++) {
@@ -245,12 +292,18 @@ int main(int argc, char **argv)
                         make_setup(s, (enum kvc_dtype)d, T, prop.l2CacheSize);
                         const int calls = T <= 16 ? 2000 : T <= 256 ? 500 : T <= 4096 ? 100 : 40;
                         double ev = time_events(s, st, quick ? 50 : 200);
-                        double gr = time_graph(s, st, quick ? calls / 4 : calls, 0);
-                        double gc = time_graph(s, st, quick ? calls / 4 : calls, 1);
-                        double bw = call_bytes((enum kvc_dtype)d, T) / (gr * 1e-6) / 1e9;
-                        double bwc = call_bytes((enum kvc_dtype)d, T) / (gc * 1e-6) / 1e9;
-                        printf("%6u  %-9s %11.2f %11.2f %9.0f %6.1f%% %11.2f %6.1f%%\n", T,
-                               kvc_dtype_name((enum kvc_dtype)d), ev, gr, bw, 100.0 * bw / copy, gc, 100.0 * bwc / copy);
+                        const int n = quick ? calls / 4 : calls;
+                        double gr = time_graph(s, st, n, V_LIB);
+                        double go = time_graph(s, st, n, V_OTHER_LAUNCH);
+                        double gs = time_graph(s, st, n, V_COPY);
+                        double gc = time_graph(s, st, n, V_CODEC);
+                        const double cb = call_bytes((enum kvc_dtype)d, T);
+                        double bw = cb / (gr * 1e-6) / 1e9, bwo = cb / (go * 1e-6) / 1e9;
+                        double bws = 2.0 * s.cbytes / (gs * 1e-6) / 1e9;
+                        double bwc = cb / (gc * 1e-6) / 1e9;
+                        printf("%6u  %-9s %9.2f %9.2f %6.0f %5.1f%% %9.2f %5.1f%% %9.2f %6.0f %5.1f%% %9.2f %5.1f%%\n",
+                               T, kvc_dtype_name((enum kvc_dtype)d), ev, gr, bw, 100.0 * bw / copy, go,
+                               100.0 * bwo / copy, gs, bws, 100.0 * bw / bws, gc, 100.0 * bwc / copy);
                         fflush(stdout);
                         free_setup(s);
                 }
