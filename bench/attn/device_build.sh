@@ -3,7 +3,7 @@
 # ctypes shim and the accuracy bench with nvcc/gcc directly, without meson,
 # for a quick run on the device machine whatever state the rest of the tree's
 # meson files are in (the meson build builds the same targets).  NVX adds
-# nvcc flags (e.g. NVX=-DKVA_MINB8=1 for the occupancy variant).
+# nvcc flags (e.g. NVX=-DKVA_S8=6 for a deeper fp8 ring; see kv_attn_decode.cuh).
 set -e
 O=${1:-/tmp/attn-build}
 R=$(cd "$(dirname "$0")/../.." && pwd)
