@@ -414,50 +414,42 @@ __device__ __forceinline__ int vdim(int g, int l)
         return g * (D / 8) + l;
 }
 
-/* K words of key row r for thread t (its D/4 dims, kdim order). */
-template <int DT, int D>
-__device__ __forceinline__ void lds_k(const uint8_t *reg, uint32_t r, int t, uint32_t (&w)[D / 4 * dtraits<DT>::bits / 32])
+/* NB bytes of row r of a K or V region for lane index i: from 16 bytes up,
+ * the chunks i, i + STEP, ...; below, byte NB * i of the row. */
+template <int CPR, int NB, int STEP>
+__device__ __forceinline__ void lds_row(const uint8_t *reg, uint32_t r, int i, uint32_t (&w)[NB / 4])
 {
-        typedef tgeo<DT, D> G;
-        if constexpr (G::KB >= 16) {
+        if constexpr (NB >= 16) {
 #pragma unroll
-                for (int i = 0; i < G::KB / 16; i++) {
-                        const uint4 x = *(const uint4 *)(reg + phys<G::CPR>(r, t + 4 * i) * 16);
-                        w[4 * i] = x.x;
-                        w[4 * i + 1] = x.y;
-                        w[4 * i + 2] = x.z;
-                        w[4 * i + 3] = x.w;
-                }
-        } else {
-                static_assert(G::KB == 8, "K bytes per thread");
-                const uint2 x = *(const uint2 *)(reg + phys<G::CPR>(r, t >> 1) * 16 + (t & 1) * 8);
-                w[0] = x.x;
-                w[1] = x.y;
-        }
-}
-
-/* V words of key row r for thread g (its D/8 dims, vdim order). */
-template <int DT, int D>
-__device__ __forceinline__ void lds_v(const uint8_t *reg, uint32_t r, int g, uint32_t (&w)[D / 8 * dtraits<DT>::bits / 32])
-{
-        typedef tgeo<DT, D> G;
-        if constexpr (G::VB >= 16) {
-#pragma unroll
-                for (int j = 0; j < G::VB / 16; j++) {
-                        const uint4 x = *(const uint4 *)(reg + phys<G::CPR>(r, g + 8 * j) * 16);
+                for (int j = 0; j < NB / 16; j++) {
+                        const uint4 x = *(const uint4 *)(reg + phys<CPR>(r, i + STEP * j) * 16);
                         w[4 * j] = x.x;
                         w[4 * j + 1] = x.y;
                         w[4 * j + 2] = x.z;
                         w[4 * j + 3] = x.w;
                 }
-        } else if constexpr (G::VB == 8) {
-                const uint2 x = *(const uint2 *)(reg + phys<G::CPR>(r, g >> 1) * 16 + (g & 1) * 8);
+        } else if constexpr (NB == 8) {
+                const uint2 x = *(const uint2 *)(reg + phys<CPR>(r, i >> 1) * 16 + (i & 1) * 8);
                 w[0] = x.x;
                 w[1] = x.y;
         } else {
-                static_assert(G::VB == 4, "V bytes per thread");
-                w[0] = *(const uint32_t *)(reg + phys<G::CPR>(r, g >> 2) * 16 + (g & 3) * 4);
+                static_assert(NB == 4, "bytes per thread");
+                w[0] = *(const uint32_t *)(reg + phys<CPR>(r, i >> 2) * 16 + (i & 3) * 4);
         }
+}
+
+/* K words of key row r for thread t (its D/4 dims, kdim order: chunks t, t+4, ...). */
+template <int DT, int D>
+__device__ __forceinline__ void lds_k(const uint8_t *reg, uint32_t r, int t, uint32_t (&w)[D / 4 * dtraits<DT>::bits / 32])
+{
+        lds_row<tgeo<DT, D>::CPR, tgeo<DT, D>::KB, 4>(reg, r, t, w);
+}
+
+/* V words of key row r for thread g (its D/8 dims, vdim order: chunks g, g+8, ...). */
+template <int DT, int D>
+__device__ __forceinline__ void lds_v(const uint8_t *reg, uint32_t r, int g, uint32_t (&w)[D / 8 * dtraits<DT>::bits / 32])
+{
+        lds_row<tgeo<DT, D>::CPR, tgeo<DT, D>::VB, 8>(reg, r, g, w);
 }
 
 /* Starts the copies of the 16-key tile at key `tile` into stage st and
