@@ -386,16 +386,24 @@ __device__ __forceinline__ void cp_wait()
         asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-/* The dim of the thread's i-th K element (t = lane % 4): thread t owns the
- * chunks t, t+4, ... of a row (the whole D/4 dims at once when they fit in
- * one chunk or less), in the dtype's pair order (kel). */
+/* Dim of position p of the NB bytes (N = PER elements) a lane with index i
+ * reads from a row: from 32 bytes up, the 16-byte chunks i, i + STEP, ...
+ * of EPC elements each; below, the N elements from i * N on. */
+template <int EPC, int NB, int STEP, int PER>
+__device__ __forceinline__ int chunk_dim(int i, int p)
+{
+        if constexpr (NB >= 32)
+                return (i + STEP * (p / EPC)) * EPC + p % EPC;
+        return i * PER + p;
+}
+
+/* The dim of position p of thread t's K (t = lane % 4): chunks t, t+4, ...
+ * of a row (the whole D/4 dims at once when they fit in 16 bytes or less);
+ * kdim: of its i-th K element, in the dtype's pair order (kel). */
 template <int DT, int D>
 __device__ __forceinline__ int kpos(int t, int p)
 {
-        typedef tgeo<DT, D> G;
-        if constexpr (G::KB >= 32)
-                return (t + 4 * (p / G::EPC)) * G::EPC + p % G::EPC;
-        return t * (D / 4) + p;
+        return chunk_dim<tgeo<DT, D>::EPC, tgeo<DT, D>::KB, 4, D / 4>(t, p);
 }
 
 template <int DT, int D>
@@ -408,10 +416,7 @@ __device__ __forceinline__ int kdim(int t, int i)
 template <int DT, int D>
 __device__ __forceinline__ int vdim(int g, int l)
 {
-        typedef tgeo<DT, D> G;
-        if constexpr (G::VB >= 32)
-                return (g + 8 * (l / G::EPC)) * G::EPC + l % G::EPC;
-        return g * (D / 8) + l;
+        return chunk_dim<tgeo<DT, D>::EPC, tgeo<DT, D>::VB, 8, D / 8>(g, l);
 }
 
 /* NB bytes of row r of a K or V region for lane index i: from 16 bytes up,
