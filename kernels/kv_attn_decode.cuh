@@ -734,26 +734,19 @@ attn_kernel(const params p)
 
                 /* ---- O^T += V^T P^T; keys that do not exist were
                  * zero-filled, so their V is 0 and their p is 0 */
-                uint32_t vp0[D / 8], vp1[D / 8];
-                {
+                uint32_t vp[2][D / 8]; /* keys (2t, 2t+1), (2t+8, 2t+9) */
+#pragma unroll
+                for (int n = 0; n < 2; n++) {
                         uint32_t va[NWV], vb[NWV];
-                        lds_v<DT, D>(st + G::VOFF, kk[0], g, va);
-                        lds_v<DT, D>(st + G::VOFF, kk[1], g, vb);
-                        const uint32_t sa = G::FP4 ? vsc_of<D>(st + G::VSOFF + kk[0] * G::SB, g) : 0u;
-                        const uint32_t sb2 = G::FP4 ? vsc_of<D>(st + G::VSOFF + kk[1] * G::SB, g) : 0u;
-                        deq_v<DT, D>(va, vb, sa, sb2, vp0);
-                }
-                {
-                        uint32_t va[NWV], vb[NWV];
-                        lds_v<DT, D>(st + G::VOFF, kk[2], g, va);
-                        lds_v<DT, D>(st + G::VOFF, kk[3], g, vb);
-                        const uint32_t sa = G::FP4 ? vsc_of<D>(st + G::VSOFF + kk[2] * G::SB, g) : 0u;
-                        const uint32_t sb2 = G::FP4 ? vsc_of<D>(st + G::VSOFF + kk[3] * G::SB, g) : 0u;
-                        deq_v<DT, D>(va, vb, sa, sb2, vp1);
+                        lds_v<DT, D>(st + G::VOFF, kk[2 * n], g, va);
+                        lds_v<DT, D>(st + G::VOFF, kk[2 * n + 1], g, vb);
+                        const uint32_t sa = G::FP4 ? vsc_of<D>(st + G::VSOFF + kk[2 * n] * G::SB, g) : 0u;
+                        const uint32_t sb2 = G::FP4 ? vsc_of<D>(st + G::VSOFF + kk[2 * n + 1] * G::SB, g) : 0u;
+                        deq_v<DT, D>(va, vb, sa, sb2, vp[n]);
                 }
 #pragma unroll
                 for (int mt2 = 0; mt2 < KC; mt2++)
-                        mma<BF>(acc[mt2], vp0[2 * mt2], vp0[2 * mt2 + 1], vp1[2 * mt2], vp1[2 * mt2 + 1], pb0, pb1);
+                        mma<BF>(acc[mt2], vp[0][2 * mt2], vp[0][2 * mt2 + 1], vp[1][2 * mt2], vp[1][2 * mt2 + 1], pb0, pb1);
         }
         cp_wait<0>();
 
