@@ -109,6 +109,20 @@ static inline void *make_input(struct rng *r, enum kvc_elem e, uint32_t T, int64
         return buf;
 }
 
+/* 0 .. n-1 in a random order (Fisher-Yates, one rng_next per step), malloc'd. */
+static inline int64_t *shuffled_range(struct rng *r, int64_t n)
+{
+        int64_t *a = (int64_t *)malloc(sizeof(int64_t) * (n > 0 ? n : 1));
+        for (int64_t i = 0; i < n; i++)
+                a[i] = i;
+        for (int64_t i = n - 1; i > 0; i--) {
+                int64_t j = (int64_t)(rng_next(r) % (uint64_t)(i + 1)), t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+        }
+        return a;
+}
+
 static inline void fill_poison(uint8_t *p, size_t n, uint64_t seed)
 {
         struct rng r = { seed | 1 };

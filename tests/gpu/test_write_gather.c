@@ -106,14 +106,7 @@ static void run_case(enum kvc_dtype d, uint32_t hd, enum kvc_elem e, int pad, in
         const int64_t nslots = (int64_t)pages * page;
 
         /* slots: distinct, shuffled, about one in eight skipped */
-        int64_t *slots = malloc(sizeof(int64_t) * nslots);
-        for (int64_t i = 0; i < nslots; i++)
-                slots[i] = i;
-        for (int64_t i = nslots - 1; i > 0; i--) {
-                int64_t j = (int64_t)(rng_next(&r) % (uint64_t)(i + 1)), t = slots[i];
-                slots[i] = slots[j];
-                slots[j] = t;
-        }
+        int64_t *slots = shuffled_range(&r, nslots);
         for (uint32_t t = 0; t < T; t++)
                 if (rng_next(&r) % 8 == 0)
                         slots[t] = -1;

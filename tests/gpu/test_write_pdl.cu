@@ -99,15 +99,7 @@ static void run_dtype(enum kvc_dtype d, uint64_t seed)
                 R.hv[r] = (uint16_t *)make_input(&rg, KVC_ELEM_BF16, T, HEADS * HD, 0.7f, 1);
                 /* T distinct slots out of PAGES * PAGE: rounds overlap */
                 const int64_t ns = (int64_t)PAGES * PAGE;
-                int64_t *all = (int64_t *)malloc(sizeof(int64_t) * ns);
-                for (int64_t i = 0; i < ns; i++)
-                        all[i] = i;
-                for (int64_t i = ns - 1; i > 0; i--) {
-                        int64_t j = (int64_t)(rng_next(&rg) % (uint64_t)(i + 1)), t = all[i];
-                        all[i] = all[j];
-                        all[j] = t;
-                }
-                R.hs[r] = all; /* the first T are used */
+                R.hs[r] = shuffled_range(&rg, ns); /* the first T are used */
                 CK(cudaMalloc((void **)&R.dk_src[r], n * 2));
                 CK(cudaMalloc((void **)&R.dv_src[r], n * 2));
                 CK(cudaMalloc((void **)&R.ds[r], sizeof(int64_t) * T));
