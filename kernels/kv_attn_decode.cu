@@ -103,18 +103,8 @@ static int launch(const kva::params &p, dim3 grid, cudaStream_t st, int *ret_occ
                  * its start) and wait in griddepcontrol.wait until it has
                  * completed and its partials are visible; this hides the
                  * launch gap between the two kernels */
-                cudaLaunchConfig_t cfg;
-                cudaLaunchAttribute at[1];
-                memset(&cfg, 0, sizeof cfg);
-                memset(at, 0, sizeof at);
-                at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-                at[0].val.programmaticStreamSerializationAllowed = 1;
-                cfg.gridDim = dim3((unsigned)((uint64_t)p.rows * p.Hq));
-                cfg.blockDim = dim3(128);
-                cfg.stream = st;
-                cfg.attrs = at;
-                cfg.numAttrs = 1;
-                e = (int)cudaLaunchKernelEx(&cfg, kva::attn_reduce<D>, p);
+                const kvk::launch_cfg lc(dim3((unsigned)((uint64_t)p.rows * p.Hq)), dim3(128), st, true);
+                e = (int)cudaLaunchKernelEx(&lc.cfg, kva::attn_reduce<D>, p);
         }
         return e;
 }
@@ -204,6 +194,12 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
 
         const struct kv_layout *L = &pv->layout;
         const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;
+        /* the kernel addresses a key as slot * token_bytes: pages must be
+         * page_size token rows back to back, as kv_layout_init lays them
+         * out (a view built by hand might not) */
+        if (L->page_bytes != (uint64_t)P * L->token_bytes ||
+            L->scale_page_bytes != (uint64_t)P * L->scale_token_bytes)
+                return kv_fail(-EINVAL, msg, msglen, "%s: pool layout: a page is not page_size token rows", c->op);
         const enum kvc_dtype dt = L->g.dtype;
         const uint8_t *base = (const uint8_t *)pv->base;
         kva::params p = {};
@@ -326,14 +322,13 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         /* CTAs of one row's kv heads are adjacent in launch order, so the
          * CTAs running together read whole token rows of the pool (all
          * heads), not one head's slice of many rows */
+        /* dtype and head_dim have a kernel (the occupancy query above):
+         * r is 0 or a cudaError_t */
         dim3 grid((unsigned)ctas, p.splits);
-        if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st, NULL); }))
-                r = -EINVAL;
+        kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st, NULL); });
         cudaError_t e = r > 0 ? (cudaError_t)r : cudaGetLastError();
         if (ws)
                 cudaFreeAsync(ws, st);
-        if (r < 0)
-                return kv_fail(r, msg, msglen, "%s: no kernel for dtype %d head_dim %u", c->op, (int)dt, D);
         if (e != cudaSuccess)
                 return kv_cuda_errno(e, c->op, msg, msglen);
         return 0;

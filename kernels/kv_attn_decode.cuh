@@ -66,6 +66,7 @@
 #include <cuda_fp8.h>
 #include <stdint.h>
 #include "kvclient.h"
+#include "kv_cuda_common.cuh"
 #include "kv_attn_extend.cuh"
 #include "kv_attn_deq.cuh"
 
@@ -409,7 +410,7 @@ attn_kernel(const params p)
 
         /* the reduction (launched as a programmatic dependent when there
          * are splits) may be scheduled now; it waits for this grid to end */
-        asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+        kvk::grid_dep_launch();
 
         uint32_t b, len;
         row_to_seq(p.seq_lens, p.qo_indptr, p.batch, row, p.max_pages * p.page_size, b, len);
@@ -642,7 +643,7 @@ __global__ void __launch_bounds__(128) attn_reduce(const params p)
 {
         /* launched as a programmatic dependent of attn_kernel: wait until it
          * has completed and its partials are visible */
-        asm volatile("griddepcontrol.wait;\n" ::: "memory");
+        kvk::grid_dep_wait();
         __shared__ float sw[MAX_SPLITS];
         __shared__ float red[2][4];
         const uint64_t hq = blockIdx.x;         /* row * Hq + q head */

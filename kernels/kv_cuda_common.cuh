@@ -533,6 +533,49 @@ static inline unsigned grid_for(uint64_t n, unsigned threads)
         return b ? (unsigned)b : 1u;
 }
 
+/* Programmatic dependent launch (sm_90).  A grid launched with
+ * programmatic stream serialization (launch_cfg with pdl) may be scheduled
+ * before the previous kernel on its stream has finished: it must call
+ * grid_dep_wait() before it touches memory that kernel may write or read
+ * (the wait returns once that kernel has completed and its memory is
+ * visible; launched normally, it returns at once).  grid_dep_launch() lets
+ * the next such grid be scheduled; it waits all the same. */
+__device__ __forceinline__ void grid_dep_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void grid_dep_launch()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* The configuration of one cudaLaunchKernelEx: grid, block, stream, and
+ * with pdl the programmatic stream serialization attribute (see
+ * grid_dep_wait).  Build it where it is launched: cfg.attrs points into it,
+ * so it is not copied. */
+struct launch_cfg {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute at[1] = {};
+
+        launch_cfg(dim3 grid, dim3 block, cudaStream_t s, bool pdl)
+        {
+                at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+                at[0].val.programmaticStreamSerializationAllowed = 1;
+                cfg.gridDim = grid;
+                cfg.blockDim = block;
+                cfg.stream = s;
+                cfg.attrs = at;
+                cfg.numAttrs = pdl ? 1 : 0;
+        }
+        launch_cfg(const launch_cfg &) = delete;
+        launch_cfg &operator=(const launch_cfg &) = delete;
+};
+
 } // namespace kvk
 #endif /* __CUDACC__ */
 

@@ -151,22 +151,6 @@ __device__ __forceinline__ uint4 fp4_chunk_raw(const uint4 (&w)[4], uint16_t *sc
 
 /* ---- the kernel -------------------------------------------------------- */
 
-/* griddepcontrol (sm_90): wait for the prerequisite grids and their memory;
- * allow the dependent grid to be scheduled. */
-__device__ __forceinline__ void grid_dep_wait()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void grid_dep_launch()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 /* Block (tx, ty): threadIdx.x walks the 16-byte chunks of a token row,
  * threadIdx.y the tokens; grid (ceil(T / ty), ceil(chunks / tx)).  Each
  * thread converts chunk c of token t for K and for V: both inputs' loads go
@@ -297,25 +281,18 @@ static inline cudaError_t launch_write_d(const write_params &wp0, enum kvc_elem 
                 wp.src[0] = wp0.src[0] + (int64_t)t0 * wp0.stride[0];
                 wp.src[1] = wp0.src[1] + (int64_t)t0 * wp0.stride[1];
                 wp.slots = wp0.slots + t0;
-                cudaLaunchConfig_t cfg = {};
-                cudaLaunchAttribute at[1];
-                at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-                at[0].val.programmaticStreamSerializationAllowed = 1;
-                cfg.gridDim = dim3((wp.T + ty - 1) / ty, (wp.chunks + tx - 1) / tx);
-                cfg.blockDim = dim3(tx, ty);
-                cfg.stream = s;
-                cfg.attrs = at;
-                cfg.numAttrs = pdl && s != 0 && s != cudaStreamLegacy && s != cudaStreamPerThread ? 1 : 0;
+                const launch_cfg lc(dim3((wp.T + ty - 1) / ty, (wp.chunks + tx - 1) / tx), dim3(tx, ty), s,
+                                    pdl && s != 0 && s != cudaStreamLegacy && s != cudaStreamPerThread);
                 cudaError_t e = cudaErrorInvalidValue;
                 switch (elem) {
                 case KVC_ELEM_F32:
-                        e = cudaLaunchKernelEx(&cfg, write_kernel<D, KVC_ELEM_F32>, wp);
+                        e = cudaLaunchKernelEx(&lc.cfg, write_kernel<D, KVC_ELEM_F32>, wp);
                         break;
                 case KVC_ELEM_BF16:
-                        e = cudaLaunchKernelEx(&cfg, write_kernel<D, KVC_ELEM_BF16>, wp);
+                        e = cudaLaunchKernelEx(&lc.cfg, write_kernel<D, KVC_ELEM_BF16>, wp);
                         break;
                 case KVC_ELEM_F16:
-                        e = cudaLaunchKernelEx(&cfg, write_kernel<D, KVC_ELEM_F16>, wp);
+                        e = cudaLaunchKernelEx(&lc.cfg, write_kernel<D, KVC_ELEM_F16>, wp);
                         break;
                 }
                 if (e == cudaSuccess)

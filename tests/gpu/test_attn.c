@@ -415,6 +415,9 @@ static void arg_errors(void)
         struct kv_pool_view bv = dv;
         bv.k_scale = bad_scale;
         ARGERR(kv_cuda_decode(&bv, &ok, NULL, msg, sizeof msg), -EINVAL, "k_scale[1]");
+        bv = dv; /* pages padded apart: the kernel addresses slot * token_bytes */
+        bv.layout.page_bytes += 256;
+        ARGERR(kv_cuda_decode(&bv, &ok, NULL, msg, sizeof msg), -EINVAL, "a page is not page_size token rows");
 
         int32_t ind[3] = { 0, 2, 6 }, bad_ind[3] = { 1, 2, 3 };
         int32_t *dind = to_dev(ind, 12);
