@@ -204,6 +204,18 @@ __device__ __forceinline__ uint32_t e2m1_mag(float y)
  * (element i of the block in bits [4i, 4i+4) of w[i/8]).  The usual block
  * (all finite) takes the short path; a block holding NaN or Inf goes
  * through the codec's own encoder. */
+/* The codec's own block encoder, nibbles and scale as fp4_block16 returns
+ * them: the path for blocks holding NaN or Inf. */
+__host__ __device__ __forceinline__ void fp4_block16_codec(const float *x, uint32_t &w0, uint32_t &w1,
+                                                           uint32_t &scale)
+{
+        uint8_t p[8], s;
+        kv_fp4_encode_block16(x, p, &s);
+        w0 = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+        w1 = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+        scale = s;
+}
+
 __device__ __forceinline__ void fp4_block16(const float *x, uint32_t &w0, uint32_t &w1, uint32_t &scale)
 {
         uint32_t m = 0;
@@ -211,11 +223,7 @@ __device__ __forceinline__ void fp4_block16(const float *x, uint32_t &w0, uint32
         for (int i = 0; i < 16; i++)
                 m = max(m, __float_as_uint(x[i]) & 0x7FFFFFFFu);
         if (__builtin_expect(m >= 0x7F800000u, 0)) {
-                uint8_t p[8], s;
-                kv_fp4_encode_block16(x, p, &s);
-                w0 = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-                w1 = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
-                scale = s;
+                fp4_block16_codec(x, w0, w1, scale);
                 return;
         }
         /* all finite: amax is the largest magnitude, as in the codec, and
@@ -390,14 +398,10 @@ KV_UNROLL
         const uint32_t m = (m2 & 0xFFFFu) > (m2 >> 16) ? m2 & 0xFFFFu : m2 >> 16;
         if (__builtin_expect(m >= inf, 0)) {
                 float x[16];
-                uint8_t p[8], s;
 KV_UNROLL
                 for (int i = 0; i < 16; i++)
                         x[i] = h_elem<E>(w, i);
-                kv_fp4_encode_block16(x, p, &s);
-                w0 = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-                w1 = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
-                scale = s;
+                fp4_block16_codec(x, w0, w1, scale);
                 return;
         }
         float amax;
