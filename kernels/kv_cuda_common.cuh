@@ -352,9 +352,202 @@ __host__ __device__ __forceinline__ float h_elem(const uint32_t (&w)[8], int i)
 #endif
 }
 
+/* ---- the fp4 block encoder for bf16 input, in bf16x2 arithmetic ------------
+ * Helpers on words holding two bf16 values (lane 0 in the low half): one
+ * instruction each on the device, an exact emulation on the host. */
+
+#ifndef __CUDA_ARCH__
+/* RN_bf16(z) of a double that holds an exact sum (the encoder's sums need at
+ * most 17 significant bits), for |z| in the normal bf16 range. */
+static inline uint32_t bf_round_host(double z)
+{
+        const double m = z < 0 ? -z : z;
+        int q;
+        if (m == 0)
+                return z < 0 || (z == 0 && signbit(z)) ? 0x8000u : 0u;
+        frexp(m, &q); /* m in [2^(q-1), 2^q) */
+        const double ulp = ldexp(1.0, q - 1 - 7);
+        const double r = nearbyint(m / ulp) * ulp; /* ties to even in the default rounding mode */
+        return (uint32_t)(kv_f32_bits((float)r) >> 16) | (z < 0 ? 0x8000u : 0u);
+}
+
+/* one lane of max{.NaN}.xorsign.abs.bf16: max(|a|, |b|) with the sign
+ * sign(a) ^ sign(b); with nan_wins, a NaN operand gives a NaN (0x7FFF). */
+static inline uint32_t bf_max_xs_host(uint32_t a, uint32_t b, bool nan_wins)
+{
+        const uint32_t ma = a & 0x7FFFu, mb = b & 0x7FFFu;
+        if (nan_wins && (ma > 0x7F80u || mb > 0x7F80u))
+                return 0x7FFFu;
+        if (ma > 0x7F80u)
+                return mb | ((a ^ b) & 0x8000u);
+        if (mb > 0x7F80u)
+                return ma | ((a ^ b) & 0x8000u);
+        return (ma > mb ? ma : mb) | ((a ^ b) & 0x8000u);
+}
+#endif
+
+/* max.NaN.xorsign.abs.bf16x2: per lane max(|a|, |b|), NaN if either is NaN;
+ * the sign bit is sign(a) ^ sign(b) (callers use the magnitude only). */
+__host__ __device__ __forceinline__ uint32_t bf2_amax(uint32_t a, uint32_t b)
+{
+#ifdef __CUDA_ARCH__
+        uint32_t r;
+        asm("max.NaN.xorsign.abs.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+        return r;
+#else
+        return bf_max_xs_host(a & 0xFFFFu, b & 0xFFFFu, true) | bf_max_xs_host(a >> 16, b >> 16, true) << 16;
+#endif
+}
+
+/* max.xorsign.abs.bf16x2 of a (any sign) and a positive b: per lane the
+ * larger magnitude with a's sign (neither operand is NaN here). */
+__host__ __device__ __forceinline__ uint32_t bf2_max_signed(uint32_t a, uint32_t b)
+{
+#ifdef __CUDA_ARCH__
+        uint32_t r;
+        asm("max.xorsign.abs.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+        return r;
+#else
+        return bf_max_xs_host(a & 0xFFFFu, b & 0xFFFFu, false) | bf_max_xs_host(a >> 16, b >> 16, false) << 16;
+#endif
+}
+
+/* fma.rn.bf16x2: per lane RN_bf16(a * b + c), one rounding. */
+__host__ __device__ __forceinline__ uint32_t bf2_fma(uint32_t a, uint32_t b, uint32_t c)
+{
+#ifdef __CUDA_ARCH__
+        uint32_t r;
+        asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+        return r;
+#else
+        uint32_t r = 0;
+        for (int l = 0; l < 2; l++) {
+                const double z = (double)kv_bf16_to_f32((uint16_t)(a >> 16 * l)) *
+                                         kv_bf16_to_f32((uint16_t)(b >> 16 * l)) +
+                                 kv_bf16_to_f32((uint16_t)(c >> 16 * l));
+                r |= bf_round_host(z) << 16 * l;
+        }
+        return r;
+#endif
+}
+
+/* (a & m) | (b & ~m): one LOP3 (ptxas does not always find it). */
+__host__ __device__ __forceinline__ uint32_t bitsel(uint32_t m, uint32_t a, uint32_t b)
+{
+#ifdef __CUDA_ARCH__
+        uint32_t r;
+        asm("lop3.b32 %0, %1, %2, %3, 0xE4;" : "=r"(r) : "r"(a), "r"(b), "r"(m));
+        return r;
+#else
+        return (a & m) | (b & ~m);
+#endif
+}
+
+/* __byte_perm (prmt.b32) for the selectors without sign replication. */
+__host__ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel)
+{
+#ifdef __CUDA_ARCH__
+        return __byte_perm(a, b, sel);
+#else
+        const uint64_t x = (uint64_t)b << 32 | a;
+        uint32_t r = 0;
+        for (int i = 0; i < 4; i++)
+                r |= (uint32_t)(x >> 8 * ((sel >> 4 * i) & 7) & 0xFFu) << 8 * i;
+        return r;
+#endif
+}
+
+/* == kv_fp4_encode_block16 on a block of 16 bf16 values given as raw words
+ * (element i in half i % 2 of w[i / 2]); nibbles and scale byte as
+ * fp4_block16 returns them.  Nothing is widened to f32: every step works on
+ * two elements per instruction, and the float steps (amax, magic, rounding)
+ * are bf16x2 instructions, which issue at twice the rate of the integer and
+ * logic ones on sm_90.
+ *
+ * Why it is equal, with m the block's largest magnitude (15 bits), e the
+ * codec's scale exponent and S = 2^e:
+ * - amax: max.NaN.xorsign.abs over the 8 words and then the two lanes; a
+ *   NaN anywhere makes it NaN, an Inf makes it Inf.  The fast path takes
+ *   0x0400 <= m < 0x7C00 (2^-119 <= amax < 2^121: no NaN, no Inf, e in
+ *   [-121, 119]); any other block (NaN, Inf, all zero, tiny or huge) goes
+ *   through the codec's own encoder.
+ * - scale: amax = 2^E * 1.f with biased exponent B = m >> 7; the codec's
+ *   e = E - 2 if f <= 0.5 else E - 1, i.e. its byte s = e + 127 =
+ *   ((m + 0x3F) >> 7) - 2, with no clamp in this range.
+ * - rounding, in the input's own scale (x = y * S exactly, so rounding x on
+ *   the grid scaled by S is rounding y): with M = max(2^floor(log2|x|), S),
+ *   t = RN_bf16(64 * M + |x|) = 64 * M + k * M / 2, since bf16's ulp at 64 M
+ *   is M / 2, the E2M1 grid step of |y|'s binade (0.5 below 2, 1 in [2, 4),
+ *   2 in [4, 6]); k = round-half-even(2|x| / M) <= 4 keeps t in 64 M's
+ *   binade, and the code is k + 2j with M = 2^(e+j), j in 0..2.  Both
+ *   64 M <= 2^127 and 64 M >= 2^-115 are normal bf16 in the fast path, and a
+ *   subnormal x is far below half a grid step (2^-126 against >= 2^-123), so
+ *   its k is 0 however the hardware treats it.  The sign comes for free:
+ *   with Ms = max.xorsign.abs(x & 0xFF80, S) = M with x's sign (x & 0xFF80
+ *   is +-2^floor(log2|x|), or +-0 for a subnormal), fma.rn(Ms, 64, x) =
+ *   -t for negative x (round to nearest is symmetric), and -0 or a negative
+ *   x rounding to zero keeps the sign, as the codec's nibble 0x8.
+ * - the nibble: t's bits are sign << 15 | (s + 6 + j) << 7 | k per lane.
+ *   With V the variable part (sign << 15 | j << 7 | k, both lanes),
+ *   T = V + (s + 6) * 0x00800080 and one IMAD T * 0x1041 - (s + 6) *
+ *   0x00800080 * 0x1041 = V * (1 + 2^6 + 2^12) leaves k + 2j in bits 12..14
+ *   and the sign in bit 15 for lane 0, the same in bits 28..31 for lane 1,
+ *   and the rest of the product below bit 12 (<= 0x204) and in bits 16..27
+ *   (< 2^28), without carries into either nibble.
+ * - the pairs are (x_j, x_{j+4}) of each group of 8 (one PRMT each), so the
+ *   8 nibbles of a word come from 4 pair results with two shifts, two LOP3
+ *   merges and one byte permutation, as in fp4_block16_h.
+ * tests/gpu/test_conv_exhaustive.cu compares it with the codec for every
+ * bf16 value at every position of a block, against every block scale that
+ * leaves it a non-zero code (and a few that do not). */
+__host__ __device__ __forceinline__ void fp4_block16_bf(const uint32_t (&w)[8], uint32_t &w0, uint32_t &w1,
+                                                        uint32_t &scale)
+{
+        const uint32_t a01 = bf2_amax(w[0], w[1]), a23 = bf2_amax(w[2], w[3]);
+        const uint32_t a45 = bf2_amax(w[4], w[5]), a67 = bf2_amax(w[6], w[7]);
+        const uint32_t a2 = bf2_amax(bf2_amax(a01, a23), bf2_amax(a45, a67));
+        /* both lanes: the block's amax (sign bits meaningless); u = m << 17
+         * plus bits below 17 that never carry into m's */
+        const uint32_t u = bf2_amax(a2, prmt(a2, a2, 0x1032)) << 1;
+        if (__builtin_expect(u - 0x08000000u >= 0xF0000000u, 0)) { /* m outside [0x0400, 0x7C00) */
+                float x[16];
+KV_UNROLL
+                for (int i = 0; i < 16; i++)
+                        x[i] = h_elem<KVC_ELEM_BF16>(w, i);
+                fp4_block16_codec(x, w0, w1, scale);
+                return;
+        }
+        const uint32_t s = (u - 0x01820000u) >> 24;           /* ((m + 0x3F) >> 7) - 2 */
+        const uint32_t S2 = s * 0x00800080u;                  /* 2^e in both lanes */
+        const uint32_t C = (s + 6u) * (0u - 0x00800080u * 0x1041u); /* cancels the exponent's part */
+        uint32_t r[2];
+KV_UNROLL
+        for (int g = 0; g < 2; g++) {
+                uint32_t q[4];
+KV_UNROLL
+                for (int j = 0; j < 4; j++) {
+                        /* (x_j, x_{j+4}) of group g */
+                        const uint32_t x = prmt(w[4 * g + j / 2], w[4 * g + j / 2 + 2], (j & 1) ? 0x7632u : 0x5410u);
+                        const uint32_t ms = bf2_max_signed(x & 0xFF80FF80u, S2); /* +-M */
+                        const uint32_t t = bf2_fma(ms, 0x42804280u, x);          /* +-(64 M + k M / 2) */
+                        q[j] = t * 0x1041u + C; /* nibbles (sign and code) in bits 12..15, 28..31 */
+                }
+                /* bytes 1 and 3 of za: (x1 x0), (x5 x4); of zb: (x3 x2), (x7 x6)
+                 * (the other bytes are not used: one LOP3 each) */
+                const uint32_t za = bitsel(0xF000F000u, q[1], q[0] >> 4);
+                const uint32_t zb = bitsel(0xF000F000u, q[3], q[2] >> 4);
+                r[g] = prmt(za, zb, 0x7351);
+        }
+        w0 = r[0];
+        w1 = r[1];
+        scale = s;
+}
+
 /* == kv_fp4_encode_block16 on a block of 16 bf16 (E = KVC_ELEM_BF16) or f16
  * values given as raw words (element i in half i % 2 of w[i / 2]); the
- * nibbles and the scale byte as fp4_block16 returns them.
+ * nibbles and the scale byte as fp4_block16 returns them.  bf16 blocks go to
+ * fp4_block16_bf; the f16-pair path below takes them only when
+ * KV_FP4_BF16_VIA_F16 is defined (bench-write's comparison build).
  *
  * Why it is equal, with e the block's scale exponent and y = x * 2^-e
  * (exact in f32: a power of two, and |y| <= 6 for finite blocks):
@@ -390,6 +583,14 @@ __host__ __device__ __forceinline__ void fp4_block16_h(const uint32_t (&w)[8], u
                                                        uint32_t &scale)
 {
         static_assert(E == KVC_ELEM_BF16 || E == KVC_ELEM_F16, "16-bit input");
+#ifndef KV_FP4_BF16_VIA_F16
+        if constexpr (E == KVC_ELEM_BF16) {
+                /* bf16 has its own encoder, in bf16x2 arithmetic: about half
+                 * the instructions of the path below */
+                fp4_block16_bf(w, w0, w1, scale);
+                return;
+        }
+#endif
         constexpr uint32_t inf = E == KVC_ELEM_BF16 ? 0x7F80u : 0x7C00u;
         uint32_t m2 = w[0] & 0x7FFF7FFFu;
 KV_UNROLL
@@ -432,9 +633,10 @@ KV_UNROLL
                         const uint32_t t = h2_fma_abs(M, 0x60006000u, y);                /* M * 512 + |y| */
                         q[j] = t * 0x1008u | (y & 0x80008000u); /* nibbles in bits 12..15, 28..31 */
                 }
-                /* bytes 1 and 3 of za: (x1 x0), (x5 x4); of zb: (x3 x2), (x7 x6) */
-                const uint32_t za = (q[1] & 0xF000F000u) | ((q[0] >> 4) & 0x0F000F00u);
-                const uint32_t zb = (q[3] & 0xF000F000u) | ((q[2] >> 4) & 0x0F000F00u);
+                /* bytes 1 and 3 of za: (x1 x0), (x5 x4); of zb: (x3 x2), (x7 x6)
+                 * (the other bytes are not used: one LOP3 each) */
+                const uint32_t za = bitsel(0xF000F000u, q[1], q[0] >> 4);
+                const uint32_t zb = bitsel(0xF000F000u, q[3], q[2] >> 4);
 #ifdef __CUDA_ARCH__
                 r[g] = __byte_perm(za, zb, 0x7351);
 #else

@@ -18,8 +18,9 @@
  * them next to the codec over all 2^32 floats; tests/gpu/test_write_gather.c
  * compares whole pools with kv_ref_write).  FP8 stores the codes of x / scale
  * correctly rounded, as the reference's division does (fp8x2_div_fast, with
- * the IEEE division where it cannot decide); FP4 from bf16/f16 input rounds
- * in f16 pairs (fp4_block16_h), from fp32 input in fp32 (fp4_block16).
+ * the IEEE division where it cannot decide); FP4 from bf16 input rounds in
+ * bf16 pairs (fp4_block16_bf), from f16 input in f16 pairs (fp4_block16_h),
+ * from fp32 input in fp32 (fp4_block16).
  */
 #ifndef KV_WRITE_CUH
 #define KV_WRITE_CUH
@@ -123,8 +124,9 @@ __device__ __forceinline__ uint4 convert_chunk(const float (&f)[epc<D>::n], floa
 
 /* fp4 pools with bf16 or f16 input skip the widening to fp32: the block
  * encoder works on the raw 16-bit words, two elements per instruction
- * (fp4_block16_h).  fp32 input keeps the fp32 encoder (rounding its values
- * to f16 first would round twice); the codec-only build keeps the codec. */
+ * (fp4_block16_h, which hands bf16 to fp4_block16_bf).  fp32 input keeps the
+ * fp32 encoder (rounding its values to f16 first would round twice); the
+ * codec-only build keeps the codec. */
 template <int D, int E>
 __device__ __forceinline__ constexpr bool fp4_from_raw()
 {

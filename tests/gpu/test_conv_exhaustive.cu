@@ -8,9 +8,10 @@
  * each replacement runs next to the codec function on the device over EVERY
  * input (all 2^32 float bit patterns, all 2^16 halves, all of [0, 6] for the
  * e2m1 encoder, whose caller never passes more), plus 2^24 random fp4
- * blocks with outliers and specials, the f16x2 fp4 block encoder of bf16 and
- * f16 inputs (fp4_block16_h) on every 16-bit input value at every block
- * position against every scale class that matters, and the IEEE division used for fp8 is
+ * blocks with outliers and specials, the fp4 block encoders of bf16 input
+ * (bf16x2, fp4_block16_bf) and f16 input (f16x2, fp4_block16_h) on every
+ * 16-bit input value at every block position against every scale class that
+ * matters, and the IEEE division used for fp8 is
  * checked against a division in double rounded once to float (exact for
  * float operands).  Any difference is a failure, with the first inputs. */
 #include <stdio.h>
@@ -186,7 +187,7 @@ __global__ void random_blocks(mism *m, uint64_t n)
         }
 }
 
-/* ---- fp4_block16_h (bf16/f16 input) against the codec --------------------
+/* ---- fp4_block16_h (bf16 input: fp4_block16_bf; f16 input) against the codec
  * One case = a 16-bit input value v (every pattern), a position p in the
  * block (every one of 16) and a scale class c:
  *   c = 0          v is the block's largest magnitude (scale from v);
@@ -335,7 +336,7 @@ int main(void)
         f += run("x / 0.293 (__fdiv_rn) vs correctly rounded, all 2^32", l_div2, dm);
         f += run("x / 3e-5 (__fdiv_rn) vs correctly rounded, all 2^32", l_div3, dm);
         f += run("fp4 block16 short path vs kv_fp4_encode_block16, 2^24 random blocks", l_fp4, dm);
-        f += run("fp4 block16 from bf16 (f16x2) vs kv_fp4_encode_block16, every bf16 x position x scale class",
+        f += run("fp4 block16 from bf16 (bf16x2) vs kv_fp4_encode_block16, every bf16 x position x scale class",
                  l_fp4bf, dm);
         f += run("fp4 block16 from f16 (f16x2) vs kv_fp4_encode_block16, every f16 x position x scale class",
                  l_fp4hf, dm);
