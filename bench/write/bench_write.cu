@@ -33,7 +33,7 @@
  * prints instead, for fp4 at T = 4096 and 16384, the graph time of the
  * library's kernel next to two variants: bf16 through the previous f16-pair
  * encoder (write_fp4_prev.cu), and K and V in separate threads
- * (write_fp4_split.cu); three rounds, each variant in turn, so that drift
+ * (write_fp4_split.cu, as built and bounded to 8 blocks per SM); three rounds, each variant in turn, so that drift
  * hits all alike; each variant's pool is compared with the library's.
  */
 #include <algorithm>
@@ -51,7 +51,8 @@
 
 extern "C" int bench_write_codec_only(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream);
 extern "C" int bench_write_fp4_prev(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream);
-extern "C" int bench_write_fp4_split(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream);
+extern "C" int bench_write_fp4_split(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream,
+                                     int minb8);
 
 static const uint32_t HEADS = 8, HD = 128, PAGE = 16;
 
@@ -151,7 +152,7 @@ static void free_setup(setup &s)
         cudaFree(s.cdst);
 }
 
-enum variant { V_LIB, V_CODEC, V_OTHER_LAUNCH, V_COPY, V_FP4_PREV, V_FP4_SPLIT };
+enum variant { V_LIB, V_CODEC, V_OTHER_LAUNCH, V_COPY, V_FP4_PREV, V_FP4_SPLIT, V_FP4_SPLIT8 };
 
 static int call(setup &s, int i, cudaStream_t st, int v)
 {
@@ -170,7 +171,8 @@ static int call(setup &s, int i, cudaStream_t st, int v)
                 r = bench_write_fp4_prev(&s.view, &s.args[k], st);
                 break;
         case V_FP4_SPLIT:
-                r = bench_write_fp4_split(&s.view, &s.args[k], st);
+        case V_FP4_SPLIT8:
+                r = bench_write_fp4_split(&s.view, &s.args[k], st, v == V_FP4_SPLIT8);
                 break;
         case V_OTHER_LAUNCH: {
                 /* the library's kernel and arguments, launched the other way */
@@ -285,9 +287,10 @@ static double copy_bw(cudaStream_t st)
 static void fp4_variants(cudaStream_t st, const cudaDeviceProp &prop, double copy)
 {
         static const uint32_t Ts[] = { 4096, 16384 };
-        static const int vs[] = { V_LIB, V_FP4_PREV, V_FP4_SPLIT, V_COPY };
+        static const int vs[] = { V_LIB, V_FP4_PREV, V_FP4_SPLIT, V_FP4_SPLIT8, V_COPY };
         static const char *names[] = { "library (fp4_block16_bf)", "bf16 via f16 pairs (previous)",
-                                       "K and V in separate threads", "same-size copy" };
+                                       "K, V in separate threads", "K, V separate, 8 blocks/SM", "same-size copy" };
+        const int nv = 5;
 
         printf("fp4 variants, graph us per call, 3 rounds (each round times every variant in turn)\n");
         for (uint32_t ti = 0; ti < 2; ti++) {
@@ -295,14 +298,14 @@ static void fp4_variants(cudaStream_t st, const cudaDeviceProp &prop, double cop
                 setup s;
                 make_setup(s, KVC_DTYPE_FP4_E2M1, T, prop.l2CacheSize);
                 const int n = T <= 4096 ? 100 : 40;
-                std::vector<double> t[4];
+                std::vector<double> t[nv];
                 for (int r = 0; r < 3; r++)
-                        for (int v = 0; v < 4; v++)
+                        for (int v = 0; v < nv; v++)
                                 t[v].push_back(time_graph(s, st, n, vs[v]));
                 /* the variants must write what the library writes */
                 const size_t pb = s.view.layout.alloc_bytes;
                 std::vector<uint8_t> want(pb), got(pb);
-                for (int v = 0; v < 3; v++) {
+                for (int v = 0; v < nv - 1; v++) {
                         CK(cudaMemsetAsync(s.pool, 0xA5, pb, st));
                         for (size_t k = 0; k < s.args.size(); k++)
                                 call(s, (int)k, st, vs[v]);
@@ -313,7 +316,7 @@ static void fp4_variants(cudaStream_t st, const cudaDeviceProp &prop, double cop
                                        memcmp(want.data(), got.data(), pb) ? "DIFFERS from" : "equals");
                 }
                 const double cb = call_bytes(KVC_DTYPE_FP4_E2M1, T);
-                for (int v = 0; v < 4; v++) {
+                for (int v = 0; v < nv; v++) {
                         const double bytes = vs[v] == V_COPY ? 2.0 * s.cbytes : cb;
                         const double med = median(t[v]);
                         printf("%6u  %-30s %8.2f %8.2f %8.2f  median %8.2f us  %6.0f GB/s  %5.1f%% copy\n", T, names[v],

@@ -1,13 +1,16 @@
 /* write_fp4_split.cu - an fp4 write kernel (bf16 input) with K and V in
  * separate threads (grid z = 2) instead of both in one thread: half the
- * registers and bytes in flight per thread, twice the threads.  For
- * bench-write --fp4-variants (a same-run comparison; the benchmark checks
- * that its pool equals the library's).  Not part of the library. */
+ * registers and bytes in flight per thread, twice the threads; built as it
+ * comes (40 registers: 6 blocks of 256 per SM) and launch-bounded to 8
+ * blocks per SM (32 registers).  For bench-write --fp4-variants (a same-run
+ * comparison; the benchmark checks that its pool equals the library's).
+ * Not part of the library. */
 #include "kv_write.cuh"
 
 namespace {
 
-__global__ void __launch_bounds__(256) write_fp4_split(const kvk::write_params p)
+template <int MINB>
+__global__ void __launch_bounds__(256, MINB) write_fp4_split(const kvk::write_params p)
 {
         constexpr int E = KVC_ELEM_BF16;
         const uint32_t c = blockIdx.y * blockDim.x + threadIdx.x;
@@ -40,8 +43,10 @@ __global__ void __launch_bounds__(256) write_fp4_split(const kvk::write_params p
 
 } // namespace
 
-/* fp4 pools with bf16 input only (what the benchmark passes); -22 otherwise. */
-extern "C" int bench_write_fp4_split(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream)
+/* fp4 pools with bf16 input only (what the benchmark passes); -22 otherwise.
+ * minb8: the kernel bounded to 8 resident blocks per SM. */
+extern "C" int bench_write_fp4_split(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream,
+                                     int minb8)
 {
         kvk::write_params wp;
 
@@ -52,7 +57,8 @@ extern "C" int bench_write_fp4_split(const struct kv_pool_view *p, const struct 
         const cudaStream_t s = (cudaStream_t)stream;
         const kvk::launch_cfg lc(dim3((wp.T + ty - 1) / ty, (wp.chunks + tx - 1) / tx, 2), dim3(tx, ty), s,
                                  KV_WRITE_PDL && s != 0 && s != cudaStreamLegacy && s != cudaStreamPerThread);
-        cudaError_t e = cudaLaunchKernelEx(&lc.cfg, write_fp4_split, wp);
+        cudaError_t e = minb8 ? cudaLaunchKernelEx(&lc.cfg, write_fp4_split<8>, wp)
+                              : cudaLaunchKernelEx(&lc.cfg, write_fp4_split<1>, wp);
         if (e == cudaSuccess)
                 e = cudaGetLastError();
         return e == cudaSuccess ? 0 : -5;
