@@ -146,6 +146,9 @@ __device__ __forceinline__ int64_t slot_of(const params &p, const int32_t *__res
 #ifndef KVA_MINB4
 #define KVA_MINB4 4     /* CTAs per SM the fp4 kernels ask for at D <= 128 */
 #endif
+#ifndef KVA_MINB8
+#define KVA_MINB8 3     /* the same for fp8 */
+#endif
 template <int DT, int D>
 struct tgeo {
         static constexpr int bits = dtraits<DT>::bits;
@@ -162,7 +165,7 @@ struct tgeo {
         static constexpr int S = bits == 16 ? (D <= 128 ? KVA_S16 : 2) : bits == 8 ? (D <= 128 ? KVA_S8 : 3)
                                                                                  : (D <= 128 ? KVA_S4 : 4);
         /* CTAs per SM the launch bounds ask for (registers <= 65536 / (128 * MINB)) */
-        static constexpr int MINB = D > 128 ? 1 : bits == 16 ? 2 : bits == 8 ? 3 : KVA_MINB4;
+        static constexpr int MINB = D > 128 ? 1 : bits == 16 ? 2 : bits == 8 ? KVA_MINB8 : KVA_MINB4;
         static constexpr int SMEM = 4 * S * STAGE;      /* bytes of dynamic shared memory per CTA */
         static_assert(STAGE % 16 == 0 && CPR >= 2, "tile geometry");
 };
@@ -284,6 +287,108 @@ __device__ __forceinline__ void lds_v(const uint8_t *reg, uint32_t r, int g, uin
         lds_row<tgeo<DT, D>::CPR, tgeo<DT, D>::VB, 8>(reg, r, g, w);
 }
 
+/* An opaque copy: the compiler has to keep x in a register instead of
+ * rematerializing the computation that produced it. */
+__device__ __forceinline__ void pin(uint32_t &x)
+{
+        asm volatile("" : "+r"(x));
+}
+
+/* The per-lane constants of the page16 copy path, computed once per warp
+ * (recomputing them cost ~100 instructions per tile, a sixth of an fp4
+ * tile's).  Lane L copies chunks L, L+32, ... of a K (and the V) region:
+ * round i is (row, c) = (i * RPI + row0, L % CPR), at byte i * rstep + ko
+ * from the tile's first row of this head.  Its shared-memory chunk
+ * phys(row, c) repeats with period PER rounds (phys depends on row & 7, or
+ * for CPR <= 4 not on the round at all), DSTEP bytes further each period,
+ * so PER offsets cover every round. */
+template <int DT, int D>
+struct lane_plan {
+        typedef tgeo<DT, D> G;
+        static constexpr int RPI = 32 / G::CPR;                 /* rows per round of 32 chunks */
+        static constexpr int ROUNDS = 16 * G::CPR / 32;
+        static constexpr int PER = G::CPR >= 8 ? (8 / RPI < ROUNDS ? 8 / RPI : ROUNDS) : 1;
+        static constexpr uint32_t DSTEP = PER * RPI * G::CPR * 16;
+        uint32_t row0;          /* lane / CPR */
+        uint32_t ko;            /* row0 * token_bytes + c * 16 */
+        uint32_t rstep;         /* RPI * token_bytes */
+        uint32_t d[PER];        /* phys(i * RPI + row0, c) * 16, i < PER */
+        uint32_t sdst;          /* fp4: this lane's scale row in a stage (K: lanes 0-15, V: 16-31) */
+        const uint8_t *sbase;   /* fp4: its scale array + head offset + (lane % 16) * stoken_bytes */
+
+        __device__ __forceinline__ lane_plan(const params &p, uint64_t shoff, int lane)
+        {
+                const uint32_t c = lane % G::CPR, tb = (uint32_t)p.token_bytes; /* checked to fit */
+                row0 = lane / G::CPR;
+                ko = row0 * tb + c * 16;
+                rstep = RPI * tb;
+#pragma unroll
+                for (int i = 0; i < PER; i++)
+                        d[i] = phys<G::CPR>(i * RPI + row0, c) * 16;
+                const uint32_t k = lane & 15;
+                sdst = (lane < 16 ? G::KSOFF : G::VSOFF) + k * G::SB;
+                sbase = (lane < 16 ? p.ks : p.vs) + shoff + (uint64_t)k * p.stoken_bytes;
+                /* keep them in registers: left to itself the compiler
+                 * recomputes them from the lane index in every tile */
+                pin(row0);
+                pin(ko);
+                pin(rstep);
+#pragma unroll
+                for (int i = 0; i < PER; i++)
+                        pin(d[i]);
+        }
+};
+
+/* Page ids of a warp's tiles on the page16 path, looked up 32 tiles at a
+ * time: lane j of the window holds the page id of the warp's tile base + j
+ * (-1 past its last tile).  The next window is loaded when the current one
+ * is taken, 32 tiles before it is needed, so the page-table load (an L2
+ * round trip, ~600 cycles) no longer sits in every tile's issue path ahead
+ * of the copies that depend on it. */
+#ifndef KVA_PWIN
+#define KVA_PWIN 1
+#endif
+struct page_window {
+        int32_t cur, next;
+        uint32_t base;          /* warp tile index of lane 0's entry in cur */
+
+        __device__ __forceinline__ static int32_t load(const params &p, const int32_t *__restrict__ pt,
+                                                       uint32_t first, uint32_t step, uint32_t ntiles,
+                                                       uint32_t kt, int lane)
+        {
+                const uint32_t t = kt + lane;
+                if (t >= ntiles)
+                        return -1;
+                const uint32_t tok = first + t * step;
+                return __ldg(pt + (p.page_shift >= 0 ? tok >> p.page_shift : tok / p.page_size));
+        }
+
+        __device__ __forceinline__ page_window(const params &p, const int32_t *__restrict__ pt, uint32_t first,
+                                               uint32_t step, uint32_t ntiles, int lane)
+        {
+                base = 0;
+                cur = p.page16 ? load(p, pt, first, step, ntiles, 0, lane) : -1;
+                next = p.page16 ? load(p, pt, first, step, ntiles, 32, lane) : -1;
+        }
+
+        /* page id of warp tile kt; kt grows by one per call (warp-uniform) */
+        __device__ __forceinline__ int32_t get(const params &p, const int32_t *__restrict__ pt, uint32_t first,
+                                               uint32_t step, uint32_t ntiles, uint32_t kt, int lane)
+        {
+#if !KVA_PWIN
+                /* measuring switch: one lookup per tile, in the issue path */
+                const uint32_t tok = first + kt * step;
+                return __ldg(pt + (p.page_shift >= 0 ? tok >> p.page_shift : tok / p.page_size));
+#endif
+                if (kt - base >= 32) {
+                        base += 32;
+                        cur = next;
+                        next = load(p, pt, first, step, ntiles, base + 32, lane);
+                }
+                return __shfl_sync(0xFFFFFFFFu, cur, kt - base);
+        }
+};
+
 /* Starts the copies of the 16-key tile at key `tile` into stage st and
  * records which keys exist (bit k: key tile+k is below t_end on a valid
  * page) in *valid.  Every lane of the warp calls it.  Lane L copies chunks
@@ -292,51 +397,51 @@ __device__ __forceinline__ void lds_v(const uint8_t *reg, uint32_t r, int g, uin
 template <int DT, int D>
 __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__restrict__ pt, uint32_t tile,
                                            uint32_t t_end, uint64_t hoff, uint64_t shoff, int lane, uint8_t *st,
-                                           uint32_t *valid)
+                                           uint32_t *valid, const lane_plan<DT, D> &pl, int32_t pg)
 {
         typedef tgeo<DT, D> G;
+        typedef lane_plan<DT, D> PL;
         constexpr int NCH = 16 * G::CPR;       /* chunks per K (or V) region, a multiple of 32 */
-        constexpr int RPI = 32 / G::CPR;       /* rows a round of 32 chunks covers (CPR <= 32) */
+        constexpr int RPI = PL::RPI;
         static_assert(G::CPR <= 32 && NCH % 32 == 0, "chunks per round");
         const uint32_t sb = (uint32_t)__cvta_generic_to_shared(st);
         const uint32_t k = lane & 15;
-        const uint32_t row0 = lane / G::CPR, c = lane % G::CPR;
 
         if (p.page16) {
                 /* page_size is a multiple of 16 and tiles start at multiples
-                 * of 16: the tile is 16 consecutive slots of one page, so
-                 * one lookup, one 64-bit base, 32-bit offsets per chunk */
-                uint32_t pi, off0;
-                if (p.page_shift >= 0) {
-                        pi = tile >> p.page_shift;
-                        off0 = tile & (p.page_size - 1);
-                } else {
-                        pi = tile / p.page_size;
-                        off0 = tile - pi * p.page_size;
-                }
-                const int32_t pg = __ldg(pt + pi);
+                 * of 16: the tile is 16 consecutive slots of page pg (the
+                 * caller's page window looked it up), one 64-bit base; the
+                 * lane's offsets and shared-memory chunks come from the plan */
+                const uint32_t off0 = p.page_shift >= 0 ? tile & (p.page_size - 1) : tile % p.page_size;
                 const uint32_t nv = (uint32_t)pg < p.num_pages ? min(16u, t_end - tile) : 0u;
                 const uint32_t vm = (1u << nv) - 1u;
                 if (lane == 0)
                         *valid = vm;
-                const uint64_t base = ((uint64_t)(uint32_t)pg * p.page_size + off0) * p.token_bytes + hoff;
-                const uint8_t *kb = p.k + (nv ? base : 0), *vb = p.v + (nv ? base : 0);
-                const uint32_t tb = (uint32_t)p.token_bytes; /* the launcher checked it fits */
+                const uint64_t slot0 = (uint64_t)(uint32_t)pg * p.page_size + off0;
+                const uint64_t base = nv ? slot0 * p.token_bytes + hoff + pl.ko : 0;
+                const uint8_t *kb = p.k + base, *vb = p.v + base;
+                if (nv == 16) {
+                        /* a whole tile (every tile but a split's last):
+                         * no predicates */
 #pragma unroll
-                for (int i = 0; i < NCH / 32; i++) {
-                        const uint32_t row = i * RPI + row0;
-                        const uint32_t o = row * tb + c * 16;
-                        const bool ok = (vm >> row) & 1u;
-                        const uint32_t d = sb + phys<G::CPR>(row, c) * 16;
-                        cp16(d + G::KOFF, kb + (ok ? o : 0), ok);
-                        cp16(d + G::VOFF, vb + (ok ? o : 0), ok);
+                        for (int i = 0; i < NCH / 32; i++) {
+                                const uint32_t d = sb + pl.d[i % PL::PER] + (i / PL::PER) * PL::DSTEP;
+                                cp16(d + G::KOFF, kb + i * pl.rstep, true);
+                                cp16(d + G::VOFF, vb + i * pl.rstep, true);
+                        }
+                } else {
+#pragma unroll
+                        for (int i = 0; i < NCH / 32; i++) {
+                                const bool ok = (vm >> (i * RPI + pl.row0)) & 1u;
+                                const uint32_t d = sb + pl.d[i % PL::PER] + (i / PL::PER) * PL::DSTEP;
+                                cp16(d + G::KOFF, ok ? kb + i * pl.rstep : p.k, ok);
+                                cp16(d + G::VOFF, ok ? vb + i * pl.rstep : p.v, ok);
+                        }
                 }
                 if constexpr (G::FP4) {
                         /* lanes 0-15: K scale row k, lanes 16-31: V scale row k */
                         const bool ok = (vm >> k) & 1u;
-                        const uint64_t so = ok ? ((uint64_t)(uint32_t)pg * p.page_size + off0 + k) * p.stoken_bytes + shoff : 0;
-                        cpn<G::SB>(sb + (lane < 16 ? G::KSOFF : G::VSOFF) + k * G::SB, (lane < 16 ? p.ks : p.vs) + so,
-                                   ok);
+                        cpn<G::SB>(sb + pl.sdst, pl.sbase + (ok ? slot0 * p.stoken_bytes : 0), ok);
                 }
                 return;
         }
@@ -347,6 +452,7 @@ __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__res
         const uint32_t vm = __ballot_sync(0xFFFFFFFFu, my >= 0) & 0xFFFFu;
         if (lane == 0)
                 *valid = vm;
+        const uint32_t row0 = lane / G::CPR, c = lane % G::CPR;
 #pragma unroll
         for (int i = 0; i < NCH / 32; i++) {
                 const uint32_t row = i * RPI + row0;
@@ -423,12 +529,16 @@ attn_kernel(const params p)
         /* this warp's tiles: t_begin + (warp + 4k) * 16; the first S-1 go
          * out before Q is even loaded */
         const uint32_t first = t_begin + warp * TILE, step = WARPS * TILE;
+        const lane_plan<DT, D> plan(p, shoff, lane);
         const uint32_t ntiles = first < t_end ? (t_end - first + step - 1) / step : 0;
+        page_window pw(p, pt, first, step, ntiles, lane);
 #pragma unroll
         for (int s = 0; s < G::S - 1; s++) {
-                if ((uint32_t)s < ntiles)
+                if ((uint32_t)s < ntiles) {
+                        const int32_t pg = p.page16 ? pw.get(p, pt, first, step, ntiles, s, lane) : -1;
                         issue_tile<DT, D>(p, pt, first + s * step, t_end, hoff, shoff, lane, ring + s * G::STAGE,
-                                          &sm_valid[warp][s]);
+                                          &sm_valid[warp][s], plan, pg);
+                }
                 cp_commit();
         }
 
@@ -480,6 +590,20 @@ attn_kernel(const params p)
                 }
         }
         const float qk_scale = p.qk_scale_log2;
+        /* the A fragments of Q K^T kept whole (rows g+8 zero): built once,
+         * instead of the compiler zeroing the padding registers of each
+         * fragment in every tile (21-36 instructions per tile; not for
+         * the qlo kernels, which would spill) */
+        uint32_t qf[qlo ? 1 : KC][4];
+#pragma unroll
+        for (int kc = 0; kc < (qlo ? 0 : KC); kc++) {
+                qf[kc][0] = qa[2 * kc];
+                qf[kc][1] = 0u;
+                qf[kc][2] = qa[2 * kc + 1];
+                qf[kc][3] = 0u;
+                pin(qf[kc][1]);
+                pin(qf[kc][3]);
+        }
 
         float acc[KC][4];
 #pragma unroll
@@ -492,9 +616,12 @@ attn_kernel(const params p)
                 /* every lane is done with the stage computed last round,
                  * which is the one the next tile goes into */
                 __syncwarp();
-                if (k + G::S - 1 < ntiles)
-                        issue_tile<DT, D>(p, pt, first + (k + G::S - 1) * step, t_end, hoff, shoff, lane,
-                                          ring + si * G::STAGE, &sm_valid[warp][si]);
+                if (k + G::S - 1 < ntiles) {
+                        const uint32_t ki = k + G::S - 1;
+                        const int32_t pg = p.page16 ? pw.get(p, pt, first, step, ntiles, ki, lane) : -1;
+                        issue_tile<DT, D>(p, pt, first + ki * step, t_end, hoff, shoff, lane, ring + si * G::STAGE,
+                                          &sm_valid[warp][si], plan, pg);
+                }
                 cp_commit();
                 si = si + 1 == G::S ? 0 : si + 1;
                 cp_wait<G::S - 1>();    /* this thread's copies of tile k are done */
@@ -515,7 +642,11 @@ attn_kernel(const params p)
                         s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
 #pragma unroll
                         for (int kc = 0; kc < KC; kc++)
-                                mma<BF>(s[n], qa[2 * kc], 0u, qa[2 * kc + 1], 0u, kp[2 * kc], kp[2 * kc + 1]);
+                                if constexpr (qlo)
+                                        mma<BF>(s[n], qa[2 * kc], 0u, qa[2 * kc + 1], 0u, kp[2 * kc], kp[2 * kc + 1]);
+                                else
+                                        mma<BF>(s[n], qf[kc][0], qf[kc][1], qf[kc][2], qf[kc][3], kp[2 * kc],
+                                                kp[2 * kc + 1]);
                         if constexpr (qlo) {
 #pragma unroll
                                 for (int kc = 0; kc < KC; kc++)

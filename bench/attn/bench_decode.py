@@ -81,6 +81,8 @@ def main():
     ap.add_argument("--lib")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="B in {1, 32}, L in {4k, 32k}")
+    ap.add_argument("--shapes", help="comma-separated BxL list (e.g. 32x4096,128x1024) instead of the grid")
+    ap.add_argument("--dtypes", help="comma-separated pool dtypes to run (default: all)")
     args = ap.parse_args()
     lib = load(find_lib(args.lib))
     torch.manual_seed(0)
@@ -108,50 +110,58 @@ def main():
     print("-" * len(hdr))
     sys.stdout.flush()
 
-    for B in Bs:
-        for L in Ls:
-            q = torch.randn(B, Hq, D, dtype=torch.bfloat16, device="cuda")
-            qo_bytes = 2 * q.numel() * 2
-            # the outside reference: SDPA over dense bf16 K/V [B, H, L, D]
-            k = torch.randn(B, H, L, D, dtype=torch.bfloat16, device="cuda")
-            v = torch.randn(B, H, L, D, dtype=torch.bfloat16, device="cuda")
-            q4 = q.view(B, Hq, 1, D)
-            t_sdpa = timer.median_us(lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=True))
-            by = 2 * k.numel() * 2 + qo_bytes
-            print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %9s" % (B, L, "sdpa-bf16", t_sdpa, by / t_sdpa / 1e6,
-                                                            100 * by / t_sdpa / 1e6 / read_bw, "1.00x"))
-            del k, v
-            pages = B * L // ps
-            pt = torch.randperm(pages, device="cuda", dtype=torch.int64).to(torch.int32).view(B, L // ps)
-            lens = torch.full((B,), L, dtype=torch.int32, device="cuda")
-            lens_host = (ctypes.c_int32 * B)(*([L] * B))
-            out = torch.empty(B, Hq, D, dtype=torch.bfloat16, device="cuda")
-            for name, dt, bits in DTYPES:
-                pool = lib.shim_pool_new(dt, 1, H, D, ps, pages, 0)
-                if not pool:
-                    sys.exit("shim_pool_new(%s): %s" % (name, lib.shim_errmsg().decode()))
-                rc = lib.shim_fill_random(pool, 1234)
-                if rc:
-                    sys.exit("fill: %s" % lib.shim_errmsg().decode())
+    shapes = [(B, L) for B in Bs for L in Ls]
+    if args.shapes:
+        shapes = [tuple(int(x) for x in sh.split("x")) for sh in args.shapes.split(",")]
+    dtypes = DTYPES
+    if args.dtypes:
+        want = args.dtypes.split(",")
+        dtypes = [d for d in DTYPES if d[0] in want]
+        if len(dtypes) != len(want):
+            sys.exit("--dtypes: unknown dtype in %s (known: %s)" % (args.dtypes, ", ".join(d[0] for d in DTYPES)))
+    for B, L in shapes:
+        q = torch.randn(B, Hq, D, dtype=torch.bfloat16, device="cuda")
+        qo_bytes = 2 * q.numel() * 2
+        # the outside reference: SDPA over dense bf16 K/V [B, H, L, D]
+        k = torch.randn(B, H, L, D, dtype=torch.bfloat16, device="cuda")
+        v = torch.randn(B, H, L, D, dtype=torch.bfloat16, device="cuda")
+        q4 = q.view(B, Hq, 1, D)
+        t_sdpa = timer.median_us(lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=True))
+        by = 2 * k.numel() * 2 + qo_bytes
+        print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %9s" % (B, L, "sdpa-bf16", t_sdpa, by / t_sdpa / 1e6,
+                                                        100 * by / t_sdpa / 1e6 / read_bw, "1.00x"))
+        del k, v
+        pages = B * L // ps
+        pt = torch.randperm(pages, device="cuda", dtype=torch.int64).to(torch.int32).view(B, L // ps)
+        lens = torch.full((B,), L, dtype=torch.int32, device="cuda")
+        lens_host = (ctypes.c_int32 * B)(*([L] * B))
+        out = torch.empty(B, Hq, D, dtype=torch.bfloat16, device="cuda")
+        for name, dt, bits in dtypes:
+            pool = lib.shim_pool_new(dt, 1, H, D, ps, pages, 0)
+            if not pool:
+                sys.exit("shim_pool_new(%s): %s" % (name, lib.shim_errmsg().decode()))
+            rc = lib.shim_fill_random(pool, 1234)
+            if rc:
+                sys.exit("fill: %s" % lib.shim_errmsg().decode())
 
-                def run():
-                    r = lib.shim_decode(pool, 0, q.data_ptr(), out.data_ptr(), ELEM_BF16, pt.data_ptr(), L // ps,
-                                        lens.data_ptr(), lens_host, B, Hq, D ** -0.5, stream)
-                    if r:
-                        raise RuntimeError("shim_decode: %d %s" % (r, lib.shim_errmsg().decode()))
-                t = timer.median_us(run)
-                kv = B * L * H * D * bits // 8 * 2
-                if bits == 4:
-                    kv += B * L * H * (D // 16) * 2
-                by = kv + qo_bytes
-                if torch.isnan(out.float()).any():
-                    sys.exit("NaN in the output of %s" % name)
-                print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %8.2fx" % (B, L, name, t, by / t / 1e6,
-                                                                   100 * by / t / 1e6 / read_bw, t_sdpa / t))
-                lib.shim_pool_free(pool)
-                sys.stdout.flush()
-            del pt, lens, out, q
-            torch.cuda.empty_cache()
+            def run():
+                r = lib.shim_decode(pool, 0, q.data_ptr(), out.data_ptr(), ELEM_BF16, pt.data_ptr(), L // ps,
+                                    lens.data_ptr(), lens_host, B, Hq, D ** -0.5, stream)
+                if r:
+                    raise RuntimeError("shim_decode: %d %s" % (r, lib.shim_errmsg().decode()))
+            t = timer.median_us(run)
+            kv = B * L * H * D * bits // 8 * 2
+            if bits == 4:
+                kv += B * L * H * (D // 16) * 2
+            by = kv + qo_bytes
+            if torch.isnan(out.float()).any():
+                sys.exit("NaN in the output of %s" % name)
+            print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %8.2fx" % (B, L, name, t, by / t / 1e6,
+                                                               100 * by / t / 1e6 / read_bw, t_sdpa / t))
+            lib.shim_pool_free(pool)
+            sys.stdout.flush()
+        del pt, lens, out, q
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
