@@ -240,6 +240,26 @@ __global__ void read_kernel(const uint4 *p, uint64_t n, uint32_t *sink)
                 *sink = acc;
 }
 
+/* One thread that spins for ns nanoseconds of the GPU's global timer: put
+ * ahead of a timed call so that the host has queued the flush, both events
+ * and the call before the GPU reaches the first event (otherwise the host's
+ * dispatch time of the call, tens of microseconds for some PyTorch ops, is
+ * timed as GPU time). */
+__global__ void spin_kernel(uint64_t ns)
+{
+        uint64_t t0, t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+        do {
+                asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        } while (t - t0 < ns);
+}
+
+extern "C" int shim_spin(uint64_t ns, uint64_t stream)
+{
+        spin_kernel<<<1, 1, 0, (cudaStream_t)stream>>>(ns);
+        return kv_cuda_errno(cudaGetLastError(), "shim_spin", errbuf, sizeof errbuf);
+}
+
 extern "C" int shim_stream_read(uint64_t ptr_dev, uint64_t bytes, uint64_t sink_dev, uint64_t stream)
 {
         int sms = 132;

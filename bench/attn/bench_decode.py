@@ -9,7 +9,9 @@ The library is libkvattn_shim.so (bench/attn/attn_shim.cu): found through
 bench/attn/device_build.sh builds).  Shapes: Hq/kv_heads/D = 32/8/128, page
 16, B in {1, 8, 32, 128}, L in {1k, 4k, 16k, 32k}, every pool dtype, bf16 q
 and out.  Each time is the median of --reps runs timed with CUDA events, the
-L2 flushed (a memset of 4x its size) before every run.  Effective bandwidth =
+L2 flushed before every run (--flush memset, the default: a memset of 4x its
+size; --flush read: a streaming read of it, see Timer; --spin-us N: a GPU
+spin ahead of the flush so that no host dispatch time is timed).  Effective bandwidth =
 (K/V bytes + fp4 scales + q + out) / time, next to a streaming-read
 bandwidth (16-byte loads over 8 GiB) measured in the same run.  The page
 table is a random permutation of the pool's pages.
@@ -49,23 +51,45 @@ def load(path):
     lib.shim_fill_random.argtypes = [p, u64]
     lib.shim_errmsg.restype = ctypes.c_char_p
     lib.shim_stream_read.argtypes = [u64, u64, u64, u64]
+    lib.shim_spin.argtypes = [u64, u64]
     lib.shim_decode.argtypes = [p, i32, u64, u64, i32, u64, i32, u64, ctypes.POINTER(ctypes.c_int32), i32, i32,
                                 f32, u64]
     return lib
 
 
 class Timer:
-    def __init__(self, reps):
+    """Median of reps CUDA-event timings of fn, L2 flushed before each.
+
+    flush "memset": a memset of 4x the L2 (the usual way; it leaves the L2
+    full of dirty lines, whose write-back to HBM then runs during the timed
+    call, up to ~60 MB of extra HBM traffic); "read": a streaming read of the
+    same buffer (the L2 ends full of clean lines of other data: just as cold
+    for the timed call, without the write-back)."""
+
+    def __init__(self, reps, flush="memset", lib=None, spin_us=0):
         self.reps = reps
+        self.mode = flush
+        self.lib = lib
+        self.spin_ns = int(spin_us * 1000)
         l2 = torch.cuda.get_device_properties(0).L2_cache_size
-        self.flush = torch.empty(4 * l2, dtype=torch.uint8, device="cuda")
+        self.flush = torch.zeros(4 * l2, dtype=torch.uint8, device="cuda")
+        self.sink = torch.zeros(1, dtype=torch.int32, device="cuda")
+
+    def cold(self):
+        if self.mode == "read":
+            self.lib.shim_stream_read(self.flush.data_ptr(), self.flush.numel(), self.sink.data_ptr(),
+                                      torch.cuda.current_stream().cuda_stream)
+        else:
+            self.flush.zero_()
 
     def median_us(self, fn):
         for _ in range(3):
             fn()
         times = []
         for _ in range(self.reps):
-            self.flush.zero_()  # cold L2
+            if self.spin_ns:
+                self.lib.shim_spin(self.spin_ns, torch.cuda.current_stream().cuda_stream)
+            self.cold()
             a = torch.cuda.Event(enable_timing=True)
             b = torch.cuda.Event(enable_timing=True)
             a.record()
@@ -83,12 +107,16 @@ def main():
     ap.add_argument("--quick", action="store_true", help="B in {1, 32}, L in {4k, 32k}")
     ap.add_argument("--shapes", help="comma-separated BxL list (e.g. 32x4096,128x1024) instead of the grid")
     ap.add_argument("--dtypes", help="comma-separated pool dtypes to run (default: all)")
+    ap.add_argument("--flush", choices=["memset", "read"], default="memset",
+                    help="how the L2 is made cold before each timed call (see Timer)")
+    ap.add_argument("--spin-us", type=float, default=0,
+                    help="a GPU spin of this many us ahead of each flush, so that no host dispatch time is timed")
     args = ap.parse_args()
     lib = load(find_lib(args.lib))
     torch.manual_seed(0)
     dev = torch.cuda.get_device_properties(0)
     stream = torch.cuda.current_stream().cuda_stream
-    timer = Timer(args.reps)
+    timer = Timer(args.reps, args.flush, lib, args.spin_us)
     Hq, H, D, ps = 32, 8, 128, 16
     Bs = [1, 32] if args.quick else [1, 8, 32, 128]
     Ls = [4096, 32768] if args.quick else [1024, 4096, 16384, 32768]
@@ -103,7 +131,8 @@ def main():
     print("device: %s, %d SMs, L2 %d MB; torch %s" % (dev.name, dev.multi_processor_count,
                                                       dev.L2_cache_size >> 20, torch.__version__))
     print("streaming read (8 GiB, 16-byte loads): %.0f us = %.2f TB/s" % (t, read_bw))
-    print("Hq/kv/D = %d/%d/%d, page %d, bf16 q/out, median of %d runs, cold L2" % (Hq, H, D, ps, args.reps))
+    print("Hq/kv/D = %d/%d/%d, page %d, bf16 q/out, median of %d runs, cold L2 (flush: %s, spin %g us)" %
+          (Hq, H, D, ps, args.reps, args.flush, args.spin_us))
     print()
     hdr = "%5s %6s %-9s %9s %8s %7s %9s" % ("B", "L", "kv", "time_us", "TB/s", "%read", "vs_sdpa")
     print(hdr)
