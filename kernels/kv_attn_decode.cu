@@ -276,12 +276,13 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                         splits = kva::MAX_SPLITS;
         } else if (ctas > slots) {
                 /* more than one wave: up to 4 splits when they leave
-                 * clearly fewer slots idle in the last wave (fp8 at B = 128
-                 * and 8 kv heads: 1024 CTAs on 396 slots fill 86% of 3
-                 * waves, split in 3 they fill 97% of 8).  Only for chunks of
-                 * at least 4096 keys: measured on the H200, 3 splits made
-                 * fp8 at B = 128 2.5% faster at L = 16k and 32k but 13%
-                 * slower at L = 1k (chunks of 384 keys) */
+                 * clearly fewer slots idle in the last wave (1024 CTAs on
+                 * 396 slots fill 86% of 3 waves, split in 3 they fill 97%
+                 * of 8).  Only for chunks of at least 4096 keys: measured on
+                 * the H200 when fp8 ran 3 CTAs per SM, 3 splits made fp8 at
+                 * B = 128 2.5% faster at L = 16k and 32k but 13% slower at
+                 * L = 1k (chunks of 384 keys); a floor of 1024 keys (3
+                 * splits at L = 4k) was not faster */
                 double best = 0.0;
                 for (uint64_t sp = 1; sp <= 4 && (sp == 1 || max_len / sp >= 4096); sp++) {
                         const uint64_t n = ctas * sp, waves = (n + slots - 1) / slots;
