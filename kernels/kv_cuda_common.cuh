@@ -386,30 +386,36 @@ static inline uint32_t bf_max_xs_host(uint32_t a, uint32_t b, bool nan_wins)
 }
 #endif
 
-/* max.NaN.xorsign.abs.bf16x2: per lane max(|a|, |b|), NaN if either is NaN;
- * the sign bit is sign(a) ^ sign(b) (callers use the magnitude only). */
-__host__ __device__ __forceinline__ uint32_t bf2_amax(uint32_t a, uint32_t b)
+/* max{.NaN}.xorsign.abs.bf16x2: per lane the larger of |a| and |b| with the
+ * sign sign(a) ^ sign(b); NANW: a NaN operand gives a NaN (without it neither
+ * operand may be NaN). */
+template <bool NANW>
+__host__ __device__ __forceinline__ uint32_t bf2_max_xs(uint32_t a, uint32_t b)
 {
 #ifdef __CUDA_ARCH__
         uint32_t r;
-        asm("max.NaN.xorsign.abs.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+        if constexpr (NANW)
+                asm("max.NaN.xorsign.abs.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+        else
+                asm("max.xorsign.abs.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
         return r;
 #else
-        return bf_max_xs_host(a & 0xFFFFu, b & 0xFFFFu, true) | bf_max_xs_host(a >> 16, b >> 16, true) << 16;
+        return bf_max_xs_host(a & 0xFFFFu, b & 0xFFFFu, NANW) | bf_max_xs_host(a >> 16, b >> 16, NANW) << 16;
 #endif
 }
 
-/* max.xorsign.abs.bf16x2 of a (any sign) and a positive b: per lane the
- * larger magnitude with a's sign (neither operand is NaN here). */
+/* the block amax step: per lane max(|a|, |b|), NaN if either is NaN (callers
+ * use the magnitude only) */
+__host__ __device__ __forceinline__ uint32_t bf2_amax(uint32_t a, uint32_t b)
+{
+        return bf2_max_xs<true>(a, b);
+}
+
+/* a (any sign) against a positive b: per lane the larger magnitude with a's
+ * sign */
 __host__ __device__ __forceinline__ uint32_t bf2_max_signed(uint32_t a, uint32_t b)
 {
-#ifdef __CUDA_ARCH__
-        uint32_t r;
-        asm("max.xorsign.abs.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-        return r;
-#else
-        return bf_max_xs_host(a & 0xFFFFu, b & 0xFFFFu, false) | bf_max_xs_host(a >> 16, b >> 16, false) << 16;
-#endif
+        return bf2_max_xs<false>(a, b);
 }
 
 /* fma.rn.bf16x2: per lane RN_bf16(a * b + c), one rounding. */

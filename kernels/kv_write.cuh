@@ -153,6 +153,20 @@ __device__ __forceinline__ uint4 fp4_chunk_raw(const uint4 (&w)[4], uint16_t *sc
 
 /* ---- the kernel -------------------------------------------------------- */
 
+/* Byte offsets of slot's token row in a layer's K (or V) array and in its
+ * scale array; no division when the layout is flat (make_write_params). */
+__device__ __forceinline__ void slot_offsets(const write_params &p, int64_t slot, uint64_t *doff, uint64_t *soff)
+{
+        if (p.flat) {
+                *doff = (uint64_t)slot * p.token_bytes;
+                *soff = (uint64_t)slot * p.scale_token_bytes;
+        } else {
+                const uint64_t page = (uint64_t)slot / p.page_size, off = (uint64_t)slot - page * p.page_size;
+                *doff = page * p.page_bytes + off * p.token_bytes;
+                *soff = page * p.scale_page_bytes + off * p.scale_token_bytes;
+        }
+}
+
 /* fp4 from 16-bit input runs K and V in separate threads (grid z = 2):
  * its chunk is 64 input bytes per tensor, and with both tensors in one
  * thread too few threads keep too few bytes in flight (H200, bench-write
@@ -197,14 +211,7 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
                 load_raw<E, N>(p.src[h] + (int64_t)t * p.stride[h] + in_off, p.vec[h], w);
                 grid_dep_launch();
                 uint64_t doff, soff;
-                if (p.flat) {
-                        doff = (uint64_t)slot * p.token_bytes;
-                        soff = (uint64_t)slot * p.scale_token_bytes;
-                } else {
-                        const uint64_t page = (uint64_t)slot / p.page_size, off = (uint64_t)slot - page * p.page_size;
-                        doff = page * p.page_bytes + off * p.token_bytes;
-                        soff = page * p.scale_page_bytes + off * p.scale_token_bytes;
-                }
+                slot_offsets(p, slot, &doff, &soff);
                 uint16_t sc;
                 const uint4 o = fp4_chunk_raw<E>(w, &sc);
                 *(uint4 *)(p.dst[h] + doff + (uint64_t)c * 16) = o;
@@ -219,14 +226,7 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
         grid_dep_launch();
 
         uint64_t doff, soff;
-        if (p.flat) {
-                doff = (uint64_t)slot * p.token_bytes;
-                soff = (uint64_t)slot * p.scale_token_bytes;
-        } else {
-                const uint64_t page = (uint64_t)slot / p.page_size, off = (uint64_t)slot - page * p.page_size;
-                doff = page * p.page_bytes + off * p.token_bytes;
-                soff = page * p.scale_page_bytes + off * p.scale_token_bytes;
-        }
+        slot_offsets(p, slot, &doff, &soff);
 
         uint16_t sk = 0, sv = 0;
         uint4 ok, ov;

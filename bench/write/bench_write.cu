@@ -31,10 +31,11 @@
  *
  *   bench-write --fp4-variants
  * prints instead, for fp4 at T = 4096 and 16384, the graph time of the
- * library's kernel next to two variants: bf16 through the previous f16-pair
- * encoder (write_fp4_prev.cu), and K and V in separate threads
- * (write_fp4_split.cu, as built and bounded to 8 blocks per SM); three rounds, each variant in turn, so that drift
- * hits all alike; each variant's pool is compared with the library's.
+ * library's kernel next to bf16 through the previous f16-pair encoder
+ * (write_fp4_prev.cu) and a same-size copy; three rounds, each variant in
+ * turn, so that drift hits all alike; the variant's pool is compared with
+ * the library's.  (The variant with K and V in separate threads that this
+ * mode also measured became the library's fp4 kernel, commit 92702c2.)
  */
 #include <algorithm>
 #include <errno.h>
@@ -51,8 +52,6 @@
 
 extern "C" int bench_write_codec_only(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream);
 extern "C" int bench_write_fp4_prev(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream);
-extern "C" int bench_write_fp4_split(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream,
-                                     int minb8);
 
 static const uint32_t HEADS = 8, HD = 128, PAGE = 16;
 
@@ -152,7 +151,7 @@ static void free_setup(setup &s)
         cudaFree(s.cdst);
 }
 
-enum variant { V_LIB, V_CODEC, V_OTHER_LAUNCH, V_COPY, V_FP4_PREV, V_FP4_SPLIT, V_FP4_SPLIT8 };
+enum variant { V_LIB, V_CODEC, V_OTHER_LAUNCH, V_COPY, V_FP4_PREV };
 
 static int call(setup &s, int i, cudaStream_t st, int v)
 {
@@ -169,10 +168,6 @@ static int call(setup &s, int i, cudaStream_t st, int v)
                 break;
         case V_FP4_PREV:
                 r = bench_write_fp4_prev(&s.view, &s.args[k], st);
-                break;
-        case V_FP4_SPLIT:
-        case V_FP4_SPLIT8:
-                r = bench_write_fp4_split(&s.view, &s.args[k], st, v == V_FP4_SPLIT8);
                 break;
         case V_OTHER_LAUNCH: {
                 /* the library's kernel and arguments, launched the other way */
@@ -283,14 +278,13 @@ static double copy_bw(cudaStream_t st)
         return median(v);
 }
 
-/* --fp4-variants: the library's fp4 kernel against its two other builds */
+/* --fp4-variants: the library's fp4 kernel against its previous encoder */
 static void fp4_variants(cudaStream_t st, const cudaDeviceProp &prop, double copy)
 {
         static const uint32_t Ts[] = { 4096, 16384 };
-        static const int vs[] = { V_LIB, V_FP4_PREV, V_FP4_SPLIT, V_FP4_SPLIT8, V_COPY };
-        static const char *names[] = { "library (fp4_block16_bf)", "bf16 via f16 pairs (previous)",
-                                       "K, V in separate threads", "K, V separate, 8 blocks/SM", "same-size copy" };
-        const int nv = 5;
+        static const int vs[] = { V_LIB, V_FP4_PREV, V_COPY };
+        static const char *names[] = { "library (fp4_block16_bf)", "bf16 via f16 pairs (previous)", "same-size copy" };
+        const int nv = 3;
 
         printf("fp4 variants, graph us per call, 3 rounds (each round times every variant in turn)\n");
         for (uint32_t ti = 0; ti < 2; ti++) {
