@@ -48,9 +48,11 @@
  * bf16 terms, exact, at the cost of a second Q K^T mma).
  *
  * Addressing: when page_size is a multiple of 16 a 16-key tile is 16
- * consecutive slots of one page (tiles start at multiples of 16), so a warp
- * reads one page-table entry per tile; otherwise each key's slot is looked
- * up by one lane and shuffled to the lanes that copy its chunks.
+ * consecutive slots of one page (tiles start at multiples of 16), so a tile
+ * needs one page-table entry: a warp loads the entries of its next 32 tiles
+ * at once, a window ahead (page_window), and copies with per-lane offsets
+ * computed once (lane_plan); otherwise each key's slot is looked up by one
+ * lane and shuffled to the lanes that copy its chunks.
  *
  * Page ids are device memory: a key whose page id is outside [0, num_pages)
  * is skipped (score -inf, V zero-filled); lengths are clamped to the page
