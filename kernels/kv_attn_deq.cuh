@@ -73,9 +73,10 @@ __device__ __forceinline__ uint32_t e4m3x2_f16x2(uint32_t x)
  * ops, and the IMAD runs on the FMA pipe, not on the integer ALU that the
  * unpack saturates.  p = 2, 3 are p = 0, 1 of x >> 8 (one shift shared by
  * both).  Equal to the shift-and-mask form for all 2^32 words (checked
- * exhaustively on the CPU). */
+ * once on the CPU); host-callable so that tests/attn/test_fp4_unpack.cu
+ * checks it against the codec's decode in CI. */
 template <int P>
-__device__ __forceinline__ uint32_t fp4pair(uint32_t x)
+__host__ __device__ __forceinline__ uint32_t fp4pair(uint32_t x)
 {
         if constexpr (P >= 2) {
                 return fp4pair<P - 2>(x >> 8);
@@ -86,7 +87,7 @@ __device__ __forceinline__ uint32_t fp4pair(uint32_t x)
 }
 
 /* E8M0 byte s -> bf16 bits of 2^(s-65) (normal for every s; clamped above 192). */
-__device__ __forceinline__ uint32_t fp4mul(uint32_t s)
+__host__ __device__ __forceinline__ uint32_t fp4mul(uint32_t s)
 {
         uint32_t e = s + 62u;
         return (e > 254u ? 254u : e) << 7;
