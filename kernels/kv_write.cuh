@@ -26,6 +26,7 @@
 #define KV_WRITE_CUH
 
 #include "kv_cuda_common.cuh"
+#include "kv_cuda_fp4.cuh"
 
 /* Launch the write with programmatic dependent launch (see launch_write_d).
  * Measured on the H200 before it was made the default: docs/benchmarks.md. */
