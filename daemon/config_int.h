@@ -36,6 +36,14 @@ int  kvd_cfg_add_device(struct kvd_pool_spec *s, long long v, const char *key, c
  * (has_device), no explicit scales.tp_rank with tp_size, names that fit. */
 int  kvd_cfg_check_multi(const struct kvd_pool_spec *s, int has_device, const char *where, char *err, size_t errlen);
 
+/* Pools a spec expands into: tp_size, else its number of devices, else 1. */
+uint32_t kvd_cfg_expanded_count(const struct kvd_pool_spec *s);
+/* Expands s into out[*k..] (advancing *k): copies for a plain spec, one spec
+ * per rank or device otherwise (see config.h), each with its own scales_cfg.
+ * 0, -ENOMEM, or -EINVAL with err starting with where. */
+int  kvd_cfg_expand_one(const struct kvd_pool_spec *s, const char *where, struct kvd_pool_spec *out, uint32_t *k,
+                        char *err, size_t errlen);
+
 /* Reads the JSON config file: scalars into *sc, pools into a new array
  * *pools of *npools specs.  0 or a negative errno with err naming the file
  * and the key; what was read so far stays in *sc / *pools for the caller to
