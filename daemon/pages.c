@@ -26,6 +26,7 @@
  * probes long.
  */
 #include "pages.h"
+#include "u32map.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -36,130 +37,7 @@
 #include <unistd.h>
 
 #define NIL        UINT32_MAX
-#define MAP_EMPTY  UINT32_MAX
 #define MAX_PAGES  KVD_PAGES_MAX
-
-/* ---- u32 -> u32 open-addressing map ---------------------------------------
- * Used for sid -> session index and, per session, page -> count.  Keys are
- * never MAP_EMPTY (page ids are < MAX_PAGES, sid MAX is refused). */
-struct u32map {
-        uint32_t *k;
-        uint32_t *v;
-        uint32_t  cap; /* 0 or a power of two */
-        uint32_t  len;
-};
-
-static uint32_t mix32(uint32_t x)
-{
-        /* a cheap bijective mixer (lowbias32); keys here are daemon-chosen */
-        x ^= x >> 16;
-        x *= 0x7feb352dU;
-        x ^= x >> 15;
-        x *= 0x846ca68bU;
-        x ^= x >> 16;
-        return x;
-}
-
-static int64_t map_find(const struct u32map *m, uint32_t key)
-{
-        if (m->cap == 0)
-                return -1;
-        uint32_t mask = m->cap - 1;
-        for (uint32_t i = mix32(key) & mask;; i = (i + 1) & mask) {
-                if (m->k[i] == key)
-                        return i;
-                if (m->k[i] == MAP_EMPTY)
-                        return -1;
-        }
-}
-
-/* Inserts a key known to be absent; the caller reserved room. */
-static void map_put(struct u32map *m, uint32_t key, uint32_t val)
-{
-        uint32_t mask = m->cap - 1;
-        uint32_t i = mix32(key) & mask;
-        while (m->k[i] != MAP_EMPTY)
-                i = (i + 1) & mask;
-        m->k[i] = key;
-        m->v[i] = val;
-        m->len++;
-}
-
-static int map_rehash(struct u32map *m, uint32_t cap)
-{
-        uint32_t *k = malloc((size_t)cap * sizeof(*k));
-        uint32_t *v = malloc((size_t)cap * sizeof(*v));
-        if (!k || !v) {
-                free(k);
-                free(v);
-                return -ENOMEM;
-        }
-        memset(k, 0xff, (size_t)cap * sizeof(*k));
-        struct u32map n = { .k = k, .v = v, .cap = cap, .len = 0 };
-        for (uint32_t i = 0; i < m->cap; i++)
-                if (m->k[i] != MAP_EMPTY)
-                        map_put(&n, m->k[i], m->v[i]);
-        free(m->k);
-        free(m->v);
-        *m = n;
-        return 0;
-}
-
-/* Makes room for `extra` more keys at load <= 1/2, so that later puts cannot
- * fail: this is what lets every operation be all or nothing. */
-static int map_reserve(struct u32map *m, uint64_t extra)
-{
-        uint64_t need = (uint64_t)m->len + extra;
-        if (need * 2 <= m->cap)
-                return 0;
-        uint64_t cap = m->cap ? m->cap : 8;
-        while (cap < need * 2)
-                cap *= 2;
-        if (cap > (1ull << 31))
-                return -ENOMEM;
-        return map_rehash(m, (uint32_t)cap);
-}
-
-/* Removes slot i (backward-shift deletion keeps probe runs unbroken). */
-static void map_del_slot(struct u32map *m, uint32_t i)
-{
-        uint32_t mask = m->cap - 1;
-        uint32_t j = i;
-        for (;;) {
-                j = (j + 1) & mask;
-                if (m->k[j] == MAP_EMPTY)
-                        break;
-                uint32_t home = mix32(m->k[j]) & mask;
-                /* move j into the hole i unless its home lies cyclically in (i, j] */
-                bool stays = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
-                if (!stays) {
-                        m->k[i] = m->k[j];
-                        m->v[i] = m->v[j];
-                        i = j;
-                }
-        }
-        m->k[i] = MAP_EMPTY;
-        m->len--;
-}
-
-/* Shrinks a mostly empty map so that walking it stays O(entries).  A failed
- * allocation just keeps the larger map. */
-static void map_maybe_shrink(struct u32map *m)
-{
-        if (m->cap <= 64 || (uint64_t)m->len * 8 >= m->cap)
-                return;
-        uint32_t cap = m->cap;
-        while (cap > 64 && (uint64_t)m->len * 8 < cap)
-                cap /= 2;
-        (void)map_rehash(m, cap);
-}
-
-static void map_fini(struct u32map *m)
-{
-        free(m->k);
-        free(m->v);
-        memset(m, 0, sizeof(*m));
-}
 
 /* ---- SipHash-1-3 over a 32-byte scoped key ------------------------------- */
 
