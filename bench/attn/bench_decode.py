@@ -11,7 +11,7 @@ bench/attn/device_build.sh builds).  Shapes: Hq/kv_heads/D = 32/8/128, page
 and out.  Each time is the median of --reps runs timed with CUDA events, the
 L2 flushed before every run (--flush memset, the default: a memset of 4x its
 size; --flush read: a streaming read of it, see Timer; --spin-us N: a GPU
-spin ahead of the flush so that no host dispatch time is timed).  Effective bandwidth =
+spin ahead of the flush so that no host dispatch time is timed, 300 by default).  Effective bandwidth =
 (K/V bytes + fp4 scales + q + out) / time, next to a streaming-read
 bandwidth (16-byte loads over 8 GiB) measured in the same run.  The page
 table is a random permutation of the pool's pages.
@@ -109,8 +109,9 @@ def main():
     ap.add_argument("--dtypes", help="comma-separated pool dtypes to run (default: all)")
     ap.add_argument("--flush", choices=["memset", "read"], default="memset",
                     help="how the L2 is made cold before each timed call (see Timer)")
-    ap.add_argument("--spin-us", type=float, default=0,
-                    help="a GPU spin of this many us ahead of each flush, so that no host dispatch time is timed")
+    ap.add_argument("--spin-us", type=float, default=300,
+                    help="a GPU spin of this many us ahead of each flush, so that no host dispatch time is timed "
+                         "(0: none, as before 2026-11-29 13:00)")
     args = ap.parse_args()
     lib = load(find_lib(args.lib))
     torch.manual_seed(0)
