@@ -100,11 +100,10 @@ Test(sessions, add_is_idempotent_and_late_messages_do_not_resurrect)
 
 static void spec(struct kvd_pool_spec *s, const char *name, enum kvc_dtype d, uint64_t bytes)
 {
-        char n[64];
-
-        snprintf(n, sizeof(n), "%s%d", name, (int)getpid());
         kvd_config_default_pool(s);
-        snprintf(s->name, sizeof(s->name), "%s", n);
+        /* short names and a pid: well inside the name field (the test's
+         * pools must not collide with a parallel run's) */
+        snprintf(s->name, sizeof(s->name), "%.20s%d", name, (int)getpid());
         s->geom.dtype = d;
         s->geom.num_layers = 3;
         s->geom.kv_heads = 2;
