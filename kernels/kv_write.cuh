@@ -168,22 +168,16 @@ __device__ __forceinline__ void slot_offsets(const write_params &p, int64_t slot
         }
 }
 
-/* fp4 from 16-bit input runs K and V in separate threads (grid z = 2):
- * its chunk is 64 input bytes per tensor, and with both tensors in one
- * thread too few threads keep too few bytes in flight (H200, bench-write
- * --fp4-variants: 85.3 % of the copy split, 81.8 % joint, T = 16384). */
-template <int D, int E>
-__host__ __device__ __forceinline__ constexpr bool write_split()
-{
-        return fp4_from_raw<D, E>();
-}
-
 /* Block (tx, ty): threadIdx.x walks the 16-byte chunks of a token row,
  * threadIdx.y the tokens; grid (ceil(T / ty), ceil(chunks / tx)).  Each
  * thread converts chunk c of token t for K and for V: both inputs' loads go
  * out before either conversion, and the slot, index and address arithmetic
- * is shared (write_split: only K, blockIdx.z = 0, or only V, z = 1).  No
- * division unless the pool layout is not flat. */
+ * is shared.  fp4 from 16-bit input (fp4_from_raw) instead runs K and V in
+ * separate threads, K in grid z = 0 and V in z = 1: its chunk is 64 input
+ * bytes per tensor, and with both in one thread too few threads keep too few
+ * bytes in flight (H200, bench-write --fp4-variants: 85.3 % of the copy
+ * split, 81.8 % joint, T = 16384).  No division unless the pool layout is
+ * not flat. */
 template <int D, int E>
 __global__ void __launch_bounds__(256) write_kernel(const write_params p)
 {
@@ -206,7 +200,7 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
                 return;
 
         const uint32_t in_off = c * (uint32_t)(N * elem_traits<E>::bytes);
-        if constexpr (write_split<D, E>()) {
+        if constexpr (fp4_from_raw<D, E>()) {
                 const int h = blockIdx.z; /* 0: K, 1: V */
                 uint4 w[NW];
                 load_raw<E, N>(p.src[h] + (int64_t)t * p.stride[h] + in_off, p.vec[h], w);
@@ -230,17 +224,11 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
         slot_offsets(p, slot, &doff, &soff);
 
         uint16_t sk = 0, sv = 0;
-        uint4 ok, ov;
-        if constexpr (fp4_from_raw<D, E>()) {
-                ok = fp4_chunk_raw<E>(wk, &sk);
-                ov = fp4_chunk_raw<E>(wv, &sv);
-        } else {
-                float f[N];
-                unpack_f32<E, N>(wk, f);
-                ok = convert_chunk<D>(f, p.scale[0], p.rscale[0], p.fastdiv, &sk);
-                unpack_f32<E, N>(wv, f);
-                ov = convert_chunk<D>(f, p.scale[1], p.rscale[1], p.fastdiv, &sv);
-        }
+        float f[N];
+        unpack_f32<E, N>(wk, f);
+        const uint4 ok = convert_chunk<D>(f, p.scale[0], p.rscale[0], p.fastdiv, &sk);
+        unpack_f32<E, N>(wv, f);
+        const uint4 ov = convert_chunk<D>(f, p.scale[1], p.rscale[1], p.fastdiv, &sv);
         *(uint4 *)(p.dst[0] + doff + (uint64_t)c * 16) = ok;
         *(uint4 *)(p.dst[1] + doff + (uint64_t)c * 16) = ov;
         if constexpr (D == KVC_DTYPE_FP4_E2M1) {
@@ -309,18 +297,17 @@ static inline cudaError_t launch_write_d(const write_params &wp0, enum kvc_elem 
         const unsigned ty = 256 / tx > 0 ? 256 / tx : 1;
         const uint32_t piece = 1u << 24;
         write_params wp = wp0;
+        /* fp4_from_raw kernels: one grid z per tensor */
+        const unsigned gz = (elem == KVC_ELEM_BF16 && fp4_from_raw<D, KVC_ELEM_BF16>()) ||
+                                            (elem == KVC_ELEM_F16 && fp4_from_raw<D, KVC_ELEM_F16>())
+                                    ? 2
+                                    : 1;
 
         for (uint32_t t0 = 0; t0 < wp0.T; t0 += piece) {
                 wp.T = wp0.T - t0 < piece ? wp0.T - t0 : piece;
                 wp.src[0] = wp0.src[0] + (int64_t)t0 * wp0.stride[0];
                 wp.src[1] = wp0.src[1] + (int64_t)t0 * wp0.stride[1];
                 wp.slots = wp0.slots + t0;
-                /* write_split kernels: one grid z per tensor */
-                unsigned gz = 1;
-                if (elem == KVC_ELEM_BF16 && write_split<D, KVC_ELEM_BF16>())
-                        gz = 2;
-                if (elem == KVC_ELEM_F16 && write_split<D, KVC_ELEM_F16>())
-                        gz = 2;
                 const launch_cfg lc(dim3((wp.T + ty - 1) / ty, (wp.chunks + tx - 1) / tx, gz), dim3(tx, ty), s,
                                     pdl && s != 0 && s != cudaStreamLegacy && s != cudaStreamPerThread);
                 cudaError_t e = cudaErrorInvalidValue;
