@@ -10,10 +10,11 @@ bench/attn/device_build.sh builds).  Shapes: Hq/kv_heads/D = 32/8/128, page
 16, B in {1, 8, 32, 128}, L in {1k, 4k, 16k, 32k}, every pool dtype, bf16 q
 and out.  Each time is the median of --reps runs timed with CUDA events, the
 L2 flushed before every run (--flush memset, the default: a memset of 4x its
-size; --flush read: a streaming read of it, see Timer; --spin-us N: a GPU
-spin ahead of the flush so that no host dispatch time is timed, 300 by default).  Effective bandwidth =
-(K/V bytes + fp4 scales + q + out) / time, next to a streaming-read
-bandwidth (16-byte loads over 8 GiB) measured in the same run.  The page
+size; --flush read: a streaming read of it, see Timer), after a GPU spin of
+--spin-us (300 by default) so that no host dispatch time is timed.
+Effective bandwidth = (K/V bytes + fp4 scales + q + out) / time, next to a
+streaming-read bandwidth (16-byte loads over 8 GiB) measured in the same
+run.  The page
 table is a random permutation of the pool's pages.
 """
 import argparse
