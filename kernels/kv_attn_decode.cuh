@@ -105,20 +105,35 @@ attn_kernel(const params p)
          * are splits) may be scheduled now; it waits for this grid to end */
         kvk::grid_dep_launch();
 
-        uint32_t b, len;
-        row_to_seq(p.seq_lens, p.qo_indptr, p.batch, row, p.max_pages * p.page_size, b, len);
+        /* this warp's tiles: t_begin + (warp + 4k) * 16; the first S-1 go
+         * out before Q is even loaded */
+        const uint32_t cap = p.max_pages * p.page_size;
         const uint32_t t_begin = split * p.chunk;
+        const uint32_t first = t_begin + warp * TILE, step = WARPS * TILE;
+
+        /* A decode row is its own sequence, so its page-table row is known
+         * before its length: the window's load goes out together with the
+         * length's instead of one memory round trip after it (bounded by
+         * the table's row, cap, rather than the length: entries past the
+         * length are read but never used).  Extend rows find their sequence
+         * through qo_indptr first.  (Not in the QLO kernels, whose
+         * registers are already full.) */
+        constexpr bool early = KVA_PWEARLY && !QLO;
+        const uint32_t cap_end = min(cap, t_begin + p.chunk);
+        const uint32_t ncap =
+                !early || p.qo_indptr || first >= cap_end ? 0u : (cap_end - first + step - 1) / step;
+        page_window pw(p, p.page_table + (uint64_t)row * p.max_pages, first, step, ncap, lane);
+
+        uint32_t b, len;
+        row_to_seq(p.seq_lens, p.qo_indptr, p.batch, row, cap, b, len);
         const uint32_t t_end = min(len, t_begin + p.chunk);
         const int32_t *pt = p.page_table + (uint64_t)b * p.max_pages;
         const uint64_t hoff = (uint64_t)h * p.head_bytes;
         const uint64_t shoff = (uint64_t)h * p.shead_bytes;
-
-        /* this warp's tiles: t_begin + (warp + 4k) * 16; the first S-1 go
-         * out before Q is even loaded */
-        const uint32_t first = t_begin + warp * TILE, step = WARPS * TILE;
         const lane_plan<DT, D> plan(p, shoff, lane);
         const uint32_t ntiles = first < t_end ? (t_end - first + step - 1) / step : 0;
-        page_window pw(p, pt, first, step, ntiles, lane);
+        if (!early || p.qo_indptr)
+                pw = page_window(p, pt, first, step, ntiles, lane);
 #pragma unroll
         for (int s = 0; s < G::S - 1; s++) {
                 if ((uint32_t)s < ntiles) {
