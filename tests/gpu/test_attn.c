@@ -315,6 +315,25 @@ static void long_sequences(void)
         q_shift = 0;
 }
 
+/* More CTAs than the GPU holds at once (several waves, no split), every
+ * pool dtype, both q types: ragged lengths with empty rows, one-key rows
+ * and rows of whole pages, so that some warps of a CTA have no keys. */
+static void many_rows(void)
+{
+        enum { N = 300 };
+        static int32_t lens[N];
+        struct rng r = { 555 };
+
+        for (int i = 0; i < N; i++)
+                lens[i] = i % 7 == 0 ? 0 : i % 11 == 0 ? 1 + (i % 3) * 16 : 1 + (int32_t)(rng_next(&r) % 400);
+        run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 2, 4, N, lens, NULL, KVC_ELEM_BF16, 95);
+        run_case(KVC_DTYPE_FP8_E5M2, 64, 32, 3, 4, N, lens, NULL, KVC_ELEM_F16, 96);
+        run_case(KVC_DTYPE_BF16, 128, 16, 2, 4, N, lens, NULL, KVC_ELEM_BF16, 97);
+        run_case(KVC_DTYPE_FP16, 256, 16, 2, 8, N, lens, NULL, KVC_ELEM_F16, 98);
+        run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, N, lens, NULL, KVC_ELEM_BF16, 99);
+        run_case(KVC_DTYPE_BF16, 128, 16, 2, 4, N, lens, NULL, KVC_ELEM_F16, 100);
+}
+
 /* A device page id out of range: the kernel skips that page's keys, which
  * must equal the reference over the sequence without its last page. */
 static void bad_page(void)
@@ -457,6 +476,7 @@ int main(int argc, char **argv)
         (void)argc;
         shapes();
         long_sequences();
+        many_rows();
         bad_page();
         arg_errors();
         CK(cudaGetLastError());
