@@ -14,8 +14,8 @@ size; --flush read: a streaming read of it, see Timer), after a GPU spin of
 --spin-us (300 by default) so that no host dispatch time is timed.
 Effective bandwidth = (K/V bytes + fp4 scales + q + out) / time, next to a
 streaming-read bandwidth (16-byte loads over 8 GiB) measured in the same
-run.  The page
-table is a random permutation of the pool's pages.
+run.  The page table is a random permutation of the pool's pages (--pages
+seq: the pages in order, to see what the random placement costs).
 """
 import argparse
 import ctypes
@@ -110,6 +110,9 @@ def main():
     ap.add_argument("--dtypes", help="comma-separated pool dtypes to run (default: all)")
     ap.add_argument("--flush", choices=["memset", "read"], default="memset",
                     help="how the L2 is made cold before each timed call (see Timer)")
+    ap.add_argument("--pages", choices=["random", "seq"], default="random",
+                    help="page table: a random permutation of the pool's pages (default), or the pages in order "
+                         "(each sequence's pages adjacent in memory: how much the random placement costs)")
     ap.add_argument("--spin-us", type=float, default=300,
                     help="a GPU spin of this many us ahead of each flush, so that no host dispatch time is timed "
                          "(0: none, as before 2026-11-29 13:00)")
@@ -133,8 +136,8 @@ def main():
     print("device: %s, %d SMs, L2 %d MB; torch %s" % (dev.name, dev.multi_processor_count,
                                                       dev.L2_cache_size >> 20, torch.__version__))
     print("streaming read (8 GiB, 16-byte loads): %.0f us = %.2f TB/s" % (t, read_bw))
-    print("Hq/kv/D = %d/%d/%d, page %d, bf16 q/out, median of %d runs, cold L2 (flush: %s, spin %g us)" %
-          (Hq, H, D, ps, args.reps, args.flush, args.spin_us))
+    print("Hq/kv/D = %d/%d/%d, page %d, bf16 q/out, median of %d runs, cold L2 (flush: %s, spin %g us), "
+          "%s pages" % (Hq, H, D, ps, args.reps, args.flush, args.spin_us, args.pages))
     print()
     hdr = "%5s %6s %-9s %9s %8s %7s %9s" % ("B", "L", "kv", "time_us", "TB/s", "%read", "vs_sdpa")
     print(hdr)
@@ -163,7 +166,8 @@ def main():
                                                         100 * by / t_sdpa / 1e6 / read_bw, "1.00x"))
         del k, v
         pages = B * L // ps
-        pt = torch.randperm(pages, device="cuda", dtype=torch.int64).to(torch.int32).view(B, L // ps)
+        order = torch.randperm(pages, device="cuda") if args.pages == "random" else torch.arange(pages, device="cuda")
+        pt = order.to(torch.int32).view(B, L // ps)
         lens = torch.full((B,), L, dtype=torch.int32, device="cuda")
         lens_host = (ctypes.c_int32 * B)(*([L] * B))
         out = torch.empty(B, Hq, D, dtype=torch.bfloat16, device="cuda")
