@@ -367,10 +367,16 @@ attn_kernel(const params p)
  * reduction keeps one weight per split in shared memory. */
 constexpr int MAX_SPLITS = 1024;
 
+/* Up to this many splits attn_reduce reads everything in one round. */
+constexpr int FEW_SPLITS = 8;
+
 /* Combines the splits of each (row, q head): one CTA of 128 threads each.
- * The splits' (m, l) are read once, in parallel, into one weight per split
- * (2^(m_s - M)); then each thread sums its dims over the splits with
- * independent loads (a serial walk would pay one L2 round trip per split). */
+ * Up to FEW_SPLITS splits, every thread loads the (m, l) of all splits and
+ * its dims' partials of all splits at once, so the whole reduction waits
+ * for one L2 round trip after the split kernel ends.  Beyond, the splits'
+ * (m, l) are read once, in parallel, into one weight per split (2^(m_s -
+ * M)); then each thread sums its dims over the splits with independent
+ * loads (a serial walk would pay one L2 round trip per split). */
 template <int D>
 __global__ void __launch_bounds__(128) attn_reduce(const params p)
 {
@@ -381,6 +387,49 @@ __global__ void __launch_bounds__(128) attn_reduce(const params p)
         __shared__ float red[2][4];
         const uint64_t hq = blockIdx.x;         /* row * Hq + q head */
         const uint32_t S = p.splits;
+
+        if (KVA_RFAST && S <= (uint32_t)FEW_SPLITS) {
+                constexpr int ND = (D + 127) / 128; /* dims per thread */
+                const float *ml = p.part_ml + hq * S * 2;
+                const float *po = p.part_o + hq * S * D;
+                float mv[FEW_SPLITS], lv[FEW_SPLITS], ov[FEW_SPLITS][ND];
+#pragma unroll
+                for (int s = 0; s < FEW_SPLITS; s++) {
+                        const bool ok = (uint32_t)s < S;
+                        mv[s] = ok ? ml[2 * s] : -1e30f;
+                        lv[s] = ok ? ml[2 * s + 1] : 0.0f;
+#pragma unroll
+                        for (int j = 0; j < ND; j++) {
+                                const int d = (int)threadIdx.x + 128 * j;
+                                ov[s][j] = ok && d < D ? po[(uint64_t)s * D + d] : 0.0f;
+                        }
+                }
+                float M = mv[0];
+#pragma unroll
+                for (int s = 1; s < FEW_SPLITS; s++)
+                        M = fmaxf(M, mv[s]);
+                float L = 0.0f, O[ND] = {};
+#pragma unroll
+                for (int s = 0; s < FEW_SPLITS; s++) {
+                        const float w = exp2f(mv[s] - M); /* absent splits: l = o = 0 */
+                        L += lv[s] * w;
+#pragma unroll
+                        for (int j = 0; j < ND; j++)
+                                O[j] += ov[s][j] * w;
+                }
+                const float inv = L > 0.0f ? p.out_scale / L : 0.0f;
+#pragma unroll
+                for (int j = 0; j < ND; j++) {
+                        const int d = (int)threadIdx.x + 128 * j;
+                        if (d < D) {
+                                const float v = O[j] * inv;
+                                uint16_t *o = (uint16_t *)p.out + hq * D + d;
+                                *o = p.elem == KVC_ELEM_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))
+                                                             : __half_as_ushort(__float2half_rn(v));
+                        }
+                }
+                return;
+        }
         const float *ml = p.part_ml + hq * S * 2;
         const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
 

@@ -93,6 +93,9 @@ __device__ __forceinline__ int64_t slot_of(const params &p, const int32_t *__res
 #ifndef KVA_MINB8
 #define KVA_MINB8 3     /* the same for fp8 */
 #endif
+#ifndef KVA_RFAST
+#define KVA_RFAST 1     /* attn_reduce: up to 8 splits in one round of loads (0: the general path) */
+#endif
 #ifndef KVA_PWEARLY
 #define KVA_PWEARLY 1   /* decode: the page window's load goes out with the length's (0: after it) */
 #endif
