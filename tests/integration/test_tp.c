@@ -506,6 +506,7 @@ Test(tp, kvpoolctl_groups_cuda_pools_by_device, .timeout = 60)
         /* The scales table follows the same order. */
         cr_assert_not_null(strstr(at, "\nDEVICE  POOL   SCALES"), "%s", out);
         cr_assert_not_null(strstr(at, "\n0       m.tp0  json"), "%s", out);
-        cr_assert(strstr(at, "\n1       m.tp1  json") > strstr(at, "\n1       a      json"), "%s", out);
+        const char *m1 = strstr(at, "\n1       m.tp1  json"), *a1 = strstr(at, "\n1       a      json");
+        cr_assert(m1 && a1 && m1 > a1, "scales rows of device 1 missing or out of order:\n%s", out);
         free(out);
 }
