@@ -8,17 +8,19 @@
  * CTAs per SM by dtype, times the SMs), the sequence is split into chunks
  * of at least 128 keys (a multiple of 64: 4 warps x 16 keys) so that the
  * CTAs make about one full wave: B = 1 at 32k keys still fills the GPU, and
- * no launch ends with a mostly empty second wave; the partials (m, l,
- * unnormalized o: rows * Hq *
- * splits * (D + 2) floats) go to scratch taken with cudaMallocFromPoolAsync
- * on the caller's stream and given back with cudaFreeAsync after the
- * reduction kernel, so concurrent calls on different streams never share
- * scratch.  The pool is the library's own, one per device, created on first
+ * no launch ends with a mostly empty second wave.  Launches of more than one
+ * wave may be split in up to 4 when that fills their last wave clearly
+ * better (chunks of at least 4096 keys).  The partials (m, l, unnormalized
+ * o: rows * Hq * splits * (D + 2) floats) go to scratch taken with
+ * cudaMallocFromPoolAsync on the caller's stream and given back with
+ * cudaFreeAsync after the reduction kernel, so concurrent calls on different
+ * streams never share scratch.  The pool is the library's own, one per device, created on first
  * use and kept for the life of the process, with a release threshold of
  * 64 MiB: the default pool's threshold of 0 would hand the memory back at
  * every synchronization and make each call map fresh memory (seen on the
- * H200: tens of microseconds per small call).  Scratch is at most
- * one wave of CTAs * 8 * (D + 2) floats, i.e. under 1 MiB at D = 128.
+ * H200: tens of microseconds per small call).  Scratch is about one wave of
+ * CTAs times 8 * (D + 2) floats (under 1 MiB at D = 128) for the first kind
+ * of split, up to 4 * rows * Hq * (D + 2) floats for the second.
  */
 #include <errno.h>
 #include <math.h>
@@ -322,9 +324,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         }
         /* CTAs of one row's kv heads are adjacent in launch order, so the
          * CTAs running together read whole token rows of the pool (all
-         * heads), not one head's slice of many rows */
-        /* dtype and head_dim have a kernel (the occupancy query above):
-         * r is 0 or a cudaError_t */
+         * heads), not one head's slice of many rows.  The dtype and head_dim
+         * have a kernel (the occupancy query above): r is 0 or a cudaError_t */
         dim3 grid((unsigned)ctas, p.splits);
         kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st, NULL); });
         cudaError_t e = r > 0 ? (cudaError_t)r : cudaGetLastError();
