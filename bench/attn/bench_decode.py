@@ -163,7 +163,7 @@ def main():
         t_sdpa = timer.median_us(lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=True))
         by = 2 * k.numel() * 2 + qo_bytes
         print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %9s" % (B, L, "sdpa-bf16", t_sdpa, by / t_sdpa / 1e6,
-                                                        100 * by / t_sdpa / 1e6 / read_bw, "1.00x"))
+                                                        100 * by / t_sdpa / 1e6 / read_bw, "1.000x"))
         del k, v
         pages = B * L // ps
         order = torch.randperm(pages, device="cuda") if args.pages == "random" else torch.arange(pages, device="cuda")
@@ -191,7 +191,7 @@ def main():
             by = kv + qo_bytes
             if torch.isnan(out.float()).any():
                 sys.exit("NaN in the output of %s" % name)
-            print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %8.2fx" % (B, L, name, t, by / t / 1e6,
+            print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %8.3fx" % (B, L, name, t, by / t / 1e6,
                                                                100 * by / t / 1e6 / read_bw, t_sdpa / t))
             lib.shim_pool_free(pool)
             sys.stdout.flush()
