@@ -65,7 +65,10 @@ static void print_log(const struct kvt_daemon *d)
         fclose(f);
 }
 
-static int spawn(struct kvt_daemon *d, const char *const *pools)
+/* Starts kvpoold on d's socket with a --pool per entry of pools and then
+ * the raw arguments of extra (either may be NULL), and waits until it
+ * answers. */
+static int spawn(struct kvt_daemon *d, const char *const *pools, const char *const *extra)
 {
         const char *kvpoold = kvt_env_path("KVPOOLD");
         const char *argv[64];
@@ -87,6 +90,8 @@ static int spawn(struct kvt_daemon *d, const char *const *pools)
                 argv[n++] = "--pool";
                 argv[n++] = pools[i];
         }
+        for (int i = 0; extra && extra[i] && n < 62; i++)
+                argv[n++] = extra[i];
         argv[n] = NULL;
         d->pid = fork();
         if (d->pid < 0)
@@ -129,7 +134,8 @@ static int spawn(struct kvt_daemon *d, const char *const *pools)
         return -ETIMEDOUT;
 }
 
-int kvt_daemon_start(struct kvt_daemon *d, const char *const *pools)
+/* A fresh private directory for d's sockets and log. */
+static int daemon_init(struct kvt_daemon *d)
 {
         memset(d, 0, sizeof *d);
         snprintf(d->dir, sizeof d->dir, "/tmp/kvtest-%d-XXXXXX", (int)getpid());
@@ -138,12 +144,26 @@ int kvt_daemon_start(struct kvt_daemon *d, const char *const *pools)
         snprintf(d->url, sizeof d->url, "ipc://%s/kvpool.sock", d->dir);
         snprintf(d->events, sizeof d->events, "ipc://%s/events.sock", d->dir);
         snprintf(d->log, sizeof d->log, "%s/kvpoold.log", d->dir);
-        return spawn(d, pools);
+        return 0;
+}
+
+int kvt_daemon_start(struct kvt_daemon *d, const char *const *pools)
+{
+        int r = daemon_init(d);
+
+        return r < 0 ? r : spawn(d, pools, NULL);
+}
+
+int kvt_daemon_start_args(struct kvt_daemon *d, const char *const *args)
+{
+        int r = daemon_init(d);
+
+        return r < 0 ? r : spawn(d, NULL, args);
 }
 
 int kvt_daemon_restart(struct kvt_daemon *d, const char *const *pools)
 {
-        return spawn(d, pools);
+        return spawn(d, pools, NULL);
 }
 
 int kvt_daemon_stop(struct kvt_daemon *d)
@@ -335,4 +355,51 @@ int kvt_proc_wait(struct kvt_proc *p)
         if (WIFSIGNALED(st))
                 return 128 + WTERMSIG(st);
         return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int kvt_holder_start(const char *url, const char *pool, uint32_t n, uint32_t w, int32_t *pages,
+                     struct kvt_proc *ret)
+{
+        const char *exe = kvt_env_path("KVT_WORKER");
+        char ns[16], ws[16], line[4096], *tok, *save;
+        char *argv[] = { (char *)exe, "hold", (char *)url, (char *)pool, ns, ws, NULL };
+        uint32_t got = 0;
+        int r;
+
+        if (exe == NULL)
+                return -ENOENT;
+        snprintf(ns, sizeof ns, "%u", n);
+        snprintf(ws, sizeof ws, "%u", w);
+        if ((r = kvt_spawn(argv, ret)) != 0)
+                return r;
+        if (kvt_proc_line(ret, line, sizeof line) != 0 || strncmp(line, "PAGES", 5) != 0) {
+                fprintf(stderr, "worker %u on %s: no PAGES line\n", w, pool);
+                kvt_proc_wait(ret);
+                return -EPROTO;
+        }
+        for (tok = strtok_r(line + 5, " ", &save); tok && got < n; tok = strtok_r(NULL, " ", &save))
+                pages[got++] = atoi(tok);
+        if (got != n) {
+                fprintf(stderr, "worker %u on %s reported %u pages, expected %u\n", w, pool, got, n);
+                kvt_proc_wait(ret);
+                return -EPROTO;
+        }
+        return 0;
+}
+
+int kvt_holder_release(struct kvt_proc *pr)
+{
+        char line[64] = "";
+        int  st;
+
+        if (kvt_proc_say(pr, "free") != 0 || kvt_proc_line(pr, line, sizeof line) != 0 || strcmp(line, "FREED")) {
+                fprintf(stderr, "holder did not free its pages (said \"%s\")\n", line);
+                kvt_proc_wait(pr);
+                return -1;
+        }
+        if ((st = kvt_proc_wait(pr)) != 0) {
+                fprintf(stderr, "holder exited with status %d\n", st);
+                return -1;
+        }
+        return 0;
 }

@@ -29,6 +29,9 @@ const char *kvt_pool_spec(int slot, const char *name, const char *dtype, const c
  * private socket and waits until it answers.  0 or a negative errno; on
  * failure the daemon's log is printed to stderr. */
 int kvt_daemon_start(struct kvt_daemon *d, const char *const *pools);
+/* The same with raw kvpoold arguments (NULL-terminated) instead of --pool
+ * specs, e.g. { "--config", path, NULL }. */
+int kvt_daemon_start_args(struct kvt_daemon *d, const char *const *args);
 /* The same, on d's existing socket (a restart). */
 int kvt_daemon_restart(struct kvt_daemon *d, const char *const *pools);
 /* SIGTERM, wait (5 s, then SIGKILL); returns the exit status or -1. */
@@ -61,6 +64,16 @@ int kvt_proc_line(struct kvt_proc *p, char *buf, size_t len);
 int kvt_proc_say(struct kvt_proc *p, const char *line);
 /* Closes both pipes and waits; returns the exit status, 128+signal, or -1. */
 int kvt_proc_wait(struct kvt_proc *p);
+
+/* Starts `kvt-worker hold URL POOL n w` ($KVT_WORKER): it allocates n pages
+ * of pool, writes pattern w into them and holds them; their ids go to
+ * pages[n].  0, or a negative errno with the reason on stderr (the child is
+ * then reaped). */
+int kvt_holder_start(const char *url, const char *pool, uint32_t n, uint32_t w, int32_t *pages,
+                     struct kvt_proc *ret);
+/* Tells a holder to free its pages and waits for it: 0 if it said FREED and
+ * exited 0, else -1 with the reason on stderr. */
+int kvt_holder_release(struct kvt_proc *pr);
 
 /* $name or a test failure message to stderr and NULL. */
 const char *kvt_env_path(const char *name);

@@ -29,35 +29,6 @@ static void start_pool(const char *dtype, const char *capacity)
         cr_assert_eq(kvt_daemon_start(&D, pools), 0, "kvpoold did not start");
 }
 
-/* Starts `kvt-worker hold` for n pages with pattern w; fills pages[n]. */
-static void start_holder(struct kvt_proc *pr, uint32_t n, uint32_t w, int32_t *pages)
-{
-        const char *exe = kvt_env_path("KVT_WORKER");
-        char ns[16], ws[16], line[4096], *tok, *save;
-        char *argv[] = { (char *)exe, "hold", D.url, "p", ns, ws, NULL };
-        uint32_t got = 0;
-
-        cr_assert_not_null(exe);
-        snprintf(ns, sizeof ns, "%u", n);
-        snprintf(ws, sizeof ws, "%u", w);
-        cr_assert_eq(kvt_spawn(argv, pr), 0);
-        cr_assert_eq(kvt_proc_line(pr, line, sizeof line), 0, "worker %u printed nothing", w);
-        cr_assert(strncmp(line, "PAGES", 5) == 0, "worker %u: '%s'", w, line);
-        for (tok = strtok_r(line + 5, " ", &save); tok && got < n; tok = strtok_r(NULL, " ", &save))
-                pages[got++] = atoi(tok);
-        cr_assert_eq(got, n, "worker %u reported %u pages, expected %u", w, got, n);
-}
-
-static void release_holder(struct kvt_proc *pr)
-{
-        char line[64] = "";
-
-        cr_assert_eq(kvt_proc_say(pr, "free"), 0);
-        cr_assert_eq(kvt_proc_line(pr, line, sizeof line), 0);
-        cr_assert_str_eq(line, "FREED");
-        cr_assert_eq(kvt_proc_wait(pr), 0);
-}
-
 #define WORKERS 6
 #define NPAGES  8
 
@@ -73,7 +44,7 @@ Test(integration, workers_write_others_verify_then_free, .fini = cleanup, .timeo
         cr_assert(total >= WORKERS * NPAGES, "pool too small: %g pages", total);
         /* All workers allocate and write at once... */
         for (int i = 0; i < WORKERS; i++)
-                start_holder(&w[i], NPAGES, 100 + i, pages[i]);
+                cr_assert_eq(kvt_holder_start(D.url, "p", NPAGES, 100 + i, pages[i], &w[i]), 0);
         /* ...and, while they all hold their pages, no page was handed out twice. */
         for (int a = 0; a < WORKERS * NPAGES; a++)
                 for (int b = a + 1; b < WORKERS * NPAGES; b++)
@@ -96,7 +67,7 @@ Test(integration, workers_write_others_verify_then_free, .fini = cleanup, .timeo
         for (int i = 0; i < WORKERS; i++)
                 cr_assert_eq(kvt_proc_wait(&v[i]), 0, "verifier of worker %d failed", i);
         for (int i = 0; i < WORKERS; i++)
-                release_holder(&w[i]);
+                cr_assert_eq(kvt_holder_release(&w[i]), 0);
         cr_assert(kvt_wait_all_free(D.url, "p", 2000), "pages not all free after the workers freed them");
         cr_assert_eq(kvt_pool_num(D.url, "p", "pages_held"), 0);
 }
@@ -112,7 +83,7 @@ Test(integration, sigkill_releases_pages_within_1s, .fini = cleanup, .timeout = 
 
         start_pool("bf16", "2MiB");
         total = kvt_pool_num(D.url, "p", "pages_total");
-        start_holder(&w, 20, 7, pages);
+        cr_assert_eq(kvt_holder_start(D.url, "p", 20, 7, pages, &w), 0);
         cr_assert_eq(kvt_pool_num(D.url, "p", "pages_free"), total - 20);
         t0 = kvt_now_ms();
         kill(w.pid, SIGKILL);
@@ -136,7 +107,7 @@ Test(integration, freeing_another_sessions_page_is_refused, .fini = cleanup, .ti
         int rv;
 
         start_pool("fp8_e5m2", "2MiB");
-        start_holder(&w, 2, 33, pages);
+        cr_assert_eq(kvt_holder_start(D.url, "p", 2, 33, pages, &w), 0);
         cr_assert_eq(kvc_connect(D.url, "thief", NULL, &c), 0);
         cr_assert_eq(kvc_attach(c, "p", &p), 0);
         rv = kvc_free(p, 1, &pages[0]);
@@ -166,7 +137,7 @@ Test(integration, freeing_another_sessions_page_is_refused, .fini = cleanup, .ti
                 cr_assert_eq(kvc_alloc(p, 65537, &mine), -EINVAL);
         }
         kvc_disconnect(c);
-        release_holder(&w);
+        cr_assert_eq(kvt_holder_release(&w), 0);
 }
 
 /* Mappings of kvpool shared memory objects in this process. */

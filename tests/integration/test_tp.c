@@ -8,14 +8,11 @@
  * devices 0..N-1); here every pool is in host shared memory. */
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <pthread.h>
@@ -78,48 +75,13 @@ static void write_config(const char *extra)
         fclose(f);
 }
 
-/* Starts kvpoold with --config cfg_path on a private socket (the harness
- * starts --pool daemons only) and waits until it answers. */
+/* Starts kvpoold with --config cfg_path on a private socket and waits until
+ * it answers (the daemon's log goes to stderr if it does not). */
 static void start_with_config(void)
 {
-        const char *kvpoold = kvt_env_path("KVPOOLD");
-        pid_t parent = getpid();
+        const char *const args[] = { "--config", cfg_path, NULL };
 
-        cr_assert_not_null(kvpoold);
-        memset(&D, 0, sizeof D);
-        snprintf(D.dir, sizeof D.dir, "/tmp/kvtest-%d-XXXXXX", (int)getpid());
-        cr_assert_not_null(mkdtemp(D.dir));
-        snprintf(D.url, sizeof D.url, "ipc://%s/kvpool.sock", D.dir);
-        snprintf(D.events, sizeof D.events, "ipc://%s/events.sock", D.dir);
-        snprintf(D.log, sizeof D.log, "%s/kvpoold.log", D.dir);
-        D.pid = fork();
-        cr_assert_geq(D.pid, 0);
-        if (D.pid == 0) {
-                int fd = open(D.log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-
-                prctl(PR_SET_PDEATHSIG, SIGTERM);
-                if (getppid() != parent)
-                        _exit(1);
-                if (fd >= 0) {
-                        dup2(fd, 1);
-                        dup2(fd, 2);
-                        close(fd);
-                }
-                execl(kvpoold, kvpoold, "--config", cfg_path, "--socket", D.url, "--events", D.events,
-                      "--metrics", "none", (char *)NULL);
-                _exit(127);
-        }
-        for (double t0 = kvt_now_ms(); kvt_now_ms() - t0 < 10000; usleep(20000)) {
-                kvc_client *c;
-                int st;
-
-                cr_assert_neq(waitpid(D.pid, &st, WNOHANG), D.pid, "kvpoold exited during start (log %s)", D.log);
-                if (kvc_connect(D.url, "tp-probe", NULL, &c) == 0) {
-                        kvc_disconnect(c);
-                        return;
-                }
-        }
-        cr_assert_fail("kvpoold did not answer within 10 s");
+        cr_assert_eq(kvt_daemon_start_args(&D, args), 0, "kvpoold --config %s did not start", cfg_path);
 }
 
 /* The STATUS entry of pool name (asserted present); cJSON_Delete(*doc). */
@@ -208,25 +170,6 @@ static void check_ranks(const char *spec, int want_scales)
         kvc_disconnect(c);
 }
 
-/* `kvt-worker hold URL POOL n w`; the pages it got in pages[n]. */
-static void start_holder(struct kvt_proc *pr, const char *pool, uint32_t n, uint32_t w, int32_t *pages)
-{
-        const char *exe = kvt_env_path("KVT_WORKER");
-        char ns[16], ws[16], line[4096], *tok, *save;
-        char *argv[] = { (char *)exe, "hold", D.url, (char *)pool, ns, ws, NULL };
-        uint32_t got = 0;
-
-        cr_assert_not_null(exe);
-        snprintf(ns, sizeof ns, "%u", n);
-        snprintf(ws, sizeof ws, "%u", w);
-        cr_assert_eq(kvt_spawn(argv, pr), 0);
-        cr_assert_eq(kvt_proc_line(pr, line, sizeof line), 0, "worker %u on %s printed nothing", w, pool);
-        cr_assert(strncmp(line, "PAGES", 5) == 0, "worker %u: '%s'", w, line);
-        for (tok = strtok_r(line + 5, " ", &save); tok && got < n; tok = strtok_r(NULL, " ", &save))
-                pages[got++] = atoi(tok);
-        cr_assert_eq(got, n);
-}
-
 /* `kvt-worker verify`: pattern w intact in pool's pages, seen by another
  * process through its own mapping. */
 static int verify(const char *pool, uint32_t w, uint32_t n, const int32_t *pages)
@@ -250,16 +193,6 @@ static int verify(const char *pool, uint32_t w, uint32_t n, const int32_t *pages
         return rc;
 }
 
-static void release_holder(struct kvt_proc *pr)
-{
-        char line[64] = "";
-
-        cr_assert_eq(kvt_proc_say(pr, "free"), 0);
-        cr_assert_eq(kvt_proc_line(pr, line, sizeof line), 0);
-        cr_assert_str_eq(line, "FREED");
-        cr_assert_eq(kvt_proc_wait(pr), 0);
-}
-
 #define N 6
 
 /* One worker per rank writes its rank's pool; a second worker on rank 0 is
@@ -273,9 +206,9 @@ static void workers_per_rank(const char *spec)
 
         snprintf(p0, sizeof p0, "%s.tp0", spec);
         snprintf(p1, sizeof p1, "%s.tp1", spec);
-        start_holder(&a0, p0, N, 200, pa0);
-        start_holder(&a1, p1, N, 201, pa1);
-        start_holder(&b0, p0, N, 202, pb0);
+        cr_assert_eq(kvt_holder_start(D.url, p0, N, 200, pa0, &a0), 0);
+        cr_assert_eq(kvt_holder_start(D.url, p1, N, 201, pa1, &a1), 0);
+        cr_assert_eq(kvt_holder_start(D.url, p0, N, 202, pb0, &b0), 0);
         /* Each pool hands out its own pages: rank 1's count is its worker's. */
         cr_assert_eq(kvt_pool_num(D.url, p0, "pages_held"), 2 * N);
         cr_assert_eq(kvt_pool_num(D.url, p1, "pages_held"), N);
@@ -292,8 +225,8 @@ static void workers_per_rank(const char *spec)
         cr_assert_eq(kvt_pool_num(D.url, p1, "pages_held"), N, "rank 1 lost pages when a rank 0 worker died");
         cr_assert_eq(verify(p0, 200, N, pa0), 0, "rank 0 survivor's pages after the kill");
         cr_assert_eq(verify(p1, 201, N, pa1), 0, "rank 1 pages after the kill");
-        release_holder(&a0);
-        release_holder(&a1);
+        cr_assert_eq(kvt_holder_release(&a0), 0);
+        cr_assert_eq(kvt_holder_release(&a1), 0);
         cr_assert(kvt_wait_all_free(D.url, p0, 2000));
         cr_assert(kvt_wait_all_free(D.url, p1, 2000));
 }
