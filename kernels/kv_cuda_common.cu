@@ -55,43 +55,20 @@ extern "C" int kv_cuda_available(void)
         return n > 0;
 }
 
-/* Checks shared by write and gather: the pool view itself. */
+/* Checks shared by write and gather: the pool view (kv_ref_check_view), a
+ * head_dim the kernels are built for, and the layer with its fp8 scales
+ * (kv_ref_check_layer). */
 static int check_pool(const struct kv_pool_view *p, uint32_t layer, char *msg, size_t msglen)
 {
-        const struct kv_layout *L;
+        int r = kv_ref_check_view(p, NULL, msg, msglen);
 
-        if (!p || !p->base)
-                return kv_fail(-EINVAL, msg, msglen, "pool: no mapped pool (NULL view or base)");
-        L = &p->layout;
-        if ((unsigned)L->g.dtype >= KVC_DTYPE__COUNT)
-                return kv_fail(-EINVAL, msg, msglen, "pool: unknown dtype %d", (int)L->g.dtype);
-        if (L->g.head_dim != 64 && L->g.head_dim != 128 && L->g.head_dim != 256)
+        if (r < 0)
+                return r;
+        if (p->layout.g.head_dim != 64 && p->layout.g.head_dim != 128 && p->layout.g.head_dim != 256)
                 return kv_fail(-EINVAL, msg, msglen,
                                "pool: head_dim %u is not supported by the CUDA kernels (64, 128 or 256)",
-                               L->g.head_dim);
-        if (L->g.kv_heads == 0 || L->g.page_size == 0 || L->num_pages == 0)
-                return kv_fail(-EINVAL, msg, msglen, "pool: empty geometry (kv_heads %u, page_size %u, num_pages %u)",
-                               L->g.kv_heads, L->g.page_size, L->num_pages);
-        if (layer >= L->g.num_layers)
-                return kv_fail(-EINVAL, msg, msglen, "layer: %u out of range (pool has %u layers)", layer,
-                               L->g.num_layers);
-        if (L->g.dtype == KVC_DTYPE_FP8_E4M3 || L->g.dtype == KVC_DTYPE_FP8_E5M2) {
-                float ks, vs;
-
-                if (!p->k_scale || !p->v_scale)
-                        return kv_fail(-EINVAL, msg, msglen, "pool: fp8 pool without k_scale/v_scale");
-                ks = p->k_scale[layer];
-                vs = p->v_scale[layer];
-                /* a zero, negative, infinite or NaN scale would turn every value
-                 * into NaN or Inf: refuse it rather than corrupt the pool */
-                if (!(ks > 0.0f && ks < INFINITY))
-                        return kv_fail(-EINVAL, msg, msglen, "k_scale[%u]: %g is not a positive finite number", layer,
-                                       (double)ks);
-                if (!(vs > 0.0f && vs < INFINITY))
-                        return kv_fail(-EINVAL, msg, msglen, "v_scale[%u]: %g is not a positive finite number", layer,
-                                       (double)vs);
-        }
-        return 0;
+                               p->layout.g.head_dim);
+        return kv_ref_check_layer(p, layer, NULL, msg, msglen);
 }
 
 extern "C" int kv_cuda_check_write(const struct kv_pool_view *p, const struct kvc_write_args *a,
