@@ -189,14 +189,19 @@ __device__ __forceinline__ uint32_t fp8x2_div_fast(float x0, float x1, float s, 
  * number whose ulp is the grid spacing of y's binade: 2^22 (ulp 0.5) below
  * 2, 2^23 (ulp 1) in [2, 4), 2^24 (ulp 2) in [4, 6]; the sum's low mantissa
  * bits then count grid steps, and 2E shifts them to the code. */
+__device__ __forceinline__ uint32_t e2m1_mag_p254(float y)
+{
+        const uint32_t m2 = max(__float_as_uint(y) >> 23, 127u);       /* 127 + e, e = 0, 1, 2 */
+        const float magic = __uint_as_float((m2 + 22u) << 23);          /* 2^(22+e) */
+        return (__float_as_uint(__fadd_rn(y, magic)) & 7u) + 2u * m2;   /* code + 254 */
+}
+
 __device__ __forceinline__ uint32_t e2m1_mag(float y)
 {
 #ifdef KV_CUDA_CODEC_ONLY
         return kv_f32_to_e2m1(y);
 #else
-        const uint32_t e = max(__float_as_uint(y) >> 23, 127u) - 127u; /* 0, 1, 2 */
-        const float magic = __uint_as_float((149u + e) << 23);          /* 2^(22+e) */
-        return (__float_as_uint(__fadd_rn(y, magic)) & 7u) + 2u * e;
+        return e2m1_mag_p254(y) - 254u;
 #endif
 }
 
@@ -244,10 +249,8 @@ __device__ __forceinline__ void fp4_block16(const float *x, uint32_t &w0, uint32
                  * values that round to zero keep it, as in the codec) and
                  * the -254 of every nibble is subtracted once per word,
                  * which modulo 2^32 leaves exactly the packed nibbles. */
-                const uint32_t y = __float_as_uint(__fmul_rn(__uint_as_float(u & 0x7FFFFFFFu), inv));
-                const uint32_t m2 = max(y >> 23, 127u);
-                const uint32_t t = __float_as_uint(__fadd_rn(__uint_as_float(y), __uint_as_float((m2 + 22u) << 23)));
-                r[i / 8] += ((t & 7u) + 2u * m2 + ((u >> 31) << 3)) << (4 * (i % 8));
+                const float y = __fmul_rn(__uint_as_float(u & 0x7FFFFFFFu), inv);
+                r[i / 8] += (e2m1_mag_p254(y) + ((u >> 31) << 3)) << (4 * (i % 8));
 #endif
         }
 #ifndef KV_CUDA_CODEC_ONLY

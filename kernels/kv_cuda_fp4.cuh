@@ -1,6 +1,6 @@
 /* kv_cuda_fp4.cuh - the write kernel's FP4 block encoders for 16-bit input
  * (kv_write.cuh): bf16 blocks in bf16x2 arithmetic (fp4_block16_bf), f16
- * blocks in f16 pairs (fp4_block16_h), and the two-elements-per-instruction
+ * blocks in f16 pairs (fp4_block16_f16), and the two-elements-per-instruction
  * helpers they are built from, each with an exact host emulation so the
  * encoders also run on the CPU.  Every one equals the codec's
  * kv_fp4_encode_block16 (tests/gpu/test_conv_exhaustive.cu); blocks they do
@@ -219,6 +219,30 @@ __host__ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32
 #endif
 }
 
+/* A block of 16-bit values (raw words) the fast paths do not handle, through
+ * the codec's own encoder. */
+template <int E>
+__host__ __device__ __forceinline__ void fp4_block16_raw_codec(const uint32_t (&w)[8], uint32_t &w0, uint32_t &w1,
+                                                               uint32_t &scale)
+{
+        float x[16];
+KV_UNROLL
+        for (int i = 0; i < 16; i++)
+                x[i] = h_elem<E>(w, i);
+        fp4_block16_codec(x, w0, w1, scale);
+}
+
+/* The 8 nibbles of a word from the 4 pair results of a group of 8 (nibble
+ * pairs (x_j, x_{j+4}) in bits 12..15 and 28..31 of q[j]): bytes 1 and 3 of
+ * za are (x1 x0), (x5 x4); of zb (x3 x2), (x7 x6) (the other bytes are not
+ * used: one LOP3 each). */
+__host__ __device__ __forceinline__ uint32_t fp4_pack_pairs(const uint32_t (&q)[4])
+{
+        const uint32_t za = bitsel(0xF000F000u, q[1], q[0] >> 4);
+        const uint32_t zb = bitsel(0xF000F000u, q[3], q[2] >> 4);
+        return prmt(za, zb, 0x7351);
+}
+
 /* == kv_fp4_encode_block16 on a block of 16 bf16 values given as raw words
  * (element i in half i % 2 of w[i / 2]); nibbles and scale byte as
  * fp4_block16 returns them.  Nothing is widened to f32: every step works on
@@ -258,7 +282,7 @@ __host__ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32
  *   (< 2^28), without carries into either nibble.
  * - the pairs are (x_j, x_{j+4}) of each group of 8 (one PRMT each), so the
  *   8 nibbles of a word come from 4 pair results with two shifts, two LOP3
- *   merges and one byte permutation, as in fp4_block16_h.
+ *   merges and one byte permutation, as in fp4_block16_f16.
  * tests/gpu/test_conv_exhaustive.cu compares it with the codec for every
  * bf16 value at every position of a block, against every block scale that
  * leaves it a non-zero code (and a few that do not). */
@@ -272,11 +296,7 @@ __host__ __device__ __forceinline__ void fp4_block16_bf(const uint32_t (&w)[8], 
          * plus bits below 17 that never carry into m's */
         const uint32_t u = bf2_amax(a2, prmt(a2, a2, 0x1032)) << 1;
         if (__builtin_expect(u - 0x08000000u >= 0xF0000000u, 0)) { /* m outside [0x0400, 0x7C00) */
-                float x[16];
-KV_UNROLL
-                for (int i = 0; i < 16; i++)
-                        x[i] = h_elem<KVC_ELEM_BF16>(w, i);
-                fp4_block16_codec(x, w0, w1, scale);
+                fp4_block16_raw_codec<KVC_ELEM_BF16>(w, w0, w1, scale);
                 return;
         }
         const uint32_t s = (u - 0x01820000u) >> 24;           /* ((m + 0x3F) >> 7) - 2 */
@@ -294,22 +314,17 @@ KV_UNROLL
                         const uint32_t t = bf2_fma(ms, 0x42804280u, x);          /* +-(64 M + k M / 2) */
                         q[j] = t * 0x1041u + C; /* nibbles (sign and code) in bits 12..15, 28..31 */
                 }
-                /* bytes 1 and 3 of za: (x1 x0), (x5 x4); of zb: (x3 x2), (x7 x6)
-                 * (the other bytes are not used: one LOP3 each) */
-                const uint32_t za = bitsel(0xF000F000u, q[1], q[0] >> 4);
-                const uint32_t zb = bitsel(0xF000F000u, q[3], q[2] >> 4);
-                r[g] = prmt(za, zb, 0x7351);
+                r[g] = fp4_pack_pairs(q);
         }
         w0 = r[0];
         w1 = r[1];
         scale = s;
 }
 
-/* == kv_fp4_encode_block16 on a block of 16 bf16 (E = KVC_ELEM_BF16) or f16
- * values given as raw words (element i in half i % 2 of w[i / 2]); the
- * nibbles and the scale byte as fp4_block16 returns them.  bf16 blocks go to
- * fp4_block16_bf; the f16-pair path below takes them only when
- * KV_FP4_BF16_VIA_F16 is defined (bench-write's comparison build).
+/* == kv_fp4_encode_block16 on a block of 16 f16 values given as raw words
+ * (element i in half i % 2 of w[i / 2]); the nibbles and the scale byte as
+ * fp4_block16 returns them.  (bf16 blocks have fp4_block16_bf; this f16-pair
+ * path also served bf16 up to commit fca4f0b.)
  *
  * Why it is equal, with e the block's scale exponent and y = x * 2^-e
  * (exact in f32: a power of two, and |y| <= 6 for finite blocks):
@@ -340,43 +355,25 @@ KV_UNROLL
  * tests/gpu/test_conv_exhaustive.cu compares it with the codec for every
  * bf16 and every f16 value at every position of a block, against every
  * block scale that leaves it a non-zero code (and a few that do not). */
-template <int E>
-__host__ __device__ __forceinline__ void fp4_block16_h(const uint32_t (&w)[8], uint32_t &w0, uint32_t &w1,
-                                                       uint32_t &scale)
+__host__ __device__ __forceinline__ void fp4_block16_f16(const uint32_t (&w)[8], uint32_t &w0, uint32_t &w1,
+                                                         uint32_t &scale)
 {
-        static_assert(E == KVC_ELEM_BF16 || E == KVC_ELEM_F16, "16-bit input");
-#ifndef KV_FP4_BF16_VIA_F16
-        if constexpr (E == KVC_ELEM_BF16) {
-                /* bf16 has its own encoder, in bf16x2 arithmetic: about half
-                 * the instructions of the path below */
-                fp4_block16_bf(w, w0, w1, scale);
-                return;
-        }
-#endif
-        constexpr uint32_t inf = E == KVC_ELEM_BF16 ? 0x7F80u : 0x7C00u;
+        constexpr int E = KVC_ELEM_F16;
+        constexpr uint32_t inf = 0x7C00u;
         uint32_t m2 = w[0] & 0x7FFF7FFFu;
 KV_UNROLL
         for (int i = 1; i < 8; i++)
                 m2 = u16x2_max(m2, w[i] & 0x7FFF7FFFu);
         const uint32_t m = (m2 & 0xFFFFu) > (m2 >> 16) ? m2 & 0xFFFFu : m2 >> 16;
         if (__builtin_expect(m >= inf, 0)) {
-                float x[16];
-KV_UNROLL
-                for (int i = 0; i < 16; i++)
-                        x[i] = h_elem<E>(w, i);
-                fp4_block16_codec(x, w0, w1, scale);
+                fp4_block16_raw_codec<E>(w, w0, w1, scale);
                 return;
         }
-        float amax;
-        if constexpr (E == KVC_ELEM_BF16) {
-                amax = kv_bits_f32(m << 16);
-        } else {
 #ifdef __CUDA_ARCH__
-                amax = __half2float(__ushort_as_half((unsigned short)m));
+        const float amax = __half2float(__ushort_as_half((unsigned short)m));
 #else
-                amax = kv_f16_to_f32((uint16_t)m);
+        const float amax = kv_f16_to_f32((uint16_t)m);
 #endif
-        }
         const uint8_t s = kv_fp4_block_scale(amax);
         const float inv = kv_e8m0_inv_f32(s); /* a power of two: x * inv is exact */
         uint32_t r[2];
@@ -395,19 +392,23 @@ KV_UNROLL
                         const uint32_t t = h2_fma_abs(M, 0x60006000u, y);                /* M * 512 + |y| */
                         q[j] = t * 0x1008u | (y & 0x80008000u); /* nibbles in bits 12..15, 28..31 */
                 }
-                /* bytes 1 and 3 of za: (x1 x0), (x5 x4); of zb: (x3 x2), (x7 x6)
-                 * (the other bytes are not used: one LOP3 each) */
-                const uint32_t za = bitsel(0xF000F000u, q[1], q[0] >> 4);
-                const uint32_t zb = bitsel(0xF000F000u, q[3], q[2] >> 4);
-#ifdef __CUDA_ARCH__
-                r[g] = __byte_perm(za, zb, 0x7351);
-#else
-                r[g] = (za >> 8 & 0xFFu) | (zb >> 8 & 0xFFu) << 8 | (za >> 24) << 16 | (zb >> 24) << 24;
-#endif
+                r[g] = fp4_pack_pairs(q);
         }
         w0 = r[0];
         w1 = r[1];
         scale = s;
+}
+
+/* The encoder for 16-bit input E: bf16 in bf16x2 arithmetic, f16 in f16 pairs. */
+template <int E>
+__host__ __device__ __forceinline__ void fp4_block16_h(const uint32_t (&w)[8], uint32_t &w0, uint32_t &w1,
+                                                       uint32_t &scale)
+{
+        static_assert(E == KVC_ELEM_BF16 || E == KVC_ELEM_F16, "16-bit input");
+        if constexpr (E == KVC_ELEM_BF16)
+                fp4_block16_bf(w, w0, w1, scale);
+        else
+                fp4_block16_f16(w, w0, w1, scale);
 }
 
 } // namespace kvk

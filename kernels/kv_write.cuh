@@ -19,7 +19,7 @@
  * compares whole pools with kv_ref_write).  FP8 stores the codes of x / scale
  * correctly rounded, as the reference's division does (fp8x2_div_fast, with
  * the IEEE division where it cannot decide); FP4 from bf16 input rounds in
- * bf16 pairs (fp4_block16_bf), from f16 input in f16 pairs (fp4_block16_h),
+ * bf16 pairs (fp4_block16_bf), from f16 input in f16 pairs (fp4_block16_f16),
  * from fp32 input in fp32 (fp4_block16).
  */
 #ifndef KV_WRITE_CUH
@@ -175,7 +175,7 @@ __device__ __forceinline__ void slot_offsets(const write_params &p, int64_t slot
  * is shared.  fp4 from 16-bit input (fp4_from_raw) instead runs K and V in
  * separate threads, K in grid z = 0 and V in z = 1: its chunk is 64 input
  * bytes per tensor, and with both in one thread too few threads keep too few
- * bytes in flight (H200, bench-write --fp4-variants: 85.3 % of the copy
+ * bytes in flight (H200, bench-write --fp4-variants at commit c2d2ada: 85.3 % of the copy
  * split, 81.8 % joint, T = 16384).  No division unless the pool layout is
  * not flat. */
 template <int D, int E>

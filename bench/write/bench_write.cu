@@ -29,13 +29,9 @@
  *   codec   graph time of the same kernel built with the codec's integer
  *           conversions only (KV_CUDA_CODEC_ONLY), for comparison
  *
- *   bench-write --fp4-variants
- * prints instead, for fp4 at T = 4096 and 16384, the graph time of the
- * library's kernel next to bf16 through the previous f16-pair encoder
- * (write_fp4_prev.cu) and a same-size copy; three rounds, each variant in
- * turn, so that drift hits all alike; the variant's pool is compared with
- * the library's.  (The variant with K and V in separate threads that this
- * mode also measured became the library's fp4 kernel, commit 92702c2.)
+ * (An --fp4-variants mode, which timed the fp4 kernel against the previous
+ * f16-pair encoder of bf16 input, existed up to commit fca4f0b; its table is
+ * in docs/benchmarks.md.)
  */
 #include <algorithm>
 #include <errno.h>
@@ -51,7 +47,6 @@
 #include "gpu_common.h" /* tests/gpu: CK, the PRNG, the device check */
 
 extern "C" int bench_write_codec_only(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream);
-extern "C" int bench_write_fp4_prev(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream);
 
 static const uint32_t HEADS = 8, HD = 128, PAGE = 16;
 
@@ -151,7 +146,7 @@ static void free_setup(setup &s)
         cudaFree(s.cdst);
 }
 
-enum variant { V_LIB, V_CODEC, V_OTHER_LAUNCH, V_COPY, V_FP4_PREV };
+enum variant { V_LIB, V_CODEC, V_OTHER_LAUNCH, V_COPY };
 
 static int call(setup &s, int i, cudaStream_t st, int v)
 {
@@ -165,9 +160,6 @@ static int call(setup &s, int i, cudaStream_t st, int v)
                 break;
         case V_CODEC:
                 r = bench_write_codec_only(&s.view, &s.args[k], st);
-                break;
-        case V_FP4_PREV:
-                r = bench_write_fp4_prev(&s.view, &s.args[k], st);
                 break;
         case V_OTHER_LAUNCH: {
                 /* the library's kernel and arguments, launched the other way */
@@ -278,55 +270,10 @@ static double copy_bw(cudaStream_t st)
         return median(v);
 }
 
-/* --fp4-variants: the library's fp4 kernel against its previous encoder */
-static void fp4_variants(cudaStream_t st, const cudaDeviceProp &prop, double copy)
-{
-        static const uint32_t Ts[] = { 4096, 16384 };
-        static const int vs[] = { V_LIB, V_FP4_PREV, V_COPY };
-        static const char *names[] = { "library (fp4_block16_bf)", "bf16 via f16 pairs (previous)", "same-size copy" };
-        const int nv = 3;
-
-        printf("fp4 variants, graph us per call, 3 rounds (each round times every variant in turn)\n");
-        for (uint32_t ti = 0; ti < 2; ti++) {
-                const uint32_t T = Ts[ti];
-                setup s;
-                make_setup(s, KVC_DTYPE_FP4_E2M1, T, prop.l2CacheSize);
-                const int n = T <= 4096 ? 100 : 40;
-                std::vector<double> t[nv];
-                for (int r = 0; r < 3; r++)
-                        for (int v = 0; v < nv; v++)
-                                t[v].push_back(time_graph(s, st, n, vs[v]));
-                /* the variants must write what the library writes */
-                const size_t pb = s.view.layout.alloc_bytes;
-                std::vector<uint8_t> want(pb), got(pb);
-                for (int v = 0; v < nv - 1; v++) {
-                        CK(cudaMemsetAsync(s.pool, 0xA5, pb, st));
-                        for (size_t k = 0; k < s.args.size(); k++)
-                                call(s, (int)k, st, vs[v]);
-                        CK(cudaStreamSynchronize(st));
-                        CK(cudaMemcpy(v ? got.data() : want.data(), s.pool, pb, cudaMemcpyDeviceToHost));
-                        if (v)
-                                printf("%6u  %-30s pool %s the library's\n", T, names[v],
-                                       memcmp(want.data(), got.data(), pb) ? "DIFFERS from" : "equals");
-                }
-                const double cb = call_bytes(KVC_DTYPE_FP4_E2M1, T);
-                for (int v = 0; v < nv; v++) {
-                        const double bytes = vs[v] == V_COPY ? 2.0 * s.cbytes : cb;
-                        const double med = median(t[v]);
-                        printf("%6u  %-30s %8.2f %8.2f %8.2f  median %8.2f us  %6.0f GB/s  %5.1f%% copy\n", T, names[v],
-                               t[v][0], t[v][1], t[v][2], med, bytes / (med * 1e-6) / 1e9,
-                               100.0 * bytes / (med * 1e-6) / 1e9 / copy);
-                }
-                fflush(stdout);
-                free_setup(s);
-        }
-}
-
 int main(int argc, char **argv)
 {
         static const uint32_t Ts[] = { 1, 16, 256, 4096, 16384 };
         const int quick = argc > 1 && !strcmp(argv[1], "--quick");
-        const int variants = argc > 1 && !strcmp(argv[1], "--fp4-variants");
         cudaDeviceProp prop;
         cudaStream_t st;
 
@@ -339,11 +286,6 @@ int main(int argc, char **argv)
         printf("device-to-device cudaMemcpy of 1 GiB: %.0f GB/s (read + write)\n\n", copy);
         printf("library launch: %s programmatic dependent launch (KV_WRITE_PDL %d)\n\n",
                KV_WRITE_PDL ? "with" : "without", KV_WRITE_PDL);
-        if (variants) {
-                fp4_variants(st, prop, copy);
-                CK(cudaStreamDestroy(st));
-                return 0;
-        }
         printf("%6s  %-9s %9s %9s %6s %6s %9s %6s %9s %6s %6s %9s %6s\n", "T", "dtype", "events_us", "graph_us",
                "GB/s", "%copy", KV_WRITE_PDL ? "nopdl_us" : "pdl_us", "%copy", "szcopy_us", "GB/s", "%sz",
                "codec_us", "%copy");

@@ -9,7 +9,7 @@
  * input (all 2^32 float bit patterns, all 2^16 halves, all of [0, 6] for the
  * e2m1 encoder, whose caller never passes more), plus 2^24 random fp4
  * blocks with outliers and specials, the fp4 block encoders of bf16 input
- * (bf16x2, fp4_block16_bf) and f16 input (f16x2, fp4_block16_h) on every
+ * (bf16x2, fp4_block16_bf) and f16 input (f16x2, fp4_block16_f16) on every
  * 16-bit input value at every block position against every scale class that
  * matters, and the IEEE division used for fp8 is
  * checked against a division in double rounded once to float (exact for
