@@ -324,7 +324,7 @@ KV_UNROLL
 /* == kv_fp4_encode_block16 on a block of 16 f16 values given as raw words
  * (element i in half i % 2 of w[i / 2]); the nibbles and the scale byte as
  * fp4_block16 returns them.  (bf16 blocks have fp4_block16_bf; this f16-pair
- * path also served bf16 up to commit fca4f0b.)
+ * path also served bf16 up to commit 63fc4fa.)
  *
  * Why it is equal, with e the block's scale exponent and y = x * 2^-e
  * (exact in f32: a power of two, and |y| <= 6 for finite blocks):

@@ -30,7 +30,7 @@
  *           conversions only (KV_CUDA_CODEC_ONLY), for comparison
  *
  * (An --fp4-variants mode, which timed the fp4 kernel against the previous
- * f16-pair encoder of bf16 input, existed up to commit fca4f0b; its table is
+ * f16-pair encoder of bf16 input, existed up to commit 63fc4fa; its table is
  * in docs/benchmarks.md.)
  */
 #include <algorithm>
