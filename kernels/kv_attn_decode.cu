@@ -161,20 +161,20 @@ static int scratch_pool(cudaMemPool_t *ret)
 
 static int sm_count(int *ret)
 {
-        static int cache[64];
+        static std::atomic<int> cache[64];
         int dev = 0, n = 0;
         cudaError_t e = cudaGetDevice(&dev);
         if (e != cudaSuccess)
                 return (int)e;
-        if (dev >= 0 && dev < 64 && cache[dev] > 0) {
-                *ret = cache[dev];
+        if (dev >= 0 && dev < 64 && (n = cache[dev].load(std::memory_order_relaxed)) > 0) {
+                *ret = n;
                 return 0;
         }
         e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
         if (e != cudaSuccess)
                 return (int)e;
         if (dev >= 0 && dev < 64)
-                cache[dev] = n; /* benign race: every thread stores the same value */
+                cache[dev].store(n, std::memory_order_relaxed); /* every thread stores the same value */
         *ret = n;
         return 0;
 }
