@@ -234,6 +234,9 @@ static int do_alloc(struct kvd_server *s, struct kvd_req *q, struct kvd_session 
                 return reply_error(q, KV_E_NOSPACE, "pool %s: %u pages requested, %u free (%u cached evictable)",
                                    p->name, m.count, st.free, st.cached_idle);
         }
+        if (r == -EOVERFLOW)
+                return reply_error(q, KV_E_TOOBIG, "ALLOC: pool %s: this session's references would exceed 2^32 - 1",
+                                   p->name);
         if (r < 0)
                 return reply_error(q, KV_E_INTERNAL, "ALLOC: pool %s: %s", p->name, strerror(-r));
         reply_pages(q, m.count, s->ids);
@@ -357,6 +360,10 @@ static int do_lookup(struct kvd_server *s, struct kvd_req *q, struct kvd_session
         /* The keys are read in place: the reply overwrites the message only
          * after the lookup is done. */
         r = kvd_pages_lookup(p->pages, ss->id, ss->salt, m.count, (const uint8_t (*)[KV_KEY_LEN])m.keys, s->ids);
+        if (r == -EOVERFLOW)
+                return reply_error(q, KV_E_TOOBIG,
+                                   "LOOKUP: pool %s: a page's or this session's references would exceed 2^32 - 1",
+                                   p->name);
         if (r < 0)
                 return reply_error(q, KV_E_INTERNAL, "LOOKUP: pool %s: %s", p->name, strerror(-r));
         reply_pages(q, (uint32_t)r, s->ids);

@@ -422,6 +422,58 @@ Test(e2e, lost_connections_release_pages)
         stop_clean(&d);
 }
 
+/* A client that sends ALLOC and closes before the reply, many times over:
+ * every page comes back (the session ends with the connection, whether the
+ * reply went out or not). */
+Test(e2e, alloc_then_close_before_the_reply)
+{
+        const char *const args[] = { "--pool", SMALL_POOL, NULL };
+        struct daemon     d;
+        struct rep        keep;
+
+        start_daemon(&d, args);
+        nng_socket watcher = client(d.url, 5000);
+        hello(watcher, "watcher", 0);
+        for (int i = 0; i < 200; i++) {
+                struct kv_alloc_req a = { 0, 8 };
+                nng_socket s = client(d.url, 5000);
+
+                hello(s, "impatient", 0);
+                attach(s, "a", &keep);
+                rep_free(&keep);
+                cr_assert_eq(nng_send(s, req, (size_t)kv_enc_alloc_req(req, sizeof(req), 9, &a), 0), 0);
+                nng_close(s);
+        }
+        cr_assert(wait_all_free(watcher, "a", 2000), "pages of clients gone before their ALLOC reply not released");
+        nng_close(watcher);
+        stop_clean(&d);
+}
+
+/* A client name goes into logs and the STATUS JSON as printable ASCII: the
+ * daemon shows other bytes as '?'. */
+Test(e2e, client_names_are_printable)
+{
+        const char *const args[] = { "--pool", SMALL_POOL, NULL };
+        struct daemon     d;
+        int               seen = 0;
+
+        start_daemon(&d, args);
+        nng_socket s = client(d.url, 5000);
+        hello(s, "a\nb\x1b[1mc\xff\x7f", 0);
+        cJSON *st = status(s);
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItem(st, "clients")) {
+                const cJSON *n = cJSON_GetObjectItem(c, "name");
+                if (cJSON_IsString(n) && !strcmp(n->valuestring, "a?b?[1mc??"))
+                        seen = 1;
+        }
+        cr_assert(seen, "no client named \"a?b?[1mc??\" in %s", cJSON_PrintUnformatted(st));
+        cr_assert_null(strstr(read_log(&d), "\x1b"), "an escape byte reached the log");
+        cJSON_Delete(st);
+        nng_close(s);
+        stop_clean(&d);
+}
+
 Test(e2e, prefix_cache_requests)
 {
         const char *const args[] = { "--pool", SMALL_POOL, NULL };
