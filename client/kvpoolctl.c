@@ -18,6 +18,7 @@
 
 #include "ctl_events.h"
 #include "kvclient.h"
+#include "kv_proto.h"
 
 #ifndef KV_VERSION
 #define KV_VERSION "unknown"
@@ -387,16 +388,6 @@ static int cmd_text(const char *url, int status, int json)
         return rv;
 }
 
-/* The events socket sits beside the control socket: same URL, last path
- * component replaced by events.sock. */
-static void default_events_url(const char *url, char *buf, size_t len)
-{
-        const char *slash = strrchr(url, '/');
-        int keep = slash ? (int)(slash - url) + 1 : 0;
-
-        snprintf(buf, len, "%.*sevents.sock", keep, url);
-}
-
 /* Takes the value of --opt VALUE or --opt=VALUE at argv[*i]; NULL if absent. */
 static const char *opt_value(int argc, char **argv, int *i, const char *opt)
 {
@@ -469,7 +460,12 @@ int main(int argc, char **argv)
                         }
                 }
                 if (events == NULL) {
-                        default_events_url(url, events_buf, sizeof events_buf);
+                        /* the daemon's own default: events.sock beside its socket */
+                        if (kv_default_events_url(url, events_buf, sizeof events_buf) < 0) {
+                                fprintf(stderr, "kvpoolctl: events: no default event socket for %s (not an "
+                                                "ipc:// URL, or too long): name one with --events URL\n", url);
+                                return 2;
+                        }
                         events = events_buf;
                 }
 #if KV_HAVE_CTL_EVENTS

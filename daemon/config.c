@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "config_int.h"
+#include "kv_proto.h"
 #include "log.h"
 #include "kv_layout.h"
 #include "scales.h"
@@ -79,23 +80,18 @@ static int is_off(const char *v)
         return !v || !*v || strcmp(v, "none") == 0 || strcmp(v, "off") == 0;
 }
 
-/* The event socket's default: events.sock beside the request socket (the
- * same folder; kvpoolctl derives it the same way).  Only ipc:// sockets get
- * a default; on other transports events are off unless --events names one. */
+/* The event socket's default (kv_default_events_url: events.sock beside the
+ * request socket), malloc'ed; NULL for a socket that is not ipc:// (events
+ * are then off unless --events names one) or without memory. */
 static char *default_events_url(const char *socket_url)
 {
-        const char *path, *base;
-        char       *out;
-        size_t      dirlen;
+        const size_t cap = strlen(socket_url) + sizeof("events.sock");
+        char        *out = malloc(cap);
 
-        if (strncmp(socket_url, "ipc://", 6) != 0)
-                return NULL;
-        path = socket_url + 6;
-        base = strrchr(path, '/');
-        dirlen = base ? (size_t)(base - path) + 1 : 0;
-        if (!(out = malloc(6 + dirlen + sizeof("events.sock"))))
-                return NULL;
-        sprintf(out, "ipc://%.*sevents.sock", (int)dirlen, path);
+        if (out && kv_default_events_url(socket_url, out, cap) < 0) {
+                free(out);
+                out = NULL;
+        }
         return out;
 }
 

@@ -708,3 +708,21 @@ int kv_dec_error(const uint8_t *buf, size_t len, struct kv_error *ret)
         ret->msg = (const char *)buf + 8;
         return 0;
 }
+
+int kv_default_events_url(const char *socket_url, char *buf, size_t cap)
+{
+        const char *path, *base;
+        size_t      dirlen, n;
+
+        if (!socket_url || strncmp(socket_url, "ipc://", 6) != 0)
+                return -EINVAL;
+        path = socket_url + 6;
+        base = strrchr(path, '/');
+        dirlen = base ? (size_t)(base - path) + 1 : 0;
+        n = 6 + dirlen + sizeof("events.sock") - 1;
+        if (!buf || n >= cap)
+                return -ENOBUFS;
+        memcpy(buf, socket_url, 6 + dirlen);
+        memcpy(buf + 6 + dirlen, "events.sock", sizeof("events.sock"));
+        return (int)n;
+}

@@ -273,6 +273,13 @@ int kv_dec_text(const uint8_t *buf, size_t len, struct kv_text *ret);
 int kv_enc_error(uint8_t *buf, size_t cap, uint32_t rid, uint32_t code, const char *msg);
 int kv_dec_error(const uint8_t *buf, size_t len, struct kv_error *ret);
 
+/* The event socket's default URL for a daemon on socket_url: events.sock
+ * beside the request socket (same folder) — the one rule kvpoold and
+ * kvpoolctl share.  Only ipc:// sockets have one.  Writes a NUL-terminated
+ * URL into buf and returns its length, -EINVAL for a URL that is not ipc://,
+ * or -ENOBUFS when it does not fit (buf untouched then). */
+int kv_default_events_url(const char *socket_url, char *buf, size_t cap);
+
 /* Size of a whole message, for sizing buffers before encoding. */
 static inline size_t kv_size_pages(uint32_t count) { return KV_HDR_SIZE + 8u + 4u * (size_t)count; }
 static inline size_t kv_size_attach_rep(uint32_t layers) { return KV_HDR_SIZE + KV_ATTACH_FIXED + 8u * (size_t)layers; }

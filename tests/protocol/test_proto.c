@@ -725,3 +725,24 @@ Test(proto, corrupted_header_fields_refused)
                 }
         }
 }
+
+/* The event socket's default, the rule kvpoold and kvpoolctl share. */
+Test(proto, default_events_url)
+{
+        char buf[64] = "untouched";
+
+        cr_assert_eq(kv_default_events_url("ipc:///run/kvpool/kvpool.sock", buf, sizeof(buf)),
+                     (int)strlen("ipc:///run/kvpool/events.sock"));
+        cr_assert_str_eq(buf, "ipc:///run/kvpool/events.sock");
+        cr_assert_eq(kv_default_events_url("ipc://kvpool.sock", buf, sizeof(buf)), (int)strlen("ipc://events.sock"));
+        cr_assert_str_eq(buf, "ipc://events.sock");
+        strcpy(buf, "untouched");
+        cr_assert_eq(kv_default_events_url("tcp://127.0.0.1:5555", buf, sizeof(buf)), -EINVAL);
+        cr_assert_eq(kv_default_events_url(NULL, buf, sizeof(buf)), -EINVAL);
+        cr_assert_eq(kv_default_events_url("ipc:///a/very/long/folder/kvpool.sock", buf, 20), -ENOBUFS);
+        cr_assert_str_eq(buf, "untouched");
+        /* exactly the room for the URL and its NUL */
+        cr_assert_eq(kv_default_events_url("ipc:///d/x", buf, sizeof("ipc:///d/events.sock")),
+                     (int)strlen("ipc:///d/events.sock"));
+        cr_assert_str_eq(buf, "ipc:///d/events.sock");
+}
