@@ -42,20 +42,18 @@ static int host_create(const char *pool_name, uint64_t bytes, int device, gid_t 
                 /* EEXIST: a crashed kvpoold that had our pid left it behind (or a
                  * daemon in another pid namespace shares /dev/shm): never adopt or
                  * remove it here, tell the operator. */
-                snprintf(err, errlen, "shm_open(%s): %s%s", r.shm_name, strerror(errno),
-                         errno == EEXIST ? " (left by an earlier kvpoold with the same pid? "
-                                           "remove /dev/shm" : "");
-                if (errno == EEXIST) {
-                        size_t n = strlen(err);
-                        snprintf(err + n, errlen > n ? errlen - n : 0, "%s if no kvpoold uses it)", r.shm_name);
-                }
+                if (rc == -EEXIST)
+                        snprintf(err, errlen, "shm_open(%s): %s (left by an earlier kvpoold with the same pid? "
+                                 "remove /dev/shm%s if no kvpoold uses it)", r.shm_name, strerror(-rc), r.shm_name);
+                else
+                        snprintf(err, errlen, "shm_open(%s): %s", r.shm_name, strerror(-rc));
                 return rc;
         }
         /* The umask may have masked bits off: set the mode we mean. */
         if (fchmod(fd, mode) != 0 || (has_group && fchown(fd, (uid_t)-1, group) != 0)) {
                 rc = -errno;
                 snprintf(err, errlen, "%s: cannot set mode %04o%s: %s", r.shm_name, (unsigned)mode,
-                         has_group ? " and group" : "", strerror(errno));
+                         has_group ? " and group" : "", strerror(-rc));
                 goto fail;
         }
         /* posix_fallocate returns the error number instead of setting errno. */

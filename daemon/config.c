@@ -374,9 +374,7 @@ int kvd_config_check_scales(const struct kvd_config *c, FILE *f, char *err, size
                 if (f)
                         fprintf(f, "pool %s scales: %s%s%s, k %g..%g, v %g..%g over %u layers%s\n", s->name,
                                 sc.source, sc.path[0] ? " " : "", sc.path, sc.k_min, sc.k_max, sc.v_min, sc.v_max,
-                                sc.num_layers, sc.warn_unscaled && (s->geom.dtype == KVC_DTYPE_FP8_E4M3 ||
-                                                                    s->geom.dtype == KVC_DTYPE_FP8_E5M2)
-                                                       ? " (UNSCALED fp8: configure \"scales\")" : "");
+                                sc.num_layers, sc.warn_unscaled ? " (UNSCALED fp8: configure \"scales\")" : "");
                 kvd_scales_fini(&sc);
         }
         return 0;

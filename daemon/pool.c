@@ -168,8 +168,7 @@ int kvd_pool_new(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_pool 
                 free(p);
                 return r;
         }
-        if (p->scales.warn_unscaled &&
-            (spec->geom.dtype == KVC_DTYPE_FP8_E4M3 || spec->geom.dtype == KVC_DTYPE_FP8_E5M2))
+        if (p->scales.warn_unscaled) /* set for fp8 pools only */
                 kvd_warn("pool %s: %s with constant scales k=%g v=%g: UNSCALED FP8 is known to wreck some models' "
                          "accuracy; configure \"scales\" from the model's calibration (json or safetensors)",
                          p->name, dname, p->scales.k_min, p->scales.v_min);

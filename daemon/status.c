@@ -56,7 +56,7 @@ static cJSON *pool_json(const struct kvd_pool *p)
              add_num(o, "evictions", (double)st.evictions) &&
              /* Several GPUs (issue 8): the configured spec it came from, and
               * its tensor-parallel rank (null for a pool that is not one). */
-             add_str(o, "group", p->group[0] ? p->group : p->name) &&
+             add_str(o, "group", p->group) && /* kvd_pool_new always names it */
              (p->tp_size ? add_num(o, "tp_rank", p->tp_rank) : cJSON_AddNullToObject(o, "tp_rank") != NULL) &&
              (p->tp_size ? add_num(o, "tp_size", p->tp_size) : cJSON_AddNullToObject(o, "tp_size") != NULL);
         if (!ok) {
