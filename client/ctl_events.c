@@ -180,6 +180,16 @@ int ctl_events_main(const char *events_url, int json, int argc, char **argv)
                         nng_strerror(rv));
                 return 1;
         }
+        /* SIGINT/SIGTERM end the stream with status 0; the handler goes in
+         * before the dial, since the daemon (or a test) sees the
+         * subscription as soon as the connection is up and may signal at
+         * once */
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
         /* a synchronous dial: no daemon there is an error, not a silent wait
          * (once connected, nng redials by itself if the daemon restarts) */
         rv = nng_dial(sock, events_url, NULL, 0);
@@ -190,12 +200,6 @@ int ctl_events_main(const char *events_url, int json, int argc, char **argv)
                 return 1;
         }
 
-        struct sigaction sa;
-        memset(&sa, 0, sizeof(sa));
-        sa.sa_handler = on_signal;
-        sigemptyset(&sa.sa_mask);
-        sigaction(SIGINT, &sa, NULL);
-        sigaction(SIGTERM, &sa, NULL);
         setvbuf(stdout, NULL, _IOLBF, 0);
 
         uint64_t last = 0, printed = 0;
@@ -237,6 +241,10 @@ int ctl_events_main(const char *events_url, int json, int argc, char **argv)
                 if (ev.type == KVD_EV_SHUTDOWN || (count && ++printed >= count))
                         break;
         }
-        nng_close(sock);
+        /* The socket is left for the process exit to release: nng_close of
+         * this SUB socket right after its last receive was seen to block
+         * forever in Debian's nng 1.5.2 (about one `events --count` in 100
+         * never exited; tests/prefix/test_events), and kvpoolctl exits
+         * right after this returns. */
         return status;
 }

@@ -348,7 +348,10 @@ static int ctl_wait(struct ctl *c)
         }
         kill(c->pid, SIGKILL);
         waitpid(c->pid, &st, 0);
-        cr_assert_fail("kvpoolctl events did not exit");
+        char printed[2048] = "", line[512];
+        while (fgets(line, sizeof(line), c->out) && strlen(printed) + strlen(line) < sizeof(printed))
+                strcat(printed, line);
+        cr_assert_fail("kvpoolctl events did not exit; it printed:\n%s", printed);
         return -1;
 }
 
