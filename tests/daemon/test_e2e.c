@@ -350,44 +350,47 @@ static int doomed_rpc(nng_socket s, uint8_t *m, int n, uint16_t want)
         return ok ? 0 : -1;
 }
 
+/* A re-executed client's session: dial url, HELLO as name, ATTACH pool
+ * "a", then send an ALLOC of n pages and, if wait, read its reply.  0 or -1
+ * (plain nng, no Criterion: it runs before Criterion's main). */
+static int child_session(const char *url, const char *name, uint32_t n, int wait)
+{
+        struct kv_hello_req  hm = { .proto_version = KV_PROTO_VERSION };
+        struct kv_attach_req am = { "a" };
+        struct kv_alloc_req  al = { 0, n };
+        static uint8_t       m[4096];
+        nng_socket           s;
+        int                  len;
+
+        snprintf(hm.name, sizeof(hm.name), "%s", name);
+        if (nng_req0_open(&s) || nng_dial(s, url, NULL, 0) ||
+            doomed_rpc(s, m, kv_enc_hello_req(m, sizeof(m), 1, &hm), KV_OP_HELLO | KV_OP_REPLY) ||
+            doomed_rpc(s, m, kv_enc_attach_req(m, sizeof(m), 2, &am), KV_OP_ATTACH | KV_OP_REPLY))
+                return -1;
+        len = kv_enc_alloc_req(m, sizeof(m), 3, &al);
+        if (wait)
+                return doomed_rpc(s, m, len, KV_OP_ALLOC | KV_OP_REPLY);
+        return len < 0 || nng_send(s, m, (size_t)len, 0) ? -1 : 0;
+}
+
 /* The impatient client of alloc_then_gone_before_the_reply: this binary
  * re-run with KVTEST_IMPATIENT_URL set sends HELLO, ATTACH and then an ALLOC
  * of 8 pages, and exits without reading the ALLOC reply. */
 __attribute__((constructor)) static void impatient_client(void)
 {
-        const char          *url = getenv("KVTEST_IMPATIENT_URL");
-        struct kv_hello_req  hm = { .proto_version = KV_PROTO_VERSION, .name = "impatient" };
-        struct kv_attach_req am = { "a" };
-        struct kv_alloc_req  al = { 0, 8 };
-        static uint8_t       m[4096];
-        nng_socket           s;
-        int                  n;
+        const char *url = getenv("KVTEST_IMPATIENT_URL");
 
-        if (!url)
-                return;
-        if (nng_req0_open(&s) || nng_dial(s, url, NULL, 0) ||
-            doomed_rpc(s, m, kv_enc_hello_req(m, sizeof(m), 1, &hm), KV_OP_HELLO | KV_OP_REPLY) ||
-            doomed_rpc(s, m, kv_enc_attach_req(m, sizeof(m), 2, &am), KV_OP_ATTACH | KV_OP_REPLY) ||
-            (n = kv_enc_alloc_req(m, sizeof(m), 3, &al)) < 0 || nng_send(s, m, (size_t)n, 0))
-                _exit(1);
-        _exit(0);
+        if (url)
+                _exit(child_session(url, "impatient", 8, 0) ? 1 : 0);
 }
 
 __attribute__((constructor)) static void doomed_client(void)
 {
-        const char          *url = getenv("KVTEST_DOOMED_URL"), *fd = getenv("KVTEST_DOOMED_FD");
-        struct kv_hello_req  hm = { .proto_version = KV_PROTO_VERSION, .name = "doomed" };
-        struct kv_attach_req am = { "a" };
-        struct kv_alloc_req  al = { 0, 30 };
-        static uint8_t       m[4096];
-        nng_socket           s;
+        const char *url = getenv("KVTEST_DOOMED_URL"), *fd = getenv("KVTEST_DOOMED_FD");
 
         if (!url || !fd)
                 return;
-        if (nng_req0_open(&s) || nng_dial(s, url, NULL, 0) ||
-            doomed_rpc(s, m, kv_enc_hello_req(m, sizeof(m), 1, &hm), KV_OP_HELLO | KV_OP_REPLY) ||
-            doomed_rpc(s, m, kv_enc_attach_req(m, sizeof(m), 2, &am), KV_OP_ATTACH | KV_OP_REPLY) ||
-            doomed_rpc(s, m, kv_enc_alloc_req(m, sizeof(m), 3, &al), KV_OP_ALLOC | KV_OP_REPLY))
+        if (child_session(url, "doomed", 30, 1))
                 _exit(1);
         if (write(atoi(fd), "k", 1) != 1)
                 _exit(1);
