@@ -36,40 +36,34 @@
 #include "kv_ref_common.h"
 
 /* Raises kernel k's dynamic shared memory limit to bytes, once per device
- * (the attribute is per device context).  Returns a cudaError_t. */
+ * (the attribute is per device context; dev is the current device).
+ * Returns a cudaError_t. */
 template <typename K>
-static int smem_limit(K k, int bytes, std::atomic<uint64_t> &done)
+static int smem_limit(K k, int bytes, int dev, std::atomic<uint64_t> &done)
 {
-        int dev = 0;
-        cudaError_t e = cudaGetDevice(&dev);
-        if (e != cudaSuccess)
-                return (int)e;
         const uint64_t bit = dev < 64 ? 1ull << dev : 0;
         if (bit && (done.load(std::memory_order_acquire) & bit))
                 return 0;
-        e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+        cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
         if (e == cudaSuccess && bit)
                 done.fetch_or(bit, std::memory_order_release);
         return (int)e;
 }
 
 /* Launches attn_kernel<DT, D, QLO> on grid, or, with ret_occ, only stores
- * how many of its CTAs fit on one SM (cached per device).  Returns a
- * cudaError_t. */
+ * how many of its CTAs fit on one SM (cached per device; dev is the current
+ * device).  Returns a cudaError_t. */
 template <int DT, int D, bool QLO>
-static int launch_q(const kva::params &p, dim3 grid, cudaStream_t st, int *ret_occ)
+static int launch_q(const kva::params &p, dim3 grid, cudaStream_t st, int dev, int *ret_occ)
 {
         static std::atomic<uint64_t> done(0);
         static std::atomic<int> occ_cache[64];
         constexpr int smem = kva::tgeo<DT, D>::SMEM;
-        int e = smem_limit(kva::attn_kernel<DT, D, QLO>, smem, done);
+        int e = smem_limit(kva::attn_kernel<DT, D, QLO>, smem, dev, done);
         if (e != 0)
                 return e;
         if (ret_occ) {
-                int dev = 0, n = 0;
-                e = (int)cudaGetDevice(&dev);
-                if (e != 0)
-                        return e;
+                int n = 0;
                 if (dev >= 0 && dev < 64 && (n = occ_cache[dev].load(std::memory_order_relaxed)) > 0) {
                         *ret_occ = n;
                         return 0;
@@ -90,15 +84,15 @@ static int launch_q(const kva::params &p, dim3 grid, cudaStream_t st, int *ret_o
 /* The kernel for p (and, with splits, the reduction), or its occupancy
  * (ret_occ).  Returns a cudaError_t. */
 template <int DT, int D>
-static int launch(const kva::params &p, dim3 grid, cudaStream_t st, int *ret_occ)
+static int launch(const kva::params &p, dim3 grid, cudaStream_t st, int dev, int *ret_occ)
 {
         /* f16 q on a bf16-compute pool takes the hi/lo-q kernel; the other
          * dtypes compute in f16 and never need it */
         int e;
         if (kva::dtraits<DT>::bf && p.elem == KVC_ELEM_F16)
-                e = launch_q<DT, D, kva::dtraits<DT>::bf>(p, grid, st, ret_occ);
+                e = launch_q<DT, D, kva::dtraits<DT>::bf>(p, grid, st, dev, ret_occ);
         else
-                e = launch_q<DT, D, false>(p, grid, st, ret_occ);
+                e = launch_q<DT, D, false>(p, grid, st, dev, ret_occ);
         if (e == 0 && !ret_occ && p.splits > 1) {
                 /* programmatic dependent launch: the reduction's CTAs are
                  * scheduled while the split kernel runs (it triggers at
@@ -113,30 +107,27 @@ static int launch(const kva::params &p, dim3 grid, cudaStream_t st, int *ret_occ
 
 /* Returns 0, a cudaError_t (> 0), or -EINVAL for a head_dim without a kernel. */
 template <int DT>
-static int launch_d(uint32_t D, const kva::params &p, dim3 grid, cudaStream_t st, int *ret_occ)
+static int launch_d(uint32_t D, const kva::params &p, dim3 grid, cudaStream_t st, int dev, int *ret_occ)
 {
         switch (D) {
         case 64:
-                return launch<DT, 64>(p, grid, st, ret_occ);
+                return launch<DT, 64>(p, grid, st, dev, ret_occ);
         case 128:
-                return launch<DT, 128>(p, grid, st, ret_occ);
+                return launch<DT, 128>(p, grid, st, dev, ret_occ);
         case 256:
-                return launch<DT, 256>(p, grid, st, ret_occ);
+                return launch<DT, 256>(p, grid, st, dev, ret_occ);
         default:
                 return -EINVAL;
         }
 }
 
-/* The library's own stream-ordered pool for scratch on the current device
- * (see the file comment).  Returns a cudaError_t. */
-static int scratch_pool(cudaMemPool_t *ret)
+/* The library's own stream-ordered pool for scratch on device dev, the
+ * current one (see the file comment).  Returns a cudaError_t. */
+static int scratch_pool(int dev, cudaMemPool_t *ret)
 {
         static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
         static cudaMemPool_t pools[64];
-        int dev = 0;
-        cudaError_t e = cudaGetDevice(&dev);
-        if (e != cudaSuccess)
-                return (int)e;
+        cudaError_t e = cudaSuccess;
         if (dev < 0 || dev >= 64)
                 return (int)cudaErrorInvalidDevice;
         pthread_mutex_lock(&mu);
@@ -159,18 +150,16 @@ static int scratch_pool(cudaMemPool_t *ret)
         return (int)e;
 }
 
-static int sm_count(int *ret)
+/* The SM count of device dev (cached).  Returns a cudaError_t. */
+static int sm_count(int dev, int *ret)
 {
         static std::atomic<int> cache[64];
-        int dev = 0, n = 0;
-        cudaError_t e = cudaGetDevice(&dev);
-        if (e != cudaSuccess)
-                return (int)e;
+        int n = 0;
         if (dev >= 0 && dev < 64 && (n = cache[dev].load(std::memory_order_relaxed)) > 0) {
                 *ret = n;
                 return 0;
         }
-        e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+        cudaError_t e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
         if (e != cudaSuccess)
                 return (int)e;
         if (dev >= 0 && dev < 64)
@@ -224,14 +213,11 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 p.page_shift = __builtin_ctz(P);
         /* the page-aligned path adds 32-bit offsets of up to 16 token rows */
         p.page16 = P % kva::TILE == 0 && L->token_bytes < (1ull << 27);
-        p.H = H;
         p.Hq = c->num_q_heads;
         p.G = c->num_q_heads / H;
         p.head_groups = (p.G + kva::HG - 1) / kva::HG;
-        p.page_bytes = L->page_bytes;
         p.token_bytes = L->token_bytes;
         p.head_bytes = L->head_bytes;
-        p.spage_bytes = L->scale_page_bytes;
         p.stoken_bytes = L->scale_token_bytes;
         p.shead_bytes = L->scale_head_bytes;
         p.elem = c->elem;
@@ -253,12 +239,16 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * than one wave of the GPU, split the keys so that they make about
          * one full wave (the kernel's occupancy decides how many CTAs fit),
          * chunks of at least 128 keys, a multiple of 64 (4 warps x 16 keys) */
-        int sms = 132, occ = 1;
-        r = sm_count(&sms);
+        /* the current device, once per call: every per-device cache below
+         * is indexed by it */
+        int dev = 0, sms = 132, occ = 1;
+        r = (int)cudaGetDevice(&dev);
+        if (r == 0)
+                r = sm_count(dev, &sms);
         if (r != 0)
                 return kv_cuda_errno(r, c->op, msg, msglen);
         r = -EINVAL;
-        if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, dim3(), NULL, &occ); }) ||
+        if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, dim3(), NULL, dev, &occ); }) ||
             r < 0)
                 return kv_fail(-EINVAL, msg, msglen, "%s: no kernel for dtype %d head_dim %u", c->op, (int)dt, D);
         if (r > 0)
@@ -313,7 +303,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         if (p.splits > 1) {
                 const size_t n = (size_t)rows * p.Hq * p.splits;
                 cudaMemPool_t pool;
-                int pe = scratch_pool(&pool);
+                int pe = scratch_pool(dev, &pool);
                 if (pe != 0)
                         return kv_cuda_errno(pe, "attention scratch pool (cudaMemPoolCreate)", msg, msglen);
                 cudaError_t e = cudaMallocFromPoolAsync(&ws, n * (D + 2) * sizeof(float), pool, st);
@@ -327,7 +317,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * heads), not one head's slice of many rows.  The dtype and head_dim
          * have a kernel (the occupancy query above): r is 0 or a cudaError_t */
         dim3 grid((unsigned)ctas, p.splits);
-        kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st, NULL); });
+        kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st, dev, NULL); });
         cudaError_t e = r > 0 ? (cudaError_t)r : cudaGetLastError();
         if (ws)
                 cudaFreeAsync(ws, st);

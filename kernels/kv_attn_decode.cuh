@@ -75,6 +75,13 @@
 
 namespace kva {
 
+/* out[i] = v rounded to the output type (p.elem: bf16 or f16). */
+__device__ __forceinline__ void store_out(const params &p, uint64_t i, float v)
+{
+        ((uint16_t *)p.out)[i] = p.elem == KVC_ELEM_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))
+                                                         : __half_as_ushort(__float2half_rn(v));
+}
+
 /* QLO: q is f16 on a bf16-compute pool (see qb below); a template argument
  * so that the common bf16-q case does not pay its registers.
  *
@@ -350,9 +357,7 @@ attn_kernel(const params p)
                 const uint64_t hq = (uint64_t)row * p.Hq + h * p.G + gg;
                 if (p.splits == 1) {
                         const float v = L > 0.0f ? O / L * p.out_scale : 0.0f;
-                        uint16_t *o = (uint16_t *)p.out + hq * D + d;
-                        *o = p.elem == KVC_ELEM_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))
-                                                     : __half_as_ushort(__float2half_rn(v));
+                        store_out(p, hq * D + d, v);
                 } else {
                         p.part_o[(hq * p.splits + split) * D + d] = O;
                         if (d == 0) {
@@ -423,9 +428,7 @@ __global__ void __launch_bounds__(128) attn_reduce(const params p)
                         const int d = (int)threadIdx.x + 128 * j;
                         if (d < D) {
                                 const float v = O[j] * inv;
-                                uint16_t *o = (uint16_t *)p.out + hq * D + d;
-                                *o = p.elem == KVC_ELEM_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))
-                                                             : __half_as_ushort(__float2half_rn(v));
+                                store_out(p, hq * D + d, v);
                         }
                 }
                 return;
@@ -465,9 +468,7 @@ __global__ void __launch_bounds__(128) attn_reduce(const params p)
                 for (uint32_t s = 0; s < S; s++)
                         O += po[(uint64_t)s * D + d] * sw[s];
                 const float v = O * inv;
-                uint16_t *o = (uint16_t *)p.out + hq * D + d;
-                *o = p.elem == KVC_ELEM_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))
-                                             : __half_as_ushort(__float2half_rn(v));
+                store_out(p, hq * D + d, v);
         }
 }
 

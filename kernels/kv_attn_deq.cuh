@@ -15,8 +15,11 @@
 #include <cuda_fp8.h>
 #include <stdint.h>
 #include "kvclient.h"
+#include "kv_cuda_common.cuh"
 
 namespace kva {
+
+using kvk::prmt;
 
 template <int DT> struct dtraits;
 template <> struct dtraits<KVC_DTYPE_BF16>     { static constexpr int bits = 16; static constexpr bool bf = true; };
@@ -30,13 +33,6 @@ __device__ __forceinline__ float ex2(float x)
 {
         float r;
         asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-        return r;
-}
-
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel)
-{
-        uint32_t r;
-        asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
         return r;
 }
 

@@ -34,9 +34,9 @@ struct params {
         uint32_t batch, max_pages, num_pages, page_size;
         int32_t page_shift;             /* log2(page_size) or -1 */
         int32_t page16;                 /* page_size % 16 == 0: a tile is on one page */
-        uint32_t H, Hq, G, head_groups;
-        uint64_t page_bytes, token_bytes, head_bytes;
-        uint64_t spage_bytes, stoken_bytes, shead_bytes;
+        uint32_t Hq, G, head_groups;
+        uint64_t token_bytes, head_bytes;       /* a key's slot * token_bytes + h * head_bytes */
+        uint64_t stoken_bytes, shead_bytes;     /* the same for fp4 scale rows */
         uint32_t chunk, splits;
         uint32_t rows, hgt;             /* grid.x = rows * hgt (hgt = H * head_groups), grid.y = splits */
         float qk_scale_log2;            /* sm_scale * k fold * log2(e) */

@@ -65,6 +65,20 @@ template <> struct elem_traits<KVC_ELEM_BF16> {
         static constexpr int bytes = 2;
         static __device__ __forceinline__ float to_f32(uint32_t bits) { return __uint_as_float(bits << 16); }
 };
+/* __byte_perm (prmt.b32) for the selectors without sign replication. */
+__host__ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel)
+{
+#ifdef __CUDA_ARCH__
+        return __byte_perm(a, b, sel);
+#else
+        const uint64_t x = (uint64_t)b << 32 | a;
+        uint32_t r = 0;
+        for (int i = 0; i < 4; i++)
+                r |= (uint32_t)(x >> 8 * ((sel >> 4 * i) & 7) & 0xFFu) << 8 * i;
+        return r;
+#endif
+}
+
 /* ---- device conversions proven equal to the codec -------------------------
  * Each of these equals the kv_codec.h function named beside it on EVERY
  * input (tests/gpu/test_conv_exhaustive.cu runs all 2^32 float patterns, or

@@ -205,20 +205,6 @@ __host__ __device__ __forceinline__ uint32_t bitsel(uint32_t m, uint32_t a, uint
 #endif
 }
 
-/* __byte_perm (prmt.b32) for the selectors without sign replication. */
-__host__ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel)
-{
-#ifdef __CUDA_ARCH__
-        return __byte_perm(a, b, sel);
-#else
-        const uint64_t x = (uint64_t)b << 32 | a;
-        uint32_t r = 0;
-        for (int i = 0; i < 4; i++)
-                r |= (uint32_t)(x >> 8 * ((sel >> 4 * i) & 7) & 0xFFu) << 8 * i;
-        return r;
-#endif
-}
-
 /* A block of 16-bit values (raw words) the fast paths do not handle, through
  * the codec's own encoder. */
 template <int E>

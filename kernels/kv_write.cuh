@@ -288,8 +288,10 @@ static inline void make_write_params(const struct kv_pool_view *p, const struct 
  * pdl: launch with programmatic stream serialization, so that the grid can
  * be scheduled while the previous kernel of the stream drains (the kernel
  * waits for it with griddepcontrol.wait before touching memory, so stream
- * order is kept).  Used only on a created stream: the legacy and per-thread
- * default streams keep the plain launch. */
+ * order is kept).  On every stream, the default ones included, as for
+ * attn_reduce: the kernel's wait covers whatever the launch depends on
+ * (tests/gpu/test_write_pdl.cu checks created, legacy and per-thread
+ * streams, and a producer on another stream before a legacy-stream write). */
 template <int D>
 static inline cudaError_t launch_write_d(const write_params &wp0, enum kvc_elem elem, cudaStream_t s, bool pdl)
 {
@@ -309,7 +311,7 @@ static inline cudaError_t launch_write_d(const write_params &wp0, enum kvc_elem 
                 wp.src[1] = wp0.src[1] + (int64_t)t0 * wp0.stride[1];
                 wp.slots = wp0.slots + t0;
                 const launch_cfg lc(dim3((wp.T + ty - 1) / ty, (wp.chunks + tx - 1) / tx, gz), dim3(tx, ty), s,
-                                    pdl && s != 0 && s != cudaStreamLegacy && s != cudaStreamPerThread);
+                                    pdl);
                 cudaError_t e = cudaErrorInvalidValue;
                 switch (elem) {
                 case KVC_ELEM_F32:

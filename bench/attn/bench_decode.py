@@ -15,7 +15,12 @@ size; --flush read: a streaming read of it, see Timer), after a GPU spin of
 Effective bandwidth = (K/V bytes + fp4 scales + q + out) / time, next to a
 streaming-read bandwidth (16-byte loads over 8 GiB) measured in the same
 run.  The page table is a random permutation of the pool's pages (--pages
-seq: the pages in order, to see what the random placement costs).
+seq: the pages in order, to see what the random placement costs).  With
+--floor each dtype's row is followed by a "read" row: one streaming read of
+exactly that dtype's K/V bytes (the same kernel as the 8 GiB probe, same
+flush and timer), what a single kernel that only reads those bytes takes
+at that size, launch and ramp included; its vs_sdpa column is the most any
+decode of those bytes could show against SDPA in this run.
 """
 import argparse
 import ctypes
@@ -116,6 +121,8 @@ def main():
     ap.add_argument("--spin-us", type=float, default=300,
                     help="a GPU spin of this many us ahead of each flush, so that no host dispatch time is timed "
                          "(0: none, as before 2026-11-29 13:00)")
+    ap.add_argument("--floor", action="store_true",
+                    help="after each dtype, time a streaming read of exactly its K/V bytes (see the docstring)")
     args = ap.parse_args()
     lib = load(find_lib(args.lib))
     torch.manual_seed(0)
@@ -171,6 +178,7 @@ def main():
         lens = torch.full((B,), L, dtype=torch.int32, device="cuda")
         lens_host = (ctypes.c_int32 * B)(*([L] * B))
         out = torch.empty(B, Hq, D, dtype=torch.bfloat16, device="cuda")
+        floored = set()
         for name, dt, bits in dtypes:
             pool = lib.shim_pool_new(dt, 1, H, D, ps, pages, 0)
             if not pool:
@@ -194,6 +202,15 @@ def main():
             print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %8.3fx" % (B, L, name, t, by / t / 1e6,
                                                                100 * by / t / 1e6 / read_bw, t_sdpa / t))
             lib.shim_pool_free(pool)
+            if args.floor and bits not in floored:
+                floored.add(bits)
+                fb = torch.empty(kv, dtype=torch.uint8, device="cuda")
+                fb.fill_(1)
+                tf = timer.median_us(lambda: lib.shim_stream_read(fb.data_ptr(), fb.numel(), sink.data_ptr(),
+                                                                  stream))
+                print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %8.3fx" % (B, L, "read" + str(bits), tf, kv / tf / 1e6,
+                                                                   100 * kv / tf / 1e6 / read_bw, t_sdpa / tf))
+                del fb
             sys.stdout.flush()
         del pt, lens, out, q
         torch.cuda.empty_cache()

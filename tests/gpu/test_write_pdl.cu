@@ -13,8 +13,12 @@
  * round's; the rounds write overlapping slot sets, so the pool also shows
  * whether one write could overtake the one before it.  After all rounds the
  * device pool must equal, byte for byte, the host pool that kv_ref_write
- * built from the same rounds in order.  Once on the stream directly, once
- * as a captured CUDA graph replayed on a fresh pool; every pool dtype. */
+ * built from the same rounds in order.  On a created stream directly, as a
+ * captured CUDA graph replayed on a fresh pool, on the legacy and on the
+ * per-thread default stream (the launch uses PDL on every stream), and with
+ * the producers on a created blocking stream and the writes on the legacy
+ * stream, whose implicit synchronization with that stream is the only
+ * order between them; every pool dtype. */
 #include <errno.h>
 #include "gpu_common.h"
 
@@ -47,15 +51,15 @@ struct rounds {
         uint16_t *dk, *dv;                    /* the write's input buffers */
 };
 
-/* Enqueues every round on st: slow producer, then the write. */
-static void enqueue(struct rounds *R, struct kv_pool_view *dvw, cudaStream_t st, const char *what)
+/* Enqueues every round: slow producer on ps, then the write on st. */
+static void enqueue(struct rounds *R, struct kv_pool_view *dvw, cudaStream_t ps, cudaStream_t st, const char *what)
 {
         const size_t n = (size_t)T * HEADS * HD;
         char msg[256];
 
         for (int r = 0; r < ROUNDS; r++) {
-                slow_copy<<<264, 256, 0, st>>>(R->dk, R->dk_src[r], n, 40000);
-                slow_copy<<<264, 256, 0, st>>>(R->dv, R->dv_src[r], n, 40000);
+                slow_copy<<<264, 256, 0, ps>>>(R->dk, R->dk_src[r], n, 40000);
+                slow_copy<<<264, 256, 0, ps>>>(R->dv, R->dv_src[r], n, 40000);
                 CK(cudaGetLastError());
                 struct kvc_write_args a;
                 memset(&a, 0, sizeof a);
@@ -80,13 +84,14 @@ static void run_dtype(enum kvc_dtype d, uint64_t seed)
         struct rounds R;
         const size_t n = (size_t)T * HEADS * HD;
         char msg[256], what[96];
-        cudaStream_t st;
+        cudaStream_t st, sb;
 
         if (kv_layout_init(&g, PAGES, &L) < 0) {
                 printf("FAIL: kv_layout_init\n");
                 exit(1);
         }
         CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        CK(cudaStreamCreate(&sb)); /* blocking: the legacy stream waits for it */
         uint8_t *host = (uint8_t *)malloc(L.alloc_bytes), *got = (uint8_t *)malloc(L.alloc_bytes);
         fill_poison(host, L.alloc_bytes, seed ^ 0xABCDull);
         uint8_t *dpool;
@@ -124,21 +129,26 @@ static void run_dtype(enum kvc_dtype d, uint64_t seed)
                 EXPECT(rc == 0, "kv_ref_write: %d %s", rc, msg);
         }
 
-        for (int mode = 0; mode < 2; mode++) {
-                snprintf(what, sizeof what, "%s, %s", kvc_dtype_name(d), mode ? "graph" : "stream");
+        static const char *const modes[] = { "stream", "graph", "legacy stream", "per-thread stream",
+                                             "producer on a blocking stream, write on the legacy stream" };
+        for (int mode = 0; mode < 5; mode++) {
+                snprintf(what, sizeof what, "%s, %s", kvc_dtype_name(d), modes[mode]);
                 /* fresh poisoned pool, inputs holding something else */
                 fill_poison(got, L.alloc_bytes, seed ^ 0xABCDull);
                 CK(cudaMemcpy(dpool, got, L.alloc_bytes, cudaMemcpyHostToDevice));
                 CK(cudaMemset(R.dk, 0x3C, n * 2));
                 CK(cudaMemset(R.dv, 0xBC, n * 2));
                 CK(cudaDeviceSynchronize());
-                if (mode == 0) {
-                        enqueue(&R, &dvw, st, what);
+                if (mode != 1) {
+                        cudaStream_t ws = mode == 0   ? st
+                                          : mode == 3 ? cudaStreamPerThread
+                                                      : cudaStreamLegacy;
+                        enqueue(&R, &dvw, mode == 4 ? sb : ws, ws, what);
                 } else {
                         cudaGraph_t gr;
                         cudaGraphExec_t ge;
                         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-                        enqueue(&R, &dvw, st, what);
+                        enqueue(&R, &dvw, st, st, what);
                         CK(cudaStreamEndCapture(st, &gr));
                         CK(cudaGraphInstantiate(&ge, gr, 0));
                         CK(cudaGraphLaunch(ge, st));
@@ -146,7 +156,7 @@ static void run_dtype(enum kvc_dtype d, uint64_t seed)
                         cudaGraphExecDestroy(ge);
                         cudaGraphDestroy(gr);
                 }
-                CK(cudaStreamSynchronize(st));
+                CK(cudaDeviceSynchronize());
                 CK(cudaGetLastError());
                 CK(cudaMemcpy(got, dpool, L.alloc_bytes, cudaMemcpyDeviceToHost));
                 uint64_t diff = 0, first = 0;
@@ -174,6 +184,7 @@ static void run_dtype(enum kvc_dtype d, uint64_t seed)
         free(host);
         free(got);
         CK(cudaStreamDestroy(st));
+        CK(cudaStreamDestroy(sb));
 }
 
 int main(void)
