@@ -133,10 +133,13 @@ static int json_pool(const cJSON *jp, const char *file, uint32_t idx, struct kvd
                                 s.geom.head_dim = u;
                         else if (!strcmp(it->string, "page_size"))
                                 s.geom.page_size = u;
-                        else if (u > 1024)
-                                r = kvd_cfg_fail(err, errlen, "%s: %s: %u is not a plausible CUDA ordinal", file, key, u);
-                        else
-                                s.device = (int)u, has_device = 1;
+                        else {
+                                snprintf(where, sizeof(where), "%s: %s", file, key);
+                                if (!(r = kvd_cfg_check_device(u, where, err, errlen))) {
+                                        s.device = (int)u;
+                                        has_device = 1;
+                                }
+                        }
                 } else if (!strcmp(it->string, "tp_size")) {
                         snprintf(where, sizeof(where), "%s: %s", file, key);
                         if (cJSON_IsNumber(it) && it->valuedouble >= 0 && it->valuedouble <= UINT32_MAX &&

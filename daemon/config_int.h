@@ -27,6 +27,9 @@ int  kvd_cfg_check_spec(const struct kvd_pool_spec *s, const char *where, char *
 /* Several GPUs (issue 8).  Sets s->tp_size from a given value: 1 to 64,
  * else -EINVAL naming key. */
 int  kvd_cfg_set_tp_size(struct kvd_pool_spec *s, uint32_t v, const char *key, char *err, size_t errlen);
+/* A CUDA ordinal from a config (0 to 1024: the driver's own limit is far
+ * lower, this catches typos and negative values): 0 or -EINVAL naming key. */
+int  kvd_cfg_check_device(long long v, const char *key, char *err, size_t errlen);
 /* Appends device v to s->devices; key names the entry for messages
  * ("FILE: pools[0].devices[1]", "--pool devices").  -EINVAL for a negative,
  * implausible or repeated ordinal, or too many. */

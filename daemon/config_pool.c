@@ -245,10 +245,17 @@ int kvd_cfg_set_tp_size(struct kvd_pool_spec *s, uint32_t v, const char *key, ch
         return 0;
 }
 
-int kvd_cfg_add_device(struct kvd_pool_spec *s, long long v, const char *key, char *err, size_t errlen)
+int kvd_cfg_check_device(long long v, const char *key, char *err, size_t errlen)
 {
         if (v < 0 || v > 1024)
                 return kvd_cfg_fail(err, errlen, "%s: %lld is not a CUDA ordinal (expected 0 to 1024)", key, v);
+        return 0;
+}
+
+int kvd_cfg_add_device(struct kvd_pool_spec *s, long long v, const char *key, char *err, size_t errlen)
+{
+        if (kvd_cfg_check_device(v, key, err, errlen))
+                return -EINVAL;
         for (uint32_t i = 0; i < s->num_devices; i++)
                 if (s->devices[i] == (int)v)
                         return kvd_cfg_fail(err, errlen, "%s: device %lld is listed twice (one pool per device)", key, v);
@@ -442,8 +449,8 @@ int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *
                                 s.geom.head_dim = u;
                         else if (!strcmp(k, "page_size"))
                                 s.geom.page_size = u;
-                        else if (u > 1024)
-                                return kvd_cfg_fail(err, errlen, "--pool device: %u is not a plausible CUDA ordinal", u);
+                        else if (kvd_cfg_check_device(u, "--pool device", err, errlen))
+                                return -EINVAL;
                         else
                                 s.device = (int)u, has_device = 1;
                 } else if (strcmp(k, "tp_size") == 0) {
