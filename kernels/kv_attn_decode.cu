@@ -292,25 +292,6 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         splits = max_len ? (max_len + chunk - 1) / chunk : 1;
         p.chunk = chunk;
         p.splits = (uint32_t)splits;
-        p.nbig = p.splits;
-        p.chunk_s = chunk;
-        /* measuring switch KVA_TAIL (off by default): a launch of one wave
-         * keeps (1 - 1/KVA_TAIL) of each chunk in its big split and hands
-         * the rest out as splits of KVA_TAILC keys, which the block
-         * scheduler dispatches after every big one (grid.y order): SMs
-         * whose big CTAs finish early take them, so the launch does not
-         * end with idle SMs waiting for the slowest big CTA */
-        constexpr uint32_t tail = KVA_TAIL > 1 ? KVA_TAIL : 1;
-        if (tail > 1 && (KVA_TAILMW || ctas * splits <= slots) && chunk >= 4u * KVA_TAILC) {
-                const uint32_t big = chunk / tail * (tail - 1) / 64 * 64;
-                const uint64_t rest = (uint64_t)max_len - (uint64_t)big * splits;
-                const uint64_t nsmall = (rest + KVA_TAILC - 1) / KVA_TAILC;
-                if (big > 0 && splits + nsmall <= (uint64_t)kva::MAX_SPLITS) {
-                        p.chunk = big;
-                        p.chunk_s = KVA_TAILC;
-                        p.splits = (uint32_t)(splits + nsmall);
-                }
-        }
         p.rows = rows;
         p.hgt = (uint32_t)hgt;
         if (ctas > 0x7FFFFFFFull)

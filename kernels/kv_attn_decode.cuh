@@ -115,8 +115,7 @@ attn_kernel(const params p)
         /* this warp's tiles: t_begin + (warp + 4k) * 16; the first S-1 go
          * out before Q is even loaded */
         const uint32_t cap = p.max_pages * p.page_size;
-        const uint32_t t_begin = split < p.nbig ? split * p.chunk : p.nbig * p.chunk + (split - p.nbig) * p.chunk_s;
-        const uint32_t t_len = split < p.nbig ? p.chunk : p.chunk_s;
+        const uint32_t t_begin = split * p.chunk;
         const uint32_t first = t_begin + warp * TILE, step = WARPS * TILE;
 
         /* A decode row is its own sequence, so its page-table row is known
@@ -127,14 +126,14 @@ attn_kernel(const params p)
          * through qo_indptr first.  (Not in the QLO kernels, whose
          * registers are already full.) */
         constexpr bool early = KVA_PWEARLY && !QLO;
-        const uint32_t cap_end = min(cap, t_begin + t_len);
+        const uint32_t cap_end = min(cap, t_begin + p.chunk);
         const uint32_t ncap =
                 !early || p.qo_indptr || first >= cap_end ? 0u : (cap_end - first + step - 1) / step;
         page_window pw(p, p.page_table + (uint64_t)row * p.max_pages, first, step, ncap, lane);
 
         uint32_t b, len;
         row_to_seq(p.seq_lens, p.qo_indptr, p.batch, row, cap, b, len);
-        const uint32_t t_end = min(len, t_begin + t_len);
+        const uint32_t t_end = min(len, t_begin + p.chunk);
         const int32_t *pt = p.page_table + (uint64_t)b * p.max_pages;
         const uint64_t hoff = (uint64_t)h * p.head_bytes;
         const uint64_t shoff = (uint64_t)h * p.shead_bytes;

@@ -37,8 +37,7 @@ struct params {
         uint32_t Hq, G, head_groups;
         uint64_t token_bytes, head_bytes;       /* a key's slot * token_bytes + h * head_bytes */
         uint64_t stoken_bytes, shead_bytes;     /* the same for fp4 scale rows */
-        uint32_t chunk, splits;         /* splits < nbig: keys [s*chunk, +chunk); the rest chunk_s keys each */
-        uint32_t nbig, chunk_s;         /* after the big ones (KVA_TAIL; otherwise nbig = splits) */
+        uint32_t chunk, splits;
         uint32_t rows, hgt;             /* grid.x = rows * hgt (hgt = H * head_groups), grid.y = splits */
         float qk_scale_log2;            /* sm_scale * k fold * log2(e) */
         float out_scale;                /* v fold */
@@ -96,15 +95,6 @@ __device__ __forceinline__ int64_t slot_of(const params &p, const int32_t *__res
 #endif
 #ifndef KVA_RFAST
 #define KVA_RFAST 1     /* attn_reduce: up to 8 splits in one round of loads (0: the general path) */
-#endif
-#ifndef KVA_TAIL
-#define KVA_TAIL 0      /* one-wave launches: the last 1/KVA_TAIL of every row's keys in small splits (0: off) */
-#endif
-#ifndef KVA_TAILMW
-#define KVA_TAILMW 0    /* KVA_TAIL for launches of more than one wave too */
-#endif
-#ifndef KVA_TAILC
-#define KVA_TAILC 256   /* keys per small split */
 #endif
 #ifndef KVA_PWEARLY
 #define KVA_PWEARLY 1   /* decode: the page window's load goes out with the length's (0: after it) */
