@@ -232,9 +232,7 @@ int ctl_events_main(const char *events_url, int json, int argc, char **argv)
                 print_event(json, &ev);
                 /* output nobody can read (a full disk) ends the command with
                  * a failure, rather than following the stream forever */
-                if (fflush(stdout) != 0 || ferror(stdout)) {
-                        fprintf(stderr, "kvpoolctl: events: cannot write the output: %s\n",
-                                strerror(errno));
+                if (ctl_output_done("kvpoolctl: events") != 0) {
                         status = 1;
                         break;
                 }

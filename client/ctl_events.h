@@ -11,4 +11,10 @@
  * usage error. */
 int ctl_events_main(const char *events_url, int json, int argc, char **argv);
 
+/* Flushes stdout (kvpoolctl.c): 0, or 1, the failure exit status, after
+ * saying on stderr, after "who: ", why the output could not be written.
+ * Output that could not be written (a full disk, a closed pipe) is a
+ * failure, not a silent success. */
+int ctl_output_done(const char *who);
+
 #endif

@@ -53,14 +53,11 @@ static int usage_error(const char *fmt, ...)
         return 2;
 }
 
-/* Flushes stdout: 0, or 1 (the failure exit status) after saying why.  Output
- * that could not be written (a full disk, a closed pipe) is a failure, not a
- * silent success. */
-static int output_done(void)
+int ctl_output_done(const char *who)
 {
         if (fflush(stdout) == 0 && !ferror(stdout))
                 return 0;
-        fprintf(stderr, "kvpoolctl: cannot write the output: %s\n", strerror(errno));
+        fprintf(stderr, "%s: cannot write the output: %s\n", who, strerror(errno));
         return 1;
 }
 
@@ -384,7 +381,7 @@ static int cmd_text(const char *url, int status, int json)
         }
         free(text);
         if (rv == 0)
-                rv = output_done();
+                rv = ctl_output_done("kvpoolctl");
         return rv;
 }
 
@@ -411,11 +408,11 @@ int main(int argc, char **argv)
 
                 if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
                         fputs(usage_text, stdout);
-                        return output_done();
+                        return ctl_output_done("kvpoolctl");
                 }
                 if (strcmp(argv[i], "-V") == 0 || strcmp(argv[i], "--version") == 0) {
                         printf("kvpoolctl %s\n", KV_VERSION);
-                        return output_done();
+                        return ctl_output_done("kvpoolctl");
                 }
                 if ((v = opt_value(argc, argv, &i, "--socket")) != NULL)
                         url = v;
@@ -477,7 +474,7 @@ int main(int argc, char **argv)
         }
         if (strcmp(cmd, "help") == 0) {
                 fputs(usage_text, stdout);
-                return output_done();
+                return ctl_output_done("kvpoolctl");
         }
         return usage_error("unknown command '%s'", cmd);
 }
