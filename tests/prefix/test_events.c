@@ -415,6 +415,45 @@ Test(ctl_events, readable_and_count)
         nng_close(c.pub);
 }
 
+/* A sequence number that goes back (a restarted daemon numbers from 1 again
+ * on the same socket) is reported before the event, in both formats. */
+Test(ctl_events, restart_is_reported)
+{
+        const char *t = "\"time\":\"2023-11-14T22:13:20.123456Z\",\"time_ns\":\"1700000000123456789\"";
+        char want[512];
+        struct ctl c;
+
+        ctl_start(&c, "--json", "--count", "3");
+        send_raw(&c, KVD_EV_STORED, 7, 1);
+        send_raw(&c, KVD_EV_STORED, 8, 2);
+        send_raw(&c, KVD_EV_EVICTED, 1, 3);
+        cr_assert_eq(ctl_wait(&c), 0);
+        snprintf(want, sizeof(want), "{\"seq\":7,%s,\"type\":\"stored\",\"pool\":\"pool\\\"x\","
+                 "\"page\":1,\"key\":\"00112233445566778899aabbccddeeff\"}", t);
+        expect_line(&c, want);
+        snprintf(want, sizeof(want), "{\"seq\":8,%s,\"type\":\"stored\",\"pool\":\"pool\\\"x\","
+                 "\"page\":2,\"key\":\"00112233445566778899aabbccddeeff\"}", t);
+        expect_line(&c, want);
+        expect_line(&c, "{\"type\":\"restarted\",\"last_seq\":8,\"seq\":1}");
+        snprintf(want, sizeof(want), "{\"seq\":1,%s,\"type\":\"evicted\",\"pool\":\"pool\\\"x\","
+                 "\"page\":3,\"key\":\"00112233445566778899aabbccddeeff\"}", t);
+        expect_line(&c, want);
+        fclose(c.out);
+        nng_close(c.pub);
+
+        ctl_start(&c, "--count", "2", NULL);
+        send_raw(&c, KVD_EV_STORED, 5, 1);
+        send_raw(&c, KVD_EV_STORED, 5, 2); /* the same number again counts as going back */
+        cr_assert_eq(ctl_wait(&c), 0);
+        expect_line(&c, "#5 2023-11-14T22:13:20.123456Z stored   pool=pool\"x page=1 "
+                    "key=00112233445566778899aabbccddeeff");
+        expect_line(&c, "sequence went back from 5 to 5 (the daemon restarted?)");
+        expect_line(&c, "#5 2023-11-14T22:13:20.123456Z stored   pool=pool\"x page=2 "
+                    "key=00112233445566778899aabbccddeeff");
+        fclose(c.out);
+        nng_close(c.pub);
+}
+
 Test(ctl_events, sigint_and_usage)
 {
         struct ctl c;
