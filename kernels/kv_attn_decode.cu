@@ -292,7 +292,6 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         splits = max_len ? (max_len + chunk - 1) / chunk : 1;
         p.chunk = chunk;
         p.splits = (uint32_t)splits;
-        p.pf_ahead = !c->qo_indptr && ctas * splits > slots ? (uint32_t)slots : 0;
         p.rows = rows;
         p.hgt = (uint32_t)hgt;
         if (ctas > 0x7FFFFFFFull)

@@ -112,19 +112,6 @@ attn_kernel(const params p)
          * are splits) may be scheduled now; it waits for this grid to end */
         kvk::grid_dep_launch();
 
-        /* a launch of several waves: the CTA that takes this one's slot
-         * when it ends is about pf_ahead blocks further in launch order;
-         * its page-table row's first 512 bytes (the first window of each
-         * warp up to 2k keys) go to L2 now, so that its first dependent
-         * load does not wait for HBM */
-        if (KVA_PTPF && p.pf_ahead && warp == 0 && lane < 4) {
-                const uint32_t nb = blockIdx.x + p.pf_ahead;
-                if (nb < gridDim.x && (uint32_t)lane * 32u < p.max_pages) {
-                        const int32_t *a = p.page_table + (uint64_t)(nb / p.hgt) * p.max_pages + lane * 32;
-                        asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
-                }
-        }
-
         /* this warp's tiles: t_begin + (warp + 4k) * 16; the first S-1 go
          * out before Q is even loaded */
         const uint32_t cap = p.max_pages * p.page_size;

@@ -38,7 +38,6 @@ struct params {
         uint64_t token_bytes, head_bytes;       /* a key's slot * token_bytes + h * head_bytes */
         uint64_t stoken_bytes, shead_bytes;     /* the same for fp4 scale rows */
         uint32_t chunk, splits;
-        uint32_t pf_ahead;              /* decode, more than one wave: the CTAs one wave apart (0: none) */
         uint32_t rows, hgt;             /* grid.x = rows * hgt (hgt = H * head_groups), grid.y = splits */
         float qk_scale_log2;            /* sm_scale * k fold * log2(e) */
         float out_scale;                /* v fold */
@@ -96,9 +95,6 @@ __device__ __forceinline__ int64_t slot_of(const params &p, const int32_t *__res
 #endif
 #ifndef KVA_RFAST
 #define KVA_RFAST 1     /* attn_reduce: up to 8 splits in one round of loads (0: the general path) */
-#endif
-#ifndef KVA_PTPF
-#define KVA_PTPF 0      /* multi-wave decode: prefetch the page-table row of the CTA one wave later into L2 */
 #endif
 #ifndef KVA_PWEARLY
 #define KVA_PWEARLY 1   /* decode: the page window's load goes out with the length's (0: after it) */
