@@ -336,6 +336,54 @@ attn_kernel(const params p)
                 my_o[2 * t][d1] = acc[mt2][2];
                 my_o[2 * t + 1][d1] = acc[mt2][3];
         }
+#if KVA_MERGE1
+        __shared__ float sm_w[WARPS][HG];
+        __syncthreads();
+
+        /* per head, once: the merged max and sum and each warp's weight
+         * (its rescale, and with one split the normalization and the v
+         * fold), so that the per-dim loop below is four loads and FMAs */
+        if (threadIdx.x < HG) {
+                const int hh = threadIdx.x;
+                const uint32_t gg = hg * HG + hh;
+                float M = sm_m[0][hh];
+#pragma unroll
+                for (int w = 1; w < WARPS; w++)
+                        M = fmaxf(M, sm_m[w][hh]);
+                float f[WARPS], L = 0.0f;
+#pragma unroll
+                for (int w = 0; w < WARPS; w++) {
+                        f[w] = exp2f(sm_m[w][hh] - M);
+                        L += sm_l[w][hh] * f[w];
+                }
+                const float norm = p.splits > 1 ? 1.0f : L > 0.0f ? p.out_scale / L : 0.0f;
+#pragma unroll
+                for (int w = 0; w < WARPS; w++)
+                        sm_w[w][hh] = f[w] * norm;
+                if (p.splits > 1 && gg < p.G) {
+                        const uint64_t hq = (uint64_t)row * p.Hq + h * p.G + gg;
+                        p.part_ml[(hq * p.splits + split) * 2] = L > 0.0f ? M : -1e30f;
+                        p.part_ml[(hq * p.splits + split) * 2 + 1] = L;
+                }
+        }
+        __syncthreads();
+
+        for (int i = threadIdx.x; i < HG * D; i += THREADS) {
+                const int hh = i / D, d = i % D;
+                const uint32_t gg = hg * HG + hh;
+                if (gg >= p.G)
+                        break; /* heads are in order: the rest are padding too */
+                float O = 0.0f;
+#pragma unroll
+                for (int w = 0; w < WARPS; w++)
+                        O += ((const float(*)[D])(dsm + w * G::S * G::STAGE))[hh][d] * sm_w[w][hh];
+                const uint64_t hq = (uint64_t)row * p.Hq + h * p.G + gg;
+                if (p.splits == 1)
+                        store_out(p, hq * D + d, O);
+                else
+                        p.part_o[(hq * p.splits + split) * D + d] = O;
+        }
+#else
         __syncthreads();
 
         for (int i = threadIdx.x; i < HG * D; i += THREADS) {
@@ -366,6 +414,7 @@ attn_kernel(const params p)
                         }
                 }
         }
+#endif
 }
 
 /* Most splits the planner makes (kv_attn_decode.cu clamps to it): the
