@@ -98,7 +98,7 @@ attn_kernel(const params p)
         constexpr int KC = D / 16;                      /* k-chunks of QK, m-tiles of PV */
 
         extern __shared__ __align__(128) uint8_t dsm[];
-        __shared__ float sm_m[WARPS][HG], sm_l[WARPS][HG];
+        __shared__ float sm_m[WARPS][HG], sm_l[WARPS][HG], sm_w[WARPS][HG];
         __shared__ uint32_t sm_valid[WARPS][G::S];
 
         const uint32_t row = blockIdx.x / p.hgt, hy = blockIdx.x % p.hgt;
@@ -336,8 +336,6 @@ attn_kernel(const params p)
                 my_o[2 * t][d1] = acc[mt2][2];
                 my_o[2 * t + 1][d1] = acc[mt2][3];
         }
-#if KVA_MERGE1
-        __shared__ float sm_w[WARPS][HG];
         __syncthreads();
 
         /* per head, once: the merged max and sum and each warp's weight
@@ -383,38 +381,6 @@ attn_kernel(const params p)
                 else
                         p.part_o[(hq * p.splits + split) * D + d] = O;
         }
-#else
-        __syncthreads();
-
-        for (int i = threadIdx.x; i < HG * D; i += THREADS) {
-                const int hh = i / D, d = i % D;
-                const uint32_t gg = hg * HG + hh;
-                if (gg >= p.G)
-                        break; /* heads are in order: the rest are padding too */
-                float M = sm_m[0][hh];
-#pragma unroll
-                for (int w = 1; w < WARPS; w++)
-                        M = fmaxf(M, sm_m[w][hh]);
-                float L = 0.0f, O = 0.0f;
-#pragma unroll
-                for (int w = 0; w < WARPS; w++) {
-                        const float f = exp2f(sm_m[w][hh] - M);
-                        L += sm_l[w][hh] * f;
-                        O += ((const float(*)[D])(dsm + w * G::S * G::STAGE))[hh][d] * f;
-                }
-                const uint64_t hq = (uint64_t)row * p.Hq + h * p.G + gg;
-                if (p.splits == 1) {
-                        const float v = L > 0.0f ? O / L * p.out_scale : 0.0f;
-                        store_out(p, hq * D + d, v);
-                } else {
-                        p.part_o[(hq * p.splits + split) * D + d] = O;
-                        if (d == 0) {
-                                p.part_ml[(hq * p.splits + split) * 2] = L > 0.0f ? M : -1e30f;
-                                p.part_ml[(hq * p.splits + split) * 2 + 1] = L;
-                        }
-                }
-        }
-#endif
 }
 
 /* Most splits the planner makes (kv_attn_decode.cu clamps to it): the

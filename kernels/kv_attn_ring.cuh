@@ -96,9 +96,6 @@ __device__ __forceinline__ int64_t slot_of(const params &p, const int32_t *__res
 #ifndef KVA_RFAST
 #define KVA_RFAST 1     /* attn_reduce: up to 8 splits in one round of loads (0: the general path) */
 #endif
-#ifndef KVA_MERGE1
-#define KVA_MERGE1 1    /* the warps' merge: per-head weights once, then four FMAs per dim (0: all per dim) */
-#endif
 #ifndef KVA_PWEARLY
 #define KVA_PWEARLY 1   /* decode: the page window's load goes out with the length's (0: after it) */
 #endif
