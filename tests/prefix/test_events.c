@@ -363,6 +363,26 @@ static void expect_line(struct ctl *c, const char *want)
         cr_assert_str_eq(line, want);
 }
 
+/* The JSON line kvpoolctl prints for a page event that send_raw sent. */
+static const char JSON_TIME[] = "\"time\":\"2023-11-14T22:13:20.123456Z\",\"time_ns\":\"1700000000123456789\"";
+
+static void expect_page_json(struct ctl *c, unsigned seq, const char *type, unsigned page)
+{
+        char want[512];
+        snprintf(want, sizeof(want), "{\"seq\":%u,%s,\"type\":\"%s\",\"pool\":\"pool\\\"x\","
+                 "\"page\":%u,\"key\":\"00112233445566778899aabbccddeeff\"}", seq, JSON_TIME, type, page);
+        expect_line(c, want);
+}
+
+/* The readable line for the same event. */
+static void expect_page_text(struct ctl *c, unsigned seq, const char *type, unsigned page)
+{
+        char want[512];
+        snprintf(want, sizeof(want), "#%u 2023-11-14T22:13:20.123456Z %-8s pool=pool\"x page=%u "
+                 "key=00112233445566778899aabbccddeeff", seq, type, page);
+        expect_line(c, want);
+}
+
 Test(ctl_events, json_gaps_and_shutdown)
 {
         struct ctl c;
@@ -373,14 +393,10 @@ Test(ctl_events, json_gaps_and_shutdown)
         send_raw(&c, 77, 6, 0);
         send_raw(&c, KVD_EV_SHUTDOWN, 7, 0);
         cr_assert_eq(ctl_wait(&c), 0);
-        const char *t = "\"time\":\"2023-11-14T22:13:20.123456Z\",\"time_ns\":\"1700000000123456789\"";
+        const char *t = JSON_TIME;
         char want[512];
-        snprintf(want, sizeof(want), "{\"seq\":1,%s,\"type\":\"stored\",\"pool\":\"pool\\\"x\","
-                 "\"page\":5,\"key\":\"00112233445566778899aabbccddeeff\"}", t);
-        expect_line(&c, want);
-        snprintf(want, sizeof(want), "{\"seq\":2,%s,\"type\":\"evicted\",\"pool\":\"pool\\\"x\","
-                 "\"page\":6,\"key\":\"00112233445566778899aabbccddeeff\"}", t);
-        expect_line(&c, want);
+        expect_page_json(&c, 1, "stored", 5);
+        expect_page_json(&c, 2, "evicted", 6);
         expect_line(&c, "{\"type\":\"missed\",\"missed\":2,\"first_seq\":3,\"last_seq\":4}");
         snprintf(want, sizeof(want), "{\"seq\":5,%s,\"type\":\"pressure\",\"pool\":\"pool\\\"x\","
                  "\"free_fraction\":0.125,\"threshold\":0.25,\"entering\":true}", t);
@@ -402,11 +418,9 @@ Test(ctl_events, readable_and_count)
         send_raw(&c, KVD_EV_PRESSURE, 15, 0);
         send_raw(&c, KVD_EV_STORED, 16, 3); /* past --count: not printed */
         cr_assert_eq(ctl_wait(&c), 0);
-        expect_line(&c, "#10 2023-11-14T22:13:20.123456Z stored   pool=pool\"x page=1 "
-                    "key=00112233445566778899aabbccddeeff");
+        expect_page_text(&c, 10, "stored", 1);
         expect_line(&c, "missed 3 events (seq 11..13)");
-        expect_line(&c, "#14 2023-11-14T22:13:20.123456Z evicted  pool=pool\"x page=2 "
-                    "key=00112233445566778899aabbccddeeff");
+        expect_page_text(&c, 14, "evicted", 2);
         expect_line(&c, "#15 2023-11-14T22:13:20.123456Z pressure pool=pool\"x free=0.1250 "
                     "threshold=0.2500 entering (fell below)");
         char line[256];
@@ -419,8 +433,6 @@ Test(ctl_events, readable_and_count)
  * on the same socket) is reported before the event, in both formats. */
 Test(ctl_events, restart_is_reported)
 {
-        const char *t = "\"time\":\"2023-11-14T22:13:20.123456Z\",\"time_ns\":\"1700000000123456789\"";
-        char want[512];
         struct ctl c;
 
         ctl_start(&c, "--json", "--count", "3");
@@ -428,16 +440,10 @@ Test(ctl_events, restart_is_reported)
         send_raw(&c, KVD_EV_STORED, 8, 2);
         send_raw(&c, KVD_EV_EVICTED, 1, 3);
         cr_assert_eq(ctl_wait(&c), 0);
-        snprintf(want, sizeof(want), "{\"seq\":7,%s,\"type\":\"stored\",\"pool\":\"pool\\\"x\","
-                 "\"page\":1,\"key\":\"00112233445566778899aabbccddeeff\"}", t);
-        expect_line(&c, want);
-        snprintf(want, sizeof(want), "{\"seq\":8,%s,\"type\":\"stored\",\"pool\":\"pool\\\"x\","
-                 "\"page\":2,\"key\":\"00112233445566778899aabbccddeeff\"}", t);
-        expect_line(&c, want);
+        expect_page_json(&c, 7, "stored", 1);
+        expect_page_json(&c, 8, "stored", 2);
         expect_line(&c, "{\"type\":\"restarted\",\"last_seq\":8,\"seq\":1}");
-        snprintf(want, sizeof(want), "{\"seq\":1,%s,\"type\":\"evicted\",\"pool\":\"pool\\\"x\","
-                 "\"page\":3,\"key\":\"00112233445566778899aabbccddeeff\"}", t);
-        expect_line(&c, want);
+        expect_page_json(&c, 1, "evicted", 3);
         fclose(c.out);
         nng_close(c.pub);
 
@@ -445,11 +451,9 @@ Test(ctl_events, restart_is_reported)
         send_raw(&c, KVD_EV_STORED, 5, 1);
         send_raw(&c, KVD_EV_STORED, 5, 2); /* the same number again counts as going back */
         cr_assert_eq(ctl_wait(&c), 0);
-        expect_line(&c, "#5 2023-11-14T22:13:20.123456Z stored   pool=pool\"x page=1 "
-                    "key=00112233445566778899aabbccddeeff");
+        expect_page_text(&c, 5, "stored", 1);
         expect_line(&c, "sequence went back from 5 to 5 (the daemon restarted?)");
-        expect_line(&c, "#5 2023-11-14T22:13:20.123456Z stored   pool=pool\"x page=2 "
-                    "key=00112233445566778899aabbccddeeff");
+        expect_page_text(&c, 5, "stored", 2);
         fclose(c.out);
         nng_close(c.pub);
 }
