@@ -16,8 +16,9 @@ Effective bandwidth = (K/V bytes + fp4 scales + q + out) / time, next to a
 streaming-read bandwidth (16-byte loads over 8 GiB) measured in the same
 run.  The page table is a random permutation of the pool's pages (--pages
 seq: the pages in order, to see what the random placement costs).  With
---floor each dtype's row is followed by a "read" row: one streaming read of
-exactly that dtype's K/V bytes (the same kernel as the 8 GiB probe, same
+--floor the first dtype of each element width (bf16, fp8_e4m3 or the first
+fp8 asked for, fp4) is followed by a "read" row: one streaming read of
+exactly that width's K/V bytes (the same kernel as the 8 GiB probe, same
 flush and timer), what a single kernel that only reads those bytes takes
 at that size, launch and ramp included; its vs_sdpa column is the most any
 decode of those bytes could show against SDPA in this run.
@@ -122,7 +123,8 @@ def main():
                     help="a GPU spin of this many us ahead of each flush, so that no host dispatch time is timed "
                          "(0: none, as before 2026-11-29 13:00)")
     ap.add_argument("--floor", action="store_true",
-                    help="after each dtype, time a streaming read of exactly its K/V bytes (see the docstring)")
+                    help="per element width (16, 8, 4 bits), after its first dtype, time a streaming read of exactly "
+                         "its K/V bytes (see the docstring)")
     args = ap.parse_args()
     lib = load(find_lib(args.lib))
     torch.manual_seed(0)

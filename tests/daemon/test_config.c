@@ -654,6 +654,14 @@ Test(config, tp_pool_arg_errors)
                 cr_assert(strstr(err, "--pool") && strstr(err, bad[i].frag1) && strstr(err, bad[i].frag2),
                           "\"%s\": error lacks \"%s\"/\"%s\": %s", bad[i].tail, bad[i].frag1, bad[i].frag2, err);
         }
+        /* the last ordinal the check takes, in both spellings */
+        snprintf(arg, sizeof(arg), "%sdevice=1024", base);
+        cr_assert_eq(kvd_config_parse_pool_arg(arg, &s, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(s.device, 1024);
+        kvd_pool_spec_fini(&s);
+        cr_assert_eq(parse_tp_file(&c, ", \"device\": 1024", NULL), 0, "%s", err);
+        cr_assert_eq(c.pools[0].device, 1024);
+        kvd_config_fini(&c);
         /* 64 ranks plus one more pool is more than a daemon serves. */
         cr_assert_neq(parse(&c, "--pool", "name=a,dtype=bf16,layers=2,kv_heads=64,head_dim=64,page_size=16,capacity=8MiB,tp_size=64",
                             "--pool", "name=b,dtype=bf16,layers=2,kv_heads=4,head_dim=64,page_size=16,capacity=8MiB", NULL), 0);

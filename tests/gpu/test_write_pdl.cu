@@ -2,8 +2,8 @@
  * with programmatic dependent launch (suite 'gpu'; exits 77 without a CUDA
  * device).
  *
- * kv_cuda_write on a created stream launches with programmatic stream
- * serialization when KV_WRITE_PDL is set (kernels/kv_write.cuh): its grid
+ * kv_cuda_write launches with programmatic stream serialization, on any
+ * stream, when KV_WRITE_PDL is set (kernels/kv_write.cuh): its grid
  * may be scheduled before the previous kernel of the stream has finished,
  * and the kernel must wait (griddepcontrol.wait) before it reads its inputs
  * or its slots and before it writes the pool.  This test makes that wait
@@ -129,7 +129,7 @@ static void run_dtype(enum kvc_dtype d, uint64_t seed)
                 EXPECT(rc == 0, "kv_ref_write: %d %s", rc, msg);
         }
 
-        static const char *const modes[] = { "stream", "graph", "legacy stream", "per-thread stream",
+        static const char *const modes[] = { "stream", "graph", "legacy stream (NULL)", "per-thread stream",
                                              "producer on a blocking stream, write on the legacy stream" };
         for (int mode = 0; mode < 5; mode++) {
                 snprintf(what, sizeof what, "%s, %s", kvc_dtype_name(d), modes[mode]);
@@ -140,7 +140,10 @@ static void run_dtype(enum kvc_dtype d, uint64_t seed)
                 CK(cudaMemset(R.dv, 0xBC, n * 2));
                 CK(cudaDeviceSynchronize());
                 if (mode != 1) {
+                        /* mode 2 passes NULL, as most callers of the
+                         * legacy stream do; mode 4 names it */
                         cudaStream_t ws = mode == 0   ? st
+                                          : mode == 2 ? (cudaStream_t)0
                                           : mode == 3 ? cudaStreamPerThread
                                                       : cudaStreamLegacy;
                         enqueue(&R, &dvw, mode == 4 ? sb : ws, ws, what);
