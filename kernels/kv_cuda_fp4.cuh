@@ -56,20 +56,26 @@ __host__ __device__ __forceinline__ uint32_t u16x2_max(uint32_t a, uint32_t b)
 }
 
 #ifndef __CUDA_ARCH__
+/* A magnitude m > 0 rounded to nearest even on the grid of a binary format
+ * with mant stored mantissa bits and smallest normal exponent emin (its
+ * subnormals share emin's step); exact for m held exactly in a double. */
+static inline double rn_host(double m, int mant, int emin)
+{
+        int q;
+        frexp(m, &q); /* m in [2^(q-1), 2^q) */
+        const double ulp = ldexp(1.0, (q - 1 < emin ? emin : q - 1) - mant);
+        return nearbyint(m / ulp) * ulp; /* ties to even in the default rounding mode */
+}
+
 /* RN_f16(a * b + c) of three finite f16 values, one rounding; exact as long
  * as a * b + c needs at most 53 significant bits (the encoder's operands
  * need 35) and the result is below 65520. */
 static inline uint16_t h_fma_host(uint16_t a, uint16_t b, uint16_t c)
 {
         const double z = (double)kv_f16_to_f32(a) * kv_f16_to_f32(b) + kv_f16_to_f32(c);
-        const double m = z < 0 ? -z : z;
-        int q;
-        if (m == 0)
+        if (z == 0)
                 return 0; /* +0: the encoder's sums are never 0 */
-        frexp(m, &q); /* m in [2^(q-1), 2^q) */
-        const double ulp = ldexp(1.0, (q - 1 < -14 ? -14 : q - 1) - 10);
-        const double r = nearbyint(m / ulp) * ulp; /* ties to even in the default rounding mode */
-        return (uint16_t)(kv_f32_to_f16((float)r) | (z < 0 ? 0x8000u : 0u));
+        return (uint16_t)(kv_f32_to_f16((float)rn_host(fabs(z), 10, -14)) | (z < 0 ? 0x8000u : 0u));
 }
 #endif
 
@@ -117,14 +123,9 @@ __host__ __device__ __forceinline__ float h_elem(const uint32_t (&w)[8], int i)
  * most 17 significant bits), for |z| in the normal bf16 range. */
 static inline uint32_t bf_round_host(double z)
 {
-        const double m = z < 0 ? -z : z;
-        int q;
-        if (m == 0)
-                return z < 0 || (z == 0 && signbit(z)) ? 0x8000u : 0u;
-        frexp(m, &q); /* m in [2^(q-1), 2^q) */
-        const double ulp = ldexp(1.0, q - 1 - 7);
-        const double r = nearbyint(m / ulp) * ulp; /* ties to even in the default rounding mode */
-        return (uint32_t)(kv_f32_bits((float)r) >> 16) | (z < 0 ? 0x8000u : 0u);
+        if (z == 0)
+                return signbit(z) ? 0x8000u : 0u;
+        return (uint32_t)(kv_f32_bits((float)rn_host(fabs(z), 7, -126)) >> 16) | (z < 0 ? 0x8000u : 0u);
 }
 
 /* one lane of max{.NaN}.xorsign.abs.bf16: max(|a|, |b|) with the sign
