@@ -235,18 +235,19 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         p.qk_scale_log2 = c->sm_scale * kf * 1.4426950408889634f;
         p.out_scale = vf;
 
-        /* split plan: when the CTAs of (row, kv head, head group) fill less
-         * than one wave of the GPU, split the keys so that they make about
-         * one full wave (the kernel's occupancy decides how many CTAs fit),
-         * chunks of at least 128 keys, a multiple of 64 (4 warps x 16 keys) */
         /* the current device, once per call: every per-device cache below
          * is indexed by it */
-        int dev = 0, sms = 132, occ = 1;
+        int dev = 0, sms = 0, occ = 1;
         r = (int)cudaGetDevice(&dev);
         if (r == 0)
                 r = sm_count(dev, &sms);
         if (r != 0)
                 return kv_cuda_errno(r, c->op, msg, msglen);
+
+        /* split plan: when the CTAs of (row, kv head, head group) fill less
+         * than one wave of the GPU, split the keys so that they make about
+         * one full wave (the kernel's occupancy decides how many CTAs fit),
+         * chunks of at least 128 keys, a multiple of 64 (4 warps x 16 keys) */
         r = -EINVAL;
         if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, dim3(), NULL, dev, &occ); }) ||
             r < 0)
@@ -255,6 +256,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 return kv_cuda_errno(r, c->op, msg, msglen);
         if (occ < 1)
                 occ = 1;
+        if (sms < 1) /* the driver reports at least one; never divide by 0 below */
+                sms = 1;
         const uint64_t hgt = (uint64_t)H * p.head_groups;
         const uint64_t ctas = (uint64_t)rows * hgt;
         const uint64_t slots = (uint64_t)occ * (uint64_t)sms;
