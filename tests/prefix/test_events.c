@@ -477,6 +477,15 @@ Test(ctl_events, sigint_and_usage)
                  " >/dev/null 2>&1", exe, (int)getpid());
         st = system(cmd);
         cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "an unknown option is a usage error: %d", st);
+        /* a daemon socket that is not ipc:// has no default event socket
+         * beside it: a usage error that says so (not a made-up URL) */
+        snprintf(cmd, sizeof(cmd), "%s --socket tcp://127.0.0.1:9 events >/dev/null 2>&1", exe);
+        st = system(cmd);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "events without a default event socket: %d", st);
+        snprintf(cmd, sizeof(cmd), "%s --socket tcp://127.0.0.1:9 events 2>&1 >/dev/null | "
+                 "grep -q 'no default event socket for tcp://127.0.0.1:9'", exe);
+        st = system(cmd);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the message does not name the missing default");
 }
 
 Test(ctl_events, no_daemon_is_an_error)
