@@ -211,8 +211,10 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         p.page_shift = -1;
         if ((P & (P - 1)) == 0)
                 p.page_shift = __builtin_ctz(P);
-        /* the page-aligned path adds 32-bit offsets of up to 16 token rows */
-        p.page16 = P % kva::TILE == 0 && L->token_bytes < (1ull << 27);
+        /* the page-aligned path adds 32-bit offsets of up to 16 token rows
+         * and keeps slots in 32 bits, below kva::NOSLOT */
+        p.page16 = P % kva::TILE == 0 && L->token_bytes < (1ull << 27) &&
+                   (uint64_t)L->num_pages * P < (uint64_t)kva::NOSLOT;
         p.Hq = c->num_q_heads;
         p.G = c->num_q_heads / H;
         p.head_groups = (p.G + kva::HG - 1) / kva::HG;

@@ -21,16 +21,21 @@
  * that the fragment reads below are free of bank conflicts.
  *
  * Per 16-key tile a warp computes, with g = lane/4, t = lane%4:
- *   S[8 heads x 16 keys] = Q[heads x D] K^T        A = Q (rows g, g+8; the
- *       g+8 rows are zero padding), B = K^T in two n-tiles of 8 keys.  Thread
- *       (g,t) supplies key g (and g+8) over the D/4 dims it owns: chunks t,
- *       t+4, ... of the row (kdim): the dot product runs over every dim
- *       once, so the order of dims inside the k-chunks is free as long as Q
- *       uses the same order (and the "pair" permutation of each dtype below).
+ *   S^T[16 keys x 8 heads] = K[16 keys x D] Q^T     A = K (rows g and g+8:
+ *       keys g, g+8), B = Q^T (column g: head g of the group), one mma per
+ *       k-chunk of 16 dims.  Thread (g,t) supplies keys g and g+8 over the
+ *       D/4 dims it owns: chunks t, t+4, ... of the row (kdim): the dot
+ *       product runs over every dim once, so the order of dims inside the
+ *       k-chunks is free as long as Q uses the same order (and the "pair"
+ *       permutation of each dtype below).  C: keys g, g+8 x heads 2t, 2t+1,
+ *       so the softmax max and sum of a head run over the 8 lanes of one t.
+ *       (With Q as A its 16 rows would be 8 heads and 8 rows of zero
+ *       padding, and the tile two mmas per k-chunk.)
  *   O^T[D x 8 heads] += V^T[D x 16 keys] P^T       A = V^T (thread g owns
  *       the D/8 dims of chunks g, g+8, ... (vdim), keys 2t, 2t+1, 2t+8,
- *       2t+9), B = P^T, whose fragment is exactly the C fragment of S: no
- *       shuffles.
+ *       2t+9), B = P^T: the thread's (key, heads 2t, 2t+1) pairs of P^T are
+ *       rows of two 8x8 matrices whose transposes (movmatrix) are exactly
+ *       the B fragment.
  * Dequantization happens in registers on the way into the A/B fragments
  * (kv_attn_deq.cuh):
  *   bf16, fp16   none (fp16 compute for fp16 pools, bf16 for bf16)
@@ -45,7 +50,7 @@
  *                beyond 6 * 2^65) clamp.  bf16 compute.
  * Q is converted to the compute type (bf16 q on an fp8 pool: rounded to f16,
  * exact for |q| in [2^-14, 65504]; f16 q on a bf16/fp4 pool: split into two
- * bf16 terms, exact, at the cost of a second Q K^T mma).
+ * bf16 terms, exact, at the cost of a second K Q^T mma).
  *
  * Addressing: when page_size is a multiple of 16 a 16-key tile is 16
  * consecutive slots of one page (tiles start at multiples of 16), so a tile
@@ -135,24 +140,22 @@ attn_kernel(const params p)
         row_to_seq(p.seq_lens, p.qo_indptr, p.batch, row, cap, b, len);
         const uint32_t t_end = min(len, t_begin + p.chunk);
         const int32_t *pt = p.page_table + (uint64_t)b * p.max_pages;
-        const uint64_t hoff = (uint64_t)h * p.head_bytes;
-        const uint64_t shoff = (uint64_t)h * p.shead_bytes;
-        const lane_plan<DT, D> plan(p, shoff, lane);
+        const lane_plan<DT, D> plan(p, h, lane);
         const uint32_t ntiles = first < t_end ? (t_end - first + step - 1) / step : 0;
         if (!early || p.qo_indptr)
                 pw = page_window(p, pt, first, step, ntiles, lane);
 #pragma unroll
         for (int s = 0; s < G::S - 1; s++) {
                 if ((uint32_t)s < ntiles) {
-                        const int32_t pg = p.page16 ? pw.get(p, pt, first, step, ntiles, s, lane) : -1;
-                        issue_tile<DT, D>(p, pt, first + s * step, t_end, hoff, shoff, lane, ring + s * G::STAGE,
-                                          &sm_valid[warp][s], plan, pg);
+                        const uint32_t s0 = p.page16 ? pw.get(p, pt, first, step, ntiles, s, lane) : NOSLOT;
+                        issue_tile<DT, D>(p, pt, first + s * step, t_end, h, lane, ring + s * G::STAGE,
+                                          &sm_valid[warp][s], plan, s0);
                 }
                 cp_commit();
         }
 
         /* Q fragment: head g of the group, the thread's K dims in kdim
-         * order; rows g+8 are zero.  f16 q on a bf16-compute pool: q = hi +
+         * order (the B fragment of K Q^T).  f16 q on a bf16-compute pool: q = hi +
          * lo, both bf16, exact (11 significant bits fit in two 8-bit ones),
          * so the scores do not carry the rounding of q to bf16 (outlier K
          * channels amplify it) */
@@ -199,26 +202,14 @@ attn_kernel(const params p)
                 }
         }
         const float qk_scale = p.qk_scale_log2;
-        /* the A fragments of Q K^T kept whole (rows g+8 zero): built once,
-         * instead of the compiler zeroing the padding registers of each
-         * fragment in every tile (21-36 instructions per tile; not for
-         * the qlo kernels, which would spill) */
-        uint32_t qf[qlo ? 1 : KC][4];
-#pragma unroll
-        for (int kc = 0; kc < (qlo ? 0 : KC); kc++) {
-                qf[kc][0] = qa[2 * kc];
-                qf[kc][1] = 0u;
-                qf[kc][2] = qa[2 * kc + 1];
-                qf[kc][3] = 0u;
-                pin(qf[kc][1]);
-                pin(qf[kc][3]);
-        }
 
         float acc[KC][4];
 #pragma unroll
         for (int i = 0; i < KC; i++)
                 acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
-        float m = -1e30f, l = 0.0f;
+        /* running max and sum of heads 2t and 2t+1 (the sum over this
+         * thread's keys only, summed over the lanes at the end) */
+        float m0 = -1e30f, m1 = -1e30f, l0 = 0.0f, l1 = 0.0f;
 
         uint32_t si = G::S - 1, sc = 0; /* stage to issue into, stage to compute */
         for (uint32_t k = 0; k < ntiles; k++) {
@@ -227,9 +218,9 @@ attn_kernel(const params p)
                 __syncwarp();
                 if (k + G::S - 1 < ntiles) {
                         const uint32_t ki = k + G::S - 1;
-                        const int32_t pg = p.page16 ? pw.get(p, pt, first, step, ntiles, ki, lane) : -1;
-                        issue_tile<DT, D>(p, pt, first + ki * step, t_end, hoff, shoff, lane, ring + si * G::STAGE,
-                                          &sm_valid[warp][si], plan, pg);
+                        const uint32_t s0 = p.page16 ? pw.get(p, pt, first, step, ntiles, ki, lane) : NOSLOT;
+                        issue_tile<DT, D>(p, pt, first + ki * step, t_end, h, lane, ring + si * G::STAGE,
+                                          &sm_valid[warp][si], plan, s0);
                 }
                 cp_commit();
                 si = si + 1 == G::S ? 0 : si + 1;
@@ -240,67 +231,77 @@ attn_kernel(const params p)
                 const uint32_t vm = sm_valid[warp][sc];
                 sc = sc + 1 == G::S ? 0 : sc + 1;
 
-                /* ---- S = Q K^T, two n-tiles of 8 keys (keys g and g+8) */
-                float s[2][4];
-#pragma unroll
-                for (int n = 0; n < 2; n++) {
-                        uint32_t kw[NWK], kp[D / 8];
-                        lds_k<DT, D>(st + G::KOFF, g + 8 * n, t, kw);
-                        const uint32_t ksc = G::FP4 ? ksc_of<D>(st + G::KSOFF + (g + 8 * n) * G::SB, t) : 0u;
-                        deq_k<DT, D>(kw, ksc, kp);
-                        s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+                /* ---- S^T = K Q^T: A = the tile's K (keys g and g+8), B =
+                 * Q^T; C holds keys g, g+8 x heads 2t, 2t+1 */
+                float s[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+                {
+                        uint32_t kw0[NWK], kw1[NWK], k0[D / 8], k1[D / 8];
+                        lds_k<DT, D>(st + G::KOFF, g, t, kw0);
+                        lds_k<DT, D>(st + G::KOFF, g + 8, t, kw1);
+                        const uint32_t ks0 = G::FP4 ? ksc_of<D>(st + G::KSOFF + g * G::SB, t) : 0u;
+                        const uint32_t ks1 = G::FP4 ? ksc_of<D>(st + G::KSOFF + (g + 8) * G::SB, t) : 0u;
+                        deq_k<DT, D>(kw0, ks0, k0);
+                        deq_k<DT, D>(kw1, ks1, k1);
 #pragma unroll
                         for (int kc = 0; kc < KC; kc++)
-                                if constexpr (qlo)
-                                        mma<BF>(s[n], qa[2 * kc], 0u, qa[2 * kc + 1], 0u, kp[2 * kc], kp[2 * kc + 1]);
-                                else
-                                        mma<BF>(s[n], qf[kc][0], qf[kc][1], qf[kc][2], qf[kc][3], kp[2 * kc],
-                                                kp[2 * kc + 1]);
+                                mma<BF>(s, k0[2 * kc], k1[2 * kc], k0[2 * kc + 1], k1[2 * kc + 1], qa[2 * kc],
+                                        qa[2 * kc + 1]);
                         if constexpr (qlo) {
 #pragma unroll
                                 for (int kc = 0; kc < KC; kc++)
-                                        mma<BF>(s[n], qb[2 * kc], 0u, qb[2 * kc + 1], 0u, kp[2 * kc], kp[2 * kc + 1]);
+                                        mma<BF>(s, k0[2 * kc], k1[2 * kc], k0[2 * kc + 1], k1[2 * kc + 1],
+                                                qb[2 * kc], qb[2 * kc + 1]);
                         }
                 }
 
-                /* ---- online softmax for head g over keys 2t, 2t+1 (n-tile 0) and 8+2t, 9+2t */
-                const uint32_t kk[4] = { 2u * t, 2u * t + 1, 2u * t + 8, 2u * t + 9 };
+                /* ---- online softmax of heads 2t, 2t+1 over the tile: the
+                 * thread's keys g and g+8, then the 8 lanes of the same t */
+                const bool v0 = (vm >> g) & 1u, v1 = (vm >> (g + 8)) & 1u;
                 float x[4];
-                x[0] = (vm >> kk[0]) & 1u ? s[0][0] * qk_scale : -INFINITY;
-                x[1] = (vm >> kk[1]) & 1u ? s[0][1] * qk_scale : -INFINITY;
-                x[2] = (vm >> kk[2]) & 1u ? s[1][0] * qk_scale : -INFINITY;
-                x[3] = (vm >> kk[3]) & 1u ? s[1][1] * qk_scale : -INFINITY;
-                float mt = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
-                mt = fmaxf(mt, __shfl_xor_sync(0xFFFFFFFFu, mt, 1));
-                mt = fmaxf(mt, __shfl_xor_sync(0xFFFFFFFFu, mt, 2));
-                const float mn = fmaxf(m, mt);
-                const float alpha = ex2(m - mn);
-                m = mn;
-                float pr[4];
+                x[0] = v0 ? s[0] * qk_scale : -INFINITY; /* key g, head 2t */
+                x[1] = v0 ? s[1] * qk_scale : -INFINITY; /* key g, head 2t+1 */
+                x[2] = v1 ? s[2] * qk_scale : -INFINITY; /* key g+8, head 2t */
+                x[3] = v1 ? s[3] * qk_scale : -INFINITY; /* key g+8, head 2t+1 */
+                float mt0 = fmaxf(x[0], x[2]), mt1 = fmaxf(x[1], x[3]);
 #pragma unroll
-                for (int i = 0; i < 4; i++)
-                        pr[i] = ex2(x[i] - mn);
-                l = l * alpha + (pr[0] + pr[1]) + (pr[2] + pr[3]);
-                const uint32_t pb0 = pack2<BF>(pr[0], pr[1]);
-                const uint32_t pb1 = pack2<BF>(pr[2], pr[3]);
+                for (int o = 4; o < 32; o *= 2) {
+                        mt0 = fmaxf(mt0, __shfl_xor_sync(0xFFFFFFFFu, mt0, o));
+                        mt1 = fmaxf(mt1, __shfl_xor_sync(0xFFFFFFFFu, mt1, o));
+                }
+                const float mn0 = fmaxf(m0, mt0), mn1 = fmaxf(m1, mt1);
+                const float alpha0 = ex2(m0 - mn0), alpha1 = ex2(m1 - mn1);
+                m0 = mn0;
+                m1 = mn1;
+                float pr[4];
+                pr[0] = ex2(x[0] - mn0);
+                pr[1] = ex2(x[1] - mn1);
+                pr[2] = ex2(x[2] - mn0);
+                pr[3] = ex2(x[3] - mn1);
+                l0 = l0 * alpha0 + (pr[0] + pr[2]);
+                l1 = l1 * alpha1 + (pr[1] + pr[3]);
+                /* P^T for the P V mma: this thread's (key g | g+8, heads
+                 * 2t, 2t+1) pairs are rows of two 8x8 matrices [key][head];
+                 * the B fragment wants (keys 2t, 2t+1 | 2t+8, 2t+9, head g):
+                 * their transposes */
+                const uint32_t pb0 = movt(pack2<BF>(pr[0], pr[1]));
+                const uint32_t pb1 = movt(pack2<BF>(pr[2], pr[3]));
 
                 /* rescale the accumulators only when some head's max moved
                  * (after the first tiles it rarely does); acc columns are
-                 * heads 2t and 2t+1, whose alphas live in lanes 8t and 8t+4 */
-                if (__any_sync(0xFFFFFFFFu, alpha != 1.0f)) {
-                        const float a0 = __shfl_sync(0xFFFFFFFFu, alpha, 8 * t);
-                        const float a1 = __shfl_sync(0xFFFFFFFFu, alpha, 8 * t + 4);
+                 * heads 2t and 2t+1, this thread's */
+                if (__any_sync(0xFFFFFFFFu, alpha0 != 1.0f || alpha1 != 1.0f)) {
 #pragma unroll
                         for (int mt2 = 0; mt2 < KC; mt2++) {
-                                acc[mt2][0] *= a0;
-                                acc[mt2][1] *= a1;
-                                acc[mt2][2] *= a0;
-                                acc[mt2][3] *= a1;
+                                acc[mt2][0] *= alpha0;
+                                acc[mt2][1] *= alpha1;
+                                acc[mt2][2] *= alpha0;
+                                acc[mt2][3] *= alpha1;
                         }
                 }
 
                 /* ---- O^T += V^T P^T; keys that do not exist were
                  * zero-filled, so their V is 0 and their p is 0 */
+                const uint32_t kk[4] = { 2u * t, 2u * t + 1, 2u * t + 8, 2u * t + 9 };
                 uint32_t vp[2][D / 8]; /* keys (2t, 2t+1), (2t+8, 2t+9) */
 #pragma unroll
                 for (int n = 0; n < 2; n++) {
@@ -317,16 +318,21 @@ attn_kernel(const params p)
         }
         cp_wait<0>();
 
-        /* ---- merge the warps: l over t, then through shared memory (each
+        /* ---- merge the warps: l over g, then through shared memory (each
          * warp's partial o goes into its own ring, which it no longer needs) */
-        l += __shfl_xor_sync(0xFFFFFFFFu, l, 1);
-        l += __shfl_xor_sync(0xFFFFFFFFu, l, 2);
+#pragma unroll
+        for (int o = 4; o < 32; o *= 2) {
+                l0 += __shfl_xor_sync(0xFFFFFFFFu, l0, o);
+                l1 += __shfl_xor_sync(0xFFFFFFFFu, l1, o);
+        }
         __syncwarp();
         static_assert(HG * D * sizeof(float) <= G::S * G::STAGE, "partial o fits the ring");
         float(*my_o)[D] = (float(*)[D])ring;
-        if (t == 0) {
-                sm_m[warp][g] = m;
-                sm_l[warp][g] = l;
+        if (g == 0) {
+                sm_m[warp][2 * t] = m0;
+                sm_m[warp][2 * t + 1] = m1;
+                sm_l[warp][2 * t] = l0;
+                sm_l[warp][2 * t + 1] = l1;
         }
 #pragma unroll
         for (int mt2 = 0; mt2 < KC; mt2++) {

@@ -52,6 +52,16 @@ __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uin
                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+/* The transpose of an 8x8 matrix of 16-bit values held as an mma
+ * fragment (thread 4r + c holds row r, columns 2c and 2c+1): the thread
+ * gets row r of the transpose (movmatrix). */
+__device__ __forceinline__ uint32_t movt(uint32_t x)
+{
+        uint32_t r;
+        asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(r) : "r"(x));
+        return r;
+}
+
 /* two e4m3 bytes (low 16 bits of x, element 0 in the low byte) -> f16x2, exact */
 __device__ __forceinline__ uint32_t e4m3x2_f16x2(uint32_t x)
 {

@@ -244,14 +244,21 @@ __device__ __forceinline__ void pin(uint32_t &x)
         asm volatile("" : "+r"(x));
 }
 
+__device__ __forceinline__ void pinp(const uint8_t *&x)
+{
+        asm volatile("" : "+l"(x));
+}
+
 /* The per-lane constants of the page16 copy path, computed once per warp
  * (recomputing them cost ~100 instructions per tile, a sixth of an fp4
  * tile's).  Lane L copies chunks L, L+32, ... of a K (and the V) region:
- * round i is (row, c) = (i * RPI + row0, L % CPR), at byte i * rstep + ko
- * from the tile's first row of this head.  Its shared-memory chunk
- * phys(row, c) repeats with period PER rounds (phys depends on row & 7, or
- * for CPR <= 4 not on the round at all), DSTEP bytes further each period,
- * so PER offsets cover every round. */
+ * round i is (row, c) = (i * RPI + row0, L % CPR), i * rstep bytes after the
+ * lane's first chunk, which for slot s is kbase + s * token_bytes (kbase:
+ * the layer's K array + the head's offset + row0 * token_bytes + c * 16;
+ * vbase the same in V).  Its shared-memory chunk phys(row, c) repeats with
+ * period PER rounds (phys depends on row & 7, or for CPR <= 4 not on the
+ * round at all), DSTEP bytes further each period, so PER offsets cover
+ * every round. */
 template <int DT, int D>
 struct lane_plan {
         typedef tgeo<DT, D> G;
@@ -260,46 +267,59 @@ struct lane_plan {
         static constexpr int PER = G::CPR >= 8 ? (8 / RPI < ROUNDS ? 8 / RPI : ROUNDS) : 1;
         static constexpr uint32_t DSTEP = PER * RPI * G::CPR * 16;
         uint32_t row0;          /* lane / CPR */
-        uint32_t ko;            /* row0 * token_bytes + c * 16 */
         uint32_t rstep;         /* RPI * token_bytes */
         uint32_t d[PER];        /* phys(i * RPI + row0, c) * 16, i < PER */
         uint32_t sdst;          /* fp4: this lane's scale row in a stage (K: lanes 0-15, V: 16-31) */
+        const uint8_t *kbase;   /* this lane's first K chunk of slot 0 */
+        const uint8_t *vbase;   /* its first V chunk of slot 0 */
         const uint8_t *sbase;   /* fp4: its scale array + head offset + (lane % 16) * stoken_bytes */
 
-        __device__ __forceinline__ lane_plan(const params &p, uint64_t shoff, int lane)
+        __device__ __forceinline__ lane_plan(const params &p, uint32_t h, int lane)
         {
                 const uint32_t c = lane % G::CPR, tb = (uint32_t)p.token_bytes; /* checked to fit */
                 row0 = lane / G::CPR;
-                ko = row0 * tb + c * 16;
                 rstep = RPI * tb;
+                const uint64_t o = (uint64_t)h * p.head_bytes + row0 * tb + c * 16;
+                kbase = p.k + o;
+                vbase = p.v + o;
 #pragma unroll
                 for (int i = 0; i < PER; i++)
                         d[i] = phys<G::CPR>(i * RPI + row0, c) * 16;
                 const uint32_t k = lane & 15;
                 sdst = (lane < 16 ? G::KSOFF : G::VSOFF) + k * G::SB;
-                sbase = (lane < 16 ? p.ks : p.vs) + shoff + (uint64_t)k * p.stoken_bytes;
+                sbase = (lane < 16 ? p.ks : p.vs) + (uint64_t)h * p.shead_bytes + (uint64_t)k * p.stoken_bytes;
                 /* keep them in registers: left to itself the compiler
                  * recomputes them from the lane index in every tile */
                 pin(row0);
-                pin(ko);
                 pin(rstep);
 #pragma unroll
                 for (int i = 0; i < PER; i++)
                         pin(d[i]);
+                pinp(kbase);
+                pinp(vbase);
+                if (G::FP4)
+                        pinp(sbase);
         }
 };
 
-/* Page ids of a warp's tiles on the page16 path, looked up 32 tiles at a
- * time: lane j of the window holds the page id of the warp's tile base + j
- * (-1 past its last tile).  The next window is loaded when the current one
- * is taken, 32 tiles before it is needed, so the page-table load (an L2
- * round trip, ~600 cycles) no longer sits in every tile's issue path ahead
- * of the copies that depend on it. */
+/* No slot: the tile's page id is out of range, or there is no such tile. */
+constexpr uint32_t NOSLOT = 0xFFFFFFFFu;
+
+/* Slots of a warp's tiles on the page16 path, looked up 32 tiles at a
+ * time: lane j of the window holds the slot of the first key of the warp's
+ * tile base + j (NOSLOT for a page id out of range or past the warp's last
+ * tile), so that a tile's issue path is one shuffle and one multiply-add
+ * per address.  The next window's page ids are loaded when the current one
+ * is taken, 32 tiles before they are needed, and turned into slots only
+ * then, so the page-table load (an L2 round trip, ~600 cycles) sits in no
+ * tile's issue path.  The launcher takes this path only when every slot
+ * fits in 32 bits below NOSLOT. */
 #ifndef KVA_PWIN
 #define KVA_PWIN 1
 #endif
 struct page_window {
-        int32_t cur, next;
+        uint32_t cur;           /* slots of tiles base + lane */
+        int32_t next;           /* page ids of tiles base + 32 + lane (-1: none) */
         uint32_t base;          /* warp tile index of lane 0's entry in cur */
 
         __device__ __forceinline__ static int32_t load(const params &p, const int32_t *__restrict__ pt,
@@ -313,26 +333,35 @@ struct page_window {
                 return __ldg(pt + (p.page_shift >= 0 ? tok >> p.page_shift : tok / p.page_size));
         }
 
+        /* slot of the first key of tile kt + lane on page pg */
+        __device__ __forceinline__ static uint32_t slot(const params &p, uint32_t first, uint32_t step, uint32_t kt,
+                                                        int lane, int32_t pg)
+        {
+                const uint32_t tok = first + (kt + lane) * step;
+                const uint32_t off = p.page_shift >= 0 ? tok & (p.page_size - 1) : tok % p.page_size;
+                return (uint32_t)pg < p.num_pages ? (uint32_t)pg * p.page_size + off : NOSLOT;
+        }
+
         __device__ __forceinline__ page_window(const params &p, const int32_t *__restrict__ pt, uint32_t first,
                                                uint32_t step, uint32_t ntiles, int lane)
         {
                 base = 0;
-                cur = p.page16 ? load(p, pt, first, step, ntiles, 0, lane) : -1;
+                cur = p.page16 ? slot(p, first, step, 0, lane, load(p, pt, first, step, ntiles, 0, lane)) : NOSLOT;
                 next = p.page16 ? load(p, pt, first, step, ntiles, 32, lane) : -1;
         }
 
-        /* page id of warp tile kt; kt grows by one per call (warp-uniform) */
-        __device__ __forceinline__ int32_t get(const params &p, const int32_t *__restrict__ pt, uint32_t first,
-                                               uint32_t step, uint32_t ntiles, uint32_t kt, int lane)
+        /* slot of the first key of warp tile kt; kt grows by one per call
+         * (warp-uniform) */
+        __device__ __forceinline__ uint32_t get(const params &p, const int32_t *__restrict__ pt, uint32_t first,
+                                                uint32_t step, uint32_t ntiles, uint32_t kt, int lane)
         {
 #if !KVA_PWIN
                 /* measuring switch: one lookup per tile, in the issue path */
-                const uint32_t tok = first + kt * step;
-                return __ldg(pt + (p.page_shift >= 0 ? tok >> p.page_shift : tok / p.page_size));
+                return slot(p, first, step, kt, 0, load(p, pt, first, step, ntiles, kt, 0));
 #endif
                 if (kt - base >= 32) {
                         base += 32;
-                        cur = next;
+                        cur = slot(p, first, step, base, lane, next);
                         next = load(p, pt, first, step, ntiles, base + 32, lane);
                 }
                 return __shfl_sync(0xFFFFFFFFu, cur, kt - base);
@@ -343,11 +372,13 @@ struct page_window {
  * records which keys exist (bit k: key tile+k is below t_end on a valid
  * page) in *valid.  Every lane of the warp calls it.  Lane L copies chunks
  * L, L+32, ... of the K region and the same chunks of the V region: chunk
- * i*32+L is (row, c) = (i*32+L) / CPR, % CPR. */
+ * i*32+L is (row, c) = (i*32+L) / CPR, % CPR.  On the page16 path slot0 is
+ * the slot of the tile's first key (the caller's page window), h the kv
+ * head for the other path. */
 template <int DT, int D>
 __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__restrict__ pt, uint32_t tile,
-                                           uint32_t t_end, uint64_t hoff, uint64_t shoff, int lane, uint8_t *st,
-                                           uint32_t *valid, const lane_plan<DT, D> &pl, int32_t pg)
+                                           uint32_t t_end, uint32_t h, int lane, uint8_t *st, uint32_t *valid,
+                                           const lane_plan<DT, D> &pl, uint32_t slot0)
 {
         typedef tgeo<DT, D> G;
         typedef lane_plan<DT, D> PL;
@@ -359,17 +390,16 @@ __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__res
 
         if (p.page16) {
                 /* page_size is a multiple of 16 and tiles start at multiples
-                 * of 16: the tile is 16 consecutive slots of page pg (the
-                 * caller's page window looked it up), one 64-bit base; the
-                 * lane's offsets and shared-memory chunks come from the plan */
-                const uint32_t off0 = p.page_shift >= 0 ? tile & (p.page_size - 1) : tile % p.page_size;
-                const uint32_t nv = (uint32_t)pg < p.num_pages ? min(16u, t_end - tile) : 0u;
+                 * of 16: the tile is 16 consecutive slots from slot0, one
+                 * multiply-add to the lane's first chunk; its other chunks
+                 * and shared-memory offsets come from the plan */
+                const uint32_t nv = slot0 != NOSLOT ? min(16u, t_end - tile) : 0u;
                 const uint32_t vm = (1u << nv) - 1u;
                 if (lane == 0)
                         *valid = vm;
-                const uint64_t slot0 = (uint64_t)(uint32_t)pg * p.page_size + off0;
-                const uint64_t base = nv ? slot0 * p.token_bytes + hoff + pl.ko : 0;
-                const uint8_t *kb = p.k + base, *vb = p.v + base;
+                const uint8_t *kb = pl.kbase + (uint64_t)slot0 * (uint32_t)p.token_bytes;
+                const uint8_t *vb = pl.vbase + (uint64_t)slot0 * (uint32_t)p.token_bytes;
+                const uint8_t *sc = pl.sbase + (uint64_t)slot0 * (uint32_t)p.stoken_bytes;
                 if (nv == 16) {
                         /* a whole tile (every tile but a split's last):
                          * no predicates */
@@ -379,25 +409,28 @@ __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__res
                                 cp16(d + G::KOFF, kb + i * pl.rstep, true);
                                 cp16(d + G::VOFF, vb + i * pl.rstep, true);
                         }
-                } else {
+                        /* lanes 0-15: K scale row k, lanes 16-31: V scale row k */
+                        if constexpr (G::FP4)
+                                cpn<G::SB>(sb + pl.sdst, sc, true);
+                        return;
+                }
 #pragma unroll
-                        for (int i = 0; i < NCH / 32; i++) {
-                                const bool ok = (vm >> (i * RPI + pl.row0)) & 1u;
-                                const uint32_t d = sb + pl.d[i % PL::PER] + (i / PL::PER) * PL::DSTEP;
-                                cp16(d + G::KOFF, ok ? kb + i * pl.rstep : p.k, ok);
-                                cp16(d + G::VOFF, ok ? vb + i * pl.rstep : p.v, ok);
-                        }
+                for (int i = 0; i < NCH / 32; i++) {
+                        const bool ok = (vm >> (i * RPI + pl.row0)) & 1u;
+                        const uint32_t d = sb + pl.d[i % PL::PER] + (i / PL::PER) * PL::DSTEP;
+                        cp16(d + G::KOFF, ok ? kb + i * pl.rstep : p.k, ok);
+                        cp16(d + G::VOFF, ok ? vb + i * pl.rstep : p.v, ok);
                 }
                 if constexpr (G::FP4) {
-                        /* lanes 0-15: K scale row k, lanes 16-31: V scale row k */
                         const bool ok = (vm >> k) & 1u;
-                        cpn<G::SB>(sb + pl.sdst, pl.sbase + (ok ? slot0 * p.stoken_bytes : 0), ok);
+                        cpn<G::SB>(sb + pl.sdst, ok ? sc : p.ks, ok);
                 }
                 return;
         }
 
         /* any page size: lane k (and k+16) finds key k's slot, the chunks
          * take it from there */
+        const uint64_t hoff = (uint64_t)h * p.head_bytes;
         const int64_t my = slot_of(p, pt, tile + k, t_end);
         const uint32_t vm = __ballot_sync(0xFFFFFFFFu, my >= 0) & 0xFFFFu;
         if (lane == 0)
@@ -413,7 +446,7 @@ __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__res
                 cp16(d + G::VOFF, p.v + o, s >= 0);
         }
         if constexpr (G::FP4) {
-                const uint64_t so = (my < 0 ? 0 : (uint64_t)my * p.stoken_bytes) + shoff;
+                const uint64_t so = (my < 0 ? 0 : (uint64_t)my * p.stoken_bytes) + (uint64_t)h * p.shead_bytes;
                 cpn<G::SB>(sb + (lane < 16 ? G::KSOFF : G::VSOFF) + k * G::SB, (lane < 16 ? p.ks : p.vs) + so,
                            my >= 0);
         }
