@@ -92,11 +92,18 @@ __host__ __device__ __forceinline__ uint32_t fp4pair(uint32_t x)
         }
 }
 
-/* E8M0 byte s -> bf16 bits of 2^(s-65) (normal for every s; clamped above 192). */
-__host__ __device__ __forceinline__ uint32_t fp4mul(uint32_t s)
+/* E8M0 byte s -> the bf16 exponent field of 2^(s-65) (normal for every s;
+ * clamped above 192). */
+__host__ __device__ __forceinline__ uint32_t fp4exp(uint32_t s)
 {
         uint32_t e = s + 62u;
-        return (e > 254u ? 254u : e) << 7;
+        return e > 254u ? 254u : e;
+}
+
+/* E8M0 byte s -> bf16 bits of 2^(s-65). */
+__host__ __device__ __forceinline__ uint32_t fp4mul(uint32_t s)
+{
+        return fp4exp(s) << 7;
 }
 
 __device__ __forceinline__ uint32_t bmul2(uint32_t a, uint32_t b)
@@ -141,8 +148,9 @@ __device__ __forceinline__ void deq_k(const uint32_t (&w)[D / 4 * dtraits<DT>::b
                 /* word i = elements 8i..8i+7, block i/2 (sc holds D/64 scale bytes) */
 #pragma unroll
                 for (int i = 0; i < D / 32; i++) {
-                        const uint32_t m = fp4mul((sc >> (8 * (i / 2))) & 0xFFu);
-                        const uint32_t m2 = m | (m << 16);
+                        /* the multiplier in both halves: one multiply
+                         * places the exponent twice */
+                        const uint32_t m2 = fp4exp((sc >> (8 * (i / 2))) & 0xFFu) * 0x00800080u;
                         kp[4 * i + 0] = bmul2(fp4pair<0>(w[i]), m2);
                         kp[4 * i + 1] = bmul2(fp4pair<1>(w[i]), m2);
                         kp[4 * i + 2] = bmul2(fp4pair<2>(w[i]), m2);
@@ -187,7 +195,8 @@ __device__ __forceinline__ void deq_v(const uint32_t (&a)[D / 8 * dtraits<DT>::b
 #pragma unroll
                 for (int i = 0; i < NW; i++) {
                         const int blk = (D == 256) ? i / 2 : 0;
-                        const uint32_t m = fp4mul((sa >> (8 * blk)) & 0xFFu) | (fp4mul((sb >> (8 * blk)) & 0xFFu) << 16);
+                        const uint32_t m = fp4exp((sa >> (8 * blk)) & 0xFFu) * 0x80u +
+                                           fp4exp((sb >> (8 * blk)) & 0xFFu) * 0x00800000u;
                         const uint32_t xl = prmt(a[i], b[i], 0x5410u); /* dims 8i..8i+3 of a | of b */
                         const uint32_t xh = prmt(a[i], b[i], 0x7632u); /* dims 8i+4..8i+7 */
                         vp[8 * i + 0] = bmul2(fp4pair<0>(xl), m);
