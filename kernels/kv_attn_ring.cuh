@@ -85,7 +85,7 @@ __device__ __forceinline__ int64_t slot_of(const params &p, const int32_t *__res
 #define KVA_S8 5        /* 20 KB per warp: 2 CTAs per SM; 4 (3 CTAs) was 3-4% slower at B = 128 */
 #endif
 #ifndef KVA_S4
-#define KVA_S4 4
+#define KVA_S4 3        /* 4 was 1-2% slower at most shapes once the K Q^T mma took K as A */
 #endif
 #ifndef KVA_MINB4
 #define KVA_MINB4 4     /* CTAs per SM the fp4 kernels ask for at D <= 128 */
@@ -141,18 +141,67 @@ __device__ __forceinline__ uint32_t phys(uint32_t row, uint32_t c)
         }
 }
 
-__device__ __forceinline__ void cp16(uint32_t dst, const void *src, bool ok)
+/* L2 policies of the copies (KVA_L2HINT 1): K/V codes are read once, so
+ * they go first when L2 needs room (evict_first); fp4 scale rows are 8
+ * bytes per head of a token, four heads to a 32-byte sector, read by the
+ * CTAs of four kv heads that need not run in step (a multi-wave launch
+ * starts them as slots free up), so they stay (evict_last) until the last
+ * of them has read the sector instead of coming from HBM again. */
+#ifndef KVA_L2HINT
+#define KVA_L2HINT 1
+#endif
+__device__ __forceinline__ uint64_t l2_policy(bool keep)
 {
+        uint64_t pol = 0;
+#if KVA_L2HINT
+        if (keep)
+                asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+        else
+                asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+#endif
+        return pol;
+}
+
+/* L2 prefetch size of the K/V copies (KVA_PF 128: each 16-byte copy asks
+ * L2 for its whole 128-byte line from HBM).  An fp4 head row is 64 bytes,
+ * so a line holds two kv heads' rows of a token, which CTAs of adjacent kv
+ * heads read, not always in step: measured on the H200 (docs/benchmarks.md)
+ * fp4 B = 128 L = 16k 903 -> 843 us, the other shapes and dtypes within
+ * noise; 256 bytes made fp8 3% slower. */
+#ifndef KVA_PF
+#define KVA_PF 128
+#endif
+#if KVA_PF == 256
+#define KVA_PFQ ".L2::256B"
+#elif KVA_PF == 128
+#define KVA_PFQ ".L2::128B"
+#else
+#define KVA_PFQ ""
+#endif
+__device__ __forceinline__ void cp16(uint32_t dst, const void *src, bool ok, uint64_t pol)
+{
+#if KVA_L2HINT
+        asm volatile("cp.async.cg.shared.global.L2::cache_hint" KVA_PFQ " [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
+                     "r"(ok ? 16 : 0), "l"(pol)
+                     : "memory");
+#else
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0)
                      : "memory");
+#endif
 }
 
 template <int N>
-__device__ __forceinline__ void cpn(uint32_t dst, const void *src, bool ok)
+__device__ __forceinline__ void cpn(uint32_t dst, const void *src, bool ok, uint64_t pol)
 {
+#if KVA_L2HINT
+        asm volatile("cp.async.ca.shared.global.L2::cache_hint [%0], [%1], %2, %3, %4;\n" ::"r"(dst), "l"(src),
+                     "n"(N), "r"(ok ? N : 0), "l"(pol)
+                     : "memory");
+#else
         asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(src), "n"(N),
                      "r"(ok ? N : 0)
                      : "memory");
+#endif
 }
 
 __device__ __forceinline__ void cp_commit()
@@ -273,6 +322,7 @@ struct lane_plan {
         const uint8_t *kbase;   /* this lane's first K chunk of slot 0 */
         const uint8_t *vbase;   /* its first V chunk of slot 0 */
         const uint8_t *sbase;   /* fp4: its scale array + head offset + (lane % 16) * stoken_bytes */
+        uint64_t pstream, pkeep; /* L2 policies of K/V codes and of fp4 scale rows */
 
         __device__ __forceinline__ lane_plan(const params &p, uint32_t h, int lane)
         {
@@ -295,6 +345,8 @@ struct lane_plan {
 #pragma unroll
                 for (int i = 0; i < PER; i++)
                         pin(d[i]);
+                pstream = l2_policy(false);
+                pkeep = l2_policy(true);
                 pinp(kbase);
                 pinp(vbase);
                 if (G::FP4)
@@ -406,24 +458,24 @@ __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__res
 #pragma unroll
                         for (int i = 0; i < NCH / 32; i++) {
                                 const uint32_t d = sb + pl.d[i % PL::PER] + (i / PL::PER) * PL::DSTEP;
-                                cp16(d + G::KOFF, kb + i * pl.rstep, true);
-                                cp16(d + G::VOFF, vb + i * pl.rstep, true);
+                                cp16(d + G::KOFF, kb + i * pl.rstep, true, pl.pstream);
+                                cp16(d + G::VOFF, vb + i * pl.rstep, true, pl.pstream);
                         }
                         /* lanes 0-15: K scale row k, lanes 16-31: V scale row k */
                         if constexpr (G::FP4)
-                                cpn<G::SB>(sb + pl.sdst, sc, true);
+                                cpn<G::SB>(sb + pl.sdst, sc, true, pl.pkeep);
                         return;
                 }
 #pragma unroll
                 for (int i = 0; i < NCH / 32; i++) {
                         const bool ok = (vm >> (i * RPI + pl.row0)) & 1u;
                         const uint32_t d = sb + pl.d[i % PL::PER] + (i / PL::PER) * PL::DSTEP;
-                        cp16(d + G::KOFF, ok ? kb + i * pl.rstep : p.k, ok);
-                        cp16(d + G::VOFF, ok ? vb + i * pl.rstep : p.v, ok);
+                        cp16(d + G::KOFF, ok ? kb + i * pl.rstep : p.k, ok, pl.pstream);
+                        cp16(d + G::VOFF, ok ? vb + i * pl.rstep : p.v, ok, pl.pstream);
                 }
                 if constexpr (G::FP4) {
                         const bool ok = (vm >> k) & 1u;
-                        cpn<G::SB>(sb + pl.sdst, ok ? sc : p.ks, ok);
+                        cpn<G::SB>(sb + pl.sdst, ok ? sc : p.ks, ok, pl.pkeep);
                 }
                 return;
         }
@@ -442,13 +494,13 @@ __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__res
                 const int64_t s = __shfl_sync(0xFFFFFFFFu, my, row);
                 const uint64_t o = (s < 0 ? 0 : (uint64_t)s * p.token_bytes) + hoff + c * 16;
                 const uint32_t d = sb + phys<G::CPR>(row, c) * 16;
-                cp16(d + G::KOFF, p.k + o, s >= 0);
-                cp16(d + G::VOFF, p.v + o, s >= 0);
+                cp16(d + G::KOFF, p.k + o, s >= 0, pl.pstream);
+                cp16(d + G::VOFF, p.v + o, s >= 0, pl.pstream);
         }
         if constexpr (G::FP4) {
                 const uint64_t so = (my < 0 ? 0 : (uint64_t)my * p.stoken_bytes) + (uint64_t)h * p.shead_bytes;
                 cpn<G::SB>(sb + (lane < 16 ? G::KSOFF : G::VSOFF) + k * G::SB, (lane < 16 ? p.ks : p.vs) + so,
-                           my >= 0);
+                           my >= 0, pl.pkeep);
         }
 }
 
