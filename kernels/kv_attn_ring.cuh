@@ -96,6 +96,9 @@ __device__ __forceinline__ int64_t slot_of(const params &p, const int32_t *__res
 #ifndef KVA_RFAST
 #define KVA_RFAST 1     /* attn_reduce: up to 8 splits in one round of loads (0: the general path) */
 #endif
+#ifndef KVA_L2HINT
+#define KVA_L2HINT 1    /* fp4: L2 hints on the copies (see cp16) */
+#endif
 #ifndef KVA_PWEARLY
 #define KVA_PWEARLY 1   /* decode: the page window's load goes out with the length's (0: after it) */
 #endif
@@ -103,6 +106,7 @@ template <int DT, int D>
 struct tgeo {
         static constexpr int bits = dtraits<DT>::bits;
         static constexpr bool FP4 = DT == KVC_DTYPE_FP4_E2M1;
+        static constexpr bool HINT = FP4 && KVA_L2HINT; /* L2 hints on the copies (see cp16) */
         static constexpr int RB = D * bits / 8;         /* bytes of one key's head row */
         static constexpr int CPR = RB / 16;             /* 16-byte chunks per row */
         static constexpr int EPC = 128 / bits;          /* elements per chunk */
@@ -141,33 +145,19 @@ __device__ __forceinline__ uint32_t phys(uint32_t row, uint32_t c)
         }
 }
 
-/* L2 policies of the copies (KVA_L2HINT 1): K/V codes are read once, so
- * they go first when L2 needs room (evict_first); fp4 scale rows are 8
- * bytes per head of a token, four heads to a 32-byte sector, read by the
- * CTAs of four kv heads that need not run in step (a multi-wave launch
- * starts them as slots free up), so they stay (evict_last) until the last
- * of them has read the sector instead of coming from HBM again. */
-#ifndef KVA_L2HINT
-#define KVA_L2HINT 1
-#endif
-__device__ __forceinline__ uint64_t l2_policy(bool keep)
-{
-        uint64_t pol = 0;
-#if KVA_L2HINT
-        if (keep)
-                asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
-        else
-                asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
-#endif
-        return pol;
-}
-
-/* L2 prefetch size of the K/V copies (KVA_PF 128: each 16-byte copy asks
- * L2 for its whole 128-byte line from HBM).  An fp4 head row is 64 bytes,
- * so a line holds two kv heads' rows of a token, which CTAs of adjacent kv
- * heads read, not always in step: measured on the H200 (docs/benchmarks.md)
- * fp4 B = 128 L = 16k 903 -> 843 us, the other shapes and dtypes within
- * noise; 256 bytes made fp8 3% slower. */
+/* The fp4 pool's copies carry L2 hints (KVA_L2HINT 1): its K/V codes are
+ * read once, so they go first when L2 needs room (evict_first); its scale
+ * rows are 8 bytes per head of a token, four heads to a 32-byte sector,
+ * read by the CTAs of four kv heads that need not run in step (a
+ * multi-wave launch starts them as slots free up), so they stay
+ * (evict_last) until the last of them has read the sector instead of coming
+ * from HBM again; and its K/V copies ask L2 for whole 128-byte lines (KVA_PF
+ * 128): a 64-byte fp4 head row shares its line with the next head's.
+ * Measured on the H200 (docs/benchmarks.md): fp4 B = 128 L = 32k 1903 ->
+ * 1861 us with the policies, B = 128 L = 16k 903 -> 843 us with the
+ * prefetch; on the 8- and 16-bit pools the same hints were within noise
+ * with the read flush and cost up to 8% (fp8) with the memset flush's dirty
+ * L2, so they have none. */
 #ifndef KVA_PF
 #define KVA_PF 128
 #endif
@@ -178,30 +168,48 @@ __device__ __forceinline__ uint64_t l2_policy(bool keep)
 #else
 #define KVA_PFQ ""
 #endif
-__device__ __forceinline__ void cp16(uint32_t dst, const void *src, bool ok, uint64_t pol)
+
+/* An L2 policy for the hinted copies: keep (evict_last) or stream
+ * (evict_first); 0 when HINT is false (no instruction). */
+template <bool HINT>
+__device__ __forceinline__ uint64_t l2_policy(bool keep)
 {
-#if KVA_L2HINT
-        asm volatile("cp.async.cg.shared.global.L2::cache_hint" KVA_PFQ " [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
-                     "r"(ok ? 16 : 0), "l"(pol)
-                     : "memory");
-#else
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0)
-                     : "memory");
-#endif
+        uint64_t pol = 0;
+        if constexpr (HINT) {
+                if (keep)
+                        asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+                else
+                        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+        }
+        return pol;
 }
 
-template <int N>
+/* 16 bytes from src to shared dst, or zeros when !ok; with HINT under
+ * policy pol and the KVA_PF prefetch size. */
+template <bool HINT>
+__device__ __forceinline__ void cp16(uint32_t dst, const void *src, bool ok, uint64_t pol)
+{
+        if constexpr (HINT)
+                asm volatile("cp.async.cg.shared.global.L2::cache_hint" KVA_PFQ " [%0], [%1], 16, %2, %3;\n" ::"r"(dst),
+                             "l"(src), "r"(ok ? 16 : 0), "l"(pol)
+                             : "memory");
+        else
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0)
+                             : "memory");
+}
+
+/* N bytes (an fp4 scale row) from src to shared dst, or zeros when !ok. */
+template <int N, bool HINT>
 __device__ __forceinline__ void cpn(uint32_t dst, const void *src, bool ok, uint64_t pol)
 {
-#if KVA_L2HINT
-        asm volatile("cp.async.ca.shared.global.L2::cache_hint [%0], [%1], %2, %3, %4;\n" ::"r"(dst), "l"(src),
-                     "n"(N), "r"(ok ? N : 0), "l"(pol)
-                     : "memory");
-#else
-        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(src), "n"(N),
-                     "r"(ok ? N : 0)
-                     : "memory");
-#endif
+        if constexpr (HINT)
+                asm volatile("cp.async.ca.shared.global.L2::cache_hint [%0], [%1], %2, %3, %4;\n" ::"r"(dst),
+                             "l"(src), "n"(N), "r"(ok ? N : 0), "l"(pol)
+                             : "memory");
+        else
+                asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(src), "n"(N),
+                             "r"(ok ? N : 0)
+                             : "memory");
 }
 
 __device__ __forceinline__ void cp_commit()
@@ -345,8 +353,8 @@ struct lane_plan {
 #pragma unroll
                 for (int i = 0; i < PER; i++)
                         pin(d[i]);
-                pstream = l2_policy(false);
-                pkeep = l2_policy(true);
+                pstream = l2_policy<G::HINT>(false);
+                pkeep = l2_policy<G::HINT>(true);
                 pinp(kbase);
                 pinp(vbase);
                 if (G::FP4)
@@ -458,24 +466,24 @@ __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__res
 #pragma unroll
                         for (int i = 0; i < NCH / 32; i++) {
                                 const uint32_t d = sb + pl.d[i % PL::PER] + (i / PL::PER) * PL::DSTEP;
-                                cp16(d + G::KOFF, kb + i * pl.rstep, true, pl.pstream);
-                                cp16(d + G::VOFF, vb + i * pl.rstep, true, pl.pstream);
+                                cp16<G::HINT>(d + G::KOFF, kb + i * pl.rstep, true, pl.pstream);
+                                cp16<G::HINT>(d + G::VOFF, vb + i * pl.rstep, true, pl.pstream);
                         }
                         /* lanes 0-15: K scale row k, lanes 16-31: V scale row k */
                         if constexpr (G::FP4)
-                                cpn<G::SB>(sb + pl.sdst, sc, true, pl.pkeep);
+                                cpn<G::SB, G::HINT>(sb + pl.sdst, sc, true, pl.pkeep);
                         return;
                 }
 #pragma unroll
                 for (int i = 0; i < NCH / 32; i++) {
                         const bool ok = (vm >> (i * RPI + pl.row0)) & 1u;
                         const uint32_t d = sb + pl.d[i % PL::PER] + (i / PL::PER) * PL::DSTEP;
-                        cp16(d + G::KOFF, ok ? kb + i * pl.rstep : p.k, ok, pl.pstream);
-                        cp16(d + G::VOFF, ok ? vb + i * pl.rstep : p.v, ok, pl.pstream);
+                        cp16<G::HINT>(d + G::KOFF, ok ? kb + i * pl.rstep : p.k, ok, pl.pstream);
+                        cp16<G::HINT>(d + G::VOFF, ok ? vb + i * pl.rstep : p.v, ok, pl.pstream);
                 }
                 if constexpr (G::FP4) {
                         const bool ok = (vm >> k) & 1u;
-                        cpn<G::SB>(sb + pl.sdst, ok ? sc : p.ks, ok, pl.pkeep);
+                        cpn<G::SB, G::HINT>(sb + pl.sdst, ok ? sc : p.ks, ok, pl.pkeep);
                 }
                 return;
         }
@@ -494,12 +502,12 @@ __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__res
                 const int64_t s = __shfl_sync(0xFFFFFFFFu, my, row);
                 const uint64_t o = (s < 0 ? 0 : (uint64_t)s * p.token_bytes) + hoff + c * 16;
                 const uint32_t d = sb + phys<G::CPR>(row, c) * 16;
-                cp16(d + G::KOFF, p.k + o, s >= 0, pl.pstream);
-                cp16(d + G::VOFF, p.v + o, s >= 0, pl.pstream);
+                cp16<G::HINT>(d + G::KOFF, p.k + o, s >= 0, pl.pstream);
+                cp16<G::HINT>(d + G::VOFF, p.v + o, s >= 0, pl.pstream);
         }
         if constexpr (G::FP4) {
                 const uint64_t so = (my < 0 ? 0 : (uint64_t)my * p.stoken_bytes) + (uint64_t)h * p.shead_bytes;
-                cpn<G::SB>(sb + (lane < 16 ? G::KSOFF : G::VSOFF) + k * G::SB, (lane < 16 ? p.ks : p.vs) + so,
+                cpn<G::SB, G::HINT>(sb + (lane < 16 ? G::KSOFF : G::VSOFF) + k * G::SB, (lane < 16 ? p.ks : p.vs) + so,
                            my >= 0, pl.pkeep);
         }
 }
