@@ -106,6 +106,20 @@ __host__ __device__ __forceinline__ uint32_t fp4mul(uint32_t s)
         return fp4exp(s) << 7;
 }
 
+/* The bf16x2 multiplier (2^(a-65), 2^(b-65)), low half from a: one
+ * multiply places each exponent field (fp4mul(a) | fp4mul(b) << 16, which
+ * tests/attn/test_fp4_unpack.cu checks for every pair). */
+__host__ __device__ __forceinline__ uint32_t fp4mul2(uint32_t a, uint32_t b)
+{
+        return fp4exp(a) * 0x80u + fp4exp(b) * 0x00800000u;
+}
+
+/* The same with one scale in both halves. */
+__host__ __device__ __forceinline__ uint32_t fp4mul2(uint32_t s)
+{
+        return fp4exp(s) * 0x00800080u;
+}
+
 __device__ __forceinline__ uint32_t bmul2(uint32_t a, uint32_t b)
 {
         __nv_bfloat162 r = __hmul2(*(__nv_bfloat162 *)&a, *(__nv_bfloat162 *)&b);
@@ -148,9 +162,7 @@ __device__ __forceinline__ void deq_k(const uint32_t (&w)[D / 4 * dtraits<DT>::b
                 /* word i = elements 8i..8i+7, block i/2 (sc holds D/64 scale bytes) */
 #pragma unroll
                 for (int i = 0; i < D / 32; i++) {
-                        /* the multiplier in both halves: one multiply
-                         * places the exponent twice */
-                        const uint32_t m2 = fp4exp((sc >> (8 * (i / 2))) & 0xFFu) * 0x00800080u;
+                        const uint32_t m2 = fp4mul2((sc >> (8 * (i / 2))) & 0xFFu);
                         kp[4 * i + 0] = bmul2(fp4pair<0>(w[i]), m2);
                         kp[4 * i + 1] = bmul2(fp4pair<1>(w[i]), m2);
                         kp[4 * i + 2] = bmul2(fp4pair<2>(w[i]), m2);
@@ -195,8 +207,7 @@ __device__ __forceinline__ void deq_v(const uint32_t (&a)[D / 8 * dtraits<DT>::b
 #pragma unroll
                 for (int i = 0; i < NW; i++) {
                         const int blk = (D == 256) ? i / 2 : 0;
-                        const uint32_t m = fp4exp((sa >> (8 * blk)) & 0xFFu) * 0x80u +
-                                           fp4exp((sb >> (8 * blk)) & 0xFFu) * 0x00800000u;
+                        const uint32_t m = fp4mul2((sa >> (8 * blk)) & 0xFFu, (sb >> (8 * blk)) & 0xFFu);
                         const uint32_t xl = prmt(a[i], b[i], 0x5410u); /* dims 8i..8i+3 of a | of b */
                         const uint32_t xh = prmt(a[i], b[i], 0x7632u); /* dims 8i+4..8i+7 */
                         vp[8 * i + 0] = bmul2(fp4pair<0>(xl), m);

@@ -2,7 +2,7 @@
  * (kv_attn_decode.cuh): its parameters, and each warp's ring of 16-key
  * tiles in shared memory: the tile geometry per dtype, the swizzled chunk
  * layout, the cp.async copies that fill a stage (with the per-lane plan and
- * the page-id window of the page16 path), and the fragment reads back out of
+ * the slot window of the page16 path), and the fragment reads back out of
  * a stage.  The kernel's header comment describes how they fit together.
  */
 #ifndef KV_ATTN_RING_CUH
@@ -33,7 +33,8 @@ struct params {
         const int32_t *qo_indptr;       /* [B+1], NULL for decode */
         uint32_t batch, max_pages, num_pages, page_size;
         int32_t page_shift;             /* log2(page_size) or -1 */
-        int32_t page16;                 /* page_size % 16 == 0: a tile is on one page */
+        int32_t page16;                 /* page_size % 16 == 0 (a tile is on one page), token_bytes < 2^27
+                                         * and every slot below NOSLOT: the slot-window path */
         uint32_t Hq, G, head_groups;
         uint64_t token_bytes, head_bytes;       /* a key's slot * token_bytes + h * head_bytes */
         uint64_t stoken_bytes, shead_bytes;     /* the same for fp4 scale rows */
@@ -82,7 +83,7 @@ __device__ __forceinline__ int64_t slot_of(const params &p, const int32_t *__res
 #define KVA_S16 3
 #endif
 #ifndef KVA_S8
-#define KVA_S8 5        /* 20 KB per warp: 2 CTAs per SM; 4 (3 CTAs) was 3-4% slower at B = 128 */
+#define KVA_S8 5        /* 20 KB per warp: shared memory for 2 CTAs per SM; 4 (3 CTAs) was 3-4% slower at B = 128 */
 #endif
 #ifndef KVA_S4
 #define KVA_S4 3        /* 4 was 1-2% slower at most shapes once the K Q^T mma took K as A */
@@ -99,6 +100,9 @@ __device__ __forceinline__ int64_t slot_of(const params &p, const int32_t *__res
 #ifndef KVA_L2HINT
 #define KVA_L2HINT 1    /* fp4: L2 hints on the copies (see cp16) */
 #endif
+#ifndef KVA_SKEEP
+#define KVA_SKEEP 0     /* fp4 scale rows under evict_last (1) or without a hint (0); see cp16 */
+#endif
 #ifndef KVA_PWEARLY
 #define KVA_PWEARLY 1   /* decode: the page window's load goes out with the length's (0: after it) */
 #endif
@@ -106,7 +110,8 @@ template <int DT, int D>
 struct tgeo {
         static constexpr int bits = dtraits<DT>::bits;
         static constexpr bool FP4 = DT == KVC_DTYPE_FP4_E2M1;
-        static constexpr bool HINT = FP4 && KVA_L2HINT; /* L2 hints on the copies (see cp16) */
+        static constexpr bool HINT = FP4 && KVA_L2HINT; /* L2 hints on the K/V copies (see cp16) */
+        static constexpr bool SHINT = HINT && KVA_SKEEP; /* and on the scale rows' */
         static constexpr int RB = D * bits / 8;         /* bytes of one key's head row */
         static constexpr int CPR = RB / 16;             /* 16-byte chunks per row */
         static constexpr int EPC = 128 / bits;          /* elements per chunk */
@@ -115,7 +120,8 @@ struct tgeo {
         static constexpr int SB = FP4 ? D / 16 : 0;     /* scale bytes per row */
         static constexpr int KOFF = 0, VOFF = 16 * RB, KSOFF = 32 * RB, VSOFF = 32 * RB + 16 * SB;
         static constexpr int STAGE = 32 * RB + 32 * SB;
-        /* stages per warp (the KVA_S* switches above; 20 KB for fp8, 7 KB for fp4 at D = 128) */
+        /* stages per warp (the KVA_S* switches above; at D = 128 24 KB of ring per warp for 16-bit
+         * pools, 20 KB for fp8, 7 KB for fp4) */
         static constexpr int S = bits == 16 ? (D <= 128 ? KVA_S16 : 2) : bits == 8 ? (D <= 128 ? KVA_S8 : 3)
                                                                                  : (D <= 128 ? KVA_S4 : 4);
         /* CTAs per SM the launch bounds ask for (registers <= 65536 / (128 * MINB)) */
@@ -146,18 +152,19 @@ __device__ __forceinline__ uint32_t phys(uint32_t row, uint32_t c)
 }
 
 /* The fp4 pool's copies carry L2 hints (KVA_L2HINT 1): its K/V codes are
- * read once, so they go first when L2 needs room (evict_first); its scale
- * rows are 8 bytes per head of a token, four heads to a 32-byte sector,
- * read by the CTAs of four kv heads that need not run in step (a
- * multi-wave launch starts them as slots free up), so they stay
- * (evict_last) until the last of them has read the sector instead of coming
- * from HBM again; and its K/V copies ask L2 for whole 128-byte lines (KVA_PF
- * 128): a 64-byte fp4 head row shares its line with the next head's.
- * Measured on the H200 (docs/benchmarks.md): fp4 B = 128 L = 32k 1903 ->
- * 1861 us with the policies, B = 128 L = 16k 903 -> 843 us with the
- * prefetch; on the 8- and 16-bit pools the same hints were within noise
- * with the read flush and cost up to 8% (fp8) with the memset flush's dirty
- * L2, so they have none. */
+ * read once, so they go first when L2 needs room (evict_first), which
+ * leaves room for its scale rows: 8 bytes per head of a token, four heads
+ * to a 32-byte sector, read by the CTAs of four kv heads that need not run
+ * in step (a multi-wave launch starts them as slots free up), which would
+ * otherwise fetch a sector from HBM again.  The scale rows themselves take
+ * no hint (KVA_SKEEP 0): evict_last would outlive the call, an L2 that the
+ * next kernels' lines are evicted from first.  And its K/V copies ask L2
+ * for whole 128-byte lines (KVA_PF 128): a 64-byte fp4 head row shares its
+ * line with the next head's.  Measured on the H200 (docs/benchmarks.md):
+ * fp4 B = 128 L = 32k 1903 -> 1861 us with the policies, B = 128 L = 16k
+ * 903 -> 843 us with the prefetch; on the 8- and 16-bit pools the same
+ * hints were within noise with the read flush and cost up to 8% (fp8) with
+ * the memset flush's dirty L2, so they have none. */
 #ifndef KVA_PF
 #define KVA_PF 128
 #endif
@@ -354,7 +361,7 @@ struct lane_plan {
                 for (int i = 0; i < PER; i++)
                         pin(d[i]);
                 pstream = l2_policy<G::HINT>(false);
-                pkeep = l2_policy<G::HINT>(true);
+                pkeep = l2_policy<G::SHINT>(true);
                 pinp(kbase);
                 pinp(vbase);
                 if (G::FP4)
@@ -457,6 +464,8 @@ __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__res
                 const uint32_t vm = (1u << nv) - 1u;
                 if (lane == 0)
                         *valid = vm;
+                /* with slot0 == NOSLOT (nv == 0) these point nowhere and
+                 * are never used: every copy below takes p.k / p.ks then */
                 const uint8_t *kb = pl.kbase + (uint64_t)slot0 * (uint32_t)p.token_bytes;
                 const uint8_t *vb = pl.vbase + (uint64_t)slot0 * (uint32_t)p.token_bytes;
                 const uint8_t *sc = pl.sbase + (uint64_t)slot0 * (uint32_t)p.stoken_bytes;
@@ -471,7 +480,7 @@ __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__res
                         }
                         /* lanes 0-15: K scale row k, lanes 16-31: V scale row k */
                         if constexpr (G::FP4)
-                                cpn<G::SB, G::HINT>(sb + pl.sdst, sc, true, pl.pkeep);
+                                cpn<G::SB, G::SHINT>(sb + pl.sdst, sc, true, pl.pkeep);
                         return;
                 }
 #pragma unroll
@@ -483,7 +492,7 @@ __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__res
                 }
                 if constexpr (G::FP4) {
                         const bool ok = (vm >> k) & 1u;
-                        cpn<G::SB, G::HINT>(sb + pl.sdst, ok ? sc : p.ks, ok, pl.pkeep);
+                        cpn<G::SB, G::SHINT>(sb + pl.sdst, ok ? sc : p.ks, ok, pl.pkeep);
                 }
                 return;
         }
@@ -507,7 +516,7 @@ __device__ __forceinline__ void issue_tile(const params &p, const int32_t *__res
         }
         if constexpr (G::FP4) {
                 const uint64_t so = (my < 0 ? 0 : (uint64_t)my * p.stoken_bytes) + (uint64_t)h * p.shead_bytes;
-                cpn<G::SB, G::HINT>(sb + (lane < 16 ? G::KSOFF : G::VSOFF) + k * G::SB, (lane < 16 ? p.ks : p.vs) + so,
+                cpn<G::SB, G::SHINT>(sb + (lane < 16 ? G::KSOFF : G::VSOFF) + k * G::SB, (lane < 16 ? p.ks : p.vs) + so,
                            my >= 0, pl.pkeep);
         }
 }

@@ -335,32 +335,47 @@ static void many_rows(void)
 }
 
 /* A device page id out of range: the kernel skips that page's keys, which
- * must equal the reference over the sequence without its last page. */
-static void bad_page(void)
+ * must equal the reference over the sequence without that page (decode
+ * attention does not depend on the order of the keys, so the reference
+ * table is the row with the entry taken out and the length shortened by
+ * the page's keys).  Row b's bad entry is at index at(b, len). */
+static void bad_pages(enum kvc_dtype d, uint32_t B, int32_t len, uint32_t (*at)(uint32_t b, int32_t len),
+                      uint64_t seed)
 {
-        struct rng r = { 4242 };
+        struct rng r = { seed };
         struct apool P;
         uint32_t maxp;
         const uint32_t D = 128, H = 2, Hq = 8, ps = 16;
-        int32_t lens[1] = { 100 }, short_len[1] = { 96 };
         char msg[256] = "";
+        int32_t *lens = malloc(B * sizeof *lens), *rlens = malloc(B * sizeof *rlens);
 
         cases++;
-        int32_t *pt = apool_fill(&P, &r, KVC_DTYPE_BF16, H, D, ps, 1, lens, &maxp);
-        const size_t n = (size_t)Hq * D;
+        for (uint32_t b = 0; b < B; b++)
+                lens[b] = len;
+        int32_t *pt = apool_fill(&P, &r, d, H, D, ps, B, lens, &maxp);
+        int32_t *rpt = malloc((size_t)B * maxp * sizeof *rpt);
+        const int32_t bad = (int32_t)P.L.num_pages + 5;
+        for (uint32_t b = 0; b < B; b++) {
+                const uint32_t j = at(b, len);
+                int32_t *row = pt + (size_t)b * maxp, *rrow = rpt + (size_t)b * maxp;
+                for (uint32_t i = 0, o = 0; i < maxp; i++)
+                        if (i != j)
+                                rrow[o++] = row[i];
+                rrow[maxp - 1] = -7;
+                const int32_t on_page = len - (int32_t)(j * ps) < (int32_t)ps ? len - (int32_t)(j * ps) : (int32_t)ps;
+                rlens[b] = len - on_page;
+                row[j] = bad;
+        }
+        const size_t n = (size_t)B * Hq * D;
         void *q = make_q(&r, KVC_ELEM_BF16, n);
         uint16_t *ref = malloc(n * 2), *got = malloc(n * 2);
         struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
-        struct kvc_decode_args h = { .q = q, .out = ref, .elem = KVC_ELEM_BF16, .page_table = pt, .max_pages = maxp,
-                                     .seq_lens = short_len, .seq_lens_host = short_len, .batch = 1,
+        struct kvc_decode_args h = { .q = q, .out = ref, .elem = KVC_ELEM_BF16, .page_table = rpt, .max_pages = maxp,
+                                     .seq_lens = rlens, .seq_lens_host = rlens, .batch = B,
                                      .num_q_heads = Hq, .sm_scale = 0.088f, .layer = 1 };
-        EXPECT(kv_ref_decode(&hv, &h, msg, sizeof msg) == 0, "bad_page: reference: %s", msg);
-        int32_t bad = (int32_t)P.L.num_pages + 5;
-        pt[6] = bad; /* keys 96..99 */
-        int32_t *dpt = to_dev(pt, sizeof(int32_t) * maxp), *dlens = to_dev(lens, 4);
-        uint16_t *dqbuf = to_dev(NULL, n * 2 + 16);
-        CK(cudaMemcpy(dqbuf + q_shift, q, n * 2, cudaMemcpyHostToDevice));
-        void *dq = dqbuf + q_shift, *dout = to_dev(NULL, n * 2);
+        EXPECT(kv_ref_decode(&hv, &h, msg, sizeof msg) == 0, "bad_pages: reference: %s", msg);
+        int32_t *dpt = to_dev(pt, sizeof(int32_t) * B * maxp), *dlens = to_dev(lens, B * sizeof *lens);
+        void *dq = to_dev(q, n * 2), *dout = to_dev(NULL, n * 2);
         CK(cudaMemset(dout, 0xFF, n * 2));
         struct kvc_decode_args a = h;
         a.q = dq;
@@ -369,25 +384,55 @@ static void bad_page(void)
         a.seq_lens = dlens;
         a.seq_lens_host = lens;
         int rc = kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg);
-        EXPECT(rc == 0, "bad_page: kv_cuda_decode = %d: %s", rc, msg);
+        EXPECT(rc == 0, "bad_pages: kv_cuda_decode = %d: %s", rc, msg);
         CK(cudaDeviceSynchronize());
         CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
-        compare("bad_page", got, ref, KVC_ELEM_BF16, 1, Hq, D);
-        /* the host reference refuses the same table, naming the entry */
+        char what[64];
+        snprintf(what, sizeof what, "bad_pages dtype %d B %u len %d", (int)d, B, len);
+        compare(what, got, ref, KVC_ELEM_BF16, B, Hq, D);
+        /* the host reference refuses the table with the bad entry, naming it */
         h.page_table = pt;
         h.seq_lens = lens;
         h.seq_lens_host = lens;
         rc = kv_ref_decode(&hv, &h, msg, sizeof msg);
-        EXPECT(rc == -ERANGE && strstr(msg, "page_table[0][6]"), "bad_page: ref gave %d '%s'", rc, msg);
+        snprintf(what, sizeof what, "page_table[0][%u]", at(0, len));
+        EXPECT(rc == -ERANGE && strstr(msg, what), "bad_pages: ref gave %d '%s'", rc, msg);
         cudaFree(dpt);
         cudaFree(dlens);
-        cudaFree(dqbuf);
+        cudaFree(dq);
         cudaFree(dout);
         free(q);
         free(ref);
         free(got);
         free(pt);
+        free(rpt);
+        free(lens);
+        free(rlens);
         apool_fini(&P);
+}
+
+/* the last page, partly filled */
+static uint32_t last_page(uint32_t b, int32_t len)
+{
+        (void)b;
+        return ((uint32_t)len - 1) / 16;
+}
+
+/* by row: a whole page in the middle of a warp's first page window; one
+ * whose tile a warp reaches only after taking its next window (the warp's
+ * 33rd tile is at key 32 * 64 + 16 * warp and more); the last page */
+static uint32_t mixed_pages(uint32_t b, int32_t len)
+{
+        return b % 3 == 0 ? 3u : b % 3 == 1 ? 140u : last_page(b, len);
+}
+
+static void bad_page(void)
+{
+        bad_pages(KVC_DTYPE_BF16, 1, 100, last_page, 4242); /* keys 96..99 */
+        /* 300 rows of 2400 keys: more CTAs than fit at once, so no split,
+         * and every warp takes a second page window */
+        bad_pages(KVC_DTYPE_FP4_E2M1, 300, 2400, mixed_pages, 4243);
+        bad_pages(KVC_DTYPE_FP8_E5M2, 300, 2400, mixed_pages, 4244);
 }
 
 #define ARGERR(expr, want, needle)                                                                 \
