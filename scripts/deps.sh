@@ -50,6 +50,34 @@ kv_venv() {
         fi
 }
 
+# Debian 12's meson (1.0) gives nvcc no depfile, so ninja does not see the
+# headers a .cu file includes: after an edit of a header only, a build
+# directory would keep (and test) CUDA objects of the old code.  A build
+# directory records a checksum of the tree's headers (and of its own
+# kv_config.h) when it has built (kv_cuda_built); kv_cuda_stale removes its
+# CUDA objects when the checksum differs.  A checksum, not file times: a
+# copy of the tree (the device machine's) need not keep them.  Both run
+# from the repository root.
+kv_header_sum() {
+        { find kernels client protocol daemon tests bench \( -name '*.h' -o -name '*.cuh' \) 2>/dev/null || true
+          find "$1" -maxdepth 1 -name kv_config.h 2>/dev/null || true; } |
+                LC_ALL=C sort | xargs -r cat | sha1sum | cut -d' ' -f1
+}
+
+kv_cuda_stale() {
+        local dir=$1 n
+        [ "$(cat "$dir/.kvpool-header-sum" 2>/dev/null)" = "$(kv_header_sum "$dir")" ] && return 0
+        n=$(find "$dir" -name '*.cu.o' | wc -l)
+        if [ "$n" -gt 0 ]; then
+                find "$dir" -name '*.cu.o' -delete
+                kv_say "Headers changed since the last build in $dir: removed its $n CUDA objects"
+        fi
+}
+
+kv_cuda_built() {
+        kv_header_sum "$1" >"$1/.kvpool-header-sum"
+}
+
 # meson setup once, reconfigure when it exists; then build.
 kv_build() {
         local dir=$1; shift
@@ -58,6 +86,8 @@ kv_build() {
         else
                 meson setup "$dir" "$@"
         fi
+        kv_cuda_stale "$dir"
         kv_say "Building in $dir"
         ninja -C "$dir"
+        kv_cuda_built "$dir"
 }
