@@ -175,8 +175,9 @@ __device__ __forceinline__ void slot_offsets(const write_params &p, int64_t slot
  * is shared.  fp4 from 16-bit input (fp4_from_raw) instead runs K and V in
  * separate threads, K in grid z = 0 and V in z = 1: its chunk is 64 input
  * bytes per tensor, and with both in one thread too few threads keep too few
- * bytes in flight (H200, bench-write --fp4-variants at commit c2d2ada: 85.3 % of the copy
- * split, 81.8 % joint, T = 16384).  No division unless the pool layout is
+ * bytes in flight (H200, T = 16384: 85.3 % of the copy split, 81.8 % joint;
+ * docs/benchmarks.md, Write kernel, has the run and its command, a bench-write
+ * mode removed after commit 63fc4fa).  No division unless the pool layout is
  * not flat. */
 template <int D, int E>
 __global__ void __launch_bounds__(256) write_kernel(const write_params p)
