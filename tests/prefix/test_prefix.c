@@ -267,6 +267,18 @@ static void recv_evicted(struct evsub *e, uint32_t n, struct kvd_event *out)
         }
 }
 
+/* Receives the next event, which must carry sequence number seq. */
+static void recv_next(struct evsub *e, uint64_t seq, struct kvd_event *out)
+{
+        void *buf;
+        size_t len;
+        int rv = nng_recv(e->s, &buf, &len, NNG_FLAG_ALLOC);
+        cr_assert_eq(rv, 0, "waiting for event %lu: %s", (unsigned long)seq, nng_strerror(rv));
+        cr_assert_eq(kvd_event_decode(buf, len, out), 0);
+        nng_free(buf, len);
+        cr_assert_eq(out->seq, seq, "event gap: %lu, want %lu", (unsigned long)out->seq, (unsigned long)seq);
+}
+
 Test(prefix, lru_eviction_with_events, .init = up, .fini = down, .timeout = 60)
 {
         kvc_client *ctl;
@@ -341,9 +353,23 @@ Test(prefix, lru_eviction_with_events, .init = up, .fini = down, .timeout = 60)
         cr_assert_eq(got[0], py[0]);
         cr_assert_eq(got[1], py[1]);
         cr_assert_eq(lookup(&b, kz, 4, got), 4);
-        /* now nothing is evictable: a further alloc is refused */
+        /* B's lookups took the last idle pages: nothing is free or evictable,
+         * the pool enters pressure, and a further alloc is refused */
         char *r = kvt_cmd(&c, "alloc 1");
         cr_assert(r && !strncmp(r, "err -28", 7), "alloc with nothing evictable: %s", r);
+        struct kvd_event pe;
+        recv_next(&e, ev[want_evict - 1].seq + 1, &pe);
+        cr_assert_eq(pe.type, KVD_EV_PRESSURE, "event after the evictions: type %d, want PRESSURE",
+                     (int)pe.type);
+        cr_assert_eq(pe.entering, 1);
+        cr_assert_eq(pe.free_fraction, 0.0);
+        /* and the stream is quiet: nng 1.5.2 (Debian 12) can block forever
+         * in nng_close of a SUB socket while a message is arriving on it */
+        cr_assert_eq(nng_socket_set_ms(e.s, NNG_OPT_RECVTIMEO, 100), 0);
+        void *extra;
+        size_t extra_len;
+        cr_assert_eq(nng_recv(e.s, &extra, &extra_len, NNG_FLAG_ALLOC), NNG_ETIMEDOUT,
+                     "an event nobody caused");
         free(taken);
         free(ev);
         nng_close(e.s);
