@@ -239,10 +239,11 @@ int ctl_events_main(const char *events_url, int json, int argc, char **argv)
                 if (ev.type == KVD_EV_SHUTDOWN || (count && ++printed >= count))
                         break;
         }
-        /* The socket is left for the process exit to release: nng_close of
-         * this SUB socket right after its last receive was seen to block
-         * forever in Debian's nng 1.5.2 (about one `events --count` in 100
-         * never exited; tests/prefix/test_events), and kvpoolctl exits
-         * right after this returns. */
+        /* The socket is left for the process exit to release: Debian's nng
+         * 1.5.2 can block forever in nng_close while an event is arriving
+         * (its ipc transport drops a read it resubmits on the closing
+         * connection, and the pipe reaper waits for it; about one `events
+         * --count` in 100 never exited), and kvpoolctl exits right after
+         * this returns. */
         return status;
 }

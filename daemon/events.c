@@ -49,6 +49,7 @@
 struct kvd_events {
         nng_socket      sock;
         int             open;        /* 0: events are off (NULL url) */
+        int             shut;        /* the SHUTDOWN event went out */
         pthread_mutex_t lock;        /* seq order == send order */
         uint64_t        seq;
         atomic_int      subscribers; /* pipes attached, from nng's pipe callback */
@@ -259,22 +260,29 @@ uint64_t kvd_events_seq(const struct kvd_events *e)
         return __atomic_load_n(&e->seq, __ATOMIC_RELAXED);
 }
 
+void kvd_events_shutdown(struct kvd_events *e)
+{
+        if (!e || !e->open || e->shut)
+                return;
+        e->shut = 1;
+        uint8_t buf[KVD_EV_HDR_SIZE];
+        header(buf, KVD_EV_SHUTDOWN, NULL);
+        send_event(e, buf, sizeof(buf));
+        /* nng sends asynchronously and closing drops what is queued: give
+         * connected subscribers a moment to receive the event */
+        if (atomic_load(&e->subscribers) > 0) {
+                struct timespec ts = { 0, 100 * 1000 * 1000 };
+                nanosleep(&ts, NULL);
+        }
+}
+
 void kvd_events_close(struct kvd_events *e)
 {
         if (!e)
                 return;
-        if (e->open) {
-                uint8_t buf[KVD_EV_HDR_SIZE];
-                header(buf, KVD_EV_SHUTDOWN, NULL);
-                send_event(e, buf, sizeof(buf));
-                /* nng sends asynchronously and closing drops what is queued:
-                 * give connected subscribers a moment to receive the event */
-                if (atomic_load(&e->subscribers) > 0) {
-                        struct timespec ts = { 0, 100 * 1000 * 1000 };
-                        nanosleep(&ts, NULL);
-                }
+        kvd_events_shutdown(e);
+        if (e->open)
                 nng_close(e->sock);
-        }
         pthread_mutex_destroy(&e->lock);
         free(e);
 }

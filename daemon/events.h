@@ -29,7 +29,10 @@ int  kvd_events_open(const char *url, struct kvd_events **ret, char *err, size_t
  * (Added by 'pages'.) */
 int  kvd_events_open_mode(const char *url, int mode, gid_t gid, struct kvd_events **ret,
                           char *err, size_t errlen);
-/* Publishes a shutdown event, then closes. Accepts NULL. */
+/* Publishes the SHUTDOWN event (once) and gives subscribers 100 ms to get it;
+ * the socket stays open.  Accepts NULL. */
+void kvd_events_shutdown(struct kvd_events *e);
+/* kvd_events_shutdown, then closes and frees. Accepts NULL. */
 void kvd_events_close(struct kvd_events *e);
 void kvd_events_stored(struct kvd_events *e, const char *pool, uint32_t page, const uint8_t key[16]);
 void kvd_events_evicted(struct kvd_events *e, const char *pool, uint32_t page, const uint8_t key[16]);

@@ -25,6 +25,7 @@
 #include "log.h"
 
 #define LOOP_WAKE_MS 200 /* upper bound on noticing a stop request */
+#define CLOSE_WAIT_MS 2000 /* see close_socket_bounded */
 
 
 static double now_s(void)
@@ -410,25 +411,73 @@ fail:
         return r;
 }
 
+static void *close_thread(void *arg)
+{
+        struct kvd_server *s = arg;
+
+        if (s->listening)
+                nng_listener_close(s->listener);
+        nng_close(s->sock);
+        return NULL;
+}
+
+/* Closes the listener and the REP socket, and with them every pipe, waiting
+ * at most CLOSE_WAIT_MS.  Returns 0, or -ETIMEDOUT when the close has not
+ * returned by then: the thread running it is left behind (the daemon is on
+ * its way out).  Why: Debian 12's nng 1.5.2 can block forever in nng_close
+ * when a message is arriving on a pipe as it closes (the ipc transport
+ * resubmits its read on an aio the close has just stopped, the read is
+ * dropped without completing, and the pipe reaper waits for it).  Under
+ * client traffic 2 to 10 SIGTERMs in 100 hung there until systemd's
+ * SIGKILL, 90 s later. */
+static int close_socket_bounded(struct kvd_server *s)
+{
+        pthread_t       t;
+        struct timespec until;
+
+        if (pthread_create(&t, NULL, close_thread, s) != 0) {
+                close_thread(s);
+                return 0;
+        }
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += CLOSE_WAIT_MS / 1000;
+        until.tv_nsec += (CLOSE_WAIT_MS % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+        }
+        if (pthread_timedjoin_np(t, NULL, &until) == 0)
+                return 0;
+        pthread_detach(t);
+        return -ETIMEDOUT;
+}
+
 void kvd_server_free(struct kvd_server *s)
 {
+        int stuck = 0;
+
         if (!s)
                 return;
         if (s->metrics_http)
                 kvd_metrics_http_stop(s->metrics);
-        if (s->sock_open) {
-                /* Closing the socket closes every pipe; their REM_POST
-                 * callbacks still see the pools and drop the sessions' pages. */
-                if (s->listening)
-                        nng_listener_close(s->listener);
-                nng_close(s->sock);
+        /* Closing the socket closes every pipe; their REM_POST callbacks
+         * still see the pools and drop the sessions' pages. */
+        if (s->sock_open && close_socket_bounded(s) < 0) {
+                stuck = 1;
+                kvd_warn("closing the client socket did not finish within %d ms (a known nng 1.5.2 "
+                         "race with a message arriving); shutting down without it", CLOSE_WAIT_MS);
         }
         pthread_mutex_lock(&s->lock);
         s->closing = 1;
         pthread_mutex_unlock(&s->lock);
         for (uint32_t i = 0; i < s->num_pools; i++)
                 s->pools[i]->events = NULL;
-        kvd_events_close(s->events);
+        /* after a stuck close nng's one reaper thread is stuck too and any
+         * further nng_close would wait on it: the event socket stays open */
+        if (stuck)
+                kvd_events_shutdown(s->events);
+        else
+                kvd_events_close(s->events);
         for (uint32_t i = 0; i < s->num_pools; i++)
                 kvd_pool_free(s->pools[i]);
         /* nng removes the ipc file when the listener closes; make sure, but
@@ -437,7 +486,6 @@ void kvd_server_free(struct kvd_server *s)
                 kvd_warn("cannot remove socket %s: %s", s->socket_path, strerror(errno));
         kvd_sessions_free(s->sessions);
         kvd_metrics_free(s->metrics);
-        pthread_mutex_destroy(&s->lock);
         free(s->ids);
         free(s->keys);
         free(s->results);
@@ -445,5 +493,10 @@ void kvd_server_free(struct kvd_server *s)
         free(s->socket_url);
         free(s->socket_path);
         free(s->events_url);
+        /* a stuck close still owns the socket, and nng may yet run pipe_cb,
+         * which takes the lock and sees closing: both outlive this call */
+        if (stuck)
+                return;
+        pthread_mutex_destroy(&s->lock);
         free(s);
 }

@@ -159,7 +159,7 @@ int shm_objects(pid_t pid)
 }
 
 /* Stops the daemon and checks that nothing is left behind. */
-void stop_clean(struct daemon *d)
+const char *stop_clean_log(struct daemon *d)
 {
         pid_t pid = d->pid;
         int   code = stop_daemon(d);
@@ -169,8 +169,15 @@ void stop_clean(struct daemon *d)
         cr_assert_eq(code, 0, "kvpoold exit code %d after SIGTERM", code);
         cr_assert_eq(shm_objects(pid), 0, "shared memory left in /dev/shm");
         cr_assert_neq(access(d->path, F_OK), 0, "socket file %s left behind", d->path);
+        const char *log = read_log(d);
         unlink(d->log);
         rmdir(d->dir);
+        return log;
+}
+
+void stop_clean(struct daemon *d)
+{
+        (void)stop_clean_log(d);
 }
 
 /* ---- raw protocol client ----------------------------------------------------- */

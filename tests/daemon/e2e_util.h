@@ -48,6 +48,8 @@ int stop_daemon(struct daemon *d);
 int shm_objects(pid_t pid);
 /* Stops the daemon, asserts exit 0, no shm object and no socket left. */
 void stop_clean(struct daemon *d);
+/* stop_clean, returning the daemon's whole log (read_log's buffer). */
+const char *stop_clean_log(struct daemon *d);
 /* A raw REQ socket dialed to url (no resend, receive timeout). */
 nng_socket client(const char *url, int timeout_ms);
 void rep_free(struct rep *r);
