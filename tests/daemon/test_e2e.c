@@ -718,6 +718,14 @@ Test(e2e, peer_that_never_reads_is_dropped)
         cr_assert(strstr(read_log(&d), "does not read its replies: closing it"), "%s", read_log(&d));
         close(fd);
         cr_assert_eq(kill(d.pid, 0), 0);
+        /* a client that leaves after that still has its pages released */
+        nng_socket probe = client(d.url, 5000);
+        hello(probe, "probe", 0);
+        attach(probe, "a", &keep);
+        rep_free(&keep);
+        alloc_pages(probe, 0, 2, ids);
+        nng_close(probe);
+        cr_assert(wait_all_free(good, "a", 3000), "the pages of a client that left after the mute peer's drop are still held");
         nng_close(good);
         stop_clean(&d);
 }
