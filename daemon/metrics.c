@@ -397,9 +397,13 @@ static void http_metrics_cb(nng_aio *aio)
         struct kvd_metrics *m = nng_http_handler_get_data(h);
         nng_http_res *res = NULL;
         char *text;
+        int closing;
 
         kvd_server_lock(m->srv);
-        text = kvd_metrics_render(m, m->srv);
+        /* a shutdown whose socket close got stuck frees the pools with this
+         * HTTP server still up (kvd_server_free): nothing to render then */
+        closing = kvd_server_closing(m->srv);
+        text = closing ? NULL : kvd_metrics_render(m, m->srv);
         kvd_server_unlock(m->srv);
 
         if (text && nng_http_res_alloc(&res) == 0) {
@@ -410,7 +414,8 @@ static void http_metrics_cb(nng_aio *aio)
                 }
         }
         free(text);
-        if (!res && nng_http_res_alloc_error(&res, NNG_HTTP_STATUS_INTERNAL_SERVER_ERROR) != 0) {
+        if (!res && nng_http_res_alloc_error(&res, closing ? NNG_HTTP_STATUS_SERVICE_UNAVAILABLE
+                                                           : NNG_HTTP_STATUS_INTERNAL_SERVER_ERROR) != 0) {
                 /* Not even an error response: fail the aio, nng closes the
                  * connection. */
                 nng_aio_finish(aio, NNG_ENOMEM);

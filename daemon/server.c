@@ -25,7 +25,7 @@
 #include "log.h"
 
 #define LOOP_WAKE_MS 200 /* upper bound on noticing a stop request */
-#define CLOSE_WAIT_MS 2000 /* see close_socket_bounded */
+#define CLOSE_WAIT_MS 2000 /* default of $KVPOOLD_CLOSE_WAIT_MS: see close_bounded */
 
 
 static double now_s(void)
@@ -67,6 +67,7 @@ const char *kvd_server_socket_url(const struct kvd_server *s) { return s->socket
 const char *kvd_server_events_url(const struct kvd_server *s) { return s->events_url; }
 void kvd_server_lock(struct kvd_server *s) { pthread_mutex_lock(&s->lock); }
 void kvd_server_unlock(struct kvd_server *s) { pthread_mutex_unlock(&s->lock); }
+int kvd_server_closing(const struct kvd_server *s) { return s->closing; }
 
 double kvd_server_uptime(const struct kvd_server *s)
 {
@@ -258,6 +259,27 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
 
 /* ---- start and stop ------------------------------------------------------------ */
 
+/* $KVPOOLD_CLOSE_WAIT_MS: how long a stopping daemon waits for its sockets
+ * to close (0 to 60000 ms; 0: it does not wait, as if the close were stuck).
+ * Anything else is reported and the default used. */
+static int close_wait_ms(void)
+{
+        const char *v = getenv("KVPOOLD_CLOSE_WAIT_MS");
+        char       *end;
+        long        ms;
+
+        if (!v)
+                return CLOSE_WAIT_MS;
+        errno = 0;
+        ms = strtol(v, &end, 10);
+        if (errno || end == v || *end || ms < 0 || ms > 60000) {
+                kvd_warn("KVPOOLD_CLOSE_WAIT_MS='%s' is not a number of milliseconds from 0 to 60000; "
+                         "using %d", v, CLOSE_WAIT_MS);
+                return CLOSE_WAIT_MS;
+        }
+        return (int)ms;
+}
+
 /* mkdir -p of the folder holding path. */
 static int make_parent(const char *path, char *err, size_t errlen)
 {
@@ -341,6 +363,7 @@ int kvd_server_new(const struct kvd_server_cfg *cfg, struct kvd_pool **pools, ui
                 goto oom;
         pthread_mutex_init(&s->lock, NULL);
         clock_gettime(CLOCK_MONOTONIC, &s->started);
+        s->close_wait_ms = close_wait_ms();
         s->socket_url = strdup(cfg->socket_url);
         s->events_url = cfg->events_url ? strdup(cfg->events_url) : NULL;
         s->pools = calloc(num_pools ? num_pools : 1, sizeof(*s->pools));
@@ -415,38 +438,53 @@ static void *close_thread(void *arg)
 {
         struct kvd_server *s = arg;
 
-        if (s->listening)
-                nng_listener_close(s->listener);
-        nng_close(s->sock);
+        if (s->metrics_http)
+                kvd_metrics_http_stop(s->metrics);
+        if (s->sock_open) {
+                if (s->listening)
+                        nng_listener_close(s->listener);
+                nng_close(s->sock);
+        }
         return NULL;
 }
 
-/* Closes the listener and the REP socket, and with them every pipe, waiting
- * at most CLOSE_WAIT_MS.  Returns 0, or -ETIMEDOUT when the close has not
- * returned by then: the thread running it is left behind (the daemon is on
- * its way out).  Why: Debian 12's nng 1.5.2 can block forever in nng_close
- * when a message is arriving on a pipe as it closes (the ipc transport
- * resubmits its read on an aio the close has just stopped, the read is
- * dropped without completing, and the pipe reaper waits for it).  Under
- * client traffic 2 to 10 SIGTERMs in 100 hung there until systemd's
- * SIGKILL, 90 s later. */
-static int close_socket_bounded(struct kvd_server *s)
+/* Stops the metrics HTTP server, closes the listener and the REP socket (and
+ * with them every pipe: when that finishes, their REM_POST callbacks have
+ * seen the pools and dropped the sessions' pages), waiting at most
+ * s->close_wait_ms (0: not at all).  Returns 0, or -ETIMEDOUT when that has
+ * not finished by then: the thread doing it is left behind (the daemon is
+ * on its way out).  Why: Debian 12's nng 1.5.2 can block forever in
+ * nng_close when a message is arriving on a pipe as it closes (the ipc
+ * transport resubmits its read on an aio the close has just stopped, the
+ * read is dropped without completing, and the pipe reaper, one thread for
+ * the whole process, waits for it; every later close then waits behind it).
+ * Under client traffic 2 to 10 SIGTERMs in 100 hung there until systemd's
+ * SIGKILL, 90 s later.  If no thread can be created the close runs here,
+ * unbounded. */
+static int close_bounded(struct kvd_server *s)
 {
         pthread_t       t;
         struct timespec until;
 
+        if (!s->sock_open && !s->metrics_http)
+                return 0; /* a start that failed early */
         if (pthread_create(&t, NULL, close_thread, s) != 0) {
                 close_thread(s);
                 return 0;
         }
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += CLOSE_WAIT_MS / 1000;
-        until.tv_nsec += (CLOSE_WAIT_MS % 1000) * 1000000L;
+        if (s->close_wait_ms == 0) {
+                pthread_detach(t);
+                return -ETIMEDOUT;
+        }
+        /* CLOCK_MONOTONIC: a clock step during shutdown must not stretch it */
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += s->close_wait_ms / 1000;
+        until.tv_nsec += (long)(s->close_wait_ms % 1000) * 1000000L;
         if (until.tv_nsec >= 1000000000L) {
                 until.tv_sec++;
                 until.tv_nsec -= 1000000000L;
         }
-        if (pthread_timedjoin_np(t, NULL, &until) == 0)
+        if (pthread_clockjoin_np(t, NULL, CLOCK_MONOTONIC, &until) == 0)
                 return 0;
         pthread_detach(t);
         return -ETIMEDOUT;
@@ -458,22 +496,19 @@ void kvd_server_free(struct kvd_server *s)
 
         if (!s)
                 return;
-        if (s->metrics_http)
-                kvd_metrics_http_stop(s->metrics);
-        /* Closing the socket closes every pipe; their REM_POST callbacks
-         * still see the pools and drop the sessions' pages. */
-        if (s->sock_open && close_socket_bounded(s) < 0) {
+        if (close_bounded(s) < 0) {
                 stuck = 1;
                 kvd_warn("closing the client socket did not finish within %d ms (a known nng 1.5.2 "
-                         "race with a message arriving); shutting down without it", CLOSE_WAIT_MS);
+                         "race with a message arriving); shutting down without it", s->close_wait_ms);
         }
         pthread_mutex_lock(&s->lock);
         s->closing = 1;
         pthread_mutex_unlock(&s->lock);
         for (uint32_t i = 0; i < s->num_pools; i++)
                 s->pools[i]->events = NULL;
-        /* after a stuck close nng's one reaper thread is stuck too and any
-         * further nng_close would wait on it: the event socket stays open */
+        /* after a stuck close nng's reaper is stuck too and any further
+         * nng_close would wait on it: the event socket stays open (its file
+         * is removed below) */
         if (stuck)
                 kvd_events_shutdown(s->events);
         else
@@ -484,8 +519,14 @@ void kvd_server_free(struct kvd_server *s)
          * only for a socket this daemon actually listened on. */
         if (s->listening && s->socket_path && unlink(s->socket_path) != 0 && errno != ENOENT)
                 kvd_warn("cannot remove socket %s: %s", s->socket_path, strerror(errno));
+        if (stuck && s->events && s->events_url && strncmp(s->events_url, "ipc://", 6) == 0 &&
+            unlink(s->events_url + 6) != 0 && errno != ENOENT)
+                kvd_warn("cannot remove socket %s: %s", s->events_url + 6, strerror(errno));
         kvd_sessions_free(s->sessions);
-        kvd_metrics_free(s->metrics);
+        /* after a stuck close the metrics handler may still run: it finds
+         * closing set, but its struct has to stay */
+        if (!stuck)
+                kvd_metrics_free(s->metrics);
         free(s->ids);
         free(s->keys);
         free(s->results);
@@ -493,8 +534,9 @@ void kvd_server_free(struct kvd_server *s)
         free(s->socket_url);
         free(s->socket_path);
         free(s->events_url);
-        /* a stuck close still owns the socket, and nng may yet run pipe_cb,
-         * which takes the lock and sees closing: both outlive this call */
+        /* a stuck close still owns the socket, and nng may yet run pipe_cb
+         * or the metrics handler, which take the lock and see closing: both
+         * outlive this call */
         if (stuck)
                 return;
         pthread_mutex_destroy(&s->lock);

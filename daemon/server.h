@@ -32,6 +32,10 @@ uint32_t               kvd_server_client_count(const struct kvd_server *s);
 
 void kvd_server_lock(struct kvd_server *s);
 void kvd_server_unlock(struct kvd_server *s);
+/* Non-zero once kvd_server_free has begun to take the pools down; a handler
+ * running on an nng thread (metrics) then must not touch them.  Caller holds
+ * the lock. */
+int                    kvd_server_closing(const struct kvd_server *s);
 
 /* ---- added by the daemon core (additive) ---------------------------------- */
 

@@ -25,6 +25,7 @@ struct kvd_server {
         struct kvd_events   *events;
         struct kvd_metrics  *metrics;
         int                  metrics_http;
+        int                  close_wait_ms; /* see close_bounded (server.c) */
         struct timespec      started;
         /* scratch for one request (serving thread only, under the lock) */
         uint32_t            *ids;       /* [KV_MAX_PAGES_REQ] */

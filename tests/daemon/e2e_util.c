@@ -171,7 +171,7 @@ const char *stop_clean_log(struct daemon *d)
         cr_assert_neq(access(d->path, F_OK), 0, "socket file %s left behind", d->path);
         const char *log = read_log(d);
         unlink(d->log);
-        rmdir(d->dir);
+        cr_assert_eq(rmdir(d->dir), 0, "%s not empty after the daemon stopped: %s", d->dir, strerror(errno));
         return log;
 }
 

@@ -1,6 +1,7 @@
 /* test_lifecycle.c - kvpoold's life cycle end to end: capacity per dtype,
  * --check-config, a failed start, pressure crossings, --group modes, and
- * SIGTERM with clients connected or busy.  $KVPOOLD names the binary. */
+ * SIGTERM with clients connected or busy, or with a socket close that does
+ * not return.  $KVPOOLD names the binary. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
@@ -20,7 +21,9 @@
 #include <unistd.h>
 #include <cjson/cJSON.h>
 #include <nng/nng.h>
+#include <nng/protocol/pubsub0/sub.h>
 #include <nng/protocol/reqrep0/req.h>
+#include "events.h"
 #include "kv_proto.h"
 #include "kv_layout.h"
 
@@ -321,10 +324,12 @@ Test(lifecycle, sigterm_under_client_traffic, .timeout = 150)
 
                 start_daemon(&d, args);
                 for (int i = 0; i < CLIENTS; i++) {
-                        t[i] = (struct traffic){ .s = client(d.url, 100) };
-                        /* REQ's send waits for a peer: not forever once the daemon is gone */
-                        cr_assert_eq(nng_socket_set_ms(t[i].s, NNG_OPT_SENDTIMEO, 100), 0);
+                        t[i] = (struct traffic){ .s = client(d.url, 5000) };
                         hello(t[i].s, "busy", 0);
+                        /* short timeouts from here: the daemon goes away under
+                         * the traffic, and REQ's send waits for a peer */
+                        cr_assert_eq(nng_socket_set_ms(t[i].s, NNG_OPT_RECVTIMEO, 100), 0);
+                        cr_assert_eq(nng_socket_set_ms(t[i].s, NNG_OPT_SENDTIMEO, 100), 0);
                         cr_assert_eq(pthread_create(&th[i], NULL, traffic_loop, &t[i]), 0);
                 }
                 /* stop while every client is in the middle of its traffic */
@@ -349,4 +354,84 @@ Test(lifecycle, sigterm_under_client_traffic, .timeout = 150)
                 }
         }
         cr_log_info("%d of %d stops under traffic needed the bounded close", bounded, ROUNDS);
+}
+
+Test(lifecycle, sigterm_with_a_stuck_close_still_cleans_up)
+{
+        /* KVPOOLD_CLOSE_WAIT_MS=0 takes, on every stop, the path of a socket
+         * close that never returns (kvd_server_free): the shutdown event still
+         * goes out, and the daemon still exits 0 with its shared memory and
+         * both socket files removed (stop_clean) while a client holds pages */
+        const char *const args[] = { "--pool", SMALL_POOL, NULL };
+        struct daemon     d;
+        struct rep        r, keep;
+        static uint32_t   ids[256];
+        char              ev_url[200];
+        nng_socket        sub;
+        struct kvd_event  ev;
+        int               got = 0;
+
+        cr_assert_eq(setenv("KVPOOLD_CLOSE_WAIT_MS", "0", 1), 0);
+        start_daemon(&d, args);
+        unsetenv("KVPOOLD_CLOSE_WAIT_MS");
+        nng_socket s = client(d.url, 5000);
+        hello(s, "held", 0);
+        struct kv_attach_rep a = attach(s, "a", &keep);
+        rep_free(&keep);
+        cr_assert_eq(a.num_pages, 256);
+
+        snprintf(ev_url, sizeof(ev_url), "ipc://%s/events.sock", d.dir);
+        cr_assert_eq(nng_sub0_open(&sub), 0);
+        cr_assert_eq(nng_socket_set(sub, NNG_OPT_SUB_SUBSCRIBE, "", 0), 0);
+        cr_assert_eq(nng_socket_set_ms(sub, NNG_OPT_RECVTIMEO, 100), 0);
+        cr_assert_eq(nng_dial(sub, ev_url, NULL, 0), 0);
+        /* PUB drops what it sends before the daemon has our pipe: cross the
+         * pressure thresholds (below 10% free, back above 20%) until a
+         * PRESSURE event gets through */
+        alloc_pages(s, 0, 200, ids);
+        for (int i = 0; i < 50 && !got; i++) {
+                void  *buf;
+                size_t len;
+                alloc_pages(s, 0, 35, ids + 200);
+                r = rpc(s, req, enc_free(0, 35, ids + 200));
+                rep_free(&r);
+                while (nng_recv(sub, &buf, &len, NNG_FLAG_ALLOC) == 0) {
+                        nng_free(buf, len);
+                        got = 1;
+                }
+        }
+        cr_assert(got, "no event reached the subscriber");
+
+        const char *log = stop_clean_log(&d);
+        cr_assert(strstr(log, "did not finish within 0 ms"), "%s", log);
+        /* everything up to SHUTDOWN arrived before the daemon went */
+        cr_assert_eq(nng_socket_set_ms(sub, NNG_OPT_RECVTIMEO, 5000), 0);
+        do {
+                void  *buf;
+                size_t len;
+                cr_assert_eq(nng_recv(sub, &buf, &len, NNG_FLAG_ALLOC), 0, "no SHUTDOWN event");
+                cr_assert_eq(kvd_event_decode(buf, len, &ev), 0);
+                nng_free(buf, len);
+        } while (ev.type != KVD_EV_SHUTDOWN);
+        /* the daemon is gone: nothing can arrive on either socket */
+        nng_close(sub);
+        nng_close(s);
+}
+
+Test(lifecycle, a_bad_close_wait_setting_is_named)
+{
+        const char *const args[] = { "--pool", SMALL_POOL, NULL };
+        const char *const bad[] = { "abc", "-1", "60001", "5ms", "" };
+        struct daemon     d;
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                char want[96];
+                cr_assert_eq(setenv("KVPOOLD_CLOSE_WAIT_MS", bad[i], 1), 0);
+                start_daemon(&d, args);
+                unsetenv("KVPOOLD_CLOSE_WAIT_MS");
+                const char *log = stop_clean_log(&d);
+                snprintf(want, sizeof(want), "KVPOOLD_CLOSE_WAIT_MS='%s' is not a number of milliseconds", bad[i]);
+                cr_assert(strstr(log, want), "'%s': %s", bad[i], log);
+                cr_assert_null(strstr(log, "did not finish within"), "'%s': %s", bad[i], log);
+        }
 }

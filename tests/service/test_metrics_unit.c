@@ -31,6 +31,7 @@ struct kvd_server {
         uint32_t         clients;
         int              locked;     /* lock depth: must be 1 while rendering */
         int              lock_calls;
+        int              closing;    /* kvd_server_free has begun */
 };
 
 static struct kvd_server fake;
@@ -48,6 +49,7 @@ void kvd_server_lock(struct kvd_server *s)
         __atomic_add_fetch(&s->lock_calls, 1, __ATOMIC_SEQ_CST);
 }
 void kvd_server_unlock(struct kvd_server *s) { __atomic_sub_fetch(&s->locked, 1, __ATOMIC_SEQ_CST); }
+int kvd_server_closing(const struct kvd_server *s) { return s->closing; }
 
 static struct kvd_pool *add_pool(const char *name, enum kvc_dtype dt, uint32_t pages)
 {
@@ -268,6 +270,12 @@ Test(metrics, http_serves_metrics_and_404)
         /* The same port can be served again after a stop. */
         cr_assert_eq(kvd_metrics_http_start(m, &fake, addr, err, sizeof(err)), 0, "%s", err);
         cr_expect_eq(svc_http_get(port, "/metrics", NULL, NULL, 0), 200);
+        /* A server whose pools are going away (a shutdown whose socket close
+         * got stuck) answers 503 without rendering them. */
+        fake.closing = 1;
+        cr_expect_eq(svc_http_get(port, "/metrics", NULL, NULL, 0), 503);
+        cr_expect_eq(fake.locked, 0, "the handler must release the server lock");
+        fake.closing = 0;
         kvd_metrics_free(m); /* stops it too */
 }
 
