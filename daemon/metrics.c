@@ -400,8 +400,10 @@ static void http_metrics_cb(nng_aio *aio)
         int closing;
 
         kvd_server_lock(m->srv);
-        /* a shutdown whose socket close got stuck frees the pools with this
-         * HTTP server still up (kvd_server_free): nothing to render then */
+        /* a shutdown that could not wait for this HTTP server to stop (its
+         * stop stuck in nng, or KVPOOLD_CLOSE_WAIT_MS=0) frees the pools
+         * with a handler possibly still to run (kvd_server_free): nothing
+         * to render then */
         closing = kvd_server_closing(m->srv);
         text = closing ? NULL : kvd_metrics_render(m, m->srv);
         kvd_server_unlock(m->srv);

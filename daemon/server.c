@@ -272,7 +272,8 @@ static int close_wait_ms(void)
                 return CLOSE_WAIT_MS;
         errno = 0;
         ms = strtol(v, &end, 10);
-        if (errno || end == v || *end || ms < 0 || ms > 60000) {
+        /* digits only: strtol would also take " 5" and "+5" */
+        if (*v < '0' || *v > '9' || errno || *end || ms > 60000) {
                 kvd_warn("KVPOOLD_CLOSE_WAIT_MS='%s' is not a number of milliseconds from 0 to 60000; "
                          "using %d", v, CLOSE_WAIT_MS);
                 return CLOSE_WAIT_MS;
@@ -498,8 +499,11 @@ void kvd_server_free(struct kvd_server *s)
                 return;
         if (close_bounded(s) < 0) {
                 stuck = 1;
-                kvd_warn("closing the client socket did not finish within %d ms (a known nng 1.5.2 "
-                         "race with a message arriving); shutting down without it", s->close_wait_ms);
+                if (s->close_wait_ms == 0)
+                        kvd_info("not waiting for the client socket to close (KVPOOLD_CLOSE_WAIT_MS=0)");
+                else
+                        kvd_warn("closing the client socket did not finish within %d ms (a known nng 1.5.2 "
+                                 "race with a message arriving); shutting down without it", s->close_wait_ms);
         }
         pthread_mutex_lock(&s->lock);
         s->closing = 1;
