@@ -49,7 +49,6 @@
 struct kvd_events {
         nng_socket      sock;
         int             open;        /* 0: events are off (NULL url) */
-        int             shut;        /* the SHUTDOWN event went out */
         pthread_mutex_t lock;        /* seq order == send order */
         uint64_t        seq;
         atomic_int      subscribers; /* pipes attached, from nng's pipe callback */
@@ -262,9 +261,8 @@ uint64_t kvd_events_seq(const struct kvd_events *e)
 
 void kvd_events_shutdown(struct kvd_events *e)
 {
-        if (!e || !e->open || e->shut)
+        if (!e || !e->open)
                 return;
-        e->shut = 1;
         uint8_t buf[KVD_EV_HDR_SIZE];
         header(buf, KVD_EV_SHUTDOWN, NULL);
         send_event(e, buf, sizeof(buf));

@@ -29,8 +29,8 @@ int  kvd_events_open(const char *url, struct kvd_events **ret, char *err, size_t
  * (Added by 'pages'.) */
 int  kvd_events_open_mode(const char *url, int mode, gid_t gid, struct kvd_events **ret,
                           char *err, size_t errlen);
-/* Publishes the SHUTDOWN event (once) and gives subscribers 100 ms to get it;
- * the socket stays open.  Accepts NULL. */
+/* Publishes the SHUTDOWN event and gives subscribers 100 ms to get it; the
+ * socket stays open (kvd_events_close calls it).  Accepts NULL. */
 void kvd_events_shutdown(struct kvd_events *e);
 /* kvd_events_shutdown, then closes and frees. Accepts NULL. */
 void kvd_events_close(struct kvd_events *e);

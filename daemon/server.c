@@ -459,8 +459,9 @@ static void *close_thread(void *arg)
  * transport resubmits its read on an aio the close has just stopped, the
  * read is dropped without completing, and the pipe reaper, one thread for
  * the whole process, waits for it; every later close then waits behind it).
- * Under client traffic 2 to 10 SIGTERMs in 100 hung there until systemd's
- * SIGKILL, 90 s later.  If no thread can be created the close runs here,
+ * Under client traffic a stop hung there now and then (up to 2 of the 24
+ * of tests/daemon/test_lifecycle.c sigterm_under_client_traffic, which
+ * counts them), until systemd's SIGKILL, 90 s later.  If no thread can be created the close runs here,
  * unbounded. */
 static int close_bounded(struct kvd_server *s)
 {
