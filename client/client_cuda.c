@@ -28,6 +28,12 @@ void kvc__cuda_unmap(void *base, int device)
         (void)base;
         (void)device;
 }
+
+int kvc__cuda_check_device(int device, const char *pool, char *err, size_t errlen)
+{
+        (void)device;
+        return say(err, errlen, -ENODEV, "cuda pool %s: libkvclient was built without CUDA", pool);
+}
 #else
 #include <cuda_runtime.h>
 #include "kv_cuda_common.cuh" /* kv_cuda_errno */
@@ -144,5 +150,25 @@ void kvc__cuda_unmap(void *base, int device)
         if (prev >= 0 && prev != device)
                 cudaSetDevice(prev);
         (void)cudaGetLastError();
+}
+
+int kvc__cuda_check_device(int device, const char *pool, char *err, size_t errlen)
+{
+        int cur = -1;
+        cudaError_t e = cudaGetDevice(&cur);
+
+        if (e != cudaSuccess) {
+                (void)cudaGetLastError();
+                kv_cuda_errno(e, "cudaGetDevice", err, errlen);
+                return -ENODEV;
+        }
+        if (cur == device)
+                return 0;
+        if (err && errlen)
+                snprintf(err, errlen,
+                         "pool %s is on CUDA device %d of this process but the calling thread's current device is "
+                         "%d: call cudaSetDevice(%d) first, with buffers and a stream of that device",
+                         pool, device, cur, device);
+        return -EINVAL;
 }
 #endif

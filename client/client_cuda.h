@@ -26,4 +26,13 @@ int kvc__cuda_map(const struct kv_attach_rep *rep, void **ret_base, int *ret_dev
  * first: kernels still running on the mapping would fault. */
 void kvc__cuda_unmap(void *base, int device);
 
+/* 0 when the calling thread's current CUDA device is device (a pool's
+ * ordinal in this process).  Otherwise -EINVAL with a message naming the
+ * pool, both devices and what to do: the caller's buffers and stream belong
+ * to its current device, and a kernel launched there on another device's
+ * pool would fault (or, with peer access, run over the interconnect), so the
+ * data path refuses rather than switch devices behind the caller's back.
+ * -ENODEV when the current device cannot be read.  A thread-local read. */
+int kvc__cuda_check_device(int device, const char *pool, char *err, size_t errlen);
+
 #endif

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stddef.h>
 
+#include "client_cuda.h"
 #include "kv_ops.h"
 #include "kvclient_internal.h"
 
@@ -46,6 +47,11 @@ static int dispatch(kvc_pool *p, enum op op, const void *args, void *stream)
                 return kvc__fail(p->c, -ESTALE, "%s", kvc__stale_msg);
         view_of(p, &v);
         cuda = p->desc.backend == KVC_BACKEND_CUDA;
+        /* With pools on several GPUs (one per tensor-parallel rank) a
+         * process can hold pools of two devices: the launch must happen on
+         * the pool's device, which is the caller's to choose. */
+        if (cuda && (rv = kvc__cuda_check_device(p->desc.device, p->desc.name, msg, sizeof msg)) != 0)
+                return kvc__fail(p->c, rv, "%s: %s", op_names[op], msg);
         switch (op) {
         case OP_WRITE:
                 rv = cuda ? kv_cuda_write(&v, args, stream, msg, sizeof msg)

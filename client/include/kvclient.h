@@ -158,7 +158,10 @@ void kvc_block_key(const kvc_key *parent, const int32_t *tokens, size_t n_tokens
  * On a CUDA pool every pointer below is device memory and the call is
  * asynchronous on `stream` (a cudaStream_t; NULL = the default stream).  On a
  * host pool every pointer is host memory, the call runs the CPU reference
- * synchronously and stream is ignored.  Arguments are checked before any
+ * synchronously and stream is ignored.  A CUDA pool's calls run on the
+ * calling thread's current device, which must be the pool's
+ * (kvc_pool_desc.device; -EINVAL otherwise, before anything runs): a process
+ * with pools on several GPUs calls cudaSetDevice before each pool's calls.  Arguments are checked before any
  * kernel runs; device-resident indices (slots, page tables) are range-checked
  * in the kernel, which skips out-of-range entries. */
 
