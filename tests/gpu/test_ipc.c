@@ -23,6 +23,7 @@
 
 #include "gpu_common.h"
 #include "harness.h"
+#include "pool_check.h"
 #include "kv_proto.h"
 #include "client_cuda.h"
 
@@ -39,75 +40,6 @@ static const char *const pools[] = {
 
 static char self[512];
 
-static struct kv_layout layout_of(const struct kvc_pool_desc *d)
-{
-        struct kv_geom g = { .dtype = d->dtype, .num_layers = d->num_layers, .kv_heads = d->kv_heads,
-                             .head_dim = d->head_dim, .page_size = d->page_size };
-        struct kv_layout L;
-
-        memset(&L, 0, sizeof L);
-        kv_layout_init(&g, d->num_pages, &L);
-        return L;
-}
-
-/* The inputs of a write: every slot of the given pages, shuffled; K and V
- * bf16 from seed.  The same seed gives the same data in any process. */
-struct input {
-        uint32_t T;
-        int64_t row;
-        int64_t *slots;
-        void *k, *v;
-};
-
-static void make_write(struct input *in, const struct kvc_pool_desc *d, const int32_t *pages, uint64_t seed)
-{
-        struct rng r = { seed };
-
-        in->T = NPAGES * d->page_size;
-        in->row = (int64_t)d->kv_heads * d->head_dim;
-        in->slots = malloc(sizeof(int64_t) * in->T);
-        for (uint32_t i = 0; i < in->T; i++)
-                in->slots[i] = (int64_t)pages[i / d->page_size] * d->page_size + i % d->page_size;
-        for (uint32_t i = in->T - 1; i > 0; i--) {
-                uint32_t j = (uint32_t)(rng_next(&r) % (i + 1));
-                int64_t t = in->slots[i];
-                in->slots[i] = in->slots[j];
-                in->slots[j] = t;
-        }
-        in->k = make_input(&r, KVC_ELEM_BF16, in->T, in->row, 2.0f, 0);
-        in->v = make_input(&r, KVC_ELEM_BF16, in->T, in->row, 1.0f, 0);
-}
-
-static void free_write(struct input *in)
-{
-        free(in->slots);
-        free(in->k);
-        free(in->v);
-}
-
-/* Writes the inputs through kvc_write (device buffers). */
-static int gpu_write(kvc_pool *p, const struct input *in)
-{
-        void *dk, *dv, *ds;
-        size_t b = (size_t)in->T * in->row * 2;
-        int r;
-
-        CK(cudaMalloc(&dk, b));
-        CK(cudaMalloc(&dv, b));
-        CK(cudaMalloc(&ds, sizeof(int64_t) * in->T));
-        CK(cudaMemcpy(dk, in->k, b, cudaMemcpyHostToDevice));
-        CK(cudaMemcpy(dv, in->v, b, cudaMemcpyHostToDevice));
-        CK(cudaMemcpy(ds, in->slots, sizeof(int64_t) * in->T, cudaMemcpyHostToDevice));
-        struct kvc_write_args a = { .k = dk, .v = dv, .elem = KVC_ELEM_BF16, .k_row_stride = in->row,
-                                    .v_row_stride = in->row, .slots = ds, .num_tokens = in->T, .layer = LAYER };
-        r = kvc_write(p, &a, NULL);
-        CK(cudaDeviceSynchronize());
-        cudaFree(dk);
-        cudaFree(dv);
-        cudaFree(ds);
-        return r;
-}
-
 /* ---- child modes ------------------------------------------------------------ */
 
 /* child-hold URL POOL: allocate, write, say "held N", wait for stdin to close. */
@@ -116,15 +48,15 @@ static int child_hold(const char *url, const char *name)
         kvc_client *c;
         kvc_pool *p;
         int32_t pages[NPAGES];
-        struct input in;
+        struct pc_input in;
         char buf[16];
 
         if (kvc_connect(url, "gpu-holder", NULL, &c) || kvc_attach(c, name, &p) || kvc_alloc(p, NPAGES, pages)) {
                 printf("error %s\n", kvc_errmsg(c));
                 return 1;
         }
-        make_write(&in, kvc_pool_get_desc(p), pages, 7);
-        if (gpu_write(p, &in)) {
+        pc_make_write(&in, kvc_pool_get_desc(p), pages, NPAGES, 7);
+        if (pc_gpu_write(p, &in, LAYER)) {
                 printf("error %s\n", kvc_errmsg(c));
                 return 1;
         }
@@ -144,8 +76,6 @@ static int child_gather(int argc, char **argv)
         int32_t pages[NPAGES];
         kvc_client *c;
         kvc_pool *p;
-        char msg[256];
-        int bad = 0;
 
         if (argc != 5 + NPAGES)
                 return 2;
@@ -155,74 +85,7 @@ static int child_gather(int argc, char **argv)
                 printf("child: attach failed: %s\n", kvc_errmsg(c));
                 return 1;
         }
-        const struct kvc_pool_desc *d = kvc_pool_get_desc(p);
-        if (d->backend != KVC_BACKEND_CUDA || d->device < 0) {
-                printf("child: pool %s is not a cuda pool in this process\n", name);
-                return 1;
-        }
-        struct kv_layout L = layout_of(d);
-        struct input in;
-        make_write(&in, d, pages, seed);
-
-        /* the reference: a private host pool with the same layout */
-        uint8_t *ref = calloc(1, L.alloc_bytes);
-        struct kv_pool_view hv = { .base = ref, .layout = L, .k_scale = d->k_scale, .v_scale = d->v_scale };
-        struct kvc_write_args ha = { .k = in.k, .v = in.v, .elem = KVC_ELEM_BF16, .k_row_stride = in.row,
-                                     .v_row_stride = in.row, .slots = in.slots, .num_tokens = in.T, .layer = LAYER };
-        if (kv_ref_write(&hv, &ha, msg, sizeof msg)) {
-                printf("child: kv_ref_write: %s\n", msg);
-                return 1;
-        }
-
-        /* raw bytes of every written page: K, V (and fp4 scales) */
-        uint8_t *dev = d->base;
-        for (int i = 0; i < NPAGES; i++) {
-                uint64_t offs[4] = { kv_layout_k(&L, LAYER), kv_layout_v(&L, LAYER), kv_layout_ks(&L, LAYER),
-                                     kv_layout_vs(&L, LAYER) };
-                for (int a = 0; a < 4; a++) {
-                        uint64_t pb = a < 2 ? L.page_bytes : L.scale_page_bytes;
-                        if (pb == 0)
-                                continue;
-                        uint64_t o = offs[a] + (uint64_t)pages[i] * pb;
-                        uint8_t *g = malloc(pb);
-                        CK(cudaMemcpy(g, dev + o, pb, cudaMemcpyDeviceToHost));
-                        if (memcmp(g, ref + o, pb)) {
-                                printf("child: raw bytes of page %d (array %d) differ from kv_ref_write\n", pages[i], a);
-                                bad++;
-                        }
-                        free(g);
-                }
-        }
-
-        /* gather through libkvclient on the device vs kv_ref_gather */
-        size_t ob = (size_t)NPAGES * d->page_size * in.row * sizeof(float);
-        float *hk = malloc(ob), *hvv = malloc(ob), *gk = malloc(ob), *gv = malloc(ob);
-        void *dko, *dvo, *dpl;
-        CK(cudaMalloc(&dko, ob));
-        CK(cudaMalloc(&dvo, ob));
-        CK(cudaMalloc(&dpl, sizeof pages));
-        CK(cudaMemset(dko, 0xFF, ob));
-        CK(cudaMemset(dvo, 0xFF, ob));
-        CK(cudaMemcpy(dpl, pages, sizeof pages, cudaMemcpyHostToDevice));
-        struct kvc_gather_args dg = { .pages = dpl, .n_pages = NPAGES, .layer = LAYER, .k_out = dko, .v_out = dvo,
-                                      .elem = KVC_ELEM_F32 };
-        struct kvc_gather_args hg = { .pages = pages, .n_pages = NPAGES, .layer = LAYER, .k_out = hk, .v_out = hvv,
-                                      .elem = KVC_ELEM_F32 };
-        if (kvc_gather(p, &dg, NULL)) {
-                printf("child: kvc_gather: %s\n", kvc_errmsg(c));
-                return 1;
-        }
-        CK(cudaDeviceSynchronize());
-        if (kv_ref_gather(&hv, &hg, msg, sizeof msg)) {
-                printf("child: kv_ref_gather: %s\n", msg);
-                return 1;
-        }
-        CK(cudaMemcpy(gk, dko, ob, cudaMemcpyDeviceToHost));
-        CK(cudaMemcpy(gv, dvo, ob, cudaMemcpyDeviceToHost));
-        if (memcmp(gk, hk, ob) || memcmp(gv, hvv, ob)) {
-                printf("child: gathered values differ from kv_ref_gather\n");
-                bad++;
-        }
+        int bad = pc_check_pages(c, p, pages, NPAGES, seed, LAYER, "child");
         printf("child: %s: %d pages gathered in a second process, %s\n", name, NPAGES, bad ? "MISMATCH" : "equal");
         kvc_detach(p);
         kvc_disconnect(c);
@@ -326,16 +189,16 @@ static void cross_process(struct kvt_daemon *d, kvc_client *c, const char *name,
 {
         kvc_pool *p;
         int32_t pages[NPAGES];
-        struct input in;
+        struct pc_input in;
         char sp[16], pg[NPAGES][16], *out = NULL;
 
         EXPECT(kvc_attach(c, name, &p) == 0, "attach %s: %s", name, kvc_errmsg(c));
         const struct kvc_pool_desc *desc = kvc_pool_get_desc(p);
         EXPECT(desc->backend == KVC_BACKEND_CUDA, "%s is not a cuda pool", name);
         EXPECT(kvc_alloc(p, NPAGES, pages) == 0, "alloc: %s", kvc_errmsg(c));
-        make_write(&in, desc, pages, seed);
-        EXPECT(gpu_write(p, &in) == 0, "kvc_write: %s", kvc_errmsg(c));
-        free_write(&in);
+        pc_make_write(&in, desc, pages, NPAGES, seed);
+        EXPECT(pc_gpu_write(p, &in, LAYER) == 0, "kvc_write: %s", kvc_errmsg(c));
+        pc_free_write(&in);
 
         snprintf(sp, sizeof sp, "%llu", (unsigned long long)seed);
         char *argv[6 + NPAGES] = { self, "child-gather", d->url, (char *)name, sp };
@@ -357,7 +220,7 @@ static void restart_stale(struct kvt_daemon *d)
         kvc_pool *p;
         int32_t pages[NPAGES];
         struct kv_attach_rep old;
-        struct input in;
+        struct pc_input in;
         char hh[129], uh[33], *out = NULL;
 
         EXPECT(kvc_connect(d->url, "gpu-stale", NULL, &c) == 0, "connect");
@@ -376,10 +239,10 @@ static void restart_stale(struct kvt_daemon *d)
         EXPECT(r == -ESTALE, "alloc after restart: %d (%s), expected -ESTALE", r, kvc_errmsg(c));
         for (int i = 0; i < NPAGES; i++)
                 pages[i] = i;
-        make_write(&in, kvc_pool_get_desc(p), pages, 3);
-        r = gpu_write(p, &in);
+        pc_make_write(&in, kvc_pool_get_desc(p), pages, NPAGES, 3);
+        r = pc_gpu_write(p, &in, LAYER);
         EXPECT(r == -ESTALE, "kvc_write after restart: %d (%s), expected -ESTALE", r, kvc_errmsg(c));
-        free_write(&in);
+        pc_free_write(&in);
         kvc_disconnect(c); /* closes the old mapping */
 
         /* a new client works against the new daemon */
