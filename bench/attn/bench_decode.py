@@ -14,8 +14,10 @@ size; --flush read: a streaming read of it, see Timer), after a GPU spin of
 --spin-us (300 by default) so that no host dispatch time is timed.
 Effective bandwidth = (K/V bytes + fp4 scales + q + out) / time, next to a
 streaming-read bandwidth (16-byte loads over 8 GiB) measured in the same
-run.  The page table is a random permutation of the pool's pages (--pages
-seq: the pages in order, to see what the random placement costs).  With
+run.  The pools (one per dtype, sized for the largest shape) are allocated once,
+first, and kept, as kvpoold does; the page table is a random permutation of
+the first B*L/16 pages (--pages seq: those pages in order, to see what the
+random placement costs).  With
 --floor the first dtype of each element width (bf16, fp8_e4m3 or the first
 fp8 asked for, fp4) is followed by a "read" row: one streaming read of
 exactly that width's K/V bytes (the same kernel as the 8 GiB probe, same
@@ -28,6 +30,7 @@ import ctypes
 import os
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +67,32 @@ def load(path):
     return lib
 
 
+class Barrier:
+    """Lines up the timed measurements of several bench_decode.py processes
+    (bench_decode_multi.py starts one per GPU): before each measurement, rank
+    r creates DIR/<n>.<r> and waits until all ranks' files of step n exist,
+    so every median is taken while the other GPUs run the same shape.  Every
+    rank runs the same sequence of measurements (same arguments).  A world of
+    1 (the default) does nothing."""
+
+    def __init__(self, path, rank, world, timeout_s=600):
+        self.path, self.rank, self.world, self.timeout_s = path, rank, world, timeout_s
+        self.step = 0
+
+    def wait(self):
+        if self.world <= 1:
+            return
+        n = self.step
+        self.step += 1
+        open(os.path.join(self.path, "%d.%d" % (n, self.rank)), "w").close()
+        t0 = time.monotonic()
+        while not all(os.path.exists(os.path.join(self.path, "%d.%d" % (n, r))) for r in range(self.world)):
+            if time.monotonic() - t0 > self.timeout_s:
+                sys.exit("bench_decode: rank %d: the other ranks did not reach measurement %d within %d s"
+                         % (self.rank, n, self.timeout_s))
+            time.sleep(0.0002)
+
+
 class Timer:
     """Median of reps CUDA-event timings of fn, L2 flushed before each.
 
@@ -73,8 +102,9 @@ class Timer:
     same buffer (the L2 ends full of clean lines of other data: just as cold
     for the timed call, without the write-back)."""
 
-    def __init__(self, reps, flush="memset", lib=None, spin_us=0):
+    def __init__(self, reps, flush="memset", lib=None, spin_us=0, barrier=None):
         self.reps = reps
+        self.barrier = barrier
         self.mode = flush
         self.lib = lib
         self.spin_ns = int(spin_us * 1000)
@@ -90,6 +120,8 @@ class Timer:
             self.flush.zero_()
 
     def median_us(self, fn):
+        if self.barrier:
+            self.barrier.wait()
         for _ in range(3):
             fn()
         times = []
@@ -125,15 +157,49 @@ def main():
     ap.add_argument("--floor", action="store_true",
                     help="per element width (16, 8, 4 bits), after its first dtype, time a streaming read of exactly "
                          "its K/V bytes (see the docstring)")
+    ap.add_argument("--sync-dir", help="with --sync-world N > 1: a directory shared by N runs of this script, "
+                                       "one per GPU, that start each measurement together (bench_decode_multi.py)")
+    ap.add_argument("--sync-rank", type=int, default=0)
+    ap.add_argument("--sync-world", type=int, default=1)
     args = ap.parse_args()
+    if args.sync_world > 1 and not (args.sync_dir and 0 <= args.sync_rank < args.sync_world):
+        sys.exit("--sync-world %d needs --sync-dir and a --sync-rank in 0..%d" % (args.sync_world, args.sync_world - 1))
     lib = load(find_lib(args.lib))
     torch.manual_seed(0)
     dev = torch.cuda.get_device_properties(0)
     stream = torch.cuda.current_stream().cuda_stream
-    timer = Timer(args.reps, args.flush, lib, args.spin_us)
+    timer = Timer(args.reps, args.flush, lib, args.spin_us, Barrier(args.sync_dir, args.sync_rank, args.sync_world))
     Hq, H, D, ps = 32, 8, 128, 16
     Bs = [1, 32] if args.quick else [1, 8, 32, 128]
     Ls = [4096, 32768] if args.quick else [1024, 4096, 16384, 32768]
+
+    shapes = [(B, L) for B in Bs for L in Ls]
+    if args.shapes:
+        shapes = [tuple(int(x) for x in sh.split("x")) for sh in args.shapes.split(",")]
+    dtypes = DTYPES
+    if args.dtypes:
+        want = args.dtypes.split(",")
+        dtypes = [d for d in DTYPES if d[0] in want]
+        if len(dtypes) != len(want):
+            sys.exit("--dtypes: unknown dtype in %s (known: %s)" % (args.dtypes, ", ".join(d[0] for d in DTYPES)))
+
+    # One pool per dtype, sized for the largest shape, allocated before
+    # anything else and kept for the whole run, as kvpoold allocates its
+    # pools once at startup; each shape uses its first B*L/16 pages.  (A
+    # pool allocated per shape and dtype lands in memory the previous
+    # dtype's pool just freed: on the H200 an fp8 pool made right after the
+    # freed bf16 pool of B=128 L=32k ran 8-16% slower than the same pool made
+    # first, see docs/benchmarks.md.)
+    max_pages = max(B * L // ps for B, L in shapes)
+    pools = {}
+    for name, dt, bits in dtypes:
+        pool = lib.shim_pool_new(dt, 1, H, D, ps, max_pages, 0)
+        if not pool:
+            sys.exit("shim_pool_new(%s, %d pages): %s" % (name, max_pages, lib.shim_errmsg().decode()))
+        rc = lib.shim_fill_random(pool, 1234)
+        if rc:
+            sys.exit("fill: %s" % lib.shim_errmsg().decode())
+        pools[name] = pool
 
     # streaming read over 8 GiB: the bandwidth ceiling of this run
     buf = torch.empty(8 << 30, dtype=torch.uint8, device="cuda")
@@ -153,15 +219,6 @@ def main():
     print("-" * len(hdr))
     sys.stdout.flush()
 
-    shapes = [(B, L) for B in Bs for L in Ls]
-    if args.shapes:
-        shapes = [tuple(int(x) for x in sh.split("x")) for sh in args.shapes.split(",")]
-    dtypes = DTYPES
-    if args.dtypes:
-        want = args.dtypes.split(",")
-        dtypes = [d for d in DTYPES if d[0] in want]
-        if len(dtypes) != len(want):
-            sys.exit("--dtypes: unknown dtype in %s (known: %s)" % (args.dtypes, ", ".join(d[0] for d in DTYPES)))
     for B, L in shapes:
         q = torch.randn(B, Hq, D, dtype=torch.bfloat16, device="cuda")
         qo_bytes = 2 * q.numel() * 2
@@ -182,12 +239,7 @@ def main():
         out = torch.empty(B, Hq, D, dtype=torch.bfloat16, device="cuda")
         floored = set()
         for name, dt, bits in dtypes:
-            pool = lib.shim_pool_new(dt, 1, H, D, ps, pages, 0)
-            if not pool:
-                sys.exit("shim_pool_new(%s): %s" % (name, lib.shim_errmsg().decode()))
-            rc = lib.shim_fill_random(pool, 1234)
-            if rc:
-                sys.exit("fill: %s" % lib.shim_errmsg().decode())
+            pool = pools[name]
 
             def run():
                 r = lib.shim_decode(pool, 0, q.data_ptr(), out.data_ptr(), ELEM_BF16, pt.data_ptr(), L // ps,
@@ -203,7 +255,6 @@ def main():
                 sys.exit("NaN in the output of %s" % name)
             print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %8.3fx" % (B, L, name, t, by / t / 1e6,
                                                                100 * by / t / 1e6 / read_bw, t_sdpa / t))
-            lib.shim_pool_free(pool)
             if args.floor and bits not in floored:
                 floored.add(bits)
                 fb = torch.empty(kv, dtype=torch.uint8, device="cuda")
@@ -216,6 +267,8 @@ def main():
             sys.stdout.flush()
         del pt, lens, out, q
         torch.cuda.empty_cache()
+    for pool in pools.values():
+        lib.shim_pool_free(pool)
 
 
 if __name__ == "__main__":
