@@ -30,6 +30,8 @@
  *  -ERANGE     a page id out of range
  *  -EINVAL     a bad argument (the message names it)
  *  -ENODEV     a GPU pool but no CUDA device with the pool's UUID in this process
+ *              (attach), or the calling thread's CUDA device cannot be read
+ *              (data path)
  *  -ESTALE     the daemon restarted since this pool was attached: re-attach
  *  -ESHUTDOWN  the daemon is shutting down
  *  -ETIMEDOUT  no reply within the client's timeout
@@ -160,10 +162,11 @@ void kvc_block_key(const kvc_key *parent, const int32_t *tokens, size_t n_tokens
  * host pool every pointer is host memory, the call runs the CPU reference
  * synchronously and stream is ignored.  A CUDA pool's calls run on the
  * calling thread's current device, which must be the pool's
- * (kvc_pool_desc.device; -EINVAL otherwise, before anything runs): a process
- * with pools on several GPUs calls cudaSetDevice before each pool's calls.  Arguments are checked before any
- * kernel runs; device-resident indices (slots, page tables) are range-checked
- * in the kernel, which skips out-of-range entries. */
+ * (kvc_pool_desc.device; -EINVAL otherwise, before anything runs): a
+ * process with pools on several GPUs calls cudaSetDevice before each pool's
+ * calls.  Arguments are checked before any kernel runs; device-resident
+ * indices (slots, page tables) are range-checked in the kernel, which skips
+ * out-of-range entries. */
 
 struct kvc_write_args {
         const void    *k;            /* [T, kv_heads, head_dim], elem, rows k_row_stride apart */

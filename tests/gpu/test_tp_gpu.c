@@ -135,7 +135,7 @@ static int wrong_device_refused(kvc_client *c, kvc_pool *p, int other)
         const struct kvc_pool_desc *d = kvc_pool_get_desc(p);
         int32_t *dpl;
         void *out;
-        char want[64];
+        char want[64], cur[64];
         int bad = 0;
 
         CK(cudaSetDevice(other));
@@ -146,9 +146,11 @@ static int wrong_device_refused(kvc_client *c, kvc_pool *p, int other)
                                      .elem = KVC_ELEM_F32 };
         int r = kvc_gather(p, &g, NULL);
         snprintf(want, sizeof want, "on CUDA device %d", d->device);
-        if (r != -EINVAL || !strstr(kvc_errmsg(c), want)) {
-                printf("check: %s: gather with device %d current gave %d (%s), expected -EINVAL naming device %d\n",
-                       d->name, other, r, kvc_errmsg(c), d->device);
+        snprintf(cur, sizeof cur, "current device is %d", other);
+        if (r != -EINVAL || !strstr(kvc_errmsg(c), want) || !strstr(kvc_errmsg(c), cur)) {
+                printf("check: %s: gather with device %d current gave %d (%s), expected -EINVAL naming devices %d "
+                       "and %d\n",
+                       d->name, other, r, kvc_errmsg(c), d->device, other);
                 bad++;
         } else {
                 printf("check: %s, device %d current: refused: %s\n", d->name, other, kvc_errmsg(c));
@@ -228,8 +230,11 @@ static int start_worker(struct kvt_daemon *d, int rank, struct worker *w)
 
         uuid_of(rank, vis);
         snprintf(rs, sizeof rs, "%d", rank);
-        if (kvt_spawn(argv, &w->pr) != 0)
+        w->pr.pid = -1;
+        if (kvt_spawn(argv, &w->pr) != 0) {
+                w->pr.pid = -1;
                 return -1;
+        }
         for (int s = 0; s < NSPEC; s++) {
                 char want[32];
                 int off = 0, k = 0;
@@ -239,7 +244,7 @@ static int start_worker(struct kvt_daemon *d, int rank, struct worker *w)
                 snprintf(want, sizeof want, "held %s ", specs[s]);
                 if (strncmp(line, want, strlen(want)) != 0) {
                         printf("worker %d: '%s', expected '%s...'\n", rank, line, want);
-                        return -1;
+                        goto fail;
                 }
                 char *q = line + strlen(want);
                 while (k < NPAGES && sscanf(q, "%d%n", &w->pages[s][k], &off) == 1) {
@@ -247,13 +252,19 @@ static int start_worker(struct kvt_daemon *d, int rank, struct worker *w)
                         k++;
                 }
                 if (k != NPAGES)
-                        return -1;
+                        goto fail;
         }
         if (kvt_proc_line(&w->pr, line, sizeof line) != 0 || strncmp(line, "ready", 5) != 0)
-                return -1;
+                goto fail;
         printf("worker %d (CUDA_VISIBLE_DEVICES=%s): wrote and holds %d pages in each of its pools\n", rank, vis,
                NPAGES);
         return 0;
+fail:
+        /* reaped here: the caller only cleans up workers that started */
+        kill(w->pr.pid, SIGKILL);
+        kvt_proc_wait(&w->pr);
+        w->pr.pid = -1;
+        return -1;
 }
 
 /* Runs child-check over the pools of the given ranks; its exit status. */
@@ -338,7 +349,7 @@ static void run(struct kvt_daemon *d)
         for (r = 0; r < 2; r++)
                 if (start_worker(d, r, &w[r]) != 0) {
                         EXPECT(0, "worker %d did not start, write and hold its pages", r);
-                        for (int k = 0; k <= r; k++) {
+                        for (int k = 0; k < r; k++) {
                                 kill(w[k].pr.pid, SIGKILL);
                                 kvt_proc_wait(&w[k].pr);
                         }
