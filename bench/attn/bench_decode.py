@@ -14,10 +14,11 @@ size; --flush read: a streaming read of it, see Timer), after a GPU spin of
 --spin-us (300 by default) so that no host dispatch time is timed.
 Effective bandwidth = (K/V bytes + fp4 scales + q + out) / time, next to a
 streaming-read bandwidth (16-byte loads over 8 GiB) measured in the same
-run.  The pools (one per dtype, sized for the largest shape) are allocated once,
-first, and kept, as kvpoold does; the page table is a random permutation of
-the first B*L/16 pages (--pages seq: those pages in order, to see what the
-random placement costs).  With
+run.  The pools (one per dtype, sized for the largest shape) are allocated
+once, first, and kept, as kvpoold does: the default grid holds 52.5 GiB of
+pools, with 16 GiB of SDPA K/V and the 8 GiB probe on top (about 77 GiB).
+The page table is a random permutation of the first B*L/16 pages (--pages
+seq: those pages in order, to see what the random placement costs).  With
 --floor the first dtype of each element width (bf16, fp8_e4m3 or the first
 fp8 asked for, fp4) is followed by a "read" row: one streaming read of
 exactly that width's K/V bytes (the same kernel as the 8 GiB probe, same
@@ -72,10 +73,12 @@ class Barrier:
     (bench_decode_multi.py starts one per GPU): before each measurement, rank
     r creates DIR/<n>.<r> and waits until all ranks' files of step n exist,
     so every median is taken while the other GPUs run the same shape.  Every
-    rank runs the same sequence of measurements (same arguments).  A world of
-    1 (the default) does nothing."""
+    rank runs the same sequence of measurements (same arguments).  A rank
+    that fails cannot arrive: the driver then creates DIR/abort, on which the
+    others exit at once (and, without a driver, after timeout_s).  A world
+    of 1 (the default) does nothing."""
 
-    def __init__(self, path, rank, world, timeout_s=600):
+    def __init__(self, path, rank, world, timeout_s=120):
         self.path, self.rank, self.world, self.timeout_s = path, rank, world, timeout_s
         self.step = 0
 
@@ -87,6 +90,8 @@ class Barrier:
         open(os.path.join(self.path, "%d.%d" % (n, self.rank)), "w").close()
         t0 = time.monotonic()
         while not all(os.path.exists(os.path.join(self.path, "%d.%d" % (n, r))) for r in range(self.world)):
+            if os.path.exists(os.path.join(self.path, "abort")):
+                sys.exit("bench_decode: rank %d: another rank failed (%s/abort)" % (self.rank, self.path))
             if time.monotonic() - t0 > self.timeout_s:
                 sys.exit("bench_decode: rank %d: the other ranks did not reach measurement %d within %d s"
                          % (self.rank, n, self.timeout_s))
@@ -149,8 +154,9 @@ def main():
     ap.add_argument("--flush", choices=["memset", "read"], default="memset",
                     help="how the L2 is made cold before each timed call (see Timer)")
     ap.add_argument("--pages", choices=["random", "seq"], default="random",
-                    help="page table: a random permutation of the pool's pages (default), or the pages in order "
-                         "(each sequence's pages adjacent in memory: how much the random placement costs)")
+                    help="page table: a random permutation of the first B*L/16 pages of the pool (default), or those "
+                         "pages in order (each sequence's pages adjacent in memory: how much the random placement "
+                         "costs)")
     ap.add_argument("--spin-us", type=float, default=300,
                     help="a GPU spin of this many us ahead of each flush, so that no host dispatch time is timed "
                          "(0: none, as before 2026-11-29 13:00)")
@@ -195,7 +201,8 @@ def main():
     for name, dt, bits in dtypes:
         pool = lib.shim_pool_new(dt, 1, H, D, ps, max_pages, 0)
         if not pool:
-            sys.exit("shim_pool_new(%s, %d pages): %s" % (name, max_pages, lib.shim_errmsg().decode()))
+            sys.exit("shim_pool_new(%s, %d pages): %s (every dtype's pool is held for the whole run: ask for fewer "
+                     "--dtypes or smaller --shapes)" % (name, max_pages, lib.shim_errmsg().decode()))
         rc = lib.shim_fill_random(pool, 1234)
         if rc:
             sys.exit("fill: %s" % lib.shim_errmsg().decode())

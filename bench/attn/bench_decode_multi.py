@@ -16,10 +16,13 @@ It prints, per shape and kv dtype, the time and effective bandwidth alone and
 on each GPU together, and the slowest GPU's time over the time alone.  The
 GPUs are those of CUDA_VISIBLE_DEVICES if set, else all (nvidia-smi -L); each
 process sees only its own, so the shim's pools, SDPA's tensors and the L2
-flush live on that GPU.
+flush live on that GPU.  Exits 77 (skipped) when fewer than two GPUs are
+visible; when one process fails, the others are stopped and its output is
+printed.
 """
 import argparse
 import os
+import time
 import re
 import shutil
 import subprocess
@@ -43,19 +46,46 @@ def gpus():
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def start(gpu, args, sync=None):
+def start(gpu, args, log, sync=None):
+    """bench_decode.py on gpu, its output into the file log (a file, not a
+    pipe: a process whose pipe nobody reads would block before a barrier)."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, os.path.join(HERE, "bench_decode.py")] + args
     if sync:
         cmd += ["--sync-dir", sync[0], "--sync-rank", str(sync[1]), "--sync-world", str(sync[2])]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
-def finish(p, what):
-    out, _ = p.communicate()
-    if p.returncode != 0:
-        sys.stdout.write(out)
-        sys.exit("bench_decode_multi: %s: bench_decode.py exited with %d" % (what, p.returncode))
+def wait_all(procs, logs, sync, what):
+    """Waits for every process; at the first failure tells the others to
+    stop (sync/abort, then SIGTERM), prints the failed one's output, exits."""
+    try:
+        while any(p.poll() is None for p in procs):
+            for p, log, w in zip(procs, logs, what):
+                if p.poll() not in (None, 0):
+                    if sync:
+                        open(os.path.join(sync, "abort"), "w").close()
+                    sys.stdout.write(open(log).read())
+                    sys.exit("bench_decode_multi: %s: bench_decode.py exited with %d" % (w, p.returncode))
+            time.sleep(0.1)
+        for p, log, w in zip(procs, logs, what):
+            if p.returncode != 0:
+                sys.stdout.write(open(log).read())
+                sys.exit("bench_decode_multi: %s: bench_decode.py exited with %d" % (w, p.returncode))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return [parse(open(log).read(), w) for log, w in zip(logs, what)]
+
+
+def parse(out, what):
     rows, read, dev = {}, None, None
     for line in out.splitlines():
         m = ROW.match(line)
@@ -84,15 +114,20 @@ def main():
                      % (args.gpus, len(gs), len(gs)))
         gs = gs[:args.gpus]
     if len(gs) < 2:
-        sys.exit("bench_decode_multi: %d GPU visible, at least 2 are needed" % len(gs))
+        print("bench_decode_multi: %d GPU visible, at least 2 are needed: skipped" % len(gs))
+        sys.exit(77)
 
-    alone, read_alone, dev = finish(start(gs[0], rest), "alone on GPU %s" % gs[0])
-    sync = tempfile.mkdtemp(prefix="kvbench-sync-")
+    work = tempfile.mkdtemp(prefix="kvbench-multi-")
     try:
-        procs = [start(g, rest, (sync, r, len(gs))) for r, g in enumerate(gs)]
-        together = [finish(p, "GPU %s of %d together" % (g, len(gs))) for p, g in zip(procs, gs)]
+        log = os.path.join(work, "alone.txt")
+        [(alone, read_alone, dev)] = wait_all([start(gs[0], rest, log)], [log], None, ["alone on GPU %s" % gs[0]])
+        sync = os.path.join(work, "sync")
+        os.mkdir(sync)
+        logs = [os.path.join(work, "gpu%d.txt" % r) for r in range(len(gs))]
+        procs = [start(g, rest, logs[r], (sync, r, len(gs))) for r, g in enumerate(gs)]
+        together = wait_all(procs, logs, sync, ["GPU %s of %d together" % (g, len(gs)) for g in gs])
     finally:
-        shutil.rmtree(sync, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
     print("device: %s; GPUs %s (CUDA_VISIBLE_DEVICES per process)" % (dev, ", ".join(gs)))
     print("bench_decode.py %s" % " ".join(rest))
@@ -110,9 +145,13 @@ def main():
     for key in alone:
         t0, bw0 = alone[key]
         line = "%5d %6d %-9s %10.1f %6.2f" % (key[0], key[1], key[2], t0, bw0)
+        missing = [g for g, (rows, _, _) in zip(gs, together) if key not in rows]
+        if missing:
+            sys.exit("bench_decode_multi: no %s row for B=%d L=%d from GPU %s" % (key[2], key[0], key[1],
+                                                                               ", ".join(missing)))
         worst, total = 0.0, 0.0
         for rows, _, _ in together:
-            t, bw = rows.get(key, (float("nan"), float("nan")))
+            t, bw = rows[key]
             line += " %10.1f %6.2f" % (t, bw)
             worst = max(worst, t)
             total += bw

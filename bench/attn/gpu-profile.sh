@@ -20,6 +20,7 @@ OUT=${OUT:-/tmp/gpu-profile-out}
 mkdir -p "$OUT"
 R=$(cd "$(dirname "$0")/../.." && pwd)
 LIB=$(cd "$B" && pwd)/bench/attn/libkvattn_shim.so
+[ -f "$LIB" ] || { echo "gpu-profile.sh: no $LIB (build the gpu build first)"; exit 1; }
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1)
 SHAPES=${PROFILE_SHAPES:-32x4096 128x32768}
 DTYPES=${PROFILE_DTYPES:-fp8_e4m3 fp8_e5m2}
@@ -48,8 +49,10 @@ if [ -n "$NCU" ]; then
                 for s in $SHAPES; do
                         for d in $DTYPES; do
                                 echo "== GPU $g, $s, $d"
-                                # the third kernel of the process: the
-                                # last warm-up call (bench_decode.py's Timer)
+                                # the third attn_kernel launch of the
+                                # process: the last warm-up call of
+                                # bench_decode.py's Timer (attn_reduce, run
+                                # after it at split shapes, is not timed)
                                 CUDA_VISIBLE_DEVICES=$g "$NCU" --clock-control none -k regex:attn_kernel \
                                         --launch-skip 2 --launch-count 1 --metrics "$METRICS" \
                                         python3 "$R/bench/attn/bench_decode.py" --lib "$LIB" --shapes "$s" \
@@ -71,7 +74,7 @@ python3 "$R/bench/attn/bench_decode_multi.py" --lib "$LIB" --reps 15 --shapes 12
         --dtypes bf16,fp8_e4m3,fp8_e5m2 >"$OUT/multi-fp8.txt" 2>&1
 kill $smi
 cat "$OUT/multi-fp8.txt"
-# per GPU: median SM clock and power over the samples with power above 300 W
+# per GPU: mean SM clock and power over the samples with power above 300 W
 # (the kernels running), and the throttle reasons seen
 awk -F', ' 'NR > 1 && $5 + 0 > 300 { n[$2]++; c[$2] += $3 + 0; p[$2] += $5 + 0; t[$2 " " $7]++ }
         END { for (g in n) printf "GPU %s: %d busy samples, mean SM clock %.0f MHz, mean power %.0f W\n", g, n[g], c[g] / n[g], p[g] / n[g];
