@@ -13,7 +13,8 @@
 # 2. the fp8 rows of the decode benchmark on every GPU at once
 #    (bench_decode_multi.py) while nvidia-smi logs each GPU's SM clock,
 #    power and throttle reasons every 100 ms (smi.csv).
-# Logs go to $OUT (default /tmp/gpu-profile-out).
+# Logs go to $OUT (default /tmp/gpu-profile-out).  PROFILE_SHAPES and
+# PROFILE_DTYPES (space-separated) choose what step 1 profiles.
 set -u
 B=${1:?usage: gpu-profile.sh BUILD}
 OUT=${OUT:-/tmp/gpu-profile-out}
@@ -42,7 +43,8 @@ smsp__average_warps_issue_stalled_branch_resolving_per_issue_active.ratio,\
 smsp__average_warps_issue_stalled_tex_throttle_per_issue_active.ratio,\
 smsp__average_warps_issue_stalled_misc_per_issue_active.ratio
 
-ngpu=$(nvidia-smi -L | grep -c '^GPU ')
+# PROFILE_GPUS=N: profile on GPUs 0..N-1 only (default: all)
+ngpu=${PROFILE_GPUS:-$(nvidia-smi -L | grep -c '^GPU ')}
 if [ -n "$NCU" ]; then
         g=0
         while [ "$g" -lt "$ngpu" ]; do
@@ -67,6 +69,8 @@ else
         echo "no ncu on this machine: step 1 skipped" | tee "$OUT/ncu-none.txt"
 fi
 
+# PROFILE_MULTI=0: step 1 only
+[ "${PROFILE_MULTI:-1}" = 0 ] && exit 0
 nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
         --format=csv -lms 100 >"$OUT/smi.csv" 2>&1 &
 smi=$!
