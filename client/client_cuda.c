@@ -14,6 +14,24 @@ static int say(char *err, size_t errlen, int code, const char *fmt, const char *
         return code;
 }
 
+/* Contract in client_cuda.h. */
+void kvc__uuid_str(const uint8_t u[16], char out[48])
+{
+        static const int dash[] = { 4, 6, 8, 10 };
+        char *p = out;
+        int d = 0;
+
+        p += sprintf(p, "GPU-");
+        for (int i = 0; i < 16; i++) {
+                if (d < 4 && i == dash[d]) {
+                        *p++ = '-';
+                        d++;
+                }
+                p += sprintf(p, "%02x", u[i]);
+        }
+        *p = 0;
+}
+
 #if !KV_HAVE_CUDA
 int kvc__cuda_map(const struct kv_attach_rep *rep, void **ret_base, int *ret_device, char *err, size_t errlen)
 {
@@ -38,23 +56,6 @@ int kvc__cuda_check_device(int device, const char *pool, char *err, size_t errle
 #include <cuda_runtime.h>
 #include "kv_cuda_common.cuh" /* kv_cuda_errno */
 
-/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", as nvidia-smi -L prints it. */
-static void uuid_str(const uint8_t u[16], char out[48])
-{
-        static const int dash[] = { 4, 6, 8, 10 };
-        char *p = out;
-        int d = 0;
-
-        p += sprintf(p, "GPU-");
-        for (int i = 0; i < 16; i++) {
-                if (d < 4 && i == dash[d]) {
-                        *p++ = '-';
-                        d++;
-                }
-                p += sprintf(p, "%02x", u[i]);
-        }
-        *p = 0;
-}
 
 /* This process's ordinal of the device with UUID u, or a negative errno. */
 static int find_device(const uint8_t u[16], char *err, size_t errlen)
@@ -63,7 +64,7 @@ static int find_device(const uint8_t u[16], char *err, size_t errlen)
         cudaError_t e;
         int n = 0;
 
-        uuid_str(u, us);
+        kvc__uuid_str(u, us);
         e = cudaGetDeviceCount(&n);
         if (e != cudaSuccess) {
                 (void)cudaGetLastError();

@@ -5,7 +5,12 @@
 #define KVC_CLIENT_CUDA_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "kv_proto.h"
+
+/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" of a 16-byte device UUID, as
+ * nvidia-smi -L prints it and CUDA_VISIBLE_DEVICES accepts it. */
+void kvc__uuid_str(const uint8_t u[16], char out[48]);
 
 /* Maps a cuda pool described by an attach reply: finds this process's CUDA
  * ordinal for rep->device_uuid (CUDA_VISIBLE_DEVICES may differ between

@@ -163,6 +163,9 @@ def main():
     ap.add_argument("--floor", action="store_true",
                     help="per element width (16, 8, 4 bits), after its first dtype, time a streaming read of exactly "
                          "its K/V bytes (see the docstring)")
+    ap.add_argument("--pool-per-shape", action="store_true",
+                    help="allocate each dtype's pool per shape, its size, and free it after its row (the benchmark "
+                         "before commit afdb8e1: the next pool lands where it was, see docs/benchmarks.md)")
     ap.add_argument("--sync-dir", help="with --sync-world N > 1: a directory shared by N runs of this script, "
                                        "one per GPU, that start each measurement together (bench_decode_multi.py)")
     ap.add_argument("--sync-rank", type=int, default=0)
@@ -196,17 +199,18 @@ def main():
     # dtype's pool just freed: on the H200 an fp8 pool made right after the
     # freed bf16 pool of B=128 L=32k ran 8-16% slower than the same pool made
     # first, see docs/benchmarks.md.)
-    max_pages = max(B * L // ps for B, L in shapes)
-    pools = {}
-    for name, dt, bits in dtypes:
-        pool = lib.shim_pool_new(dt, 1, H, D, ps, max_pages, 0)
+    def new_pool(name, dt, pages):
+        pool = lib.shim_pool_new(dt, 1, H, D, ps, pages, 0)
         if not pool:
-            sys.exit("shim_pool_new(%s, %d pages): %s (every dtype's pool is held for the whole run: ask for fewer "
-                     "--dtypes or smaller --shapes)" % (name, max_pages, lib.shim_errmsg().decode()))
+            sys.exit("shim_pool_new(%s, %d pages): %s (without --pool-per-shape every dtype's pool is held for the "
+                     "whole run: ask for fewer --dtypes or smaller --shapes)" % (name, pages, lib.shim_errmsg().decode()))
         rc = lib.shim_fill_random(pool, 1234)
         if rc:
             sys.exit("fill: %s" % lib.shim_errmsg().decode())
-        pools[name] = pool
+        return pool
+
+    max_pages = max(B * L // ps for B, L in shapes)
+    pools = {} if args.pool_per_shape else {name: new_pool(name, dt, max_pages) for name, dt, _ in dtypes}
 
     # streaming read over 8 GiB: the bandwidth ceiling of this run
     buf = torch.empty(8 << 30, dtype=torch.uint8, device="cuda")
@@ -246,7 +250,7 @@ def main():
         out = torch.empty(B, Hq, D, dtype=torch.bfloat16, device="cuda")
         floored = set()
         for name, dt, bits in dtypes:
-            pool = pools[name]
+            pool = new_pool(name, dt, pages) if args.pool_per_shape else pools[name]
 
             def run():
                 r = lib.shim_decode(pool, 0, q.data_ptr(), out.data_ptr(), ELEM_BF16, pt.data_ptr(), L // ps,
@@ -262,6 +266,8 @@ def main():
                 sys.exit("NaN in the output of %s" % name)
             print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %8.3fx" % (B, L, name, t, by / t / 1e6,
                                                                100 * by / t / 1e6 / read_bw, t_sdpa / t))
+            if args.pool_per_shape:
+                lib.shim_pool_free(pool)
             if args.floor and bits not in floored:
                 floored.add(bits)
                 fb = torch.empty(kv, dtype=torch.uint8, device="cuda")

@@ -27,6 +27,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include "client_cuda.h"
 #include "gpu_common.h"
 #include "harness.h"
 #include "pool_check.h"
@@ -208,19 +209,13 @@ struct worker {
         int32_t pages[NSPEC][NPAGES];
 };
 
-/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" of device d, the form
- * CUDA_VISIBLE_DEVICES accepts. */
+/* The UUID of device d in the form CUDA_VISIBLE_DEVICES accepts. */
 static void uuid_of(int d, char out[48])
 {
         struct cudaDeviceProp prop;
-        const uint8_t *u;
-        char *o = out;
 
         CK(cudaGetDeviceProperties(&prop, d));
-        u = (const uint8_t *)prop.uuid.bytes;
-        o += sprintf(o, "GPU-");
-        for (int i = 0; i < 16; i++)
-                o += sprintf(o, "%s%02x", i == 4 || i == 6 || i == 8 || i == 10 ? "-" : "", u[i]);
+        kvc__uuid_str((const uint8_t *)prop.uuid.bytes, out);
 }
 
 static int start_worker(struct kvt_daemon *d, int rank, struct worker *w)
