@@ -166,6 +166,9 @@ def main():
     ap.add_argument("--pool-per-shape", action="store_true",
                     help="allocate each dtype's pool per shape, its size, and free it after its row (the benchmark "
                          "before commit afdb8e1: the next pool lands where it was, see docs/benchmarks.md)")
+    ap.add_argument("--heads", default="32/8",
+                    help="HQ/KV: query heads and kv heads (default 32/8, the issue's shape; e.g. 4/1 with 8x the "
+                         "rows reads the same bytes with each CTA's K/V rows contiguous in the page)")
     ap.add_argument("--sync-dir", help="with --sync-world N > 1: a directory shared by N runs of this script, "
                                        "one per GPU, that start each measurement together (bench_decode_multi.py)")
     ap.add_argument("--sync-rank", type=int, default=0)
@@ -178,7 +181,13 @@ def main():
     dev = torch.cuda.get_device_properties(0)
     stream = torch.cuda.current_stream().cuda_stream
     timer = Timer(args.reps, args.flush, lib, args.spin_us, Barrier(args.sync_dir, args.sync_rank, args.sync_world))
-    Hq, H, D, ps = 32, 8, 128, 16
+    try:
+        Hq, H = (int(x) for x in args.heads.split("/"))
+    except ValueError:
+        sys.exit("--heads: want HQ/KV (e.g. 32/8), got %r" % args.heads)
+    if H < 1 or Hq < H or Hq % H:
+        sys.exit("--heads %s: the query heads must be a positive multiple of the kv heads" % args.heads)
+    D, ps = 128, 16
     Bs = [1, 32] if args.quick else [1, 8, 32, 128]
     Ls = [4096, 32768] if args.quick else [1024, 4096, 16384, 32768]
 
