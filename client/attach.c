@@ -50,7 +50,13 @@ static int map_host(struct kvc_client *c, const struct kv_attach_rep *r, void **
                 return kvc__fail(c, -err, "attach: cannot open shared memory %s: %s",
                                  r->shm_name, strerror(err));
         }
-        if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < r->pool_bytes) {
+        if (fstat(fd, &st) != 0) {
+                err = errno;
+                close(fd);
+                return kvc__fail(c, -err, "attach: cannot stat shared memory %s: %s", r->shm_name,
+                                 strerror(err));
+        }
+        if ((uint64_t)st.st_size < r->pool_bytes) {
                 close(fd);
                 return kvc__fail(c, -EPROTO, "attach: shared memory %s holds %lld bytes, the daemon "
                                  "announced %llu", r->shm_name, (long long)st.st_size,
@@ -141,8 +147,12 @@ static void mapping_unref(struct kvc_mapping *m)
                         break;
                 }
         }
-        pthread_mutex_unlock(&reg_lock);
+        /* Unmapped under the lock, as mapping_ref maps under it: an attach
+         * of the same pool by another client of this process must not open
+         * the pool's handle or shared memory again while this mapping is
+         * still being closed. */
         unmap(m);
+        pthread_mutex_unlock(&reg_lock);
         free(m);
 }
 

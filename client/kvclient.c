@@ -26,11 +26,15 @@
 /* ---- per-thread error messages -------------------------------------------
  * kvc_errmsg() is per calling thread and per client.  A small thread-local
  * table keyed by (client pointer, client serial) does that without a lock;
- * the serial tells a freed client from a new one at the same address.  Slot
- * reuse is round robin: a thread juggling more than ERR_SLOTS clients may see
- * "" for the oldest, never another client's message. */
-#define ERR_SLOTS 4
+ * the serial tells a freed client from a new one at the same address.  Free
+ * slots go first; once all ERR_SLOTS are taken they are reused round robin,
+ * so a thread that fails on more than ERR_SLOTS clients (kvc_connect
+ * counting as one) gets "" for a client whose slot went to another, and a
+ * string kvc_errmsg returned for it before now holds the other's message
+ * (kvclient.h states the limit). */
+#define ERR_SLOTS 8
 struct errslot {
+        int         used;   /* an all-zero slot is free, not kvc_connect's (NULL, 0) */
         const void *c;
         uint64_t    serial;
         char        msg[MSG_CAP];
@@ -47,9 +51,26 @@ static uint64_t serial_of(const struct kvc_client *c)
 static struct errslot *errslot_find(const struct kvc_client *c)
 {
         for (unsigned i = 0; i < ERR_SLOTS; i++)
-                if (errslots[i].c == c && errslots[i].serial == serial_of(c))
+                if (errslots[i].used && errslots[i].c == c && errslots[i].serial == serial_of(c))
                         return &errslots[i];
         return NULL;
+}
+
+/* A slot for c's first message on this thread: a free one while there is
+ * one, then round robin over the others. */
+static struct errslot *errslot_take(const struct kvc_client *c)
+{
+        struct errslot *s = NULL;
+
+        for (unsigned i = 0; i < ERR_SLOTS && s == NULL; i++)
+                if (!errslots[i].used)
+                        s = &errslots[i];
+        if (s == NULL)
+                s = &errslots[errnext++ % ERR_SLOTS];
+        s->used = 1;
+        s->c = c;
+        s->serial = serial_of(c);
+        return s;
 }
 
 int kvc__fail(const struct kvc_client *c, int err, const char *fmt, ...)
@@ -57,11 +78,8 @@ int kvc__fail(const struct kvc_client *c, int err, const char *fmt, ...)
         struct errslot *s = errslot_find(c);
         va_list ap;
 
-        if (s == NULL) {
-                s = &errslots[errnext++ % ERR_SLOTS];
-                s->c = c;
-                s->serial = serial_of(c);
-        }
+        if (s == NULL)
+                s = errslot_take(c);
         va_start(ap, fmt);
         vsnprintf(s->msg, sizeof s->msg, fmt, ap);
         va_end(ap);
@@ -316,7 +334,9 @@ int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, k
                 rv = kvc__fail(NULL, -ECONNREFUSED, "no kvpoold at %s (%s)", url, nng_strerror(rv));
                 goto fail;
         }
-        if (rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP) {
+        /* nng says EINVAL for a string it cannot parse as a URL at all
+         * (no scheme), EADDRINVAL / ENOTSUP for a bad address or scheme */
+        if (rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP || rv == NNG_EINVAL) {
                 rv = kvc__fail(NULL, -EINVAL, "kvc_connect: bad socket URL '%s': %s", url,
                                nng_strerror(rv));
                 goto fail;

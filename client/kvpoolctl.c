@@ -7,6 +7,7 @@
  * Exit status: 0 success, 1 failure (daemon unreachable, request failed),
  * 2 usage error.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -55,9 +56,15 @@ static int usage_error(const char *fmt, ...)
 
 int ctl_output_done(const char *who)
 {
+        /* errno names the cause only when this flush is what failed: an
+         * earlier failed write (ferror) left it to be overwritten since */
+        errno = 0;
         if (fflush(stdout) == 0 && !ferror(stdout))
                 return 0;
-        fprintf(stderr, "%s: cannot write the output: %s\n", who, strerror(errno));
+        if (errno != 0)
+                fprintf(stderr, "%s: cannot write the output: %s\n", who, strerror(errno));
+        else
+                fprintf(stderr, "%s: cannot write the output (a write to standard output failed)\n", who);
         return 1;
 }
 
@@ -397,6 +404,26 @@ static const char *opt_value(int argc, char **argv, int *i, const char *opt)
         return NULL;
 }
 
+/* NULL when u looks like a socket URL (scheme://address, under the 255
+ * bytes libkvclient keeps), else what is wrong with it: a malformed URL is a
+ * usage error (exit 2), not a daemon that is not there (exit 1). */
+static const char *url_problem(const char *u)
+{
+        const char *sep = strstr(u, "://");
+
+        if (*u == '\0')
+                return "is empty";
+        if (strlen(u) > 255)
+                return "is longer than 255 bytes";
+        if (sep == NULL || sep == u || sep[3] == '\0')
+                return "is not a URL (want scheme://address, e.g. " KVC_DEFAULT_SOCKET ")";
+        for (const char *p = u; p < sep; p++)
+                if (!isalnum((unsigned char)*p) && *p != '+' && *p != '-' && *p != '.')
+                        return "is not a URL (its scheme, before ://, has other characters than "
+                               "letters, digits, +, - and .)";
+        return NULL;
+}
+
 int main(int argc, char **argv)
 {
         const char *url = NULL, *events = NULL, *cmd;
@@ -404,7 +431,7 @@ int main(int argc, char **argv)
         int i, json = 0;
 
         for (i = 1; i < argc && argv[i][0] == '-'; i++) {
-                const char *v;
+                const char *v, *why;
 
                 if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
                         fputs(usage_text, stdout);
@@ -414,20 +441,33 @@ int main(int argc, char **argv)
                         printf("kvpoolctl %s\n", KV_VERSION);
                         return ctl_output_done("kvpoolctl");
                 }
-                if ((v = opt_value(argc, argv, &i, "--socket")) != NULL)
+                if ((v = opt_value(argc, argv, &i, "--socket")) != NULL) {
+                        if ((why = url_problem(v)) != NULL)
+                                return usage_error("--socket: '%s' %s", v, why);
                         url = v;
-                else if ((v = opt_value(argc, argv, &i, "--events")) != NULL)
+                } else if ((v = opt_value(argc, argv, &i, "--events")) != NULL) {
+                        if ((why = url_problem(v)) != NULL)
+                                return usage_error("--events: '%s' %s", v, why);
                         events = v;
-                else if (strcmp(argv[i], "--socket") == 0 || strcmp(argv[i], "--events") == 0)
+                } else if (strcmp(argv[i], "--socket") == 0 || strcmp(argv[i], "--events") == 0)
                         return usage_error("%s needs a URL", argv[i]);
                 else
                         return usage_error("unknown option '%s'", argv[i]);
         }
         if (i >= argc)
                 return usage_error("no command given");
-        if (url == NULL || *url == '\0')
-                url = getenv("KVPOOL_SOCKET");
-        if (url == NULL || *url == '\0')
+        if (url == NULL) {
+                const char *env = getenv("KVPOOL_SOCKET");
+
+                if (env != NULL && *env != '\0') {
+                        const char *why = url_problem(env);
+
+                        if (why != NULL)
+                                return usage_error("KVPOOL_SOCKET: '%s' %s", env, why);
+                        url = env;
+                }
+        }
+        if (url == NULL)
                 url = KVC_DEFAULT_SOCKET;
         cmd = argv[i];
 

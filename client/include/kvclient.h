@@ -113,7 +113,10 @@ void kvc_disconnect(kvc_client *c);
 
 /* The calling thread's last error message on c ("" if none).  Valid until the
  * thread's next call on c.  kvc_errmsg(NULL) is the calling thread's last
- * kvc_connect() failure (there is no client to hold it). */
+ * kvc_connect() failure (there is no client to hold it).  A thread keeps the
+ * messages of its 8 most recently failing clients (kvc_connect counting as
+ * one): past that, the oldest one's message is dropped ("") and its string
+ * reused. */
 const char *kvc_errmsg(const kvc_client *c);
 
 /* Daemon status as one JSON document (the same as `kvpoolctl status --json`).
@@ -140,7 +143,8 @@ int kvc_free(kvc_pool *p, uint32_t n, const int32_t *pages);
 /* ---- prefix cache ------------------------------------------------------------ */
 
 /* Publishes n held, fully written pages under keys.  ret_dup (optional, [n])
- * gets 1 where the key was already published (it keeps its first page).
+ * gets 1 where page i was not stored: its key was already published (the key
+ * keeps its first page) or the page is already published under another key.
  * Returns the number of pages newly stored. */
 int kvc_publish(kvc_pool *p, uint32_t n, const int32_t *pages, const kvc_key *keys, uint8_t *ret_dup);
 /* Looks up keys[0..n) and returns the longest leading run that is cached:

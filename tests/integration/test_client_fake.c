@@ -416,6 +416,29 @@ Test(client, error_messages_are_per_thread)
         kvc_disconnect(c);
 }
 
+Test(client, connect_and_client_messages_are_kept_apart)
+{
+        /* kvc_connect's failure has no client: its message sits in a slot
+         * of its own, which a later failure on a client must not take (it
+         * used to: the table's zeroed slots looked like kvc_connect's) */
+        kvc_client *c, *bad = NULL;
+        kvc_pool *p = attach(&c);
+        int32_t page;
+        char copy[700];
+        const char *cm;
+
+        cr_assert_eq(kvc_connect("foo", "x", NULL, &bad), -EINVAL);
+        cr_assert_null(bad);
+        cm = kvc_errmsg(NULL);
+        cr_assert(strstr(cm, "bad socket URL 'foo'") != NULL, "%s", cm);
+        snprintf(copy, sizeof copy, "%s", cm);
+        cr_assert_eq(kvc_alloc(p, 0, &page), -EINVAL);
+        cr_assert_str_neq(kvc_errmsg(c), "");
+        cr_assert_str_eq(kvc_errmsg(NULL), copy);
+        cr_assert_str_eq(cm, copy, "kvc_connect's message now reads: %s", cm);
+        kvc_disconnect(c);
+}
+
 Test(client, attach_twice_on_one_client_is_one_handle)
 {
         kvc_client *c;

@@ -128,6 +128,27 @@ Test(integration, kvpoolctl_without_daemon_and_bad_usage, .timeout = 30)
                 free(out);
         }
         {
+                /* a malformed URL is a usage error (2) naming the option,
+                 * not a daemon that is not there (1); an explicitly empty
+                 * one is not silently replaced by the default */
+                const char *bad[][3] = {
+                        { "--socket", "foo", "status" }, { "--socket=", NULL, "status" },
+                        { "--socket", "1pc:x", "metrics" }, { "--events", "foo", "events" },
+                        { "--events=", NULL, "events" },
+                };
+
+                for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+                        char *argv[5] = { (char *)ctl, (char *)bad[k][0], NULL, NULL, NULL };
+                        const char *opt = strncmp(bad[k][0], "--socket", 8) == 0 ? "--socket" : "--events";
+
+                        argv[2] = (char *)(bad[k][1] ? bad[k][1] : bad[k][2]);
+                        argv[3] = bad[k][1] ? (char *)bad[k][2] : NULL;
+                        cr_assert_eq(kvt_run(argv, &out), 2, "%s %s: %s", bad[k][0], argv[2], out);
+                        cr_assert(strstr(out, opt) != NULL && strstr(out, "usage:") != NULL, "%s", out);
+                        free(out);
+                }
+        }
+        {
                 char *argv[] = { (char *)ctl, "--bogus", "status", NULL };
 
                 cr_assert_eq(kvt_run(argv, &out), 2, "%s", out);
