@@ -140,6 +140,47 @@ int kvc__req_new(struct kvc_client *c, size_t cap, nng_msg **ret)
         return 0;
 }
 
+/* Gives back the pages of a timed-out ALLOC or LOOKUP whose reply came in
+ * after all (transport.c keeps waiting for those): the caller never got
+ * their ids, so they would stay held until disconnect.  Best effort: a FREE
+ * that fails leaves them to the disconnect, as before. */
+static void reap_orphans(struct kvc_client *c)
+{
+        uint16_t op;
+        uint32_t rid, pool;
+        nng_msg *m, *req, *rep;
+
+        c->reaping = 1; /* the FREE below goes through kvc__call */
+        while (kvc__tp_orphan_reply(c->tp, &op, &rid, &pool, &m) == 1) {
+                struct kv_hdr hdr;
+                struct kv_pages pg;
+                const uint8_t *body;
+                uint32_t *ids;
+                size_t len;
+
+                if (m == NULL)
+                        continue;
+                if (kv_hdr_decode(nng_msg_body(m), nng_msg_len(m), &hdr) == 0 && hdr.request_id == rid &&
+                    hdr.opcode == (uint16_t)(op | KV_OP_REPLY) &&
+                    kv_dec_pages((const uint8_t *)nng_msg_body(m) + KV_HDR_SIZE, hdr.body_len,
+                                 op | KV_OP_REPLY, &pg) == 0 &&
+                    pg.count > 0 && pg.count <= KV_MAX_PAGES_REQ &&
+                    (ids = malloc(sizeof *ids * pg.count)) != NULL) {
+                        for (uint32_t i = 0; i < pg.count; i++)
+                                ids[i] = kv_le32(pg.ids + 4 * (size_t)i);
+                        if (kvc__req_new(c, kv_size_pages(pg.count), &req) == 0 &&
+                            kvc__send(c, req, kv_enc_pages(nng_msg_body(req), nng_msg_len(req), KV_OP_FREE, 0,
+                                                           pool, pg.count, ids),
+                                      KV_OP_FREE, "free (the pages of a timed-out request)", &rep, &body,
+                                      &len) == 0)
+                                nng_msg_free(rep);
+                        free(ids);
+                }
+                nng_msg_free(m);
+        }
+        c->reaping = 0;
+}
+
 int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
                 nng_msg **ret_rep, const uint8_t **ret_body, size_t *ret_len)
 {
@@ -147,24 +188,27 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
         nng_msg *rep = NULL;
         const uint8_t *buf;
         size_t len;
-        uint32_t rid;
-        int rv;
+        uint32_t rid, pool = 0;
+        int rv, sent;
 
         if (kvc__is_stale(c)) {
                 nng_msg_free(req);
                 return kvc__fail(c, -ESTALE, "%s", kvc__stale_msg);
         }
+        if (!c->reaping)
+                reap_orphans(c);
         /* The request id lives at byte 8 of the header; patching it here keeps
          * every encoder call free of the counter. */
         rid = ++c->next_rid;
         kv_put32((uint8_t *)nng_msg_body(req) + 8, rid);
-        rv = nng_sendmsg(c->sock, req, 0);
-        if (rv != 0) {
-                nng_msg_free(req);
+        /* ALLOC and LOOKUP bodies start with their pool id: an orphan's
+         * pages are given back to that pool */
+        if ((op == KV_OP_ALLOC || op == KV_OP_LOOKUP) && nng_msg_len(req) >= KV_HDR_SIZE + 4)
+                pool = kv_le32((const uint8_t *)nng_msg_body(req) + KV_HDR_SIZE);
+        rv = kvc__tp_exchange(c->tp, req, op, rid, pool, &rep, &sent);
+        if (rv != 0 && !sent)
                 return kvc__fail(c, nng_errno(rv), "%s: cannot send to kvpoold at %s: %s",
                                  what, c->url, nng_strerror(rv));
-        }
-        rv = nng_recvmsg(c->sock, &rep, 0);
         if (rv == NNG_ECONNRESET || rv == NNG_ECONNSHUT || rv == NNG_ECLOSED) {
                 /* The pipe carrying this request went away: the daemon bound
                  * the session (and its pages) to that pipe, so they are gone. */
@@ -173,8 +217,11 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
                                      "reconnect and re-attach");
         }
         if (rv == NNG_ETIMEDOUT)
-                return kvc__fail(c, -ETIMEDOUT, "%s: no reply from kvpoold at %s within the timeout",
-                                 what, c->url);
+                return kvc__fail(c, -ETIMEDOUT, "%s: no reply from kvpoold at %s within the timeout%s",
+                                 what, c->url,
+                                 op == KV_OP_ALLOC || op == KV_OP_LOOKUP
+                                         ? " (pages it may still hand out are given back on a later call)"
+                                         : "");
         if (rv != 0)
                 return kvc__fail(c, nng_errno(rv), "%s: receive from kvpoold failed: %s",
                                  what, nng_strerror(rv));
@@ -315,15 +362,20 @@ int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, k
                                nng_strerror(rv));
                 goto fail_nosock;
         }
-        /* alloc is not idempotent: REQ's automatic resend would run it twice. */
+        /* alloc is not idempotent: REQ's automatic resend would run it twice
+         * (every context of the transport is set the same way); the reply
+         * timeout is the transport's */
         tmo = timeout_ms();
         if ((rv = nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE)) != 0 ||
-            (rv = nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, tmo)) != 0 ||
-            (rv = nng_socket_set_ms(c->sock, NNG_OPT_SENDTIMEO, tmo)) != 0 ||
             (rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, KV_MAX_FRAME + 4096)) != 0 ||
             (rv = nng_socket_set_ms(c->sock, NNG_OPT_RECONNMINT, 20)) != 0 ||
             (rv = nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, 500)) != 0) {
                 rv = kvc__fail(NULL, nng_errno(rv), "kvc_connect: cannot set socket options: %s",
+                               nng_strerror(rv));
+                goto fail;
+        }
+        if ((rv = kvc__tp_open(c->sock, tmo, &c->tp)) != 0) {
+                rv = kvc__fail(NULL, nng_errno(rv), "kvc_connect: cannot set up requests: %s",
                                nng_strerror(rv));
                 goto fail;
         }
@@ -356,6 +408,7 @@ int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, k
         *ret_client = c;
         return 0;
 fail:
+        kvc__tp_close(c->tp);
         nng_close(c->sock);
 fail_nosock:
         pthread_mutex_destroy(&c->lock);
@@ -381,13 +434,14 @@ void kvc_disconnect(kvc_client *c)
         /* BYE is a courtesy (closing the pipe releases the session anyway):
          * don't let a dead daemon hold up the exit for the full timeout. */
         if (!kvc__is_stale(c) && kvc__req_new(c, KV_HDR_SIZE, &req) == 0) {
-                nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, BYE_TIMEOUT_MS);
-                nng_socket_set_ms(c->sock, NNG_OPT_SENDTIMEO, BYE_TIMEOUT_MS);
+                kvc__tp_set_timeout(c->tp, BYE_TIMEOUT_MS);
+                c->reaping = 1; /* BYE releases every page anyway */
                 if (kvc__send(c, req, kv_enc_empty(nng_msg_body(req), nng_msg_len(req), KV_OP_BYE, 0),
                               KV_OP_BYE, "bye", &rep, &body, &len) == 0)
                         nng_msg_free(rep);
         }
         pthread_mutex_unlock(&c->lock);
+        kvc__tp_close(c->tp);
         nng_close(c->sock);
         pthread_mutex_destroy(&c->lock);
         free(c);

@@ -25,9 +25,13 @@ struct kvc_pool {
         float               *scales;   /* [2*num_layers]: k then v, owned */
 };
 
+struct kvc_transport; /* transport.c */
+
 struct kvc_client {
-        nng_socket       sock;
-        pthread_mutex_t  lock;       /* one request in flight; guards the fields below */
+        nng_socket            sock;
+        struct kvc_transport *tp;    /* requests and replies over sock (transport.c) */
+        pthread_mutex_t       lock;  /* one request in flight; guards the fields below */
+        int                   reaping; /* kvc__call is giving back an orphan's pages */
         uint32_t         next_rid;
         uint64_t         session_id;
         uint64_t         serial;     /* unique per client in this process (errmsg slots) */
@@ -66,6 +70,28 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
  * returns and ownership as kvc__call.  Caller holds c->lock. */
 int kvc__send(struct kvc_client *c, nng_msg *req, int enc, uint16_t op, const char *what,
               nng_msg **ret_rep, const uint8_t **ret_body, size_t *ret_len);
+
+/* ---- transport.c: the exchange with kvpoold (see its header comment) ---- */
+
+/* Sets up requests over sock (a REQ socket, dialed or not) with replies
+ * waited for timeout_ms: 0 or an nng error. */
+int kvc__tp_open(nng_socket sock, int timeout_ms, struct kvc_transport **ret);
+/* Stops every posted receive and frees t (NULL: nothing); before nng_close. */
+void kvc__tp_close(struct kvc_transport *t);
+void kvc__tp_set_timeout(struct kvc_transport *t, int timeout_ms);
+/* Sends req (consumed) and waits for its reply: 0 with *ret_rep, or an nng
+ * error (NNG_ETIMEDOUT when no reply came in time); *ret_sent says whether
+ * the request went out.  A timed-out ALLOC or LOOKUP (op) keeps waiting for
+ * its reply in the background, remembered with rid and pool_id.  Caller
+ * holds the client's lock. */
+int kvc__tp_exchange(struct kvc_transport *t, nng_msg *req, uint16_t op, uint32_t rid, uint32_t pool_id,
+                     nng_msg **ret_rep, int *ret_sent);
+/* One timed-out ALLOC or LOOKUP whose wait has ended: 1 with its opcode,
+ * request id, pool and reply (*ret_rep NULL if it ended without one, e.g.
+ * the connection closed; else the caller frees it), 0 if none has.  Caller
+ * holds the client's lock. */
+int kvc__tp_orphan_reply(struct kvc_transport *t, uint16_t *ret_op, uint32_t *ret_rid, uint32_t *ret_pool,
+                         nng_msg **ret_rep);
 
 /* Drops a pool handle's mapping reference and frees it (attach.c). */
 void kvc__pool_free(struct kvc_pool *p);

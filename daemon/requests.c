@@ -399,9 +399,11 @@ void kvd_requests_dispatch(struct kvd_server *s, struct kvd_req *q)
         if (h.opcode & KV_OP_REPLY || h.opcode < KV_OP_HELLO || h.opcode > KV_OP_METRICS)
                 return (void)reply_error(q, KV_E_OPCODE, "opcode 0x%04x is not a request", h.opcode);
         r = kvd_sessions_add(s->sessions, (uint32_t)nng_pipe_id(pipe), &ss);
+        if (r == -ESTALE)
+                return (void)reply_error(q, KV_E_SHUTDOWN, "%s: connection is closing", op_name(h.opcode));
         if (r)
-                return (void)reply_error(q, r == -ESTALE ? KV_E_SHUTDOWN : KV_E_INTERNAL,
-                                         "%s: connection is closing", op_name(h.opcode));
+                return (void)reply_error(q, KV_E_INTERNAL, "%s: cannot record the session: %s",
+                                         op_name(h.opcode), strerror(-r));
         if (ss->pid < 0 && ss->uid < 0) /* seen before ADD_POST: fill the peer now */
                 kvd_server_fill_peer(ss, pipe);
         if (!ss->hello && h.opcode != KV_OP_HELLO && h.opcode != KV_OP_BYE)

@@ -34,7 +34,13 @@
  *              (data path)
  *  -ESTALE     the daemon restarted since this pool was attached: re-attach
  *  -ESHUTDOWN  the daemon is shutting down
- *  -ETIMEDOUT  no reply within the client's timeout
+ *  -ETIMEDOUT  no reply within the client's timeout ($KVPOOL_TIMEOUT_MS,
+ *              10 s by default).  The daemon may still carry the request
+ *              out.  For kvc_alloc and kvc_lookup the library keeps
+ *              waiting for that reply in the background and frees the pages
+ *              it hands out at the start of this client's next call (up to
+ *              16 such requests at once; past that, and for a reply that
+ *              comes after kvc_disconnect, the disconnect releases them).
  */
 #ifndef KVCLIENT_H
 #define KVCLIENT_H
@@ -134,7 +140,8 @@ int kvc_attach(kvc_client *c, const char *name, kvc_pool **ret_pool);
 void kvc_detach(kvc_pool *p);
 const struct kvc_pool_desc *kvc_pool_get_desc(const kvc_pool *p);
 
-/* Allocates n pages, all or nothing, into ret_pages[n]. */
+/* Allocates n pages, all or nothing, into ret_pages[n].  -ETIMEDOUT leaves
+ * the session holding none of them once a later call has run (see above). */
 int kvc_alloc(kvc_pool *p, uint32_t n, int32_t *ret_pages);
 /* Releases this session's reference on n pages.  All or nothing: if one page
  * is not held by this session nothing is freed (-EPERM). */

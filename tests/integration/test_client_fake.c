@@ -20,7 +20,7 @@
 #include "kv_proto.h"
 #include "kvclient.h"
 
-enum mode { NORMAL, NOHELLO, WRONG_RID, SILENT, NOSPACE, BADPAGE, BAD_DESC, WRAP_DESC, HUGE_DESC };
+enum mode { NORMAL, NOHELLO, WRONG_RID, SILENT, NOSPACE, BADPAGE, BAD_DESC, WRAP_DESC, HUGE_DESC, LATE };
 
 static struct fake {
         nng_socket      sock;
@@ -29,6 +29,8 @@ static struct fake {
         struct kv_layout L;
         volatile int    mode;
         volatile int    requests; /* requests after hello */
+        int             late_ms;  /* LATE: ALLOC and LOOKUP answered this much later */
+        uint32_t        freed[64], nfreed, freed_pool; /* the pages of the FREE requests */
 } F;
 
 static void reply(nng_msg *req, const uint8_t *buf, int len)
@@ -137,6 +139,8 @@ static void *serve(void *arg)
                 default:
                         break;
                 }
+                if (F.mode == LATE && (h.opcode == KV_OP_ALLOC || h.opcode == KV_OP_LOOKUP))
+                        usleep((useconds_t)F.late_ms * 1000);
                 if (h.opcode == KV_OP_ATTACH) {
                         n = attach_rep(out, sizeof out, h.request_id);
                 } else if (h.opcode == KV_OP_ALLOC) {
@@ -146,6 +150,13 @@ static void *serve(void *arg)
                                 ids[i] = F.mode == BADPAGE ? F.L.num_pages + i : i;
                         n = kv_enc_pages(out, sizeof out, rop, h.request_id, 0, cnt, ids);
                 } else if (h.opcode == KV_OP_FREE) {
+                        struct kv_pages pg;
+
+                        if (kv_dec_pages(body, h.body_len, KV_OP_FREE, &pg) == 0) {
+                                F.freed_pool = pg.pool_id;
+                                for (uint32_t i = 0; i < pg.count && F.nfreed < 64; i++)
+                                        F.freed[F.nfreed++] = kv_le32(pg.ids + 4 * i);
+                        }
                         n = kv_enc_pages(out, sizeof out, rop, h.request_id, 0, 0, NULL);
                 } else if (h.opcode == KV_OP_PUBLISH) {
                         uint8_t res[3] = { 0, 1, 0 };
@@ -364,6 +375,47 @@ Test(client, no_reply_is_etimedout_and_the_client_recovers)
         cr_assert_eq(kvc_alloc(p, 1, &page), -ETIMEDOUT);
         F.mode = NORMAL;
         cr_assert_eq(kvc_alloc(p, 1, &page), 0, "%s", kvc_errmsg(c));
+        kvc_disconnect(c);
+}
+
+Test(client, a_timed_out_alloc_or_lookup_gives_its_pages_back_when_the_reply_comes)
+{
+        /* The daemon carried the request out but answered after the
+         * timeout: its pages are the session's under ids the caller never
+         * got.  The late reply is kept and the next call frees them. */
+        kvc_client *c;
+        kvc_pool *p;
+        int32_t pages[3];
+        kvc_key keys[2] = { 0 };
+        char *json;
+
+        setenv("KVPOOL_TIMEOUT_MS", "200", 1);
+        p = attach(&c);
+        F.late_ms = 500;
+        F.mode = LATE;
+        cr_assert_eq(kvc_alloc(p, 3, pages), -ETIMEDOUT);
+        cr_assert(strstr(kvc_errmsg(c), "given back on a later call") != NULL, "%s", kvc_errmsg(c));
+        usleep(700 * 1000); /* the reply reaches the client meanwhile */
+        F.mode = NORMAL;
+        cr_assert_eq(F.nfreed, 0u);
+        cr_assert_eq(kvc_status_json(c, &json), 0, "%s", kvc_errmsg(c));
+        free(json);
+        cr_assert_eq(F.nfreed, 3u, "the late alloc's pages were not freed (%u)", F.nfreed);
+        cr_assert(F.freed[0] == 0 && F.freed[1] == 1 && F.freed[2] == 2 && F.freed_pool == 7);
+
+        F.nfreed = 0;
+        F.mode = LATE;
+        cr_assert_eq(kvc_lookup(p, 2, keys, pages), -ETIMEDOUT);
+        usleep(700 * 1000);
+        F.mode = NORMAL;
+        cr_assert_eq(kvc_alloc(p, 1, pages), 0, "%s", kvc_errmsg(c));
+        cr_assert_eq(F.nfreed, 2u, "the late lookup's pages were not freed (%u)", F.nfreed);
+        cr_assert(F.freed[0] == 4 && F.freed[1] == 5);
+
+        /* a reply that has not come yet when the client goes away: nothing
+         * to free (BYE releases the session), and no hang */
+        F.mode = LATE;
+        cr_assert_eq(kvc_alloc(p, 1, pages), -ETIMEDOUT);
         kvc_disconnect(c);
 }
 
