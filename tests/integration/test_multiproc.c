@@ -253,6 +253,44 @@ Test(integration, daemon_restart_makes_the_client_stale, .fini = cleanup, .timeo
         kvc_disconnect(c2);
 }
 
+Test(integration, a_late_alloc_reply_gives_its_pages_back, .fini = cleanup, .timeout = 60)
+{
+        /* kvpoold stopped (SIGSTOP) while an alloc waits: the client times
+         * out, the daemon carries the alloc out once it runs again, and the
+         * pages it handed out come back at the client's next call instead
+         * of staying held under ids the caller never got. */
+        kvc_client *c;
+        kvc_pool *p;
+        int32_t pages[100], one;
+        double total, freep = NAN;
+
+        start_pool("fp8_e4m3", "2MiB");
+        setenv("KVPOOL_TIMEOUT_MS", "300", 1);
+        cr_assert_eq(kvc_connect(D.url, "late", NULL, &c), 0, "%s", kvc_errmsg(NULL));
+        unsetenv("KVPOOL_TIMEOUT_MS");
+        cr_assert_eq(kvc_attach(c, "p", &p), 0, "%s", kvc_errmsg(c));
+        total = kvt_pool_num(D.url, "p", "pages_total");
+        cr_assert(total >= 101, "pool of %g pages", total);
+        cr_assert_eq(kill(D.pid, SIGSTOP), 0);
+        cr_assert_eq(kvc_alloc(p, 100, pages), -ETIMEDOUT, "%s", kvc_errmsg(c));
+        cr_assert_eq(kill(D.pid, SIGCONT), 0);
+        /* the daemon answers the alloc now: 100 pages held by this session */
+        for (int i = 0; i < 100; i++) {
+                freep = kvt_pool_num(D.url, "p", "pages_free");
+                if (freep == total - 100)
+                        break;
+                usleep(20 * 1000);
+        }
+        cr_assert_eq(freep, total - 100, "the late alloc did not run: %g of %g free", freep, total);
+        usleep(100 * 1000); /* its reply reaches the client */
+        cr_assert_eq(kvc_alloc(p, 1, &one), 0, "%s", kvc_errmsg(c));
+        freep = kvt_pool_num(D.url, "p", "pages_free");
+        cr_assert_eq(freep, total - 1, "after the next call %g of %g pages are free, want all but its one",
+                     freep, total);
+        kvc_disconnect(c);
+        cr_assert(kvt_wait_all_free(D.url, "p", 2000));
+}
+
 Test(integration, unknown_pool_is_enoent, .fini = cleanup, .timeout = 30)
 {
         kvc_client *c;
