@@ -143,15 +143,18 @@ int kvc__req_new(struct kvc_client *c, size_t cap, nng_msg **ret)
 /* Gives back the pages of a timed-out ALLOC or LOOKUP whose reply came in
  * after all (transport.c keeps waiting for those): the caller never got
  * their ids, so they would stay held until disconnect.  Best effort: a FREE
- * that fails leaves them to the disconnect, as before. */
+ * that fails leaves them to the disconnect, as before, and ends this round
+ * (the other replies wait for the next call), so that a slow daemon costs
+ * the caller one timeout here, not one per reply. */
 static void reap_orphans(struct kvc_client *c)
 {
         uint16_t op;
         uint32_t rid, pool;
         nng_msg *m, *req, *rep;
+        int failed = 0;
 
         c->reaping = 1; /* the FREE below goes through kvc__call */
-        while (kvc__tp_orphan_reply(c->tp, &op, &rid, &pool, &m) == 1) {
+        while (!failed && kvc__tp_orphan_reply(c->tp, &op, &rid, &pool, &m) == 1) {
                 struct kv_hdr hdr;
                 struct kv_pages pg;
                 const uint8_t *body;
@@ -174,6 +177,8 @@ static void reap_orphans(struct kvc_client *c)
                                       KV_OP_FREE, "free (the pages of a timed-out request)", &rep, &body,
                                       &len) == 0)
                                 nng_msg_free(rep);
+                        else
+                                failed = 1;
                         free(ids);
                 }
                 nng_msg_free(m);
@@ -195,8 +200,14 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
                 nng_msg_free(req);
                 return kvc__fail(c, -ESTALE, "%s", kvc__stale_msg);
         }
-        if (!c->reaping)
+        if (!c->reaping) {
                 reap_orphans(c);
+                /* a FREE there may have found the daemon gone */
+                if (kvc__is_stale(c)) {
+                        nng_msg_free(req);
+                        return kvc__fail(c, -ESTALE, "%s", kvc__stale_msg);
+                }
+        }
         /* The request id lives at byte 8 of the header; patching it here keeps
          * every encoder call free of the counter. */
         rid = ++c->next_rid;

@@ -241,6 +241,8 @@ int kvc__tp_orphan_reply(struct kvc_transport *t, uint16_t *ret_op, uint32_t *re
 {
         struct slot **pp, *s = NULL;
 
+        if (t->norphans == 0) /* written under the client's lock, which the caller holds */
+                return 0;
         pthread_mutex_lock(&t->lock);
         for (pp = &t->orphans; *pp != NULL; pp = &(*pp)->next) {
                 if ((*pp)->done) {

@@ -20,7 +20,7 @@
 #include "kv_proto.h"
 #include "kvclient.h"
 
-enum mode { NORMAL, NOHELLO, WRONG_RID, SILENT, NOSPACE, BADPAGE, BAD_DESC, WRAP_DESC, HUGE_DESC, LATE };
+enum mode { NORMAL, NOHELLO, WRONG_RID, SILENT, NOSPACE, BADPAGE, BAD_DESC, WRAP_DESC, HUGE_DESC, LATE, FREE_NOHELLO };
 
 static struct fake {
         nng_socket      sock;
@@ -120,6 +120,10 @@ static void *serve(void *arg)
                 F.requests++;
                 if (h.opcode == KV_OP_BYE) {
                         reply(m, out, kv_enc_empty(out, sizeof out, rop, h.request_id));
+                        continue;
+                }
+                if (F.mode == FREE_NOHELLO && h.opcode == KV_OP_FREE) {
+                        reply(m, out, kv_enc_error(out, sizeof out, h.request_id, KV_E_NOHELLO, "who are you?"));
                         continue;
                 }
                 switch (F.mode) {
@@ -416,6 +420,30 @@ Test(client, a_timed_out_alloc_or_lookup_gives_its_pages_back_when_the_reply_com
          * to free (BYE releases the session), and no hang */
         F.mode = LATE;
         cr_assert_eq(kvc_alloc(p, 1, pages), -ETIMEDOUT);
+        kvc_disconnect(c);
+}
+
+Test(client, a_daemon_lost_while_giving_pages_back_fails_the_call_at_once)
+{
+        /* The FREE of a late reply's pages finds a daemon that forgot the
+         * session: the caller's own request is not sent, it is -ESTALE. */
+        kvc_client *c;
+        kvc_pool *p;
+        int32_t pages[3];
+        char *json = NULL;
+        int before;
+
+        setenv("KVPOOL_TIMEOUT_MS", "200", 1);
+        p = attach(&c);
+        F.late_ms = 400;
+        F.mode = LATE;
+        cr_assert_eq(kvc_alloc(p, 3, pages), -ETIMEDOUT);
+        usleep(600 * 1000);
+        F.mode = FREE_NOHELLO;
+        before = F.requests;
+        cr_assert_eq(kvc_status_json(c, &json), -ESTALE, "%s", kvc_errmsg(c));
+        cr_assert_null(json);
+        cr_assert_eq(F.requests, before + 1, "%d requests after the FREE", F.requests - before - 1);
         kvc_disconnect(c);
 }
 
