@@ -1,6 +1,7 @@
 /* kv_cuda_common.cu - CUDA error conversion, argument checks shared by the
  * write and gather launchers, and kv_cuda_available(). */
 #include <errno.h>
+#include <stdint.h>
 #include <cuda_runtime.h>
 
 #include "kv_cuda_common.cuh"
@@ -103,9 +104,11 @@ extern "C" int kv_cuda_check_write(const struct kv_pool_view *p, const struct kv
         if (a->v_row_stride < row)
                 return kv_fail(-EINVAL, msg, msglen, "v_row_stride: %lld is less than kv_heads*head_dim = %lld",
                                (long long)a->v_row_stride, (long long)row);
-        /* the last row's end must be addressable without overflow */
-        if ((uint64_t)a->k_row_stride > (UINT64_MAX / esz) / a->num_tokens ||
-            (uint64_t)a->v_row_stride > (UINT64_MAX / esz) / a->num_tokens)
+        /* the last row's end must be addressable without overflow: the
+         * kernel computes t * stride * esz in int64 (the same bound as
+         * kv_ref_write's) */
+        if ((uint64_t)a->k_row_stride > (uint64_t)(PTRDIFF_MAX / esz) / a->num_tokens ||
+            (uint64_t)a->v_row_stride > (uint64_t)(PTRDIFF_MAX / esz) / a->num_tokens)
                 return kv_fail(-EINVAL, msg, msglen, "k_row_stride/v_row_stride: %u rows overflow the address space",
                                a->num_tokens);
         if ((uintptr_t)a->k % esz || (uintptr_t)a->v % esz)

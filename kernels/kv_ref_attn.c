@@ -99,6 +99,15 @@ int kv_attn_check(const struct kv_pool_view *p, const struct kv_attn_call *c, bo
                 return kv_fail(-EINVAL, msg, msglen, "%s: qo_indptr[0] = %d, must be 0", op, c->qo_indptr_host[0]);
 
         const uint64_t cap = (uint64_t)c->max_pages * P;
+        /* the kernels count keys in 32 bits, and lengths are int32 anyway */
+        if (cap > INT32_MAX)
+                return kv_fail(-EINVAL, msg, msglen,
+                               "%s: max_pages %u x page_size %u = %" PRIu64 " keys per row, more than 2^31-1",
+                               op, c->max_pages, P, cap);
+        /* a table of max_pages entries per row is read (the CUDA kernel
+         * reads a row's entries ahead of its length) */
+        if (c->max_pages > 0 && !c->page_table)
+                return kv_fail(-EINVAL, msg, msglen, "%s: page_table is NULL (max_pages %u)", op, c->max_pages);
         uint32_t max_len = 0;
         for (uint32_t b = 0; b < c->batch; b++) {
                 if (lens[b] < 0 || (uint64_t)lens[b] > cap)
@@ -122,8 +131,6 @@ int kv_attn_check(const struct kv_pool_view *p, const struct kv_attn_call *c, bo
         const uint32_t rows = ext ? (uint32_t)c->qo_indptr_host[c->batch] : c->batch;
         if (rows > 0 && (!c->q || !c->out))
                 return kv_fail(-EINVAL, msg, msglen, "%s: %s is NULL", op, !c->q ? "q" : "out");
-        if (max_len > 0 && !c->page_table)
-                return kv_fail(-EINVAL, msg, msglen, "%s: page_table is NULL", op);
         if (read_pages) {
                 for (uint32_t b = 0; b < c->batch; b++) {
                         uint32_t np = ((uint32_t)lens[b] + P - 1) / P;
@@ -305,7 +312,8 @@ int kv_ref_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a,
                 c.seq_lens_host = c.seq_lens;
         if (!c.qo_indptr_host)
                 c.qo_indptr_host = c.qo_indptr;
-        if (!c.qo_indptr)
+        /* as kv_cuda_extend: an empty batch needs no qo_indptr */
+        if (a->batch > 0 && !c.qo_indptr)
                 return kv_fail(-EINVAL, msg, msglen, "extend: qo_indptr is NULL");
         return run(p, &c, msg, msglen);
 }

@@ -279,6 +279,16 @@ Test(ref_attn, decode_argument_errors)
         ERR(kv_ref_decode, -EINVAL, "out is NULL");
         a = ok; a.page_table = NULL;
         ERR(kv_ref_decode, -EINVAL, "page_table is NULL");
+        /* a table of max_pages entries per row is part of the call even when
+         * every length is 0 (the CUDA kernel reads rows ahead of lengths) */
+        const int32_t zero[2] = { 0, 0 };
+        a = ok; a.page_table = NULL; a.seq_lens = zero;
+        ERR(kv_ref_decode, -EINVAL, "page_table is NULL (max_pages 2)");
+        a = ok; a.page_table = NULL; a.seq_lens = zero; a.max_pages = 0;
+        cr_expect_eq(kv_ref_decode(&P.v, &a, NULL, 0), 0, "no table, no pages: fine");
+        /* the kernels count a row's keys in 32 bits */
+        a = ok; a.max_pages = (1u << 27) + 1;
+        ERR(kv_ref_decode, -EINVAL, "max_pages 134217729 x page_size 16 = 2147483664 keys per row");
         int32_t saved = P.pt[1];
         P.pt[1] = (int32_t)P.L.num_pages;
         a = ok;
@@ -333,6 +343,8 @@ Test(ref_attn, extend_argument_errors)
         ERR(kv_ref_extend, -EINVAL, "qo_indptr[2] = 4 < qo_indptr[1] = 5");
         a = ok; a.qo_indptr = NULL;
         ERR(kv_ref_extend, -EINVAL, "qo_indptr is NULL");
+        a = ok; a.qo_indptr = NULL; a.batch = 0;
+        cr_expect_eq(kv_ref_extend(&P.v, &a, NULL, 0), 0, "an empty batch needs no qo_indptr (as on CUDA)");
         int32_t good[3] = { 0, 3, 6 };
         a = ok; a.qo_indptr = good;
         cr_expect_eq(kv_ref_extend(&P.v, &a, NULL, 0), 0);

@@ -332,6 +332,10 @@ static void argument_errors(void)
         expect_write_err(&P, &pv, &a, -EINVAL, "k_row_stride", "short k row stride");
         a = good; a.v_row_stride = 0;
         expect_write_err(&P, &pv, &a, -EINVAL, "v_row_stride", "zero v row stride");
+        /* a stride whose last row overflows int64 byte offsets (the
+         * kernel's t * stride * esz): refused as on the host backend */
+        a = good; a.elem = KVC_ELEM_F32; a.k_row_stride = (int64_t)(UINT64_MAX / 4 / T);
+        expect_write_err(&P, &pv, &a, -EINVAL, "overflow the address space", "k stride overflowing int64");
         a = good; a.v = NULL;
         expect_write_err(&P, &pv, &a, -EINVAL, "v", "NULL v");
         a = good; a.slots = NULL;
