@@ -475,6 +475,19 @@ static void arg_errors(void)
         ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "sm_scale");
         a = ok; a.q = NULL;
         ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "q is NULL");
+        {
+                /* no page table with every length 0: refused (the kernel
+                 * reads a row's table entries ahead of its length, and used
+                 * to fault on the NULL), and max_pages beyond 2^31-1 keys */
+                int32_t zl[2] = { 0, 0 };
+                int32_t *dzl = to_dev(zl, 8);
+                a = ok; a.page_table = NULL; a.seq_lens = dzl; a.seq_lens_host = zl;
+                ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "page_table is NULL");
+                a = ok; a.max_pages = (1u << 27) + 1;
+                ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "keys per row");
+                CK(cudaDeviceSynchronize());
+                CK(cudaFree(dzl));
+        }
         float bad_scale[2] = { 0.0f, 0.0f };
         struct kv_pool_view bv = dv;
         bv.k_scale = bad_scale;
