@@ -7,12 +7,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <nng/nng.h>
+
 #include "config_int.h"
+#include "metrics.h"
 #include "kv_proto.h"
 #include "log.h"
 #include "kv_layout.h"
 #include "scales.h"
 #include "scales_int.h"
+
+static int check_url(const char *what, const char *u, char *err, size_t errlen);
 
 int kvd_cfg_fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -280,6 +285,21 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                 if (!is_off(m) && (r = dup_str(&c.metrics_addr, m)))
                         goto out;
         }
+        /* Addresses are checked here, so that --check-config refuses what
+         * the listeners would, and a start fails before any pool is made. */
+        if ((r = check_url(cli.has_socket ? "--socket" : file.has_socket ? "socket" : "KVPOOL_SOCKET",
+                           c.socket_url, err, errlen)) ||
+            (c.events_url && (r = check_url(cli.has_events ? "--events" : file.has_events ? "events" : "events (the default)",
+                                            c.events_url, err, errlen))))
+                goto out;
+        if (c.metrics_addr && (r = kvd_metrics_check_addr(c.metrics_addr, err, errlen))) {
+                char e[300];
+
+                snprintf(e, sizeof(e), "%s", err);
+                r = kvd_cfg_fail(err, errlen, "%s: %s", cli.has_metrics ? "--metrics" : file.has_metrics ? "metrics"
+                                 : "metrics (the default)", e);
+                goto out;
+        }
         if (cli.has_log_level || file.has_log_level)
                 c.log_level = cli.has_log_level ? cli.log_level : file.log_level;
         {
@@ -356,6 +376,38 @@ out:
 }
 
 /* ---- check and print ----------------------------------------------------- */
+
+/* A URL the daemon can listen on: ipc://PATH or tcp[46]://[HOST]:PORT, as
+ * nng parses it.  what names the setting in the message. */
+static int check_url(const char *what, const char *u, char *err, size_t errlen)
+{
+        static const char *const schemes[] = { "ipc", "tcp", "tcp4", "tcp6" };
+        const char *sep = strstr(u, "://");
+        nng_url *url = NULL;
+        size_t n = sep ? (size_t)(sep - u) : 0;
+        int known = 0, rv;
+
+        for (unsigned i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
+                known |= n == strlen(schemes[i]) && strncmp(u, schemes[i], n) == 0;
+        if (!known)
+                return kvd_cfg_fail(err, errlen, "%s: \"%s\": expected ipc://PATH or tcp://HOST:PORT", what, u);
+        if (sep[3] == '\0')
+                return kvd_cfg_fail(err, errlen, "%s: \"%s\": no %s after ://", what, u,
+                                    u[0] == 'i' ? "path" : "address");
+        if ((rv = nng_url_parse(&url, u)) != 0)
+                return kvd_cfg_fail(err, errlen, "%s: \"%s\": %s", what, u, nng_strerror(rv));
+        if (u[0] == 't') {
+                char *end;
+                long port = strtol(url->u_port ? url->u_port : "", &end, 10);
+
+                if (!url->u_port || end == url->u_port || *end || port < 1 || port > 65535) {
+                        nng_url_free(url);
+                        return kvd_cfg_fail(err, errlen, "%s: \"%s\": the port must be a number in 1..65535", what, u);
+                }
+        }
+        nng_url_free(url);
+        return 0;
+}
 
 int kvd_config_check_scales(const struct kvd_config *c, FILE *f, char *err, size_t errlen)
 {

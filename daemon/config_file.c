@@ -8,6 +8,7 @@
 #include <string.h>
 #include <cjson/cJSON.h>
 #include "config_int.h"
+#include "json_strict.h"
 #include "log.h"
 
 #define MAX_CONFIG_FILE (4u << 20)
@@ -274,6 +275,27 @@ int kvd_cfg_load_file(const char *file, struct kvd_cfg_scalars *sc, struct kvd_p
                 free(text);
                 return r;
         }
+        {
+                const char *rest = kvd_json_trailing(end, text + len), *dkey = NULL;
+                char        path[256] = "";
+
+                if (rest) {
+                        unsigned line = 1;
+
+                        for (const char *p = text; p < rest; p++)
+                                line += *p == '\n';
+                        r = kvd_cfg_fail(err, errlen, "%s: line %u: text after the JSON object: \"%.20s\"", file,
+                                         line, rest);
+                } else if (kvd_json_dup_key(root, path, sizeof(path), 0, &dkey)) {
+                        r = kvd_cfg_fail(err, errlen, "%s: %s: key \"%s\" given twice", file,
+                                         path[0] ? path : "the top level", dkey);
+                }
+                if (r) {
+                        free(text);
+                        cJSON_Delete(root);
+                        return r;
+                }
+        }
         free(text);
         if (!cJSON_IsObject(root)) {
                 r = kvd_cfg_fail(err, errlen, "%s: expected a JSON object at the top level, got %s", file, json_type(root));
@@ -308,6 +330,11 @@ int kvd_cfg_load_file(const char *file, struct kvd_cfg_scalars *sc, struct kvd_p
                         if (has_pools++) {
                                 r = kvd_cfg_fail(err, errlen, "%s: pools: given twice (list every pool in one array)",
                                          file);
+                                break;
+                        }
+                        if (n == 0) {
+                                r = kvd_cfg_fail(err, errlen, "%s: pools: an empty list (leave the key out for "
+                                                 "the default pool)", file);
                                 break;
                         }
                         if (n > KVD_MAX_POOLS) {

@@ -210,6 +210,12 @@ int kvd_cfg_check_spec(const struct kvd_pool_spec *s, const char *where, char *e
                 return kvd_cfg_fail(err, errlen, "%s: %s", where, e);
         if (s->capacity_bytes) {
                 struct kv_layout L;
+                /* the allocation is whole 2 MiB units within the capacity */
+                if (s->capacity_bytes < KV_POOL_ALIGN)
+                        return kvd_cfg_fail(err, errlen,
+                                            "%s.capacity: %llu bytes is less than one 2 MiB unit (a pool is one "
+                                            "allocation of whole 2 MiB units, at most the capacity)",
+                                            where, (unsigned long long)s->capacity_bytes);
                 if (kv_layout_fit(&s->geom, s->capacity_bytes, &L) != 0)
                         return kvd_cfg_fail(err, errlen, "%s.capacity: %llu bytes do not hold a single page of this geometry",
                                     where, (unsigned long long)s->capacity_bytes);
@@ -414,6 +420,7 @@ int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *
         char                 buf[1024], where[96], e[256];
         char                *save = NULL, *tok;
         int                  r = 0, has_device = 0;
+        uint32_t             seen = 0;
 
         kvd_cfg_spec_defaults(&s);
         if (!arg || strlen(arg) >= sizeof(buf))
@@ -421,6 +428,8 @@ int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *
         strcpy(buf, arg);
         snprintf(where, sizeof(where), "--pool");
         for (tok = strtok_r(buf, ",", &save); tok && !r; tok = strtok_r(NULL, ",", &save)) {
+                static const char *const keys[] = { "name", "dtype", "layers", "kv_heads", "head_dim", "page_size",
+                                                    "device", "tp_size", "devices", "capacity", "backend" };
                 char     *eq = strchr(tok, '=');
                 const char *k = tok, *v;
                 uint32_t  u = 0;
@@ -429,6 +438,14 @@ int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *
                         return kvd_cfg_fail(err, errlen, "--pool \"%s\": \"%s\" is not key=value", arg, tok);
                 *eq = 0;
                 v = eq + 1;
+                /* a key given twice is a mistake, not "the last one wins" */
+                for (unsigned i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+                        if (strcmp(k, keys[i]) != 0)
+                                continue;
+                        if (seen & (1u << i))
+                                return kvd_cfg_fail(err, errlen, "--pool \"%s\": key \"%s\" given twice", arg, k);
+                        seen |= 1u << i;
+                }
                 if (strcmp(k, "name") == 0) {
                         if ((r = kvd_cfg_check_name(v, "--pool name", err, errlen)))
                                 return r;

@@ -99,6 +99,15 @@ int main(int argc, char **argv)
                 return 1;
         }
 
+        /* Every pool's scales load before any pool is made: a bad scale
+         * file of the last pool must not cost the first ones' allocation
+         * (each pool loads them again as it is made). */
+        if (kvd_config_check_scales(&c, NULL, err, sizeof(err))) {
+                kvd_err("configuration: %s", err);
+                kvd_err("not starting");
+                kvd_config_fini(&c);
+                return 1;
+        }
         if (!(pools = calloc(c.num_pools, sizeof(*pools)))) {
                 kvd_err("out of memory");
                 kvd_config_fini(&c);

@@ -473,6 +473,24 @@ static int addr_to_url(const char *addr, char *url, size_t cap, char *err, size_
         return 0;
 }
 
+int kvd_metrics_check_addr(const char *addr, char *err, size_t errlen)
+{
+        char urlstr[300];
+        nng_url *url = NULL;
+        int rv, r;
+
+        if (addr == NULL || *addr == '\0' || strcmp(addr, "none") == 0)
+                return 0;
+        if ((r = addr_to_url(addr, urlstr, sizeof(urlstr), err, errlen)) < 0)
+                return r;
+        if ((rv = nng_url_parse(&url, urlstr)) != 0) {
+                snprintf(err, errlen, "metrics address \"%s\": %s", addr, nng_strerror(rv));
+                return -EINVAL;
+        }
+        nng_url_free(url);
+        return 0;
+}
+
 /* Starts serving GET /metrics on addr ("127.0.0.1:9464"; NULL, "" or "none":
  * off, returns 0).  s is the server whose pools are rendered; the handler
  * takes kvd_server_lock(s) around rendering.  Returns 0, -EALREADY when

@@ -20,6 +20,10 @@ void kvd_metrics_observe(struct kvd_metrics *m, uint16_t opcode, uint32_t err_co
  * server lock. */
 char *kvd_metrics_render(const struct kvd_metrics *m, const struct kvd_server *s);
 /* Serves GET /metrics on addr ("127.0.0.1:9464"); NULL/"" = off. */
+/* 0 when addr (NULL, "" or "none": off) is what kvd_metrics_http_start
+ * accepts as an address, else -EINVAL with the reason in err: for checking
+ * a configuration before anything is allocated. */
+int  kvd_metrics_check_addr(const char *addr, char *err, size_t errlen);
 int  kvd_metrics_http_start(struct kvd_metrics *m, struct kvd_server *s, const char *addr,
                             char *err, size_t errlen);
 void kvd_metrics_http_stop(struct kvd_metrics *m);

@@ -8,6 +8,7 @@
 #include "safetensors.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -220,9 +221,10 @@ static int load_st_file(const char *path, const cJSON *weight_map, const char *s
                 }
                 if ((r = read_scale(path, fd, 8 + hlen, size - 8 - hlen, t->string, t, &f, err, errlen)))
                         goto out;
-                if (!isfinite(f) || !(f > 0.0f)) {
+                /* as for JSON scales: a subnormal scale overflows every value */
+                if (!isfinite(f) || !(f >= FLT_MIN)) {
                         r = kvd_sc_fail(err, errlen, -EINVAL, "%s: tensor %s (layer %u): value %g, expected a positive "
-                                        "finite scale", path, t->string, l, (double)f);
+                                        "finite scale of at least 2^-126", path, t->string, l, (double)f);
                         goto out;
                 }
                 from = scale_names[which].is_v ? &ld->v_from[l] : &ld->k_from[l];

@@ -12,6 +12,7 @@
 #include "scales.h"
 
 #include <errno.h>
+#include <float.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include "kvclient.h"
+#include "json_strict.h"
 #include "safetensors.h"
 #include "scales_int.h"
 
@@ -87,7 +89,9 @@ int kvd_sc_parse_index(const char *s, uint32_t *ret)
 int kvd_sc_open_regular(const char *path, uint64_t *ret_size, char *err, size_t errlen)
 {
         struct stat st;
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        /* O_NONBLOCK: a FIFO or a device named here must not hang the open
+         * (the type check below refuses it); a regular file ignores it */
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 
         if (fd < 0)
                 return kvd_sc_fail(err, errlen, errno == ENOENT ? -ENOENT : -EIO, "%s: cannot open: %s", path,
@@ -155,6 +159,20 @@ int kvd_sc_parse_json(const char *path, const char *buf, size_t len, cJSON **ret
         char near[24];
 
         if (j) {
+                const char *rest = kvd_json_trailing(end, buf + len), *dkey = NULL;
+                char where[256] = "";
+                int r = 0;
+
+                if (rest)
+                        r = kvd_sc_fail(err, errlen, -EINVAL, "%s: text after the JSON value at byte %zu: \"%.20s\"",
+                                        path, (size_t)(rest - buf), rest);
+                else if (kvd_json_dup_key(j, where, sizeof where, 0, &dkey))
+                        r = kvd_sc_fail(err, errlen, -EINVAL, "%s: %s: key \"%s\" given twice", path,
+                                        where[0] ? where : "the top level", dkey);
+                if (r) {
+                        cJSON_Delete(j);
+                        return r;
+                }
                 *ret = j;
                 return 0;
         }
@@ -198,7 +216,8 @@ static int scale_ok(double d, float *ret)
 {
         float f = (float)d;
 
-        if (!isfinite(d) || !isfinite(f) || !(f > 0.0f))
+        /* a subnormal scale turns every nonzero value into an overflow */
+        if (!isfinite(d) || !isfinite(f) || !(f >= FLT_MIN))
                 return 0;
         *ret = f;
         return 1;
@@ -236,7 +255,7 @@ static int const_value(const cJSON *cfg, const char *key, float *ret, char *err,
                 return 0;
         }
         if (!cJSON_IsNumber(it) || !scale_ok(it->valuedouble, ret))
-                return kvd_sc_fail(err, errlen, -EINVAL, "\"%s\": expected a positive finite number, got %s", key,
+                return kvd_sc_fail(err, errlen, -EINVAL, "\"%s\": expected a positive finite float of at least 2^-126, got %s", key,
                                    describe(it, val, sizeof val));
         return 0;
 }
@@ -366,7 +385,7 @@ static int load_json(const char *path, uint32_t tp_rank, enum kvc_dtype dt, uint
 
                         kvd_sc_parse_index(it->string, &l);
                         if (!cJSON_IsNumber(it) || !scale_ok(it->valuedouble, &f)) {
-                                r = kvd_sc_fail(err, errlen, -EINVAL, "%s: %s.\"%u\": expected a positive finite number, got %s",
+                                r = kvd_sc_fail(err, errlen, -EINVAL, "%s: %s.\"%u\": expected a positive finite float of at least 2^-126, got %s",
                                                 path, where, l, describe(it, val, sizeof val));
                                 goto out;
                         }

@@ -156,13 +156,44 @@ Test(config, errors_name_the_key)
         expect_file_error("{\"log_level\": \"loud\"}", "log_level", NULL);
         expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 32, \"kv_heads\": 8, "
                           "\"head_dim\": 128, \"page_size\": 16, \"capacity\": \"1KiB\"}]}",
-                          "pools[0].capacity", "page");
+                          "pools[0].capacity", "2 MiB");
+}
+
+/* cJSON keeps a repeated key and stops at the end of the value: both would
+ * let a file say one thing and the daemon do another. */
+Test(config, repeated_keys_and_trailing_text)
+{
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": 0.5, \"capacity\": 8388608}]}",
+                          "pools[0]: key \"capacity\" given twice", NULL);
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"fp8_e4m3\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\", "
+                          "\"scales\": {\"source\": \"constant\", \"k\": 0.5, \"k\": 2}}]}",
+                          "pools[0].scales: key \"k\" given twice", NULL);
+        expect_file_error("{\"socket\": \"ipc:///x\", \"socket\": \"ipc:///y\"}",
+                          "the top level: key \"socket\" given twice", NULL);
+        expect_file_error("{\"pools\": [" POOL_OK "]}\n{\"pools\": 5}", "line 2", "text after the JSON object");
+        expect_file_error("{\"pools\": [" POOL_OK "]}, garbage", "text after", NULL);
+        expect_file_error("{\"pools\": []}", "pools: an empty list", NULL);
+        struct kvd_config c;
+        cr_assert_eq(parse_file(&c, "{\"pools\": [" POOL_OK "]}  \n\t\n"), 0, "trailing whitespace: %s", err);
+        kvd_config_fini(&c);
 }
 
 /* A page table holds at most 2^30 pages (page ids stay far from the u32
  * sentinels): a capacity holding more pages of a tiny geometry (18 bytes a
  * page here) is refused at configuration time, not after the daemon has
  * reserved the memory. */
+Test(config, pool_arg_key_twice)
+{
+        struct kvd_pool_spec sp;
+
+        cr_assert_eq(kvd_config_parse_pool_arg("name=a,dtype=bf16,layers=2,kv_heads=2,head_dim=64,page_size=16,"
+                                               "capacity=8MiB,capacity=16MiB,backend=host", &sp, err, sizeof(err)),
+                     -EINVAL, "accepted a repeated key");
+        cr_assert(strstr(err, "key \"capacity\" given twice"), "%s", err);
+}
+
 Test(config, more_pages_than_a_page_table_holds)
 {
         struct kvd_pool_spec s;
@@ -400,6 +431,24 @@ Test(config, command_line_errors)
         cr_assert(strstr(err, "kvtest-no-such-group-xyz"), "%s", err);
         cr_assert_neq(parse(&c, "--socket", "/run/kvpool.sock", NULL), 0);
         cr_assert(strstr(err, "URL"), "%s", err);
+        /* what the listeners would refuse after the pools are made is
+         * refused here (and so by --check-config) */
+        const char *bad[][3] = {
+                { "--socket", "bogus://x", "expected ipc://PATH or tcp://HOST:PORT" },
+                { "--socket", "ipc://", "no path after ://" },
+                { "--socket", "tcp://127.0.0.1:99999", "port must be a number in 1..65535" },
+                { "--events", "zz://q", "--events" },
+                { "--metrics", "not-an-addr", "expected HOST:PORT" },
+                { "--metrics", "127.0.0.1:99999", "port must be a number in 1..65535" },
+        };
+        for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                cr_assert_neq(parse(&c, bad[i][0], bad[i][1], "--check-config", NULL), 0, "%s %s accepted",
+                              bad[i][0], bad[i][1]);
+                cr_assert(strstr(err, bad[i][0]) && strstr(err, bad[i][2]), "%s %s: %s", bad[i][0], bad[i][1], err);
+        }
+        cr_assert_eq(parse(&c, "--socket", "tcp://127.0.0.1:5555", "--events", "none", "--metrics", "[::1]:9464",
+                           NULL), 0, "%s", err);
+        kvd_config_fini(&c);
         cr_assert_eq(parse(&c, "--help", NULL), 0);
         cr_assert_eq(c.help, 1);
         kvd_config_fini(&c);

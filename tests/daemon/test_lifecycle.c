@@ -163,6 +163,30 @@ Test(lifecycle, failed_start_leaves_nothing)
         cr_assert_eq(shm_objects(pid), 0, "a failed start left shared memory behind");
 }
 
+Test(lifecycle, bad_scales_of_a_later_pool_stop_the_start_before_any_pool)
+{
+        /* pool b's scale file does not exist: the start fails naming it,
+         * before pool a is made (it used to be made, then freed) */
+        char        out[8192], cfg[64];
+        pid_t       pid;
+        FILE       *f;
+        const char *args[] = { "--metrics", "none", "--socket", "ipc:///tmp/kvtest-bs.sock", "--config", cfg, NULL };
+
+        snprintf(cfg, sizeof(cfg), "/tmp/kvtest-bs-%d.json", (int)getpid());
+        cr_assert_not_null(f = fopen(cfg, "w"));
+        fprintf(f, "{\"pools\": [{\"name\": \"a\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
+                   "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\", \"backend\": \"host\"}, "
+                   "{\"name\": \"b\", \"dtype\": \"fp8_e4m3\", \"layers\": 2, \"kv_heads\": 2, \"head_dim\": 64, "
+                   "\"page_size\": 16, \"capacity\": \"8MiB\", \"backend\": \"host\", "
+                   "\"scales\": {\"source\": \"json\", \"path\": \"/tmp/kvtest-no-such-scales.json\"}}]}\n");
+        fclose(f);
+        cr_assert_eq(run_kvpoold(args, out, sizeof(out), &pid), 1, "%s", out);
+        unlink(cfg);
+        cr_assert(strstr(out, "pool b: scales") && strstr(out, "/tmp/kvtest-no-such-scales.json"), "%s", out);
+        cr_assert_null(strstr(out, "pool a: "), "pool a was made before the scales were checked:\n%s", out);
+        cr_assert_eq(shm_objects(pid), 0, "a failed start left shared memory behind");
+}
+
 Test(lifecycle, pressure_crossings_are_announced_once)
 {
         /* 256 pages; pressure below 10% free, relieved above 20% */

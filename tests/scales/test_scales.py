@@ -341,7 +341,7 @@ def test_json_non_numeric(probe, tmp_path):
     sf = layers(K)
     sf["1"] = "0.0188"
     path = qp(tmp_path, {"0": sf})
-    refuse(probe, js(path), str(path), 'kv_cache.scaling_factor."0"."1"', "expected a positive finite number, got a string")
+    refuse(probe, js(path), str(path), 'kv_cache.scaling_factor."0"."1"', "expected a positive finite float of at least 2^-126, got a string")
     sf["1"] = None
     path = qp(tmp_path, {"0": sf}, name="null.json")
     refuse(probe, js(path), str(path), 'kv_cache.scaling_factor."0"."1"', "got null")
@@ -367,6 +367,34 @@ def test_json_inf_negative_zero(probe, tmp_path):
         raw = '{"kv_cache": {"dtype": "float8_e4m3fn", "scaling_factor": {"0": {"0": 1, "1": %s, "2": 1, "3": 1}}}}' % bad
         path = qp(tmp_path, None, raw=raw, name=f"bad{bad}.json")
         refuse(probe, js(path), str(path), 'kv_cache.scaling_factor."0"."1"', text)
+
+
+def test_json_subnormal_repeated_key_trailing_text(probe, tmp_path):
+    # a subnormal scale would saturate every value written with it
+    raw = '{"kv_cache": {"dtype": "float8_e4m3fn", "scaling_factor": {"0": {"0": 1, "1": 1e-40, "2": 1, "3": 1}}}}'
+    path = qp(tmp_path, None, raw=raw, name="sub.json")
+    refuse(probe, js(path), str(path), 'kv_cache.scaling_factor."0"."1"', "at least 2^-126")
+    # cJSON keeps both copies of a repeated key: refused, naming it
+    raw = '{"kv_cache": {"dtype": "float8_e4m3fn", "scaling_factor": {"0": {"0": 1, "1": 1, "1": 2, "2": 1, "3": 1}}}}'
+    path = qp(tmp_path, None, raw=raw, name="dup.json")
+    refuse(probe, js(path), str(path), 'kv_cache.scaling_factor.0: key "1" given twice')
+    raw = '{"kv_cache": {"dtype": "float8_e4m3fn", "scaling_factor": {"0": {"0": 1, "1": 1, "2": 1, "3": 1}}}} x'
+    path = qp(tmp_path, None, raw=raw, name="tail.json")
+    refuse(probe, js(path), str(path), "text after the JSON value")
+
+
+def test_scale_path_that_is_a_fifo(probe, tmp_path):
+    # opening a FIFO for reading would wait for a writer: refused at once
+    path = tmp_path / "scales.fifo"
+    os.mkfifo(path)
+    refuse(probe, js(path), str(path), "not a regular file")
+
+
+def test_safetensors_subnormal_f32(probe, tmp_path):
+    k = [0.0152, 1e-40, 1.0, 1.0]
+    path = tmp_path / "sub.safetensors"
+    save_file(scale_tensors(dtype=np.float32, k=k), str(path))
+    refuse(probe, st(path), str(path), "at least 2^-126")
 
 
 def test_json_missing_file(probe, tmp_path):
