@@ -201,13 +201,7 @@ int kvc__tp_exchange(struct kvc_transport *t, nng_msg *req, uint16_t op, uint32_
         pthread_mutex_lock(&t->lock);
         s->done = 0;
         pthread_mutex_unlock(&t->lock);
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += t->timeout_ms / 1000;
-        deadline.tv_nsec += (long)(t->timeout_ms % 1000) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-                deadline.tv_sec++;
-                deadline.tv_nsec -= 1000000000L;
-        }
+        kv_deadline_ms(&deadline, (uint32_t)t->timeout_ms);
         /* no aio timeout: an expiring receive would abort the request */
         nng_aio_set_timeout(s->raio, NNG_DURATION_INFINITE);
         nng_ctx_recv(s->ctx, s->raio);

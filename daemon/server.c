@@ -479,13 +479,7 @@ static int close_bounded(struct kvd_server *s)
                 return -ETIMEDOUT;
         }
         /* CLOCK_MONOTONIC: a clock step during shutdown must not stretch it */
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_sec += s->close_wait_ms / 1000;
-        until.tv_nsec += (long)(s->close_wait_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-        }
+        kv_deadline_ms(&until, (uint32_t)s->close_wait_ms);
         if (pthread_clockjoin_np(t, NULL, CLOCK_MONOTONIC, &until) == 0)
                 return 0;
         pthread_detach(t);

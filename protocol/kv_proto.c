@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 #include "kvclient.h" /* enum kvc_dtype, to range-check attach replies */
 
@@ -725,4 +726,15 @@ int kv_default_events_url(const char *socket_url, char *buf, size_t cap)
         memcpy(buf, socket_url, 6 + dirlen);
         memcpy(buf + 6 + dirlen, "events.sock", sizeof("events.sock"));
         return (int)n;
+}
+
+void kv_deadline_ms(struct timespec *ret, uint32_t ms)
+{
+        clock_gettime(CLOCK_MONOTONIC, ret);
+        ret->tv_sec += ms / 1000;
+        ret->tv_nsec += (long)(ms % 1000) * 1000000L;
+        if (ret->tv_nsec >= 1000000000L) {
+                ret->tv_sec++;
+                ret->tv_nsec -= 1000000000L;
+        }
 }

@@ -280,6 +280,11 @@ int kv_dec_error(const uint8_t *buf, size_t len, struct kv_error *ret);
  * or -ENOBUFS when it does not fit (buf untouched then). */
 int kv_default_events_url(const char *socket_url, char *buf, size_t cap);
 
+/* *ret = CLOCK_MONOTONIC now + ms: the deadline of a timed wait (a reply,
+ * a shutdown), which a step of the wall clock cannot stretch. */
+struct timespec;
+void kv_deadline_ms(struct timespec *ret, uint32_t ms);
+
 /* Size of a whole message, for sizing buffers before encoding. */
 static inline size_t kv_size_pages(uint32_t count) { return KV_HDR_SIZE + 8u + 4u * (size_t)count; }
 static inline size_t kv_size_attach_rep(uint32_t layers) { return KV_HDR_SIZE + KV_ATTACH_FIXED + 8u * (size_t)layers; }
