@@ -208,8 +208,10 @@ struct kvc_decode_args {
         const void    *q;          /* [B, Hq, D], elem (BF16 or F16) */
         void          *out;        /* [B, Hq, D], elem */
         enum kvc_elem  elem;
-        const int32_t *page_table; /* [B, max_pages] */
-        uint32_t       max_pages;
+        const int32_t *page_table; /* [B, max_pages], device memory on a CUDA pool; all
+                                      B*max_pages entries may be read (NULL only
+                                      with max_pages 0) */
+        uint32_t       max_pages;  /* max_pages * page_size <= 2^31-1 */
         const int32_t *seq_lens;   /* [B], device memory on a CUDA pool */
         const int32_t *seq_lens_host; /* [B], host copy (required on CUDA: used to check
                                          lengths and plan the split before launch) */
@@ -227,7 +229,7 @@ struct kvc_extend_args {
         enum kvc_elem  elem;
         const int32_t *qo_indptr;    /* [B+1], device on CUDA: sequence b's queries are rows [indptr[b], indptr[b+1]) */
         const int32_t *qo_indptr_host; /* [B+1], host copy */
-        const int32_t *page_table;   /* [B, max_pages] */
+        const int32_t *page_table;   /* [B, max_pages], as for kvc_decode */
         uint32_t       max_pages;
         const int32_t *seq_lens;     /* [B] total KV length, new tokens included (already written) */
         const int32_t *seq_lens_host;/* [B] host copy */
