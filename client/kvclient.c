@@ -194,7 +194,7 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
         const uint8_t *buf;
         size_t len;
         uint32_t rid, pool = 0;
-        int rv, sent;
+        int rv, sent, kept;
 
         if (kvc__is_stale(c)) {
                 nng_msg_free(req);
@@ -216,7 +216,7 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
          * pages are given back to that pool */
         if ((op == KV_OP_ALLOC || op == KV_OP_LOOKUP) && nng_msg_len(req) >= KV_HDR_SIZE + 4)
                 pool = kv_le32((const uint8_t *)nng_msg_body(req) + KV_HDR_SIZE);
-        rv = kvc__tp_exchange(c->tp, req, op, rid, pool, &rep, &sent);
+        rv = kvc__tp_exchange(c->tp, req, op, rid, pool, &rep, &sent, &kept);
         if (rv != 0 && !sent)
                 return kvc__fail(c, nng_errno(rv), "%s: cannot send to kvpoold at %s: %s",
                                  what, c->url, nng_strerror(rv));
@@ -230,8 +230,10 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
         if (rv == NNG_ETIMEDOUT)
                 return kvc__fail(c, -ETIMEDOUT, "%s: no reply from kvpoold at %s within the timeout%s",
                                  what, c->url,
-                                 op == KV_OP_ALLOC || op == KV_OP_LOOKUP
-                                         ? " (pages it may still hand out are given back on a later call)"
+                                 kept ? " (pages it may still hand out are freed by a call after its reply comes)"
+                                 : op == KV_OP_ALLOC || op == KV_OP_LOOKUP
+                                         ? " (too many timed-out requests wait already: pages it may still hand "
+                                           "out stay held until kvc_disconnect)"
                                          : "");
         if (rv != 0)
                 return kvc__fail(c, nng_errno(rv), "%s: receive from kvpoold failed: %s",

@@ -82,10 +82,11 @@ void kvc__tp_set_timeout(struct kvc_transport *t, int timeout_ms);
 /* Sends req (consumed) and waits for its reply: 0 with *ret_rep, or an nng
  * error (NNG_ETIMEDOUT when no reply came in time); *ret_sent says whether
  * the request went out.  A timed-out ALLOC or LOOKUP (op) keeps waiting for
- * its reply in the background, remembered with rid and pool_id.  Caller
+ * its reply in the background, remembered with rid and pool_id (*ret_kept
+ * 1), unless 16 already wait (then it is cancelled like any other).  Caller
  * holds the client's lock. */
 int kvc__tp_exchange(struct kvc_transport *t, nng_msg *req, uint16_t op, uint32_t rid, uint32_t pool_id,
-                     nng_msg **ret_rep, int *ret_sent);
+                     nng_msg **ret_rep, int *ret_sent, int *ret_kept);
 /* One timed-out ALLOC or LOOKUP whose wait has ended: 1 with its opcode,
  * request id, pool and reply (*ret_rep NULL if it ended without one, e.g.
  * the connection closed; else the caller frees it), 0 if none has.  Caller

@@ -177,13 +177,14 @@ static int take_reply(struct slot *s, nng_msg **ret_rep)
 }
 
 int kvc__tp_exchange(struct kvc_transport *t, nng_msg *req, uint16_t op, uint32_t rid, uint32_t pool_id,
-                     nng_msg **ret_rep, int *ret_sent)
+                     nng_msg **ret_rep, int *ret_sent, int *ret_kept)
 {
         struct slot *s = t->cur, *fresh;
         struct timespec deadline;
         int rv;
 
         *ret_sent = 0;
+        *ret_kept = 0;
         nng_aio_set_msg(t->saio, req);
         nng_aio_set_timeout(t->saio, t->timeout_ms);
         nng_ctx_send(s->ctx, t->saio);
@@ -221,6 +222,7 @@ int kvc__tp_exchange(struct kvc_transport *t, nng_msg *req, uint16_t op, uint32_
                 pthread_mutex_unlock(&t->lock);
                 t->norphans++;
                 t->cur = fresh;
+                *ret_kept = 1;
                 return NNG_ETIMEDOUT;
         }
         nng_aio_cancel(s->raio);

@@ -286,19 +286,31 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                         goto out;
         }
         /* Addresses are checked here, so that --check-config refuses what
-         * the listeners would, and a start fails before any pool is made. */
-        if ((r = check_url(cli.has_socket ? "--socket" : file.has_socket ? "socket" : "KVPOOL_SOCKET",
-                           c.socket_url, err, errlen)) ||
-            (c.events_url && (r = check_url(cli.has_events ? "--events" : file.has_events ? "events" : "events (the default)",
-                                            c.events_url, err, errlen))))
-                goto out;
-        if (c.metrics_addr && (r = kvd_metrics_check_addr(c.metrics_addr, err, errlen))) {
-                char e[300];
+         * nng cannot listen on, and a start fails before any pool is made;
+         * a setting from the file is named with the file. */
+        {
+                char ws[300], we[300], wm[300];
 
-                snprintf(e, sizeof(e), "%s", err);
-                r = kvd_cfg_fail(err, errlen, "%s: %s", cli.has_metrics ? "--metrics" : file.has_metrics ? "metrics"
-                                 : "metrics (the default)", e);
-                goto out;
+                snprintf(ws, sizeof(ws), "%s%s%s", cli.has_socket || !file.has_socket ? "" : c.config_path,
+                         cli.has_socket || !file.has_socket ? "" : ": ",
+                         cli.has_socket ? "--socket" : file.has_socket ? "socket" : "KVPOOL_SOCKET");
+                snprintf(we, sizeof(we), "%s%s%s", cli.has_events || !file.has_events ? "" : c.config_path,
+                         cli.has_events || !file.has_events ? "" : ": ",
+                         cli.has_events ? "--events" : file.has_events ? "events" : "events (beside the socket)");
+                snprintf(wm, sizeof(wm), "%s%s%s", cli.has_metrics || !file.has_metrics ? "" : c.config_path,
+                         cli.has_metrics || !file.has_metrics ? "" : ": ",
+                         cli.has_metrics ? "--metrics" : file.has_metrics ? "metrics" : "metrics (the default)");
+                if ((r = check_url(ws, c.socket_url, err, errlen)) ||
+                    (c.events_url && (r = check_url(we, c.events_url, err, errlen))))
+                        goto out;
+                if (c.metrics_addr && (r = kvd_metrics_check_addr(c.metrics_addr, err, errlen))) {
+                        char e[300];
+
+                        /* "metrics address ...": the setting's name says metrics */
+                        snprintf(e, sizeof(e), "%s", strncmp(err, "metrics ", 8) == 0 ? err + 8 : err);
+                        r = kvd_cfg_fail(err, errlen, "%s: %s", wm, e);
+                        goto out;
+                }
         }
         if (cli.has_log_level || file.has_log_level)
                 c.log_level = cli.has_log_level ? cli.log_level : file.log_level;
@@ -377,32 +389,36 @@ out:
 
 /* ---- check and print ----------------------------------------------------- */
 
-/* A URL the daemon can listen on: ipc://PATH or tcp[46]://[HOST]:PORT, as
- * nng parses it.  what names the setting in the message. */
+/* A URL with a scheme nng can listen on (as kvpoold's REP and PUB sockets
+ * do) that nng parses; for the TCP-based ones a numeric port (0: any).
+ * what names the setting in the message. */
 static int check_url(const char *what, const char *u, char *err, size_t errlen)
 {
-        static const char *const schemes[] = { "ipc", "tcp", "tcp4", "tcp6" };
+        static const char *const schemes[] = { "ipc", "abstract", "inproc", "tcp", "tcp4", "tcp6", "ws", "ws4",
+                                               "ws6", "wss", "wss4", "wss6", "tls+tcp", "tls+tcp4", "tls+tcp6" };
         const char *sep = strstr(u, "://");
         nng_url *url = NULL;
         size_t n = sep ? (size_t)(sep - u) : 0;
-        int known = 0, rv;
+        int known = 0, tcpish, rv;
 
         for (unsigned i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
                 known |= n == strlen(schemes[i]) && strncmp(u, schemes[i], n) == 0;
         if (!known)
-                return kvd_cfg_fail(err, errlen, "%s: \"%s\": expected ipc://PATH or tcp://HOST:PORT", what, u);
+                return kvd_cfg_fail(err, errlen, "%s: \"%s\": expected an nng URL such as ipc://PATH or "
+                                    "tcp://HOST:PORT", what, u);
         if (sep[3] == '\0')
-                return kvd_cfg_fail(err, errlen, "%s: \"%s\": no %s after ://", what, u,
-                                    u[0] == 'i' ? "path" : "address");
+                return kvd_cfg_fail(err, errlen, "%s: \"%s\": nothing after ://", what, u);
         if ((rv = nng_url_parse(&url, u)) != 0)
                 return kvd_cfg_fail(err, errlen, "%s: \"%s\": %s", what, u, nng_strerror(rv));
-        if (u[0] == 't') {
+        tcpish = strncmp(u, "tcp", 3) == 0 || strncmp(u, "ws", 2) == 0 || strncmp(u, "tls+tcp", 7) == 0;
+        if (tcpish) {
+                const char *ps = url->u_port ? url->u_port : "";
                 char *end;
-                long port = strtol(url->u_port ? url->u_port : "", &end, 10);
+                long port = strtol(ps, &end, 10);
 
-                if (!url->u_port || end == url->u_port || *end || port < 1 || port > 65535) {
+                if (end == ps || *end || port < 0 || port > 65535) {
                         nng_url_free(url);
-                        return kvd_cfg_fail(err, errlen, "%s: \"%s\": the port must be a number in 1..65535", what, u);
+                        return kvd_cfg_fail(err, errlen, "%s: \"%s\": the port must be a number in 0..65535", what, u);
                 }
         }
         nng_url_free(url);

@@ -24,7 +24,8 @@
  * alternate --rounds times (default 5) so that a busy machine's noise falls
  * on both alike; percentiles pool every round.
  * --echo-timeouts gives the echo sockets receive/send timeouts like kvpoold's
- * and libkvclient's (a diagnostic: what the timeouts alone cost).
+ * (a diagnostic: what the timeouts alone cost; libkvclient times its wait
+ * for a reply itself, client/transport.c).
  * kvpoold is found, in order: --kvpoold, $KVPOOLD, beside this binary, or
  * in the build tree (../../daemon/kvpoold from bench/rtt/).
  *

@@ -37,10 +37,13 @@
  *  -ETIMEDOUT  no reply within the client's timeout ($KVPOOL_TIMEOUT_MS,
  *              10 s by default).  The daemon may still carry the request
  *              out.  For kvc_alloc and kvc_lookup the library keeps
- *              waiting for that reply in the background and frees the pages
- *              it hands out at the start of this client's next call (up to
- *              16 such requests at once; past that, and for a reply that
- *              comes after kvc_disconnect, the disconnect releases them).
+ *              waiting for that reply in the background (up to 16 such
+ *              requests at once), and the first call of this client that
+ *              sends a request after the reply has come frees the pages it
+ *              hands out, before its own request.  Until then they are held
+ *              (an alloc retried at once can still find the pool full); a
+ *              reply that comes after kvc_disconnect, or that found 16
+ *              waiting, is released by the disconnect.
  */
 #ifndef KVCLIENT_H
 #define KVCLIENT_H
@@ -119,10 +122,12 @@ void kvc_disconnect(kvc_client *c);
 
 /* The calling thread's last error message on c ("" if none).  Valid until the
  * thread's next call on c.  kvc_errmsg(NULL) is the calling thread's last
- * kvc_connect() failure (there is no client to hold it).  A thread keeps the
- * messages of its 8 most recently failing clients (kvc_connect counting as
- * one): past that, the oldest one's message is dropped ("") and its string
- * reused. */
+ * kvc_connect() failure (there is no client to hold it).  A thread keeps
+ * messages for 8 clients (kvc_connect counting as one), each in the slot its
+ * first failure on the thread took; when a 9th client fails, the slots are
+ * reused in the order they were first taken, and a client whose slot went
+ * to another reads "" (a string returned for it earlier then holds the
+ * other's message). */
 const char *kvc_errmsg(const kvc_client *c);
 
 /* Daemon status as one JSON document (the same as `kvpoolctl status --json`).
@@ -140,8 +145,9 @@ int kvc_attach(kvc_client *c, const char *name, kvc_pool **ret_pool);
 void kvc_detach(kvc_pool *p);
 const struct kvc_pool_desc *kvc_pool_get_desc(const kvc_pool *p);
 
-/* Allocates n pages, all or nothing, into ret_pages[n].  -ETIMEDOUT leaves
- * the session holding none of them once a later call has run (see above). */
+/* Allocates n pages, all or nothing, into ret_pages[n].  On -ETIMEDOUT the
+ * daemon may still hand them out; see the conventions above for when they
+ * are freed. */
 int kvc_alloc(kvc_pool *p, uint32_t n, int32_t *ret_pages);
 /* Releases this session's reference on n pages.  All or nothing: if one page
  * is not held by this session nothing is freed (-EPERM). */

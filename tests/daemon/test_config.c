@@ -180,10 +180,6 @@ Test(config, repeated_keys_and_trailing_text)
         kvd_config_fini(&c);
 }
 
-/* A page table holds at most 2^30 pages (page ids stay far from the u32
- * sentinels): a capacity holding more pages of a tiny geometry (18 bytes a
- * page here) is refused at configuration time, not after the daemon has
- * reserved the memory. */
 Test(config, pool_arg_key_twice)
 {
         struct kvd_pool_spec sp;
@@ -194,6 +190,10 @@ Test(config, pool_arg_key_twice)
         cr_assert(strstr(err, "key \"capacity\" given twice"), "%s", err);
 }
 
+/* A page table holds at most 2^30 pages (page ids stay far from the u32
+ * sentinels): a capacity holding more pages of a tiny geometry (18 bytes a
+ * page here) is refused at configuration time, not after the daemon has
+ * reserved the memory. */
 Test(config, more_pages_than_a_page_table_holds)
 {
         struct kvd_pool_spec s;
@@ -434,9 +434,9 @@ Test(config, command_line_errors)
         /* what the listeners would refuse after the pools are made is
          * refused here (and so by --check-config) */
         const char *bad[][3] = {
-                { "--socket", "bogus://x", "expected ipc://PATH or tcp://HOST:PORT" },
-                { "--socket", "ipc://", "no path after ://" },
-                { "--socket", "tcp://127.0.0.1:99999", "port must be a number in 1..65535" },
+                { "--socket", "bogus://x", "expected an nng URL such as ipc://PATH or tcp://HOST:PORT" },
+                { "--socket", "ipc://", "nothing after ://" },
+                { "--socket", "tcp://127.0.0.1:99999", "port must be a number in 0..65535" },
                 { "--events", "zz://q", "--events" },
                 { "--metrics", "not-an-addr", "expected HOST:PORT" },
                 { "--metrics", "127.0.0.1:99999", "port must be a number in 1..65535" },
@@ -449,6 +449,12 @@ Test(config, command_line_errors)
         cr_assert_eq(parse(&c, "--socket", "tcp://127.0.0.1:5555", "--events", "none", "--metrics", "[::1]:9464",
                            NULL), 0, "%s", err);
         kvd_config_fini(&c);
+        /* what kvpoold could listen on before the check stays accepted */
+        const char *good[] = { "abstract://kvpool", "inproc://x", "ws://127.0.0.1:5555", "tcp://127.0.0.1:0" };
+        for (unsigned i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+                cr_assert_eq(parse(&c, "--socket", good[i], "--events", "none", NULL), 0, "%s: %s", good[i], err);
+                kvd_config_fini(&c);
+        }
         cr_assert_eq(parse(&c, "--help", NULL), 0);
         cr_assert_eq(c.help, 1);
         kvd_config_fini(&c);

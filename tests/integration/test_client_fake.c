@@ -30,6 +30,7 @@ static struct fake {
         volatile int    mode;
         volatile int    requests; /* requests after hello */
         int             late_ms;  /* LATE: ALLOC and LOOKUP answered this much later */
+        volatile int    late_sent; /* late replies sent */
         uint32_t        freed[64], nfreed, freed_pool; /* the pages of the FREE requests */
 } F;
 
@@ -176,8 +177,21 @@ static void *serve(void *arg)
                         n = kv_enc_error(out, sizeof out, h.request_id, KV_E_OPCODE, "unknown");
                 }
                 reply(m, out, n);
+                if (F.mode == LATE && (h.opcode == KV_OP_ALLOC || h.opcode == KV_OP_LOOKUP))
+                        __atomic_add_fetch(&F.late_sent, 1, __ATOMIC_RELEASE);
         }
         return NULL;
+}
+
+/* Waits until the fake has sent n late replies (5 s at most), then a little
+ * longer for the last one to reach the client: the tests below depend on
+ * that reply having arrived, not on how long the machine takes. */
+static void wait_late_sent(int n)
+{
+        for (int i = 0; i < 500 && __atomic_load_n(&F.late_sent, __ATOMIC_ACQUIRE) < n; i++)
+                usleep(10 * 1000);
+        cr_assert_geq(__atomic_load_n(&F.late_sent, __ATOMIC_ACQUIRE), n, "the fake did not send its late reply");
+        usleep(100 * 1000);
 }
 
 static void fake_start(void)
@@ -393,13 +407,13 @@ Test(client, a_timed_out_alloc_or_lookup_gives_its_pages_back_when_the_reply_com
         kvc_key keys[2] = { 0 };
         char *json;
 
-        setenv("KVPOOL_TIMEOUT_MS", "200", 1);
+        setenv("KVPOOL_TIMEOUT_MS", "300", 1);
         p = attach(&c);
-        F.late_ms = 500;
+        F.late_ms = 700;
         F.mode = LATE;
         cr_assert_eq(kvc_alloc(p, 3, pages), -ETIMEDOUT);
-        cr_assert(strstr(kvc_errmsg(c), "given back on a later call") != NULL, "%s", kvc_errmsg(c));
-        usleep(700 * 1000); /* the reply reaches the client meanwhile */
+        cr_assert(strstr(kvc_errmsg(c), "freed by a call after its reply comes") != NULL, "%s", kvc_errmsg(c));
+        wait_late_sent(1);
         F.mode = NORMAL;
         cr_assert_eq(F.nfreed, 0u);
         cr_assert_eq(kvc_status_json(c, &json), 0, "%s", kvc_errmsg(c));
@@ -410,7 +424,7 @@ Test(client, a_timed_out_alloc_or_lookup_gives_its_pages_back_when_the_reply_com
         F.nfreed = 0;
         F.mode = LATE;
         cr_assert_eq(kvc_lookup(p, 2, keys, pages), -ETIMEDOUT);
-        usleep(700 * 1000);
+        wait_late_sent(2);
         F.mode = NORMAL;
         cr_assert_eq(kvc_alloc(p, 1, pages), 0, "%s", kvc_errmsg(c));
         cr_assert_eq(F.nfreed, 2u, "the late lookup's pages were not freed (%u)", F.nfreed);
@@ -433,12 +447,12 @@ Test(client, a_daemon_lost_while_giving_pages_back_fails_the_call_at_once)
         char *json = NULL;
         int before;
 
-        setenv("KVPOOL_TIMEOUT_MS", "200", 1);
+        setenv("KVPOOL_TIMEOUT_MS", "300", 1);
         p = attach(&c);
-        F.late_ms = 400;
+        F.late_ms = 700;
         F.mode = LATE;
         cr_assert_eq(kvc_alloc(p, 3, pages), -ETIMEDOUT);
-        usleep(600 * 1000);
+        wait_late_sent(1);
         F.mode = FREE_NOHELLO;
         before = F.requests;
         cr_assert_eq(kvc_status_json(c, &json), -ESTALE, "%s", kvc_errmsg(c));
