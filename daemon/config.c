@@ -10,6 +10,7 @@
 #include <nng/nng.h>
 
 #include "config_int.h"
+#include "json_strict.h"
 #include "metrics.h"
 #include "kv_proto.h"
 #include "log.h"
@@ -401,6 +402,9 @@ static int check_url(const char *what, const char *u, char *err, size_t errlen)
         size_t n = sep ? (size_t)(sep - u) : 0;
         int known = 0, tcpish, rv;
 
+        /* STATUS echoes the URLs as JSON strings: UTF-8 only */
+        if (kvd_utf8_bad(u, strlen(u)) >= 0)
+                return kvd_cfg_fail(err, errlen, "%s: the URL is not valid UTF-8", what);
         for (unsigned i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
                 known |= n == strlen(schemes[i]) && strncmp(u, schemes[i], n) == 0;
         if (!known)

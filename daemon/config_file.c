@@ -262,6 +262,16 @@ int kvd_cfg_load_file(const char *file, struct kvd_cfg_scalars *sc, struct kvd_p
 
         if (!(text = read_file(file, &len, err, errlen, &r)))
                 return r;
+        {
+                long bad = kvd_utf8_bad(text, len);
+
+                if (bad >= 0) {
+                        r = kvd_cfg_fail(err, errlen, "%s: byte %ld (0x%02x) is not UTF-8 (JSON text is UTF-8)", file,
+                                         bad, (unsigned)(unsigned char)text[bad]);
+                        free(text);
+                        return r;
+                }
+        }
         root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
         if (!root) {
                 const char *at = end ? end : cJSON_GetErrorPtr();

@@ -23,6 +23,45 @@ static inline const char *kvd_json_trailing(const char *end, const char *limit)
         return NULL;
 }
 
+/* The offset of the first byte of s[0..n) that is not part of valid UTF-8
+ * (RFC 8259 wants JSON text in UTF-8, and the daemon echoes strings of its
+ * configuration in STATUS, which clients parse as JSON), or -1. */
+static inline long kvd_utf8_bad(const char *s, size_t n)
+{
+        const unsigned char *p = (const unsigned char *)s;
+        size_t i = 0;
+
+        while (i < n) {
+                unsigned c = p[i], len, min;
+                unsigned long cp;
+
+                if (c < 0x80) {
+                        i++;
+                        continue;
+                }
+                if ((c & 0xE0) == 0xC0)
+                        len = 2, min = 0x80, cp = c & 0x1F;
+                else if ((c & 0xF0) == 0xE0)
+                        len = 3, min = 0x800, cp = c & 0x0F;
+                else if ((c & 0xF8) == 0xF0)
+                        len = 4, min = 0x10000, cp = c & 0x07;
+                else
+                        return (long)i;
+                if (i + len > n)
+                        return (long)i;
+                for (unsigned k = 1; k < len; k++) {
+                        if ((p[i + k] & 0xC0) != 0x80)
+                                return (long)i;
+                        cp = cp << 6 | (p[i + k] & 0x3F);
+                }
+                /* overlong forms, surrogates and code points past U+10FFFF */
+                if (cp < min || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
+                        return (long)i;
+                i += len;
+        }
+        return -1;
+}
+
 /* Looks for a key given twice in one object anywhere under node: 1 with
  * *ret_key the key and path[] (cap bytes, holding len bytes of the path so
  * far, e.g. "pools[0].scales") the object's place; 0 when there is none. */

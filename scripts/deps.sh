@@ -4,14 +4,17 @@
 
 kv_say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
-# Debian packages the build and the tests need.
+# Debian packages the build and the tests need; scripts/test adds
+# KV_DEB_TEST_PKGS (prometheus, for promtool only: see kv_install_debs).
 KV_DEB_PKGS="gcc g++ make pkg-config cmake meson ninja-build python3 python3-venv python3-pip
  libnng-dev libcjson-dev libsystemd-dev libcriterion-dev libxxhash-dev
- systemd prometheus procps"
+ systemd procps"
+KV_DEB_TEST_PKGS="prometheus"
 
+# kv_install_debs [EXTRA_PACKAGES...]: apt-get installs what is missing.
 kv_install_debs() {
-        local missing=() p
-        for p in $KV_DEB_PKGS; do
+        local missing=() p policy=/usr/sbin/policy-rc.d own_policy=0 new_prom=0
+        for p in $KV_DEB_PKGS "$@"; do
                 dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
                         missing+=("$p")
         done
@@ -25,9 +28,28 @@ kv_install_debs() {
                 return 1
         fi
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        # prometheus is only needed for promtool; its service must not start here.
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        # prometheus is only needed for promtool: its package would start a
+        # server on :9090 and enable it at boot.  A policy-rc.d that says 101
+        # keeps the install from starting any service; the unit is then
+        # disabled (only when this run installed the package).
+        case " ${missing[*]} " in *" prometheus "*) new_prom=1 ;; esac
+        if [ $new_prom -eq 1 ] && [ ! -e "$policy" ]; then
+                printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+        fi
+        # a fresh VM's apt-daily may hold the lock for a while: wait for it
+        local rc=0
+        if ! { apt-get -o DPkg::Lock::Timeout=600 update -qq &&
+               apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+        then
+                rc=1
+        fi
+        if [ $own_policy -eq 1 ]; then
+                rm -f "$policy"
+        fi
+        if [ $new_prom -eq 1 ] && command -v systemctl >/dev/null 2>&1; then
+                systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+        fi
+        return $rc
 }
 
 # nvcc lives outside PATH on the usual CUDA installs.
@@ -82,7 +104,12 @@ kv_cuda_built() {
 kv_build() {
         local dir=$1; shift
         if [ -f "$dir/build.ninja" ]; then
-                meson setup --reconfigure "$dir" "$@" >/dev/null
+                # quiet when it works; meson prints its errors on stdout
+                if ! meson setup --reconfigure "$dir" "$@" >"$dir/reconfigure.log" 2>&1; then
+                        cat "$dir/reconfigure.log" >&2
+                        echo "error: meson setup --reconfigure $dir failed (see above)" >&2
+                        return 1
+                fi
         else
                 meson setup "$dir" "$@"
         fi

@@ -175,6 +175,12 @@ Test(config, repeated_keys_and_trailing_text)
         expect_file_error("{\"pools\": [" POOL_OK "]}\n{\"pools\": 5}", "line 2", "text after the JSON object");
         expect_file_error("{\"pools\": [" POOL_OK "]}, garbage", "text after", NULL);
         expect_file_error("{\"pools\": []}", "pools: an empty list", NULL);
+        /* STATUS echoes configured strings (a scale file's path) as JSON:
+         * the file must be UTF-8, as JSON text is */
+        expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"fp8_e4m3\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\", "
+                          "\"scales\": {\"source\": \"json\", \"path\": \"/tmp/sc\xffle.json\"}}]}",
+                          "is not UTF-8", "0xff");
         struct kvd_config c;
         cr_assert_eq(parse_file(&c, "{\"pools\": [" POOL_OK "]}  \n\t\n"), 0, "trailing whitespace: %s", err);
         kvd_config_fini(&c);
@@ -448,6 +454,10 @@ Test(config, command_line_errors)
         }
         cr_assert_eq(parse(&c, "--socket", "tcp://127.0.0.1:5555", "--events", "none", "--metrics", "[::1]:9464",
                            NULL), 0, "%s", err);
+        kvd_config_fini(&c);
+        cr_assert_neq(parse(&c, "--socket", "ipc:///tmp/kv\xc3\x28.sock", NULL), 0);
+        cr_assert(strstr(err, "--socket") && strstr(err, "not valid UTF-8"), "%s", err);
+        cr_assert_eq(parse(&c, "--socket", "ipc:///tmp/kv\xc3\xa9.sock", "--events", "none", NULL), 0, "%s", err);
         kvd_config_fini(&c);
         /* what kvpoold could listen on before the check stays accepted */
         const char *good[] = { "abstract://kvpool", "inproc://x", "ws://127.0.0.1:5555", "tcp://127.0.0.1:0" };
