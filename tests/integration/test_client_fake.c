@@ -416,8 +416,14 @@ Test(client, a_timed_out_alloc_or_lookup_gives_its_pages_back_when_the_reply_com
         wait_late_sent(1);
         F.mode = NORMAL;
         cr_assert_eq(F.nfreed, 0u);
-        cr_assert_eq(kvc_status_json(c, &json), 0, "%s", kvc_errmsg(c));
-        free(json);
+        /* each call frees what has come in by then: call until the reply
+         * has reached the client (on a loaded machine that may take a while) */
+        for (int i = 0; i < 250 && F.nfreed < 3; i++) {
+                cr_assert_eq(kvc_status_json(c, &json), 0, "%s", kvc_errmsg(c));
+                free(json);
+                if (F.nfreed < 3)
+                        usleep(20 * 1000);
+        }
         cr_assert_eq(F.nfreed, 3u, "the late alloc's pages were not freed (%u)", F.nfreed);
         cr_assert(F.freed[0] == 0 && F.freed[1] == 1 && F.freed[2] == 2 && F.freed_pool == 7);
 
@@ -426,7 +432,11 @@ Test(client, a_timed_out_alloc_or_lookup_gives_its_pages_back_when_the_reply_com
         cr_assert_eq(kvc_lookup(p, 2, keys, pages), -ETIMEDOUT);
         wait_late_sent(2);
         F.mode = NORMAL;
-        cr_assert_eq(kvc_alloc(p, 1, pages), 0, "%s", kvc_errmsg(c));
+        for (int i = 0; i < 250 && F.nfreed < 2; i++) {
+                cr_assert_eq(kvc_alloc(p, 1, pages), 0, "%s", kvc_errmsg(c));
+                if (F.nfreed < 2)
+                        usleep(20 * 1000);
+        }
         cr_assert_eq(F.nfreed, 2u, "the late lookup's pages were not freed (%u)", F.nfreed);
         cr_assert(F.freed[0] == 4 && F.freed[1] == 5);
 
@@ -445,7 +455,7 @@ Test(client, a_daemon_lost_while_giving_pages_back_fails_the_call_at_once)
         kvc_pool *p;
         int32_t pages[3];
         char *json = NULL;
-        int before;
+        int before = 0, rv = 0;
 
         setenv("KVPOOL_TIMEOUT_MS", "300", 1);
         p = attach(&c);
@@ -454,8 +464,19 @@ Test(client, a_daemon_lost_while_giving_pages_back_fails_the_call_at_once)
         cr_assert_eq(kvc_alloc(p, 3, pages), -ETIMEDOUT);
         wait_late_sent(1);
         F.mode = FREE_NOHELLO;
-        before = F.requests;
-        cr_assert_eq(kvc_status_json(c, &json), -ESTALE, "%s", kvc_errmsg(c));
+        /* until the reply has reached the client a call goes through as
+         * usual; the first one after it sends the FREE and no more */
+        for (int i = 0; i < 250; i++) {
+                before = F.requests;
+                rv = kvc_status_json(c, &json);
+                if (rv == -ESTALE)
+                        break;
+                cr_assert_eq(rv, 0, "%s", kvc_errmsg(c));
+                free(json);
+                json = NULL;
+                usleep(20 * 1000);
+        }
+        cr_assert_eq(rv, -ESTALE, "%s", kvc_errmsg(c));
         cr_assert_null(json);
         cr_assert_eq(F.requests, before + 1, "%d requests after the FREE", F.requests - before - 1);
         kvc_disconnect(c);
