@@ -42,9 +42,15 @@ struct kv_attn_call {
         uint32_t       layer;
 };
 
+/* Most query heads an attention call takes (far above any model's; the
+ * launch grid counts rows x kv heads x groups of 8 q heads in 32 bits). */
+#define KV_ATTN_MAX_Q_HEADS 65536u
+
 /* Checks every host-visible argument of an attention call against the pool:
  * pool view (base, geometry, fp8 scales), layer, elem (BF16 or F16), q/out
- * non-NULL, Hq a positive multiple of kv_heads, sm_scale finite, every
+ * non-NULL, Hq a positive multiple of kv_heads and at most
+ * KV_ATTN_MAX_Q_HEADS, sm_scale finite, max_pages * page_size <= 2^31-1, a
+ * page table whenever max_pages > 0, every
  * seq_len in [0, max_pages*page_size], for extend qo_indptr[0] = 0,
  * non-decreasing, n_b <= seq_len[b]; and, when read_pages is true (host pool:
  * the page table is host memory), every page id the call will touch in

@@ -191,6 +191,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         if (L->page_bytes != (uint64_t)P * L->token_bytes ||
             L->scale_page_bytes != (uint64_t)P * L->scale_token_bytes)
                 return kv_fail(-EINVAL, msg, msglen, "%s: pool layout: a page is not page_size token rows", c->op);
+        if ((r = kv_cuda_check_aligned(pv, c->layer, c->op, msg, msglen)) < 0)
+                return r;
         const enum kvc_dtype dt = L->g.dtype;
         const uint8_t *base = (const uint8_t *)pv->base;
         kva::params p = {};
@@ -217,7 +219,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                    (uint64_t)L->num_pages * P < (uint64_t)kva::NOSLOT;
         p.Hq = c->num_q_heads;
         p.G = c->num_q_heads / H;
-        p.head_groups = (p.G + kva::HG - 1) / kva::HG;
+        p.head_groups = (uint32_t)(((uint64_t)p.G + kva::HG - 1) / kva::HG); /* no wrap for a huge G */
         p.token_bytes = L->token_bytes;
         p.head_bytes = L->head_bytes;
         p.stoken_bytes = L->scale_token_bytes;

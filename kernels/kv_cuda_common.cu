@@ -56,9 +56,24 @@ extern "C" int kv_cuda_available(void)
         return n > 0;
 }
 
+extern "C" int kv_cuda_check_aligned(const struct kv_pool_view *p, uint32_t layer, const char *op, char *msg,
+                                     size_t msglen)
+{
+        const struct kv_layout *L = &p->layout;
+        const uintptr_t b = (uintptr_t)p->base;
+        uintptr_t a = (b + kv_layout_k(L, layer)) | (b + kv_layout_v(L, layer));
+
+        if (L->g.dtype == KVC_DTYPE_FP4_E2M1)
+                a |= (b + kv_layout_ks(L, layer)) | (b + kv_layout_vs(L, layer));
+        if (L->token_bytes % 16 || a % 16)
+                return kv_fail(-EINVAL, msg, msglen, "%s: the pool's layer %u arrays or token rows are not 16-byte aligned",
+                               op, layer);
+        return 0;
+}
+
 /* Checks shared by write and gather: the pool view (kv_ref_check_view), a
- * head_dim the kernels are built for, and the layer with its fp8 scales
- * (kv_ref_check_layer). */
+ * head_dim the kernels are built for, the layer with its fp8 scales
+ * (kv_ref_check_layer) and its arrays' alignment. */
 static int check_pool(const struct kv_pool_view *p, uint32_t layer, char *msg, size_t msglen)
 {
         int r = kv_ref_check_view(p, NULL, msg, msglen);
@@ -69,7 +84,8 @@ static int check_pool(const struct kv_pool_view *p, uint32_t layer, char *msg, s
                 return kv_fail(-EINVAL, msg, msglen,
                                "pool: head_dim %u is not supported by the CUDA kernels (64, 128 or 256)",
                                p->layout.g.head_dim);
-        return kv_ref_check_layer(p, layer, NULL, msg, msglen);
+        r = kv_ref_check_layer(p, layer, NULL, msg, msglen);
+        return r < 0 ? r : kv_cuda_check_aligned(p, layer, "pool", msg, msglen);
 }
 
 extern "C" int kv_cuda_check_write(const struct kv_pool_view *p, const struct kvc_write_args *a,

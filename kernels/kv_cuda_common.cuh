@@ -40,6 +40,13 @@ int kv_cuda_check_write(const struct kv_pool_view *p, const struct kvc_write_arg
 int kv_cuda_check_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a,
                          char *msg, size_t msglen);
 
+/* The layer's pool arrays as every kernel reads and writes them, in 16-byte
+ * vectors (cp.async, uint4): each array of the layer 16-byte aligned and a
+ * token row a multiple of 16 bytes.  kv_layout_init always lays a pool out
+ * that way; a view built otherwise would fault on the device instead of
+ * failing here.  Returns 0 or -EINVAL naming op and the layer. */
+int kv_cuda_check_aligned(const struct kv_pool_view *p, uint32_t layer, const char *op, char *msg, size_t msglen);
+
 #ifdef __cplusplus
 }
 #endif

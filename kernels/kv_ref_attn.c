@@ -75,6 +75,10 @@ int kv_attn_check(const struct kv_pool_view *p, const struct kv_attn_call *c, bo
                 return r;
         if (c->elem != KVC_ELEM_BF16 && c->elem != KVC_ELEM_F16)
                 return kv_fail(-EINVAL, msg, msglen, "%s: elem %d is not BF16 or F16 (q and out)", op, (int)c->elem);
+        /* the launch grid counts (row, kv head, group of 8 q heads) in 32 bits */
+        if (c->num_q_heads > KV_ATTN_MAX_Q_HEADS)
+                return kv_fail(-EINVAL, msg, msglen, "%s: num_q_heads %u is more than %u", op, c->num_q_heads,
+                               KV_ATTN_MAX_Q_HEADS);
         if (c->num_q_heads == 0 || c->num_q_heads % H != 0)
                 return kv_fail(-EINVAL, msg, msglen, "%s: num_q_heads %u is not a positive multiple of kv_heads %u",
                                op, c->num_q_heads, H);

@@ -25,11 +25,7 @@ extern "C" int kv_cuda_write(const struct kv_pool_view *p, const struct kvc_writ
         if (r < 0 || a->num_tokens == 0)
                 return r;
         L = &p->layout;
-        make_write_params(p, a, &wp);
-        /* kv_layout puts every array on a 256-byte boundary; a view built by
-         * hand might not */
-        if (L->token_bytes % 16 || ((uintptr_t)wp.dst[0] | (uintptr_t)wp.dst[1]) % 16)
-                return kv_fail(-EINVAL, msg, msglen, "pool: layer %u arrays are not 16-byte aligned", a->layer);
+        make_write_params(p, a, &wp); /* the arrays' alignment: kv_cuda_check_write */
 
         e = launch_write(wp, L->g.dtype, a->elem, (cudaStream_t)stream);
         return kv_cuda_errno(e, "kv_cuda_write: launch", msg, msglen);

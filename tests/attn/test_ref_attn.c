@@ -264,6 +264,8 @@ Test(ref_attn, decode_argument_errors)
         ERR(kv_ref_decode, -EINVAL, "num_q_heads 3 is not a positive multiple of kv_heads 2");
         a = ok; a.num_q_heads = 0;
         ERR(kv_ref_decode, -EINVAL, "num_q_heads 0");
+        a = ok; a.num_q_heads = 0xFFFFFFFEu; /* a multiple of kv_heads 2: used to wrap the launch's head groups */
+        ERR(kv_ref_decode, -EINVAL, "num_q_heads 4294967294 is more than 65536");
         a = ok; a.layer = 2;
         ERR(kv_ref_decode, -EINVAL, "layer 2 out of range [0, 2)");
         a = ok; a.elem = KVC_ELEM_F32;

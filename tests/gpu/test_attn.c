@@ -485,6 +485,15 @@ static void arg_errors(void)
                 ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "page_table is NULL");
                 a = ok; a.max_pages = (1u << 27) + 1;
                 ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "keys per row");
+                /* a q head count that wrapped the planner's head groups and
+                 * divided by zero on the host */
+                a = ok; a.num_q_heads = 0xFFFFFFFEu;
+                ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, "num_q_heads");
+                /* a pool view whose arrays are not 16-byte aligned: refused,
+                 * not a misaligned cp.async on the device */
+                struct kv_pool_view mis = dv;
+                mis.base = (uint8_t *)dv.base + 8;
+                ARGERR(kv_cuda_decode(&mis, &ok, NULL, msg, sizeof msg), -EINVAL, "not 16-byte aligned");
                 CK(cudaDeviceSynchronize());
                 CK(cudaFree(dzl));
         }

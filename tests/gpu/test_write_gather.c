@@ -355,6 +355,10 @@ static void argument_errors(void)
                 bad = pv;
                 bad.base = NULL;
                 expect_write_err(&P, &bad, (struct kvc_write_args *)&good, -EINVAL, "pool", "NULL base");
+                bad = pv;
+                bad.base = (uint8_t *)pv.base + 8;
+                expect_write_err(NULL, &bad, (struct kvc_write_args *)&good, -EINVAL, "not 16-byte aligned",
+                                 "misaligned pool base");
         }
         {
                 /* a geometry the host backend accepts but the CUDA kernels do not */
@@ -381,6 +385,12 @@ static void argument_errors(void)
         expect_gather_err(&pv, &g, -EINVAL, "elem", "gather to f16");
         g = gg; g.layer = 9;
         expect_gather_err(&pv, &g, -EINVAL, "layer", "gather layer out of range");
+        {
+                struct kv_pool_view mis = pv;
+                mis.base = (uint8_t *)pv.base + 8;
+                g = gg;
+                expect_gather_err(&mis, &g, -EINVAL, "not 16-byte aligned", "gather from a misaligned pool base");
+        }
         g = gg; g.k_out = NULL;
         expect_gather_err(&pv, &g, -EINVAL, "k_out", "gather NULL k_out");
         g = gg; g.pages = NULL;
