@@ -140,47 +140,58 @@ int kvc__req_new(struct kvc_client *c, size_t cap, nng_msg **ret)
         return 0;
 }
 
-/* Gives back the pages of a timed-out ALLOC or LOOKUP whose reply came in
- * after all (transport.c keeps waiting for those): the caller never got
- * their ids, so they would stay held until disconnect.  Best effort: a FREE
- * that fails leaves them to the disconnect, as before, and ends this round
- * (the other replies wait for the next call), so that a slow daemon costs
- * the caller one timeout here, not one per reply. */
+/* FREEs the pages in m, the late reply of request rid (op) to pool: 0, or
+ * -1 when a FREE was needed and failed.  A reply that is not that
+ * request's page list (an ERROR, a mismatch) holds nothing to give back. */
+static int free_late_pages(struct kvc_client *c, uint16_t op, uint32_t rid, uint32_t pool, nng_msg *m)
+{
+        const uint8_t *buf = nng_msg_body(m), *body;
+        struct kv_hdr hdr;
+        struct kv_pages pg;
+        nng_msg *req, *rep;
+        uint32_t *ids;
+        size_t len;
+        int rv;
+
+        if (kv_hdr_decode(buf, nng_msg_len(m), &hdr) != 0 || hdr.request_id != rid ||
+            hdr.opcode != (uint16_t)(op | KV_OP_REPLY) ||
+            kv_dec_pages(buf + KV_HDR_SIZE, hdr.body_len, op | KV_OP_REPLY, &pg) != 0 ||
+            pg.count == 0 || pg.count > KV_MAX_PAGES_REQ)
+                return 0;
+        if ((ids = malloc(sizeof *ids * pg.count)) == NULL)
+                return -1;
+        for (uint32_t i = 0; i < pg.count; i++)
+                ids[i] = kv_le32(pg.ids + 4 * (size_t)i);
+        rv = kvc__req_new(c, kv_size_pages(pg.count), &req);
+        if (rv == 0)
+                rv = kvc__send(c, req, kv_enc_pages(nng_msg_body(req), nng_msg_len(req), KV_OP_FREE, 0, pool,
+                                                    pg.count, ids),
+                               KV_OP_FREE, "free (the pages of a timed-out request)", &rep, &body, &len);
+        free(ids);
+        if (rv != 0)
+                return -1;
+        nng_msg_free(rep);
+        return 0;
+}
+
+/* Gives back the pages of the timed-out ALLOCs and LOOKUPs whose replies
+ * came in after all (transport.c keeps waiting for those): the caller never
+ * got their ids, so they would stay held until disconnect.  Best effort: a
+ * FREE that fails leaves its pages to the disconnect, as before, and ends
+ * this round (the other replies wait for the next call), so that a slow
+ * daemon costs the caller one timeout here, not one per reply. */
 static void reap_orphans(struct kvc_client *c)
 {
         uint16_t op;
         uint32_t rid, pool;
-        nng_msg *m, *req, *rep;
+        nng_msg *m;
         int failed = 0;
 
-        c->reaping = 1; /* the FREE below goes through kvc__call */
+        c->reaping = 1; /* the FREE goes through kvc__call */
         while (!failed && kvc__tp_orphan_reply(c->tp, &op, &rid, &pool, &m) == 1) {
-                struct kv_hdr hdr;
-                struct kv_pages pg;
-                const uint8_t *body;
-                uint32_t *ids;
-                size_t len;
-
                 if (m == NULL)
                         continue;
-                if (kv_hdr_decode(nng_msg_body(m), nng_msg_len(m), &hdr) == 0 && hdr.request_id == rid &&
-                    hdr.opcode == (uint16_t)(op | KV_OP_REPLY) &&
-                    kv_dec_pages((const uint8_t *)nng_msg_body(m) + KV_HDR_SIZE, hdr.body_len,
-                                 op | KV_OP_REPLY, &pg) == 0 &&
-                    pg.count > 0 && pg.count <= KV_MAX_PAGES_REQ &&
-                    (ids = malloc(sizeof *ids * pg.count)) != NULL) {
-                        for (uint32_t i = 0; i < pg.count; i++)
-                                ids[i] = kv_le32(pg.ids + 4 * (size_t)i);
-                        if (kvc__req_new(c, kv_size_pages(pg.count), &req) == 0 &&
-                            kvc__send(c, req, kv_enc_pages(nng_msg_body(req), nng_msg_len(req), KV_OP_FREE, 0,
-                                                           pool, pg.count, ids),
-                                      KV_OP_FREE, "free (the pages of a timed-out request)", &rep, &body,
-                                      &len) == 0)
-                                nng_msg_free(rep);
-                        else
-                                failed = 1;
-                        free(ids);
-                }
+                failed = free_late_pages(c, op, rid, pool, m) != 0;
                 nng_msg_free(m);
         }
         c->reaping = 0;
@@ -214,7 +225,7 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
         kv_put32((uint8_t *)nng_msg_body(req) + 8, rid);
         /* ALLOC and LOOKUP bodies start with their pool id: an orphan's
          * pages are given back to that pool */
-        if ((op == KV_OP_ALLOC || op == KV_OP_LOOKUP) && nng_msg_len(req) >= KV_HDR_SIZE + 4)
+        if (kvc__hands_out_pages(op) && nng_msg_len(req) >= KV_HDR_SIZE + 4)
                 pool = kv_le32((const uint8_t *)nng_msg_body(req) + KV_HDR_SIZE);
         rv = kvc__tp_exchange(c->tp, req, op, rid, pool, &rep, &sent, &kept);
         if (rv != 0 && !sent)
@@ -231,7 +242,7 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
                 return kvc__fail(c, -ETIMEDOUT, "%s: no reply from kvpoold at %s within the timeout%s",
                                  what, c->url,
                                  kept ? " (pages it may still hand out are freed by a call after its reply comes)"
-                                 : op == KV_OP_ALLOC || op == KV_OP_LOOKUP
+                                 : kvc__hands_out_pages(op)
                                          ? " (too many timed-out requests wait already: pages it may still hand "
                                            "out stay held until kvc_disconnect)"
                                          : "");
@@ -375,12 +386,10 @@ int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, k
                                nng_strerror(rv));
                 goto fail_nosock;
         }
-        /* alloc is not idempotent: REQ's automatic resend would run it twice
-         * (every context of the transport is set the same way); the reply
-         * timeout is the transport's */
+        /* requests go out on the transport's contexts, which set their own
+         * resend time (none: alloc is not idempotent) and reply timeout */
         tmo = timeout_ms();
-        if ((rv = nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE)) != 0 ||
-            (rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, KV_MAX_FRAME + 4096)) != 0 ||
+        if ((rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, KV_MAX_FRAME + 4096)) != 0 ||
             (rv = nng_socket_set_ms(c->sock, NNG_OPT_RECONNMINT, 20)) != 0 ||
             (rv = nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, 500)) != 0) {
                 rv = kvc__fail(NULL, nng_errno(rv), "kvc_connect: cannot set socket options: %s",

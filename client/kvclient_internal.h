@@ -12,6 +12,7 @@
 
 #include "kvclient.h"
 #include "kv_layout.h"
+#include "kv_proto.h"
 
 struct kvc_mapping; /* process-wide registry entry (kvclient.c) */
 
@@ -70,6 +71,13 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
  * returns and ownership as kvc__call.  Caller holds c->lock. */
 int kvc__send(struct kvc_client *c, nng_msg *req, int enc, uint16_t op, const char *what,
               nng_msg **ret_rep, const uint8_t **ret_body, size_t *ret_len);
+
+/* The requests whose reply hands pages to the session: a late reply of one
+ * of these is waited for and its pages given back (transport.c). */
+static inline int kvc__hands_out_pages(uint16_t op)
+{
+        return op == KV_OP_ALLOC || op == KV_OP_LOOKUP;
+}
 
 /* ---- transport.c: the exchange with kvpoold (see its header comment) ---- */
 

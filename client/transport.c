@@ -211,7 +211,7 @@ int kvc__tp_exchange(struct kvc_transport *t, nng_msg *req, uint16_t op, uint32_
 
         /* Timed out.  A request that hands out pages keeps waiting on its
          * own context; the next request takes a fresh one. */
-        if ((op == KV_OP_ALLOC || op == KV_OP_LOOKUP) && t->norphans < MAX_ORPHANS &&
+        if (kvc__hands_out_pages(op) && t->norphans < MAX_ORPHANS &&
             slot_new(t, &fresh) == 0) {
                 s->op = op;
                 s->rid = rid;

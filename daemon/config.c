@@ -20,6 +20,20 @@
 
 static int check_url(const char *what, const char *u, char *err, size_t errlen);
 
+/* What a message calls a setting: the option when the command line gave it,
+ * "FILE: key" when the config file did, else dflt (the environment or the
+ * built-in default). */
+static void setting_name(char *buf, size_t cap, int in_cli, int in_file, const char *file, const char *opt,
+                         const char *key, const char *dflt)
+{
+        if (in_cli)
+                snprintf(buf, cap, "%s", opt);
+        else if (in_file)
+                snprintf(buf, cap, "%s: %s", file, key);
+        else
+                snprintf(buf, cap, "%s", dflt);
+}
+
 int kvd_cfg_fail(char *err, size_t errlen, const char *fmt, ...)
 {
         va_list ap;
@@ -292,15 +306,12 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
         {
                 char ws[300], we[300], wm[300];
 
-                snprintf(ws, sizeof(ws), "%s%s%s", cli.has_socket || !file.has_socket ? "" : c.config_path,
-                         cli.has_socket || !file.has_socket ? "" : ": ",
-                         cli.has_socket ? "--socket" : file.has_socket ? "socket" : "KVPOOL_SOCKET");
-                snprintf(we, sizeof(we), "%s%s%s", cli.has_events || !file.has_events ? "" : c.config_path,
-                         cli.has_events || !file.has_events ? "" : ": ",
-                         cli.has_events ? "--events" : file.has_events ? "events" : "events (beside the socket)");
-                snprintf(wm, sizeof(wm), "%s%s%s", cli.has_metrics || !file.has_metrics ? "" : c.config_path,
-                         cli.has_metrics || !file.has_metrics ? "" : ": ",
-                         cli.has_metrics ? "--metrics" : file.has_metrics ? "metrics" : "metrics (the default)");
+                setting_name(ws, sizeof(ws), cli.has_socket, file.has_socket, c.config_path, "--socket", "socket",
+                             "KVPOOL_SOCKET");
+                setting_name(we, sizeof(we), cli.has_events, file.has_events, c.config_path, "--events", "events",
+                             "events (beside the socket)");
+                setting_name(wm, sizeof(wm), cli.has_metrics, file.has_metrics, c.config_path, "--metrics",
+                             "metrics", "metrics (the default)");
                 if ((r = check_url(ws, c.socket_url, err, errlen)) ||
                     (c.events_url && (r = check_url(we, c.events_url, err, errlen))))
                         goto out;

@@ -175,6 +175,7 @@ Test(config, repeated_keys_and_trailing_text)
         expect_file_error("{\"pools\": [" POOL_OK "]}\n{\"pools\": 5}", "line 2", "text after the JSON object");
         expect_file_error("{\"pools\": [" POOL_OK "]}, garbage", "text after", NULL);
         expect_file_error("{\"pools\": []}", "pools: an empty list", NULL);
+        expect_file_error("{\"socket\": \"bogus://x\"}", ": socket: \"bogus://x\"", "expected an nng URL");
         /* STATUS echoes configured strings (a scale file's path) as JSON:
          * the file must be UTF-8, as JSON text is */
         expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"fp8_e4m3\", \"layers\": 2, \"kv_heads\": 2, "
