@@ -33,22 +33,8 @@
 #include "kv_cuda_common.cuh"
 #include "kv_attn_common.cuh"
 #include "kv_attn_decode.cuh"
+#include "kv_attn_prefill.cuh"
 #include "kv_ref_common.h"
-
-/* Raises kernel k's dynamic shared memory limit to bytes, once per device
- * (the attribute is per device context; dev is the current device).
- * Returns a cudaError_t. */
-template <typename K>
-static int smem_limit(K k, int bytes, int dev, std::atomic<uint64_t> &done)
-{
-        const uint64_t bit = dev < 64 ? 1ull << dev : 0;
-        if (bit && (done.load(std::memory_order_acquire) & bit))
-                return 0;
-        cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-        if (e == cudaSuccess && bit)
-                done.fetch_or(bit, std::memory_order_release);
-        return (int)e;
-}
 
 /* Launches attn_kernel<DT, D, QLO> on grid, or, with ret_occ, only stores
  * how many of its CTAs fit on one SM (cached per device; dev is the current
@@ -59,7 +45,7 @@ static int launch_q(const kva::params &p, dim3 grid, cudaStream_t st, int dev, i
         static std::atomic<uint64_t> done(0);
         static std::atomic<int> occ_cache[64];
         constexpr int smem = kva::tgeo<DT, D>::SMEM;
-        int e = smem_limit(kva::attn_kernel<DT, D, QLO>, smem, dev, done);
+        int e = kvk::smem_limit(kva::attn_kernel<DT, D, QLO>, smem, dev, done);
         if (e != 0)
                 return e;
         if (ret_occ) {
@@ -93,15 +79,8 @@ static int launch(const kva::params &p, dim3 grid, cudaStream_t st, int dev, int
                 e = launch_q<DT, D, kva::dtraits<DT>::bf>(p, grid, st, dev, ret_occ);
         else
                 e = launch_q<DT, D, false>(p, grid, st, dev, ret_occ);
-        if (e == 0 && !ret_occ && p.splits > 1) {
-                /* programmatic dependent launch: the reduction's CTAs are
-                 * scheduled while the split kernel runs (it triggers at
-                 * its start) and wait in griddepcontrol.wait until it has
-                 * completed and its partials are visible; this hides the
-                 * launch gap between the two kernels */
-                const kvk::launch_cfg lc(dim3((unsigned)((uint64_t)p.rows * p.Hq)), dim3(128), st, true);
-                e = (int)cudaLaunchKernelEx(&lc.cfg, kva::attn_reduce<D>, p);
-        }
+        if (e == 0 && !ret_occ && p.splits > 1)
+                e = kva::launch_reduce<D>(p, st);
         return e;
 }
 
@@ -248,13 +227,31 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         if (r != 0)
                 return kv_cuda_errno(r, c->op, msg, msglen);
 
+        /* Extend with, on average, at least two query tiles (128 query
+         * vectors: rows x q heads per kv head) per sequence takes the tiled
+         * kernel (kv_attn_prefill.cuh), which reads each key once per 64
+         * vectors instead of once per row; decode, and extend with few rows
+         * per sequence, the decode kernel (measured on the H200: 16 new
+         * rows x 4 q heads over 4k keys ran 13% faster there, 128 rows 1.7x
+         * slower).  f16 q on a bf16-compute pool stays on the decode kernel
+         * (its exact two-term q). */
+        const bool bfc = dt == KVC_DTYPE_BF16 || dt == KVC_DTYPE_FP4_E2M1;
+        const bool tiled = KVA_PREFILL && c->qo_indptr && !(bfc && c->elem == KVC_ELEM_F16) &&
+                           (uint64_t)rows * p.G >= 128ull * c->batch;
+        /* tiled grid.x: base(B) = B + rows * G / 64 tiles per kv head */
+        const uint64_t ptiles = (uint64_t)c->batch + (uint64_t)rows * p.G / kva::PQV;
+
         /* split plan: when the CTAs of (row, kv head, head group) fill less
          * than one wave of the GPU, split the keys so that they make about
          * one full wave (the kernel's occupancy decides how many CTAs fit),
-         * chunks of at least 128 keys, a multiple of 64 (4 warps x 16 keys) */
+         * chunks of at least 128 keys, a multiple of 64 (4 warps x 16 keys;
+         * the tiled kernel's key tiles are 64 or 32) */
         r = -EINVAL;
-        if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, dim3(), NULL, dev, &occ); }) ||
-            r < 0)
+        if (tiled)
+                r = kv_prefill_launch((int)dt, D, p, dim3(), NULL, dev, &occ);
+        else if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, dim3(), NULL, dev, &occ); }))
+                r = -EINVAL;
+        if (r < 0)
                 return kv_fail(-EINVAL, msg, msglen, "%s: no kernel for dtype %d head_dim %u", c->op, (int)dt, D);
         if (r > 0)
                 return kv_cuda_errno(r, c->op, msg, msglen);
@@ -263,7 +260,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         if (sms < 1) /* the driver reports at least one; never divide by 0 below */
                 sms = 1;
         const uint64_t hgt = (uint64_t)H * p.head_groups;
-        const uint64_t ctas = (uint64_t)rows * hgt;
+        const uint64_t ctas = tiled ? ptiles * H : (uint64_t)rows * hgt;
         const uint64_t slots = (uint64_t)occ * (uint64_t)sms;
         uint64_t splits = 1;
         if (2 * ctas <= slots && max_len > 128) {
@@ -324,7 +321,10 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * heads), not one head's slice of many rows.  The dtype and head_dim
          * have a kernel (the occupancy query above): r is 0 or a cudaError_t */
         dim3 grid((unsigned)ctas, p.splits);
-        kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st, dev, NULL); });
+        if (tiled)
+                r = kv_prefill_launch((int)dt, D, p, grid, st, dev, NULL);
+        else
+                kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st, dev, NULL); });
         cudaError_t e = r > 0 ? (cudaError_t)r : cudaGetLastError();
         if (ws)
                 cudaFreeAsync(ws, st);

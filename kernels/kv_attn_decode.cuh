@@ -493,6 +493,19 @@ __global__ void __launch_bounds__(128) attn_reduce(const params p)
         }
 }
 
+/* Launches attn_reduce<D> for p (p.splits > 1) on st as a programmatic
+ * dependent of the split kernel just launched there: its CTAs are
+ * scheduled while that kernel runs (it triggers at its start) and wait in
+ * griddepcontrol.wait until it has completed and its partials are
+ * visible, which hides the launch gap between the two.  Returns a
+ * cudaError_t. */
+template <int D>
+static inline int launch_reduce(const params &p, cudaStream_t st)
+{
+        const kvk::launch_cfg lc(dim3((unsigned)((uint64_t)p.rows * p.Hq)), dim3(128), st, true);
+        return (int)cudaLaunchKernelEx(&lc.cfg, attn_reduce<D>, p);
+}
+
 } // namespace kva
 #endif /* __CUDACC__ */
 #endif

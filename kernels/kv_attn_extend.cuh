@@ -2,7 +2,8 @@
  * extend (chunked prefill): which sequence a query row belongs to and how
  * many keys it sees.
  *
- * Extend reuses the decode kernel (kv_attn_decode.cuh): a query row of
+ * With few rows per sequence extend runs the decode kernel
+ * (kv_attn_decode.cuh; with many, kv_attn_prefill.cuh): a query row of
  * extend is a decode row whose sequence is found through qo_indptr and whose
  * length is its causal horizon.  Query i of sequence b (rows
  * [qo_indptr[b], qo_indptr[b+1])) sits at position seq_len[b] - n_b + i and

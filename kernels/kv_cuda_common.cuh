@@ -56,6 +56,7 @@ int kv_cuda_check_aligned(const struct kv_pool_view *p, uint32_t layer, const ch
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
+#include <atomic>
 #include "kv_codec.h"
 
 namespace kvk {
@@ -362,6 +363,22 @@ static inline bool with_dtype(enum kvc_dtype d, F &&f)
         case KVC_DTYPE_FP4_E2M1: f(dtype_tag<KVC_DTYPE_FP4_E2M1>()); return true;
         default: return false;
         }
+}
+
+/* Raises kernel k's dynamic shared memory limit to bytes, once per device
+ * (the attribute is per device context; dev is the current device; done
+ * is the caller's per-kernel bit set of devices already raised).  Returns
+ * a cudaError_t. */
+template <typename K>
+static inline int smem_limit(K k, int bytes, int dev, std::atomic<uint64_t> &done)
+{
+        const uint64_t bit = dev < 64 ? 1ull << dev : 0;
+        if (bit && (done.load(std::memory_order_acquire) & bit))
+                return 0;
+        cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+        if (e == cudaSuccess && bit)
+                done.fetch_or(bit, std::memory_order_release);
+        return (int)e;
 }
 
 /* Grid-stride helper: a 1-D launch of enough blocks to cover n items, capped

@@ -9,7 +9,8 @@
  * 256} x page size {1, 16, 128}: ragged lengths including 0, 1, a page
  * exactly, a page plus one, and random ones; GQA groups 1..12 (one and two
  * head groups of the kernel); bf16 and f16 q/out.  Then long sequences up to
- * 32k keys, a device page id out of range (the key is skipped), and every
+ * 32k keys, extend with many rows per sequence (the tiled kernel, its key
+ * split included), a device page id out of range (the key is skipped), and every
  * argument error before any launch.  Pass: for every (row, head), ||gpu -
  * ref|| / ||ref|| <= 1e-2, no NaN, and rows that see no key are exactly 0. */
 #include <errno.h>
@@ -315,6 +316,48 @@ static void long_sequences(void)
         q_shift = 0;
 }
 
+/* Extend with many rows per sequence: the tiled kernel
+ * (kv_attn_prefill.cuh, taken when rows x q heads per kv head average at
+ * least 128 per sequence).  Tiles of 64 query vectors that cut a row's heads
+ * (G = 3, 5), rows that see a whole prefill (no cached keys), sequences
+ * with 0 and 1 new rows next to long ones, page sizes that are not a
+ * multiple of the 64-key tile, every dtype and head_dim, both q types (f16
+ * q on a bf16/fp4 pool falls back to the decode kernel), and a long prefix
+ * under few tiles, which splits the keys and runs the reduction. */
+static void prefill_tiles(void)
+{
+        static const enum kvc_dtype dts[] = { KVC_DTYPE_BF16, KVC_DTYPE_FP16, KVC_DTYPE_FP8_E4M3,
+                                              KVC_DTYPE_FP8_E5M2, KVC_DTYPE_FP4_E2M1 };
+        static const uint32_t Ds[] = { 64, 128, 256 }, pss[] = { 16, 1, 48 }, Gs[] = { 4, 1, 3, 8, 5 };
+        uint64_t seed = 300;
+
+        for (int di = 0; di < 5; di++) {
+                for (int hi = 0; hi < 3; hi++) {
+                        const uint32_t D = Ds[hi], ps = pss[(di + hi) % 3], G = Gs[(di + 2 * hi) % 5];
+                        const uint32_t H = 1 + (uint32_t)((di + hi) % 2);
+                        const enum kvc_elem e = (di + hi) % 2 ? KVC_ELEM_F16 : KVC_ELEM_BF16;
+                        /* cached + new: 180 + 520, a whole prefill of 129,
+                         * 64 + 33, 1 + 1, 17 + 0 (683 rows: tiled at G = 1) */
+                        int32_t qn[5] = { 520, 129, 33, 1, 0 };
+                        int32_t el[5] = { 700, 129, 97, 2, 17 };
+                        run_case(dts[di], D, ps, H, G, 5, el, qn, e, ++seed);
+                }
+        }
+        /* one sequence, a long prefix, 40 new rows: 3 tiles per kv head, so
+         * the keys are split (partials and attn_reduce) */
+        int32_t l1[1] = { 20040 }, q1[1] = { 40 };
+        run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 2, 4, 1, l1, q1, KVC_ELEM_BF16, 401);
+        run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 1, l1, q1, KVC_ELEM_BF16, 402);
+        run_case(KVC_DTYPE_BF16, 256, 32, 1, 8, 1, l1, q1, KVC_ELEM_BF16, 403);
+        run_case(KVC_DTYPE_FP16, 64, 16, 2, 4, 1, l1, q1, KVC_ELEM_F16, 404);
+        /* q only 2-byte aligned: the element-wise q load */
+        q_shift = 1;
+        int32_t l2[2] = { 700, 64 }, q2[2] = { 300, 64 };
+        run_case(KVC_DTYPE_FP8_E5M2, 128, 16, 2, 4, 2, l2, q2, KVC_ELEM_BF16, 405);
+        run_case(KVC_DTYPE_FP4_E2M1, 64, 16, 2, 4, 2, l2, q2, KVC_ELEM_BF16, 406);
+        q_shift = 0;
+}
+
 /* More CTAs than the GPU holds at once (several waves, no split), every
  * pool dtype, both q types: ragged lengths with empty rows, one-key rows
  * and rows of whole pages, so that some warps of a CTA have no keys. */
@@ -543,6 +586,7 @@ int main(int argc, char **argv)
         (void)argc;
         shapes();
         long_sequences();
+        prefill_tiles();
         many_rows();
         bad_page();
         arg_errors();
