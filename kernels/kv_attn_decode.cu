@@ -147,6 +147,41 @@ static int sm_count(int dev, int *ret)
         return 0;
 }
 
+/* The tiled extend kernel's m-tiles per warp (*ret_mt), tiles per kv head
+ * (*ret_tiles: base(B) = B + rows * G / QV, see kv_attn_prefill.cuh) and
+ * CTAs per SM (*ret_occ).  Two m-tiles (128 query vectors per CTA) read
+ * each K/V fragment from shared memory once for two mmas but make half as
+ * many CTAs, and a CTA holds an SM's tensor cores only while the CTAs
+ * beside it wait for their tiles: they are taken when they make at least
+ * one wave, one m-tile when its CTAs fill more than half a wave without a
+ * split, and two again when neither does (both would split the keys).
+ * Measured on the H200 (docs/benchmarks.md "Extend attention"): 1 x 512
+ * new rows over 4k keys, 8 kv heads x 4 q heads, ran as 136 CTAs of 128
+ * vectors (about one per SM) in 390-400 us, as 264 of 64 in 275-357 us;
+ * with 8 x 512 rows, two m-tiles were 13-21% faster. */
+static int plan_tiles(enum kvc_dtype dt, uint32_t D, const kva::params &p, uint32_t rows, uint32_t batch,
+                      uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles, int *ret_occ)
+{
+        int occ1 = 1, occ2 = 1, r;
+        const uint64_t t1 = batch + (uint64_t)rows * p.G / kva::pqv(1);
+        const uint64_t t2 = batch + (uint64_t)rows * p.G / kva::pqv(2);
+        if ((r = kv_prefill_launch((int)dt, D, 1, p, dim3(), NULL, dev, &occ1)) != 0)
+                return r;
+        int mt = 1;
+        if (D <= 128) {
+                if ((r = kv_prefill_launch((int)dt, D, 2, p, dim3(), NULL, dev, &occ2)) != 0)
+                        return r;
+                const uint64_t slots1 = (uint64_t)(occ1 > 0 ? occ1 : 1) * sms;
+                const uint64_t slots2 = (uint64_t)(occ2 > 0 ? occ2 : 1) * sms;
+                if (t2 * H >= slots2 || 2 * t1 * H <= slots1)
+                        mt = 2;
+        }
+        *ret_mt = mt;
+        *ret_tiles = mt == 2 ? t2 : t1;
+        *ret_occ = mt == 2 ? occ2 : occ1;
+        return 0;
+}
+
 extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_attn_call *c, void *stream,
                                 char *msg, size_t msglen)
 {
@@ -238,17 +273,19 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         const bool bfc = dt == KVC_DTYPE_BF16 || dt == KVC_DTYPE_FP4_E2M1;
         const bool tiled = KVA_PREFILL && c->qo_indptr && !(bfc && c->elem == KVC_ELEM_F16) &&
                            (uint64_t)rows * p.G >= 128ull * c->batch;
-        /* tiled grid.x: base(B) = B + rows * G / 64 tiles per kv head */
-        const uint64_t ptiles = (uint64_t)c->batch + (uint64_t)rows * p.G / kva::PQV;
 
         /* split plan: when the CTAs of (row, kv head, head group) fill less
          * than one wave of the GPU, split the keys so that they make about
          * one full wave (the kernel's occupancy decides how many CTAs fit),
          * chunks of at least 128 keys, a multiple of 64 (4 warps x 16 keys;
          * the tiled kernel's key tiles are 64 or 32) */
+        if (sms < 1) /* the driver reports at least one; never divide by 0 below */
+                sms = 1;
         r = -EINVAL;
+        int mt = 0;          /* the tiled kernel's m-tiles per warp */
+        uint64_t ptiles = 0; /* and its tiles per kv head (grid.x / kv heads) */
         if (tiled)
-                r = kv_prefill_launch((int)dt, D, p, dim3(), NULL, dev, &occ);
+                r = plan_tiles(dt, D, p, rows, c->batch, H, dev, sms, &mt, &ptiles, &occ);
         else if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, dim3(), NULL, dev, &occ); }))
                 r = -EINVAL;
         if (r < 0)
@@ -257,8 +294,6 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 return kv_cuda_errno(r, c->op, msg, msglen);
         if (occ < 1)
                 occ = 1;
-        if (sms < 1) /* the driver reports at least one; never divide by 0 below */
-                sms = 1;
         const uint64_t hgt = (uint64_t)H * p.head_groups;
         const uint64_t ctas = tiled ? ptiles * H : (uint64_t)rows * hgt;
         const uint64_t slots = (uint64_t)occ * (uint64_t)sms;
@@ -322,7 +357,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * have a kernel (the occupancy query above): r is 0 or a cudaError_t */
         dim3 grid((unsigned)ctas, p.splits);
         if (tiled)
-                r = kv_prefill_launch((int)dt, D, p, grid, st, dev, NULL);
+                r = kv_prefill_launch((int)dt, D, mt, p, grid, st, dev, NULL);
         else
                 kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st, dev, NULL); });
         cudaError_t e = r > 0 ? (cudaError_t)r : cudaGetLastError();

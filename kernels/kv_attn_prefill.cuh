@@ -1,41 +1,46 @@
 /* kv_attn_prefill.cuh - extend (chunked-prefill) attention over the
- * quantized pool in query tiles: the K/V tile a CTA reads serves 64 query
- * vectors, where the decode kernel (kv_attn_decode.cuh) reads a sequence's
+ * quantized pool in query tiles: the K/V tile a CTA reads serves 64 or 128
+ * query vectors, where the decode kernel (kv_attn_decode.cuh) reads a sequence's
  * keys once per query row.
  *
  * Why a second kernel.  Decode has one query row per sequence and is bound
  * by reading the pool; extend has many rows per sequence, and running the
  * decode kernel per row (what extend did first) reads each key once per row
- * and dequantizes it as often: on the H200 that was 5-9x slower than
+ * and dequantizes it as often: on the H200 that was 4-9x slower than
  * PyTorch's SDPA over dense bf16 at 128-2048 new tokens (docs/benchmarks.md,
  * "Extend attention").  Here the work is the usual flash-attention tiling
  * with the dequantization moved out of the inner loop: a K/V tile is
  * dequantized once into shared memory and every warp's mma reads it there.
  *
  * Work split.  The query vectors of (sequence b, kv head h) are its rows x
- * the G q heads of h, in (row, head) order; a CTA of 4 warps takes 64
- * consecutive ones (each warp 16, the mma's M), so a tile may hold parts of
- * two rows' heads: every vector has its own row, head and causal horizon.
- * Tile j of the grid belongs to the sequence b with base(b) <= j <
- * base(b+1), base(b) = b + floor(qo_indptr[b] * G / 64): no per-sequence
- * prefix sum is needed, at the cost of at most one empty CTA per sequence
- * (it returns at once).  grid.x = tiles * kv_heads (h = x % kv_heads),
- * grid.y = splits of the keys (flash-decoding), combined by attn_reduce.
+ * the G q heads of h, in (row, head) order; a CTA of 4 warps takes QV
+ * consecutive ones (each warp MT m-tiles of 16, the mma's M: MT = 2 up to
+ * head_dim 128, so that every K and V fragment read from shared memory
+ * feeds two mmas; 1 at 256), so a tile may hold parts of two rows' heads:
+ * every vector has its own row, head and causal horizon.  Tile j of the
+ * grid belongs to the sequence b with base(b) <= j < base(b+1), base(b) = b
+ * + floor(qo_indptr[b] * G / QV): no per-sequence prefix sum is needed, at
+ * the cost of at most one empty CTA per sequence (it returns at once).
+ * grid.x = tiles * kv_heads (h = x % kv_heads), grid.y = splits of the keys
+ * (flash-decoding), combined by attn_reduce.
  *
- * Per 64-key tile (32 at head_dim 256) the CTA copies the tile's K and V
- * rows of head h with cp.async, one tile ahead: 16-bit pools straight into
+ * Per key tile (KT = 64 keys, 32 where the registers need it) the CTA copies
+ * the tile's K and V rows of head h with cp.async, two tiles ahead (one
+ * where shared memory would not hold three stages twice per SM; one or two
+ * threads per row, one page lookup each): 16-bit pools straight into
  * the compute tiles, quantized pools into a raw stage that all threads then
  * dequantize into the compute tiles (the conversions of kv_attn_deq.cuh,
  * exact; fp4 pairs land as elements (i, i+4) of each group of 8, the order
  * fp4pair produces, and q is stored in the same order so the dot products
  * see matching dims; the output undoes it).  Keys past the split, past the
  * CTA's last horizon or on a page id outside [0, num_pages) are zero-filled
- * and masked.  Each warp then computes, with g = lane/4, t = lane%4:
- *   S[16 vectors x KT keys] = Q K^T   A = Q (ldmatrix, kept in registers
- *                                      up to head_dim 128), B = K rows
- *                                      (ldmatrix: key rows, dims along k)
- *   online softmax per vector row (rows g and g+8 of the warp), the causal
- *   mask per vector's horizon
+ * and masked.  Each warp then computes, per m-tile, with g = lane/4, t =
+ * lane%4:
+ *   S[16 vectors x KT keys] = Q K^T   A = Q (ldmatrix; kept in registers
+ *                                      when MT = 1 and head_dim <= 128), B =
+ *                                      K rows (ldmatrix: keys along n)
+ *   online softmax per vector row (rows g and g+8 of the m-tile), the causal
+ *   mask per vector's horizon (skipped for tiles every row sees whole)
  *   O[16 x D] += P V                  A = P (the S accumulators repacked),
  *                                      B = V (ldmatrix.trans of key rows)
  * Compute rows are 2 * D + 16 bytes apart in shared memory so that the 8
@@ -58,26 +63,40 @@
 
 namespace kva {
 
-constexpr int PQV = 64; /* query vectors per CTA: 4 warps x 16 mma rows */
+/* Query vectors per CTA: 4 warps x MT m-tiles of 16 mma rows. */
+__host__ __device__ constexpr int pqv(int MT)
+{
+        return WARPS * 16 * MT;
+}
 
-/* Shared-memory geometry of prefill_kernel<DT, D>. */
-template <int DT, int D>
+/* Shared-memory geometry of prefill_kernel<DT, D, MT>. */
+template <int DT, int D, int MT_>
 struct pgeo {
         static constexpr int bits = dtraits<DT>::bits;
         static constexpr bool Q8 = bits < 16;            /* raw stage + dequantization pass */
         static constexpr bool FP4 = DT == KVC_DTYPE_FP4_E2M1;
-        static constexpr int KT = D == 256 ? 32 : 64;    /* keys per tile */
+        static constexpr int MT = MT_, QV = pqv(MT_);
+        /* keys per tile: 32 where 64 would not fit the registers next to
+         * the accumulators (S and O of MT m-tiles) */
+        static constexpr int KT = D == 256 || (D == 128 && MT == 2) ? 32 : 64;
         static constexpr int RS = 2 * D + 16;            /* compute row stride, bytes */
         static constexpr int RB = D * bits / 8;          /* raw row bytes (one head) */
         static constexpr int CPR = RB / 16;              /* 16-byte chunks per raw row */
+        static constexpr int TPR = THREADS / (2 * KT);   /* threads copying one K or V row */
         static constexpr int SB = FP4 ? D / 16 : 0;      /* fp4 scale bytes per row */
         static constexpr int CT = KT * RS;               /* one compute tile (K or V) */
-        static constexpr int QBYTES = PQV * RS;
-        static constexpr int KVOFF = QBYTES;             /* compute tiles: K0 V0 (K1 V1 for 16-bit) */
-        static constexpr int RAWOFF = KVOFF + (Q8 ? 2 : 4) * CT;
+        static constexpr int QBYTES = QV * RS;
         static constexpr int RAWST = Q8 ? 2 * KT * (RB + SB) : 0; /* one raw stage: K, V rows, K, V scales */
-        static constexpr int SMEM = RAWOFF + 2 * RAWST;
-        static constexpr bool QREG = D <= 128;           /* Q fragments held in registers */
+        static constexpr int smem_for(int ns) { return QBYTES + (Q8 ? 2 : 2 * ns) * CT + ns * RAWST; }
+        /* stages of the copy pipeline: 3 (two tiles in flight while one is
+         * computed) where two CTAs still fit an SM's 228 KiB, else 2 */
+        static constexpr int NS = smem_for(3) <= 112 * 1024 ? 3 : 2;
+        static constexpr int KVOFF = QBYTES;             /* compute tiles: K V (one pair per stage for 16-bit) */
+        static constexpr int RAWOFF = KVOFF + (Q8 ? 2 : 2 * NS) * CT;
+        static constexpr int SMEM = smem_for(NS);
+        static constexpr bool QREG = MT == 1 && D <= 128; /* Q fragments held in registers */
+        static_assert(TPR == 1 || TPR == 2, "the K rows are copied by warps 0 and 1 (the key mask)");
+        static_assert(CPR % TPR == 0, "a row's chunks split evenly over its threads");
 };
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p)
@@ -99,10 +118,10 @@ __device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], uint32_t addr)
                      : "r"(addr));
 }
 
-/* First grid tile of sequence b (see the file comment). */
-__device__ __forceinline__ uint64_t ptile_base(const params &p, uint32_t b)
+/* First grid tile of sequence b (see the file comment; QV vectors a tile). */
+__device__ __forceinline__ uint64_t ptile_base(const params &p, uint32_t b, int QV)
 {
-        return b + (uint64_t)(uint32_t)__ldg(p.qo_indptr + b) * p.G / PQV;
+        return b + (uint64_t)(uint32_t)__ldg(p.qo_indptr + b) * p.G / QV;
 }
 
 /* The pool dim at compute position pos (fp4: groups of 8 hold elements
@@ -145,16 +164,18 @@ __device__ __forceinline__ void deq_chunk(uint4 x, uint32_t sc, uint8_t *dst)
         }
 }
 
-/* Dynamic shared memory: pgeo<DT, D>::SMEM bytes. */
-template <int DT, int D>
+/* MT: m-tiles per warp (1 or 2; 2 only up to head_dim 128, where the
+ * accumulators of two fit the registers).  Dynamic shared memory:
+ * pgeo<DT, D, MT>::SMEM bytes. */
+template <int DT, int D, int MT_>
 __global__ void __launch_bounds__(THREADS, 2) prefill_kernel(const params p)
 {
-        typedef pgeo<DT, D> PG;
+        typedef pgeo<DT, D, MT_> PG;
         constexpr bool BF = dtraits<DT>::bf;
-        constexpr int KT = PG::KT, NT = KT / 8, KC = D / 16, ND = D / 8, RS = PG::RS;
+        constexpr int KT = PG::KT, NT = KT / 8, KC = D / 16, ND = D / 8, RS = PG::RS, MT = PG::MT, QV = PG::QV;
 
         extern __shared__ __align__(128) uint8_t dsm[];
-        __shared__ uint32_t kmask[2][2]; /* valid keys of each stage's tile, bit per key */
+        __shared__ uint32_t kmask[PG::NS][2]; /* valid keys of each stage's tile, bit per key */
 
         kvk::grid_dep_launch();
 
@@ -166,7 +187,7 @@ __global__ void __launch_bounds__(THREADS, 2) prefill_kernel(const params p)
         uint32_t lo = 0, hi = p.batch;
         while (hi - lo > 1) {
                 const uint32_t mid = (lo + hi) / 2;
-                if (ptile_base(p, mid) <= j)
+                if (ptile_base(p, mid, QV) <= j)
                         lo = mid;
                 else
                         hi = mid;
@@ -175,7 +196,7 @@ __global__ void __launch_bounds__(THREADS, 2) prefill_kernel(const params p)
         const int64_t i0 = __ldg(p.qo_indptr + b), i1 = __ldg(p.qo_indptr + b + 1);
         const int64_t nb = i1 > i0 ? i1 - i0 : 0;
         const uint64_t nv = (uint64_t)nb * p.G;
-        const uint64_t v0 = (j - ptile_base(p, b)) * (uint64_t)PQV;
+        const uint64_t v0 = (j - ptile_base(p, b, QV)) * (uint64_t)QV;
         if (v0 >= nv)
                 return; /* an empty tile: no vector, nothing to write */
 
@@ -187,7 +208,7 @@ __global__ void __launch_bounds__(THREADS, 2) prefill_kernel(const params p)
                 const int64_t x = hbase + (int64_t)(v / p.G);
                 return x < 0 ? 0u : x > (int64_t)cap ? cap : (uint32_t)x;
         };
-        const uint64_t vlast = min(v0 + PQV, nv) - 1;
+        const uint64_t vlast = min(v0 + QV, nv) - 1;
         const uint32_t k_lo = split * p.chunk;
         const uint32_t k_hi = min(horizon(vlast), k_lo + p.chunk);
         const uint32_t ntiles = k_lo < k_hi ? (k_hi - k_lo + KT - 1) / KT : 0;
@@ -196,50 +217,62 @@ __global__ void __launch_bounds__(THREADS, 2) prefill_kernel(const params p)
         uint8_t *const qs = dsm;
         uint8_t *const raw = dsm + PG::RAWOFF;
 
-        /* copies of the tile starting at key kt into stage st */
+        /* Copies of the tile starting at key kt into stage st: TPR threads
+         * per K or V row (threads 0..127 take K rows 0..KT-1, then V rows),
+         * one page lookup per thread; the K-row threads' validity bits are
+         * the tile's key mask. */
+        const int cwhich = threadIdx.x / (KT * PG::TPR), ckey = threadIdx.x % (KT * PG::TPR) / PG::TPR;
+        const int cpart = threadIdx.x % PG::TPR;
         auto issue = [&](uint32_t kt, int st) {
                 uint8_t *dk = PG::Q8 ? raw + st * PG::RAWST : dsm + PG::KVOFF + st * 2 * PG::CT;
                 constexpr int ROW = PG::Q8 ? PG::RB : RS, HALF = PG::Q8 ? KT * PG::RB : PG::CT;
-                for (int i = threadIdx.x; i < 2 * KT * PG::CPR; i += THREADS) {
-                        const int which = i / (KT * PG::CPR), rem = i % (KT * PG::CPR);
-                        const int key = rem / PG::CPR, c = rem % PG::CPR;
-                        const int64_t slot = slot_of(p, pt, kt + key, k_hi);
-                        const uint8_t *src = (which ? p.v : p.k) + (uint64_t)(slot < 0 ? 0 : slot) * p.token_bytes +
-                                             h * p.head_bytes + c * 16;
-                        cp16<false>(smem_u32(dk + which * HALF + key * ROW + c * 16), src, slot >= 0, 0);
-                }
-                if constexpr (PG::FP4) {
-                        uint8_t *ds = raw + st * PG::RAWST + 2 * KT * PG::RB;
-                        for (int i = threadIdx.x; i < 2 * KT; i += THREADS) {
-                                const int which = i / KT, key = i % KT;
-                                const int64_t slot = slot_of(p, pt, kt + key, k_hi);
-                                const uint8_t *src = (which ? p.vs : p.ks) +
-                                                     (uint64_t)(slot < 0 ? 0 : slot) * p.stoken_bytes + h * p.shead_bytes;
-                                cpn<PG::SB, false>(smem_u32(ds + (which * KT + key) * PG::SB), src, slot >= 0, 0);
-                        }
-                }
-                if (warp == 0) {
+                constexpr int PER = PG::CPR / PG::TPR;
+                const int64_t slot = slot_of(p, pt, kt + ckey, k_hi);
+                const bool ok = slot >= 0;
+                const uint8_t *src = (cwhich ? p.v : p.k) + (uint64_t)(ok ? slot : 0) * p.token_bytes +
+                                     h * p.head_bytes + cpart * PER * 16;
+                const uint32_t dst = smem_u32(dk + cwhich * HALF + ckey * ROW + cpart * PER * 16);
 #pragma unroll
-                        for (int k = 0; k < KT; k += 32) {
-                                const uint32_t m = __ballot_sync(0xFFFFFFFFu, slot_of(p, pt, kt + k + lane, k_hi) >= 0);
-                                if (lane == 0)
-                                        kmask[st][k / 32] = m;
+                for (int c = 0; c < PER; c++)
+                        cp16<false>(dst + c * 16, src + c * 16, ok, 0);
+                if constexpr (PG::FP4) {
+                        if (cpart == 0) {
+                                uint8_t *ds = raw + st * PG::RAWST + 2 * KT * PG::RB;
+                                const uint8_t *ssrc = (cwhich ? p.vs : p.ks) + (uint64_t)(ok ? slot : 0) * p.stoken_bytes +
+                                                      h * p.shead_bytes;
+                                cpn<PG::SB, false>(smem_u32(ds + (cwhich * KT + ckey) * PG::SB), ssrc, ok, 0);
                         }
-                        if (KT == 32 && lane == 0)
-                                kmask[st][1] = 0;
+                }
+                /* the K-row threads are warps 0 and 1: each stores the
+                 * bits of its keys (32 with TPR 1, 16 with TPR 2, where
+                 * lanes 2k and 2k+1 hold key k); km below */
+                if (cwhich == 0) {
+                        uint32_t m = __ballot_sync(0xFFFFFFFFu, ok);
+                        if constexpr (PG::TPR == 2) {
+                                uint32_t e = 0;
+#pragma unroll
+                                for (int k = 0; k < 16; k++)
+                                        e |= ((m >> (2 * k)) & 1u) << k;
+                                m = e;
+                        }
+                        if (lane == 0)
+                                kmask[st][warp] = m;
                 }
         };
 
-        if (ntiles > 0)
-                issue(k_lo, 0);
-        cp_commit();
+#pragma unroll
+        for (int s0 = 0; s0 < PG::NS - 1; s0++) {
+                if ((uint32_t)s0 < ntiles)
+                        issue(k_lo + s0 * KT, s0);
+                cp_commit();
+        }
 
-        /* Q: the CTA's 64 vectors in the compute type and the compute dim
+        /* Q: the CTA's vectors in the compute type and the compute dim
          * order, zero for vectors past the sequence's rows */
         {
                 const uint16_t *q = (const uint16_t *)p.q;
                 const bool conv = !BF && p.elem == KVC_ELEM_BF16; /* bf16 q, f16 compute */
-                for (int i = threadIdx.x; i < PQV * (D / 8); i += THREADS) {
+                for (int i = threadIdx.x; i < QV * (D / 8); i += THREADS) {
                         const int vi = i / (D / 8), c = i % (D / 8);
                         const uint64_t v = v0 + vi;
                         uint32_t w[4] = { 0u, 0u, 0u, 0u };
@@ -276,12 +309,21 @@ __global__ void __launch_bounds__(THREADS, 2) prefill_kernel(const params p)
         }
         __syncthreads();
 
-        /* this warp's vectors: rows g and g+8 of its 16 */
-        const uint64_t va = v0 + warp * 16 + g, vb = va + 8;
-        const uint32_t hza = va < nv ? horizon(va) : 0u, hzb = vb < nv ? horizon(vb) : 0u;
-        const uint64_t vw = v0 + warp * 16;
-        const uint32_t hzmin = vw < nv && vw + 15 < nv ? horizon(vw) : 0u; /* every key below is seen by all 16 */
-        const uint32_t qrow = smem_u32(qs + (warp * 16 + (lane % 16)) * RS + (lane / 16) * 16);
+        /* this warp's vectors: m-tile mt holds vectors v0 + (warp * MT + mt)
+         * * 16 + 0..15; the thread's rows are g and g+8 of each */
+        uint64_t vr[MT][2];
+        uint32_t hz[MT][2];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                        vr[mt][r] = v0 + (warp * MT + mt) * 16 + g + 8 * r;
+                        hz[mt][r] = vr[mt][r] < nv ? horizon(vr[mt][r]) : 0u;
+                }
+        }
+        const uint64_t vw = v0 + warp * MT * 16, vwl = vw + MT * 16 - 1;
+        const uint32_t hzmin = vwl < nv ? horizon(vw) : 0u; /* every key below is seen by all the warp's rows */
+        const uint32_t qrow = smem_u32(qs + (warp * MT * 16 + (lane % 16)) * RS + (lane / 16) * 16);
         uint32_t qf[PG::QREG ? KC : 1][4];
         if constexpr (PG::QREG) {
 #pragma unroll
@@ -290,11 +332,16 @@ __global__ void __launch_bounds__(THREADS, 2) prefill_kernel(const params p)
         }
         const float qk = p.qk_scale_log2;
 
-        float o[ND][4];
+        float o[MT][ND][4];
 #pragma unroll
-        for (int i = 0; i < ND; i++)
-                o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-        float ma = -1e30f, mb = -1e30f, la = 0.0f, lb = 0.0f;
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int i = 0; i < ND; i++)
+                        o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.0f;
+        float m[MT][2], l[MT][2];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+                m[mt][0] = m[mt][1] = -1e30f, l[mt][0] = l[mt][1] = 0.0f;
 
         /* ldmatrix lane offsets: K as B of Q K^T (keys along n), V as B of
          * P V (keys along k, transposed) */
@@ -302,11 +349,13 @@ __global__ void __launch_bounds__(THREADS, 2) prefill_kernel(const params p)
         const int vrow = (lane % 8) + ((lane / 8) % 2) * 8, vcol = (lane / 16) * 16;
 
         for (uint32_t it = 0; it < ntiles; it++) {
-                const int st = it & 1;
-                if (it + 1 < ntiles)
-                        issue(k_lo + (it + 1) * KT, st ^ 1);
+                const int st = it % PG::NS;
+                /* tile it + NS - 1 goes into the stage tile it - 1 used,
+                 * which every thread is done with (the loop's last sync) */
+                if (it + PG::NS - 1 < ntiles)
+                        issue(k_lo + (it + PG::NS - 1) * KT, (it + PG::NS - 1) % PG::NS);
                 cp_commit();
-                cp_wait<1>();
+                cp_wait<PG::NS - 1>(); /* this thread's copies of tile it are done */
                 __syncthreads();
 
                 const uint8_t *kt_s, *vt_s;
@@ -331,95 +380,113 @@ __global__ void __launch_bounds__(THREADS, 2) prefill_kernel(const params p)
                 }
 
                 /* ---- S = Q K^T */
-                float s[NT][4];
+                float s[MT][NT][4];
 #pragma unroll
-                for (int i = 0; i < NT; i++)
-                        s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                        for (int i = 0; i < NT; i++)
+                                s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.0f;
                 const uint32_t kbase = smem_u32(kt_s) + krow * RS + kcol;
 #pragma unroll
                 for (int kc = 0; kc < KC; kc++) {
-                        uint32_t a[4];
-                        if constexpr (PG::QREG) {
-                                a[0] = qf[kc][0];
-                                a[1] = qf[kc][1];
-                                a[2] = qf[kc][2];
-                                a[3] = qf[kc][3];
-                        } else {
-                                ldsm4(a, qrow + kc * 32);
+                        uint32_t a[MT][4];
+#pragma unroll
+                        for (int mt = 0; mt < MT; mt++) {
+                                if constexpr (PG::QREG) {
+                                        a[mt][0] = qf[kc][0];
+                                        a[mt][1] = qf[kc][1];
+                                        a[mt][2] = qf[kc][2];
+                                        a[mt][3] = qf[kc][3];
+                                } else {
+                                        ldsm4(a[mt], qrow + mt * 16 * RS + kc * 32);
+                                }
                         }
 #pragma unroll
                         for (int nt = 0; nt < NT; nt += 2) {
                                 uint32_t bf[4];
                                 ldsm4(bf, kbase + nt * 8 * RS + kc * 32);
-                                mma<BF>(s[nt], a[0], a[1], a[2], a[3], bf[0], bf[1]);
-                                mma<BF>(s[nt + 1], a[0], a[1], a[2], a[3], bf[2], bf[3]);
+#pragma unroll
+                                for (int mt = 0; mt < MT; mt++) {
+                                        mma<BF>(s[mt][nt], a[mt][0], a[mt][1], a[mt][2], a[mt][3], bf[0], bf[1]);
+                                        mma<BF>(s[mt][nt + 1], a[mt][0], a[mt][1], a[mt][2], a[mt][3], bf[2], bf[3]);
+                                }
                         }
                 }
 
-                /* ---- mask, online softmax of rows g (a) and g+8 (b) */
+                /* ---- mask, online softmax of each m-tile's rows g and g+8 */
                 const uint32_t kt = k_lo + it * KT;
-                const uint64_t km = (uint64_t)kmask[st][0] | (uint64_t)kmask[st][1] << 32;
+                const uint64_t km = (uint64_t)kmask[st][0] | (uint64_t)kmask[st][1] << (32 / PG::TPR);
                 const uint64_t kall = KT == 64 ? ~0ull : 0xFFFFFFFFull;
                 const bool full = km == kall && kt + KT <= hzmin;
-                float mxa = -INFINITY, mxb = -INFINITY;
+                bool moved = false;
+                float al[MT][2];
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
+                for (int mt = 0; mt < MT; mt++) {
+                        float mx[2] = { -INFINITY, -INFINITY };
 #pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                                const int kk = nt * 8 + 2 * t + e;
-                                const bool ok = (km >> kk) & 1u;
-                                const uint32_t key = kt + kk;
-                                s[nt][e] = full || (ok && key < hza) ? s[nt][e] * qk : -INFINITY;
-                                s[nt][2 + e] = full || (ok && key < hzb) ? s[nt][2 + e] * qk : -INFINITY;
-                                mxa = fmaxf(mxa, s[nt][e]);
-                                mxb = fmaxf(mxb, s[nt][2 + e]);
+                        for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+                                for (int e = 0; e < 4; e++) {
+                                        const int kk = nt * 8 + 2 * t + (e & 1), r = e / 2;
+                                        const bool ok = full || (((km >> kk) & 1u) && kt + kk < hz[mt][r]);
+                                        s[mt][nt][e] = ok ? s[mt][nt][e] * qk : -INFINITY;
+                                        mx[r] = fmaxf(mx[r], s[mt][nt][e]);
+                                }
                         }
-                }
 #pragma unroll
-                for (int x = 1; x < 4; x *= 2) {
-                        mxa = fmaxf(mxa, __shfl_xor_sync(0xFFFFFFFFu, mxa, x));
-                        mxb = fmaxf(mxb, __shfl_xor_sync(0xFFFFFFFFu, mxb, x));
-                }
-                const float mna = fmaxf(ma, mxa), mnb = fmaxf(mb, mxb);
-                const float aa = ex2(ma - mna), ab = ex2(mb - mnb);
-                ma = mna;
-                mb = mnb;
-                float sa = 0.0f, sb = 0.0f;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                        s[nt][0] = ex2(s[nt][0] - mna);
-                        s[nt][1] = ex2(s[nt][1] - mna);
-                        s[nt][2] = ex2(s[nt][2] - mnb);
-                        s[nt][3] = ex2(s[nt][3] - mnb);
-                        sa += s[nt][0] + s[nt][1];
-                        sb += s[nt][2] + s[nt][3];
-                }
-                la = la * aa + sa;
-                lb = lb * ab + sb;
-                if (__any_sync(0xFFFFFFFFu, aa != 1.0f || ab != 1.0f)) {
-#pragma unroll
-                        for (int i = 0; i < ND; i++) {
-                                o[i][0] *= aa;
-                                o[i][1] *= aa;
-                                o[i][2] *= ab;
-                                o[i][3] *= ab;
+                        for (int r = 0; r < 2; r++) {
+                                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFFFFFFu, mx[r], 1));
+                                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFFFFFFu, mx[r], 2));
+                                const float mn = fmaxf(m[mt][r], mx[r]);
+                                al[mt][r] = ex2(m[mt][r] - mn);
+                                moved |= al[mt][r] != 1.0f;
+                                m[mt][r] = mn;
                         }
+                        float sum[2] = { 0.0f, 0.0f };
+#pragma unroll
+                        for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+                                for (int e = 0; e < 4; e++) {
+                                        s[mt][nt][e] = ex2(s[mt][nt][e] - m[mt][e / 2]);
+                                        sum[e / 2] += s[mt][nt][e];
+                                }
+                        }
+                        l[mt][0] = l[mt][0] * al[mt][0] + sum[0];
+                        l[mt][1] = l[mt][1] * al[mt][1] + sum[1];
+                }
+                if (__any_sync(0xFFFFFFFFu, moved)) {
+#pragma unroll
+                        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                                for (int i = 0; i < ND; i++) {
+                                        o[mt][i][0] *= al[mt][0];
+                                        o[mt][i][1] *= al[mt][0];
+                                        o[mt][i][2] *= al[mt][1];
+                                        o[mt][i][3] *= al[mt][1];
+                                }
                 }
 
                 /* ---- O += P V */
                 const uint32_t vbase = smem_u32(vt_s) + vrow * RS + vcol;
 #pragma unroll
                 for (int kk = 0; kk < KT / 16; kk++) {
-                        const uint32_t a0 = pack2<BF>(s[2 * kk][0], s[2 * kk][1]);
-                        const uint32_t a1 = pack2<BF>(s[2 * kk][2], s[2 * kk][3]);
-                        const uint32_t a2 = pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-                        const uint32_t a3 = pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+                        uint32_t a[MT][4];
+#pragma unroll
+                        for (int mt = 0; mt < MT; mt++) {
+                                a[mt][0] = pack2<BF>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                                a[mt][1] = pack2<BF>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                                a[mt][2] = pack2<BF>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                                a[mt][3] = pack2<BF>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                        }
 #pragma unroll
                         for (int nd = 0; nd < ND; nd += 2) {
                                 uint32_t bf[4];
                                 ldsm4t(bf, vbase + kk * 16 * RS + nd * 16);
-                                mma<BF>(o[nd], a0, a1, a2, a3, bf[0], bf[1]);
-                                mma<BF>(o[nd + 1], a0, a1, a2, a3, bf[2], bf[3]);
+#pragma unroll
+                                for (int mt = 0; mt < MT; mt++) {
+                                        mma<BF>(o[mt][nd], a[mt][0], a[mt][1], a[mt][2], a[mt][3], bf[0], bf[1]);
+                                        mma<BF>(o[mt][nd + 1], a[mt][0], a[mt][1], a[mt][2], a[mt][3], bf[2], bf[3]);
+                                }
                         }
                 }
                 __syncthreads(); /* the stage and the compute tiles are free again */
@@ -429,34 +496,34 @@ __global__ void __launch_bounds__(THREADS, 2) prefill_kernel(const params p)
         /* ---- the row sums over the 4 lanes of a row, then the output (one
          * split) or the partial (m, l, unnormalized o) for attn_reduce */
 #pragma unroll
-        for (int x = 1; x < 4; x *= 2) {
-                la += __shfl_xor_sync(0xFFFFFFFFu, la, x);
-                lb += __shfl_xor_sync(0xFFFFFFFFu, lb, x);
-        }
+        for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-                const uint64_t v = r ? vb : va;
-                if (v >= nv)
-                        continue;
-                const float m = r ? mb : ma, l = r ? lb : la;
-                const uint64_t hq = ((uint64_t)i0 + v / p.G) * p.Hq + (uint64_t)h * p.G + v % p.G;
-                if (p.splits == 1) {
-                        const float norm = l > 0.0f ? p.out_scale / l : 0.0f;
+                for (int r = 0; r < 2; r++) {
+                        float lr = l[mt][r];
+                        lr += __shfl_xor_sync(0xFFFFFFFFu, lr, 1);
+                        lr += __shfl_xor_sync(0xFFFFFFFFu, lr, 2);
+                        const uint64_t v = vr[mt][r];
+                        if (v >= nv)
+                                continue;
+                        const uint64_t hq = ((uint64_t)i0 + v / p.G) * p.Hq + (uint64_t)h * p.G + v % p.G;
+                        if (p.splits == 1) {
+                                const float norm = lr > 0.0f ? p.out_scale / lr : 0.0f;
 #pragma unroll
-                        for (int nd = 0; nd < ND; nd++) {
-                                store_out(p, hq * D + pdim<DT>(nd * 8 + 2 * t), o[nd][2 * r] * norm);
-                                store_out(p, hq * D + pdim<DT>(nd * 8 + 2 * t + 1), o[nd][2 * r + 1] * norm);
-                        }
-                } else {
-                        float *po = p.part_o + (hq * p.splits + split) * D;
+                                for (int nd = 0; nd < ND; nd++) {
+                                        store_out(p, hq * D + pdim<DT>(nd * 8 + 2 * t), o[mt][nd][2 * r] * norm);
+                                        store_out(p, hq * D + pdim<DT>(nd * 8 + 2 * t + 1), o[mt][nd][2 * r + 1] * norm);
+                                }
+                        } else {
+                                float *po = p.part_o + (hq * p.splits + split) * D;
 #pragma unroll
-                        for (int nd = 0; nd < ND; nd++) {
-                                po[pdim<DT>(nd * 8 + 2 * t)] = o[nd][2 * r];
-                                po[pdim<DT>(nd * 8 + 2 * t + 1)] = o[nd][2 * r + 1];
-                        }
-                        if (t == 0) {
-                                p.part_ml[(hq * p.splits + split) * 2] = l > 0.0f ? m : -1e30f;
-                                p.part_ml[(hq * p.splits + split) * 2 + 1] = l;
+                                for (int nd = 0; nd < ND; nd++) {
+                                        po[pdim<DT>(nd * 8 + 2 * t)] = o[mt][nd][2 * r];
+                                        po[pdim<DT>(nd * 8 + 2 * t + 1)] = o[mt][nd][2 * r + 1];
+                                }
+                                if (t == 0) {
+                                        p.part_ml[(hq * p.splits + split) * 2] = lr > 0.0f ? m[mt][r] : -1e30f;
+                                        p.part_ml[(hq * p.splits + split) * 2 + 1] = lr;
+                                }
                         }
                 }
         }
@@ -464,11 +531,12 @@ __global__ void __launch_bounds__(THREADS, 2) prefill_kernel(const params p)
 
 } // namespace kva
 
-/* The prefill kernel for a pool dtype and head_dim, plus attn_reduce when
- * p.splits > 1 (kv_attn_prefill.cu), or with ret_occ only the CTAs of it
- * that fit on one SM of device dev (the current one).  Returns 0, a
- * cudaError_t (> 0), or -EINVAL for a dtype / head_dim without a kernel. */
-int kv_prefill_launch(int dtype, uint32_t D, const kva::params &p, dim3 grid, cudaStream_t st, int dev,
+/* The prefill kernel for a pool dtype, head_dim and m-tile count (1, or 2
+ * up to head_dim 128), plus attn_reduce when p.splits > 1
+ * (kv_attn_prefill.cu), or with ret_occ only the CTAs of it that fit on one
+ * SM of device dev (the current one).  Returns 0, a cudaError_t (> 0), or
+ * -EINVAL for a dtype / head_dim / m-tile count without a kernel. */
+int kv_prefill_launch(int dtype, uint32_t D, int mt, const kva::params &p, dim3 grid, cudaStream_t st, int dev,
                       int *ret_occ);
 
 #endif /* __CUDACC__ */

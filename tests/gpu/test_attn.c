@@ -350,6 +350,13 @@ static void prefill_tiles(void)
         run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 1, l1, q1, KVC_ELEM_BF16, 402);
         run_case(KVC_DTYPE_BF16, 256, 32, 1, 8, 1, l1, q1, KVC_ELEM_BF16, 403);
         run_case(KVC_DTYPE_FP16, 64, 16, 2, 4, 1, l1, q1, KVC_ELEM_F16, 404);
+        /* tiles of 64 vectors that fill more than half the GPU, of 128
+         * less than a wave: one m-tile per warp (on a 132-SM H200; any GPU
+         * runs one of the two and must match the reference) */
+        int32_t l3[1] = { 1200 }, q3[1] = { 1100 };
+        run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 1, l3, q3, KVC_ELEM_BF16, 407);
+        int32_t l4[1] = { 1750 }, q4[1] = { 1700 };
+        run_case(KVC_DTYPE_FP8_E5M2, 64, 16, 2, 4, 1, l4, q4, KVC_ELEM_F16, 408);
         /* q only 2-byte aligned: the element-wise q load */
         q_shift = 1;
         int32_t l2[2] = { 700, 64 }, q2[2] = { 300, 64 };
