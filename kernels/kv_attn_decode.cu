@@ -158,7 +158,7 @@ static int sm_count(int dev, int *ret)
  * Measured on the H200 (docs/benchmarks.md "Extend attention"): 1 x 512
  * new rows over 4k keys, 8 kv heads x 4 q heads, ran as 136 CTAs of 128
  * vectors (about one per SM) in 390-400 us, as 264 of 64 in 275-357 us;
- * with 8 x 512 rows, two m-tiles were 13-21% faster. */
+ * with 8 x 512 rows, two m-tiles were 13-27% faster. */
 static int plan_tiles(enum kvc_dtype dt, uint32_t D, const kva::params &p, uint32_t rows, uint32_t batch,
                       uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles, int *ret_occ)
 {
@@ -267,7 +267,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * kernel (kv_attn_prefill.cuh), which reads each key once per 64
          * vectors instead of once per row; decode, and extend with few rows
          * per sequence, the decode kernel (measured on the H200: 16 new
-         * rows x 4 q heads over 4k keys ran 13% faster there, 128 rows 1.7x
+         * rows x 4 q heads over 4k keys ran 13% faster there, 128 rows 2x
          * slower).  f16 q on a bf16-compute pool stays on the decode kernel
          * (its exact two-term q). */
         const bool bfc = dt == KVC_DTYPE_BF16 || dt == KVC_DTYPE_FP4_E2M1;
