@@ -44,27 +44,8 @@ static int launch_q(const kva::params &p, dim3 grid, cudaStream_t st, int dev, i
 {
         static std::atomic<uint64_t> done(0);
         static std::atomic<int> occ_cache[64];
-        constexpr int smem = kva::tgeo<DT, D>::SMEM;
-        int e = kvk::smem_limit(kva::attn_kernel<DT, D, QLO>, smem, dev, done);
-        if (e != 0)
-                return e;
-        if (ret_occ) {
-                int n = 0;
-                if (dev >= 0 && dev < 64 && (n = occ_cache[dev].load(std::memory_order_relaxed)) > 0) {
-                        *ret_occ = n;
-                        return 0;
-                }
-                e = (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kva::attn_kernel<DT, D, QLO>,
-                                                                      kva::THREADS, smem);
-                if (e != 0)
-                        return e;
-                if (dev >= 0 && dev < 64)
-                        occ_cache[dev].store(n, std::memory_order_relaxed);
-                *ret_occ = n;
-                return 0;
-        }
-        kva::attn_kernel<DT, D, QLO><<<grid, kva::THREADS, smem, st>>>(p);
-        return 0;
+        return kva::occupancy_or_launch(kva::attn_kernel<DT, D, QLO>, kva::tgeo<DT, D>::SMEM, p, grid, st, dev,
+                                        ret_occ, done, occ_cache);
 }
 
 /* The kernel for p (and, with splits, the reduction), or its occupancy

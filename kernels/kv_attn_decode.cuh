@@ -493,6 +493,37 @@ __global__ void __launch_bounds__(128) attn_reduce(const params p)
         }
 }
 
+/* The launch or occupancy query shared by the attention launchers: raises
+ * kernel k's dynamic shared memory limit to smem bytes on device dev (the
+ * current one; done: the caller's per-kernel set of devices already
+ * raised), then with ret_occ stores how many of its CTAs fit on one SM
+ * (cached per device in the caller's occ_cache[64]), else launches it on
+ * grid with p.  Returns a cudaError_t. */
+template <typename K>
+static inline int occupancy_or_launch(K k, int smem, const params &p, dim3 grid, cudaStream_t st, int dev,
+                                      int *ret_occ, std::atomic<uint64_t> &done, std::atomic<int> *occ_cache)
+{
+        int e = kvk::smem_limit(k, smem, dev, done);
+        if (e != 0)
+                return e;
+        if (ret_occ) {
+                int n = 0;
+                if (dev >= 0 && dev < 64 && (n = occ_cache[dev].load(std::memory_order_relaxed)) > 0) {
+                        *ret_occ = n;
+                        return 0;
+                }
+                e = (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, THREADS, smem);
+                if (e != 0)
+                        return e;
+                if (dev >= 0 && dev < 64)
+                        occ_cache[dev].store(n, std::memory_order_relaxed);
+                *ret_occ = n;
+                return 0;
+        }
+        k<<<grid, THREADS, smem, st>>>(p);
+        return 0;
+}
+
 /* Launches attn_reduce<D> for p (p.splits > 1) on st as a programmatic
  * dependent of the split kernel just launched there: its CTAs are
  * scheduled while that kernel runs (it triggers at its start) and wait in

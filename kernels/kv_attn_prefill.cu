@@ -8,34 +8,18 @@
 #include "kv_cuda_common.cuh"
 #include "kv_attn_prefill.cuh"
 
+/* The kernel for p (and, with splits, the reduction), or its occupancy
+ * (ret_occ).  Returns a cudaError_t. */
 template <int DT, int D, int MT>
 static int launch_p(const kva::params &p, dim3 grid, cudaStream_t st, int dev, int *ret_occ)
 {
         static std::atomic<uint64_t> done(0);
         static std::atomic<int> occ_cache[64];
-        constexpr int smem = kva::pgeo<DT, D, MT>::SMEM;
-        int e = kvk::smem_limit(kva::prefill_kernel<DT, D, MT>, smem, dev, done);
-        if (e != 0)
-                return e;
-        if (ret_occ) {
-                int n = 0;
-                if (dev >= 0 && dev < 64 && (n = occ_cache[dev].load(std::memory_order_relaxed)) > 0) {
-                        *ret_occ = n;
-                        return 0;
-                }
-                e = (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kva::prefill_kernel<DT, D, MT>, kva::THREADS,
-                                                                      smem);
-                if (e != 0)
-                        return e;
-                if (dev >= 0 && dev < 64)
-                        occ_cache[dev].store(n, std::memory_order_relaxed);
-                *ret_occ = n;
-                return 0;
-        }
-        kva::prefill_kernel<DT, D, MT><<<grid, kva::THREADS, smem, st>>>(p);
-        if (p.splits > 1)
-                return kva::launch_reduce<D>(p, st);
-        return 0;
+        int e = kva::occupancy_or_launch(kva::prefill_kernel<DT, D, MT>, kva::pgeo<DT, D, MT>::SMEM, p, grid, st,
+                                         dev, ret_occ, done, occ_cache);
+        if (e == 0 && !ret_occ && p.splits > 1)
+                e = kva::launch_reduce<D>(p, st);
+        return e;
 }
 
 int kv_prefill_launch(int dtype, uint32_t D, int mt, const kva::params &p, dim3 grid, cudaStream_t st, int dev,

@@ -193,8 +193,11 @@ __global__ void __launch_bounds__(THREADS, 2) prefill_kernel(const params p)
                         hi = mid;
         }
         const uint32_t b = lo;
-        const int64_t i0 = __ldg(p.qo_indptr + b), i1 = __ldg(p.qo_indptr + b + 1);
-        const int64_t nb = i1 > i0 ? i1 - i0 : 0;
+        /* qo_indptr is device memory the launcher only saw the host copy
+         * of: rows are kept inside [0, rows) whatever it holds */
+        const int64_t i0 = min(max((int64_t)__ldg(p.qo_indptr + b), (int64_t)0), (int64_t)p.rows);
+        const int64_t i1 = min(max((int64_t)__ldg(p.qo_indptr + b + 1), i0), (int64_t)p.rows);
+        const int64_t nb = i1 - i0;
         const uint64_t nv = (uint64_t)nb * p.G;
         const uint64_t v0 = (j - ptile_base(p, b, QV)) * (uint64_t)QV;
         if (v0 >= nv)

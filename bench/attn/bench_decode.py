@@ -68,6 +68,17 @@ def load(path):
     return lib
 
 
+def parse_heads(text):
+    """--heads HQ/KV -> (Hq, kv heads), or exit with what was wrong."""
+    try:
+        Hq, H = (int(x) for x in text.split("/"))
+    except ValueError:
+        sys.exit("--heads: want HQ/KV (e.g. 32/8), got %r" % text)
+    if H < 1 or Hq < H or Hq % H:
+        sys.exit("--heads %s: the query heads must be a positive multiple of the kv heads" % text)
+    return Hq, H
+
+
 class Barrier:
     """Lines up the timed measurements of several bench_decode.py processes
     (bench_decode_multi.py starts one per GPU): before each measurement, rank
@@ -181,12 +192,7 @@ def main():
     dev = torch.cuda.get_device_properties(0)
     stream = torch.cuda.current_stream().cuda_stream
     timer = Timer(args.reps, args.flush, lib, args.spin_us, Barrier(args.sync_dir, args.sync_rank, args.sync_world))
-    try:
-        Hq, H = (int(x) for x in args.heads.split("/"))
-    except ValueError:
-        sys.exit("--heads: want HQ/KV (e.g. 32/8), got %r" % args.heads)
-    if H < 1 or Hq < H or Hq % H:
-        sys.exit("--heads %s: the query heads must be a positive multiple of the kv heads" % args.heads)
+    Hq, H = parse_heads(args.heads)
     D, ps = 128, 16
     Bs = [1, 32] if args.quick else [1, 8, 32, 128]
     Ls = [4096, 32768] if args.quick else [1024, 4096, 16384, 32768]

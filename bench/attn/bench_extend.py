@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_decode import DTYPES, ELEM_BF16, Timer, find_lib, load  # noqa: E402
+from bench_decode import DTYPES, ELEM_BF16, Timer, find_lib, load, parse_heads  # noqa: E402
 
 SHAPES = "1x4096x16,1x4096x128,1x4096x512,1x4096x2048,8x4096x128,8x4096x512,4x16384x512,32x1024x64"
 
@@ -46,12 +46,7 @@ def main():
     u64, i32, f32, p = ctypes.c_uint64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
     lib.shim_extend.argtypes = [p, i32, u64, u64, i32, u64, ctypes.POINTER(ctypes.c_int32), u64, i32, u64,
                                 ctypes.POINTER(ctypes.c_int32), i32, i32, f32, u64]
-    try:
-        Hq, H = (int(x) for x in args.heads.split("/"))
-    except ValueError:
-        sys.exit("--heads: want HQ/KV (e.g. 32/8), got %r" % args.heads)
-    if H < 1 or Hq < H or Hq % H:
-        sys.exit("--heads %s: the query heads must be a positive multiple of the kv heads" % args.heads)
+    Hq, H = parse_heads(args.heads)
     try:
         shapes = [tuple(int(x) for x in sh.split("x")) for sh in args.shapes.split(",")]
     except ValueError:
