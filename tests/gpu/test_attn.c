@@ -318,8 +318,8 @@ static void long_sequences(void)
 
 /* Extend with many rows per sequence: the tiled kernel
  * (kv_attn_prefill.cuh, taken when rows x q heads per kv head average at
- * least 128 per sequence).  Tiles of 64 query vectors that cut a row's heads
- * (G = 3, 5), rows that see a whole prefill (no cached keys), sequences
+ * least 128 per sequence).  Tiles of 64 or 128 query vectors that cut a
+ * row's heads (G = 3, 5), rows that see a whole prefill (no cached keys), sequences
  * with 0 and 1 new rows next to long ones, page sizes that are not a
  * multiple of the 64-key tile, every dtype and head_dim, both q types (f16
  * q on a bf16/fp4 pool falls back to the decode kernel), and a long prefix
@@ -343,8 +343,8 @@ static void prefill_tiles(void)
                         run_case(dts[di], D, ps, H, G, 5, el, qn, e, ++seed);
                 }
         }
-        /* one sequence, a long prefix, 40 new rows: 3 tiles per kv head, so
-         * the keys are split (partials and attn_reduce) */
+        /* one sequence, a long prefix, 40 new rows: 2 or 3 tiles per kv
+         * head, so the keys are split (partials and attn_reduce) */
         int32_t l1[1] = { 20040 }, q1[1] = { 40 };
         run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 2, 4, 1, l1, q1, KVC_ELEM_BF16, 401);
         run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 1, l1, q1, KVC_ELEM_BF16, 402);
@@ -355,8 +355,16 @@ static void prefill_tiles(void)
          * runs one of the two and must match the reference) */
         int32_t l3[1] = { 1200 }, q3[1] = { 1100 };
         run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 1, l3, q3, KVC_ELEM_BF16, 407);
+        run_case(KVC_DTYPE_BF16, 128, 16, 2, 4, 1, l3, q3, KVC_ELEM_BF16, 409);
+        run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 2, 4, 1, l3, q3, KVC_ELEM_F16, 410);
         int32_t l4[1] = { 1750 }, q4[1] = { 1700 };
         run_case(KVC_DTYPE_FP8_E5M2, 64, 16, 2, 4, 1, l4, q4, KVC_ELEM_F16, 408);
+        run_case(KVC_DTYPE_BF16, 64, 16, 2, 4, 1, l4, q4, KVC_ELEM_BF16, 411);
+        /* tiles of 128 vectors that make a wave: two m-tiles, no split
+         * (the output written by the tiled kernel itself) */
+        int32_t l5[2] = { 700, 650 }, q5[2] = { 600, 600 };
+        run_case(KVC_DTYPE_BF16, 128, 16, 8, 4, 2, l5, q5, KVC_ELEM_BF16, 412);
+        run_case(KVC_DTYPE_FP4_E2M1, 64, 16, 8, 4, 2, l5, q5, KVC_ELEM_BF16, 413);
         /* q only 2-byte aligned: the element-wise q load */
         q_shift = 1;
         int32_t l2[2] = { 700, 64 }, q2[2] = { 300, 64 };
@@ -461,6 +469,74 @@ static void bad_pages(enum kvc_dtype d, uint32_t B, int32_t len, uint32_t (*at)(
         apool_fini(&P);
 }
 
+/* The same for the tiled extend kernel: one sequence of len keys whose
+ * last nb are new rows, page j (inside the cached prefix, so every row sees
+ * all of it) out of range.  Keys do not depend on their order, and every
+ * row's horizon lies past the page, so the reference is the sequence
+ * without that page: the entry taken out, len shortened by a page, the
+ * same rows. */
+static void bad_pages_extend(enum kvc_dtype d, uint32_t D, int32_t len, int32_t nb, uint32_t j, uint64_t seed)
+{
+        struct rng r = { seed };
+        struct apool P;
+        uint32_t maxp;
+        const uint32_t H = 2, Hq = 8, ps = 16;
+        char msg[256] = "";
+        int32_t lens[1] = { len }, rlens[1] = { len - (int32_t)ps }, ind[2] = { 0, nb };
+
+        cases++;
+        if ((int64_t)(j + 1) * ps > len - nb) {
+                printf("FAIL: bad_pages_extend: page %u is not inside the cached prefix\n", j);
+                failures++;
+                return;
+        }
+        int32_t *pt = apool_fill(&P, &r, d, H, D, ps, 1, lens, &maxp);
+        int32_t *rpt = malloc(maxp * sizeof *rpt);
+        for (uint32_t i = 0, o = 0; i < maxp; i++)
+                if (i != j)
+                        rpt[o++] = pt[i];
+        rpt[maxp - 1] = -7;
+        pt[j] = (int32_t)P.L.num_pages + 3;
+        const size_t n = (size_t)nb * Hq * D;
+        void *q = make_q(&r, KVC_ELEM_BF16, n);
+        uint16_t *ref = malloc(n * 2), *got = malloc(n * 2);
+        struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
+        struct kvc_extend_args h = { .q = q, .out = ref, .elem = KVC_ELEM_BF16, .qo_indptr = ind,
+                                     .qo_indptr_host = ind, .page_table = rpt, .max_pages = maxp,
+                                     .seq_lens = rlens, .seq_lens_host = rlens, .batch = 1,
+                                     .num_q_heads = Hq, .sm_scale = 0.088f, .layer = 1 };
+        EXPECT(kv_ref_extend(&hv, &h, msg, sizeof msg) == 0, "bad_pages_extend: reference: %s", msg);
+        int32_t *dpt = to_dev(pt, sizeof(int32_t) * maxp), *dlens = to_dev(lens, sizeof lens);
+        int32_t *dind = to_dev(ind, sizeof ind);
+        void *dq = to_dev(q, n * 2), *dout = to_dev(NULL, n * 2);
+        CK(cudaMemset(dout, 0xFF, n * 2));
+        struct kvc_extend_args a = h;
+        a.q = dq;
+        a.out = dout;
+        a.qo_indptr = dind;
+        a.page_table = dpt;
+        a.seq_lens = dlens;
+        a.seq_lens_host = lens;
+        int rc = kv_cuda_extend(&dv, &a, NULL, msg, sizeof msg);
+        EXPECT(rc == 0, "bad_pages_extend: kv_cuda_extend = %d: %s", rc, msg);
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
+        char what[80];
+        snprintf(what, sizeof what, "bad_pages_extend dtype %d D %u len %d rows %d page %u", (int)d, D, len, nb, j);
+        compare(what, got, ref, KVC_ELEM_BF16, (uint32_t)nb, Hq, D);
+        cudaFree(dpt);
+        cudaFree(dlens);
+        cudaFree(dind);
+        cudaFree(dq);
+        cudaFree(dout);
+        free(q);
+        free(ref);
+        free(got);
+        free(pt);
+        free(rpt);
+        apool_fini(&P);
+}
+
 /* the last page, partly filled */
 static uint32_t last_page(uint32_t b, int32_t len)
 {
@@ -483,6 +559,12 @@ static void bad_page(void)
          * and every warp takes a second page window */
         bad_pages(KVC_DTYPE_FP4_E2M1, 300, 2400, mixed_pages, 4243);
         bad_pages(KVC_DTYPE_FP8_E5M2, 300, 2400, mixed_pages, 4244);
+        /* the tiled extend kernel (600 rows x 4 q heads): its key mask with
+         * one copy thread per row (D = 64, 64-key tiles) and two (D = 128,
+         * 32-key tiles); the bad page mid-tile and on a tile's first keys */
+        bad_pages_extend(KVC_DTYPE_FP8_E4M3, 64, 1000, 600, 10, 4245);
+        bad_pages_extend(KVC_DTYPE_BF16, 128, 1000, 600, 6, 4246);
+        bad_pages_extend(KVC_DTYPE_FP4_E2M1, 128, 1000, 600, 17, 4247);
 }
 
 #define ARGERR(expr, want, needle)                                                                 \
