@@ -156,6 +156,8 @@ static int plan_tiles(enum kvc_dtype dt, uint32_t D, const kva::params &p, uint3
                 const uint64_t slots2 = (uint64_t)(occ2 > 0 ? occ2 : 1) * sms;
                 if (t2 * H >= slots2 || 2 * t1 * H <= slots1)
                         mt = 2;
+                if (KVA_PFORCE_MT)
+                        mt = KVA_PFORCE_MT;
         }
         *ret_mt = mt;
         *ret_tiles = mt == 2 ? t2 : t1;
@@ -243,14 +245,15 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         if (r != 0)
                 return kv_cuda_errno(r, c->op, msg, msglen);
 
-        /* Extend with, on average, at least two query tiles (128 query
-         * vectors: rows x q heads per kv head) per sequence takes the tiled
-         * kernel (kv_attn_prefill.cuh), which reads each key once per 64
-         * vectors instead of once per row; decode, and extend with few rows
-         * per sequence, the decode kernel (measured on the H200: 16 new
-         * rows x 4 q heads over 4k keys ran 13% faster there, 128 rows 2x
-         * slower).  f16 q on a bf16-compute pool stays on the decode kernel
-         * (its exact two-term q). */
+        /* Extend with, on average, at least 128 query vectors (rows x q
+         * heads per kv head) per sequence takes the tiled kernel
+         * (kv_attn_prefill.cuh), which reads each key once per tile of 64
+         * or 128 vectors instead of once per row; decode, and extend with
+         * few rows per sequence, the decode kernel (measured on the H200:
+         * 16 new rows x 4 q heads over 4k keys ran 3-13% faster there than
+         * on the first tiled version, 128 rows 2x slower than on this one).
+         * f16 q on a bf16-compute pool stays on the decode kernel (its
+         * exact two-term q). */
         const bool bfc = dt == KVC_DTYPE_BF16 || dt == KVC_DTYPE_FP4_E2M1;
         const bool tiled = KVA_PREFILL && c->qo_indptr && !(bfc && c->elem == KVC_ELEM_F16) &&
                            (uint64_t)rows * p.G >= 128ull * c->batch;

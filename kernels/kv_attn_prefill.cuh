@@ -6,7 +6,7 @@
  * Why a second kernel.  Decode has one query row per sequence and is bound
  * by reading the pool; extend has many rows per sequence, and running the
  * decode kernel per row (what extend did first) reads each key once per row
- * and dequantizes it as often: on the H200 that was 4-9x slower than
+ * and dequantizes it as often: on the H200 that was 4-11x slower than
  * PyTorch's SDPA over dense bf16 at 128-2048 new tokens (docs/benchmarks.md,
  * "Extend attention").  Here the work is the usual flash-attention tiling
  * with the dequantization moved out of the inner loop: a K/V tile is
@@ -60,6 +60,12 @@
 #ifndef KVA_PREFILL
 #define KVA_PREFILL 1   /* 0: extend runs the decode kernel per row (for measuring) */
 #endif
+#ifndef KVA_PLAT
+#define KVA_PLAT 0      /* 1: one-m-tile kernels with 32-key tiles, q from shared memory, 3 CTAs per SM */
+#endif
+#ifndef KVA_PFORCE_MT
+#define KVA_PFORCE_MT 0 /* 1 or 2: every tiled launch takes that many m-tiles where it can (for measuring) */
+#endif
 
 namespace kva {
 
@@ -78,7 +84,7 @@ struct pgeo {
         static constexpr int MT = MT_, QV = pqv(MT_);
         /* keys per tile: 32 where 64 would not fit the registers next to
          * the accumulators (S and O of MT m-tiles) */
-        static constexpr int KT = D == 256 || (D == 128 && MT == 2) ? 32 : 64;
+        static constexpr int KT = D == 256 || (D == 128 && (MT == 2 || KVA_PLAT)) ? 32 : 64;
         static constexpr int RS = 2 * D + 16;            /* compute row stride, bytes */
         static constexpr int RB = D * bits / 8;          /* raw row bytes (one head) */
         static constexpr int CPR = RB / 16;              /* 16-byte chunks per raw row */
@@ -94,7 +100,8 @@ struct pgeo {
         static constexpr int KVOFF = QBYTES;             /* compute tiles: K V (one pair per stage for 16-bit) */
         static constexpr int RAWOFF = KVOFF + (Q8 ? 2 : 2 * NS) * CT;
         static constexpr int SMEM = smem_for(NS);
-        static constexpr bool QREG = MT == 1 && D <= 128; /* Q fragments held in registers */
+        static constexpr bool QREG = MT == 1 && D <= 128 && !KVA_PLAT; /* Q fragments held in registers */
+        static constexpr int MINB = MT == 1 && D <= 128 && KVA_PLAT ? 3 : 2; /* CTAs per SM asked of ptxas */
         static_assert(TPR == 1 || TPR == 2, "the K rows are copied by warps 0 and 1 (the key mask)");
         static_assert(CPR % TPR == 0, "a row's chunks split evenly over its threads");
 };
@@ -168,7 +175,7 @@ __device__ __forceinline__ void deq_chunk(uint4 x, uint32_t sc, uint8_t *dst)
  * accumulators of two fit the registers).  Dynamic shared memory:
  * pgeo<DT, D, MT>::SMEM bytes. */
 template <int DT, int D, int MT_>
-__global__ void __launch_bounds__(THREADS, 2) prefill_kernel(const params p)
+__global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_>::MINB) prefill_kernel(const params p)
 {
         typedef pgeo<DT, D, MT_> PG;
         constexpr bool BF = dtraits<DT>::bf;
