@@ -139,18 +139,19 @@ static int sm_count(int dev, int *ret)
  * Measured on the H200 (docs/benchmarks.md "Extend attention"): 1 x 512
  * new rows over 4k keys, 8 kv heads x 4 q heads, ran as 136 CTAs of 128
  * vectors (about one per SM) in 390-400 us, as 264 of 64 in 275-357 us;
- * with 8 x 512 rows, two m-tiles were 13-27% faster. */
-static int plan_tiles(enum kvc_dtype dt, uint32_t D, const kva::params &p, uint32_t rows, uint32_t batch,
-                      uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles, int *ret_occ)
+ * with 8 x 512 rows, two m-tiles were 13-27% faster.  The two-term q
+ * kernels (qlo) have one m-tile only. */
+static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params &p, uint32_t rows,
+                      uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles, int *ret_occ)
 {
         int occ1 = 1, occ2 = 1, r;
         const uint64_t t1 = batch + (uint64_t)rows * p.G / kva::pqv(1);
         const uint64_t t2 = batch + (uint64_t)rows * p.G / kva::pqv(2);
-        if ((r = kv_prefill_launch((int)dt, D, 1, p, dim3(), NULL, dev, &occ1)) != 0)
+        if ((r = kv_prefill_launch((int)dt, D, 1, qlo, p, dim3(), NULL, dev, &occ1)) != 0)
                 return r;
         int mt = 1;
-        if (D <= 128) {
-                if ((r = kv_prefill_launch((int)dt, D, 2, p, dim3(), NULL, dev, &occ2)) != 0)
+        if (D <= 128 && !qlo) {
+                if ((r = kv_prefill_launch((int)dt, D, 2, false, p, dim3(), NULL, dev, &occ2)) != 0)
                         return r;
                 const uint64_t slots1 = (uint64_t)(occ1 > 0 ? occ1 : 1) * sms;
                 const uint64_t slots2 = (uint64_t)(occ2 > 0 ? occ2 : 1) * sms;
@@ -252,11 +253,10 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * few rows per sequence, the decode kernel (measured on the H200:
          * 16 new rows x 4 q heads over 4k keys ran 3-13% faster there than
          * on the first tiled version, 128 rows 2x slower than on this one).
-         * f16 q on a bf16-compute pool stays on the decode kernel (its
-         * exact two-term q). */
-        const bool bfc = dt == KVC_DTYPE_BF16 || dt == KVC_DTYPE_FP4_E2M1;
-        const bool tiled = KVA_PREFILL && c->qo_indptr && !(bfc && c->elem == KVC_ELEM_F16) &&
-                           (uint64_t)rows * p.G >= 128ull * c->batch;
+         * f16 q on a bf16-compute pool (bf16, fp4) takes the tiled kernel's
+         * exact two-term q (qlo). */
+        const bool qlo = (dt == KVC_DTYPE_BF16 || dt == KVC_DTYPE_FP4_E2M1) && c->elem == KVC_ELEM_F16;
+        const bool tiled = KVA_PREFILL && c->qo_indptr && (uint64_t)rows * p.G >= 128ull * c->batch;
 
         /* split plan: when the CTAs of (row, kv head, head group) fill less
          * than one wave of the GPU, split the keys so that they make about
@@ -269,7 +269,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         int mt = 0;          /* the tiled kernel's m-tiles per warp */
         uint64_t ptiles = 0; /* and its tiles per kv head (grid.x / kv heads) */
         if (tiled)
-                r = plan_tiles(dt, D, p, rows, c->batch, H, dev, sms, &mt, &ptiles, &occ);
+                r = plan_tiles(dt, D, qlo, p, rows, c->batch, H, dev, sms, &mt, &ptiles, &occ);
         else if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, dim3(), NULL, dev, &occ); }))
                 r = -EINVAL;
         if (r < 0)
@@ -341,7 +341,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * have a kernel (the occupancy query above): r is 0 or a cudaError_t */
         dim3 grid((unsigned)ctas, p.splits);
         if (tiled)
-                r = kv_prefill_launch((int)dt, D, mt, p, grid, st, dev, NULL);
+                r = kv_prefill_launch((int)dt, D, mt, qlo, p, grid, st, dev, NULL);
         else
                 kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st, dev, NULL); });
         cudaError_t e = r > 0 ? (cudaError_t)r : cudaGetLastError();

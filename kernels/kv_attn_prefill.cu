@@ -10,35 +10,46 @@
 
 /* The kernel for p (and, with splits, the reduction), or its occupancy
  * (ret_occ).  Returns a cudaError_t. */
-template <int DT, int D, int MT>
+template <int DT, int D, int MT, bool QLO>
 static int launch_p(const kva::params &p, dim3 grid, cudaStream_t st, int dev, int *ret_occ)
 {
         static std::atomic<uint64_t> done(0);
         static std::atomic<int> occ_cache[64];
-        int e = kva::occupancy_or_launch(kva::prefill_kernel<DT, D, MT>, kva::pgeo<DT, D, MT>::SMEM, p, grid, st,
+        int e = kva::occupancy_or_launch(kva::prefill_kernel<DT, D, MT, QLO>, kva::pgeo<DT, D, MT, QLO>::SMEM, p, grid, st,
                                          dev, ret_occ, done, occ_cache);
         if (e == 0 && !ret_occ && p.splits > 1)
                 e = kva::launch_reduce<D>(p, st);
         return e;
 }
 
-int kv_prefill_launch(int dtype, uint32_t D, int mt, const kva::params &p, dim3 grid, cudaStream_t st, int dev,
-                      int *ret_occ)
+int kv_prefill_launch(int dtype, uint32_t D, int mt, bool qlo, const kva::params &p, dim3 grid, cudaStream_t st,
+                      int dev, int *ret_occ)
 {
         int r = -EINVAL;
         kvk::with_dtype((enum kvc_dtype)dtype, [&](auto t) {
                 constexpr int DT = decltype(t)::value;
-                if (mt == 1) {
+                if (qlo) {
+                        if constexpr (kva::dtraits<DT>::bf) {
+                                if (mt == 1) {
+                                        switch (D) {
+                                        case 64: r = launch_p<DT, 64, 1, true>(p, grid, st, dev, ret_occ); break;
+                                        case 128: r = launch_p<DT, 128, 1, true>(p, grid, st, dev, ret_occ); break;
+                                        case 256: r = launch_p<DT, 256, 1, true>(p, grid, st, dev, ret_occ); break;
+                                        default: break;
+                                        }
+                                }
+                        }
+                } else if (mt == 1) {
                         switch (D) {
-                        case 64: r = launch_p<DT, 64, 1>(p, grid, st, dev, ret_occ); break;
-                        case 128: r = launch_p<DT, 128, 1>(p, grid, st, dev, ret_occ); break;
-                        case 256: r = launch_p<DT, 256, 1>(p, grid, st, dev, ret_occ); break;
+                        case 64: r = launch_p<DT, 64, 1, false>(p, grid, st, dev, ret_occ); break;
+                        case 128: r = launch_p<DT, 128, 1, false>(p, grid, st, dev, ret_occ); break;
+                        case 256: r = launch_p<DT, 256, 1, false>(p, grid, st, dev, ret_occ); break;
                         default: break;
                         }
                 } else if (mt == 2) {
                         switch (D) {
-                        case 64: r = launch_p<DT, 64, 2>(p, grid, st, dev, ret_occ); break;
-                        case 128: r = launch_p<DT, 128, 2>(p, grid, st, dev, ret_occ); break;
+                        case 64: r = launch_p<DT, 64, 2, false>(p, grid, st, dev, ret_occ); break;
+                        case 128: r = launch_p<DT, 128, 2, false>(p, grid, st, dev, ret_occ); break;
                         default: break;
                         }
                 }

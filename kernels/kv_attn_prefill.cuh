@@ -46,8 +46,8 @@
  * Compute rows are 2 * D + 16 bytes apart in shared memory so that the 8
  * row addresses of an ldmatrix hit 8 different groups of 4 banks.
  *
- * f16 q on a bf16-compute pool (bf16, fp4) is not taken here (the decode
- * kernel's exact two-term q covers it); the launcher decides.
+ * f16 q on a bf16-compute pool (bf16, fp4) takes the QLO kernels: q = hi +
+ * lo in two shared-memory tiles and two K Q^T mmas, exact as in decode.
  */
 #ifndef KV_ATTN_PREFILL_CUH
 #define KV_ATTN_PREFILL_CUH
@@ -75,8 +75,8 @@ __host__ __device__ constexpr int pqv(int MT)
         return WARPS * 16 * MT;
 }
 
-/* Shared-memory geometry of prefill_kernel<DT, D, MT>. */
-template <int DT, int D, int MT_>
+/* Shared-memory geometry of prefill_kernel<DT, D, MT, QLO>. */
+template <int DT, int D, int MT_, bool QLO = false>
 struct pgeo {
         static constexpr int bits = dtraits<DT>::bits;
         static constexpr bool Q8 = bits < 16;            /* raw stage + dequantization pass */
@@ -91,7 +91,7 @@ struct pgeo {
         static constexpr int TPR = THREADS / (2 * KT);   /* threads copying one K or V row */
         static constexpr int SB = FP4 ? D / 16 : 0;      /* fp4 scale bytes per row */
         static constexpr int CT = KT * RS;               /* one compute tile (K or V) */
-        static constexpr int QBYTES = QV * RS;
+        static constexpr int QBYTES = QV * RS * (QLO ? 2 : 1); /* q (hi, then lo with QLO) */
         static constexpr int RAWST = Q8 ? 2 * KT * (RB + SB) : 0; /* one raw stage: K, V rows, K, V scales */
         static constexpr int smem_for(int ns) { return QBYTES + (Q8 ? 2 : 2 * ns) * CT + ns * RAWST; }
         /* stages of the copy pipeline: 3 (two tiles in flight while one is
@@ -100,7 +100,7 @@ struct pgeo {
         static constexpr int KVOFF = QBYTES;             /* compute tiles: K V (one pair per stage for 16-bit) */
         static constexpr int RAWOFF = KVOFF + (Q8 ? 2 : 2 * NS) * CT;
         static constexpr int SMEM = smem_for(NS);
-        static constexpr bool QREG = MT == 1 && D <= 128 && !KVA_PLAT; /* Q fragments held in registers */
+        static constexpr bool QREG = MT == 1 && D <= 128 && !KVA_PLAT && !QLO; /* Q fragments held in registers */
         static constexpr int MINB = MT == 1 && D <= 128 && KVA_PLAT ? 3 : 2; /* CTAs per SM asked of ptxas */
         static_assert(TPR == 1 || TPR == 2, "the K rows are copied by warps 0 and 1 (the key mask)");
         static_assert(CPR % TPR == 0, "a row's chunks split evenly over its threads");
@@ -172,12 +172,16 @@ __device__ __forceinline__ void deq_chunk(uint4 x, uint32_t sc, uint8_t *dst)
 }
 
 /* MT: m-tiles per warp (1 or 2; 2 only up to head_dim 128, where the
- * accumulators of two fit the registers).  Dynamic shared memory:
- * pgeo<DT, D, MT>::SMEM bytes. */
-template <int DT, int D, int MT_>
-__global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_>::MINB) prefill_kernel(const params p)
+ * accumulators of two fit the registers).  QLO: f16 q on a bf16-compute
+ * pool (bf16, fp4), taken as q = hi + lo, both bf16 (exact: 11 significant
+ * bits fit in two 8-bit ones), each with its own K Q^T mma, as the decode
+ * kernel does; one m-tile only.  Dynamic shared memory: pgeo<DT, D, MT,
+ * QLO>::SMEM bytes. */
+template <int DT, int D, int MT_, bool QLO>
+__global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_kernel(const params p)
 {
-        typedef pgeo<DT, D, MT_> PG;
+        typedef pgeo<DT, D, MT_, QLO> PG;
+        static_assert(!QLO || (dtraits<DT>::bf && MT_ == 1), "two-term q: bf16-compute pools, one m-tile");
         constexpr bool BF = dtraits<DT>::bf;
         constexpr int KT = PG::KT, NT = KT / 8, KC = D / 16, ND = D / 8, RS = PG::RS, MT = PG::MT, QV = PG::QV;
 
@@ -285,7 +289,7 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_>::MINB) prefill_kerne
                 for (int i = threadIdx.x; i < QV * (D / 8); i += THREADS) {
                         const int vi = i / (D / 8), c = i % (D / 8);
                         const uint64_t v = v0 + vi;
-                        uint32_t w[4] = { 0u, 0u, 0u, 0u };
+                        uint32_t w[4] = { 0u, 0u, 0u, 0u }, wl[4] = { 0u, 0u, 0u, 0u };
                         if (v < nv) {
                                 const uint64_t row = (uint64_t)i0 + v / p.G, head = (uint64_t)h * p.G + v % p.G;
                                 const uint16_t *qp = q + (row * p.Hq + head) * D + c * 8;
@@ -308,6 +312,22 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_>::MINB) prefill_kerne
                                         for (int k = 0; k < 8; k++)
                                                 e[k] = __half_as_ushort(__float2half_rn(__uint_as_float((uint32_t)e[k] << 16)));
                                 }
+                                if constexpr (QLO) {
+                                        /* f16 q -> bf16 hi here, bf16 lo = q - hi in the second tile */
+                                        uint16_t el[8];
+#pragma unroll
+                                        for (int k = 0; k < 8; k++) {
+                                                const float x = __half2float(__ushort_as_half(e[k]));
+                                                const __nv_bfloat16 hb = __float2bfloat16_rn(x);
+                                                e[k] = __bfloat16_as_ushort(hb);
+                                                el[k] = __bfloat16_as_ushort(__float2bfloat16_rn(x - __bfloat162float(hb)));
+                                        }
+#pragma unroll
+                                        for (int k = 0; k < 4; k++) {
+                                                const int a = PG::FP4 ? k : 2 * k, bb = PG::FP4 ? k + 4 : 2 * k + 1;
+                                                wl[k] = (uint32_t)el[a] | (uint32_t)el[bb] << 16;
+                                        }
+                                }
 #pragma unroll
                                 for (int k = 0; k < 4; k++) {
                                         const int a = PG::FP4 ? k : 2 * k, bb = PG::FP4 ? k + 4 : 2 * k + 1;
@@ -315,6 +335,8 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_>::MINB) prefill_kerne
                                 }
                         }
                         *(uint4 *)(qs + vi * RS + c * 16) = make_uint4(w[0], w[1], w[2], w[3]);
+                        if constexpr (QLO)
+                                *(uint4 *)(qs + (QV + vi) * RS + c * 16) = make_uint4(wl[0], wl[1], wl[2], wl[3]);
                 }
         }
         __syncthreads();
@@ -411,6 +433,9 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_>::MINB) prefill_kerne
                                         ldsm4(a[mt], qrow + mt * 16 * RS + kc * 32);
                                 }
                         }
+                        uint32_t al[QLO ? 4 : 1];
+                        if constexpr (QLO)
+                                ldsm4(al, qrow + QV * RS + kc * 32);
 #pragma unroll
                         for (int nt = 0; nt < NT; nt += 2) {
                                 uint32_t bf[4];
@@ -419,6 +444,10 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_>::MINB) prefill_kerne
                                 for (int mt = 0; mt < MT; mt++) {
                                         mma<BF>(s[mt][nt], a[mt][0], a[mt][1], a[mt][2], a[mt][3], bf[0], bf[1]);
                                         mma<BF>(s[mt][nt + 1], a[mt][0], a[mt][1], a[mt][2], a[mt][3], bf[2], bf[3]);
+                                }
+                                if constexpr (QLO) {
+                                        mma<BF>(s[0][nt], al[0], al[1], al[2], al[3], bf[0], bf[1]);
+                                        mma<BF>(s[0][nt + 1], al[0], al[1], al[2], al[3], bf[2], bf[3]);
                                 }
                         }
                 }
@@ -542,12 +571,13 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_>::MINB) prefill_kerne
 } // namespace kva
 
 /* The prefill kernel for a pool dtype, head_dim and m-tile count (1, or 2
- * up to head_dim 128), plus attn_reduce when p.splits > 1
+ * up to head_dim 128), with qlo the two-term q kernel (f16 q on a bf16 or
+ * fp4 pool, one m-tile), plus attn_reduce when p.splits > 1
  * (kv_attn_prefill.cu), or with ret_occ only the CTAs of it that fit on one
  * SM of device dev (the current one).  Returns 0, a cudaError_t (> 0), or
- * -EINVAL for a dtype / head_dim / m-tile count without a kernel. */
-int kv_prefill_launch(int dtype, uint32_t D, int mt, const kva::params &p, dim3 grid, cudaStream_t st, int dev,
-                      int *ret_occ);
+ * -EINVAL for a combination without a kernel. */
+int kv_prefill_launch(int dtype, uint32_t D, int mt, bool qlo, const kva::params &p, dim3 grid, cudaStream_t st,
+                      int dev, int *ret_occ);
 
 #endif /* __CUDACC__ */
 #endif

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 DTYPES = [("bf16", 0, 16), ("fp16", 1, 16), ("fp8_e4m3", 2, 8), ("fp8_e5m2", 3, 8), ("fp4_e2m1", 4, 4)]
 ELEM_BF16 = 1
+ELEM_F16 = 2  # enum kvc_elem
 
 
 def find_lib(arg):

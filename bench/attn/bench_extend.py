@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """bench_extend.py - extend attention (chunked prefill: N new query tokens
 per sequence over P cached keys plus themselves, causal) over the quantized
-pool against PyTorch's scaled_dot_product_attention on dense bf16 K/V with a
-lower-right causal mask, in one process.
+pool against PyTorch's scaled_dot_product_attention on dense bf16 K/V (f16 with
+--q f16) with a lower-right causal mask, in one process.
 
     python3 bench/attn/bench_extend.py [--lib PATH] [--reps N] [--shapes BxPxN,...]
 
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_decode import DTYPES, ELEM_BF16, Timer, find_lib, load, parse_heads  # noqa: E402
+from bench_decode import DTYPES, ELEM_BF16, ELEM_F16, Timer, find_lib, load, parse_heads  # noqa: E402
 
 SHAPES = "1x4096x16,1x4096x128,1x4096x512,1x4096x2048,8x4096x128,8x4096x512,4x16384x512,32x1024x64"
 
@@ -41,6 +41,8 @@ def main():
     ap.add_argument("--flush", choices=["memset", "read"], default="read")
     ap.add_argument("--spin-us", type=float, default=300)
     ap.add_argument("--heads", default="32/8", help="HQ/KV (default %(default)s)")
+    ap.add_argument("--q", choices=["bf16", "f16"], default="bf16",
+                    help="q/out type (f16 over a bf16 or fp4 pool takes the two-term q kernels)")
     args = ap.parse_args()
     lib = load(find_lib(args.lib))
     u64, i32, f32, p = ctypes.c_uint64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
@@ -64,6 +66,7 @@ def main():
         sys.exit("bench_extend: this torch (%s) has no torch.nn.attention.bias.causal_lower_right" % torch.__version__)
 
     torch.manual_seed(0)
+    elem = ELEM_BF16 if args.q == "bf16" else ELEM_F16
     D, ps = 128, 16
     stream = torch.cuda.current_stream().cuda_stream
     timer = Timer(args.reps, args.flush, lib, args.spin_us)
@@ -77,8 +80,8 @@ def main():
 
     dev = torch.cuda.get_device_properties(0)
     print("device: %s, %d SMs; torch %s" % (dev.name, dev.multi_processor_count, torch.__version__))
-    print("Hq/kv/D = %d/%d/%d, page %d, bf16 q/out, median of %d runs, cold L2 (flush: %s)"
-          % (Hq, H, D, ps, args.reps, args.flush))
+    print("Hq/kv/D = %d/%d/%d, page %d, %s q/out (SDPA: %s K/V), median of %d runs, cold L2 (flush: %s)"
+          % (Hq, H, D, ps, args.q, args.q, args.reps, args.flush))
     print()
     hdr = "%4s %6s %5s %-9s %9s %7s %7s %8s" % ("B", "P", "N", "kv", "time_us", "TFLOP/s", "KV TB/s", "vs_sdpa")
     print(hdr)
@@ -89,9 +92,10 @@ def main():
         L = P + N
         seen = B * Hq * (N * P + N * (N + 1) // 2)   # (query head, key) pairs
         flops = 4.0 * D * seen
-        q = torch.randn(B * N, Hq, D, dtype=torch.bfloat16, device="cuda")
-        k = torch.randn(B, H, L, D, dtype=torch.bfloat16, device="cuda")
-        v = torch.randn(B, H, L, D, dtype=torch.bfloat16, device="cuda")
+        qt = torch.bfloat16 if args.q == "bf16" else torch.float16
+        q = torch.randn(B * N, Hq, D, dtype=qt, device="cuda")
+        k = torch.randn(B, H, L, D, dtype=qt, device="cuda")
+        v = torch.randn(B, H, L, D, dtype=qt, device="cuda")
         q4 = q.view(B, N, Hq, D).transpose(1, 2)
         mask = causal_lower_right(N, L)
         try:
@@ -113,12 +117,12 @@ def main():
         ind = [i * N for i in range(B + 1)]
         indptr = torch.tensor(ind, dtype=torch.int32, device="cuda")
         ind_host = (ctypes.c_int32 * (B + 1))(*ind)
-        out = torch.empty(B * N, Hq, D, dtype=torch.bfloat16, device="cuda")
+        out = torch.empty(B * N, Hq, D, dtype=qt, device="cuda")
         for name, dt, bits in dtypes:
             pool = pools[name]
 
             def run():
-                r = lib.shim_extend(pool, 0, q.data_ptr(), out.data_ptr(), ELEM_BF16, indptr.data_ptr(), ind_host,
+                r = lib.shim_extend(pool, 0, q.data_ptr(), out.data_ptr(), elem, indptr.data_ptr(), ind_host,
                                     pt.data_ptr(), L // ps, lens.data_ptr(), lens_host, B, Hq, D ** -0.5, stream)
                 if r:
                     raise RuntimeError("shim_extend: %d %s" % (r, lib.shim_errmsg().decode()))

@@ -322,8 +322,8 @@ static void long_sequences(void)
  * row's heads (G = 3, 5), rows that see a whole prefill (no cached keys), sequences
  * with 0 and 1 new rows next to long ones, page sizes that are not a
  * multiple of the 64-key tile, every dtype and head_dim, both q types (f16
- * q on a bf16/fp4 pool falls back to the decode kernel), and a long prefix
- * under few tiles, which splits the keys and runs the reduction. */
+ * q on a bf16/fp4 pool: the two-term q kernels), and a long prefix under
+ * few tiles, which splits the keys and runs the reduction. */
 static void prefill_tiles(void)
 {
         static const enum kvc_dtype dts[] = { KVC_DTYPE_BF16, KVC_DTYPE_FP16, KVC_DTYPE_FP8_E4M3,
@@ -350,6 +350,7 @@ static void prefill_tiles(void)
         run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 1, l1, q1, KVC_ELEM_BF16, 402);
         run_case(KVC_DTYPE_BF16, 256, 32, 1, 8, 1, l1, q1, KVC_ELEM_BF16, 403);
         run_case(KVC_DTYPE_FP16, 64, 16, 2, 4, 1, l1, q1, KVC_ELEM_F16, 404);
+        run_case(KVC_DTYPE_BF16, 64, 16, 2, 4, 1, l1, q1, KVC_ELEM_F16, 414); /* two-term q, split */
         /* tiles of 64 vectors that fill more than half the GPU, of 128
          * less than a wave: one m-tile per warp (on a 132-SM H200; any GPU
          * runs one of the two and must match the reference) */
@@ -370,6 +371,7 @@ static void prefill_tiles(void)
         int32_t l2[2] = { 700, 64 }, q2[2] = { 300, 64 };
         run_case(KVC_DTYPE_FP8_E5M2, 128, 16, 2, 4, 2, l2, q2, KVC_ELEM_BF16, 405);
         run_case(KVC_DTYPE_FP4_E2M1, 64, 16, 2, 4, 2, l2, q2, KVC_ELEM_BF16, 406);
+        run_case(KVC_DTYPE_FP4_E2M1, 64, 48, 2, 3, 2, l2, q2, KVC_ELEM_F16, 415); /* two-term q, G = 3 */
         q_shift = 0;
 }
 
