@@ -140,6 +140,10 @@ int kvc__req_new(struct kvc_client *c, size_t cap, nng_msg **ret)
         return 0;
 }
 
+static int chop(struct kvc_client *c, nng_msg *req, int enc, const char *what);
+static int exchange(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
+                    nng_msg **ret_rep, const uint8_t **ret_body, size_t *ret_len);
+
 /* FREEs the pages in m, the late reply of request rid (op) to pool: 0, or
  * -1 when a FREE was needed and failed.  A reply that is not that
  * request's page list (an ERROR, a mismatch) holds nothing to give back. */
@@ -155,18 +159,18 @@ static int free_late_pages(struct kvc_client *c, uint16_t op, uint32_t rid, uint
 
         if (kv_hdr_decode(buf, nng_msg_len(m), &hdr) != 0 || hdr.request_id != rid ||
             hdr.opcode != (uint16_t)(op | KV_OP_REPLY) ||
-            kv_dec_pages(buf + KV_HDR_SIZE, hdr.body_len, op | KV_OP_REPLY, &pg) != 0 ||
-            pg.count == 0 || pg.count > KV_MAX_PAGES_REQ)
-                return 0;
+            kv_dec_pages(buf + KV_HDR_SIZE, hdr.body_len, op | KV_OP_REPLY, &pg) != 0 || pg.count == 0)
+                return 0; /* (kv_dec_pages refuses more than KV_MAX_PAGES_REQ ids) */
         if ((ids = malloc(sizeof *ids * pg.count)) == NULL)
                 return -1;
         for (uint32_t i = 0; i < pg.count; i++)
                 ids[i] = kv_le32(pg.ids + 4 * (size_t)i);
         rv = kvc__req_new(c, kv_size_pages(pg.count), &req);
         if (rv == 0)
-                rv = kvc__send(c, req, kv_enc_pages(nng_msg_body(req), nng_msg_len(req), KV_OP_FREE, 0, pool,
-                                                    pg.count, ids),
-                               KV_OP_FREE, "free (the pages of a timed-out request)", &rep, &body, &len);
+                rv = chop(c, req, kv_enc_pages(nng_msg_body(req), nng_msg_len(req), KV_OP_FREE, 0, pool, pg.count, ids),
+                          "free (the pages of a timed-out request)");
+        if (rv == 0)
+                rv = exchange(c, req, KV_OP_FREE, "free (the pages of a timed-out request)", &rep, &body, &len);
         free(ids);
         if (rv != 0)
                 return -1;
@@ -187,18 +191,28 @@ static void reap_orphans(struct kvc_client *c)
         nng_msg *m;
         int failed = 0;
 
-        c->reaping = 1; /* the FREE goes through kvc__call */
         while (!failed && kvc__tp_orphan_reply(c->tp, &op, &rid, &pool, &m) == 1) {
                 if (m == NULL)
                         continue;
                 failed = free_late_pages(c, op, rid, pool, m) != 0;
                 nng_msg_free(m);
         }
-        c->reaping = 0;
 }
 
 int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
                 nng_msg **ret_rep, const uint8_t **ret_body, size_t *ret_len)
+{
+        if (!kvc__is_stale(c))
+                reap_orphans(c); /* a FREE there may find the daemon gone: exchange checks again */
+        return exchange(c, req, op, what, ret_rep, ret_body, ret_len);
+}
+
+/* One request and its checked reply, without first giving back the pages
+ * of late replies (kvc__call does that; this is also how those FREEs and
+ * the BYE go out).  Takes req; on success *ret_rep is the reply to free and
+ * *ret_body / *ret_len its body. */
+static int exchange(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
+                    nng_msg **ret_rep, const uint8_t **ret_body, size_t *ret_len)
 {
         struct kv_hdr hdr;
         nng_msg *rep = NULL;
@@ -210,14 +224,6 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
         if (kvc__is_stale(c)) {
                 nng_msg_free(req);
                 return kvc__fail(c, -ESTALE, "%s", kvc__stale_msg);
-        }
-        if (!c->reaping) {
-                reap_orphans(c);
-                /* a FREE there may have found the daemon gone */
-                if (kvc__is_stale(c)) {
-                        nng_msg_free(req);
-                        return kvc__fail(c, -ESTALE, "%s", kvc__stale_msg);
-                }
         }
         /* The request id lives at byte 8 of the header; patching it here keeps
          * every encoder call free of the counter. */
@@ -296,16 +302,24 @@ int kvc__call(struct kvc_client *c, nng_msg *req, uint16_t op, const char *what,
         return 0;
 }
 
-int kvc__send(struct kvc_client *c, nng_msg *req, int enc, uint16_t op, const char *what,
-              nng_msg **ret_rep, const uint8_t **ret_body, size_t *ret_len)
+/* Trims req to the enc bytes its encoder wrote (req may be longer), or,
+ * for an encoder failure (enc < 0), frees it and fails. */
+static int chop(struct kvc_client *c, nng_msg *req, int enc, const char *what)
 {
         if (enc < 0) {
                 nng_msg_free(req);
                 return kvc__fail(c, -EPROTO, "%s: cannot encode the request", what);
         }
-        /* req may be longer than what the encoder wrote: send only that. */
         nng_msg_chop(req, nng_msg_len(req) - (size_t)enc);
-        return kvc__call(c, req, op, what, ret_rep, ret_body, ret_len);
+        return 0;
+}
+
+int kvc__send(struct kvc_client *c, nng_msg *req, int enc, uint16_t op, const char *what,
+              nng_msg **ret_rep, const uint8_t **ret_body, size_t *ret_len)
+{
+        int rv = chop(c, req, enc, what);
+
+        return rv < 0 ? rv : kvc__call(c, req, op, what, ret_rep, ret_body, ret_len);
 }
 
 /* ---- connection ------------------------------------------------------------ */
@@ -457,9 +471,9 @@ void kvc_disconnect(kvc_client *c)
          * don't let a dead daemon hold up the exit for the full timeout. */
         if (!kvc__is_stale(c) && kvc__req_new(c, KV_HDR_SIZE, &req) == 0) {
                 kvc__tp_set_timeout(c->tp, BYE_TIMEOUT_MS);
-                c->reaping = 1; /* BYE releases every page anyway */
-                if (kvc__send(c, req, kv_enc_empty(nng_msg_body(req), nng_msg_len(req), KV_OP_BYE, 0),
-                              KV_OP_BYE, "bye", &rep, &body, &len) == 0)
+                /* exchange, not kvc__call: BYE releases every page anyway */
+                if (chop(c, req, kv_enc_empty(nng_msg_body(req), nng_msg_len(req), KV_OP_BYE, 0), "bye") == 0 &&
+                    exchange(c, req, KV_OP_BYE, "bye", &rep, &body, &len) == 0)
                         nng_msg_free(rep);
         }
         pthread_mutex_unlock(&c->lock);

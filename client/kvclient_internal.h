@@ -32,7 +32,6 @@ struct kvc_client {
         nng_socket            sock;
         struct kvc_transport *tp;    /* requests and replies over sock (transport.c) */
         pthread_mutex_t       lock;  /* one request in flight; guards the fields below */
-        int                   reaping; /* kvc__call is giving back an orphan's pages */
         uint32_t         next_rid;
         uint64_t         session_id;
         uint64_t         serial;     /* unique per client in this process (errmsg slots) */
@@ -55,8 +54,9 @@ extern const char kvc__stale_msg[];
  * (trim it to the encoded length with nng_msg_chop). */
 int kvc__req_new(struct kvc_client *c, size_t cap, nng_msg **ret);
 
-/* Sends req (encoded with request id 0; consumed in every case), waits for
- * the reply and checks it: same request id, opcode op|REPLY.  An ERROR reply
+/* First FREEs the pages of late ALLOC/LOOKUP replies that came in since the
+ * last call (see transport.c), then sends req (encoded with request id 0;
+ * consumed in every case), waits for the reply and checks it: same request id, opcode op|REPLY.  An ERROR reply
  * becomes its errno with the daemon's message; KV_E_NOHELLO (the daemon
  * restarted and forgot the session) marks the client stale: -ESTALE.  On
  * success *ret_rep owns the reply and body/len point after its header.

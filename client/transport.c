@@ -99,6 +99,9 @@ static int slot_new(struct kvc_transport *t, struct slot **ret)
                 free(s);
                 return rv;
         }
+        /* no aio timeout (it stays with the aio): an expiring receive would
+         * abort the request; the caller's deadline is wait_done's */
+        nng_aio_set_timeout(s->raio, NNG_DURATION_INFINITE);
         *ret = s;
         return 0;
 }
@@ -203,8 +206,6 @@ int kvc__tp_exchange(struct kvc_transport *t, nng_msg *req, uint16_t op, uint32_
         s->done = 0;
         pthread_mutex_unlock(&t->lock);
         kv_deadline_ms(&deadline, (uint32_t)t->timeout_ms);
-        /* no aio timeout: an expiring receive would abort the request */
-        nng_aio_set_timeout(s->raio, NNG_DURATION_INFINITE);
         nng_ctx_recv(s->ctx, s->raio);
         if (wait_done(t, s, &deadline))
                 return take_reply(s, ret_rep);

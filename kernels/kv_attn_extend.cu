@@ -1,7 +1,7 @@
 /* kv_attn_extend.cu - kv_cuda_extend: extend (chunked-prefill) attention on
  * a CUDA pool.  kv_attn_cuda_run picks the kernel: with many rows per
- * sequence the tiled one (kv_attn_prefill.cuh: a K/V tile serves 64 query
- * vectors), otherwise the decode kernel over query rows (see
+ * sequence the tiled one (kv_attn_prefill.cuh: a K/V tile serves 64 or 128
+ * query vectors), otherwise the decode kernel over query rows (see
  * kv_attn_extend.cuh for how a row maps to its sequence and causal
  * horizon); both take every dtype, head dim and GQA grouping, and split
  * long sequences. */

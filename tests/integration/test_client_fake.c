@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <nng/nng.h>
@@ -392,6 +393,17 @@ Test(client, no_reply_is_etimedout_and_the_client_recovers)
         cr_assert_eq(kvc_alloc(p, 1, &page), -ETIMEDOUT);
         F.mode = NORMAL;
         cr_assert_eq(kvc_alloc(p, 1, &page), 0, "%s", kvc_errmsg(c));
+        /* a request that hands out no pages is cancelled on its timeout (not
+         * kept waiting): no word of pages, and its context serves the next */
+        char *json = NULL;
+        F.mode = SILENT;
+        cr_assert_eq(kvc_status_json(c, &json), -ETIMEDOUT);
+        cr_assert_null(json);
+        cr_assert(strstr(kvc_errmsg(c), "within the timeout") != NULL && strstr(kvc_errmsg(c), "pages") == NULL,
+                  "%s", kvc_errmsg(c));
+        F.mode = NORMAL;
+        cr_assert_eq(kvc_status_json(c, &json), 0, "%s", kvc_errmsg(c));
+        free(json);
         kvc_disconnect(c);
 }
 
@@ -439,11 +451,20 @@ Test(client, a_timed_out_alloc_or_lookup_gives_its_pages_back_when_the_reply_com
         cr_assert_eq(F.nfreed, 2u, "the late lookup's pages were not freed (%u)", F.nfreed);
         cr_assert(F.freed[0] == 4 && F.freed[1] == 5);
 
-        /* a reply that has not come yet when the client goes away: nothing
-         * to free (BYE releases the session), and no hang */
+        /* a reply still on its way when the client goes away: the fake
+         * answers in order, so BYE's reply comes after it, within BYE's
+         * 1 s; nothing is FREEd (BYE releases the session) and disconnect
+         * returns within that wait */
+        F.nfreed = 0;
         F.mode = LATE;
         cr_assert_eq(kvc_alloc(p, 1, pages), -ETIMEDOUT);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         kvc_disconnect(c);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        const double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+        cr_assert_lt(secs, 1.5, "kvc_disconnect took %.2f s", secs);
+        cr_assert_eq(F.nfreed, 0u, "disconnect FREEd %u pages", F.nfreed);
 }
 
 Test(client, a_daemon_lost_while_giving_pages_back_fails_the_call_at_once)
