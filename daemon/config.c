@@ -273,14 +273,9 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                 const char *env = getenv("KVPOOL_SOCKET");
                 const char *sock = cli.has_socket ? cli.socket : file.has_socket ? file.socket
                                  : (env && *env) ? env : KVC_DEFAULT_SOCKET;
-                const char *src = cli.has_socket ? "--socket" : file.has_socket ? "socket" : "KVPOOL_SOCKET";
 
-                if (!sock || !*sock || !strstr(sock, "://")) {
-                        r = kvd_cfg_fail(err, errlen, "%s: expected a URL like ipc:///run/kvpool/kvpool.sock, got \"%s\"",
-                                 src, sock ? sock : "");
-                        goto out;
-                }
-                if ((r = dup_str(&c.socket_url, sock)))
+                /* checked with the other addresses below (check_url) */
+                if ((r = dup_str(&c.socket_url, sock ? sock : "")))
                         goto out;
         }
         if (cli.has_events || file.has_events) {

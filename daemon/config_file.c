@@ -258,7 +258,7 @@ int kvd_cfg_load_file(const char *file, struct kvd_cfg_scalars *sc, struct kvd_p
         const char  *end = NULL;
         size_t       len = 0;
         char        *text;
-        int          r = 0, has_pools = 0;
+        int          r = 0;
 
         if (!(text = read_file(file, &len, err, errlen, &r)))
                 return r;
@@ -332,14 +332,6 @@ int kvd_cfg_load_file(const char *file, struct kvd_cfg_scalars *sc, struct kvd_p
                         if (!cJSON_IsArray(it)) {
                                 r = kvd_cfg_fail(err, errlen, "%s: pools: expected an array of pool objects, got %s",
                                          file, json_type(it));
-                                break;
-                        }
-                        /* cJSON keeps a repeated key: a second array would
-                         * replace (and leak) the first while *npools still
-                         * counts the first one's pools. */
-                        if (has_pools++) {
-                                r = kvd_cfg_fail(err, errlen, "%s: pools: given twice (list every pool in one array)",
-                                         file);
                                 break;
                         }
                         if (n == 0) {

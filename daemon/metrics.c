@@ -473,20 +473,31 @@ static int addr_to_url(const char *addr, char *url, size_t cap, char *err, size_
         return 0;
 }
 
-int kvd_metrics_check_addr(const char *addr, char *err, size_t errlen)
+/* addr (HOST:PORT) as the nng URL the HTTP server listens on: 0 with
+ * *ret to nng_url_free, or a negative errno with err naming the address. */
+static int parse_addr(const char *addr, nng_url **ret, char *err, size_t errlen)
 {
         char urlstr[300];
-        nng_url *url = NULL;
         int rv, r;
+
+        if ((r = addr_to_url(addr, urlstr, sizeof(urlstr), err, errlen)) < 0)
+                return r;
+        if ((rv = nng_url_parse(ret, urlstr)) != 0) {
+                snprintf(err, errlen, "metrics address \"%s\": %s", addr, nng_strerror(rv));
+                return nng_to_errno(rv) == -EIO ? -EINVAL : nng_to_errno(rv);
+        }
+        return 0;
+}
+
+int kvd_metrics_check_addr(const char *addr, char *err, size_t errlen)
+{
+        nng_url *url = NULL;
+        int r;
 
         if (addr == NULL || *addr == '\0' || strcmp(addr, "none") == 0)
                 return 0;
-        if ((r = addr_to_url(addr, urlstr, sizeof(urlstr), err, errlen)) < 0)
+        if ((r = parse_addr(addr, &url, err, errlen)) < 0)
                 return r;
-        if ((rv = nng_url_parse(&url, urlstr)) != 0) {
-                snprintf(err, errlen, "metrics address \"%s\": %s", addr, nng_strerror(rv));
-                return -EINVAL;
-        }
         nng_url_free(url);
         return 0;
 }
@@ -499,7 +510,6 @@ int kvd_metrics_check_addr(const char *addr, char *err, size_t errlen)
 int kvd_metrics_http_start(struct kvd_metrics *m, struct kvd_server *s, const char *addr,
                            char *err, size_t errlen)
 {
-        char urlstr[300];
         nng_url *url = NULL;
         nng_http_server *hs = NULL;
         nng_http_handler *h = NULL;
@@ -515,13 +525,8 @@ int kvd_metrics_http_start(struct kvd_metrics *m, struct kvd_server *s, const ch
                 snprintf(err, errlen, "metrics: HTTP endpoint already started");
                 return -EALREADY;
         }
-        r = addr_to_url(addr, urlstr, sizeof(urlstr), err, errlen);
-        if (r < 0)
+        if ((r = parse_addr(addr, &url, err, errlen)) < 0)
                 return r;
-        if ((rv = nng_url_parse(&url, urlstr)) != 0) {
-                snprintf(err, errlen, "metrics address \"%s\": %s", addr, nng_strerror(rv));
-                return nng_to_errno(rv) == -EIO ? -EINVAL : nng_to_errno(rv);
-        }
         m->srv = s;
         if ((rv = nng_http_server_hold(&hs, url)) != 0)
                 goto fail;

@@ -221,8 +221,8 @@ static int load_st_file(const char *path, const cJSON *weight_map, const char *s
                 }
                 if ((r = read_scale(path, fd, 8 + hlen, size - 8 - hlen, t->string, t, &f, err, errlen)))
                         goto out;
-                /* as for JSON scales: a subnormal scale overflows every value */
-                if (!isfinite(f) || !(f >= FLT_MIN)) {
+                /* as for JSON scales */
+                if (!kvd_sc_scale_ok(f, &f)) {
                         r = kvd_sc_fail(err, errlen, -EINVAL, "%s: tensor %s (layer %u): value %g, expected a positive "
                                         "finite scale of at least 2^-126", path, t->string, l, (double)f);
                         goto out;

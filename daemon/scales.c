@@ -212,7 +212,7 @@ int kvd_sc_read_json(const char *path, cJSON **ret, char *err, size_t errlen)
 
 /* A scale as stored: float32, positive, finite.  Converting from double
  * can overflow to inf or underflow to 0, so the check is on the float. */
-static int scale_ok(double d, float *ret)
+int kvd_sc_scale_ok(double d, float *ret)
 {
         float f = (float)d;
 
@@ -254,7 +254,7 @@ static int const_value(const cJSON *cfg, const char *key, float *ret, char *err,
                 *ret = 1.0f;
                 return 0;
         }
-        if (!cJSON_IsNumber(it) || !scale_ok(it->valuedouble, ret))
+        if (!cJSON_IsNumber(it) || !kvd_sc_scale_ok(it->valuedouble, ret))
                 return kvd_sc_fail(err, errlen, -EINVAL, "\"%s\": expected a positive finite float of at least 2^-126, got %s", key,
                                    describe(it, val, sizeof val));
         return 0;
@@ -384,7 +384,7 @@ static int load_json(const char *path, uint32_t tp_rank, enum kvc_dtype dt, uint
                         float f;
 
                         kvd_sc_parse_index(it->string, &l);
-                        if (!cJSON_IsNumber(it) || !scale_ok(it->valuedouble, &f)) {
+                        if (!cJSON_IsNumber(it) || !kvd_sc_scale_ok(it->valuedouble, &f)) {
                                 r = kvd_sc_fail(err, errlen, -EINVAL, "%s: %s.\"%u\": expected a positive finite float of at least 2^-126, got %s",
                                                 path, where, l, describe(it, val, sizeof val));
                                 goto out;

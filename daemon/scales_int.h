@@ -32,6 +32,11 @@ int kvd_sc_read_at(int fd, void *buf, size_t n, uint64_t off);
  * -EINVAL naming the line, column and the text there. */
 int kvd_sc_parse_json(const char *path, const char *buf, size_t len, cJSON **ret, char *err, size_t errlen);
 
+/* A usable scale: d as a float that is finite and at least FLT_MIN (a
+ * subnormal scale turns every nonzero value into an overflow) into *ret;
+ * 1, or 0 leaving *ret alone. */
+int kvd_sc_scale_ok(double d, float *ret);
+
 /* Reads and parses a whole JSON file of at most 64 MiB; the caller deletes *ret. */
 int kvd_sc_read_json(const char *path, cJSON **ret, char *err, size_t errlen);
 
