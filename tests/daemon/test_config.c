@@ -443,6 +443,8 @@ Test(config, command_line_errors)
         const char *bad[][3] = {
                 { "--socket", "bogus://x", "expected an nng URL such as ipc://PATH or tcp://HOST:PORT" },
                 { "--socket", "ipc://", "nothing after ://" },
+                { "--socket", "/run/kvpool.sock", "\"/run/kvpool.sock\": expected an nng URL" },
+                { "--socket", "", "\"\": expected an nng URL" },
                 { "--socket", "tcp://127.0.0.1:99999", "port must be a number in 0..65535" },
                 { "--events", "zz://q", "--events" },
                 { "--metrics", "not-an-addr", "expected HOST:PORT" },
