@@ -31,6 +31,7 @@ static struct fake {
         volatile int    mode;
         volatile int    requests; /* requests after hello */
         int             late_ms;  /* LATE: ALLOC and LOOKUP answered this much later */
+        int             late_once; /* ... only the first of them */
         volatile int    late_sent; /* late replies sent */
         uint32_t        freed[64], nfreed, freed_pool; /* the pages of the FREE requests */
 } F;
@@ -145,8 +146,11 @@ static void *serve(void *arg)
                 default:
                         break;
                 }
-                if (F.mode == LATE && (h.opcode == KV_OP_ALLOC || h.opcode == KV_OP_LOOKUP))
+                if (F.mode == LATE && (h.opcode == KV_OP_ALLOC || h.opcode == KV_OP_LOOKUP)) {
                         usleep((useconds_t)F.late_ms * 1000);
+                        if (F.late_once) /* the ones queued behind it come at once */
+                                F.late_ms = 0;
+                }
                 if (h.opcode == KV_OP_ATTACH) {
                         n = attach_rep(out, sizeof out, h.request_id);
                 } else if (h.opcode == KV_OP_ALLOC) {
@@ -465,6 +469,42 @@ Test(client, a_timed_out_alloc_or_lookup_gives_its_pages_back_when_the_reply_com
         const double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
         cr_assert_lt(secs, 1.5, "kvc_disconnect took %.2f s", secs);
         cr_assert_eq(F.nfreed, 0u, "disconnect FREEd %u pages", F.nfreed);
+}
+
+Test(client, at_most_16_timed_out_allocs_wait_for_their_replies)
+{
+        /* 17 allocs time out in a row: the first 16 keep waiting and their
+         * pages are FREEd once the replies come; the 17th is cancelled, says
+         * its pages stay held until disconnect, and nothing frees them */
+        kvc_client *c;
+        kvc_pool *p;
+        int32_t page;
+        char *json;
+
+        setenv("KVPOOL_TIMEOUT_MS", "100", 1);
+        p = attach(&c);
+        F.late_ms = 4000; /* no reply before the 17th has timed out (1.7 s in) */
+        F.late_once = 1;
+        F.mode = LATE;
+        for (int i = 0; i < 16; i++) {
+                cr_assert_eq(kvc_alloc(p, 1, &page), -ETIMEDOUT);
+                cr_assert(strstr(kvc_errmsg(c), "freed by a call after its reply comes") != NULL, "%d: %s", i,
+                          kvc_errmsg(c));
+        }
+        cr_assert_eq(kvc_alloc(p, 1, &page), -ETIMEDOUT);
+        cr_assert(strstr(kvc_errmsg(c), "too many timed-out requests wait already") != NULL, "%s", kvc_errmsg(c));
+        wait_late_sent(17); /* the fake is idle again: the FREEs are answered at once */
+        F.mode = NORMAL;
+        for (int i = 0; i < 250 && F.nfreed < 16; i++) {
+                cr_assert_eq(kvc_status_json(c, &json), 0, "%s", kvc_errmsg(c));
+                free(json);
+                if (F.nfreed < 16)
+                        usleep(20 * 1000);
+        }
+        cr_assert_eq(kvc_status_json(c, &json), 0, "%s", kvc_errmsg(c));
+        free(json);
+        cr_assert_eq(F.nfreed, 16u, "%u pages FREEd, want the 16 waiting allocs' ones", F.nfreed);
+        kvc_disconnect(c);
 }
 
 Test(client, a_daemon_lost_while_giving_pages_back_fails_the_call_at_once)
