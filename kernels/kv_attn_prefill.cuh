@@ -56,6 +56,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include "kv_attn_decode.cuh"
+#include "kv_attn_wgmma.cuh"
 
 #ifndef KVA_PREFILL
 #define KVA_PREFILL 1   /* 0: extend runs the decode kernel per row (for measuring) */
@@ -88,7 +89,6 @@ struct pgeo {
         static constexpr int RS = 2 * D + 16;            /* compute row stride, bytes */
         static constexpr int RB = D * bits / 8;          /* raw row bytes (one head) */
         static constexpr int CPR = RB / 16;              /* 16-byte chunks per raw row */
-        static constexpr int TPR = THREADS / (2 * KT);   /* threads copying one K or V row */
         static constexpr int SB = FP4 ? D / 16 : 0;      /* fp4 scale bytes per row */
         static constexpr int CT = KT * RS;               /* one compute tile (K or V) */
         static constexpr int QBYTES = QV * RS * (QLO ? 2 : 1); /* q (hi, then lo with QLO) */
@@ -102,14 +102,7 @@ struct pgeo {
         static constexpr int SMEM = smem_for(NS);
         static constexpr bool QREG = MT == 1 && D <= 128 && !KVA_PLAT && !QLO; /* Q fragments held in registers */
         static constexpr int MINB = MT == 1 && D <= 128 && KVA_PLAT ? 3 : 2; /* CTAs per SM asked of ptxas */
-        static_assert(TPR == 1 || TPR == 2, "the K rows are copied by warps 0 and 1 (the key mask)");
-        static_assert(CPR % TPR == 0, "a row's chunks split evenly over its threads");
 };
-
-__device__ __forceinline__ uint32_t smem_u32(const void *p)
-{
-        return (uint32_t)__cvta_generic_to_shared(p);
-}
 
 __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr)
 {
@@ -142,9 +135,11 @@ __device__ __forceinline__ int pdim(int pos)
 }
 
 /* One 16-byte raw chunk (16 fp8 or 32 fp4 codes; sc: the fp4 chunk's two
- * block-scale bytes, low byte first) -> its compute values at dst. */
-template <int DT>
-__device__ __forceinline__ void deq_chunk(uint4 x, uint32_t sc, uint8_t *dst)
+ * block-scale bytes, low byte first) -> its compute values, 16 bytes at
+ * dst(0), dst(1) (fp8), .. dst(3) (fp4): compute chunks that are not
+ * adjacent in a swizzled tile. */
+template <int DT, typename Dst>
+__device__ __forceinline__ void deq_chunk(uint4 x, uint32_t sc, Dst dst)
 {
         const uint32_t w[4] = { x.x, x.y, x.z, x.w };
         if constexpr (DT == KVC_DTYPE_FP8_E4M3 || DT == KVC_DTYPE_FP8_E5M2) {
@@ -159,14 +154,267 @@ __device__ __forceinline__ void deq_chunk(uint4 x, uint32_t sc, uint8_t *dst)
                                 o[2 * i + 1] = prmt(w[i], 0u, 0x3424u);
                         }
                 }
-                ((uint4 *)dst)[0] = make_uint4(o[0], o[1], o[2], o[3]);
-                ((uint4 *)dst)[1] = make_uint4(o[4], o[5], o[6], o[7]);
+                *(uint4 *)dst(0) = make_uint4(o[0], o[1], o[2], o[3]);
+                *(uint4 *)dst(1) = make_uint4(o[4], o[5], o[6], o[7]);
         } else if constexpr (DT == KVC_DTYPE_FP4_E2M1) {
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
                         const uint32_t m = fp4mul2((sc >> (8 * (i / 2))) & 0xFFu);
-                        ((uint4 *)dst)[i] = make_uint4(bmul2(fp4pair<0>(w[i]), m), bmul2(fp4pair<1>(w[i]), m),
-                                                       bmul2(fp4pair<2>(w[i]), m), bmul2(fp4pair<3>(w[i]), m));
+                        *(uint4 *)dst(i) = make_uint4(bmul2(fp4pair<0>(w[i]), m), bmul2(fp4pair<1>(w[i]), m),
+                                                      bmul2(fp4pair<2>(w[i]), m), bmul2(fp4pair<3>(w[i]), m));
+                }
+        }
+}
+
+/* The query tile j of a grid: sequence b (the largest with ptile_base(b)
+ * <= j), its rows [i0, i0 + nb) of q, its nv = nb * G query vectors in
+ * (row, head) order, of which the tile holds v0 .. v0 + QV - 1 (none when
+ * v0 >= nv: an empty tile). */
+struct ptile {
+        uint32_t b, cap;
+        int64_t i0, nb, hbase;
+        uint64_t nv, v0;
+
+        __device__ __forceinline__ ptile(const params &p, uint32_t j, int QV)
+        {
+                uint32_t lo = 0, hi = p.batch;
+                while (hi - lo > 1) {
+                        const uint32_t mid = (lo + hi) / 2;
+                        if (ptile_base(p, mid, QV) <= j)
+                                lo = mid;
+                        else
+                                hi = mid;
+                }
+                b = lo;
+                /* qo_indptr is device memory the launcher only saw the host
+                 * copy of: rows are kept inside [0, rows) whatever it holds */
+                i0 = min(max((int64_t)__ldg(p.qo_indptr + b), (int64_t)0), (int64_t)p.rows);
+                const int64_t i1 = min(max((int64_t)__ldg(p.qo_indptr + b + 1), i0), (int64_t)p.rows);
+                nb = i1 - i0;
+                nv = (uint64_t)nb * p.G;
+                v0 = (j - ptile_base(p, b, QV)) * (uint64_t)QV;
+                cap = p.max_pages * p.page_size;
+                hbase = (int64_t)__ldg(p.seq_lens + b) - nb + 1;
+        }
+
+        /* Vector v sees keys [0, horizon(v)): row i of the sequence sees
+         * hbase + i, clamped to [0, cap] as row_to_seq does for decode. */
+        __device__ __forceinline__ uint32_t horizon(const params &p, uint64_t v) const
+        {
+                const int64_t x = hbase + (int64_t)(v / p.G);
+                return x < 0 ? 0u : x > (int64_t)cap ? cap : (uint32_t)x;
+        }
+};
+
+/* Issues the copies of the key tile at kt (KT keys of kv head h) with
+ * cp.async, by the CTA's NTH threads: the tile's 2 KT rows (K rows, then V
+ * rows) of CPR 16-byte chunks are numbered chunk by chunk, and thread i
+ * copies chunks i, i + NTH, ..., so the lanes of a warp copy 32 / CPR
+ * whole rows with each instruction: 16 bytes a lane from one row would
+ * touch 32 lines a warp instruction, which queued the copies (Nsight
+ * Compute on the H200: a sixth of the stall samples waited on them).  The
+ * warp's rows are looked up once, one a lane, and shuffled to the lanes
+ * that copy them.  Keys at k_hi and past it or on a page id outside [0,
+ * num_pages) are zero-filled.  dst(which, key, chunk) is the shared
+ * address of a chunk (which: 0 K, 1 V), sdst(which, key) that of an fp4
+ * scale row (SB > 0 bytes, copied by the thread of the row's chunk 0);
+ * okb[key] gets 1 for a valid key, 0 for one zero-filled (tile_mask). */
+template <int KT, int CPR, int SB, int NTH, typename Dst, typename SDst>
+__device__ __forceinline__ void issue_keys(const params &p, const int32_t *pt, uint32_t kt, uint32_t k_hi, uint32_t h,
+                                           Dst dst, SDst sdst, uint8_t *okb)
+{
+        constexpr int R = 2 * KT, PER = R * CPR / NTH, RPS = 32 / CPR;
+        static_assert(CPR <= 32 && 32 % CPR == 0 && (R * CPR) % NTH == 0 && R <= NTH,
+                      "a warp instruction copies whole rows; a warp's rows fit its lanes");
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        /* lane k RPS + j looks up the warp's row of step k, j: (32 warp +
+         * NTH k) / CPR + j */
+        int64_t slot = -1;
+        if (lane < PER * RPS) {
+                const int row = (32 * warp + NTH * (lane / RPS)) / CPR + lane % RPS;
+                slot = slot_of(p, pt, kt + row % KT, k_hi);
+                if (row < KT)
+                        okb[row] = slot >= 0;
+        }
+        /* not unrolled: unrolled, the compiler keeps every step's
+         * loop-invariant address parts live through the attention loop */
+#pragma unroll 1
+        for (int k = 0; k < PER; k++) {
+                const int q = threadIdx.x + NTH * k, row = q / CPR, c = q % CPR;
+                const int which = row / KT, key = row % KT;
+                const int64_t s = __shfl_sync(0xFFFFFFFFu, slot, k * RPS + lane / CPR);
+                const bool ok = s >= 0;
+                const uint64_t at = (uint64_t)(ok ? s : 0);
+                cp16<false>(dst(which, key, c), (which ? p.v : p.k) + at * p.token_bytes + h * p.head_bytes + c * 16, ok,
+                            0);
+                if constexpr (SB > 0) {
+                        if (c == 0)
+                                cpn<SB, false>(sdst(which, key),
+                                               (which ? p.vs : p.ks) + at * p.stoken_bytes + h * p.shead_bytes, ok, 0);
+                }
+        }
+}
+
+/* The validity bits of a KT-key tile (bit k: key k) from issue_keys's
+ * bytes, by the warp. */
+template <int KT>
+__device__ __forceinline__ uint64_t tile_mask(const uint8_t *okb)
+{
+        const int lane = threadIdx.x % 32;
+        uint64_t m = __ballot_sync(0xFFFFFFFFu, okb[lane] != 0);
+        if constexpr (KT == 64)
+                m |= (uint64_t)__ballot_sync(0xFFFFFFFFu, okb[32 + lane] != 0) << 32;
+        return m;
+}
+
+/* Loads the tile's QV query vectors v0 .. (zero past nv) into shared
+ * memory in the compute type and dim order, 8 values to a 16-byte chunk,
+ * with the CTA's NTH threads: chunk c of vector vi at qs + qoff(vi, c);
+ * with QLO (f16 q, bf16 compute) q's bf16 hi there and lo = q - hi at qs +
+ * lo + qoff(vi, c). */
+template <int DT, int D, bool QLO, int NTH = THREADS, typename QOff>
+__device__ __forceinline__ void load_q(const params &p, uint8_t *qs, uint32_t lo, int QV, const ptile &tl, uint32_t h,
+                                       QOff qoff)
+{
+        constexpr bool BF = dtraits<DT>::bf, FP4 = DT == KVC_DTYPE_FP4_E2M1;
+        const uint16_t *q = (const uint16_t *)p.q;
+        const bool conv = !BF && p.elem == KVC_ELEM_BF16; /* bf16 q, f16 compute */
+        for (int i = threadIdx.x; i < QV * (D / 8); i += NTH) {
+                const int vi = i / (D / 8), c = i % (D / 8);
+                const uint64_t v = tl.v0 + vi;
+                uint32_t w[4] = { 0u, 0u, 0u, 0u }, wl[4] = { 0u, 0u, 0u, 0u };
+                if (v < tl.nv) {
+                        const uint64_t row = (uint64_t)tl.i0 + v / p.G, head = (uint64_t)h * p.G + v % p.G;
+                        const uint16_t *qp = q + (row * p.Hq + head) * D + c * 8;
+                        uint16_t e[8];
+                        if (p.q16) {
+                                const uint4 x = __ldg((const uint4 *)qp);
+                                const uint32_t xw[4] = { x.x, x.y, x.z, x.w };
+#pragma unroll
+                                for (int k = 0; k < 4; k++) {
+                                        e[2 * k] = (uint16_t)(xw[k] & 0xFFFFu);
+                                        e[2 * k + 1] = (uint16_t)(xw[k] >> 16);
+                                }
+                        } else {
+#pragma unroll
+                                for (int k = 0; k < 8; k++)
+                                        e[k] = __ldg(qp + k);
+                        }
+                        if (conv) {
+#pragma unroll
+                                for (int k = 0; k < 8; k++)
+                                        e[k] = __half_as_ushort(__float2half_rn(__uint_as_float((uint32_t)e[k] << 16)));
+                        }
+                        if constexpr (QLO) {
+                                /* f16 q -> bf16 hi here, bf16 lo = q - hi in the second tile */
+                                uint16_t el[8];
+#pragma unroll
+                                for (int k = 0; k < 8; k++) {
+                                        const float x = __half2float(__ushort_as_half(e[k]));
+                                        const __nv_bfloat16 hb = __float2bfloat16_rn(x);
+                                        e[k] = __bfloat16_as_ushort(hb);
+                                        el[k] = __bfloat16_as_ushort(__float2bfloat16_rn(x - __bfloat162float(hb)));
+                                }
+#pragma unroll
+                                for (int k = 0; k < 4; k++) {
+                                        const int a = FP4 ? k : 2 * k, bb = FP4 ? k + 4 : 2 * k + 1;
+                                        wl[k] = (uint32_t)el[a] | (uint32_t)el[bb] << 16;
+                                }
+                        }
+#pragma unroll
+                        for (int k = 0; k < 4; k++) {
+                                const int a = FP4 ? k : 2 * k, bb = FP4 ? k + 4 : 2 * k + 1;
+                                w[k] = (uint32_t)e[a] | (uint32_t)e[bb] << 16;
+                        }
+                }
+                *(uint4 *)(qs + qoff(vi, c)) = make_uint4(w[0], w[1], w[2], w[3]);
+                if constexpr (QLO)
+                        *(uint4 *)(qs + lo + qoff(vi, c)) = make_uint4(wl[0], wl[1], wl[2], wl[3]);
+        }
+}
+
+/* The online softmax of one m-tile's scores s (the mma C fragments of 16
+ * vectors x 8 NT keys of the tile at key kt; this thread's rows g and g+8,
+ * keys 8 nt + 2 t (+1)): keys outside the tile's mask km or at or past a
+ * row's horizon hz[r] get -inf (all pass when full), the rest are scaled by
+ * qk (log2 units) and exponentiated against the running max m, which moves;
+ * l gets the rows' sums (this thread's keys only) and al the factors the
+ * rows' accumulators must be multiplied with.  Returns whether any al is
+ * not 1. */
+template <int NT>
+__device__ __forceinline__ bool tile_softmax(float (&s)[NT][4], float (&m)[2], float (&l)[2], float (&al)[2], bool full,
+                                             uint64_t km, uint32_t kt, const uint32_t (&hz)[2], float qk, int t)
+{
+        bool moved = false;
+        float mx[2] = { -INFINITY, -INFINITY };
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                        const int kk = nt * 8 + 2 * t + (e & 1), r = e / 2;
+                        const bool ok = full || (((km >> kk) & 1u) && kt + kk < hz[r]);
+                        s[nt][e] = ok ? s[nt][e] * qk : -INFINITY;
+                        mx[r] = fmaxf(mx[r], s[nt][e]);
+                }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFFFFFFu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFFFFFFu, mx[r], 2));
+                const float mn = fmaxf(m[r], mx[r]);
+                al[r] = ex2(m[r] - mn);
+                moved |= al[r] != 1.0f;
+                m[r] = mn;
+        }
+        float sum[2] = { 0.0f, 0.0f };
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                        s[nt][e] = ex2(s[nt][e] - m[e / 2]);
+                        sum[e / 2] += s[nt][e];
+                }
+        }
+        l[0] = l[0] * al[0] + sum[0];
+        l[1] = l[1] * al[1] + sum[1];
+        return moved;
+}
+
+/* The end of one m-tile: the row sums over the 4 lanes of a row, then for
+ * each of this thread's rows r (vector vr[r], if below nv) the output (one
+ * split) or the partial (m, l, unnormalized o) for attn_reduce. */
+template <int DT, int D>
+__device__ __forceinline__ void store_vectors(const params &p, const float (&o)[D / 8][4], const float (&m)[2],
+                                              const float (&l)[2], const uint64_t (&vr)[2], const ptile &tl, uint32_t h,
+                                              uint32_t split, int t)
+{
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+                float lr = l[r];
+                lr += __shfl_xor_sync(0xFFFFFFFFu, lr, 1);
+                lr += __shfl_xor_sync(0xFFFFFFFFu, lr, 2);
+                const uint64_t v = vr[r];
+                if (v >= tl.nv)
+                        continue;
+                const uint64_t hq = ((uint64_t)tl.i0 + v / p.G) * p.Hq + (uint64_t)h * p.G + v % p.G;
+                if (p.splits == 1) {
+                        const float norm = lr > 0.0f ? p.out_scale / lr : 0.0f;
+#pragma unroll
+                        for (int nd = 0; nd < D / 8; nd++) {
+                                store_out(p, hq * D + pdim<DT>(nd * 8 + 2 * t), o[nd][2 * r] * norm);
+                                store_out(p, hq * D + pdim<DT>(nd * 8 + 2 * t + 1), o[nd][2 * r + 1] * norm);
+                        }
+                } else {
+                        float *po = p.part_o + (hq * p.splits + split) * D;
+#pragma unroll
+                        for (int nd = 0; nd < D / 8; nd++) {
+                                po[pdim<DT>(nd * 8 + 2 * t)] = o[nd][2 * r];
+                                po[pdim<DT>(nd * 8 + 2 * t + 1)] = o[nd][2 * r + 1];
+                        }
+                        if (t == 0) {
+                                p.part_ml[(hq * p.splits + split) * 2] = lr > 0.0f ? m[r] : -1e30f;
+                                p.part_ml[(hq * p.splits + split) * 2 + 1] = lr;
+                        }
                 }
         }
 }
@@ -186,7 +434,7 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
         constexpr int KT = PG::KT, NT = KT / 8, KC = D / 16, ND = D / 8, RS = PG::RS, MT = PG::MT, QV = PG::QV;
 
         extern __shared__ __align__(128) uint8_t dsm[];
-        __shared__ uint32_t kmask[PG::NS][2]; /* valid keys of each stage's tile, bit per key */
+        __shared__ uint8_t okb[PG::NS][KT]; /* valid keys of each stage's tile (issue_keys) */
 
         kvk::grid_dep_launch();
 
@@ -194,84 +442,28 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
         const uint32_t h = blockIdx.x % H, j = blockIdx.x / H, split = blockIdx.y;
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 
-        /* the sequence of tile j: largest b with base(b) <= j */
-        uint32_t lo = 0, hi = p.batch;
-        while (hi - lo > 1) {
-                const uint32_t mid = (lo + hi) / 2;
-                if (ptile_base(p, mid, QV) <= j)
-                        lo = mid;
-                else
-                        hi = mid;
-        }
-        const uint32_t b = lo;
-        /* qo_indptr is device memory the launcher only saw the host copy
-         * of: rows are kept inside [0, rows) whatever it holds */
-        const int64_t i0 = min(max((int64_t)__ldg(p.qo_indptr + b), (int64_t)0), (int64_t)p.rows);
-        const int64_t i1 = min(max((int64_t)__ldg(p.qo_indptr + b + 1), i0), (int64_t)p.rows);
-        const int64_t nb = i1 - i0;
-        const uint64_t nv = (uint64_t)nb * p.G;
-        const uint64_t v0 = (j - ptile_base(p, b, QV)) * (uint64_t)QV;
-        if (v0 >= nv)
+        const ptile tl(p, j, QV);
+        if (tl.v0 >= tl.nv)
                 return; /* an empty tile: no vector, nothing to write */
-
-        /* row i of the sequence sees keys [0, hbase + i), clamped to [0,
-         * cap] as row_to_seq does for the decode kernel */
-        const uint32_t cap = p.max_pages * p.page_size;
-        const int64_t hbase = (int64_t)__ldg(p.seq_lens + b) - nb + 1;
-        auto horizon = [&](uint64_t v) -> uint32_t {
-                const int64_t x = hbase + (int64_t)(v / p.G);
-                return x < 0 ? 0u : x > (int64_t)cap ? cap : (uint32_t)x;
-        };
-        const uint64_t vlast = min(v0 + QV, nv) - 1;
+        const uint64_t vlast = min(tl.v0 + QV, tl.nv) - 1;
         const uint32_t k_lo = split * p.chunk;
-        const uint32_t k_hi = min(horizon(vlast), k_lo + p.chunk);
+        const uint32_t k_hi = min(tl.horizon(p, vlast), k_lo + p.chunk);
         const uint32_t ntiles = k_lo < k_hi ? (k_hi - k_lo + KT - 1) / KT : 0;
-        const int32_t *pt = p.page_table + (uint64_t)b * p.max_pages;
+        const int32_t *pt = p.page_table + (uint64_t)tl.b * p.max_pages;
 
         uint8_t *const qs = dsm;
         uint8_t *const raw = dsm + PG::RAWOFF;
 
-        /* Copies of the tile starting at key kt into stage st: TPR threads
-         * per K or V row (threads 0..127 take K rows 0..KT-1, then V rows),
-         * one page lookup per thread; the K-row threads' validity bits are
-         * the tile's key mask. */
-        const int cwhich = threadIdx.x / (KT * PG::TPR), ckey = threadIdx.x % (KT * PG::TPR) / PG::TPR;
-        const int cpart = threadIdx.x % PG::TPR;
+        /* Copies of the tile starting at key kt into stage st: 16-bit pools
+         * straight into the stage's compute tiles, quantized ones into its
+         * raw stage */
         auto issue = [&](uint32_t kt, int st) {
                 uint8_t *dk = PG::Q8 ? raw + st * PG::RAWST : dsm + PG::KVOFF + st * 2 * PG::CT;
                 constexpr int ROW = PG::Q8 ? PG::RB : RS, HALF = PG::Q8 ? KT * PG::RB : PG::CT;
-                constexpr int PER = PG::CPR / PG::TPR;
-                const int64_t slot = slot_of(p, pt, kt + ckey, k_hi);
-                const bool ok = slot >= 0;
-                const uint8_t *src = (cwhich ? p.v : p.k) + (uint64_t)(ok ? slot : 0) * p.token_bytes +
-                                     h * p.head_bytes + cpart * PER * 16;
-                const uint32_t dst = smem_u32(dk + cwhich * HALF + ckey * ROW + cpart * PER * 16);
-#pragma unroll
-                for (int c = 0; c < PER; c++)
-                        cp16<false>(dst + c * 16, src + c * 16, ok, 0);
-                if constexpr (PG::FP4) {
-                        if (cpart == 0) {
-                                uint8_t *ds = raw + st * PG::RAWST + 2 * KT * PG::RB;
-                                const uint8_t *ssrc = (cwhich ? p.vs : p.ks) + (uint64_t)(ok ? slot : 0) * p.stoken_bytes +
-                                                      h * p.shead_bytes;
-                                cpn<PG::SB, false>(smem_u32(ds + (cwhich * KT + ckey) * PG::SB), ssrc, ok, 0);
-                        }
-                }
-                /* the K-row threads are warps 0 and 1: each stores the
-                 * bits of its keys (32 with TPR 1, 16 with TPR 2, where
-                 * lanes 2k and 2k+1 hold key k); km below */
-                if (cwhich == 0) {
-                        uint32_t m = __ballot_sync(0xFFFFFFFFu, ok);
-                        if constexpr (PG::TPR == 2) {
-                                uint32_t e = 0;
-#pragma unroll
-                                for (int k = 0; k < 16; k++)
-                                        e |= ((m >> (2 * k)) & 1u) << k;
-                                m = e;
-                        }
-                        if (lane == 0)
-                                kmask[st][warp] = m;
-                }
+                uint8_t *ds = raw + st * PG::RAWST + 2 * KT * PG::RB;
+                issue_keys<KT, PG::CPR, PG::SB, THREADS>(
+                        p, pt, kt, k_hi, h, [&](int w, int key, int c) { return smem_u32(dk + w * HALF + key * ROW + c * 16); },
+                        [&](int w, int key) { return smem_u32(ds + (w * KT + key) * PG::SB); }, okb[st]);
         };
 
 #pragma unroll
@@ -283,62 +475,7 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
 
         /* Q: the CTA's vectors in the compute type and the compute dim
          * order, zero for vectors past the sequence's rows */
-        {
-                const uint16_t *q = (const uint16_t *)p.q;
-                const bool conv = !BF && p.elem == KVC_ELEM_BF16; /* bf16 q, f16 compute */
-                for (int i = threadIdx.x; i < QV * (D / 8); i += THREADS) {
-                        const int vi = i / (D / 8), c = i % (D / 8);
-                        const uint64_t v = v0 + vi;
-                        uint32_t w[4] = { 0u, 0u, 0u, 0u }, wl[4] = { 0u, 0u, 0u, 0u };
-                        if (v < nv) {
-                                const uint64_t row = (uint64_t)i0 + v / p.G, head = (uint64_t)h * p.G + v % p.G;
-                                const uint16_t *qp = q + (row * p.Hq + head) * D + c * 8;
-                                uint16_t e[8];
-                                if (p.q16) {
-                                        const uint4 x = __ldg((const uint4 *)qp);
-                                        const uint32_t xw[4] = { x.x, x.y, x.z, x.w };
-#pragma unroll
-                                        for (int k = 0; k < 4; k++) {
-                                                e[2 * k] = (uint16_t)(xw[k] & 0xFFFFu);
-                                                e[2 * k + 1] = (uint16_t)(xw[k] >> 16);
-                                        }
-                                } else {
-#pragma unroll
-                                        for (int k = 0; k < 8; k++)
-                                                e[k] = __ldg(qp + k);
-                                }
-                                if (conv) {
-#pragma unroll
-                                        for (int k = 0; k < 8; k++)
-                                                e[k] = __half_as_ushort(__float2half_rn(__uint_as_float((uint32_t)e[k] << 16)));
-                                }
-                                if constexpr (QLO) {
-                                        /* f16 q -> bf16 hi here, bf16 lo = q - hi in the second tile */
-                                        uint16_t el[8];
-#pragma unroll
-                                        for (int k = 0; k < 8; k++) {
-                                                const float x = __half2float(__ushort_as_half(e[k]));
-                                                const __nv_bfloat16 hb = __float2bfloat16_rn(x);
-                                                e[k] = __bfloat16_as_ushort(hb);
-                                                el[k] = __bfloat16_as_ushort(__float2bfloat16_rn(x - __bfloat162float(hb)));
-                                        }
-#pragma unroll
-                                        for (int k = 0; k < 4; k++) {
-                                                const int a = PG::FP4 ? k : 2 * k, bb = PG::FP4 ? k + 4 : 2 * k + 1;
-                                                wl[k] = (uint32_t)el[a] | (uint32_t)el[bb] << 16;
-                                        }
-                                }
-#pragma unroll
-                                for (int k = 0; k < 4; k++) {
-                                        const int a = PG::FP4 ? k : 2 * k, bb = PG::FP4 ? k + 4 : 2 * k + 1;
-                                        w[k] = (uint32_t)e[a] | (uint32_t)e[bb] << 16;
-                                }
-                        }
-                        *(uint4 *)(qs + vi * RS + c * 16) = make_uint4(w[0], w[1], w[2], w[3]);
-                        if constexpr (QLO)
-                                *(uint4 *)(qs + (QV + vi) * RS + c * 16) = make_uint4(wl[0], wl[1], wl[2], wl[3]);
-                }
-        }
+        load_q<DT, D, QLO>(p, qs, QV * RS, QV, tl, h, [](int vi, int c) { return vi * RS + c * 16; });
         __syncthreads();
 
         /* this warp's vectors: m-tile mt holds vectors v0 + (warp * MT + mt)
@@ -349,12 +486,12 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
         for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
                 for (int r = 0; r < 2; r++) {
-                        vr[mt][r] = v0 + (warp * MT + mt) * 16 + g + 8 * r;
-                        hz[mt][r] = vr[mt][r] < nv ? horizon(vr[mt][r]) : 0u;
+                        vr[mt][r] = tl.v0 + (warp * MT + mt) * 16 + g + 8 * r;
+                        hz[mt][r] = vr[mt][r] < tl.nv ? tl.horizon(p, vr[mt][r]) : 0u;
                 }
         }
-        const uint64_t vw = v0 + warp * MT * 16, vwl = vw + MT * 16 - 1;
-        const uint32_t hzmin = vwl < nv ? horizon(vw) : 0u; /* every key below is seen by all the warp's rows */
+        const uint64_t vw = tl.v0 + warp * MT * 16, vwl = vw + MT * 16 - 1;
+        const uint32_t hzmin = vwl < tl.nv ? tl.horizon(p, vw) : 0u; /* every key below is seen by all the warp's rows */
         const uint32_t qrow = smem_u32(qs + (warp * MT * 16 + (lane % 16)) * RS + (lane / 16) * 16);
         uint32_t qf[PG::QREG ? KC : 1][4];
         if constexpr (PG::QREG) {
@@ -401,7 +538,8 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
                                 uint32_t sc = 0;
                                 if constexpr (PG::FP4)
                                         sc = *(const uint16_t *)(rs + 2 * KT * PG::RB + (which * KT + key) * PG::SB + 2 * c);
-                                deq_chunk<DT>(x, sc, kc0 + which * PG::CT + key * RS + c * (16 * 16 / PG::bits));
+                                uint8_t *d0 = kc0 + which * PG::CT + key * RS + c * (16 * 16 / PG::bits);
+                                deq_chunk<DT>(x, sc, [&](int k) { return d0 + 16 * k; });
                         }
                         __syncthreads();
                         kt_s = kc0;
@@ -454,45 +592,14 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
 
                 /* ---- mask, online softmax of each m-tile's rows g and g+8 */
                 const uint32_t kt = k_lo + it * KT;
-                const uint64_t km = (uint64_t)kmask[st][0] | (uint64_t)kmask[st][1] << (32 / PG::TPR);
+                const uint64_t km = tile_mask<KT>(okb[st]);
                 const uint64_t kall = KT == 64 ? ~0ull : 0xFFFFFFFFull;
                 const bool full = km == kall && kt + KT <= hzmin;
                 bool moved = false;
                 float al[MT][2];
 #pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                        float mx[2] = { -INFINITY, -INFINITY };
-#pragma unroll
-                        for (int nt = 0; nt < NT; nt++) {
-#pragma unroll
-                                for (int e = 0; e < 4; e++) {
-                                        const int kk = nt * 8 + 2 * t + (e & 1), r = e / 2;
-                                        const bool ok = full || (((km >> kk) & 1u) && kt + kk < hz[mt][r]);
-                                        s[mt][nt][e] = ok ? s[mt][nt][e] * qk : -INFINITY;
-                                        mx[r] = fmaxf(mx[r], s[mt][nt][e]);
-                                }
-                        }
-#pragma unroll
-                        for (int r = 0; r < 2; r++) {
-                                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFFFFFFu, mx[r], 1));
-                                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFFFFFFu, mx[r], 2));
-                                const float mn = fmaxf(m[mt][r], mx[r]);
-                                al[mt][r] = ex2(m[mt][r] - mn);
-                                moved |= al[mt][r] != 1.0f;
-                                m[mt][r] = mn;
-                        }
-                        float sum[2] = { 0.0f, 0.0f };
-#pragma unroll
-                        for (int nt = 0; nt < NT; nt++) {
-#pragma unroll
-                                for (int e = 0; e < 4; e++) {
-                                        s[mt][nt][e] = ex2(s[mt][nt][e] - m[mt][e / 2]);
-                                        sum[e / 2] += s[mt][nt][e];
-                                }
-                        }
-                        l[mt][0] = l[mt][0] * al[mt][0] + sum[0];
-                        l[mt][1] = l[mt][1] * al[mt][1] + sum[1];
-                }
+                for (int mt = 0; mt < MT; mt++)
+                        moved |= tile_softmax<NT>(s[mt], m[mt], l[mt], al[mt], full, km, kt, hz[mt], qk, t);
                 if (__any_sync(0xFFFFFFFFu, moved)) {
 #pragma unroll
                         for (int mt = 0; mt < MT; mt++)
@@ -532,40 +639,9 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
         }
         cp_wait<0>();
 
-        /* ---- the row sums over the 4 lanes of a row, then the output (one
-         * split) or the partial (m, l, unnormalized o) for attn_reduce */
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                        float lr = l[mt][r];
-                        lr += __shfl_xor_sync(0xFFFFFFFFu, lr, 1);
-                        lr += __shfl_xor_sync(0xFFFFFFFFu, lr, 2);
-                        const uint64_t v = vr[mt][r];
-                        if (v >= nv)
-                                continue;
-                        const uint64_t hq = ((uint64_t)i0 + v / p.G) * p.Hq + (uint64_t)h * p.G + v % p.G;
-                        if (p.splits == 1) {
-                                const float norm = lr > 0.0f ? p.out_scale / lr : 0.0f;
-#pragma unroll
-                                for (int nd = 0; nd < ND; nd++) {
-                                        store_out(p, hq * D + pdim<DT>(nd * 8 + 2 * t), o[mt][nd][2 * r] * norm);
-                                        store_out(p, hq * D + pdim<DT>(nd * 8 + 2 * t + 1), o[mt][nd][2 * r + 1] * norm);
-                                }
-                        } else {
-                                float *po = p.part_o + (hq * p.splits + split) * D;
-#pragma unroll
-                                for (int nd = 0; nd < ND; nd++) {
-                                        po[pdim<DT>(nd * 8 + 2 * t)] = o[mt][nd][2 * r];
-                                        po[pdim<DT>(nd * 8 + 2 * t + 1)] = o[mt][nd][2 * r + 1];
-                                }
-                                if (t == 0) {
-                                        p.part_ml[(hq * p.splits + split) * 2] = lr > 0.0f ? m[mt][r] : -1e30f;
-                                        p.part_ml[(hq * p.splits + split) * 2 + 1] = lr;
-                                }
-                        }
-                }
-        }
+        for (int mt = 0; mt < MT; mt++)
+                store_vectors<DT, D>(p, o[mt], m[mt], l[mt], vr[mt], tl, h, split, t);
 }
 
 } // namespace kva
