@@ -34,7 +34,6 @@
 #include "kv_attn_common.cuh"
 #include "kv_attn_decode.cuh"
 #include "kv_attn_prefill.cuh"
-#include "kv_attn_prefill_wg.cuh"
 #include "kv_ref_common.h"
 
 /* Launches attn_kernel<DT, D, QLO> on grid, or, with ret_occ, only stores
@@ -129,33 +128,6 @@ static int sm_count(int dev, int *ret)
         return 0;
 }
 
-/* Whether device dev runs the wgmma extend kernel (*ret): the build has
- * sm_90a code (KVA_WG_HOST, meson's gpu_arch "90a") and dev is an sm_90
- * device (cached).  Returns a cudaError_t. */
-static int wg_device(int dev, bool *ret)
-{
-        static std::atomic<int> cache[64]; /* 0 not asked yet, 1 no, 2 yes */
-        int c = 0, major = 0, minor = 0;
-        if (!KVA_WG || !KVA_WG_HOST) {
-                *ret = false;
-                return 0;
-        }
-        if (dev >= 0 && dev < 64 && (c = cache[dev].load(std::memory_order_relaxed)) > 0) {
-                *ret = c == 2;
-                return 0;
-        }
-        cudaError_t e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-        if (e == cudaSuccess)
-                e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-        if (e != cudaSuccess)
-                return (int)e;
-        c = major == 9 && minor == 0 ? 2 : 1;
-        if (dev >= 0 && dev < 64)
-                cache[dev].store(c, std::memory_order_relaxed);
-        *ret = c == 2;
-        return 0;
-}
-
 /* The tiled extend kernel's m-tiles per warp (*ret_mt), tiles per kv head
  * (*ret_tiles: base(B) = B + rows * G / QV, see kv_attn_prefill.cuh) and
  * CTAs per SM (*ret_occ).  Two m-tiles (128 query vectors per CTA) read
@@ -168,26 +140,13 @@ static int wg_device(int dev, bool *ret)
  * new rows over 4k keys, 8 kv heads x 4 q heads, ran as 136 CTAs of 128
  * vectors (about one per SM) in 390-400 us, as 264 of 64 in 275-357 us;
  * with 8 x 512 rows, two m-tiles were 13-27% faster.  The two-term q
- * kernels (qlo) have one m-tile only.  Where the device runs wgmma
- * (wg_device) head_dim 64 and 128 take the wgmma kernel instead
- * (kv_attn_prefill_wg.cuh: 128 vectors a CTA, *ret_mt = KVA_MT_WG). */
+ * kernels (qlo) have one m-tile only. */
 static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params &p, uint32_t rows,
                       uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles, int *ret_occ)
 {
         int occ1 = 1, occ2 = 1, r;
         const uint64_t t1 = batch + (uint64_t)rows * p.G / kva::pqv(1);
         const uint64_t t2 = batch + (uint64_t)rows * p.G / kva::pqv(2);
-        bool wg = false;
-        if ((r = wg_device(dev, &wg)) != 0)
-                return r;
-        if (wg && (D == 64 || D == 128)) {
-                static_assert(kva::wgeo<KVC_DTYPE_BF16, 128>::QV == kva::pqv(2), "the wgmma kernel's tiles");
-                if ((r = kv_prefill_wg_launch((int)dt, D, qlo, p, dim3(), NULL, dev, ret_occ)) != 0)
-                        return r;
-                *ret_mt = KVA_MT_WG;
-                *ret_tiles = t2;
-                return 0;
-        }
         if ((r = kv_prefill_launch((int)dt, D, 1, qlo, p, dim3(), NULL, dev, &occ1)) != 0)
                 return r;
         int mt = 1;
@@ -381,9 +340,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * heads), not one head's slice of many rows.  The dtype and head_dim
          * have a kernel (the occupancy query above): r is 0 or a cudaError_t */
         dim3 grid((unsigned)ctas, p.splits);
-        if (tiled && mt == KVA_MT_WG)
-                r = kv_prefill_wg_launch((int)dt, D, qlo, p, grid, st, dev, NULL);
-        else if (tiled)
+        if (tiled)
                 r = kv_prefill_launch((int)dt, D, mt, qlo, p, grid, st, dev, NULL);
         else
                 kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st, dev, NULL); });

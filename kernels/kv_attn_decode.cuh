@@ -496,10 +496,10 @@ __global__ void __launch_bounds__(128) attn_reduce(const params p)
 /* The launch or occupancy query shared by the attention launchers: raises
  * kernel k's dynamic shared memory limit to smem bytes on device dev (the
  * current one; done: the caller's per-kernel set of devices already
- * raised), then with ret_occ stores how many of its CTAs (of NTH threads)
- * fit on one SM (cached per device in the caller's occ_cache[64]), else
- * launches it on grid with p.  Returns a cudaError_t. */
-template <int NTH = THREADS, typename K>
+ * raised), then with ret_occ stores how many of its CTAs fit on one SM
+ * (cached per device in the caller's occ_cache[64]), else launches it on
+ * grid with p.  Returns a cudaError_t. */
+template <typename K>
 static inline int occupancy_or_launch(K k, int smem, const params &p, dim3 grid, cudaStream_t st, int dev,
                                       int *ret_occ, std::atomic<uint64_t> &done, std::atomic<int> *occ_cache)
 {
@@ -512,7 +512,7 @@ static inline int occupancy_or_launch(K k, int smem, const params &p, dim3 grid,
                         *ret_occ = n;
                         return 0;
                 }
-                e = (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, NTH, smem);
+                e = (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, THREADS, smem);
                 if (e != 0)
                         return e;
                 if (dev >= 0 && dev < 64)
@@ -520,7 +520,7 @@ static inline int occupancy_or_launch(K k, int smem, const params &p, dim3 grid,
                 *ret_occ = n;
                 return 0;
         }
-        k<<<grid, NTH, smem, st>>>(p);
+        k<<<grid, THREADS, smem, st>>>(p);
         return 0;
 }
 

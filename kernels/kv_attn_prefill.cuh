@@ -56,7 +56,6 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include "kv_attn_decode.cuh"
-#include "kv_attn_wgmma.cuh"
 
 #ifndef KVA_PREFILL
 #define KVA_PREFILL 1   /* 0: extend runs the decode kernel per row (for measuring) */
@@ -89,6 +88,7 @@ struct pgeo {
         static constexpr int RS = 2 * D + 16;            /* compute row stride, bytes */
         static constexpr int RB = D * bits / 8;          /* raw row bytes (one head) */
         static constexpr int CPR = RB / 16;              /* 16-byte chunks per raw row */
+        static constexpr int TPR = THREADS / (2 * KT);   /* threads copying one K or V row */
         static constexpr int SB = FP4 ? D / 16 : 0;      /* fp4 scale bytes per row */
         static constexpr int CT = KT * RS;               /* one compute tile (K or V) */
         static constexpr int QBYTES = QV * RS * (QLO ? 2 : 1); /* q (hi, then lo with QLO) */
@@ -103,6 +103,11 @@ struct pgeo {
         static constexpr bool QREG = MT == 1 && D <= 128 && !KVA_PLAT && !QLO; /* Q fragments held in registers */
         static constexpr int MINB = MT == 1 && D <= 128 && KVA_PLAT ? 3 : 2; /* CTAs per SM asked of ptxas */
 };
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p)
+{
+        return (uint32_t)__cvta_generic_to_shared(p);
+}
 
 __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr)
 {
@@ -207,79 +212,76 @@ struct ptile {
 };
 
 /* Issues the copies of the key tile at kt (KT keys of kv head h) with
- * cp.async, by the CTA's NTH threads: the tile's 2 KT rows (K rows, then V
- * rows) of CPR 16-byte chunks are numbered chunk by chunk, and thread i
- * copies chunks i, i + NTH, ..., so the lanes of a warp copy 32 / CPR
- * whole rows with each instruction: 16 bytes a lane from one row would
- * touch 32 lines a warp instruction, which queued the copies (Nsight
- * Compute on the H200: a sixth of the stall samples waited on them).  The
- * warp's rows are looked up once, one a lane, and shuffled to the lanes
- * that copy them.  Keys at k_hi and past it or on a page id outside [0,
- * num_pages) are zero-filled.  dst(which, key, chunk) is the shared
- * address of a chunk (which: 0 K, 1 V), sdst(which, key) that of an fp4
- * scale row (SB > 0 bytes, copied by the thread of the row's chunk 0);
- * okb[key] gets 1 for a valid key, 0 for one zero-filled (tile_mask). */
-template <int KT, int CPR, int SB, int NTH, typename Dst, typename SDst>
+ * cp.async: thread i takes K row i / TPR (V rows from KT * TPR on), part
+ * i % TPR of its CPR 16-byte chunks, one page lookup; keys at k_hi and past
+ * it or on a page id outside [0, num_pages) are zero-filled.  dst(which,
+ * key, chunk) is the shared address of a chunk (which: 0 K, 1 V), sdst(which,
+ * key) that of an fp4 scale row (SB > 0 bytes).  The K-row threads are the
+ * first KT * TPR: each of their warps stores its keys' validity bits in
+ * km[warp] (32 with TPR 1, 16 with TPR 2, where lanes 2k and 2k+1 hold key
+ * k; tile_mask puts them together).  (One thread, or two, per row: copying
+ * whole rows per warp instruction instead, with the rows' slots shuffled
+ * from the lanes that looked them up, measured 0-9% slower on the H200,
+ * docs/benchmarks.md "Extend attention".) */
+template <int KT, int TPR, int CPR, int SB, typename Dst, typename SDst>
 __device__ __forceinline__ void issue_keys(const params &p, const int32_t *pt, uint32_t kt, uint32_t k_hi, uint32_t h,
-                                           Dst dst, SDst sdst, uint8_t *okb)
+                                           Dst dst, SDst sdst, uint32_t *km)
 {
-        constexpr int R = 2 * KT, PER = R * CPR / NTH, RPS = 32 / CPR;
-        static_assert(CPR <= 32 && 32 % CPR == 0 && (R * CPR) % NTH == 0 && R <= NTH,
-                      "a warp instruction copies whole rows; a warp's rows fit its lanes");
-        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-        /* lane k RPS + j looks up the warp's row of step k, j: (32 warp +
-         * NTH k) / CPR + j */
-        int64_t slot = -1;
-        if (lane < PER * RPS) {
-                const int row = (32 * warp + NTH * (lane / RPS)) / CPR + lane % RPS;
-                slot = slot_of(p, pt, kt + row % KT, k_hi);
-                if (row < KT)
-                        okb[row] = slot >= 0;
-        }
-        /* not unrolled: unrolled, the compiler keeps every step's
-         * loop-invariant address parts live through the attention loop */
-#pragma unroll 1
-        for (int k = 0; k < PER; k++) {
-                const int q = threadIdx.x + NTH * k, row = q / CPR, c = q % CPR;
-                const int which = row / KT, key = row % KT;
-                const int64_t s = __shfl_sync(0xFFFFFFFFu, slot, k * RPS + lane / CPR);
-                const bool ok = s >= 0;
-                const uint64_t at = (uint64_t)(ok ? s : 0);
-                cp16<false>(dst(which, key, c), (which ? p.v : p.k) + at * p.token_bytes + h * p.head_bytes + c * 16, ok,
-                            0);
-                if constexpr (SB > 0) {
-                        if (c == 0)
-                                cpn<SB, false>(sdst(which, key),
-                                               (which ? p.vs : p.ks) + at * p.stoken_bytes + h * p.shead_bytes, ok, 0);
+        static_assert(TPR == 1 || TPR == 2, "one or two threads copy a K or V row (the key mask)");
+        static_assert(CPR % TPR == 0, "a row's chunks split evenly over its threads");
+        constexpr int PER = CPR / TPR;
+        const int which = threadIdx.x / (KT * TPR), key = threadIdx.x % (KT * TPR) / TPR, part = threadIdx.x % TPR;
+        const int64_t slot = slot_of(p, pt, kt + key, k_hi);
+        const bool ok = slot >= 0;
+        const uint8_t *src = (which ? p.v : p.k) + (uint64_t)(ok ? slot : 0) * p.token_bytes + h * p.head_bytes +
+                             part * PER * 16;
+#pragma unroll
+        for (int c = 0; c < PER; c++)
+                cp16<false>(dst(which, key, part * PER + c), src + c * 16, ok, 0);
+        if constexpr (SB > 0) {
+                if (part == 0) {
+                        const uint8_t *ssrc = (which ? p.vs : p.ks) + (uint64_t)(ok ? slot : 0) * p.stoken_bytes +
+                                              h * p.shead_bytes;
+                        cpn<SB, false>(sdst(which, key), ssrc, ok, 0);
                 }
+        }
+        if (which == 0) {
+                uint32_t m = __ballot_sync(0xFFFFFFFFu, ok);
+                if constexpr (TPR == 2) {
+                        uint32_t e = 0;
+#pragma unroll
+                        for (int k = 0; k < 16; k++)
+                                e |= ((m >> (2 * k)) & 1u) << k;
+                        m = e;
+                }
+                if (threadIdx.x % 32 == 0)
+                        km[threadIdx.x / 32] = m;
         }
 }
 
-/* The validity bits of a KT-key tile (bit k: key k) from issue_keys's
- * bytes, by the warp. */
-template <int KT>
-__device__ __forceinline__ uint64_t tile_mask(const uint8_t *okb)
+/* The validity bits of a KT-key tile from the words issue_keys stored. */
+template <int KT, int TPR>
+__device__ __forceinline__ uint64_t tile_mask(const uint32_t *km)
 {
-        const int lane = threadIdx.x % 32;
-        uint64_t m = __ballot_sync(0xFFFFFFFFu, okb[lane] != 0);
-        if constexpr (KT == 64)
-                m |= (uint64_t)__ballot_sync(0xFFFFFFFFu, okb[32 + lane] != 0) << 32;
+        uint64_t m = 0;
+#pragma unroll
+        for (int w = 0; w < KT * TPR / 32; w++)
+                m |= (uint64_t)km[w] << (w * 32 / TPR);
         return m;
 }
 
 /* Loads the tile's QV query vectors v0 .. (zero past nv) into shared
- * memory in the compute type and dim order, 8 values to a 16-byte chunk,
- * with the CTA's NTH threads: chunk c of vector vi at qs + qoff(vi, c);
- * with QLO (f16 q, bf16 compute) q's bf16 hi there and lo = q - hi at qs +
- * lo + qoff(vi, c). */
-template <int DT, int D, bool QLO, int NTH = THREADS, typename QOff>
+ * memory in the compute type and dim order, 8 values to a 16-byte chunk:
+ * chunk c of vector vi at qs + qoff(vi, c); with QLO (f16 q, bf16 compute)
+ * q's bf16 hi there and lo = q - hi at qs + lo + qoff(vi, c). */
+template <int DT, int D, bool QLO, typename QOff>
 __device__ __forceinline__ void load_q(const params &p, uint8_t *qs, uint32_t lo, int QV, const ptile &tl, uint32_t h,
                                        QOff qoff)
 {
         constexpr bool BF = dtraits<DT>::bf, FP4 = DT == KVC_DTYPE_FP4_E2M1;
         const uint16_t *q = (const uint16_t *)p.q;
         const bool conv = !BF && p.elem == KVC_ELEM_BF16; /* bf16 q, f16 compute */
-        for (int i = threadIdx.x; i < QV * (D / 8); i += NTH) {
+        for (int i = threadIdx.x; i < QV * (D / 8); i += THREADS) {
                 const int vi = i / (D / 8), c = i % (D / 8);
                 const uint64_t v = tl.v0 + vi;
                 uint32_t w[4] = { 0u, 0u, 0u, 0u }, wl[4] = { 0u, 0u, 0u, 0u };
@@ -434,7 +436,7 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
         constexpr int KT = PG::KT, NT = KT / 8, KC = D / 16, ND = D / 8, RS = PG::RS, MT = PG::MT, QV = PG::QV;
 
         extern __shared__ __align__(128) uint8_t dsm[];
-        __shared__ uint8_t okb[PG::NS][KT]; /* valid keys of each stage's tile (issue_keys) */
+        __shared__ uint32_t kmask[PG::NS][2]; /* valid keys of each stage's tile, bit per key */
 
         kvk::grid_dep_launch();
 
@@ -461,9 +463,9 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
                 uint8_t *dk = PG::Q8 ? raw + st * PG::RAWST : dsm + PG::KVOFF + st * 2 * PG::CT;
                 constexpr int ROW = PG::Q8 ? PG::RB : RS, HALF = PG::Q8 ? KT * PG::RB : PG::CT;
                 uint8_t *ds = raw + st * PG::RAWST + 2 * KT * PG::RB;
-                issue_keys<KT, PG::CPR, PG::SB, THREADS>(
+                issue_keys<KT, PG::TPR, PG::CPR, PG::SB>(
                         p, pt, kt, k_hi, h, [&](int w, int key, int c) { return smem_u32(dk + w * HALF + key * ROW + c * 16); },
-                        [&](int w, int key) { return smem_u32(ds + (w * KT + key) * PG::SB); }, okb[st]);
+                        [&](int w, int key) { return smem_u32(ds + (w * KT + key) * PG::SB); }, kmask[st]);
         };
 
 #pragma unroll
@@ -592,7 +594,7 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
 
                 /* ---- mask, online softmax of each m-tile's rows g and g+8 */
                 const uint32_t kt = k_lo + it * KT;
-                const uint64_t km = tile_mask<KT>(okb[st]);
+                const uint64_t km = tile_mask<KT, PG::TPR>(kmask[st]);
                 const uint64_t kall = KT == 64 ? ~0ull : 0xFFFFFFFFull;
                 const bool full = km == kall && kt + KT <= hzmin;
                 bool moved = false;

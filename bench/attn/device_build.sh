@@ -10,10 +10,10 @@ R=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$O"
 printf '#define KV_HAVE_CUDA 1\n' > "$O/kv_config.h"
 INC="-I$R/kernels -I$R/client/include -I$O"
-NV="nvcc -gencode=arch=compute_90a,code=sm_90a -DKVA_WG_HOST=1 -std=c++17 -O3 --expt-relaxed-constexpr -lineinfo -Xcompiler -fPIC $INC ${NVX:-}"
+NV="nvcc -gencode=arch=compute_90,code=sm_90 -std=c++17 -O3 --expt-relaxed-constexpr -lineinfo -Xcompiler -fPIC $INC ${NVX:-}"
 CC="gcc -std=gnu11 -O2 -fPIC -D_GNU_SOURCE $INC -I/usr/local/cuda/include"
 for f in kv_layout kv_codec_names kv_ref_write kv_ref_attn; do $CC -c "$R/kernels/$f.c" -o "$O/$f.o" & done
-for f in kv_cuda_common kv_write kv_gather kv_attn_extend kv_attn_prefill kv_attn_prefill_wg; do $NV -c "$R/kernels/$f.cu" -o "$O/$f.o" & done
+for f in kv_cuda_common kv_write kv_gather kv_attn_extend kv_attn_prefill; do $NV -c "$R/kernels/$f.cu" -o "$O/$f.o" & done
 $NV -Xptxas -v -c "$R/kernels/kv_attn_decode.cu" -o "$O/kv_attn_decode.o" 2> "$O/ptxas.txt"
 wait
 rm -f "$O/libkvk.a"
