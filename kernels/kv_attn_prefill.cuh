@@ -221,8 +221,8 @@ struct ptile {
  * km[warp] (32 with TPR 1, 16 with TPR 2, where lanes 2k and 2k+1 hold key
  * k; tile_mask puts them together).  (One thread, or two, per row: copying
  * whole rows per warp instruction instead, with the rows' slots shuffled
- * from the lanes that looked them up, measured 0-9% slower on the H200,
- * docs/benchmarks.md "Extend attention".) */
+ * from the lanes that looked them up, measured up to 9% slower on the H200
+ * where the grid makes waves, docs/benchmarks.md "Extend attention".) */
 template <int KT, int TPR, int CPR, int SB, typename Dst, typename SDst>
 __device__ __forceinline__ void issue_keys(const params &p, const int32_t *pt, uint32_t kt, uint32_t k_hi, uint32_t h,
                                            Dst dst, SDst sdst, uint32_t *km)
