@@ -414,6 +414,10 @@ int kvd_cfg_expand_one(const struct kvd_pool_spec *s, const char *where, struct 
         return 0;
 }
 
+/* The keys of --pool, in the order the unknown-key message lists them. */
+static const char *const pool_keys[] = { "name",     "dtype",    "layers",  "kv_heads", "head_dim", "page_size",
+                                         "capacity", "backend",  "device",  "tp_size",  "devices" };
+
 int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *err, size_t errlen)
 {
         struct kvd_pool_spec s;
@@ -428,8 +432,6 @@ int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *
         strcpy(buf, arg);
         snprintf(where, sizeof(where), "--pool");
         for (tok = strtok_r(buf, ",", &save); tok && !r; tok = strtok_r(NULL, ",", &save)) {
-                static const char *const keys[] = { "name", "dtype", "layers", "kv_heads", "head_dim", "page_size",
-                                                    "device", "tp_size", "devices", "capacity", "backend" };
                 char     *eq = strchr(tok, '=');
                 const char *k = tok, *v;
                 uint32_t  u = 0;
@@ -439,8 +441,8 @@ int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *
                 *eq = 0;
                 v = eq + 1;
                 /* a key given twice is a mistake, not "the last one wins" */
-                for (unsigned i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-                        if (strcmp(k, keys[i]) != 0)
+                for (unsigned i = 0; i < sizeof(pool_keys) / sizeof(pool_keys[0]); i++) {
+                        if (strcmp(k, pool_keys[i]) != 0)
                                 continue;
                         if (seen & (1u << i))
                                 return kvd_cfg_fail(err, errlen, "--pool \"%s\": key \"%s\" given twice", arg, k);
@@ -487,9 +489,11 @@ int kvd_config_parse_pool_arg(const char *arg, struct kvd_pool_spec *ret, char *
                                 return -EINVAL;
                         strcpy(s.backend, v);
                 } else {
-                        return kvd_cfg_fail(err, errlen,
-                                    "--pool: unknown key \"%s\" (expected name, dtype, layers, kv_heads, head_dim, page_size, capacity, backend, device, tp_size, devices)",
-                                    k);
+                        char list[160] = "";
+                        for (unsigned i = 0; i < sizeof(pool_keys) / sizeof(pool_keys[0]); i++)
+                                snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "",
+                                         pool_keys[i]);
+                        return kvd_cfg_fail(err, errlen, "--pool: unknown key \"%s\" (expected %s)", k, list);
                 }
         }
         if ((r = kvd_cfg_check_spec(&s, where, err, errlen)) ||

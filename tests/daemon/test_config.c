@@ -197,6 +197,17 @@ Test(config, pool_arg_key_twice)
         cr_assert(strstr(err, "key \"capacity\" given twice"), "%s", err);
 }
 
+/* An unknown --pool key is named, with every key there is. */
+Test(config, pool_arg_unknown_key)
+{
+        struct kvd_pool_spec sp;
+
+        cr_assert_eq(kvd_config_parse_pool_arg("name=a,dtype=bf16,colour=red", &sp, err, sizeof(err)), -EINVAL);
+        cr_assert(strstr(err, "unknown key \"colour\" (expected name, dtype, layers, kv_heads, head_dim, page_size, "
+                              "capacity, backend, device, tp_size, devices)"),
+                  "%s", err);
+}
+
 /* A page table holds at most 2^30 pages (page ids stay far from the u32
  * sentinels): a capacity holding more pages of a tiny geometry (18 bytes a
  * page here) is refused at configuration time, not after the daemon has
