@@ -435,26 +435,36 @@ static int check_url(const char *what, const char *u, char *err, size_t errlen)
         return 0;
 }
 
-int kvd_config_check_scales(const struct kvd_config *c, FILE *f, char *err, size_t errlen)
+int kvd_config_load_scales(const struct kvd_config *c, FILE *f, struct kvd_scales **ret, char *err, size_t errlen)
 {
-        for (uint32_t i = 0; i < c->num_pools; i++) {
-                const struct kvd_pool_spec *s = &c->pools[i];
-                struct kvd_scales           sc;
-                char                        e[512];
-                int                         r;
+        struct kvd_scales *all = calloc(c->num_pools ? c->num_pools : 1, sizeof(*all));
+        uint32_t           n = 0;
+        int                r = 0;
 
-                r = kvd_scales_load(s->scales_cfg, s->geom.num_layers, kvc_dtype_name(s->geom.dtype),
-                                    &sc, e, sizeof(e));
+        if (!all)
+                return kvd_cfg_fail(err, errlen, "scales: out of memory");
+        for (; n < c->num_pools; n++) {
+                const struct kvd_pool_spec *s = &c->pools[n];
+                struct kvd_scales          *sc = &all[n];
+                char                        e[512];
+
+                r = kvd_scales_load(s->scales_cfg, s->geom.num_layers, kvc_dtype_name(s->geom.dtype), sc, e, sizeof(e));
                 if (r) {
                         snprintf(err, errlen, "pool %s: scales: %s", s->name, e);
-                        return r;
+                        break;
                 }
                 if (f)
                         fprintf(f, "pool %s scales: %s%s%s, k %g..%g, v %g..%g over %u layers%s\n", s->name,
-                                sc.source, sc.path[0] ? " " : "", sc.path, sc.k_min, sc.k_max, sc.v_min, sc.v_max,
-                                sc.num_layers, sc.warn_unscaled ? " (UNSCALED fp8: configure \"scales\")" : "");
-                kvd_scales_fini(&sc);
+                                sc->source, sc->path[0] ? " " : "", sc->path, sc->k_min, sc->k_max, sc->v_min, sc->v_max,
+                                sc->num_layers, sc->warn_unscaled ? " (UNSCALED fp8: configure \"scales\")" : "");
         }
+        if (r || !ret) {
+                for (uint32_t i = 0; i < n; i++)
+                        kvd_scales_fini(&all[i]);
+                free(all);
+                return r;
+        }
+        *ret = all;
         return 0;
 }
 

@@ -53,7 +53,7 @@ struct kvd_config {
  * defaults, and validates everything that can be checked without allocating
  * (geometry with kv_geom_check, names, duplicates, capacity forms, the
  * group) and expands tp_size/devices.  Scales are not loaded here (see
- * kvd_config_check_scales); only a tp_size spec's JSON scales file is read,
+ * kvd_config_load_scales); only a tp_size spec's JSON scales file is read,
  * to check that it has a rank per pool.  On
  * success fills *ret (free with kvd_config_fini); on failure returns -EINVAL
  * (or -ENOENT/-EIO/-ENOMEM) with a one-line message in err, and *ret is
@@ -84,10 +84,15 @@ int kvd_config_parse_capacity(const char *s, uint64_t *ret_bytes, double *ret_fr
  * heads, head_dim 128, page_size 16, 256 MiB, backend auto. */
 void kvd_config_default_pool(struct kvd_pool_spec *ret);
 
-/* Loads (and frees again) the scales of every pool, to report bad scale
- * input at --check-config time, printing each pool's scale source and range
- * to f (NULL: print nothing).  Returns 0 or the first error with err. */
-int kvd_config_check_scales(const struct kvd_config *c, FILE *f, char *err, size_t errlen);
+/* Loads the scales of every pool (kvd_scales_load), printing each pool's
+ * scale source and range to f (NULL: print nothing): all of them before
+ * any pool is made, so that a bad scales file of the last pool costs no
+ * allocation of the first ones.  With ret, *ret gets an array of
+ * c->num_pools loaded scales (kvd_pool_new takes each over; free what it
+ * did not take with kvd_scales_fini, then the array with free()); without,
+ * they are freed again (--check-config).  Returns 0 or the first error
+ * with err, *ret untouched. */
+int kvd_config_load_scales(const struct kvd_config *c, FILE *f, struct kvd_scales **ret, char *err, size_t errlen);
 
 /* Prints the pools as --check-config shows them (geometry, capacity in pages,
  * tokens and bytes where the capacity is in bytes) to f. */

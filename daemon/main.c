@@ -47,12 +47,21 @@ static int check_config(const struct kvd_config *c)
         char err[1024];
 
         kvd_config_print(c, stdout);
-        if (kvd_config_check_scales(c, stdout, err, sizeof(err))) {
+        if (kvd_config_load_scales(c, stdout, NULL, err, sizeof(err))) {
                 fprintf(stderr, "kvpoold: %s\n", err);
                 return 1;
         }
         printf("configuration OK\n");
         return 0;
+}
+
+/* The scales kvd_config_load_scales gave, those no pool took (a taken one
+ * is empty), and the array. */
+static void free_scales(struct kvd_scales *scales, uint32_t n)
+{
+        for (uint32_t i = 0; i < n; i++)
+                kvd_scales_fini(&scales[i]);
+        free(scales);
 }
 
 static void free_pools(struct kvd_pool **pools, uint32_t n)
@@ -68,6 +77,7 @@ int main(int argc, char **argv)
         struct kvd_server_cfg scfg;
         struct kvd_server    *srv = NULL;
         struct kvd_pool     **pools;
+        struct kvd_scales    *scales = NULL;
         char                  err[1024], line[160];
         uint32_t              made = 0;
         int                   r;
@@ -100,9 +110,9 @@ int main(int argc, char **argv)
         }
 
         /* Every pool's scales load before any pool is made: a bad scale
-         * file of the last pool must not cost the first ones' allocation
-         * (each pool loads them again as it is made). */
-        if (kvd_config_check_scales(&c, NULL, err, sizeof(err))) {
+         * file of the last pool must not cost the first ones' allocation.
+         * Each pool takes its own over. */
+        if (kvd_config_load_scales(&c, NULL, &scales, err, sizeof(err))) {
                 kvd_err("configuration: %s", err);
                 kvd_err("not starting");
                 kvd_config_fini(&c);
@@ -110,18 +120,21 @@ int main(int argc, char **argv)
         }
         if (!(pools = calloc(c.num_pools, sizeof(*pools)))) {
                 kvd_err("out of memory");
+                free_scales(scales, c.num_pools);
                 kvd_config_fini(&c);
                 return 1;
         }
         for (made = 0; made < c.num_pools; made++) {
-                if ((r = kvd_pool_new(&c.pools[made], made, &pools[made], err, sizeof(err)))) {
+                if ((r = kvd_pool_new(&c.pools[made], made, &scales[made], &pools[made], err, sizeof(err)))) {
                         kvd_err("%s", err);
                         kvd_err("not starting: pool %s could not be created", c.pools[made].name);
                         free_pools(pools, made);
+                        free_scales(scales, c.num_pools);
                         kvd_config_fini(&c);
                         return 1;
                 }
         }
+        free_scales(scales, c.num_pools); /* each pool took its own: only the array is left */
 
         memset(&scfg, 0, sizeof(scfg));
         scfg.socket_url = c.socket_url;

@@ -94,8 +94,11 @@ static int choose_backend(const struct kvd_pool_spec *spec, const struct kvd_bac
         return 0;
 }
 
-int kvd_pool_new(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_pool **ret,
-                 char *err, size_t errlen)
+/* kvd_pool_new with the scales sc loaded: they move into the pool once
+ * the region is about to be made (sc emptied); on a failure before, they
+ * stay in sc for the caller to free. */
+static int pool_make(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_scales *sc, struct kvd_pool **ret,
+                     char *err, size_t errlen)
 {
         const struct kvd_backend_ops *be = NULL;
         struct kvd_pages_hooks        hooks;
@@ -162,12 +165,8 @@ int kvd_pool_new(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_pool 
                 free(p);
                 return -EINVAL;
         }
-        /* Scales first: a bad scales file must fail before memory is taken. */
-        if ((r = kvd_scales_load(spec->scales_cfg, spec->geom.num_layers, dname, &p->scales, e, sizeof(e)))) {
-                snprintf(err, errlen, "pool %s: scales: %s", spec->name, e);
-                free(p);
-                return r;
-        }
+        p->scales = *sc;
+        memset(sc, 0, sizeof(*sc));
         if (p->scales.warn_unscaled) /* set for fp8 pools only */
                 kvd_warn("pool %s: %s with constant scales k=%g v=%g: UNSCALED FP8 is known to wreck some models' "
                          "accuracy; configure \"scales\" from the model's calibration (json or safetensors)",
@@ -199,6 +198,27 @@ int kvd_pool_new(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_pool 
                  p->scales.source);
         *ret = p;
         return 0;
+}
+
+int kvd_pool_new(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_scales *scales, struct kvd_pool **ret,
+                 char *err, size_t errlen)
+{
+        struct kvd_scales sc;
+        char              e[512];
+        int               r;
+
+        if (scales) {
+                sc = *scales;
+                memset(scales, 0, sizeof(*scales));
+        } else if ((r = kvd_scales_load(spec->scales_cfg, spec->geom.num_layers, kvc_dtype_name(spec->geom.dtype),
+                                        &sc, e, sizeof(e)))) {
+                /* scales first: a bad scales file fails before memory is taken */
+                snprintf(err, errlen, "pool %s: scales: %s", spec->name, e);
+                return r;
+        }
+        r = pool_make(spec, id, &sc, ret, err, errlen);
+        kvd_scales_fini(&sc); /* what the pool did not take */
+        return r;
 }
 
 void kvd_pool_free(struct kvd_pool *p)

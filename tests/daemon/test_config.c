@@ -99,7 +99,43 @@ Test(config, valid_file_every_key)
         cr_assert_str_eq(c.pools[1].backend, "auto");
         cr_assert_float_eq(c.pools[1].pressure_low, 0.1, 1e-12);
         cr_assert_float_eq(c.pools[1].pressure_high, 0.2, 1e-12);
-        cr_assert_eq(kvd_config_check_scales(&c, NULL, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(kvd_config_load_scales(&c, NULL, NULL, err, sizeof(err)), 0, "%s", err);
+        kvd_config_fini(&c);
+}
+
+/* kvpoold loads every pool's scales once, before making any pool: the
+ * array has a loaded entry per pool; a bad scales file of a later pool
+ * fails the whole load, naming that pool, and leaves *ret alone. */
+Test(config, load_scales_of_every_pool)
+{
+        struct kvd_config  c;
+        struct kvd_scales *sc = NULL, *keep = (struct kvd_scales *)&c;
+
+        cr_assert_eq(parse_file(&c, "{\"pools\": [" POOL_OK ", {\"name\": \"q\", \"dtype\": \"fp8_e5m2\", "
+                                    "\"layers\": 3, \"kv_heads\": 2, \"head_dim\": 64, \"page_size\": 16, "
+                                    "\"capacity\": \"8MiB\", \"scales\": {\"source\": \"constant\", \"k\": 2, "
+                                    "\"v\": 4}}]}"),
+                     0, "%s", err);
+        cr_assert_eq(kvd_config_load_scales(&c, NULL, &sc, err, sizeof(err)), 0, "%s", err);
+        cr_assert_not_null(sc);
+        cr_assert_eq(sc[0].num_layers, 2);
+        cr_assert(sc[0].k[1] == 1.0f && sc[0].v[1] == 1.0f);
+        cr_assert_eq(sc[1].num_layers, 3);
+        cr_assert(sc[1].k[2] == 2.0f && sc[1].v[2] == 4.0f);
+        for (uint32_t i = 0; i < c.num_pools; i++)
+                kvd_scales_fini(&sc[i]);
+        free(sc);
+        kvd_config_fini(&c);
+
+        cr_assert_eq(parse_file(&c, "{\"pools\": [" POOL_OK ", {\"name\": \"q\", \"dtype\": \"fp8_e4m3\", "
+                                    "\"layers\": 2, \"kv_heads\": 2, \"head_dim\": 64, \"page_size\": 16, "
+                                    "\"capacity\": \"8MiB\", \"scales\": {\"source\": \"json\", "
+                                    "\"path\": \"/nonexistent/kvtest-scales.json\"}}]}"),
+                     0, "%s", err);
+        sc = keep;
+        cr_assert_neq(kvd_config_load_scales(&c, NULL, &sc, err, sizeof(err)), 0, "a missing scales file loaded");
+        cr_assert(strstr(err, "pool q") && strstr(err, "/nonexistent/kvtest-scales.json"), "%s", err);
+        cr_assert_eq(sc, keep, "*ret changed on failure");
         kvd_config_fini(&c);
 }
 
@@ -572,7 +608,7 @@ Test(config, tp_size_json_expands_per_rank)
                 kvd_scales_fini(&sc);
         }
         cr_assert_neq(c.pools[0].scales_cfg, c.pools[1].scales_cfg, "each rank owns its scales object");
-        cr_assert_eq(kvd_config_check_scales(&c, NULL, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(kvd_config_load_scales(&c, NULL, NULL, err, sizeof(err)), 0, "%s", err);
         kvd_config_fini(&c);
         unlink(sp);
 }
@@ -635,7 +671,7 @@ Test(config, devices_without_tp_size)
                 cr_assert_str_eq(c.pools[i].spec_name, "m");
                 cr_assert_null(cJSON_GetObjectItem(c.pools[i].scales_cfg, "tp_rank"));
         }
-        cr_assert_eq(kvd_config_check_scales(&c, NULL, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(kvd_config_load_scales(&c, NULL, NULL, err, sizeof(err)), 0, "%s", err);
         kvd_config_fini(&c);
         cr_assert_eq(parse(&c, "--pool", "name=d,dtype=bf16,layers=2,kv_heads=4,head_dim=64,page_size=16,capacity=4MiB,devices=2",
                            NULL), 0, "%s", err);

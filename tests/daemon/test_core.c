@@ -124,7 +124,7 @@ Test(pool, host_pool_every_dtype)
                 char                 err[512], path[128];
 
                 spec(&s, "t", (enum kvc_dtype)d, 6u << 20);
-                cr_assert_eq(kvd_pool_new(&s, 5, &p, err, sizeof(err)), 0, "%s", err);
+                cr_assert_eq(kvd_pool_new(&s, 5, NULL, &p, err, sizeof(err)), 0, "%s", err);
                 cr_assert_eq(p->id, 5);
                 cr_assert_leq(p->layout.alloc_bytes, 6u << 20);
                 cr_assert_eq(kv_layout_init(&s.geom, p->layout.num_pages, &L), 0);
@@ -175,20 +175,20 @@ Test(pool, refusals_leave_nothing)
 
         /* too small for one page */
         spec(&s, "small", KVC_DTYPE_BF16, 4096);
-        cr_assert_neq(kvd_pool_new(&s, 0, &p, err, sizeof(err)), 0);
+        cr_assert_neq(kvd_pool_new(&s, 0, NULL, &p, err, sizeof(err)), 0);
         cr_assert(strstr(err, s.name) && strstr(err, "page"), "%s", err);
         cr_assert_eq(p, (struct kvd_pool *)0x1, "ret touched on failure");
 
         /* a fraction of GPU memory on a host pool */
         spec(&s, "frac", KVC_DTYPE_BF16, 0);
         s.capacity_fraction = 0.5;
-        cr_assert_neq(kvd_pool_new(&s, 0, &p, err, sizeof(err)), 0);
+        cr_assert_neq(kvd_pool_new(&s, 0, NULL, &p, err, sizeof(err)), 0);
         cr_assert(strstr(err, "fraction"), "%s", err);
 
         /* bad scales: refused before any memory is taken */
         spec(&s, "scl", KVC_DTYPE_FP8_E4M3, 4u << 20);
         s.scales_cfg = cJSON_Parse("{\"source\": \"json\", \"path\": \"/nonexistent/kvtest-scales.json\"}");
-        cr_assert_neq(kvd_pool_new(&s, 0, &p, err, sizeof(err)), 0);
+        cr_assert_neq(kvd_pool_new(&s, 0, NULL, &p, err, sizeof(err)), 0);
         cr_assert(strstr(err, "kvtest-scales.json"), "%s", err);
         snprintf(path, sizeof(path), "/dev/shm/kvpool.%d.%s", (int)getpid(), s.name);
         cr_assert_neq(stat(path, &sb), 0, "%s left after a failed pool", path);
@@ -198,7 +198,7 @@ Test(pool, refusals_leave_nothing)
         if (!kvd_backend_cuda) {
                 spec(&s, "gpu", KVC_DTYPE_BF16, 4u << 20);
                 strcpy(s.backend, "cuda");
-                cr_assert_eq(kvd_pool_new(&s, 0, &p, err, sizeof(err)), -ENODEV);
+                cr_assert_eq(kvd_pool_new(&s, 0, NULL, &p, err, sizeof(err)), -ENODEV);
                 cr_assert(strstr(err, "without CUDA"), "%s", err);
         }
 }
@@ -221,11 +221,44 @@ Test(pool, more_pages_than_a_page_table_holds)
         s.geom.kv_heads = 1;
         s.geom.head_dim = 16;
         s.geom.page_size = 1;
-        cr_assert_eq(kvd_pool_new(&s, 0, &p, err, sizeof(err)), -EINVAL, "%s", err);
+        cr_assert_eq(kvd_pool_new(&s, 0, NULL, &p, err, sizeof(err)), -EINVAL, "%s", err);
         cr_assert(strstr(err, s.name) && strstr(err, "pages"), "%s", err);
         cr_assert_null(p);
         snprintf(path, sizeof(path), "/dev/shm/kvpool.%d.%s", (int)getpid(), s.name);
         cr_assert_neq(stat(path, &sb), 0, "%s left after a failed pool", path);
+        kvd_pool_spec_fini(&s);
+}
+
+/* Scales loaded by the caller (kvpoold loads every pool's first) move into
+ * the pool; on a failure they are freed; either way the caller's struct is
+ * left empty. */
+Test(pool, takes_over_loaded_scales)
+{
+        struct kvd_pool_spec s;
+        struct kvd_pool     *p = NULL;
+        struct kvd_scales    sc;
+        char                 err[512];
+
+        spec(&s, "sc", KVC_DTYPE_FP8_E4M3, 4u << 20);
+        s.scales_cfg = cJSON_Parse("{\"source\": \"constant\", \"k\": 0.5, \"v\": 0.25}");
+        cr_assert_not_null(s.scales_cfg);
+        cr_assert_eq(kvd_scales_load(s.scales_cfg, s.geom.num_layers, "fp8_e4m3", &sc, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(kvd_pool_new(&s, 0, &sc, &p, err, sizeof(err)), 0, "%s", err);
+        cr_assert_null(sc.k, "the caller's scales were not taken over");
+        cr_assert_eq(p->scales.num_layers, s.geom.num_layers);
+        for (uint32_t l = 0; l < s.geom.num_layers; l++)
+                cr_assert(p->scales.k[l] == 0.5f && p->scales.v[l] == 0.25f, "layer %u: %g %g", l, p->scales.k[l],
+                          p->scales.v[l]);
+        kvd_pool_free(p);
+
+        /* a geometry kv_geom_check refuses: nothing is made, the scales go */
+        cr_assert_eq(kvd_scales_load(s.scales_cfg, s.geom.num_layers, "fp8_e4m3", &sc, err, sizeof(err)), 0, "%s", err);
+        s.geom.head_dim = 3;
+        p = NULL;
+        cr_assert_eq(kvd_pool_new(&s, 0, &sc, &p, err, sizeof(err)), -EINVAL);
+        cr_assert_null(p);
+        cr_assert_null(sc.k, "the scales of a refused pool were not freed");
+        kvd_scales_fini(&sc); /* harmless on the emptied struct */
         kvd_pool_spec_fini(&s);
 }
 
@@ -236,9 +269,9 @@ Test(pool, same_name_twice_is_refused)
         char                 err[512];
 
         spec(&s, "dup", KVC_DTYPE_FP8_E4M3, 4u << 20);
-        cr_assert_eq(kvd_pool_new(&s, 0, &a, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(kvd_pool_new(&s, 0, NULL, &a, err, sizeof(err)), 0, "%s", err);
         /* O_EXCL: the second object of the same name is not adopted */
-        cr_assert_neq(kvd_pool_new(&s, 1, &b, err, sizeof(err)), 0);
+        cr_assert_neq(kvd_pool_new(&s, 1, NULL, &b, err, sizeof(err)), 0);
         cr_assert(strstr(err, "shm_open"), "%s", err);
         kvd_pool_free(a);
         kvd_pool_spec_fini(&s);
@@ -307,7 +340,7 @@ Test(requests, pages_of_a_failed_reply_are_given_back)
         char                 err[512];
 
         spec(&s, "req", KVC_DTYPE_BF16, 16u << 20);
-        cr_assert_eq(kvd_pool_new(&s, 0, &p, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(kvd_pool_new(&s, 0, NULL, &p, err, sizeof(err)), 0, "%s", err);
         cr_assert_geq(p->layout.num_pages, 400, "the ALLOC below must not evict");
         memset(&srv, 0, sizeof(srv));
         pthread_mutex_init(&srv.lock, NULL);
