@@ -7,7 +7,6 @@
  * Exit status: 0 success, 1 failure (daemon unreachable, request failed),
  * 2 usage error.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -20,6 +19,7 @@
 #include "ctl_events.h"
 #include "kvclient.h"
 #include "kv_proto.h"
+#include "kv_url.h"
 
 #ifndef KV_VERSION
 #define KV_VERSION "unknown"
@@ -404,34 +404,29 @@ static const char *opt_value(int argc, char **argv, int *i, const char *opt)
         return NULL;
 }
 
-/* NULL when u looks like a socket URL (scheme://address, under the 255
- * bytes libkvclient keeps), else what is wrong with it: a malformed URL is a
- * usage error (exit 2), not a daemon that is not there (exit 1). */
-static const char *url_problem(const char *u)
+/* NULL when u is a socket URL kvpoold could listen on (kv_url_check, the
+ * daemon's own check) under the 255 bytes libkvclient keeps, else what is
+ * wrong with it, in buf: a malformed URL is a usage error (exit 2), not a
+ * daemon that is not there (exit 1). */
+static const char *url_problem(const char *u, char *buf, size_t n)
 {
-        const char *sep = strstr(u, "://");
-
         if (*u == '\0')
-                return "is empty";
-        if (strlen(u) > 255)
-                return "is longer than 255 bytes";
-        if (sep == NULL || sep == u || sep[3] == '\0')
-                return "is not a URL (want scheme://address, e.g. " KVC_DEFAULT_SOCKET ")";
-        for (const char *p = u; p < sep; p++)
-                if (!isalnum((unsigned char)*p) && *p != '+' && *p != '-' && *p != '.')
-                        return "is not a URL (its scheme, before ://, has other characters than "
-                               "letters, digits, +, - and .)";
-        return NULL;
+                snprintf(buf, n, "the URL is empty");
+        else if (strlen(u) > 255)
+                snprintf(buf, n, "the URL is longer than 255 bytes");
+        else if (kv_url_check(u, buf, n) == 0)
+                return NULL;
+        return buf;
 }
 
 int main(int argc, char **argv)
 {
-        const char *url = NULL, *events = NULL, *cmd;
-        char events_buf[512];
+        const char *url = NULL, *events = NULL, *cmd, *why;
+        char events_buf[512], whybuf[512];
         int i, json = 0;
 
         for (i = 1; i < argc && argv[i][0] == '-'; i++) {
-                const char *v, *why;
+                const char *v;
 
                 if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
                         fputs(usage_text, stdout);
@@ -442,12 +437,12 @@ int main(int argc, char **argv)
                         return ctl_output_done("kvpoolctl");
                 }
                 if ((v = opt_value(argc, argv, &i, "--socket")) != NULL) {
-                        if ((why = url_problem(v)) != NULL)
-                                return usage_error("--socket: '%s' %s", v, why);
+                        if ((why = url_problem(v, whybuf, sizeof whybuf)) != NULL)
+                                return usage_error("--socket: %s", why);
                         url = v;
                 } else if ((v = opt_value(argc, argv, &i, "--events")) != NULL) {
-                        if ((why = url_problem(v)) != NULL)
-                                return usage_error("--events: '%s' %s", v, why);
+                        if ((why = url_problem(v, whybuf, sizeof whybuf)) != NULL)
+                                return usage_error("--events: %s", why);
                         events = v;
                 } else if (strcmp(argv[i], "--socket") == 0 || strcmp(argv[i], "--events") == 0)
                         return usage_error("%s needs a URL", argv[i]);
@@ -460,10 +455,8 @@ int main(int argc, char **argv)
                 const char *env = getenv("KVPOOL_SOCKET");
 
                 if (env != NULL && *env != '\0') {
-                        const char *why = url_problem(env);
-
-                        if (why != NULL)
-                                return usage_error("KVPOOL_SOCKET: '%s' %s", env, why);
+                        if ((why = url_problem(env, whybuf, sizeof whybuf)) != NULL)
+                                return usage_error("KVPOOL_SOCKET: %s", why);
                         url = env;
                 }
         }

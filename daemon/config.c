@@ -13,6 +13,7 @@
 #include "json_strict.h"
 #include "metrics.h"
 #include "kv_proto.h"
+#include "kv_url.h"
 #include "log.h"
 #include "kv_layout.h"
 #include "scales.h"
@@ -396,42 +397,17 @@ out:
 
 /* ---- check and print ----------------------------------------------------- */
 
-/* A URL with a scheme nng can listen on (as kvpoold's REP and PUB sockets
- * do) that nng parses; for the TCP-based ones a numeric port (0: any).
- * what names the setting in the message. */
+/* A URL kvpoold can listen on (kv_url_check, shared with kvpoolctl) and
+ * STATUS can echo; what names the setting in the message. */
 static int check_url(const char *what, const char *u, char *err, size_t errlen)
 {
-        static const char *const schemes[] = { "ipc", "abstract", "inproc", "tcp", "tcp4", "tcp6", "ws", "ws4",
-                                               "ws6", "wss", "wss4", "wss6", "tls+tcp", "tls+tcp4", "tls+tcp6" };
-        const char *sep = strstr(u, "://");
-        nng_url *url = NULL;
-        size_t n = sep ? (size_t)(sep - u) : 0;
-        int known = 0, tcpish, rv;
+        char why[512];
 
         /* STATUS echoes the URLs as JSON strings: UTF-8 only */
         if (kvd_utf8_bad(u, strlen(u)) >= 0)
                 return kvd_cfg_fail(err, errlen, "%s: the URL is not valid UTF-8", what);
-        for (unsigned i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
-                known |= n == strlen(schemes[i]) && strncmp(u, schemes[i], n) == 0;
-        if (!known)
-                return kvd_cfg_fail(err, errlen, "%s: \"%s\": expected an nng URL such as ipc://PATH or "
-                                    "tcp://HOST:PORT", what, u);
-        if (sep[3] == '\0')
-                return kvd_cfg_fail(err, errlen, "%s: \"%s\": nothing after ://", what, u);
-        if ((rv = nng_url_parse(&url, u)) != 0)
-                return kvd_cfg_fail(err, errlen, "%s: \"%s\": %s", what, u, nng_strerror(rv));
-        tcpish = strncmp(u, "tcp", 3) == 0 || strncmp(u, "ws", 2) == 0 || strncmp(u, "tls+tcp", 7) == 0;
-        if (tcpish) {
-                const char *ps = url->u_port ? url->u_port : "";
-                char *end;
-                long port = strtol(ps, &end, 10);
-
-                if (end == ps || *end || port < 0 || port > 65535) {
-                        nng_url_free(url);
-                        return kvd_cfg_fail(err, errlen, "%s: \"%s\": the port must be a number in 0..65535", what, u);
-                }
-        }
-        nng_url_free(url);
+        if (kv_url_check(u, why, sizeof(why)))
+                return kvd_cfg_fail(err, errlen, "%s: %s", what, why);
         return 0;
 }
 

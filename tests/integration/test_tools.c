@@ -128,13 +128,19 @@ Test(integration, kvpoolctl_without_daemon_and_bad_usage, .timeout = 30)
                 free(out);
         }
         {
-                /* a malformed URL is a usage error (2) naming the option,
+                /* a malformed URL is a usage error (2) naming the option
+                 * and, as kvpoold says it (the same check), what is wrong,
                  * not a daemon that is not there (1); an explicitly empty
                  * one is not silently replaced by the default */
-                const char *bad[][3] = {
-                        { "--socket", "foo", "status" }, { "--socket=", NULL, "status" },
-                        { "--socket", "1pc:x", "metrics" }, { "--events", "foo", "events" },
-                        { "--events=", NULL, "events" },
+                const char *bad[][4] = {
+                        { "--socket", "foo", "status", "expected an nng URL" },
+                        { "--socket=", NULL, "status", "the URL is empty" },
+                        { "--socket", "1pc:x", "metrics", "expected an nng URL" },
+                        { "--socket", "bogus://x", "status", "expected an nng URL" },
+                        { "--socket", "tcp://127.0.0.1:99999", "status", "port must be a number in 0..65535" },
+                        { "--socket", "ipc://", "status", "nothing after ://" },
+                        { "--events", "foo", "events", "expected an nng URL" },
+                        { "--events=", NULL, "events", "the URL is empty" },
                 };
 
                 for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
@@ -144,7 +150,9 @@ Test(integration, kvpoolctl_without_daemon_and_bad_usage, .timeout = 30)
                         argv[2] = (char *)(bad[k][1] ? bad[k][1] : bad[k][2]);
                         argv[3] = bad[k][1] ? (char *)bad[k][2] : NULL;
                         cr_assert_eq(kvt_run(argv, &out), 2, "%s %s: %s", bad[k][0], argv[2], out);
-                        cr_assert(strstr(out, opt) != NULL && strstr(out, "usage:") != NULL, "%s", out);
+                        cr_assert(strstr(out, opt) != NULL && strstr(out, bad[k][3]) != NULL &&
+                                          strstr(out, "usage:") != NULL,
+                                  "%s", out);
                         free(out);
                 }
         }
