@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <nng/nng.h>
 
 #include "config_int.h"
 #include "json_strict.h"
@@ -417,8 +416,10 @@ int kvd_config_load_scales(const struct kvd_config *c, FILE *f, struct kvd_scale
         uint32_t           n = 0;
         int                r = 0;
 
-        if (!all)
-                return kvd_cfg_fail(err, errlen, "scales: out of memory");
+        if (!all) {
+                snprintf(err, errlen, "scales: out of memory");
+                return -ENOMEM;
+        }
         for (; n < c->num_pools; n++) {
                 const struct kvd_pool_spec *s = &c->pools[n];
                 struct kvd_scales          *sc = &all[n];

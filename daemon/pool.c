@@ -94,9 +94,10 @@ static int choose_backend(const struct kvd_pool_spec *spec, const struct kvd_bac
         return 0;
 }
 
-/* kvd_pool_new with the scales sc loaded: they move into the pool once
- * the region is about to be made (sc emptied); on a failure before, they
- * stay in sc for the caller to free. */
+/* kvd_pool_new, with sc the caller's loaded scales or NULL: they move
+ * into the pool (sc emptied) once the layout is known, where scales are
+ * loaded when sc is NULL; on a failure before, they stay in sc for the
+ * caller to free. */
 static int pool_make(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_scales *sc, struct kvd_pool **ret,
                      char *err, size_t errlen)
 {
@@ -165,8 +166,22 @@ static int pool_make(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_s
                 free(p);
                 return -EINVAL;
         }
-        p->scales = *sc;
-        memset(sc, 0, sizeof(*sc));
+        /* Scales before the region: a bad scales file must fail before
+         * memory is taken. */
+        if (sc && sc->num_layers != spec->geom.num_layers) {
+                snprintf(err, errlen, "pool %s: scales: %u layers given for a pool of %u", spec->name, sc->num_layers,
+                         spec->geom.num_layers);
+                free(p);
+                return -EINVAL;
+        }
+        if (sc) {
+                p->scales = *sc;
+                memset(sc, 0, sizeof(*sc));
+        } else if ((r = kvd_scales_load(spec->scales_cfg, spec->geom.num_layers, dname, &p->scales, e, sizeof(e)))) {
+                snprintf(err, errlen, "pool %s: scales: %s", spec->name, e);
+                free(p);
+                return r;
+        }
         if (p->scales.warn_unscaled) /* set for fp8 pools only */
                 kvd_warn("pool %s: %s with constant scales k=%g v=%g: UNSCALED FP8 is known to wreck some models' "
                          "accuracy; configure \"scales\" from the model's calibration (json or safetensors)",
@@ -204,18 +219,12 @@ int kvd_pool_new(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_scale
                  char *err, size_t errlen)
 {
         struct kvd_scales sc;
-        char              e[512];
         int               r;
 
-        if (scales) {
-                sc = *scales;
-                memset(scales, 0, sizeof(*scales));
-        } else if ((r = kvd_scales_load(spec->scales_cfg, spec->geom.num_layers, kvc_dtype_name(spec->geom.dtype),
-                                        &sc, e, sizeof(e)))) {
-                /* scales first: a bad scales file fails before memory is taken */
-                snprintf(err, errlen, "pool %s: scales: %s", spec->name, e);
-                return r;
-        }
+        if (!scales)
+                return pool_make(spec, id, NULL, ret, err, errlen);
+        sc = *scales;
+        memset(scales, 0, sizeof(*scales));
         r = pool_make(spec, id, &sc, ret, err, errlen);
         kvd_scales_fini(&sc); /* what the pool did not take */
         return r;

@@ -67,9 +67,10 @@ struct kvd_pool {
 /* Creates a pool from spec: picks the backend (auto: cuda if usable, else
  * host, saying why in err-level logs), fits the layout into the capacity,
  * allocates and zeroes the region.  scales: the pool's scales as
- * kvd_scales_load (or kvd_config_load_scales) gave them, taken over
- * whatever the outcome (emptied: kvd_scales_fini on it afterwards is
- * harmless), or NULL to load them here.  On failure returns a negative
+ * kvd_scales_load (or kvd_config_load_scales) gave them for this spec,
+ * taken over whatever the outcome (emptied: kvd_scales_fini on it
+ * afterwards is harmless; a layer count other than the spec's is
+ * -EINVAL), or NULL to load them here.  On failure returns a negative
  * errno, a message in err naming the pool and the cause, and *ret is
  * untouched. */
 int  kvd_pool_new(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_scales *scales, struct kvd_pool **ret,

@@ -239,10 +239,14 @@ Test(pool, takes_over_loaded_scales)
         struct kvd_scales    sc;
         char                 err[512];
 
+        /* the spec itself has no scales (constant 1): a pool that loaded
+         * its own instead of taking the caller's would show 1, not 0.5 */
+        cJSON *cfg = cJSON_Parse("{\"source\": \"constant\", \"k\": 0.5, \"v\": 0.25}");
+
         spec(&s, "sc", KVC_DTYPE_FP8_E4M3, 4u << 20);
-        s.scales_cfg = cJSON_Parse("{\"source\": \"constant\", \"k\": 0.5, \"v\": 0.25}");
-        cr_assert_not_null(s.scales_cfg);
-        cr_assert_eq(kvd_scales_load(s.scales_cfg, s.geom.num_layers, "fp8_e4m3", &sc, err, sizeof(err)), 0, "%s", err);
+        cr_assert_not_null(cfg);
+        cr_assert_null(s.scales_cfg);
+        cr_assert_eq(kvd_scales_load(cfg, s.geom.num_layers, "fp8_e4m3", &sc, err, sizeof(err)), 0, "%s", err);
         cr_assert_eq(kvd_pool_new(&s, 0, &sc, &p, err, sizeof(err)), 0, "%s", err);
         cr_assert_null(sc.k, "the caller's scales were not taken over");
         cr_assert_eq(p->scales.num_layers, s.geom.num_layers);
@@ -251,14 +255,23 @@ Test(pool, takes_over_loaded_scales)
                           p->scales.v[l]);
         kvd_pool_free(p);
 
-        /* a geometry kv_geom_check refuses: nothing is made, the scales go */
-        cr_assert_eq(kvd_scales_load(s.scales_cfg, s.geom.num_layers, "fp8_e4m3", &sc, err, sizeof(err)), 0, "%s", err);
-        s.geom.head_dim = 3;
+        /* scales of another layer count: refused, taken (and freed) all
+         * the same */
+        cr_assert_eq(kvd_scales_load(cfg, s.geom.num_layers + 1, "fp8_e4m3", &sc, err, sizeof(err)), 0, "%s", err);
         p = NULL;
         cr_assert_eq(kvd_pool_new(&s, 0, &sc, &p, err, sizeof(err)), -EINVAL);
+        cr_assert(strstr(err, "layers"), "%s", err);
         cr_assert_null(p);
-        cr_assert_null(sc.k, "the scales of a refused pool were not freed");
+        cr_assert_null(sc.k, "the scales of a refused pool were left to the caller");
+
+        /* a geometry kv_geom_check refuses: nothing is made, the scales go */
+        cr_assert_eq(kvd_scales_load(cfg, s.geom.num_layers, "fp8_e4m3", &sc, err, sizeof(err)), 0, "%s", err);
+        s.geom.head_dim = 3;
+        cr_assert_eq(kvd_pool_new(&s, 0, &sc, &p, err, sizeof(err)), -EINVAL);
+        cr_assert_null(p);
+        cr_assert_null(sc.k, "the scales of a refused pool were left to the caller");
         kvd_scales_fini(&sc); /* harmless on the emptied struct */
+        cJSON_Delete(cfg);
         kvd_pool_spec_fini(&s);
 }
 
