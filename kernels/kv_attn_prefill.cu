@@ -3,6 +3,7 @@
  * arguments, fills the parameters, plans the split and calls this. */
 #include <errno.h>
 #include <atomic>
+#include <type_traits>
 #include <cuda_runtime.h>
 
 #include "kv_cuda_common.cuh"
@@ -28,30 +29,31 @@ int kv_prefill_launch(int dtype, uint32_t D, int mt, bool qlo, const kva::params
         int r = -EINVAL;
         kvk::with_dtype((enum kvc_dtype)dtype, [&](auto t) {
                 constexpr int DT = decltype(t)::value;
+                /* the kernel of head_dim D for MT m-tiles (head_dim 256:
+                 * one m-tile only) and two-term q or not */
+                auto by_d = [&](auto mt_c, auto qlo_c) {
+                        constexpr int MT = decltype(mt_c)::value;
+                        constexpr bool QLO = decltype(qlo_c)::value;
+                        if (D == 64)
+                                r = launch_p<DT, 64, MT, QLO>(p, grid, st, dev, ret_occ);
+                        else if (D == 128)
+                                r = launch_p<DT, 128, MT, QLO>(p, grid, st, dev, ret_occ);
+                        else if constexpr (MT == 1) {
+                                if (D == 256)
+                                        r = launch_p<DT, 256, 1, QLO>(p, grid, st, dev, ret_occ);
+                        }
+                };
+                using one = std::integral_constant<int, 1>;
+                using two = std::integral_constant<int, 2>;
                 if (qlo) {
                         if constexpr (kva::dtraits<DT>::bf) {
-                                if (mt == 1) {
-                                        switch (D) {
-                                        case 64: r = launch_p<DT, 64, 1, true>(p, grid, st, dev, ret_occ); break;
-                                        case 128: r = launch_p<DT, 128, 1, true>(p, grid, st, dev, ret_occ); break;
-                                        case 256: r = launch_p<DT, 256, 1, true>(p, grid, st, dev, ret_occ); break;
-                                        default: break;
-                                        }
-                                }
+                                if (mt == 1)
+                                        by_d(one(), std::true_type());
                         }
                 } else if (mt == 1) {
-                        switch (D) {
-                        case 64: r = launch_p<DT, 64, 1, false>(p, grid, st, dev, ret_occ); break;
-                        case 128: r = launch_p<DT, 128, 1, false>(p, grid, st, dev, ret_occ); break;
-                        case 256: r = launch_p<DT, 256, 1, false>(p, grid, st, dev, ret_occ); break;
-                        default: break;
-                        }
+                        by_d(one(), std::false_type());
                 } else if (mt == 2) {
-                        switch (D) {
-                        case 64: r = launch_p<DT, 64, 2, false>(p, grid, st, dev, ret_occ); break;
-                        case 128: r = launch_p<DT, 128, 2, false>(p, grid, st, dev, ret_occ); break;
-                        default: break;
-                        }
+                        by_d(two(), std::false_type());
                 }
         });
         return r;

@@ -123,6 +123,15 @@ __device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], uint32_t addr)
                      : "r"(addr));
 }
 
+/* c0 += a b0, c1 += a b1 with (b0, b1) the two n-tiles of an ldmatrix.x4
+ * load b of B fragments. */
+template <bool BF>
+__device__ __forceinline__ void mma2(float (&c0)[4], float (&c1)[4], const uint32_t (&a)[4], const uint32_t (&b)[4])
+{
+        mma<BF>(c0, a[0], a[1], a[2], a[3], b[0], b[1]);
+        mma<BF>(c1, a[0], a[1], a[2], a[3], b[2], b[3]);
+}
+
 /* First grid tile of sequence b (see the file comment; QV vectors a tile). */
 __device__ __forceinline__ uint64_t ptile_base(const params &p, uint32_t b, int QV)
 {
@@ -581,14 +590,10 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
                                 uint32_t bf[4];
                                 ldsm4(bf, kbase + nt * 8 * RS + kc * 32);
 #pragma unroll
-                                for (int mt = 0; mt < MT; mt++) {
-                                        mma<BF>(s[mt][nt], a[mt][0], a[mt][1], a[mt][2], a[mt][3], bf[0], bf[1]);
-                                        mma<BF>(s[mt][nt + 1], a[mt][0], a[mt][1], a[mt][2], a[mt][3], bf[2], bf[3]);
-                                }
-                                if constexpr (QLO) {
-                                        mma<BF>(s[0][nt], al[0], al[1], al[2], al[3], bf[0], bf[1]);
-                                        mma<BF>(s[0][nt + 1], al[0], al[1], al[2], al[3], bf[2], bf[3]);
-                                }
+                                for (int mt = 0; mt < MT; mt++)
+                                        mma2<BF>(s[mt][nt], s[mt][nt + 1], a[mt], bf);
+                                if constexpr (QLO)
+                                        mma2<BF>(s[0][nt], s[0][nt + 1], al, bf);
                         }
                 }
 
@@ -631,10 +636,8 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
                                 uint32_t bf[4];
                                 ldsm4t(bf, vbase + kk * 16 * RS + nd * 16);
 #pragma unroll
-                                for (int mt = 0; mt < MT; mt++) {
-                                        mma<BF>(o[mt][nd], a[mt][0], a[mt][1], a[mt][2], a[mt][3], bf[0], bf[1]);
-                                        mma<BF>(o[mt][nd + 1], a[mt][0], a[mt][1], a[mt][2], a[mt][3], bf[2], bf[3]);
-                                }
+                                for (int mt = 0; mt < MT; mt++)
+                                        mma2<BF>(o[mt][nd], o[mt][nd + 1], a[mt], bf);
                         }
                 }
                 __syncthreads(); /* the stage and the compute tiles are free again */

@@ -109,7 +109,7 @@ Test(config, valid_file_every_key)
 Test(config, load_scales_of_every_pool)
 {
         struct kvd_config  c;
-        struct kvd_scales *sc = NULL, *keep = (struct kvd_scales *)&c;
+        struct kvd_scales  other, *sc = NULL, *const keep = &other;
 
         cr_assert_eq(parse_file(&c, "{\"pools\": [" POOL_OK ", {\"name\": \"q\", \"dtype\": \"fp8_e5m2\", "
                                     "\"layers\": 3, \"kv_heads\": 2, \"head_dim\": 64, \"page_size\": 16, "
