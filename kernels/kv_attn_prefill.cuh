@@ -63,6 +63,9 @@
 #ifndef KVA_PLAT
 #define KVA_PLAT 0      /* 1: one-m-tile kernels with 32-key tiles, q from shared memory, 3 CTAs per SM */
 #endif
+#ifndef KVA_KT64
+#define KVA_KT64 1      /* two m-tiles at head_dim 128 take 64-key tiles: 0 never, 1 fp4 pools, 2 every pool (for measuring) */
+#endif
 #ifndef KVA_PFORCE_MT
 #define KVA_PFORCE_MT 0 /* 1 or 2: every tiled launch takes that many m-tiles where it can (for measuring) */
 #endif
@@ -83,8 +86,13 @@ struct pgeo {
         static constexpr bool FP4 = DT == KVC_DTYPE_FP4_E2M1;
         static constexpr int MT = MT_, QV = pqv(MT_);
         /* keys per tile: 32 where 64 would not fit the registers next to
-         * the accumulators (S and O of MT m-tiles) */
-        static constexpr int KT = D == 256 || (D == 128 && (MT == 2 || KVA_PLAT)) ? 32 : 64;
+         * the accumulators (S and O of MT m-tiles), except that fp4 pools
+         * take 64 with two m-tiles at head_dim 128 (a few bytes spilled):
+         * on the H200 that is 7% faster there, where 64 made fp8 1-2%
+         * slower and bf16 moved within the noise (docs/benchmarks.md,
+         * "Extend attention") */
+        static constexpr bool KT64 = KVA_KT64 == 2 || (KVA_KT64 == 1 && FP4);
+        static constexpr int KT = D == 256 || (D == 128 && ((MT == 2 && !KT64) || KVA_PLAT)) ? 32 : 64;
         static constexpr int RS = 2 * D + 16;            /* compute row stride, bytes */
         static constexpr int RB = D * bits / 8;          /* raw row bytes (one head) */
         static constexpr int CPR = RB / 16;              /* 16-byte chunks per raw row */
@@ -530,13 +538,17 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
 
         for (uint32_t it = 0; it < ntiles; it++) {
                 const int st = it % PG::NS;
-                /* tile it + NS - 1 goes into the stage tile it - 1 used,
-                 * which every thread is done with (the loop's last sync) */
+                cp_wait<PG::NS - 2>(); /* this thread's copies of tile it are done */
+                __syncthreads();
+                /* everyone's copies of tile it have landed, and every thread
+                 * is done with tile it - 1 (its compute and, for quantized
+                 * pools, its dequantization): tile it + NS - 1 goes into the
+                 * stage tile it - 1 used.  (Issued before this barrier, as
+                 * it was, it needed a third one at the loop's end: 2-4%
+                 * slower for bf16.) */
                 if (it + PG::NS - 1 < ntiles)
                         issue(k_lo + (it + PG::NS - 1) * KT, (it + PG::NS - 1) % PG::NS);
                 cp_commit();
-                cp_wait<PG::NS - 1>(); /* this thread's copies of tile it are done */
-                __syncthreads();
 
                 const uint8_t *kt_s, *vt_s;
                 if constexpr (PG::Q8) {
@@ -640,7 +652,6 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
                                         mma2<BF>(o[mt][nd], o[mt][nd + 1], a[mt], bf);
                         }
                 }
-                __syncthreads(); /* the stage and the compute tiles are free again */
         }
         cp_wait<0>();
 
