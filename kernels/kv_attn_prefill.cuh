@@ -159,33 +159,21 @@ __device__ __forceinline__ int pdim(int pos)
 /* One 16-byte raw chunk (16 fp8 or 32 fp4 codes; sc: the fp4 chunk's two
  * block-scale bytes, low byte first) -> its compute values, 16 bytes at
  * dst(0), dst(1) (fp8), .. dst(3) (fp4): compute chunks that are not
- * adjacent in a swizzled tile. */
+ * adjacent in a swizzled tile.  The conversion is the decode kernel's
+ * deq_k for a thread that owns as many codes of a K row (a quarter of a
+ * 64-dim fp8 row, of a 128-dim fp4 row with its two scale bytes), its
+ * pairs stored four to a chunk. */
 template <int DT, typename Dst>
 __device__ __forceinline__ void deq_chunk(uint4 x, uint32_t sc, Dst dst)
 {
+        static_assert(dtraits<DT>::bits < 16, "16-bit pools are copied, not converted");
+        constexpr int CODES = 128 / dtraits<DT>::bits; /* deq_k's D / 4 dims of one thread */
         const uint32_t w[4] = { x.x, x.y, x.z, x.w };
-        if constexpr (DT == KVC_DTYPE_FP8_E4M3 || DT == KVC_DTYPE_FP8_E5M2) {
-                uint32_t o[8];
+        uint32_t o[CODES / 2];
+        deq_k<DT, 4 * CODES>(w, sc, o);
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                        if constexpr (DT == KVC_DTYPE_FP8_E4M3) {
-                                o[2 * i] = e4m3x2_f16x2(w[i]);
-                                o[2 * i + 1] = e4m3x2_f16x2(w[i] >> 16);
-                        } else {
-                                o[2 * i] = prmt(w[i], 0u, 0x1404u);
-                                o[2 * i + 1] = prmt(w[i], 0u, 0x3424u);
-                        }
-                }
-                *(uint4 *)dst(0) = make_uint4(o[0], o[1], o[2], o[3]);
-                *(uint4 *)dst(1) = make_uint4(o[4], o[5], o[6], o[7]);
-        } else if constexpr (DT == KVC_DTYPE_FP4_E2M1) {
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                        const uint32_t m = fp4mul2((sc >> (8 * (i / 2))) & 0xFFu);
-                        *(uint4 *)dst(i) = make_uint4(bmul2(fp4pair<0>(w[i]), m), bmul2(fp4pair<1>(w[i]), m),
-                                                      bmul2(fp4pair<2>(w[i]), m), bmul2(fp4pair<3>(w[i]), m));
-                }
-        }
+        for (int i = 0; i < CODES / 8; i++)
+                *(uint4 *)dst(i) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
 }
 
 /* The query tile j of a grid: sequence b (the largest with ptile_base(b)
