@@ -140,7 +140,8 @@ static int sm_count(int dev, int *ret)
  * new rows over 4k keys, 8 kv heads x 4 q heads, ran as 136 CTAs of 128
  * vectors (about one per SM) in 390-400 us, as 264 of 64 in 275-357 us;
  * with 8 x 512 rows, two m-tiles were 13-27% faster.  The two-term q
- * kernels (qlo) have one m-tile only. */
+ * kernels (qlo) follow the same rule (they had one m-tile only before
+ * KVA_QLO2). */
 static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params &p, uint32_t rows,
                       uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles, int *ret_occ)
 {
@@ -150,8 +151,8 @@ static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params
         if ((r = kv_prefill_launch((int)dt, D, 1, qlo, p, dim3(), NULL, dev, &occ1)) != 0)
                 return r;
         int mt = 1;
-        if (D <= 128 && !qlo) {
-                if ((r = kv_prefill_launch((int)dt, D, 2, false, p, dim3(), NULL, dev, &occ2)) != 0)
+        if (D <= 128 && (!qlo || KVA_QLO2)) {
+                if ((r = kv_prefill_launch((int)dt, D, 2, qlo, p, dim3(), NULL, dev, &occ2)) != 0)
                         return r;
                 const uint64_t slots1 = (uint64_t)(occ1 > 0 ? occ1 : 1) * sms;
                 const uint64_t slots2 = (uint64_t)(occ2 > 0 ? occ2 : 1) * sms;

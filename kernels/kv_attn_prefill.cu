@@ -49,6 +49,8 @@ int kv_prefill_launch(int dtype, uint32_t D, int mt, bool qlo, const kva::params
                         if constexpr (kva::dtraits<DT>::bf) {
                                 if (mt == 1)
                                         by_d(one(), std::true_type());
+                                else if (mt == 2)
+                                        by_d(two(), std::true_type());
                         }
                 } else if (mt == 1) {
                         by_d(one(), std::false_type());

@@ -66,6 +66,9 @@
 #ifndef KVA_KT64
 #define KVA_KT64 1      /* two m-tiles at head_dim 128 take 64-key tiles: 0 never, 1 fp4 pools, 2 every pool (for measuring) */
 #endif
+#ifndef KVA_QLO2
+#define KVA_QLO2 1      /* 0: the two-term q kernels keep one m-tile (for measuring) */
+#endif
 #ifndef KVA_PFORCE_MT
 #define KVA_PFORCE_MT 0 /* 1 or 2: every tiled launch takes that many m-tiles where it can (for measuring) */
 #endif
@@ -91,7 +94,7 @@ struct pgeo {
          * on the H200 that is 7% faster there, where 64 made fp8 1-2%
          * slower and bf16 moved within the noise (docs/benchmarks.md,
          * "Extend attention") */
-        static constexpr bool KT64 = KVA_KT64 == 2 || (KVA_KT64 == 1 && FP4);
+        static constexpr bool KT64 = KVA_KT64 == 2 || (KVA_KT64 == 1 && FP4 && !QLO);
         static constexpr int KT = D == 256 || (D == 128 && ((MT == 2 && !KT64) || KVA_PLAT)) ? 32 : 64;
         static constexpr int RS = 2 * D + 16;            /* compute row stride, bytes */
         static constexpr int RB = D * bits / 8;          /* raw row bytes (one head) */
@@ -430,13 +433,14 @@ __device__ __forceinline__ void store_vectors(const params &p, const float (&o)[
  * accumulators of two fit the registers).  QLO: f16 q on a bf16-compute
  * pool (bf16, fp4), taken as q = hi + lo, both bf16 (exact: 11 significant
  * bits fit in two 8-bit ones), each with its own K Q^T mma, as the decode
- * kernel does; one m-tile only.  Dynamic shared memory: pgeo<DT, D, MT,
- * QLO>::SMEM bytes. */
+ * kernel does (q's two tiles take twice the shared memory, so with two
+ * m-tiles 16-bit pools keep two copy stages).  Dynamic shared memory:
+ * pgeo<DT, D, MT, QLO>::SMEM bytes. */
 template <int DT, int D, int MT_, bool QLO>
 __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_kernel(const params p)
 {
         typedef pgeo<DT, D, MT_, QLO> PG;
-        static_assert(!QLO || (dtraits<DT>::bf && MT_ == 1), "two-term q: bf16-compute pools, one m-tile");
+        static_assert(!QLO || dtraits<DT>::bf, "two-term q: bf16-compute pools");
         constexpr bool BF = dtraits<DT>::bf;
         constexpr int KT = PG::KT, NT = KT / 8, KC = D / 16, ND = D / 8, RS = PG::RS, MT = PG::MT, QV = PG::QV;
 
@@ -582,9 +586,12 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
                                         ldsm4(a[mt], qrow + mt * 16 * RS + kc * 32);
                                 }
                         }
-                        uint32_t al[QLO ? 4 : 1];
-                        if constexpr (QLO)
-                                ldsm4(al, qrow + QV * RS + kc * 32);
+                        uint32_t al[QLO ? MT : 1][4];
+                        if constexpr (QLO) {
+#pragma unroll
+                                for (int mt = 0; mt < MT; mt++)
+                                        ldsm4(al[mt], qrow + QV * RS + mt * 16 * RS + kc * 32);
+                        }
 #pragma unroll
                         for (int nt = 0; nt < NT; nt += 2) {
                                 uint32_t bf[4];
@@ -592,8 +599,11 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
 #pragma unroll
                                 for (int mt = 0; mt < MT; mt++)
                                         mma2<BF>(s[mt][nt], s[mt][nt + 1], a[mt], bf);
-                                if constexpr (QLO)
-                                        mma2<BF>(s[0][nt], s[0][nt + 1], al, bf);
+                                if constexpr (QLO) {
+#pragma unroll
+                                        for (int mt = 0; mt < MT; mt++)
+                                                mma2<BF>(s[mt][nt], s[mt][nt + 1], al[mt], bf);
+                                }
                         }
                 }
 
