@@ -662,7 +662,7 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
 
 /* The prefill kernel for a pool dtype, head_dim and m-tile count (1, or 2
  * up to head_dim 128), with qlo the two-term q kernel (f16 q on a bf16 or
- * fp4 pool, one m-tile), plus attn_reduce when p.splits > 1
+ * fp4 pool), plus attn_reduce when p.splits > 1
  * (kv_attn_prefill.cu), or with ret_occ only the CTAs of it that fit on one
  * SM of device dev (the current one).  Returns 0, a cudaError_t (> 0), or
  * -EINVAL for a combination without a kernel. */
