@@ -282,7 +282,8 @@ static void out_of_range_on_device(enum kvc_dtype d)
 }
 
 /* A bad argument: the expected errno, a message naming it, and no launch
- * (the pool is unchanged). */
+ * (P's pool is unchanged).  P is NULL where pv is not a view of P's pool
+ * (a shifted base, another geometry): there is nothing of P to compare. */
 static void expect_write_err(struct pool *P, struct kv_pool_view *pv, struct kvc_write_args *a, int err,
                              const char *word, const char *what)
 {
