@@ -396,6 +396,51 @@ static void many_rows(void)
         run_case(KVC_DTYPE_BF16, 128, 16, 2, 4, N, lens, NULL, KVC_ELEM_F16, 100);
 }
 
+/* The reference's row of a page table whose entry j is out of range: the
+ * other maxp - 1 entries in order, then a filler the reference never reads
+ * (its length is a page shorter). */
+static void without_entry(const int32_t *row, int32_t *rrow, uint32_t maxp, uint32_t j)
+{
+        for (uint32_t i = 0, o = 0; i < maxp; i++)
+                if (i != j)
+                        rrow[o++] = row[i];
+        rrow[maxp - 1] = -7;
+}
+
+/* Device copies of a bad-page call's page table, lengths, qo_indptr (extend
+ * only: nlens + 1 entries), q and an output of q's size (nout bytes each;
+ * the output poisoned with NaN). */
+struct devcall {
+        int32_t *pt, *lens, *ind;
+        void *q, *out;
+        size_t nout;
+};
+
+static void devcall_init(struct devcall *c, const int32_t *pt, size_t npt, const int32_t *lens, size_t nlens,
+                         const int32_t *ind, const void *q, size_t nout)
+{
+        c->pt = to_dev(pt, npt * sizeof *pt);
+        c->lens = to_dev(lens, nlens * sizeof *lens);
+        c->ind = ind ? to_dev(ind, (nlens + 1) * sizeof *ind) : NULL;
+        c->q = to_dev(q, nout);
+        c->out = to_dev(NULL, nout);
+        c->nout = nout;
+        CK(cudaMemset(c->out, 0xFF, nout)); /* NaN in bf16 */
+}
+
+/* Waits for the call, copies its output to got and frees the copies. */
+static void devcall_finish(struct devcall *c, void *got)
+{
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(got, c->out, c->nout, cudaMemcpyDeviceToHost));
+        cudaFree(c->pt);
+        cudaFree(c->lens);
+        if (c->ind)
+                cudaFree(c->ind);
+        cudaFree(c->q);
+        cudaFree(c->out);
+}
+
 /* A device page id out of range: the kernel skips that page's keys, which
  * must equal the reference over the sequence without that page (decode
  * attention does not depend on the order of the keys, so the reference
@@ -419,11 +464,8 @@ static void bad_pages(enum kvc_dtype d, uint32_t B, int32_t len, uint32_t (*at)(
         const int32_t bad = (int32_t)P.L.num_pages + 5;
         for (uint32_t b = 0; b < B; b++) {
                 const uint32_t j = at(b, len);
-                int32_t *row = pt + (size_t)b * maxp, *rrow = rpt + (size_t)b * maxp;
-                for (uint32_t i = 0, o = 0; i < maxp; i++)
-                        if (i != j)
-                                rrow[o++] = row[i];
-                rrow[maxp - 1] = -7;
+                int32_t *row = pt + (size_t)b * maxp;
+                without_entry(row, rpt + (size_t)b * maxp, maxp, j);
                 const int32_t on_page = len - (int32_t)(j * ps) < (int32_t)ps ? len - (int32_t)(j * ps) : (int32_t)ps;
                 rlens[b] = len - on_page;
                 row[j] = bad;
@@ -436,19 +478,17 @@ static void bad_pages(enum kvc_dtype d, uint32_t B, int32_t len, uint32_t (*at)(
                                      .seq_lens = rlens, .seq_lens_host = rlens, .batch = B,
                                      .num_q_heads = Hq, .sm_scale = 0.088f, .layer = 1 };
         EXPECT(kv_ref_decode(&hv, &h, msg, sizeof msg) == 0, "bad_pages: reference: %s", msg);
-        int32_t *dpt = to_dev(pt, sizeof(int32_t) * B * maxp), *dlens = to_dev(lens, B * sizeof *lens);
-        void *dq = to_dev(q, n * 2), *dout = to_dev(NULL, n * 2);
-        CK(cudaMemset(dout, 0xFF, n * 2));
+        struct devcall dc;
+        devcall_init(&dc, pt, (size_t)B * maxp, lens, B, NULL, q, n * 2);
         struct kvc_decode_args a = h;
-        a.q = dq;
-        a.out = dout;
-        a.page_table = dpt;
-        a.seq_lens = dlens;
+        a.q = dc.q;
+        a.out = dc.out;
+        a.page_table = dc.pt;
+        a.seq_lens = dc.lens;
         a.seq_lens_host = lens;
         int rc = kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg);
         EXPECT(rc == 0, "bad_pages: kv_cuda_decode = %d: %s", rc, msg);
-        CK(cudaDeviceSynchronize());
-        CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
+        devcall_finish(&dc, got);
         char what[64];
         snprintf(what, sizeof what, "bad_pages dtype %d B %u len %d", (int)d, B, len);
         compare(what, got, ref, KVC_ELEM_BF16, B, Hq, D);
@@ -459,10 +499,6 @@ static void bad_pages(enum kvc_dtype d, uint32_t B, int32_t len, uint32_t (*at)(
         rc = kv_ref_decode(&hv, &h, msg, sizeof msg);
         snprintf(what, sizeof what, "page_table[0][%u]", at(0, len));
         EXPECT(rc == -ERANGE && strstr(msg, what), "bad_pages: ref gave %d '%s'", rc, msg);
-        cudaFree(dpt);
-        cudaFree(dlens);
-        cudaFree(dq);
-        cudaFree(dout);
         free(q);
         free(ref);
         free(got);
@@ -496,10 +532,7 @@ static void bad_pages_extend(enum kvc_dtype d, uint32_t D, int32_t len, int32_t 
         }
         int32_t *pt = apool_fill(&P, &r, d, H, D, ps, 1, lens, &maxp);
         int32_t *rpt = malloc(maxp * sizeof *rpt);
-        for (uint32_t i = 0, o = 0; i < maxp; i++)
-                if (i != j)
-                        rpt[o++] = pt[i];
-        rpt[maxp - 1] = -7;
+        without_entry(pt, rpt, maxp, j);
         pt[j] = (int32_t)P.L.num_pages + 3;
         const size_t n = (size_t)nb * Hq * D;
         void *q = make_q(&r, KVC_ELEM_BF16, n);
@@ -510,29 +543,21 @@ static void bad_pages_extend(enum kvc_dtype d, uint32_t D, int32_t len, int32_t 
                                      .seq_lens = rlens, .seq_lens_host = rlens, .batch = 1,
                                      .num_q_heads = Hq, .sm_scale = 0.088f, .layer = 1 };
         EXPECT(kv_ref_extend(&hv, &h, msg, sizeof msg) == 0, "bad_pages_extend: reference: %s", msg);
-        int32_t *dpt = to_dev(pt, sizeof(int32_t) * maxp), *dlens = to_dev(lens, sizeof lens);
-        int32_t *dind = to_dev(ind, sizeof ind);
-        void *dq = to_dev(q, n * 2), *dout = to_dev(NULL, n * 2);
-        CK(cudaMemset(dout, 0xFF, n * 2));
+        struct devcall dc;
+        devcall_init(&dc, pt, maxp, lens, 1, ind, q, n * 2);
         struct kvc_extend_args a = h;
-        a.q = dq;
-        a.out = dout;
-        a.qo_indptr = dind;
-        a.page_table = dpt;
-        a.seq_lens = dlens;
+        a.q = dc.q;
+        a.out = dc.out;
+        a.qo_indptr = dc.ind;
+        a.page_table = dc.pt;
+        a.seq_lens = dc.lens;
         a.seq_lens_host = lens;
         int rc = kv_cuda_extend(&dv, &a, NULL, msg, sizeof msg);
         EXPECT(rc == 0, "bad_pages_extend: kv_cuda_extend = %d: %s", rc, msg);
-        CK(cudaDeviceSynchronize());
-        CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
+        devcall_finish(&dc, got);
         char what[80];
         snprintf(what, sizeof what, "bad_pages_extend dtype %d D %u len %d rows %d page %u", (int)d, D, len, nb, j);
         compare(what, got, ref, KVC_ELEM_BF16, (uint32_t)nb, Hq, D);
-        cudaFree(dpt);
-        cudaFree(dlens);
-        cudaFree(dind);
-        cudaFree(dq);
-        cudaFree(dout);
         free(q);
         free(ref);
         free(got);
