@@ -140,8 +140,8 @@ static int sm_count(int dev, int *ret)
  * new rows over 4k keys, 8 kv heads x 4 q heads, ran as 136 CTAs of 128
  * vectors (about one per SM) in 390-400 us, as 264 of 64 in 275-357 us;
  * with 8 x 512 rows, two m-tiles were 13-27% faster.  The two-term q
- * kernels (qlo) follow the same rule (they had one m-tile only before
- * KVA_QLO2). */
+ * kernels (qlo) follow the same rule (-DKVA_QLO2=0: one m-tile, for
+ * measuring). */
 static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params &p, uint32_t rows,
                       uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles, int *ret_occ)
 {

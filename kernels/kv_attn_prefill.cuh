@@ -24,7 +24,7 @@
  * grid.x = tiles * kv_heads (h = x % kv_heads), grid.y = splits of the keys
  * (flash-decoding), combined by attn_reduce.
  *
- * Per key tile (KT = 64 keys, 32 where the registers need it) the CTA copies
+ * Per key tile (KT = 64 or 32 keys: pgeo says which, and why) the CTA copies
  * the tile's K and V rows of head h with cp.async, two tiles ahead (one
  * where shared memory would not hold three stages twice per SM; one or two
  * threads per row, one page lookup each): 16-bit pools straight into
@@ -64,7 +64,7 @@
 #define KVA_PLAT 0      /* 1: one-m-tile kernels with 32-key tiles, q from shared memory, 3 CTAs per SM */
 #endif
 #ifndef KVA_KT64
-#define KVA_KT64 1      /* two m-tiles at head_dim 128 take 64-key tiles: 0 never, 1 fp4 pools, 2 every pool (for measuring) */
+#define KVA_KT64 1      /* two m-tiles at head_dim 128 take 64-key tiles: 0 never, 1 fp4 pools but not their two-term q kernels, 2 every kernel (for measuring) */
 #endif
 #ifndef KVA_QLO2
 #define KVA_QLO2 1      /* 0: the two-term q kernels keep one m-tile (for measuring) */
@@ -93,7 +93,9 @@ struct pgeo {
          * take 64 with two m-tiles at head_dim 128 (a few bytes spilled):
          * on the H200 that is 7% faster there, where 64 made fp8 1-2%
          * slower and bf16 moved within the noise (docs/benchmarks.md,
-         * "Extend attention") */
+         * "Extend attention").  Not for fp4's two-term q kernels: with q's
+         * second tile, 64-key tiles would need 120 KiB of shared memory,
+         * one CTA per SM. */
         static constexpr bool KT64 = KVA_KT64 == 2 || (KVA_KT64 == 1 && FP4 && !QLO);
         static constexpr int KT = D == 256 || (D == 128 && ((MT == 2 && !KT64) || KVA_PLAT)) ? 32 : 64;
         static constexpr int RS = 2 * D + 16;            /* compute row stride, bytes */
@@ -161,11 +163,10 @@ __device__ __forceinline__ int pdim(int pos)
 
 /* One 16-byte raw chunk (16 fp8 or 32 fp4 codes; sc: the fp4 chunk's two
  * block-scale bytes, low byte first) -> its compute values, 16 bytes at
- * dst(0), dst(1) (fp8), .. dst(3) (fp4): compute chunks that are not
- * adjacent in a swizzled tile.  The conversion is the decode kernel's
- * deq_k for a thread that owns as many codes of a K row (a quarter of a
- * 64-dim fp8 row, of a 128-dim fp4 row with its two scale bytes), its
- * pairs stored four to a chunk. */
+ * each of dst(0), dst(1) (fp8), .. dst(3) (fp4).  The conversion is the
+ * decode kernel's deq_k for a thread that owns as many codes of a K row (a
+ * quarter of a 64-dim fp8 row, of a 128-dim fp4 row with its two scale
+ * bytes), its pairs stored four to a chunk. */
 template <int DT, typename Dst>
 __device__ __forceinline__ void deq_chunk(uint4 x, uint32_t sc, Dst dst)
 {
@@ -433,8 +434,9 @@ __device__ __forceinline__ void store_vectors(const params &p, const float (&o)[
  * accumulators of two fit the registers).  QLO: f16 q on a bf16-compute
  * pool (bf16, fp4), taken as q = hi + lo, both bf16 (exact: 11 significant
  * bits fit in two 8-bit ones), each with its own K Q^T mma, as the decode
- * kernel does (q's two tiles take twice the shared memory, so with two
- * m-tiles 16-bit pools keep two copy stages).  Dynamic shared memory:
+ * kernel does (q's two tiles take twice the shared memory: with two
+ * m-tiles at head_dim 128, 16-bit pools keep two copy stages and fp4
+ * pools 32-key tiles).  Dynamic shared memory:
  * pgeo<DT, D, MT, QLO>::SMEM bytes. */
 template <int DT, int D, int MT_, bool QLO>
 __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_kernel(const params p)
@@ -537,7 +539,9 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
                  * pools, its dequantization): tile it + NS - 1 goes into the
                  * stage tile it - 1 used.  (Issued before this barrier, as
                  * it was, it needed a third one at the loop's end: 2-4%
-                 * slower for bf16.) */
+                 * slower for bf16.)  Every iteration commits a group, empty
+                 * past the last tile, so that tile k is always group k and
+                 * cp_wait<NS - 2> above means tile it. */
                 if (it + PG::NS - 1 < ntiles)
                         issue(k_lo + (it + PG::NS - 1) * KT, (it + PG::NS - 1) % PG::NS);
                 cp_commit();

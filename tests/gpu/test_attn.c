@@ -368,6 +368,7 @@ static void prefill_tiles(void)
         run_case(KVC_DTYPE_FP4_E2M1, 64, 16, 8, 4, 2, l5, q5, KVC_ELEM_BF16, 413);
         run_case(KVC_DTYPE_BF16, 128, 16, 8, 4, 2, l5, q5, KVC_ELEM_F16, 416); /* two-term q, two m-tiles */
         run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 8, 4, 2, l5, q5, KVC_ELEM_F16, 417);
+        run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 8, 4, 2, l5, q5, KVC_ELEM_BF16, 418); /* 64-key tiles */
         /* q only 2-byte aligned: the element-wise q load */
         q_shift = 1;
         int32_t l2[2] = { 700, 64 }, q2[2] = { 300, 64 };
