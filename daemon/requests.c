@@ -3,6 +3,7 @@
  * Called by the serving loop under the server lock (see server_int.h). */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -378,6 +379,16 @@ static int do_lookup(struct kvd_server *s, struct kvd_req *q, struct kvd_session
         return 0;
 }
 
+/* Whether nng has forgotten pipe p, i.e. its removal ran (any pipe option
+ * would do: nng looks the pipe up before the option; a pipe whose
+ * transport lacks this one answers NNG_ENOTSUP and counts as known). */
+static bool pipe_gone(nng_pipe p)
+{
+        nng_sockaddr sa;
+
+        return nng_pipe_get_addr(p, NNG_OPT_LOCADDR, &sa) == NNG_ENOENT;
+}
+
 void kvd_requests_dispatch(struct kvd_server *s, struct kvd_req *q)
 {
         uint8_t            *buf = nng_msg_body(q->msg);
@@ -398,7 +409,17 @@ void kvd_requests_dispatch(struct kvd_server *s, struct kvd_req *q)
         }
         if (h.opcode & KV_OP_REPLY || h.opcode < KV_OP_HELLO || h.opcode > KV_OP_METRICS)
                 return (void)reply_error(q, KV_E_OPCODE, "opcode 0x%04x is not a request", h.opcode);
-        r = kvd_sessions_add(s->sessions, (uint32_t)nng_pipe_id(pipe), &ss);
+        /* A request whose connection nng no longer knows was queued before
+         * the close, and the close's removal (pipe_cb, REM_POST) has run:
+         * nng forgets a pipe's id right after that callback.  The ring of
+         * recently closed pipes in kvd_sessions_add covers the moment in
+         * between; this covers a request that waited longer than that
+         * ring's 256 closes.  Either way no session may be made that no
+         * close will ever end (its pages would be held for good). */
+        if (!kvd_sessions_find(s->sessions, (uint32_t)nng_pipe_id(pipe)) && pipe_gone(pipe))
+                r = -ESTALE;
+        else
+                r = kvd_sessions_add(s->sessions, (uint32_t)nng_pipe_id(pipe), &ss);
         if (r == -ESTALE)
                 return (void)reply_error(q, KV_E_SHUTDOWN, "%s: connection is closing", op_name(h.opcode));
         if (r)

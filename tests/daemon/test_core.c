@@ -312,6 +312,23 @@ int nng_msg_realloc(nng_msg *m, size_t sz)
         return real(m, sz);
 }
 
+/* nng_pipe_get_addr, interposed the same way: requests.c asks it whether
+ * nng still knows a request's pipe.  The tests' requests come on pipe 42,
+ * which nng never made: it passes for an open connection (as a transport
+ * without the option would answer); any other id gets the real answer. */
+int nng_pipe_get_addr(nng_pipe p, const char *opt, nng_sockaddr *sa)
+{
+        static int (*real)(nng_pipe, const char *, nng_sockaddr *);
+
+        if (!real)
+                real = (int (*)(nng_pipe, const char *, nng_sockaddr *))dlsym(RTLD_NEXT, "nng_pipe_get_addr");
+        if (nng_pipe_id(p) == 42)
+                return NNG_ENOTSUP;
+        return real(p, opt, sa);
+}
+
+static uint32_t req_pipe = 42; /* the pipe dispatch() puts on its requests */
+
 /* Runs one request through kvd_requests_dispatch; returns the wire error
  * code of the reply (0 for a success reply, -1 for no reply at all). */
 static int dispatch(struct kvd_server *s, const uint8_t *buf, int len, uint8_t *out, size_t outcap)
@@ -323,7 +340,7 @@ static int dispatch(struct kvd_server *s, const uint8_t *buf, int len, uint8_t *
         cr_assert_gt(len, 0);
         cr_assert_eq(nng_msg_alloc(&q.msg, 0), 0);
         cr_assert_eq(nng_msg_append(q.msg, buf, (size_t)len), 0);
-        nng_msg_set_pipe(q.msg, (nng_pipe){ .id = 42 }); /* no such pipe: no peer credentials */
+        nng_msg_set_pipe(q.msg, (nng_pipe){ .id = req_pipe }); /* no such pipe: no peer credentials */
         kvd_requests_dispatch(s, &q);
         if (!q.ok) {
                 nng_msg_free(q.msg);
@@ -411,4 +428,33 @@ Test(requests, pages_of_a_failed_reply_are_given_back)
         pthread_mutex_destroy(&srv.lock);
         kvd_pool_free(p);
         kvd_pool_spec_fini(&s);
+}
+
+/* A request that waited in nng's queue while its connection closed and
+ * more than the session table's ring of 256 closes went by: nng no longer
+ * knows its pipe, and no session may be made for it (none of nng's close
+ * events would end it, and pages it allocated would be held for good). */
+Test(requests, a_forgotten_connection_gets_no_session)
+{
+        struct kvd_server srv;
+        uint8_t           buf[256];
+        nng_sockaddr      sa;
+
+        /* the premise, from nng itself: an id it never made (or forgot) */
+        cr_assert_eq(((int (*)(nng_pipe, const char *, nng_sockaddr *))dlsym(RTLD_NEXT, "nng_pipe_get_addr"))(
+                             (nng_pipe){ .id = 0x7ffffff0 }, NNG_OPT_LOCADDR, &sa),
+                     NNG_ENOENT);
+        memset(&srv, 0, sizeof(srv));
+        pthread_mutex_init(&srv.lock, NULL);
+        cr_assert_eq(kvd_sessions_new(&srv.sessions), 0);
+        struct kv_hello_req hello = { .proto_version = KV_PROTO_VERSION, .name = "late" };
+        req_pipe = 0x7ffffff0;
+        cr_assert_eq(dispatch(&srv, buf, kv_enc_hello_req(buf, sizeof(buf), 1, &hello), NULL, 0), KV_E_SHUTDOWN);
+        cr_assert_eq(kvd_sessions_count(srv.sessions), 0);
+        /* a known pipe still gets its session */
+        req_pipe = 42;
+        cr_assert_eq(dispatch(&srv, buf, kv_enc_hello_req(buf, sizeof(buf), 2, &hello), NULL, 0), 0);
+        cr_assert_eq(kvd_sessions_count(srv.sessions), 1);
+        kvd_sessions_free(srv.sessions);
+        pthread_mutex_destroy(&srv.lock);
 }
