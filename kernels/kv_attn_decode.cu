@@ -146,8 +146,8 @@ static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params
                       uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles, int *ret_occ)
 {
         int occ1 = 1, occ2 = 1, r;
-        const uint64_t t1 = batch + (uint64_t)rows * p.G / kva::pqv(1);
-        const uint64_t t2 = batch + (uint64_t)rows * p.G / kva::pqv(2);
+        const uint64_t t1 = batch + (uint64_t)rows * p.G / kva::pqv((int)dt, (int)D, qlo, 1);
+        const uint64_t t2 = batch + (uint64_t)rows * p.G / kva::pqv((int)dt, (int)D, qlo, 2);
         if ((r = kv_prefill_launch((int)dt, D, 1, qlo, p, dim3(), NULL, dev, &occ1)) != 0)
                 return r;
         int mt = 1;

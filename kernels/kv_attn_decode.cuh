@@ -501,7 +501,8 @@ __global__ void __launch_bounds__(128) attn_reduce(const params p)
  * grid with p.  Returns a cudaError_t. */
 template <typename K>
 static inline int occupancy_or_launch(K k, int smem, const params &p, dim3 grid, cudaStream_t st, int dev,
-                                      int *ret_occ, std::atomic<uint64_t> &done, std::atomic<int> *occ_cache)
+                                      int *ret_occ, std::atomic<uint64_t> &done, std::atomic<int> *occ_cache,
+                                      int threads = THREADS)
 {
         int e = kvk::smem_limit(k, smem, dev, done);
         if (e != 0)
@@ -512,7 +513,7 @@ static inline int occupancy_or_launch(K k, int smem, const params &p, dim3 grid,
                         *ret_occ = n;
                         return 0;
                 }
-                e = (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, THREADS, smem);
+                e = (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, threads, smem);
                 if (e != 0)
                         return e;
                 if (dev >= 0 && dev < 64)
@@ -520,7 +521,7 @@ static inline int occupancy_or_launch(K k, int smem, const params &p, dim3 grid,
                 *ret_occ = n;
                 return 0;
         }
-        k<<<grid, THREADS, smem, st>>>(p);
+        k<<<grid, threads, smem, st>>>(p);
         return 0;
 }
 

@@ -17,7 +17,7 @@ static int launch_p(const kva::params &p, dim3 grid, cudaStream_t st, int dev, i
         static std::atomic<uint64_t> done(0);
         static std::atomic<int> occ_cache[64];
         int e = kva::occupancy_or_launch(kva::prefill_kernel<DT, D, MT, QLO>, kva::pgeo<DT, D, MT, QLO>::SMEM, p, grid, st,
-                                         dev, ret_occ, done, occ_cache);
+                                         dev, ret_occ, done, occ_cache, kva::pgeo<DT, D, MT, QLO>::THR);
         if (e == 0 && !ret_occ && p.splits > 1)
                 e = kva::launch_reduce<D>(p, st);
         return e;

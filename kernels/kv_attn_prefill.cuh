@@ -13,10 +13,11 @@
  * dequantized once into shared memory and every warp's mma reads it there.
  *
  * Work split.  The query vectors of (sequence b, kv head h) are its rows x
- * the G q heads of h, in (row, head) order; a CTA of 4 warps takes QV
- * consecutive ones (each warp MT m-tiles of 16, the mma's M: MT = 2 up to
- * head_dim 128, so that every K and V fragment read from shared memory
- * feeds two mmas; 1 at 256), so a tile may hold parts of two rows' heads:
+ * the G q heads of h, in (row, head) order; a CTA of 4 or 8 warps
+ * (pwarps) takes QV consecutive ones (each warp MT m-tiles of 16, the
+ * mma's M: MT = 2 up to head_dim 128, so that every K and V fragment read
+ * from shared memory feeds two mmas; 1 at 256), so a tile may hold parts
+ * of two rows' heads:
  * every vector has its own row, head and causal horizon.  Tile j of the
  * grid belongs to the sequence b with base(b) <= j < base(b+1), base(b) = b
  * + floor(qo_indptr[b] * G / QV): no per-sequence prefix sum is needed, at
@@ -69,16 +70,33 @@
 #ifndef KVA_QLO2
 #define KVA_QLO2 1      /* 0: the two-term q kernels keep one m-tile (for measuring) */
 #endif
+#ifndef KVA_PW
+#define KVA_PW 0        /* warps a CTA: 0 by pwarps() below; 4 or 8 for every kernel (for measuring) */
+#endif
 #ifndef KVA_PFORCE_MT
 #define KVA_PFORCE_MT 0 /* 1 or 2: every tiled launch takes that many m-tiles where it can (for measuring) */
 #endif
 
 namespace kva {
 
-/* Query vectors per CTA: 4 warps x MT m-tiles of 16 mma rows. */
-__host__ __device__ constexpr int pqv(int MT)
+static_assert(KVA_PW == 0 || KVA_PW == 4 || KVA_PW == 8, "KVA_PW: 0, 4 or 8");
+
+/* Warps of a CTA of prefill_kernel<DT, D, MT, QLO>: 8 (one CTA an SM, its
+ * 128 or 256 query vectors sharing each K/V tile, with room for 64-key
+ * tiles and three copy stages) for 16-bit and fp8 pools at head_dim 128,
+ * else 4 (two CTAs an SM).  Measured on the H200 at head_dim 128 against 4
+ * warps (docs/benchmarks.md, "Extend attention"): bf16 2-13% and fp8 0-12%
+ * less time, fp4 3-4% more where the grid makes waves; the two-term q
+ * kernels and head_dim 64 and 256 were not timed with 8 and keep 4. */
+__host__ __device__ constexpr int pwarps(int DT, int D, bool QLO)
 {
-        return WARPS * 16 * MT;
+        return KVA_PW ? KVA_PW : (D == 128 && DT != KVC_DTYPE_FP4_E2M1 && !QLO) ? 8 : 4;
+}
+
+/* Query vectors per CTA: pwarps warps x MT m-tiles of 16 mma rows. */
+__host__ __device__ constexpr int pqv(int DT, int D, bool QLO, int MT)
+{
+        return pwarps(DT, D, QLO) * 16 * MT;
 }
 
 /* Shared-memory geometry of prefill_kernel<DT, D, MT, QLO>. */
@@ -87,7 +105,8 @@ struct pgeo {
         static constexpr int bits = dtraits<DT>::bits;
         static constexpr bool Q8 = bits < 16;            /* raw stage + dequantization pass */
         static constexpr bool FP4 = DT == KVC_DTYPE_FP4_E2M1;
-        static constexpr int MT = MT_, QV = pqv(MT_);
+        static constexpr int PW = pwarps(DT, D, QLO), THR = PW * 32; /* warps, threads */
+        static constexpr int MT = MT_, QV = pqv(DT, D, QLO, MT_);
         /* keys per tile: 32 where 64 would not fit the registers next to
          * the accumulators (S and O of MT m-tiles), except that fp4 pools
          * take 64 with two m-tiles at head_dim 128 (a few bytes spilled):
@@ -96,12 +115,12 @@ struct pgeo {
          * "Extend attention").  Not for fp4's two-term q kernels: with q's
          * second tile, 64-key tiles would need 120 KiB of shared memory,
          * one CTA per SM. */
-        static constexpr bool KT64 = KVA_KT64 == 2 || (KVA_KT64 == 1 && FP4 && !QLO);
+        static constexpr bool KT64 = KVA_KT64 == 2 || (KVA_KT64 == 1 && (FP4 || PW == 8) && !QLO);
         static constexpr int KT = D == 256 || (D == 128 && ((MT == 2 && !KT64) || KVA_PLAT)) ? 32 : 64;
         static constexpr int RS = 2 * D + 16;            /* compute row stride, bytes */
         static constexpr int RB = D * bits / 8;          /* raw row bytes (one head) */
         static constexpr int CPR = RB / 16;              /* 16-byte chunks per raw row */
-        static constexpr int TPR = THREADS / (2 * KT);   /* threads copying one K or V row */
+        static constexpr int TPR = THR / (2 * KT);       /* threads copying one K or V row */
         static constexpr int SB = FP4 ? D / 16 : 0;      /* fp4 scale bytes per row */
         static constexpr int CT = KT * RS;               /* one compute tile (K or V) */
         static constexpr int QBYTES = QV * RS * (QLO ? 2 : 1); /* q (hi, then lo with QLO) */
@@ -109,12 +128,13 @@ struct pgeo {
         static constexpr int smem_for(int ns) { return QBYTES + (Q8 ? 2 : 2 * ns) * CT + ns * RAWST; }
         /* stages of the copy pipeline: 3 (two tiles in flight while one is
          * computed) where two CTAs still fit an SM's 228 KiB, else 2 */
-        static constexpr int NS = smem_for(3) <= 112 * 1024 ? 3 : 2;
+        static constexpr int BUDGET = (PW == 8 ? 227 : 112) * 1024; /* one CTA an SM, or two */
+        static constexpr int NS = smem_for(3) <= BUDGET ? 3 : 2;
         static constexpr int KVOFF = QBYTES;             /* compute tiles: K V (one pair per stage for 16-bit) */
         static constexpr int RAWOFF = KVOFF + (Q8 ? 2 : 2 * NS) * CT;
         static constexpr int SMEM = smem_for(NS);
         static constexpr bool QREG = MT == 1 && D <= 128 && !KVA_PLAT && !QLO; /* Q fragments held in registers */
-        static constexpr int MINB = MT == 1 && D <= 128 && KVA_PLAT ? 3 : 2; /* CTAs per SM asked of ptxas */
+        static constexpr int MINB = PW == 8 ? 1 : MT == 1 && D <= 128 && KVA_PLAT ? 3 : 2; /* CTAs per SM asked of ptxas */
 };
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p)
@@ -236,7 +256,7 @@ template <int KT, int TPR, int CPR, int SB, typename Dst, typename SDst>
 __device__ __forceinline__ void issue_keys(const params &p, const int32_t *pt, uint32_t kt, uint32_t k_hi, uint32_t h,
                                            Dst dst, SDst sdst, uint32_t *km)
 {
-        static_assert(TPR == 1 || TPR == 2, "one or two threads copy a K or V row (the key mask)");
+        static_assert(TPR == 1 || TPR == 2 || TPR == 4, "one, two or four threads copy a K or V row (the key mask)");
         static_assert(CPR % TPR == 0, "a row's chunks split evenly over its threads");
         constexpr int PER = CPR / TPR;
         const int which = threadIdx.x / (KT * TPR), key = threadIdx.x % (KT * TPR) / TPR, part = threadIdx.x % TPR;
@@ -256,11 +276,11 @@ __device__ __forceinline__ void issue_keys(const params &p, const int32_t *pt, u
         }
         if (which == 0) {
                 uint32_t m = __ballot_sync(0xFFFFFFFFu, ok);
-                if constexpr (TPR == 2) {
+                if constexpr (TPR > 1) {
                         uint32_t e = 0;
 #pragma unroll
-                        for (int k = 0; k < 16; k++)
-                                e |= ((m >> (2 * k)) & 1u) << k;
+                        for (int k = 0; k < 32 / TPR; k++)
+                                e |= ((m >> (TPR * k)) & 1u) << k;
                         m = e;
                 }
                 if (threadIdx.x % 32 == 0)
@@ -283,14 +303,14 @@ __device__ __forceinline__ uint64_t tile_mask(const uint32_t *km)
  * memory in the compute type and dim order, 8 values to a 16-byte chunk:
  * chunk c of vector vi at qs + qoff(vi, c); with QLO (f16 q, bf16 compute)
  * q's bf16 hi there and lo = q - hi at qs + lo + qoff(vi, c). */
-template <int DT, int D, bool QLO, typename QOff>
+template <int DT, int D, bool QLO, int THR, typename QOff>
 __device__ __forceinline__ void load_q(const params &p, uint8_t *qs, uint32_t lo, int QV, const ptile &tl, uint32_t h,
                                        QOff qoff)
 {
         constexpr bool BF = dtraits<DT>::bf, FP4 = DT == KVC_DTYPE_FP4_E2M1;
         const uint16_t *q = (const uint16_t *)p.q;
         const bool conv = !BF && p.elem == KVC_ELEM_BF16; /* bf16 q, f16 compute */
-        for (int i = threadIdx.x; i < QV * (D / 8); i += THREADS) {
+        for (int i = threadIdx.x; i < QV * (D / 8); i += THR) {
                 const int vi = i / (D / 8), c = i % (D / 8);
                 const uint64_t v = tl.v0 + vi;
                 uint32_t w[4] = { 0u, 0u, 0u, 0u }, wl[4] = { 0u, 0u, 0u, 0u };
@@ -439,7 +459,7 @@ __device__ __forceinline__ void store_vectors(const params &p, const float (&o)[
  * pools 32-key tiles).  Dynamic shared memory:
  * pgeo<DT, D, MT, QLO>::SMEM bytes. */
 template <int DT, int D, int MT_, bool QLO>
-__global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_kernel(const params p)
+__global__ void __launch_bounds__(pgeo<DT, D, MT_, QLO>::THR, pgeo<DT, D, MT_, QLO>::MINB) prefill_kernel(const params p)
 {
         typedef pgeo<DT, D, MT_, QLO> PG;
         static_assert(!QLO || dtraits<DT>::bf, "two-term q: bf16-compute pools");
@@ -447,7 +467,7 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
         constexpr int KT = PG::KT, NT = KT / 8, KC = D / 16, ND = D / 8, RS = PG::RS, MT = PG::MT, QV = PG::QV;
 
         extern __shared__ __align__(128) uint8_t dsm[];
-        __shared__ uint32_t kmask[PG::NS][2]; /* valid keys of each stage's tile, bit per key */
+        __shared__ uint32_t kmask[PG::NS][PG::THR / 64]; /* valid keys of each stage's tile, bit per key */
 
         kvk::grid_dep_launch();
 
@@ -488,7 +508,7 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
 
         /* Q: the CTA's vectors in the compute type and the compute dim
          * order, zero for vectors past the sequence's rows */
-        load_q<DT, D, QLO>(p, qs, QV * RS, QV, tl, h, [](int vi, int c) { return vi * RS + c * 16; });
+        load_q<DT, D, QLO, PG::THR>(p, qs, QV * RS, QV, tl, h, [](int vi, int c) { return vi * RS + c * 16; });
         __syncthreads();
 
         /* this warp's vectors: m-tile mt holds vectors v0 + (warp * MT + mt)
@@ -550,7 +570,7 @@ __global__ void __launch_bounds__(THREADS, pgeo<DT, D, MT_, QLO>::MINB) prefill_
                 if constexpr (PG::Q8) {
                         const uint8_t *rs = raw + st * PG::RAWST;
                         uint8_t *kc0 = dsm + PG::KVOFF;
-                        for (int i = threadIdx.x; i < 2 * KT * PG::CPR; i += THREADS) {
+                        for (int i = threadIdx.x; i < 2 * KT * PG::CPR; i += PG::THR) {
                                 const int which = i / (KT * PG::CPR), rem = i % (KT * PG::CPR);
                                 const int key = rem / PG::CPR, c = rem % PG::CPR;
                                 const uint4 x = *(const uint4 *)(rs + which * KT * PG::RB + key * PG::RB + c * 16);
