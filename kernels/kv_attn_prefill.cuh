@@ -17,8 +17,8 @@
  * (pwarps) takes QV consecutive ones (each warp MT m-tiles of 16, the
  * mma's M: MT = 2 up to head_dim 128, so that every K and V fragment read
  * from shared memory feeds two mmas; 1 at 256), so a tile may hold parts
- * of two rows' heads:
- * every vector has its own row, head and causal horizon.  Tile j of the
+ * of two rows' heads: every vector has its own row, head and causal
+ * horizon.  Tile j of the
  * grid belongs to the sequence b with base(b) <= j < base(b+1), base(b) = b
  * + floor(qo_indptr[b] * G / QV): no per-sequence prefix sum is needed, at
  * the cost of at most one empty CTA per sequence (it returns at once).
@@ -71,7 +71,7 @@
 #define KVA_QLO2 1      /* 0: the two-term q kernels keep one m-tile (for measuring) */
 #endif
 #ifndef KVA_PW
-#define KVA_PW 0        /* warps a CTA: 0 by pwarps() below; 4 or 8 for every kernel (for measuring) */
+#define KVA_PW 4        /* warps a CTA: 4 or 8 for every kernel; 0 by the rule in pwarps() (for measuring) */
 #endif
 #ifndef KVA_PFORCE_MT
 #define KVA_PFORCE_MT 0 /* 1 or 2: every tiled launch takes that many m-tiles where it can (for measuring) */
@@ -81,13 +81,16 @@ namespace kva {
 
 static_assert(KVA_PW == 0 || KVA_PW == 4 || KVA_PW == 8, "KVA_PW: 0, 4 or 8");
 
-/* Warps of a CTA of prefill_kernel<DT, D, MT, QLO>: 8 (one CTA an SM, its
- * 128 or 256 query vectors sharing each K/V tile, with room for 64-key
- * tiles and three copy stages) for 16-bit and fp8 pools at head_dim 128,
- * else 4 (two CTAs an SM).  Measured on the H200 at head_dim 128 against 4
- * warps (docs/benchmarks.md, "Extend attention"): bf16 2-13% and fp8 0-12%
- * less time, fp4 3-4% more where the grid makes waves; the two-term q
- * kernels and head_dim 64 and 256 were not timed with 8 and keep 4. */
+/* Warps of a CTA of prefill_kernel<DT, D, MT, QLO>: 4 (two CTAs an SM).
+ * With 8 (one CTA an SM, its 128 or 256 query vectors sharing each K/V
+ * tile, with room for 64-key tiles and three copy stages) the H200 took
+ * 2-13% (bf16) and 0-12% (fp8) less time at head_dim 128 where the grid
+ * fills the GPU, fp4 3-4% more, but bf16 and fp8 14-15% more at 128 new
+ * rows of one sequence, whose 8-warp grid is a third of a wave
+ * (docs/benchmarks.md, "Extend attention").  KVA_PW=0 gives 8 to 16-bit
+ * and fp8 pools at head_dim 128 without two-term q, the rule measured;
+ * a launcher that takes 8 only where their CTAs fill a wave is the next
+ * step, not yet measured. */
 __host__ __device__ constexpr int pwarps(int DT, int D, bool QLO)
 {
         return KVA_PW ? KVA_PW : (D == 128 && DT != KVC_DTYPE_FP4_E2M1 && !QLO) ? 8 : 4;
