@@ -86,8 +86,9 @@ static_assert(KVA_PW == 0 || KVA_PW == 4 || KVA_PW == 8, "KVA_PW: 0, 4 or 8");
  * tile, with room for 64-key tiles and three copy stages) the H200 took
  * 2-13% (bf16) and 0-12% (fp8) less time at head_dim 128 where the grid
  * fills the GPU, fp4 3-4% more, but bf16 and fp8 14-15% more at 128 new
- * rows of one sequence, whose 8-warp grid is a third of a wave
- * (docs/benchmarks.md, "Extend attention").  KVA_PW=0 gives 8 to 16-bit
+ * rows of one sequence over 4k keys, where 8 warps make 24 CTAs, 120 once
+ * the keys are split, for 132 SMs (docs/benchmarks.md, "Extend
+ * attention").  KVA_PW=0 gives 8 to 16-bit
  * and fp8 pools at head_dim 128 without two-term q, the rule measured;
  * a launcher that takes 8 only where their CTAs fill a wave is the next
  * step, not yet measured. */
