@@ -416,10 +416,8 @@ void kvd_requests_dispatch(struct kvd_server *s, struct kvd_req *q)
          * between; this covers a request that waited longer than that
          * ring's 256 closes.  Either way no session may be made that no
          * close will ever end (its pages would be held for good). */
-        if (!kvd_sessions_find(s->sessions, (uint32_t)nng_pipe_id(pipe)) && pipe_gone(pipe))
-                r = -ESTALE;
-        else
-                r = kvd_sessions_add(s->sessions, (uint32_t)nng_pipe_id(pipe), &ss);
+        ss = kvd_sessions_find(s->sessions, (uint32_t)nng_pipe_id(pipe));
+        r = ss ? 0 : pipe_gone(pipe) ? -ESTALE : kvd_sessions_add(s->sessions, (uint32_t)nng_pipe_id(pipe), &ss);
         if (r == -ESTALE)
                 return (void)reply_error(q, KV_E_SHUTDOWN, "%s: connection is closing", op_name(h.opcode));
         if (r)
