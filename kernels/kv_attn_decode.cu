@@ -130,29 +130,29 @@ static int sm_count(int dev, int *ret)
 
 /* The tiled extend kernel's m-tiles per warp (*ret_mt), tiles per kv head
  * (*ret_tiles: base(B) = B + rows * G / QV, see kv_attn_prefill.cuh) and
- * CTAs per SM (*ret_occ).  Two m-tiles (128 query vectors per CTA) read
- * each K/V fragment from shared memory once for two mmas but make half as
- * many CTAs, and a CTA holds an SM's tensor cores only while the CTAs
- * beside it wait for their tiles: they are taken when they make at least
- * one wave, one m-tile when its CTAs fill more than half a wave without a
- * split, and two again when neither does (both would split the keys).
- * Measured on the H200 (docs/benchmarks.md "Extend attention"): 1 x 512
- * new rows over 4k keys, 8 kv heads x 4 q heads, ran as 136 CTAs of 128
- * vectors (about one per SM) in 390-400 us, as 264 of 64 in 275-357 us;
- * with 8 x 512 rows, two m-tiles were 13-27% faster.  The two-term q
- * kernels (qlo) follow the same rule (-DKVA_QLO2=0: one m-tile, for
- * measuring). */
-static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params &p, uint32_t rows,
-                      uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles, int *ret_occ)
+ * CTAs per SM (*ret_occ) for CTAs of pw warps.  Two m-tiles (twice the
+ * query vectors per CTA) read each K/V fragment from shared memory once
+ * for two mmas but make half as many CTAs, and a CTA holds an SM's tensor
+ * cores only while the CTAs beside it wait for their tiles: they are
+ * taken when they make at least one wave, one m-tile when its CTAs fill
+ * more than half a wave without a split, and two again when neither does
+ * (both would split the keys).  Measured on the H200 (docs/benchmarks.md
+ * "Extend attention"): 1 x 512 new rows over 4k keys, 8 kv heads x 4 q
+ * heads, ran as 136 CTAs of 128 vectors (about one per SM) in 390-400 us,
+ * as 264 of 64 in 275-357 us; with 8 x 512 rows, two m-tiles were 13-27%
+ * faster.  The two-term q kernels (qlo) follow the same rule
+ * (-DKVA_QLO2=0: one m-tile, for measuring). */
+static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::params &p, uint32_t rows,
+                   uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles, int *ret_occ)
 {
         int occ1 = 1, occ2 = 1, r;
-        const uint64_t t1 = batch + (uint64_t)rows * p.G / kva::pqv((int)dt, (int)D, qlo, 1);
-        const uint64_t t2 = batch + (uint64_t)rows * p.G / kva::pqv((int)dt, (int)D, qlo, 2);
-        if ((r = kv_prefill_launch((int)dt, D, 1, qlo, p, dim3(), NULL, dev, &occ1)) != 0)
+        const uint64_t t1 = batch + (uint64_t)rows * p.G / kva::pqv(pw, 1);
+        const uint64_t t2 = batch + (uint64_t)rows * p.G / kva::pqv(pw, 2);
+        if ((r = kv_prefill_launch((int)dt, D, 1, pw, qlo, p, dim3(), NULL, dev, &occ1)) != 0)
                 return r;
         int mt = 1;
         if (D <= 128 && (!qlo || KVA_QLO2)) {
-                if ((r = kv_prefill_launch((int)dt, D, 2, qlo, p, dim3(), NULL, dev, &occ2)) != 0)
+                if ((r = kv_prefill_launch((int)dt, D, 2, pw, qlo, p, dim3(), NULL, dev, &occ2)) != 0)
                         return r;
                 const uint64_t slots1 = (uint64_t)(occ1 > 0 ? occ1 : 1) * sms;
                 const uint64_t slots2 = (uint64_t)(occ2 > 0 ? occ2 : 1) * sms;
@@ -164,6 +164,34 @@ static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params
         *ret_mt = mt;
         *ret_tiles = mt == 2 ? t2 : t1;
         *ret_occ = mt == 2 ? occ2 : occ1;
+        return 0;
+}
+
+/* The tiled extend kernel's warps a CTA (*ret_pw) and plan_mt's three for
+ * them.  8 warps where the kernel has them (kva::pwide) and their CTAs
+ * fill a wave without a split, each sequence averaging at least one CTA
+ * of query vectors; else 4 (with 8, the H200 lost 14-15% where the keys
+ * had to be split, and gained 2-13% where the grid filled the GPU:
+ * kv_attn_prefill.cuh, pwide). */
+static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params &p, uint32_t rows,
+                      uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, int *ret_pw, uint64_t *ret_tiles,
+                      int *ret_occ)
+{
+        int mt = 0, occ = 1, r;
+        uint64_t tiles = 0;
+        if (kva::pwide((int)dt, (int)D, qlo)) {
+                if ((r = plan_mt(dt, D, qlo, 8, p, rows, batch, H, dev, sms, &mt, &tiles, &occ)) != 0)
+                        return r;
+                const bool fills = tiles * H >= (uint64_t)(occ > 0 ? occ : 1) * sms &&
+                                   (uint64_t)rows * p.G >= (uint64_t)batch * kva::pqv(8, mt);
+                if (KVA_PW == 8 || fills) {
+                        *ret_mt = mt, *ret_pw = 8, *ret_tiles = tiles, *ret_occ = occ;
+                        return 0;
+                }
+        }
+        if ((r = plan_mt(dt, D, qlo, 4, p, rows, batch, H, dev, sms, &mt, &tiles, &occ)) != 0)
+                return r;
+        *ret_mt = mt, *ret_pw = 4, *ret_tiles = tiles, *ret_occ = occ;
         return 0;
 }
 
@@ -267,10 +295,10 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         if (sms < 1) /* the driver reports at least one; never divide by 0 below */
                 sms = 1;
         r = -EINVAL;
-        int mt = 0;          /* the tiled kernel's m-tiles per warp */
+        int mt = 0, pw = 4;  /* the tiled kernel's m-tiles per warp and warps a CTA */
         uint64_t ptiles = 0; /* and its tiles per kv head (grid.x / kv heads) */
         if (tiled)
-                r = plan_tiles(dt, D, qlo, p, rows, c->batch, H, dev, sms, &mt, &ptiles, &occ);
+                r = plan_tiles(dt, D, qlo, p, rows, c->batch, H, dev, sms, &mt, &pw, &ptiles, &occ);
         else if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, dim3(), NULL, dev, &occ); }))
                 r = -EINVAL;
         if (r < 0)
@@ -342,7 +370,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * have a kernel (the occupancy query above): r is 0 or a cudaError_t */
         dim3 grid((unsigned)ctas, p.splits);
         if (tiled)
-                r = kv_prefill_launch((int)dt, D, mt, qlo, p, grid, st, dev, NULL);
+                r = kv_prefill_launch((int)dt, D, mt, pw, qlo, p, grid, st, dev, NULL);
         else
                 kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st, dev, NULL); });
         cudaError_t e = r > 0 ? (cudaError_t)r : cudaGetLastError();

@@ -11,20 +11,37 @@
 
 /* The kernel for p (and, with splits, the reduction), or its occupancy
  * (ret_occ).  Returns a cudaError_t. */
-template <int DT, int D, int MT, bool QLO>
-static int launch_p(const kva::params &p, dim3 grid, cudaStream_t st, int dev, int *ret_occ)
+template <int DT, int D, int MT, bool QLO, int PW>
+static int launch_w(const kva::params &p, dim3 grid, cudaStream_t st, int dev, int *ret_occ)
 {
+        typedef kva::pgeo<DT, D, MT, QLO, PW> PG;
         static std::atomic<uint64_t> done(0);
         static std::atomic<int> occ_cache[64];
-        int e = kva::occupancy_or_launch(kva::prefill_kernel<DT, D, MT, QLO>, kva::pgeo<DT, D, MT, QLO>::SMEM, p, grid, st,
-                                         dev, ret_occ, done, occ_cache, kva::pgeo<DT, D, MT, QLO>::THR);
+        int e = kva::occupancy_or_launch(kva::prefill_kernel<DT, D, MT, QLO, PW>, PG::SMEM, p, grid, st, dev, ret_occ,
+                                         done, occ_cache, PG::THR);
         if (e == 0 && !ret_occ && p.splits > 1)
                 e = kva::launch_reduce<D>(p, st);
         return e;
 }
 
-int kv_prefill_launch(int dtype, uint32_t D, int mt, bool qlo, const kva::params &p, dim3 grid, cudaStream_t st,
-                      int dev, int *ret_occ)
+/* The 4- or 8-warp build of one kernel: pw 8 only where kva::pwide has
+ * built it (else -EINVAL, as for any combination without a kernel). */
+template <int DT, int D, int MT, bool QLO>
+static int launch_p(int pw, const kva::params &p, dim3 grid, cudaStream_t st, int dev, int *ret_occ)
+{
+        if constexpr (KVA_PW != 8) {
+                if (pw == 4)
+                        return launch_w<DT, D, MT, QLO, 4>(p, grid, st, dev, ret_occ);
+        }
+        if constexpr (kva::pwide(DT, D, QLO)) {
+                if (pw == 8)
+                        return launch_w<DT, D, MT, QLO, 8>(p, grid, st, dev, ret_occ);
+        }
+        return -EINVAL;
+}
+
+int kv_prefill_launch(int dtype, uint32_t D, int mt, int pw, bool qlo, const kva::params &p, dim3 grid,
+                      cudaStream_t st, int dev, int *ret_occ)
 {
         int r = -EINVAL;
         kvk::with_dtype((enum kvc_dtype)dtype, [&](auto t) {
@@ -35,12 +52,12 @@ int kv_prefill_launch(int dtype, uint32_t D, int mt, bool qlo, const kva::params
                         constexpr int MT = decltype(mt_c)::value;
                         constexpr bool QLO = decltype(qlo_c)::value;
                         if (D == 64)
-                                r = launch_p<DT, 64, MT, QLO>(p, grid, st, dev, ret_occ);
+                                r = launch_p<DT, 64, MT, QLO>(pw, p, grid, st, dev, ret_occ);
                         else if (D == 128)
-                                r = launch_p<DT, 128, MT, QLO>(p, grid, st, dev, ret_occ);
+                                r = launch_p<DT, 128, MT, QLO>(pw, p, grid, st, dev, ret_occ);
                         else if constexpr (MT == 1) {
                                 if (D == 256)
-                                        r = launch_p<DT, 256, 1, QLO>(p, grid, st, dev, ret_occ);
+                                        r = launch_p<DT, 256, 1, QLO>(pw, p, grid, st, dev, ret_occ);
                         }
                 };
                 using one = std::integral_constant<int, 1>;

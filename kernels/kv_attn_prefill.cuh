@@ -14,7 +14,7 @@
  *
  * Work split.  The query vectors of (sequence b, kv head h) are its rows x
  * the G q heads of h, in (row, head) order; a CTA of 4 or 8 warps
- * (pwarps) takes QV consecutive ones (each warp MT m-tiles of 16, the
+ * (pwide) takes QV consecutive ones (each warp MT m-tiles of 16, the
  * mma's M: MT = 2 up to head_dim 128, so that every K and V fragment read
  * from shared memory feeds two mmas; 1 at 256), so a tile may hold parts
  * of two rows' heads: every vector has its own row, head and causal
@@ -71,7 +71,7 @@
 #define KVA_QLO2 1      /* 0: the two-term q kernels keep one m-tile (for measuring) */
 #endif
 #ifndef KVA_PW
-#define KVA_PW 4        /* warps a CTA: 4 or 8 for every kernel; 0 by the rule in pwarps() (for measuring) */
+#define KVA_PW 0        /* warps a CTA: 0 by the launcher's rule (pwide, plan_tiles), 4 or 8 for every launch (for measuring) */
 #endif
 #ifndef KVA_PFORCE_MT
 #define KVA_PFORCE_MT 0 /* 1 or 2: every tiled launch takes that many m-tiles where it can (for measuring) */
@@ -81,36 +81,36 @@ namespace kva {
 
 static_assert(KVA_PW == 0 || KVA_PW == 4 || KVA_PW == 8, "KVA_PW: 0, 4 or 8");
 
-/* Warps of a CTA of prefill_kernel<DT, D, MT, QLO>: 4 (two CTAs an SM).
- * With 8 (one CTA an SM, its 128 or 256 query vectors sharing each K/V
- * tile, with room for 64-key tiles and three copy stages) the H200 took
- * 2-13% (bf16) and 0-12% (fp8) less time at head_dim 128 where the grid
- * fills the GPU, fp4 3-4% more, but bf16 and fp8 14-15% more at 128 new
- * rows of one sequence over 4k keys, where 8 warps make 24 CTAs, 120 once
- * the keys are split, for 132 SMs (docs/benchmarks.md, "Extend
- * attention").  KVA_PW=0 gives 8 to 16-bit
- * and fp8 pools at head_dim 128 without two-term q, the rule measured;
- * a launcher that takes 8 only where their CTAs fill a wave is the next
- * step, not yet measured. */
-__host__ __device__ constexpr int pwarps(int DT, int D, bool QLO)
+/* Whether prefill_kernel<DT, D, MT, QLO> has an 8-warp build beside the
+ * 4-warp one.  With 8 warps a CTA (one an SM) its 128 or 256 query vectors
+ * share each K/V tile, with room for 64-key tiles and three copy stages.
+ * On the H200 that took 2-13% (bf16) and 0.5-12.5% (fp8) less time at
+ * head_dim 128 where the grid fills the GPU, and fp4 3-4% more; but bf16
+ * and fp8 14-15% more at 128 new rows of one sequence over 4k keys, where
+ * 8 warps make 24 CTAs, 120 once the keys are split, for 132 SMs
+ * (docs/benchmarks.md, "Extend attention").  So 16-bit and fp8 pools at
+ * head_dim 128 without two-term q have both, and the launcher (plan_tiles
+ * in kv_attn_decode.cu) takes 8 warps only where their CTAs fill a wave
+ * without a split.  KVA_PW=4 or 8 builds one warp count for every kernel. */
+__host__ __device__ constexpr bool pwide(int DT, int D, bool QLO)
 {
-        return KVA_PW ? KVA_PW : (D == 128 && DT != KVC_DTYPE_FP4_E2M1 && !QLO) ? 8 : 4;
+        return KVA_PW == 8 || (KVA_PW == 0 && D == 128 && DT != KVC_DTYPE_FP4_E2M1 && !QLO);
 }
 
-/* Query vectors per CTA: pwarps warps x MT m-tiles of 16 mma rows. */
-__host__ __device__ constexpr int pqv(int DT, int D, bool QLO, int MT)
+/* Query vectors per CTA: PW warps x MT m-tiles of 16 mma rows. */
+__host__ __device__ constexpr int pqv(int PW, int MT)
 {
-        return pwarps(DT, D, QLO) * 16 * MT;
+        return PW * 16 * MT;
 }
 
-/* Shared-memory geometry of prefill_kernel<DT, D, MT, QLO>. */
-template <int DT, int D, int MT_, bool QLO = false>
+/* Shared-memory geometry of prefill_kernel<DT, D, MT, QLO, PW>. */
+template <int DT, int D, int MT_, bool QLO = false, int PW_ = 4>
 struct pgeo {
         static constexpr int bits = dtraits<DT>::bits;
         static constexpr bool Q8 = bits < 16;            /* raw stage + dequantization pass */
         static constexpr bool FP4 = DT == KVC_DTYPE_FP4_E2M1;
-        static constexpr int PW = pwarps(DT, D, QLO), THR = PW * 32; /* warps, threads */
-        static constexpr int MT = MT_, QV = pqv(DT, D, QLO, MT_);
+        static constexpr int PW = PW_, THR = PW * 32;    /* warps, threads */
+        static constexpr int MT = MT_, QV = pqv(PW_, MT_);
         /* keys per tile: 32 where 64 would not fit the registers next to
          * the accumulators (S and O of MT m-tiles), except that fp4 pools
          * take 64 with two m-tiles at head_dim 128 (a few bytes spilled):
@@ -460,12 +460,13 @@ __device__ __forceinline__ void store_vectors(const params &p, const float (&o)[
  * bits fit in two 8-bit ones), each with its own K Q^T mma, as the decode
  * kernel does (q's two tiles take twice the shared memory: with two
  * m-tiles at head_dim 128, 16-bit pools keep two copy stages and fp4
- * pools 32-key tiles).  Dynamic shared memory:
- * pgeo<DT, D, MT, QLO>::SMEM bytes. */
-template <int DT, int D, int MT_, bool QLO>
-__global__ void __launch_bounds__(pgeo<DT, D, MT_, QLO>::THR, pgeo<DT, D, MT_, QLO>::MINB) prefill_kernel(const params p)
+ * pools 32-key tiles).  PW: warps a CTA, 4 or 8 (pwide).  Dynamic shared memory:
+ * pgeo<DT, D, MT, QLO, PW>::SMEM bytes. */
+template <int DT, int D, int MT_, bool QLO, int PW>
+__global__ void __launch_bounds__(pgeo<DT, D, MT_, QLO, PW>::THR, pgeo<DT, D, MT_, QLO, PW>::MINB) prefill_kernel(const params p)
 {
-        typedef pgeo<DT, D, MT_, QLO> PG;
+        static_assert(PW == 4 || PW == 8, "4 or 8 warps");
+        typedef pgeo<DT, D, MT_, QLO, PW> PG;
         static_assert(!QLO || dtraits<DT>::bf, "two-term q: bf16-compute pools");
         constexpr bool BF = dtraits<DT>::bf;
         constexpr int KT = PG::KT, NT = KT / 8, KC = D / 16, ND = D / 8, RS = PG::RS, MT = PG::MT, QV = PG::QV;
@@ -688,14 +689,14 @@ __global__ void __launch_bounds__(pgeo<DT, D, MT_, QLO>::THR, pgeo<DT, D, MT_, Q
 
 } // namespace kva
 
-/* The prefill kernel for a pool dtype, head_dim and m-tile count (1, or 2
- * up to head_dim 128), with qlo the two-term q kernel (f16 q on a bf16 or
- * fp4 pool), plus attn_reduce when p.splits > 1
- * (kv_attn_prefill.cu), or with ret_occ only the CTAs of it that fit on one
- * SM of device dev (the current one).  Returns 0, a cudaError_t (> 0), or
+/* The prefill kernel for a pool dtype, head_dim, m-tile count (1, or 2
+ * up to head_dim 128) and warp count (4, or 8 where kva::pwide), with qlo
+ * the two-term q kernel (f16 q on a bf16 or fp4 pool), plus attn_reduce
+ * when p.splits > 1 (kv_attn_prefill.cu), or with ret_occ only the CTAs of
+ * it that fit on one SM of device dev (the current one).  Returns 0, a cudaError_t (> 0), or
  * -EINVAL for a combination without a kernel. */
-int kv_prefill_launch(int dtype, uint32_t D, int mt, bool qlo, const kva::params &p, dim3 grid, cudaStream_t st,
-                      int dev, int *ret_occ);
+int kv_prefill_launch(int dtype, uint32_t D, int mt, int pw, bool qlo, const kva::params &p, dim3 grid,
+                      cudaStream_t st, int dev, int *ret_occ);
 
 #endif /* __CUDACC__ */
 #endif

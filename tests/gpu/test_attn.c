@@ -361,14 +361,25 @@ static void prefill_tiles(void)
         int32_t l4[1] = { 1750 }, q4[1] = { 1700 };
         run_case(KVC_DTYPE_FP8_E5M2, 64, 16, 2, 4, 1, l4, q4, KVC_ELEM_F16, 408);
         run_case(KVC_DTYPE_BF16, 64, 16, 2, 4, 1, l4, q4, KVC_ELEM_BF16, 411);
-        /* tiles of 128 vectors that make a wave: two m-tiles, no split
-         * (the output written by the tiled kernel itself) */
+        /* tiles that make a wave: two m-tiles, no split (the output
+         * written by the tiled kernel itself); 8 warps for the bf16 pool
+         * at head_dim 128 with bf16 q, 4 for the others */
         int32_t l5[2] = { 700, 650 }, q5[2] = { 600, 600 };
         run_case(KVC_DTYPE_BF16, 128, 16, 8, 4, 2, l5, q5, KVC_ELEM_BF16, 412);
         run_case(KVC_DTYPE_FP4_E2M1, 64, 16, 8, 4, 2, l5, q5, KVC_ELEM_BF16, 413);
         run_case(KVC_DTYPE_BF16, 128, 16, 8, 4, 2, l5, q5, KVC_ELEM_F16, 416); /* two-term q, two m-tiles */
         run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 8, 4, 2, l5, q5, KVC_ELEM_F16, 417);
         run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 8, 4, 2, l5, q5, KVC_ELEM_BF16, 418); /* 64-key tiles */
+        /* 8-warp CTAs (16-bit and fp8 pools at head_dim 128, where their
+         * CTAs fill a wave without a split: kv_attn_decode.cu plan_tiles):
+         * 20 tiles of 256 vectors x 8 kv heads, two m-tiles; then one
+         * sequence of 560 rows, 9 tiles of 256 (under a wave) or 18 of 128,
+         * one m-tile */
+        run_case(KVC_DTYPE_FP16, 128, 16, 8, 4, 2, l5, q5, KVC_ELEM_F16, 419);
+        run_case(KVC_DTYPE_FP8_E5M2, 128, 16, 8, 4, 2, l5, q5, KVC_ELEM_BF16, 420);
+        int32_t l6[1] = { 660 }, q6[1] = { 560 };
+        run_case(KVC_DTYPE_BF16, 128, 16, 8, 4, 1, l6, q6, KVC_ELEM_BF16, 421);
+        run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 8, 4, 1, l6, q6, KVC_ELEM_F16, 422);
         /* q only 2-byte aligned: the element-wise q load */
         q_shift = 1;
         int32_t l2[2] = { 700, 64 }, q2[2] = { 300, 64 };
