@@ -55,6 +55,7 @@
 
 #ifdef __CUDACC__
 #include <cuda_runtime.h>
+#include <float.h>
 #include <stdint.h>
 #include "kv_attn_decode.cuh"
 
@@ -72,6 +73,15 @@
 #endif
 #ifndef KVA_PW
 #define KVA_PW 0        /* warps a CTA: 0 by the launcher's rule (pwide, plan_tiles), 4 or 8 for every launch (for measuring) */
+#endif
+#ifndef KVA_PPF
+#define KVA_PPF 1       /* 0: a tile's page ids are loaded when its copies are issued, not one tile ahead (for measuring) */
+#endif
+#ifndef KVA_SMX
+#define KVA_SMX 1       /* 0: the softmax scales each score before the max and subtracts after (for measuring) */
+#endif
+#ifndef KVA_TLS
+#define KVA_TLS 1       /* 0: the tile's sequence and vector range stay in registers through the key loop (for measuring) */
 #endif
 #ifndef KVA_PFORCE_MT
 #define KVA_PFORCE_MT 0 /* 1 or 2: every tiled launch takes that many m-tiles where it can (for measuring) */
@@ -244,10 +254,35 @@ struct ptile {
         }
 };
 
+/* The page-table entry of the key row this thread copies in the tile at
+ * kt (issue_keys' thread layout), or -1 for a key at k_hi or past it.  The
+ * kernel loads it one tile ahead of the copies, so that the copies never
+ * wait for the table: on the H200 a quarter of the stall samples of the
+ * bf16 kernel sat on that wait (docs/benchmarks.md, "Extend attention"). */
+template <int KT, int TPR>
+__device__ __forceinline__ int32_t key_page(const params &p, const int32_t *pt, uint32_t kt, uint32_t k_hi)
+{
+        const uint32_t tok = kt + threadIdx.x % (KT * TPR) / TPR;
+        if (tok >= k_hi)
+                return -1;
+        return __ldg(pt + (p.page_shift >= 0 ? tok >> p.page_shift : tok / p.page_size));
+}
+
+/* The pool slot of key tok on page-table entry pg, or -1 if pg is not a
+ * page of the pool. */
+__device__ __forceinline__ int64_t key_slot(const params &p, int32_t pg, uint32_t tok)
+{
+        if ((uint32_t)pg >= p.num_pages)
+                return -1;
+        const uint32_t off = p.page_shift >= 0 ? tok & (p.page_size - 1) : tok % p.page_size;
+        return (int64_t)pg * p.page_size + off;
+}
+
 /* Issues the copies of the key tile at kt (KT keys of kv head h) with
  * cp.async: thread i takes K row i / TPR (V rows from KT * TPR on), part
- * i % TPR of its CPR 16-byte chunks, one page lookup; keys at k_hi and past
- * it or on a page id outside [0, num_pages) are zero-filled.  dst(which,
+ * i % TPR of its CPR 16-byte chunks; pg is its row's page-table entry
+ * (key_page: -1 past the keys), and a key on a page id outside [0,
+ * num_pages) is zero-filled like one past them.  dst(which,
  * key, chunk) is the shared address of a chunk (which: 0 K, 1 V), sdst(which,
  * key) that of an fp4 scale row (SB > 0 bytes).  The K-row threads are the
  * first KT * TPR: each of their warps stores its keys' validity bits in
@@ -257,14 +292,14 @@ struct ptile {
  * from the lanes that looked them up, measured up to 9% slower on the H200
  * where the grid makes waves, docs/benchmarks.md "Extend attention".) */
 template <int KT, int TPR, int CPR, int SB, typename Dst, typename SDst>
-__device__ __forceinline__ void issue_keys(const params &p, const int32_t *pt, uint32_t kt, uint32_t k_hi, uint32_t h,
-                                           Dst dst, SDst sdst, uint32_t *km)
+__device__ __forceinline__ void issue_keys(const params &p, int32_t pg, uint32_t kt, uint32_t h, Dst dst, SDst sdst,
+                                           uint32_t *km)
 {
         static_assert(TPR == 1 || TPR == 2 || TPR == 4, "one, two or four threads copy a K or V row (the key mask)");
         static_assert(CPR % TPR == 0, "a row's chunks split evenly over its threads");
         constexpr int PER = CPR / TPR;
         const int which = threadIdx.x / (KT * TPR), key = threadIdx.x % (KT * TPR) / TPR, part = threadIdx.x % TPR;
-        const int64_t slot = slot_of(p, pt, kt + key, k_hi);
+        const int64_t slot = key_slot(p, pg, kt + key);
         const bool ok = slot >= 0;
         const uint8_t *src = (which ? p.v : p.k) + (uint64_t)(ok ? slot : 0) * p.token_bytes + h * p.head_bytes +
                              part * PER * 16;
@@ -362,9 +397,12 @@ __device__ __forceinline__ void load_q(const params &p, uint8_t *qs, uint32_t lo
                                 w[k] = (uint32_t)e[a] | (uint32_t)e[bb] << 16;
                         }
                 }
-                *(uint4 *)(qs + qoff(vi, c)) = make_uint4(w[0], w[1], w[2], w[3]);
+                /* a negative softmax scale: -q, so that the kernel's scale
+                 * is >= 0 (tile_softmax); exact, a sign bit */
+                const uint32_t sg = KVA_SMX && p.qk_scale_log2 < 0.0f ? 0x80008000u : 0u;
+                *(uint4 *)(qs + qoff(vi, c)) = make_uint4(w[0] ^ sg, w[1] ^ sg, w[2] ^ sg, w[3] ^ sg);
                 if constexpr (QLO)
-                        *(uint4 *)(qs + lo + qoff(vi, c)) = make_uint4(wl[0], wl[1], wl[2], wl[3]);
+                        *(uint4 *)(qs + lo + qoff(vi, c)) = make_uint4(wl[0] ^ sg, wl[1] ^ sg, wl[2] ^ sg, wl[3] ^ sg);
         }
 }
 
@@ -372,10 +410,14 @@ __device__ __forceinline__ void load_q(const params &p, uint8_t *qs, uint32_t lo
  * vectors x 8 NT keys of the tile at key kt; this thread's rows g and g+8,
  * keys 8 nt + 2 t (+1)): keys outside the tile's mask km or at or past a
  * row's horizon hz[r] get -inf (all pass when full), the rest are scaled by
- * qk (log2 units) and exponentiated against the running max m, which moves;
- * l gets the rows' sums (this thread's keys only) and al the factors the
- * rows' accumulators must be multiplied with.  Returns whether any al is
- * not 1. */
+ * qk > 0 (log2 units) and exponentiated against the running max m, which
+ * moves; l gets the rows' sums (this thread's keys only) and al the
+ * factors the rows' accumulators must be multiplied with.  Returns whether
+ * any al is not 1.  The max is taken of the raw scores (qk > 0 keeps their
+ * order: the kernel folds the sign of the softmax scale into q, and a
+ * scale of 0 becomes FLT_MIN, under which every exponent rounds to 2^0 as
+ * with 0) and the scale goes into the exponent's FMA: one instruction a
+ * score less than scaling each score first (KVA_SMX=0, for measuring). */
 template <int NT>
 __device__ __forceinline__ bool tile_softmax(float (&s)[NT][4], float (&m)[2], float (&l)[2], float (&al)[2], bool full,
                                              uint64_t km, uint32_t kt, const uint32_t (&hz)[2], float qk, int t)
@@ -388,7 +430,7 @@ __device__ __forceinline__ bool tile_softmax(float (&s)[NT][4], float (&m)[2], f
                 for (int e = 0; e < 4; e++) {
                         const int kk = nt * 8 + 2 * t + (e & 1), r = e / 2;
                         const bool ok = full || (((km >> kk) & 1u) && kt + kk < hz[r]);
-                        s[nt][e] = ok ? s[nt][e] * qk : -INFINITY;
+                        s[nt][e] = ok ? (KVA_SMX ? s[nt][e] : s[nt][e] * qk) : -INFINITY;
                         mx[r] = fmaxf(mx[r], s[nt][e]);
                 }
         }
@@ -396,7 +438,7 @@ __device__ __forceinline__ bool tile_softmax(float (&s)[NT][4], float (&m)[2], f
         for (int r = 0; r < 2; r++) {
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFFFFFFu, mx[r], 1));
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFFFFFFu, mx[r], 2));
-                const float mn = fmaxf(m[r], mx[r]);
+                const float mn = fmaxf(m[r], KVA_SMX ? mx[r] * qk : mx[r]);
                 al[r] = ex2(m[r] - mn);
                 moved |= al[r] != 1.0f;
                 m[r] = mn;
@@ -406,7 +448,7 @@ __device__ __forceinline__ bool tile_softmax(float (&s)[NT][4], float (&m)[2], f
         for (int nt = 0; nt < NT; nt++) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                        s[nt][e] = ex2(s[nt][e] - m[e / 2]);
+                        s[nt][e] = ex2(KVA_SMX ? fmaf(s[nt][e], qk, -m[e / 2]) : s[nt][e] - m[e / 2]);
                         sum[e / 2] += s[nt][e];
                 }
         }
@@ -495,29 +537,39 @@ __global__ void __launch_bounds__(pgeo<DT, D, MT_, QLO, PW>::THR, pgeo<DT, D, MT
         /* Copies of the tile starting at key kt into stage st: 16-bit pools
          * straight into the stage's compute tiles, quantized ones into its
          * raw stage */
-        auto issue = [&](uint32_t kt, int st) {
+        auto issue = [&](uint32_t kt, int st, int32_t pg) {
                 uint8_t *dk = PG::Q8 ? raw + st * PG::RAWST : dsm + PG::KVOFF + st * 2 * PG::CT;
                 constexpr int ROW = PG::Q8 ? PG::RB : RS, HALF = PG::Q8 ? KT * PG::RB : PG::CT;
                 uint8_t *ds = raw + st * PG::RAWST + 2 * KT * PG::RB;
                 issue_keys<KT, PG::TPR, PG::CPR, PG::SB>(
-                        p, pt, kt, k_hi, h, [&](int w, int key, int c) { return smem_u32(dk + w * HALF + key * ROW + c * 16); },
+                        p, pg, kt, h, [&](int w, int key, int c) { return smem_u32(dk + w * HALF + key * ROW + c * 16); },
                         [&](int w, int key) { return smem_u32(ds + (w * KT + key) * PG::SB); }, kmask[st]);
         };
 
 #pragma unroll
         for (int s0 = 0; s0 < PG::NS - 1; s0++) {
                 if ((uint32_t)s0 < ntiles)
-                        issue(k_lo + s0 * KT, s0);
+                        issue(k_lo + s0 * KT, s0, key_page<KT, PG::TPR>(p, pt, k_lo + s0 * KT, k_hi));
                 cp_commit();
         }
+        /* the page-table entry of the next tile to issue (NS - 1, then one
+         * more each iteration), loaded a tile ahead of its copies */
+        int32_t npg = PG::NS - 1 < ntiles ? key_page<KT, PG::TPR>(p, pt, k_lo + (PG::NS - 1) * KT, k_hi) : -1;
 
         /* Q: the CTA's vectors in the compute type and the compute dim
          * order, zero for vectors past the sequence's rows */
         load_q<DT, D, QLO, PG::THR>(p, qs, QV * RS, QV, tl, h, [](int vi, int c) { return vi * RS + c * 16; });
+        /* the tile itself (tl) waits for the epilogue in shared memory,
+         * which frees its registers for the key loop (the two-m-tile
+         * kernels are at ptxas' 255); the barrier below publishes it */
+        __shared__ __align__(8) uint8_t tl_keep[sizeof(ptile)];
+        if (KVA_TLS && threadIdx.x == 0)
+                memcpy(tl_keep, &tl, sizeof tl);
         __syncthreads();
 
         /* this warp's vectors: m-tile mt holds vectors v0 + (warp * MT + mt)
-         * * 16 + 0..15; the thread's rows are g and g+8 of each */
+         * * 16 + 0..15; the thread's rows are g and g+8 of each.  Only their
+         * horizons are needed in the key loop (tl waits in tl_keep) */
         uint64_t vr[MT][2];
         uint32_t hz[MT][2];
 #pragma unroll
@@ -537,7 +589,8 @@ __global__ void __launch_bounds__(pgeo<DT, D, MT_, QLO, PW>::THR, pgeo<DT, D, MT
                 for (int kc = 0; kc < KC; kc++)
                         ldsm4(qf[kc], qrow + kc * 32);
         }
-        const float qk = p.qk_scale_log2;
+        /* q took the sign (load_q); tile_softmax needs qk > 0 */
+        const float qk = KVA_SMX ? fmaxf(fabsf(p.qk_scale_log2), FLT_MIN) : p.qk_scale_log2;
 
         float o[MT][ND][4];
 #pragma unroll
@@ -567,8 +620,12 @@ __global__ void __launch_bounds__(pgeo<DT, D, MT_, QLO, PW>::THR, pgeo<DT, D, MT
                  * slower for bf16.)  Every iteration commits a group, empty
                  * past the last tile, so that tile k is always group k and
                  * cp_wait<NS - 2> above means tile it. */
-                if (it + PG::NS - 1 < ntiles)
-                        issue(k_lo + (it + PG::NS - 1) * KT, (it + PG::NS - 1) % PG::NS);
+                if (it + PG::NS - 1 < ntiles) {
+                        const uint32_t kn = k_lo + (it + PG::NS - 1) * KT;
+                        issue(kn, (it + PG::NS - 1) % PG::NS, KVA_PPF ? npg : key_page<KT, PG::TPR>(p, pt, kn, k_hi));
+                        if (KVA_PPF && it + PG::NS < ntiles)
+                                npg = key_page<KT, PG::TPR>(p, pt, kn + KT, k_hi);
+                }
                 cp_commit();
 
                 const uint8_t *kt_s, *vt_s;
@@ -682,9 +739,14 @@ __global__ void __launch_bounds__(pgeo<DT, D, MT_, QLO, PW>::THR, pgeo<DT, D, MT
         }
         cp_wait<0>();
 
+        const ptile &te = KVA_TLS ? *(const ptile *)tl_keep : tl;
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-                store_vectors<DT, D>(p, o[mt], m[mt], l[mt], vr[mt], tl, h, split, t);
+        for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+                        vr[mt][r] = te.v0 + (warp * MT + mt) * 16 + g + 8 * r;
+                store_vectors<DT, D>(p, o[mt], m[mt], l[mt], vr[mt], te, h, split, t);
+        }
 }
 
 } // namespace kva

@@ -20,6 +20,8 @@ static int failures, cases;
 /* q starts q_shift elements into its device buffer: 1 makes it only 2-byte
  * aligned, which takes the kernel's element-wise q load */
 static uint32_t q_shift;
+/* the cases' softmax scale is sm_mul / sqrt(head_dim) */
+static float sm_mul = 1.0f;
 static double worst;
 
 struct apool {
@@ -205,7 +207,7 @@ static void run_case(enum kvc_dtype d, uint32_t D, uint32_t ps, uint32_t H, uint
         int32_t *dind = to_dev(indptr, sizeof(int32_t) * (B + 1));
         CK(cudaMemset(dout, 0xFF, n * 2)); /* NaN in bf16 and f16 */
         struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
-        const float sm = 1.0f / sqrtf((float)D);
+        const float sm = sm_mul / sqrtf((float)D);
         int rc, rr;
 
         if (!qn) {
@@ -387,6 +389,19 @@ static void prefill_tiles(void)
         run_case(KVC_DTYPE_FP4_E2M1, 64, 16, 2, 4, 2, l2, q2, KVC_ELEM_BF16, 406);
         run_case(KVC_DTYPE_FP4_E2M1, 64, 48, 2, 3, 2, l2, q2, KVC_ELEM_F16, 415); /* two-term q, G = 3 */
         q_shift = 0;
+        /* a negative and a zero softmax scale: the tiled kernel takes the
+         * max of the raw scores, with the scale's sign folded into q; 0
+         * (every visible key weighs the same) runs as the smallest normal
+         * scale; the decode kernel beside it */
+        sm_mul = -1.0f;
+        run_case(KVC_DTYPE_BF16, 128, 16, 8, 4, 2, l5, q5, KVC_ELEM_BF16, 423); /* 8 warps, two m-tiles */
+        run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 2, l2, q2, KVC_ELEM_F16, 424); /* two-term q */
+        run_case(KVC_DTYPE_FP8_E5M2, 128, 16, 2, 4, 2, l2, NULL, KVC_ELEM_BF16, 425); /* decode */
+        sm_mul = 0.0f;
+        run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 8, 4, 1, l6, q6, KVC_ELEM_BF16, 426); /* 8 warps, one m-tile */
+        run_case(KVC_DTYPE_BF16, 64, 16, 2, 4, 2, l2, q2, KVC_ELEM_BF16, 427);
+        run_case(KVC_DTYPE_FP16, 128, 16, 2, 4, 2, l2, NULL, KVC_ELEM_F16, 428); /* decode */
+        sm_mul = 1.0f;
 }
 
 /* More CTAs than the GPU holds at once (several waves, no split), every
