@@ -1,5 +1,5 @@
 /* kv_attn_prefill.cuh - extend (chunked-prefill) attention over the
- * quantized pool in query tiles: the K/V tile a CTA reads serves 64 or 128
+ * quantized pool in query tiles: the K/V tile a CTA reads serves 64 to 256
  * query vectors, where the decode kernel (kv_attn_decode.cuh) reads a sequence's
  * keys once per query row.
  *

@@ -395,6 +395,8 @@ static void prefill_tiles(void)
          * scale; the decode kernel beside it */
         sm_mul = -1.0f;
         run_case(KVC_DTYPE_BF16, 128, 16, 8, 4, 2, l5, q5, KVC_ELEM_BF16, 423); /* 8 warps, two m-tiles */
+        run_case(KVC_DTYPE_BF16, 128, 16, 2, 4, 1, l3, q3, KVC_ELEM_BF16, 429); /* one m-tile, q in registers */
+        run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 8, 4, 1, l6, q6, KVC_ELEM_F16, 430); /* fp8, 8 warps, one m-tile */
         run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 2, l2, q2, KVC_ELEM_F16, 424); /* two-term q */
         run_case(KVC_DTYPE_FP8_E5M2, 128, 16, 2, 4, 2, l2, NULL, KVC_ELEM_BF16, 425); /* decode */
         sm_mul = 0.0f;
