@@ -75,7 +75,7 @@
 #define KVA_PW 0        /* warps a CTA: 0 by the launcher's rule (pwide, plan_tiles), 4 or 8 for every launch (for measuring) */
 #endif
 #ifndef KVA_PPF
-#define KVA_PPF 1       /* 0: a tile's page ids are loaded when its copies are issued, not one tile ahead (for measuring) */
+#define KVA_PPF 1       /* page ids a tile ahead: 1 in the 8-warp and quantized-pool kernels (pgeo::PPF), 0 in none, 2 in every kernel (for measuring) */
 #endif
 #ifndef KVA_SMX
 #define KVA_SMX 1       /* 0: the softmax scales each score before the max and subtracts after (for measuring) */
@@ -149,6 +149,12 @@ struct pgeo {
         static constexpr int SMEM = smem_for(NS);
         static constexpr bool QREG = MT == 1 && D <= 128 && !KVA_PLAT && !QLO; /* Q fragments held in registers */
         static constexpr int MINB = PW == 8 ? 1 : MT == 1 && D <= 128 && KVA_PLAT ? 3 : 2; /* CTAs per SM asked of ptxas */
+        /* the page ids of the next tile loaded a tile ahead (key_page): on
+         * the H200 that took 2-3% off the 8-warp 16-bit kernels and, with
+         * the rest of c3df494, 1-5.5% off the quantized ones, but made the
+         * 4-warp 16-bit ones 7-8% slower (docs/benchmarks.md, "Extend
+         * attention") */
+        static constexpr bool PPF = KVA_PPF == 2 || (KVA_PPF == 1 && (Q8 || PW == 8));
 };
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p)
@@ -554,7 +560,7 @@ __global__ void __launch_bounds__(pgeo<DT, D, MT_, QLO, PW>::THR, pgeo<DT, D, MT
         }
         /* the page-table entry of the next tile to issue (NS - 1, then one
          * more each iteration), loaded a tile ahead of its copies */
-        int32_t npg = PG::NS - 1 < ntiles ? key_page<KT, PG::TPR>(p, pt, k_lo + (PG::NS - 1) * KT, k_hi) : -1;
+        int32_t npg = PG::PPF && PG::NS - 1 < ntiles ? key_page<KT, PG::TPR>(p, pt, k_lo + (PG::NS - 1) * KT, k_hi) : -1;
 
         /* Q: the CTA's vectors in the compute type and the compute dim
          * order, zero for vectors past the sequence's rows */
@@ -622,8 +628,8 @@ __global__ void __launch_bounds__(pgeo<DT, D, MT_, QLO, PW>::THR, pgeo<DT, D, MT
                  * cp_wait<NS - 2> above means tile it. */
                 if (it + PG::NS - 1 < ntiles) {
                         const uint32_t kn = k_lo + (it + PG::NS - 1) * KT;
-                        issue(kn, (it + PG::NS - 1) % PG::NS, KVA_PPF ? npg : key_page<KT, PG::TPR>(p, pt, kn, k_hi));
-                        if (KVA_PPF && it + PG::NS < ntiles)
+                        issue(kn, (it + PG::NS - 1) % PG::NS, PG::PPF ? npg : key_page<KT, PG::TPR>(p, pt, kn, k_hi));
+                        if (PG::PPF && it + PG::NS < ntiles)
                                 npg = key_page<KT, PG::TPR>(p, pt, kn + KT, k_hi);
                 }
                 cp_commit();
