@@ -152,7 +152,7 @@ struct pgeo {
         /* the page ids of the next tile loaded a tile ahead (key_page): on
          * the H200 that took 2-3% off the 8-warp 16-bit kernels and, with
          * the rest of c3df494, 1-5.5% off the quantized ones, but made the
-         * 4-warp 16-bit ones 7-8% slower (docs/benchmarks.md, "Extend
+         * 4-warp 16-bit ones 3-8% slower (docs/benchmarks.md, "Extend
          * attention") */
         static constexpr bool PPF = KVA_PPF == 2 || (KVA_PPF == 1 && (Q8 || PW == 8));
 };
