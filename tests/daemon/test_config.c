@@ -56,6 +56,19 @@ static int parse_file(struct kvd_config *c, const char *text)
         return parse(c, "--config", write_cfg(text), NULL);
 }
 
+/* The last error (err) holds every fragment of the NULL-terminated list;
+ * what names the input it was for. */
+static void expect_err(const char *what, ...)
+{
+        va_list ap;
+        const char *frag;
+
+        va_start(ap, what);
+        while ((frag = va_arg(ap, const char *)) != NULL)
+                cr_assert(strstr(err, frag), "%s: error lacks \"%s\": %s", what, frag, err);
+        va_end(ap);
+}
+
 #define POOL_OK "{\"name\": \"p\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, \"head_dim\": 64, " \
                 "\"page_size\": 16, \"capacity\": \"8MiB\"}"
 
@@ -146,10 +159,7 @@ static void expect_file_error(const char *text, const char *frag1, const char *f
         int r = parse_file(&c, text);
 
         cr_assert_neq(r, 0, "accepted: %s", text);
-        cr_assert(strstr(err, path), "error does not name the file: %s", err);
-        cr_assert(strstr(err, frag1), "error lacks \"%s\": %s", frag1, err);
-        if (frag2)
-                cr_assert(strstr(err, frag2), "error lacks \"%s\": %s", frag2, err);
+        expect_err(text, path, frag1, frag2, NULL);
 }
 
 Test(config, errors_name_the_key)
@@ -338,7 +348,7 @@ Test(config, pool_arg)
                 err[0] = 0;
                 cr_assert_eq(kvd_config_parse_pool_arg(bad[i].arg, &s, err, sizeof(err)), -EINVAL, "accepted %s",
                              bad[i].arg);
-                cr_assert(strstr(err, bad[i].frag), "\"%s\": error lacks \"%s\": %s", bad[i].arg, bad[i].frag, err);
+                expect_err(bad[i].arg, bad[i].frag, NULL);
         }
 }
 
@@ -500,7 +510,7 @@ Test(config, command_line_errors)
         for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
                 cr_assert_neq(parse(&c, bad[i][0], bad[i][1], "--check-config", NULL), 0, "%s %s accepted",
                               bad[i][0], bad[i][1]);
-                cr_assert(strstr(err, bad[i][0]) && strstr(err, bad[i][2]), "%s %s: %s", bad[i][0], bad[i][1], err);
+                expect_err(bad[i][1], bad[i][0], bad[i][2], NULL);
         }
         cr_assert_eq(parse(&c, "--socket", "tcp://127.0.0.1:5555", "--events", "none", "--metrics", "[::1]:9464",
                            NULL), 0, "%s", err);
@@ -712,9 +722,7 @@ Test(config, tp_errors_name_the_key)
                 int r = parse_tp_file(&c, bad[i].extra, bad[i].scales ? one : NULL);
 
                 cr_assert_neq(r, 0, "accepted %s", bad[i].extra);
-                cr_assert(strstr(err, path), "error does not name the file: %s", err);
-                cr_assert(strstr(err, bad[i].frag1), "%s: error lacks \"%s\": %s", bad[i].extra, bad[i].frag1, err);
-                cr_assert(strstr(err, bad[i].frag2), "%s: error lacks \"%s\": %s", bad[i].extra, bad[i].frag2, err);
+                expect_err(bad[i].extra, path, bad[i].frag1, bad[i].frag2, NULL);
         }
         /* An explicit tp_rank beside tp_size. */
         {
@@ -766,8 +774,7 @@ Test(config, tp_pool_arg_errors)
                 snprintf(arg, sizeof(arg), "%s%s", base, bad[i].tail);
                 err[0] = 0;
                 cr_assert_eq(kvd_config_parse_pool_arg(arg, &s, err, sizeof(err)), -EINVAL, "accepted %s", arg);
-                cr_assert(strstr(err, "--pool") && strstr(err, bad[i].frag1) && strstr(err, bad[i].frag2),
-                          "\"%s\": error lacks \"%s\"/\"%s\": %s", bad[i].tail, bad[i].frag1, bad[i].frag2, err);
+                expect_err(bad[i].tail, "--pool", bad[i].frag1, bad[i].frag2, NULL);
         }
         /* the last ordinal the check takes, in both spellings */
         snprintf(arg, sizeof(arg), "%sdevice=1024", base);
