@@ -150,10 +150,9 @@ struct pgeo {
         static constexpr bool QREG = MT == 1 && D <= 128 && !KVA_PLAT && !QLO; /* Q fragments held in registers */
         static constexpr int MINB = PW == 8 ? 1 : MT == 1 && D <= 128 && KVA_PLAT ? 3 : 2; /* CTAs per SM asked of ptxas */
         /* the page ids of the next tile loaded a tile ahead (key_page): on
-         * the H200 that took 2-3% off the 8-warp 16-bit kernels and, with
-         * the rest of c3df494, 1-5.5% off the quantized ones, but made the
-         * 4-warp 16-bit ones 3-8% slower (docs/benchmarks.md, "Extend
-         * attention") */
+         * the H200 that took 2-3% off the 8-warp 16-bit kernels and up to
+         * 3.4% off fp8 (fp4 within 0.5%), but made the 4-warp 16-bit ones
+         * 3-5% slower (docs/benchmarks.md, "Extend attention") */
         static constexpr bool PPF = KVA_PPF == 2 || (KVA_PPF == 1 && (Q8 || PW == 8));
 };
 
@@ -261,10 +260,11 @@ struct ptile {
 };
 
 /* The page-table entry of the key row this thread copies in the tile at
- * kt (issue_keys' thread layout), or -1 for a key at k_hi or past it.  The
- * kernel loads it one tile ahead of the copies, so that the copies never
- * wait for the table: on the H200 a quarter of the stall samples of the
- * bf16 kernel sat on that wait (docs/benchmarks.md, "Extend attention"). */
+ * kt (issue_keys' thread layout), or -1 for a key at k_hi or past it.
+ * Kernels with pgeo::PPF load it one tile ahead of the copies, so that
+ * the copies do not wait for the table: on the H200 an eighth of the stall
+ * samples of the 8-warp bf16 kernel sat on that wait (docs/benchmarks.md,
+ * "Extend attention"). */
 template <int KT, int TPR>
 __device__ __forceinline__ int32_t key_page(const params &p, const int32_t *pt, uint32_t kt, uint32_t k_hi)
 {
@@ -558,8 +558,8 @@ __global__ void __launch_bounds__(pgeo<DT, D, MT_, QLO, PW>::THR, pgeo<DT, D, MT
                         issue(k_lo + s0 * KT, s0, key_page<KT, PG::TPR>(p, pt, k_lo + s0 * KT, k_hi));
                 cp_commit();
         }
-        /* the page-table entry of the next tile to issue (NS - 1, then one
-         * more each iteration), loaded a tile ahead of its copies */
+        /* with PPF: the page-table entry of the next tile to issue (NS - 1,
+         * then one more each iteration), loaded a tile ahead of its copies */
         int32_t npg = PG::PPF && PG::NS - 1 < ntiles ? key_page<KT, PG::TPR>(p, pt, k_lo + (PG::NS - 1) * KT, k_hi) : -1;
 
         /* Q: the CTA's vectors in the compute type and the compute dim

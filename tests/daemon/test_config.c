@@ -510,7 +510,10 @@ Test(config, command_line_errors)
         for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
                 cr_assert_neq(parse(&c, bad[i][0], bad[i][1], "--check-config", NULL), 0, "%s %s accepted",
                               bad[i][0], bad[i][1]);
-                expect_err(bad[i][1], bad[i][0], bad[i][2], NULL);
+                char what[256];
+
+                snprintf(what, sizeof(what), "%s %s", bad[i][0], bad[i][1]);
+                expect_err(what, bad[i][0], bad[i][2], NULL);
         }
         cr_assert_eq(parse(&c, "--socket", "tcp://127.0.0.1:5555", "--events", "none", "--metrics", "[::1]:9464",
                            NULL), 0, "%s", err);
