@@ -218,15 +218,12 @@ static int pool_make(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_s
 int kvd_pool_new(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_scales *scales, struct kvd_pool **ret,
                  char *err, size_t errlen)
 {
-        struct kvd_scales sc;
-        int               r;
+        int r = pool_make(spec, id, scales, ret, err, errlen);
 
-        if (!scales)
-                return pool_make(spec, id, NULL, ret, err, errlen);
-        sc = *scales;
-        memset(scales, 0, sizeof(*scales));
-        r = pool_make(spec, id, &sc, ret, err, errlen);
-        kvd_scales_fini(&sc); /* what the pool did not take */
+        if (scales) { /* what the pool did not take (already emptied if it did) */
+                kvd_scales_fini(scales);
+                memset(scales, 0, sizeof(*scales));
+        }
         return r;
 }
 

@@ -60,20 +60,16 @@ int kv_prefill_launch(int dtype, uint32_t D, int mt, int pw, bool qlo, const kva
                                         r = launch_p<DT, 256, 1, QLO>(pw, p, grid, st, dev, ret_occ);
                         }
                 };
-                using one = std::integral_constant<int, 1>;
-                using two = std::integral_constant<int, 2>;
-                if (qlo) {
-                        if constexpr (kva::dtraits<DT>::bf) {
-                                if (mt == 1)
-                                        by_d(one(), std::true_type());
-                                else if (mt == 2)
-                                        by_d(two(), std::true_type());
-                        }
-                } else if (mt == 1) {
-                        by_d(one(), std::false_type());
-                } else if (mt == 2) {
-                        by_d(two(), std::false_type());
-                }
+                auto by_mt = [&](auto qlo_c) {
+                        if (mt == 1)
+                                by_d(std::integral_constant<int, 1>(), qlo_c);
+                        else if (mt == 2)
+                                by_d(std::integral_constant<int, 2>(), qlo_c);
+                };
+                if (!qlo)
+                        by_mt(std::false_type());
+                else if constexpr (kva::dtraits<DT>::bf) /* two-term q: bf16-compute pools only */
+                        by_mt(std::true_type());
         });
         return r;
 }

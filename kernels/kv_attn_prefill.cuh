@@ -678,11 +678,11 @@ __global__ void __launch_bounds__(pgeo<DT, D, MT_, QLO, PW>::THR, pgeo<DT, D, MT
                                         ldsm4(a[mt], qrow + mt * 16 * RS + kc * 32);
                                 }
                         }
-                        uint32_t al[QLO ? MT : 1][4];
+                        uint32_t ql[QLO ? MT : 1][4]; /* q's lo fragments */
                         if constexpr (QLO) {
 #pragma unroll
                                 for (int mt = 0; mt < MT; mt++)
-                                        ldsm4(al[mt], qrow + QV * RS + mt * 16 * RS + kc * 32);
+                                        ldsm4(ql[mt], qrow + QV * RS + mt * 16 * RS + kc * 32);
                         }
 #pragma unroll
                         for (int nt = 0; nt < NT; nt += 2) {
@@ -694,7 +694,7 @@ __global__ void __launch_bounds__(pgeo<DT, D, MT_, QLO, PW>::THR, pgeo<DT, D, MT
                                 if constexpr (QLO) {
 #pragma unroll
                                         for (int mt = 0; mt < MT; mt++)
-                                                mma2<BF>(s[mt][nt], s[mt][nt + 1], al[mt], bf);
+                                                mma2<BF>(s[mt][nt], s[mt][nt + 1], ql[mt], bf);
                                 }
                         }
                 }
