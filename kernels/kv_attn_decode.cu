@@ -3,7 +3,8 @@
  * kv_cuda_extend (kv_attn_extend.cu).
  *
  * Split planning (flash-decoding).  A CTA covers one (query row, kv head,
- * group of <= 8 q heads) and `chunk` keys.  When rows * kv_heads * groups
+ * group of <= 8 q heads), or for extend with G <= 4 of 8 / G rows of one
+ * sequence (p.pack), and `chunk` keys.  When rows * kv_heads * groups
  * CTAs would fill at most half of one wave (the kernel's occupancy, 2 to 4
  * CTAs per SM by dtype, times the SMs), the sequence is split into chunks
  * of at least 128 keys (a multiple of 64: 4 warps x 16 keys) so that the
@@ -36,16 +37,24 @@
 #include "kv_attn_prefill.cuh"
 #include "kv_ref_common.h"
 
-/* Launches attn_kernel<DT, D, QLO> on grid, or, with ret_occ, only stores
+/* Launches attn_kernel<DT, D, QLO, PACK> on grid, or, with ret_occ, only stores
  * how many of its CTAs fit on one SM (cached per device; dev is the current
  * device).  Returns a cudaError_t. */
-template <int DT, int D, bool QLO>
-static int launch_q(const kva::params &p, dim3 grid, cudaStream_t st, int dev, int *ret_occ)
+template <int DT, int D, bool QLO, bool PACK>
+static int launch_k(const kva::params &p, dim3 grid, cudaStream_t st, int dev, int *ret_occ)
 {
         static std::atomic<uint64_t> done(0);
         static std::atomic<int> occ_cache[64];
-        return kva::occupancy_or_launch(kva::attn_kernel<DT, D, QLO>, kva::tgeo<DT, D>::SMEM, p, grid, st, dev,
-                                        ret_occ, done, occ_cache);
+        return kva::occupancy_or_launch(kva::attn_kernel<DT, D, QLO, PACK>, kva::tgeo<DT, D>::SMEM, p, grid, st,
+                                        dev, ret_occ, done, occ_cache);
+}
+
+/* The same with the packed-rows kernel when p.pack is set. */
+template <int DT, int D, bool QLO>
+static int launch_q(const kva::params &p, dim3 grid, cudaStream_t st, int dev, int *ret_occ)
+{
+        return p.pack ? launch_k<DT, D, QLO, true>(p, grid, st, dev, ret_occ)
+                      : launch_k<DT, D, QLO, false>(p, grid, st, dev, ret_occ);
 }
 
 /* The kernel for p (and, with splits, the reduction), or its occupancy
@@ -285,7 +294,17 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * f16 q on a bf16-compute pool (bf16, fp4) takes the tiled kernel's
          * exact two-term q (qlo). */
         const bool qlo = (dt == KVC_DTYPE_BF16 || dt == KVC_DTYPE_FP4_E2M1) && c->elem == KVC_ELEM_F16;
-        const bool tiled = KVA_PREFILL && c->qo_indptr && (uint64_t)rows * p.G >= 128ull * c->batch;
+        const bool tiled = KVA_PREFILL && c->qo_indptr && (uint64_t)rows * p.G >= (uint64_t)KVA_PMIN * c->batch;
+        /* Extend on the decode kernel with at most 4 q heads a kv head and
+         * more rows than sequences (speculative decoding's verification,
+         * a few new rows each): a CTA takes 8 / G rows of one sequence, all
+         * their heads in the mma's 8 columns, which one row alone fills
+         * only to G, so the rows share each key's copy and dequantization
+         * (kv_attn_extend.cuh).  Its grid counts tiles of p.pack vectors,
+         * at most one empty one a sequence (ptile_base). */
+        p.pack = KVA_DPACK && !tiled && c->qo_indptr && p.G <= kva::HG / 2 && rows > c->batch
+                         ? kva::HG / p.G * p.G
+                         : 0;
 
         /* split plan: when the CTAs of (row, kv head, head group) fill less
          * than one wave of the GPU, split the keys so that they make about
@@ -308,7 +327,17 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         if (occ < 1)
                 occ = 1;
         const uint64_t hgt = (uint64_t)H * p.head_groups;
-        const uint64_t ctas = tiled ? ptiles * H : (uint64_t)rows * hgt;
+        /* grid.x: with packed rows the bound base(B) of kv_attn_extend.cuh,
+         * whose empty tiles return at once; the split plan counts the
+         * others (up to half of the bound at two rows a sequence) */
+        uint64_t ctas = tiled ? ptiles * H : (uint64_t)rows * hgt, gx = ctas;
+        if (p.pack) {
+                ctas = 0;
+                for (uint32_t b = 0; b < c->batch; b++)
+                        ctas += ((uint64_t)(c->qo_indptr_host[b + 1] - c->qo_indptr_host[b]) * p.G + p.pack - 1) / p.pack;
+                ctas *= hgt;
+                gx = ((uint64_t)c->batch + (uint64_t)rows * p.G / p.pack) * hgt;
+        }
         const uint64_t slots = (uint64_t)occ * (uint64_t)sms;
         uint64_t splits = 1;
         if (2 * ctas <= slots && max_len > 128) {
@@ -346,9 +375,9 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         p.splits = (uint32_t)splits;
         p.rows = rows;
         p.hgt = (uint32_t)hgt;
-        if (ctas > 0x7FFFFFFFull)
+        if (gx > 0x7FFFFFFFull)
                 return kv_fail(-EINVAL, msg, msglen, "%s: %llu query rows x kv heads exceed the grid limit", c->op,
-                               (unsigned long long)ctas);
+                               (unsigned long long)gx);
 
         cudaStream_t st = (cudaStream_t)stream;
         void *ws = NULL;
@@ -368,7 +397,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * CTAs running together read whole token rows of the pool (all
          * heads), not one head's slice of many rows.  The dtype and head_dim
          * have a kernel (the occupancy query above): r is 0 or a cudaError_t */
-        dim3 grid((unsigned)ctas, p.splits);
+        dim3 grid((unsigned)gx, p.splits);
         if (tiled)
                 r = kv_prefill_launch((int)dt, D, mt, pw, qlo, p, grid, st, dev, NULL);
         else

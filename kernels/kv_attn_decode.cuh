@@ -5,7 +5,10 @@
  * up to 8 of that kv head's q heads, split s): the keys [s*chunk,
  * (s+1)*chunk) of the row's sequence.  All q heads of a kv head are handled
  * together, so K and V are read once per row and kv head (GQA groups of more
- * than 8 take several head groups and re-read).  Warps take 16-key tiles in
+ * than 8 take several head groups and re-read).  Extend rows with at most 4
+ * q heads a kv head fill the 8 columns with the heads of 8 / G consecutive
+ * rows of one sequence instead (PACK, kv_attn_extend.cuh), each column with
+ * its own causal horizon.  Warps take 16-key tiles in
  * turn and keep their own online-softmax state; the CTA merges its 4 warps
  * in shared memory and writes either the output (one split) or a partial
  * (m, l, unnormalized o) that attn_reduce() combines (flash-decoding).  The
@@ -88,10 +91,13 @@ __device__ __forceinline__ void store_out(const params &p, uint64_t i, float v)
 }
 
 /* QLO: q is f16 on a bf16-compute pool (see qb below); a template argument
- * so that the common bf16-q case does not pay its registers.
+ * so that the common bf16-q case does not pay its registers.  PACK: p.pack
+ * rows a CTA (extend, see below); a template argument so that decode's loop
+ * carries no horizon per column (measured on the H200: the fp4 kernel 9%
+ * slower with them, at 128 registers instead of 124).
  *
  * Dynamic shared memory: tgeo<DT, D>::SMEM bytes (the four warps' rings). */
-template <int DT, int D, bool QLO>
+template <int DT, int D, bool QLO, bool PACK>
 __global__ void __launch_bounds__(THREADS, QLO && tgeo<DT, D>::MINB > 3 ? 3 : tgeo<DT, D>::MINB)
 attn_kernel(const params p)
 {
@@ -105,8 +111,9 @@ attn_kernel(const params p)
         extern __shared__ __align__(128) uint8_t dsm[];
         __shared__ float sm_m[WARPS][HG], sm_l[WARPS][HG], sm_w[WARPS][HG];
         __shared__ uint32_t sm_valid[WARPS][G::S];
+        __shared__ uint64_t sm_hq[HG];
 
-        const uint32_t row = blockIdx.x / p.hgt, hy = blockIdx.x % p.hgt;
+        const uint32_t cta = blockIdx.x / p.hgt, hy = blockIdx.x % p.hgt;
         const uint32_t h = hy / p.head_groups, hg = hy % p.head_groups;
         const uint32_t split = blockIdx.y;
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -117,9 +124,37 @@ attn_kernel(const params p)
          * are splits) may be scheduled now; it waits for this grid to end */
         kvk::grid_dep_launch();
 
+        /* The CTA's query vectors, the mma's columns c < ncol: row r0 + c /
+         * cg, q head h * G + hoff + c % cg, seeing keys [0, lim(c)).  One
+         * row: its group's heads (cg = HG).  Packed rows (p.pack, extend
+         * with G <= 4): the G heads of each of pack / G consecutive rows of
+         * one sequence (cg = G), whose horizons grow by one key a row. */
+        const uint32_t cap = p.max_pages * p.page_size;
+        uint64_t r0;
+        uint32_t cg, hoff, ncol, b, len, lmin;
+        if constexpr (PACK) {
+                const ptile tl(p, cta, (int)p.pack);
+                if (tl.v0 >= tl.nv)
+                        return; /* an empty tile (at most one a sequence) */
+                r0 = (uint64_t)tl.i0 + tl.v0 / p.G;
+                cg = p.G;
+                hoff = 0;
+                ncol = (uint32_t)min((uint64_t)p.pack, tl.nv - tl.v0);
+                b = tl.b;
+                lmin = tl.horizon(p, tl.v0);
+                len = tl.horizon(p, tl.v0 + ncol - 1);
+        } else {
+                r0 = cta;
+                cg = HG;
+                hoff = hg * HG;
+                ncol = min((uint32_t)HG, p.G - hoff);
+                b = 0;
+                len = lmin = 0; /* row_to_seq below */
+        }
+        const auto hq_of = [&](uint32_t c) { return (r0 + c / cg) * p.Hq + h * p.G + hoff + c % cg; };
+
         /* this warp's tiles: t_begin + (warp + 4k) * 16; the first S-1 go
          * out before Q is even loaded */
-        const uint32_t cap = p.max_pages * p.page_size;
         const uint32_t t_begin = split * p.chunk;
         const uint32_t first = t_begin + warp * TILE, step = WARPS * TILE;
 
@@ -134,10 +169,12 @@ attn_kernel(const params p)
         const uint32_t cap_end = min(cap, t_begin + p.chunk);
         const uint32_t ncap =
                 !early || p.qo_indptr || first >= cap_end ? 0u : (cap_end - first + step - 1) / step;
-        page_window pw(p, p.page_table + (uint64_t)row * p.max_pages, first, step, ncap, lane);
+        page_window pw(p, p.page_table + r0 * p.max_pages, first, step, ncap, lane);
 
-        uint32_t b, len;
-        row_to_seq(p.seq_lens, p.qo_indptr, p.batch, row, cap, b, len);
+        if constexpr (!PACK) {
+                row_to_seq(p.seq_lens, p.qo_indptr, p.batch, (uint32_t)r0, cap, b, len);
+                lmin = len;
+        }
         const uint32_t t_end = min(len, t_begin + p.chunk);
         const int32_t *pt = p.page_table + (uint64_t)b * p.max_pages;
         const lane_plan<DT, D> plan(p, h, lane);
@@ -159,12 +196,11 @@ attn_kernel(const params p)
          * lo, both bf16, exact (11 significant bits fit in two 8-bit ones),
          * so the scores do not carry the rounding of q to bf16 (outlier K
          * channels amplify it) */
-        const uint32_t gi = hg * HG + g;
         constexpr bool qlo = BF && QLO;
         uint32_t qa[D / 8], qb[qlo ? D / 8 : 1];
         {
-                const bool ok = gi < p.G;
-                const uint16_t *qp = (const uint16_t *)p.q + ((uint64_t)row * p.Hq + h * p.G + gi) * D;
+                const bool ok = (uint32_t)g < ncol;
+                const uint16_t *qp = (const uint16_t *)p.q + (ok ? hq_of(g) : 0) * D;
                 /* the thread's D/4 q elements in kpos order: 8 consecutive
                  * positions are 8 consecutive dims, one 16-byte load when q
                  * is 16-byte aligned */
@@ -210,6 +246,12 @@ attn_kernel(const params p)
         /* running max and sum of heads 2t and 2t+1 (the sum over this
          * thread's keys only, summed over the lanes at the end) */
         float m0 = -1e30f, m1 = -1e30f, l0 = 0.0f, l1 = 0.0f;
+        /* packed rows: the horizons of this thread's columns 2t, 2t+1 */
+        uint32_t lim0 = len, lim1 = len;
+        if constexpr (PACK) {
+                lim0 = min(lmin + (uint32_t)(2 * t) / cg, len);
+                lim1 = min(lmin + (uint32_t)(2 * t + 1) / cg, len);
+        }
 
         uint32_t si = G::S - 1, sc = 0; /* stage to issue into, stage to compute */
         for (uint32_t k = 0; k < ntiles; k++) {
@@ -262,6 +304,16 @@ attn_kernel(const params p)
                 x[1] = v0 ? s[1] * qk_scale : -INFINITY; /* key g, head 2t+1 */
                 x[2] = v1 ? s[2] * qk_scale : -INFINITY; /* key g+8, head 2t */
                 x[3] = v1 ? s[3] * qk_scale : -INFINITY; /* key g+8, head 2t+1 */
+                /* packed rows: a key past a column's horizon (a later row's
+                 * own new token) is not seen by it; only tiles past the first
+                 * row's horizon hold such keys */
+                const uint32_t kb = first + k * step;
+                if (PACK && kb + TILE > lmin) {
+                        x[0] = kb + g < lim0 ? x[0] : -INFINITY;
+                        x[1] = kb + g < lim1 ? x[1] : -INFINITY;
+                        x[2] = kb + g + 8 < lim0 ? x[2] : -INFINITY;
+                        x[3] = kb + g + 8 < lim1 ? x[3] : -INFINITY;
+                }
                 float mt0 = fmaxf(x[0], x[2]), mt1 = fmaxf(x[1], x[3]);
 #pragma unroll
                 for (int o = 4; o < 32; o *= 2) {
@@ -349,7 +401,8 @@ attn_kernel(const params p)
          * fold), so that the per-dim loop below is four loads and FMAs */
         if (threadIdx.x < HG) {
                 const int hh = threadIdx.x;
-                const uint32_t gg = hg * HG + hh;
+                const uint64_t hq = hh < (int)ncol ? hq_of(hh) : 0;
+                sm_hq[hh] = hq;
                 float M = sm_m[0][hh];
 #pragma unroll
                 for (int w = 1; w < WARPS; w++)
@@ -364,8 +417,7 @@ attn_kernel(const params p)
 #pragma unroll
                 for (int w = 0; w < WARPS; w++)
                         sm_w[w][hh] = f[w] * norm;
-                if (p.splits > 1 && gg < p.G) {
-                        const uint64_t hq = (uint64_t)row * p.Hq + h * p.G + gg;
+                if (p.splits > 1 && hh < (int)ncol) {
                         p.part_ml[(hq * p.splits + split) * 2] = L > 0.0f ? M : -1e30f;
                         p.part_ml[(hq * p.splits + split) * 2 + 1] = L;
                 }
@@ -374,14 +426,13 @@ attn_kernel(const params p)
 
         for (int i = threadIdx.x; i < HG * D; i += THREADS) {
                 const int hh = i / D, d = i % D;
-                const uint32_t gg = hg * HG + hh;
-                if (gg >= p.G)
-                        break; /* heads are in order: the rest are padding too */
+                if (hh >= (int)ncol)
+                        break; /* columns are in order: the rest are padding too */
                 float O = 0.0f;
 #pragma unroll
                 for (int w = 0; w < WARPS; w++)
                         O += ((const float(*)[D])(dsm + w * G::S * G::STAGE))[hh][d] * sm_w[w][hh];
-                const uint64_t hq = (uint64_t)row * p.Hq + h * p.G + gg;
+                const uint64_t hq = sm_hq[hh];
                 if (p.splits == 1)
                         store_out(p, hq * D + d, O);
                 else

@@ -1,21 +1,24 @@
-/* kv_attn_extend.cuh - the part of the attention kernel that is specific to
- * extend (chunked prefill): which sequence a query row belongs to and how
- * many keys it sees.
+/* kv_attn_extend.cuh - the part of the attention kernels that is specific
+ * to extend (chunked prefill): which sequence a query row belongs to and
+ * how many keys it sees.
  *
- * With few rows per sequence extend runs the decode kernel
- * (kv_attn_decode.cuh; with many, kv_attn_prefill.cuh): a query row of
- * extend is a decode row whose sequence is found through qo_indptr and whose
- * length is its causal horizon.  Query i of sequence b (rows
- * [qo_indptr[b], qo_indptr[b+1])) sits at position seq_len[b] - n_b + i and
- * attends to keys 0 .. seq_len[b] - n_b + i, i.e. a decode over the first
- * seq_len[b] - n_b + i + 1 keys.  Every row reads its sequence's K/V itself;
- * rows of one sequence share those bytes through L2.
+ * Query i of sequence b (rows [qo_indptr[b], qo_indptr[b+1])) sits at
+ * position seq_len[b] - n_b + i and attends to keys 0 .. seq_len[b] - n_b +
+ * i: its causal horizon is seq_len[b] - n_b + i + 1 keys.  With many rows
+ * per sequence extend runs the tiled kernel (kv_attn_prefill.cuh), whose
+ * CTAs take tiles of QV query vectors (rows x q heads of a kv head); with
+ * few, the decode kernel (kv_attn_decode.cuh), a CTA per row or, where a
+ * kv head has at most 4 q heads, a CTA per 8 / G rows of one sequence (the
+ * mma's 8 columns filled with several rows' heads instead of padding), so
+ * that those rows read and dequantize their keys once.  Both find their
+ * rows with ptile below.
  */
 #ifndef KV_ATTN_EXTEND_CUH
 #define KV_ATTN_EXTEND_CUH
 
 #ifdef __CUDACC__
 #include <stdint.h>
+#include "kv_attn_ring.cuh"
 
 namespace kva {
 
@@ -57,6 +60,55 @@ __device__ __forceinline__ void row_to_seq(const int32_t *__restrict__ seq_lens,
         ret_b = b;
         ret_len = (uint32_t)len;
 }
+
+/* First grid tile of sequence b in a grid of tiles of QV query vectors:
+ * tile j belongs to the sequence b with base(b) <= j < base(b+1), base(b) =
+ * b + floor(qo_indptr[b] * G / QV), so no per-sequence prefix sum is needed,
+ * at the cost of at most one empty tile per sequence. */
+__device__ __forceinline__ uint64_t ptile_base(const params &p, uint32_t b, int QV)
+{
+        return b + (uint64_t)(uint32_t)__ldg(p.qo_indptr + b) * p.G / QV;
+}
+
+/* The query tile j of a grid: sequence b (the largest with ptile_base(b)
+ * <= j), its rows [i0, i0 + nb) of q, its nv = nb * G query vectors in
+ * (row, head) order, of which the tile holds v0 .. v0 + QV - 1 (none when
+ * v0 >= nv: an empty tile). */
+struct ptile {
+        uint32_t b, cap;
+        int64_t i0, nb, hbase;
+        uint64_t nv, v0;
+
+        __device__ __forceinline__ ptile(const params &p, uint32_t j, int QV)
+        {
+                uint32_t lo = 0, hi = p.batch;
+                while (hi - lo > 1) {
+                        const uint32_t mid = (lo + hi) / 2;
+                        if (ptile_base(p, mid, QV) <= j)
+                                lo = mid;
+                        else
+                                hi = mid;
+                }
+                b = lo;
+                /* qo_indptr is device memory the launcher only saw the host
+                 * copy of: rows are kept inside [0, rows) whatever it holds */
+                i0 = min(max((int64_t)__ldg(p.qo_indptr + b), (int64_t)0), (int64_t)p.rows);
+                const int64_t i1 = min(max((int64_t)__ldg(p.qo_indptr + b + 1), i0), (int64_t)p.rows);
+                nb = i1 - i0;
+                nv = (uint64_t)nb * p.G;
+                v0 = (j - ptile_base(p, b, QV)) * (uint64_t)QV;
+                cap = p.max_pages * p.page_size;
+                hbase = (int64_t)__ldg(p.seq_lens + b) - nb + 1;
+        }
+
+        /* Vector v sees keys [0, horizon(v)): row i of the sequence sees
+         * hbase + i, clamped to [0, cap] as row_to_seq does for decode. */
+        __device__ __forceinline__ uint32_t horizon(const params &p, uint64_t v) const
+        {
+                const int64_t x = hbase + (int64_t)(v / p.G);
+                return x < 0 ? 0u : x > (int64_t)cap ? cap : (uint32_t)x;
+        }
+};
 
 } // namespace kva
 #endif /* __CUDACC__ */

@@ -62,6 +62,9 @@
 #ifndef KVA_PREFILL
 #define KVA_PREFILL 1   /* 0: extend runs the decode kernel per row (for measuring) */
 #endif
+#ifndef KVA_PMIN
+#define KVA_PMIN 128    /* query vectors a sequence (on average) from which extend takes this kernel */
+#endif
 #ifndef KVA_PLAT
 #define KVA_PLAT 0      /* 1: one-m-tile kernels with 32-key tiles, q from shared memory, 3 CTAs per SM */
 #endif
@@ -184,12 +187,6 @@ __device__ __forceinline__ void mma2(float (&c0)[4], float (&c1)[4], const uint3
         mma<BF>(c1, a[0], a[1], a[2], a[3], b[2], b[3]);
 }
 
-/* First grid tile of sequence b (see the file comment; QV vectors a tile). */
-__device__ __forceinline__ uint64_t ptile_base(const params &p, uint32_t b, int QV)
-{
-        return b + (uint64_t)(uint32_t)__ldg(p.qo_indptr + b) * p.G / QV;
-}
-
 /* The pool dim at compute position pos (fp4: groups of 8 hold elements
  * 0 4 1 5 2 6 3 7; identity otherwise). */
 template <int DT>
@@ -218,46 +215,6 @@ __device__ __forceinline__ void deq_chunk(uint4 x, uint32_t sc, Dst dst)
         for (int i = 0; i < CODES / 8; i++)
                 *(uint4 *)dst(i) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
 }
-
-/* The query tile j of a grid: sequence b (the largest with ptile_base(b)
- * <= j), its rows [i0, i0 + nb) of q, its nv = nb * G query vectors in
- * (row, head) order, of which the tile holds v0 .. v0 + QV - 1 (none when
- * v0 >= nv: an empty tile). */
-struct ptile {
-        uint32_t b, cap;
-        int64_t i0, nb, hbase;
-        uint64_t nv, v0;
-
-        __device__ __forceinline__ ptile(const params &p, uint32_t j, int QV)
-        {
-                uint32_t lo = 0, hi = p.batch;
-                while (hi - lo > 1) {
-                        const uint32_t mid = (lo + hi) / 2;
-                        if (ptile_base(p, mid, QV) <= j)
-                                lo = mid;
-                        else
-                                hi = mid;
-                }
-                b = lo;
-                /* qo_indptr is device memory the launcher only saw the host
-                 * copy of: rows are kept inside [0, rows) whatever it holds */
-                i0 = min(max((int64_t)__ldg(p.qo_indptr + b), (int64_t)0), (int64_t)p.rows);
-                const int64_t i1 = min(max((int64_t)__ldg(p.qo_indptr + b + 1), i0), (int64_t)p.rows);
-                nb = i1 - i0;
-                nv = (uint64_t)nb * p.G;
-                v0 = (j - ptile_base(p, b, QV)) * (uint64_t)QV;
-                cap = p.max_pages * p.page_size;
-                hbase = (int64_t)__ldg(p.seq_lens + b) - nb + 1;
-        }
-
-        /* Vector v sees keys [0, horizon(v)): row i of the sequence sees
-         * hbase + i, clamped to [0, cap] as row_to_seq does for decode. */
-        __device__ __forceinline__ uint32_t horizon(const params &p, uint64_t v) const
-        {
-                const int64_t x = hbase + (int64_t)(v / p.G);
-                return x < 0 ? 0u : x > (int64_t)cap ? cap : (uint32_t)x;
-        }
-};
 
 /* The page-table entry of the key row this thread copies in the tile at
  * kt (issue_keys' thread layout), or -1 for a key at k_hi or past it.

@@ -44,6 +44,9 @@ struct params {
         float out_scale;                /* v fold */
         int elem;                       /* KVC_ELEM_BF16 / F16 */
         int q16;                        /* q is 16-byte aligned */
+        uint32_t pack;                  /* decode kernel on extend: 0, a row a CTA, or the query vectors
+                                         * of a CTA that takes pack / G rows of one sequence (G <= 4,
+                                         * grid.x = tiles * hgt, kv_attn_extend.cuh ptile) */
 };
 
 /* Slot of key tok (page * page_size + offset), or -1 if the key is past
@@ -102,6 +105,9 @@ __device__ __forceinline__ int64_t slot_of(const params &p, const int32_t *__res
 #endif
 #ifndef KVA_SKEEP
 #define KVA_SKEEP 0     /* fp4 scale rows under evict_last (1) or without a hint (0); see cp16 */
+#endif
+#ifndef KVA_DPACK
+#define KVA_DPACK 1     /* extend on the decode kernel: 8 / G rows a CTA where G <= 4 (0: a row a CTA) */
 #endif
 #ifndef KVA_PWEARLY
 #define KVA_PWEARLY 1   /* decode: the page window's load goes out with the length's (0: after it) */

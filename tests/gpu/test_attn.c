@@ -10,7 +10,8 @@
  * exactly, a page plus one, and random ones; GQA groups 1..12 (one and two
  * head groups of the kernel); bf16 and f16 q/out.  Then long sequences up to
  * 32k keys, extend with many rows per sequence (the tiled kernel, its key
- * split included), a device page id out of range (the key is skipped), and every
+ * split included) and with a few (rows packed into the decode kernel's
+ * CTAs), a device page id out of range (the key is skipped), and every
  * argument error before any launch.  Pass: for every (row, head), ||gpu -
  * ref|| / ||ref|| <= 1e-2, no NaN, and rows that see no key are exactly 0. */
 #include <errno.h>
@@ -406,6 +407,51 @@ static void prefill_tiles(void)
         sm_mul = 1.0f;
 }
 
+/* Extend with a few new rows per sequence and at most 4 q heads a kv head:
+ * the decode kernel takes 8 / G rows of one sequence a CTA (kv_attn_decode.cu
+ * p.pack), each row with its own horizon.  Every dtype and head_dim, G = 1
+ * to 4 (3: 6 of the 8 columns), page sizes 16, 1 and 48: sequences of 2 to
+ * 9 new rows (packs cut inside a sequence, a last pack of one row), of 1 and
+ * of 0, prefixes of 0, 1 and a page; then a long prefix under few CTAs (the
+ * keys split, partials and attn_reduce) and more CTAs than a wave. */
+static void packed_rows(void)
+{
+        static const enum kvc_dtype dts[] = { KVC_DTYPE_BF16, KVC_DTYPE_FP16, KVC_DTYPE_FP8_E4M3,
+                                              KVC_DTYPE_FP8_E5M2, KVC_DTYPE_FP4_E2M1 };
+        static const uint32_t Ds[] = { 64, 128, 256 }, pss[] = { 16, 1, 48 }, Gs[] = { 4, 1, 2, 3 };
+        uint64_t seed = 500;
+
+        for (int di = 0; di < 5; di++) {
+                for (int hi = 0; hi < 3; hi++) {
+                        const uint32_t D = Ds[hi], ps = pss[(di + hi) % 3], G = Gs[(di + hi) % 4];
+                        const uint32_t H = 1 + (uint32_t)((di + hi) % 2);
+                        const enum kvc_elem e = (di + 2 * hi) % 2 ? KVC_ELEM_F16 : KVC_ELEM_BF16;
+                        int32_t qn[7] = { 2, 3, 9, 5, 1, 0, 4 };
+                        int32_t el[7] = { 2, 4, 9 + (int32_t)ps, 700, 300, 17, 4 + 16 * (int32_t)ps };
+                        run_case(dts[di], D, ps, H, G, 7, el, qn, e, ++seed);
+                }
+        }
+        /* one and two sequences of long prefixes: a few CTAs, keys split */
+        int32_t l1[1] = { 20003 }, q1[1] = { 4 };
+        run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 2, 4, 1, l1, q1, KVC_ELEM_BF16, 521);
+        run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 1, l1, q1, KVC_ELEM_F16, 522);
+        int32_t l2[2] = { 9000, 33 }, q2[2] = { 9, 7 };
+        run_case(KVC_DTYPE_BF16, 128, 16, 1, 1, 2, l2, q2, KVC_ELEM_BF16, 523);
+        run_case(KVC_DTYPE_FP8_E5M2, 64, 16, 4, 2, 2, l2, q2, KVC_ELEM_F16, 524);
+        run_case(KVC_DTYPE_FP4_E2M1, 256, 32, 2, 3, 2, l2, q2, KVC_ELEM_BF16, 525);
+        /* 300 sequences of 1 to 4 new rows: several waves, no split */
+        enum { N = 300 };
+        static int32_t lens[N], qn[N];
+        struct rng r = { 556 };
+        for (int i = 0; i < N; i++) {
+                qn[i] = 1 + i % 4;
+                lens[i] = qn[i] + (int32_t)(rng_next(&r) % 500);
+        }
+        run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 2, 4, N, lens, qn, KVC_ELEM_BF16, 526);
+        run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, N, lens, qn, KVC_ELEM_BF16, 527);
+        run_case(KVC_DTYPE_BF16, 128, 16, 2, 4, N, lens, qn, KVC_ELEM_F16, 528);
+}
+
 /* More CTAs than the GPU holds at once (several waves, no split), every
  * pool dtype, both q types: ragged lengths with empty rows, one-key rows
  * and rows of whole pages, so that some warps of a CTA have no keys. */
@@ -538,7 +584,8 @@ static void bad_pages(enum kvc_dtype d, uint32_t B, int32_t len, uint32_t (*at)(
         apool_fini(&P);
 }
 
-/* The same for the tiled extend kernel: one sequence of len keys whose
+/* The same for extend (the tiled kernel with many rows, the decode kernel's
+ * packed rows with a few): one sequence of len keys whose
  * last nb are new rows, page j (inside the cached prefix, so every row sees
  * all of it) out of range.  Keys do not depend on their order, and every
  * row's horizon lies past the page, so the reference is the sequence
@@ -623,6 +670,9 @@ static void bad_page(void)
         bad_pages_extend(KVC_DTYPE_FP8_E4M3, 64, 1000, 600, 10, 4245);
         bad_pages_extend(KVC_DTYPE_BF16, 128, 1000, 600, 6, 4246);
         bad_pages_extend(KVC_DTYPE_FP4_E2M1, 128, 1000, 600, 17, 4247);
+        /* 5 rows x 4 q heads: the decode kernel, two rows a CTA */
+        bad_pages_extend(KVC_DTYPE_FP8_E5M2, 128, 1000, 5, 3, 4248);
+        bad_pages_extend(KVC_DTYPE_FP4_E2M1, 64, 300, 5, 12, 4249);
 }
 
 #define ARGERR(expr, want, needle)                                                                 \
@@ -734,6 +784,7 @@ int main(int argc, char **argv)
         shapes();
         long_sequences();
         prefill_tiles();
+        packed_rows();
         many_rows();
         bad_page();
         arg_errors();
