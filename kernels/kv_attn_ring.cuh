@@ -39,7 +39,7 @@ struct params {
         uint64_t token_bytes, head_bytes;       /* a key's slot * token_bytes + h * head_bytes */
         uint64_t stoken_bytes, shead_bytes;     /* the same for fp4 scale rows */
         uint32_t chunk, splits;
-        uint32_t rows, hgt;             /* grid.x = rows * hgt (hgt = H * head_groups), grid.y = splits */
+        uint32_t rows, hgt;             /* grid.x = rows * hgt (packed: tiles * hgt; hgt = H * head_groups), grid.y = splits */
         float qk_scale_log2;            /* sm_scale * k fold * log2(e) */
         float out_scale;                /* v fold */
         int elem;                       /* KVC_ELEM_BF16 / F16 */
