@@ -413,7 +413,8 @@ static void prefill_tiles(void)
  * to 4 (3: 6 of the 8 columns), page sizes 16, 1 and 48: sequences of 2 to
  * 9 new rows (packs cut inside a sequence, a last pack of one row), of 1 and
  * of 0, prefixes of 0, 1 and a page; then a long prefix under few CTAs (the
- * keys split, partials and attn_reduce) and more CTAs than a wave. */
+ * keys split, partials and attn_reduce), f16 q on the two-term q kernels,
+ * q only 2-byte aligned, and more CTAs than a wave. */
 static void packed_rows(void)
 {
         static const enum kvc_dtype dts[] = { KVC_DTYPE_BF16, KVC_DTYPE_FP16, KVC_DTYPE_FP8_E4M3,
@@ -439,6 +440,22 @@ static void packed_rows(void)
         run_case(KVC_DTYPE_BF16, 128, 16, 1, 1, 2, l2, q2, KVC_ELEM_BF16, 523);
         run_case(KVC_DTYPE_FP8_E5M2, 64, 16, 4, 2, 2, l2, q2, KVC_ELEM_F16, 524);
         run_case(KVC_DTYPE_FP4_E2M1, 256, 32, 2, 3, 2, l2, q2, KVC_ELEM_BF16, 525);
+        /* f16 q on bf16 and fp4 pools (the two-term q kernels) at G = 1,
+         * 2, 3 and every head_dim; then q only 2-byte aligned (the
+         * element-wise q load) */
+        static const enum kvc_dtype bfs[] = { KVC_DTYPE_BF16, KVC_DTYPE_FP4_E2M1 };
+        static const uint32_t G3[] = { 1, 2, 3 };
+        for (int di = 0; di < 2; di++)
+                for (int hi = 0; hi < 3; hi++) {
+                        int32_t qn[4] = { 9, 2, 0, 5 }, el[4] = { 300, 2, 40, 69 };
+                        run_case(bfs[di], Ds[hi], 16, 2, G3[(di + hi) % 3], 4, el, qn, KVC_ELEM_F16, 530 + 3 * di + hi);
+                }
+        q_shift = 1;
+        int32_t el3[3] = { 300, 47, 5 }, qn3[3] = { 6, 3, 5 };
+        run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 2, 4, 3, el3, qn3, KVC_ELEM_BF16, 540);
+        run_case(KVC_DTYPE_FP4_E2M1, 64, 16, 2, 1, 3, el3, qn3, KVC_ELEM_F16, 541);
+        run_case(KVC_DTYPE_BF16, 256, 48, 1, 2, 3, el3, qn3, KVC_ELEM_BF16, 542);
+        q_shift = 0;
         /* 300 sequences of 1 to 4 new rows: several waves, no split */
         enum { N = 300 };
         static int32_t lens[N], qn[N];
