@@ -248,8 +248,9 @@ struct kvc_extend_args {
  * seq_len[b] - n_b + i and attends causally to positions <= its own.  On a
  * CUDA pool a call whose sequences average at least 128 query vectors (new
  * rows x q heads per kv head) runs a tiled kernel that reads and
- * dequantizes each key once per 64 or 128 of them; fewer rows run the
- * decode kernel once per row (docs/benchmarks.md, "Extend attention"). */
+ * dequantizes each key once per 64 to 256 of them; fewer rows run the
+ * decode kernel, once per 8 / G rows of a sequence where a kv head has G <=
+ * 4 q heads, else once per row (docs/benchmarks.md, "Extend attention"). */
 int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
 
 /* Names: "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"; NULL if unknown. */
