@@ -22,6 +22,17 @@
 
 namespace kva {
 
+/* A read-only load of device memory (ld.global.nc); a plain load when the
+ * function runs on the host (tests/attn/test_ptile.cu checks ptile there). */
+__host__ __device__ __forceinline__ int32_t ld_ro(const int32_t *p)
+{
+#ifdef __CUDA_ARCH__
+        return __ldg(p);
+#else
+        return *p;
+#endif
+}
+
 /* Row r -> (sequence, keys seen), from device memory.  qo_indptr NULL means
  * decode (row r is sequence r, it sees seq_lens[r] keys).  Lengths are
  * clamped to [0, cap] (cap = max_pages * page_size) so that device arrays
@@ -65,9 +76,9 @@ __device__ __forceinline__ void row_to_seq(const int32_t *__restrict__ seq_lens,
  * tile j belongs to the sequence b with base(b) <= j < base(b+1), base(b) =
  * b + floor(qo_indptr[b] * G / QV), so no per-sequence prefix sum is needed,
  * at the cost of at most one empty tile per sequence. */
-__device__ __forceinline__ uint64_t ptile_base(const params &p, uint32_t b, int QV)
+__host__ __device__ __forceinline__ uint64_t ptile_base(const params &p, uint32_t b, int QV)
 {
-        return b + (uint64_t)(uint32_t)__ldg(p.qo_indptr + b) * p.G / QV;
+        return b + (uint64_t)(uint32_t)ld_ro(p.qo_indptr + b) * p.G / QV;
 }
 
 /* The query tile j of a grid: sequence b (the largest with ptile_base(b)
@@ -79,7 +90,7 @@ struct ptile {
         int64_t i0, nb, hbase;
         uint64_t nv, v0;
 
-        __device__ __forceinline__ ptile(const params &p, uint32_t j, int QV)
+        __host__ __device__ __forceinline__ ptile(const params &p, uint32_t j, int QV)
         {
                 uint32_t lo = 0, hi = p.batch;
                 while (hi - lo > 1) {
@@ -92,18 +103,18 @@ struct ptile {
                 b = lo;
                 /* qo_indptr is device memory the launcher only saw the host
                  * copy of: rows are kept inside [0, rows) whatever it holds */
-                i0 = min(max((int64_t)__ldg(p.qo_indptr + b), (int64_t)0), (int64_t)p.rows);
-                const int64_t i1 = min(max((int64_t)__ldg(p.qo_indptr + b + 1), i0), (int64_t)p.rows);
+                i0 = min(max((int64_t)ld_ro(p.qo_indptr + b), (int64_t)0), (int64_t)p.rows);
+                const int64_t i1 = min(max((int64_t)ld_ro(p.qo_indptr + b + 1), i0), (int64_t)p.rows);
                 nb = i1 - i0;
                 nv = (uint64_t)nb * p.G;
                 v0 = (j - ptile_base(p, b, QV)) * (uint64_t)QV;
                 cap = p.max_pages * p.page_size;
-                hbase = (int64_t)__ldg(p.seq_lens + b) - nb + 1;
+                hbase = (int64_t)ld_ro(p.seq_lens + b) - nb + 1;
         }
 
         /* Vector v sees keys [0, horizon(v)): row i of the sequence sees
          * hbase + i, clamped to [0, cap] as row_to_seq does for decode. */
-        __device__ __forceinline__ uint32_t horizon(const params &p, uint64_t v) const
+        __host__ __device__ __forceinline__ uint32_t horizon(const params &p, uint64_t v) const
         {
                 const int64_t x = hbase + (int64_t)(v / p.G);
                 return x < 0 ? 0u : x > (int64_t)cap ? cap : (uint32_t)x;
