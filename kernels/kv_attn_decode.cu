@@ -138,7 +138,7 @@ static int sm_count(int dev, int *ret)
 }
 
 /* The tiled extend kernel's m-tiles per warp (*ret_mt), tiles per kv head
- * (*ret_tiles: base(B) = B + rows * G / QV, see kv_attn_prefill.cuh) and
+ * (*ret_tiles: ptile_grid, kv_attn_extend.cuh) and
  * CTAs per SM (*ret_occ) for CTAs of pw warps.  Two m-tiles (twice the
  * query vectors per CTA) read each K/V fragment from shared memory once
  * for two mmas but make half as many CTAs, and a CTA holds an SM's tensor
@@ -155,8 +155,8 @@ static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::p
                    uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles, int *ret_occ)
 {
         int occ1 = 1, occ2 = 1, r;
-        const uint64_t t1 = batch + (uint64_t)rows * p.G / kva::pqv(pw, 1);
-        const uint64_t t2 = batch + (uint64_t)rows * p.G / kva::pqv(pw, 2);
+        const uint64_t t1 = kva::ptile_grid(batch, rows, p.G, kva::pqv(pw, 1));
+        const uint64_t t2 = kva::ptile_grid(batch, rows, p.G, kva::pqv(pw, 2));
         if ((r = kv_prefill_launch((int)dt, D, 1, pw, qlo, p, dim3(), NULL, dev, &occ1)) != 0)
                 return r;
         int mt = 1;
@@ -327,16 +327,13 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         if (occ < 1)
                 occ = 1;
         const uint64_t hgt = (uint64_t)H * p.head_groups;
-        /* grid.x: with packed rows the bound base(B) of kv_attn_extend.cuh,
-         * whose empty tiles return at once; the split plan counts the
-         * others (up to half of the bound at two rows a sequence) */
+        /* grid.x: with packed rows ptile_grid (kv_attn_extend.cuh), whose
+         * empty tiles return at once; the split plan counts the others (up
+         * to half of the grid at two rows a sequence) */
         uint64_t ctas = tiled ? ptiles * H : (uint64_t)rows * hgt, gx = ctas;
         if (p.pack) {
-                ctas = 0;
-                for (uint32_t b = 0; b < c->batch; b++)
-                        ctas += ((uint64_t)(c->qo_indptr_host[b + 1] - c->qo_indptr_host[b]) * p.G + p.pack - 1) / p.pack;
-                ctas *= hgt;
-                gx = ((uint64_t)c->batch + (uint64_t)rows * p.G / p.pack) * hgt;
+                ctas = kva::ptile_busy(c->qo_indptr_host, c->batch, p.G, (int)p.pack) * hgt;
+                gx = kva::ptile_grid(c->batch, rows, p.G, (int)p.pack) * hgt;
         }
         const uint64_t slots = (uint64_t)occ * (uint64_t)sms;
         uint64_t splits = 1;

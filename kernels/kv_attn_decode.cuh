@@ -93,8 +93,9 @@ __device__ __forceinline__ void store_out(const params &p, uint64_t i, float v)
 /* QLO: q is f16 on a bf16-compute pool (see qb below); a template argument
  * so that the common bf16-q case does not pay its registers.  PACK: p.pack
  * rows a CTA (extend, see below); a template argument so that decode's loop
- * carries no horizon per column (measured on the H200: the fp4 kernel 9%
- * slower with them, at 128 registers instead of 124).
+ * carries no horizon per column (measured on the H200: the fp4 kernel 5-10%
+ * slower with them, at 128 registers instead of 124;
+ * bench/attn/experiments/pack-runtime.patch).
  *
  * Dynamic shared memory: tgeo<DT, D>::SMEM bytes (the four warps' rings). */
 template <int DT, int D, bool QLO, bool PACK>

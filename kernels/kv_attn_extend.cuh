@@ -81,6 +81,23 @@ __host__ __device__ __forceinline__ uint64_t ptile_base(const params &p, uint32_
         return b + (uint64_t)(uint32_t)ld_ro(p.qo_indptr + b) * p.G / QV;
 }
 
+/* The tiles of such a grid for a batch of rows query rows: base(batch),
+ * the launchers' grid.x per kv head (empty tiles included). */
+__host__ __device__ __forceinline__ uint64_t ptile_grid(uint32_t batch, uint64_t rows, uint32_t G, int QV)
+{
+        return batch + rows * G / QV;
+}
+
+/* The grid's non-empty tiles, sum over sequences of ceil(n_b * G / QV),
+ * from qo, the host copy of qo_indptr (as the launcher checked it). */
+__host__ __forceinline__ uint64_t ptile_busy(const int32_t *qo, uint32_t batch, uint32_t G, int QV)
+{
+        uint64_t n = 0;
+        for (uint32_t b = 0; b < batch; b++)
+                n += ((uint64_t)(qo[b + 1] - qo[b]) * G + QV - 1) / QV;
+        return n;
+}
+
 /* The query tile j of a grid: sequence b (the largest with ptile_base(b)
  * <= j), its rows [i0, i0 + nb) of q, its nv = nb * G query vectors in
  * (row, head) order, of which the tile holds v0 .. v0 + QV - 1 (none when

@@ -20,8 +20,9 @@
  * of two rows' heads: every vector has its own row, head and causal
  * horizon.  Tile j of the
  * grid belongs to the sequence b with base(b) <= j < base(b+1), base(b) = b
- * + floor(qo_indptr[b] * G / QV): no per-sequence prefix sum is needed, at
- * the cost of at most one empty CTA per sequence (it returns at once).
+ * + floor(qo_indptr[b] * G / QV) (ptile, kv_attn_extend.cuh): no
+ * per-sequence prefix sum is needed, at the cost of at most one empty CTA
+ * per sequence (it returns at once).
  * grid.x = tiles * kv_heads (h = x % kv_heads), grid.y = splits of the keys
  * (flash-decoding), combined by attn_reduce.
  *

@@ -4,12 +4,12 @@
  * A grid of tiles of QV query vectors (rows x q heads of a kv head, in (row,
  * head) order): the tiled kernel's (QV = 64 to 256, a tile may cut a row's
  * heads) and the decode kernel's packed rows (QV = 8 / G * G, whole rows).
- * The launcher (kv_attn_decode.cu) sizes the grid as batch + rows * G / QV
- * tiles and, for packed rows, plans its splits on sum over sequences of
- * ceil(n_b * G / QV) non-empty ones.  Checked on random batches (sequences of
- * 0 to 40 new rows, runs of empty ones): every vector of every sequence lies
- * in exactly one tile, of its own sequence; the grid bound is the launcher's;
- * the non-empty tiles are as many as the launcher counts; packed tiles start
+ * The launcher (kv_attn_decode.cu) sizes the grid with ptile_grid and, for
+ * packed rows, plans its splits on ptile_busy's count of non-empty tiles.
+ * Checked on random batches (sequences of 0 to 40 new rows, runs of empty
+ * ones): every vector of every sequence lies in exactly one tile, of its
+ * own sequence; base(batch) is ptile_grid; the non-empty tiles are as
+ * many as ptile_busy counts; packed tiles start
  * on a row; each vector's horizon is seq_len - n_b + row + 1, clamped to the
  * page table.  Then device arrays that disagree with what the launcher
  * checked (qo_indptr decreasing, negative or past the rows; lengths negative
@@ -68,15 +68,14 @@ static void consistent(uint32_t B, const int32_t *qo, const int32_t *lens, uint3
 {
         const uint32_t rows = (uint32_t)qo[B];
         const kva::params p = make(B, qo, lens, G, rows, cap);
-        const uint64_t bound = (uint64_t)B + (uint64_t)rows * G / QV; /* the launcher's grid */
+        const uint64_t bound = kva::ptile_grid(B, rows, G, QV); /* the launcher's grid */
+        const uint64_t want_nonempty = kva::ptile_busy(qo, B, G, QV);
         uint8_t *seen = (uint8_t *)calloc((size_t)rows * G + 1, 1);
-        uint64_t nonempty = 0, want_nonempty = 0;
+        uint64_t nonempty = 0;
 
         cases++;
         CHECK(kva::ptile_base(p, B, QV) == bound, "B=%u G=%u QV=%d: base(B) %llu, the launcher's grid %llu", B, G,
               QV, (unsigned long long)kva::ptile_base(p, B, QV), (unsigned long long)bound);
-        for (uint32_t b = 0; b < B; b++)
-                want_nonempty += ((uint64_t)(qo[b + 1] - qo[b]) * G + QV - 1) / QV;
         for (uint64_t j = 0; j < bound; j++) {
                 const kva::ptile tl(p, (uint32_t)j, QV);
                 if (tl.v0 >= tl.nv)
@@ -122,7 +121,7 @@ static void garbage(uint32_t B, uint32_t rows, uint32_t G, int QV, uint32_t cap)
                 lens[b] = k == 0 ? -(int32_t)rnd(1000) : k == 1 ? INT32_MAX : (int32_t)rnd(cap + 100);
         }
         const kva::params p = make(B, qo, lens, G, rows, cap);
-        const uint64_t bound = (uint64_t)B + (uint64_t)rows * G / QV;
+        const uint64_t bound = kva::ptile_grid(B, rows, G, QV);
 
         cases++;
         for (uint64_t j = 0; j < bound + 4; j++) {

@@ -426,7 +426,9 @@ static void packed_rows(void)
                 for (int hi = 0; hi < 3; hi++) {
                         const uint32_t D = Ds[hi], ps = pss[(di + hi) % 3], G = Gs[(di + hi) % 4];
                         const uint32_t H = 1 + (uint32_t)((di + hi) % 2);
-                        const enum kvc_elem e = (di + 2 * hi) % 2 ? KVC_ELEM_F16 : KVC_ELEM_BF16;
+                        /* f16 q here on the fp16 and e5m2 pools; the
+                         * two-term q kernels have their cases below */
+                        const enum kvc_elem e = di % 2 ? KVC_ELEM_F16 : KVC_ELEM_BF16;
                         int32_t qn[7] = { 2, 3, 9, 5, 1, 0, 4 };
                         int32_t el[7] = { 2, 4, 9 + (int32_t)ps, 700, 300, 17, 4 + 16 * (int32_t)ps };
                         run_case(dts[di], D, ps, H, G, 7, el, qn, e, ++seed);
