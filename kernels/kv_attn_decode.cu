@@ -138,25 +138,30 @@ static int sm_count(int dev, int *ret)
 }
 
 /* The tiled extend kernel's m-tiles per warp (*ret_mt), tiles per kv head
- * (*ret_tiles: ptile_grid, kv_attn_extend.cuh) and
+ * (*ret_tiles: ptile_grid, kv_attn_extend.cuh; *ret_busy of them hold
+ * query vectors: ptile_busy, from qo, the host copy of qo_indptr) and
  * CTAs per SM (*ret_occ) for CTAs of pw warps.  Two m-tiles (twice the
  * query vectors per CTA) read each K/V fragment from shared memory once
  * for two mmas but make half as many CTAs, and a CTA holds an SM's tensor
- * cores only while the CTAs beside it wait for their tiles: they are
- * taken when they make at least one wave, one m-tile when its CTAs fill
- * more than half a wave without a split, and two again when neither does
- * (both would split the keys).  Measured on the H200 (docs/benchmarks.md
- * "Extend attention"): 1 x 512 new rows over 4k keys, 8 kv heads x 4 q
- * heads, ran as 136 CTAs of 128 vectors (about one per SM) in 390-400 us,
- * as 264 of 64 in 275-357 us; with 8 x 512 rows, two m-tiles were 13-27%
- * faster.  The two-term q kernels (qlo) follow the same rule
- * (-DKVA_QLO2=0: one m-tile, for measuring). */
-static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::params &p, uint32_t rows,
-                   uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles, int *ret_occ)
+ * cores only while the CTAs beside it wait for their tiles.  So two where
+ * their CTAs make a wave (at least 7/8 of the slots), or at least half of
+ * one while one m-tile's would make more than a wave; one where its CTAs
+ * make at least half a wave; two again when neither does (both split the
+ * keys).  Measured on the H200 (docs/benchmarks.md "Extend attention" and
+ * "Which kernel"): 1 x 512 new rows over 4k keys, 8 kv heads x 4 q heads,
+ * ran as 136 CTAs of 128 vectors (about one per SM) in 390-400 us, as 264
+ * of 64 in 275-357 us; with 8 x 512 rows, two m-tiles were 13-27% faster;
+ * 24 x 32 rows ran as 192 CTAs of 128 vectors in 419 us, as 384 of 64 in
+ * 473.  Only tiles that hold vectors count: the grid's empty ones (up to
+ * one a sequence) return at once.  The two-term q kernels (qlo) follow the
+ * same rule (-DKVA_QLO2=0: one m-tile, for measuring). */
+static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::params &p, const int32_t *qo,
+                   uint32_t rows, uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles,
+                   uint64_t *ret_busy, int *ret_occ)
 {
         int occ1 = 1, occ2 = 1, r;
-        const uint64_t t1 = kva::ptile_grid(batch, rows, p.G, kva::pqv(pw, 1));
-        const uint64_t t2 = kva::ptile_grid(batch, rows, p.G, kva::pqv(pw, 2));
+        const uint64_t b1 = kva::ptile_busy(qo, batch, p.G, kva::pqv(pw, 1));
+        const uint64_t b2 = kva::ptile_busy(qo, batch, p.G, kva::pqv(pw, 2));
         if ((r = kv_prefill_launch((int)dt, D, 1, pw, qlo, p, dim3(), NULL, dev, &occ1)) != 0)
                 return r;
         int mt = 1;
@@ -165,42 +170,45 @@ static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::p
                         return r;
                 const uint64_t slots1 = (uint64_t)(occ1 > 0 ? occ1 : 1) * sms;
                 const uint64_t slots2 = (uint64_t)(occ2 > 0 ? occ2 : 1) * sms;
-                if (t2 * H >= slots2 || 2 * t1 * H <= slots1)
+                const uint64_t n1 = b1 * H, n2 = b2 * H;
+                if (8 * n2 >= 7 * slots2 || (n1 > slots1 && 2 * n2 >= slots2) || 2 * n1 < slots1)
                         mt = 2;
                 if (KVA_PFORCE_MT)
                         mt = KVA_PFORCE_MT;
         }
         *ret_mt = mt;
-        *ret_tiles = mt == 2 ? t2 : t1;
+        *ret_tiles = kva::ptile_grid(batch, rows, p.G, kva::pqv(pw, mt));
+        *ret_busy = mt == 2 ? b2 : b1;
         *ret_occ = mt == 2 ? occ2 : occ1;
         return 0;
 }
 
-/* The tiled extend kernel's warps a CTA (*ret_pw) and plan_mt's three for
+/* The tiled extend kernel's warps a CTA (*ret_pw) and plan_mt's four for
  * them.  8 warps where the kernel has them (kva::pwide) and their CTAs
- * fill a wave without a split, each sequence averaging at least one CTA
- * of query vectors; else 4 (with 8, the H200 lost 14-15% where the keys
- * had to be split, and gained 2-13% where the grid filled the GPU:
+ * fill a wave (at least 7/8 of the slots: 128 CTAs on a 132-SM H200)
+ * without a split, each sequence averaging at least one CTA of query
+ * vectors; else 4 (with 8, the H200 lost 14-15% where the keys had to be
+ * split, and gained 2-13% where the grid filled the GPU:
  * kv_attn_prefill.cuh, pwide). */
-static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params &p, uint32_t rows,
-                      uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, int *ret_pw, uint64_t *ret_tiles,
-                      int *ret_occ)
+static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params &p, const int32_t *qo,
+                      uint32_t rows, uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, int *ret_pw,
+                      uint64_t *ret_tiles, uint64_t *ret_busy, int *ret_occ)
 {
         int mt = 0, occ = 1, r;
-        uint64_t tiles = 0;
+        uint64_t tiles = 0, busy = 0;
         if (kva::pwide((int)dt, (int)D, qlo)) {
-                if ((r = plan_mt(dt, D, qlo, 8, p, rows, batch, H, dev, sms, &mt, &tiles, &occ)) != 0)
+                if ((r = plan_mt(dt, D, qlo, 8, p, qo, rows, batch, H, dev, sms, &mt, &tiles, &busy, &occ)) != 0)
                         return r;
-                const bool fills = tiles * H >= (uint64_t)(occ > 0 ? occ : 1) * sms &&
+                const bool fills = 8 * busy * H >= 7 * (uint64_t)(occ > 0 ? occ : 1) * sms &&
                                    (uint64_t)rows * p.G >= (uint64_t)batch * kva::pqv(8, mt);
                 if (KVA_PW == 8 || fills) {
-                        *ret_mt = mt, *ret_pw = 8, *ret_tiles = tiles, *ret_occ = occ;
+                        *ret_mt = mt, *ret_pw = 8, *ret_tiles = tiles, *ret_busy = busy, *ret_occ = occ;
                         return 0;
                 }
         }
-        if ((r = plan_mt(dt, D, qlo, 4, p, rows, batch, H, dev, sms, &mt, &tiles, &occ)) != 0)
+        if ((r = plan_mt(dt, D, qlo, 4, p, qo, rows, batch, H, dev, sms, &mt, &tiles, &busy, &occ)) != 0)
                 return r;
-        *ret_mt = mt, *ret_pw = 4, *ret_tiles = tiles, *ret_occ = occ;
+        *ret_mt = mt, *ret_pw = 4, *ret_tiles = tiles, *ret_busy = busy, *ret_occ = occ;
         return 0;
 }
 
@@ -288,10 +296,14 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * heads per kv head) per sequence takes the tiled kernel
          * (kv_attn_prefill.cuh), which reads each key once per tile of 64
          * or 128 vectors instead of once per row; decode, and extend with
-         * few rows per sequence, the decode kernel (measured on the H200:
-         * 16 new rows x 4 q heads over 4k keys ran 3-13% faster there than
-         * on the first tiled version, 128 rows 2x slower than on this one).
-         * f16 q on a bf16-compute pool (bf16, fp4) takes the tiled kernel's
+         * fewer, the decode kernel (one row a CTA, or 8 / G rows: p.pack
+         * below).  Measured on the H200 with both kernels forced
+         * (docs/benchmarks.md "Which kernel"): from 128 vectors on the
+         * tiled kernel was up to 2.1x faster, except for one sequence of 4k
+         * keys at 128 (14-21% slower with 16-bit and fp8 pools); at 32 it
+         * was 1.4-2.9x slower; at 64, 1.04-2.2x slower with up to 8
+         * sequences and from 13% faster to 13% slower with 32 or 128.  f16
+         * q on a bf16-compute pool (bf16, fp4) takes the tiled kernel's
          * exact two-term q (qlo). */
         const bool qlo = (dt == KVC_DTYPE_BF16 || dt == KVC_DTYPE_FP4_E2M1) && c->elem == KVC_ELEM_F16;
         const bool tiled = KVA_PREFILL && c->qo_indptr && (uint64_t)rows * p.G >= (uint64_t)KVA_PMIN * c->batch;
@@ -315,9 +327,10 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 sms = 1;
         r = -EINVAL;
         int mt = 0, pw = 4;  /* the tiled kernel's m-tiles per warp and warps a CTA */
-        uint64_t ptiles = 0; /* and its tiles per kv head (grid.x / kv heads) */
+        uint64_t ptiles = 0, pbusy = 0; /* and its tiles per kv head (grid.x / kv heads), those not empty */
         if (tiled)
-                r = plan_tiles(dt, D, qlo, p, rows, c->batch, H, dev, sms, &mt, &pw, &ptiles, &occ);
+                r = plan_tiles(dt, D, qlo, p, c->qo_indptr_host, rows, c->batch, H, dev, sms, &mt, &pw, &ptiles,
+                               &pbusy, &occ);
         else if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, dim3(), NULL, dev, &occ); }))
                 r = -EINVAL;
         if (r < 0)
@@ -327,10 +340,11 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         if (occ < 1)
                 occ = 1;
         const uint64_t hgt = (uint64_t)H * p.head_groups;
-        /* grid.x: with packed rows ptile_grid (kv_attn_extend.cuh), whose
-         * empty tiles return at once; the split plan counts the others (up
-         * to half of the grid at two rows a sequence) */
-        uint64_t ctas = tiled ? ptiles * H : (uint64_t)rows * hgt, gx = ctas;
+        /* grid.x: for the tiled kernel and packed rows ptile_grid
+         * (kv_attn_extend.cuh), whose empty tiles return at once; the split
+         * plan counts the others (up to half of the grid at two rows a
+         * sequence) */
+        uint64_t ctas = tiled ? pbusy * H : (uint64_t)rows * hgt, gx = tiled ? ptiles * H : ctas;
         if (p.pack) {
                 ctas = kva::ptile_busy(c->qo_indptr_host, c->batch, p.G, (int)p.pack) * hgt;
                 gx = kva::ptile_grid(c->batch, rows, p.G, (int)p.pack) * hgt;
@@ -352,9 +366,12 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                  * the H200 when fp8 ran 3 CTAs per SM, 3 splits made fp8 at
                  * B = 128 2.5% faster at L = 16k and 32k but 13% slower at
                  * L = 1k (chunks of 384 keys); a floor of 1024 keys (3
-                 * splits at L = 4k) was not faster */
+                 * splits at L = 4k) was not faster.  The tiled kernel's
+                 * CTAs work longer on each key (64 or 128 query vectors),
+                 * so it splits chunks down to KVA_PSFLOOR keys */
+                const uint64_t floor = tiled ? KVA_PSFLOOR : 4096;
                 double best = 0.0;
-                for (uint64_t sp = 1; sp <= 4 && (sp == 1 || max_len / sp >= 4096); sp++) {
+                for (uint64_t sp = 1; sp <= 4 && (sp == 1 || max_len / sp >= floor); sp++) {
                         const uint64_t n = ctas * sp, waves = (n + slots - 1) / slots;
                         const double fill = (double)n / (double)(waves * slots);
                         if (fill > best + 0.05) {

@@ -383,6 +383,30 @@ static void prefill_tiles(void)
         int32_t l6[1] = { 660 }, q6[1] = { 560 };
         run_case(KVC_DTYPE_BF16, 128, 16, 8, 4, 1, l6, q6, KVC_ELEM_BF16, 421);
         run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 8, 4, 1, l6, q6, KVC_ELEM_F16, 422);
+        /* 40 sequences of 40 rows (160 vectors a kv head at G = 4): the
+         * grid's last tile of each sequence holds 32 vectors or none (in
+         * tiles of 64, 140 a kv head of which 120 hold vectors; the planner
+         * counts those) */
+        enum { NS = 40 };
+        int32_t l8[NS], q8[NS];
+        for (int i = 0; i < NS; i++) {
+                q8[i] = 40;
+                l8[i] = 40 + 37 * i;
+        }
+        run_case(KVC_DTYPE_FP8_E5M2, 128, 16, 2, 4, NS, l8, q8, KVC_ELEM_BF16, 431);
+        run_case(KVC_DTYPE_BF16, 64, 16, 2, 4, NS, l8, q8, KVC_ELEM_F16, 432);
+        /* 36 sequences of 128 rows at G = 1, one of them 2200 keys long:
+         * 288 tiles of 128 vectors, more than a wave of two a SM on a
+         * 132-SM H200, which the planner splits in two (chunks of at least
+         * 1024 keys, KVA_PSFLOOR) */
+        enum { NW = 36 };
+        int32_t l9[NW], q9[NW];
+        for (int i = 0; i < NW; i++) {
+                q9[i] = 128;
+                l9[i] = i == NW - 1 ? 2200 : 128 + 9 * i;
+        }
+        run_case(KVC_DTYPE_BF16, 128, 16, 8, 1, NW, l9, q9, KVC_ELEM_BF16, 433);
+        run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 8, 1, NW, l9, q9, KVC_ELEM_BF16, 434);
         /* q only 2-byte aligned: the element-wise q load */
         q_shift = 1;
         int32_t l2[2] = { 700, 64 }, q2[2] = { 300, 64 };
@@ -438,6 +462,11 @@ static void packed_rows(void)
         int32_t l1[1] = { 20003 }, q1[1] = { 4 };
         run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 2, 4, 1, l1, q1, KVC_ELEM_BF16, 521);
         run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 2, 4, 1, l1, q1, KVC_ELEM_F16, 522);
+        /* 30 rows of one sequence (120 and 60 vectors: under the tiled
+         * kernel's 128): 15 and 8 packs, keys split */
+        int32_t l7[1] = { 20030 }, q7[1] = { 30 };
+        run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 2, 4, 1, l7, q7, KVC_ELEM_BF16, 536);
+        run_case(KVC_DTYPE_FP4_E2M1, 64, 16, 2, 2, 1, l7, q7, KVC_ELEM_BF16, 537);
         int32_t l2[2] = { 9000, 33 }, q2[2] = { 9, 7 };
         run_case(KVC_DTYPE_BF16, 128, 16, 1, 1, 2, l2, q2, KVC_ELEM_BF16, 523);
         run_case(KVC_DTYPE_FP8_E5M2, 64, 16, 4, 2, 2, l2, q2, KVC_ELEM_F16, 524);
