@@ -150,11 +150,11 @@ static int sm_count(int dev, int *ret)
  * keys).  Measured on the H200 (docs/benchmarks.md "Extend attention" and
  * "Which kernel"): 1 x 512 new rows over 4k keys, 8 kv heads x 4 q heads,
  * ran as 136 CTAs of 128 vectors (about one per SM) in 390-400 us, as 264
- * of 64 in 275-357 us; with 8 x 512 rows, two m-tiles were 13-27% faster;
- * 24 x 32 rows ran as 192 CTAs of 128 vectors in 419 us, as 384 of 64 in
- * 473.  Only tiles that hold vectors count: the grid's empty ones (up to
- * one a sequence) return at once.  The two-term q kernels (qlo) follow the
- * same rule (-DKVA_QLO2=0: one m-tile, for measuring). */
+ * of 64 in 275-357 us; with 8 x 512 rows, two m-tiles were 13-27% faster.
+ * Only tiles that hold vectors count: the grid's empty ones (up to one a
+ * sequence) return at once, and counting them left 8 x 32 rows unsplit as
+ * 128 lone CTAs (295 us; split, 134).  The two-term q kernels (qlo) follow
+ * the same rule (-DKVA_QLO2=0: one m-tile, for measuring). */
 static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::params &p, const int32_t *qo,
                    uint32_t rows, uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles,
                    uint64_t *ret_busy, int *ret_occ)
