@@ -48,7 +48,13 @@ def main():
                     help="q/out type (f16 over a bf16 or fp4 pool takes the two-term q kernels)")
     ap.add_argument("--no-sdpa", action="store_true", help="time the library only")
     args = ap.parse_args()
-    libs = [load(find_lib(a)) for a in args.lib.split(",")] if args.lib else [load(find_lib(None))]
+    paths = args.lib.split(",") if args.lib else []
+    for a in paths:
+        # find_lib falls back to a default build; a typo in a side-by-side
+        # run must not time that build under another library's label
+        if len(paths) > 1 and not os.path.exists(a):
+            sys.exit("--lib: %r does not exist" % a)
+    libs = [load(find_lib(a)) for a in paths] if paths else [load(find_lib(None))]
     u64, i32, f32, p = ctypes.c_uint64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
     for lib in libs:
         lib.shim_extend.argtypes = [p, i32, u64, u64, i32, u64, ctypes.POINTER(ctypes.c_int32), u64, i32, u64,
@@ -135,9 +141,10 @@ def main():
                                     pt.data_ptr(), L // ps, lens.data_ptr(), lens_host, B, Hq, D ** -0.5, stream)
                 if r:
                     raise RuntimeError("shim_extend: %d %s" % (r, lib.shim_errmsg().decode()))
+            out.fill_(float("nan"))  # a library that writes nothing must not pass on the last one's output
             t = timer.median_us(run)
             if torch.isnan(out.float()).any():
-                sys.exit("NaN in the output of %s" % name)
+                sys.exit("NaN in the output of %s" % label)
             kv = B * L * H * D * bits // 8 * 2 + (B * L * H * (D // 16) * 2 if bits == 4 else 0)
             ratio = "%7.3fx" % (t_sdpa / t) if t_sdpa else "%8s" % "-"
             print("%4d %6d %5d %-11s %9.1f %7.1f %7.2f %s" % (B, P, N, label, t, flops / t / 1e6, kv / t / 1e6,
