@@ -144,10 +144,13 @@ static int sm_count(int dev, int *ret)
  * query vectors per CTA) read each K/V fragment from shared memory once
  * for two mmas but make half as many CTAs, and a CTA holds an SM's tensor
  * cores only while the CTAs beside it wait for their tiles.  So two where
- * their CTAs make a wave (at least 7/8 of the slots), or at least half of
- * one while one m-tile's would make more than a wave; one where its CTAs
- * make at least half a wave; two again when neither does (both split the
- * keys).  Measured on the H200 (docs/benchmarks.md "Extend attention" and
+ * their CTAs fill at least 7/8 of the slots (CTAs per SM x SMs), or, where
+ * two of them fit an SM, at least half of the slots while one m-tile's
+ * would be more CTAs than slots; one where its CTAs fill at least half of
+ * the slots; two again when neither does (both split the keys).  (With one
+ * CTA an SM, half the slots of two m-tiles leave half the SMs idle: one
+ * sequence of 560 rows x 4 q heads stays at 8 warps and one m-tile.)
+ * Measured on the H200 (docs/benchmarks.md "Extend attention" and
  * "Which kernel"): 1 x 512 new rows over 4k keys, 8 kv heads x 4 q heads,
  * ran as 136 CTAs of 128 vectors (about one per SM) in 390-400 us, as 264
  * of 64 in 275-357 us; with 8 x 512 rows, two m-tiles were 13-27% faster.
@@ -171,7 +174,7 @@ static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::p
                 const uint64_t slots1 = (uint64_t)(occ1 > 0 ? occ1 : 1) * sms;
                 const uint64_t slots2 = (uint64_t)(occ2 > 0 ? occ2 : 1) * sms;
                 const uint64_t n1 = b1 * H, n2 = b2 * H;
-                if (8 * n2 >= 7 * slots2 || (n1 > slots1 && 2 * n2 >= slots2) || 2 * n1 < slots1)
+                if (8 * n2 >= 7 * slots2 || (occ2 >= 2 && n1 > slots1 && 2 * n2 >= slots2) || 2 * n1 < slots1)
                         mt = 2;
                 if (KVA_PFORCE_MT)
                         mt = KVA_PFORCE_MT;
@@ -185,7 +188,7 @@ static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::p
 
 /* The tiled extend kernel's warps a CTA (*ret_pw) and plan_mt's four for
  * them.  8 warps where the kernel has them (kva::pwide) and their CTAs
- * fill a wave (at least 7/8 of the slots: 128 CTAs on a 132-SM H200)
+ * fill at least 7/8 of the slots (one CTA an SM: 116 on a 132-SM H200)
  * without a split, each sequence averaging at least one CTA of query
  * vectors; else 4 (with 8, the H200 lost 14-15% where the keys had to be
  * split, and gained 2-13% where the grid filled the GPU:
@@ -299,10 +302,11 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * fewer, the decode kernel (one row a CTA, or 8 / G rows: p.pack
          * below).  Measured on the H200 with both kernels forced
          * (docs/benchmarks.md "Which kernel"): from 128 vectors on the
-         * tiled kernel was up to 2.1x faster, except for one sequence of 4k
+         * tiled kernel was up to 2.7x faster, except for one sequence of 4k
          * keys at 128 (14-21% slower with 16-bit and fp8 pools); at 32 it
-         * was 1.4-2.9x slower; at 64, 1.04-2.2x slower with up to 8
-         * sequences and from 13% faster to 13% slower with 32 or 128.  f16
+         * was 1.4-2.9x slower, at 64 1.04-2.2x slower with up to 8
+         * sequences and from 13% faster to 13% slower with 32 or 128 (the
+         * tiled kernel as planned before the busy-tile count below).  f16
          * q on a bf16-compute pool (bf16, fp4) takes the tiled kernel's
          * exact two-term q (qlo). */
         const bool qlo = (dt == KVC_DTYPE_BF16 || dt == KVC_DTYPE_FP4_E2M1) && c->elem == KVC_ELEM_F16;
@@ -341,9 +345,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 occ = 1;
         const uint64_t hgt = (uint64_t)H * p.head_groups;
         /* grid.x: for the tiled kernel and packed rows ptile_grid
-         * (kv_attn_extend.cuh), whose empty tiles return at once; the split
-         * plan counts the others (up to half of the grid at two rows a
-         * sequence) */
+         * (kv_attn_extend.cuh), whose empty tiles (up to one a sequence)
+         * return at once; the split plan counts the others */
         uint64_t ctas = tiled ? pbusy * H : (uint64_t)rows * hgt, gx = tiled ? ptiles * H : ctas;
         if (p.pack) {
                 ctas = kva::ptile_busy(c->qo_indptr_host, c->batch, p.G, (int)p.pack) * hgt;

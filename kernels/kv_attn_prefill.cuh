@@ -67,7 +67,7 @@
 #define KVA_PMIN 128    /* query vectors a sequence (on average) from which extend takes this kernel */
 #endif
 #ifndef KVA_PSFLOOR
-#define KVA_PSFLOOR 1024 /* keys a split at least where this kernel's launch is more than a wave (kv_attn_decode.cu) */
+#define KVA_PSFLOOR 1024 /* keys a split at least where this kernel's launch has more CTAs than slots (kv_attn_decode.cu) */
 #endif
 #ifndef KVA_PLAT
 #define KVA_PLAT 0      /* 1: one-m-tile kernels with 32-key tiles, q from shared memory, 3 CTAs per SM */
