@@ -11,7 +11,8 @@
  * CTAs make about one full wave: B = 1 at 32k keys still fills the GPU, and
  * no launch ends with a mostly empty second wave.  Launches of more than one
  * wave may be split in up to 4 when that fills their last wave clearly
- * better (chunks of at least 4096 keys).  The partials (m, l, unnormalized
+ * better (chunks of at least 4096 keys; 1024 for the tiled extend kernel:
+ * kv_attn_plan.cuh).  The partials (m, l, unnormalized
  * o: rows * Hq * splits * (D + 2) floats) go to scratch taken with
  * cudaMallocFromPoolAsync on the caller's stream and given back with
  * cudaFreeAsync after the reduction kernel, so concurrent calls on different
@@ -34,6 +35,7 @@
 #include "kv_cuda_common.cuh"
 #include "kv_attn_common.cuh"
 #include "kv_attn_decode.cuh"
+#include "kv_attn_plan.cuh"
 #include "kv_attn_prefill.cuh"
 #include "kv_ref_common.h"
 
@@ -137,27 +139,12 @@ static int sm_count(int dev, int *ret)
         return 0;
 }
 
-/* The tiled extend kernel's m-tiles per warp (*ret_mt), tiles per kv head
- * (*ret_tiles: ptile_grid, kv_attn_extend.cuh; *ret_busy of them hold
- * query vectors: ptile_busy, from qo, the host copy of qo_indptr) and
- * CTAs per SM (*ret_occ) for CTAs of pw warps.  Two m-tiles (twice the
- * query vectors per CTA) read each K/V fragment from shared memory once
- * for two mmas but make half as many CTAs, and a CTA holds an SM's tensor
- * cores only while the CTAs beside it wait for their tiles.  So two where
- * their CTAs fill at least 7/8 of the slots (CTAs per SM x SMs), or, where
- * two of them fit an SM, at least half of the slots while one m-tile's
- * would be more CTAs than slots; one where its CTAs fill at least half of
- * the slots; two again when neither does (both split the keys).  (With one
- * CTA an SM, half the slots of two m-tiles leave half the SMs idle: one
- * sequence of 560 rows x 4 q heads stays at 8 warps and one m-tile.)
- * Measured on the H200 (docs/benchmarks.md "Extend attention" and
- * "Which kernel"): 1 x 512 new rows over 4k keys, 8 kv heads x 4 q heads,
- * ran as 136 CTAs of 128 vectors (about one per SM) in 390-400 us, as 264
- * of 64 in 275-357 us; with 8 x 512 rows, two m-tiles were 13-27% faster.
- * Only tiles that hold vectors count: the grid's empty ones (up to one a
- * sequence) return at once, and counting them left 8 x 32 rows unsplit as
- * 128 lone CTAs (295 us; split, 134).  The two-term q kernels (qlo) follow
- * the same rule (-DKVA_QLO2=0: one m-tile, for measuring). */
+/* The tiled extend kernel's m-tiles per warp (*ret_mt: kva::pick_mt,
+ * kv_attn_plan.cuh), tiles per kv head (*ret_tiles: ptile_grid,
+ * kv_attn_extend.cuh; *ret_busy of them hold query vectors: ptile_busy,
+ * from qo, the host copy of qo_indptr) and CTAs per SM (*ret_occ) for CTAs
+ * of pw warps.  The two-term q kernels (qlo) follow the same rule
+ * (-DKVA_QLO2=0: one m-tile, for measuring). */
 static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::params &p, const int32_t *qo,
                    uint32_t rows, uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles,
                    uint64_t *ret_busy, int *ret_occ)
@@ -173,9 +160,7 @@ static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::p
                         return r;
                 const uint64_t slots1 = (uint64_t)(occ1 > 0 ? occ1 : 1) * sms;
                 const uint64_t slots2 = (uint64_t)(occ2 > 0 ? occ2 : 1) * sms;
-                const uint64_t n1 = b1 * H, n2 = b2 * H;
-                if (8 * n2 >= 7 * slots2 || (occ2 >= 2 && n1 > slots1 && 2 * n2 >= slots2) || 2 * n1 < slots1)
-                        mt = 2;
+                mt = kva::pick_mt(b1 * H, b2 * H, slots1, slots2, occ2);
                 if (KVA_PFORCE_MT)
                         mt = KVA_PFORCE_MT;
         }
@@ -186,13 +171,9 @@ static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::p
         return 0;
 }
 
-/* The tiled extend kernel's warps a CTA (*ret_pw) and plan_mt's four for
- * them.  8 warps where the kernel has them (kva::pwide) and their CTAs
- * fill at least 7/8 of the slots (one CTA an SM: 116 on a 132-SM H200)
- * without a split, each sequence averaging at least one CTA of query
- * vectors; else 4 (with 8, the H200 lost 14-15% where the keys had to be
- * split, and gained 2-13% where the grid filled the GPU:
- * kv_attn_prefill.cuh, pwide). */
+/* The tiled extend kernel's warps a CTA (*ret_pw: 8 where the kernel has
+ * them, kva::pwide, and kva::take_8warps says so, else 4) and plan_mt's
+ * four for them. */
 static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params &p, const int32_t *qo,
                       uint32_t rows, uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, int *ret_pw,
                       uint64_t *ret_tiles, uint64_t *ret_busy, int *ret_occ)
@@ -202,9 +183,8 @@ static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params
         if (kva::pwide((int)dt, (int)D, qlo)) {
                 if ((r = plan_mt(dt, D, qlo, 8, p, qo, rows, batch, H, dev, sms, &mt, &tiles, &busy, &occ)) != 0)
                         return r;
-                const bool fills = 8 * busy * H >= 7 * (uint64_t)(occ > 0 ? occ : 1) * sms &&
-                                   (uint64_t)rows * p.G >= (uint64_t)batch * kva::pqv(8, mt);
-                if (KVA_PW == 8 || fills) {
+                if (KVA_PW == 8 || kva::take_8warps(busy * H, (uint64_t)(occ > 0 ? occ : 1) * sms,
+                                                    (uint64_t)rows * p.G, batch, kva::pqv(8, mt))) {
                         *ret_mt = mt, *ret_pw = 8, *ret_tiles = tiles, *ret_busy = busy, *ret_occ = occ;
                         return 0;
                 }
@@ -324,11 +304,9 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                          ? kva::HG / p.G * p.G
                          : 0;
 
-        /* split plan: when the CTAs of (row, kv head, head group) fill less
-         * than one wave of the GPU, split the keys so that they make about
-         * one full wave (the kernel's occupancy decides how many CTAs fit),
-         * chunks of at least 128 keys, a multiple of 64 (4 warps x 16 keys;
-         * the tiled kernel's key tiles are 64 or 32) */
+        /* the plan: the kernel and its occupancy (the tiled kernel's
+         * m-tiles and warps with it), then the split of the keys over the
+         * CTAs it makes (kv_attn_plan.cuh) */
         if (sms < 1) /* the driver reports at least one; never divide by 0 below */
                 sms = 1;
         r = -EINVAL;
@@ -355,43 +333,10 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 gx = kva::ptile_grid(c->batch, rows, p.G, (int)p.pack) * hgt;
         }
         const uint64_t slots = (uint64_t)occ * (uint64_t)sms;
-        uint64_t splits = 1;
-        if (2 * ctas <= slots && max_len > 128) {
-                splits = slots / ctas;
-                uint64_t most = (max_len + 127) / 128;
-                if (splits > most)
-                        splits = most;
-                if (splits > (uint64_t)kva::MAX_SPLITS)
-                        splits = kva::MAX_SPLITS;
-        } else if (ctas > slots) {
-                /* more than one wave: up to 4 splits when they leave
-                 * clearly fewer slots idle in the last wave (1024 CTAs on
-                 * 396 slots fill 86% of 3 waves, split in 3 they fill 97%
-                 * of 8).  Only for chunks of at least 4096 keys: measured on
-                 * the H200 when fp8 ran 3 CTAs per SM, 3 splits made fp8 at
-                 * B = 128 2.5% faster at L = 16k and 32k but 13% slower at
-                 * L = 1k (chunks of 384 keys); a floor of 1024 keys (3
-                 * splits at L = 4k) was not faster.  The tiled kernel's
-                 * CTAs work longer on each key (64 or 128 query vectors),
-                 * so it splits chunks down to KVA_PSFLOOR keys */
-                const uint64_t floor = tiled ? KVA_PSFLOOR : 4096;
-                double best = 0.0;
-                for (uint64_t sp = 1; sp <= 4 && (sp == 1 || max_len / sp >= floor); sp++) {
-                        const uint64_t n = ctas * sp, waves = (n + slots - 1) / slots;
-                        const double fill = (double)n / (double)(waves * slots);
-                        if (fill > best + 0.05) {
-                                best = fill;
-                                splits = sp;
-                        }
-                }
-        }
-        uint32_t chunk = (uint32_t)((max_len + splits - 1) / splits);
-        chunk = (chunk + 63) / 64 * 64;
-        if (chunk == 0)
-                chunk = 64;
-        splits = max_len ? (max_len + chunk - 1) / chunk : 1;
-        p.chunk = chunk;
-        p.splits = (uint32_t)splits;
+        const kva::split_plan sp =
+                kva::plan_splits(ctas, slots, max_len, tiled ? KVA_PSFLOOR : 4096, (uint64_t)kva::MAX_SPLITS);
+        p.chunk = sp.chunk;
+        p.splits = (uint32_t)sp.splits;
         p.rows = rows;
         p.hgt = (uint32_t)hgt;
         if (gx > 0x7FFFFFFFull)

@@ -1,0 +1,111 @@
+/* kv_attn_plan.cuh - the attention launcher's plan as pure functions of
+ * counts: how many m-tiles the tiled extend kernel's warps take, whether
+ * its 8-warp CTAs fill the GPU, and how a sequence's keys are split.
+ *
+ * kv_attn_decode.cu queries the kernels' occupancies (CTAs per SM) and the
+ * SM count and calls these with the CTAs a launch would make; the CTAs are
+ * counted from the tiles that hold query vectors (ptile_busy,
+ * kv_attn_extend.cuh), since the grid's empty tiles return at once.  The
+ * "slots" of a kernel are its CTAs per SM times the SMs.  Host code only;
+ * tests/attn/test_plan.cu checks the plans measured on the H200
+ * (docs/benchmarks.md "Which kernel, and how the tiled kernel is planned").
+ */
+#ifndef KV_ATTN_PLAN_CUH
+#define KV_ATTN_PLAN_CUH
+
+#include <stdint.h>
+
+namespace kva {
+
+/* n CTAs fill the slots to within an eighth (one CTA an SM: 116 of a
+ * 132-SM H200's 132).  Exactly full is rare for real batches, and a launch
+ * of 128 CTAs of 8 warps on 132 SMs runs as one wave. */
+inline bool fills_wave(uint64_t n, uint64_t slots)
+{
+        return 8 * n >= 7 * slots;
+}
+
+/* Whether the tiled kernel takes 8 warps a CTA (where it has them): its
+ * ctas busy CTAs fill a wave of its slots without a split, and the batch's
+ * vectors (rows x q heads of a kv head) average at least qv, a CTA's worth,
+ * a sequence.  Else 4: with 8, the H200 lost 14-15% where the keys had to
+ * be split and gained 2-13% where the grid filled the GPU
+ * (kv_attn_prefill.cuh, pwide). */
+inline bool take_8warps(uint64_t ctas, uint64_t slots, uint64_t vectors, uint64_t batch, uint64_t qv)
+{
+        return fills_wave(ctas, slots) && vectors >= batch * qv;
+}
+
+/* The tiled kernel's m-tiles per warp, from n1 and n2, the busy CTAs with
+ * one and two m-tiles, their slots, and occ2, the CTAs per SM of the
+ * two-m-tile kernel.  Two m-tiles (twice the query vectors a CTA) read
+ * each K/V fragment from shared memory once for two mmas but make half as
+ * many CTAs, and a CTA holds an SM's tensor cores only while the CTAs
+ * beside it wait for their tiles.  So two where their CTAs fill a wave;
+ * or, where two of them fit an SM, where they fill half of the slots while
+ * one m-tile's would be more CTAs than slots (24 sequences of 32 rows x 4
+ * q heads: 192 CTAs of 128 vectors, 422 us on the H200, against 384 of 64
+ * over two waves; with one CTA an SM, half the slots leave half the SMs
+ * idle); one where its CTAs fill half of the slots (1 x 512 rows: 264 CTAs
+ * of 64 vectors, 275-357 us, against 136 of 128, about one an SM, 390-400);
+ * two again when neither does (both split the keys). */
+inline int pick_mt(uint64_t n1, uint64_t n2, uint64_t slots1, uint64_t slots2, int occ2)
+{
+        if (fills_wave(n2, slots2) || (occ2 >= 2 && n1 > slots1 && 2 * n2 >= slots2) || 2 * n1 < slots1)
+                return 2;
+        return 1;
+}
+
+/* How the keys of a launch are split: chunk keys a split (a multiple of
+ * 64: 4 warps x 16 keys, and the tiled kernel's key tiles are 64 or 32),
+ * splits of them over the longest sequence's max_len keys. */
+struct split_plan {
+        uint32_t chunk;
+        uint64_t splits;
+};
+
+/* The split of max_len keys for ctas busy CTAs on slots.  Under half the
+ * slots: split so that the CTAs make about one full wave, chunks of at
+ * least 128 keys, at most max_splits.  More than the slots: up to 4 splits
+ * when they leave clearly fewer slots idle in the last wave (1024 CTAs on
+ * 396 slots fill 86% of 3 waves, split in 3 they fill 97% of 8), only for
+ * chunks of at least floor keys.  Measured on the H200: the decode kernel
+ * takes 4096 (when fp8 ran 3 CTAs per SM, 3 splits made fp8 at B = 128
+ * 2.5% faster at L = 16k and 32k but 13% slower at L = 1k, chunks of 384
+ * keys; a floor of 1024 keys, 3 splits at L = 4k, was not faster); the
+ * tiled kernel, whose CTAs work longer on each key (64 to 256 query
+ * vectors), 1024 (KVA_PSFLOOR: 36 sequences of 32 rows x 4 q heads, 288
+ * CTAs on 264 slots, 750 -> 613 us in 4 splits).  ctas >= 1. */
+inline split_plan plan_splits(uint64_t ctas, uint64_t slots, uint64_t max_len, uint64_t floor, uint64_t max_splits)
+{
+        uint64_t splits = 1;
+        if (2 * ctas <= slots && max_len > 128) {
+                splits = slots / ctas;
+                const uint64_t most = (max_len + 127) / 128;
+                if (splits > most)
+                        splits = most;
+                if (splits > max_splits)
+                        splits = max_splits;
+        } else if (ctas > slots) {
+                double best = 0.0;
+                for (uint64_t sp = 1; sp <= 4 && (sp == 1 || max_len / sp >= floor); sp++) {
+                        const uint64_t n = ctas * sp, waves = (n + slots - 1) / slots;
+                        const double fill = (double)n / (double)(waves * slots);
+                        if (fill > best + 0.05) {
+                                best = fill;
+                                splits = sp;
+                        }
+                }
+        }
+        uint32_t chunk = (uint32_t)((max_len + splits - 1) / splits);
+        chunk = (chunk + 63) / 64 * 64;
+        if (chunk == 0)
+                chunk = 64;
+        split_plan r;
+        r.chunk = chunk;
+        r.splits = max_len ? (max_len + chunk - 1) / chunk : 1;
+        return r;
+}
+
+} // namespace kva
+#endif

@@ -1,0 +1,137 @@
+/* test_plan.cu - the attention launcher's plan (kv_attn_plan.cuh:
+ * fills_wave, take_8warps, pick_mt, plan_splits) on the CPU.
+ *
+ * The plans the H200 measured best (docs/benchmarks.md "Which kernel, and
+ * how the tiled kernel is planned" and "Decode attention"), worked out here
+ * the way kv_attn_decode.cu does it: the tiled kernel's CTAs counted from
+ * the tiles that hold query vectors (ptile_busy), 8 warps tried first
+ * (one CTA an SM), then 4 (two an SM), 132 SMs.  Each workload names the
+ * warps, m-tiles, splits and chunk it must get; a change of the rule that
+ * moves one of them fails here, in every CI run, before any GPU sees it.
+ *
+ * Runs without a GPU (suite unit); exit status 0 when every plan holds.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "kv_attn_extend.cuh"
+#include "kv_attn_plan.cuh"
+
+static int failures, cases;
+
+#define CHECK(cond, ...)                             \
+        do {                                         \
+                cases++;                             \
+                if (!(cond)) {                       \
+                        failures++;                  \
+                        printf("FAIL: ");            \
+                        printf(__VA_ARGS__);         \
+                        printf("\n");                \
+                }                                    \
+        } while (0)
+
+enum { SMS = 132, MAX_SPLITS = 1024 };
+
+struct plan {
+        int pw, mt;
+        uint64_t ctas, splits;
+        uint32_t chunk;
+};
+
+/* The tiled kernel's plan for batch sequences of n new rows each (G q
+ * heads a kv head, H kv heads, max_len keys), with 8-warp CTAs available
+ * (a 16-bit or fp8 pool at head_dim 128) or not, on an H200: CTAs per SM
+ * 1 at 8 warps, 2 at 4 (what the occupancy queries return there). */
+static struct plan tiled(uint32_t batch, int32_t n, uint32_t G, uint32_t H, uint64_t max_len, bool wide)
+{
+        int32_t *qo = (int32_t *)malloc((batch + 1) * sizeof *qo);
+        qo[0] = 0;
+        for (uint32_t b = 0; b < batch; b++)
+                qo[b + 1] = qo[b] + n;
+        struct plan r = {};
+        for (int pw = wide ? 8 : 4; pw >= 4; pw -= 4) {
+                const int occ = pw == 8 ? 1 : 2;
+                const uint64_t slots = (uint64_t)occ * SMS;
+                const uint64_t b1 = kva::ptile_busy(qo, batch, G, pw * 16), b2 = kva::ptile_busy(qo, batch, G, pw * 32);
+                const int mt = kva::pick_mt(b1 * H, b2 * H, slots, slots, occ);
+                const uint64_t ctas = (mt == 2 ? b2 : b1) * H;
+                if (pw == 4 || kva::take_8warps(ctas, slots, (uint64_t)batch * n * G, batch, (uint64_t)pw * 16 * mt)) {
+                        const kva::split_plan sp = kva::plan_splits(ctas, slots, max_len, 1024, MAX_SPLITS);
+                        r.pw = pw, r.mt = mt, r.ctas = ctas, r.splits = sp.splits, r.chunk = sp.chunk;
+                        break;
+                }
+        }
+        free(qo);
+        return r;
+}
+
+static void want(const char *what, struct plan got, int pw, int mt, uint64_t ctas, uint64_t splits)
+{
+        CHECK(got.pw == pw && got.mt == mt && got.ctas == ctas && got.splits == splits,
+              "%s: %d warps, %d m-tiles, %llu CTAs, %llu splits; want %d, %d, %llu, %llu", what, got.pw, got.mt,
+              (unsigned long long)got.ctas, (unsigned long long)got.splits, pw, mt, (unsigned long long)ctas,
+              (unsigned long long)splits);
+}
+
+int main(void)
+{
+        /* a wave to within an eighth: 116 of 132 slots */
+        CHECK(kva::fills_wave(116, 132) && !kva::fills_wave(115, 132) && kva::fills_wave(128, 132),
+              "fills_wave at 115, 116, 128 of 132");
+
+        /* 32/8 heads (G = 4, 8 kv heads), 4k keys: */
+        /* 8 x 32 rows: 128 vectors a sequence; 8 tiles of 128 a kv head
+         * (the grid has 16), under half the slots: two m-tiles, split in 4
+         * (880fb83 counted the grid's tiles and left 128 lone CTAs of one
+         * m-tile unsplit: 295 us against 134) */
+        want("8 x 32 rows", tiled(8, 32, 4, 8, 4096, true), 4, 2, 64, 4);
+        /* 16 x 32: 256 CTAs of 64 vectors fill the 264 slots, 128 of 128
+         * fill half: one m-tile, no split */
+        want("16 x 32 rows", tiled(16, 32, 4, 8, 4096, true), 4, 1, 256, 1);
+        /* 24 x 32: 192 CTAs of 128 vectors (422 us) rather than 384 of 64
+         * over two waves */
+        want("24 x 32 rows", tiled(24, 32, 4, 8, 4096, true), 4, 2, 192, 1);
+        /* 36 x 32: 288 CTAs on 264 slots, split in 4 (chunks of 1024) */
+        want("36 x 32 rows", tiled(36, 32, 4, 8, 4096, true), 4, 2, 288, 4);
+        /* 1 x 512: 128 8-warp CTAs fill a wave (270 us; as 136 CTAs of
+         * 128 vectors on 4 warps, 390-400) */
+        want("1 x 512 rows", tiled(1, 512, 4, 8, 4608, true), 8, 1, 128, 1);
+        /* 1 x 560: 144 8-warp CTAs of one m-tile (two would leave SMs
+         * idle), more than the slots: split in 4 over 4656 keys (368 us
+         * against 519 on 4 warps and two m-tiles), not at all over 660 */
+        want("1 x 560 rows, 4656 keys", tiled(1, 560, 4, 8, 4656, true), 8, 1, 144, 4);
+        want("1 x 560 rows, 660 keys", tiled(1, 560, 4, 8, 660, true), 8, 1, 144, 1);
+        /* fp4 has no 8-warp kernel: 4 warps, two m-tiles, 144 CTAs */
+        want("1 x 560 rows, fp4", tiled(1, 560, 4, 8, 4656, false), 4, 2, 144, 1);
+        /* 8 x 512: 8 warps, two m-tiles, a wave and more */
+        want("8 x 512 rows", tiled(8, 512, 4, 8, 4608, true), 8, 2, 512, 1);
+        /* 4 x 512 over 16896 keys: 256 busy CTAs fill two waves of 132
+         * (the grid's 288 made 880fb83 split in 3: 5% slower) */
+        want("4 x 512 rows, 16896 keys", tiled(4, 512, 4, 8, 16896, true), 8, 2, 256, 1);
+        /* 32/32 heads (G = 1): 2 x 128 rows: 64 CTAs of 128 vectors, split */
+        want("G = 1, 2 x 128 rows", tiled(2, 128, 1, 32, 4096, true), 4, 2, 64, 4);
+
+        /* decode (fp8 at 2 CTAs an SM: 264 slots; CTAs = rows x kv heads) */
+        kva::split_plan d = kva::plan_splits(8, 264, 32768, 4096, MAX_SPLITS);
+        CHECK(d.splits == 32 && d.chunk == 1024, "decode B = 1 L = 32k: %llu splits of %u keys, want 32 of 1024",
+              (unsigned long long)d.splits, d.chunk);
+        d = kva::plan_splits(64, 264, 16384, 4096, MAX_SPLITS);
+        CHECK(d.splits == 4 && d.chunk == 4096, "decode B = 8 L = 16k: %llu splits of %u keys, want 4 of 4096",
+              (unsigned long long)d.splits, d.chunk);
+        d = kva::plan_splits(1024, 264, 1024, 4096, MAX_SPLITS);
+        CHECK(d.splits == 1 && d.chunk == 1024, "decode B = 128 L = 1k: %llu splits, want none",
+              (unsigned long long)d.splits);
+        d = kva::plan_splits(160, 264, 4096, 4096, MAX_SPLITS);
+        CHECK(d.splits == 1, "160 CTAs on 264 slots: %llu splits, want none", (unsigned long long)d.splits);
+        /* a short sequence: at least 128 keys a split, a multiple of 64 */
+        d = kva::plan_splits(1, 264, 300, 4096, MAX_SPLITS);
+        CHECK(d.splits == 3 && d.chunk == 128, "1 CTA, 300 keys: %llu splits of %u, want 3 of 128",
+              (unsigned long long)d.splits, d.chunk);
+        d = kva::plan_splits(1, 264, 0, 4096, MAX_SPLITS);
+        CHECK(d.splits == 1 && d.chunk == 64, "no keys: %llu splits of %u, want 1 of 64", (unsigned long long)d.splits,
+              d.chunk);
+
+        printf("test_plan: %d checks, %d failures\n", cases, failures);
+        return failures ? 1 : 0;
+}
