@@ -17,6 +17,17 @@
 
 namespace kva {
 
+/* Whether extend takes the tiled kernel (kv_attn_prefill.cuh) rather than
+ * the decode kernel: its batch sequences average at least pmin query
+ * vectors (rows x q heads of a kv head), or pmin4 where there are at least
+ * 4 of them.  The launcher passes KVA_PMIN and KVA_PMIN4 (128 and, until a
+ * GPU run takes it, 128 too: docs/benchmarks.md "Which kernel" measured the
+ * tiled kernel 12-42% faster from 80 vectors with 4 or more sequences). */
+inline bool take_tiled(uint64_t vectors, uint64_t batch, uint64_t pmin, uint64_t pmin4)
+{
+        return vectors >= (batch >= 4 ? pmin4 : pmin) * batch;
+}
+
 /* n CTAs fill the slots to within an eighth (one CTA an SM: 116 of a
  * 132-SM H200's 132).  Exactly full is rare for real batches, and a launch
  * of 128 CTAs of 8 warps on 132 SMs runs as one wave. */

@@ -1,7 +1,7 @@
 /* test_plan.cu - the attention launcher's plan (kv_attn_plan.cuh:
  * fills_wave, take_8warps, pick_mt, plan_splits) on the CPU.
  *
- * The plans the H200 measured best (docs/benchmarks.md "Which kernel, and
+ * Which extend kernel (take_tiled), and the plans the H200 measured best (docs/benchmarks.md "Which kernel, and
  * how the tiled kernel is planned" and "Decode attention"), worked out here
  * the way kv_attn_decode.cu does it: the tiled kernel's CTAs counted from
  * the tiles that hold query vectors (ptile_busy), 8 warps tried first
@@ -76,6 +76,14 @@ static void want(const char *what, struct plan got, int pw, int mt, uint64_t cta
 
 int main(void)
 {
+        /* the tiled kernel from 128 query vectors a sequence on average
+         * (pmin4: with 4 sequences or more) */
+        CHECK(kva::take_tiled(128 * 8, 8, 128, 128) && !kva::take_tiled(128 * 8 - 1, 8, 128, 128),
+              "take_tiled at 128 vectors a sequence");
+        CHECK(kva::take_tiled(80 * 4, 4, 128, 80) && !kva::take_tiled(80 * 3, 3, 128, 80) &&
+                      !kva::take_tiled(79 * 4, 4, 128, 80),
+              "take_tiled with pmin4 = 80");
+
         /* a wave to within an eighth: 116 of 132 slots */
         CHECK(kva::fills_wave(116, 132) && !kva::fills_wave(115, 132) && kva::fills_wave(128, 132),
               "fills_wave at 115, 116, 128 of 132");
