@@ -289,8 +289,9 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * tiled kernel as planned before the busy-tile count below; as
          * planned now it is 12-42% faster from 80 vectors with 4 or more
          * sequences, a band this rule does not take yet: KVA_PMIN4 is the
-         * switch, test_attn's band cases the test to run with it).  f16 q on a bf16-compute pool (bf16, fp4) takes the
-         * tiled kernel's exact two-term q (qlo). */
+         * switch, test_attn's band cases the test to run with it).  f16 q
+         * on a bf16-compute pool (bf16, fp4) takes the tiled kernel's exact
+         * two-term q (qlo). */
         const bool qlo = (dt == KVC_DTYPE_BF16 || dt == KVC_DTYPE_FP4_E2M1) && c->elem == KVC_ELEM_F16;
         const bool tiled = KVA_PREFILL && c->qo_indptr &&
                            kva::take_tiled((uint64_t)rows * p.G, c->batch, KVA_PMIN, KVA_PMIN4);

@@ -57,8 +57,9 @@ inline bool take_8warps(uint64_t ctas, uint64_t slots, uint64_t vectors, uint64_
  * one m-tile's would be more CTAs than slots (24 sequences of 32 rows x 4
  * q heads: 192 CTAs of 128 vectors, 422 us on the H200, against 384 of 64
  * over two waves; with one CTA an SM, half the slots leave half the SMs
- * idle); one where its CTAs fill half of the slots (1 x 512 rows: 264 CTAs
- * of 64 vectors, 275-357 us, against 136 of 128, about one an SM, 390-400);
+ * idle); one where its CTAs fill half of the slots (1 x 512 rows, counted
+ * with the grid's empty tiles as then: 264 CTAs of 64 vectors, 275-357 us,
+ * against 136 of 128, about one an SM, 390-400);
  * two again when neither does (both split the keys). */
 inline int pick_mt(uint64_t n1, uint64_t n2, uint64_t slots1, uint64_t slots2, int occ2)
 {

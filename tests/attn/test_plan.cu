@@ -6,8 +6,10 @@
  * the way kv_attn_decode.cu does it: the tiled kernel's CTAs counted from
  * the tiles that hold query vectors (ptile_busy), 8 warps tried first
  * (one CTA an SM), then 4 (two an SM), 132 SMs.  Each workload names the
- * warps, m-tiles, splits and chunk it must get; a change of the rule that
- * moves one of them fails here, in every CI run, before any GPU sees it.
+ * warps, m-tiles, CTAs and splits it must get; a change of these
+ * functions that moves one of them fails here, in every CI run, before any
+ * GPU sees it.  How kv_attn_decode.cu wires them (busy counts, occupancy
+ * queries) is the GPU suite's to check.
  *
  * Runs without a GPU (suite unit); exit status 0 when every plan holds.
  */
@@ -31,7 +33,7 @@ static int failures, cases;
                 }                                    \
         } while (0)
 
-enum { SMS = 132, MAX_SPLITS = 1024 };
+enum { SMS = 132, MAX_SPLITS = 1024 /* kva::MAX_SPLITS, kv_attn_decode.cuh */ };
 
 struct plan {
         int pw, mt;
@@ -46,6 +48,10 @@ struct plan {
 static struct plan tiled(uint32_t batch, int32_t n, uint32_t G, uint32_t H, uint64_t max_len, bool wide)
 {
         int32_t *qo = (int32_t *)malloc((batch + 1) * sizeof *qo);
+        if (!qo) {
+                printf("test_plan: out of memory\n");
+                exit(1);
+        }
         qo[0] = 0;
         for (uint32_t b = 0; b < batch; b++)
                 qo[b + 1] = qo[b] + n;
@@ -94,8 +100,8 @@ int main(void)
          * (880fb83 counted the grid's tiles and left 128 lone CTAs of one
          * m-tile unsplit: 295 us against 134) */
         want("8 x 32 rows", tiled(8, 32, 4, 8, 4096, true), 4, 2, 64, 4);
-        /* 16 x 32: 256 CTAs of 64 vectors fill the 264 slots, 128 of 128
-         * fill half: one m-tile, no split */
+        /* 16 x 32: 256 CTAs of 64 vectors make one wave of the 264 slots
+         * (128 of 128 would fill less than half): one m-tile, no split */
         want("16 x 32 rows", tiled(16, 32, 4, 8, 4096, true), 4, 1, 256, 1);
         /* 24 x 32: 192 CTAs of 128 vectors (422 us) rather than 384 of 64
          * over two waves */
@@ -117,6 +123,10 @@ int main(void)
         /* 4 x 512 over 16896 keys: 256 busy CTAs fill two waves of 132
          * (the grid's 288 made 880fb83 split in 3: 5% slower) */
         want("4 x 512 rows, 16896 keys", tiled(4, 512, 4, 8, 16896, true), 8, 2, 256, 1);
+        /* 1 x 128 rows: enough vectors for 8-warp CTAs (512, two m-tiles)
+         * but 16 of them, far from a wave: 4 warps, split in 8 (8 warps
+         * lost 14-15% where the keys had to be split) */
+        want("1 x 128 rows", tiled(1, 128, 4, 8, 4096, true), 4, 2, 32, 8);
         /* 32/32 heads (G = 1): 2 x 128 rows: 64 CTAs of 128 vectors, split */
         want("G = 1, 2 x 128 rows", tiled(2, 128, 1, 32, 4096, true), 4, 2, 64, 4);
 
@@ -132,6 +142,10 @@ int main(void)
               (unsigned long long)d.splits);
         d = kva::plan_splits(160, 264, 4096, 4096, MAX_SPLITS);
         CHECK(d.splits == 1, "160 CTAs on 264 slots: %llu splits, want none", (unsigned long long)d.splits);
+        /* at most max_splits */
+        d = kva::plan_splits(1, 2000, 1u << 20, 4096, MAX_SPLITS);
+        CHECK(d.splits == 1024 && d.chunk == 1024, "1 CTA, 2000 slots, 1M keys: %llu splits of %u, want 1024 of 1024",
+              (unsigned long long)d.splits, d.chunk);
         /* a short sequence: at least 128 keys a split, a multiple of 64 */
         d = kva::plan_splits(1, 264, 300, 4096, MAX_SPLITS);
         CHECK(d.splits == 3 && d.chunk == 128, "1 CTA, 300 keys: %llu splits of %u, want 3 of 128",
