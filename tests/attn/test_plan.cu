@@ -94,65 +94,78 @@ int main(void)
         CHECK(kva::fills_wave(116, 132) && !kva::fills_wave(115, 132) && kva::fills_wave(128, 132),
               "fills_wave at 115, 116, 128 of 132");
 
-        /* 32/8 heads (G = 4, 8 kv heads), 4k keys: */
-        /* 8 x 32 rows: 128 vectors a sequence; 8 tiles of 128 a kv head
-         * (the grid has 16), under half the slots: two m-tiles, split in 4
-         * (880fb83 counted the grid's tiles and left 128 lone CTAs of one
-         * m-tile unsplit: 295 us against 134) */
-        want("8 x 32 rows", tiled(8, 32, 4, 8, 4096, true), 4, 2, 64, 4);
-        /* 16 x 32: 256 CTAs of 64 vectors make one wave of the 264 slots
-         * (128 of 128 would fill less than half): one m-tile, no split */
-        want("16 x 32 rows", tiled(16, 32, 4, 8, 4096, true), 4, 1, 256, 1);
-        /* 24 x 32: 192 CTAs of 128 vectors (422 us) rather than 384 of 64
-         * over two waves */
-        want("24 x 32 rows", tiled(24, 32, 4, 8, 4096, true), 4, 2, 192, 1);
-        /* 36 x 32: 288 CTAs on 264 slots, split in 4 (chunks of 1024) */
-        want("36 x 32 rows", tiled(36, 32, 4, 8, 4096, true), 4, 2, 288, 4);
-        /* 1 x 512: 128 8-warp CTAs fill a wave (270 us; as 136 CTAs of
-         * 128 vectors on 4 warps, 390-400) */
-        want("1 x 512 rows", tiled(1, 512, 4, 8, 4608, true), 8, 1, 128, 1);
-        /* 1 x 560: 144 8-warp CTAs of one m-tile (two would leave SMs
-         * idle), more than the slots: split in 4 over 4656 keys (368 us
-         * against 519 on 4 warps and two m-tiles), not at all over 660 */
-        want("1 x 560 rows, 4656 keys", tiled(1, 560, 4, 8, 4656, true), 8, 1, 144, 4);
-        want("1 x 560 rows, 660 keys", tiled(1, 560, 4, 8, 660, true), 8, 1, 144, 1);
-        /* fp4 has no 8-warp kernel: 4 warps, two m-tiles, 144 CTAs */
-        want("1 x 560 rows, fp4", tiled(1, 560, 4, 8, 4656, false), 4, 2, 144, 1);
-        /* 8 x 512: 8 warps, two m-tiles, a wave and more */
-        want("8 x 512 rows", tiled(8, 512, 4, 8, 4608, true), 8, 2, 512, 1);
-        /* 4 x 512 over 16896 keys: 256 busy CTAs fill two waves of 132
-         * (the grid's 288 made 880fb83 split in 3: 5% slower) */
-        want("4 x 512 rows, 16896 keys", tiled(4, 512, 4, 8, 16896, true), 8, 2, 256, 1);
-        /* 1 x 128 rows: enough vectors for 8-warp CTAs (512, two m-tiles)
-         * but 16 of them, far from a wave: 4 warps, split in 8 (8 warps
-         * lost 14-15% where the keys had to be split) */
-        want("1 x 128 rows", tiled(1, 128, 4, 8, 4096, true), 4, 2, 32, 8);
-        /* 32/32 heads (G = 1): 2 x 128 rows: 64 CTAs of 128 vectors, split */
-        want("G = 1, 2 x 128 rows", tiled(2, 128, 1, 32, 4096, true), 4, 2, 64, 4);
+        /* The tiled kernel's workloads, each with the plan it must get
+         * (32/8 heads unless G and H say otherwise): */
+        static const struct workload {
+                const char *what;
+                uint32_t batch;
+                int32_t rows;
+                uint32_t G, H;
+                uint64_t max_len;
+                bool wide; /* an 8-warp kernel exists (16-bit and fp8 pools at head_dim 128) */
+                int pw, mt;
+                uint64_t ctas, splits;
+        } tw[] = {
+                /* 128 vectors a sequence; 8 tiles of 128 a kv head (the grid
+                 * has 16), under half the slots: two m-tiles, split in 4
+                 * (880fb83 counted the grid's tiles and left 128 lone CTAs
+                 * of one m-tile unsplit: 295 us against 134) */
+                { "8 x 32 rows", 8, 32, 4, 8, 4096, true, 4, 2, 64, 4 },
+                /* 256 CTAs of 64 vectors make one wave of the 264 slots (128
+                 * of 128 would fill less than half): one m-tile, no split */
+                { "16 x 32 rows", 16, 32, 4, 8, 4096, true, 4, 1, 256, 1 },
+                /* 192 CTAs of 128 vectors (422 us) rather than 384 of 64 over
+                 * two waves */
+                { "24 x 32 rows", 24, 32, 4, 8, 4096, true, 4, 2, 192, 1 },
+                /* 288 CTAs on 264 slots, split in 4 (chunks of 1024) */
+                { "36 x 32 rows", 36, 32, 4, 8, 4096, true, 4, 2, 288, 4 },
+                /* 128 8-warp CTAs fill a wave (270 us; as 136 CTAs of 128
+                 * vectors on 4 warps, 390-400) */
+                { "1 x 512 rows", 1, 512, 4, 8, 4608, true, 8, 1, 128, 1 },
+                /* 144 8-warp CTAs of one m-tile (two would leave SMs idle),
+                 * more than the slots: split in 4 over 4656 keys (368 us
+                 * against 519 on 4 warps and two m-tiles), not over 660 */
+                { "1 x 560 rows, 4656 keys", 1, 560, 4, 8, 4656, true, 8, 1, 144, 4 },
+                { "1 x 560 rows, 660 keys", 1, 560, 4, 8, 660, true, 8, 1, 144, 1 },
+                /* fp4 has no 8-warp kernel: 4 warps, two m-tiles */
+                { "1 x 560 rows, fp4", 1, 560, 4, 8, 4656, false, 4, 2, 144, 1 },
+                /* 8 warps, two m-tiles, a wave and more */
+                { "8 x 512 rows", 8, 512, 4, 8, 4608, true, 8, 2, 512, 1 },
+                /* 256 busy CTAs fill two waves of 132 (the grid's 288 made
+                 * 880fb83 split in 3: 5% slower) */
+                { "4 x 512 rows, 16896 keys", 4, 512, 4, 8, 16896, true, 8, 2, 256, 1 },
+                /* enough vectors for 8-warp CTAs (512, two m-tiles) but 16 of
+                 * them, far from a wave: 4 warps, split in 8 (8 warps lost
+                 * 14-15% where the keys had to be split) */
+                { "1 x 128 rows", 1, 128, 4, 8, 4096, true, 4, 2, 32, 8 },
+                /* 32/32 heads: 64 CTAs of 128 vectors, split */
+                { "G = 1, 2 x 128 rows", 2, 128, 1, 32, 4096, true, 4, 2, 64, 4 },
+        };
+        for (const workload &w : tw)
+                want(w.what, tiled(w.batch, w.rows, w.G, w.H, w.max_len, w.wide), w.pw, w.mt, w.ctas, w.splits);
 
-        /* decode (fp8 at 2 CTAs an SM: 264 slots; CTAs = rows x kv heads) */
-        kva::split_plan d = kva::plan_splits(8, 264, 32768, 4096, MAX_SPLITS);
-        CHECK(d.splits == 32 && d.chunk == 1024, "decode B = 1 L = 32k: %llu splits of %u keys, want 32 of 1024",
-              (unsigned long long)d.splits, d.chunk);
-        d = kva::plan_splits(64, 264, 16384, 4096, MAX_SPLITS);
-        CHECK(d.splits == 4 && d.chunk == 4096, "decode B = 8 L = 16k: %llu splits of %u keys, want 4 of 4096",
-              (unsigned long long)d.splits, d.chunk);
-        d = kva::plan_splits(1024, 264, 1024, 4096, MAX_SPLITS);
-        CHECK(d.splits == 1 && d.chunk == 1024, "decode B = 128 L = 1k: %llu splits, want none",
-              (unsigned long long)d.splits);
-        d = kva::plan_splits(160, 264, 4096, 4096, MAX_SPLITS);
-        CHECK(d.splits == 1, "160 CTAs on 264 slots: %llu splits, want none", (unsigned long long)d.splits);
-        /* at most max_splits */
-        d = kva::plan_splits(1, 2000, 1u << 20, 4096, MAX_SPLITS);
-        CHECK(d.splits == 1024 && d.chunk == 1024, "1 CTA, 2000 slots, 1M keys: %llu splits of %u, want 1024 of 1024",
-              (unsigned long long)d.splits, d.chunk);
-        /* a short sequence: at least 128 keys a split, a multiple of 64 */
-        d = kva::plan_splits(1, 264, 300, 4096, MAX_SPLITS);
-        CHECK(d.splits == 3 && d.chunk == 128, "1 CTA, 300 keys: %llu splits of %u, want 3 of 128",
-              (unsigned long long)d.splits, d.chunk);
-        d = kva::plan_splits(1, 264, 0, 4096, MAX_SPLITS);
-        CHECK(d.splits == 1 && d.chunk == 64, "no keys: %llu splits of %u, want 1 of 64", (unsigned long long)d.splits,
-              d.chunk);
+        /* Splits alone: decode (fp8 at 2 CTAs an SM: 264 slots; CTAs = rows
+         * x kv heads), the max_splits clamp, short sequences (at least 128
+         * keys a split, a multiple of 64) */
+        static const struct splits_case {
+                const char *what;
+                uint64_t ctas, slots, max_len;
+                uint64_t splits;
+                uint32_t chunk;
+        } sc[] = {
+                { "decode B = 1 L = 32k", 8, 264, 32768, 32, 1024 },
+                { "decode B = 8 L = 16k", 64, 264, 16384, 4, 4096 },
+                { "decode B = 128 L = 1k", 1024, 264, 1024, 1, 1024 },
+                { "160 CTAs on 264 slots", 160, 264, 4096, 1, 4096 },
+                { "1 CTA, 2000 slots, 1M keys", 1, 2000, 1u << 20, 1024, 1024 },
+                { "1 CTA, 300 keys", 1, 264, 300, 3, 128 },
+                { "no keys", 1, 264, 0, 1, 64 },
+        };
+        for (const splits_case &c : sc) {
+                const kva::split_plan d = kva::plan_splits(c.ctas, c.slots, c.max_len, 4096, MAX_SPLITS);
+                CHECK(d.splits == c.splits && d.chunk == c.chunk, "%s: %llu splits of %u keys, want %llu of %u",
+                      c.what, (unsigned long long)d.splits, d.chunk, (unsigned long long)c.splits, c.chunk);
+        }
 
         printf("test_plan: %d checks, %d failures\n", cases, failures);
         return failures ? 1 : 0;
