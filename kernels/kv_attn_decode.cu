@@ -151,13 +151,14 @@ static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::p
 {
         int occ1 = 1, occ2 = 1, r;
         const uint64_t b1 = kva::ptile_busy(qo, batch, p.G, kva::pqv(pw, 1));
-        const uint64_t b2 = kva::ptile_busy(qo, batch, p.G, kva::pqv(pw, 2));
+        uint64_t b2 = 0; /* counted only where two m-tiles exist (a loop over the batch) */
         if ((r = kv_prefill_launch((int)dt, D, 1, pw, qlo, p, dim3(), NULL, dev, &occ1)) != 0)
                 return r;
         int mt = 1;
         if (D <= 128 && (!qlo || KVA_QLO2)) {
                 if ((r = kv_prefill_launch((int)dt, D, 2, pw, qlo, p, dim3(), NULL, dev, &occ2)) != 0)
                         return r;
+                b2 = kva::ptile_busy(qo, batch, p.G, kva::pqv(pw, 2));
                 const uint64_t slots1 = (uint64_t)(occ1 > 0 ? occ1 : 1) * sms;
                 const uint64_t slots2 = (uint64_t)(occ2 > 0 ? occ2 : 1) * sms;
                 mt = kva::pick_mt(b1 * H, b2 * H, slots1, slots2, occ2);
