@@ -277,7 +277,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 return kv_cuda_errno(r, c->op, msg, msglen);
 
         /* Extend with, on average, at least 128 query vectors (rows x q
-         * heads per kv head) per sequence takes the tiled kernel
+         * heads per kv head) per sequence, 80 with 4 or more sequences
+         * (kva::take_tiled), takes the tiled kernel
          * (kv_attn_prefill.cuh), which reads each key once per tile of 64
          * or 128 vectors instead of once per row; decode, and extend with
          * fewer, the decode kernel (one row a CTA, or 8 / G rows: p.pack
@@ -288,9 +289,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * was 1.4-2.9x slower, at 64 1.04-2.2x slower with up to 8
          * sequences and from 13% faster to 13% slower with 32 or 128 (the
          * tiled kernel as planned before the busy-tile count below; as
-         * planned now it is 12-42% faster from 80 vectors with 4 or more
-         * sequences, a band this rule does not take yet: KVA_PMIN4 is the
-         * switch, test_attn's band cases the test to run with it).  f16 q
+         * planned now it takes 4-42% less time from 80 vectors with 4 or
+         * more sequences, so there 80: KVA_PMIN4, kv_attn_plan.cuh).  f16 q
          * on a bf16-compute pool (bf16, fp4) takes the tiled kernel's exact
          * two-term q (qlo). */
         const bool qlo = (dt == KVC_DTYPE_BF16 || dt == KVC_DTYPE_FP4_E2M1) && c->elem == KVC_ELEM_F16;

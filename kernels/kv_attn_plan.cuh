@@ -17,12 +17,26 @@
 
 namespace kva {
 
+/* The defaults of take_tiled's thresholds, in query vectors a sequence on
+ * average (-D to measure: -DKVA_PMIN=1 forces the tiled kernel,
+ * -DKVA_PMIN=1000000000 the decode kernel; KVA_PMIN4 follows KVA_PMIN
+ * unless given too). */
+#ifndef KVA_PMIN
+#define KVA_PMIN 128
+#endif
+#ifndef KVA_PMIN4
+#define KVA_PMIN4 ((KVA_PMIN * 5 + 7) / 8) /* 80 of 128 */
+#endif
+
 /* Whether extend takes the tiled kernel (kv_attn_prefill.cuh) rather than
  * the decode kernel: its batch sequences average at least pmin query
  * vectors (rows x q heads of a kv head), or pmin4 where there are at least
- * 4 of them.  The launcher passes KVA_PMIN and KVA_PMIN4 (128 and, until a
- * GPU run takes it, 128 too: docs/benchmarks.md "Which kernel" measured the
- * tiled kernel 12-42% faster from 80 vectors with 4 or more sequences). */
+ * 4 of them.  The launcher passes KVA_PMIN and KVA_PMIN4, 128 and 80.  On
+ * the H200 (docs/benchmarks.md "Which kernel") the tiled kernel took
+ * 4-42% less time than the decode kernel at 80-127 vectors with 4 to 128
+ * sequences, but for 16 at 80 vectors (5% more to 5% less); with one sequence
+ * it was up to 35% slower at 64-80 and -7..+13% at 96-112, so fewer than
+ * 4 sequences keep 128. */
 inline bool take_tiled(uint64_t vectors, uint64_t batch, uint64_t pmin, uint64_t pmin4)
 {
         return vectors >= (batch >= 4 ? pmin4 : pmin) * batch;

@@ -63,12 +63,6 @@
 #ifndef KVA_PREFILL
 #define KVA_PREFILL 1   /* 0: extend runs the decode kernel per row (for measuring) */
 #endif
-#ifndef KVA_PMIN
-#define KVA_PMIN 128    /* query vectors a sequence (on average) from which extend takes this kernel */
-#endif
-#ifndef KVA_PMIN4
-#define KVA_PMIN4 KVA_PMIN /* the same with 4 or more sequences (kv_attn_plan.cuh take_tiled; 80 to measure) */
-#endif
 #ifndef KVA_PSFLOOR
 #define KVA_PSFLOOR 1024 /* keys a split at least where this kernel's launch has more CTAs than slots (kv_attn_decode.cu) */
 #endif

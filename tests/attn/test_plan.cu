@@ -89,6 +89,9 @@ int main(void)
         CHECK(kva::take_tiled(80 * 4, 4, 128, 80) && !kva::take_tiled(80 * 3, 3, 128, 80) &&
                       !kva::take_tiled(79 * 4, 4, 128, 80),
               "take_tiled with pmin4 = 80");
+        /* the launcher's defaults are those two (kv_attn_plan.cuh) */
+        CHECK(KVA_PMIN == 128 && KVA_PMIN4 == 80, "KVA_PMIN %d, KVA_PMIN4 %d: expected 128 and 80", (int)KVA_PMIN,
+              (int)KVA_PMIN4);
 
         /* a wave to within an eighth: 116 of 132 slots */
         CHECK(kva::fills_wave(116, 132) && !kva::fills_wave(115, 132) && kva::fills_wave(128, 132),

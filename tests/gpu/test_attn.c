@@ -468,8 +468,8 @@ static void packed_rows(void)
         run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 2, 4, 1, l7, q7, KVC_ELEM_BF16, 536);
         run_case(KVC_DTYPE_FP4_E2M1, 64, 16, 2, 2, 1, l7, q7, KVC_ELEM_BF16, 537);
         /* several sequences of 80 to 127 vectors (4 x 24 rows at G = 4, 8 x
-         * 44 at G = 2): packs here, the tiled kernel under -DKVA_PMIN4=80
-         * (kv_attn_plan.cuh take_tiled) */
+         * 44 at G = 2): the tiled kernel since KVA_PMIN4 is 80
+         * (kv_attn_plan.cuh take_tiled), packs with -DKVA_PMIN4=128 */
         int32_t lb[4] = { 1100, 2500, 700, 3000 }, qb[4] = { 24, 24, 24, 24 };
         run_case(KVC_DTYPE_FP8_E5M2, 128, 16, 2, 4, 4, lb, qb, KVC_ELEM_BF16, 538);
         int32_t lc[8] = { 44, 300, 1000, 45, 2047, 600, 90, 1500 }, qc[8] = { 44, 44, 44, 44, 44, 44, 44, 44 };
