@@ -139,6 +139,16 @@ static int sm_count(int dev, int *ret)
         return 0;
 }
 
+/* kv_cuda_extend_kernel's setting (kv_ops.h) */
+static std::atomic<int> extend_kernel(KV_EXTEND_AUTO);
+
+extern "C" int kv_cuda_extend_kernel(int which)
+{
+        if (which != KV_EXTEND_AUTO && which != KV_EXTEND_TILED && which != KV_EXTEND_DECODE)
+                return -EINVAL;
+        return extend_kernel.exchange(which, std::memory_order_relaxed);
+}
+
 /* The tiled extend kernel's m-tiles per warp (*ret_mt: kva::pick_mt,
  * kv_attn_plan.cuh), tiles per kv head (*ret_tiles: ptile_grid,
  * kv_attn_extend.cuh; *ret_busy of them hold query vectors: ptile_busy,
@@ -275,6 +285,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 r = sm_count(dev, &sms);
         if (r != 0)
                 return kv_cuda_errno(r, c->op, msg, msglen);
+        if (sms < 1) /* the driver reports at least one; never divide by 0 below */
+                sms = 1;
 
         /* Extend with, on average, at least 128 query vectors (rows x q
          * heads per kv head) per sequence, 80 with 4 or more sequences
@@ -290,12 +302,38 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * sequences and from 13% faster to 13% slower with 32 or 128 (the
          * tiled kernel as planned before the busy-tile count below; as
          * planned now it takes 4-42% less time from 80 vectors with 4 or
-         * more sequences, so there 80: KVA_PMIN4, kv_attn_plan.cuh).  f16 q
+         * more sequences, so there 80: KVA_PMIN4, kv_attn_plan.cuh); but
+         * not where the decode kernel's own launch would be short
+         * (kva::decode_is_short).  kv_cuda_extend_kernel (tests,
+         * benchmarks) can force either kernel.  f16 q
          * on a bf16-compute pool (bf16, fp4) takes the tiled kernel's exact
          * two-term q (qlo). */
         const bool qlo = (dt == KVC_DTYPE_BF16 || dt == KVC_DTYPE_FP4_E2M1) && c->elem == KVC_ELEM_F16;
-        const bool tiled = KVA_PREFILL && c->qo_indptr &&
-                           kva::take_tiled((uint64_t)rows * p.G, c->batch, KVA_PMIN, KVA_PMIN4);
+        const int force = extend_kernel.load(std::memory_order_relaxed);
+        /* the decode kernel's packed rows for this call (p.pack below) */
+        const uint32_t dpack =
+                KVA_DPACK && c->qo_indptr && p.G <= kva::HG / 2 && rows > c->batch ? kva::HG / p.G * p.G : 0;
+        bool tiled = KVA_PREFILL && c->qo_indptr &&
+                     (force == KV_EXTEND_TILED ||
+                      (force == KV_EXTEND_AUTO && kva::take_tiled((uint64_t)rows * p.G, c->batch, KVA_PMIN, KVA_PMIN4)));
+        /* ... unless the decode kernel's launch would be short (few keys,
+         * few CTAs), where the tiled kernel's fixed cost outweighs what it
+         * saves: the decode kernel's CTAs, splits and occupancy as it
+         * would be planned below.  A failed occupancy query leaves the
+         * tiled kernel, whose own query reports the error. */
+        if (tiled && force == KV_EXTEND_AUTO && KVA_PWORK > 0) {
+                int occd = 0, qe = -EINVAL;
+                p.pack = dpack;
+                kvk::with_dtype(dt, [&](auto t) { qe = launch_d<decltype(t)::value>(D, p, dim3(), NULL, dev, &occd); });
+                if (qe == 0) {
+                        const uint64_t hgt = (uint64_t)H * p.head_groups;
+                        const uint64_t n = dpack ? kva::ptile_busy(c->qo_indptr_host, c->batch, p.G, (int)dpack) * hgt
+                                                 : (uint64_t)rows * hgt;
+                        const kva::split_plan d = kva::plan_splits(n, (uint64_t)(occd > 0 ? occd : 1) * (uint64_t)sms,
+                                                                   max_len, 4096, (uint64_t)kva::MAX_SPLITS);
+                        tiled = !kva::decode_is_short(n * d.splits, (uint64_t)sms, d.chunk, D, KVA_PWORK);
+                }
+        }
         /* Extend on the decode kernel with at most 4 q heads a kv head and
          * more rows than sequences (speculative decoding's verification,
          * a few new rows each): a CTA takes 8 / G rows of one sequence, all
@@ -303,15 +341,11 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * only to G, so the rows share each key's copy and dequantization
          * (kv_attn_extend.cuh).  Its grid counts tiles of p.pack vectors,
          * at most one empty one a sequence (ptile_base). */
-        p.pack = KVA_DPACK && !tiled && c->qo_indptr && p.G <= kva::HG / 2 && rows > c->batch
-                         ? kva::HG / p.G * p.G
-                         : 0;
+        p.pack = tiled ? 0 : dpack;
 
         /* the plan: the kernel and its occupancy (the tiled kernel's
          * m-tiles and warps with it), then the split of the keys over the
          * CTAs it makes (kv_attn_plan.cuh) */
-        if (sms < 1) /* the driver reports at least one; never divide by 0 below */
-                sms = 1;
         r = -EINVAL;
         int mt = 0, pw = 4;  /* the tiled kernel's m-tiles per warp and warps a CTA */
         uint64_t ptiles = 0, pbusy = 0; /* and its tiles per kv head (grid.x / kv heads), those not empty */
@@ -337,7 +371,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         }
         const uint64_t slots = (uint64_t)occ * (uint64_t)sms;
         const kva::split_plan sp =
-                kva::plan_splits(ctas, slots, max_len, tiled ? KVA_PSFLOOR : 4096, (uint64_t)kva::MAX_SPLITS);
+                kva::plan_splits(ctas, slots, max_len, tiled ? KVA_PSFLOOR : 4096, (uint64_t)kva::MAX_SPLITS,
+                                 tiled ? KVA_PSMIN : 128);
         p.chunk = sp.chunk;
         p.splits = (uint32_t)sp.splits;
         p.rows = rows;

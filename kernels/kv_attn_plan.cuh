@@ -18,14 +18,16 @@
 namespace kva {
 
 /* The defaults of take_tiled's thresholds, in query vectors a sequence on
- * average (-D to measure: -DKVA_PMIN=1 forces the tiled kernel,
- * -DKVA_PMIN=1000000000 the decode kernel; KVA_PMIN4 follows KVA_PMIN
- * unless given too). */
+ * average (-D to measure; KVA_PMIN4 follows KVA_PMIN unless given too; to
+ * force either kernel, kv_cuda_extend_kernel, kv_ops.h). */
 #ifndef KVA_PMIN
 #define KVA_PMIN 128
 #endif
 #ifndef KVA_PMIN4
 #define KVA_PMIN4 ((KVA_PMIN * 5 + 7) / 8) /* 80 of 128 */
+#endif
+#ifndef KVA_PWORK
+#define KVA_PWORK 5120 /* decode_is_short's work (0: never, for measuring) */
 #endif
 
 /* Whether extend takes the tiled kernel (kv_attn_prefill.cuh) rather than
@@ -40,6 +42,25 @@ namespace kva {
 inline bool take_tiled(uint64_t vectors, uint64_t batch, uint64_t pmin, uint64_t pmin4)
 {
         return vectors >= (batch >= 4 ? pmin4 : pmin) * batch;
+}
+
+/* Where the rule above takes the tiled kernel, whether the decode kernel
+ * is taken after all because its launch would be short: ctas CTAs (splits
+ * included) on sms SMs, chunk keys each, at head_dim D, make at most
+ * work x 128 / D keys of CTA work per SM.  The tiled kernel pays about
+ * 30 us on the H200 before its first key (q tiles, several barriers a key
+ * tile, the partials of its splits and their reduction) where the decode
+ * kernel pays about 11; both then scale with the keys (x D).  Measured
+ * (docs/benchmarks.md "Which kernel", both kernels forced): the decode
+ * kernel was faster up to 4608 (one sequence of 1k keys at 128-512 vectors,
+ * 4 of 1k at 128, one of 4k at 128: 7-78%), the tiled kernel from 6144
+ * (one of 4k at 192, with fp4's 4 decode CTAs an SM: 29%; 2 of 4k at 128:
+ * 2-21%); KVA_PWORK, 5120, lies between.  chunk, D >= 1. */
+inline bool decode_is_short(uint64_t ctas, uint64_t sms, uint64_t chunk, uint64_t D, uint64_t work)
+{
+        const uint64_t per_sm = (ctas + sms - 1) / sms;
+        /* per_sm * chunk * D <= work * 128, without the product's overflow */
+        return per_sm <= work * 128 / (chunk * D);
 }
 
 /* n CTAs fill the slots to within an eighth (one CTA an SM: 116 of a
@@ -102,12 +123,13 @@ struct split_plan {
  * tiled kernel, whose CTAs work longer on each key (64 to 256 query
  * vectors), 1024 (KVA_PSFLOOR: 36 sequences of 32 rows x 4 q heads, 288
  * CTAs on 264 slots, 750 -> 613 us in 4 splits).  ctas >= 1. */
-inline split_plan plan_splits(uint64_t ctas, uint64_t slots, uint64_t max_len, uint64_t floor, uint64_t max_splits)
+inline split_plan plan_splits(uint64_t ctas, uint64_t slots, uint64_t max_len, uint64_t floor, uint64_t max_splits,
+                              uint64_t least = 128)
 {
         uint64_t splits = 1;
-        if (2 * ctas <= slots && max_len > 128) {
+        if (2 * ctas <= slots && max_len > least) {
                 splits = slots / ctas;
-                const uint64_t most = (max_len + 127) / 128;
+                const uint64_t most = (max_len + least - 1) / least;
                 if (splits > most)
                         splits = most;
                 if (splits > max_splits)

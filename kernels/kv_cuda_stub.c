@@ -47,3 +47,10 @@ int kv_cuda_available(void)
 {
         return 0;
 }
+
+/* Returns -ENOSYS: no kernels to choose between. */
+int kv_cuda_extend_kernel(int which)
+{
+        (void)which;
+        return -ENOSYS;
+}

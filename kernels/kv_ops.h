@@ -42,6 +42,14 @@ int kv_cuda_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a
 int kv_cuda_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *stream, char *msg, size_t msglen);
 int kv_cuda_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a, void *stream, char *msg, size_t msglen);
 
+/* Which kernel kv_cuda_extend takes, process-wide: KV_EXTEND_AUTO (the
+ * launcher's rule, kernels/kv_attn_plan.cuh), or always the tiled kernel or
+ * always the decode kernel, so that tests and benchmarks can run both on the
+ * same call (libkvclient never sets it).  Returns the previous setting, or
+ * -EINVAL for another value (nothing changed), -ENOSYS without CUDA. */
+enum kv_extend_kernel { KV_EXTEND_AUTO = 0, KV_EXTEND_TILED = 1, KV_EXTEND_DECODE = 2 };
+int kv_cuda_extend_kernel(int which);
+
 /* 1 if this build has CUDA kernels and at least one device is usable. */
 int kv_cuda_available(void);
 

@@ -72,6 +72,25 @@ static struct plan tiled(uint32_t batch, int32_t n, uint32_t G, uint32_t H, uint
         return r;
 }
 
+/* Whether the launcher's work rule (kva::decode_is_short) hands batch
+ * sequences of n rows over max_len keys (G q heads a kv head, H kv heads,
+ * head_dim D) back to the decode kernel, as kv_attn_decode.cu works it out:
+ * packs of 8 / G rows where G <= 4, else a row a CTA; occ decode CTAs an SM
+ * (2 for 16-bit and fp8 pools at head_dim 128 on the H200, 4 for fp4). */
+static bool decode_short(uint32_t batch, int32_t n, uint32_t G, uint32_t H, uint64_t max_len, uint64_t D, int occ)
+{
+        uint64_t ctas = (uint64_t)batch * (uint64_t)n * H;
+        if (G <= 4) {
+                const int pack = 8 / (int)G * (int)G;
+                ctas = 0;
+                for (uint32_t b = 0; b < batch; b++)
+                        ctas += ((uint64_t)n * G + pack - 1) / pack;
+                ctas *= H;
+        }
+        const kva::split_plan d = kva::plan_splits(ctas, (uint64_t)occ * SMS, max_len, 4096, MAX_SPLITS);
+        return kva::decode_is_short(ctas * d.splits, SMS, d.chunk, D, KVA_PWORK);
+}
+
 static void want(const char *what, struct plan got, int pw, int mt, uint64_t ctas, uint64_t splits)
 {
         CHECK(got.pw == pw && got.mt == mt && got.ctas == ctas && got.splits == splits,
@@ -92,6 +111,35 @@ int main(void)
         /* the launcher's defaults are those two (kv_attn_plan.cuh) */
         CHECK(KVA_PMIN == 128 && KVA_PMIN4 == 80, "KVA_PMIN %d, KVA_PMIN4 %d: expected 128 and 80", (int)KVA_PMIN,
               (int)KVA_PMIN4);
+
+        /* The work rule on the shapes it was measured on (docs/benchmarks.md
+         * "Which kernel"; B x P x N: B sequences of P cached keys and N new
+         * rows, 8 kv heads, head_dim 128): the decode kernel where it was
+         * the faster one, the tiled kernel where that was */
+        static const struct short_case {
+                const char *what;
+                uint32_t batch;
+                int32_t rows;
+                uint32_t G;
+                uint64_t keys;
+                int occ;
+                bool decode;
+        } wc[] = {
+                { "1 x 1008 x 32", 1, 32, 4, 1040, 2, true },       { "1 x 1024 x 64", 1, 64, 4, 1088, 2, true },
+                { "1 x 1024 x 128", 1, 128, 4, 1152, 2, true },     { "1 x 1024 x 128, fp4", 1, 128, 4, 1152, 4, true },
+                { "2 x 1008 x 48", 2, 48, 4, 1056, 2, true },       { "4 x 1008 x 32", 4, 32, 4, 1040, 2, true },
+                { "1 x 4064 x 32", 1, 32, 4, 4096, 2, true },       { "1 x 4080 x 16, G = 8", 1, 16, 8, 4096, 2, true },
+                { "1 x 4048 x 48", 1, 48, 4, 4096, 2, false },      { "1 x 4048 x 48, fp4", 1, 48, 4, 4096, 4, false },
+                { "1 x 4072 x 24, G = 8", 1, 24, 8, 4096, 2, false }, { "2 x 4064 x 32", 2, 32, 4, 4096, 2, false },
+                { "3 x 4064 x 32", 3, 32, 4, 4096, 2, false },      { "4 x 4076 x 20", 4, 20, 4, 4096, 2, false },
+                { "32 x 1000 x 24", 32, 24, 4, 1024, 2, false },    { "1 x 16352 x 32", 1, 32, 4, 16384, 2, false },
+                { "1 x 3968 x 128", 1, 128, 4, 4096, 2, false },    { "8 x 4064 x 32", 8, 32, 4, 4096, 2, false },
+        };
+        for (const short_case &c : wc)
+                CHECK(decode_short(c.batch, c.rows, c.G, 8, c.keys, 128, c.occ) == c.decode,
+                      "%s: the work rule takes the %s kernel, want the %s one", c.what, c.decode ? "tiled" : "decode",
+                      c.decode ? "decode" : "tiled");
+        CHECK(KVA_PWORK == 5120, "KVA_PWORK %d, expected 5120", (int)KVA_PWORK);
 
         /* a wave to within an eighth: 116 of 132 slots */
         CHECK(kva::fills_wave(116, 132) && !kva::fills_wave(115, 132) && kva::fills_wave(128, 132),

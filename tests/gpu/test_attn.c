@@ -23,6 +23,10 @@ static int failures, cases;
 static uint32_t q_shift;
 /* the cases' softmax scale is sm_mul / sqrt(head_dim) */
 static float sm_mul = 1.0f;
+/* run_case's extend calls take this kernel (kv_cuda_extend_kernel); with
+ * KV_EXTEND_AUTO, the launcher's choice, each case runs a second time on
+ * the decode kernel, which takes any extend call */
+static int ext_kernel = KV_EXTEND_AUTO;
 static double worst;
 
 struct apool {
@@ -209,7 +213,7 @@ static void run_case(enum kvc_dtype d, uint32_t D, uint32_t ps, uint32_t H, uint
         CK(cudaMemset(dout, 0xFF, n * 2)); /* NaN in bf16 and f16 */
         struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
         const float sm = sm_mul / sqrtf((float)D);
-        int rc, rr;
+        int rc, rr, passes = 1;
 
         if (!qn) {
                 struct kvc_decode_args a = { .q = dq, .out = dout, .elem = e, .page_table = dpt, .max_pages = maxp,
@@ -227,7 +231,6 @@ static void run_case(enum kvc_dtype d, uint32_t D, uint32_t ps, uint32_t H, uint
                                              .qo_indptr_host = indptr, .page_table = dpt, .max_pages = maxp,
                                              .seq_lens = dlens, .seq_lens_host = lens, .batch = B,
                                              .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
-                rc = kv_cuda_extend(&dv, &a, NULL, msg, sizeof msg);
                 struct kvc_extend_args h = a;
                 h.q = q;
                 h.out = ref;
@@ -235,13 +238,32 @@ static void run_case(enum kvc_dtype d, uint32_t D, uint32_t ps, uint32_t H, uint
                 h.page_table = pt;
                 h.seq_lens = lens;
                 rr = kv_ref_extend(&hv, &h, msg, sizeof msg);
+                EXPECT(rr == 0, "%s: kv_ref_extend returned %d: %s", what, rr, msg);
+                passes = ext_kernel == KV_EXTEND_AUTO ? 2 : 1;
+                for (int pass = 0; pass < passes; pass++) {
+                        const int k = pass == 0 ? ext_kernel : KV_EXTEND_DECODE;
+                        char kw[240];
+                        snprintf(kw, sizeof kw, "%s kernel=%s", what,
+                                 k == KV_EXTEND_AUTO ? "auto" : k == KV_EXTEND_TILED ? "tiled" : "decode");
+                        CK(cudaMemset(dout, 0xFF, n * 2));
+                        EXPECT(kv_cuda_extend_kernel(k) >= 0, "%s: kv_cuda_extend_kernel(%d) failed", kw, k);
+                        rc = kv_cuda_extend(&dv, &a, NULL, msg, sizeof msg);
+                        kv_cuda_extend_kernel(KV_EXTEND_AUTO);
+                        EXPECT(rc == 0, "%s: kv_cuda_extend returned %d: %s", kw, rc, msg);
+                        CK(cudaDeviceSynchronize());
+                        CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
+                        if (rc == 0 && rr == 0)
+                                compare(kw, got, ref, e, rows, Hq, D);
+                }
         }
-        EXPECT(rc == 0, "%s: kv_cuda_* returned %d: %s", what, rc, msg);
-        EXPECT(rr == 0, "%s: kv_ref_* returned %d: %s", what, rr, msg);
-        CK(cudaDeviceSynchronize());
-        CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
-        if (rc == 0 && rr == 0)
-                compare(what, got, ref, e, rows, Hq, D);
+        if (!qn) {
+                EXPECT(rc == 0, "%s: kv_cuda_decode returned %d: %s", what, rc, msg);
+                EXPECT(rr == 0, "%s: kv_ref_decode returned %d: %s", what, rr, msg);
+                CK(cudaDeviceSynchronize());
+                CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
+                if (rc == 0 && rr == 0)
+                        compare(what, got, ref, e, rows, Hq, D);
+        }
 
         cudaFree(dqbuf);
         cudaFree(dout);
@@ -334,6 +356,9 @@ static void prefill_tiles(void)
         static const uint32_t Ds[] = { 64, 128, 256 }, pss[] = { 16, 1, 48 }, Gs[] = { 4, 1, 3, 8, 5 };
         uint64_t seed = 300;
 
+        /* every case here on the tiled kernel: the launcher hands the
+         * short ones (few keys) to the decode kernel (kva::decode_is_short) */
+        ext_kernel = KV_EXTEND_TILED;
         for (int di = 0; di < 5; di++) {
                 for (int hi = 0; hi < 3; hi++) {
                         const uint32_t D = Ds[hi], ps = pss[(di + hi) % 3], G = Gs[(di + 2 * hi) % 5];
@@ -429,6 +454,7 @@ static void prefill_tiles(void)
         run_case(KVC_DTYPE_BF16, 64, 16, 2, 4, 2, l2, q2, KVC_ELEM_BF16, 427);
         run_case(KVC_DTYPE_FP16, 128, 16, 2, 4, 2, l2, NULL, KVC_ELEM_F16, 428); /* decode */
         sm_mul = 1.0f;
+        ext_kernel = KV_EXTEND_AUTO;
 }
 
 /* Extend with a few new rows per sequence and at most 4 q heads a kv head:
@@ -722,9 +748,11 @@ static void bad_page(void)
         /* the tiled extend kernel (600 rows x 4 q heads): its key mask with
          * one copy thread per row (D = 64, 64-key tiles) and two (D = 128,
          * 32-key tiles); the bad page mid-tile and on a tile's first keys */
+        kv_cuda_extend_kernel(KV_EXTEND_TILED); /* 1000 keys: auto would take the decode kernel */
         bad_pages_extend(KVC_DTYPE_FP8_E4M3, 64, 1000, 600, 10, 4245);
         bad_pages_extend(KVC_DTYPE_BF16, 128, 1000, 600, 6, 4246);
         bad_pages_extend(KVC_DTYPE_FP4_E2M1, 128, 1000, 600, 17, 4247);
+        kv_cuda_extend_kernel(KV_EXTEND_AUTO);
         /* 5 rows x 4 q heads: the decode kernel, two rows a CTA */
         bad_pages_extend(KVC_DTYPE_FP8_E5M2, 128, 1000, 5, 3, 4248);
         bad_pages_extend(KVC_DTYPE_FP4_E2M1, 64, 300, 5, 12, 4249);
