@@ -291,6 +291,13 @@ extern "C" int shim_decode(void *h, int layer, uint64_t q_dev, uint64_t out_dev,
         return kv_cuda_decode(&dv, &a, (void *)stream, errbuf, sizeof errbuf);
 }
 
+/* kv_cuda_extend_kernel (kv_ops.h): 0 the launcher's rule, 1 the tiled
+ * kernel, 2 the decode kernel for every extend call; the previous setting. */
+extern "C" int shim_extend_kernel(int which)
+{
+        return kv_cuda_extend_kernel(which);
+}
+
 extern "C" int shim_extend(void *h, int layer, uint64_t q_dev, uint64_t out_dev, int elem, uint64_t indptr_dev,
                            const int32_t *indptr_host, uint64_t pt_dev, int max_pages, uint64_t lens_dev,
                            const int32_t *lens_host, int B, int Hq, float sm_scale, uint64_t stream)

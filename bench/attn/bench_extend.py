@@ -19,7 +19,9 @@ to SDPA's time.  SDPA is given q [B, Hq, N, D] and K/V [B, kv, P+N, D]
 what a dense-cache engine would run for the same step (--no-sdpa leaves it
 out).  Several libraries (--lib A,B: e.g. two builds of the kernels with
 different switches) run in the same process, each shape and dtype timed on
-each in turn, their rows labelled dtype@index.
+each in turn, their rows labelled dtype@index.  --kernel tiled,decode times
+every row with each kernel forced (kv_cuda_extend_kernel; auto is the
+launcher's choice), rows labelled dtype/kernel.
 """
 import argparse
 import ctypes
@@ -47,7 +49,13 @@ def main():
     ap.add_argument("--q", choices=["bf16", "f16"], default="bf16",
                     help="q/out type (f16 over a bf16 or fp4 pool takes the two-term q kernels)")
     ap.add_argument("--no-sdpa", action="store_true", help="time the library only")
+    ap.add_argument("--kernel", default="auto",
+                    help="comma-separated: auto (the launcher's choice), tiled, decode (default %(default)s)")
     args = ap.parse_args()
+    kmodes = {"auto": 0, "tiled": 1, "decode": 2}
+    kernels = args.kernel.split(",")
+    if not kernels or any(k not in kmodes for k in kernels):
+        sys.exit("--kernel: want auto, tiled or decode, comma-separated, got %r" % args.kernel)
     paths = args.lib.split(",") if args.lib else []
     for a in paths:
         # find_lib falls back to a default build; a typo in a side-by-side
@@ -57,6 +65,8 @@ def main():
     libs = [load(find_lib(a)) for a in paths] if paths else [load(find_lib(None))]
     u64, i32, f32, p = ctypes.c_uint64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
     for lib in libs:
+        if kernels != ["auto"] and not hasattr(lib, "shim_extend_kernel"):
+            sys.exit("--kernel: this libkvattn_shim.so has no shim_extend_kernel (a build before it)")
         lib.shim_extend.argtypes = [p, i32, u64, u64, i32, u64, ctypes.POINTER(ctypes.c_int32), u64, i32, u64,
                                     ctypes.POINTER(ctypes.c_int32), i32, i32, f32, u64]
     Hq, H = parse_heads(args.heads)
@@ -132,9 +142,14 @@ def main():
         indptr = torch.tensor(ind, dtype=torch.int32, device="cuda")
         ind_host = (ctypes.c_int32 * (B + 1))(*ind)
         out = torch.empty(B * N, Hq, D, dtype=qt, device="cuda")
-        for (name, _, bits), li in ((d, li) for d in dtypes for li in range(len(libs))):
+        for (name, _, bits), li, km in ((d, li, km) for d in dtypes for li in range(len(libs)) for km in kernels):
             lib, pool = libs[li], pools[(li, name)]
             label = name if len(libs) == 1 else "%s@%d" % (name, li)
+            if len(kernels) > 1:
+                label += "/" + km
+            if km != "auto" or kernels != ["auto"]:
+                if lib.shim_extend_kernel(kmodes[km]) < 0:
+                    sys.exit("shim_extend_kernel(%s) failed" % km)
 
             def run():
                 r = lib.shim_extend(pool, 0, q.data_ptr(), out.data_ptr(), elem, indptr.data_ptr(), ind_host,
