@@ -153,11 +153,11 @@ extern "C" int kv_cuda_extend_kernel(int which)
  * kv_attn_plan.cuh), tiles per kv head (*ret_tiles: ptile_grid,
  * kv_attn_extend.cuh; *ret_busy of them hold query vectors: ptile_busy,
  * from qo, the host copy of qo_indptr) and CTAs per SM (*ret_occ) for CTAs
- * of pw warps.  The two-term q kernels (qlo) follow the same rule
+ * of pw warps over sequences of at most max_len keys.  The two-term q kernels (qlo) follow the same rule
  * (-DKVA_QLO2=0: one m-tile, for measuring). */
 static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::params &p, const int32_t *qo,
-                   uint32_t rows, uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, uint64_t *ret_tiles,
-                   uint64_t *ret_busy, int *ret_occ)
+                   uint32_t rows, uint32_t batch, uint32_t H, uint32_t max_len, int dev, int sms, int *ret_mt,
+                   uint64_t *ret_tiles, uint64_t *ret_busy, int *ret_occ)
 {
         int occ1 = 1, occ2 = 1, r;
         const uint64_t b1 = kva::ptile_busy(qo, batch, p.G, kva::pqv(pw, 1));
@@ -171,7 +171,11 @@ static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::p
                 b2 = kva::ptile_busy(qo, batch, p.G, kva::pqv(pw, 2));
                 const uint64_t slots1 = (uint64_t)(occ1 > 0 ? occ1 : 1) * sms;
                 const uint64_t slots2 = (uint64_t)(occ2 > 0 ? occ2 : 1) * sms;
-                mt = kva::pick_mt(b1 * H, b2 * H, slots1, slots2, occ2);
+                const uint64_t qv2 = (uint64_t)kva::pqv(pw, 2);
+                const uint64_t e2 = ((uint64_t)rows * p.G + qv2 - 1) / qv2 * H;
+                /* whether one m-tile's launch may split its keys (kva::plan_splits) */
+                const bool split1 = max_len / 2 >= KVA_PSFLOOR;
+                mt = kva::pick_mt(b1 * H, b2 * H, e2, slots1, slots2, occ2, split1);
                 if (KVA_PFORCE_MT)
                         mt = KVA_PFORCE_MT;
         }
@@ -186,13 +190,14 @@ static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::p
  * them, kva::pwide, and kva::take_8warps says so, else 4) and plan_mt's
  * four for them. */
 static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params &p, const int32_t *qo,
-                      uint32_t rows, uint32_t batch, uint32_t H, int dev, int sms, int *ret_mt, int *ret_pw,
-                      uint64_t *ret_tiles, uint64_t *ret_busy, int *ret_occ)
+                      uint32_t rows, uint32_t batch, uint32_t H, uint32_t max_len, int dev, int sms, int *ret_mt,
+                      int *ret_pw, uint64_t *ret_tiles, uint64_t *ret_busy, int *ret_occ)
 {
         int mt = 0, occ = 1, r;
         uint64_t tiles = 0, busy = 0;
         if (kva::pwide((int)dt, (int)D, qlo)) {
-                if ((r = plan_mt(dt, D, qlo, 8, p, qo, rows, batch, H, dev, sms, &mt, &tiles, &busy, &occ)) != 0)
+                r = plan_mt(dt, D, qlo, 8, p, qo, rows, batch, H, max_len, dev, sms, &mt, &tiles, &busy, &occ);
+                if (r != 0)
                         return r;
                 if (KVA_PW == 8 || kva::take_8warps(busy * H, (uint64_t)(occ > 0 ? occ : 1) * sms,
                                                     (uint64_t)rows * p.G, batch, kva::pqv(8, mt))) {
@@ -200,7 +205,7 @@ static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params
                         return 0;
                 }
         }
-        if ((r = plan_mt(dt, D, qlo, 4, p, qo, rows, batch, H, dev, sms, &mt, &tiles, &busy, &occ)) != 0)
+        if ((r = plan_mt(dt, D, qlo, 4, p, qo, rows, batch, H, max_len, dev, sms, &mt, &tiles, &busy, &occ)) != 0)
                 return r;
         *ret_mt = mt, *ret_pw = 4, *ret_tiles = tiles, *ret_busy = busy, *ret_occ = occ;
         return 0;
@@ -313,18 +318,22 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         /* the decode kernel's packed rows for this call (p.pack below) */
         const uint32_t dpack =
                 KVA_DPACK && c->qo_indptr && p.G <= kva::HG / 2 && rows > c->batch ? kva::HG / p.G * p.G : 0;
+        const bool many = kva::take_tiled((uint64_t)rows * p.G, c->batch, KVA_PMIN, KVA_PMIN4);
         bool tiled = KVA_PREFILL && c->qo_indptr &&
-                     (force == KV_EXTEND_TILED ||
-                      (force == KV_EXTEND_AUTO && kva::take_tiled((uint64_t)rows * p.G, c->batch, KVA_PMIN, KVA_PMIN4)));
+                     (force == KV_EXTEND_TILED || (force == KV_EXTEND_AUTO && many));
         /* ... unless the decode kernel's launch would be short (few keys,
          * few CTAs), where the tiled kernel's fixed cost outweighs what it
          * saves: the decode kernel's CTAs, splits and occupancy as it
          * would be planned below.  A failed occupancy query leaves the
-         * tiled kernel, whose own query reports the error. */
+         * tiled kernel, whose own query reports its errors: this one's is
+         * taken off the thread (cudaGetLastError) so that it is not
+         * reported for a launch that worked. */
         if (tiled && force == KV_EXTEND_AUTO && KVA_PWORK > 0) {
                 int occd = 0, qe = -EINVAL;
                 p.pack = dpack;
                 kvk::with_dtype(dt, [&](auto t) { qe = launch_d<decltype(t)::value>(D, p, dim3(), NULL, dev, &occd); });
+                if (qe > 0)
+                        (void)cudaGetLastError();
                 if (qe == 0) {
                         const uint64_t hgt = (uint64_t)H * p.head_groups;
                         const uint64_t n = dpack ? kva::ptile_busy(c->qo_indptr_host, c->batch, p.G, (int)dpack) * hgt
@@ -350,8 +359,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         int mt = 0, pw = 4;  /* the tiled kernel's m-tiles per warp and warps a CTA */
         uint64_t ptiles = 0, pbusy = 0; /* and its tiles per kv head (grid.x / kv heads), those not empty */
         if (tiled)
-                r = plan_tiles(dt, D, qlo, p, c->qo_indptr_host, rows, c->batch, H, dev, sms, &mt, &pw, &ptiles,
-                               &pbusy, &occ);
+                r = plan_tiles(dt, D, qlo, p, c->qo_indptr_host, rows, c->batch, H, max_len, dev, sms, &mt, &pw,
+                               &ptiles, &pbusy, &occ);
         else if (!kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, dim3(), NULL, dev, &occ); }))
                 r = -EINVAL;
         if (r < 0)

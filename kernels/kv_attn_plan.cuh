@@ -24,7 +24,7 @@ namespace kva {
 #define KVA_PMIN 128
 #endif
 #ifndef KVA_PMIN4
-#define KVA_PMIN4 ((KVA_PMIN * 5 + 7) / 8) /* 80 of 128 */
+#define KVA_PMIN4 (((uint64_t)(KVA_PMIN) * 5 + 7) / 8) /* 80 of 128 */
 #endif
 #ifndef KVA_PWORK
 #define KVA_PWORK 5120 /* decode_is_short's work (0: never, for measuring) */
@@ -55,7 +55,7 @@ inline bool take_tiled(uint64_t vectors, uint64_t batch, uint64_t pmin, uint64_t
  * kernel was faster up to 4608 (one sequence of 1k keys at 128-512 vectors,
  * 4 of 1k at 128, one of 4k at 128: 7-78%), the tiled kernel from 6144
  * (one of 4k at 192, with fp4's 4 decode CTAs an SM: 29%; 2 of 4k at 128:
- * 2-21%); KVA_PWORK, 5120, lies between.  chunk, D >= 1. */
+ * 2-24%); KVA_PWORK, 5120, lies between.  chunk, D >= 1. */
 inline bool decode_is_short(uint64_t ctas, uint64_t sms, uint64_t chunk, uint64_t D, uint64_t work)
 {
         const uint64_t per_sm = (ctas + sms - 1) / sms;
@@ -82,23 +82,32 @@ inline bool take_8warps(uint64_t ctas, uint64_t slots, uint64_t vectors, uint64_
         return fills_wave(ctas, slots) && vectors >= batch * qv;
 }
 
-/* The tiled kernel's m-tiles per warp, from n1 and n2, the busy CTAs with
- * one and two m-tiles, their slots, and occ2, the CTAs per SM of the
- * two-m-tile kernel.  Two m-tiles (twice the query vectors a CTA) read
- * each K/V fragment from shared memory once for two mmas but make half as
- * many CTAs, and a CTA holds an SM's tensor cores only while the CTAs
- * beside it wait for their tiles.  So two where their CTAs fill a wave;
- * or, where two of them fit an SM, where they fill half of the slots while
- * one m-tile's would be more CTAs than slots (24 sequences of 32 rows x 4
- * q heads: 192 CTAs of 128 vectors, 422 us on the H200, against 384 of 64
- * over two waves; with one CTA an SM, half the slots leave half the SMs
- * idle); one where its CTAs fill half of the slots (1 x 512 rows, counted
- * with the grid's empty tiles as then: 264 CTAs of 64 vectors, 275-357 us,
- * against 136 of 128, about one an SM, 390-400);
- * two again when neither does (both split the keys). */
-inline int pick_mt(uint64_t n1, uint64_t n2, uint64_t slots1, uint64_t slots2, int occ2)
+/* The tiled kernel's m-tiles per warp.  n1, n2: the busy CTAs with one and
+ * two m-tiles; e2: the two-m-tile CTAs the vectors would fill (each kv
+ * head's vectors over a CTA's, rounded up once for the batch, so that half
+ * full tiles count half); slots1, slots2: their slots; occ2: two-m-tile
+ * CTAs per SM; split1: one m-tile's launch may split its keys
+ * (plan_splits' floor fits twice).  Two m-tiles (twice the query vectors a
+ * CTA) read each K/V fragment from shared memory once for two mmas but make
+ * half as many CTAs, and a CTA holds an SM's tensor cores only while the
+ * CTAs beside it wait for their tiles.  Measured on the H200
+ * (docs/benchmarks.md "Which kernel, and how the tiled kernel is planned"):
+ * - two where their CTAs fill a wave;
+ * - two where two of them fit an SM, one m-tile's CTAs would be more than
+ *   the slots, and e2 fills 7/10 of the slots (24 sequences of 32 rows x 4
+ *   q heads: 192 full CTAs, 422 us, against 384 of 64 vectors over two
+ *   waves; fp4 at 1 x 4096 x 800: 200, 399 against 469 us), but one below
+ *   that (fp4 at 1 x 4096 x 560: 144, 452 against 337 us; 12 x 4048 x 48:
+ *   192 of which 96 half full, 399 against 334), where one m-tile splits;
+ *   without split1, half the slots as before (12 x 992 x 48, f16 q: 150 us
+ *   with two, 178 with one, whose second wave is almost empty);
+ * - two where one m-tile's CTAs fill under half the slots (both split);
+ * - else one (1 x 512 rows: 264 CTAs of 64 vectors, 275-357 us, against 136
+ *   of 128, about one an SM, 390-400). */
+inline int pick_mt(uint64_t n1, uint64_t n2, uint64_t e2, uint64_t slots1, uint64_t slots2, int occ2, bool split1)
 {
-        if (fills_wave(n2, slots2) || (occ2 >= 2 && n1 > slots1 && 2 * n2 >= slots2) || 2 * n1 < slots1)
+        const bool half = split1 ? 10 * e2 >= 7 * slots2 : 2 * n2 >= slots2;
+        if (fills_wave(n2, slots2) || (occ2 >= 2 && n1 > slots1 && half) || 2 * n1 < slots1)
                 return 2;
         return 1;
 }

@@ -45,8 +45,10 @@ int kv_cuda_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a
 /* Which kernel kv_cuda_extend takes, process-wide: KV_EXTEND_AUTO (the
  * launcher's rule, kernels/kv_attn_plan.cuh), or always the tiled kernel or
  * always the decode kernel, so that tests and benchmarks can run both on the
- * same call (libkvclient never sets it).  Returns the previous setting, or
- * -EINVAL for another value (nothing changed), -ENOSYS without CUDA. */
+ * same call (libkvclient never sets it).  It applies to the calls that
+ * start after it is set, in every thread; restore the value it returns when
+ * done.  Returns the previous setting, or -EINVAL for another value
+ * (nothing changed), -ENOSYS without CUDA. */
 enum kv_extend_kernel { KV_EXTEND_AUTO = 0, KV_EXTEND_TILED = 1, KV_EXTEND_DECODE = 2 };
 int kv_cuda_extend_kernel(int which);
 

@@ -21,7 +21,7 @@ out).  Several libraries (--lib A,B: e.g. two builds of the kernels with
 different switches) run in the same process, each shape and dtype timed on
 each in turn, their rows labelled dtype@index.  --kernel tiled,decode times
 every row with each kernel forced (kv_cuda_extend_kernel; auto is the
-launcher's choice), rows labelled dtype/kernel.
+launcher's choice), rows labelled dtype/kernel whenever --kernel is given.
 """
 import argparse
 import ctypes
@@ -54,8 +54,8 @@ def main():
     args = ap.parse_args()
     kmodes = {"auto": 0, "tiled": 1, "decode": 2}
     kernels = args.kernel.split(",")
-    if not kernels or any(k not in kmodes for k in kernels):
-        sys.exit("--kernel: want auto, tiled or decode, comma-separated, got %r" % args.kernel)
+    if not kernels or any(k not in kmodes for k in kernels) or len(set(kernels)) != len(kernels):
+        sys.exit("--kernel: want auto, tiled or decode, comma-separated, each once, got %r" % args.kernel)
     paths = args.lib.split(",") if args.lib else []
     for a in paths:
         # find_lib falls back to a default build; a typo in a side-by-side
@@ -105,7 +105,7 @@ def main():
     print("Hq/kv/D = %d/%d/%d, page %d, %s q/out (SDPA: %s K/V), median of %d runs, cold L2 (flush: %s)"
           % (Hq, H, D, ps, args.q, args.q, args.reps, args.flush))
     print()
-    hdr = "%4s %6s %5s %-11s %9s %7s %7s %8s" % ("B", "P", "N", "kv", "time_us", "TFLOP/s", "KV TB/s", "vs_sdpa")
+    hdr = "%4s %6s %5s %-18s %9s %7s %7s %8s" % ("B", "P", "N", "kv", "time_us", "TFLOP/s", "KV TB/s", "vs_sdpa")
     print(hdr)
     print("-" * len(hdr))
     sys.stdout.flush()
@@ -131,7 +131,7 @@ def main():
                 sdpa = lambda: F.scaled_dot_product_attention(q4, k, v, attn_mask=mask)  # noqa: E731
                 how = "rep"
             t_sdpa = timer.median_us(sdpa)
-            print("%4d %6d %5d %-11s %9.1f %7.1f %7.2f %8s" % (B, P, N, "sdpa-" + how, t_sdpa, flops / t_sdpa / 1e6,
+            print("%4d %6d %5d %-18s %9.1f %7.1f %7.2f %8s" % (B, P, N, "sdpa-" + how, t_sdpa, flops / t_sdpa / 1e6,
                                                              2 * B * H * L * D * 2 / t_sdpa / 1e6, "1.000x"))
             del k, v
         pages = B * L // ps
@@ -145,9 +145,8 @@ def main():
         for (name, _, bits), li, km in ((d, li, km) for d in dtypes for li in range(len(libs)) for km in kernels):
             lib, pool = libs[li], pools[(li, name)]
             label = name if len(libs) == 1 else "%s@%d" % (name, li)
-            if len(kernels) > 1:
+            if kernels != ["auto"]:
                 label += "/" + km
-            if km != "auto" or kernels != ["auto"]:
                 if lib.shim_extend_kernel(kmodes[km]) < 0:
                     sys.exit("shim_extend_kernel(%s) failed" % km)
 
@@ -162,7 +161,7 @@ def main():
                 sys.exit("NaN in the output of %s" % label)
             kv = B * L * H * D * bits // 8 * 2 + (B * L * H * (D // 16) * 2 if bits == 4 else 0)
             ratio = "%7.3fx" % (t_sdpa / t) if t_sdpa else "%8s" % "-"
-            print("%4d %6d %5d %-11s %9.1f %7.1f %7.2f %s" % (B, P, N, label, t, flops / t / 1e6, kv / t / 1e6,
+            print("%4d %6d %5d %-18s %9.1f %7.1f %7.2f %s" % (B, P, N, label, t, flops / t / 1e6, kv / t / 1e6,
                                                              ratio))
             sys.stdout.flush()
         del pt, lens, indptr, out, q

@@ -247,10 +247,12 @@ struct kvc_extend_args {
 /* Extend (chunked-prefill) attention: query i of sequence b sits at position
  * seq_len[b] - n_b + i and attends causally to positions <= its own.  On a
  * CUDA pool a call whose sequences average at least 128 query vectors (new
- * rows x q heads per kv head) runs a tiled kernel that reads and
- * dequantizes each key once per 64 to 256 of them; fewer rows run the
- * decode kernel, once per 8 / G rows of a sequence where a kv head has G <=
- * 4 q heads, else once per row (docs/benchmarks.md, "Extend attention"). */
+ * rows x q heads per kv head; 80 with 4 or more sequences) runs a tiled
+ * kernel that reads and dequantizes each key once per 64 to 256 of them,
+ * unless the decode kernel would finish it in a short launch (few keys and
+ * CTAs); fewer rows run the decode kernel, once per 8 / G rows of a
+ * sequence where a kv head has G <= 4 q heads, else once per row
+ * (docs/benchmarks.md, "Extend attention"). */
 int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
 
 /* Names: "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"; NULL if unknown. */

@@ -1,5 +1,6 @@
 /* test_plan.cu - the attention launcher's plan (kv_attn_plan.cuh:
- * fills_wave, take_8warps, pick_mt, plan_splits) on the CPU.
+ * take_tiled, decode_is_short, fills_wave, take_8warps, pick_mt,
+ * plan_splits) on the CPU.
  *
  * Which extend kernel (take_tiled), and the plans the H200 measured best (docs/benchmarks.md "Which kernel, and
  * how the tiled kernel is planned" and "Decode attention"), worked out here
@@ -60,7 +61,8 @@ static struct plan tiled(uint32_t batch, int32_t n, uint32_t G, uint32_t H, uint
                 const int occ = pw == 8 ? 1 : 2;
                 const uint64_t slots = (uint64_t)occ * SMS;
                 const uint64_t b1 = kva::ptile_busy(qo, batch, G, pw * 16), b2 = kva::ptile_busy(qo, batch, G, pw * 32);
-                const int mt = kva::pick_mt(b1 * H, b2 * H, slots, slots, occ);
+                const uint64_t qv2 = (uint64_t)pw * 32, e2 = ((uint64_t)batch * n * G + qv2 - 1) / qv2 * H;
+                const int mt = kva::pick_mt(b1 * H, b2 * H, e2, slots, slots, occ, max_len / 2 >= 1024);
                 const uint64_t ctas = (mt == 2 ? b2 : b1) * H;
                 if (pw == 4 || kva::take_8warps(ctas, slots, (uint64_t)batch * n * G, batch, (uint64_t)pw * 16 * mt)) {
                         const kva::split_plan sp = kva::plan_splits(ctas, slots, max_len, 1024, MAX_SPLITS);
@@ -75,7 +77,8 @@ static struct plan tiled(uint32_t batch, int32_t n, uint32_t G, uint32_t H, uint
 /* Whether the launcher's work rule (kva::decode_is_short) hands batch
  * sequences of n rows over max_len keys (G q heads a kv head, H kv heads,
  * head_dim D) back to the decode kernel, as kv_attn_decode.cu works it out:
- * packs of 8 / G rows where G <= 4, else a row a CTA; occ decode CTAs an SM
+ * packs of 8 / G rows where G <= 4 (every sequence here has more rows than
+ * one), else a row a CTA (G <= 8 here: one head group); occ decode CTAs an SM
  * (2 for 16-bit and fp8 pools at head_dim 128 on the H200, 4 for fp4). */
 static bool decode_short(uint32_t batch, int32_t n, uint32_t G, uint32_t H, uint64_t max_len, uint64_t D, int occ)
 {
@@ -178,8 +181,20 @@ int main(void)
                  * against 519 on 4 warps and two m-tiles), not over 660 */
                 { "1 x 560 rows, 4656 keys", 1, 560, 4, 8, 4656, true, 8, 1, 144, 4 },
                 { "1 x 560 rows, 660 keys", 1, 560, 4, 8, 660, true, 8, 1, 144, 1 },
-                /* fp4 has no 8-warp kernel: 4 warps, two m-tiles */
-                { "1 x 560 rows, fp4", 1, 560, 4, 8, 4656, false, 4, 2, 144, 1 },
+                /* fp4 has no 8-warp kernel: 4 warps.  144 CTAs of two
+                 * m-tiles fill 55% of the slots: one m-tile, split in 4
+                 * (337 us against 452); 12 x 48 rows, half of whose 192
+                 * two-m-tile CTAs are half full, the same (334 against
+                 * 399); 1 x 800 rows, 200 full ones, two m-tiles (399
+                 * against 469) */
+                { "1 x 560 rows, fp4", 1, 560, 4, 8, 4656, false, 4, 1, 280, 4 },
+                { "12 x 48 rows, fp4", 12, 48, 4, 8, 4096, false, 4, 1, 288, 4 },
+                { "1 x 800 rows, fp4", 1, 800, 4, 8, 4896, false, 4, 2, 200, 1 },
+                /* under 2048 keys one m-tile cannot split: two where they
+                 * fill half the slots (12 x 48 rows: 150 us against 178 on
+                 * f16 q; 1 x 560 rows was faster with one, 147 against 165) */
+                { "12 x 48 rows, 1040 keys, fp4", 12, 48, 4, 8, 1040, false, 4, 2, 192, 1 },
+                { "1 x 560 rows, 1584 keys, fp4", 1, 560, 4, 8, 1584, false, 4, 2, 144, 1 },
                 /* 8 warps, two m-tiles, a wave and more */
                 { "8 x 512 rows", 8, 512, 4, 8, 4608, true, 8, 2, 512, 1 },
                 /* 256 busy CTAs fill two waves of 132 (the grid's 288 made

@@ -24,8 +24,9 @@ static uint32_t q_shift;
 /* the cases' softmax scale is sm_mul / sqrt(head_dim) */
 static float sm_mul = 1.0f;
 /* run_case's extend calls take this kernel (kv_cuda_extend_kernel); with
- * KV_EXTEND_AUTO, the launcher's choice, each case runs a second time on
- * the decode kernel, which takes any extend call */
+ * KV_EXTEND_AUTO, the launcher's choice, each case then runs again on the
+ * tiled kernel and on the decode kernel, each of which takes any extend
+ * call: whichever the launcher picks, both are checked */
 static int ext_kernel = KV_EXTEND_AUTO;
 static double worst;
 
@@ -239,9 +240,10 @@ static void run_case(enum kvc_dtype d, uint32_t D, uint32_t ps, uint32_t H, uint
                 h.seq_lens = lens;
                 rr = kv_ref_extend(&hv, &h, msg, sizeof msg);
                 EXPECT(rr == 0, "%s: kv_ref_extend returned %d: %s", what, rr, msg);
-                passes = ext_kernel == KV_EXTEND_AUTO ? 2 : 1;
+                static const int again[] = { KV_EXTEND_TILED, KV_EXTEND_DECODE };
+                passes = ext_kernel == KV_EXTEND_AUTO ? 3 : 1;
                 for (int pass = 0; pass < passes; pass++) {
-                        const int k = pass == 0 ? ext_kernel : KV_EXTEND_DECODE;
+                        const int k = pass == 0 ? ext_kernel : again[pass - 1];
                         char kw[240];
                         snprintf(kw, sizeof kw, "%s kernel=%s", what,
                                  k == KV_EXTEND_AUTO ? "auto" : k == KV_EXTEND_TILED ? "tiled" : "decode");
@@ -341,9 +343,10 @@ static void long_sequences(void)
         q_shift = 0;
 }
 
-/* Extend with many rows per sequence: the tiled kernel
- * (kv_attn_prefill.cuh, taken when rows x q heads per kv head average at
- * least 128 per sequence).  Tiles of 64 or 128 query vectors that cut a
+/* Extend with many rows per sequence on the tiled kernel
+ * (kv_attn_prefill.cuh; forced: the launcher takes it from 128 rows x q
+ * heads per kv head a sequence on average, 80 with 4 sequences or more,
+ * but hands short launches to the decode kernel).  Tiles of 64 or 128 query vectors that cut a
  * row's heads (G = 3, 5), rows that see a whole prefill (no cached keys), sequences
  * with 0 and 1 new rows next to long ones, page sizes that are not a
  * multiple of the 64-key tile, every dtype and head_dim, both q types (f16
@@ -494,8 +497,9 @@ static void packed_rows(void)
         run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 2, 4, 1, l7, q7, KVC_ELEM_BF16, 536);
         run_case(KVC_DTYPE_FP4_E2M1, 64, 16, 2, 2, 1, l7, q7, KVC_ELEM_BF16, 537);
         /* several sequences of 80 to 127 vectors (4 x 24 rows at G = 4, 8 x
-         * 44 at G = 2): the tiled kernel since KVA_PMIN4 is 80
-         * (kv_attn_plan.cuh take_tiled), packs with -DKVA_PMIN4=128 */
+         * 44 at G = 2), where take_tiled (kv_attn_plan.cuh) takes the tiled
+         * kernel, and decode_is_short, at these few keys, the decode kernel:
+         * both run (ext_kernel auto) */
         int32_t lb[4] = { 1100, 2500, 700, 3000 }, qb[4] = { 24, 24, 24, 24 };
         run_case(KVC_DTYPE_FP8_E5M2, 128, 16, 2, 4, 4, lb, qb, KVC_ELEM_BF16, 538);
         int32_t lc[8] = { 44, 300, 1000, 45, 2047, 600, 90, 1500 }, qc[8] = { 44, 44, 44, 44, 44, 44, 44, 44 };
@@ -748,7 +752,8 @@ static void bad_page(void)
         /* the tiled extend kernel (600 rows x 4 q heads): its key mask with
          * one copy thread per row (D = 64, 64-key tiles) and two (D = 128,
          * 32-key tiles); the bad page mid-tile and on a tile's first keys */
-        kv_cuda_extend_kernel(KV_EXTEND_TILED); /* 1000 keys: auto would take the decode kernel */
+        /* 1000 keys: auto would take the decode kernel */
+        EXPECT(kv_cuda_extend_kernel(KV_EXTEND_TILED) >= 0, "kv_cuda_extend_kernel(KV_EXTEND_TILED) failed");
         bad_pages_extend(KVC_DTYPE_FP8_E4M3, 64, 1000, 600, 10, 4245);
         bad_pages_extend(KVC_DTYPE_BF16, 128, 1000, 600, 6, 4246);
         bad_pages_extend(KVC_DTYPE_FP4_E2M1, 128, 1000, 600, 17, 4247);
