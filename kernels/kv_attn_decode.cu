@@ -173,8 +173,9 @@ static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::p
                 const uint64_t slots2 = (uint64_t)(occ2 > 0 ? occ2 : 1) * sms;
                 const uint64_t qv2 = (uint64_t)kva::pqv(pw, 2);
                 const uint64_t e2 = ((uint64_t)rows * p.G + qv2 - 1) / qv2 * H;
-                /* whether one m-tile's launch may split its keys (kva::plan_splits) */
-                const bool split1 = max_len / 2 >= KVA_PSFLOOR;
+                /* whether one m-tile's launch splits its keys (as planned below) */
+                const bool split1 = kva::plan_splits(b1 * H, slots1, max_len, KVA_PSFLOOR, (uint64_t)kva::MAX_SPLITS,
+                                                     KVA_PSMIN).splits > 1;
                 mt = kva::pick_mt(b1 * H, b2 * H, e2, slots1, slots2, occ2, split1);
                 if (KVA_PFORCE_MT)
                         mt = KVA_PFORCE_MT;

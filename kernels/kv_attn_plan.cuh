@@ -86,8 +86,8 @@ inline bool take_8warps(uint64_t ctas, uint64_t slots, uint64_t vectors, uint64_
  * two m-tiles; e2: the two-m-tile CTAs the vectors would fill (each kv
  * head's vectors over a CTA's, rounded up once for the batch, so that half
  * full tiles count half); slots1, slots2: their slots; occ2: two-m-tile
- * CTAs per SM; split1: one m-tile's launch may split its keys
- * (plan_splits' floor fits twice).  Two m-tiles (twice the query vectors a
+ * CTAs per SM; split1: one m-tile's launch splits its keys (plan_splits
+ * gives it more than one split).  Two m-tiles (twice the query vectors a
  * CTA) read each K/V fragment from shared memory once for two mmas but make
  * half as many CTAs, and a CTA holds an SM's tensor cores only while the
  * CTAs beside it wait for their tiles.  Measured on the H200
@@ -98,9 +98,10 @@ inline bool take_8warps(uint64_t ctas, uint64_t slots, uint64_t vectors, uint64_
  *   q heads: 192 full CTAs, 422 us, against 384 of 64 vectors over two
  *   waves; fp4 at 1 x 4096 x 800: 200, 399 against 469 us), but one below
  *   that (fp4 at 1 x 4096 x 560: 144, 452 against 337 us; 12 x 4048 x 48:
- *   192 of which 96 half full, 399 against 334), where one m-tile splits;
- *   without split1, half the slots as before (12 x 992 x 48, f16 q: 150 us
- *   with two, 178 with one, whose second wave is almost empty);
+ *   192 of which 96 half full, 399 against 334), where one m-tile splits
+ *   (in 4 there); without split1, half the slots as before (12 x 992 x 48,
+ *   f16 q: 150 us with two, 178 with one, whose second wave is almost
+ *   empty);
  * - two where one m-tile's CTAs fill under half the slots (both split);
  * - else one (1 x 512 rows: 264 CTAs of 64 vectors, 275-357 us, against 136
  *   of 128, about one an SM, 390-400). */

@@ -21,7 +21,7 @@ out).  Several libraries (--lib A,B: e.g. two builds of the kernels with
 different switches) run in the same process, each shape and dtype timed on
 each in turn, their rows labelled dtype@index.  --kernel tiled,decode times
 every row with each kernel forced (kv_cuda_extend_kernel; auto is the
-launcher's choice), rows labelled dtype/kernel whenever --kernel is given.
+launcher's choice), rows labelled dtype/kernel unless it is only auto.
 """
 import argparse
 import ctypes

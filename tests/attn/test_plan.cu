@@ -62,7 +62,8 @@ static struct plan tiled(uint32_t batch, int32_t n, uint32_t G, uint32_t H, uint
                 const uint64_t slots = (uint64_t)occ * SMS;
                 const uint64_t b1 = kva::ptile_busy(qo, batch, G, pw * 16), b2 = kva::ptile_busy(qo, batch, G, pw * 32);
                 const uint64_t qv2 = (uint64_t)pw * 32, e2 = ((uint64_t)batch * n * G + qv2 - 1) / qv2 * H;
-                const int mt = kva::pick_mt(b1 * H, b2 * H, e2, slots, slots, occ, max_len / 2 >= 1024);
+                const bool split1 = kva::plan_splits(b1 * H, slots, max_len, 1024, MAX_SPLITS).splits > 1;
+                const int mt = kva::pick_mt(b1 * H, b2 * H, e2, slots, slots, occ, split1);
                 const uint64_t ctas = (mt == 2 ? b2 : b1) * H;
                 if (pw == 4 || kva::take_8warps(ctas, slots, (uint64_t)batch * n * G, batch, (uint64_t)pw * 16 * mt)) {
                         const kva::split_plan sp = kva::plan_splits(ctas, slots, max_len, 1024, MAX_SPLITS);
@@ -195,6 +196,9 @@ int main(void)
                  * f16 q; 1 x 560 rows was faster with one, 147 against 165) */
                 { "12 x 48 rows, 1040 keys, fp4", 12, 48, 4, 8, 1040, false, 4, 2, 192, 1 },
                 { "1 x 560 rows, 1584 keys, fp4", 1, 560, 4, 8, 1584, false, 4, 2, 144, 1 },
+                /* 448 CTAs of one m-tile that no split helps (85% of two
+                 * waves either way): two m-tiles, one wave */
+                { "28 x 20 rows, 2500 keys", 28, 20, 4, 8, 2500, true, 4, 2, 224, 1 },
                 /* 8 warps, two m-tiles, a wave and more */
                 { "8 x 512 rows", 8, 512, 4, 8, 4608, true, 8, 2, 512, 1 },
                 /* 256 busy CTAs fill two waves of 132 (the grid's 288 made
