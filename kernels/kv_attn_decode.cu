@@ -153,8 +153,9 @@ extern "C" int kv_cuda_extend_kernel(int which)
  * kv_attn_plan.cuh), tiles per kv head (*ret_tiles: ptile_grid,
  * kv_attn_extend.cuh; *ret_busy of them hold query vectors: ptile_busy,
  * from qo, the host copy of qo_indptr) and CTAs per SM (*ret_occ) for CTAs
- * of pw warps over sequences of at most max_len keys.  The two-term q kernels (qlo) follow the same rule
- * (-DKVA_QLO2=0: one m-tile, for measuring). */
+ * of pw warps over sequences of at most max_len keys.  The two-term q
+ * kernels (qlo) follow the same rule (-DKVA_QLO2=0: one m-tile, for
+ * measuring). */
 static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::params &p, const int32_t *qo,
                    uint32_t rows, uint32_t batch, uint32_t H, uint32_t max_len, int dev, int sms, int *ret_mt,
                    uint64_t *ret_tiles, uint64_t *ret_busy, int *ret_occ)

@@ -346,9 +346,10 @@ static void long_sequences(void)
 /* Extend with many rows per sequence on the tiled kernel
  * (kv_attn_prefill.cuh; forced: the launcher takes it from 128 rows x q
  * heads per kv head a sequence on average, 80 with 4 sequences or more,
- * but hands short launches to the decode kernel).  Tiles of 64 or 128 query vectors that cut a
- * row's heads (G = 3, 5), rows that see a whole prefill (no cached keys), sequences
- * with 0 and 1 new rows next to long ones, page sizes that are not a
+ * but hands short launches to the decode kernel).  Tiles of 64 or 128
+ * query vectors that cut a row's heads (G = 3, 5), rows that see a whole
+ * prefill (no cached keys), sequences with 0 and 1 new rows next to long
+ * ones, page sizes that are not a
  * multiple of the 64-key tile, every dtype and head_dim, both q types (f16
  * q on a bf16/fp4 pool: the two-term q kernels), and a long prefix under
  * few tiles, which splits the keys and runs the reduction. */
