@@ -303,6 +303,11 @@ static int do_free(struct kvd_server *s, struct kvd_req *q, struct kvd_session *
         if ((bad = load_ids(s, p, m.ids, m.count, 4)) >= 0)
                 return reply_error(q, KV_E_BADPAGE, "FREE: page %u is out of range (pool %s has pages 0..%u)",
                                    s->ids[bad], p->name, p->layout.num_pages - 1);
+        /* the reply's room before the pages go back, so that an error
+         * reply still means nothing changed (the request's bytes are no
+         * longer needed: the ids are in s->ids) */
+        if (!reply_buf(q, kv_size_pages(m.count)))
+                return reply_error(q, KV_E_INTERNAL, "FREE: out of memory for the reply; nothing was freed");
         r = kvd_pages_release(p->pages, ss->id, m.count, s->ids);
         if (r == -EPERM)
                 return reply_not_held(q, p, s->ids, m.count, "freed");
@@ -333,6 +338,10 @@ static int do_publish(struct kvd_server *s, struct kvd_req *q, struct kvd_sessio
                                    s->ids[bad], p->name, p->layout.num_pages - 1);
         for (uint32_t i = 0; i < m.count; i++)
                 memcpy(s->keys[i], m.entries + (4u + KV_KEY_LEN) * i + 4u, KV_KEY_LEN);
+        /* the reply's room before anything is published (as FREE) */
+        n = KV_HDR_SIZE + 4u + ((m.count + 3u) & ~3u);
+        if (!reply_buf(q, n))
+                return reply_error(q, KV_E_INTERNAL, "PUBLISH: out of memory for the reply; nothing was published");
         r = kvd_pages_publish(p->pages, ss->id, ss->salt, m.count, s->ids, (const uint8_t (*)[KV_KEY_LEN])s->keys,
                               s->results);
         if (r == -EPERM)
@@ -341,10 +350,8 @@ static int do_publish(struct kvd_server *s, struct kvd_req *q, struct kvd_sessio
                 return reply_error(q, KV_E_BADPAGE, "PUBLISH: a page id is out of range for pool %s", p->name);
         if (r < 0)
                 return reply_error(q, KV_E_INTERNAL, "PUBLISH: pool %s: %s", p->name, strerror(-r));
-        n = KV_HDR_SIZE + 4u + ((m.count + 3u) & ~3u);
-        if (!(b = reply_buf(q, n)))
-                return reply_error(q, KV_E_INTERNAL, "PUBLISH: out of memory");
-        reply_len(q, kv_enc_publish_rep(b, n, q->rid, m.count, s->results));
+        b = reply_buf(q, n); /* the size reserved above: no allocation */
+        reply_len(q, b ? kv_enc_publish_rep(b, n, q->rid, m.count, s->results) : -1);
         return 0;
 }
 

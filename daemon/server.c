@@ -26,6 +26,10 @@
 
 #define LOOP_WAKE_MS 200 /* upper bound on noticing a stop request */
 #define CLOSE_WAIT_MS 2000 /* default of $KVPOOLD_CLOSE_WAIT_MS: see close_bounded */
+/* The largest message nng may receive: a kvpool message of KV_MAX_FRAME
+ * bytes plus the 4-byte request id the REQ protocol puts in front of it,
+ * which nng counts in NNG_OPT_RECVMAXSZ (docs/protocol.md §1). */
+#define RECV_MAX ((size_t)KV_MAX_FRAME + 4)
 
 
 static double now_s(void)
@@ -325,7 +329,7 @@ static int start_listener(struct kvd_server *s, const struct kvd_server_cfg *cfg
         }
         /* nng's default frame limit is unlimited: a peer announcing 1 GiB
          * would make it allocate 1 GiB.  Refuse such frames up front. */
-        if ((rv = nng_listener_set_size(s->listener, NNG_OPT_RECVMAXSZ, KV_MAX_FRAME))) {
+        if ((rv = nng_listener_set_size(s->listener, NNG_OPT_RECVMAXSZ, RECV_MAX))) {
                 snprintf(err, errlen, "socket %s: cannot limit the frame size: %s", s->socket_url, nng_strerror(rv));
                 return nng_errno(rv);
         }
@@ -385,7 +389,7 @@ int kvd_server_new(const struct kvd_server_cfg *cfg, struct kvd_pool **pools, ui
                 goto fail;
         }
         s->sock_open = 1;
-        nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, KV_MAX_FRAME);
+        nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, RECV_MAX);
         if ((rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_POST, pipe_cb, s)) ||
             (rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_REM_POST, pipe_cb, s))) {
                 snprintf(err, errlen, "cannot watch connections: %s", nng_strerror(rv));

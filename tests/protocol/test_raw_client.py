@@ -226,6 +226,20 @@ def test_pages_released_when_connection_closes(daemon):
     b.close()
 
 
+def test_a_message_of_exactly_the_frame_limit_gets_a_reply(daemon):
+    # 1 MiB of kvpool message (header + body), after the SP request id that
+    # nng counts in its own limit: decoded and answered (here: no HELLO yet)
+    c = Conn(daemon)
+    rop, body = c.call(STATUS, bytes((1 << 20) - 16))
+    assert rop == ERROR and error(body)[0] == E_NOHELLO
+    c.close()
+    # one byte more: refused by nng, the connection closed without a reply
+    c = Conn(daemon)
+    with pytest.raises((ConnectionError, OSError)):
+        c.call(STATUS, bytes((1 << 20) - 15))
+    c.close()
+
+
 def test_oversized_frame_closes_only_that_connection(daemon):
     bad, good = Conn(daemon), Conn(daemon)
     hello(good)
