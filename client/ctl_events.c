@@ -4,6 +4,7 @@
  * which kvpoolctl links on its own (it depends on nng and libc only). */
 #include "ctl_events.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -39,7 +40,8 @@ static int parse_count(const char *s, uint64_t *ret)
         char *end;
         errno = 0;
         unsigned long long v = strtoull(s, &end, 10);
-        if (errno || end == s || *end || s[0] == '-' || v == 0 || v > (1ull << 62))
+        /* digits only: strtoull would also take leading blanks and a sign */
+        if (errno || !isdigit((unsigned char)s[0]) || *end || v == 0 || v > (1ull << 62))
                 return -EINVAL;
         *ret = v;
         return 0;

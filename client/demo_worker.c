@@ -16,6 +16,7 @@
  * Works on host pools everywhere and on CUDA pools in a CUDA build (device
  * buffers, default stream).
  */
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <poll.h>
@@ -445,15 +446,17 @@ static int do_read(kvc_client *c, kvc_pool *p, const struct opts *o)
 
 /* ---- main ----------------------------------------------------------------- */
 
-static int parse_num(const char *opt, const char *s, unsigned long long max, unsigned long long *ret)
+static int parse_num(const char *opt, const char *s, unsigned long long min, unsigned long long max,
+                     unsigned long long *ret)
 {
         char *end;
         unsigned long long v;
 
         errno = 0;
         v = strtoull(s, &end, 10);
-        if (errno != 0 || *s == '\0' || *end != '\0' || *s == '-' || v > max) {
-                fprintf(stderr, "kvpool-demo-worker: %s: '%s' is not a number in 0..%llu\n", opt, s, max);
+        /* digits only: strtoull would also take leading blanks and a sign */
+        if (errno != 0 || !isdigit((unsigned char)*s) || *end != '\0' || v < min || v > max) {
+                fprintf(stderr, "kvpool-demo-worker: %s: '%s' is not a number in %llu..%llu\n", opt, s, min, max);
                 return -EINVAL;
         }
         *ret = v;
@@ -471,6 +474,11 @@ static int parse(int argc, char **argv, struct opts *o)
         for (int i = 2; i < argc; i++) {
                 const char *opt = argv[i];
 
+                if (strcmp(opt, "--socket") != 0 && strcmp(opt, "--pool") != 0 && strcmp(opt, "--pages") != 0 &&
+                    strcmp(opt, "--tag") != 0 && strcmp(opt, "--hold-ms") != 0) {
+                        fprintf(stderr, "kvpool-demo-worker: unknown option '%s'\n", opt);
+                        return -EINVAL;
+                }
                 if (i + 1 >= argc) {
                         fprintf(stderr, "kvpool-demo-worker: %s needs a value\n", opt);
                         return -EINVAL;
@@ -482,15 +490,15 @@ static int parse(int argc, char **argv, struct opts *o)
                 } else if (strcmp(opt, "--pool") == 0) {
                         o->pool = val;
                 } else if (strcmp(opt, "--pages") == 0) {
-                        if (parse_num(opt, val, 65536, &v) != 0 || v == 0)
+                        if (parse_num(opt, val, 1, 65536, &v) != 0)
                                 return -EINVAL;
                         o->pages = (uint32_t)v;
                 } else if (strcmp(opt, "--tag") == 0) {
-                        if (parse_num(opt, val, UINT64_MAX, &v) != 0)
+                        if (parse_num(opt, val, 0, UINT64_MAX, &v) != 0)
                                 return -EINVAL;
                         o->tag = v;
                 } else if (strcmp(opt, "--hold-ms") == 0) {
-                        if (parse_num(opt, val, 86400000, &v) != 0)
+                        if (parse_num(opt, val, 0, 86400000, &v) != 0)
                                 return -EINVAL;
                         o->hold_ms = (long)v;
                 } else {

@@ -429,10 +429,14 @@ int main(int argc, char **argv)
                 const char *v;
 
                 if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+                        if (i + 1 < argc)
+                                return usage_error("%s takes nothing after it", argv[i]);
                         fputs(usage_text, stdout);
                         return ctl_output_done("kvpoolctl");
                 }
                 if (strcmp(argv[i], "-V") == 0 || strcmp(argv[i], "--version") == 0) {
+                        if (i + 1 < argc)
+                                return usage_error("%s takes nothing after it", argv[i]);
                         printf("kvpoolctl %s\n", KV_VERSION);
                         return ctl_output_done("kvpoolctl");
                 }
@@ -506,6 +510,8 @@ int main(int argc, char **argv)
 #endif
         }
         if (strcmp(cmd, "help") == 0) {
+                if (i + 1 < argc)
+                        return usage_error("help takes no arguments, got '%s'", argv[i + 1]);
                 fputs(usage_text, stdout);
                 return ctl_output_done("kvpoolctl");
         }

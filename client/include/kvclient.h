@@ -113,11 +113,16 @@ struct kvc_pool_desc {
  * and says hello.  name is shown in `kvpoolctl status` (truncated to 31
  * bytes).  tenant_salt (NULL = none) scopes prefix-cache keys: clients with
  * different salts never see each other's prefixes.  On success *ret_client
- * owns the connection; free it with kvc_disconnect(). */
+ * owns the connection; free it with kvc_disconnect().  No daemon at url
+ * fails at once (-ECONNREFUSED); a daemon whose socket accepts
+ * but which does not answer (stopped, hung) fails with -ETIMEDOUT only after
+ * nng's connection handshake gives up, 10 s whatever $KVPOOL_TIMEOUT_MS
+ * says (it bounds the replies to requests, not the handshake). */
 int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, kvc_client **ret_client);
 
 /* Detaches every pool still attached, says bye, closes.  The daemon releases
- * every page this client still holds. */
+ * every page this client still holds.  Every kvc_pool of c is freed with it:
+ * neither it nor its descriptor may be used (or detached) afterwards. */
 void kvc_disconnect(kvc_client *c);
 
 /* The calling thread's last error message on c ("" if none).  Valid until the

@@ -170,6 +170,26 @@ Test(integration, kvpoolctl_without_daemon_and_bad_usage, .timeout = 30)
                 free(out);
         }
         {
+                /* words after help, -h, -V are usage errors too; a count
+                 * is digits only (no sign, no leading blank) */
+                const char *bad[][4] = {
+                        { "help", "extra", NULL, "help takes no arguments" },
+                        { "-h", "extra", NULL, "-h takes nothing after it" },
+                        { "--version", "x", NULL, "--version takes nothing after it" },
+                        { "events", "--count", "+5", "'+5' is not a positive number" },
+                        { "events", "--count", " 5", "' 5' is not a positive number" },
+                };
+
+                for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+                        char *argv[] = { (char *)ctl, "--socket", url, (char *)bad[k][0], (char *)bad[k][1],
+                                         (char *)bad[k][2], NULL };
+
+                        cr_assert_eq(kvt_run(argv, &out), 2, "%s %s: %s", bad[k][0], bad[k][1], out);
+                        cr_assert(strstr(out, bad[k][3]) != NULL, "%s %s: %s", bad[k][0], bad[k][1], out);
+                        free(out);
+                }
+        }
+        {
                 char *argv[] = { (char *)ctl, NULL };
 
                 cr_assert_eq(kvt_run(argv, &out), 2, "%s", out);
@@ -187,6 +207,30 @@ Test(integration, kvpoolctl_without_daemon_and_bad_usage, .timeout = 30)
 
                 cr_assert_eq(kvt_run(argv, &out), 0, "%s", out);
                 cr_assert(strncmp(out, "kvpoolctl ", 10) == 0, "%s", out);
+                free(out);
+        }
+}
+
+/* The demo worker's bad command lines: the option or the number named,
+ * exit 2, before it connects to anything. */
+Test(integration, demo_worker_bad_usage, .timeout = 30)
+{
+        const char *demo = kvt_env_path("KVPOOL_DEMO_WORKER");
+        const char *bad[][3] = {
+                { "--pages", "0", "--pages: '0' is not a number in 1..65536" },
+                { "--pages", "+5", "--pages: '+5' is not a number in 1..65536" },
+                { "--hold-ms", " 7", "--hold-ms: ' 7' is not a number in 0..86400000" },
+                { "--bogus", NULL, "unknown option '--bogus'" },
+                { "--pool", NULL, "--pool needs a value" },
+        };
+        char *out = NULL;
+
+        cr_assert_not_null(demo);
+        for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+                char *argv[] = { (char *)demo, "write", (char *)bad[k][0], (char *)bad[k][1], NULL };
+
+                cr_assert_eq(kvt_run(argv, &out), 2, "%s: %s", bad[k][0], out);
+                cr_assert(strstr(out, bad[k][2]) != NULL, "%s: %s", bad[k][0], out);
                 free(out);
         }
 }
