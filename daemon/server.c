@@ -229,6 +229,14 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
                         periodic(s);
                         last_periodic = t0;
                 }
+                if (s->guard.path && t0 - s->guard.last >= 1.0) {
+                        uint32_t n;
+
+                        pthread_mutex_lock(&s->lock);
+                        n = kvd_sessions_count(s->sessions);
+                        pthread_mutex_unlock(&s->lock);
+                        kvd_guard_tick(&s->guard, t0, n, RECV_MAX);
+                }
                 if (rv == NNG_ETIMEDOUT)
                         continue;
                 if (rv == NNG_ECLOSED)
@@ -351,6 +359,8 @@ static int start_listener(struct kvd_server *s, const struct kvd_server_cfg *cfg
                          (unsigned)cfg->group, strerror(e));
                 return -e;
         }
+        kvd_guard_init(&s->guard, s->sock, s->socket_path, cfg->socket_mode ? cfg->socket_mode : 0600,
+                       cfg->has_group, cfg->has_group ? cfg->group : (gid_t)-1);
         return 0;
 }
 

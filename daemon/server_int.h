@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <time.h>
 #include <nng/nng.h>
+#include "listen_guard.h"
 #include "server.h"
 #include "session.h"
 
@@ -26,6 +27,7 @@ struct kvd_server {
         struct kvd_metrics  *metrics;
         int                  metrics_http;
         int                  close_wait_ms; /* see close_bounded (server.c) */
+        struct kvd_guard     guard;         /* listen_guard.c */
         struct timespec      started;
         /* scratch for one request (serving thread only, under the lock) */
         uint32_t            *ids;       /* [KV_MAX_PAGES_REQ] */

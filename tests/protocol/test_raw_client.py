@@ -25,9 +25,9 @@ SCALES = [0.5, 0.0152]
 class Conn:
     """One REQ connection: SP handshake, then framed request/reply."""
 
-    def __init__(self, path):
+    def __init__(self, path, timeout=5):
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(5)
+        self.s.settimeout(timeout)
         self.s.connect(path)
         self.s.sendall(b"\x00SP\x00" + struct.pack(">H", 0x30) + b"\x00\x00")
         peer = self._read(8)
@@ -250,3 +250,29 @@ def test_oversized_frame_closes_only_that_connection(daemon):
     bad.close()
     assert json.loads(good.ok(STATUS, struct.pack("<I", 0))[4:])["pools"]
     good.close()
+
+
+def test_a_peer_that_leaves_during_the_handshake_does_not_lock_clients_out(daemon):
+    # nng 1.5.2 (nanomsg/nng#1518): a peer that connects and closes before
+    # the SP handshake stops the listener; kvpoold notices the connections
+    # it then leaves stranded and puts a new listener on the socket file
+    # (daemon/listen_guard.c).  The first client after it may be one of
+    # those; a client connected before keeps working throughout.
+    kept = Conn(daemon)
+    hello(kept)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(daemon)
+    s.close()
+    deadline = time.time() + 20
+    while True:
+        try:
+            c = Conn(daemon, timeout=1.5)
+            hello(c)
+            break
+        except (OSError, AssertionError):
+            assert time.time() < deadline, "no new client got an answer within 20 s"
+            time.sleep(0.2)
+    assert json.loads(c.ok(STATUS, struct.pack("<I", 0))[4:])["pools"]
+    assert json.loads(kept.ok(STATUS, struct.pack("<I", 0))[4:])["pools"]
+    c.close()
+    kept.close()
