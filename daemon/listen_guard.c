@@ -1,31 +1,38 @@
 /* listen_guard.c - keeps kvpoold's ipc:// listener accepting despite a bug
  * of Debian 12's nng 1.5.2: a peer that connects and closes before the
- * 8-byte SP handshake is done leaves the listener accepting nothing more,
- * for good ("Disconnect during negotiation breaks listener",
- * nanomsg/nng#1518, fixed upstream by #1519 after 1.5.2).  Connected
- * clients keep working; every later one times out.  One `nc -U`, a health
- * probe that only connects, or a client killed while connecting is enough.
+ * 8-byte SP handshake is done stops the listener for good ("Disconnect
+ * during negotiation breaks listener", nanomsg/nng#1518, fixed upstream by
+ * #1519 after 1.5.2).  nng's transport still accepts and completes the
+ * handshake of later connections, but never hands them to the socket: their
+ * requests go unanswered until the client's own timeout, while connected
+ * clients keep working.  One `nc -U`, a health probe that only connects, a
+ * client killed while connecting, or a second kvpoold started on the same
+ * path (nng's check for a stale socket file connects and closes) is enough.
  *
- * How it is noticed: the connections the listener accepted that never
- * reached the REP socket.  /proc/net/unix lists every accepted AF_UNIX
- * connection under the name its listener was bound to; those of this
- * process (their inodes among /proc/self/fd) are counted against the
- * sessions, one for each connection the socket got (server.c pipe_cb).
- * More connections than sessions at two checks a second apart (a working
- * nng hands a connection over within milliseconds of its 8-byte
- * handshake) means the listener has stopped: the connections stay in nng's
- * transport, negotiated, never handed over.
+ * How it is noticed: every KVD_GUARD_EVERY seconds the guard lists the
+ * connections the watched listener accepted (/proc/net/unix names an
+ * accepted AF_UNIX connection by the name its listener was bound to; this
+ * process's own are those whose inode is among /proc/self/fd).  A working
+ * nng hands a connection to the socket, or drops it, within 10 s (its
+ * handshake timeout), and each one handed over gets a session (server.c
+ * pipe_cb, which notes the listener).  So when more of the listener's
+ * connections have been there for KVD_GUARD_STUCK seconds than it has
+ * sessions, some were never handed over: the listener has stopped.  Bursts
+ * of connects, slow or silent peers and connections that are closing last
+ * less than that.
  *
  * How it is mended: a new listener on the same REP socket, bound to a name
- * beside the socket file (<path>.<n>) with the same mode and group, is
- * renamed over the socket file.  New clients reach it; the old listener's
- * connections (every worker connected so far) stay as they are; the
- * connections left in the old backlog fail when their handshake times out
- * (the first client after the fault, 10 s later).  At most KVD_GUARD_MAX
- * times in a process: more means something else is wrong.
+ * beside the socket file (<path>.<n>) with the same limits, mode and group,
+ * is renamed over the socket file, and is watched from then on.  New
+ * clients reach it; the old listener's connections stay as they are (its
+ * served clients keep working; the unserved ones stay with nng until the
+ * daemon exits: an old listener must not be closed before then, or nng
+ * would remove the live socket file).  The clients that came while it was
+ * stopped fail at their own request timeout.  At most KVD_GUARD_MAX tries a
+ * process: more means something else is wrong.
  *
- * Without /proc/net/unix (another network namespace's view, a sandbox) the
- * guard says so once at debug level and does nothing.
+ * Without /proc/net/unix or /proc/self/fd (a sandbox that hides them) the
+ * guard says so once and does nothing.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -103,9 +110,10 @@ static long own_sockets(unsigned long **ret)
         return (long)n;
 }
 
-/* The connections this process accepted on any listener the guard has
- * known (their names in g->names), or -1 when /proc cannot tell. */
-static long accepted_connections(struct kvd_guard *g)
+/* The inodes (up to max, into ino) of the connections this process
+ * accepted on the listener bound to name: their count, or -1 when /proc
+ * cannot tell. */
+static long accepted_connections(const char *name, unsigned long *ino, size_t max)
 {
         char           line[512];
         unsigned long *fds = NULL;
@@ -121,50 +129,63 @@ static long accepted_connections(struct kvd_guard *g)
                 free(fds);
                 return -1;
         }
-        while (fgets(line, sizeof line, f)) {
+        while (fgets(line, sizeof line, f) && (size_t)count < max) {
                 unsigned int  flags, type, st;
-                unsigned long ino;
+                unsigned long i;
                 int           at = 0;
 
                 /* Num: RefCount Protocol Flags Type St Inode Path; St 03:
                  * connected, which a listening socket (flag 0x10000) is not */
-                if (sscanf(line, "%*s %*x %*x %x %x %x %lu %n", &flags, &type, &st, &ino, &at) != 4 || at == 0 ||
+                if (sscanf(line, "%*s %*x %*x %x %x %x %lu %n", &flags, &type, &st, &i, &at) != 4 || at == 0 ||
                     st != 3 || (flags & 0x10000u))
                         continue;
                 line[strcspn(line, "\n")] = 0;
-                for (unsigned i = 0; i <= g->swaps; i++)
-                        if (strcmp(line + at, g->names[i]) == 0) {
-                                count += ours(fds, (size_t)nfd, ino);
-                                break;
-                        }
+                if (strcmp(line + at, name) == 0 && ours(fds, (size_t)nfd, i))
+                        ino[count++] = i;
         }
         fclose(f);
         free(fds);
         return count;
 }
 
-void kvd_guard_init(struct kvd_guard *g, nng_socket sock, const char *path, int mode, int has_group, gid_t group)
+void kvd_guard_init(struct kvd_guard *g, nng_socket sock, nng_listener l, const char *path, int mode,
+                    int has_group, gid_t group)
 {
         memset(g, 0, sizeof *g);
         g->sock = sock;
+        g->listener = l;
         g->path = path;
         g->mode = mode;
         g->has_group = has_group;
         g->group = group;
         if (path)
-                snprintf(g->names[0], sizeof g->names[0], "%s", path);
+                snprintf(g->bound, sizeof g->bound, "%s", path);
 }
 
-/* A new listener bound beside the socket file, renamed over it.  0, or -1
- * with why (the old listener stays the only one). */
+int kvd_guard_due(const struct kvd_guard *g, double now)
+{
+        return g->path && g->tries < KVD_GUARD_MAX && !(g->quiet & 2) && now - g->last >= KVD_GUARD_EVERY;
+}
+
+uint32_t kvd_guard_listener_id(const struct kvd_guard *g)
+{
+        return (uint32_t)nng_listener_id(g->listener);
+}
+
+/* A new listener bound beside the socket file, renamed over it, watched
+ * from now on.  0, or -1 with why (the old listener stays the watched one). */
 static int take_over(struct kvd_guard *g, size_t recv_max, char *why, size_t whylen)
 {
-        char         name[sizeof g->names[0]], url[sizeof g->names[0] + 8];
+        char         name[sizeof g->bound + 16], url[sizeof name + 8];
         nng_listener l;
         int          rv;
 
-        snprintf(name, sizeof name, "%s.%u", g->path, g->swaps + 1);
+        snprintf(name, sizeof name, "%s.%u", g->path, g->tries);
         snprintf(url, sizeof url, "ipc://%s", name);
+        if (strlen(name) >= sizeof g->bound) {
+                snprintf(why, whylen, "%s is too long for a socket name", name);
+                return -1;
+        }
         (void)unlink(name); /* a leftover of an earlier process */
         if ((rv = nng_listener_create(&l, g->sock, url))) {
                 snprintf(why, whylen, "listen on %s: %s", name, nng_strerror(rv));
@@ -182,45 +203,56 @@ static int take_over(struct kvd_guard *g, size_t recv_max, char *why, size_t why
                 (void)unlink(name);
                 return -1;
         }
-        g->swaps++;
-        snprintf(g->names[g->swaps], sizeof g->names[0], "%s", name);
+        g->listener = l;
+        snprintf(g->bound, sizeof g->bound, "%s", name);
+        g->n = 0;
         return 0;
 }
 
-void kvd_guard_tick(struct kvd_guard *g, double now, uint32_t sessions, size_t recv_max)
+void kvd_guard_tick(struct kvd_guard *g, double now, uint32_t served, size_t recv_max)
 {
-        char why[400];
-        long n;
+        unsigned long ino[KVD_GUARD_TRACK];
+        double        seen[KVD_GUARD_TRACK];
+        size_t        n = 0;
+        long          m;
+        uint32_t      stuck = 0;
+        char          why[400];
 
-        if (!g->path || g->swaps >= KVD_GUARD_MAX || now - g->last < 1.0)
+        if (!kvd_guard_due(g, now))
                 return;
         g->last = now;
-        if ((n = accepted_connections(g)) < 0) {
-                if (!g->said_blind)
-                        kvd_debug("listener guard: /proc/net/unix or /proc/self/fd cannot be read: not watching %s",
-                                  g->path);
-                g->said_blind = 1;
+        if ((m = accepted_connections(g->bound, ino, KVD_GUARD_TRACK)) < 0) {
+                if (!g->quiet)
+                        kvd_info("listener guard: /proc/net/unix or /proc/self/fd cannot be read: not watching %s "
+                                 "for nng 1.5.2's stopped listener (docs/operations.md §9)", g->path);
+                g->quiet |= 1;
                 return;
         }
-        /* connections stranded on a listener given up before stay counted
-         * (nng keeps them): only more than those is news */
-        n -= (long)sessions;
-        if (n < 0)
-                n = 0; /* a session whose connection is already gone */
-        if (n < g->stranded)
-                g->stranded = n;
-        g->runs = n > g->stranded ? g->runs + 1 : 0;
-        if (g->runs < 2)
+        /* when each was first seen: carried over from the last check */
+        for (n = 0; n < (size_t)m; n++) {
+                seen[n] = now;
+                for (size_t k = 0; k < g->n; k++)
+                        if (g->ino[k] == ino[n]) {
+                                seen[n] = g->seen[k];
+                                break;
+                        }
+                stuck += now - seen[n] >= KVD_GUARD_STUCK;
+        }
+        memcpy(g->ino, ino, n * sizeof *ino);
+        memcpy(g->seen, seen, n * sizeof *seen);
+        g->n = n;
+        if (stuck <= served)
                 return;
-        g->runs = 0;
+        g->tries++;
         if (take_over(g, recv_max, why, sizeof why) == 0) {
-                g->stranded = n;
-                kvd_warn("the listener on %s stopped accepting connections (nng 1.5.2, nanomsg/nng#1518: a peer "
-                         "closed during the handshake); a new one took over the socket file (%u of at most %u)",
-                         g->path, g->swaps, KVD_GUARD_MAX);
+                kvd_warn("the listener on %s stopped handing connections over (%u of its connections unserved "
+                         "for %.0f s: nng 1.5.2, nanomsg/nng#1518, a peer closed during the handshake); a new one "
+                         "took over the socket file (%u of at most %u)",
+                         g->path, stuck - served, KVD_GUARD_STUCK, g->tries, KVD_GUARD_MAX);
         } else {
-                kvd_warn("the listener on %s stopped accepting connections (nng 1.5.2, nanomsg/nng#1518) and a "
-                         "new one could not take over (%s): restart kvpoold",
-                         g->path, why);
+                kvd_warn("the listener on %s stopped handing connections over (nng 1.5.2, nanomsg/nng#1518) and "
+                         "a new one could not take over (%s)%s",
+                         g->path, why, g->tries < KVD_GUARD_MAX ? "" : ": restart kvpoold");
+                g->quiet |= 2; /* a failure would only repeat */
         }
 }

@@ -8,32 +8,42 @@
 #include <sys/types.h>
 #include <nng/nng.h>
 
-#define KVD_GUARD_MAX 8 /* take-overs in a process at most */
+#define KVD_GUARD_MAX    8   /* take-overs (tried) in a process at most */
+#define KVD_GUARD_EVERY  3.0 /* seconds between checks */
+#define KVD_GUARD_STUCK  12.0 /* seconds a connection must go unserved: nng drops a peer that does not finish its handshake in 10 */
+#define KVD_GUARD_TRACK  256 /* accepted connections followed at once */
 
 struct kvd_guard {
         nng_socket    sock;
+        nng_listener  listener;   /* the one watched: the first, then the last that took over */
         const char   *path;       /* the socket file clients dial; NULL: not ipc://, no guard */
-        /* the names the listeners were bound to: [0] path, [k] <path>.<k>
-         * (sun_path holds 108 bytes) */
-        char          names[KVD_GUARD_MAX + 1][128];
+        char          bound[128]; /* the name the watched listener was bound to (sun_path holds 108 bytes) */
         int           mode;       /* the socket file's mode and group, for a new listener */
         int           has_group;
         gid_t         group;
-        int           runs;       /* checks in a row that found connections the socket never got */
-        long          stranded;   /* such connections left on the listeners given up */
-        int           said_blind;
-        unsigned      swaps;
+        unsigned      tries;      /* take-overs tried */
+        int           quiet;      /* said it cannot watch, or gave up */
         double        last;       /* time of the last check (s) */
+        /* the watched listener's accepted connections at the last check:
+         * inode and when it was first seen */
+        unsigned long ino[KVD_GUARD_TRACK];
+        double        seen[KVD_GUARD_TRACK];
+        size_t        n;
 };
 
-/* Watches the listener of sock bound to path (NULL: nothing to watch); mode
+/* Watches listener l of sock, bound to path (NULL: nothing to watch); mode
  * and group are the socket file's.  Does not copy path: it must outlive g. */
-void kvd_guard_init(struct kvd_guard *g, nng_socket sock, const char *path, int mode, int has_group, gid_t group);
-/* Once a second at most (now in seconds, any fixed origin; sessions: the
- * connections the socket has, one session each): checks the listener and,
- * after two checks in a row that found more connections accepted than the
- * socket has, starts a new one (recv_max: its NNG_OPT_RECVMAXSZ) in its
- * place.  Logs what it did; never fails the caller. */
-void kvd_guard_tick(struct kvd_guard *g, double now, uint32_t sessions, size_t recv_max);
+void kvd_guard_init(struct kvd_guard *g, nng_socket sock, nng_listener l, const char *path, int mode,
+                    int has_group, gid_t group);
+/* Whether a check is due at now (seconds, any fixed origin). */
+int kvd_guard_due(const struct kvd_guard *g, double now);
+/* The nng_listener_id of the watched listener. */
+uint32_t kvd_guard_listener_id(const struct kvd_guard *g);
+/* A check at now: served, the sessions that came through the watched
+ * listener.  When connections it accepted have gone unserved for
+ * KVD_GUARD_STUCK seconds and outnumber them, starts a new listener
+ * (recv_max: its NNG_OPT_RECVMAXSZ) in its place.  Logs what it did; never
+ * fails the caller. */
+void kvd_guard_tick(struct kvd_guard *g, double now, uint32_t served, size_t recv_max);
 
 #endif

@@ -168,6 +168,7 @@ static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
         if (ev == NNG_PIPE_EV_ADD_POST) {
                 int r = kvd_sessions_add(s->sessions, pid, &ss);
                 if (r == 0) {
+                        ss->listener_id = (uint32_t)nng_listener_id(nng_pipe_listener(p));
                         kvd_server_fill_peer(ss, p);
                         kvd_debug("pipe %u connected (session %u, pid %lld, uid %lld)", pid, ss->id,
                                   (long long)ss->pid, (long long)ss->uid);
@@ -229,11 +230,12 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
                         periodic(s);
                         last_periodic = t0;
                 }
-                if (s->guard.path && t0 - s->guard.last >= 1.0) {
-                        uint32_t n;
+                if (kvd_guard_due(&s->guard, t0)) {
+                        uint32_t n = 0, cur = 0;
 
                         pthread_mutex_lock(&s->lock);
-                        n = kvd_sessions_count(s->sessions);
+                        for (const struct kvd_session *ss; (ss = kvd_sessions_next(s->sessions, &cur));)
+                                n += ss->listener_id == kvd_guard_listener_id(&s->guard);
                         pthread_mutex_unlock(&s->lock);
                         kvd_guard_tick(&s->guard, t0, n, RECV_MAX);
                 }
@@ -359,7 +361,7 @@ static int start_listener(struct kvd_server *s, const struct kvd_server_cfg *cfg
                          (unsigned)cfg->group, strerror(e));
                 return -e;
         }
-        kvd_guard_init(&s->guard, s->sock, s->socket_path, cfg->socket_mode ? cfg->socket_mode : 0600,
+        kvd_guard_init(&s->guard, s->sock, s->listener, s->socket_path, cfg->socket_mode ? cfg->socket_mode : 0600,
                        cfg->has_group, cfg->has_group ? cfg->group : (gid_t)-1);
         return 0;
 }

@@ -24,6 +24,7 @@ struct kvd_session {
         uint8_t  salt[KV_KEY_LEN];
         int      tenant;      /* salt is not all zero */
         uint64_t attached;    /* bit i: pool i attached */
+        uint32_t listener_id; /* nng_listener_id of the listener it came through (listen_guard.c) */
 };
 
 struct kvd_sessions;
