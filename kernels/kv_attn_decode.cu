@@ -139,6 +139,15 @@ static int sm_count(int dev, int *ret)
         return 0;
 }
 
+/* The decode kernel's busy CTAs for rows query rows of c (hgt: kv heads x
+ * head groups) with pack vectors a CTA (p.pack; 0: a row a CTA): the
+ * empty tiles of the grid (ptile_grid, up to one a sequence) return at
+ * once and are not counted.  A loop over the batch when packed. */
+static uint64_t decode_ctas(const struct kv_attn_call *c, uint32_t rows, uint32_t G, uint64_t hgt, uint32_t pack)
+{
+        return pack ? kva::ptile_busy(c->qo_indptr_host, c->batch, G, (int)pack) * hgt : (uint64_t)rows * hgt;
+}
+
 /* kv_cuda_extend_kernel's setting (kv_ops.h) */
 static std::atomic<int> extend_kernel(KV_EXTEND_AUTO);
 
@@ -321,6 +330,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         const uint32_t dpack =
                 KVA_DPACK && c->qo_indptr && p.G <= kva::HG / 2 && rows > c->batch ? kva::HG / p.G * p.G : 0;
         const bool many = kva::take_tiled((uint64_t)rows * p.G, c->batch, KVA_PMIN, KVA_PMIN4);
+        const uint64_t hgt = (uint64_t)H * p.head_groups;
+        uint64_t dctas = 0; /* decode_ctas(dpack), once counted */
         bool tiled = KVA_PREFILL && c->qo_indptr &&
                      (force == KV_EXTEND_TILED || (force == KV_EXTEND_AUTO && many));
         /* ... unless the decode kernel's launch would be short (few keys,
@@ -337,12 +348,11 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 if (qe > 0)
                         (void)cudaGetLastError();
                 if (qe == 0) {
-                        const uint64_t hgt = (uint64_t)H * p.head_groups;
-                        const uint64_t n = dpack ? kva::ptile_busy(c->qo_indptr_host, c->batch, p.G, (int)dpack) * hgt
-                                                 : (uint64_t)rows * hgt;
-                        const kva::split_plan d = kva::plan_splits(n, (uint64_t)(occd > 0 ? occd : 1) * (uint64_t)sms,
+                        dctas = decode_ctas(c, rows, p.G, hgt, dpack);
+                        const kva::split_plan d = kva::plan_splits(dctas, (uint64_t)(occd > 0 ? occd : 1) *
+                                                                              (uint64_t)sms,
                                                                    max_len, 4096, (uint64_t)kva::MAX_SPLITS);
-                        tiled = !kva::decode_is_short(n * d.splits, (uint64_t)sms, d.chunk, D, KVA_PWORK);
+                        tiled = !kva::decode_is_short(dctas * d.splits, (uint64_t)sms, d.chunk, D, KVA_PWORK);
                 }
         }
         /* Extend on the decode kernel with at most 4 q heads a kv head and
@@ -371,14 +381,16 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 return kv_cuda_errno(r, c->op, msg, msglen);
         if (occ < 1)
                 occ = 1;
-        const uint64_t hgt = (uint64_t)H * p.head_groups;
         /* grid.x: for the tiled kernel and packed rows ptile_grid
          * (kv_attn_extend.cuh), whose empty tiles (up to one a sequence)
          * return at once; the split plan counts the others */
-        uint64_t ctas = tiled ? pbusy * H : (uint64_t)rows * hgt, gx = tiled ? ptiles * H : ctas;
-        if (p.pack) {
-                ctas = kva::ptile_busy(c->qo_indptr_host, c->batch, p.G, (int)p.pack) * hgt;
-                gx = kva::ptile_grid(c->batch, rows, p.G, (int)p.pack) * hgt;
+        uint64_t ctas, gx;
+        if (tiled) {
+                ctas = pbusy * H;
+                gx = ptiles * H;
+        } else {
+                ctas = dctas ? dctas : decode_ctas(c, rows, p.G, hgt, p.pack);
+                gx = p.pack ? kva::ptile_grid(c->batch, rows, p.G, (int)p.pack) * hgt : ctas;
         }
         const uint64_t slots = (uint64_t)occ * (uint64_t)sms;
         const kva::split_plan sp =
