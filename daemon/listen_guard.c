@@ -110,26 +110,29 @@ static long own_sockets(unsigned long **ret)
         return (long)n;
 }
 
-/* The inodes (up to max, into ino) of the connections this process
- * accepted on the listener bound to name: their count, or -1 when /proc
- * cannot tell. */
-static long accepted_connections(const char *name, unsigned long *ino, size_t max)
+/* The inodes of the connections this process accepted on the listener
+ * bound to name: *ret (malloc'ed; free it) and their count, or -1 when
+ * /proc cannot tell (or out of memory). */
+static long accepted_connections(const char *name, unsigned long **ret)
 {
         char           line[512];
-        unsigned long *fds = NULL;
+        unsigned long *fds = NULL, *ino;
         long           nfd = own_sockets(&fds), count = 0;
         FILE          *f;
 
-        if (nfd < 0 || !(f = fopen("/proc/net/unix", "r"))) {
+        /* at most one per socket of this process */
+        if (nfd < 0 || !(ino = malloc(((size_t)nfd + 1) * sizeof *ino))) {
                 free(fds);
                 return -1;
         }
-        if (!fgets(line, sizeof line, f)) { /* the header */
-                fclose(f);
+        if (!(f = fopen("/proc/net/unix", "r")) || !fgets(line, sizeof line, f)) { /* the header */
+                if (f)
+                        fclose(f);
                 free(fds);
+                free(ino);
                 return -1;
         }
-        while (fgets(line, sizeof line, f) && (size_t)count < max) {
+        while (fgets(line, sizeof line, f) && count < nfd) {
                 unsigned int  flags, type, st;
                 unsigned long i;
                 int           at = 0;
@@ -145,6 +148,7 @@ static long accepted_connections(const char *name, unsigned long *ino, size_t ma
         }
         fclose(f);
         free(fds);
+        *ret = ino;
         return count;
 }
 
@@ -165,6 +169,15 @@ void kvd_guard_init(struct kvd_guard *g, nng_socket sock, nng_listener l, const 
 int kvd_guard_due(const struct kvd_guard *g, double now)
 {
         return g->path && g->tries < KVD_GUARD_MAX && !(g->quiet & 2) && now - g->last >= KVD_GUARD_EVERY;
+}
+
+void kvd_guard_fini(struct kvd_guard *g)
+{
+        free(g->ino);
+        free(g->seen);
+        g->ino = NULL;
+        g->seen = NULL;
+        g->n = 0;
 }
 
 uint32_t kvd_guard_listener_id(const struct kvd_guard *g)
@@ -205,23 +218,24 @@ static int take_over(struct kvd_guard *g, size_t recv_max, char *why, size_t why
         }
         g->listener = l;
         snprintf(g->bound, sizeof g->bound, "%s", name);
-        g->n = 0;
+        kvd_guard_fini(g); /* the old listener's connections are not watched */
         return 0;
 }
 
 void kvd_guard_tick(struct kvd_guard *g, double now, uint32_t served, size_t recv_max)
 {
-        unsigned long ino[KVD_GUARD_TRACK];
-        double        seen[KVD_GUARD_TRACK];
-        size_t        n = 0;
-        long          m;
-        uint32_t      stuck = 0;
-        char          why[400];
+        unsigned long *ino = NULL;
+        double        *seen;
+        size_t         n = 0;
+        long           m;
+        uint64_t       stuck = 0;
+        char           why[400];
 
         if (!kvd_guard_due(g, now))
                 return;
         g->last = now;
-        if ((m = accepted_connections(g->bound, ino, KVD_GUARD_TRACK)) < 0) {
+        if ((m = accepted_connections(g->bound, &ino)) < 0 || !(seen = malloc(((size_t)m + 1) * sizeof *seen))) {
+                free(ino);
                 if (!g->quiet)
                         kvd_info("listener guard: /proc/net/unix or /proc/self/fd cannot be read: not watching %s "
                                  "for nng 1.5.2's stopped listener (docs/operations.md §9)", g->path);
@@ -238,8 +252,9 @@ void kvd_guard_tick(struct kvd_guard *g, double now, uint32_t served, size_t rec
                         }
                 stuck += now - seen[n] >= KVD_GUARD_STUCK;
         }
-        memcpy(g->ino, ino, n * sizeof *ino);
-        memcpy(g->seen, seen, n * sizeof *seen);
+        kvd_guard_fini(g);
+        g->ino = ino;
+        g->seen = seen;
         g->n = n;
         if (stuck <= served)
                 return;
@@ -248,7 +263,7 @@ void kvd_guard_tick(struct kvd_guard *g, double now, uint32_t served, size_t rec
                 kvd_warn("the listener on %s stopped handing connections over (%u of its connections unserved "
                          "for %.0f s: nng 1.5.2, nanomsg/nng#1518, a peer closed during the handshake); a new one "
                          "took over the socket file (%u of at most %u)",
-                         g->path, stuck - served, KVD_GUARD_STUCK, g->tries, KVD_GUARD_MAX);
+                         g->path, (unsigned)(stuck - served), KVD_GUARD_STUCK, g->tries, KVD_GUARD_MAX);
         } else {
                 kvd_warn("the listener on %s stopped handing connections over (nng 1.5.2, nanomsg/nng#1518) and "
                          "a new one could not take over (%s)%s",

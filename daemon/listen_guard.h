@@ -11,7 +11,6 @@
 #define KVD_GUARD_MAX    8   /* take-overs (tried) in a process at most */
 #define KVD_GUARD_EVERY  3.0 /* seconds between checks */
 #define KVD_GUARD_STUCK  12.0 /* seconds a connection must go unserved: nng drops a peer that does not finish its handshake in 10 */
-#define KVD_GUARD_TRACK  256 /* accepted connections followed at once */
 
 struct kvd_guard {
         nng_socket    sock;
@@ -26,15 +25,17 @@ struct kvd_guard {
         double        last;       /* time of the last check (s) */
         /* the watched listener's accepted connections at the last check:
          * inode and when it was first seen */
-        unsigned long ino[KVD_GUARD_TRACK];
-        double        seen[KVD_GUARD_TRACK];
-        size_t        n;
+        unsigned long *ino;       /* malloc'ed, n of them */
+        double        *seen;
+        size_t         n;
 };
 
 /* Watches listener l of sock, bound to path (NULL: nothing to watch); mode
  * and group are the socket file's.  Does not copy path: it must outlive g. */
 void kvd_guard_init(struct kvd_guard *g, nng_socket sock, nng_listener l, const char *path, int mode,
                     int has_group, gid_t group);
+/* Frees what g holds (not the listeners: nng_close closes them). */
+void kvd_guard_fini(struct kvd_guard *g);
 /* Whether a check is due at now (seconds, any fixed origin). */
 int kvd_guard_due(const struct kvd_guard *g, double now);
 /* The nng_listener_id of the watched listener. */

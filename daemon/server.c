@@ -538,6 +538,7 @@ void kvd_server_free(struct kvd_server *s)
             unlink(s->events_url + 6) != 0 && errno != ENOENT)
                 kvd_warn("cannot remove socket %s: %s", s->events_url + 6, strerror(errno));
         kvd_sessions_free(s->sessions);
+        kvd_guard_fini(&s->guard);
         /* after a stuck close the metrics handler may still run: it finds
          * closing set, but its struct has to stay */
         if (!stuck)
