@@ -185,7 +185,7 @@ static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::p
                 const uint64_t e2 = ((uint64_t)rows * p.G + qv2 - 1) / qv2 * H;
                 /* whether one m-tile's launch splits its keys (as planned below) */
                 const bool split1 = kva::plan_splits(b1 * H, slots1, max_len, KVA_PSFLOOR, (uint64_t)kva::MAX_SPLITS,
-                                                     KVA_PSMIN).splits > 1;
+                                                     KVA_PSMIN, KVA_PSMID).splits > 1;
                 mt = kva::pick_mt(b1 * H, b2 * H, e2, slots1, slots2, occ2, split1);
                 if (KVA_PFORCE_MT)
                         mt = KVA_PFORCE_MT;
@@ -305,8 +305,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 sms = 1;
 
         /* Extend with, on average, at least 128 query vectors (rows x q
-         * heads per kv head) per sequence, 80 with 4 or more sequences
-         * (kva::take_tiled), takes the tiled kernel
+         * heads per kv head) per sequence, 80 with 2 or more sequences
+         * (96 with 3; kva::take_tiled), takes the tiled kernel
          * (kv_attn_prefill.cuh), which reads each key once per tile of 64
          * or 128 vectors instead of once per row; decode, and extend with
          * fewer, the decode kernel (one row a CTA, or 8 / G rows: p.pack
@@ -317,8 +317,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * was 1.4-2.9x slower, at 64 1.04-2.2x slower with up to 8
          * sequences and from 13% faster to 13% slower with 32 or 128 (the
          * tiled kernel as planned before the busy-tile count below; as
-         * planned now it takes 4-42% less time from 80 vectors with 4 or
-         * more sequences, so there 80: KVA_PMIN4, kv_attn_plan.cuh); but
+         * planned now it takes less time from 80 vectors with 2 or more
+         * sequences, 96 with 3: KVA_PMIN4 and KVA_PMIN3, kv_attn_plan.cuh); but
          * not where the decode kernel's own launch would be short
          * (kva::decode_is_short).  kv_cuda_extend_kernel (tests,
          * benchmarks) can force either kernel.  f16 q
@@ -329,7 +329,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         /* the decode kernel's packed rows for this call (p.pack below) */
         const uint32_t dpack =
                 KVA_DPACK && c->qo_indptr && p.G <= kva::HG / 2 && rows > c->batch ? kva::HG / p.G * p.G : 0;
-        const bool many = kva::take_tiled((uint64_t)rows * p.G, c->batch, KVA_PMIN, KVA_PMIN4);
+        const bool many = kva::take_tiled((uint64_t)rows * p.G, c->batch, KVA_PMIN, KVA_PMIN4, KVA_PMIN3);
         const uint64_t hgt = (uint64_t)H * p.head_groups;
         uint64_t dctas = 0; /* decode_ctas(dpack), once counted */
         bool tiled = KVA_PREFILL && c->qo_indptr &&
@@ -395,7 +395,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         const uint64_t slots = (uint64_t)occ * (uint64_t)sms;
         const kva::split_plan sp =
                 kva::plan_splits(ctas, slots, max_len, tiled ? KVA_PSFLOOR : 4096, (uint64_t)kva::MAX_SPLITS,
-                                 tiled ? KVA_PSMIN : 128);
+                                 tiled ? KVA_PSMIN : 128, tiled && KVA_PSMID);
         p.chunk = sp.chunk;
         p.splits = (uint32_t)sp.splits;
         p.rows = rows;

@@ -18,13 +18,19 @@
 namespace kva {
 
 /* The defaults of take_tiled's thresholds, in query vectors a sequence on
- * average (-D to measure; KVA_PMIN4 follows KVA_PMIN unless given too; to
- * force either kernel, kv_cuda_extend_kernel, kv_ops.h). */
+ * average (-D to measure; KVA_PMIN4 and KVA_PMIN3 follow KVA_PMIN unless
+ * given too; to force either kernel, kv_cuda_extend_kernel, kv_ops.h). */
 #ifndef KVA_PMIN
 #define KVA_PMIN 128
 #endif
 #ifndef KVA_PMIN4
 #define KVA_PMIN4 (((uint64_t)(KVA_PMIN) * 5 + 7) / 8) /* 80 of 128 */
+#endif
+#ifndef KVA_PMIN3
+#define KVA_PMIN3 (((uint64_t)(KVA_PMIN) * 3 + 3) / 4) /* 96 of 128 */
+#endif
+#ifndef KVA_PSMID
+#define KVA_PSMID 1 /* plan_splits' mid for the tiled kernel (0: without, for measuring) */
 #endif
 #ifndef KVA_PWORK
 #define KVA_PWORK 5120 /* decode_is_short's work (0: never, for measuring) */
@@ -32,16 +38,22 @@ namespace kva {
 
 /* Whether extend takes the tiled kernel (kv_attn_prefill.cuh) rather than
  * the decode kernel: its batch sequences average at least pmin query
- * vectors (rows x q heads of a kv head), or pmin4 where there are at least
- * 4 of them.  The launcher passes KVA_PMIN and KVA_PMIN4, 128 and 80.  On
- * the H200 (docs/benchmarks.md "Which kernel") the tiled kernel took
- * 4-42% less time than the decode kernel at 80-127 vectors with 4 to 128
- * sequences, but for 16 at 80 vectors (5% more to 5% less); with one sequence
- * it was up to 35% slower at 64-80 and -7..+13% at 96-112, so fewer than
- * 4 sequences keep 128. */
-inline bool take_tiled(uint64_t vectors, uint64_t batch, uint64_t pmin, uint64_t pmin4)
+ * vectors (rows x q heads of a kv head) where there is one, pmin3 where
+ * there are 3, else pmin4.  The launcher passes KVA_PMIN, KVA_PMIN4 and
+ * KVA_PMIN3: 128, 80 and 96.  On the H200 (docs/benchmarks.md "Which
+ * kernel"), at 80-127 vectors:
+ * - 4 to 128 sequences: the tiled kernel took 4-42% less time than the
+ *   decode kernel, but for 16 at 80 vectors (5% more to 5% less);
+ * - 2 sequences: 1-48% less at 4k and 16k keys (1k keys stay on the
+ *   decode kernel: decode_is_short);
+ * - 3 sequences: 2-47% less from 96 vectors, but at 80 from 23% less to
+ *   17% more (8 kv heads, 4k keys: the decode kernel's 240 CTAs fill one
+ *   wave, its best case);
+ * - one sequence: up to 35% slower at 64-80 and -7..+13% at 96-112. */
+inline bool take_tiled(uint64_t vectors, uint64_t batch, uint64_t pmin, uint64_t pmin4, uint64_t pmin3)
 {
-        return vectors >= (batch >= 4 ? pmin4 : pmin) * batch;
+        const uint64_t per = batch == 1 ? pmin : batch == 3 ? pmin3 : pmin4;
+        return vectors >= per * batch;
 }
 
 /* Where the rule above takes the tiled kernel, whether the decode kernel
@@ -123,18 +135,24 @@ struct split_plan {
 
 /* The split of max_len keys for ctas busy CTAs on slots.  Under half the
  * slots: split so that the CTAs make about one full wave, chunks of at
- * least 128 keys, at most max_splits.  More than the slots: up to 4 splits
- * when they leave clearly fewer slots idle in the last wave (1024 CTAs on
- * 396 slots fill 86% of 3 waves, split in 3 they fill 97% of 8), only for
- * chunks of at least floor keys.  Measured on the H200: the decode kernel
- * takes 4096 (when fp8 ran 3 CTAs per SM, 3 splits made fp8 at B = 128
- * 2.5% faster at L = 16k and 32k but 13% slower at L = 1k, chunks of 384
- * keys; a floor of 1024 keys, 3 splits at L = 4k, was not faster); the
- * tiled kernel, whose CTAs work longer on each key (64 to 256 query
- * vectors), 1024 (KVA_PSFLOOR: 36 sequences of 32 rows x 4 q heads, 288
- * CTAs on 264 slots, 750 -> 613 us in 4 splits).  ctas >= 1. */
+ * least 128 keys, at most max_splits.  More than the slots, or with mid
+ * more than half of them: up to 4 splits when they leave clearly fewer
+ * slots idle in the last wave (1024 CTAs on 396 slots fill 86% of 3 waves,
+ * split in 3 they fill 97% of 8), only for chunks of at least floor keys.
+ * Measured on the H200: the decode kernel takes 4096 (when fp8 ran 3 CTAs
+ * per SM, 3 splits made fp8 at B = 128 2.5% faster at L = 16k and 32k but
+ * 13% slower at L = 1k, chunks of 384 keys; a floor of 1024 keys, 3 splits
+ * at L = 4k, was not faster); the tiled kernel, whose CTAs work longer on
+ * each key (64 to 256 query vectors), 1024 (KVA_PSFLOOR: 36 sequences of
+ * 32 rows x 4 q heads, 288 CTAs on 264 slots, 750 -> 613 us in 4 splits),
+ * and mid (KVA_PSMID): between half the slots and the slots, one CTA an
+ * SM runs alone on many SMs, where its 4 warps leave the SM short of
+ * loads in flight; in 4 splits the CTAs keep two an SM to the end (3
+ * sequences of 80 rows x 32 kv heads, 192 CTAs on 264 slots: 16k keys
+ * 1070 -> 831 us, 4k 283 -> 241; 24 x 32 rows x 4 q heads, 4k keys: 423 ->
+ * 381).  ctas >= 1. */
 inline split_plan plan_splits(uint64_t ctas, uint64_t slots, uint64_t max_len, uint64_t floor, uint64_t max_splits,
-                              uint64_t least = 128)
+                              uint64_t least = 128, bool mid = false)
 {
         uint64_t splits = 1;
         if (2 * ctas <= slots && max_len > least) {
@@ -144,7 +162,7 @@ inline split_plan plan_splits(uint64_t ctas, uint64_t slots, uint64_t max_len, u
                         splits = most;
                 if (splits > max_splits)
                         splits = max_splits;
-        } else if (ctas > slots) {
+        } else if (ctas > slots || mid) {
                 double best = 0.0;
                 for (uint64_t sp = 1; sp <= 4 && (sp == 1 || max_len / sp >= floor); sp++) {
                         const uint64_t n = ctas * sp, waves = (n + slots - 1) / slots;

@@ -62,11 +62,12 @@ static struct plan tiled(uint32_t batch, int32_t n, uint32_t G, uint32_t H, uint
                 const uint64_t slots = (uint64_t)occ * SMS;
                 const uint64_t b1 = kva::ptile_busy(qo, batch, G, pw * 16), b2 = kva::ptile_busy(qo, batch, G, pw * 32);
                 const uint64_t qv2 = (uint64_t)pw * 32, e2 = ((uint64_t)batch * n * G + qv2 - 1) / qv2 * H;
-                const bool split1 = kva::plan_splits(b1 * H, slots, max_len, 1024, MAX_SPLITS).splits > 1;
+                const bool split1 = kva::plan_splits(b1 * H, slots, max_len, 1024, MAX_SPLITS, 128, KVA_PSMID).splits > 1;
                 const int mt = kva::pick_mt(b1 * H, b2 * H, e2, slots, slots, occ, split1);
                 const uint64_t ctas = (mt == 2 ? b2 : b1) * H;
                 if (pw == 4 || kva::take_8warps(ctas, slots, (uint64_t)batch * n * G, batch, (uint64_t)pw * 16 * mt)) {
-                        const kva::split_plan sp = kva::plan_splits(ctas, slots, max_len, 1024, MAX_SPLITS);
+                        const kva::split_plan sp =
+                                kva::plan_splits(ctas, slots, max_len, 1024, MAX_SPLITS, 128, KVA_PSMID);
                         r.pw = pw, r.mt = mt, r.ctas = ctas, r.splits = sp.splits, r.chunk = sp.chunk;
                         break;
                 }
@@ -106,15 +107,20 @@ static void want(const char *what, struct plan got, int pw, int mt, uint64_t cta
 int main(void)
 {
         /* the tiled kernel from 128 query vectors a sequence on average
-         * (pmin4: with 4 sequences or more) */
-        CHECK(kva::take_tiled(128 * 8, 8, 128, 128) && !kva::take_tiled(128 * 8 - 1, 8, 128, 128),
-              "take_tiled at 128 vectors a sequence");
-        CHECK(kva::take_tiled(80 * 4, 4, 128, 80) && !kva::take_tiled(80 * 3, 3, 128, 80) &&
-                      !kva::take_tiled(79 * 4, 4, 128, 80),
-              "take_tiled with pmin4 = 80");
-        /* the launcher's defaults are those two (kv_attn_plan.cuh) */
-        CHECK(KVA_PMIN == 128 && KVA_PMIN4 == 80, "KVA_PMIN %d, KVA_PMIN4 %d: expected 128 and 80", (int)KVA_PMIN,
-              (int)KVA_PMIN4);
+         * with one sequence, 96 with 3, 80 with 2 or 4 and more */
+        CHECK(kva::take_tiled(128, 1, 128, 80, 96) && !kva::take_tiled(127, 1, 128, 80, 96),
+              "take_tiled at 128 vectors, one sequence");
+        CHECK(kva::take_tiled(80 * 2, 2, 128, 80, 96) && !kva::take_tiled(80 * 2 - 1, 2, 128, 80, 96),
+              "take_tiled at 80 vectors, 2 sequences");
+        CHECK(kva::take_tiled(96 * 3, 3, 128, 80, 96) && !kva::take_tiled(96 * 3 - 1, 3, 128, 80, 96),
+              "take_tiled at 96 vectors, 3 sequences");
+        CHECK(kva::take_tiled(80 * 4, 4, 128, 80, 96) && !kva::take_tiled(79 * 4, 4, 128, 80, 96) &&
+                      kva::take_tiled(80 * 16, 16, 128, 80, 96),
+              "take_tiled at 80 vectors, 4 and 16 sequences");
+        /* the launcher's defaults are those (kv_attn_plan.cuh) */
+        CHECK(KVA_PMIN == 128 && KVA_PMIN4 == 80 && KVA_PMIN3 == 96,
+              "KVA_PMIN %d, KVA_PMIN4 %d, KVA_PMIN3 %d: expected 128, 80 and 96", (int)KVA_PMIN, (int)KVA_PMIN4,
+              (int)KVA_PMIN3);
 
         /* The work rule on the shapes it was measured on (docs/benchmarks.md
          * "Which kernel"; B x P x N: B sequences of P cached keys and N new
@@ -170,8 +176,12 @@ int main(void)
                  * of 128 would fill less than half): one m-tile, no split */
                 { "16 x 32 rows", 16, 32, 4, 8, 4096, true, 4, 1, 256, 1 },
                 /* 192 CTAs of 128 vectors (422 us) rather than 384 of 64 over
-                 * two waves */
-                { "24 x 32 rows", 24, 32, 4, 8, 4096, true, 4, 2, 192, 1 },
+                 * two waves; in 4 splits, two CTAs an SM to the end (381 us;
+                 * mid, KVA_PSMID) */
+                { "24 x 32 rows", 24, 32, 4, 8, 4096, true, 4, 2, 192, 4 },
+                /* 32/32 heads, 3 x 80 rows: 192 CTAs of 64 vectors, 96 of
+                 * them a fifth full, split in 4 (16k keys: 1070 -> 831 us) */
+                { "G = 1, 3 x 80 rows", 3, 80, 1, 32, 16384, true, 4, 1, 192, 4 },
                 /* 288 CTAs on 264 slots, split in 4 (chunks of 1024) */
                 { "36 x 32 rows", 36, 32, 4, 8, 4096, true, 4, 2, 288, 4 },
                 /* 128 8-warp CTAs fill a wave (270 us; as 136 CTAs of 128
@@ -235,6 +245,20 @@ int main(void)
                 const kva::split_plan d = kva::plan_splits(c.ctas, c.slots, c.max_len, 4096, MAX_SPLITS);
                 CHECK(d.splits == c.splits && d.chunk == c.chunk, "%s: %llu splits of %u keys, want %llu of %u",
                       c.what, (unsigned long long)d.splits, d.chunk, (unsigned long long)c.splits, c.chunk);
+        }
+
+        /* mid (the tiled kernel): between half the slots and the slots the
+         * rule for more CTAs than slots, which there only splits where the
+         * last wave fills clearly better (192 of 264 slots fill 73% of one
+         * wave, 97% of 3 in 4 splits); without mid, no split */
+        {
+                const kva::split_plan m = kva::plan_splits(192, 264, 4096, 1024, MAX_SPLITS, 128, true);
+                const kva::split_plan n = kva::plan_splits(192, 264, 4096, 1024, MAX_SPLITS, 128, false);
+                const kva::split_plan f = kva::plan_splits(250, 264, 4096, 1024, MAX_SPLITS, 128, true);
+                CHECK(m.splits == 4 && m.chunk == 1024 && n.splits == 1 && f.splits == 1,
+                      "mid: 192 CTAs on 264 slots %llu splits (want 4), without mid %llu (want 1); 250 CTAs %llu "
+                      "(want 1)",
+                      (unsigned long long)m.splits, (unsigned long long)n.splits, (unsigned long long)f.splits);
         }
 
         printf("test_plan: %d checks, %d failures\n", cases, failures);
