@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,9 @@
  * bytes plus the 4-byte request id the REQ protocol puts in front of it,
  * which nng counts in NNG_OPT_RECVMAXSZ (docs/protocol.md §1). */
 #define RECV_MAX ((size_t)KV_MAX_FRAME + 4)
+#define GONE_CHECK_S 3.0 /* reap_gone's period */
+#define GONE_GRACE_S 5.0 /* how long a session outlives its process before reap_gone ends it */
+#define GONE_BATCH 64    /* sessions reap_gone ends at most per check (the rest at the next) */
 
 
 static double now_s(void)
@@ -130,8 +134,10 @@ void kvd_server_fill_peer(struct kvd_session *ss, nng_pipe p)
         uint64_t v;
 
         /* Only ipc pipes know their peer; other transports leave -1. */
-        if (nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_PID, &v) == 0)
+        if (nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_PID, &v) == 0) {
                 ss->pid = (int64_t)v;
+                ss->pid_peer = 1;
+        }
         if (nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_UID, &v) == 0)
                 ss->uid = (int64_t)v;
 }
@@ -189,6 +195,59 @@ static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
         pthread_mutex_unlock(&s->lock);
 }
 
+/* Ends the sessions whose peer process (the pid of the socket's
+ * credentials; never one a hello claimed) has been gone for GONE_GRACE_S
+ * while nng still holds their connection.  Normally the kernel closes an
+ * exited process's socket and NNG_PIPE_EV_REM_POST ends the session within
+ * milliseconds.  nng 1.5.2 can instead wedge its pipe teardown for good: a
+ * peer that closes with two requests in flight can leave a pipe receive
+ * that is never finished, and nng's single reaper thread waits for it, so
+ * no closed connection is reported again (docs/operations.md §9).  Without
+ * this sweep every page a worker held when it exited would then stay held
+ * until a restart.  A session that is removed here and reported by nng
+ * later is simply not found then (kvd_sessions_remove). */
+static void reap_gone(struct kvd_server *s, double now)
+{
+        uint32_t gone[GONE_BATCH], n = 0, cur = 0;
+
+        pthread_mutex_lock(&s->lock);
+        for (const struct kvd_session *c; (c = kvd_sessions_next(s->sessions, &cur));) {
+                struct kvd_session *ss = kvd_sessions_find(s->sessions, c->pipe_id);
+
+                if (!ss || !ss->pid_peer || ss->pid <= 0)
+                        continue;
+                /* only ESRCH says gone: EPERM is a live process of another user */
+                if (kill((pid_t)ss->pid, 0) == 0 || errno != ESRCH) {
+                        ss->gone_since = 0.0;
+                        continue;
+                }
+                if (ss->gone_since == 0.0)
+                        ss->gone_since = now;
+                else if (now - ss->gone_since >= GONE_GRACE_S && n < GONE_BATCH)
+                        gone[n++] = ss->pipe_id;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+                struct kvd_session *ss = kvd_sessions_remove(s->sessions, gone[i]);
+
+                if (!ss)
+                        continue;
+                kvd_warn("client %s (pid %lld, session %u): its process has exited but nng has not closed its "
+                         "connection %u for %.0f s; ending the session now",
+                         ss->name[0] ? ss->name : "?", (long long)ss->pid, ss->id, ss->pipe_id,
+                         now - ss->gone_since);
+                drop_session(s, ss);
+                free(ss);
+        }
+        if (n && !s->gone_told) {
+                s->gone_told = 1;
+                kvd_err("nng no longer reports closed connections (its pipe teardown is stuck, a known fault of "
+                        "nng 1.5.2; docs/operations.md section 9): sessions of exited processes are ended by "
+                        "kvpoold itself, but connections that close while their process lives keep their pages, "
+                        "and every closed connection keeps a file descriptor; restart kvpoold when convenient");
+        }
+        pthread_mutex_unlock(&s->lock);
+}
+
 /* ---- loop -------------------------------------------------------------------- */
 
 static void periodic(struct kvd_server *s)
@@ -238,6 +297,10 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
                                 n += ss->listener_id == kvd_guard_listener_id(&s->guard);
                         pthread_mutex_unlock(&s->lock);
                         kvd_guard_tick(&s->guard, t0, n, RECV_MAX);
+                }
+                if (t0 >= s->gone_due) {
+                        reap_gone(s, t0);
+                        s->gone_due = t0 + GONE_CHECK_S;
                 }
                 if (rv == NNG_ETIMEDOUT)
                         continue;

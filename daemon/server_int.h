@@ -28,6 +28,8 @@ struct kvd_server {
         int                  metrics_http;
         int                  close_wait_ms; /* see close_bounded (server.c) */
         struct kvd_guard     guard;         /* listen_guard.c */
+        double               gone_due;      /* next reap_gone check (server.c) */
+        int                  gone_told;     /* reap_gone has reported nng's stuck teardown */
         struct timespec      started;
         /* scratch for one request (serving thread only, under the lock) */
         uint32_t            *ids;       /* [KV_MAX_PAGES_REQ] */
