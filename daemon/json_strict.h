@@ -1,9 +1,11 @@
 /* json_strict.h - what cJSON accepts and kvpoold's files must not contain:
  * text after the JSON value (cJSON stops at the value's end and reports
- * success), and a key repeated within one object (cJSON keeps both: a
- * lookup finds the first, a walk over the object sees both, so one part of
- * the daemon would read one value and another part the other).  Used on the
- * config file, scale JSON files and safetensors headers.
+ * success), a key repeated within one object (cJSON keeps both: a lookup
+ * finds the first, a walk over the object sees both, so one part of the
+ * daemon would read one value and another part the other), and the escape
+ * \u0000 in a string (cJSON keeps strings as C strings, so the value would
+ * silently end there: "p0\u0000x" would name pool p0).  Used on the config
+ * file, scale JSON files and safetensors headers.
  */
 #ifndef KVD_JSON_STRICT_H
 #define KVD_JSON_STRICT_H
@@ -58,6 +60,21 @@ static inline long kvd_utf8_bad(const char *s, size_t n)
                 if (cp < min || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
                         return (long)i;
                 i += len;
+        }
+        return -1;
+}
+
+/* The offset of the first \u0000 escape in the JSON text s[0..n) (a
+ * backslash that is not itself escaped, then u0000), or -1.  Outside a
+ * string the sequence is a syntax error, which the parser reports first. */
+static inline long kvd_json_nul(const char *s, size_t n)
+{
+        for (size_t i = 0; i + 6 <= n; i++) {
+                if (s[i] != '\\')
+                        continue;
+                if (memcmp(s + i + 1, "u0000", 5) == 0)
+                        return (long)i;
+                i++; /* the escaped character: \\ must not start another escape */
         }
         return -1;
 }

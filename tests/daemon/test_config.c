@@ -228,7 +228,18 @@ Test(config, repeated_keys_and_trailing_text)
                           "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\", "
                           "\"scales\": {\"source\": \"json\", \"path\": \"/tmp/sc\xffle.json\"}}]}",
                           "is not UTF-8", "0xff");
+        /* cJSON ends a string at \u0000: "ipc:///tmp/a.sock\u0000.x" would
+         * listen on /tmp/a.sock; an escaped backslash before u0000 is text */
+        expect_file_error("{\"pools\": [" POOL_OK "],\n \"socket\": \"ipc:///tmp/a.sock\\u0000.x\"}",
+                          "line 2: \\u0000 in a string", NULL);
+        expect_file_error("{\"pools\": [{\"name\": \"p0\\u0000extra\", \"dtype\": \"bf16\", \"layers\": 2, "
+                          "\"kv_heads\": 2, \"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\"}]}",
+                          "\\u0000 in a string", NULL);
         struct kvd_config c;
+        cr_assert_eq(parse_file(&c, "{\"pools\": [" POOL_OK "], \"socket\": \"ipc:///tmp/a\\\\u0000\"}"), 0,
+                     "an escaped backslash, then u0000: %s", err);
+        cr_assert_str_eq(c.socket_url, "ipc:///tmp/a\\u0000");
+        kvd_config_fini(&c);
         cr_assert_eq(parse_file(&c, "{\"pools\": [" POOL_OK "]}  \n\t\n"), 0, "trailing whitespace: %s", err);
         kvd_config_fini(&c);
 }

@@ -381,6 +381,10 @@ def test_json_subnormal_repeated_key_trailing_text(probe, tmp_path):
     raw = '{"kv_cache": {"dtype": "float8_e4m3fn", "scaling_factor": {"0": {"0": 1, "1": 1, "2": 1, "3": 1}}}} x'
     path = qp(tmp_path, None, raw=raw, name="tail.json")
     refuse(probe, js(path), str(path), "text after the JSON value")
+    # cJSON would end the string at the NUL and read the dtype as float8_e4m3fn
+    raw = '{"kv_cache": {"dtype": "float8_e4m3fn\\u0000x", "scaling_factor": {"0": {"0": 1, "1": 1, "2": 1, "3": 1}}}}'
+    path = qp(tmp_path, None, raw=raw, name="nul.json")
+    refuse(probe, js(path), str(path), "\\u0000 in a string")
 
 
 def test_scale_path_that_is_a_fifo(probe, tmp_path):
