@@ -12,14 +12,17 @@
  * How it is noticed: every KVD_GUARD_EVERY seconds the guard lists the
  * connections the watched listener accepted (/proc/net/unix names an
  * accepted AF_UNIX connection by the name its listener was bound to; this
- * process's own are those whose inode is among /proc/self/fd).  A working
- * nng hands a connection to the socket, or drops it, within 10 s (its
- * handshake timeout), and each one handed over gets a session (server.c
- * pipe_cb, which notes the listener).  So when more of the listener's
- * connections have been there for KVD_GUARD_STUCK seconds than it has
- * sessions, some were never handed over: the listener has stopped.  Bursts
- * of connects, slow or silent peers and connections that are closing last
- * less than that.
+ * process's own are those whose inode is among /proc/self/fd) and how many
+ * bytes wait unread in each (SIOCINQ).  nng reads every connection it has:
+ * the peer's 8-byte handshake as it comes, then each request as it comes
+ * (the serving loop takes them within microseconds).  A connection that
+ * nng accepted but never handed over keeps the handshake its peer sent.
+ * So when bytes have waited in a connection, not shrinking, for
+ * KVD_GUARD_STUCK seconds, the listener has stopped.  Peers that are slow
+ * or silent during the handshake, and connections that are closing (their
+ * session just ended), have nothing unread; a serving loop that was held up
+ * longer than two periods (its reads waited with it) starts the count
+ * again.
  *
  * How it is mended: a new listener on the same REP socket, bound to a name
  * beside the socket file (<path>.<n>) with the same limits, mode and group,
@@ -40,47 +43,56 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/un.h>
 #include "listen_guard.h"
 #include "log.h"
 
-/* Whether this process has a descriptor of the socket with inode ino:
- * looked up in fds[n], the sorted inodes of /proc/self/fd's sockets. */
-static int ours(const unsigned long *fds, size_t n, unsigned long ino)
+struct own_sock {
+        unsigned long ino;
+        int           fd;
+};
+
+/* The descriptor of this process's socket with inode ino, looked up in
+ * v[n] (sorted by inode), or -1. */
+static int own_fd(const struct own_sock *v, size_t n, unsigned long ino)
 {
         size_t lo = 0, hi = n;
 
         while (lo < hi) {
                 size_t mid = (lo + hi) / 2;
 
-                if (fds[mid] < ino)
+                if (v[mid].ino < ino)
                         lo = mid + 1;
-                else if (fds[mid] > ino)
+                else if (v[mid].ino > ino)
                         hi = mid;
                 else
-                        return 1;
+                        return v[mid].fd;
         }
-        return 0;
+        return -1;
 }
 
-static int cmp_ul(const void *a, const void *b)
+static int cmp_own(const void *a, const void *b)
 {
-        unsigned long x = *(const unsigned long *)a, y = *(const unsigned long *)b;
+        unsigned long x = ((const struct own_sock *)a)->ino, y = ((const struct own_sock *)b)->ino;
 
         return x < y ? -1 : x > y;
 }
 
-/* The inodes of this process's sockets, sorted: *ret (malloc'ed) and its
- * count, or -1 when /proc/self/fd cannot be read. */
-static long own_sockets(unsigned long **ret)
+/* This process's sockets, sorted by inode: *ret (malloc'ed) and its count,
+ * or -errno. */
+static long own_sockets(struct own_sock **ret)
 {
-        char           link[64], path[300];
-        DIR           *d = opendir("/proc/self/fd");
-        struct dirent *e;
-        unsigned long *v = NULL, ino;
-        size_t         n = 0, cap = 0;
+        char            link[64], path[300];
+        DIR            *d = opendir("/proc/self/fd");
+        struct dirent  *e;
+        struct own_sock *v = NULL;
+        unsigned long   ino;
+        size_t          n = 0, cap = 0;
 
         if (!d)
-                return -1;
+                return -errno;
         while ((e = readdir(d)) != NULL) {
                 ssize_t k;
 
@@ -93,49 +105,64 @@ static long own_sockets(unsigned long **ret)
                 if (sscanf(link, "socket:[%lu]", &ino) != 1)
                         continue;
                 if (n == cap) {
-                        unsigned long *w = realloc(v, (cap = cap ? 2 * cap : 64) * sizeof *v);
+                        struct own_sock *w = realloc(v, (cap = cap ? 2 * cap : 64) * sizeof *v);
 
                         if (!w) {
                                 free(v);
                                 closedir(d);
-                                return -1;
+                                return -ENOMEM;
                         }
                         v = w;
                 }
-                v[n++] = ino;
+                v[n].ino = ino;
+                v[n].fd = atoi(e->d_name);
+                n++;
         }
         closedir(d);
-        qsort(v, n, sizeof *v, cmp_ul);
+        if (n)
+                qsort(v, n, sizeof *v, cmp_own);
         *ret = v;
         return (long)n;
 }
 
-/* The inodes of the connections this process accepted on the listener
- * bound to name: *ret (malloc'ed; free it) and their count, or -1 when
- * /proc cannot tell (or out of memory). */
-static long accepted_connections(const char *name, unsigned long **ret)
+/* The connections this process accepted on the listener bound to name:
+ * their inodes (*ret, malloc'ed; free it), the bytes waiting unread in each
+ * (*unread, malloc'ed), and their count, or -errno when /proc cannot tell
+ * (or out of memory).  Out-params untouched on failure. */
+static long accepted_connections(const char *name, unsigned long **ret, int **unread)
 {
-        char           line[512];
-        unsigned long *fds = NULL, *ino;
-        long           nfd = own_sockets(&fds), count = 0;
-        FILE          *f;
+        char             line[512];
+        struct own_sock *fds = NULL;
+        unsigned long   *ino;
+        int             *rq;
+        long             nfd = own_sockets(&fds), count = 0;
+        FILE            *f;
 
+        if (nfd < 0)
+                return nfd;
         /* at most one per socket of this process */
-        if (nfd < 0 || !(ino = malloc(((size_t)nfd + 1) * sizeof *ino))) {
+        ino = malloc(((size_t)nfd + 1) * sizeof *ino);
+        rq = malloc(((size_t)nfd + 1) * sizeof *rq);
+        if (!ino || !rq) {
                 free(fds);
-                return -1;
+                free(ino);
+                free(rq);
+                return -ENOMEM;
         }
         if (!(f = fopen("/proc/net/unix", "r")) || !fgets(line, sizeof line, f)) { /* the header */
+                int e = f ? EIO : errno;
+
                 if (f)
                         fclose(f);
                 free(fds);
                 free(ino);
-                return -1;
+                free(rq);
+                return -e;
         }
         while (fgets(line, sizeof line, f) && count < nfd) {
                 unsigned int  flags, type, st;
                 unsigned long i;
-                int           at = 0;
+                int           at = 0, fd, n = 0;
 
                 /* Num: RefCount Protocol Flags Type St Inode Path; St 03:
                  * connected, which a listening socket (flag 0x10000) is not */
@@ -143,12 +170,18 @@ static long accepted_connections(const char *name, unsigned long **ret)
                     st != 3 || (flags & 0x10000u))
                         continue;
                 line[strcspn(line, "\n")] = 0;
-                if (strcmp(line + at, name) == 0 && ours(fds, (size_t)nfd, i))
-                        ino[count++] = i;
+                if (strcmp(line + at, name) != 0 || (fd = own_fd(fds, (size_t)nfd, i)) < 0)
+                        continue;
+                /* what nng has not read from it (0 if the fd went meanwhile) */
+                if (ioctl(fd, SIOCINQ, &n) != 0)
+                        n = 0;
+                ino[count] = i;
+                rq[count++] = n;
         }
         fclose(f);
         free(fds);
         *ret = ino;
+        *unread = rq;
         return count;
 }
 
@@ -175,14 +208,11 @@ void kvd_guard_fini(struct kvd_guard *g)
 {
         free(g->ino);
         free(g->seen);
+        free(g->unread);
         g->ino = NULL;
         g->seen = NULL;
+        g->unread = NULL;
         g->n = 0;
-}
-
-uint32_t kvd_guard_listener_id(const struct kvd_guard *g)
-{
-        return (uint32_t)nng_listener_id(g->listener);
 }
 
 /* A new listener bound beside the socket file, renamed over it, watched
@@ -194,8 +224,16 @@ static int take_over(struct kvd_guard *g, size_t recv_max, char *why, size_t why
         int          rv;
 
         snprintf(name, sizeof name, "%s.%u", g->path, g->tries);
+        if (strlen(name) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+                /* a path near sun_path's 108 bytes: a shorter name in the
+                 * same folder (rename stays within one file system) */
+                const char *slash = strrchr(g->path, '/');
+                int         dir = slash ? (int)(slash - g->path) : 0;
+
+                snprintf(name, sizeof name, "%.*s%s.kvg%u", dir, g->path, slash ? "/" : "", g->tries);
+        }
         snprintf(url, sizeof url, "ipc://%s", name);
-        if (strlen(name) >= sizeof g->bound) {
+        if (strlen(name) >= sizeof(((struct sockaddr_un *)0)->sun_path) || strlen(name) >= sizeof g->bound) {
                 snprintf(why, whylen, "%s is too long for a socket name", name);
                 return -1;
         }
@@ -222,48 +260,64 @@ static int take_over(struct kvd_guard *g, size_t recv_max, char *why, size_t why
         return 0;
 }
 
-void kvd_guard_tick(struct kvd_guard *g, double now, uint32_t served, size_t recv_max)
+void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
 {
         unsigned long *ino = NULL;
+        int           *rq = NULL;
         double        *seen;
         size_t         n = 0;
         long           m;
         uint64_t       stuck = 0;
         char           why[400];
+        int            stalled;
 
         if (!kvd_guard_due(g, now))
                 return;
+        /* the serving loop (and with it this check) was held up: what nng
+         * did not read meanwhile says nothing about the listener */
+        stalled = g->last > 0 && now - g->last > 2 * KVD_GUARD_EVERY;
         g->last = now;
-        if ((m = accepted_connections(g->bound, &ino)) < 0 || !(seen = malloc(((size_t)m + 1) * sizeof *seen))) {
+        if ((m = accepted_connections(g->bound, &ino, &rq)) < 0 || !(seen = malloc(((size_t)m + 1) * sizeof *seen))) {
                 free(ino);
+                free(rq);
                 if (!g->quiet)
-                        kvd_info("listener guard: /proc/net/unix or /proc/self/fd cannot be read: not watching %s "
-                                 "for nng 1.5.2's stopped listener (docs/operations.md §9)", g->path);
+                        kvd_info("listener guard: cannot list the connections of %s (%s): not watching it for "
+                                 "nng 1.5.2's stopped listener (docs/operations.md §9)",
+                                 g->path, strerror(m < 0 ? (int)-m : ENOMEM));
                 g->quiet |= 1;
                 return;
         }
-        /* when each was first seen: carried over from the last check */
+        /* A connection is stuck when bytes have waited in it, unread by nng,
+         * for KVD_GUARD_STUCK seconds: nng reads every connection it has
+         * (the handshake, then each request), so only one that nng never
+         * handed to the socket keeps them.  Peers that are slow or silent
+         * during the handshake, and connections whose session has just
+         * ended, have nothing unread.  since: when it was first seen with
+         * unread bytes that did not shrink since. */
         for (n = 0; n < (size_t)m; n++) {
                 seen[n] = now;
-                for (size_t k = 0; k < g->n; k++)
-                        if (g->ino[k] == ino[n]) {
-                                seen[n] = g->seen[k];
-                                break;
-                        }
-                stuck += now - seen[n] >= KVD_GUARD_STUCK;
+                if (!stalled && rq[n] > 0)
+                        for (size_t k = 0; k < g->n; k++)
+                                if (g->ino[k] == ino[n]) {
+                                        if (g->unread[k] > 0 && rq[n] >= g->unread[k])
+                                                seen[n] = g->seen[k];
+                                        break;
+                                }
+                stuck += rq[n] > 0 && now - seen[n] >= KVD_GUARD_STUCK;
         }
         kvd_guard_fini(g);
         g->ino = ino;
         g->seen = seen;
+        g->unread = rq;
         g->n = n;
-        if (stuck <= served)
+        if (stuck == 0)
                 return;
         g->tries++;
         if (take_over(g, recv_max, why, sizeof why) == 0) {
-                kvd_warn("the listener on %s stopped handing connections over (%u of its connections unserved "
+                kvd_warn("the listener on %s stopped handing connections over (%u of its connections unread "
                          "for %.0f s: nng 1.5.2, nanomsg/nng#1518, a peer closed during the handshake); a new one "
                          "took over the socket file (%u of at most %u)",
-                         g->path, (unsigned)(stuck - served), KVD_GUARD_STUCK, g->tries, KVD_GUARD_MAX);
+                         g->path, (unsigned)stuck, KVD_GUARD_STUCK, g->tries, KVD_GUARD_MAX);
         } else {
                 kvd_warn("the listener on %s stopped handing connections over (nng 1.5.2, nanomsg/nng#1518) and "
                          "a new one could not take over (%s)%s",

@@ -10,7 +10,7 @@
 
 #define KVD_GUARD_MAX    8   /* take-overs (tried) in a process at most */
 #define KVD_GUARD_EVERY  3.0 /* seconds between checks */
-#define KVD_GUARD_STUCK  12.0 /* seconds a connection must go unserved: nng drops a peer that does not finish its handshake in 10 */
+#define KVD_GUARD_STUCK  12.0 /* seconds bytes must wait unread in a connection */
 
 struct kvd_guard {
         nng_socket    sock;
@@ -24,9 +24,10 @@ struct kvd_guard {
         int           quiet;      /* said it cannot watch, or gave up */
         double        last;       /* time of the last check (s) */
         /* the watched listener's accepted connections at the last check:
-         * inode and when it was first seen */
+         * inode, since when its unread bytes have waited, how many */
         unsigned long *ino;       /* malloc'ed, n of them */
-        double        *seen;
+        double        *seen;      /* since when its unread bytes have waited */
+        int           *unread;    /* bytes nng had not read from it */
         size_t         n;
 };
 
@@ -38,13 +39,10 @@ void kvd_guard_init(struct kvd_guard *g, nng_socket sock, nng_listener l, const 
 void kvd_guard_fini(struct kvd_guard *g);
 /* Whether a check is due at now (seconds, any fixed origin). */
 int kvd_guard_due(const struct kvd_guard *g, double now);
-/* The nng_listener_id of the watched listener. */
-uint32_t kvd_guard_listener_id(const struct kvd_guard *g);
-/* A check at now: served, the sessions that came through the watched
- * listener.  When connections it accepted have gone unserved for
- * KVD_GUARD_STUCK seconds and outnumber them, starts a new listener
- * (recv_max: its NNG_OPT_RECVMAXSZ) in its place.  Logs what it did; never
- * fails the caller. */
-void kvd_guard_tick(struct kvd_guard *g, double now, uint32_t served, size_t recv_max);
+/* A check at now: when bytes have waited unread by nng in a connection the
+ * watched listener accepted, not shrinking, for KVD_GUARD_STUCK seconds,
+ * starts a new listener (recv_max: its NNG_OPT_RECVMAXSZ) in its place.
+ * Logs what it did; never fails the caller. */
+void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max);
 
 #endif

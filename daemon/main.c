@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include "config.h"
 #include "log.h"
 #include "notify.h"
@@ -71,6 +72,22 @@ static void free_pools(struct kvd_pool **pools, uint32_t n)
         free(pools);
 }
 
+/* Raises the soft limit on open files to the hard one.  Every client is a
+ * descriptor, and systemd starts services at a soft 1024 (its hard limit is
+ * far higher, and it asks programs that need more to raise it themselves);
+ * run out, and nng cannot accept a client, nor the listener guard
+ * (listen_guard.c) read /proc/self/fd.  Failing leaves the limit as it was. */
+static void raise_nofile(void)
+{
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+                return;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+                kvd_debug("cannot raise the open-file limit: %s", strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
         struct kvd_config     c;
@@ -103,6 +120,7 @@ int main(int argc, char **argv)
         if (c.default_pool)
                 kvd_info("no pool configured: serving the built-in pool \"default\" (fp8_e4m3, 32 layers x 8 kv_heads "
                          "x 128 head_dim, page_size 16, 256MiB, backend auto)");
+        raise_nofile();
         if ((r = install_signals())) {
                 kvd_err("cannot install signal handlers: %s", strerror(-r));
                 kvd_config_fini(&c);

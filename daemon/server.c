@@ -174,7 +174,6 @@ static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
         if (ev == NNG_PIPE_EV_ADD_POST) {
                 int r = kvd_sessions_add(s->sessions, pid, &ss);
                 if (r == 0) {
-                        ss->listener_id = (uint32_t)nng_listener_id(nng_pipe_listener(p));
                         kvd_server_fill_peer(ss, p);
                         kvd_debug("pipe %u connected (session %u, pid %lld, uid %lld)", pid, ss->id,
                                   (long long)ss->pid, (long long)ss->uid);
@@ -289,15 +288,8 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
                         periodic(s);
                         last_periodic = t0;
                 }
-                if (kvd_guard_due(&s->guard, t0)) {
-                        uint32_t n = 0, cur = 0;
-
-                        pthread_mutex_lock(&s->lock);
-                        for (const struct kvd_session *ss; (ss = kvd_sessions_next(s->sessions, &cur));)
-                                n += ss->listener_id == kvd_guard_listener_id(&s->guard);
-                        pthread_mutex_unlock(&s->lock);
-                        kvd_guard_tick(&s->guard, t0, n, RECV_MAX);
-                }
+                if (kvd_guard_due(&s->guard, t0))
+                        kvd_guard_tick(&s->guard, t0, RECV_MAX);
                 if (t0 >= s->gone_due) {
                         reap_gone(s, t0);
                         s->gone_due = t0 + GONE_CHECK_S;

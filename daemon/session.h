@@ -24,7 +24,6 @@ struct kvd_session {
         uint8_t  salt[KV_KEY_LEN];
         int      tenant;      /* salt is not all zero */
         uint64_t attached;    /* bit i: pool i attached */
-        uint32_t listener_id; /* nng_listener_id of the listener it came through (listen_guard.c) */
         int      pid_peer;    /* pid came from the socket's credentials, not from hello */
         double   gone_since;  /* when the peer process was first seen gone (server.c reap_gone), else 0 */
 };

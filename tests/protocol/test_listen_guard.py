@@ -1,0 +1,71 @@
+"""kvpoold's listener guard (daemon/listen_guard.c) on a socket path near
+the 108 bytes a Unix socket name may have: the new listener cannot be bound
+at <path>.<n>, which would not fit, so it takes a shorter name in the same
+folder (<dir>/.kvg<n>) before the rename over the socket file.
+
+The fault it mends is nng 1.5.2's (nanomsg/nng#1518): a peer that connects
+and closes before the SP handshake is done stops the listener.
+
+Needs $KVPOOL_BUILD/daemon/kvpoold, as test_raw_client.py.
+"""
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import time
+
+from test_raw_client import STATUS, Conn, hello
+
+
+def test_a_socket_path_of_107_bytes_is_mended_too(tmp_path):
+    build = os.environ.get("KVPOOL_BUILD")
+    assert build, "KVPOOL_BUILD must name the meson build directory"
+    exe = os.path.join(build, "daemon", "kvpoold")
+    assert os.access(exe, os.X_OK), f"{exe} is missing: build the project first"
+    base = f"/tmp/kvtest-guard-{os.getpid()}/"
+    path = base + "d" * (107 - len(base) - len("/s.sock")) + "/s.sock"
+    assert len(path) == 107  # sun_path holds 108 bytes with the NUL: path.0 would not fit
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    cfg = tmp_path / "kvpoold.json"
+    cfg.write_text(json.dumps({"pools": [{"name": "p0", "dtype": "bf16", "layers": 1, "kv_heads": 1,
+                                          "head_dim": 64, "page_size": 16, "capacity": "2MiB",
+                                          "backend": "host"}]}))
+    logpath = tmp_path / "kvpoold.log"
+    p = subprocess.Popen([exe, "--config", str(cfg), "--socket", "ipc://" + path, "--events", "none",
+                          "--metrics", "none"], stdout=open(logpath, "w"), stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            if os.path.exists(path) or p.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, logpath.read_text()
+        kept = Conn(path)
+        hello(kept, "kept")
+        for _ in range(20):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            s.close()
+        deadline, stuck = time.time() + 40, 0
+        while True:
+            try:
+                c = Conn(path, timeout=1.5)
+                hello(c)
+                break
+            except (OSError, AssertionError):
+                stuck += 1
+                assert time.time() < deadline, "no new client got an answer within 40 s: " + logpath.read_text()
+                time.sleep(0.2)
+        assert json.loads(c.ok(STATUS, struct.pack("<I", 0))[4:])["pools"]
+        assert json.loads(kept.ok(STATUS, struct.pack("<I", 0))[4:])["pools"]
+        if stuck:
+            text = logpath.read_text()
+            assert "took over the socket file" in text, text
+            assert not os.path.exists(os.path.dirname(path) + "/.kvg1")  # renamed over the socket file
+        c.close()
+        kept.close()
+    finally:
+        p.terminate()
+        assert p.wait(timeout=10) == 0, logpath.read_text()
+        shutil.rmtree(base, ignore_errors=True)
