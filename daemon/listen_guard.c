@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
@@ -273,9 +274,14 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
 
         if (!kvd_guard_due(g, now))
                 return;
-        /* the serving loop (and with it this check) was held up: what nng
-         * did not read meanwhile says nothing about the listener */
-        stalled = g->last > 0 && now - g->last > 2 * KVD_GUARD_EVERY;
+        /* the serving loop (or this thread) was held up: what nng did not
+         * read meanwhile says nothing about the listener */
+        {
+                const double beat = (double)atomic_load(&g->beat_ms) / 1000.0;
+
+                stalled = (g->last > 0 && now - g->last > 2 * KVD_GUARD_EVERY) ||
+                          (beat > 0 && now - beat > 2 * KVD_GUARD_EVERY);
+        }
         g->last = now;
         if ((m = accepted_connections(g->bound, &ino, &rq)) < 0 || !(seen = malloc(((size_t)m + 1) * sizeof *seen))) {
                 free(ino);
@@ -324,4 +330,85 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
                          g->path, why, g->tries < KVD_GUARD_MAX ? "" : ": restart kvpoold");
                 g->quiet |= 2; /* a failure would only repeat */
         }
+}
+
+/* ---- the thread ---------------------------------------------------------------- */
+
+static double mono_s(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void *guard_main(void *arg)
+{
+        struct kvd_guard *g = arg;
+
+        pthread_mutex_lock(&g->mu);
+        while (!g->stopping) {
+                struct timespec until;
+
+                clock_gettime(CLOCK_MONOTONIC, &until);
+                until.tv_sec += (time_t)KVD_GUARD_EVERY;
+                /* wakes at the period or at kvd_guard_stop; a spurious wake
+                 * only makes kvd_guard_due say no */
+                pthread_cond_timedwait(&g->cv, &g->mu, &until);
+                if (g->stopping)
+                        break;
+                pthread_mutex_unlock(&g->mu);
+                kvd_guard_tick(g, mono_s(), g->recv_max);
+                pthread_mutex_lock(&g->mu);
+        }
+        pthread_mutex_unlock(&g->mu);
+        return NULL;
+}
+
+int kvd_guard_start(struct kvd_guard *g, size_t recv_max)
+{
+        pthread_condattr_t ca;
+        int                r;
+
+        if (!g->path || g->running)
+                return 0;
+        g->recv_max = recv_max;
+        g->stopping = 0;
+        if ((r = pthread_condattr_init(&ca)))
+                return -r;
+        if ((r = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)) || (r = pthread_cond_init(&g->cv, &ca))) {
+                pthread_condattr_destroy(&ca);
+                return -r;
+        }
+        pthread_condattr_destroy(&ca);
+        if ((r = pthread_mutex_init(&g->mu, NULL))) {
+                pthread_cond_destroy(&g->cv);
+                return -r;
+        }
+        if ((r = pthread_create(&g->thread, NULL, guard_main, g))) {
+                pthread_mutex_destroy(&g->mu);
+                pthread_cond_destroy(&g->cv);
+                return -r;
+        }
+        g->running = 1;
+        return 0;
+}
+
+void kvd_guard_stop(struct kvd_guard *g)
+{
+        if (!g->running)
+                return;
+        pthread_mutex_lock(&g->mu);
+        g->stopping = 1;
+        pthread_cond_signal(&g->cv);
+        pthread_mutex_unlock(&g->mu);
+        pthread_join(g->thread, NULL);
+        pthread_mutex_destroy(&g->mu);
+        pthread_cond_destroy(&g->cv);
+        g->running = 0;
+}
+
+void kvd_guard_beat(struct kvd_guard *g, double now)
+{
+        atomic_store(&g->beat_ms, (uint64_t)(now * 1000.0));
 }

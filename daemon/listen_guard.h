@@ -1,8 +1,12 @@
 /* listen_guard.h - mends kvpoold's ipc:// listener when nng 1.5.2 stops it
- * (listen_guard.c has the why and how).  Serving thread only. */
+ * (listen_guard.c has the why and how).  The checks run on a thread of the
+ * guard's own (kvd_guard_start), so that reading /proc never holds up the
+ * serving loop; the loop only beats (kvd_guard_beat). */
 #ifndef KVD_LISTEN_GUARD_H
 #define KVD_LISTEN_GUARD_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -29,6 +33,14 @@ struct kvd_guard {
         double        *seen;      /* since when its unread bytes have waited */
         int           *unread;    /* bytes nng had not read from it */
         size_t         n;
+        /* the thread (kvd_guard_start) */
+        pthread_t       thread;
+        pthread_mutex_t mu;
+        pthread_cond_t  cv;
+        int             running;  /* the thread was started and not yet joined */
+        int             stopping; /* under mu */
+        size_t          recv_max;
+        _Atomic uint64_t beat_ms; /* the serving loop's last beat (kvd_guard_beat), ms */
 };
 
 /* Watches listener l of sock, bound to path (NULL: nothing to watch); mode
@@ -37,9 +49,20 @@ void kvd_guard_init(struct kvd_guard *g, nng_socket sock, nng_listener l, const 
                     int has_group, gid_t group);
 /* Frees what g holds (not the listeners: nng_close closes them). */
 void kvd_guard_fini(struct kvd_guard *g);
-/* Whether a check is due at now (seconds, any fixed origin). */
+/* Starts the thread that checks every KVD_GUARD_EVERY seconds (nothing
+ * for a guard without a path); recv_max: a new listener's
+ * NNG_OPT_RECVMAXSZ.  0, or -errno (no guard then; the daemon serves on). */
+int kvd_guard_start(struct kvd_guard *g, size_t recv_max);
+/* Stops and joins the thread; nothing if it is not running.  Before the
+ * socket closes and before kvd_guard_fini. */
+void kvd_guard_stop(struct kvd_guard *g);
+/* The serving loop is alive at now (seconds, CLOCK_MONOTONIC): a loop
+ * that has not beaten for two periods holds up nng's reads, and the checks
+ * then start their count again.  Any thread; lock-free. */
+void kvd_guard_beat(struct kvd_guard *g, double now);
+/* Whether a check is due at now (seconds, CLOCK_MONOTONIC). */
 int kvd_guard_due(const struct kvd_guard *g, double now);
-/* A check at now: when bytes have waited unread by nng in a connection the
+/* A check at now (the thread's; tests may call it): when bytes have waited unread by nng in a connection the
  * watched listener accepted, not shrinking, for KVD_GUARD_STUCK seconds,
  * starts a new listener (recv_max: its NNG_OPT_RECVMAXSZ) in its place.
  * Logs what it did; never fails the caller. */

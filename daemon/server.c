@@ -288,8 +288,7 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
                         periodic(s);
                         last_periodic = t0;
                 }
-                if (kvd_guard_due(&s->guard, t0))
-                        kvd_guard_tick(&s->guard, t0, RECV_MAX);
+                kvd_guard_beat(&s->guard, t0);
                 if (t0 >= s->gone_due) {
                         reap_gone(s, t0);
                         s->gone_due = t0 + GONE_CHECK_S;
@@ -418,6 +417,9 @@ static int start_listener(struct kvd_server *s, const struct kvd_server_cfg *cfg
         }
         kvd_guard_init(&s->guard, s->sock, s->listener, s->socket_path, cfg->socket_mode ? cfg->socket_mode : 0600,
                        cfg->has_group, cfg->has_group ? cfg->group : (gid_t)-1);
+        if ((r = kvd_guard_start(&s->guard, RECV_MAX)))
+                kvd_warn("listener guard: cannot start its thread (%s): not watching %s for nng 1.5.2's stopped "
+                         "listener (docs/operations.md §9)", strerror(-r), s->socket_path);
         return 0;
 }
 
@@ -563,6 +565,7 @@ void kvd_server_free(struct kvd_server *s)
 
         if (!s)
                 return;
+        kvd_guard_stop(&s->guard); /* before the socket its new listeners would go on closes */
         if (close_bounded(s) < 0) {
                 stuck = 1;
                 if (s->close_wait_ms == 0)
