@@ -299,14 +299,14 @@ int kvd_cfg_load_file(const char *file, struct kvd_cfg_scalars *sc, struct kvd_p
                 } else if (kvd_json_dup_key(root, path, sizeof(path), 0, &dkey)) {
                         r = kvd_cfg_fail(err, errlen, "%s: %s: key \"%s\" given twice", file,
                                          path[0] ? path : "the top level", dkey);
-                } else if (kvd_json_nul(text, len) >= 0) {
-                        const char *at = text + kvd_json_nul(text, len);
+                } else if (kvd_json_nul(text, (size_t)(end - text)) >= 0) {
+                        const char *at = text + kvd_json_nul(text, (size_t)(end - text));
                         unsigned    line = 1;
 
                         for (const char *p = text; p < at; p++)
                                 line += *p == '\n';
                         r = kvd_cfg_fail(err, errlen,
-                                         "%s: line %u: \\u0000 in a string (a NUL would cut the string short)",
+                                         "%s: line %u: \\u0000 in a string, escaped or as a raw 0 byte (a NUL would cut the string short)",
                                          file, line);
                 }
                 if (r) {

@@ -64,15 +64,19 @@ static inline long kvd_utf8_bad(const char *s, size_t n)
         return -1;
 }
 
-/* The offset of the first \u0000 escape in the JSON text s[0..n) (a
- * backslash that is not itself escaped, then u0000), or -1.  Outside a
- * string the sequence is a syntax error, which the parser reports first. */
+/* The offset of the first NUL in the JSON value s[0..n) (pass the parse
+ * end, not the buffer's: a file may end in NUL padding): a \u0000 escape (a
+ * backslash that is not itself escaped, then u0000) or a raw 0 byte, which
+ * cJSON also takes into a string (JSON forbids control characters there,
+ * cJSON does not), or -1.  Either would end the C string early. */
 static inline long kvd_json_nul(const char *s, size_t n)
 {
-        for (size_t i = 0; i + 6 <= n; i++) {
+        for (size_t i = 0; i < n; i++) {
+                if (s[i] == '\0')
+                        return (long)i;
                 if (s[i] != '\\')
                         continue;
-                if (memcmp(s + i + 1, "u0000", 5) == 0)
+                if (i + 6 <= n && memcmp(s + i + 1, "u0000", 5) == 0)
                         return (long)i;
                 i++; /* the escaped character: \\ must not start another escape */
         }

@@ -169,10 +169,10 @@ int kvd_sc_parse_json(const char *path, const char *buf, size_t len, cJSON **ret
                 else if (kvd_json_dup_key(j, where, sizeof where, 0, &dkey))
                         r = kvd_sc_fail(err, errlen, -EINVAL, "%s: %s: key \"%s\" given twice", path,
                                         where[0] ? where : "the top level", dkey);
-                else if (kvd_json_nul(buf, len) >= 0)
+                else if (kvd_json_nul(buf, (size_t)(end - buf)) >= 0)
                         r = kvd_sc_fail(err, errlen, -EINVAL,
-                                        "%s: byte %ld: \\u0000 in a string (a NUL would cut the string short)",
-                                        path, kvd_json_nul(buf, len));
+                                        "%s: byte %ld: \\u0000 in a string, escaped or as a raw 0 byte (a NUL would cut the string short)",
+                                        path, kvd_json_nul(buf, (size_t)(end - buf)));
                 if (r) {
                         cJSON_Delete(j);
                         return r;

@@ -385,6 +385,10 @@ def test_json_subnormal_repeated_key_trailing_text(probe, tmp_path):
     raw = '{"kv_cache": {"dtype": "float8_e4m3fn\\u0000x", "scaling_factor": {"0": {"0": 1, "1": 1, "2": 1, "3": 1}}}}'
     path = qp(tmp_path, None, raw=raw, name="nul.json")
     refuse(probe, js(path), str(path), "\\u0000 in a string")
+    # cJSON takes a raw 0 byte into a string as well (JSON forbids control characters there)
+    raw = '{"kv_cache": {"dtype": "float8_e4m3fn\x00x", "scaling_factor": {"0": {"0": 1, "1": 1, "2": 1, "3": 1}}}}'
+    path = qp(tmp_path, None, raw=raw, name="rawnul.json")
+    refuse(probe, js(path), str(path), "as a raw 0 byte")
 
 
 def test_scale_path_that_is_a_fifo(probe, tmp_path):
