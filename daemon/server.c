@@ -7,13 +7,16 @@
  * client connecting or going away) and the metrics HTTP handler run on nng
  * threads and take the same lock.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -194,20 +197,55 @@ static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
         pthread_mutex_unlock(&s->lock);
 }
 
+/* Marks alive[i] for each pid[i] (n of them) from which this process holds
+ * a connection whose peer end is still open (SO_PEERCRED names the process
+ * that connected; poll's POLLRDHUP says the peer has closed).  0, or -errno
+ * when /proc/self/fd cannot be read (alive[] untouched). */
+static int peers_open(const pid_t *pid, uint32_t n, int *alive)
+{
+        DIR           *d = opendir("/proc/self/fd");
+        struct dirent *e;
+
+        if (!d)
+                return -errno;
+        while ((e = readdir(d)) != NULL) {
+                struct ucred  uc;
+                socklen_t     len = sizeof uc;
+                int           fd = atoi(e->d_name);
+                struct pollfd pf = { .fd = fd, .events = POLLRDHUP };
+
+                if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == dirfd(d) ||
+                    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0)
+                        continue;
+                for (uint32_t i = 0; i < n; i++)
+                        if (uc.pid == pid[i] && !alive[i] && poll(&pf, 1, 0) == 0)
+                                alive[i] = 1;
+        }
+        closedir(d);
+        return 0;
+}
+
 /* Ends the sessions whose peer process (the pid of the socket's
  * credentials; never one a hello claimed) has been gone for GONE_GRACE_S
- * while nng still holds their connection.  Normally the kernel closes an
- * exited process's socket and NNG_PIPE_EV_REM_POST ends the session within
- * milliseconds.  nng 1.5.2 can instead wedge its pipe teardown for good: a
- * peer that closes with two requests in flight can leave a pipe receive
- * that is never finished, and nng's single reaper thread waits for it, so
- * no closed connection is reported again (docs/operations.md §9).  Without
- * this sweep every page a worker held when it exited would then stay held
- * until a restart.  A session that is removed here and reported by nng
- * later is simply not found then (kvd_sessions_remove). */
+ * while nng still holds their connection and the connection's peer end is
+ * closed.  Normally the kernel closes an exited process's socket and
+ * NNG_PIPE_EV_REM_POST ends the session within milliseconds.  nng 1.5.2
+ * can instead wedge its pipe teardown for good: a peer that closes with two
+ * requests in flight can leave a pipe receive that is never finished, and
+ * nng's single reaper thread waits for it, so no closed connection is
+ * reported again (docs/operations.md §9).  Without this sweep every page a
+ * worker held when it exited would then stay held until a restart.  A
+ * connection can outlive the process that made it (a child inherited it):
+ * while one from that pid is open, nothing is ended (peers_open), nor when
+ * /proc/self/fd cannot tell.  A session removed here and reported by nng
+ * later is simply not found then (kvd_sessions_remove).  Runs on the
+ * serving thread; the fd scan only where a session is past its grace, and
+ * outside the lock. */
 static void reap_gone(struct kvd_server *s, double now)
 {
-        uint32_t gone[GONE_BATCH], n = 0, cur = 0;
+        uint32_t gone[GONE_BATCH], n = 0, cur = 0, ended = 0;
+        pid_t    pid[GONE_BATCH];
+        int      alive[GONE_BATCH] = { 0 };
 
         pthread_mutex_lock(&s->lock);
         for (const struct kvd_session *c; (c = kvd_sessions_next(s->sessions, &cur));) {
@@ -222,22 +260,29 @@ static void reap_gone(struct kvd_server *s, double now)
                 }
                 if (ss->gone_since == 0.0)
                         ss->gone_since = now;
-                else if (now - ss->gone_since >= GONE_GRACE_S && n < GONE_BATCH)
+                else if (now - ss->gone_since >= GONE_GRACE_S && n < GONE_BATCH) {
+                        pid[n] = (pid_t)ss->pid;
                         gone[n++] = ss->pipe_id;
+                }
         }
+        pthread_mutex_unlock(&s->lock);
+        if (n == 0 || peers_open(pid, n, alive) < 0)
+                return;
+        pthread_mutex_lock(&s->lock);
         for (uint32_t i = 0; i < n; i++) {
-                struct kvd_session *ss = kvd_sessions_remove(s->sessions, gone[i]);
+                struct kvd_session *ss;
 
-                if (!ss)
+                if (alive[i] || !(ss = kvd_sessions_remove(s->sessions, gone[i])))
                         continue;
-                kvd_warn("client %s (pid %lld, session %u): its process has exited but nng has not closed its "
-                         "connection %u for %.0f s; ending the session now",
+                kvd_warn("client %s (pid %lld, session %u): its process has exited and closed its connection %u, "
+                         "but nng has not reported the close for %.0f s; ending the session now",
                          ss->name[0] ? ss->name : "?", (long long)ss->pid, ss->id, ss->pipe_id,
                          now - ss->gone_since);
                 drop_session(s, ss);
                 free(ss);
+                ended++;
         }
-        if (n && !s->gone_told) {
+        if (ended && !s->gone_told) {
                 s->gone_told = 1;
                 kvd_err("nng no longer reports closed connections (its pipe teardown is stuck, a known fault of "
                         "nng 1.5.2; docs/operations.md section 9): sessions of exited processes are ended by "

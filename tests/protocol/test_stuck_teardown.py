@@ -1,5 +1,5 @@
 """kvpoold ends the sessions of exited processes itself when nng stops
-reporting closed connections.
+reporting closed connections, and only those whose connection is closed.
 
 nng 1.5.2 can wedge its pipe teardown for good: a peer that closes its
 connection with two requests in flight can leave a pipe receive that is
@@ -26,6 +26,7 @@ from test_raw_client import ALLOC, STATUS, Conn, attach, hello, pages
 BATCH = 25          # children between two looks at the session table
 MAX_CHILDREN = 3000  # the wedge came within 25-1500 connections on the machines tried
 GRACE = 20          # s: reap_gone checks every 3 s and ends a session 5 s after its process is gone
+GRACE_WAIT = 10     # s: past the grace and at least one check after it
 
 
 @pytest.fixture
@@ -119,6 +120,51 @@ def test_pages_of_exited_processes_come_back_when_nng_stops_reporting_closes(dae
     got = pages(probe.ok(ALLOC, struct.pack("<II", 0, total - len(mine))))
     assert len(got) == total - len(mine)
     text = logpath.read_text()
-    assert "its process has exited but nng has not closed its connection" in text
+    assert "its process has exited and closed its connection" in text
     assert "nng no longer reports closed connections" in text
     probe.close()
+
+
+def test_a_connection_inherited_by_a_child_outlives_the_process_that_made_it(daemon):
+    # SO_PEERCRED names the process that connected; a child that inherited
+    # the connection goes on using it after that process exits, and
+    # kvpoold must not end the session (its pages are in use) just because
+    # the pid is gone: only a connection whose peer end is closed is.
+    path, logpath = daemon
+    r, w = os.pipe()
+    mid = os.fork()
+    if mid == 0:
+        code = 1
+        try:
+            os.close(r)
+            c = Conn(path)
+            hello(c, "opener")
+            attach(c)
+            held = pages(c.ok(ALLOC, struct.pack("<II", 0, 4)))
+            if os.fork() == 0:  # the child keeps the connection; the opener exits at once
+                try:
+                    time.sleep(GRACE_WAIT)
+                    rop, _ = c.call(ALLOC, struct.pack("<II", 0, 1))
+                    st = status(c)
+                    me = [x for x in st["clients"] if x["name"] == "opener"]
+                    os.write(w, json.dumps({"held": held, "alloc_ok": rop == ALLOC | 0x8000,
+                                            "pages": me[0]["pages_held"] if me else None}).encode())
+                finally:
+                    os._exit(0)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    _, rc = os.waitpid(mid, 0)
+    assert rc == 0
+    got = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        got += chunk
+    os.close(r)
+    res = json.loads(got)
+    assert res["alloc_ok"], "the child's request after its opener exited was refused"
+    assert res["pages"] == 5, res  # 4 + 1: the session and its pages were kept
+    assert "ending the session now" not in logpath.read_text()
