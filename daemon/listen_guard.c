@@ -39,6 +39,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +47,9 @@
 #include <unistd.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/un.h>
+#include "kv_proto.h"
 #include "listen_guard.h"
 #include "log.h"
 
@@ -216,6 +219,74 @@ void kvd_guard_fini(struct kvd_guard *g)
         g->n = 0;
 }
 
+/* Writes all of buf[0..n) (the socket has a send timeout). */
+static int send_all(int fd, const uint8_t *buf, size_t n)
+{
+        while (n) {
+                ssize_t k = send(fd, buf, n, MSG_NOSIGNAL);
+
+                if (k <= 0)
+                        return -1;
+                buf += k;
+                n -= (size_t)k;
+        }
+        return 0;
+}
+
+/* Reads exactly n bytes into buf (the socket has a receive timeout). */
+static int recv_all(int fd, uint8_t *buf, size_t n)
+{
+        while (n) {
+                ssize_t k = recv(fd, buf, n, 0);
+
+                if (k <= 0)
+                        return -1;
+                buf += k;
+                n -= (size_t)k;
+        }
+        return 0;
+}
+
+/* Whether a new client gets an answer on the socket file now: connects as
+ * a REQ peer (docs/protocol.md appendix), finishes the SP handshake, sends
+ * one STATUS request and reads the reply's frame header (before HELLO the
+ * daemon answers with an error: any answer will do), each step within
+ * KVD_GUARD_PROBE seconds.  The count of unread connections can also come
+ * from nng's stuck pipe teardown (server.c reap_gone): a connection whose
+ * teardown never finished keeps its peer's last request, while the
+ * listener works.  1: answered; 0: not, or the probe could not be made. */
+static int probe_answers(const char *path)
+{
+        struct sockaddr_un a = { .sun_family = AF_UNIX };
+        struct timeval     tv = { .tv_sec = (time_t)KVD_GUARD_PROBE };
+        uint8_t            msg[13 + KV_HDR_SIZE + 4], hs[8];
+        static const uint8_t req_hs[8] = { 0, 'S', 'P', 0, 0x00, 0x30, 0, 0 };
+        int                fd, ok = 0;
+
+        if (strlen(path) >= sizeof a.sun_path || (fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+                return 0;
+        memcpy(a.sun_path, path, strlen(path) + 1);
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0 &&
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0 &&
+            connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && send_all(fd, req_hs, sizeof req_hs) == 0 &&
+            recv_all(fd, hs, sizeof hs) == 0 && memcmp(hs, "\0SP\0\0\x31", 6) == 0) {
+                /* frame: type 1, big-endian u64 length, SP request id (top
+                 * bit set), then the kvpool message (little-endian) */
+                const uint64_t len = 4 + KV_HDR_SIZE + 4;
+
+                msg[0] = 1;
+                for (int i = 0; i < 8; i++)
+                        msg[1 + i] = (uint8_t)(len >> (56 - 8 * i));
+                msg[9] = 0x80, msg[10] = 0, msg[11] = 0, msg[12] = 1;
+                if (kv_hdr_encode(msg + 13, KV_HDR_SIZE, KV_OP_STATUS, 1, 4) == (int)KV_HDR_SIZE) {
+                        kv_put32(msg + 13 + KV_HDR_SIZE, 0);
+                        ok = send_all(fd, msg, sizeof msg) == 0 && recv_all(fd, hs, 1) == 0 && hs[0] == 1;
+                }
+        }
+        close(fd);
+        return ok;
+}
+
 /* A new listener bound beside the socket file, renamed over it, watched
  * from now on.  0, or -1 with why (the old listener stays the watched one). */
 static int take_over(struct kvd_guard *g, size_t recv_max, char *why, size_t whylen)
@@ -318,6 +389,19 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
         g->n = n;
         if (stuck == 0)
                 return;
+        if (probe_answers(g->path)) {
+                /* the listener works: these connections are ones nng stopped
+                 * tearing down, never to be read; not counted again */
+                for (size_t k = 0; k < g->n; k++)
+                        if (g->unread[k] > 0 && now - g->seen[k] >= KVD_GUARD_STUCK)
+                                g->seen[k] = INFINITY;
+                if (!(g->quiet & 4))
+                        kvd_info("listener guard: %u connection%s of %s unread for %.0f s, but a new client is "
+                                 "answered: not a stopped listener (nng's stuck pipe teardown, docs/operations.md "
+                                 "§9)", (unsigned)stuck, stuck == 1 ? "" : "s", g->path, KVD_GUARD_STUCK);
+                g->quiet |= 4;
+                return;
+        }
         g->tries++;
         if (take_over(g, recv_max, why, sizeof why) == 0) {
                 kvd_warn("the listener on %s stopped handing connections over (%u of its connections unread "

@@ -15,6 +15,7 @@
 #define KVD_GUARD_MAX    8   /* take-overs (tried) in a process at most */
 #define KVD_GUARD_EVERY  3.0 /* seconds between checks */
 #define KVD_GUARD_STUCK  12.0 /* seconds bytes must wait unread in a connection */
+#define KVD_GUARD_PROBE  3    /* seconds each step of the probe client may take (listen_guard.c) */
 
 struct kvd_guard {
         nng_socket    sock;
@@ -25,7 +26,7 @@ struct kvd_guard {
         int           has_group;
         gid_t         group;
         unsigned      tries;      /* take-overs tried */
-        int           quiet;      /* said it cannot watch, or gave up */
+        int           quiet;      /* 1: said it cannot watch; 2: gave up; 4: said a probe was answered */
         double        last;       /* time of the last check (s) */
         /* the watched listener's accepted connections at the last check:
          * inode, since when its unread bytes have waited, how many */
@@ -64,7 +65,8 @@ void kvd_guard_beat(struct kvd_guard *g, double now);
 int kvd_guard_due(const struct kvd_guard *g, double now);
 /* A check at now (the thread's; tests may call it): when bytes have waited unread by nng in a connection the
  * watched listener accepted, not shrinking, for KVD_GUARD_STUCK seconds,
- * starts a new listener (recv_max: its NNG_OPT_RECVMAXSZ) in its place.
+ * and a probe client gets no answer on the socket file, starts a new
+ * listener (recv_max: its NNG_OPT_RECVMAXSZ) in its place.
  * Logs what it did; never fails the caller. */
 void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max);
 

@@ -107,7 +107,8 @@ def test_pages_of_exited_processes_come_back_when_nng_stops_reporting_closes(dae
     if not wedged:
         pytest.skip(f"nng reported every close of {children} pipelining peers: no stuck teardown to test")
 
-    deadline = time.time() + GRACE
+    wedged_at = time.time()
+    deadline = wedged_at + GRACE
     while others(status(probe)) and time.time() < deadline:
         time.sleep(0.5)
     st = status(probe)
@@ -122,6 +123,16 @@ def test_pages_of_exited_processes_come_back_when_nng_stops_reporting_closes(dae
     text = logpath.read_text()
     assert "its process has exited and closed its connection" in text
     assert "nng no longer reports closed connections" in text
+    # A connection whose teardown is stuck keeps its peer's last request
+    # unread, as one a stopped listener never handed over would: the
+    # listener guard's probe client is answered, so it takes nothing over
+    # (daemon/listen_guard.c).  Past its 12 s and a check or two:
+    time.sleep(max(0.0, wedged_at + 20 - time.time()))
+    text = logpath.read_text()
+    assert "took over the socket file" not in text, text
+    c = Conn(path, timeout=2)
+    hello(c, "late")
+    c.close()
     probe.close()
 
 
