@@ -303,6 +303,8 @@ static int take_over(struct kvd_guard *g, size_t recv_max, char *why, size_t why
                 int         dir = slash ? (int)(slash - g->path) : 0;
 
                 snprintf(name, sizeof name, "%.*s%s.kvg%u", dir, g->path, slash ? "/" : "", g->tries);
+                if (strlen(name) >= sizeof(((struct sockaddr_un *)0)->sun_path)) /* a short file name */
+                        snprintf(name, sizeof name, "%.*s%s.%u", dir, g->path, slash ? "/" : "", g->tries);
         }
         snprintf(url, sizeof url, "ipc://%s", name);
         if (strlen(name) >= sizeof(((struct sockaddr_un *)0)->sun_path) || strlen(name) >= sizeof g->bound) {
