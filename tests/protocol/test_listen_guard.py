@@ -1,7 +1,8 @@
 """kvpoold's listener guard (daemon/listen_guard.c) on a socket path near
 the 108 bytes a Unix socket name may have: the new listener cannot be bound
 at <path>.<n>, which would not fit, so it takes a shorter name in the same
-folder (<dir>/.kvg<n>) before the rename over the socket file.
+folder (<dir>/.kvg<n>, or <dir>/.<n> for a short file name) before the
+rename over the socket file.
 
 The fault it mends is nng 1.5.2's (nanomsg/nng#1518): a peer that connects
 and closes before the SP handshake is done stops the listener.
@@ -16,16 +17,21 @@ import struct
 import subprocess
 import time
 
+import pytest
+
 from test_raw_client import STATUS, Conn, hello
 
 
-def test_a_socket_path_of_107_bytes_is_mended_too(tmp_path):
+@pytest.mark.parametrize("leaf", ["s.sock", "k.s"])
+def test_a_socket_path_of_107_bytes_is_mended_too(tmp_path, leaf):
+    # leaf "s.sock": the new listener goes on <dir>/.kvg<n>; "k.s", for which
+    # that would not fit either: <dir>/.<n>
     build = os.environ.get("KVPOOL_BUILD")
     assert build, "KVPOOL_BUILD must name the meson build directory"
     exe = os.path.join(build, "daemon", "kvpoold")
     assert os.access(exe, os.X_OK), f"{exe} is missing: build the project first"
     base = f"/tmp/kvtest-guard-{os.getpid()}/"
-    path = base + "d" * (107 - len(base) - len("/s.sock")) + "/s.sock"
+    path = base + "d" * (107 - len(base) - len("/" + leaf)) + "/" + leaf
     assert len(path) == 107  # sun_path holds 108 bytes with the NUL: path.0 would not fit
     os.makedirs(os.path.dirname(path), exist_ok=True)
     cfg = tmp_path / "kvpoold.json"
@@ -62,7 +68,9 @@ def test_a_socket_path_of_107_bytes_is_mended_too(tmp_path):
         if stuck:
             text = logpath.read_text()
             assert "took over the socket file" in text, text
+            assert "could not take over" not in text, text
             assert not os.path.exists(os.path.dirname(path) + "/.kvg1")  # renamed over the socket file
+            assert not os.path.exists(os.path.dirname(path) + "/.1")
         c.close()
         kept.close()
     finally:
