@@ -1,5 +1,5 @@
 /* events.c - the event stream: an nng PUB0 socket announcing pages stored,
- * pages evicted, pool pressure and shutdown, and the decoder kvpoolctl uses.
+ * pages evicted, pool pressure and shutdown.
  *
  * Wire format of one event (one nng message, little-endian, no padding):
  *
@@ -27,7 +27,9 @@
  * subscriber how many it missed.  Subscribers must subscribe to the empty
  * topic ("" = everything): the type is not a topic prefix.
  *
- * This file depends on nng and libc only, so that kvpoolctl can link it.
+ * The decoder is in events_wire.c, which kvpoolctl links alone.  The
+ * socket file has a listener guard (listen_guard.c) with a probe of its
+ * own (events_probe).
  */
 #include "events.h"
 
@@ -42,9 +44,16 @@
 
 #include <nng/nng.h>
 #include <nng/protocol/pubsub0/pub.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include "listen_guard.h"
+#include "log.h"
 
 #define POOL_LEN 32
 #define EVENT_QUEUE 8192 /* nng's maximum */
+#define GUARD_PROBE_EVERY 10.0 /* seconds between the listener guard's probes */
+#define GUARD_RECV_MAX 65536   /* a new listener's NNG_OPT_RECVMAXSZ: subscribers send nothing */
 
 struct kvd_events {
         nng_socket      sock;
@@ -52,6 +61,12 @@ struct kvd_events {
         pthread_mutex_t lock;        /* seq order == send order */
         uint64_t        seq;
         atomic_int      subscribers; /* pipes attached, from nng's pipe callback */
+        /* the listener guard (listen_guard.c), for an ipc:// socket file */
+        struct kvd_guard guard;
+        char            *path;       /* the socket file, for the guard */
+        atomic_int       probing;    /* events_probe is connecting */
+        atomic_int       probe_seen; /* its pipe was attached */
+        atomic_uint      probe_pipe; /* its pipe's id (not a subscriber) */
 };
 
 static int nng_to_errno(int rv)
@@ -73,13 +88,6 @@ static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(
 static void put32(uint8_t *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i)); }
 static void put64(uint8_t *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i)); }
 
-static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-static uint32_t get32(const uint8_t *p)
-{
-        return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32; }
-
 static void putf64(uint8_t *p, double d)
 {
         uint64_t v;
@@ -87,28 +95,81 @@ static void putf64(uint8_t *p, double d)
         put64(p, v);
 }
 
-static double getf64(const uint8_t *p)
-{
-        uint64_t v = get64(p);
-        double d;
-        memcpy(&d, &v, sizeof(d));
-        return d;
-}
 
 static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
         struct kvd_events *e = arg;
-        if (ev == NNG_PIPE_EV_ADD_POST)
+        uint64_t pid;
+
+        if (ev == NNG_PIPE_EV_ADD_POST) {
+                /* the guard's probe (events_probe): this process, while it
+                 * connects; not a subscriber */
+                if (atomic_load(&e->probing) && nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_PID, &pid) == 0 &&
+                    pid == (uint64_t)getpid()) {
+                        atomic_store(&e->probe_pipe, (unsigned)nng_pipe_id(p));
+                        atomic_store(&e->probe_seen, 1);
+                        return;
+                }
                 atomic_fetch_add(&e->subscribers, 1);
-        else if (ev == NNG_PIPE_EV_REM_POST)
+        } else if (ev == NNG_PIPE_EV_REM_POST) {
+                if (atomic_load(&e->probe_pipe) == (unsigned)nng_pipe_id(p))
+                        return;
                 atomic_fetch_sub(&e->subscribers, 1);
+        }
+}
+
+/* The listener guard's probe (kvd_guard_probe_only): a subscriber that
+ * connects to the socket file, finishes the SP handshake and waits up to
+ * PROBE_WAIT_MS for nng to attach its pipe to the socket.  A subscriber
+ * sends nothing after the handshake, so the guard's unread-bytes rule
+ * cannot see a stopped events listener (nng 1.5.2, nanomsg/nng#1518):
+ * subscribers that come later just never get an event.  1: attached, or
+ * the probe could not be made (nothing to say then); 0: not attached. */
+#define PROBE_WAIT_MS 3000
+static int events_probe(void *arg, const char *path)
+{
+        static const uint8_t sub_hs[8] = { 0, 'S', 'P', 0, 0x00, 0x21, 0, 0 };
+        struct kvd_events  *e = arg;
+        struct sockaddr_un  a = { .sun_family = AF_UNIX };
+        struct timeval      tv = { .tv_sec = PROBE_WAIT_MS / 1000 };
+        uint8_t             hs[8];
+        int                 fd, seen = 1;
+        size_t              got = 0;
+
+        if (strlen(path) >= sizeof a.sun_path || (fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+                return 1;
+        memcpy(a.sun_path, path, strlen(path) + 1);
+        atomic_store(&e->probe_seen, 0);
+        atomic_store(&e->probing, 1);
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0 &&
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0 &&
+            connect(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+            send(fd, sub_hs, sizeof sub_hs, MSG_NOSIGNAL) == (ssize_t)sizeof sub_hs) {
+                while (got < sizeof hs) {
+                        ssize_t k = recv(fd, hs + got, sizeof hs - got, 0);
+
+                        if (k <= 0)
+                                break;
+                        got += (size_t)k;
+                }
+                /* nng attaches the pipe right after the handshake */
+                for (int ms = 0; got == sizeof hs && !atomic_load(&e->probe_seen) && ms < PROBE_WAIT_MS; ms += 10) {
+                        struct timespec ts = { 0, 10 * 1000 * 1000 };
+
+                        nanosleep(&ts, NULL);
+                }
+                seen = atomic_load(&e->probe_seen);
+        }
+        atomic_store(&e->probing, 0);
+        close(fd);
+        return seen;
 }
 
 /* Listens on url; for an ipc:// url with mode != 0, the socket file gets
  * that mode (set before it is bound, so it is never more open) and, with
  * gid != (gid_t)-1, that group.  Returns an nng error (positive) or a
  * negative errno, with err naming the step. */
-static int listen_on(struct kvd_events *e, const char *url, int mode, gid_t gid,
+static int listen_on(struct kvd_events *e, const char *url, int mode, gid_t gid, nng_listener *ret_l,
                      char *err, size_t errlen)
 {
         const char *path = strncmp(url, "ipc://", 6) == 0 ? url + 6 : NULL;
@@ -130,6 +191,7 @@ static int listen_on(struct kvd_events *e, const char *url, int mode, gid_t gid,
                                  (unsigned)gid, strerror(saved));
                 return -saved;
         }
+        *ret_l = l;
         return 0;
 }
 
@@ -152,6 +214,7 @@ int kvd_events_open_mode(const char *url, int mode, gid_t gid, struct kvd_events
                 *ret = e;
                 return 0;
         }
+        nng_listener l = NNG_LISTENER_INITIALIZER;
         int rv = nng_pub0_open(&e->sock);
         if (rv != 0) {
                 if (err)
@@ -165,7 +228,7 @@ int kvd_events_open_mode(const char *url, int mode, gid_t gid, struct kvd_events
                 if (rv == 0) {
                         nng_pipe_notify(e->sock, NNG_PIPE_EV_ADD_POST, on_pipe, e);
                         nng_pipe_notify(e->sock, NNG_PIPE_EV_REM_POST, on_pipe, e);
-                        rv = listen_on(e, url, mode, gid, err, errlen);
+                        rv = listen_on(e, url, mode, gid, &l, err, errlen);
                 }
                 if (rv != 0)
                         nng_close(e->sock);
@@ -176,6 +239,16 @@ int kvd_events_open_mode(const char *url, int mode, gid_t gid, struct kvd_events
                 return rv < 0 ? rv : nng_to_errno(rv);
         }
         e->open = 1;
+        /* the guard (for the daemon's socket file, which has a mode): a
+         * probe every GUARD_PROBE_EVERY s; without it the daemon still
+         * publishes, so a failure is only logged */
+        if (mode && strncmp(url, "ipc://", 6) == 0 && (e->path = strdup(url + 6)) != NULL) {
+                kvd_guard_init(&e->guard, e->sock, l, e->path, mode, gid != (gid_t)-1, gid);
+                kvd_guard_probe_only(&e->guard, events_probe, e, GUARD_PROBE_EVERY);
+                if ((rv = kvd_guard_start(&e->guard, GUARD_RECV_MAX)))
+                        kvd_warn("events: listener guard: cannot start its thread (%s): not watching %s",
+                                 strerror(-rv), e->path);
+        }
         *ret = e;
         return 0;
 }
@@ -263,6 +336,7 @@ void kvd_events_shutdown(struct kvd_events *e)
 {
         if (!e || !e->open)
                 return;
+        kvd_guard_stop(&e->guard); /* no take-over while the socket goes */
         uint8_t buf[KVD_EV_HDR_SIZE];
         header(buf, KVD_EV_SHUTDOWN, NULL);
         send_event(e, buf, sizeof(buf));
@@ -281,56 +355,8 @@ void kvd_events_close(struct kvd_events *e)
         kvd_events_shutdown(e);
         if (e->open)
                 nng_close(e->sock);
+        kvd_guard_fini(&e->guard);
+        free(e->path);
         pthread_mutex_destroy(&e->lock);
         free(e);
-}
-
-const char *kvd_event_type_name(uint16_t type)
-{
-        switch (type) {
-        case KVD_EV_STORED:   return "stored";
-        case KVD_EV_EVICTED:  return "evicted";
-        case KVD_EV_PRESSURE: return "pressure";
-        case KVD_EV_SHUTDOWN: return "shutdown";
-        default:              return NULL;
-        }
-}
-
-int kvd_event_decode(const uint8_t *buf, size_t len, struct kvd_event *ret)
-{
-        if (!buf || !ret)
-                return -EINVAL;
-        if (len < KVD_EV_HDR_SIZE || get32(buf) != KVD_EV_MAGIC)
-                return -EPROTO;
-        if (get16(buf + 4) != KVD_EV_VERSION)
-                return -EPROTONOSUPPORT;
-        if (memchr(buf + 24, '\0', POOL_LEN) == NULL)
-                return -EPROTO;
-        struct kvd_event ev;
-        memset(&ev, 0, sizeof(ev));
-        ev.version = get16(buf + 4);
-        ev.type = get16(buf + 6);
-        ev.seq = get64(buf + 8);
-        ev.time_ns = get64(buf + 16);
-        memcpy(ev.pool, buf + 24, POOL_LEN);
-        switch (ev.type) {
-        case KVD_EV_STORED:
-        case KVD_EV_EVICTED:
-                if (len < KVD_EV_PAGE_SIZE)
-                        return -EPROTO;
-                ev.page = get32(buf + 56);
-                memcpy(ev.key, buf + 60, 16);
-                break;
-        case KVD_EV_PRESSURE:
-                if (len < KVD_EV_PRESSURE_SIZE)
-                        return -EPROTO;
-                ev.free_fraction = getf64(buf + 56);
-                ev.threshold = getf64(buf + 64);
-                ev.entering = get32(buf + 72);
-                break;
-        default:
-                break;
-        }
-        *ret = ev;
-        return 0;
 }

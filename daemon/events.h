@@ -41,7 +41,7 @@ void kvd_events_pressure(struct kvd_events *e, const char *pool, double free_fra
                          double threshold, int entering);
 uint64_t kvd_events_seq(const struct kvd_events *e); /* last sequence number sent */
 
-/* ---- decoding (added by 'pages'; used by kvpoolctl, which links events.c
+/* ---- decoding (events_wire.c; used by kvpoolctl, which links that file
  * alone: nothing below depends on daemon state) ---------------------------- */
 
 #define KVD_EV_MAGIC        0x3145564Bu /* "KVE1" read as a little-endian u32 */

@@ -334,6 +334,31 @@ static int take_over(struct kvd_guard *g, size_t recv_max, char *why, size_t why
         return 0;
 }
 
+void kvd_guard_probe_only(struct kvd_guard *g, int (*probe)(void *arg, const char *path), void *arg, double every)
+{
+        g->probe = probe;
+        g->probe_arg = arg;
+        g->probe_every = every;
+}
+
+/* Replaces the watched listener and says so (the tick's last step). */
+static void mend(struct kvd_guard *g, size_t recv_max, const char *what)
+{
+        char why[400];
+
+        g->tries++;
+        if (take_over(g, recv_max, why, sizeof why) == 0) {
+                kvd_warn("the listener on %s stopped handing connections over (%s: nng 1.5.2, nanomsg/nng#1518, a "
+                         "peer closed during the handshake); a new one took over the socket file (%u of at most %u)",
+                         g->path, what, g->tries, KVD_GUARD_MAX);
+        } else {
+                kvd_warn("the listener on %s stopped handing connections over (nng 1.5.2, nanomsg/nng#1518) and "
+                         "a new one could not take over (%s)%s",
+                         g->path, why, g->tries < KVD_GUARD_MAX ? "" : ": restart kvpoold");
+                g->quiet |= 2; /* a failure would only repeat */
+        }
+}
+
 void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
 {
         unsigned long *ino = NULL;
@@ -342,11 +367,19 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
         size_t         n = 0;
         long           m;
         uint64_t       stuck = 0;
-        char           why[400];
         int            stalled;
 
         if (!kvd_guard_due(g, now))
                 return;
+        if (g->probe) {
+                g->last = now;
+                if (now - g->probe_last < g->probe_every)
+                        return;
+                g->probe_last = now;
+                if (!g->probe(g->probe_arg, g->path))
+                        mend(g, recv_max, "a new peer was not attached within the probe's wait");
+                return;
+        }
         /* the serving loop (or this thread) was held up: what nng did not
          * read meanwhile says nothing about the listener */
         {
@@ -404,17 +437,12 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
                 g->quiet |= 4;
                 return;
         }
-        g->tries++;
-        if (take_over(g, recv_max, why, sizeof why) == 0) {
-                kvd_warn("the listener on %s stopped handing connections over (%u of its connections unread "
-                         "for %.0f s: nng 1.5.2, nanomsg/nng#1518, a peer closed during the handshake); a new one "
-                         "took over the socket file (%u of at most %u)",
-                         g->path, (unsigned)stuck, KVD_GUARD_STUCK, g->tries, KVD_GUARD_MAX);
-        } else {
-                kvd_warn("the listener on %s stopped handing connections over (nng 1.5.2, nanomsg/nng#1518) and "
-                         "a new one could not take over (%s)%s",
-                         g->path, why, g->tries < KVD_GUARD_MAX ? "" : ": restart kvpoold");
-                g->quiet |= 2; /* a failure would only repeat */
+        {
+                char what[96];
+
+                snprintf(what, sizeof what, "%u of its connections unread for %.0f s", (unsigned)stuck,
+                         KVD_GUARD_STUCK);
+                mend(g, recv_max, what);
         }
 }
 

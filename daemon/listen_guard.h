@@ -42,6 +42,12 @@ struct kvd_guard {
         int             stopping; /* under mu */
         size_t          recv_max;
         _Atomic uint64_t beat_ms; /* the serving loop's last beat (kvd_guard_beat), ms */
+        /* a socket whose peers send nothing after the handshake (PUB):
+         * no scan, the probe alone decides (kvd_guard_probe_only) */
+        int           (*probe)(void *arg, const char *path);
+        void           *probe_arg;
+        double          probe_every; /* seconds between probes */
+        double          probe_last;
 };
 
 /* Watches listener l of sock, bound to path (NULL: nothing to watch); mode
@@ -50,6 +56,12 @@ void kvd_guard_init(struct kvd_guard *g, nng_socket sock, nng_listener l, const 
                     int has_group, gid_t group);
 /* Frees what g holds (not the listeners: nng_close closes them). */
 void kvd_guard_fini(struct kvd_guard *g);
+/* For a socket whose peers send nothing once connected (the events PUB
+ * socket: subscribers only read), where unread bytes cannot tell a stopped
+ * listener: every `every` seconds probe(arg, path) is asked whether a new
+ * peer on the socket file is served (1) or not (0: take over).  Before
+ * kvd_guard_start. */
+void kvd_guard_probe_only(struct kvd_guard *g, int (*probe)(void *arg, const char *path), void *arg, double every);
 /* Starts the thread that checks every KVD_GUARD_EVERY seconds (nothing
  * for a guard without a path); recv_max: a new listener's
  * NNG_OPT_RECVMAXSZ.  0, or -errno (no guard then; the daemon serves on). */

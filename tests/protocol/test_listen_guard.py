@@ -12,6 +12,7 @@ Needs $KVPOOL_BUILD/daemon/kvpoold, as test_raw_client.py.
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -77,3 +78,66 @@ def test_a_socket_path_of_107_bytes_is_mended_too(tmp_path, leaf):
         p.terminate()
         assert p.wait(timeout=10) == 0, logpath.read_text()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_events_socket_is_mended_too(tmp_path):
+    # The events PUB listener has the same nng bug; its subscribers send
+    # nothing once connected, so the guard probes it instead: every 10 s a
+    # subscriber of the daemon's own must be attached within 3 s, or a new
+    # listener takes the socket file.  A subscriber that comes after the
+    # bare connects gets the shutdown event.
+    build = os.environ.get("KVPOOL_BUILD")
+    assert build, "KVPOOL_BUILD must name the meson build directory"
+    exe = os.path.join(build, "daemon", "kvpoold")
+    d = f"/tmp/kvtest-evguard-{os.getpid()}"
+    os.makedirs(d, exist_ok=True)
+    path, ev = d + "/s.sock", d + "/ev.sock"
+    cfg = tmp_path / "kvpoold.json"
+    cfg.write_text(json.dumps({"pools": [{"name": "p0", "dtype": "bf16", "layers": 1, "kv_heads": 1,
+                                          "head_dim": 64, "page_size": 16, "capacity": "2MiB",
+                                          "backend": "host"}]}))
+    logpath = tmp_path / "kvpoold.log"
+    p = subprocess.Popen([exe, "--config", str(cfg), "--socket", "ipc://" + path, "--events", "ipc://" + ev,
+                          "--metrics", "none"], stdout=open(logpath, "w"), stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            if os.path.exists(ev) or p.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, logpath.read_text()
+        for _ in range(20):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(ev)
+            s.close()
+        time.sleep(10 + 3 + 3 + 2)  # a probe period, its wait, a check, slack
+        sub = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sub.settimeout(5)
+        sub.connect(ev)
+        sub.sendall(b"\x00SP\x00" + struct.pack(">H", 0x21) + b"\x00\x00")  # SUB0
+        hs = b""
+        while len(hs) < 8:
+            hs += sub.recv(8 - len(hs))
+        assert hs[:4] == b"\x00SP\x00" and struct.unpack(">H", hs[4:6])[0] == 0x20, hs
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        got = b""
+        try:
+            while len(got) < 9 + 56:
+                chunk = sub.recv(9 + 56 - len(got))
+                if not chunk:
+                    break
+                got += chunk
+        except socket.timeout:
+            pass
+        assert len(got) == 9 + 56, f"the subscriber got {len(got)} bytes: " + logpath.read_text()
+        assert got[0] == 1 and struct.unpack("<IHH", got[9:17]) == (0x3145564B, 1, 4)  # SHUTDOWN
+        sub.close()
+    finally:
+        if p.poll() is None:
+            p.terminate()
+        assert p.wait(timeout=10) == 0, logpath.read_text()
+        shutil.rmtree(d, ignore_errors=True)
+    text = logpath.read_text()
+    # the 20 bare connects stop nng's listener (every time on the machines tried)
+    assert "the listener on " + ev + " stopped handing connections over" in text, text
+    assert "took over the socket file" in text, text
