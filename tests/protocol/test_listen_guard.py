@@ -1,8 +1,10 @@
-"""kvpoold's listener guard (daemon/listen_guard.c) on a socket path near
-the 108 bytes a Unix socket name may have: the new listener cannot be bound
-at <path>.<n>, which would not fit, so it takes a shorter name in the same
-folder (<dir>/.kvg<n>, or <dir>/.<n> for a short file name) before the
-rename over the socket file.
+"""kvpoold's listener guard (daemon/listen_guard.c) where the tests of
+test_raw_client.py do not take it: on a socket path near the 108 bytes a
+Unix socket name may have (the new listener cannot be bound at <path>.<n>,
+which would not fit, so it takes a shorter name in the same folder,
+<dir>/.kvg<n>, or <dir>/.<n> for a short file name, before the rename over
+the socket file), and on the events socket, whose guard probes it with a
+subscriber of its own.
 
 The fault it mends is nng 1.5.2's (nanomsg/nng#1518): a peer that connects
 and closes before the SP handshake is done stops the listener.
@@ -15,55 +17,27 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import time
 
 import pytest
 
-from test_raw_client import STATUS, Conn, hello
+from test_raw_client import STATUS, Conn, bare_connects, first_answer, hello, start
 
 
 @pytest.mark.parametrize("leaf", ["s.sock", "k.s"])
 def test_a_socket_path_of_107_bytes_is_mended_too(tmp_path, leaf):
     # leaf "s.sock": the new listener goes on <dir>/.kvg<n>; "k.s", for which
     # that would not fit either: <dir>/.<n>
-    build = os.environ.get("KVPOOL_BUILD")
-    assert build, "KVPOOL_BUILD must name the meson build directory"
-    exe = os.path.join(build, "daemon", "kvpoold")
-    assert os.access(exe, os.X_OK), f"{exe} is missing: build the project first"
     base = f"/tmp/kvtest-guard-{os.getpid()}/"
     path = base + "d" * (107 - len(base) - len("/" + leaf)) + "/" + leaf
     assert len(path) == 107  # sun_path holds 108 bytes with the NUL: path.0 would not fit
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    cfg = tmp_path / "kvpoold.json"
-    cfg.write_text(json.dumps({"pools": [{"name": "p0", "dtype": "bf16", "layers": 1, "kv_heads": 1,
-                                          "head_dim": 64, "page_size": 16, "capacity": "2MiB",
-                                          "backend": "host"}]}))
-    logpath = tmp_path / "kvpoold.log"
-    p = subprocess.Popen([exe, "--config", str(cfg), "--socket", "ipc://" + path, "--events", "none",
-                          "--metrics", "none"], stdout=open(logpath, "w"), stderr=subprocess.STDOUT)
+    p, logpath = start(tmp_path, path)
     try:
-        for _ in range(100):
-            if os.path.exists(path) or p.poll() is not None:
-                break
-            time.sleep(0.05)
-        assert p.poll() is None, logpath.read_text()
         kept = Conn(path)
         hello(kept, "kept")
-        for _ in range(20):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(path)
-            s.close()
-        deadline, stuck = time.time() + 40, 0
-        while True:
-            try:
-                c = Conn(path, timeout=1.5)
-                hello(c)
-                break
-            except (OSError, AssertionError):
-                stuck += 1
-                assert time.time() < deadline, "no new client got an answer within 40 s: " + logpath.read_text()
-                time.sleep(0.2)
+        bare_connects(path)
+        c, stuck = first_answer(path, why=logpath.read_text)
         assert json.loads(c.ok(STATUS, struct.pack("<I", 0))[4:])["pools"]
         assert json.loads(kept.ok(STATUS, struct.pack("<I", 0))[4:])["pools"]
         if stuck:
@@ -86,29 +60,12 @@ def test_the_events_socket_is_mended_too(tmp_path):
     # subscriber of the daemon's own must be attached within 3 s, or a new
     # listener takes the socket file.  A subscriber that comes after the
     # bare connects gets the shutdown event.
-    build = os.environ.get("KVPOOL_BUILD")
-    assert build, "KVPOOL_BUILD must name the meson build directory"
-    exe = os.path.join(build, "daemon", "kvpoold")
     d = f"/tmp/kvtest-evguard-{os.getpid()}"
     os.makedirs(d, exist_ok=True)
     path, ev = d + "/s.sock", d + "/ev.sock"
-    cfg = tmp_path / "kvpoold.json"
-    cfg.write_text(json.dumps({"pools": [{"name": "p0", "dtype": "bf16", "layers": 1, "kv_heads": 1,
-                                          "head_dim": 64, "page_size": 16, "capacity": "2MiB",
-                                          "backend": "host"}]}))
-    logpath = tmp_path / "kvpoold.log"
-    p = subprocess.Popen([exe, "--config", str(cfg), "--socket", "ipc://" + path, "--events", "ipc://" + ev,
-                          "--metrics", "none"], stdout=open(logpath, "w"), stderr=subprocess.STDOUT)
+    p, logpath = start(tmp_path, path, events="ipc://" + ev)
     try:
-        for _ in range(100):
-            if os.path.exists(ev) or p.poll() is not None:
-                break
-            time.sleep(0.05)
-        assert p.poll() is None, logpath.read_text()
-        for _ in range(20):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(ev)
-            s.close()
+        bare_connects(ev)
         time.sleep(10 + 3 + 3 + 2)  # a probe period, its wait, a check, slack
         sub = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sub.settimeout(5)

@@ -118,6 +118,55 @@ def attach(c):
     return d
 
 
+def bare_connects(path, n=20):
+    """n peers that connect and close before the SP handshake: on nng 1.5.2
+    (nanomsg/nng#1518) they stop the listener (20 do it every time here)."""
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        s.close()
+
+
+def first_answer(path, within=40, why=lambda: ""):
+    """The first new client that gets an answer to HELLO within `within`
+    seconds, and how many tries got none before it."""
+    deadline, stuck = time.time() + within, 0
+    while True:
+        try:
+            c = Conn(path, timeout=1.5)
+            hello(c)
+            return c, stuck
+        except (OSError, AssertionError):
+            stuck += 1
+            assert time.time() < deadline, f"no new client got an answer within {within} s: " + why()
+            time.sleep(0.2)
+
+
+def start(tmp_path, path, events="none", capacity="2MiB", env=None):
+    """A kvpoold of its own on socket path (events: "none" or an ipc:// URL),
+    with one small bf16 host pool; returns (process, log path)."""
+    build = os.environ.get("KVPOOL_BUILD")
+    assert build, "KVPOOL_BUILD must name the meson build directory"
+    exe = os.path.join(build, "daemon", "kvpoold")
+    assert os.access(exe, os.X_OK), f"{exe} is missing: build the project first"
+    cfg = tmp_path / "kvpoold.json"
+    cfg.write_text(json.dumps({"pools": [{"name": "p0", "dtype": "bf16", "layers": 1, "kv_heads": 1,
+                                          "head_dim": 64, "page_size": 16, "capacity": capacity,
+                                          "backend": "host"}]}))
+    logpath = tmp_path / "kvpoold.log"
+    p = subprocess.Popen([exe, "--config", str(cfg), "--socket", "ipc://" + path, "--events", events,
+                          "--metrics", "none"], stdout=open(logpath, "w"), stderr=subprocess.STDOUT,
+                         env=dict(os.environ, **(env or {})))
+    waited = events[6:] if events.startswith("ipc://") else path
+    for _ in range(100):
+        if os.path.exists(waited) or p.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, logpath.read_text()
+    return p, logpath
+
+
+
 DAEMON_LOG = [None]  # the module's daemon writes its log there
 
 
@@ -265,20 +314,8 @@ def test_a_peer_that_leaves_during_the_handshake_does_not_lock_clients_out(daemo
     # before keeps working throughout.
     kept = Conn(daemon)
     hello(kept)
-    for _ in range(20):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(daemon)
-        s.close()
-    deadline, stuck = time.time() + 40, 0
-    while True:
-        try:
-            c = Conn(daemon, timeout=1.5)
-            hello(c)
-            break
-        except (OSError, AssertionError):
-            stuck += 1
-            assert time.time() < deadline, "no new client got an answer within 40 s"
-            time.sleep(0.2)
+    bare_connects(daemon)
+    c, stuck = first_answer(daemon)
     assert json.loads(c.ok(STATUS, struct.pack("<I", 0))[4:])["pools"]
     assert json.loads(kept.ok(STATUS, struct.pack("<I", 0))[4:])["pools"]
     if stuck:

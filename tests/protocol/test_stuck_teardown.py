@@ -16,12 +16,11 @@ Needs $KVPOOL_BUILD/daemon/kvpoold, as test_raw_client.py.
 import json
 import os
 import struct
-import subprocess
 import time
 
 import pytest
 
-from test_raw_client import ALLOC, STATUS, Conn, attach, hello, pages
+from test_raw_client import ALLOC, STATUS, Conn, attach, hello, pages, start
 
 BATCH = 25          # children between two looks at the session table
 MAX_CHILDREN = 3000  # the wedge came within 25-1500 connections on the machines tried
@@ -31,25 +30,8 @@ GRACE_WAIT = 10     # s: past the grace and at least one check after it
 
 @pytest.fixture
 def daemon(tmp_path):
-    build = os.environ.get("KVPOOL_BUILD")
-    assert build, "KVPOOL_BUILD must name the meson build directory"
-    exe = os.path.join(build, "daemon", "kvpoold")
-    assert os.access(exe, os.X_OK), f"{exe} is missing: build the project first"
-    cfg = tmp_path / "kvpoold.json"
-    cfg.write_text(json.dumps({"pools": [{"name": "p0", "dtype": "bf16", "layers": 1, "kv_heads": 1,
-                                          "head_dim": 64, "page_size": 16, "capacity": "4MiB",
-                                          "backend": "host"}]}))
     path = f"/tmp/kvtest-stuck-{os.getpid()}.sock"
-    logpath = tmp_path / "kvpoold.log"
-    log = open(logpath, "w")
-    p = subprocess.Popen([exe, "--config", str(cfg), "--socket", "ipc://" + path, "--events", "none",
-                          "--metrics", "none"], stdout=log, stderr=subprocess.STDOUT,
-                         env=dict(os.environ, KVPOOLD_CLOSE_WAIT_MS="200"))
-    for _ in range(100):
-        if os.path.exists(path) or p.poll() is not None:
-            break
-        time.sleep(0.05)
-    assert p.poll() is None, logpath.read_text()
+    p, logpath = start(tmp_path, path, capacity="4MiB", env={"KVPOOLD_CLOSE_WAIT_MS": "200"})
     yield path, logpath
     p.terminate()
     # a wedged nng cannot close its socket: the daemon gives up after

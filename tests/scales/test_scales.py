@@ -381,14 +381,14 @@ def test_json_subnormal_repeated_key_trailing_text(probe, tmp_path):
     raw = '{"kv_cache": {"dtype": "float8_e4m3fn", "scaling_factor": {"0": {"0": 1, "1": 1, "2": 1, "3": 1}}}} x'
     path = qp(tmp_path, None, raw=raw, name="tail.json")
     refuse(probe, js(path), str(path), "text after the JSON value")
-    # cJSON would end the string at the NUL and read the dtype as float8_e4m3fn
-    raw = '{"kv_cache": {"dtype": "float8_e4m3fn\\u0000x", "scaling_factor": {"0": {"0": 1, "1": 1, "2": 1, "3": 1}}}}'
-    path = qp(tmp_path, None, raw=raw, name="nul.json")
-    refuse(probe, js(path), str(path), "\\u0000 in a string")
-    # cJSON takes a raw 0 byte into a string as well (JSON forbids control characters there)
-    raw = '{"kv_cache": {"dtype": "float8_e4m3fn\x00x", "scaling_factor": {"0": {"0": 1, "1": 1, "2": 1, "3": 1}}}}'
-    path = qp(tmp_path, None, raw=raw, name="rawnul.json")
-    refuse(probe, js(path), str(path), "as a raw 0 byte")
+    # cJSON would end the string at the NUL and read the dtype as
+    # float8_e4m3fn: an escaped one, and a raw 0 byte, which cJSON takes into
+    # a string as well (JSON forbids control characters there)
+    for nul, name, text in (("\\u0000", "nul.json", "\\u0000 in a string"),
+                            ("\x00", "rawnul.json", "as a raw 0 byte")):
+        raw = '{"kv_cache": {"dtype": "float8_e4m3fn%sx", "scaling_factor": {"0": {"0": 1, "1": 1}}}}' % nul
+        path = qp(tmp_path, None, raw=raw, name=name)
+        refuse(probe, js(path), str(path), text)
 
 
 def test_scale_path_that_is_a_fifo(probe, tmp_path):
