@@ -44,11 +44,11 @@ namespace kva {
  * kernel"), at 80-127 vectors:
  * - 4 to 128 sequences: the tiled kernel took 4-42% less time than the
  *   decode kernel, but for 16 at 80 vectors (5% more to 5% less);
- * - 2 sequences: 1-48% less at 4k and 16k keys (1k keys stay on the
+ * - 2 sequences: up to 48% less at 4k and 16k keys (1k keys stay on the
  *   decode kernel: decode_is_short);
- * - 3 sequences: 2-47% less from 96 vectors, but at 80 from 23% less to
- *   17% more (8 kv heads, 4k keys: the decode kernel's 240 CTAs fill one
- *   wave, its best case);
+ * - 3 sequences: 8-47% less from 96 vectors (with plan_splits' mid), but
+ *   at 80 from 23% less to 17% more (8 kv heads, 4k keys: the decode
+ *   kernel's 240 CTAs fill one wave, its best case);
  * - one sequence: up to 35% slower at 64-80 and -7..+13% at 96-112. */
 inline bool take_tiled(uint64_t vectors, uint64_t batch, uint64_t pmin, uint64_t pmin4, uint64_t pmin3)
 {
