@@ -25,8 +25,10 @@ enum kvd_event_type {
 int  kvd_events_open(const char *url, struct kvd_events **ret, char *err, size_t errlen);
 /* As kvd_events_open; for an ipc:// url, mode != 0 gives the socket file that
  * mode (e.g. 0660, like the request socket) and gid != (gid_t)-1 that group,
- * so that the operators who may use the request socket may also subscribe.
- * (Added by 'pages'.) */
+ * so that the operators who may use the request socket may also subscribe,
+ * and starts the socket file's listener guard: a thread that connects a
+ * subscriber of this process every 10 s and replaces the listener when nng
+ * does not attach it (listen_guard.c; kvd_events_shutdown stops it). */
 int  kvd_events_open_mode(const char *url, int mode, gid_t gid, struct kvd_events **ret,
                           char *err, size_t errlen);
 /* Publishes the SHUTDOWN event and gives subscribers 100 ms to get it; the

@@ -254,7 +254,8 @@ static int recv_all(int fd, uint8_t *buf, size_t n)
  * KVD_GUARD_PROBE seconds.  The count of unread connections can also come
  * from nng's stuck pipe teardown (server.c reap_gone): a connection whose
  * teardown never finished keeps its peer's last request, while the
- * listener works.  1: answered; 0: not, or the probe could not be made. */
+ * listener works.  1: answered; 0: not; -1: the probe could not be made
+ * (no socket: at the fd limit, which says nothing about the listener). */
 static int probe_answers(const char *path)
 {
         struct sockaddr_un a = { .sun_family = AF_UNIX };
@@ -263,12 +264,17 @@ static int probe_answers(const char *path)
         static const uint8_t req_hs[8] = { 0, 'S', 'P', 0, 0x00, 0x30, 0, 0 };
         int                fd, ok = 0;
 
-        if (strlen(path) >= sizeof a.sun_path || (fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+        if (strlen(path) >= sizeof a.sun_path)
                 return 0;
+        if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+                return -1;
         memcpy(a.sun_path, path, strlen(path) + 1);
-        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0 &&
-            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0 &&
-            connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && send_all(fd, req_hs, sizeof req_hs) == 0 &&
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
+                close(fd);
+                return -1;
+        }
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && send_all(fd, req_hs, sizeof req_hs) == 0 &&
             recv_all(fd, hs, sizeof hs) == 0 && memcmp(hs, "\0SP\0\0\x31", 6) == 0) {
                 /* frame: type 1, big-endian u64 length, SP request id (top
                  * bit set), then the kvpool message (little-endian) */
@@ -424,7 +430,16 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
         g->n = n;
         if (stuck == 0)
                 return;
-        if (probe_answers(g->path)) {
+        const uint64_t b0 = atomic_load(&g->beat_ms);
+        const int      r = probe_answers(g->path);
+        char           what[96];
+
+        /* no socket for the probe, or a serving loop that did not go round
+         * while the probe waited (it answers the probe): that says nothing
+         * about the listener; the next check asks again */
+        if (r < 0 || (r == 0 && b0 > 0 && atomic_load(&g->beat_ms) == b0))
+                return;
+        if (r > 0) {
                 /* the listener works: these connections are ones nng stopped
                  * tearing down, never to be read; not counted again */
                 for (size_t k = 0; k < g->n; k++)
@@ -437,13 +452,8 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
                 g->quiet |= 4;
                 return;
         }
-        {
-                char what[96];
-
-                snprintf(what, sizeof what, "%u of its connections unread for %.0f s", (unsigned)stuck,
-                         KVD_GUARD_STUCK);
-                mend(g, recv_max, what);
-        }
+        snprintf(what, sizeof what, "%u of its connections unread for %.0f s", (unsigned)stuck, KVD_GUARD_STUCK);
+        mend(g, recv_max, what);
 }
 
 /* ---- the thread ---------------------------------------------------------------- */
