@@ -96,7 +96,6 @@ static void putf64(uint8_t *p, double d)
         put64(p, v);
 }
 
-
 static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
         struct kvd_events *e = arg;
