@@ -16,16 +16,26 @@
  * bytes wait unread in each (SIOCINQ).  nng reads every connection it has:
  * the peer's 8-byte handshake as it comes, then each request as it comes
  * (the serving loop takes them within microseconds).  A connection that
- * nng accepted but never handed over keeps the handshake its peer sent.
- * So when bytes have waited in a connection, not shrinking, for
- * KVD_GUARD_STUCK seconds, the listener has stopped.  Peers that are slow
- * or silent during the handshake, and connections that are closing (their
- * session just ended), have nothing unread; a serving loop that was held up
- * longer than two periods (its reads waited with it) starts the count
- * again.
+ * nng accepted but never handed over keeps what its peer sent after the
+ * handshake.  So when bytes have waited in a connection, not shrinking,
+ * for KVD_GUARD_STUCK seconds, the listener may have stopped.  Peers that
+ * are slow or silent during the handshake, and connections that are
+ * closing (their session just ended), have nothing unread; a serving loop
+ * that was held up longer than two periods (its reads waited with it)
+ * starts the count again.  One other thing keeps bytes unread for good: a
+ * connection whose teardown nng 1.5.2 left stuck (server.c reap_gone).  So
+ * a probe client of the guard's own confirms first (probe_answers): only
+ * when it gets no answer, while the serving loop goes round, is the
+ * listener replaced.
  *
- * How it is mended: a new listener on the same REP socket, bound to a name
- * beside the socket file (<path>.<n>) with the same limits, mode and group,
+ * A socket whose peers send nothing after the handshake (the events PUB
+ * socket: subscribers only read) has no unread bytes to count: there the
+ * owner's probe alone decides, every probe_every seconds
+ * (kvd_guard_probe_only, events.c events_probe).
+ *
+ * How it is mended: a new listener on the same socket, bound to a name
+ * beside the socket file (<path>.<n>, or <dir>/.kvg<n> or <dir>/.<n> where
+ * that would not fit sun_path) with the same limits, mode and group,
  * is renamed over the socket file, and is watched from then on.  New
  * clients reach it; the old listener's connections stay as they are (its
  * served clients keep working; the unserved ones stay with nng until the
@@ -35,7 +45,9 @@
  * process: more means something else is wrong.
  *
  * Without /proc/net/unix or /proc/self/fd (a sandbox that hides them) the
- * guard says so once and does nothing.
+ * guard says so once and does nothing.  The checks run on a thread of the
+ * guard's own (kvd_guard_start), so that reading /proc never holds up the
+ * serving loop.
  */
 #include <dirent.h>
 #include <errno.h>
