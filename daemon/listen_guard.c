@@ -34,8 +34,8 @@
  * (kvd_guard_probe_only, events.c events_probe).
  *
  * How it is mended: a new listener on the same socket, bound to a name
- * beside the socket file (<path>.<n>, or <dir>/.kvg<n> or <dir>/.<n> where
- * that would not fit sun_path) with the same limits, mode and group,
+ * beside the socket file (<path>.<n>, or <dir>/.kvg<c><n> or <dir>/.<c><n>,
+ * c the file name's first character, where that would not fit sun_path) with the same limits, mode and group,
  * is renamed over the socket file, and is watched from then on.  New
  * clients reach it; the old listener's connections stay as they are (its
  * served clients keep working; the unserved ones stay with nng until the
@@ -319,10 +319,13 @@ static int take_over(struct kvd_guard *g, size_t recv_max, char *why, size_t why
                  * same folder (rename stays within one file system) */
                 const char *slash = strrchr(g->path, '/');
                 int         dir = slash ? (int)(slash - g->path) : 0;
+                /* the file name's first character keeps two guards' names
+                 * apart in one folder (kvpool.sock and events.sock) */
+                const char  c = slash ? slash[1] : g->path[0];
 
-                snprintf(name, sizeof name, "%.*s%s.kvg%u", dir, g->path, slash ? "/" : "", g->tries);
+                snprintf(name, sizeof name, "%.*s%s.kvg%c%u", dir, g->path, slash ? "/" : "", c, g->tries);
                 if (strlen(name) >= sizeof(((struct sockaddr_un *)0)->sun_path)) /* a short file name */
-                        snprintf(name, sizeof name, "%.*s%s.%u", dir, g->path, slash ? "/" : "", g->tries);
+                        snprintf(name, sizeof name, "%.*s%s.%c%u", dir, g->path, slash ? "/" : "", c, g->tries);
         }
         snprintf(url, sizeof url, "ipc://%s", name);
         if (strlen(name) >= sizeof(((struct sockaddr_un *)0)->sun_path) || strlen(name) >= sizeof g->bound) {

@@ -2,8 +2,8 @@
 test_raw_client.py do not take it: on a socket path near the 108 bytes a
 Unix socket name may have (the new listener cannot be bound at <path>.<n>,
 which would not fit, so it takes a shorter name in the same folder,
-<dir>/.kvg<n>, or <dir>/.<n> for a short file name, before the rename over
-the socket file), and on the events socket, whose guard probes it with a
+<dir>/.kvg<c><n>, or <dir>/.<c><n> for a short file name, c its first
+character, before the rename over the socket file), and on the events socket, whose guard probes it with a
 subscriber of its own.
 
 The fault it mends is nng 1.5.2's (nanomsg/nng#1518): a peer that connects
@@ -26,8 +26,8 @@ from test_raw_client import STATUS, Conn, bare_connects, first_answer, hello, st
 
 @pytest.mark.parametrize("leaf", ["s.sock", "k.s"])
 def test_a_socket_path_of_107_bytes_is_mended_too(tmp_path, leaf):
-    # leaf "s.sock": the new listener goes on <dir>/.kvg<n>; "k.s", for which
-    # that would not fit either: <dir>/.<n>
+    # leaf "s.sock": the new listener goes on <dir>/.kvgs<n>; "k.s", for which
+    # that would not fit either: <dir>/.k<n>
     base = f"/tmp/kvtest-guard-{os.getpid()}/"
     path = base + "d" * (107 - len(base) - len("/" + leaf)) + "/" + leaf
     assert len(path) == 107  # sun_path holds 108 bytes with the NUL: path.0 would not fit
@@ -44,8 +44,8 @@ def test_a_socket_path_of_107_bytes_is_mended_too(tmp_path, leaf):
             text = logpath.read_text()
             assert "took over the socket file" in text, text
             assert "could not take over" not in text, text
-            assert not os.path.exists(os.path.dirname(path) + "/.kvg1")  # renamed over the socket file
-            assert not os.path.exists(os.path.dirname(path) + "/.1")
+            folder = os.path.dirname(path)  # the new listener's name was renamed over the socket file
+            assert not os.path.exists(f"{folder}/.kvg{leaf[0]}1") and not os.path.exists(f"{folder}/.{leaf[0]}1")
         c.close()
         kept.close()
     finally:
