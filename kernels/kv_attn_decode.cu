@@ -184,8 +184,7 @@ static int plan_mt(enum kvc_dtype dt, uint32_t D, bool qlo, int pw, const kva::p
                 const uint64_t qv2 = (uint64_t)kva::pqv(pw, 2);
                 const uint64_t e2 = ((uint64_t)rows * p.G + qv2 - 1) / qv2 * H;
                 /* whether one m-tile's launch splits its keys (as planned below) */
-                const bool split1 = kva::plan_splits(b1 * H, slots1, max_len, KVA_PSFLOOR, (uint64_t)kva::MAX_SPLITS,
-                                                     KVA_PSMIN, KVA_PSMID).splits > 1;
+                const bool split1 = kva::plan_keys(true, b1 * H, slots1, max_len, kva::MAX_SPLITS).splits > 1;
                 mt = kva::pick_mt(b1 * H, b2 * H, e2, slots1, slots2, occ2, split1);
                 if (KVA_PFORCE_MT)
                         mt = KVA_PFORCE_MT;
@@ -349,9 +348,9 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                         (void)cudaGetLastError();
                 if (qe == 0) {
                         dctas = decode_ctas(c, rows, p.G, hgt, dpack);
-                        const kva::split_plan d = kva::plan_splits(dctas, (uint64_t)(occd > 0 ? occd : 1) *
-                                                                              (uint64_t)sms,
-                                                                   max_len, 4096, (uint64_t)kva::MAX_SPLITS);
+                        const kva::split_plan d = kva::plan_keys(false, dctas, (uint64_t)(occd > 0 ? occd : 1) *
+                                                                                       (uint64_t)sms,
+                                                                 max_len, kva::MAX_SPLITS);
                         tiled = !kva::decode_is_short(dctas * d.splits, (uint64_t)sms, d.chunk, D, KVA_PWORK);
                 }
         }
@@ -393,9 +392,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 gx = p.pack ? kva::ptile_grid(c->batch, rows, p.G, (int)p.pack) * hgt : ctas;
         }
         const uint64_t slots = (uint64_t)occ * (uint64_t)sms;
-        const kva::split_plan sp =
-                kva::plan_splits(ctas, slots, max_len, tiled ? KVA_PSFLOOR : 4096, (uint64_t)kva::MAX_SPLITS,
-                                 tiled ? KVA_PSMIN : 128, tiled && KVA_PSMID);
+        const kva::split_plan sp = kva::plan_keys(tiled, ctas, slots, max_len, kva::MAX_SPLITS);
         p.chunk = sp.chunk;
         p.splits = (uint32_t)sp.splits;
         p.rows = rows;

@@ -29,6 +29,12 @@ namespace kva {
 #ifndef KVA_PMIN3
 #define KVA_PMIN3 (((uint64_t)(KVA_PMIN) * 3 + 3) / 4) /* 96 of 128 */
 #endif
+#ifndef KVA_PSFLOOR
+#define KVA_PSFLOOR 1024 /* keys a split at least where the tiled kernel's launch has more CTAs than slots */
+#endif
+#ifndef KVA_PSMIN
+#define KVA_PSMIN 128   /* keys a split at least where the tiled kernel's launch fills under half the slots (measuring) */
+#endif
 #ifndef KVA_PSMID
 #define KVA_PSMID 1 /* plan_splits' mid for the tiled kernel (0: without, for measuring) */
 #endif
@@ -181,6 +187,18 @@ inline split_plan plan_splits(uint64_t ctas, uint64_t slots, uint64_t max_len, u
         r.chunk = chunk;
         r.splits = max_len ? (max_len + chunk - 1) / chunk : 1;
         return r;
+}
+
+/* The split of max_len keys as the launcher plans it for either kernel:
+ * the tiled kernel's floor, least and mid (KVA_PSFLOOR, KVA_PSMIN,
+ * KVA_PSMID), the decode kernel's 4096 and 128 (see plan_splits).  One
+ * place, so that the plans the launcher weighs (pick_mt's split1, the
+ * decode kernel's short launch) are the plans it then launches. */
+inline split_plan plan_keys(bool tiled, uint64_t ctas, uint64_t slots, uint64_t max_len, uint64_t max_splits)
+{
+        if (tiled)
+                return plan_splits(ctas, slots, max_len, KVA_PSFLOOR, max_splits, KVA_PSMIN, KVA_PSMID != 0);
+        return plan_splits(ctas, slots, max_len, 4096, max_splits);
 }
 
 } // namespace kva

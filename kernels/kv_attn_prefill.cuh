@@ -63,12 +63,6 @@
 #ifndef KVA_PREFILL
 #define KVA_PREFILL 1   /* 0: extend runs the decode kernel per row (for measuring) */
 #endif
-#ifndef KVA_PSFLOOR
-#define KVA_PSFLOOR 1024 /* keys a split at least where this kernel's launch has more CTAs than slots (kv_attn_decode.cu) */
-#endif
-#ifndef KVA_PSMIN
-#define KVA_PSMIN 128   /* keys a split at least where this kernel's launch fills under half the slots (kv_attn_decode.cu; measuring) */
-#endif
 #ifndef KVA_PLAT
 #define KVA_PLAT 0      /* 1: one-m-tile kernels with 32-key tiles, q from shared memory, 3 CTAs per SM */
 #endif

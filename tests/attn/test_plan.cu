@@ -1,6 +1,6 @@
 /* test_plan.cu - the attention launcher's plan (kv_attn_plan.cuh:
  * take_tiled, decode_is_short, fills_wave, take_8warps, pick_mt,
- * plan_splits) on the CPU.
+ * plan_splits, plan_keys) on the CPU.
  *
  * Which extend kernel (take_tiled), and the plans the H200 measured best (docs/benchmarks.md "Which kernel, and
  * how the tiled kernel is planned" and "Decode attention"), worked out here
@@ -62,12 +62,11 @@ static struct plan tiled(uint32_t batch, int32_t n, uint32_t G, uint32_t H, uint
                 const uint64_t slots = (uint64_t)occ * SMS;
                 const uint64_t b1 = kva::ptile_busy(qo, batch, G, pw * 16), b2 = kva::ptile_busy(qo, batch, G, pw * 32);
                 const uint64_t qv2 = (uint64_t)pw * 32, e2 = ((uint64_t)batch * n * G + qv2 - 1) / qv2 * H;
-                const bool split1 = kva::plan_splits(b1 * H, slots, max_len, 1024, MAX_SPLITS, 128, KVA_PSMID).splits > 1;
+                const bool split1 = kva::plan_keys(true, b1 * H, slots, max_len, MAX_SPLITS).splits > 1;
                 const int mt = kva::pick_mt(b1 * H, b2 * H, e2, slots, slots, occ, split1);
                 const uint64_t ctas = (mt == 2 ? b2 : b1) * H;
                 if (pw == 4 || kva::take_8warps(ctas, slots, (uint64_t)batch * n * G, batch, (uint64_t)pw * 16 * mt)) {
-                        const kva::split_plan sp =
-                                kva::plan_splits(ctas, slots, max_len, 1024, MAX_SPLITS, 128, KVA_PSMID);
+                        const kva::split_plan sp = kva::plan_keys(true, ctas, slots, max_len, MAX_SPLITS);
                         r.pw = pw, r.mt = mt, r.ctas = ctas, r.splits = sp.splits, r.chunk = sp.chunk;
                         break;
                 }
@@ -92,7 +91,7 @@ static bool decode_short(uint32_t batch, int32_t n, uint32_t G, uint32_t H, uint
                         ctas += ((uint64_t)n * G + pack - 1) / pack;
                 ctas *= H;
         }
-        const kva::split_plan d = kva::plan_splits(ctas, (uint64_t)occ * SMS, max_len, 4096, MAX_SPLITS);
+        const kva::split_plan d = kva::plan_keys(false, ctas, (uint64_t)occ * SMS, max_len, MAX_SPLITS);
         return kva::decode_is_short(ctas * d.splits, SMS, d.chunk, D, KVA_PWORK);
 }
 
@@ -242,7 +241,7 @@ int main(void)
                 { "no keys", 1, 264, 0, 1, 64 },
         };
         for (const splits_case &c : sc) {
-                const kva::split_plan d = kva::plan_splits(c.ctas, c.slots, c.max_len, 4096, MAX_SPLITS);
+                const kva::split_plan d = kva::plan_keys(false, c.ctas, c.slots, c.max_len, MAX_SPLITS);
                 CHECK(d.splits == c.splits && d.chunk == c.chunk, "%s: %llu splits of %u keys, want %llu of %u",
                       c.what, (unsigned long long)d.splits, d.chunk, (unsigned long long)c.splits, c.chunk);
         }
