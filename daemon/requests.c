@@ -339,7 +339,7 @@ static int do_publish(struct kvd_server *s, struct kvd_req *q, struct kvd_sessio
         for (uint32_t i = 0; i < m.count; i++)
                 memcpy(s->keys[i], m.entries + (4u + KV_KEY_LEN) * i + 4u, KV_KEY_LEN);
         /* the reply's room before anything is published (as FREE) */
-        n = KV_HDR_SIZE + 4u + ((m.count + 3u) & ~3u);
+        n = kv_size_publish_rep(m.count);
         if (!reply_buf(q, n))
                 return reply_error(q, KV_E_INTERNAL, "PUBLISH: out of memory for the reply; nothing was published");
         r = kvd_pages_publish(p->pages, ss->id, ss->salt, m.count, s->ids, (const uint8_t (*)[KV_KEY_LEN])s->keys,

@@ -288,6 +288,8 @@ void kv_deadline_ms(struct timespec *ret, uint32_t ms);
 /* Size of a whole message, for sizing buffers before encoding. */
 static inline size_t kv_size_pages(uint32_t count) { return KV_HDR_SIZE + 8u + 4u * (size_t)count; }
 static inline size_t kv_size_attach_rep(uint32_t layers) { return KV_HDR_SIZE + KV_ATTACH_FIXED + 8u * (size_t)layers; }
+/* PUBLISH reply: count, then the results padded to 4 bytes */
+static inline size_t kv_size_publish_rep(uint32_t count) { return KV_HDR_SIZE + 4u + (((size_t)count + 3u) & ~(size_t)3u); }
 
 #ifdef __cplusplus
 }

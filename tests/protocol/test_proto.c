@@ -538,6 +538,8 @@ Test(proto, publish)
         static const uint8_t four[4] = { 1, 0, 1, 0 };
         int n = kv_enc_publish_rep(buf, sizeof buf, 0, 4, four);
         cr_assert_eq(n, (int)(KV_HDR_SIZE + 8));
+        cr_assert_eq(n, (int)kv_size_publish_rep(4));
+        cr_assert_eq(kv_size_publish_rep(5), KV_HDR_SIZE + 4 + 8); /* 5 results padded to 8 */
         cr_assert_eq(kv_dec_publish_rep(buf + KV_HDR_SIZE, 8, &p), 0);
         cr_assert_eq(p.results[2], 1);
 }
