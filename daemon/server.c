@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 #include <nng/nng.h>
@@ -140,6 +141,17 @@ void kvd_server_fill_peer(struct kvd_session *ss, nng_pipe p)
         if (nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_PID, &v) == 0) {
                 ss->pid = (int64_t)v;
                 ss->pid_peer = 1;
+#ifdef SYS_pidfd_open
+                /* The process itself, not its number: reap_gone sees it exit
+                 * even when its parent has not reaped it yet (a zombie) and
+                 * never mistakes a later process with the same pid for it.
+                 * Without one (an old kernel, no fds left, a peer already
+                 * gone) reap_gone asks kill() instead. */
+                if (ss->pidfd < 0 && v > 0 && v <= INT32_MAX)
+                        ss->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)v, 0);
+                if (ss->pidfd < 0)
+                        ss->pidfd = -1;
+#endif
         }
         if (nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_UID, &v) == 0)
                 ss->uid = (int64_t)v;
@@ -191,7 +203,7 @@ static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
                 ss = kvd_sessions_remove(s->sessions, pid);
                 if (ss) {
                         drop_session(s, ss);
-                        free(ss);
+                        kvd_session_free(ss);
                 }
         }
         pthread_mutex_unlock(&s->lock);
@@ -199,8 +211,9 @@ static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
 
 /* Marks alive[i] for each pid[i] (n of them) from which this process holds
  * a connection whose peer end is still open (SO_PEERCRED names the process
- * that connected; poll's POLLRDHUP says the peer has closed).  0, or -errno
- * when /proc/self/fd cannot be read (alive[] untouched). */
+ * that connected; poll's POLLRDHUP says the peer has closed).  Listening
+ * sockets are not connections (their SO_PEERCRED names this process).  0,
+ * or -errno when /proc/self/fd cannot be read (alive[] untouched). */
 static int peers_open(const pid_t *pid, uint32_t n, int *alive)
 {
         DIR           *d = opendir("/proc/self/fd");
@@ -210,12 +223,13 @@ static int peers_open(const pid_t *pid, uint32_t n, int *alive)
                 return -errno;
         while ((e = readdir(d)) != NULL) {
                 struct ucred  uc;
-                socklen_t     len = sizeof uc;
-                int           fd = atoi(e->d_name);
+                socklen_t     len = sizeof uc, alen = sizeof(int);
+                int           fd = atoi(e->d_name), listening = 0;
                 struct pollfd pf = { .fd = fd, .events = POLLRDHUP };
 
                 if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == dirfd(d) ||
-                    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0)
+                    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0 ||
+                    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &alen) != 0 || listening)
                         continue;
                 for (uint32_t i = 0; i < n; i++)
                         if (uc.pid == pid[i] && !alive[i] && poll(&pf, 1, 0) == 0)
@@ -223,6 +237,20 @@ static int peers_open(const pid_t *pid, uint32_t n, int *alive)
         }
         closedir(d);
         return 0;
+}
+
+/* Whether the peer process of ss has exited: its pidfd is readable from
+ * the moment it exits (a zombie whose parent has not reaped it included);
+ * without a pidfd, kill() says ESRCH (EPERM is a live process of another
+ * user). */
+static int peer_exited(const struct kvd_session *ss)
+{
+        if (ss->pidfd >= 0) {
+                struct pollfd pf = { .fd = ss->pidfd, .events = POLLIN };
+
+                return poll(&pf, 1, 0) == 1;
+        }
+        return kill((pid_t)ss->pid, 0) != 0 && errno == ESRCH;
 }
 
 /* Ends the sessions whose peer process (the pid of the socket's
@@ -237,15 +265,20 @@ static int peers_open(const pid_t *pid, uint32_t n, int *alive)
  * worker held when it exited would then stay held until a restart.  A
  * connection can outlive the process that made it (a child inherited it):
  * while one from that pid is open, nothing is ended (peers_open), nor when
- * /proc/self/fd cannot tell.  A session removed here and reported by nng
- * later is simply not found then (kvd_sessions_remove).  Runs on the
+ * /proc/self/fd cannot tell.  The listener guard's probe client
+ * (listen_guard.c probe_answers) connects from this very process, so its
+ * session has no process to outlive: it counts as gone from the start and
+ * ends once its connection is closed (a wedged nng would otherwise keep
+ * one session and fd per probe).  A session removed here and reported by
+ * nng later is simply not found then (kvd_sessions_remove).  Runs on the
  * serving thread; the fd scan only where a session is past its grace, and
  * outside the lock. */
 static void reap_gone(struct kvd_server *s, double now)
 {
-        uint32_t gone[GONE_BATCH], n = 0, cur = 0, ended = 0;
-        pid_t    pid[GONE_BATCH];
-        int      alive[GONE_BATCH] = { 0 };
+        uint32_t    gone[GONE_BATCH], n = 0, cur = 0, ended = 0;
+        pid_t       pid[GONE_BATCH];
+        int         alive[GONE_BATCH] = { 0 };
+        const pid_t self = getpid();
 
         pthread_mutex_lock(&s->lock);
         for (const struct kvd_session *c; (c = kvd_sessions_next(s->sessions, &cur));) {
@@ -253,8 +286,7 @@ static void reap_gone(struct kvd_server *s, double now)
 
                 if (!ss || !ss->pid_peer || ss->pid <= 0)
                         continue;
-                /* only ESRCH says gone: EPERM is a live process of another user */
-                if (kill((pid_t)ss->pid, 0) == 0 || errno != ESRCH) {
+                if (ss->pid != self && !peer_exited(ss)) {
                         ss->gone_since = 0.0;
                         continue;
                 }
@@ -274,12 +306,16 @@ static void reap_gone(struct kvd_server *s, double now)
 
                 if (alive[i] || !(ss = kvd_sessions_remove(s->sessions, gone[i])))
                         continue;
-                kvd_warn("client %s (pid %lld, session %u): its process has exited and closed its connection %u, "
-                         "but nng has not reported the close for %.0f s; ending the session now",
-                         ss->name[0] ? ss->name : "?", (long long)ss->pid, ss->id, ss->pipe_id,
-                         now - ss->gone_since);
+                if (pid[i] == self)
+                        kvd_warn("the listener guard's probe closed its connection %u (session %u), but nng has "
+                                 "not reported the close; ending the session now", ss->pipe_id, ss->id);
+                else
+                        kvd_warn("client %s (pid %lld, session %u): its process has exited and closed its "
+                                 "connection %u, but nng has not reported the close for %.0f s; ending the "
+                                 "session now", ss->name[0] ? ss->name : "?", (long long)ss->pid, ss->id,
+                                 ss->pipe_id, now - ss->gone_since);
                 drop_session(s, ss);
-                free(ss);
+                kvd_session_free(ss);
                 ended++;
         }
         if (ended && !s->gone_told) {

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "session.h"
 
 #define INITIAL_SLOTS 64u
@@ -44,12 +45,21 @@ int kvd_sessions_new(struct kvd_sessions **ret)
         return 0;
 }
 
+void kvd_session_free(struct kvd_session *s)
+{
+        if (!s)
+                return;
+        if (s->pidfd >= 0)
+                close(s->pidfd);
+        free(s);
+}
+
 void kvd_sessions_free(struct kvd_sessions *t)
 {
         if (!t)
                 return;
         for (uint32_t i = 0; i <= t->mask; i++)
-                free(t->slots[i]);
+                kvd_session_free(t->slots[i]);
         free(t->slots);
         free(t);
 }
@@ -123,6 +133,7 @@ int kvd_sessions_add(struct kvd_sessions *t, uint32_t pipe_id, struct kvd_sessio
                 t->next_id = 1;
         s->pid = -1;
         s->uid = -1;
+        s->pidfd = -1;
         insert(t, s);
         t->count++;
         *ret = s;

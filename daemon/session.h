@@ -26,6 +26,7 @@ struct kvd_session {
         uint64_t attached;    /* bit i: pool i attached */
         int      pid_peer;    /* pid came from the socket's credentials, not from hello */
         double   gone_since;  /* when the peer process was first seen gone (server.c reap_gone), else 0 */
+        int      pidfd;       /* the peer process's pidfd (pid_peer only; server.c reap_gone), else -1 */
 };
 
 struct kvd_sessions;
@@ -44,8 +45,12 @@ struct kvd_session *kvd_sessions_find(struct kvd_sessions *t, uint32_t pipe_id);
 int kvd_sessions_add(struct kvd_sessions *t, uint32_t pipe_id, struct kvd_session **ret);
 
 /* Removes the session of pipe_id and returns it (caller frees it with
- * free()), or NULL when there is none.  Remembers pipe_id as removed. */
+ * kvd_session_free()), or NULL when there is none.  Remembers pipe_id as
+ * removed. */
 struct kvd_session *kvd_sessions_remove(struct kvd_sessions *t, uint32_t pipe_id);
+
+/* Frees a session that is not in a table (its pidfd closed). */
+void kvd_session_free(struct kvd_session *s);
 
 uint32_t kvd_sessions_count(const struct kvd_sessions *t);
 

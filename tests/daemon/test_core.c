@@ -49,7 +49,7 @@ Test(sessions, random_against_model)
                         s = kvd_sessions_remove(t, pipe);
                         cr_assert_not_null(s);
                         cr_assert_eq(s->id, sid_of[k]);
-                        free(s);
+                        kvd_session_free(s);
                         sid_of[k] = 0;
                         live--;
                 } else {
@@ -88,7 +88,8 @@ Test(sessions, add_is_idempotent_and_late_messages_do_not_resurrect)
         cr_assert_eq(a, b);
         cr_assert_eq(a->pid, -1);
         cr_assert_eq(a->uid, -1);
-        free(kvd_sessions_remove(t, 77));
+        cr_assert_eq(a->pidfd, -1, "no pidfd until the server fills the peer in");
+        kvd_session_free(kvd_sessions_remove(t, 77));
         cr_assert_eq(kvd_sessions_add(t, 77, &b), -ESTALE);
         cr_assert_null(kvd_sessions_remove(t, 78));
         cr_assert_eq(kvd_sessions_count(t), 0);

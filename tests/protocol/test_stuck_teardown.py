@@ -8,7 +8,8 @@ closed connection is reported to kvpoold (docs/operations.md section 9).
 This test drives a daemon of its own into that state with short-lived child
 processes that do exactly that, then checks that every page the exited
 children held comes back within the daemon's grace (daemon/server.c
-reap_gone) while a live client keeps its session.  Where nng does not wedge
+reap_gone), those of a child nobody has reaped yet (a zombie) included,
+while a live client keeps its session.  Where nng does not wedge
 within the budget the test is skipped: it then has nothing to check.
 
 Needs $KVPOOL_BUILD/daemon/kvpoold, as test_raw_client.py.
@@ -66,6 +67,23 @@ def pipeline_and_exit(path):
         os._exit(code)
 
 
+def hold_pages_and_exit(path):
+    """A child process: two pages, one request at a time, gone; its parent
+    does not wait for it here."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        c = Conn(path)
+        hello(c, "zombie")
+        attach(c)
+        c.ok(ALLOC, struct.pack("<II", 0, 2))
+        code = 0
+    finally:
+        os._exit(code)
+
+
 def status(c):
     return json.loads(c.ok(STATUS, struct.pack("<I", 0))[4:])
 
@@ -94,12 +112,23 @@ def test_pages_of_exited_processes_come_back_when_nng_stops_reporting_closes(dae
     if not wedged:
         pytest.skip(f"nng reported every close of {children} pipelining peers: no stuck teardown to test")
 
+    # One more worker holds pages and exits, but nobody reaps it: a zombie,
+    # which kill(pid, 0) still finds (reap_gone watches a pidfd instead).
+    zombie = hold_pages_and_exit(path)
+    for _ in range(100):
+        with open(f"/proc/{zombie}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the zombie child did not exit")
     wedged_at = time.time()
     deadline = wedged_at + GRACE
     while others(status(probe)) and time.time() < deadline:
         time.sleep(0.5)
     st = status(probe)
     assert not others(st), f"sessions of exited processes still listed {GRACE} s on: {others(st)}"
+    os.waitpid(zombie, 0)
     pool = st["pools"][0]
     # the probe's 3 pages are the only ones held; every other page is free
     # (or idle in the prefix cache, which this test never fills)
@@ -117,6 +146,19 @@ def test_pages_of_exited_processes_come_back_when_nng_stops_reporting_closes(dae
     time.sleep(max(0.0, wedged_at + 20 - time.time()))
     text = logpath.read_text()
     assert "took over the socket file" not in text, text
+    assert "but a new client is answered" in text, text
+    # The probe client connected from the daemon's own process, and its
+    # close was not reported either: reap_gone ends its session once the
+    # connection is closed (it has no process of its own to outlive).
+    deadline = time.time() + GRACE
+    while time.time() < deadline:
+        st = status(probe)
+        mine_too = [x for x in st["clients"] if x["pid"] == st["pid"]]
+        if not mine_too:
+            break
+        time.sleep(0.5)
+    assert not mine_too, f"the listener guard's probe sessions still listed {GRACE} s on: {mine_too}"
+    assert "the listener guard's probe closed its connection" in logpath.read_text()
     c = Conn(path, timeout=2)
     hello(c, "late")
     c.close()
