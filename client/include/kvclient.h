@@ -17,6 +17,10 @@
  *    kvc_gather, kvc_decode, kvc_extend) take no lock and may run
  *    concurrently.  Use one client per thread for parallel control requests.
  *  - Destructors accept NULL.
+ *  - Counts: kvc_alloc and kvc_free take n in 1..65536, kvc_publish and
+ *    kvc_lookup n in 1..8192; n == 0 is -EINVAL, even where the call would
+ *    do nothing (a lookup of an empty key chain, a free of 0 hits): callers
+ *    skip those calls themselves.
  *  - fork(): nng, underneath, does not survive a fork; a child of a process
  *    that has used libkvclient must exec before it connects (a client is
  *    never carried across fork).
@@ -32,7 +36,9 @@
  *  -ENODEV     a GPU pool but no CUDA device with the pool's UUID in this process
  *              (attach), or the calling thread's CUDA device cannot be read
  *              (data path)
- *  -ESTALE     the daemon restarted since this pool was attached: re-attach
+ *  -ESTALE     the daemon restarted since this client said HELLO: every call
+ *              on the client and its pools fails so from then on; disconnect,
+ *              connect and attach again (docs/operations.md section 4)
  *  -ESHUTDOWN  the daemon is shutting down
  *  -ETIMEDOUT  no reply within the client's timeout ($KVPOOL_TIMEOUT_MS,
  *              10 s by default).  The daemon may still carry the request
@@ -144,9 +150,12 @@ int kvc_metrics_text(kvc_client *c, char **ret_text);
 /* ---- pools ------------------------------------------------------------------ */
 
 /* Attaches to pool `name` and maps its memory.  A process maps a pool once:
- * attaching twice to the same pool on one client returns the same kvc_pool. */
+ * attaching twice to the same pool on one client returns the same kvc_pool
+ * without a request to the daemon, and each kvc_attach needs its own
+ * kvc_detach. */
 int kvc_attach(kvc_client *c, const char *name, kvc_pool **ret_pool);
-/* Unmaps the pool; pages still held stay held until free or disconnect. */
+/* Undoes one kvc_attach; the last unmaps the pool.  Pages still held stay
+ * held until free or disconnect. */
 void kvc_detach(kvc_pool *p);
 const struct kvc_pool_desc *kvc_pool_get_desc(const kvc_pool *p);
 
