@@ -129,7 +129,9 @@ int kvd_sessions_add(struct kvd_sessions *t, uint32_t pipe_id, struct kvd_sessio
                 return -ENOMEM;
         s->pipe_id = pipe_id;
         s->id = t->next_id++;
-        if (t->next_id == 0) /* 2^32 connections: skip 0, which means "none" */
+        /* 2^32 - 2 connections: wrap, skipping 0 ("none") and UINT32_MAX,
+         * the page table's mark of an unused key (pages.c, u32map.h) */
+        if (t->next_id == 0 || t->next_id == UINT32_MAX)
                 t->next_id = 1;
         s->pid = -1;
         s->uid = -1;
