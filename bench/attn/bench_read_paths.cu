@@ -87,6 +87,34 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity)
         } while (!ok);
 }
 
+/* Lane `lane`'s 8 cp.async of the tile whose first key is token tok, head
+ * h, into the stage at shared address dst: chunk c = lane + 32i is row
+ * c / 8 (0-15 K, 16-31 V), 16 bytes at c % 8. */
+__device__ __forceinline__ void copy_tile(uint32_t dst, const uint8_t *K, const uint8_t *V, uint64_t tok,
+                                          uint64_t rstride, uint32_t h, int lane)
+{
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+                const int c = lane + 32 * i, r = c / 8, part = c % 8;
+                const uint8_t *src = (r < 16 ? K : V) + (tok + (r & 15)) * rstride + h * ROW + part * 16;
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst + c * 16), "l"(src) : "memory");
+        }
+}
+
+/* The consumer of a stage: every byte read back (as the kernel's fragment
+ * loads read the tile), then `work` dependent FMAs. */
+__device__ __forceinline__ void consume(const uint8_t *stage, int lane, int work, uint32_t &acc, float &f)
+{
+        const uint4 *st = (const uint4 *)stage;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+                const uint4 x = st[lane + 32 * i];
+                acc ^= x.x ^ x.y ^ x.z ^ x.w;
+        }
+        for (int i = 0; i < work; i++)
+                f = fmaf(f, 1.0000001f, 0.5f);
+}
+
 /* K: [tokens][heads][ROW], V the same; CTA c: row c / heads, head c % heads,
  * keys [row * keys, (row + 1) * keys).  BULK: lane L copies row L of the
  * tile (0-15 K, 16-31 V) with one 128-byte bulk copy; otherwise 8 16-byte
@@ -139,13 +167,7 @@ __global__ void __launch_bounds__(128) ring_kernel(const uint8_t *__restrict__ K
                                      "l"(src), "n"(ROW), "r"(sbar + 8 * s)
                                      : "memory");
                 } else {
-#pragma unroll
-                        for (int i = 0; i < 8; i++) {
-                                const int c = lane + 32 * i, r = c / 8, part = c % 8;
-                                const uint8_t *src = (r < 16 ? K : V) + (tok + (r & 15)) * rstride + h * ROW + part * 16;
-                                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst + c * 16), "l"(src)
-                                             : "memory");
-                        }
+                        copy_tile(dst, K, V, tok, rstride, h, lane);
                 }
         };
 
@@ -172,14 +194,7 @@ __global__ void __launch_bounds__(128) ring_kernel(const uint8_t *__restrict__ K
                         asm volatile("cp.async.wait_group %0;" ::"n"(S - 1) : "memory");
                         __syncwarp();
                 }
-                const uint4 *st = (const uint4 *)(ring + sc * STAGE);
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                        const uint4 x = st[lane + 32 * i];
-                        acc ^= x.x ^ x.y ^ x.z ^ x.w;
-                }
-                for (int i = 0; i < work; i++)
-                        f = fmaf(f, 1.0000001f, 0.5f);
+                consume(ring + sc * STAGE, lane, work, acc, f);
                 sc = sc + 1 == S ? 0 : sc + 1;
         }
         if (!BULK)
@@ -235,13 +250,7 @@ __global__ void __launch_bounds__(128) items_kernel(const uint8_t *__restrict__ 
                 const uint32_t h = item_of(k) % heads;
                 const int32_t pg = __shfl_sync(0xFFFFFFFFu, k < 32 ? win[0] : win[1], k & 31);
                 const uint64_t tok = (uint64_t)pg * TILE;
-                const uint32_t dst = sring + s * STAGE;
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                        const int c = lane + 32 * i, r = c / 8, part = c % 8;
-                        const uint8_t *src = (r < 16 ? K : V) + (tok + (r & 15)) * rstride + h * ROW + part * 16;
-                        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst + c * 16), "l"(src) : "memory");
-                }
+                copy_tile(sring + s * STAGE, K, V, tok, rstride, h, lane);
         };
 #pragma unroll
         for (int s = 0; s < S - 1; s++) {
@@ -261,14 +270,7 @@ __global__ void __launch_bounds__(128) items_kernel(const uint8_t *__restrict__ 
                 asm volatile("cp.async.commit_group;" ::: "memory");
                 asm volatile("cp.async.wait_group %0;" ::"n"(S - 1) : "memory");
                 __syncwarp();
-                const uint4 *st = (const uint4 *)(ring + sc * STAGE);
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                        const uint4 x = st[lane + 32 * i];
-                        acc ^= x.x ^ x.y ^ x.z ^ x.w;
-                }
-                for (int i = 0; i < work; i++)
-                        f = fmaf(f, 1.0000001f, 0.5f);
+                consume(ring + sc * STAGE, lane, work, acc, f);
                 sc = sc + 1 == S ? 0 : sc + 1;
                 if ((k + 1) % tpw == 0) {
                         /* the item's merge: partials through shared

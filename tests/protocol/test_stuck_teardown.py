@@ -45,16 +45,26 @@ def daemon(tmp_path):
     assert p.wait(timeout=20) == 0, logpath.read_text()
 
 
-def pipeline_and_exit(path):
-    """A child process: one page, IN_FLIGHT requests in flight, gone."""
+def child(path, name, then):
+    """A child process that says HELLO as `name`, attaches, runs then(c) and
+    is gone; returns its pid (the caller waits for it, or not)."""
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:
         c = Conn(path)
-        hello(c, "pipeliner")
+        hello(c, name)
         attach(c)
+        then(c)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def pipeline_and_exit(path):
+    """A child: one page, IN_FLIGHT requests in flight, gone."""
+    def then(c):
         c.ok(ALLOC, struct.pack("<II", 0, 1))
         for _ in range(IN_FLIGHT):
             sp = struct.pack(">I", c.sp_id)
@@ -62,26 +72,12 @@ def pipeline_and_exit(path):
             msg = struct.pack("<IHHII", 0x3150564B, 1, STATUS, 7, 4) + struct.pack("<I", 0)
             c.s.sendall(b"\x01" + struct.pack(">Q", len(sp) + len(msg)) + sp + msg)
         c.close()
-        code = 0
-    finally:
-        os._exit(code)
+    return child(path, "pipeliner", then)
 
 
 def hold_pages_and_exit(path):
-    """A child process: two pages, one request at a time, gone; its parent
-    does not wait for it here."""
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:
-        c = Conn(path)
-        hello(c, "zombie")
-        attach(c)
-        c.ok(ALLOC, struct.pack("<II", 0, 2))
-        code = 0
-    finally:
-        os._exit(code)
+    """A child: two pages, one request at a time, gone."""
+    return child(path, "zombie", lambda c: c.ok(ALLOC, struct.pack("<II", 0, 2)))
 
 
 def status(c):
