@@ -142,7 +142,7 @@ static int events_probe(void *arg, const char *path)
 
         if (atomic_load(&e->probe_pipe) != 0) {
                 /* the last probe's close was never reported: nng's pipe
-                 * teardown is stuck (server.c reap_gone), and every probe
+                 * teardown is stuck (reaper.c), and every probe
                  * would keep a descriptor and a pipe for good */
                 if (!e->probe_held)
                         kvd_warn("events: listener guard: nng did not report the close of its last probe "

@@ -23,7 +23,7 @@
  * closing (their session just ended), have nothing unread; a serving loop
  * that was held up longer than two periods (its reads waited with it)
  * starts the count again.  One other thing keeps bytes unread for good: a
- * connection whose teardown nng 1.5.2 left stuck (server.c reap_gone).  So
+ * connection whose teardown nng 1.5.2 left stuck (reaper.c).  So
  * a probe client of the guard's own confirms first (probe_answers): only
  * when it gets no answer, while the serving loop goes round, is the
  * listener replaced.
@@ -264,7 +264,7 @@ static int recv_all(int fd, uint8_t *buf, size_t n)
  * one STATUS request and reads the reply's frame header (before HELLO the
  * daemon answers with an error: any answer will do), each step within
  * KVD_GUARD_PROBE seconds.  The count of unread connections can also come
- * from nng's stuck pipe teardown (server.c reap_gone): a connection whose
+ * from nng's stuck pipe teardown (reaper.c): a connection whose
  * teardown never finished keeps its peer's last request, while the
  * listener works.  1: answered; 0: not; -1: the probe could not be made
  * (no socket: at the fd limit, which says nothing about the listener). */

@@ -7,9 +7,7 @@
  * client connecting or going away) and the metrics HTTP handler run on nng
  * threads and take the same lock.
  */
-#include <dirent.h>
 #include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -18,7 +16,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 #include <nng/nng.h>
@@ -35,9 +32,6 @@
  * bytes plus the 4-byte request id the REQ protocol puts in front of it,
  * which nng counts in NNG_OPT_RECVMAXSZ (docs/protocol.md §1). */
 #define RECV_MAX ((size_t)KV_MAX_FRAME + 4)
-#define GONE_CHECK_S 3.0 /* reap_gone's period */
-#define GONE_GRACE_S 5.0 /* how long a session outlives its process before reap_gone ends it */
-#define GONE_BATCH 64    /* sessions reap_gone ends at most per check (the rest at the next) */
 
 
 static double now_s(void)
@@ -141,23 +135,12 @@ void kvd_server_fill_peer(struct kvd_session *ss, nng_pipe p)
         if (nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_PID, &v) == 0) {
                 ss->pid = (int64_t)v;
                 ss->pid_peer = 1;
-#ifdef SYS_pidfd_open
-                /* The process itself, not its number: reap_gone sees it exit
-                 * even when its parent has not reaped it yet (a zombie) and
-                 * never mistakes a later process with the same pid for it.
-                 * Without one (an old kernel, no fds left, a peer already
-                 * gone) reap_gone asks kill() instead. */
-                if (ss->pidfd < 0 && v > 0 && v <= INT32_MAX)
-                        ss->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)v, 0);
-                if (ss->pidfd < 0)
-                        ss->pidfd = -1;
-#endif
         }
         if (nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_UID, &v) == 0)
                 ss->uid = (int64_t)v;
 }
 
-static void drop_session(struct kvd_server *s, struct kvd_session *ss)
+void kvd_server_drop_session(struct kvd_server *s, struct kvd_session *ss)
 {
         uint32_t dropped = 0;
 
@@ -202,128 +185,9 @@ static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
         } else if (ev == NNG_PIPE_EV_REM_POST) {
                 ss = kvd_sessions_remove(s->sessions, pid);
                 if (ss) {
-                        drop_session(s, ss);
+                        kvd_server_drop_session(s, ss);
                         kvd_session_free(ss);
                 }
-        }
-        pthread_mutex_unlock(&s->lock);
-}
-
-/* Marks alive[i] for each pid[i] (n of them) from which this process holds
- * a connection whose peer end is still open (SO_PEERCRED names the process
- * that connected; poll's POLLRDHUP says the peer has closed).  Listening
- * sockets are not connections (their SO_PEERCRED names this process).  0,
- * or -errno when /proc/self/fd cannot be read (alive[] untouched). */
-static int peers_open(const pid_t *pid, uint32_t n, int *alive)
-{
-        DIR           *d = opendir("/proc/self/fd");
-        struct dirent *e;
-
-        if (!d)
-                return -errno;
-        while ((e = readdir(d)) != NULL) {
-                struct ucred  uc;
-                socklen_t     len = sizeof uc, alen = sizeof(int);
-                int           fd = atoi(e->d_name), listening = 0;
-                struct pollfd pf = { .fd = fd, .events = POLLRDHUP };
-
-                if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == dirfd(d) ||
-                    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0 ||
-                    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &alen) != 0 || listening)
-                        continue;
-                for (uint32_t i = 0; i < n; i++)
-                        if (uc.pid == pid[i] && !alive[i] && poll(&pf, 1, 0) == 0)
-                                alive[i] = 1;
-        }
-        closedir(d);
-        return 0;
-}
-
-/* Whether the peer process of ss has exited: its pidfd is readable from
- * the moment it exits (a zombie whose parent has not reaped it included);
- * without a pidfd, kill() says ESRCH (EPERM is a live process of another
- * user). */
-static int peer_exited(const struct kvd_session *ss)
-{
-        if (ss->pidfd >= 0) {
-                struct pollfd pf = { .fd = ss->pidfd, .events = POLLIN };
-
-                return poll(&pf, 1, 0) == 1;
-        }
-        return kill((pid_t)ss->pid, 0) != 0 && errno == ESRCH;
-}
-
-/* Ends the sessions whose peer process (the pid of the socket's
- * credentials; never one a hello claimed) has been gone for GONE_GRACE_S
- * while nng still holds their connection and the connection's peer end is
- * closed.  Normally the kernel closes an exited process's socket and
- * NNG_PIPE_EV_REM_POST ends the session within milliseconds.  nng 1.5.2
- * can instead wedge its pipe teardown for good: a peer that closes with two
- * requests in flight can leave a pipe receive that is never finished, and
- * nng's single reaper thread waits for it, so no closed connection is
- * reported again (docs/operations.md §9).  Without this sweep every page a
- * worker held when it exited would then stay held until a restart.  A
- * connection can outlive the process that made it (a child inherited it):
- * while one from that pid is open, nothing is ended (peers_open), nor when
- * /proc/self/fd cannot tell.  The listener guard's probe client
- * (listen_guard.c probe_answers) connects from this very process, so its
- * session has no process to outlive: it counts as gone from the start and
- * ends once its connection is closed (a wedged nng would otherwise keep
- * one session and fd per probe).  A session removed here and reported by
- * nng later is simply not found then (kvd_sessions_remove).  Runs on the
- * serving thread; the fd scan only where a session is past its grace, and
- * outside the lock. */
-static void reap_gone(struct kvd_server *s, double now)
-{
-        uint32_t    gone[GONE_BATCH], n = 0, cur = 0, ended = 0;
-        pid_t       pid[GONE_BATCH];
-        int         alive[GONE_BATCH] = { 0 };
-        const pid_t self = getpid();
-
-        pthread_mutex_lock(&s->lock);
-        for (const struct kvd_session *c; (c = kvd_sessions_next(s->sessions, &cur));) {
-                struct kvd_session *ss = kvd_sessions_find(s->sessions, c->pipe_id);
-
-                if (!ss || !ss->pid_peer || ss->pid <= 0)
-                        continue;
-                if (ss->pid != self && !peer_exited(ss)) {
-                        ss->gone_since = 0.0;
-                        continue;
-                }
-                if (ss->gone_since == 0.0)
-                        ss->gone_since = now;
-                else if (now - ss->gone_since >= GONE_GRACE_S && n < GONE_BATCH) {
-                        pid[n] = (pid_t)ss->pid;
-                        gone[n++] = ss->pipe_id;
-                }
-        }
-        pthread_mutex_unlock(&s->lock);
-        if (n == 0 || peers_open(pid, n, alive) < 0)
-                return;
-        pthread_mutex_lock(&s->lock);
-        for (uint32_t i = 0; i < n; i++) {
-                struct kvd_session *ss;
-
-                if (alive[i] || !(ss = kvd_sessions_remove(s->sessions, gone[i])))
-                        continue;
-                if (pid[i] == self)
-                        kvd_warn("the listener guard's probe closed its connection %u (session %u), but nng has "
-                                 "not reported the close; ending the session now", ss->pipe_id, ss->id);
-                else
-                        kvd_warn("client %s (pid %lld, session %u): its process has exited and closed its "
-                                 "connection %u, but nng has not reported the close for %.0f s; ending the "
-                                 "session now", ss->name[0] ? ss->name : "?", (long long)ss->pid, ss->id,
-                                 ss->pipe_id, now - ss->gone_since);
-                drop_session(s, ss);
-                kvd_session_free(ss);
-                ended++;
-        }
-        if (ended && !s->gone_told) {
-                s->gone_told = 1;
-                kvd_err("nng no longer reports closed connections (its pipe teardown is stuck, a known fault of "
-                        "nng 1.5.2; docs/operations.md section 9): sessions of exited processes are ended by "
-                        "kvpoold itself, but connections that close while their process lives keep their pages, "
-                        "and every closed connection keeps a file descriptor; restart kvpoold when convenient");
         }
         pthread_mutex_unlock(&s->lock);
 }
@@ -370,10 +234,6 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
                         last_periodic = t0;
                 }
                 kvd_guard_beat(&s->guard, t0);
-                if (t0 >= s->gone_due) {
-                        reap_gone(s, t0);
-                        s->gone_due = t0 + GONE_CHECK_S;
-                }
                 if (rv == NNG_ETIMEDOUT)
                         continue;
                 if (rv == NNG_ECLOSED)
@@ -501,6 +361,9 @@ static int start_listener(struct kvd_server *s, const struct kvd_server_cfg *cfg
         if ((r = kvd_guard_start(&s->guard, RECV_MAX)))
                 kvd_warn("listener guard: cannot start its thread (%s): not watching %s for nng 1.5.2's stopped "
                          "listener (docs/operations.md §9)", strerror(-r), s->socket_path);
+        if ((r = kvd_reaper_start(s)))
+                kvd_warn("cannot start the thread that ends the sessions of closed connections nng does not "
+                         "report (%s; docs/operations.md §9)", strerror(-r));
         return 0;
 }
 
@@ -647,6 +510,7 @@ void kvd_server_free(struct kvd_server *s)
         if (!s)
                 return;
         kvd_guard_stop(&s->guard); /* before the socket its new listeners would go on closes */
+        kvd_reaper_stop(s);        /* before the sessions and pools it ends sessions in go */
         if (close_bounded(s) < 0) {
                 stuck = 1;
                 if (s->close_wait_ms == 0)

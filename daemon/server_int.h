@@ -10,6 +10,15 @@
 #include "server.h"
 #include "session.h"
 
+/* The thread that ends the sessions of closed connections nng does not
+ * report (reaper.c). */
+struct kvd_reaper {
+        pthread_t       thread;
+        pthread_mutex_t mu;
+        pthread_cond_t  cv;
+        int             running, stopping;
+};
+
 struct kvd_server {
         pthread_mutex_t      lock;
         nng_socket           sock;
@@ -28,8 +37,8 @@ struct kvd_server {
         int                  metrics_http;
         int                  close_wait_ms; /* see close_bounded (server.c) */
         struct kvd_guard     guard;         /* listen_guard.c */
-        double               gone_due;      /* next reap_gone check (server.c) */
-        int                  gone_told;     /* reap_gone has reported nng's stuck teardown */
+        struct kvd_reaper    reaper;        /* reaper.c */
+        int                  reap_told;     /* the reaper has reported nng's stuck teardown (under lock) */
         struct timespec      started;
         /* scratch for one request (serving thread only, under the lock) */
         uint32_t            *ids;       /* [KV_MAX_PAGES_REQ] */
@@ -55,5 +64,17 @@ void kvd_requests_dispatch(struct kvd_server *s, struct kvd_req *q);
 void kvd_server_check_pressure(struct kvd_server *s, struct kvd_pool *p);
 /* Fills the peer pid/uid of a session from its ipc pipe (server.c). */
 void kvd_server_fill_peer(struct kvd_session *ss, nng_pipe p);
+/* Releases every page reference of session ss (removed from the table by
+ * the caller, who frees it) and logs the disconnect.  Caller holds the
+ * server lock (server.c). */
+void kvd_server_drop_session(struct kvd_server *s, struct kvd_session *ss);
+
+/* The reaper (reaper.c): a thread that every few seconds links sessions to
+ * the connections that serve them and ends those whose connection has
+ * closed without nng reporting it (nng 1.5.2's stuck pipe teardown,
+ * docs/operations.md §9).  Start: 0 or -errno; stop joins the thread
+ * (nothing if it is not running). */
+int  kvd_reaper_start(struct kvd_server *s);
+void kvd_reaper_stop(struct kvd_server *s);
 
 #endif

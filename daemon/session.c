@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include "session.h"
 
 #define INITIAL_SLOTS 64u
@@ -47,10 +46,6 @@ int kvd_sessions_new(struct kvd_sessions **ret)
 
 void kvd_session_free(struct kvd_session *s)
 {
-        if (!s)
-                return;
-        if (s->pidfd >= 0)
-                close(s->pidfd);
         free(s);
 }
 
@@ -135,7 +130,8 @@ int kvd_sessions_add(struct kvd_sessions *t, uint32_t pipe_id, struct kvd_sessio
                 t->next_id = 1;
         s->pid = -1;
         s->uid = -1;
-        s->pidfd = -1;
+        s->conn_fd = -1;
+        s->cand_fd = -1;
         insert(t, s);
         t->count++;
         *ret = s;

@@ -25,8 +25,13 @@ struct kvd_session {
         int      tenant;      /* salt is not all zero */
         uint64_t attached;    /* bit i: pool i attached */
         int      pid_peer;    /* pid came from the socket's credentials, not from hello */
-        double   gone_since;  /* when the peer process was first seen gone (server.c reap_gone), else 0 */
-        int      pidfd;       /* the peer process's pidfd (pid_peer only; server.c reap_gone), else -1 */
+        /* reaper.c: the connection found to serve this session (fd and
+         * inode; -1 none yet), the one the last sweep took for it (linked
+         * when the next agrees), and since when it has been seen closed
+         * (0: not) */
+        int      conn_fd, cand_fd;
+        uint64_t conn_ino, cand_ino;
+        double   closed_since;
 };
 
 struct kvd_sessions;
@@ -49,7 +54,7 @@ int kvd_sessions_add(struct kvd_sessions *t, uint32_t pipe_id, struct kvd_sessio
  * removed. */
 struct kvd_session *kvd_sessions_remove(struct kvd_sessions *t, uint32_t pipe_id);
 
-/* Frees a session that is not in a table (its pidfd closed). */
+/* Frees a session that is not in a table. */
 void kvd_session_free(struct kvd_session *s);
 
 uint32_t kvd_sessions_count(const struct kvd_sessions *t);

@@ -88,7 +88,7 @@ Test(sessions, add_is_idempotent_and_late_messages_do_not_resurrect)
         cr_assert_eq(a, b);
         cr_assert_eq(a->pid, -1);
         cr_assert_eq(a->uid, -1);
-        cr_assert_eq(a->pidfd, -1, "no pidfd until the server fills the peer in");
+        cr_assert_eq(a->conn_fd, -1, "no connection until the reaper finds it");
         kvd_session_free(kvd_sessions_remove(t, 77));
         cr_assert_eq(kvd_sessions_add(t, 77, &b), -ESTALE);
         cr_assert_null(kvd_sessions_remove(t, 78));

@@ -1,5 +1,5 @@
-"""kvpoold ends the sessions of exited processes itself when nng stops
-reporting closed connections, and only those whose connection is closed.
+"""kvpoold ends the sessions of closed connections itself when nng stops
+reporting them, and only those.
 
 nng 1.5.2 can wedge its pipe teardown for good: a peer that closes its
 connection with two requests in flight can leave a pipe receive that is
@@ -7,9 +7,10 @@ never finished, and nng's one reaper thread waits for it; from then on no
 closed connection is reported to kvpoold (docs/operations.md section 9).
 This test drives a daemon of its own into that state with short-lived child
 processes that do exactly that, then checks that every page the exited
-children held comes back within the daemon's grace (daemon/server.c
-reap_gone), those of a child nobody has reaped yet (a zombie) included,
-while a live client keeps its session.  Where nng does not wedge
+children held comes back within the daemon's grace (daemon/reaper.c), those
+of a child nobody has reaped yet (a zombie) and of a connection the test
+itself closes while it keeps another open included, while that other
+connection keeps its session.  Where nng does not wedge
 within the budget the test is skipped: it then has nothing to check.
 
 Needs $KVPOOL_BUILD/daemon/kvpoold, as test_raw_client.py.
@@ -30,7 +31,8 @@ MAX_CHILDREN = 3000
 # One child at a time with 2 requests in flight wedged nng within 25-3000
 # connections (or not in 3000); 5 at a time with 4 each within 25-175
 # (11 of 11 runs on a 2-core machine).
-GRACE = 20          # s: reap_gone checks every 3 s and ends a session 5 s after its process is gone
+SWEEP = 3           # s: the reaper's period (daemon/reaper.c)
+GRACE = 20          # s: the reaper ends a session whose connection has been closed for 5 s
 GRACE_WAIT = 10     # s: past the grace and at least one check after it
 
 
@@ -91,6 +93,7 @@ def others(st):
 def test_pages_of_exited_processes_come_back_when_nng_stops_reporting_closes(daemon):
     path, logpath = daemon
     probe = Conn(path)
+    probe_at = time.time()
     hello(probe, "probe")
     attach(probe)
     mine = pages(probe.ok(ALLOC, struct.pack("<II", 0, 3)))
@@ -109,7 +112,7 @@ def test_pages_of_exited_processes_come_back_when_nng_stops_reporting_closes(dae
         pytest.skip(f"nng reported every close of {children} pipelining peers: no stuck teardown to test")
 
     # One more worker holds pages and exits, but nobody reaps it: a zombie,
-    # which kill(pid, 0) still finds (reap_gone watches a pidfd instead).
+    # which kill(pid, 0) still finds; its connection is closed all the same.
     zombie = hold_pages_and_exit(path)
     for _ in range(100):
         with open(f"/proc/{zombie}/stat") as f:
@@ -118,12 +121,22 @@ def test_pages_of_exited_processes_come_back_when_nng_stops_reporting_closes(dae
         time.sleep(0.05)
     else:
         pytest.fail("the zombie child did not exit")
+    # This live process closes a connection and keeps another (the probe),
+    # as a worker that reconnects after a timeout does.  The reaper links a
+    # pid's one session to its one connection when two sweeps in a row see
+    # that pair: the probe's by now; then the new one's.
+    time.sleep(max(0.0, probe_at + 3 * SWEEP + 1 - time.time()))
+    gone = Conn(path)
+    hello(gone, "reconnector")
+    attach(gone)
+    gone.ok(ALLOC, struct.pack("<II", 0, 2))
+    gone.close()
     wedged_at = time.time()
     deadline = wedged_at + GRACE
     while others(status(probe)) and time.time() < deadline:
         time.sleep(0.5)
     st = status(probe)
-    assert not others(st), f"sessions of exited processes still listed {GRACE} s on: {others(st)}"
+    assert not others(st), f"sessions of closed connections still listed {GRACE} s on: {others(st)}"
     os.waitpid(zombie, 0)
     pool = st["pools"][0]
     # the probe's 3 pages are the only ones held; every other page is free
@@ -133,7 +146,7 @@ def test_pages_of_exited_processes_come_back_when_nng_stops_reporting_closes(dae
     got = pages(probe.ok(ALLOC, struct.pack("<II", 0, total - len(mine))))
     assert len(got) == total - len(mine)
     text = logpath.read_text()
-    assert "its process has exited and closed its connection" in text
+    assert "is closed, but nng has not reported the close" in text
     assert "nng no longer reports closed connections" in text
     # A connection whose teardown is stuck keeps its peer's last request
     # unread, as one a stopped listener never handed over would: the
@@ -143,9 +156,8 @@ def test_pages_of_exited_processes_come_back_when_nng_stops_reporting_closes(dae
     text = logpath.read_text()
     assert "took over the socket file" not in text, text
     assert "but a new client is answered" in text, text
-    # The probe client connected from the daemon's own process, and its
-    # close was not reported either: reap_gone ends its session once the
-    # connection is closed (it has no process of its own to outlive).
+    # The guard's probe client connected from the daemon's own process, and
+    # its close was not reported either: its session ends the same way.
     deadline = time.time() + GRACE
     while time.time() < deadline:
         st = status(probe)

@@ -1,0 +1,326 @@
+/* reaper.c - ends the sessions whose connection has closed when nng does
+ * not say so (see reaper.h).
+ *
+ * nng 1.5.2 can wedge its pipe teardown for good: a peer that closes with
+ * two requests in flight can leave a pipe receive that is never finished,
+ * and nng's single reaper thread waits for it, so no closed connection is
+ * reported again (NNG_PIPE_EV_REM_POST never comes; docs/operations.md §9).
+ * Without this sweep every page a worker held on a connection it closed,
+ * or when it exited, would stay held until a restart.
+ *
+ * nng does not say which file descriptor serves a pipe, so the sweep links
+ * sessions to connections itself.  Every REAP_EVERY_S it lists this
+ * process's connected Unix sockets (/proc/self/fd) with the pid that made
+ * each (SO_PEERCRED), its inode and whether its peer has closed
+ * (POLLRDHUP), and per peer pid:
+ *   - a session already linked to a connection (fd and inode, so a number
+ *     nng closed and reused is not mistaken for it) is closed when that
+ *     connection is;
+ *   - one unlinked session and one connection not linked to another session
+ *     of that pid are each other's: linked when two sweeps in a row find
+ *     that pair (a session whose connection nng has just closed, seen
+ *     beside a new connection whose session nng has not added yet, would
+ *     pair them for one sweep);
+ *   - otherwise (a process with several connections it opened close
+ *     together, none linked yet) its unlinked sessions count as closed only
+ *     when none of its unlinked connections is open.
+ * A session seen closed for REAP_GRACE_S is ended and its page references
+ * released.  nng reports a close within milliseconds when it works, so
+ * only a stuck teardown leaves one that long.  A connection a child process
+ * inherited keeps its creator's pid and stays open while the child lives.
+ * The sweep runs on its own thread (reading /proc costs milliseconds with
+ * thousands of clients) and takes the server lock only to read and to
+ * apply.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include "server_int.h"
+#include "log.h"
+
+#define REAP_EVERY_S 3.0 /* the sweep's period */
+#define REAP_GRACE_S 5.0 /* how long a session is seen closed before it is ended */
+#define REAP_BATCH   64  /* sessions ended at most per sweep (the rest at the next) */
+
+/* One connected Unix socket of this process. */
+struct conn {
+        pid_t    pid;     /* the peer that connected (SO_PEERCRED) */
+        int      fd;
+        uint64_t ino;
+        int      open;    /* its peer end is open */
+        int      linked;  /* a session is linked to it */
+};
+
+/* What a sweep knows of one session. */
+struct snap {
+        pid_t    pid;
+        uint32_t pipe_id;
+        int      fd;      /* linked connection, -1 none (as found; then as decided) */
+        uint64_t ino;
+        int      cand;    /* the last sweep's candidate connection, -1 none (likewise) */
+        uint64_t cand_ino;
+        int      closed;  /* verdict of this sweep */
+};
+
+static int by_pid_conn(const void *a, const void *b)
+{
+        const struct conn *x = a, *y = b;
+
+        return x->pid < y->pid ? -1 : x->pid > y->pid;
+}
+
+static int by_pid_snap(const void *a, const void *b)
+{
+        const struct snap *x = a, *y = b;
+
+        return x->pid < y->pid ? -1 : x->pid > y->pid;
+}
+
+/* This process's connected Unix sockets whose peer pid is known, sorted by
+ * pid, into *ret (malloc'ed) and *ret_n.  0 or -errno (nothing stored). */
+static int list_conns(struct conn **ret, size_t *ret_n)
+{
+        DIR           *d = opendir("/proc/self/fd");
+        struct dirent *e;
+        struct conn   *v = NULL;
+        size_t         n = 0, cap = 0;
+
+        if (!d)
+                return -errno;
+        while ((e = readdir(d)) != NULL) {
+                const int     fd = atoi(e->d_name);
+                struct ucred  uc;
+                struct stat   st;
+                socklen_t     len = sizeof uc, alen = sizeof(int);
+                int           listening = 0;
+                struct pollfd pf = { .fd = fd, .events = POLLRDHUP };
+
+                /* a listening socket's SO_PEERCRED names this process: not
+                 * a connection; other families report pid 0 */
+                if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == dirfd(d) || fstat(fd, &st) != 0 ||
+                    !S_ISSOCK(st.st_mode) || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0 ||
+                    uc.pid <= 0 || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &alen) != 0 || listening)
+                        continue;
+                if (n == cap) {
+                        struct conn *w = realloc(v, (cap = cap ? 2 * cap : 64) * sizeof(*v));
+
+                        if (!w) {
+                                free(v);
+                                closedir(d);
+                                return -ENOMEM;
+                        }
+                        v = w;
+                }
+                v[n++] = (struct conn){ .pid = uc.pid, .fd = fd, .ino = (uint64_t)st.st_ino,
+                                        .open = poll(&pf, 1, 0) == 0 };
+        }
+        closedir(d);
+        qsort(v, n, sizeof(*v), by_pid_conn);
+        *ret = v;
+        *ret_n = n;
+        return 0;
+}
+
+/* Decides sn[0..ns) (one pid's sessions) against c[0..nc) (that pid's
+ * connections): links and verdicts, as the header comment says. */
+static void judge_pid(struct snap *sn, size_t ns, struct conn *c, size_t nc)
+{
+        size_t unlinked = 0, free_conns = 0, open_free = 0, last_s = 0, last_c = 0;
+
+        for (size_t i = 0; i < ns; i++) {
+                size_t k = 0;
+
+                if (sn[i].fd >= 0)
+                        for (; k < nc; k++)
+                                if (c[k].fd == sn[i].fd && c[k].ino == sn[i].ino && !c[k].linked)
+                                        break;
+                if (sn[i].fd >= 0 && k < nc) {
+                        c[k].linked = 1;
+                        sn[i].closed = !c[k].open;
+                } else {
+                        sn[i].fd = -1; /* its connection is gone: nng closed it */
+                        unlinked++;
+                        last_s = i;
+                }
+        }
+        for (size_t k = 0; k < nc; k++)
+                if (!c[k].linked) {
+                        free_conns++;
+                        open_free += c[k].open;
+                        last_c = k;
+                }
+        for (size_t i = 0; i < ns; i++)
+                if (sn[i].fd < 0)
+                        sn[i].closed = open_free == 0;
+        if (unlinked == 1 && free_conns == 1) {
+                struct snap *t = &sn[last_s];
+
+                if (t->cand == c[last_c].fd && t->cand_ino == c[last_c].ino) {
+                        t->fd = c[last_c].fd; /* the second sweep in a row: linked */
+                        t->ino = c[last_c].ino;
+                        t->cand = -1;
+                } else {
+                        t->cand = c[last_c].fd;
+                        t->cand_ino = c[last_c].ino;
+                }
+        } else {
+                for (size_t i = 0; i < ns; i++)
+                        if (sn[i].fd < 0)
+                                sn[i].cand = -1;
+        }
+}
+
+/* One round at time `now` (CLOCK_MONOTONIC seconds). */
+static void sweep(struct kvd_server *s, double now)
+{
+        struct snap *sn = NULL;
+        struct conn *c = NULL;
+        size_t       ns = 0, nc = 0, ended = 0;
+        uint32_t     cur = 0;
+        const pid_t  self = getpid();
+
+        pthread_mutex_lock(&s->lock);
+        const uint32_t count = kvd_sessions_count(s->sessions);
+        if (count && (sn = malloc(count * sizeof(*sn))))
+                for (const struct kvd_session *ss; ns < count && (ss = kvd_sessions_next(s->sessions, &cur));)
+                        if (ss->pid_peer && ss->pid > 0)
+                                sn[ns++] = (struct snap){ .pid = (pid_t)ss->pid, .pipe_id = ss->pipe_id,
+                                                          .fd = ss->conn_fd, .ino = ss->conn_ino,
+                                                          .cand = ss->cand_fd, .cand_ino = ss->cand_ino };
+        pthread_mutex_unlock(&s->lock);
+        if (ns == 0 || list_conns(&c, &nc) < 0) {
+                free(sn);
+                return;
+        }
+        qsort(sn, ns, sizeof(*sn), by_pid_snap);
+        for (size_t i = 0, k = 0; i < ns;) {
+                size_t j = i, m;
+
+                while (j < ns && sn[j].pid == sn[i].pid)
+                        j++;
+                while (k < nc && c[k].pid < sn[i].pid)
+                        k++;
+                for (m = k; m < nc && c[m].pid == sn[i].pid; m++)
+                        ;
+                judge_pid(sn + i, j - i, c + k, m - k);
+                i = j;
+        }
+        free(c);
+
+        pthread_mutex_lock(&s->lock);
+        for (size_t i = 0; i < ns && !s->closing; i++) {
+                struct kvd_session *ss = kvd_sessions_find(s->sessions, sn[i].pipe_id);
+
+                if (!ss)
+                        continue; /* nng reported the close meanwhile */
+                ss->conn_fd = sn[i].fd;
+                ss->conn_ino = sn[i].ino;
+                ss->cand_fd = sn[i].cand;
+                ss->cand_ino = sn[i].cand_ino;
+                if (!sn[i].closed) {
+                        ss->closed_since = 0.0;
+                        continue;
+                }
+                if (ss->closed_since == 0.0)
+                        ss->closed_since = now;
+                if (now - ss->closed_since < REAP_GRACE_S || ended == REAP_BATCH)
+                        continue;
+                ss = kvd_sessions_remove(s->sessions, sn[i].pipe_id);
+                if (sn[i].pid == self)
+                        kvd_warn("the listener guard's probe closed its connection %u (session %u), but nng has "
+                                 "not reported the close; ending the session now", ss->pipe_id, ss->id);
+                else
+                        kvd_warn("client %s (pid %lld, session %u): its connection %u is closed, but nng has not "
+                                 "reported the close for %.0f s; ending the session now",
+                                 ss->name[0] ? ss->name : "?", (long long)ss->pid, ss->id, ss->pipe_id,
+                                 now - ss->closed_since);
+                kvd_server_drop_session(s, ss);
+                kvd_session_free(ss);
+                ended++;
+        }
+        if (ended && !s->reap_told) {
+                s->reap_told = 1;
+                kvd_err("nng no longer reports closed connections (its pipe teardown is stuck, a known fault of "
+                        "nng 1.5.2; docs/operations.md section 9): kvpoold ends the sessions of closed "
+                        "connections itself, but every closed connection keeps a file descriptor; restart "
+                        "kvpoold when convenient");
+        }
+        pthread_mutex_unlock(&s->lock);
+        free(sn);
+}
+
+static void *reaper_main(void *arg)
+{
+        struct kvd_server *s = arg;
+        struct kvd_reaper *r = &s->reaper;
+
+        pthread_mutex_lock(&r->mu);
+        while (!r->stopping) {
+                struct timespec until, t;
+
+                clock_gettime(CLOCK_MONOTONIC, &until);
+                until.tv_sec += (time_t)REAP_EVERY_S;
+                /* wakes at the period or at kvd_reaper_stop */
+                pthread_cond_timedwait(&r->cv, &r->mu, &until);
+                if (r->stopping)
+                        break;
+                pthread_mutex_unlock(&r->mu);
+                clock_gettime(CLOCK_MONOTONIC, &t);
+                sweep(s, (double)t.tv_sec + (double)t.tv_nsec * 1e-9);
+                pthread_mutex_lock(&r->mu);
+        }
+        pthread_mutex_unlock(&r->mu);
+        return NULL;
+}
+
+int kvd_reaper_start(struct kvd_server *s)
+{
+        struct kvd_reaper *r = &s->reaper;
+        pthread_condattr_t ca;
+        int                e;
+
+        if (r->running)
+                return 0;
+        r->stopping = 0;
+        if ((e = pthread_condattr_init(&ca)))
+                return -e;
+        if ((e = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)) || (e = pthread_cond_init(&r->cv, &ca))) {
+                pthread_condattr_destroy(&ca);
+                return -e;
+        }
+        pthread_condattr_destroy(&ca);
+        if ((e = pthread_mutex_init(&r->mu, NULL))) {
+                pthread_cond_destroy(&r->cv);
+                return -e;
+        }
+        if ((e = pthread_create(&r->thread, NULL, reaper_main, s))) {
+                pthread_mutex_destroy(&r->mu);
+                pthread_cond_destroy(&r->cv);
+                return -e;
+        }
+        r->running = 1;
+        return 0;
+}
+
+void kvd_reaper_stop(struct kvd_server *s)
+{
+        struct kvd_reaper *r = &s->reaper;
+
+        if (!r->running)
+                return;
+        pthread_mutex_lock(&r->mu);
+        r->stopping = 1;
+        pthread_cond_signal(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(r->thread, NULL);
+        pthread_mutex_destroy(&r->mu);
+        pthread_cond_destroy(&r->cv);
+        r->running = 0;
+}
