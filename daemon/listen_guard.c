@@ -473,78 +473,24 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
 
 /* ---- the thread ---------------------------------------------------------------- */
 
-static double mono_s(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void *guard_main(void *arg)
+static void guard_tick(void *arg, double now)
 {
         struct kvd_guard *g = arg;
 
-        pthread_mutex_lock(&g->mu);
-        while (!g->stopping) {
-                struct timespec until;
-
-                clock_gettime(CLOCK_MONOTONIC, &until);
-                until.tv_sec += (time_t)KVD_GUARD_EVERY;
-                /* wakes at the period or at kvd_guard_stop; a spurious wake
-                 * only makes kvd_guard_due say no */
-                pthread_cond_timedwait(&g->cv, &g->mu, &until);
-                if (g->stopping)
-                        break;
-                pthread_mutex_unlock(&g->mu);
-                kvd_guard_tick(g, mono_s(), g->recv_max);
-                pthread_mutex_lock(&g->mu);
-        }
-        pthread_mutex_unlock(&g->mu);
-        return NULL;
+        kvd_guard_tick(g, now, g->recv_max);
 }
 
 int kvd_guard_start(struct kvd_guard *g, size_t recv_max)
 {
-        pthread_condattr_t ca;
-        int                r;
-
-        if (!g->path || g->running)
+        if (!g->path)
                 return 0;
         g->recv_max = recv_max;
-        g->stopping = 0;
-        if ((r = pthread_condattr_init(&ca)))
-                return -r;
-        if ((r = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)) || (r = pthread_cond_init(&g->cv, &ca))) {
-                pthread_condattr_destroy(&ca);
-                return -r;
-        }
-        pthread_condattr_destroy(&ca);
-        if ((r = pthread_mutex_init(&g->mu, NULL))) {
-                pthread_cond_destroy(&g->cv);
-                return -r;
-        }
-        if ((r = pthread_create(&g->thread, NULL, guard_main, g))) {
-                pthread_mutex_destroy(&g->mu);
-                pthread_cond_destroy(&g->cv);
-                return -r;
-        }
-        g->running = 1;
-        return 0;
+        return kvd_ticker_start(&g->ticker, KVD_GUARD_EVERY, guard_tick, g);
 }
 
 void kvd_guard_stop(struct kvd_guard *g)
 {
-        if (!g->running)
-                return;
-        pthread_mutex_lock(&g->mu);
-        g->stopping = 1;
-        pthread_cond_signal(&g->cv);
-        pthread_mutex_unlock(&g->mu);
-        pthread_join(g->thread, NULL);
-        pthread_mutex_destroy(&g->mu);
-        pthread_cond_destroy(&g->cv);
-        g->running = 0;
+        kvd_ticker_stop(&g->ticker);
 }
 
 void kvd_guard_beat(struct kvd_guard *g, double now)

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <nng/nng.h>
+#include "ticker.h"
 
 #define KVD_GUARD_MAX    8   /* take-overs (tried) in a process at most */
 #define KVD_GUARD_EVERY  3.0 /* seconds between checks */
@@ -34,12 +35,7 @@ struct kvd_guard {
         double        *seen;      /* since when its unread bytes have waited */
         int           *unread;    /* bytes nng had not read from it */
         size_t         n;
-        /* the thread (kvd_guard_start) */
-        pthread_t       thread;
-        pthread_mutex_t mu;
-        pthread_cond_t  cv;
-        int             running;  /* the thread was started and not yet joined */
-        int             stopping; /* under mu */
+        struct kvd_ticker ticker; /* the thread (kvd_guard_start) */
         size_t          recv_max;
         _Atomic uint64_t beat_ms; /* the serving loop's last beat (kvd_guard_beat), ms */
         /* a socket whose peers send nothing after the handshake (PUB):

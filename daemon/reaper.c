@@ -40,7 +40,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 #include "server_int.h"
 #include "log.h"
@@ -256,71 +255,17 @@ static void sweep(struct kvd_server *s, double now)
         free(sn);
 }
 
-static void *reaper_main(void *arg)
+static void reaper_tick(void *arg, double now)
 {
-        struct kvd_server *s = arg;
-        struct kvd_reaper *r = &s->reaper;
-
-        pthread_mutex_lock(&r->mu);
-        while (!r->stopping) {
-                struct timespec until, t;
-
-                clock_gettime(CLOCK_MONOTONIC, &until);
-                until.tv_sec += (time_t)REAP_EVERY_S;
-                /* wakes at the period or at kvd_reaper_stop */
-                pthread_cond_timedwait(&r->cv, &r->mu, &until);
-                if (r->stopping)
-                        break;
-                pthread_mutex_unlock(&r->mu);
-                clock_gettime(CLOCK_MONOTONIC, &t);
-                sweep(s, (double)t.tv_sec + (double)t.tv_nsec * 1e-9);
-                pthread_mutex_lock(&r->mu);
-        }
-        pthread_mutex_unlock(&r->mu);
-        return NULL;
+        sweep(arg, now);
 }
 
 int kvd_reaper_start(struct kvd_server *s)
 {
-        struct kvd_reaper *r = &s->reaper;
-        pthread_condattr_t ca;
-        int                e;
-
-        if (r->running)
-                return 0;
-        r->stopping = 0;
-        if ((e = pthread_condattr_init(&ca)))
-                return -e;
-        if ((e = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)) || (e = pthread_cond_init(&r->cv, &ca))) {
-                pthread_condattr_destroy(&ca);
-                return -e;
-        }
-        pthread_condattr_destroy(&ca);
-        if ((e = pthread_mutex_init(&r->mu, NULL))) {
-                pthread_cond_destroy(&r->cv);
-                return -e;
-        }
-        if ((e = pthread_create(&r->thread, NULL, reaper_main, s))) {
-                pthread_mutex_destroy(&r->mu);
-                pthread_cond_destroy(&r->cv);
-                return -e;
-        }
-        r->running = 1;
-        return 0;
+        return kvd_ticker_start(&s->reaper, REAP_EVERY_S, reaper_tick, s);
 }
 
 void kvd_reaper_stop(struct kvd_server *s)
 {
-        struct kvd_reaper *r = &s->reaper;
-
-        if (!r->running)
-                return;
-        pthread_mutex_lock(&r->mu);
-        r->stopping = 1;
-        pthread_cond_signal(&r->cv);
-        pthread_mutex_unlock(&r->mu);
-        pthread_join(r->thread, NULL);
-        pthread_mutex_destroy(&r->mu);
-        pthread_cond_destroy(&r->cv);
-        r->running = 0;
+        kvd_ticker_stop(&s->reaper);
 }

@@ -34,13 +34,6 @@
 #define RECV_MAX ((size_t)KV_MAX_FRAME + 4)
 
 
-static double now_s(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* nng error -> negative errno, in one place. */
 static int nng_errno(int rv)
@@ -228,7 +221,7 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
                 double         t0, t1;
 
                 rv = nng_recvmsg(s->sock, &q.msg, 0);
-                t0 = now_s();
+                t0 = kvd_mono_s();
                 if (t0 - last_periodic >= period) {
                         periodic(s);
                         last_periodic = t0;
@@ -244,7 +237,7 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
                 }
                 pthread_mutex_lock(&s->lock);
                 kvd_requests_dispatch(s, &q);
-                t1 = now_s();
+                t1 = kvd_mono_s();
                 kvd_metrics_observe(s->metrics, q.op, q.ok ? q.code : KV_E_INTERNAL, t1 - t0);
                 pthread_mutex_unlock(&s->lock);
                 if (!q.ok) {

@@ -9,15 +9,7 @@
 #include "listen_guard.h"
 #include "server.h"
 #include "session.h"
-
-/* The thread that ends the sessions of closed connections nng does not
- * report (reaper.c). */
-struct kvd_reaper {
-        pthread_t       thread;
-        pthread_mutex_t mu;
-        pthread_cond_t  cv;
-        int             running, stopping;
-};
+#include "ticker.h"
 
 struct kvd_server {
         pthread_mutex_t      lock;
@@ -37,7 +29,7 @@ struct kvd_server {
         int                  metrics_http;
         int                  close_wait_ms; /* see close_bounded (server.c) */
         struct kvd_guard     guard;         /* listen_guard.c */
-        struct kvd_reaper    reaper;        /* reaper.c */
+        struct kvd_ticker    reaper;        /* reaper.c's thread */
         int                  reap_told;     /* the reaper has reported nng's stuck teardown (under lock) */
         struct timespec      started;
         /* scratch for one request (serving thread only, under the lock) */
