@@ -41,6 +41,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "reaper.h"
 #include "server_int.h"
 #include "log.h"
 
@@ -48,47 +49,27 @@
 #define REAP_GRACE_S 5.0 /* how long a session is seen closed before it is ended */
 #define REAP_BATCH   64  /* sessions ended at most per sweep (the rest at the next) */
 
-/* One connected Unix socket of this process. */
-struct conn {
-        pid_t    pid;     /* the peer that connected (SO_PEERCRED) */
-        int      fd;
-        uint64_t ino;
-        int      open;    /* its peer end is open */
-        int      linked;  /* a session is linked to it */
-};
-
-/* What a sweep knows of one session. */
-struct snap {
-        pid_t    pid;
-        uint32_t pipe_id;
-        int      fd;      /* linked connection, -1 none (as found; then as decided) */
-        uint64_t ino;
-        int      cand;    /* the last sweep's candidate connection, -1 none (likewise) */
-        uint64_t cand_ino;
-        int      closed;  /* verdict of this sweep */
-};
-
 static int by_pid_conn(const void *a, const void *b)
 {
-        const struct conn *x = a, *y = b;
+        const struct kvd_reap_conn *x = a, *y = b;
 
         return x->pid < y->pid ? -1 : x->pid > y->pid;
 }
 
 static int by_pid_snap(const void *a, const void *b)
 {
-        const struct snap *x = a, *y = b;
+        const struct kvd_reap_snap *x = a, *y = b;
 
         return x->pid < y->pid ? -1 : x->pid > y->pid;
 }
 
 /* This process's connected Unix sockets whose peer pid is known, sorted by
  * pid, into *ret (malloc'ed) and *ret_n.  0 or -errno (nothing stored). */
-static int list_conns(struct conn **ret, size_t *ret_n)
+static int list_conns(struct kvd_reap_conn **ret, size_t *ret_n)
 {
         DIR           *d = opendir("/proc/self/fd");
         struct dirent *e;
-        struct conn   *v = NULL;
+        struct kvd_reap_conn   *v = NULL;
         size_t         n = 0, cap = 0;
 
         if (!d)
@@ -108,7 +89,7 @@ static int list_conns(struct conn **ret, size_t *ret_n)
                     uc.pid <= 0 || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &alen) != 0 || listening)
                         continue;
                 if (n == cap) {
-                        struct conn *w = realloc(v, (cap = cap ? 2 * cap : 64) * sizeof(*v));
+                        struct kvd_reap_conn *w = realloc(v, (cap = cap ? 2 * cap : 64) * sizeof(*v));
 
                         if (!w) {
                                 free(v);
@@ -117,7 +98,7 @@ static int list_conns(struct conn **ret, size_t *ret_n)
                         }
                         v = w;
                 }
-                v[n++] = (struct conn){ .pid = uc.pid, .fd = fd, .ino = (uint64_t)st.st_ino,
+                v[n++] = (struct kvd_reap_conn){ .pid = uc.pid, .fd = fd, .ino = (uint64_t)st.st_ino,
                                         .open = poll(&pf, 1, 0) == 0 };
         }
         closedir(d);
@@ -127,9 +108,7 @@ static int list_conns(struct conn **ret, size_t *ret_n)
         return 0;
 }
 
-/* Decides sn[0..ns) (one pid's sessions) against c[0..nc) (that pid's
- * connections): links and verdicts, as the header comment says. */
-static void judge_pid(struct snap *sn, size_t ns, struct conn *c, size_t nc)
+void kvd_reaper_judge(struct kvd_reap_snap *sn, size_t ns, struct kvd_reap_conn *c, size_t nc)
 {
         size_t unlinked = 0, free_conns = 0, open_free = 0, last_s = 0, last_c = 0;
 
@@ -159,7 +138,7 @@ static void judge_pid(struct snap *sn, size_t ns, struct conn *c, size_t nc)
                 if (sn[i].fd < 0)
                         sn[i].closed = open_free == 0;
         if (unlinked == 1 && free_conns == 1) {
-                struct snap *t = &sn[last_s];
+                struct kvd_reap_snap *t = &sn[last_s];
 
                 if (t->cand == c[last_c].fd && t->cand_ino == c[last_c].ino) {
                         t->fd = c[last_c].fd; /* the second sweep in a row: linked */
@@ -179,8 +158,8 @@ static void judge_pid(struct snap *sn, size_t ns, struct conn *c, size_t nc)
 /* One round at time `now` (CLOCK_MONOTONIC seconds). */
 static void sweep(struct kvd_server *s, double now)
 {
-        struct snap *sn = NULL;
-        struct conn *c = NULL;
+        struct kvd_reap_snap *sn = NULL;
+        struct kvd_reap_conn *c = NULL;
         size_t       ns = 0, nc = 0, ended = 0;
         uint32_t     cur = 0;
         const pid_t  self = getpid();
@@ -190,7 +169,7 @@ static void sweep(struct kvd_server *s, double now)
         if (count && (sn = malloc(count * sizeof(*sn))))
                 for (const struct kvd_session *ss; ns < count && (ss = kvd_sessions_next(s->sessions, &cur));)
                         if (ss->pid_peer && ss->pid > 0)
-                                sn[ns++] = (struct snap){ .pid = (pid_t)ss->pid, .pipe_id = ss->pipe_id,
+                                sn[ns++] = (struct kvd_reap_snap){ .pid = (pid_t)ss->pid, .pipe_id = ss->pipe_id,
                                                           .fd = ss->conn_fd, .ino = ss->conn_ino,
                                                           .cand = ss->cand_fd, .cand_ino = ss->cand_ino };
         pthread_mutex_unlock(&s->lock);
@@ -208,7 +187,7 @@ static void sweep(struct kvd_server *s, double now)
                         k++;
                 for (m = k; m < nc && c[m].pid == sn[i].pid; m++)
                         ;
-                judge_pid(sn + i, j - i, c + k, m - k);
+                kvd_reaper_judge(sn + i, j - i, c + k, m - k);
                 i = j;
         }
         free(c);

@@ -7,6 +7,7 @@
 #include <time.h>
 #include <nng/nng.h>
 #include "listen_guard.h"
+#include "reaper.h"
 #include "server.h"
 #include "session.h"
 #include "ticker.h"
@@ -61,12 +62,5 @@ void kvd_server_fill_peer(struct kvd_session *ss, nng_pipe p);
  * server lock (server.c). */
 void kvd_server_drop_session(struct kvd_server *s, struct kvd_session *ss);
 
-/* The reaper (reaper.c): a thread that every few seconds links sessions to
- * the connections that serve them and ends those whose connection has
- * closed without nng reporting it (nng 1.5.2's stuck pipe teardown,
- * docs/operations.md §9).  Start: 0 or -errno; stop joins the thread
- * (nothing if it is not running). */
-int  kvd_reaper_start(struct kvd_server *s);
-void kvd_reaper_stop(struct kvd_server *s);
 
 #endif
