@@ -24,6 +24,10 @@
  *   - otherwise (a process with several connections it opened close
  *     together, none linked yet) its unlinked sessions count as closed only
  *     when none of its unlinked connections is open.
+ * Connections that are never a session's are not offered for a link, but
+ * count in the last rule: those accepted on the events socket (named after
+ * it) and those of sessions the reaper ended (nng never closes them; kept
+ * from sweep to sweep while they are listed).
  * A session seen closed for REAP_GRACE_S is ended and its page references
  * released.  nng reports a close within milliseconds when it works, so
  * only a stuck teardown leaves one that long.  A connection a child process
@@ -36,10 +40,13 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <stddef.h>
 #include <unistd.h>
 #include "reaper.h"
 #include "server_int.h"
@@ -63,9 +70,65 @@ static int by_pid_snap(const void *a, const void *b)
         return x->pid < y->pid ? -1 : x->pid > y->pid;
 }
 
+/* Whether (fd, ino) is the connection of a session the reaper ended. */
+static int was_gone(const struct kvd_reaper *r, int fd, uint64_t ino)
+{
+        for (size_t i = 0; i < r->n_gone; i++)
+                if (r->gone[i].fd == fd && r->gone[i].ino == ino)
+                        return 1;
+        return 0;
+}
+
+/* Whether fd was accepted on the events socket at path ev (NULL: none):
+ * an accepted socket is named after the listener that accepted it, the
+ * socket file or a listener guard's `<path>.<n>` (a guard's fallback name
+ * for a path near 108 bytes is not recognized: such a subscriber then
+ * counts as a connection that could be a session's). */
+static int on_events(int fd, const char *ev)
+{
+        struct sockaddr_un a;
+        socklen_t          al = sizeof a;
+        size_t             n;
+
+        if (!ev)
+                return 0;
+        memset(&a, 0, sizeof a);
+        if (getsockname(fd, (struct sockaddr *)&a, &al) != 0 || a.sun_family != AF_UNIX ||
+            al <= offsetof(struct sockaddr_un, sun_path))
+                return 0;
+        a.sun_path[sizeof a.sun_path - 1] = 0;
+        n = strlen(ev);
+        if (strncmp(a.sun_path, ev, n) != 0)
+                return 0;
+        if (a.sun_path[n] == 0)
+                return 1;
+        if (a.sun_path[n] != '.' || !a.sun_path[n + 1])
+                return 0;
+        for (const char *p = a.sun_path + n + 1; *p; p++)
+                if (*p < '0' || *p > '9')
+                        return 0;
+        return 1;
+}
+
+/* Keeps in r->gone only the connections listed in c[0..n) now. */
+static void prune_gone(struct kvd_reaper *r, const struct kvd_reap_conn *c, size_t n)
+{
+        size_t kept = 0;
+
+        for (size_t i = 0; i < r->n_gone; i++)
+                for (size_t k = 0; k < n; k++)
+                        if (c[k].fd == r->gone[i].fd && c[k].ino == r->gone[i].ino) {
+                                r->gone[kept++] = r->gone[i];
+                                break;
+                        }
+        r->n_gone = kept;
+}
+
 /* This process's connected Unix sockets whose peer pid is known, sorted by
- * pid, into *ret (malloc'ed) and *ret_n.  0 or -errno (nothing stored). */
-static int list_conns(struct kvd_reap_conn **ret, size_t *ret_n)
+ * pid, into *ret (malloc'ed) and *ret_n, those of the events socket (path
+ * ev) and of sessions the reaper ended marked aux.  0 or -errno (nothing
+ * stored). */
+static int list_conns(const struct kvd_reaper *r, const char *ev, struct kvd_reap_conn **ret, size_t *ret_n)
 {
         DIR           *d = opendir("/proc/self/fd");
         struct dirent *e;
@@ -98,11 +161,14 @@ static int list_conns(struct kvd_reap_conn **ret, size_t *ret_n)
                         }
                         v = w;
                 }
-                v[n++] = (struct kvd_reap_conn){ .pid = uc.pid, .fd = fd, .ino = (uint64_t)st.st_ino,
-                                        .open = poll(&pf, 1, 0) == 0 };
+                v[n] = (struct kvd_reap_conn){ .pid = uc.pid, .fd = fd, .ino = (uint64_t)st.st_ino,
+                                               .open = poll(&pf, 1, 0) == 0 };
+                v[n].aux = was_gone(r, fd, v[n].ino) || on_events(fd, ev);
+                n++;
         }
         closedir(d);
-        qsort(v, n, sizeof(*v), by_pid_conn);
+        if (n)
+                qsort(v, n, sizeof(*v), by_pid_conn);
         *ret = v;
         *ret_n = n;
         return 0;
@@ -128,11 +194,16 @@ void kvd_reaper_judge(struct kvd_reap_snap *sn, size_t ns, struct kvd_reap_conn 
                         last_s = i;
                 }
         }
+        /* any unlinked connection may be an unlinked session's (the
+         * verdict below), but only one that can be a session's is
+         * offered for a link */
         for (size_t k = 0; k < nc; k++)
                 if (!c[k].linked) {
-                        free_conns++;
                         open_free += c[k].open;
-                        last_c = k;
+                        if (!c[k].aux) {
+                                free_conns++;
+                                last_c = k;
+                        }
                 }
         for (size_t i = 0; i < ns; i++)
                 if (sn[i].fd < 0)
@@ -158,6 +229,7 @@ void kvd_reaper_judge(struct kvd_reap_snap *sn, size_t ns, struct kvd_reap_conn 
 /* One round at time `now` (CLOCK_MONOTONIC seconds). */
 static void sweep(struct kvd_server *s, double now)
 {
+        struct kvd_reaper *r = &s->reaper;
         struct kvd_reap_snap *sn = NULL;
         struct kvd_reap_conn *c = NULL;
         size_t       ns = 0, nc = 0, ended = 0;
@@ -173,10 +245,23 @@ static void sweep(struct kvd_server *s, double now)
                                                           .fd = ss->conn_fd, .ino = ss->conn_ino,
                                                           .cand = ss->cand_fd, .cand_ino = ss->cand_ino };
         pthread_mutex_unlock(&s->lock);
-        if (ns == 0 || list_conns(&c, &nc) < 0) {
+        if (ns == 0) {
                 free(sn);
                 return;
         }
+        const char *ev = s->events_url && strncmp(s->events_url, "ipc://", 6) == 0 ? s->events_url + 6 : NULL;
+        const int   e = list_conns(r, ev, &c, &nc);
+        if (e < 0) {
+                /* at the fd limit (every closed connection keeps one in a
+                 * wedged nng), or out of memory: say so once */
+                if (!r->told)
+                        kvd_warn("cannot list this process's connections (%s): sessions whose connection closed "
+                                 "without nng reporting it are not ended until it can", strerror(-e));
+                r->told = 1;
+                free(sn);
+                return;
+        }
+        r->told = 0;
         qsort(sn, ns, sizeof(*sn), by_pid_snap);
         for (size_t i = 0, k = 0; i < ns;) {
                 size_t j = i, m;
@@ -190,6 +275,7 @@ static void sweep(struct kvd_server *s, double now)
                 kvd_reaper_judge(sn + i, j - i, c + k, m - k);
                 i = j;
         }
+        prune_gone(r, c, nc);
         free(c);
 
         pthread_mutex_lock(&s->lock);
@@ -210,6 +296,12 @@ static void sweep(struct kvd_server *s, double now)
                         ss->closed_since = now;
                 if (now - ss->closed_since < REAP_GRACE_S || ended == REAP_BATCH)
                         continue;
+                /* its connection stays listed (nng never closes it) but is
+                 * nobody's now: it must not keep the pid's next session
+                 * from being linked */
+                if (sn[i].fd >= 0 && r->n_gone < KVD_REAP_GONE_MAX &&
+                    (r->gone || (r->gone = malloc(KVD_REAP_GONE_MAX * sizeof(*r->gone)))))
+                        r->gone[r->n_gone++] = (struct kvd_reap_gone){ sn[i].fd, sn[i].ino };
                 ss = kvd_sessions_remove(s->sessions, sn[i].pipe_id);
                 if (sn[i].pid == self)
                         kvd_warn("the listener guard's probe closed its connection %u (session %u), but nng has "
@@ -241,10 +333,13 @@ static void reaper_tick(void *arg, double now)
 
 int kvd_reaper_start(struct kvd_server *s)
 {
-        return kvd_ticker_start(&s->reaper, REAP_EVERY_S, reaper_tick, s);
+        return kvd_ticker_start(&s->reaper.ticker, REAP_EVERY_S, reaper_tick, s);
 }
 
 void kvd_reaper_stop(struct kvd_server *s)
 {
-        kvd_ticker_stop(&s->reaper);
+        kvd_ticker_stop(&s->reaper.ticker);
+        free(s->reaper.gone);
+        s->reaper.gone = NULL;
+        s->reaper.n_gone = 0;
 }

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "ticker.h"
 
 struct kvd_server;
 
@@ -18,6 +19,9 @@ struct kvd_reap_conn {
         int      fd;
         uint64_t ino;
         int      open;    /* its peer end is open */
+        int      aux;     /* never a session's: an events subscriber's, or the connection of a
+                           * session the reaper ended; counted as a connection of its pid
+                           * but never offered for a link */
         int      linked;  /* a session is linked to it (kvd_reaper_judge's) */
 };
 
@@ -37,9 +41,25 @@ struct kvd_reap_snap {
  * its verdict (reaper.c's header comment has the rules).  Pure. */
 void kvd_reaper_judge(struct kvd_reap_snap *sn, size_t ns, struct kvd_reap_conn *c, size_t nc);
 
+/* A connection of a session the reaper ended: nng never closes it. */
+struct kvd_reap_gone {
+        int      fd;
+        uint64_t ino;
+};
+
+/* The reaper: its thread and what it keeps between sweeps (the thread's
+ * alone). */
+struct kvd_reaper {
+        struct kvd_ticker     ticker;
+        struct kvd_reap_gone *gone; /* at most KVD_REAP_GONE_MAX, still listed at the last sweep */
+        size_t                n_gone;
+        int                   told; /* said it cannot list the connections */
+};
+#define KVD_REAP_GONE_MAX 4096
+
 /* The thread that sweeps every few seconds and ends the sessions seen
- * closed for long enough.  Start: 0 or -errno; stop joins it (nothing if
- * it is not running). */
+ * closed for long enough.  Start: 0 or -errno; stop joins it and frees
+ * what it kept (nothing if it is not running). */
 int  kvd_reaper_start(struct kvd_server *s);
 void kvd_reaper_stop(struct kvd_server *s);
 

@@ -30,7 +30,7 @@ struct kvd_server {
         int                  metrics_http;
         int                  close_wait_ms; /* see close_bounded (server.c) */
         struct kvd_guard     guard;         /* listen_guard.c */
-        struct kvd_ticker    reaper;        /* reaper.c's thread */
+        struct kvd_reaper    reaper;        /* reaper.c */
         int                  reap_told;     /* the reaper has reported nng's stuck teardown (under lock) */
         struct timespec      started;
         /* scratch for one request (serving thread only, under the lock) */

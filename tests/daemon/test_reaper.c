@@ -105,6 +105,31 @@ Test(reaper, a_pair_seen_by_one_sweep_only_is_never_linked)
         cr_assert_not(s[0].closed || s[1].closed);
 }
 
+Test(reaper, connections_that_are_never_a_sessions_are_not_offered_a_link)
+{
+        /* the worker's request connection, its events subscription and the
+         * connection of its session the reaper ended earlier (nng keeps
+         * it): the request session is linked all the same */
+        struct kvd_reap_snap s = S(-1, 0, -1, 0);
+        struct kvd_reap_conn c[3] = { C(5, 50, 1), C(7, 70, 1), C(9, 90, 0) };
+
+        c[1].aux = c[2].aux = 1;
+        judge(&s, 1, c, 3);
+        judge(&s, 1, c, 3);
+        cr_assert_eq(s.fd, 5);
+        cr_assert_not(s.closed);
+        c[0].open = 0;
+        judge(&s, 1, c, 3);
+        cr_assert(s.closed, "judged by its own connection, the open subscription aside");
+        /* unlinked, two sessions: an open aux connection still keeps them */
+        struct kvd_reap_snap t[2] = { S(-1, 0, -1, 0), S(-1, 0, -1, 0) };
+        struct kvd_reap_conn d[3] = { C(5, 50, 0), C(6, 60, 0), C(7, 70, 1) };
+
+        d[2].aux = 1;
+        judge(t, 2, d, 3);
+        cr_assert_not(t[0].closed || t[1].closed);
+}
+
 Test(reaper, sessions_without_any_connection_are_closed)
 {
         struct kvd_reap_snap s = S(-1, 0, 3, 30);
