@@ -60,7 +60,16 @@ static int by_pid_conn(const void *a, const void *b)
 {
         const struct kvd_reap_conn *x = a, *y = b;
 
-        return x->pid < y->pid ? -1 : x->pid > y->pid;
+        if (x->pid != y->pid)
+                return x->pid < y->pid ? -1 : 1;
+        return x->fd < y->fd ? -1 : x->fd > y->fd;
+}
+
+static int by_fd_gone(const void *a, const void *b)
+{
+        const struct kvd_reap_gone *x = a, *y = b;
+
+        return x->fd < y->fd ? -1 : x->fd > y->fd;
 }
 
 static int by_pid_snap(const void *a, const void *b)
@@ -70,13 +79,15 @@ static int by_pid_snap(const void *a, const void *b)
         return x->pid < y->pid ? -1 : x->pid > y->pid;
 }
 
-/* Whether (fd, ino) is the connection of a session the reaper ended. */
+/* Whether (fd, ino) is the connection of a session the reaper ended
+ * (r->gone is sorted by fd). */
 static int was_gone(const struct kvd_reaper *r, int fd, uint64_t ino)
 {
-        for (size_t i = 0; i < r->n_gone; i++)
-                if (r->gone[i].fd == fd && r->gone[i].ino == ino)
-                        return 1;
-        return 0;
+        const struct kvd_reap_gone  key = { fd, ino };
+        const struct kvd_reap_gone *g =
+                r->n_gone ? bsearch(&key, r->gone, r->n_gone, sizeof(*r->gone), by_fd_gone) : NULL;
+
+        return g && g->ino == ino;
 }
 
 /* Whether fd was accepted on the events socket at path ev (NULL: none):
@@ -113,15 +124,23 @@ static int on_events(int fd, const char *ev)
 /* Keeps in r->gone only the connections listed in c[0..n) now. */
 static void prune_gone(struct kvd_reaper *r, const struct kvd_reap_conn *c, size_t n)
 {
-        size_t kept = 0;
+        unsigned char *seen;
+        size_t         kept = 0;
 
+        if (r->n_gone == 0 || !(seen = calloc(r->n_gone, 1)))
+                return; /* out of memory: pruned at a later sweep */
+        for (size_t k = 0; k < n; k++) {
+                const struct kvd_reap_gone  key = { c[k].fd, c[k].ino };
+                const struct kvd_reap_gone *g = bsearch(&key, r->gone, r->n_gone, sizeof(*r->gone), by_fd_gone);
+
+                if (g && g->ino == c[k].ino)
+                        seen[g - r->gone] = 1;
+        }
         for (size_t i = 0; i < r->n_gone; i++)
-                for (size_t k = 0; k < n; k++)
-                        if (c[k].fd == r->gone[i].fd && c[k].ino == r->gone[i].ino) {
-                                r->gone[kept++] = r->gone[i];
-                                break;
-                        }
+                if (seen[i])
+                        r->gone[kept++] = r->gone[i];
         r->n_gone = kept;
+        free(seen);
 }
 
 /* This process's connected Unix sockets whose peer pid is known, sorted by
@@ -179,13 +198,24 @@ void kvd_reaper_judge(struct kvd_reap_snap *sn, size_t ns, struct kvd_reap_conn 
         size_t unlinked = 0, free_conns = 0, open_free = 0, last_s = 0, last_c = 0;
 
         for (size_t i = 0; i < ns; i++) {
-                size_t k = 0;
+                size_t k = nc;
 
-                if (sn[i].fd >= 0)
-                        for (; k < nc; k++)
-                                if (c[k].fd == sn[i].fd && c[k].ino == sn[i].ino && !c[k].linked)
-                                        break;
-                if (sn[i].fd >= 0 && k < nc) {
+                if (sn[i].fd >= 0) {
+                        /* c is sorted by fd: binary search */
+                        size_t lo = 0, hi = nc;
+
+                        while (lo < hi) {
+                                const size_t mid = lo + (hi - lo) / 2;
+
+                                if (c[mid].fd < sn[i].fd)
+                                        lo = mid + 1;
+                                else
+                                        hi = mid;
+                        }
+                        if (lo < nc && c[lo].fd == sn[i].fd && c[lo].ino == sn[i].ino && !c[lo].linked)
+                                k = lo;
+                }
+                if (k < nc) {
                         c[k].linked = 1;
                         sn[i].closed = !c[k].open;
                 } else {
@@ -315,6 +345,8 @@ static void sweep(struct kvd_server *s, double now)
                 kvd_session_free(ss);
                 ended++;
         }
+        if (r->n_gone > 1)
+                qsort(r->gone, r->n_gone, sizeof(*r->gone), by_fd_gone);
         if (ended && !s->reap_told) {
                 s->reap_told = 1;
                 kvd_err("nng no longer reports closed connections (its pipe teardown is stuck, a known fault of "

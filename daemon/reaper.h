@@ -37,8 +37,9 @@ struct kvd_reap_snap {
 };
 
 /* Decides sn[0..ns), the sessions of one peer pid, against c[0..nc), that
- * pid's connections: updates each session's link and candidate and sets
- * its verdict (reaper.c's header comment has the rules).  Pure. */
+ * pid's connections sorted by fd: updates each session's link and
+ * candidate and sets its verdict (reaper.c's header comment has the
+ * rules).  Pure. */
 void kvd_reaper_judge(struct kvd_reap_snap *sn, size_t ns, struct kvd_reap_conn *c, size_t nc);
 
 /* A connection of a session the reaper ended: nng never closes it. */
@@ -51,7 +52,7 @@ struct kvd_reap_gone {
  * alone). */
 struct kvd_reaper {
         struct kvd_ticker     ticker;
-        struct kvd_reap_gone *gone; /* at most KVD_REAP_GONE_MAX, still listed at the last sweep */
+        struct kvd_reap_gone *gone; /* at most KVD_REAP_GONE_MAX, still listed at the last sweep; by fd */
         size_t                n_gone;
         int                   told; /* said it cannot list the connections */
 };
