@@ -33,8 +33,6 @@
  * which nng counts in NNG_OPT_RECVMAXSZ (docs/protocol.md §1). */
 #define RECV_MAX ((size_t)KV_MAX_FRAME + 4)
 
-
-
 /* nng error -> negative errno, in one place. */
 static int nng_errno(int rv)
 {
