@@ -204,6 +204,16 @@ static int json_pool(const cJSON *jp, const char *file, uint32_t idx, struct kvd
         return 0;
 }
 
+/* The 1-based line of text[] that at points into. */
+static unsigned line_of(const char *text, const char *at)
+{
+        unsigned line = 1;
+
+        for (const char *p = text; p < at; p++)
+                line += *p == '\n';
+        return line;
+}
+
 static char *read_file(const char *path, size_t *ret_len, char *err, size_t errlen, int *ret_err)
 {
         FILE  *f = fopen(path, "rb");
@@ -275,39 +285,29 @@ int kvd_cfg_load_file(const char *file, struct kvd_cfg_scalars *sc, struct kvd_p
         root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
         if (!root) {
                 const char *at = end ? end : cJSON_GetErrorPtr();
-                unsigned    line = 1;
 
                 if (!at || at < text || at > text + len)
                         at = text;
-                for (const char *p = text; p < at; p++)
-                        line += *p == '\n';
-                r = kvd_cfg_fail(err, errlen, "%s: line %u: JSON syntax error near \"%.20s\"", file, line, at);
+                r = kvd_cfg_fail(err, errlen, "%s: line %u: JSON syntax error near \"%.20s\"", file,
+                                 line_of(text, at), at);
                 free(text);
                 return r;
         }
         {
                 const char *rest = kvd_json_trailing(end, text + len), *dkey = NULL;
                 char        path[256] = "";
+                long        nul = -1;
 
                 if (rest) {
-                        unsigned line = 1;
-
-                        for (const char *p = text; p < rest; p++)
-                                line += *p == '\n';
                         r = kvd_cfg_fail(err, errlen, "%s: line %u: text after the JSON object: \"%.20s\"", file,
-                                         line, rest);
+                                         line_of(text, rest), rest);
                 } else if (kvd_json_dup_key(root, path, sizeof(path), 0, &dkey)) {
                         r = kvd_cfg_fail(err, errlen, "%s: %s: key \"%s\" given twice", file,
                                          path[0] ? path : "the top level", dkey);
-                } else if (kvd_json_nul(text, (size_t)(end - text)) >= 0) {
-                        const char *at = text + kvd_json_nul(text, (size_t)(end - text));
-                        unsigned    line = 1;
-
-                        for (const char *p = text; p < at; p++)
-                                line += *p == '\n';
+                } else if ((nul = kvd_json_nul(text, (size_t)(end - text))) >= 0) {
                         r = kvd_cfg_fail(err, errlen,
                                          "%s: line %u: \\u0000 in a string, escaped or as a raw 0 byte (a NUL would cut the string short)",
-                                         file, line);
+                                         file, line_of(text, text + nul));
                 }
                 if (r) {
                         free(text);

@@ -162,6 +162,7 @@ int kvd_sc_parse_json(const char *path, const char *buf, size_t len, cJSON **ret
                 const char *rest = kvd_json_trailing(end, buf + len), *dkey = NULL;
                 char where[256] = "";
                 int r = 0;
+                long nul = -1;
 
                 if (rest)
                         r = kvd_sc_fail(err, errlen, -EINVAL, "%s: text after the JSON value at byte %zu: \"%.20s\"",
@@ -169,10 +170,10 @@ int kvd_sc_parse_json(const char *path, const char *buf, size_t len, cJSON **ret
                 else if (kvd_json_dup_key(j, where, sizeof where, 0, &dkey))
                         r = kvd_sc_fail(err, errlen, -EINVAL, "%s: %s: key \"%s\" given twice", path,
                                         where[0] ? where : "the top level", dkey);
-                else if (kvd_json_nul(buf, (size_t)(end - buf)) >= 0)
+                else if ((nul = kvd_json_nul(buf, (size_t)(end - buf))) >= 0)
                         r = kvd_sc_fail(err, errlen, -EINVAL,
                                         "%s: byte %ld: \\u0000 in a string, escaped or as a raw 0 byte (a NUL would cut the string short)",
-                                        path, kvd_json_nul(buf, (size_t)(end - buf)));
+                                        path, nul);
                 if (r) {
                         cJSON_Delete(j);
                         return r;
