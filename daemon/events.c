@@ -44,8 +44,6 @@
 
 #include <nng/nng.h>
 #include <nng/protocol/pubsub0/pub.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 
 #include "listen_guard.h"
 #include "log.h"
@@ -132,13 +130,8 @@ static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 #define PROBE_WAIT_MS 3000
 static int events_probe(void *arg, const char *path)
 {
-        static const uint8_t sub_hs[8] = { 0, 'S', 'P', 0, 0x00, 0x21, 0, 0 };
-        struct kvd_events  *e = arg;
-        struct sockaddr_un  a = { .sun_family = AF_UNIX };
-        struct timeval      tv = { .tv_sec = PROBE_WAIT_MS / 1000 };
-        uint8_t             hs[8];
-        int                 fd, seen = 1;
-        size_t              got = 0;
+        struct kvd_events *e = arg;
+        int                fd, seen;
 
         if (atomic_load(&e->probe_pipe) != 0) {
                 /* the last probe's close was never reported: nng's pipe
@@ -150,32 +143,24 @@ static int events_probe(void *arg, const char *path)
                 e->probe_held = 1;
                 return 1;
         }
-        if (strlen(path) >= sizeof a.sun_path || (fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
-                return 1;
-        memcpy(a.sun_path, path, strlen(path) + 1);
         atomic_store(&e->probe_seen, 0);
         atomic_store(&e->probing, 1);
-        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0 &&
-            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0 &&
-            connect(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-            send(fd, sub_hs, sizeof sub_hs, MSG_NOSIGNAL) == (ssize_t)sizeof sub_hs) {
-                while (got < sizeof hs) {
-                        ssize_t k = recv(fd, hs + got, sizeof hs - got, 0);
-
-                        if (k <= 0)
-                                break;
-                        got += (size_t)k;
-                }
+        /* SUB (0x21) to PUB (0x20); a probe that cannot connect says
+         * nothing, one whose handshake does not come asks whether the pipe
+         * was attached all the same */
+        fd = kvd_guard_dial(path, 0x21, 0x20, PROBE_WAIT_MS / 1000);
+        seen = fd == -EPROTO ? atomic_load(&e->probe_seen) : 1;
+        if (fd >= 0) {
                 /* nng attaches the pipe right after the handshake */
-                for (int ms = 0; got == sizeof hs && !atomic_load(&e->probe_seen) && ms < PROBE_WAIT_MS; ms += 10) {
+                for (int ms = 0; !atomic_load(&e->probe_seen) && ms < PROBE_WAIT_MS; ms += 10) {
                         struct timespec ts = { 0, 10 * 1000 * 1000 };
 
                         nanosleep(&ts, NULL);
                 }
                 seen = atomic_load(&e->probe_seen);
+                close(fd);
         }
         atomic_store(&e->probing, 0);
-        close(fd);
         return seen;
 }
 

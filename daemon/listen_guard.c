@@ -259,6 +259,38 @@ static int recv_all(int fd, uint8_t *buf, size_t n)
         return 0;
 }
 
+int kvd_guard_dial(const char *path, uint8_t proto, uint8_t peer_proto, int timeout_s)
+{
+        struct sockaddr_un a = { .sun_family = AF_UNIX };
+        struct timeval     tv = { .tv_sec = timeout_s };
+        const uint8_t      hs[8] = { 0, 'S', 'P', 0, 0x00, proto, 0, 0 };
+        uint8_t            peer[8];
+        int                fd, e;
+
+        if (strlen(path) >= sizeof a.sun_path)
+                return -ENAMETOOLONG;
+        if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+                return -errno;
+        memcpy(a.sun_path, path, strlen(path) + 1);
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
+                e = -errno;
+                close(fd);
+                return e;
+        }
+        e = 0;
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+                e = -ECONNREFUSED;
+        else if (send_all(fd, hs, sizeof hs) != 0 || recv_all(fd, peer, sizeof peer) != 0 ||
+                 memcmp(peer, "\0SP\0\0", 5) != 0 || peer[5] != peer_proto)
+                e = -EPROTO;
+        if (e) {
+                close(fd);
+                return e;
+        }
+        return fd;
+}
+
 /* Whether a new client gets an answer on the socket file now: connects as
  * a REQ peer (docs/protocol.md appendix), finishes the SP handshake, sends
  * one STATUS request and reads the reply's frame header (before HELLO the
@@ -270,24 +302,14 @@ static int recv_all(int fd, uint8_t *buf, size_t n)
  * (no socket: at the fd limit, which says nothing about the listener). */
 static int probe_answers(const char *path)
 {
-        struct sockaddr_un a = { .sun_family = AF_UNIX };
-        struct timeval     tv = { .tv_sec = (time_t)KVD_GUARD_PROBE };
-        uint8_t            msg[13 + KV_HDR_SIZE + 4], hs[8];
-        static const uint8_t req_hs[8] = { 0, 'S', 'P', 0, 0x00, 0x30, 0, 0 };
-        int                fd, ok = 0;
+        uint8_t msg[13 + KV_HDR_SIZE + 4], rep;
+        int     fd, ok = 0;
 
-        if (strlen(path) >= sizeof a.sun_path)
-                return 0;
-        if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
-                return -1;
-        memcpy(a.sun_path, path, strlen(path) + 1);
-        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
-            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
-                close(fd);
-                return -1;
-        }
-        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && send_all(fd, req_hs, sizeof req_hs) == 0 &&
-            recv_all(fd, hs, sizeof hs) == 0 && memcmp(hs, "\0SP\0\0\x31", 6) == 0) {
+        /* REQ (0x30) to REP (0x31); no socket at all (the fd limit) says
+         * nothing about the listener */
+        if ((fd = kvd_guard_dial(path, 0x30, 0x31, (int)KVD_GUARD_PROBE)) < 0)
+                return fd == -ECONNREFUSED || fd == -EPROTO || fd == -ENAMETOOLONG ? 0 : -1;
+        {
                 /* frame: type 1, big-endian u64 length, SP request id (top
                  * bit set), then the kvpool message (little-endian) */
                 const uint64_t len = 4 + KV_HDR_SIZE + 4;
@@ -298,7 +320,7 @@ static int probe_answers(const char *path)
                 msg[9] = 0x80, msg[10] = 0, msg[11] = 0, msg[12] = 1;
                 if (kv_hdr_encode(msg + 13, KV_HDR_SIZE, KV_OP_STATUS, 1, 4) == (int)KV_HDR_SIZE) {
                         kv_put32(msg + 13 + KV_HDR_SIZE, 0);
-                        ok = send_all(fd, msg, sizeof msg) == 0 && recv_all(fd, hs, 1) == 0 && hs[0] == 1;
+                        ok = send_all(fd, msg, sizeof msg) == 0 && recv_all(fd, &rep, 1) == 0 && rep == 1;
                 }
         }
         close(fd);

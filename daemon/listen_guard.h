@@ -58,6 +58,14 @@ void kvd_guard_fini(struct kvd_guard *g);
  * peer on the socket file is served (1) or not (0: take over).  Before
  * kvd_guard_start. */
 void kvd_guard_probe_only(struct kvd_guard *g, int (*probe)(void *arg, const char *path), void *arg, double every);
+/* Connects to the SP socket file at path as protocol proto (e.g. 0x30,
+ * REQ) and finishes the handshake with a peer of protocol peer_proto,
+ * each step within timeout_s seconds: the connected descriptor (the
+ * caller closes it), -ECONNREFUSED when it cannot connect, -EPROTO when
+ * the handshake fails or does not come, -ENAMETOOLONG for a path beyond
+ * sun_path, or another -errno when no socket could be made (the fd
+ * limit).  The guards' probes (probe_answers, events.c events_probe). */
+int kvd_guard_dial(const char *path, uint8_t proto, uint8_t peer_proto, int timeout_s);
 /* Starts the thread that checks every KVD_GUARD_EVERY seconds (nothing
  * for a guard without a path); recv_max: a new listener's
  * NNG_OPT_RECVMAXSZ.  0, or -errno (no guard then; the daemon serves on). */
