@@ -65,14 +65,9 @@
 #include "listen_guard.h"
 #include "log.h"
 
-struct own_sock {
-        unsigned long ino;
-        int           fd;
-};
-
 /* The descriptor of this process's socket with inode ino, looked up in
  * v[n] (sorted by inode), or -1. */
-static int own_fd(const struct own_sock *v, size_t n, unsigned long ino)
+static int own_fd(const struct kvd_own_sock *v, size_t n, unsigned long ino)
 {
         size_t lo = 0, hi = n;
 
@@ -91,19 +86,17 @@ static int own_fd(const struct own_sock *v, size_t n, unsigned long ino)
 
 static int cmp_own(const void *a, const void *b)
 {
-        unsigned long x = ((const struct own_sock *)a)->ino, y = ((const struct own_sock *)b)->ino;
+        unsigned long x = ((const struct kvd_own_sock *)a)->ino, y = ((const struct kvd_own_sock *)b)->ino;
 
         return x < y ? -1 : x > y;
 }
 
-/* This process's sockets, sorted by inode: *ret (malloc'ed) and its count,
- * or -errno. */
-static long own_sockets(struct own_sock **ret)
+long kvd_own_sockets(struct kvd_own_sock **ret)
 {
         char            link[64], path[300];
         DIR            *d = opendir("/proc/self/fd");
         struct dirent  *e;
-        struct own_sock *v = NULL;
+        struct kvd_own_sock *v = NULL;
         unsigned long   ino;
         size_t          n = 0, cap = 0;
 
@@ -121,7 +114,7 @@ static long own_sockets(struct own_sock **ret)
                 if (sscanf(link, "socket:[%lu]", &ino) != 1)
                         continue;
                 if (n == cap) {
-                        struct own_sock *w = realloc(v, (cap = cap ? 2 * cap : 64) * sizeof *v);
+                        struct kvd_own_sock *w = realloc(v, (cap = cap ? 2 * cap : 64) * sizeof *v);
 
                         if (!w) {
                                 free(v);
@@ -148,10 +141,10 @@ static long own_sockets(struct own_sock **ret)
 static long accepted_connections(const char *name, unsigned long **ret, int **unread)
 {
         char             line[512];
-        struct own_sock *fds = NULL;
+        struct kvd_own_sock *fds = NULL;
         unsigned long   *ino;
         int             *rq;
-        long             nfd = own_sockets(&fds), count = 0;
+        long             nfd = kvd_own_sockets(&fds), count = 0;
         FILE            *f;
 
         if (nfd < 0)

@@ -58,6 +58,17 @@ void kvd_guard_fini(struct kvd_guard *g);
  * peer on the socket file is served (1) or not (0: take over).  Before
  * kvd_guard_start. */
 void kvd_guard_probe_only(struct kvd_guard *g, int (*probe)(void *arg, const char *path), void *arg, double every);
+/* One of this process's sockets. */
+struct kvd_own_sock {
+        unsigned long ino;
+        int           fd;
+};
+
+/* This process's sockets (from /proc/self/fd), sorted by inode: *ret
+ * (malloc'ed; free it) and their count, or -errno (*ret untouched).  The
+ * listener guard's scan and the reaper's (reaper.c). */
+long kvd_own_sockets(struct kvd_own_sock **ret);
+
 /* Connects to the SP socket file at path as protocol proto (e.g. 0x30,
  * REQ) and finishes the handshake with a peer of protocol peer_proto,
  * each step within timeout_s seconds: the connected descriptor (the

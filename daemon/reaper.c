@@ -36,7 +36,6 @@
  * thousands of clients) and takes the server lock only to read and to
  * apply.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdint.h>
@@ -44,7 +43,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <stddef.h>
 #include <unistd.h>
@@ -149,43 +147,35 @@ static void prune_gone(struct kvd_reaper *r, const struct kvd_reap_conn *c, size
  * stored). */
 static int list_conns(const struct kvd_reaper *r, const char *ev, struct kvd_reap_conn **ret, size_t *ret_n)
 {
-        DIR           *d = opendir("/proc/self/fd");
-        struct dirent *e;
-        struct kvd_reap_conn   *v = NULL;
-        size_t         n = 0, cap = 0;
+        struct kvd_own_sock  *own = NULL;
+        struct kvd_reap_conn *v;
+        const long            m = kvd_own_sockets(&own);
+        size_t                n = 0;
 
-        if (!d)
-                return -errno;
-        while ((e = readdir(d)) != NULL) {
-                const int     fd = atoi(e->d_name);
+        if (m < 0)
+                return (int)m;
+        if (!(v = malloc(((size_t)m + 1) * sizeof(*v)))) {
+                free(own);
+                return -ENOMEM;
+        }
+        for (long i = 0; i < m; i++) {
+                const int     fd = own[i].fd;
                 struct ucred  uc;
-                struct stat   st;
                 socklen_t     len = sizeof uc, alen = sizeof(int);
                 int           listening = 0;
                 struct pollfd pf = { .fd = fd, .events = POLLRDHUP };
 
                 /* a listening socket's SO_PEERCRED names this process: not
                  * a connection; other families report pid 0 */
-                if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == dirfd(d) || fstat(fd, &st) != 0 ||
-                    !S_ISSOCK(st.st_mode) || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0 ||
-                    uc.pid <= 0 || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &alen) != 0 || listening)
+                if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0 || uc.pid <= 0 ||
+                    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &alen) != 0 || listening)
                         continue;
-                if (n == cap) {
-                        struct kvd_reap_conn *w = realloc(v, (cap = cap ? 2 * cap : 64) * sizeof(*v));
-
-                        if (!w) {
-                                free(v);
-                                closedir(d);
-                                return -ENOMEM;
-                        }
-                        v = w;
-                }
-                v[n] = (struct kvd_reap_conn){ .pid = uc.pid, .fd = fd, .ino = (uint64_t)st.st_ino,
+                v[n] = (struct kvd_reap_conn){ .pid = uc.pid, .fd = fd, .ino = (uint64_t)own[i].ino,
                                                .open = poll(&pf, 1, 0) == 0 };
                 v[n].aux = was_gone(r, fd, v[n].ino) || on_events(fd, ev);
                 n++;
         }
-        closedir(d);
+        free(own);
         if (n)
                 qsort(v, n, sizeof(*v), by_pid_conn);
         *ret = v;
