@@ -332,7 +332,7 @@ static void sweep(struct kvd_server *s, double now)
                                  ss->name[0] ? ss->name : "?", (long long)ss->pid, ss->id, ss->pipe_id,
                                  now - ss->closed_since);
                 kvd_server_drop_session(s, ss);
-                kvd_session_free(ss);
+                free(ss);
                 ended++;
         }
         if (r->n_gone > 1)

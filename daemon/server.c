@@ -9,12 +9,10 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -177,7 +175,7 @@ static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
                 ss = kvd_sessions_remove(s->sessions, pid);
                 if (ss) {
                         kvd_server_drop_session(s, ss);
-                        kvd_session_free(ss);
+                        free(ss);
                 }
         }
         pthread_mutex_unlock(&s->lock);

@@ -44,17 +44,12 @@ int kvd_sessions_new(struct kvd_sessions **ret)
         return 0;
 }
 
-void kvd_session_free(struct kvd_session *s)
-{
-        free(s);
-}
-
 void kvd_sessions_free(struct kvd_sessions *t)
 {
         if (!t)
                 return;
         for (uint32_t i = 0; i <= t->mask; i++)
-                kvd_session_free(t->slots[i]);
+                free(t->slots[i]);
         free(t->slots);
         free(t);
 }

@@ -50,12 +50,8 @@ struct kvd_session *kvd_sessions_find(struct kvd_sessions *t, uint32_t pipe_id);
 int kvd_sessions_add(struct kvd_sessions *t, uint32_t pipe_id, struct kvd_session **ret);
 
 /* Removes the session of pipe_id and returns it (caller frees it with
- * kvd_session_free()), or NULL when there is none.  Remembers pipe_id as
- * removed. */
+ * free()), or NULL when there is none.  Remembers pipe_id as removed. */
 struct kvd_session *kvd_sessions_remove(struct kvd_sessions *t, uint32_t pipe_id);
-
-/* Frees a session that is not in a table. */
-void kvd_session_free(struct kvd_session *s);
 
 uint32_t kvd_sessions_count(const struct kvd_sessions *t);
 
