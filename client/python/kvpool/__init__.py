@@ -1,0 +1,19 @@
+"""kvpool: Python binding of libkvclient, the worker side of kvpool.
+
+    import kvpool
+    with kvpool.Client(name="worker-0") as c:          # $KVPOOL_SOCKET or the default socket
+        pool = c.attach("default")
+        pages = pool.alloc(4)
+        pool.write(layer, k, v, slots)                   # k, v: [T, kv_heads, head_dim]
+        pool.decode(layer, q, out, page_table, seq_lens)
+        pool.publish(pages, kvpool.chain_keys(tokens, pool.page_size))
+
+Arrays are PyTorch tensors, NumPy arrays (ml_dtypes for bfloat16) or any
+object with __cuda_array_interface__: host memory for a host pool, device
+memory of the pool's GPU for a CUDA pool.  docs/python.md describes every
+call; the C contracts behind them are in client/include/kvclient.h.
+"""
+from ._capi import DTYPES
+from .client import Client, KvpoolError, Pool, block_key, chain_keys
+
+__all__ = ["Client", "Pool", "KvpoolError", "block_key", "chain_keys", "DTYPES"]

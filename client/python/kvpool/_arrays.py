@@ -1,0 +1,172 @@
+"""What the binding needs to know of a caller's array: where its memory is,
+its shape and strides in elements, its element type, and whether it lives on
+a GPU.
+
+Three kinds of arrays are understood, without importing any of their
+libraries:
+  - PyTorch tensors (CPU or CUDA), by their methods (data_ptr, stride, ...);
+  - anything with __cuda_array_interface__ (CuPy, Numba, ...);
+  - anything with __array_interface__ (NumPy; ml_dtypes' bfloat16 is
+    recognised by its dtype name, since its type string is an opaque 'V2').
+Python sequences of ints are accepted where an index array lives in host
+memory (page lists, slots and page tables of a host pool).
+
+The C library cannot see the size of a buffer behind a pointer, so every
+shape that decides how far a kernel reads or writes is checked here, against
+the pool's geometry, before the call.
+"""
+import ctypes
+
+_KINDS_TORCH = {"torch.float32": "f32", "torch.bfloat16": "bf16", "torch.float16": "f16",
+                "torch.int32": "i32", "torch.int64": "i64"}
+_KINDS_TYPESTR = {"f4": "f32", "f2": "f16", "i4": "i32", "i8": "i64"}
+_SIZES = {"f32": 4, "bf16": 2, "f16": 2, "i32": 4, "i64": 8}
+
+
+class View:
+    """ptr, shape, strides (elements), kind ('f32' 'bf16' 'f16' 'i32' 'i64'),
+    cuda (bool), device (CUDA ordinal in this process, or None), writable.
+    keep holds whatever must stay alive while the pointer is used."""
+
+    __slots__ = ("ptr", "shape", "strides", "kind", "cuda", "device", "writable", "keep")
+
+    def __init__(self, ptr, shape, strides, kind, cuda, device, writable, keep):
+        self.ptr, self.shape, self.strides, self.kind = ptr, tuple(shape), tuple(strides), kind
+        self.cuda, self.device, self.writable, self.keep = cuda, device, writable, keep
+
+    def where(self):
+        return f"CUDA device {self.device}" if self.cuda else "host memory"
+
+    def contiguous(self):
+        return contiguous(self.shape, self.strides)
+
+
+def contiguous(shape, strides):
+    """Whether strides (elements) lay shape out densely in C order; sizes of
+    1 may have any stride, as PyTorch gives them."""
+    expect = 1
+    for n, s in zip(reversed(shape), reversed(strides)):
+        if n > 1 and s != expect:
+            return False
+        expect *= n
+    return True
+
+
+def _c_strides(shape):
+    out, acc = [], 1
+    for n in reversed(shape):
+        out.append(acc)
+        acc *= n
+    return tuple(reversed(out))
+
+
+def _from_interface(x, ai, cuda, what):
+    typestr = ai["typestr"]
+    kind = None
+    name = getattr(getattr(x, "dtype", None), "name", None)
+    if name == "bfloat16":
+        kind = "bf16"
+    elif typestr[0] in "<|=" and typestr[1:] in _KINDS_TYPESTR:
+        kind = _KINDS_TYPESTR[typestr[1:]]
+    if kind is None:
+        raise TypeError(f"{what}: element type {name or typestr} is not float32, bfloat16, float16, "
+                        "int32 or int64 (little-endian)")
+    shape = tuple(ai["shape"])
+    size = _SIZES[kind]
+    if ai.get("strides") is None:
+        strides = _c_strides(shape)
+    else:
+        if any(s % size for s in ai["strides"]):
+            raise ValueError(f"{what}: strides {ai['strides']} are not multiples of the element size {size}")
+        strides = tuple(s // size for s in ai["strides"])
+    ptr, readonly = ai["data"]
+    device = None
+    if cuda:
+        device = _cuda_pointer_device(ptr)
+    return View(ptr or 0, shape, strides, kind, cuda, device, not readonly, x)
+
+
+def _cuda_pointer_device(ptr):
+    """The CUDA ordinal of a device pointer, through the runtime's attribute
+    query (the library links libcudart on a CUDA build); None if unknown."""
+    try:
+        rt = _cudart()
+    except OSError:
+        return None
+
+    class Attr(ctypes.Structure):  # cudaPointerAttributes (CUDA >= 11)
+        _fields_ = [("type", ctypes.c_int), ("device", ctypes.c_int),
+                    ("devicePointer", ctypes.c_void_p), ("hostPointer", ctypes.c_void_p)]
+    a = Attr()
+    if rt.cudaPointerGetAttributes(ctypes.byref(a), ctypes.c_void_p(ptr)) != 0:
+        rt.cudaGetLastError()
+        return None
+    return a.device
+
+
+_rt = []
+
+
+def _cudart():
+    if not _rt:
+        for name in ("libcudart.so", "libcudart.so.13", "libcudart.so.12"):
+            try:
+                _rt.append(ctypes.CDLL(name))
+                break
+            except OSError:
+                continue
+        else:
+            raise OSError("libcudart not found")
+    return _rt[0]
+
+
+def view(x, what):
+    """The View of x, or TypeError naming `what` when x is no array."""
+    if hasattr(x, "data_ptr") and hasattr(x, "stride") and hasattr(x, "is_cuda"):  # PyTorch
+        kind = _KINDS_TORCH.get(str(x.dtype))
+        if kind is None:
+            raise TypeError(f"{what}: element type {x.dtype} is not float32, bfloat16, float16, int32 or int64")
+        cuda = bool(x.is_cuda)
+        return View(x.data_ptr(), tuple(x.shape), tuple(x.stride()), kind, cuda,
+                    x.device.index if cuda else None, True, x)
+    ai = getattr(x, "__cuda_array_interface__", None)
+    if ai is not None:
+        return _from_interface(x, ai, True, what)
+    ai = getattr(x, "__array_interface__", None)
+    if ai is not None:
+        return _from_interface(x, ai, False, what)
+    raise TypeError(f"{what}: expected an array (PyTorch tensor, NumPy array or an object with "
+                    f"__cuda_array_interface__), got {type(x).__name__}")
+
+
+def index_view(x, kind, what, cuda):
+    """An index array of C type `kind` ('i32' or 'i64'), 1-D or 2-D, in the
+    memory the pool's calls need (cuda: device memory).  A Python sequence
+    of ints (or of sequences, for 2-D) is copied into host memory."""
+    if isinstance(x, (list, tuple, range)):
+        if cuda:
+            raise TypeError(f"{what}: a CUDA pool needs device memory here (a CUDA tensor), "
+                            "not a Python sequence")
+        rows = list(x)
+        if rows and isinstance(rows[0], (list, tuple, range)):
+            width = len(rows[0])
+            if any(len(r) != width for r in rows):
+                raise ValueError(f"{what}: rows of different lengths")
+            flat, shape = [int(v) for r in rows for v in r], (len(rows), width)
+        else:
+            flat, shape = [int(v) for v in rows], (len(rows),)
+        ctype = ctypes.c_int32 if kind == "i32" else ctypes.c_int64
+        lo, hi = (-2**31, 2**31 - 1) if kind == "i32" else (-2**63, 2**63 - 1)
+        bad = next((v for v in flat if not lo <= v <= hi), None)
+        if bad is not None:
+            raise ValueError(f"{what}: {bad} does not fit {'int32' if kind == 'i32' else 'int64'}")
+        buf = (ctype * max(len(flat), 1))(*flat)
+        return View(ctypes.addressof(buf), shape, _c_strides(shape), kind, False, None, True, buf)
+    v = view(x, what)
+    if v.kind != kind:
+        raise TypeError(f"{what}: expected {'int32' if kind == 'i32' else 'int64'} elements, got {v.kind}")
+    if v.cuda != cuda:
+        raise TypeError(f"{what}: the pool needs {'device' if cuda else 'host'} memory here, got {v.where()}")
+    if not v.contiguous():
+        raise ValueError(f"{what}: must be contiguous (shape {v.shape}, strides {v.strides})")
+    return v

@@ -1,0 +1,416 @@
+"""Client and Pool: libkvclient's calls with Python arguments.
+
+Errors: every failure of the library raises KvpoolError, an OSError whose
+errno is the library's (ENOENT, ENOSPC, EPERM, ESTALE, ...) and whose text is
+the library's message (kvc_errmsg).  Arguments the binding can judge by
+itself (shapes, element types, host or device memory) raise TypeError or
+ValueError naming the argument, before anything reaches the library.
+
+Data-path calls on a CUDA pool are asynchronous on the stream given (by
+default PyTorch's current stream of the pool's device when PyTorch is loaded,
+else the legacy default stream), exactly as the C calls: the caller keeps its
+tensors alive until the stream has run them, as with any CUDA kernel.
+"""
+import ctypes
+import errno as _errno
+import json
+import math
+import sys
+
+from . import _capi as C
+from ._arrays import contiguous, index_view, view
+
+
+class KvpoolError(OSError):
+    """A libkvclient call failed: .errno is the error, str() the library's message."""
+
+
+def _raise(rv, message, call):
+    err = -rv
+    text = message or _errno.errorcode.get(err, f"error {err}")
+    raise KvpoolError(err, f"{call}: {text}" if not text.startswith(call) else text)
+
+
+def _key(k, what):
+    if isinstance(k, C.Key):
+        return k
+    b = bytes(k)
+    if len(b) != C.KEY_LEN:
+        raise ValueError(f"{what}: a key is {C.KEY_LEN} bytes, got {len(b)}")
+    out = C.Key()
+    ctypes.memmove(out.b, b, C.KEY_LEN)
+    return out
+
+
+def _keys(keys, what):
+    keys = list(keys)
+    arr = (C.Key * max(len(keys), 1))()
+    for i, k in enumerate(keys):
+        arr[i] = _key(k, f"{what}[{i}]")
+    return arr, len(keys)
+
+
+def block_key(parent, tokens, extra=b""):
+    """The chained prefix-cache key of one block (kvc_block_key): parent is
+    the previous block's key (None for the first block), tokens the block's
+    token ids, extra optional bytes (a LoRA id, an image hash).  Returns 16
+    bytes."""
+    toks = (ctypes.c_int32 * max(len(tokens), 1))(*[int(t) for t in tokens])
+    par = _key(parent, "parent") if parent is not None else None
+    ex = bytes(extra)
+    out = C.Key()
+    C.lib.kvc_block_key(ctypes.byref(par) if par is not None else None, toks, len(tokens),
+                        ex if ex else None, len(ex), ctypes.byref(out))
+    return bytes(out.b)
+
+
+def chain_keys(tokens, page_size, extra=b""):
+    """Keys of every full block of a prompt, each chained on the one before
+    (a partial last block has no key)."""
+    keys, parent = [], None
+    for i in range(0, len(tokens) - page_size + 1, page_size):
+        parent = block_key(parent, tokens[i:i + page_size], extra)
+        keys.append(parent)
+    return keys
+
+
+def _stream_handle(stream, device):
+    if stream is None:
+        torch = sys.modules.get("torch")
+        if torch is not None and device is not None and torch.cuda.is_available():
+            return torch.cuda.current_stream(device).cuda_stream
+        return None
+    if isinstance(stream, int):
+        return stream or None
+    for attr in ("cuda_stream", "ptr", "handle"):  # torch.cuda.Stream, cupy Stream, others
+        h = getattr(stream, attr, None)
+        if isinstance(h, int):
+            return h or None
+    raise TypeError(f"stream: expected a CUDA stream handle (int) or a stream object, got {type(stream).__name__}")
+
+
+class Client:
+    """One connection to kvpoold (kvc_connect).  url None: $KVPOOL_SOCKET,
+    else ipc:///run/kvpool/kvpool.sock.  name is what `kvpoolctl status`
+    shows.  tenant_salt (16 bytes or None) scopes prefix-cache keys.  Use as
+    a context manager, or call close(): the daemon releases every page the
+    client still holds when it closes."""
+
+    def __init__(self, url=None, name="python", tenant_salt=None):
+        self._h = None
+        self._pools = []
+        salt = _key(tenant_salt, "tenant_salt") if tenant_salt is not None else None
+        h = ctypes.c_void_p()
+        rv = C.lib.kvc_connect(url.encode() if url else None, str(name).encode(),
+                               ctypes.byref(salt) if salt is not None else None, ctypes.byref(h))
+        if rv < 0:
+            _raise(rv, C.lib.kvc_errmsg(None).decode(errors="replace"), "kvc_connect")
+        self._h = h.value
+
+    def _check(self, rv, call):
+        if rv < 0:
+            _raise(rv, C.lib.kvc_errmsg(self._h).decode(errors="replace"), call)
+        return rv
+
+    def _handle(self):
+        if self._h is None:
+            raise ValueError("the client is closed")
+        return self._h
+
+    def close(self):
+        """Detaches every pool and disconnects (kvc_disconnect).  Idempotent."""
+        if self._h is not None:
+            for p in self._pools:
+                p._h = None  # freed by kvc_disconnect
+            self._pools = []
+            C.lib.kvc_disconnect(self._h)
+            self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_h", None) is not None and C is not None and C.lib is not None:
+            self.close()
+
+    def status(self):
+        """The daemon's status document (kvpoolctl status --json), as a dict."""
+        return json.loads(self._malloced(C.lib.kvc_status_json, "kvc_status_json"))
+
+    def metrics(self):
+        """The Prometheus text of /metrics."""
+        return self._malloced(C.lib.kvc_metrics_text, "kvc_metrics_text")
+
+    def _malloced(self, fn, call):
+        out = ctypes.c_void_p()
+        self._check(fn(self._handle(), ctypes.byref(out)), call)
+        try:
+            return ctypes.string_at(out.value).decode()
+        finally:
+            C.libc.free(out.value)
+
+    def attach(self, name):
+        """Attaches to pool `name` and maps its memory (kvc_attach)."""
+        h = ctypes.c_void_p()
+        self._check(C.lib.kvc_attach(self._handle(), str(name).encode(), ctypes.byref(h)), "kvc_attach")
+        p = Pool(self, h.value)
+        self._pools.append(p)
+        return p
+
+
+class Pool:
+    """An attached pool.  Its geometry is in plain attributes (name, dtype,
+    backend, device, num_layers, kv_heads, head_dim, page_size, num_pages,
+    k_scale, v_scale, scale_source); see kvclient.h's kvc_pool_desc."""
+
+    def __init__(self, client, handle):
+        self._client, self._h = client, handle
+        d = C.lib.kvc_pool_get_desc(handle).contents
+        self.name = d.name.decode()
+        self.dtype = C.DTYPES[d.dtype]
+        self.backend = C.BACKENDS[d.backend]
+        self.device = d.device if d.backend == 1 else None
+        self.num_layers, self.kv_heads, self.head_dim = d.num_layers, d.kv_heads, d.head_dim
+        self.page_size, self.num_pages = d.page_size, d.num_pages
+        self.k_scale = [d.k_scale[i] for i in range(d.num_layers)]
+        self.v_scale = [d.v_scale[i] for i in range(d.num_layers)]
+        self.scale_source = d.scale_source.decode()
+        self.base, self.bytes = d.base, d.bytes
+
+    def __repr__(self):
+        return (f"<kvpool.Pool {self.name} {self.dtype} {self.backend} {self.num_layers}x{self.kv_heads}"
+                f"x{self.head_dim} page {self.page_size}, {self.num_pages} pages>")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.detach()
+
+    def _handle(self):
+        if self._h is None:
+            raise ValueError(f"pool {self.name} is detached (or its client closed)")
+        return self._h
+
+    def _check(self, rv, call):
+        return self._client._check(rv, call)
+
+    def detach(self):
+        """Undoes the attach (kvc_detach).  Pages still held stay held until
+        free or close.  Idempotent."""
+        if self._h is not None:
+            C.lib.kvc_detach(self._h)
+            self._h = None
+            self._client._pools.remove(self)
+
+    # ---- pages and prefixes -------------------------------------------------
+
+    def alloc(self, n):
+        """n pages, all or nothing; returns their ids as a list."""
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"n: must be at least 1, got {n}")
+        out = (ctypes.c_int32 * n)()
+        self._check(C.lib.kvc_alloc(self._handle(), n, out), "kvc_alloc")
+        return list(out)
+
+    def free(self, pages):
+        """Releases this session's reference on the pages, all or nothing."""
+        pv = index_view(pages, "i32", "pages", False)
+        n = _count(pv, "pages")
+        self._check(C.lib.kvc_free(self._handle(), n, _ptr32(pv)), "kvc_free")
+
+    def publish(self, pages, keys):
+        """Publishes held, fully written pages under keys.  Returns (stored,
+        dup): the number newly stored, and per page True where it was not
+        stored (its key or the page was already published)."""
+        pv = index_view(pages, "i32", "pages", False)
+        n = _count(pv, "pages")
+        karr, nk = _keys(keys, "keys")
+        if nk != n:
+            raise ValueError(f"keys: {nk} keys for {n} pages")
+        dup = (ctypes.c_uint8 * n)()
+        stored = self._check(C.lib.kvc_publish(self._handle(), n, _ptr32(pv), karr, dup), "kvc_publish")
+        return stored, [bool(x) for x in dup]
+
+    def lookup(self, keys):
+        """The pages of the longest cached leading run of keys, now also held
+        by this session (a list, possibly empty)."""
+        karr, n = _keys(keys, "keys")
+        if n < 1:
+            raise ValueError("keys: at least one key")
+        out = (ctypes.c_int32 * n)()
+        hits = self._check(C.lib.kvc_lookup(self._handle(), n, karr, out), "kvc_lookup")
+        return list(out[:hits])
+
+    # ---- data path ------------------------------------------------------------
+
+    def _data(self, x, what, kinds, writable=False):
+        v = view(x, what)
+        if v.kind not in kinds:
+            raise TypeError(f"{what}: element type {v.kind} is not one of {', '.join(kinds)}")
+        cuda = self.backend == "cuda"
+        if v.cuda != cuda:
+            raise TypeError(f"{what}: pool {self.name} is a {self.backend} pool and needs "
+                            f"{'device' if cuda else 'host'} memory, got {v.where()}")
+        if cuda and v.device is not None and v.device != self.device:
+            raise ValueError(f"{what}: on CUDA device {v.device}, pool {self.name} on device {self.device}")
+        if writable and not v.writable:
+            raise ValueError(f"{what}: is read-only")
+        return v
+
+    def _index(self, x, kind, what):
+        v = index_view(x, kind, what, self.backend == "cuda")
+        if v.cuda and v.device is not None and v.device != self.device:
+            raise ValueError(f"{what}: on CUDA device {v.device}, pool {self.name} on device {self.device}")
+        return v
+
+    def _layer(self, layer):
+        layer = int(layer)
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer: {layer} is out of range (pool {self.name} has {self.num_layers} layers)")
+        return layer
+
+    def _host_copy(self, x, v, given, what):
+        """The host copy of a device index array the launcher plans with."""
+        if self.backend == "host":
+            return v
+        if given is not None:
+            return index_view(given, "i32", what + "_host", False)
+        if hasattr(x, "cpu"):  # PyTorch: one device-to-host copy, ordered on the current stream
+            return index_view(x.cpu(), "i32", what + "_host", False)
+        raise TypeError(f"{what}_host: needed on a CUDA pool when {what} is not a PyTorch tensor")
+
+    def _kv_shape(self, v, what):
+        want = (self.kv_heads, self.head_dim)
+        if len(v.shape) != 3 or tuple(v.shape[1:]) != want:
+            raise ValueError(f"{what}: shape {v.shape} is not [tokens, {want[0]}, {want[1]}] "
+                             f"(pool {self.name}: kv_heads {want[0]}, head_dim {want[1]})")
+        if not contiguous(v.shape[1:], v.strides[1:]):
+            raise ValueError(f"{what}: each token's [kv_heads, head_dim] must be contiguous "
+                             f"(strides {v.strides}); only the token stride is free")
+
+    def write(self, layer, k, v, slots, stream=None):
+        """Quantizes K and V of T tokens (each [T, kv_heads, head_dim],
+        float32, bfloat16 or float16, any token stride) into the slots
+        (int64 [T]: page*page_size + offset, -1 = skip) of one layer."""
+        layer = self._layer(layer)
+        kv, vv = self._data(k, "k", ("f32", "bf16", "f16")), self._data(v, "v", ("f32", "bf16", "f16"))
+        self._kv_shape(kv, "k")
+        self._kv_shape(vv, "v")
+        if kv.kind != vv.kind or kv.shape != vv.shape:
+            raise ValueError(f"k and v differ: {kv.kind}{list(kv.shape)} against {vv.kind}{list(vv.shape)}")
+        sv = self._index(slots, "i64", "slots")
+        if sv.shape != (kv.shape[0],):
+            raise ValueError(f"slots: shape {sv.shape}, expected ({kv.shape[0]},), one per token")
+        if kv.shape[0] == 0:
+            return
+        a = C.WriteArgs(k=kv.ptr, v=vv.ptr, elem=_ELEM[kv.kind], k_row_stride=kv.strides[0],
+                        v_row_stride=vv.strides[0], slots=ctypes.cast(sv.ptr, C.c_int64_p),
+                        num_tokens=kv.shape[0], layer=layer)
+        self._check(C.lib.kvc_write(self._handle(), ctypes.byref(a), _stream_handle(stream, self.device)),
+                    "kvc_write")
+
+    def gather(self, layer, pages, k_out, v_out, stream=None):
+        """Dequantizes pages (int32 [n]) of one layer into k_out and v_out,
+        each [n*page_size, kv_heads, head_dim], float32 or bfloat16, contiguous."""
+        layer = self._layer(layer)
+        pv = self._index(pages, "i32", "pages")
+        n = _count(pv, "pages")
+        ko = self._data(k_out, "k_out", ("f32", "bf16"), writable=True)
+        vo = self._data(v_out, "v_out", ("f32", "bf16"), writable=True)
+        want = (n * self.page_size, self.kv_heads, self.head_dim)
+        for w, o in (("k_out", ko), ("v_out", vo)):
+            if o.shape != want or not o.contiguous():
+                raise ValueError(f"{w}: shape {o.shape} (strides {o.strides}), expected a contiguous {want}")
+        if ko.kind != vo.kind:
+            raise ValueError(f"k_out is {ko.kind}, v_out {vo.kind}: they must agree")
+        a = C.GatherArgs(pages=_ptr32(pv), n_pages=n, layer=layer, k_out=ko.ptr, v_out=vo.ptr, elem=_ELEM[ko.kind])
+        self._check(C.lib.kvc_gather(self._handle(), ctypes.byref(a), _stream_handle(stream, self.device)),
+                    "kvc_gather")
+
+    def _attn_common(self, q, out, page_table, seq_lens, seq_lens_host, batch):
+        qv = self._data(q, "q", ("bf16", "f16"))
+        ov = self._data(out, "out", ("bf16", "f16"), writable=True)
+        if len(qv.shape) != 3 or qv.shape[2] != self.head_dim:
+            raise ValueError(f"q: shape {qv.shape} is not [rows, q_heads, {self.head_dim}]")
+        if not qv.contiguous() or not ov.contiguous():
+            raise ValueError("q and out must be contiguous")
+        if ov.shape != qv.shape or ov.kind != qv.kind:
+            raise ValueError(f"out: {ov.kind}{list(ov.shape)}, expected q's {qv.kind}{list(qv.shape)}")
+        if qv.shape[1] % self.kv_heads:
+            raise ValueError(f"q: {qv.shape[1]} q heads is not a multiple of kv_heads {self.kv_heads}")
+        pt = self._index(page_table, "i32", "page_table")
+        if len(pt.shape) != 2 or pt.shape[0] != batch:
+            raise ValueError(f"page_table: shape {pt.shape}, expected [{batch}, max_pages]")
+        sl = self._index(seq_lens, "i32", "seq_lens")
+        if sl.shape != (batch,):
+            raise ValueError(f"seq_lens: shape {sl.shape}, expected ({batch},)")
+        slh = self._host_copy(seq_lens, sl, seq_lens_host, "seq_lens")
+        if slh.shape != (batch,):
+            raise ValueError(f"seq_lens_host: shape {slh.shape}, expected ({batch},)")
+        return qv, ov, pt, sl, slh
+
+    def decode(self, layer, q, out, page_table, seq_lens, sm_scale=None, seq_lens_host=None, stream=None):
+        """Paged decode attention (kvc_decode): q and out [B, Hq, head_dim]
+        (bfloat16 or float16), page_table int32 [B, max_pages], seq_lens
+        int32 [B].  On a CUDA pool seq_lens_host is its host copy (taken with
+        a device-to-host copy of a PyTorch tensor when not given).
+        sm_scale defaults to 1/sqrt(head_dim)."""
+        layer = self._layer(layer)
+        b = view(q, "q").shape[0]
+        qv, ov, pt, sl, slh = self._attn_common(q, out, page_table, seq_lens, seq_lens_host, b)
+        a = C.DecodeArgs(q=qv.ptr, out=ov.ptr, elem=_ELEM[qv.kind], page_table=_ptr32(pt),
+                         max_pages=pt.shape[1], seq_lens=_ptr32(sl), seq_lens_host=_ptr32(slh), batch=b,
+                         num_q_heads=qv.shape[1], sm_scale=_scale(sm_scale, self.head_dim), layer=layer)
+        self._check(C.lib.kvc_decode(self._handle(), ctypes.byref(a), _stream_handle(stream, self.device)),
+                    "kvc_decode")
+
+    def extend(self, layer, q, out, qo_indptr, page_table, seq_lens, sm_scale=None,
+               qo_indptr_host=None, seq_lens_host=None, stream=None):
+        """Extend (chunked-prefill) attention (kvc_extend): q and out
+        [total_q, Hq, head_dim]; qo_indptr int32 [B+1] (sequence b's queries
+        are rows qo_indptr[b]..qo_indptr[b+1]); page_table int32 [B,
+        max_pages]; seq_lens int32 [B], the new tokens included and already
+        written.  Host copies as for decode."""
+        layer = self._layer(layer)
+        ip = self._index(qo_indptr, "i32", "qo_indptr")
+        if len(ip.shape) != 1 or ip.shape[0] < 1:
+            raise ValueError(f"qo_indptr: shape {ip.shape}, expected (batch+1,)")
+        b = ip.shape[0] - 1
+        iph = self._host_copy(qo_indptr, ip, qo_indptr_host, "qo_indptr")
+        if iph.shape != ip.shape:
+            raise ValueError(f"qo_indptr_host: shape {iph.shape}, expected {ip.shape}")
+        qv, ov, pt, sl, slh = self._attn_common(q, out, page_table, seq_lens, seq_lens_host, b)
+        last = ctypes.cast(iph.ptr, C.c_int32_p)[b]
+        if last != qv.shape[0]:
+            raise ValueError(f"qo_indptr: ends at {last}, but q has {qv.shape[0]} rows")
+        a = C.ExtendArgs(q=qv.ptr, out=ov.ptr, elem=_ELEM[qv.kind], qo_indptr=_ptr32(ip),
+                         qo_indptr_host=_ptr32(iph), page_table=_ptr32(pt), max_pages=pt.shape[1],
+                         seq_lens=_ptr32(sl), seq_lens_host=_ptr32(slh), batch=b, num_q_heads=qv.shape[1],
+                         sm_scale=_scale(sm_scale, self.head_dim), layer=layer)
+        self._check(C.lib.kvc_extend(self._handle(), ctypes.byref(a), _stream_handle(stream, self.device)),
+                    "kvc_extend")
+
+
+_ELEM = {"f32": C.ELEM_F32, "bf16": C.ELEM_BF16, "f16": C.ELEM_F16}
+
+
+def _ptr32(v):
+    return ctypes.cast(v.ptr, C.c_int32_p)
+
+
+def _count(v, what):
+    if len(v.shape) != 1 or v.shape[0] < 1:
+        raise ValueError(f"{what}: expected a non-empty 1-D array, got shape {v.shape}")
+    return v.shape[0]
+
+
+def _scale(s, d):
+    s = 1.0 / math.sqrt(d) if s is None else float(s)
+    if not math.isfinite(s) or s <= 0:
+        raise ValueError(f"sm_scale: {s} is not a positive finite number")
+    return s

@@ -1,0 +1,335 @@
+"""The Python binding (client/python/kvpool) against a real kvpoold with host
+pools of every dtype: its ctypes structs against the C compiler's layout,
+errors, the write/gather round trip against independent oracles (ml_dtypes
+for the element codecs, the fp4 block rule of docs/dtypes.md written out
+here), decode and extend attention against float64 NumPy attention on the
+gathered values, and the prefix cache across two clients.
+
+Needs $KVPOOL_BUILD (the meson build directory: daemon/kvpoold,
+client/libkvclient.so.0, tests/client/abi-layout); fails, does not skip,
+without it.
+"""
+import ctypes
+import errno
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+
+import ml_dtypes
+import numpy as np
+import pytest
+import xxhash
+
+BUILD = os.environ.get("KVPOOL_BUILD")
+assert BUILD, "KVPOOL_BUILD must name the meson build directory"
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "client", "python"))
+import kvpool  # noqa: E402
+from kvpool import _capi  # noqa: E402
+
+LAYERS, HEADS, DIM, PAGE = 2, 2, 64, 16
+SCALES = {"k": 0.5, "v": 0.25}  # powers of two: decode(q) * scale is exact in float32
+DTYPES = ["bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"]
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    exe = os.path.join(BUILD, "daemon", "kvpoold")
+    assert os.access(exe, os.X_OK), f"{exe} is missing: build the project first"
+    d = tmp_path_factory.mktemp("py")
+    pools = [{"name": dt, "dtype": dt, "layers": LAYERS, "kv_heads": HEADS, "head_dim": DIM, "page_size": PAGE,
+              "capacity": "2MiB", "backend": "host"} for dt in DTYPES]
+    for pool in pools:
+        if pool["dtype"].startswith("fp8"):
+            pool["scales"] = {"source": "constant", "k": SCALES["k"], "v": SCALES["v"]}
+    cfg = d / "kvpoold.json"
+    cfg.write_text(json.dumps({"pools": pools}))
+    sock = f"/tmp/kvtest-py-{os.getpid()}.sock"
+    log = d / "kvpoold.log"
+    p = subprocess.Popen([exe, "--config", str(cfg), "--socket", "ipc://" + sock, "--events", "none",
+                          "--metrics", "none"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    for _ in range(200):
+        if os.path.exists(sock) or p.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, log.read_text()
+    yield "ipc://" + sock
+    p.terminate()
+    assert p.wait(timeout=10) == 0, log.read_text()
+
+
+def test_ctypes_structs_match_the_c_layout():
+    out = subprocess.run([os.path.join(BUILD, "tests", "client", "abi-layout")], check=True,
+                         capture_output=True, text=True).stdout
+    c = json.loads(out)
+    assert set(c) == set(_capi.STRUCTS)
+    for name, cls in _capi.STRUCTS.items():
+        py_fields = {f[0]: getattr(cls, f[0]).offset for f in cls._fields_}
+        assert py_fields == c[name]["fields"], name
+        assert ctypes.sizeof(cls) == c[name]["size"], name
+
+
+def test_attach_gives_the_pool_geometry(daemon):
+    with kvpool.Client(daemon, name="geometry") as c:
+        for dt in DTYPES:
+            with c.attach(dt) as p:
+                assert (p.name, p.dtype, p.backend, p.device) == (dt, dt, "host", None)
+                assert (p.num_layers, p.kv_heads, p.head_dim, p.page_size) == (LAYERS, HEADS, DIM, PAGE)
+                assert p.num_pages > 0
+                fp8 = dt.startswith("fp8")
+                assert p.k_scale == [SCALES["k"] if fp8 else 1.0] * LAYERS
+                assert p.v_scale == [SCALES["v"] if fp8 else 1.0] * LAYERS
+        st = c.status()
+        assert sorted(x["name"] for x in st["pools"]) == sorted(DTYPES)
+        me = [x for x in st["clients"] if x["name"] == "geometry"]
+        assert len(me) == 1 and me[0]["pid"] == os.getpid()
+        assert "kvpool_" in c.metrics()
+
+
+def test_errors_carry_errno_and_the_library_message(daemon):
+    with kvpool.Client(daemon, name="errors") as c:
+        with pytest.raises(kvpool.KvpoolError) as e:
+            c.attach("no-such-pool")
+        assert e.value.errno == errno.ENOENT and "no-such-pool" in str(e.value)
+        p = c.attach("bf16")
+        with pytest.raises(kvpool.KvpoolError) as e:
+            p.alloc(p.num_pages + 1)
+        assert e.value.errno == errno.ENOSPC and "free" in str(e.value)
+        pages = p.alloc(2)
+        with pytest.raises(kvpool.KvpoolError) as e:
+            p.free([pages[0], (pages[1] + 1) % p.num_pages if (pages[1] + 1) % p.num_pages != pages[0] else 0])
+        assert e.value.errno in (errno.EPERM, errno.EINVAL)
+        p.free(pages)
+        with pytest.raises(kvpool.KvpoolError) as e:
+            p.free(pages)  # no longer held
+        assert e.value.errno == errno.EPERM
+        # the library judges what it can see: a page id out of range
+        with pytest.raises(kvpool.KvpoolError) as e:
+            p.free([p.num_pages])
+        assert e.value.errno == errno.ERANGE
+
+    with kvpool.Client(daemon) as c:
+        p = c.attach("fp8_e4m3")
+        k = np.zeros((3, HEADS, DIM), np.float32)
+        slots = np.array([0, 1, 2], np.int64)
+        # what the binding judges before the library: each names its argument
+        cases = [
+            (lambda: p.write(LAYERS, k, k, slots), ValueError, "layer"),
+            (lambda: p.write(0, k[:, :1], k[:, :1], slots), ValueError, "k: shape"),
+            (lambda: p.write(0, k, k[:2], slots[:2]), ValueError, "differ"),
+            (lambda: p.write(0, k, k, slots.astype(np.int32)), TypeError, "slots"),
+            (lambda: p.write(0, k, k, slots[:2]), ValueError, "slots"),
+            (lambda: p.write(0, k.astype(np.float64), k, slots), TypeError, "k: element type"),
+            (lambda: p.write(0, k[:, :, ::2], k[:, :, ::2], slots), ValueError, "k: shape"),
+            (lambda: p.write(0, np.zeros((3, DIM, HEADS), np.float32).transpose(0, 2, 1), k, slots),
+             ValueError, "contiguous"),
+            (lambda: p.write(0, [[0.0]], k, slots), TypeError, "k: expected an array"),
+            (lambda: p.gather(0, [0], np.zeros((PAGE, HEADS, DIM), np.float16), np.zeros((PAGE, HEADS, DIM),
+                                                                                         np.float16)),
+             TypeError, "k_out"),
+            (lambda: p.gather(0, [0, 1], np.zeros((PAGE, HEADS, DIM), np.float32),
+                              np.zeros((PAGE, HEADS, DIM), np.float32)), ValueError, "k_out: shape"),
+            (lambda: p.gather(0, [], k, k), ValueError, "pages"),
+            (lambda: p.free([2**31]), ValueError, "int32"),
+            (lambda: p.lookup([b"short"]), ValueError, "16 bytes"),
+            (lambda: p.alloc(0), ValueError, "n"),
+        ]
+        for fn, exc, words in cases:
+            with pytest.raises(exc) as e:
+                fn()
+            assert words in str(e.value), (words, str(e.value))
+        ro = np.zeros((PAGE, HEADS, DIM), np.float32)
+        ro.setflags(write=False)
+        with pytest.raises(ValueError, match="read-only"):
+            p.gather(0, [0], ro, np.zeros_like(ro))
+        # a slot the library refuses (beyond the pool) comes back with its message
+        with pytest.raises(kvpool.KvpoolError) as e:
+            p.write(0, k, k, np.array([0, 1, p.num_pages * PAGE], np.int64))
+        assert e.value.errno in (errno.ERANGE, errno.EINVAL) and "slot" in str(e.value)
+        c.close()
+        with pytest.raises(ValueError, match="detached"):
+            p.alloc(1)
+        with pytest.raises(ValueError, match="closed"):
+            c.status()
+
+
+def _fp4_oracle(x):
+    """docs/dtypes.md's FP4 rule, per 16 elements along head_dim: scale 2^e
+    with e = ceil(log2(amax/6)), each element e2m1(x / 2^e) * 2^e."""
+    b = x.reshape(-1, 16).astype(np.float32)
+    amax = np.abs(b).max(axis=1)
+    m, ex = np.frexp(amax)              # amax = m * 2^ex, m in [0.5, 1)
+    e = np.where(m <= 0.75, ex - 3, ex - 2).astype(np.int32)  # the doc's E-2 / E-1 with E = ex-1
+    e = np.where(amax == 0, 0, e)
+    s = np.ldexp(np.float32(1), e)[:, None]
+    q = (b / s).astype(ml_dtypes.float4_e2m1fn).astype(np.float32) * s
+    return q.reshape(x.shape)
+
+
+def _oracle(dt, x, scale):
+    if dt == "bf16":
+        return x.astype(ml_dtypes.bfloat16).astype(np.float32)
+    if dt == "fp16":
+        return x.astype(np.float16).astype(np.float32)
+    if dt == "fp8_e4m3":
+        return (x / scale).astype(ml_dtypes.float8_e4m3fn).astype(np.float32) * scale
+    if dt == "fp8_e5m2":
+        return (x / scale).astype(ml_dtypes.float8_e5m2).astype(np.float32) * scale
+    return _fp4_oracle(x)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("elem", ["f32", "bf16"])
+def test_write_then_gather_equals_the_oracle(daemon, dt, elem):
+    rng = np.random.default_rng(7)
+    with kvpool.Client(daemon, name=f"rt-{dt}") as c:
+        p = c.attach(dt)
+        pages = p.alloc(3)
+        T = 2 * PAGE + 5
+        # rows 8 elements wider than a token: the token stride is free
+        wide_k = rng.standard_normal((T, HEADS * DIM + 8)).astype(np.float32)
+        wide_v = rng.standard_normal((T, HEADS * DIM + 8)).astype(np.float32)
+        if elem == "bf16":
+            wide_k, wide_v = wide_k.astype(ml_dtypes.bfloat16), wide_v.astype(ml_dtypes.bfloat16)
+        k = wide_k[:, :HEADS * DIM].reshape(T, HEADS, DIM)
+        v = wide_v[:, :HEADS * DIM].reshape(T, HEADS, DIM)
+        assert not k.flags.c_contiguous
+        slots = np.array([pages[t // PAGE] * PAGE + t % PAGE for t in range(T)], np.int64)
+        skipped = 3
+        slots[skipped] = -1
+        for layer in range(LAYERS):
+            p.write(layer, k, v, slots)
+        ko = np.full((3 * PAGE, HEADS, DIM), np.nan, np.float32)
+        vo = np.full_like(ko, np.nan)
+        p.gather(1, pages, ko, vo)
+        kf, vf = k.astype(np.float32), v.astype(np.float32)
+        fp8 = dt.startswith("fp8")
+        want_k = _oracle(dt, kf, SCALES["k"] if fp8 else 1.0)
+        want_v = _oracle(dt, vf, SCALES["v"] if fp8 else 1.0)
+        keep = np.arange(T) != skipped
+        np.testing.assert_array_equal(ko[:T][keep], want_k[keep])
+        np.testing.assert_array_equal(vo[:T][keep], want_v[keep])
+        assert not np.any(ko[skipped]) and not np.any(ko[T:])  # a fresh pool is zeroed; -1 skipped
+        kb = np.zeros((3 * PAGE, HEADS, DIM), ml_dtypes.bfloat16)
+        vb = np.zeros_like(kb)
+        p.gather(1, pages, kb, vb)
+        np.testing.assert_array_equal(kb.astype(np.float32), ko.astype(ml_dtypes.bfloat16).astype(np.float32))
+        p.free(pages)
+
+
+def _attention(q, k, v, scale, causal_from=None):
+    """float64 attention of q [n, Hq, D] over k, v [L, Hkv, D]; query i sits
+    at position causal_from + i when causal_from is given."""
+    n, hq, _ = q.shape
+    g = hq // k.shape[1]
+    out = np.zeros(q.shape, np.float64)
+    for i in range(n):
+        L = k.shape[0] if causal_from is None else causal_from + i + 1
+        for h in range(hq):
+            s = k[:L, h // g] @ q[i, h] * scale
+            w = np.exp(s - s.max())
+            out[i, h] = (w / w.sum()) @ v[:L, h // g]
+    return out
+
+
+@pytest.mark.parametrize("dt", ["bf16", "fp8_e5m2", "fp4_e2m1"])
+def test_decode_and_extend_match_numpy_attention(daemon, dt):
+    rng = np.random.default_rng(11)
+    lens = [1, PAGE, PAGE + 1, 3 * PAGE + 7]
+    hq = 2 * HEADS
+    with kvpool.Client(daemon, name=f"attn-{dt}") as c:
+        p = c.attach(dt)
+        max_pages = max((n + PAGE - 1) // PAGE for n in lens)
+        table = np.zeros((len(lens), max_pages), np.int32)
+        kv = []
+        for b, n in enumerate(lens):
+            pages = p.alloc((n + PAGE - 1) // PAGE)[::-1]  # any order
+            table[b, :len(pages)] = pages
+            k = rng.standard_normal((n, HEADS, DIM)).astype(np.float32)
+            v = rng.standard_normal((n, HEADS, DIM)).astype(np.float32)
+            slots = np.array([pages[t // PAGE] * PAGE + t % PAGE for t in range(n)], np.int64)
+            p.write(0, k, v, slots)
+            ko = np.zeros((len(pages) * PAGE, HEADS, DIM), np.float32)
+            vo = np.zeros_like(ko)
+            p.gather(0, pages, ko, vo)
+            kv.append((ko[:n].astype(np.float64), vo[:n].astype(np.float64)))
+        seq_lens = np.array(lens, np.int32)
+        scale = 1.0 / np.sqrt(DIM)
+
+        q = rng.standard_normal((len(lens), hq, DIM)).astype(ml_dtypes.bfloat16)
+        out = np.full(q.shape, np.nan, ml_dtypes.bfloat16)
+        p.decode(0, q, out, table, seq_lens)
+        for b in range(len(lens)):
+            want = _attention(q[b:b + 1].astype(np.float64), *kv[b], scale)
+            got = out[b:b + 1].astype(np.float64)
+            assert np.linalg.norm(got - want) / np.linalg.norm(want) <= 1e-2, (dt, b)
+
+        new = [1, 3, PAGE, 2]  # the last new[b] tokens of each sequence are the queries
+        indptr = np.concatenate([[0], np.cumsum(new)]).astype(np.int32)
+        qe = rng.standard_normal((indptr[-1], hq, DIM)).astype(np.float16)
+        oe = np.full(qe.shape, np.nan, np.float16)
+        p.extend(0, qe, oe, indptr, table, seq_lens, sm_scale=scale)
+        for b, n in enumerate(lens):
+            rows = slice(indptr[b], indptr[b + 1])
+            want = _attention(qe[rows].astype(np.float64), *kv[b], scale, causal_from=n - new[b])
+            got = oe[rows].astype(np.float64)
+            assert np.linalg.norm(got - want) / np.linalg.norm(want) <= 1e-2, (dt, b)
+        with pytest.raises(ValueError, match="qo_indptr"):
+            p.extend(0, qe[:-1], oe[:-1], indptr, table, seq_lens)
+        with pytest.raises(kvpool.KvpoolError) as e:  # a length beyond the page table: the library's check
+            p.decode(0, q, out, table, seq_lens + max_pages * PAGE)
+        assert e.value.errno == errno.EINVAL and "seq_len" in str(e.value)
+
+
+def test_block_keys_and_the_prefix_cache_across_clients(daemon):
+    def oracle(parent, tokens, extra=b""):  # docs/prefix-cache.md
+        d = xxhash.xxh3_128_digest((parent or bytes(16)) + struct.pack(f"<{len(tokens)}i", *tokens) + extra)
+        return d[:8][::-1] + d[8:][::-1]
+
+    tokens = list(range(1000, 1000 + 3 * PAGE + 5))
+    keys = kvpool.chain_keys(tokens, PAGE, extra=b"lora-7")
+    assert len(keys) == 3
+    parent = None
+    for i, key in enumerate(keys):
+        parent = oracle(parent, tokens[i * PAGE:(i + 1) * PAGE], b"lora-7")
+        assert key == parent
+    assert kvpool.block_key(None, tokens[:PAGE]) != keys[0]  # the extra bytes count
+
+    with kvpool.Client(daemon, name="writer") as a, kvpool.Client(daemon, name="reader") as b:
+        pa, pb = a.attach("fp8_e4m3"), b.attach("fp8_e4m3")
+        pages = pa.alloc(3)
+        assert pa.publish(pages, keys) == (3, [False, False, False])
+        assert pa.publish(pages[:1], keys[:1]) == (0, [True])
+        assert pb.lookup(keys) == pages
+        assert pb.lookup([keys[0], oracle(None, [1, 2, 3])]) == pages[:1]
+        free_before = _free_pages(b, "fp8_e4m3")
+        a.close()  # the reader's references keep the pages
+        assert _free_pages(b, "fp8_e4m3") == free_before
+        pb.free(pages)
+        pb.free(pages[:1])
+    with kvpool.Client(daemon, name="salted", tenant_salt=bytes(range(16))) as s:
+        assert s.attach("fp8_e4m3").lookup(keys) == []  # another tenant sees nothing
+
+
+def _free_pages(client, name):
+    return next(x["pages_free"] for x in client.status()["pools"] if x["name"] == name)
+
+
+def test_closing_a_client_gives_its_pages_back(daemon):
+    with kvpool.Client(daemon, name="watcher") as w:
+        before = _free_pages(w, "fp16")
+        c = kvpool.Client(daemon, name="holder")
+        c.attach("fp16").alloc(5)
+        assert _free_pages(w, "fp16") == before - 5
+        c.close()
+        c.close()  # idempotent
+        assert _free_pages(w, "fp16") == before
+
+
+def test_no_daemon_is_a_clear_error(tmp_path):
+    with pytest.raises(kvpool.KvpoolError) as e:
+        kvpool.Client("ipc://" + str(tmp_path / "nothing.sock"))
+    assert e.value.errno in (errno.ECONNREFUSED, errno.ENOENT)
+    assert "nothing.sock" in str(e.value) or "connect" in str(e.value)

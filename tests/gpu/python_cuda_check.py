@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""python_cuda_check.py - the Python binding (client/python/kvpool) on CUDA
+pools served by a real kvpoold, with PyTorch tensors, against PyTorch.
+
+    KVPOOLD=build/daemon/kvpoold KVPOOL_BUILD=build python3 tests/gpu/python_cuda_check.py
+
+meson test gpu_python (suite gpu) runs it so.  Exits 77 without PyTorch, a
+CUDA device or a CUDA build of libkvclient; 1 on any failure.  For a bf16,
+an fp8_e4m3 and an fp4_e2m1 pool (8 kv heads x 128, page 16) it:
+  - writes bf16 K/V through the binding on a created torch stream (the
+    binding's default stream is PyTorch's current one), from a view with a
+    token stride wider than a token;
+  - gathers the pages back (bfloat16 and float32) and compares them with
+    PyTorch's own casts (bf16 and fp8 bit for bit; fp8 as x / scale cast to
+    torch.float8_e4m3fn, times the scale);
+  - runs decode and extend attention through the binding and compares them
+    with torch's scaled_dot_product_attention over the gathered K/V
+    (relative error per sequence <= 1e-2, grouped-query 32/8);
+  - checks that host arrays are refused for a CUDA pool before any launch.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    print("python_cuda_check: no torch: skipped")
+    sys.exit(77)
+if not torch.cuda.is_available():
+    print("python_cuda_check: no CUDA device: skipped")
+    sys.exit(77)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "client", "python"))
+import kvpool  # noqa: E402
+
+HEADS, DIM, PAGE, HQ, LAYERS = 8, 128, 16, 32, 2
+SCALE = {"k": 0.5, "v": 0.25}
+failures = []
+checks = [0]
+
+
+def check(ok, what):
+    checks[0] += 1
+    if not ok:
+        failures.append(what)
+        print("FAIL:", what)
+
+
+def start_daemon(tmp):
+    exe = os.environ.get("KVPOOLD") or os.path.join(os.environ.get("KVPOOL_BUILD", "build"), "daemon", "kvpoold")
+    pools = []
+    for dt in ("bf16", "fp8_e4m3", "fp4_e2m1"):
+        p = {"name": dt, "dtype": dt, "layers": LAYERS, "kv_heads": HEADS, "head_dim": DIM, "page_size": PAGE,
+             "capacity": "64MiB", "backend": "cuda", "device": 0}
+        if dt.startswith("fp8"):
+            p["scales"] = {"source": "constant", "k": SCALE["k"], "v": SCALE["v"]}
+        pools.append(p)
+    cfg = os.path.join(tmp, "kvpoold.json")
+    with open(cfg, "w") as f:
+        json.dump({"pools": pools}, f)
+    sock = os.path.join(tmp, "kv.sock")
+    log = open(os.path.join(tmp, "kvpoold.log"), "w")
+    d = subprocess.Popen([exe, "--config", cfg, "--socket", "ipc://" + sock, "--events", "none",
+                          "--metrics", "none"], stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(400):
+        if os.path.exists(sock) or d.poll() is not None:
+            break
+        time.sleep(0.05)
+    if d.poll() is not None:
+        sys.exit("python_cuda_check: kvpoold did not start:\n" + open(log.name).read())
+    return d, "ipc://" + sock
+
+
+def rel(a, b):
+    return (torch.linalg.norm((a - b).float()) / torch.linalg.norm(b.float())).item()
+
+
+def sdpa(q, k, v, scale, offset=None):
+    """q [n, HQ, D], k/v [L, HEADS, D] -> [n, HQ, D] in float32; query i at
+    position offset + i sees keys 0..offset+i when offset is given."""
+    g = HQ // HEADS
+    kk = k.float().repeat_interleave(g, dim=1).transpose(0, 1)   # [HQ, L, D]
+    vv = v.float().repeat_interleave(g, dim=1).transpose(0, 1)
+    qq = q.float().transpose(0, 1)                               # [HQ, n, D]
+    mask = None
+    if offset is not None:
+        n, L = q.shape[0], k.shape[0]
+        mask = torch.arange(L, device=q.device)[None, :] <= (offset + torch.arange(n, device=q.device))[:, None]
+    return F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, scale=scale).transpose(0, 1)
+
+
+def run_pool(pool, gen):
+    dt = pool.dtype
+    dev = torch.device("cuda", pool.device)
+    check(pool.backend == "cuda" and pool.device == 0, f"{dt}: attached as a CUDA pool on device 0")
+    lens = [1, 100, PAGE * 64, 4097]
+    max_pages = max(-(-n // PAGE) for n in lens)
+    table = torch.zeros((len(lens), max_pages), dtype=torch.int32)
+    stream = torch.cuda.Stream()
+    kv = []
+    for b, n in enumerate(lens):
+        pages = pool.alloc(-(-n // PAGE))
+        table[b, :len(pages)] = torch.tensor(pages, dtype=torch.int32)
+        wide_k = torch.randn((n, HEADS * DIM + 64), generator=gen, device=dev).to(torch.bfloat16)
+        wide_v = torch.randn((n, HEADS * DIM + 64), generator=gen, device=dev).to(torch.bfloat16)
+        k = wide_k[:, :HEADS * DIM].unflatten(1, (HEADS, DIM))   # token stride HEADS*DIM + 64
+        v = wide_v[:, :HEADS * DIM].unflatten(1, (HEADS, DIM))
+        t = torch.arange(n)
+        slots = (torch.tensor(pages, dtype=torch.int64)[t // PAGE] * PAGE + t % PAGE).to(dev)
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            pool.write(1, k, v, slots)       # on `stream`: PyTorch's current stream here
+        torch.cuda.current_stream().wait_stream(stream)
+        pt = torch.tensor(pages, dtype=torch.int32, device=dev)
+        kb = torch.full((len(pages) * PAGE, HEADS, DIM), float("nan"), dtype=torch.bfloat16, device=dev)
+        vb = torch.full_like(kb, float("nan"))
+        kf = torch.full(kb.shape, float("nan"), dtype=torch.float32, device=dev)
+        vf = torch.full_like(kf, float("nan"))
+        pool.gather(1, pt, kb, vb)
+        pool.gather(1, pt, kf, vf)
+        torch.cuda.synchronize()
+        check(torch.equal(kf.to(torch.bfloat16), kb) and torch.equal(vf.to(torch.bfloat16), vb),
+              f"{dt} n={n}: the bfloat16 gather is the float32 gather rounded")
+        if dt == "bf16":
+            check(torch.equal(kf[:n], k.float()) and torch.equal(vf[:n], v.float()), f"{dt} n={n}: stored exactly")
+        elif dt == "fp8_e4m3":
+            wk = (k.float() / SCALE["k"]).to(torch.float8_e4m3fn).float() * SCALE["k"]
+            wv = (v.float() / SCALE["v"]).to(torch.float8_e4m3fn).float() * SCALE["v"]
+            check(torch.equal(kf[:n], wk) and torch.equal(vf[:n], wv), f"{dt} n={n}: equal to torch's fp8 cast")
+        else:
+            e = rel(kf[:n], k.float())
+            check(0 < e < 0.2, f"{dt} n={n}: fp4 K relative error {e:.3f} within the format's")
+        check(not torch.isnan(kf[n:]).any().item(), f"{dt} n={n}: the page tails gather as numbers")
+        kv.append((kf[:n], vf[:n]))
+
+    scale = 1 / math.sqrt(DIM)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    q = torch.randn((len(lens), HQ, DIM), generator=gen, device=dev).to(torch.bfloat16)
+    out = torch.full_like(q, float("nan"))
+    pool.decode(1, q, out, table.to(dev), seq_lens.to(dev))          # host copy of seq_lens taken
+    pool.decode(1, q, out, table.to(dev), seq_lens.to(dev), seq_lens_host=seq_lens)
+    torch.cuda.synchronize()
+    for b, n in enumerate(lens):
+        e = rel(out[b:b + 1], sdpa(q[b:b + 1], *kv[b], scale))
+        check(e <= 1e-2, f"{dt} decode b={b} L={n}: relative error {e:.2e} against SDPA")
+
+    new = [1, 7, 200, 64]
+    indptr = torch.tensor([0] + list(torch.cumsum(torch.tensor(new), 0)), dtype=torch.int32)
+    qe = torch.randn((int(indptr[-1]), HQ, DIM), generator=gen, device=dev).to(torch.bfloat16)
+    oe = torch.full_like(qe, float("nan"))
+    pool.extend(1, qe, oe, indptr.to(dev), table.to(dev), seq_lens.to(dev), sm_scale=scale,
+                qo_indptr_host=indptr, seq_lens_host=seq_lens)
+    torch.cuda.synchronize()
+    for b, n in enumerate(lens):
+        rows = slice(int(indptr[b]), int(indptr[b + 1]))
+        e = rel(oe[rows], sdpa(qe[rows], *kv[b], scale, offset=n - new[b]))
+        check(e <= 1e-2, f"{dt} extend b={b} L={n} new={new[b]}: relative error {e:.2e} against SDPA")
+
+    try:
+        pool.decode(1, q.cpu(), out.cpu(), table, seq_lens)
+        check(False, f"{dt}: host q on a CUDA pool was accepted")
+    except TypeError as e:
+        check("q:" in str(e) and "device" in str(e), f"{dt}: host q refused naming q ({e})")
+    try:
+        pool.decode(1, q, out, table, seq_lens.to(dev))
+        check(False, f"{dt}: a host page table on a CUDA pool was accepted")
+    except TypeError as e:
+        check("page_table" in str(e), f"{dt}: host page_table refused naming it ({e})")
+    try:
+        pool.decode(1, q, out, table.to(dev), (seq_lens + max_pages * PAGE).to(dev))
+        check(False, f"{dt}: lengths beyond the page table were accepted")
+    except kvpool.KvpoolError as e:
+        check("seq_len" in str(e), f"{dt}: lengths beyond the page table refused by the library ({e})")
+
+
+def main():
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    with tempfile.TemporaryDirectory() as tmp:
+        d, url = start_daemon(tmp)
+        try:
+            with kvpool.Client(url, name="python-cuda") as c:
+                for name in ("bf16", "fp8_e4m3", "fp4_e2m1"):
+                    p = c.attach(name)
+                    run_pool(p, gen)
+                    st = {x["name"]: x for x in c.status()["pools"]}[name]
+                    check(st["pages_held"] > 0, f"{name}: the session's pages are held")
+            with kvpool.Client(url, name="after") as c2:
+                held = sum(x["pages_held"] for x in c2.status()["pools"])
+                check(held == 0, f"every page given back after close (held {held})")
+        finally:
+            d.terminate()
+            rc = d.wait(timeout=20)
+            check(rc == 0, f"kvpoold exited with {rc}")
+    print(f"python_cuda_check: {checks[0]} checks, {len(failures)} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
