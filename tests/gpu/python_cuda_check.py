@@ -43,6 +43,7 @@ HEADS, DIM, PAGE, HQ, LAYERS = 8, 128, 16, 32, 2
 SCALE = {"k": 0.5, "v": 0.25}
 failures = []
 checks = [0]
+worst = {}  # (dtype, call) -> the largest relative error against SDPA
 
 
 def check(ok, what):
@@ -148,6 +149,7 @@ def run_pool(pool, gen):
     torch.cuda.synchronize()
     for b, n in enumerate(lens):
         e = rel(out[b:b + 1], sdpa(q[b:b + 1], *kv[b], scale))
+        worst[dt, "decode"] = max(worst.get((dt, "decode"), 0), e)
         check(e <= 1e-2, f"{dt} decode b={b} L={n}: relative error {e:.2e} against SDPA")
 
     new = [1, 7, 200, 64]
@@ -160,6 +162,7 @@ def run_pool(pool, gen):
     for b, n in enumerate(lens):
         rows = slice(int(indptr[b]), int(indptr[b + 1]))
         e = rel(oe[rows], sdpa(qe[rows], *kv[b], scale, offset=n - new[b]))
+        worst[dt, "extend"] = max(worst.get((dt, "extend"), 0), e)
         check(e <= 1e-2, f"{dt} extend b={b} L={n} new={new[b]}: relative error {e:.2e} against SDPA")
 
     try:
@@ -197,6 +200,8 @@ def main():
             d.terminate()
             rc = d.wait(timeout=20)
             check(rc == 0, f"kvpoold exited with {rc}")
+    for (dt, call), e in sorted(worst.items()):
+        print(f"{dt} {call}: worst relative error against SDPA {e:.2e}")
     print(f"python_cuda_check: {checks[0]} checks, {len(failures)} failures")
     return 1 if failures else 0
 

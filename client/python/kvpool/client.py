@@ -211,8 +211,8 @@ class Pool:
     def alloc(self, n):
         """n pages, all or nothing; returns their ids as a list."""
         n = int(n)
-        if n < 1:
-            raise ValueError(f"n: must be at least 1, got {n}")
+        if not 1 <= n <= _MAX_COUNT:
+            raise ValueError(f"n: {n} is outside 1..{_MAX_COUNT}")
         out = (ctypes.c_int32 * n)()
         self._check(C.lib.kvc_alloc(self._handle(), n, out), "kvc_alloc")
         return list(out)
@@ -319,7 +319,7 @@ class Pool:
         each [n*page_size, kv_heads, head_dim], float32 or bfloat16, contiguous."""
         layer = self._layer(layer)
         pv = self._index(pages, "i32", "pages")
-        n = _count(pv, "pages")
+        n = _count(pv, "pages", 2**32 - 1)
         ko = self._data(k_out, "k_out", ("f32", "bf16"), writable=True)
         vo = self._data(v_out, "v_out", ("f32", "bf16"), writable=True)
         want = (n * self.page_size, self.kv_heads, self.head_dim)
@@ -403,9 +403,12 @@ def _ptr32(v):
     return ctypes.cast(v.ptr, C.c_int32_p)
 
 
-def _count(v, what):
-    if len(v.shape) != 1 or v.shape[0] < 1:
-        raise ValueError(f"{what}: expected a non-empty 1-D array, got shape {v.shape}")
+_MAX_COUNT = 65536  # kvc_alloc and kvc_free (kvclient.h); ctypes would wrap a larger uint32_t
+
+
+def _count(v, what, limit=_MAX_COUNT):
+    if len(v.shape) != 1 or not 1 <= v.shape[0] <= limit:
+        raise ValueError(f"{what}: expected a 1-D array of 1..{limit} entries, got shape {v.shape}")
     return v.shape[0]
 
 
