@@ -81,38 +81,27 @@ class GatherArgs(ctypes.Structure):
     ]
 
 
+# kvc_decode_args and kvc_extend_args share their first and last fields;
+# extend has the query index pointers between them.
+_ATTN_HEAD = [("q", ctypes.c_void_p), ("out", ctypes.c_void_p), ("elem", ctypes.c_int)]
+_ATTN_TAIL = [
+    ("page_table", c_int32_p),
+    ("max_pages", ctypes.c_uint32),
+    ("seq_lens", c_int32_p),
+    ("seq_lens_host", c_int32_p),
+    ("batch", ctypes.c_uint32),
+    ("num_q_heads", ctypes.c_uint32),
+    ("sm_scale", ctypes.c_float),
+    ("layer", ctypes.c_uint32),
+]
+
+
 class DecodeArgs(ctypes.Structure):
-    _fields_ = [
-        ("q", ctypes.c_void_p),
-        ("out", ctypes.c_void_p),
-        ("elem", ctypes.c_int),
-        ("page_table", c_int32_p),
-        ("max_pages", ctypes.c_uint32),
-        ("seq_lens", c_int32_p),
-        ("seq_lens_host", c_int32_p),
-        ("batch", ctypes.c_uint32),
-        ("num_q_heads", ctypes.c_uint32),
-        ("sm_scale", ctypes.c_float),
-        ("layer", ctypes.c_uint32),
-    ]
+    _fields_ = _ATTN_HEAD + _ATTN_TAIL
 
 
 class ExtendArgs(ctypes.Structure):
-    _fields_ = [
-        ("q", ctypes.c_void_p),
-        ("out", ctypes.c_void_p),
-        ("elem", ctypes.c_int),
-        ("qo_indptr", c_int32_p),
-        ("qo_indptr_host", c_int32_p),
-        ("page_table", c_int32_p),
-        ("max_pages", ctypes.c_uint32),
-        ("seq_lens", c_int32_p),
-        ("seq_lens_host", c_int32_p),
-        ("batch", ctypes.c_uint32),
-        ("num_q_heads", ctypes.c_uint32),
-        ("sm_scale", ctypes.c_float),
-        ("layer", ctypes.c_uint32),
-    ]
+    _fields_ = _ATTN_HEAD + [("qo_indptr", c_int32_p), ("qo_indptr_host", c_int32_p)] + _ATTN_TAIL
 
 
 STRUCTS = {"kvc_key": Key, "kvc_pool_desc": PoolDesc, "kvc_write_args": WriteArgs,
