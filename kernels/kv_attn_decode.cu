@@ -108,6 +108,7 @@ static int scratch_pool(int dev, cudaMemPool_t *ret)
                 props.allocType = cudaMemAllocationTypePinned;
                 props.location.type = cudaMemLocationTypeDevice;
                 props.location.id = dev;
+                const kvk::relaxed_capture relaxed;
                 e = cudaMemPoolCreate(&pools[dev], &props);
                 if (e == cudaSuccess) {
                         uint64_t thr = 64ull << 20;
@@ -221,6 +222,31 @@ static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params
         return 0;
 }
 
+/* Under stream capture (a CUDA graph, replayed later with whatever lengths
+ * seq_lens holds then) the split of the keys over CTAs is fixed at capture,
+ * but the lengths are not: a plan made for the capture's lengths would drop
+ * the keys of a longer replay past its last split.  So a captured call is
+ * planned for the longest length its page table can hold (max_pages *
+ * page_size); the splits that a replay's shorter lengths leave empty return
+ * at once, and the lengths are still read on the device.  *max_len is
+ * raised to that bound under capture and left alone otherwise. */
+static int capture_max_len(const struct kv_attn_call *c, uint32_t page_size, void *stream, uint32_t *max_len,
+                           char *msg, size_t msglen)
+{
+        cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+        cudaError_t e = cudaStreamIsCapturing((cudaStream_t)stream, &cs);
+        if (e != cudaSuccess) {
+                (void)cudaGetLastError();
+                return kv_cuda_errno(e, c->op, msg, msglen); /* e.g. the legacy stream while another captures */
+        }
+        if (cs == cudaStreamCaptureStatusActive) {
+                const uint64_t cap = (uint64_t)c->max_pages * page_size; /* <= 2^31-1: kv_attn_check */
+                if (cap > *max_len)
+                        *max_len = (uint32_t)cap;
+        }
+        return 0;
+}
+
 extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_attn_call *c, void *stream,
                                 char *msg, size_t msglen)
 {
@@ -238,6 +264,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
 
         const struct kv_layout *L = &pv->layout;
         const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;
+        if ((r = capture_max_len(c, P, stream, &max_len, msg, msglen)) < 0)
+                return r;
         /* the kernel addresses a key as slot * token_bytes: pages must be
          * page_size token rows back to back, as kv_layout_init lays them
          * out (a view built by hand might not) */

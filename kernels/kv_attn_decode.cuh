@@ -565,7 +565,10 @@ static inline int occupancy_or_launch(K k, int smem, const params &p, dim3 grid,
                         *ret_occ = n;
                         return 0;
                 }
-                e = (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, threads, smem);
+                {
+                        const kvk::relaxed_capture relaxed;
+                        e = (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, threads, smem);
+                }
                 if (e != 0)
                         return e;
                 if (dev >= 0 && dev < 64)

@@ -365,6 +365,28 @@ static inline bool with_dtype(enum kvc_dtype d, F &&f)
         }
 }
 
+/* Relaxed stream capture for the scope of one setup call.  While any
+ * thread captures a stream in global mode (PyTorch's torch.cuda.graph does),
+ * or this thread does in thread-local mode, CUDA refuses the calls it
+ * deems unsafe and invalidates the capture; the once-per-device setup of
+ * the launchers (cudaFuncSetAttribute, occupancy queries,
+ * cudaMemPoolCreate) is among them, so a first call made under capture
+ * would break the caller's graph.  Those calls touch no stream, so they
+ * run with this thread's mode relaxed, and the caller's mode is restored
+ * after. */
+struct relaxed_capture {
+        cudaStreamCaptureMode prev = cudaStreamCaptureModeRelaxed;
+        bool swapped;
+        relaxed_capture() : swapped(cudaThreadExchangeStreamCaptureMode(&prev) == cudaSuccess) {}
+        ~relaxed_capture()
+        {
+                if (swapped)
+                        (void)cudaThreadExchangeStreamCaptureMode(&prev);
+        }
+        relaxed_capture(const relaxed_capture &) = delete;
+        relaxed_capture &operator=(const relaxed_capture &) = delete;
+};
+
 /* Raises kernel k's dynamic shared memory limit to bytes, once per device
  * (the attribute is per device context; dev is the current device; done
  * is the caller's per-kernel bit set of devices already raised).  Returns
@@ -375,6 +397,7 @@ static inline int smem_limit(K k, int bytes, int dev, std::atomic<uint64_t> &don
         const uint64_t bit = dev < 64 ? 1ull << dev : 0;
         if (bit && (done.load(std::memory_order_acquire) & bit))
                 return 0;
+        const relaxed_capture relaxed;
         cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
         if (e == cudaSuccess && bit)
                 done.fetch_or(bit, std::memory_order_release);

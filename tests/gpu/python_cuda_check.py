@@ -16,6 +16,8 @@ an fp8_e4m3 and an fp4_e2m1 pool (8 kv heads x 128, page 16) it:
   - runs decode and extend attention through the binding and compares them
     with torch's scaled_dot_product_attention over the gathered K/V
     (relative error per sequence <= 1e-2, grouped-query 32/8);
+  - captures decode in a CUDA graph (torch.cuda.graph) with every length 1
+    and replays it at longer lengths: each replay against SDPA;
   - checks that host arrays are refused for a CUDA pool before any launch.
 """
 import json
@@ -151,6 +153,24 @@ def run_pool(pool, gen):
         e = rel(out[b:b + 1], sdpa(q[b:b + 1], *kv[b], scale))
         worst[dt, "decode"] = max(worst.get((dt, "decode"), 0), e)
         check(e <= 1e-2, f"{dt} decode b={b} L={n}: relative error {e:.2e} against SDPA")
+
+    # a CUDA graph, as serving engines replay their decode step: captured
+    # with every length 1, replayed at the real lengths, then at others
+    lens_dev = torch.ones(len(lens), dtype=torch.int32, device=dev)
+    table_dev, out_g = table.to(dev), torch.full_like(q, float("nan"))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        pool.decode(1, q, out_g, table_dev, lens_dev, seq_lens_host=torch.ones(len(lens), dtype=torch.int32))
+    for replay in (lens, [max(1, n // 3) for n in lens]):
+        lens_dev.copy_(torch.tensor(replay, dtype=torch.int32))
+        out_g.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        for b, n in enumerate(replay):
+            kb, vb = kv[b]
+            e = rel(out_g[b:b + 1], sdpa(q[b:b + 1], kb[:n], vb[:n], scale))
+            worst[dt, "decode graph"] = max(worst.get((dt, "decode graph"), 0), e)
+            check(e <= 1e-2, f"{dt} decode graph replay b={b} L={n}: relative error {e:.2e} against SDPA")
 
     new = [1, 7, 200, 64]
     indptr = torch.tensor([0] + list(torch.cumsum(torch.tensor(new), 0)), dtype=torch.int32)

@@ -557,6 +557,124 @@ static void many_rows(void)
         run_case(KVC_DTYPE_BF16, 128, 16, 2, 4, N, lens, NULL, KVC_ELEM_F16, 100);
 }
 
+/* Decode and extend captured into a CUDA graph with short lengths, then
+ * replayed after the device lengths changed (longer, then mixed), as a
+ * serving engine replays its decode graph every step: each replay must
+ * equal the reference at the replay's lengths.  The pool holds every
+ * sequence at its longest (lens_max); a plan fixed for the capture's
+ * lengths would read only their first chunk of keys. */
+static void graph_case(enum kvc_dtype d, uint32_t B, const int32_t *lens_max, const int32_t *const *replays,
+                       int nreplays, const int32_t *qn, uint64_t seed)
+{
+        struct rng r = { seed * 2654435761u + 1 };
+        struct apool P;
+        uint32_t maxp;
+        char what[160], msg[256] = "";
+        const uint32_t H = 2, G = 4, Hq = H * G, D = 128;
+        int32_t *pt = apool_fill(&P, &r, d, H, D, 16, B, lens_max, &maxp);
+        int32_t *indptr = malloc(sizeof(int32_t) * (B + 1)), *cap_lens = malloc(sizeof(int32_t) * B);
+        indptr[0] = 0;
+        for (uint32_t b = 0; b < B; b++) {
+                indptr[b + 1] = indptr[b] + (qn ? qn[b] : 1);
+                cap_lens[b] = qn ? qn[b] : 1; /* the capture's lengths: as short as the queries allow */
+        }
+        const uint32_t rows = (uint32_t)indptr[B];
+        const size_t n = (size_t)rows * Hq * D;
+        void *q = make_q(&r, KVC_ELEM_BF16, n);
+        uint16_t *ref = malloc(n * 2), *got = malloc(n * 2);
+        void *dq = to_dev(q, n * 2), *dout = to_dev(NULL, n * 2);
+        int32_t *dpt = to_dev(pt, sizeof(int32_t) * B * maxp), *dlens = to_dev(cap_lens, sizeof(int32_t) * B);
+        int32_t *dind = to_dev(indptr, sizeof(int32_t) * (B + 1));
+        struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
+        const float sm = 1.0f / sqrtf((float)D);
+        struct kvc_extend_args a = { .q = dq, .out = dout, .elem = KVC_ELEM_BF16, .qo_indptr = qn ? dind : NULL,
+                                     .qo_indptr_host = qn ? indptr : NULL, .page_table = dpt, .max_pages = maxp,
+                                     .seq_lens = dlens, .seq_lens_host = cap_lens, .batch = B,
+                                     .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
+        struct kvc_decode_args da = { .q = dq, .out = dout, .elem = KVC_ELEM_BF16, .page_table = dpt,
+                                      .max_pages = maxp, .seq_lens = dlens, .seq_lens_host = cap_lens,
+                                      .batch = B, .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
+        cudaStream_t st;
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        int rc;
+
+        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        rc = qn ? kv_cuda_extend(&dv, &a, st, msg, sizeof msg) : kv_cuda_decode(&dv, &da, st, msg, sizeof msg);
+        cudaError_t ce = cudaStreamEndCapture(st, &g);
+        snprintf(what, sizeof what, "graph %s %s B=%u", qn ? "extend" : "decode", kvc_dtype_name(d), B);
+        EXPECT(rc == 0, "%s: the captured call returned %d: %s", what, rc, msg);
+        EXPECT(ce == cudaSuccess, "%s: cudaStreamEndCapture: %s", what, cudaGetErrorString(ce));
+        if (ce != cudaSuccess)
+                (void)cudaGetLastError();
+        else
+                CK(cudaGraphInstantiate(&ge, g, 0));
+        for (int i = 0; i < nreplays && rc == 0 && ce == cudaSuccess; i++) {
+                cases++;
+                snprintf(what, sizeof what, "graph %s %s B=%u replay %d (len0 %d, captured at %d)",
+                         qn ? "extend" : "decode", kvc_dtype_name(d), B, i, replays[i][0], cap_lens[0]);
+                CK(cudaMemcpy(dlens, replays[i], sizeof(int32_t) * B, cudaMemcpyHostToDevice));
+                CK(cudaMemset(dout, 0xFF, n * 2));
+                CK(cudaGraphLaunch(ge, st));
+                CK(cudaStreamSynchronize(st));
+                CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
+                struct kvc_extend_args h = a;
+                h.q = q;
+                h.out = ref;
+                h.qo_indptr = qn ? indptr : NULL;
+                h.page_table = pt;
+                h.seq_lens = h.seq_lens_host = replays[i];
+                int rr = qn ? kv_ref_extend(&hv, &h, msg, sizeof msg)
+                            : kv_ref_decode(&hv, &(struct kvc_decode_args){ .q = q, .out = ref,
+                                                                            .elem = KVC_ELEM_BF16,
+                                                                            .page_table = pt, .max_pages = maxp,
+                                                                            .seq_lens = replays[i],
+                                                                            .seq_lens_host = replays[i],
+                                                                            .batch = B, .num_q_heads = Hq,
+                                                                            .sm_scale = sm, .layer = 1 },
+                                            msg, sizeof msg);
+                EXPECT(rr == 0, "%s: the reference returned %d: %s", what, rr, msg);
+                if (rr == 0)
+                        compare(what, got, ref, KVC_ELEM_BF16, rows, Hq, D);
+        }
+        if (ce == cudaSuccess) {
+                CK(cudaGraphExecDestroy(ge));
+                CK(cudaGraphDestroy(g));
+        }
+        CK(cudaStreamDestroy(st));
+        cudaFree(dq);
+        cudaFree(dout);
+        cudaFree(dpt);
+        cudaFree(dlens);
+        cudaFree(dind);
+        free(q);
+        free(ref);
+        free(got);
+        free(pt);
+        free(indptr);
+        free(cap_lens);
+        apool_fini(&P);
+}
+
+static void graph_replays(void)
+{
+        /* one long sequence (split over the GPU) and a batch (a few splits) */
+        static const int32_t one_max[1] = { 20000 }, one_a[1] = { 20000 }, one_b[1] = { 3000 };
+        static const int32_t *const one[] = { one_a, one_b };
+        static const int32_t four_max[4] = { 5000, 4100, 700, 64 }, four_a[4] = { 5000, 4100, 700, 64 },
+                             four_b[4] = { 17, 4100, 2, 64 };
+        static const int32_t *const four[] = { four_a, four_b };
+        static const int32_t qn[4] = { 2, 2, 2, 2 };
+        static const enum kvc_dtype dts[] = { KVC_DTYPE_BF16, KVC_DTYPE_FP8_E4M3, KVC_DTYPE_FP4_E2M1 };
+
+        for (int i = 0; i < 3; i++) {
+                graph_case(dts[i], 1, one_max, one, 2, NULL, 300 + i);
+                graph_case(dts[i], 4, four_max, four, 2, NULL, 310 + i);
+                graph_case(dts[i], 4, four_max, four, 2, qn, 320 + i);
+        }
+}
+
 /* The reference's row of a page table whose entry j is out of range: the
  * other maxp - 1 entries in order, then a filler the reference never reads
  * (its length is a page shorter). */
@@ -869,12 +987,18 @@ static void arg_errors(void)
 int main(int argc, char **argv)
 {
         gpu_require_device(argv[0]);
-        (void)argc;
+        if (argc > 1 && strcmp(argv[1], "graph") == 0) { /* test_attn graph: the graph replays alone */
+                graph_replays();
+                printf("test_attn graph: %d cases, %d failures, worst relative error %.3g (bound 1e-2)\n", cases,
+                       failures, worst);
+                return failures ? 1 : 0;
+        }
         shapes();
         long_sequences();
         prefill_tiles();
         packed_rows();
         many_rows();
+        graph_replays();
         bad_page();
         arg_errors();
         CK(cudaGetLastError());
