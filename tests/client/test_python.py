@@ -333,3 +333,95 @@ def test_no_daemon_is_a_clear_error(tmp_path):
         kvpool.Client("ipc://" + str(tmp_path / "nothing.sock"))
     assert e.value.errno in (errno.ECONNREFUSED, errno.ENOENT)
     assert "nothing.sock" in str(e.value) or "connect" in str(e.value)
+
+
+def test_arguments_the_kernels_cannot_take_are_refused_by_name(daemon):
+    with kvpool.Client(daemon, name="strict") as c:
+        p = c.attach("bf16")
+        page = p.alloc(1)[0]
+        k = np.zeros((3, HEADS, DIM), np.float32)
+        slots = np.arange(page * PAGE, page * PAGE + 3, dtype=np.int64)
+        misaligned = np.frombuffer(bytearray(k.nbytes + 4), np.float32, count=k.size, offset=2).reshape(k.shape)
+        slots_mis = np.frombuffer(bytearray(8 * 4), np.int64, count=3, offset=4)
+        q = np.zeros((1, HEADS, DIM), ml_dtypes.bfloat16)
+        wide = np.lib.stride_tricks.as_strided(np.zeros(4, np.int32), (1, 2**32 + 1), (4 * (2**32 + 1), 4))
+        be_bf16 = np.zeros((3, HEADS, DIM), np.dtype(ml_dtypes.bfloat16).newbyteorder(">"))
+        cases = [
+            (lambda: p.write(0, misaligned, misaligned, slots), ValueError, "k: data pointer"),
+            (lambda: p.write(0, k, k, slots_mis), ValueError, "slots: data pointer"),
+            (lambda: p.write(0, k[::-1], k, slots), ValueError, "k: token stride"),
+            (lambda: p.write(0, np.broadcast_to(k[:1], k.shape), k, slots), ValueError, "k: token stride"),
+            (lambda: p.write(0, be_bf16, be_bf16, slots), TypeError, "k: element type"),
+            (lambda: p.write(1.5, k, k, slots), TypeError, "layer"),
+            (lambda: p.write(0, k, k, [0.5, 1.5, 2.5]), TypeError, "slots"),
+            (lambda: p.free([float(page)]), TypeError, "pages"),
+            (lambda: p.free([[page], page]), TypeError, "pages"),
+            (lambda: p.alloc(2.5), TypeError, "n"),
+            (lambda: p.lookup([16]), TypeError, "keys[0]"),
+            (lambda: p.lookup([bytes(16)] * 8193), ValueError, "keys"),
+            (lambda: kvpool.block_key(None, [2**32 + 5]), ValueError, "tokens"),
+            (lambda: p.decode(0, np.zeros((), np.float16), q, [[0]], [1]), ValueError, "q: shape"),
+            (lambda: p.decode(0, q[:, :0], q[:, :0], [[0]], [1]), ValueError, "q heads"),
+            (lambda: p.decode(0, q, np.zeros_like(q), wide, [1]), ValueError, "page_table"),
+            (lambda: p.decode(0, q, np.zeros_like(q), [[0]], [1], sm_scale=1e39), ValueError, "sm_scale"),
+            (lambda: c.attach("bf16\0x"), ValueError, "name"),
+        ]
+        for fn, exc, words in cases:
+            with pytest.raises(exc) as e:
+                fn()
+            assert words in str(e.value), (words, str(e.value))
+        # one token: its stride is never used, so a broadcast one is fine
+        p.write(0, np.broadcast_to(k[0], (1, HEADS, DIM)), k[:1], slots[:1])
+        p.free([page])
+
+
+def test_close_and_detach_wait_for_calls_in_other_threads(daemon):
+    import threading
+    for how in ("close", "detach"):
+        c = kvpool.Client(daemon, name="threads")
+        p = c.attach("fp4_e2m1")
+        pages = np.array(p.alloc(32), np.int32)
+        ko = np.zeros((32 * PAGE, HEADS, DIM), np.float32)
+        vo = np.zeros_like(ko)
+        got = []
+
+        def worker():
+            try:
+                while True:
+                    p.gather(0, pages, ko, vo)
+            except ValueError as e:
+                got.append(e)
+
+        t = threading.Thread(target=worker)
+        t.start()
+        time.sleep(0.05)
+        c.close() if how == "close" else p.detach()  # unmaps the pool: without waiting, a segfault
+        t.join()
+        assert got and ("closed" in str(got[0]) or "detached" in str(got[0])), how
+        c.close()
+
+
+def test_a_forked_child_forgets_the_parents_client(daemon):
+    # in a separate interpreter, so that the child's normal exit runs the
+    # finalizers (which must not disconnect the parent's client: nng aborts)
+    script = f"""
+import os, sys
+sys.path.insert(0, {os.path.join(os.path.dirname(__file__), "..", "..", "client", "python")!r})
+import kvpool
+c = kvpool.Client({daemon!r}, name="parent")
+p = c.attach("fp16")
+pages = p.alloc(2)
+pid = os.fork()
+if pid == 0:
+    try:
+        p.alloc(1)
+        sys.exit(3)
+    except ValueError as e:
+        sys.exit(0 if "fork" in str(e) else 4)
+_, status = os.waitpid(pid, 0)
+p.free(pages)
+c.close()
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stderr)

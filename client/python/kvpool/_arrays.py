@@ -16,6 +16,7 @@ shape that decides how far a kernel reads or writes is checked here, against
 the pool's geometry, before the call.
 """
 import ctypes
+import operator
 
 _KINDS_TORCH = {"torch.float32": "f32", "torch.bfloat16": "bf16", "torch.float16": "f16",
                 "torch.int32": "i32", "torch.int64": "i64"}
@@ -64,15 +65,17 @@ def _from_interface(x, ai, cuda, what):
     typestr = ai["typestr"]
     kind = None
     name = getattr(getattr(x, "dtype", None), "name", None)
-    if name == "bfloat16":
-        kind = "bf16"
+    if name == "bfloat16":  # ml_dtypes: an opaque '<V2' (or '>V2', byte-swapped, refused)
+        kind = "bf16" if typestr[0] != ">" else None
     elif typestr[0] in "<|=" and typestr[1:] in _KINDS_TYPESTR:
         kind = _KINDS_TYPESTR[typestr[1:]]
     if kind is None:
-        raise TypeError(f"{what}: element type {name or typestr} is not float32, bfloat16, float16, "
-                        "int32 or int64 (little-endian)")
+        raise TypeError(f"{what}: element type {f'{name} ({typestr})' if name else typestr} is not float32, "
+                        "bfloat16, float16, int32 or int64 (little-endian)")
     shape = tuple(ai["shape"])
     size = _SIZES[kind]
+    if not isinstance(ai.get("data"), tuple):
+        raise TypeError(f"{what}: its array interface gives no data pointer (data {type(ai.get('data')).__name__})")
     if ai.get("strides") is None:
         strides = _c_strides(shape)
     else:
@@ -83,7 +86,16 @@ def _from_interface(x, ai, cuda, what):
     device = None
     if cuda:
         device = _cuda_pointer_device(ptr)
-    return View(ptr or 0, shape, strides, kind, cuda, device, not readonly, x)
+    return _aligned(View(ptr or 0, shape, strides, kind, cuda, device, not readonly, x), what)
+
+
+def _aligned(v, what):
+    """The kernels load elements with their natural alignment (and on CUDA a
+    misaligned load is a sticky error that ends the process's context)."""
+    size = _SIZES[v.kind]
+    if v.ptr % size:
+        raise ValueError(f"{what}: data pointer {v.ptr:#x} is not aligned to its {size}-byte elements")
+    return v
 
 
 def _cuda_pointer_device(ptr):
@@ -126,9 +138,14 @@ def view(x, what):
         kind = _KINDS_TORCH.get(str(x.dtype))
         if kind is None:
             raise TypeError(f"{what}: element type {x.dtype} is not float32, bfloat16, float16, int32 or int64")
-        cuda = bool(x.is_cuda)
-        return View(x.data_ptr(), tuple(x.shape), tuple(x.stride()), kind, cuda,
-                    x.device.index if cuda else None, True, x)
+        dev = getattr(getattr(x, "device", None), "type", None)
+        if dev not in ("cpu", "cuda"):  # mps, xpu, meta, ...: no pointer the library can use
+            raise TypeError(f"{what}: a tensor on device {dev} (the pool needs CPU or CUDA memory)")
+        if getattr(x, "layout", None) is not None and str(x.layout) != "torch.strided":
+            raise TypeError(f"{what}: a {x.layout} tensor (a dense, strided one is needed)")
+        cuda = dev == "cuda"
+        return _aligned(View(x.data_ptr(), tuple(x.shape), tuple(x.stride()), kind, cuda,
+                             x.device.index if cuda else None, True, x), what)
     ai = getattr(x, "__cuda_array_interface__", None)
     if ai is not None:
         return _from_interface(x, ai, True, what)
@@ -148,13 +165,20 @@ def index_view(x, kind, what, cuda):
             raise TypeError(f"{what}: a CUDA pool needs device memory here (a CUDA tensor), "
                             "not a Python sequence")
         rows = list(x)
-        if rows and isinstance(rows[0], (list, tuple, range)):
-            width = len(rows[0])
-            if any(len(r) != width for r in rows):
-                raise ValueError(f"{what}: rows of different lengths")
-            flat, shape = [int(v) for r in rows for v in r], (len(rows), width)
-        else:
-            flat, shape = [int(v) for v in rows], (len(rows),)
+        seq = (list, tuple, range)
+        try:
+            if rows and isinstance(rows[0], seq):
+                if not all(isinstance(r, seq) for r in rows):
+                    raise TypeError("a mix of rows and numbers")
+                width = len(rows[0])
+                if any(len(r) != width for r in rows):
+                    raise ValueError(f"{what}: rows of different lengths")
+                flat, shape = [operator.index(v) for r in rows for v in r], (len(rows), width)
+            else:
+                flat, shape = [operator.index(v) for v in rows], (len(rows),)
+        except TypeError as e:  # floats, strings, deeper nesting: no silent int() of them
+            raise TypeError(f"{what}: a sequence of integers (or, 2-D, of equal rows of integers) "
+                            f"is needed ({e})") from None
         ctype = ctypes.c_int32 if kind == "i32" else ctypes.c_int64
         lo, hi = (-2**31, 2**31 - 1) if kind == "i32" else (-2**63, 2**63 - 1)
         bad = next((v for v in flat if not lo <= v <= hi), None)

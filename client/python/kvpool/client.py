@@ -15,7 +15,11 @@ import ctypes
 import errno as _errno
 import json
 import math
+import operator
+import os
 import sys
+import threading
+import weakref
 
 from . import _capi as C
 from ._arrays import contiguous, index_view, view
@@ -34,6 +38,8 @@ def _raise(rv, message, call):
 def _key(k, what):
     if isinstance(k, C.Key):
         return k
+    if isinstance(k, (int, str)):  # bytes(16) would be 16 zero bytes, bytes("...") an error without the name
+        raise TypeError(f"{what}: a key is {C.KEY_LEN} bytes (bytes-like), got {type(k).__name__}")
     b = bytes(k)
     if len(b) != C.KEY_LEN:
         raise ValueError(f"{what}: a key is {C.KEY_LEN} bytes, got {len(b)}")
@@ -43,6 +49,8 @@ def _key(k, what):
 
 
 def _keys(keys, what):
+    if isinstance(keys, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"{what}: a sequence of {C.KEY_LEN}-byte keys, not one {type(keys).__name__} object")
     keys = list(keys)
     arr = (C.Key * max(len(keys), 1))()
     for i, k in enumerate(keys):
@@ -55,7 +63,11 @@ def block_key(parent, tokens, extra=b""):
     the previous block's key (None for the first block), tokens the block's
     token ids, extra optional bytes (a LoRA id, an image hash).  Returns 16
     bytes."""
-    toks = (ctypes.c_int32 * max(len(tokens), 1))(*[int(t) for t in tokens])
+    toks = [_int(t, "tokens") for t in tokens]
+    bad = next((t for t in toks if not -2**31 <= t < 2**31), None)
+    if bad is not None:  # ctypes would wrap it: another token's key
+        raise ValueError(f"tokens: {bad} does not fit int32")
+    toks = (ctypes.c_int32 * max(len(toks), 1))(*toks)
     par = _key(parent, "parent") if parent is not None else None
     ex = bytes(extra)
     out = C.Key()
@@ -67,6 +79,9 @@ def block_key(parent, tokens, extra=b""):
 def chain_keys(tokens, page_size, extra=b""):
     """Keys of every full block of a prompt, each chained on the one before
     (a partial last block has no key)."""
+    page_size = _int(page_size, "page_size")
+    if page_size < 1:
+        raise ValueError(f"page_size: {page_size} is not positive")
     keys, parent = [], None
     for i in range(0, len(tokens) - page_size + 1, page_size):
         parent = block_key(parent, tokens[i:i + page_size], extra)
@@ -89,6 +104,89 @@ def _stream_handle(stream, device):
     raise TypeError(f"stream: expected a CUDA stream handle (int) or a stream object, got {type(stream).__name__}")
 
 
+class _Life:
+    """Keeps a handle alive while calls on it run: close() and detach() in
+    one thread wait for the calls other threads have in the library, and no
+    call starts after them (the C library frees the client and unmaps the
+    pool, and a call still running would use freed memory)."""
+
+    __slots__ = ("lock", "cv", "busy", "closed")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.cv = threading.Condition(self.lock)
+        self.busy, self.closed = 0, None
+
+    def enter(self):
+        with self.lock:
+            if self.closed:
+                raise ValueError(self.closed)
+            self.busy += 1
+
+    def leave(self):
+        with self.lock:
+            self.busy -= 1
+            if self.closed and not self.busy:
+                self.cv.notify_all()
+
+    def shut(self, why):
+        """Refuses new calls with ValueError(why), waits for those running;
+        False if it was already shut."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.closed = why
+            while self.busy:
+                self.cv.wait()
+            return True
+
+
+class _InCall:
+    """with x._call(): ... -- the handles of x (a pool and its client, or a
+    client) stay valid inside."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a, b=None):
+        self.a, self.b = a, b
+
+    def __enter__(self):
+        self.a.enter()
+        if self.b is not None:
+            try:
+                self.b.enter()
+            except BaseException:
+                self.a.leave()
+                raise
+
+    def __exit__(self, *exc):
+        if self.b is not None:
+            self.b.leave()
+        self.a.leave()
+
+
+_clients = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    # nng does not survive fork (kvclient.h): a disconnect from the child
+    # aborts the process ("nng is not fork-reentrant safe"), any other call
+    # is undefined.  The child forgets the parent's clients without a call.
+    for c in list(_clients):
+        c._forget("the client was inherited across fork(): connect again in this process")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _cstr(s, what):
+    b = s if isinstance(s, bytes) else str(s).encode()
+    if b"\0" in b:  # C would see only the part before it
+        raise ValueError(f"{what}: contains a NUL byte")
+    return b
+
+
 class Client:
     """One connection to kvpoold (kvc_connect).  url None: $KVPOOL_SOCKET,
     else ipc:///run/kvpool/kvpool.sock.  name is what `kvpoolctl status`
@@ -99,13 +197,15 @@ class Client:
     def __init__(self, url=None, name="python", tenant_salt=None):
         self._h = None
         self._pools = []
+        self._life = _Life()
         salt = _key(tenant_salt, "tenant_salt") if tenant_salt is not None else None
         h = ctypes.c_void_p()
-        rv = C.lib.kvc_connect(url.encode() if url else None, str(name).encode(),
+        rv = C.lib.kvc_connect(_cstr(url, "url") if url else None, _cstr(name, "name"),
                                ctypes.byref(salt) if salt is not None else None, ctypes.byref(h))
         if rv < 0:
             _raise(rv, C.lib.kvc_errmsg(None).decode(errors="replace"), "kvc_connect")
         self._h = h.value
+        _clients.add(self)
 
     def _check(self, rv, call):
         if rv < 0:
@@ -117,14 +217,32 @@ class Client:
             raise ValueError("the client is closed")
         return self._h
 
+    def _call(self):
+        return _InCall(self._life)
+
+    def _forget(self, why):
+        """Drops the handles without a call (after fork, in the child)."""
+        self._life = _Life()  # the parent's lock may have been held at fork
+        self._life.closed = why
+        for p in self._pools:
+            p._life = _Life()
+            p._life.closed = why
+            p._h = None
+        self._pools = []
+        self._h = None
+
     def close(self):
-        """Detaches every pool and disconnects (kvc_disconnect).  Idempotent."""
-        if self._h is not None:
-            for p in self._pools:
-                p._h = None  # freed by kvc_disconnect
-            self._pools = []
-            C.lib.kvc_disconnect(self._h)
-            self._h = None
+        """Detaches every pool and disconnects (kvc_disconnect), once calls
+        other threads have in the library on this client and its pools have
+        returned.  Idempotent."""
+        if self._h is None or not self._life.shut("the client is closed"):
+            return
+        for p in self._pools:
+            p._life.shut(f"pool {p.name} is detached (or its client closed)")
+            p._h = None  # freed by kvc_disconnect
+        self._pools = []
+        C.lib.kvc_disconnect(self._h)
+        self._h = None
 
     def __enter__(self):
         return self
@@ -146,7 +264,8 @@ class Client:
 
     def _malloced(self, fn, call):
         out = ctypes.c_void_p()
-        self._check(fn(self._handle(), ctypes.byref(out)), call)
+        with self._call():
+            self._check(fn(self._handle(), ctypes.byref(out)), call)
         try:
             return ctypes.string_at(out.value).decode()
         finally:
@@ -155,9 +274,10 @@ class Client:
     def attach(self, name):
         """Attaches to pool `name` and maps its memory (kvc_attach)."""
         h = ctypes.c_void_p()
-        self._check(C.lib.kvc_attach(self._handle(), str(name).encode(), ctypes.byref(h)), "kvc_attach")
-        p = Pool(self, h.value)
-        self._pools.append(p)
+        with self._call():
+            self._check(C.lib.kvc_attach(self._handle(), _cstr(name, "name"), ctypes.byref(h)), "kvc_attach")
+            p = Pool(self, h.value)
+            self._pools.append(p)
         return p
 
 
@@ -168,6 +288,7 @@ class Pool:
 
     def __init__(self, client, handle):
         self._client, self._h = client, handle
+        self._life = _Life()
         d = C.lib.kvc_pool_get_desc(handle).contents
         self.name = d.name.decode()
         self.dtype = C.DTYPES[d.dtype]
@@ -198,52 +319,67 @@ class Pool:
     def _check(self, rv, call):
         return self._client._check(rv, call)
 
+    def _call(self):
+        return _InCall(self._life, self._client._life)
+
     def detach(self):
-        """Undoes the attach (kvc_detach).  Pages still held stay held until
-        free or close.  Idempotent."""
-        if self._h is not None:
-            C.lib.kvc_detach(self._h)
-            self._h = None
-            self._client._pools.remove(self)
+        """Undoes the attach (kvc_detach), once calls other threads have in
+        the library on this pool have returned.  Pages still held stay held
+        until free or close.  Idempotent."""
+        try:
+            self._client._life.enter()
+        except ValueError:
+            return  # the client is closed: the pool went with it
+        try:
+            if self._h is not None and self._life.shut(f"pool {self.name} is detached (or its client closed)"):
+                C.lib.kvc_detach(self._h)
+                self._h = None
+                self._client._pools.remove(self)
+        finally:
+            self._client._life.leave()
 
     # ---- pages and prefixes -------------------------------------------------
 
     def alloc(self, n):
         """n pages, all or nothing; returns their ids as a list."""
-        n = int(n)
+        n = _int(n, "n")
         if not 1 <= n <= _MAX_COUNT:
             raise ValueError(f"n: {n} is outside 1..{_MAX_COUNT}")
         out = (ctypes.c_int32 * n)()
-        self._check(C.lib.kvc_alloc(self._handle(), n, out), "kvc_alloc")
+        with self._call():
+            self._check(C.lib.kvc_alloc(self._handle(), n, out), "kvc_alloc")
         return list(out)
 
     def free(self, pages):
         """Releases this session's reference on the pages, all or nothing."""
         pv = index_view(pages, "i32", "pages", False)
         n = _count(pv, "pages")
-        self._check(C.lib.kvc_free(self._handle(), n, _ptr32(pv)), "kvc_free")
+        with self._call():
+            self._check(C.lib.kvc_free(self._handle(), n, _ptr32(pv)), "kvc_free")
 
     def publish(self, pages, keys):
         """Publishes held, fully written pages under keys.  Returns (stored,
         dup): the number newly stored, and per page True where it was not
         stored (its key or the page was already published)."""
         pv = index_view(pages, "i32", "pages", False)
-        n = _count(pv, "pages")
+        n = _count(pv, "pages", _MAX_PREFIX)
         karr, nk = _keys(keys, "keys")
         if nk != n:
             raise ValueError(f"keys: {nk} keys for {n} pages")
         dup = (ctypes.c_uint8 * n)()
-        stored = self._check(C.lib.kvc_publish(self._handle(), n, _ptr32(pv), karr, dup), "kvc_publish")
+        with self._call():
+            stored = self._check(C.lib.kvc_publish(self._handle(), n, _ptr32(pv), karr, dup), "kvc_publish")
         return stored, [bool(x) for x in dup]
 
     def lookup(self, keys):
         """The pages of the longest cached leading run of keys, now also held
         by this session (a list, possibly empty)."""
         karr, n = _keys(keys, "keys")
-        if n < 1:
-            raise ValueError("keys: at least one key")
+        if not 1 <= n <= _MAX_PREFIX:
+            raise ValueError(f"keys: {n} keys, expected 1..{_MAX_PREFIX}")
         out = (ctypes.c_int32 * n)()
-        hits = self._check(C.lib.kvc_lookup(self._handle(), n, karr, out), "kvc_lookup")
+        with self._call():
+            hits = self._check(C.lib.kvc_lookup(self._handle(), n, karr, out), "kvc_lookup")
         return list(out[:hits])
 
     # ---- data path ------------------------------------------------------------
@@ -269,7 +405,7 @@ class Pool:
         return v
 
     def _layer(self, layer):
-        layer = int(layer)
+        layer = _int(layer, "layer")
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer: {layer} is out of range (pool {self.name} has {self.num_layers} layers)")
         return layer
@@ -292,6 +428,14 @@ class Pool:
         if not contiguous(v.shape[1:], v.strides[1:]):
             raise ValueError(f"{what}: each token's [kv_heads, head_dim] must be contiguous "
                              f"(strides {v.strides}); only the token stride is free")
+        if v.shape[0] > 1 and v.strides[0] < self.kv_heads * self.head_dim:
+            raise ValueError(f"{what}: token stride {v.strides[0]} (negative, zero or overlapping rows) is "
+                             f"less than kv_heads*head_dim = {self.kv_heads * self.head_dim}")
+
+    def _row_stride(self, v):
+        # one token: its stride is never used, and a broadcast or expanded
+        # one (stride 0) must not trip the library's check
+        return v.strides[0] if v.shape[0] > 1 else self.kv_heads * self.head_dim
 
     def write(self, layer, k, v, slots, stream=None):
         """Quantizes K and V of T tokens (each [T, kv_heads, head_dim],
@@ -308,11 +452,12 @@ class Pool:
             raise ValueError(f"slots: shape {sv.shape}, expected ({kv.shape[0]},), one per token")
         if kv.shape[0] == 0:
             return
-        a = C.WriteArgs(k=kv.ptr, v=vv.ptr, elem=_ELEM[kv.kind], k_row_stride=kv.strides[0],
-                        v_row_stride=vv.strides[0], slots=ctypes.cast(sv.ptr, C.c_int64_p),
-                        num_tokens=kv.shape[0], layer=layer)
-        self._check(C.lib.kvc_write(self._handle(), ctypes.byref(a), _stream_handle(stream, self.device)),
-                    "kvc_write")
+        a = C.WriteArgs(k=kv.ptr, v=vv.ptr, elem=_ELEM[kv.kind], k_row_stride=self._row_stride(kv),
+                        v_row_stride=self._row_stride(vv), slots=ctypes.cast(sv.ptr, C.c_int64_p),
+                        num_tokens=_u32(kv.shape[0], "k: tokens"), layer=layer)
+        sh = _stream_handle(stream, self.device)
+        with self._call():
+            self._check(C.lib.kvc_write(self._handle(), ctypes.byref(a), sh), "kvc_write")
 
     def gather(self, layer, pages, k_out, v_out, stream=None):
         """Dequantizes pages (int32 [n]) of one layer into k_out and v_out,
@@ -329,8 +474,9 @@ class Pool:
         if ko.kind != vo.kind:
             raise ValueError(f"k_out is {ko.kind}, v_out {vo.kind}: they must agree")
         a = C.GatherArgs(pages=_ptr32(pv), n_pages=n, layer=layer, k_out=ko.ptr, v_out=vo.ptr, elem=_ELEM[ko.kind])
-        self._check(C.lib.kvc_gather(self._handle(), ctypes.byref(a), _stream_handle(stream, self.device)),
-                    "kvc_gather")
+        sh = _stream_handle(stream, self.device)
+        with self._call():
+            self._check(C.lib.kvc_gather(self._handle(), ctypes.byref(a), sh), "kvc_gather")
 
     def _attn_common(self, q, out, page_table, seq_lens, seq_lens_host, batch):
         qv = self._data(q, "q", ("bf16", "f16"))
@@ -341,11 +487,16 @@ class Pool:
             raise ValueError("q and out must be contiguous")
         if ov.shape != qv.shape or ov.kind != qv.kind:
             raise ValueError(f"out: {ov.kind}{list(ov.shape)}, expected q's {qv.kind}{list(qv.shape)}")
-        if qv.shape[1] % self.kv_heads:
-            raise ValueError(f"q: {qv.shape[1]} q heads is not a multiple of kv_heads {self.kv_heads}")
+        if qv.shape[1] == 0 or qv.shape[1] % self.kv_heads or qv.shape[1] > _MAX_Q_HEADS:
+            raise ValueError(f"q: {qv.shape[1]} q heads is not a positive multiple of kv_heads {self.kv_heads} "
+                             f"up to {_MAX_Q_HEADS}")
+        _u32(batch, "batch")
         pt = self._index(page_table, "i32", "page_table")
         if len(pt.shape) != 2 or pt.shape[0] != batch:
             raise ValueError(f"page_table: shape {pt.shape}, expected [{batch}, max_pages]")
+        if pt.shape[1] * self.page_size > 2**31 - 1:  # kvclient.h; ctypes would narrow max_pages
+            raise ValueError(f"page_table: {pt.shape[1]} pages a row x page_size {self.page_size} "
+                             "is more than 2^31-1 keys")
         sl = self._index(seq_lens, "i32", "seq_lens")
         if sl.shape != (batch,):
             raise ValueError(f"seq_lens: shape {sl.shape}, expected ({batch},)")
@@ -361,13 +512,17 @@ class Pool:
         a device-to-host copy of a PyTorch tensor when not given).
         sm_scale defaults to 1/sqrt(head_dim)."""
         layer = self._layer(layer)
-        b = view(q, "q").shape[0]
+        shape = view(q, "q").shape
+        if len(shape) != 3:
+            raise ValueError(f"q: shape {shape} is not [batch, q_heads, {self.head_dim}]")
+        b = shape[0]
         qv, ov, pt, sl, slh = self._attn_common(q, out, page_table, seq_lens, seq_lens_host, b)
         a = C.DecodeArgs(q=qv.ptr, out=ov.ptr, elem=_ELEM[qv.kind], page_table=_ptr32(pt),
                          max_pages=pt.shape[1], seq_lens=_ptr32(sl), seq_lens_host=_ptr32(slh), batch=b,
                          num_q_heads=qv.shape[1], sm_scale=_scale(sm_scale, self.head_dim), layer=layer)
-        self._check(C.lib.kvc_decode(self._handle(), ctypes.byref(a), _stream_handle(stream, self.device)),
-                    "kvc_decode")
+        sh = _stream_handle(stream, self.device)
+        with self._call():
+            self._check(C.lib.kvc_decode(self._handle(), ctypes.byref(a), sh), "kvc_decode")
 
     def extend(self, layer, q, out, qo_indptr, page_table, seq_lens, sm_scale=None,
                qo_indptr_host=None, seq_lens_host=None, stream=None):
@@ -385,15 +540,18 @@ class Pool:
         if iph.shape != ip.shape:
             raise ValueError(f"qo_indptr_host: shape {iph.shape}, expected {ip.shape}")
         qv, ov, pt, sl, slh = self._attn_common(q, out, page_table, seq_lens, seq_lens_host, b)
-        last = ctypes.cast(iph.ptr, C.c_int32_p)[b]
+        first, last = ctypes.cast(iph.ptr, C.c_int32_p)[0], ctypes.cast(iph.ptr, C.c_int32_p)[b]
+        if first != 0:
+            raise ValueError(f"qo_indptr: starts at {first}, not 0")
         if last != qv.shape[0]:
             raise ValueError(f"qo_indptr: ends at {last}, but q has {qv.shape[0]} rows")
         a = C.ExtendArgs(q=qv.ptr, out=ov.ptr, elem=_ELEM[qv.kind], qo_indptr=_ptr32(ip),
                          qo_indptr_host=_ptr32(iph), page_table=_ptr32(pt), max_pages=pt.shape[1],
                          seq_lens=_ptr32(sl), seq_lens_host=_ptr32(slh), batch=b, num_q_heads=qv.shape[1],
                          sm_scale=_scale(sm_scale, self.head_dim), layer=layer)
-        self._check(C.lib.kvc_extend(self._handle(), ctypes.byref(a), _stream_handle(stream, self.device)),
-                    "kvc_extend")
+        sh = _stream_handle(stream, self.device)
+        with self._call():
+            self._check(C.lib.kvc_extend(self._handle(), ctypes.byref(a), sh), "kvc_extend")
 
 
 _ELEM = {"f32": C.ELEM_F32, "bf16": C.ELEM_BF16, "f16": C.ELEM_F16}
@@ -404,6 +562,23 @@ def _ptr32(v):
 
 
 _MAX_COUNT = 65536  # kvc_alloc and kvc_free (kvclient.h); ctypes would wrap a larger uint32_t
+_MAX_PREFIX = 8192  # kvc_publish and kvc_lookup
+_MAX_Q_HEADS = 65536  # KV_ATTN_MAX_Q_HEADS (kernels/kv_attn_common.cuh)
+
+
+def _int(x, what):
+    """An integer argument: no silent int() of a float or a string."""
+    try:
+        return operator.index(x)
+    except TypeError:
+        raise TypeError(f"{what}: expected an integer, got {type(x).__name__}") from None
+
+
+def _u32(n, what):
+    """A count going into a uint32_t field, which ctypes would silently wrap."""
+    if n > 2**32 - 1:
+        raise ValueError(f"{what}: {n} is more than 2^32-1")
+    return n
 
 
 def _count(v, what, limit=_MAX_COUNT):
@@ -413,7 +588,10 @@ def _count(v, what, limit=_MAX_COUNT):
 
 
 def _scale(s, d):
+    if isinstance(s, (str, bytes)):
+        raise TypeError(f"sm_scale: expected a number, got {type(s).__name__}")
     s = 1.0 / math.sqrt(d) if s is None else float(s)
-    if not math.isfinite(s) or s <= 0:
-        raise ValueError(f"sm_scale: {s} is not a positive finite number")
+    f32 = ctypes.c_float(s).value  # what the C call receives
+    if not math.isfinite(f32) or f32 <= 0:
+        raise ValueError(f"sm_scale: {s} is not a positive finite float32")
     return s
