@@ -228,10 +228,13 @@ static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params
  * the keys of a longer replay past its last split.  So a captured call is
  * planned for the longest length its page table can hold (max_pages *
  * page_size); the splits that a replay's shorter lengths leave empty return
- * at once, and the lengths are still read on the device.  *max_len is
- * raised to that bound under capture and left alone otherwise. */
+ * at once, and the lengths are still read on the device; the decode
+ * kernel's rows then spread their own lengths over the splits (params
+ * row_chunk), so that a replay's short rows still use every split.
+ * *max_len is raised to that bound and *ret_captured set under capture;
+ * both are left alone otherwise. */
 static int capture_max_len(const struct kv_attn_call *c, uint32_t page_size, void *stream, uint32_t *max_len,
-                           char *msg, size_t msglen)
+                           bool *ret_captured, char *msg, size_t msglen)
 {
         cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
         cudaError_t e = cudaStreamIsCapturing((cudaStream_t)stream, &cs);
@@ -243,6 +246,7 @@ static int capture_max_len(const struct kv_attn_call *c, uint32_t page_size, voi
                 const uint64_t cap = (uint64_t)c->max_pages * page_size; /* <= 2^31-1: kv_attn_check */
                 if (cap > *max_len)
                         *max_len = (uint32_t)cap;
+                *ret_captured = true;
         }
         return 0;
 }
@@ -264,7 +268,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
 
         const struct kv_layout *L = &pv->layout;
         const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;
-        if ((r = capture_max_len(c, P, stream, &max_len, msg, msglen)) < 0)
+        bool captured = false;
+        if ((r = capture_max_len(c, P, stream, &max_len, &captured, msg, msglen)) < 0)
                 return r;
         /* the kernel addresses a key as slot * token_bytes: pages must be
          * page_size token rows back to back, as kv_layout_init lays them
@@ -423,6 +428,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         const kva::split_plan sp = kva::plan_keys(tiled, ctas, slots, max_len, kva::MAX_SPLITS);
         p.chunk = sp.chunk;
         p.splits = (uint32_t)sp.splits;
+        p.row_chunk = captured && !tiled && p.splits > 1;
         p.rows = rows;
         p.hgt = (uint32_t)hgt;
         if (gx > 0x7FFFFFFFull)

@@ -154,9 +154,22 @@ attn_kernel(const params p)
         }
         const auto hq_of = [&](uint32_t c) { return (r0 + c / cg) * p.Hq + h * p.G + hoff + c % cg; };
 
+        /* Keys a split: the plan's chunk, or with p.row_chunk (a captured
+         * launch, planned for the table's capacity) this row's own length
+         * spread over the splits, so that a replay's short rows are not
+         * left to their first split alone.  That needs the length first. */
+        uint32_t chunk = p.chunk;
+        if (p.row_chunk) {
+                if constexpr (!PACK) {
+                        row_to_seq(p.seq_lens, p.qo_indptr, p.batch, (uint32_t)r0, cap, b, len);
+                        lmin = len;
+                }
+                chunk = row_chunk_of(len, p.splits);
+        }
+
         /* this warp's tiles: t_begin + (warp + 4k) * 16; the first S-1 go
          * out before Q is even loaded */
-        const uint32_t t_begin = split * p.chunk;
+        const uint32_t t_begin = split * chunk;
         const uint32_t first = t_begin + warp * TILE, step = WARPS * TILE;
 
         /* A decode row is its own sequence, so its page-table row is known
@@ -166,21 +179,22 @@ attn_kernel(const params p)
          * length are read but never used).  Extend rows find their sequence
          * through qo_indptr first.  (Not in the QLO kernels, whose
          * registers are already full.) */
-        constexpr bool early = KVA_PWEARLY && !QLO;
-        const uint32_t cap_end = min(cap, t_begin + p.chunk);
-        const uint32_t ncap =
-                !early || p.qo_indptr || first >= cap_end ? 0u : (cap_end - first + step - 1) / step;
+        const bool early = KVA_PWEARLY && !QLO && !p.qo_indptr && !p.row_chunk;
+        const uint32_t cap_end = min(cap, t_begin + chunk);
+        const uint32_t ncap = !early || first >= cap_end ? 0u : (cap_end - first + step - 1) / step;
         page_window pw(p, p.page_table + r0 * p.max_pages, first, step, ncap, lane);
 
         if constexpr (!PACK) {
-                row_to_seq(p.seq_lens, p.qo_indptr, p.batch, (uint32_t)r0, cap, b, len);
-                lmin = len;
+                if (!p.row_chunk) {
+                        row_to_seq(p.seq_lens, p.qo_indptr, p.batch, (uint32_t)r0, cap, b, len);
+                        lmin = len;
+                }
         }
-        const uint32_t t_end = min(len, t_begin + p.chunk);
+        const uint32_t t_end = min(len, t_begin + chunk);
         const int32_t *pt = p.page_table + (uint64_t)b * p.max_pages;
         const lane_plan<DT, D> plan(p, h, lane);
         const uint32_t ntiles = first < t_end ? (t_end - first + step - 1) / step : 0;
-        if (!early || p.qo_indptr)
+        if (!early)
                 pw = page_window(p, pt, first, step, ntiles, lane);
 #pragma unroll
         for (int s = 0; s < G::S - 1; s++) {

@@ -39,6 +39,10 @@ struct params {
         uint64_t token_bytes, head_bytes;       /* a key's slot * token_bytes + h * head_bytes */
         uint64_t stoken_bytes, shead_bytes;     /* the same for fp4 scale rows */
         uint32_t chunk, splits;
+        uint32_t row_chunk;             /* decode kernel: each row spreads its own length over the
+                                         * splits (row_chunk_of) instead of taking chunk keys a split:
+                                         * set under stream capture, where the splits were planned for
+                                         * the table's capacity and a replay's lengths are unknown */
         uint32_t rows, hgt;             /* grid.x = rows * hgt (packed: tiles * hgt; hgt = H * head_groups), grid.y = splits */
         float qk_scale_log2;            /* sm_scale * k fold * log2(e) */
         float out_scale;                /* v fold */
@@ -48,6 +52,16 @@ struct params {
                                          * of a CTA that takes pack / G rows of one sequence (G <= 4,
                                          * grid.x = tiles * hgt, kv_attn_extend.cuh ptile) */
 };
+
+/* Keys a split for a row of len keys when the row spreads its own length
+ * over the launch's splits (params.row_chunk): a multiple of 64 (4 warps x
+ * 16 keys), at least 128 (plan_splits' least), and splits * chunk >= len. */
+__host__ __device__ __forceinline__ uint32_t row_chunk_of(uint32_t len, uint32_t splits)
+{
+        uint32_t c = (uint32_t)(((uint64_t)len + splits - 1) / (splits ? splits : 1));
+        c = (c + 63) / 64 * 64; /* len <= 2^31-1: no wrap */
+        return c < 128 ? 128 : c;
+}
 
 /* Slot of key tok (page * page_size + offset), or -1 if the key is past
  * t_end or its page id is out of range. */

@@ -269,6 +269,19 @@ struct kvc_extend_args {
  * (docs/benchmarks.md, "Extend attention"). */
 int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
 
+/* CUDA graphs.  Every data-path call may be captured into a CUDA graph
+ * (stream capture, any capture mode, also as the process's first call) and
+ * the graph replayed with other contents in the same buffers.  kvc_write
+ * and kvc_gather plan nothing on the host.  kvc_decode and kvc_extend plan
+ * the split of the keys over the GPU before the launch: under capture they
+ * plan it for the table's capacity, max_pages * page_size keys a sequence,
+ * not for seq_lens_host, so a replay may hold any lengths up to that in
+ * seq_lens (and any pages in page_table).  kvc_extend also plans its grid
+ * from qo_indptr_host, so its qo_indptr must be the same at every replay.
+ * A replay whose lengths are far below the capacity launches CTAs that find
+ * no keys and return at once: size max_pages for the longest sequence the
+ * graph serves (docs/benchmarks.md, "Decode in a CUDA graph"). */
+
 /* Names: "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"; NULL if unknown. */
 const char *kvc_dtype_name(enum kvc_dtype d);
 /* Parses a dtype name; returns 0 or -EINVAL. */

@@ -1,6 +1,7 @@
 /* test_plan.cu - the attention launcher's plan (kv_attn_plan.cuh:
  * take_tiled, decode_is_short, fills_wave, take_8warps, pick_mt,
- * plan_splits, plan_keys) on the CPU.
+ * plan_splits, plan_keys) and a captured launch's row chunks
+ * (kv_attn_ring.cuh: row_chunk_of) on the CPU.
  *
  * Which extend kernel (take_tiled), and the plans the H200 measured best (docs/benchmarks.md "Which kernel, and
  * how the tiled kernel is planned" and "Decode attention"), worked out here
@@ -258,6 +259,34 @@ int main(void)
                       "mid: 192 CTAs on 264 slots %llu splits (want 4), without mid %llu (want 1); 250 CTAs %llu "
                       "(want 1)",
                       (unsigned long long)m.splits, (unsigned long long)n.splits, (unsigned long long)f.splits);
+        }
+
+        /* A captured decode launch's rows spread their own lengths over the
+         * splits planned for the table's capacity (row_chunk_of): every key
+         * of the row is in some split, chunks are whole 64-key steps of at
+         * least 128, and a row shorter than the capacity is not left to its
+         * first split alone (B = 1, 1k keys of a 32k table: 8 splits busy) */
+        {
+                uint64_t bad = 0;
+                for (uint64_t len = 0; len <= 70000; len += 1 + len / 64)
+                        for (uint32_t sp = 1; sp <= MAX_SPLITS; sp += 1 + sp / 8) {
+                                const uint32_t c = kva::row_chunk_of((uint32_t)len, sp);
+                                if ((uint64_t)c * sp < len || c % 64 || c < 128)
+                                        bad++;
+                        }
+                const uint32_t lens[] = { 0, 1, 127, 128, 129, 4096, 20001, 0x7FFFFFFF };
+                for (uint32_t sp : { 1u, 2u, 33u, 1024u })
+                        for (uint32_t len : lens) {
+                                const uint32_t c = kva::row_chunk_of(len, sp);
+                                if ((uint64_t)c * sp < len || c % 64 || c < 128)
+                                        bad++;
+                        }
+                CHECK(bad == 0, "row_chunk_of: %llu (length, splits) pairs leave keys out or break the 64/128 rule",
+                      (unsigned long long)bad);
+                const kva::split_plan sp = kva::plan_keys(false, 8, 2 * SMS, 32768, MAX_SPLITS);
+                CHECK(sp.splits == 32 && kva::row_chunk_of(1024, (uint32_t)sp.splits) == 128,
+                      "a 32k table at B = 1: %llu splits, a 1k row's chunk %u; want 32 and 128 (8 busy splits)",
+                      (unsigned long long)sp.splits, kva::row_chunk_of(1024, (uint32_t)sp.splits));
         }
 
         printf("test_plan: %d checks, %d failures\n", cases, failures);
