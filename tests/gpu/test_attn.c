@@ -563,14 +563,14 @@ static void many_rows(void)
  * equal the reference at the replay's lengths.  The pool holds every
  * sequence at its longest (lens_max); a plan fixed for the capture's
  * lengths would read only their first chunk of keys. */
-static void graph_case(enum kvc_dtype d, uint32_t B, const int32_t *lens_max, const int32_t *const *replays,
-                       int nreplays, const int32_t *qn, uint64_t seed)
+static void graph_case(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *lens_max,
+                       const int32_t *const *replays, int nreplays, const int32_t *qn, uint64_t seed)
 {
         struct rng r = { seed * 2654435761u + 1 };
         struct apool P;
         uint32_t maxp;
         char what[160], msg[256] = "";
-        const uint32_t H = 2, G = 4, Hq = H * G, D = 128;
+        const uint32_t H = 2, Hq = H * G, D = 128;
         int32_t *pt = apool_fill(&P, &r, d, H, D, 16, B, lens_max, &maxp);
         int32_t *indptr = malloc(sizeof(int32_t) * (B + 1)), *cap_lens = malloc(sizeof(int32_t) * B);
         indptr[0] = 0;
@@ -603,7 +603,7 @@ static void graph_case(enum kvc_dtype d, uint32_t B, const int32_t *lens_max, co
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
         rc = qn ? kv_cuda_extend(&dv, &a, st, msg, sizeof msg) : kv_cuda_decode(&dv, &da, st, msg, sizeof msg);
         cudaError_t ce = cudaStreamEndCapture(st, &g);
-        snprintf(what, sizeof what, "graph %s %s B=%u", qn ? "extend" : "decode", kvc_dtype_name(d), B);
+        snprintf(what, sizeof what, "graph %s %s G=%u B=%u", qn ? "extend" : "decode", kvc_dtype_name(d), G, B);
         EXPECT(rc == 0, "%s: the captured call returned %d: %s", what, rc, msg);
         EXPECT(ce == cudaSuccess, "%s: cudaStreamEndCapture: %s", what, cudaGetErrorString(ce));
         if (ce != cudaSuccess)
@@ -612,8 +612,8 @@ static void graph_case(enum kvc_dtype d, uint32_t B, const int32_t *lens_max, co
                 CK(cudaGraphInstantiate(&ge, g, 0));
         for (int i = 0; i < nreplays && rc == 0 && ce == cudaSuccess; i++) {
                 cases++;
-                snprintf(what, sizeof what, "graph %s %s B=%u replay %d (len0 %d, captured at %d)",
-                         qn ? "extend" : "decode", kvc_dtype_name(d), B, i, replays[i][0], cap_lens[0]);
+                snprintf(what, sizeof what, "graph %s %s G=%u B=%u replay %d (len0 %d, captured at %d)",
+                         qn ? "extend" : "decode", kvc_dtype_name(d), G, B, i, replays[i][0], cap_lens[0]);
                 CK(cudaMemcpy(dlens, replays[i], sizeof(int32_t) * B, cudaMemcpyHostToDevice));
                 CK(cudaMemset(dout, 0xFF, n * 2));
                 CK(cudaGraphLaunch(ge, st));
@@ -665,13 +665,20 @@ static void graph_replays(void)
         static const int32_t four_max[4] = { 5000, 4100, 700, 64 }, four_a[4] = { 5000, 4100, 700, 64 },
                              four_b[4] = { 17, 4100, 2, 64 };
         static const int32_t *const four[] = { four_a, four_b };
-        static const int32_t qn[4] = { 2, 2, 2, 2 };
+        /* extend: 2 new rows a sequence (the decode kernel, G = 4 packed
+         * 2 rows a CTA, G = 8 a row a CTA) and 64 (the tiled kernel:
+         * 256 query vectors a sequence) */
+        static const int32_t qn[4] = { 2, 2, 2, 2 }, qt[4] = { 64, 64, 64, 64 };
+        static const int32_t four_d[4] = { 64, 4100, 90, 64 };
+        static const int32_t *const fourt[] = { four_a, four_d };
         static const enum kvc_dtype dts[] = { KVC_DTYPE_BF16, KVC_DTYPE_FP8_E4M3, KVC_DTYPE_FP4_E2M1 };
 
         for (int i = 0; i < 3; i++) {
-                graph_case(dts[i], 1, one_max, one, 2, NULL, 300 + i);
-                graph_case(dts[i], 4, four_max, four, 2, NULL, 310 + i);
-                graph_case(dts[i], 4, four_max, four, 2, qn, 320 + i);
+                graph_case(dts[i], 4, 1, one_max, one, 2, NULL, 300 + i);
+                graph_case(dts[i], 4, 4, four_max, four, 2, NULL, 310 + i);
+                graph_case(dts[i], 4, 4, four_max, four, 2, qn, 320 + i);
+                graph_case(dts[i], 8, 4, four_max, four, 2, qn, 330 + i);
+                graph_case(dts[i], 4, 4, four_max, fourt, 2, qt, 340 + i);
         }
 }
 
