@@ -63,12 +63,15 @@ def _c_strides(shape):
 
 def _from_interface(x, ai, cuda, what):
     typestr = ai["typestr"]
-    kind = None
-    name = getattr(getattr(x, "dtype", None), "name", None)
-    if name == "bfloat16":  # ml_dtypes: an opaque '<V2' (or '>V2', byte-swapped, refused)
-        kind = "bf16" if typestr[0] != ">" else None
-    elif typestr[0] in "<|=" and typestr[1:] in _KINDS_TYPESTR:
+    kind, name = None, None
+    if typestr[0] in "<|=" and typestr[1:] in _KINDS_TYPESTR:
         kind = _KINDS_TYPESTR[typestr[1:]]
+    else:
+        # the dtype's name only where the type string cannot tell (numpy
+        # computes .name in Python: a few microseconds a call)
+        name = getattr(getattr(x, "dtype", None), "name", None)
+        if name == "bfloat16" and typestr[1:] == "V2":  # ml_dtypes: an opaque '<V2' ('>V2' byte-swapped: refused)
+            kind = "bf16" if typestr[0] != ">" else None
     if kind is None:
         raise TypeError(f"{what}: element type {f'{name} ({typestr})' if name else typestr} is not float32, "
                         "bfloat16, float16, int32 or int64 (little-endian)")
