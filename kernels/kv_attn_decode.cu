@@ -227,8 +227,10 @@ static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params
  * but the lengths are not: a plan made for the capture's lengths would drop
  * the keys of a longer replay past its last split.  So a captured call is
  * planned for the longest length its page table can hold (max_pages *
- * page_size); the splits that a replay's shorter lengths leave empty return
- * at once, and the lengths are still read on the device; the decode
+ * page_size); the splits that a replay's shorter lengths leave empty copy
+ * no key but still write an empty partial (m = -1e30, l = 0, o = 0), which
+ * attn_reduce weighs 0 and needs (it reads every split's partial), and the
+ * lengths are still read on the device; the decode
  * kernel's rows then spread their own lengths over the splits (params
  * row_chunk), so that a replay's short rows still use every split.
  * *max_len is raised to that bound and *ret_captured set under capture;

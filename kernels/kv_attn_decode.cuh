@@ -133,6 +133,7 @@ attn_kernel(const params p)
         const uint32_t cap = p.max_pages * p.page_size;
         uint64_t r0;
         uint32_t cg, hoff, ncol, b, len, lmin;
+        int32_t hs = 0; /* packed rows: see below */
         if constexpr (PACK) {
                 const ptile tl(p, cta, (int)p.pack);
                 if (tl.v0 >= tl.nv)
@@ -142,6 +143,12 @@ attn_kernel(const params p)
                 hoff = 0;
                 ncol = (uint32_t)min((uint64_t)p.pack, tl.nv - tl.v0);
                 b = tl.b;
+                /* the first row's horizon unclamped (but kept in 32 bits):
+                 * the later rows' are hs + 1, hs + 2, ..., each clamped to
+                 * [0, cap] on its own as row_to_seq does (hs < 0 when
+                 * seq_lens[b] is below the sequence's rows, which a graph
+                 * replay does not check) */
+                hs = (int32_t)max(min(tl.hbase + (int64_t)(tl.v0 / p.G), (int64_t)cap), (int64_t)-HG);
                 lmin = tl.horizon(p, tl.v0);
                 len = tl.horizon(p, tl.v0 + ncol - 1);
         } else {
@@ -264,8 +271,8 @@ attn_kernel(const params p)
         /* packed rows: the horizons of this thread's columns 2t, 2t+1 */
         uint32_t lim0 = len, lim1 = len;
         if constexpr (PACK) {
-                lim0 = min(lmin + (uint32_t)(2 * t) / cg, len);
-                lim1 = min(lmin + (uint32_t)(2 * t + 1) / cg, len);
+                lim0 = min((uint32_t)max(hs + (int32_t)((2 * t) / cg), 0), len);
+                lim1 = min((uint32_t)max(hs + (int32_t)((2 * t + 1) / cg), 0), len);
         }
 
         uint32_t si = G::S - 1, sc = 0; /* stage to issue into, stage to compute */

@@ -377,7 +377,11 @@ static inline bool with_dtype(enum kvc_dtype d, F &&f)
 struct relaxed_capture {
         cudaStreamCaptureMode prev = cudaStreamCaptureModeRelaxed;
         bool swapped;
-        relaxed_capture() : swapped(cudaThreadExchangeStreamCaptureMode(&prev) == cudaSuccess) {}
+        relaxed_capture() : swapped(cudaThreadExchangeStreamCaptureMode(&prev) == cudaSuccess)
+        {
+                if (!swapped) /* not left for the launchers' cudaGetLastError to report */
+                        (void)cudaGetLastError();
+        }
         ~relaxed_capture()
         {
                 if (swapped)

@@ -270,17 +270,30 @@ struct kvc_extend_args {
 int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
 
 /* CUDA graphs.  Every data-path call may be captured into a CUDA graph
- * (stream capture, any capture mode, also as the process's first call) and
+ * (stream capture, any capture mode, also as the process's first call:
+ * the kernels are then loaded during the capture, which the driver tested,
+ * 580.159, allows; where a driver refuses it, make one eager call first) and
  * the graph replayed with other contents in the same buffers.  kvc_write
  * and kvc_gather plan nothing on the host.  kvc_decode and kvc_extend plan
  * the split of the keys over the GPU before the launch: under capture they
  * plan it for the table's capacity, max_pages * page_size keys a sequence,
  * not for seq_lens_host, so a replay may hold any lengths up to that in
- * seq_lens (and any pages in page_table).  kvc_extend also plans its grid
- * from qo_indptr_host, so its qo_indptr must be the same at every replay.
- * A replay whose lengths are far below the capacity launches CTAs that find
- * no keys and return at once: size max_pages for the longest sequence the
- * graph serves (docs/benchmarks.md, "Decode in a CUDA graph"). */
+ * seq_lens (and any pages in page_table); an extend row whose position falls
+ * before its sequence's start (seq_lens[b] below the sequence's new rows,
+ * which eager calls refuse) sees no key and gets zeros.  kvc_extend also
+ * plans its grid from qo_indptr_host, so its qo_indptr must be the same at
+ * every replay.  A replay whose lengths are far below the capacity launches
+ * CTAs that find no keys (each still writes an empty partial for the
+ * reduction): size max_pages for the longest sequence the graph serves
+ * (docs/benchmarks.md, "Decode in a CUDA graph").
+ * A replay runs none of the calls' host-side checks: the graph keeps the
+ * pool's mapping, the layer's fp8 scales and every pointer as captured.
+ * Replay it only while the pool stays attached and the client is not stale
+ * (-ESTALE after a kvpoold restart); after a re-attach, capture again.  A
+ * captured kvc_decode or kvc_extend whose keys are split puts a memory
+ * allocation and a free node for its scratch into the graph, which CUDA
+ * then allows one instantiation at a time and neither clones nor takes as
+ * a child graph node. */
 
 /* Names: "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"; NULL if unknown. */
 const char *kvc_dtype_name(enum kvc_dtype d);

@@ -657,6 +657,87 @@ static void graph_case(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *
         apool_fini(&P);
 }
 
+/* An extend graph of n new rows replayed with seq_lens below n (eager calls
+ * refuse that; a replay cannot check it): rows whose position falls before
+ * the sequence's start see no key and give zeros, the others equal the
+ * reference over the keys they do see, i.e. the same rows as the last
+ * seq_len queries of a sequence of seq_len keys.  G = 2 packs the rows 4 to
+ * a CTA, each column with its own horizon, some of them before the start
+ * (the columns' horizons used to be counted from the first row's clamped
+ * one: rows before the start saw keys); G = 8 takes a row a CTA. */
+static void graph_short_extend(enum kvc_dtype d, uint32_t G, uint32_t n, int32_t seen_keys, uint64_t seed)
+{
+        struct rng r = { seed * 2654435761u + 1 };
+        struct apool P;
+        uint32_t maxp;
+        char what[160], msg[256] = "";
+        const uint32_t H = 2, Hq = H * G, D = 128;
+        const int32_t lens_max[1] = { 100 }, cap_len[1] = { (int32_t)n }, short_len[1] = { seen_keys };
+        int32_t *pt = apool_fill(&P, &r, d, H, D, 16, 1, lens_max, &maxp);
+        const int32_t indptr[2] = { 0, (int32_t)n };
+        const size_t row = (size_t)Hq * D, nq = n * row;
+        uint16_t *q = make_q(&r, KVC_ELEM_BF16, nq), *got = malloc(nq * 2), *ref = malloc(nq * 2);
+        void *dq = to_dev(q, nq * 2), *dout = to_dev(NULL, nq * 2);
+        int32_t *dpt = to_dev(pt, sizeof(int32_t) * maxp), *dlens = to_dev(cap_len, sizeof(int32_t));
+        int32_t *dind = to_dev(indptr, sizeof indptr);
+        struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
+        const float sm = 1.0f / sqrtf((float)D);
+        struct kvc_extend_args a = { .q = dq, .out = dout, .elem = KVC_ELEM_BF16, .qo_indptr = dind,
+                                     .qo_indptr_host = indptr, .page_table = dpt, .max_pages = maxp,
+                                     .seq_lens = dlens, .seq_lens_host = cap_len, .batch = 1,
+                                     .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
+        cudaStream_t st;
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+
+        cases++;
+        snprintf(what, sizeof what, "graph extend %s G=%u: %u rows replayed at seq_len %d", kvc_dtype_name(d), G,
+                 n, short_len[0]);
+        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        int rc = kv_cuda_extend(&dv, &a, st, msg, sizeof msg);
+        CK(cudaStreamEndCapture(st, &g));
+        EXPECT(rc == 0, "%s: the captured call returned %d: %s", what, rc, msg);
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        CK(cudaMemcpy(dlens, short_len, sizeof short_len, cudaMemcpyHostToDevice));
+        CK(cudaMemset(dout, 0xFF, nq * 2));
+        CK(cudaGraphLaunch(ge, st));
+        CK(cudaStreamSynchronize(st));
+        CK(cudaMemcpy(got, dout, nq * 2, cudaMemcpyDeviceToHost));
+        /* rows n - 2 and n - 1 sit at positions 0 and 1: the reference of a
+         * 2-key sequence whose 2 new rows are those */
+        const uint32_t seen = (uint32_t)short_len[0], blind = n - seen;
+        const int32_t rind[2] = { 0, (int32_t)seen };
+        struct kvc_extend_args h = a;
+        h.q = q + blind * row;
+        h.out = ref;
+        h.qo_indptr = h.qo_indptr_host = rind;
+        h.page_table = pt;
+        h.seq_lens = h.seq_lens_host = short_len;
+        int rr = kv_ref_extend(&hv, &h, msg, sizeof msg);
+        EXPECT(rr == 0, "%s: the reference returned %d: %s", what, rr, msg);
+        size_t nonzero = 0;
+        for (size_t i = 0; i < blind * row; i++)
+                nonzero += got[i] != 0 && got[i] != 0x8000; /* +0 or -0 */
+        EXPECT(nonzero == 0, "%s: %zu outputs of the %u rows before the sequence's start are not 0", what,
+               nonzero, blind);
+        if (rr == 0)
+                compare(what, got + blind * row, ref, KVC_ELEM_BF16, seen, Hq, D);
+        CK(cudaGraphExecDestroy(ge));
+        CK(cudaGraphDestroy(g));
+        CK(cudaStreamDestroy(st));
+        cudaFree(dq);
+        cudaFree(dout);
+        cudaFree(dpt);
+        cudaFree(dlens);
+        cudaFree(dind);
+        free(q);
+        free(got);
+        free(ref);
+        free(pt);
+        apool_fini(&P);
+}
+
 static void graph_replays(void)
 {
         /* one long sequence (split over the GPU) and a batch (a few splits) */
@@ -679,6 +760,9 @@ static void graph_replays(void)
                 graph_case(dts[i], 4, 4, four_max, four, 2, qn, 320 + i);
                 graph_case(dts[i], 8, 4, four_max, four, 2, qn, 330 + i);
                 graph_case(dts[i], 4, 4, four_max, fourt, 2, qt, 340 + i);
+                graph_short_extend(dts[i], 2, 4, 2, 350 + i);
+                graph_short_extend(dts[i], 2, 6, 1, 360 + i);
+                graph_short_extend(dts[i], 8, 4, 2, 370 + i);
         }
 }
 
