@@ -557,215 +557,6 @@ static void many_rows(void)
         run_case(KVC_DTYPE_BF16, 128, 16, 2, 4, N, lens, NULL, KVC_ELEM_F16, 100);
 }
 
-/* Decode and extend captured into a CUDA graph with short lengths, then
- * replayed after the device lengths changed (longer, then mixed), as a
- * serving engine replays its decode graph every step: each replay must
- * equal the reference at the replay's lengths.  The pool holds every
- * sequence at its longest (lens_max); a plan fixed for the capture's
- * lengths would read only their first chunk of keys. */
-static void graph_case(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *lens_max,
-                       const int32_t *const *replays, int nreplays, const int32_t *qn, uint64_t seed)
-{
-        struct rng r = { seed * 2654435761u + 1 };
-        struct apool P;
-        uint32_t maxp;
-        char what[160], msg[256] = "";
-        const uint32_t H = 2, Hq = H * G, D = 128;
-        int32_t *pt = apool_fill(&P, &r, d, H, D, 16, B, lens_max, &maxp);
-        int32_t *indptr = malloc(sizeof(int32_t) * (B + 1)), *cap_lens = malloc(sizeof(int32_t) * B);
-        indptr[0] = 0;
-        for (uint32_t b = 0; b < B; b++) {
-                indptr[b + 1] = indptr[b] + (qn ? qn[b] : 1);
-                cap_lens[b] = qn ? qn[b] : 1; /* the capture's lengths: as short as the queries allow */
-        }
-        const uint32_t rows = (uint32_t)indptr[B];
-        const size_t n = (size_t)rows * Hq * D;
-        void *q = make_q(&r, KVC_ELEM_BF16, n);
-        uint16_t *ref = malloc(n * 2), *got = malloc(n * 2);
-        void *dq = to_dev(q, n * 2), *dout = to_dev(NULL, n * 2);
-        int32_t *dpt = to_dev(pt, sizeof(int32_t) * B * maxp), *dlens = to_dev(cap_lens, sizeof(int32_t) * B);
-        int32_t *dind = to_dev(indptr, sizeof(int32_t) * (B + 1));
-        struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
-        const float sm = 1.0f / sqrtf((float)D);
-        struct kvc_extend_args a = { .q = dq, .out = dout, .elem = KVC_ELEM_BF16, .qo_indptr = qn ? dind : NULL,
-                                     .qo_indptr_host = qn ? indptr : NULL, .page_table = dpt, .max_pages = maxp,
-                                     .seq_lens = dlens, .seq_lens_host = cap_lens, .batch = B,
-                                     .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
-        struct kvc_decode_args da = { .q = dq, .out = dout, .elem = KVC_ELEM_BF16, .page_table = dpt,
-                                      .max_pages = maxp, .seq_lens = dlens, .seq_lens_host = cap_lens,
-                                      .batch = B, .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
-        cudaStream_t st;
-        cudaGraph_t g;
-        cudaGraphExec_t ge;
-        int rc;
-
-        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-        rc = qn ? kv_cuda_extend(&dv, &a, st, msg, sizeof msg) : kv_cuda_decode(&dv, &da, st, msg, sizeof msg);
-        cudaError_t ce = cudaStreamEndCapture(st, &g);
-        snprintf(what, sizeof what, "graph %s %s G=%u B=%u", qn ? "extend" : "decode", kvc_dtype_name(d), G, B);
-        EXPECT(rc == 0, "%s: the captured call returned %d: %s", what, rc, msg);
-        EXPECT(ce == cudaSuccess, "%s: cudaStreamEndCapture: %s", what, cudaGetErrorString(ce));
-        if (ce != cudaSuccess)
-                (void)cudaGetLastError();
-        else
-                CK(cudaGraphInstantiate(&ge, g, 0));
-        for (int i = 0; i < nreplays && rc == 0 && ce == cudaSuccess; i++) {
-                cases++;
-                snprintf(what, sizeof what, "graph %s %s G=%u B=%u replay %d (len0 %d, captured at %d)",
-                         qn ? "extend" : "decode", kvc_dtype_name(d), G, B, i, replays[i][0], cap_lens[0]);
-                CK(cudaMemcpy(dlens, replays[i], sizeof(int32_t) * B, cudaMemcpyHostToDevice));
-                CK(cudaMemset(dout, 0xFF, n * 2));
-                CK(cudaGraphLaunch(ge, st));
-                CK(cudaStreamSynchronize(st));
-                CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
-                struct kvc_extend_args h = a;
-                h.q = q;
-                h.out = ref;
-                h.qo_indptr = qn ? indptr : NULL;
-                h.page_table = pt;
-                h.seq_lens = h.seq_lens_host = replays[i];
-                int rr = qn ? kv_ref_extend(&hv, &h, msg, sizeof msg)
-                            : kv_ref_decode(&hv, &(struct kvc_decode_args){ .q = q, .out = ref,
-                                                                            .elem = KVC_ELEM_BF16,
-                                                                            .page_table = pt, .max_pages = maxp,
-                                                                            .seq_lens = replays[i],
-                                                                            .seq_lens_host = replays[i],
-                                                                            .batch = B, .num_q_heads = Hq,
-                                                                            .sm_scale = sm, .layer = 1 },
-                                            msg, sizeof msg);
-                EXPECT(rr == 0, "%s: the reference returned %d: %s", what, rr, msg);
-                if (rr == 0)
-                        compare(what, got, ref, KVC_ELEM_BF16, rows, Hq, D);
-        }
-        if (ce == cudaSuccess) {
-                CK(cudaGraphExecDestroy(ge));
-                CK(cudaGraphDestroy(g));
-        }
-        CK(cudaStreamDestroy(st));
-        cudaFree(dq);
-        cudaFree(dout);
-        cudaFree(dpt);
-        cudaFree(dlens);
-        cudaFree(dind);
-        free(q);
-        free(ref);
-        free(got);
-        free(pt);
-        free(indptr);
-        free(cap_lens);
-        apool_fini(&P);
-}
-
-/* An extend graph of n new rows replayed with seq_lens below n (eager calls
- * refuse that; a replay cannot check it): rows whose position falls before
- * the sequence's start see no key and give zeros, the others equal the
- * reference over the keys they do see, i.e. the same rows as the last
- * seq_len queries of a sequence of seq_len keys.  G = 2 packs the rows 4 to
- * a CTA, each column with its own horizon, some of them before the start
- * (the columns' horizons used to be counted from the first row's clamped
- * one: rows before the start saw keys); G = 8 takes a row a CTA. */
-static void graph_short_extend(enum kvc_dtype d, uint32_t G, uint32_t n, int32_t seen_keys, uint64_t seed)
-{
-        struct rng r = { seed * 2654435761u + 1 };
-        struct apool P;
-        uint32_t maxp;
-        char what[160], msg[256] = "";
-        const uint32_t H = 2, Hq = H * G, D = 128;
-        const int32_t lens_max[1] = { 100 }, cap_len[1] = { (int32_t)n }, short_len[1] = { seen_keys };
-        int32_t *pt = apool_fill(&P, &r, d, H, D, 16, 1, lens_max, &maxp);
-        const int32_t indptr[2] = { 0, (int32_t)n };
-        const size_t row = (size_t)Hq * D, nq = n * row;
-        uint16_t *q = make_q(&r, KVC_ELEM_BF16, nq), *got = malloc(nq * 2), *ref = malloc(nq * 2);
-        void *dq = to_dev(q, nq * 2), *dout = to_dev(NULL, nq * 2);
-        int32_t *dpt = to_dev(pt, sizeof(int32_t) * maxp), *dlens = to_dev(cap_len, sizeof(int32_t));
-        int32_t *dind = to_dev(indptr, sizeof indptr);
-        struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
-        const float sm = 1.0f / sqrtf((float)D);
-        struct kvc_extend_args a = { .q = dq, .out = dout, .elem = KVC_ELEM_BF16, .qo_indptr = dind,
-                                     .qo_indptr_host = indptr, .page_table = dpt, .max_pages = maxp,
-                                     .seq_lens = dlens, .seq_lens_host = cap_len, .batch = 1,
-                                     .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
-        cudaStream_t st;
-        cudaGraph_t g;
-        cudaGraphExec_t ge;
-
-        cases++;
-        snprintf(what, sizeof what, "graph extend %s G=%u: %u rows replayed at seq_len %d", kvc_dtype_name(d), G,
-                 n, short_len[0]);
-        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-        int rc = kv_cuda_extend(&dv, &a, st, msg, sizeof msg);
-        CK(cudaStreamEndCapture(st, &g));
-        EXPECT(rc == 0, "%s: the captured call returned %d: %s", what, rc, msg);
-        CK(cudaGraphInstantiate(&ge, g, 0));
-        CK(cudaMemcpy(dlens, short_len, sizeof short_len, cudaMemcpyHostToDevice));
-        CK(cudaMemset(dout, 0xFF, nq * 2));
-        CK(cudaGraphLaunch(ge, st));
-        CK(cudaStreamSynchronize(st));
-        CK(cudaMemcpy(got, dout, nq * 2, cudaMemcpyDeviceToHost));
-        /* rows n - 2 and n - 1 sit at positions 0 and 1: the reference of a
-         * 2-key sequence whose 2 new rows are those */
-        const uint32_t seen = (uint32_t)short_len[0], blind = n - seen;
-        const int32_t rind[2] = { 0, (int32_t)seen };
-        struct kvc_extend_args h = a;
-        h.q = q + blind * row;
-        h.out = ref;
-        h.qo_indptr = h.qo_indptr_host = rind;
-        h.page_table = pt;
-        h.seq_lens = h.seq_lens_host = short_len;
-        int rr = kv_ref_extend(&hv, &h, msg, sizeof msg);
-        EXPECT(rr == 0, "%s: the reference returned %d: %s", what, rr, msg);
-        size_t nonzero = 0;
-        for (size_t i = 0; i < blind * row; i++)
-                nonzero += got[i] != 0 && got[i] != 0x8000; /* +0 or -0 */
-        EXPECT(nonzero == 0, "%s: %zu outputs of the %u rows before the sequence's start are not 0", what,
-               nonzero, blind);
-        if (rr == 0)
-                compare(what, got + blind * row, ref, KVC_ELEM_BF16, seen, Hq, D);
-        CK(cudaGraphExecDestroy(ge));
-        CK(cudaGraphDestroy(g));
-        CK(cudaStreamDestroy(st));
-        cudaFree(dq);
-        cudaFree(dout);
-        cudaFree(dpt);
-        cudaFree(dlens);
-        cudaFree(dind);
-        free(q);
-        free(got);
-        free(ref);
-        free(pt);
-        apool_fini(&P);
-}
-
-static void graph_replays(void)
-{
-        /* one long sequence (split over the GPU) and a batch (a few splits) */
-        static const int32_t one_max[1] = { 20000 }, one_a[1] = { 20000 }, one_b[1] = { 3000 };
-        static const int32_t *const one[] = { one_a, one_b };
-        static const int32_t four_max[4] = { 5000, 4100, 700, 64 }, four_a[4] = { 5000, 4100, 700, 64 },
-                             four_b[4] = { 17, 4100, 2, 64 };
-        static const int32_t *const four[] = { four_a, four_b };
-        /* extend: 2 new rows a sequence (the decode kernel, G = 4 packed
-         * 2 rows a CTA, G = 8 a row a CTA) and 64 (the tiled kernel:
-         * 256 query vectors a sequence) */
-        static const int32_t qn[4] = { 2, 2, 2, 2 }, qt[4] = { 64, 64, 64, 64 };
-        static const int32_t four_d[4] = { 64, 4100, 90, 64 };
-        static const int32_t *const fourt[] = { four_a, four_d };
-        static const enum kvc_dtype dts[] = { KVC_DTYPE_BF16, KVC_DTYPE_FP8_E4M3, KVC_DTYPE_FP4_E2M1 };
-
-        for (int i = 0; i < 3; i++) {
-                graph_case(dts[i], 4, 1, one_max, one, 2, NULL, 300 + i);
-                graph_case(dts[i], 4, 4, four_max, four, 2, NULL, 310 + i);
-                graph_case(dts[i], 4, 4, four_max, four, 2, qn, 320 + i);
-                graph_case(dts[i], 8, 4, four_max, four, 2, qn, 330 + i);
-                graph_case(dts[i], 4, 4, four_max, fourt, 2, qt, 340 + i);
-                graph_short_extend(dts[i], 2, 4, 2, 350 + i);
-                graph_short_extend(dts[i], 2, 6, 1, 360 + i);
-                graph_short_extend(dts[i], 8, 4, 2, 370 + i);
-        }
-}
-
 /* The reference's row of a page table whose entry j is out of range: the
  * other maxp - 1 entries in order, then a filler the reference never reads
  * (its length is a page shorter). */
@@ -809,6 +600,203 @@ static void devcall_finish(struct devcall *c, void *got)
                 cudaFree(c->ind);
         cudaFree(c->q);
         cudaFree(c->out);
+}
+
+/* Decode and extend captured into a CUDA graph with short lengths, then
+ * replayed after the device lengths changed (longer, then mixed), as a
+ * serving engine replays its decode graph every step: each replay must
+ * equal the reference at the replay's lengths.  The pool holds every
+ * sequence at its longest (lens_max); a plan fixed for the capture's
+ * lengths would read only their first chunk of keys. */
+static void graph_case(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *lens_max,
+                       const int32_t *const *replays, int nreplays, const int32_t *qn, uint64_t seed)
+{
+        struct rng r = { seed * 2654435761u + 1 };
+        struct apool P;
+        uint32_t maxp;
+        char what[160], msg[256] = "";
+        const uint32_t H = 2, Hq = H * G, D = 128;
+        int32_t *pt = apool_fill(&P, &r, d, H, D, 16, B, lens_max, &maxp);
+        int32_t *indptr = malloc(sizeof(int32_t) * (B + 1)), *cap_lens = malloc(sizeof(int32_t) * B);
+        indptr[0] = 0;
+        for (uint32_t b = 0; b < B; b++) {
+                indptr[b + 1] = indptr[b] + (qn ? qn[b] : 1);
+                cap_lens[b] = qn ? qn[b] : 1; /* the capture's lengths: as short as the queries allow */
+        }
+        const uint32_t rows = (uint32_t)indptr[B];
+        const size_t n = (size_t)rows * Hq * D;
+        void *q = make_q(&r, KVC_ELEM_BF16, n);
+        uint16_t *ref = malloc(n * 2), *got = malloc(n * 2);
+        struct devcall dc;
+        devcall_init(&dc, pt, (size_t)B * maxp, cap_lens, B, qn ? indptr : NULL, q, n * 2);
+        struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
+        const float sm = 1.0f / sqrtf((float)D);
+        struct kvc_extend_args a = { .q = dc.q, .out = dc.out, .elem = KVC_ELEM_BF16, .qo_indptr = dc.ind,
+                                     .qo_indptr_host = qn ? indptr : NULL, .page_table = dc.pt,
+                                     .max_pages = maxp, .seq_lens = dc.lens, .seq_lens_host = cap_lens,
+                                     .batch = B, .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
+        struct kvc_decode_args da = { .q = dc.q, .out = dc.out, .elem = KVC_ELEM_BF16, .page_table = dc.pt,
+                                      .max_pages = maxp, .seq_lens = dc.lens, .seq_lens_host = cap_lens,
+                                      .batch = B, .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
+        cudaStream_t st;
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        int rc;
+
+        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        rc = qn ? kv_cuda_extend(&dv, &a, st, msg, sizeof msg) : kv_cuda_decode(&dv, &da, st, msg, sizeof msg);
+        cudaError_t ce = cudaStreamEndCapture(st, &g);
+        snprintf(what, sizeof what, "graph %s %s G=%u B=%u", qn ? "extend" : "decode", kvc_dtype_name(d), G, B);
+        EXPECT(rc == 0, "%s: the captured call returned %d: %s", what, rc, msg);
+        EXPECT(ce == cudaSuccess, "%s: cudaStreamEndCapture: %s", what, cudaGetErrorString(ce));
+        if (ce != cudaSuccess)
+                (void)cudaGetLastError();
+        else
+                CK(cudaGraphInstantiate(&ge, g, 0));
+        for (int i = 0; i < nreplays && rc == 0 && ce == cudaSuccess; i++) {
+                cases++;
+                snprintf(what, sizeof what, "graph %s %s G=%u B=%u replay %d (len0 %d, captured at %d)",
+                         qn ? "extend" : "decode", kvc_dtype_name(d), G, B, i, replays[i][0], cap_lens[0]);
+                CK(cudaMemcpy(dc.lens, replays[i], sizeof(int32_t) * B, cudaMemcpyHostToDevice));
+                CK(cudaMemset(dc.out, 0xFF, n * 2));
+                CK(cudaGraphLaunch(ge, st));
+                CK(cudaStreamSynchronize(st));
+                CK(cudaMemcpy(got, dc.out, n * 2, cudaMemcpyDeviceToHost));
+                struct kvc_extend_args h = a;
+                h.q = q;
+                h.out = ref;
+                h.qo_indptr = qn ? indptr : NULL;
+                h.page_table = pt;
+                h.seq_lens = h.seq_lens_host = replays[i];
+                int rr = qn ? kv_ref_extend(&hv, &h, msg, sizeof msg)
+                            : kv_ref_decode(&hv, &(struct kvc_decode_args){ .q = q, .out = ref,
+                                                                            .elem = KVC_ELEM_BF16,
+                                                                            .page_table = pt, .max_pages = maxp,
+                                                                            .seq_lens = replays[i],
+                                                                            .seq_lens_host = replays[i],
+                                                                            .batch = B, .num_q_heads = Hq,
+                                                                            .sm_scale = sm, .layer = 1 },
+                                            msg, sizeof msg);
+                EXPECT(rr == 0, "%s: the reference returned %d: %s", what, rr, msg);
+                if (rr == 0)
+                        compare(what, got, ref, KVC_ELEM_BF16, rows, Hq, D);
+        }
+        if (ce == cudaSuccess) {
+                CK(cudaGraphExecDestroy(ge));
+                CK(cudaGraphDestroy(g));
+        }
+        CK(cudaStreamDestroy(st));
+        devcall_finish(&dc, got);
+        free(q);
+        free(ref);
+        free(got);
+        free(pt);
+        free(indptr);
+        free(cap_lens);
+        apool_fini(&P);
+}
+
+/* An extend graph of n new rows replayed with seq_lens below n (eager calls
+ * refuse that; a replay cannot check it): rows whose position falls before
+ * the sequence's start see no key and give zeros, the others equal the
+ * reference over the keys they do see, i.e. the same rows as the last
+ * seq_len queries of a sequence of seq_len keys.  G = 2 packs the rows 4 to
+ * a CTA, each column with its own horizon, some of them before the start
+ * (the columns' horizons used to be counted from the first row's clamped
+ * one: rows before the start saw keys); G = 8 takes a row a CTA. */
+static void graph_short_extend(enum kvc_dtype d, uint32_t G, uint32_t n, int32_t seen_keys, uint64_t seed)
+{
+        struct rng r = { seed * 2654435761u + 1 };
+        struct apool P;
+        uint32_t maxp;
+        char what[160], msg[256] = "";
+        const uint32_t H = 2, Hq = H * G, D = 128;
+        const int32_t lens_max[1] = { 100 }, cap_len[1] = { (int32_t)n }, short_len[1] = { seen_keys };
+        int32_t *pt = apool_fill(&P, &r, d, H, D, 16, 1, lens_max, &maxp);
+        const int32_t indptr[2] = { 0, (int32_t)n };
+        const size_t row = (size_t)Hq * D, nq = n * row;
+        uint16_t *q = make_q(&r, KVC_ELEM_BF16, nq), *got = malloc(nq * 2), *ref = malloc(nq * 2);
+        struct devcall dc;
+        devcall_init(&dc, pt, maxp, cap_len, 1, indptr, q, nq * 2);
+        struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
+        const float sm = 1.0f / sqrtf((float)D);
+        struct kvc_extend_args a = { .q = dc.q, .out = dc.out, .elem = KVC_ELEM_BF16, .qo_indptr = dc.ind,
+                                     .qo_indptr_host = indptr, .page_table = dc.pt, .max_pages = maxp,
+                                     .seq_lens = dc.lens, .seq_lens_host = cap_len, .batch = 1,
+                                     .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
+        cudaStream_t st;
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+
+        cases++;
+        snprintf(what, sizeof what, "graph extend %s G=%u: %u rows replayed at seq_len %d", kvc_dtype_name(d), G,
+                 n, short_len[0]);
+        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        int rc = kv_cuda_extend(&dv, &a, st, msg, sizeof msg);
+        CK(cudaStreamEndCapture(st, &g));
+        EXPECT(rc == 0, "%s: the captured call returned %d: %s", what, rc, msg);
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        CK(cudaMemcpy(dc.lens, short_len, sizeof short_len, cudaMemcpyHostToDevice));
+        CK(cudaGraphLaunch(ge, st)); /* dc.out is NaN until then (devcall_init) */
+        CK(cudaStreamSynchronize(st));
+        CK(cudaGraphExecDestroy(ge));
+        CK(cudaGraphDestroy(g));
+        CK(cudaStreamDestroy(st));
+        devcall_finish(&dc, got);
+        /* the last `seen` rows sit at positions 0 .. seen - 1: the reference
+         * of a sequence of seen keys whose seen new rows are those */
+        const uint32_t seen = (uint32_t)short_len[0], blind = n - seen;
+        const int32_t rind[2] = { 0, (int32_t)seen };
+        struct kvc_extend_args h = a;
+        h.q = q + blind * row;
+        h.out = ref;
+        h.qo_indptr = h.qo_indptr_host = rind;
+        h.page_table = pt;
+        h.seq_lens = h.seq_lens_host = short_len;
+        int rr = kv_ref_extend(&hv, &h, msg, sizeof msg);
+        EXPECT(rr == 0, "%s: the reference returned %d: %s", what, rr, msg);
+        size_t nonzero = 0;
+        for (size_t i = 0; i < blind * row; i++)
+                nonzero += got[i] != 0 && got[i] != 0x8000; /* +0 or -0 */
+        EXPECT(nonzero == 0, "%s: %zu outputs of the %u rows before the sequence's start are not 0", what,
+               nonzero, blind);
+        if (rr == 0)
+                compare(what, got + blind * row, ref, KVC_ELEM_BF16, seen, Hq, D);
+        free(q);
+        free(got);
+        free(ref);
+        free(pt);
+        apool_fini(&P);
+}
+
+static void graph_replays(void)
+{
+        /* one long sequence (split over the GPU) and a batch (a few splits) */
+        static const int32_t one_max[1] = { 20000 }, one_a[1] = { 20000 }, one_b[1] = { 3000 };
+        static const int32_t *const one[] = { one_a, one_b };
+        static const int32_t four_max[4] = { 5000, 4100, 700, 64 }, four_a[4] = { 5000, 4100, 700, 64 },
+                             four_b[4] = { 17, 4100, 2, 64 };
+        static const int32_t *const four[] = { four_a, four_b };
+        /* extend: 2 new rows a sequence (the decode kernel, G = 4 packed
+         * 2 rows a CTA, G = 8 a row a CTA) and 64 (the tiled kernel:
+         * 256 query vectors a sequence) */
+        static const int32_t qn[4] = { 2, 2, 2, 2 }, qt[4] = { 64, 64, 64, 64 };
+        static const int32_t four_d[4] = { 64, 4100, 90, 64 };
+        static const int32_t *const fourt[] = { four_a, four_d };
+        static const enum kvc_dtype dts[] = { KVC_DTYPE_BF16, KVC_DTYPE_FP8_E4M3, KVC_DTYPE_FP4_E2M1 };
+
+        for (int i = 0; i < 3; i++) {
+                graph_case(dts[i], 4, 1, one_max, one, 2, NULL, 300 + i);
+                graph_case(dts[i], 4, 4, four_max, four, 2, NULL, 310 + i);
+                graph_case(dts[i], 4, 4, four_max, four, 2, qn, 320 + i);
+                graph_case(dts[i], 8, 4, four_max, four, 2, qn, 330 + i);
+                graph_case(dts[i], 4, 4, four_max, fourt, 2, qt, 340 + i);
+                graph_short_extend(dts[i], 2, 4, 2, 350 + i);
+                graph_short_extend(dts[i], 2, 6, 1, 360 + i);
+                graph_short_extend(dts[i], 8, 4, 2, 370 + i);
+        }
 }
 
 /* A device page id out of range: the kernel skips that page's keys, which
