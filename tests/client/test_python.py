@@ -425,3 +425,30 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, (r.returncode, r.stderr)
+
+
+def test_a_capture_without_host_lengths_is_refused_before_any_copy(monkeypatch):
+    # A CUDA pool's decode copies seq_lens to the host when seq_lens_host is
+    # not given; under torch.cuda.graph that copy would invalidate the
+    # caller's capture, so the binding refuses first, naming the argument.
+    # Neither torch nor a GPU is needed: a stand-in module answers whether
+    # a capture is under way, and the pool is a CUDA pool's shell.
+    import types
+
+    capturing = [True]
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(is_current_stream_capturing=lambda: capturing[0]))
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    copied = []
+
+    class DeviceLens:
+        def cpu(self):
+            copied.append(1)
+            return np.array([16], np.int32)
+
+    pool = kvpool.Pool.__new__(kvpool.Pool)
+    pool.backend, pool.name = "cuda", "shell"
+    with pytest.raises(ValueError, match="seq_lens_host: pass it"):
+        pool._host_copy(DeviceLens(), None, None, "seq_lens")
+    assert copied == []
+    capturing[0] = False
+    assert pool._host_copy(DeviceLens(), None, None, "seq_lens").shape == (1,) and copied == [1]

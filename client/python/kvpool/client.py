@@ -417,6 +417,12 @@ class Pool:
         if given is not None:
             return index_view(given, "i32", what + "_host", False)
         if hasattr(x, "cpu"):  # PyTorch: one device-to-host copy, ordered on the current stream
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_current_stream_capturing():
+                # the copy would wait on a capturing stream, which CUDA
+                # refuses and which invalidates the caller's graph
+                raise ValueError(f"{what}_host: pass it (a CPU tensor) while a CUDA graph is being captured: "
+                                 f"the device-to-host copy of {what} cannot be captured")
             return index_view(x.cpu(), "i32", what + "_host", False)
         raise TypeError(f"{what}_host: needed on a CUDA pool when {what} is not a PyTorch tensor")
 
