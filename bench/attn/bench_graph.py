@@ -18,9 +18,7 @@ MiB (as bench_decode.py's --flush read), behind a 300 us spin kernel so
 that the host's time does not show in them.
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "client", "python"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
 import kvpool  # noqa: E402
+from kvpoold_proc import Kvpoold  # noqa: E402
 
 HEADS, DIM, PAGE, HQ = 8, 128, 16, 32
 SPIN_CYCLES = 600_000  # about 300 us at the H200's clock
@@ -39,27 +39,15 @@ SHAPES = [  # (B, L, table capacity in keys)
 ]
 
 
-def start_daemon(tmp, dtypes, tokens):
-    exe = os.environ.get("KVPOOLD") or os.path.join(os.environ.get("KVPOOL_BUILD", "build"), "daemon", "kvpoold")
+def cuda_pools(dtypes, tokens):
+    """One single-layer CUDA pool per dtype, holding tokens tokens."""
     pools = []
     for dt in dtypes:
         per_token = HEADS * DIM * 2 * (1 if dt.startswith("fp8") else 2)
         mib = (tokens * per_token * 9 // 8 >> 20) + 4
         pools.append({"name": dt, "dtype": dt, "layers": 1, "kv_heads": HEADS, "head_dim": DIM, "page_size": PAGE,
                       "capacity": f"{mib}MiB", "backend": "cuda", "device": 0})
-    cfg = os.path.join(tmp, "kvpoold.json")
-    with open(cfg, "w") as f:
-        json.dump({"pools": pools}, f)
-    sock = os.path.join(tmp, "kv.sock")
-    d = subprocess.Popen([exe, "--config", cfg, "--socket", "ipc://" + sock, "--events", "none", "--metrics", "none"],
-                         stdout=open(os.path.join(tmp, "kvpoold.log"), "w"), stderr=subprocess.STDOUT)
-    for _ in range(600):
-        if os.path.exists(sock) or d.poll() is not None:
-            break
-        time.sleep(0.05)
-    if d.poll() is not None:
-        sys.exit("bench_graph: kvpoold did not start: " + open(os.path.join(tmp, "kvpoold.log")).read())
-    return d, "ipc://" + sock
+    return pools
 
 
 def timed(fn, flush, reps):
@@ -101,7 +89,8 @@ def main():
     print("| B | L | table keys | dtype | eager us | graph us | graph / eager | eager host us | replay host us |")
     print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
-        d, url = start_daemon(tmp, dtypes, most)
+        d = Kvpoold(tmp, cuda_pools(dtypes, most)).start()
+        url = d.url
         try:
             with kvpool.Client(url, name="bench-graph") as c:
                 for dt in dtypes:
@@ -142,8 +131,7 @@ def main():
                     pool.free(pages)
                     pool.detach()
         finally:
-            d.terminate()
-            d.wait(timeout=20)
+            d.stop()
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ adds on top (the library's plan and launches) is in bench_graph.py's eager
 host column.
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import kvpool  # noqa: E402
 from kvpool import _capi  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
+from kvpoold_proc import Kvpoold  # noqa: E402
+
 HEADS, DIM, PAGE, HQ, B = 8, 128, 16, 32, 4
 
 
@@ -35,21 +36,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=2000)
     args = ap.parse_args()
-    exe = os.path.join(os.environ.get("KVPOOL_BUILD", "build"), "daemon", "kvpoold")
+    pools = [{"name": "p", "dtype": "bf16", "layers": 1, "kv_heads": HEADS, "head_dim": DIM, "page_size": PAGE,
+              "capacity": "16MiB", "backend": "host"}]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = os.path.join(tmp, "kvpoold.json")
-        with open(cfg, "w") as f:
-            json.dump({"pools": [{"name": "p", "dtype": "bf16", "layers": 1, "kv_heads": HEADS, "head_dim": DIM,
-                                  "page_size": PAGE, "capacity": "16MiB", "backend": "host"}]}, f)
-        sock = os.path.join(tmp, "kv.sock")
-        d = subprocess.Popen([exe, "--config", cfg, "--socket", "ipc://" + sock, "--events", "none",
-                              "--metrics", "none"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            if os.path.exists(sock) or d.poll() is not None:
-                break
-            time.sleep(0.05)
+        d = Kvpoold(tmp, pools).start()
         try:
-            with kvpool.Client("ipc://" + sock, name="bench-binding") as c:
+            with kvpool.Client(d.url, name="bench-binding") as c:
                 p = c.attach("p")
                 pages = np.array(p.alloc(B), np.int32)
                 k = np.zeros((4, HEADS, DIM), ml_dtypes.bfloat16)
@@ -86,8 +78,7 @@ def main():
                     rounds.sort()
                     print(f"| {name} | {rounds[2]:.1f} |")
         finally:
-            d.terminate()
-            d.wait(timeout=10)
+            d.stop()
 
 
 if __name__ == "__main__":

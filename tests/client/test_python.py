@@ -16,6 +16,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import ml_dtypes
@@ -26,8 +27,10 @@ import xxhash
 BUILD = os.environ.get("KVPOOL_BUILD")
 assert BUILD, "KVPOOL_BUILD must name the meson build directory"
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "client", "python"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import kvpool  # noqa: E402
 from kvpool import _capi  # noqa: E402
+from kvpoold_proc import Kvpoold  # noqa: E402
 
 LAYERS, HEADS, DIM, PAGE = 2, 2, 64, 16
 SCALES = {"k": 0.5, "v": 0.25}  # powers of two: decode(q) * scale is exact in float32
@@ -35,29 +38,16 @@ DTYPES = ["bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"]
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    exe = os.path.join(BUILD, "daemon", "kvpoold")
-    assert os.access(exe, os.X_OK), f"{exe} is missing: build the project first"
-    d = tmp_path_factory.mktemp("py")
+def daemon():
     pools = [{"name": dt, "dtype": dt, "layers": LAYERS, "kv_heads": HEADS, "head_dim": DIM, "page_size": PAGE,
               "capacity": "2MiB", "backend": "host"} for dt in DTYPES]
     for pool in pools:
         if pool["dtype"].startswith("fp8"):
             pool["scales"] = {"source": "constant", "k": SCALES["k"], "v": SCALES["v"]}
-    cfg = d / "kvpoold.json"
-    cfg.write_text(json.dumps({"pools": pools}))
-    sock = f"/tmp/kvtest-py-{os.getpid()}.sock"
-    log = d / "kvpoold.log"
-    p = subprocess.Popen([exe, "--config", str(cfg), "--socket", "ipc://" + sock, "--events", "none",
-                          "--metrics", "none"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    for _ in range(200):
-        if os.path.exists(sock) or p.poll() is not None:
-            break
-        time.sleep(0.05)
-    assert p.poll() is None, log.read_text()
-    yield "ipc://" + sock
-    p.terminate()
-    assert p.wait(timeout=10) == 0, log.read_text()
+    with tempfile.TemporaryDirectory(prefix="kvpy") as folder:
+        d = Kvpoold(folder, pools, exe=os.path.join(BUILD, "daemon", "kvpoold")).start()
+        yield d.url
+        assert d.stop(timeout=10) == 0, d.log_text()
 
 
 def test_ctypes_structs_match_the_c_layout():

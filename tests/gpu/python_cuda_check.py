@@ -20,13 +20,10 @@ an fp8_e4m3 and an fp4_e2m1 pool (8 kv heads x 128, page 16) it:
     and replays it at longer lengths: each replay against SDPA;
   - checks that host arrays are refused for a CUDA pool before any launch.
 """
-import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 try:
     import torch
@@ -39,7 +36,9 @@ if not torch.cuda.is_available():
     sys.exit(77)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "client", "python"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import kvpool  # noqa: E402
+from kvpoold_proc import Kvpoold  # noqa: E402
 
 HEADS, DIM, PAGE, HQ, LAYERS = 8, 128, 16, 32, 2
 SCALE = {"k": 0.5, "v": 0.25}
@@ -55,8 +54,7 @@ def check(ok, what):
         print("FAIL:", what)
 
 
-def start_daemon(tmp):
-    exe = os.environ.get("KVPOOLD") or os.path.join(os.environ.get("KVPOOL_BUILD", "build"), "daemon", "kvpoold")
+def cuda_pools():
     pools = []
     for dt in ("bf16", "fp8_e4m3", "fp4_e2m1"):
         p = {"name": dt, "dtype": dt, "layers": LAYERS, "kv_heads": HEADS, "head_dim": DIM, "page_size": PAGE,
@@ -64,20 +62,7 @@ def start_daemon(tmp):
         if dt.startswith("fp8"):
             p["scales"] = {"source": "constant", "k": SCALE["k"], "v": SCALE["v"]}
         pools.append(p)
-    cfg = os.path.join(tmp, "kvpoold.json")
-    with open(cfg, "w") as f:
-        json.dump({"pools": pools}, f)
-    sock = os.path.join(tmp, "kv.sock")
-    log = open(os.path.join(tmp, "kvpoold.log"), "w")
-    d = subprocess.Popen([exe, "--config", cfg, "--socket", "ipc://" + sock, "--events", "none",
-                          "--metrics", "none"], stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(400):
-        if os.path.exists(sock) or d.poll() is not None:
-            break
-        time.sleep(0.05)
-    if d.poll() is not None:
-        sys.exit("python_cuda_check: kvpoold did not start:\n" + open(log.name).read())
-    return d, "ipc://" + sock
+    return pools
 
 
 def rel(a, b):
@@ -205,7 +190,8 @@ def run_pool(pool, gen):
 def main():
     gen = torch.Generator(device="cuda").manual_seed(5)
     with tempfile.TemporaryDirectory() as tmp:
-        d, url = start_daemon(tmp)
+        d = Kvpoold(tmp, cuda_pools()).start()
+        url = d.url
         try:
             with kvpool.Client(url, name="python-cuda") as c:
                 for name in ("bf16", "fp8_e4m3", "fp4_e2m1"):
@@ -217,8 +203,7 @@ def main():
                 held = sum(x["pages_held"] for x in c2.status()["pools"])
                 check(held == 0, f"every page given back after close (held {held})")
         finally:
-            d.terminate()
-            rc = d.wait(timeout=20)
+            rc = d.stop()
             check(rc == 0, f"kvpoold exited with {rc}")
     for (dt, call), e in sorted(worst.items()):
         print(f"{dt} {call}: worst relative error against SDPA {e:.2e}")

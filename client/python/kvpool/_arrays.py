@@ -22,6 +22,7 @@ _KINDS_TORCH = {"torch.float32": "f32", "torch.bfloat16": "bf16", "torch.float16
                 "torch.int32": "i32", "torch.int64": "i64"}
 _KINDS_TYPESTR = {"f4": "f32", "f2": "f16", "i4": "i32", "i8": "i64"}
 _SIZES = {"f32": 4, "bf16": 2, "f16": 2, "i32": 4, "i64": 8}
+_INTS = {"i32": ("int32", ctypes.c_int32, -2**31, 2**31 - 1), "i64": ("int64", ctypes.c_int64, -2**63, 2**63 - 1)}
 
 
 class View:
@@ -108,15 +109,16 @@ def _cuda_pointer_device(ptr):
         rt = _cudart()
     except OSError:
         return None
-
-    class Attr(ctypes.Structure):  # cudaPointerAttributes (CUDA >= 11)
-        _fields_ = [("type", ctypes.c_int), ("device", ctypes.c_int),
-                    ("devicePointer", ctypes.c_void_p), ("hostPointer", ctypes.c_void_p)]
-    a = Attr()
+    a = _PointerAttributes()
     if rt.cudaPointerGetAttributes(ctypes.byref(a), ctypes.c_void_p(ptr)) != 0:
         rt.cudaGetLastError()
         return None
     return a.device
+
+
+class _PointerAttributes(ctypes.Structure):  # cudaPointerAttributes (CUDA >= 11)
+    _fields_ = [("type", ctypes.c_int), ("device", ctypes.c_int),
+                ("devicePointer", ctypes.c_void_p), ("hostPointer", ctypes.c_void_p)]
 
 
 _rt = []
@@ -182,16 +184,15 @@ def index_view(x, kind, what, cuda):
         except TypeError as e:  # floats, strings, deeper nesting: no silent int() of them
             raise TypeError(f"{what}: a sequence of integers (or, 2-D, of equal rows of integers) "
                             f"is needed ({e})") from None
-        ctype = ctypes.c_int32 if kind == "i32" else ctypes.c_int64
-        lo, hi = (-2**31, 2**31 - 1) if kind == "i32" else (-2**63, 2**63 - 1)
+        cname, ctype, lo, hi = _INTS[kind]
         bad = next((v for v in flat if not lo <= v <= hi), None)
         if bad is not None:
-            raise ValueError(f"{what}: {bad} does not fit {'int32' if kind == 'i32' else 'int64'}")
+            raise ValueError(f"{what}: {bad} does not fit {cname}")
         buf = (ctype * max(len(flat), 1))(*flat)
         return View(ctypes.addressof(buf), shape, _c_strides(shape), kind, False, None, True, buf)
     v = view(x, what)
     if v.kind != kind:
-        raise TypeError(f"{what}: expected {'int32' if kind == 'i32' else 'int64'} elements, got {v.kind}")
+        raise TypeError(f"{what}: expected {_INTS[kind][0]} elements, got {v.kind}")
     if v.cuda != cuda:
         raise TypeError(f"{what}: the pool needs {'device' if cuda else 'host'} memory here, got {v.where()}")
     if not v.contiguous():

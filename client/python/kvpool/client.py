@@ -63,15 +63,14 @@ def block_key(parent, tokens, extra=b""):
     the previous block's key (None for the first block), tokens the block's
     token ids, extra optional bytes (a LoRA id, an image hash).  Returns 16
     bytes."""
-    toks = [_int(t, "tokens") for t in tokens]
-    bad = next((t for t in toks if not -2**31 <= t < 2**31), None)
-    if bad is not None:  # ctypes would wrap it: another token's key
-        raise ValueError(f"tokens: {bad} does not fit int32")
-    toks = (ctypes.c_int32 * max(len(toks), 1))(*toks)
+    # integers in int32 only: ctypes would wrap a larger one into another token's key
+    tv = index_view(list(tokens), "i32", "tokens", False)
+    if len(tv.shape) != 1:
+        raise ValueError(f"tokens: a flat sequence of token ids, got shape {tv.shape}")
     par = _key(parent, "parent") if parent is not None else None
     ex = bytes(extra)
     out = C.Key()
-    C.lib.kvc_block_key(ctypes.byref(par) if par is not None else None, toks, len(tokens),
+    C.lib.kvc_block_key(ctypes.byref(par) if par is not None else None, _ptr32(tv), tv.shape[0],
                         ex if ex else None, len(ex), ctypes.byref(out))
     return bytes(out.b)
 
@@ -392,17 +391,26 @@ class Pool:
         if v.cuda != cuda:
             raise TypeError(f"{what}: pool {self.name} is a {self.backend} pool and needs "
                             f"{'device' if cuda else 'host'} memory, got {v.where()}")
-        if cuda and v.device is not None and v.device != self.device:
-            raise ValueError(f"{what}: on CUDA device {v.device}, pool {self.name} on device {self.device}")
+        self._on_device(v, what)
         if writable and not v.writable:
             raise ValueError(f"{what}: is read-only")
         return v
 
     def _index(self, x, kind, what):
         v = index_view(x, kind, what, self.backend == "cuda")
+        self._on_device(v, what)
+        return v
+
+    def _on_device(self, v, what):
         if v.cuda and v.device is not None and v.device != self.device:
             raise ValueError(f"{what}: on CUDA device {v.device}, pool {self.name} on device {self.device}")
-        return v
+
+    def _run(self, call, args, stream):
+        """Calls libkvclient's data-path function `call` with args on the
+        stream (see _stream_handle) while the pool is held open."""
+        sh = _stream_handle(stream, self.device)
+        with self._call():
+            self._check(getattr(C.lib, call)(self._handle(), ctypes.byref(args), sh), call)
 
     def _layer(self, layer):
         layer = _int(layer, "layer")
@@ -461,9 +469,7 @@ class Pool:
         a = C.WriteArgs(k=kv.ptr, v=vv.ptr, elem=_ELEM[kv.kind], k_row_stride=self._row_stride(kv),
                         v_row_stride=self._row_stride(vv), slots=ctypes.cast(sv.ptr, C.c_int64_p),
                         num_tokens=_u32(kv.shape[0], "k: tokens"), layer=layer)
-        sh = _stream_handle(stream, self.device)
-        with self._call():
-            self._check(C.lib.kvc_write(self._handle(), ctypes.byref(a), sh), "kvc_write")
+        self._run("kvc_write", a, stream)
 
     def gather(self, layer, pages, k_out, v_out, stream=None):
         """Dequantizes pages (int32 [n]) of one layer into k_out and v_out,
@@ -480,15 +486,17 @@ class Pool:
         if ko.kind != vo.kind:
             raise ValueError(f"k_out is {ko.kind}, v_out {vo.kind}: they must agree")
         a = C.GatherArgs(pages=_ptr32(pv), n_pages=n, layer=layer, k_out=ko.ptr, v_out=vo.ptr, elem=_ELEM[ko.kind])
-        sh = _stream_handle(stream, self.device)
-        with self._call():
-            self._check(C.lib.kvc_gather(self._handle(), ctypes.byref(a), sh), "kvc_gather")
+        self._run("kvc_gather", a, stream)
 
     def _attn_common(self, q, out, page_table, seq_lens, seq_lens_host, batch):
+        """Views of decode's and extend's arrays, checked; batch None: q's
+        rows (decode)."""
         qv = self._data(q, "q", ("bf16", "f16"))
         ov = self._data(out, "out", ("bf16", "f16"), writable=True)
         if len(qv.shape) != 3 or qv.shape[2] != self.head_dim:
             raise ValueError(f"q: shape {qv.shape} is not [rows, q_heads, {self.head_dim}]")
+        if batch is None:
+            batch = qv.shape[0]
         if not qv.contiguous() or not ov.contiguous():
             raise ValueError("q and out must be contiguous")
         if ov.shape != qv.shape or ov.kind != qv.kind:
@@ -509,7 +517,7 @@ class Pool:
         slh = self._host_copy(seq_lens, sl, seq_lens_host, "seq_lens")
         if slh.shape != (batch,):
             raise ValueError(f"seq_lens_host: shape {slh.shape}, expected ({batch},)")
-        return qv, ov, pt, sl, slh
+        return qv, ov, pt, sl, slh, batch
 
     def decode(self, layer, q, out, page_table, seq_lens, sm_scale=None, seq_lens_host=None, stream=None):
         """Paged decode attention (kvc_decode): q and out [B, Hq, head_dim]
@@ -518,17 +526,11 @@ class Pool:
         a device-to-host copy of a PyTorch tensor when not given).
         sm_scale defaults to 1/sqrt(head_dim)."""
         layer = self._layer(layer)
-        shape = view(q, "q").shape
-        if len(shape) != 3:
-            raise ValueError(f"q: shape {shape} is not [batch, q_heads, {self.head_dim}]")
-        b = shape[0]
-        qv, ov, pt, sl, slh = self._attn_common(q, out, page_table, seq_lens, seq_lens_host, b)
+        qv, ov, pt, sl, slh, b = self._attn_common(q, out, page_table, seq_lens, seq_lens_host, None)
         a = C.DecodeArgs(q=qv.ptr, out=ov.ptr, elem=_ELEM[qv.kind], page_table=_ptr32(pt),
                          max_pages=pt.shape[1], seq_lens=_ptr32(sl), seq_lens_host=_ptr32(slh), batch=b,
                          num_q_heads=qv.shape[1], sm_scale=_scale(sm_scale, self.head_dim), layer=layer)
-        sh = _stream_handle(stream, self.device)
-        with self._call():
-            self._check(C.lib.kvc_decode(self._handle(), ctypes.byref(a), sh), "kvc_decode")
+        self._run("kvc_decode", a, stream)
 
     def extend(self, layer, q, out, qo_indptr, page_table, seq_lens, sm_scale=None,
                qo_indptr_host=None, seq_lens_host=None, stream=None):
@@ -545,7 +547,7 @@ class Pool:
         iph = self._host_copy(qo_indptr, ip, qo_indptr_host, "qo_indptr")
         if iph.shape != ip.shape:
             raise ValueError(f"qo_indptr_host: shape {iph.shape}, expected {ip.shape}")
-        qv, ov, pt, sl, slh = self._attn_common(q, out, page_table, seq_lens, seq_lens_host, b)
+        qv, ov, pt, sl, slh, _ = self._attn_common(q, out, page_table, seq_lens, seq_lens_host, b)
         first, last = ctypes.cast(iph.ptr, C.c_int32_p)[0], ctypes.cast(iph.ptr, C.c_int32_p)[b]
         if first != 0:
             raise ValueError(f"qo_indptr: starts at {first}, not 0")
@@ -555,9 +557,7 @@ class Pool:
                          qo_indptr_host=_ptr32(iph), page_table=_ptr32(pt), max_pages=pt.shape[1],
                          seq_lens=_ptr32(sl), seq_lens_host=_ptr32(slh), batch=b, num_q_heads=qv.shape[1],
                          sm_scale=_scale(sm_scale, self.head_dim), layer=layer)
-        sh = _stream_handle(stream, self.device)
-        with self._call():
-            self._check(C.lib.kvc_extend(self._handle(), ctypes.byref(a), sh), "kvc_extend")
+        self._run("kvc_extend", a, stream)
 
 
 _ELEM = {"f32": C.ELEM_F32, "bf16": C.ELEM_BF16, "f16": C.ELEM_F16}
