@@ -442,3 +442,106 @@ def test_a_capture_without_host_lengths_is_refused_before_any_copy(monkeypatch):
     assert copied == []
     capturing[0] = False
     assert pool._host_copy(DeviceLens(), None, None, "seq_lens").shape == (1,) and copied == [1]
+
+
+def _fp4_decode(codes, scales):
+    """fp4 codes (uint8 [..., D/2], the even element in the low nibble) and
+    their E8M0 block scales (uint8 [..., D/16]) as float32, from
+    docs/dtypes.md's tables rather than the library's decoder."""
+    nib = np.stack([codes & 0xF, codes >> 4], axis=-1).reshape(codes.shape[:-1] + (2 * codes.shape[-1],))
+    mag = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], np.float32)[nib & 7]
+    scale = np.ldexp(np.float32(1), scales.astype(np.int32) - 127)
+    return np.where(nib & 8, -mag, mag) * np.repeat(scale, 16, axis=-1)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_kv_cache_views_the_pages_the_kernels_use(daemon, dt):
+    rng = np.random.default_rng(11)
+    fp4, fp8 = dt == "fp4_e2m1", dt.startswith("fp8")
+    with kvpool.Client(daemon, name=f"views-{dt}") as c:
+        p = c.attach(dt)
+        pages = p.alloc(3)
+        T = 2 * PAGE + 5
+        k = rng.standard_normal((T, HEADS, DIM)).astype(np.float32)
+        v = rng.standard_normal((T, HEADS, DIM)).astype(np.float32)
+        slots = np.array([pages[t // PAGE] * PAGE + t % PAGE for t in range(T)], np.int64)
+        p.write(1, k, v, slots)
+        ko = np.full((3 * PAGE, HEADS, DIM), np.nan, np.float32)
+        vo = np.full_like(ko, np.nan)
+        p.gather(1, pages, ko, vo)
+
+        kv = p.kv_cache(1)
+        width = DIM // 2 if fp4 else DIM
+        assert kv.shape == (2, p.num_pages, PAGE, HEADS, width)
+        assert kv.dtype.name == {"bf16": "bfloat16", "fp16": "float16", "fp8_e4m3": "float8_e4m3fn",
+                                 "fp8_e5m2": "float8_e5m2", "fp4_e2m1": "uint8"}[dt]
+        every = p.kv_cache()
+        assert every.shape == (LAYERS,) + kv.shape
+        assert every[1].__array_interface__["data"][0] == kv.__array_interface__["data"][0]
+        assert every[0].__array_interface__["data"][0] == p.base  # layer 0's K opens the pool
+
+        def decoded(layer, view):  # K and V of `pages`, read through the view and decoded here
+            got = view[:, pages].reshape(2, 3 * PAGE, HEADS, width)
+            if fp4:
+                sc = p.kv_block_scales(layer)
+                assert sc.shape == (2, p.num_pages, PAGE, HEADS, DIM // 16) and sc.dtype == np.uint8
+                return _fp4_decode(got, sc[:, pages].reshape(2, 3 * PAGE, HEADS, DIM // 16))
+            vals = got.astype(np.float32)
+            if fp8:
+                vals = vals * np.array([p.k_scale[layer], p.v_scale[layer]], np.float32)[:, None, None, None]
+            return vals
+
+        # what the write kernel stored, as gather dequantizes it
+        vals = decoded(1, kv)
+        np.testing.assert_array_equal(vals[0], ko)
+        np.testing.assert_array_equal(vals[1], vo)
+        assert np.any(vals[0][:T] != 0)
+        p.write(0, -k, 2 * v, slots)  # another layer, other values
+        p.gather(0, pages, ko, vo)
+        vals = decoded(0, every[0])
+        np.testing.assert_array_equal(vals[0], ko)
+        np.testing.assert_array_equal(vals[1], vo)
+        p.gather(1, pages, ko, vo)
+        sc = p.kv_block_scales(1) if fp4 else None
+
+        # and the other way: a store into the view is what the kernels read
+        if fp4:
+            kv[1, pages[2], 3, 1, 0] = 0xB2          # elements 0, 1 of the head: codes 2 (+1.0) and 11 (-1.5)
+            sc[1, pages[2], 3, 1, 0] = 127 + 3       # block 0 scaled by 8
+            want = [8.0, -12.0]
+        else:
+            kv[1, pages[2], 3, 1, :2] = np.array([2.0, -0.75], np.float32).astype(kv.dtype)
+            want = [2.0 * p.v_scale[1], -0.75 * p.v_scale[1]]
+        p.gather(1, pages, ko, vo)
+        np.testing.assert_array_equal(vo[2 * PAGE + 3, 1, :2], np.array(want, np.float32))
+
+        # the arrays keep the pool mapped: detach and close refuse while one lives
+        with pytest.raises(BufferError, match="kv_cache"):
+            p.detach()
+        with pytest.raises(BufferError, match="delete them first"):
+            c.close()
+        p.free(pages)  # both still open
+        row = kv[1, pages[0]]  # a view of a view holds the memory too
+        del kv, every, sc
+        with pytest.raises(BufferError, match="1 array"):
+            p.detach()
+        del row
+        p.detach()
+        with pytest.raises(ValueError, match="detached"):
+            p.kv_cache(0)
+
+
+def test_kv_cache_arguments_are_checked(daemon):
+    with kvpool.Client(daemon, name="views-args") as c:
+        p = c.attach("fp8_e5m2")
+        with pytest.raises(ValueError, match="layer"):
+            p.kv_cache(LAYERS)
+        with pytest.raises(TypeError, match="layer"):
+            p.kv_cache(1.0)
+        with pytest.raises(ValueError, match="like"):
+            p.kv_cache(0, like="cupy")
+        with pytest.raises(ValueError, match="k_scale"):
+            p.kv_block_scales(0)
+        with pytest.raises(ValueError, match="only fp4_e2m1"):
+            c.attach("bf16").kv_block_scales()
+        assert len(p._exports) == 0  # nothing was handed out

@@ -18,8 +18,14 @@ an fp8_e4m3 and an fp4_e2m1 pool (8 kv heads x 128, page 16) it:
     (relative error per sequence <= 1e-2, grouped-query 32/8);
   - captures decode in a CUDA graph (torch.cuda.graph) with every length 1
     and replays it at longer lengths: each replay against SDPA;
-  - checks that host arrays are refused for a CUDA pool before any launch.
+  - checks that host arrays are refused for a CUDA pool before any launch;
+  - reads the written pages through Pool.kv_cache (and kv_block_scales for
+    fp4): torch tensors over the pool's own device memory, decoded here,
+    equal to the gathers; stores through them are what gather reads; the
+    tensors hold the pool, so detach refuses while one is alive.  A host
+    pool (fp8_e5m2) does the same with like='torch' CPU tensors.
 """
+import gc
 import math
 import os
 import sys
@@ -62,7 +68,107 @@ def cuda_pools():
         if dt.startswith("fp8"):
             p["scales"] = {"source": "constant", "k": SCALE["k"], "v": SCALE["v"]}
         pools.append(p)
+    pools.append({"name": "host", "dtype": "fp8_e5m2", "layers": LAYERS, "kv_heads": HEADS, "head_dim": DIM,
+                  "page_size": PAGE, "capacity": "16MiB", "backend": "host",
+                  "scales": {"source": "constant", "k": SCALE["k"], "v": SCALE["v"]}})
     return pools
+
+
+FP4_VALUES = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6]
+
+
+def from_view(pool, layer, view, pages):
+    """K and V ([2, n*PAGE, HEADS, DIM] float32) of `pages` (an int64
+    tensor), read through pool.kv_cache's view and decoded with torch."""
+    # indexed as bytes: index kernels need not know the float8 element types
+    got = view.view(torch.uint8)[:, pages].view(view.dtype) if view.element_size() == 1 else view[:, pages]
+    got = got.flatten(1, 2)
+    if pool.dtype == "fp4_e2m1":
+        sc = pool.kv_block_scales(layer)[:, pages].flatten(1, 2)
+        nib = torch.stack([got & 15, got >> 4], dim=-1).flatten(-2).long()
+        vals = torch.tensor(FP4_VALUES, device=got.device)[nib]
+        return vals * torch.exp2(sc.float() - 127).repeat_interleave(16, dim=-1)
+    vals = got.float()
+    if pool.dtype.startswith("fp8"):
+        vals = vals * torch.tensor([pool.k_scale[layer], pool.v_scale[layer]], device=got.device).view(2, 1, 1, 1)
+    return vals
+
+
+def run_views(pool, table, lens, kv):
+    """Pool.kv_cache against the gathers kv[b] of the pages in table."""
+    dt = pool.dtype
+    view = pool.kv_cache(1)
+    width = DIM // 2 if dt == "fp4_e2m1" else DIM
+    want = {"bf16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn, "fp4_e2m1": torch.uint8}[dt]
+    check(view.dtype == want and view.device == torch.device("cuda", pool.device)
+          and tuple(view.shape) == (2, pool.num_pages, PAGE, HEADS, width),
+          f"{dt} kv_cache: {view.dtype} {tuple(view.shape)} on {view.device}")
+    check(pool.kv_cache()[1].data_ptr() == view.data_ptr(), f"{dt} kv_cache(): layer 1 is kv_cache(1)")
+    for b, n in enumerate(lens):
+        pages = table[b, :-(-n // PAGE)].long().to(view.device)
+        got = from_view(pool, 1, view, pages)
+        check(torch.equal(got[0][:n], kv[b][0]) and torch.equal(got[1][:n], kv[b][1]),
+              f"{dt} kv_cache b={b} L={n}: the view's pages decode to the gather")
+    # a store through the view is what the kernels read: page table[0, 0], token 0, head 3
+    page = int(table[0, 0])
+    if dt == "fp4_e2m1":
+        view[0, page, 0, 3, 0] = 0x9C                 # codes 12 (-2) and 9 (-0.5)
+        pool.kv_block_scales(1)[0, page, 0, 3, 0] = 127 - 2
+        expect = torch.tensor([-0.5, -0.125], device=view.device)
+    else:
+        store = torch.tensor([1.5, -3.0], device=view.device).to(want)
+        if view.element_size() == 1:
+            view.view(torch.uint8)[0, page, 0, 3, :2] = store.view(torch.uint8)
+        else:
+            view[0, page, 0, 3, :2] = store
+        expect = torch.tensor([1.5, -3.0], device=view.device) * pool.k_scale[1]
+    kf = torch.empty((PAGE, HEADS, DIM), dtype=torch.float32, device=view.device)
+    vf = torch.empty_like(kf)
+    pool.gather(1, torch.tensor([page], dtype=torch.int32, device=view.device), kf, vf)
+    torch.cuda.synchronize()
+    check(torch.equal(kf[0, 3, :2], expect), f"{dt} kv_cache: a store through the view is gathered "
+                                             f"({kf[0, 3, :2].tolist()} against {expect.tolist()})")
+    # the tensor holds the pool: torch keeps the exporter alive, detach refuses
+    check(len(pool._exports) >= 1, f"{dt} kv_cache: the tensor holds its exporter")
+    try:
+        pool.detach()
+        check(False, f"{dt}: detach went through while a kv_cache tensor was alive")
+    except BufferError as e:
+        check("kv_cache" in str(e), f"{dt}: detach refused while a view is alive ({e})")
+    del view
+    gc.collect()
+    check(len(pool._exports) == 0, f"{dt} kv_cache: the exporters go with the tensors "
+                                   f"({len(pool._exports)} left)")
+
+
+def run_host_views(c, gen):
+    """like='torch' on a host pool: CPU tensors over the shared memory."""
+    pool = c.attach("host")
+    pages = pool.alloc(2)
+    n = 2 * PAGE - 3
+    k = torch.randn((n, HEADS, DIM), generator=torch.Generator().manual_seed(3))
+    v = torch.randn((n, HEADS, DIM), generator=torch.Generator().manual_seed(4))
+    t = torch.arange(n)
+    slots = torch.tensor(pages, dtype=torch.int64)[t // PAGE] * PAGE + t % PAGE
+    pool.write(0, k, v, slots)
+    kf = torch.empty((2 * PAGE, HEADS, DIM))
+    vf = torch.empty_like(kf)
+    pool.gather(0, torch.tensor(pages, dtype=torch.int32), kf, vf)
+    view = pool.kv_cache(0, like="torch")
+    check(view.dtype == torch.float8_e5m2 and view.device.type == "cpu", f"host kv_cache: {view.dtype} {view.device}")
+    got = from_view(pool, 0, view, torch.tensor(pages))
+    check(torch.equal(got[0][:n], kf[:n]) and torch.equal(got[1][:n], vf[:n]),
+          "host kv_cache(like='torch'): the view's pages decode to the gather")
+    try:
+        pool.detach()
+        check(False, "host: detach went through while a kv_cache tensor was alive")
+    except BufferError:
+        check(True, "host: detach refused while a view is alive")
+    del view
+    gc.collect()
+    pool.free(pages)
+    pool.detach()
+    check(True, "host: detach after the view was dropped")
 
 
 def rel(a, b):
@@ -170,6 +276,8 @@ def run_pool(pool, gen):
         worst[dt, "extend"] = max(worst.get((dt, "extend"), 0), e)
         check(e <= 1e-2, f"{dt} extend b={b} L={n} new={new[b]}: relative error {e:.2e} against SDPA")
 
+    run_views(pool, table, lens, kv)
+
     try:
         pool.decode(1, q.cpu(), out.cpu(), table, seq_lens)
         check(False, f"{dt}: host q on a CUDA pool was accepted")
@@ -199,6 +307,7 @@ def main():
                     run_pool(p, gen)
                     st = {x["name"]: x for x in c.status()["pools"]}[name]
                     check(st["pages_held"] > 0, f"{name}: the session's pages are held")
+                run_host_views(c, gen)
             with kvpool.Client(url, name="after") as c2:
                 held = sum(x["pages_held"] for x in c2.status()["pools"])
                 check(held == 0, f"every page given back after close (held {held})")

@@ -7,6 +7,7 @@
         pool.write(layer, k, v, slots)                   # k, v: [T, kv_heads, head_dim]
         pool.decode(layer, q, out, page_table, seq_lens)
         pool.publish(pages, kvpool.chain_keys(tokens, pool.page_size))
+        kv = pool.kv_cache(layer)                        # the pages themselves, no copy
 
 Arrays are PyTorch tensors, NumPy arrays (ml_dtypes for bfloat16) or any
 object with __cuda_array_interface__: host memory for a host pool, device

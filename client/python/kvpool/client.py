@@ -22,6 +22,7 @@ import threading
 import weakref
 
 from . import _capi as C
+from . import _pages
 from ._arrays import contiguous, index_view, view
 
 
@@ -128,15 +129,21 @@ class _Life:
             if self.closed and not self.busy:
                 self.cv.notify_all()
 
-    def shut(self, why):
+    def shut(self, why, refuse=None):
         """Refuses new calls with ValueError(why), waits for those running;
-        False if it was already shut."""
+        False if it was already shut.  refuse: called once they have
+        returned; an exception it returns is raised and the handle stays
+        open (calls made meanwhile got the ValueError)."""
         with self.lock:
             if self.closed:
                 return False
             self.closed = why
             while self.busy:
                 self.cv.wait()
+            err = refuse() if refuse is not None else None
+            if err is not None:
+                self.closed = None
+                raise err
             return True
 
 
@@ -233,8 +240,25 @@ class Client:
     def close(self):
         """Detaches every pool and disconnects (kvc_disconnect), once calls
         other threads have in the library on this client and its pools have
-        returned.  Idempotent."""
-        if self._h is None or not self._life.shut("the client is closed"):
+        returned.  BufferError, and nothing closed, while an array from a
+        pool's kv_cache or kv_block_scales is alive.  Idempotent."""
+        self._close(force=False)
+
+    def _viewed(self):
+        for p in self._pools:
+            err = p._viewed()
+            if err is not None:
+                return err
+        return None
+
+    def _close(self, force):
+        if self._h is None:
+            return
+        if not force:
+            err = self._viewed()  # before anything is shut: the usual case refuses here
+            if err is not None:
+                raise err
+        if not self._life.shut("the client is closed", None if force else self._viewed):
             return
         for p in self._pools:
             p._life.shut(f"pool {p.name} is detached (or its client closed)")
@@ -246,12 +270,18 @@ class Client:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and self._viewed() is not None:
+            # the frames of the exception hold the arrays: raising BufferError
+            # here would bury the exception, so the client stays open until
+            # it is collected (__del__)
+            return
         self.close()
 
     def __del__(self):
+        # unreachable, so no array viewing its pools is reachable either
         if getattr(self, "_h", None) is not None and C is not None and C.lib is not None:
-            self.close()
+            self._close(force=True)
 
     def status(self):
         """The daemon's status document (kvpoolctl status --json), as a dict."""
@@ -283,7 +313,8 @@ class Client:
 class Pool:
     """An attached pool.  Its geometry is in plain attributes (name, dtype,
     backend, device, num_layers, kv_heads, head_dim, page_size, num_pages,
-    k_scale, v_scale, scale_source); see kvclient.h's kvc_pool_desc."""
+    k_scale, v_scale, scale_source); see kvclient.h's kvc_pool_desc.
+    kv_cache() and kv_block_scales() give its memory as arrays."""
 
     def __init__(self, client, handle):
         self._client, self._h = client, handle
@@ -299,6 +330,8 @@ class Pool:
         self.v_scale = [d.v_scale[i] for i in range(d.num_layers)]
         self.scale_source = d.scale_source.decode()
         self.base, self.bytes = d.base, d.bytes
+        self._layout = _pages.Layout(d)
+        self._exports = _pages.new_exports()
 
     def __repr__(self):
         return (f"<kvpool.Pool {self.name} {self.dtype} {self.backend} {self.num_layers}x{self.kv_heads}"
@@ -307,7 +340,9 @@ class Pool:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and self._viewed() is not None:
+            return  # as Client.__exit__: detached with its client
         self.detach()
 
     def _handle(self):
@@ -324,18 +359,32 @@ class Pool:
     def detach(self):
         """Undoes the attach (kvc_detach), once calls other threads have in
         the library on this pool have returned.  Pages still held stay held
-        until free or close.  Idempotent."""
+        until free or close.  BufferError, and the pool stays attached, while
+        an array from kv_cache or kv_block_scales is alive.  Idempotent."""
         try:
             self._client._life.enter()
         except ValueError:
             return  # the client is closed: the pool went with it
         try:
-            if self._h is not None and self._life.shut(f"pool {self.name} is detached (or its client closed)"):
+            if self._h is None:
+                return
+            err = self._viewed()
+            if err is not None:
+                raise err
+            if self._life.shut(f"pool {self.name} is detached (or its client closed)", self._viewed):
                 C.lib.kvc_detach(self._h)
                 self._h = None
                 self._client._pools.remove(self)
         finally:
             self._client._life.leave()
+
+    def _viewed(self):
+        """BufferError if arrays over the pool's memory are alive, else None."""
+        n = len(self._exports)
+        if not n:
+            return None
+        return BufferError(f"pool {self.name}: {n} array{'s' if n > 1 else ''} from kv_cache/kv_block_scales "
+                           "still view its memory, which detaching would unmap; delete them first")
 
     # ---- pages and prefixes -------------------------------------------------
 
@@ -558,6 +607,38 @@ class Pool:
                          seq_lens=_ptr32(sl), seq_lens_host=_ptr32(slh), batch=b, num_q_heads=qv.shape[1],
                          sm_scale=_scale(sm_scale, self.head_dim), layer=layer)
         self._run("kvc_extend", a, stream)
+
+
+    # ---- the pool's memory as arrays ---------------------------------------------
+
+    def kv_cache(self, layer=None, like=None):
+        """The pool's K and V pages as one array, without a copy:
+        [2, num_pages, page_size, kv_heads, head_dim] for `layer` (index 0
+        is K, 1 is V), [num_layers, 2, ...] for every layer when layer is
+        None.  The element type is the pool's: bfloat16, float16,
+        float8_e4m3fn or float8_e5m2 (whose values times k_scale[layer] /
+        v_scale[layer] are the stored K/V), or for fp4 uint8 with head_dim/2
+        bytes a head (two codes a byte, the even element in the low nibble;
+        kv_block_scales has their scales).  like: 'torch' (the default for
+        a CUDA pool: a tensor on the pool's device) or 'numpy' (the default
+        for a host pool; ml_dtypes for bfloat16 and fp8).  The array is
+        valid until detach, which refuses while it or an array viewing it
+        is alive.  It spans every page of the pool: write only into pages
+        this client holds and has not published (docs/python.md)."""
+        layer = None if layer is None else self._layer(layer)
+        with self._call():
+            self._handle()
+            return _pages.kv_cache(self, self._layout, self._exports, layer, like)
+
+    def kv_block_scales(self, layer=None, like=None):
+        """An fp4 pool's block scales, as kv_cache gives its codes: uint8
+        [2, num_pages, page_size, kv_heads, head_dim/16] for `layer` (or
+        [num_layers, 2, ...]), one E8M0 byte s a block of 16 elements along
+        head_dim, the block's scale 2^(s-127).  ValueError for other dtypes."""
+        layer = None if layer is None else self._layer(layer)
+        with self._call():
+            self._handle()
+            return _pages.kv_block_scales(self, self._layout, self._exports, layer, like)
 
 
 _ELEM = {"f32": C.ELEM_F32, "bf16": C.ELEM_BF16, "f16": C.ELEM_F16}
