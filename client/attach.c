@@ -410,3 +410,39 @@ const struct kvc_pool_desc *kvc_pool_get_desc(const kvc_pool *p)
         return p ? &p->desc : NULL;
 }
 
+
+/* Sent by name, like ATTACH, so that an operator's tool (kvpoolctl) need
+ * not map the pool, which for a CUDA pool would need its GPU. */
+int kvc_reset_prefixes(kvc_client *c, const char *name, uint32_t *ret_keys)
+{
+        struct kv_attach_req q;
+        nng_msg *req, *rep;
+        const uint8_t *body;
+        size_t len;
+        uint32_t n;
+        int rv;
+
+        if (c == NULL)
+                return -EINVAL;
+        rv = check_name(c, "kvc_reset_prefixes", name);
+        if (rv != 0)
+                return rv;
+        memset(&q, 0, sizeof q);
+        memcpy(q.name, name, strlen(name));
+        pthread_mutex_lock(&c->lock);
+        rv = kvc__req_new(c, KV_HDR_SIZE + sizeof q.name, &req);
+        if (rv != 0)
+                goto out;
+        rv = kvc__send(c, req, kv_enc_reset_req(nng_msg_body(req), nng_msg_len(req), 0, &q),
+                       KV_OP_RESET, "reset prefixes", &rep, &body, &len);
+        if (rv != 0)
+                goto out;
+        if (kv_dec_u32_req(body, len, &n) != 0)
+                rv = kvc__fail(c, -EPROTO, "reset prefixes of %s: malformed reply", name);
+        else if (ret_keys != NULL)
+                *ret_keys = n;
+        nng_msg_free(rep);
+out:
+        pthread_mutex_unlock(&c->lock);
+        return rv;
+}

@@ -123,6 +123,8 @@ static void print_event(int json, const struct kvd_event *ev)
                 else if (ev->type == KVD_EV_PRESSURE)
                         printf(",\"free_fraction\":%.17g,\"threshold\":%.17g,\"entering\":%s",
                                ev->free_fraction, ev->threshold, ev->entering ? "true" : "false");
+                else if (ev->type == KVD_EV_RESET)
+                        printf(",\"keys\":%u", ev->keys);
                 printf("}\n");
                 return;
         }
@@ -136,6 +138,9 @@ static void print_event(int json, const struct kvd_event *ev)
                 printf("%-8s pool=%s free=%.4f threshold=%.4f %s\n", name, ev->pool,
                        ev->free_fraction, ev->threshold,
                        ev->entering ? "entering (fell below)" : "leaving (rose above)");
+                break;
+        case KVD_EV_RESET:
+                printf("%-8s pool=%s keys=%u (every prefix key dropped)\n", name, ev->pool, ev->keys);
                 break;
         case KVD_EV_SHUTDOWN:
                 printf("shutdown\n");

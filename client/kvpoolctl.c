@@ -3,6 +3,7 @@
  *   kvpoolctl [--socket URL] [--events URL] status [--json]
  *   kvpoolctl [--socket URL] metrics
  *   kvpoolctl [--socket URL] [--events URL] events [--json] [--count N]
+ *   kvpoolctl [--socket URL] reset-prefixes POOL
  *
  * Exit status: 0 success, 1 failure (daemon unreachable, request failed),
  * 2 usage error.
@@ -32,7 +33,9 @@ static const char usage_text[] =
         "  status [--json]            pools and clients (a table, or the daemon's JSON document)\n"
         "  metrics                    the Prometheus text exposition\n"
         "  events [--json] [--count N]\n"
-        "                             follow the event stream (stored, evicted, pressure, shutdown)\n"
+        "                             follow the event stream (stored, evicted, reset, pressure, shutdown)\n"
+        "  reset-prefixes POOL        drop every prefix-cache key of POOL (after a model change);\n"
+        "                             pages in use stay with their holders\n"
         "\n"
         "options:\n"
         "  --socket URL   kvpoold's control socket (default: $KVPOOL_SOCKET, else "
@@ -392,6 +395,23 @@ static int cmd_text(const char *url, int status, int json)
         return rv;
 }
 
+static int cmd_reset(const char *url, const char *pool)
+{
+        kvc_client *c;
+        uint32_t n = 0;
+
+        if (connect_or_say(url, &c) != 0)
+                return 1;
+        if (kvc_reset_prefixes(c, pool, &n) != 0) {
+                fprintf(stderr, "kvpoolctl: %s\n", kvc_errmsg(c));
+                kvc_disconnect(c);
+                return 1;
+        }
+        kvc_disconnect(c);
+        printf("pool %s: %u prefix-cache key%s dropped\n", pool, n, n == 1 ? "" : "s");
+        return ctl_output_done("kvpoolctl");
+}
+
 /* Takes the value of --opt VALUE or --opt=VALUE at argv[*i]; NULL if absent. */
 static const char *opt_value(int argc, char **argv, int *i, const char *opt)
 {
@@ -508,6 +528,15 @@ int main(int argc, char **argv)
                 fprintf(stderr, "kvpoolctl: events: this build has no event subscriber\n");
                 return 1;
 #endif
+        }
+        if (strcmp(cmd, "reset-prefixes") == 0) {
+                if (i + 1 >= argc)
+                        return usage_error("reset-prefixes: name the pool");
+                if (i + 2 < argc)
+                        return usage_error("reset-prefixes: one pool, got also '%s'", argv[i + 2]);
+                if (argv[i + 1][0] == '\0' || strlen(argv[i + 1]) > 31)
+                        return usage_error("reset-prefixes: pool name '%s' must be 1 to 31 bytes", argv[i + 1]);
+                return cmd_reset(url, argv[i + 1]);
         }
         if (strcmp(cmd, "help") == 0) {
                 if (i + 1 < argc)

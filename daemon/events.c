@@ -310,6 +310,16 @@ void kvd_events_evicted(struct kvd_events *e, const char *pool, uint32_t page, c
         page_event(e, KVD_EV_EVICTED, pool, page, key);
 }
 
+void kvd_events_reset(struct kvd_events *e, const char *pool, uint32_t keys)
+{
+        if (!e || !e->open)
+                return;
+        uint8_t buf[KVD_EV_RESET_SIZE];
+        header(buf, KVD_EV_RESET, pool);
+        put32(buf + 56, keys);
+        send_event(e, buf, sizeof(buf));
+}
+
 void kvd_events_pressure(struct kvd_events *e, const char *pool, double free_fraction,
                          double threshold, int entering)
 {

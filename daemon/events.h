@@ -1,5 +1,6 @@
 /* events.h - the event stream: an nng PUB socket announcing pages stored,
- * pages evicted (with their keys), pool pressure and shutdown.  Each event
+ * pages evicted (with their keys), prefix-cache resets, pool pressure and
+ * shutdown.  Each event
  * carries a sequence number (starting at 1, +1 per event, per daemon run) so
  * that a subscriber can tell it missed some.  The wire format of an event is
  * in docs/protocol.md ("Event stream").  Publishing never blocks: nng's PUB
@@ -18,6 +19,7 @@ enum kvd_event_type {
         KVD_EV_EVICTED  = 2,
         KVD_EV_PRESSURE = 3,
         KVD_EV_SHUTDOWN = 4,
+        KVD_EV_RESET    = 5,
 };
 
 /* Listens on url (e.g. ipc:///run/kvpool/events.sock). NULL url: events off
@@ -38,6 +40,8 @@ void kvd_events_shutdown(struct kvd_events *e);
 void kvd_events_close(struct kvd_events *e);
 void kvd_events_stored(struct kvd_events *e, const char *pool, uint32_t page, const uint8_t key[16]);
 void kvd_events_evicted(struct kvd_events *e, const char *pool, uint32_t page, const uint8_t key[16]);
+/* Every prefix key of the pool was dropped (RESET request): keys of them. */
+void kvd_events_reset(struct kvd_events *e, const char *pool, uint32_t keys);
 /* free_fraction crossed threshold: entering = 1 when it fell below, 0 when it rose back. */
 void kvd_events_pressure(struct kvd_events *e, const char *pool, double free_fraction,
                          double threshold, int entering);
@@ -51,6 +55,7 @@ uint64_t kvd_events_seq(const struct kvd_events *e); /* last sequence number sen
 #define KVD_EV_HDR_SIZE     56u         /* magic .. pool[32] */
 #define KVD_EV_PAGE_SIZE    76u         /* STORED / EVICTED */
 #define KVD_EV_PRESSURE_SIZE 76u
+#define KVD_EV_RESET_SIZE   60u
 
 /* One decoded event.  Fields a type does not carry are zero. */
 struct kvd_event {
@@ -64,6 +69,7 @@ struct kvd_event {
         double   free_fraction; /* PRESSURE */
         double   threshold;     /* PRESSURE */
         uint32_t entering;      /* PRESSURE: 1 fell below, 0 rose back */
+        uint32_t keys;          /* RESET: keys dropped */
 };
 
 /* Decodes one event message.  Returns 0, -EPROTO (too short for its type,
@@ -71,7 +77,8 @@ struct kvd_event {
  * version); *ret is untouched on failure.  An unknown type decodes with its
  * header only; bytes past the known fields are ignored (room to grow). */
 int kvd_event_decode(const uint8_t *buf, size_t len, struct kvd_event *ret);
-/* "stored", "evicted", "pressure", "shutdown", or NULL for an unknown type. */
+/* "stored", "evicted", "pressure", "shutdown", "reset", or NULL for an
+ * unknown type. */
 const char *kvd_event_type_name(uint16_t type);
 
 #endif

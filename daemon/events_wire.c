@@ -30,6 +30,7 @@ const char *kvd_event_type_name(uint16_t type)
         case KVD_EV_EVICTED:  return "evicted";
         case KVD_EV_PRESSURE: return "pressure";
         case KVD_EV_SHUTDOWN: return "shutdown";
+        case KVD_EV_RESET:    return "reset";
         default:              return NULL;
         }
 }
@@ -65,6 +66,11 @@ int kvd_event_decode(const uint8_t *buf, size_t len, struct kvd_event *ret)
                 ev.free_fraction = getf64(buf + 56);
                 ev.threshold = getf64(buf + 64);
                 ev.entering = get32(buf + 72);
+                break;
+        case KVD_EV_RESET:
+                if (len < KVD_EV_RESET_SIZE)
+                        return -EPROTO;
+                ev.keys = get32(buf + 56);
                 break;
         default:
                 break;

@@ -40,9 +40,9 @@
 #include "server.h"
 #include "status.h" /* KVD_VERSION, the same string as STATUS's "version" */
 
-/* Opcodes 1..KV_OP_METRICS have names; slot 0 collects anything else (a
+/* Opcodes 1..KV_OP_LAST have names; slot 0 collects anything else (a
  * malformed request whose opcode could not be read, an unknown opcode). */
-#define NUM_OPS (KV_OP_METRICS + 1)
+#define NUM_OPS (KV_OP_LAST + 1)
 /* Wire error codes 0..KV_E__COUNT-1; slot KV_E__COUNT collects unknown ones. */
 #define NUM_CODES (KV_E__COUNT + 1)
 
@@ -57,6 +57,7 @@ static const char *const op_names[NUM_OPS] = {
         [KV_OP_PUBLISH]  = "publish",
         [KV_OP_LOOKUP]   = "lookup",
         [KV_OP_METRICS]  = "metrics",
+        [KV_OP_RESET]    = "reset",
 };
 
 /* Upper bounds (seconds) of the latency buckets; +Inf is implicit.  A round

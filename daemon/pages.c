@@ -583,6 +583,27 @@ int kvd_pages_lookup(struct kvd_pages *t, uint32_t sid, const uint8_t salt[KVD_K
         return (int)h;
 }
 
+uint32_t kvd_pages_reset_keys(struct kvd_pages *t)
+{
+        if (!t)
+                return 0;
+        uint32_t dropped = t->st.cached;
+        /* every key goes: the key table is cleared whole, not key by key */
+        memset(t->slots, 0, ((size_t)t->kmask + 1) * sizeof(*t->slots));
+        for (uint32_t id = 0; id < t->n; id++) {
+                struct page *p = &t->pages[id];
+                if (!p->keyed)
+                        continue;
+                p->keyed = 0;
+                if (p->on_lru) {
+                        lru_remove(t, id);
+                        free_push(t, id);
+                }
+        }
+        t->st.cached = 0;
+        return dropped;
+}
+
 void kvd_pages_get_stats(const struct kvd_pages *t, struct kvd_pages_stats *ret)
 {
         if (t && ret)

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "server_int.h"
+#include "events.h"
 #include "status.h"
 #include "metrics.h"
 #include "log.h"
@@ -63,6 +64,7 @@ static const char *op_name(uint16_t op)
         case KV_OP_PUBLISH: return "PUBLISH";
         case KV_OP_LOOKUP: return "LOOKUP";
         case KV_OP_METRICS: return "METRICS";
+        case KV_OP_RESET: return "RESET";
         default: return "request";
         }
 }
@@ -177,30 +179,40 @@ static int do_hello(struct kvd_server *s, struct kvd_req *q, struct kvd_session 
         return 0;
 }
 
+/* The pool a request body of one pool name (ATTACH, RESET) names, or NULL
+ * with the error reply made (a malformed body, or no such pool: the message
+ * lists the pools). */
+static struct kvd_pool *named_pool(struct kvd_server *s, struct kvd_req *q, const uint8_t *body, size_t len)
+{
+        struct kv_attach_req m;
+        int                  r;
+
+        if ((r = kv_dec_attach_req(body, len, &m))) {
+                reply_malformed(q, r);
+                return NULL;
+        }
+        m.name[KV_NAME_LEN - 1] = 0;
+        for (uint32_t i = 0; i < s->num_pools; i++)
+                if (strcmp(s->pools[i]->name, m.name) == 0)
+                        return s->pools[i];
+        char names[256] = "";
+        size_t off = 0;
+
+        for (uint32_t i = 0; i < s->num_pools && off < sizeof(names) - 40; i++)
+                off += (size_t)snprintf(names + off, sizeof(names) - off, "%s%s", i ? ", " : "", s->pools[i]->name);
+        reply_error(q, KV_E_NOPOOL, "%s: no pool named \"%s\" (pools: %s)", op_name(q->op), m.name, names);
+        return NULL;
+}
+
 static int do_attach(struct kvd_server *s, struct kvd_req *q, struct kvd_session *ss, const uint8_t *body, size_t len)
 {
-        struct kv_attach_req  m;
         struct kv_attach_rep  rep;
-        const struct kvd_pool *p = NULL;
+        const struct kvd_pool *p;
         size_t                n;
         uint8_t              *b;
-        int                   r;
 
-        if ((r = kv_dec_attach_req(body, len, &m)))
-                return reply_malformed(q, r);
-        m.name[KV_NAME_LEN - 1] = 0;
-        for (uint32_t i = 0; i < s->num_pools && !p; i++)
-                if (strcmp(s->pools[i]->name, m.name) == 0)
-                        p = s->pools[i];
-        if (!p) {
-                char names[256] = "";
-                size_t off = 0;
-
-                for (uint32_t i = 0; i < s->num_pools && off < sizeof(names) - 40; i++)
-                        off += (size_t)snprintf(names + off, sizeof(names) - off, "%s%s", i ? ", " : "",
-                                                s->pools[i]->name);
-                return reply_error(q, KV_E_NOPOOL, "ATTACH: no pool named \"%s\" (pools: %s)", m.name, names);
-        }
+        if (!(p = named_pool(s, q, body, len)))
+                return 0;
         kvd_pool_describe(p, &rep);
         n = kv_size_attach_rep(p->layout.g.num_layers);
         if (!(b = reply_buf(q, n)))
@@ -209,6 +221,26 @@ static int do_attach(struct kvd_server *s, struct kvd_req *q, struct kvd_session
         if (q->ok)
                 ss->attached |= 1ull << p->id;
         kvd_debug("session %u attached pool %s", ss->id, p->name);
+        return 0;
+}
+
+/* RESET: every prefix key of the pool goes (kvd_pages_reset_keys), for any
+ * tenant; held pages stay held.  One RESET event and a log line say so. */
+static int do_reset(struct kvd_server *s, struct kvd_req *q, struct kvd_session *ss, const uint8_t *body, size_t len)
+{
+        struct kvd_pool *p;
+        uint8_t         *b;
+
+        if (!(p = named_pool(s, q, body, len)))
+                return 0;
+        if (!(b = reply_buf(q, KV_HDR_SIZE + 4u)))
+                return reply_error(q, KV_E_INTERNAL, "RESET: out of memory for the reply");
+        uint32_t n = kvd_pages_reset_keys(p->pages);
+        reply_len(q, kv_enc_u32_req(b, KV_HDR_SIZE + 4u, KV_OP_RESET | KV_OP_REPLY, q->rid, n));
+        kvd_info("pool %s: prefix cache reset by client %s (session %u): %u keys dropped", p->name,
+                 ss->name[0] ? ss->name : "?", ss->id, n);
+        /* no pressure check: idle cached pages already counted as free */
+        kvd_events_reset(s->events, p->name, n);
         return 0;
 }
 
@@ -414,7 +446,7 @@ void kvd_requests_dispatch(struct kvd_server *s, struct kvd_req *q)
                                                  len, KV_HDR_SIZE);
                 return (void)reply_malformed(q, r);
         }
-        if (h.opcode & KV_OP_REPLY || h.opcode < KV_OP_HELLO || h.opcode > KV_OP_METRICS)
+        if (h.opcode & KV_OP_REPLY || h.opcode < KV_OP_HELLO || h.opcode > KV_OP_LAST)
                 return (void)reply_error(q, KV_E_OPCODE, "opcode 0x%04x is not a request", h.opcode);
         /* A request whose connection nng no longer knows was queued before
          * the close, and the close's removal (pipe_cb, REM_POST) has run:
@@ -444,6 +476,7 @@ void kvd_requests_dispatch(struct kvd_server *s, struct kvd_req *q)
         case KV_OP_FREE: do_free(s, q, ss, buf, len); break;
         case KV_OP_PUBLISH: do_publish(s, q, ss, buf, len); break;
         case KV_OP_LOOKUP: do_lookup(s, q, ss, buf, len); break;
+        case KV_OP_RESET: do_reset(s, q, ss, buf, len); break;
         case KV_OP_STATUS:
         case KV_OP_METRICS:
                 if ((r = kv_dec_u32_req(buf, len, &flags)))

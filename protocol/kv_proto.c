@@ -87,7 +87,7 @@ static int opcode_known(uint16_t op)
         if (op == KV_OP_ERROR)
                 return 1;
         op &= (uint16_t)~KV_OP_REPLY;
-        return op >= KV_OP_HELLO && op <= KV_OP_METRICS;
+        return op >= KV_OP_HELLO && op <= KV_OP_LAST;
 }
 
 /* Checks cap, writes the header, returns the body pointer or NULL. */
@@ -233,17 +233,27 @@ int kv_dec_hello_rep(const uint8_t *buf, size_t len, struct kv_hello_rep *ret)
 
 /* ---- attach ------------------------------------------------------------ */
 
-int kv_enc_attach_req(uint8_t *buf, size_t cap, uint32_t rid, const struct kv_attach_req *m)
+static int enc_name_req(uint8_t *buf, size_t cap, uint16_t opcode, uint32_t rid, const struct kv_attach_req *m)
 {
         uint8_t *b;
 
         if (m == NULL)
                 return -EINVAL;
-        b = begin(buf, cap, KV_OP_ATTACH, rid, KV_NAME_LEN);
+        b = begin(buf, cap, opcode, rid, KV_NAME_LEN);
         if (b == NULL)
                 return -ENOBUFS;
         put_name(b, m->name, KV_NAME_LEN);
         return (int)(KV_HDR_SIZE + KV_NAME_LEN);
+}
+
+int kv_enc_attach_req(uint8_t *buf, size_t cap, uint32_t rid, const struct kv_attach_req *m)
+{
+        return enc_name_req(buf, cap, KV_OP_ATTACH, rid, m);
+}
+
+int kv_enc_reset_req(uint8_t *buf, size_t cap, uint32_t rid, const struct kv_attach_req *m)
+{
+        return enc_name_req(buf, cap, KV_OP_RESET, rid, m);
 }
 
 int kv_dec_attach_req(const uint8_t *buf, size_t len, struct kv_attach_req *ret)

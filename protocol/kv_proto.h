@@ -55,6 +55,8 @@ enum kv_opcode {
         KV_OP_PUBLISH = 0x0007,
         KV_OP_LOOKUP  = 0x0008,
         KV_OP_METRICS = 0x0009, /* Prometheus text, same as GET /metrics */
+        KV_OP_RESET   = 0x000A, /* drop every prefix key of a pool */
+        KV_OP_LAST    = KV_OP_RESET, /* requests are KV_OP_HELLO..KV_OP_LAST */
         KV_OP_REPLY   = 0x8000, /* or-ed into the request opcode */
         KV_OP_ERROR   = 0xFFFF,
 };
@@ -109,7 +111,7 @@ struct kv_hello_rep {
         uint32_t max_frame;
 };
 
-/* ATTACH request: 32 bytes. */
+/* ATTACH and RESET requests: 32 bytes, a pool name. */
 struct kv_attach_req {
         char name[KV_NAME_LEN];
 };
@@ -231,6 +233,9 @@ int kv_dec_hello_rep(const uint8_t *buf, size_t len, struct kv_hello_rep *ret);
 
 int kv_enc_attach_req(uint8_t *buf, size_t cap, uint32_t rid, const struct kv_attach_req *m);
 int kv_dec_attach_req(const uint8_t *buf, size_t len, struct kv_attach_req *ret);
+/* RESET request: the ATTACH body (decode it with kv_dec_attach_req); its
+ * reply is a u32, the keys dropped (kv_enc_u32_req / kv_dec_u32_req). */
+int kv_enc_reset_req(uint8_t *buf, size_t cap, uint32_t rid, const struct kv_attach_req *m);
 /* k_scale/v_scale: host arrays of m->num_layers floats (m->scales is ignored). */
 int kv_enc_attach_rep(uint8_t *buf, size_t cap, uint32_t rid, const struct kv_attach_rep *m,
                       const float *k_scale, const float *v_scale);
@@ -259,8 +264,8 @@ int kv_enc_lookup_req(uint8_t *buf, size_t cap, uint32_t rid, uint32_t pool_id, 
                       const uint8_t (*keys)[KV_KEY_LEN]);
 int kv_dec_lookup_req(const uint8_t *buf, size_t len, struct kv_lookup_req *ret);
 
-/* STATUS / METRICS request: u32 flags.  Also used for BYE (empty body: use
- * kv_enc_empty). */
+/* STATUS / METRICS request: u32 flags, and the RESET reply.  BYE has an
+ * empty body (kv_enc_empty). */
 int kv_enc_u32_req(uint8_t *buf, size_t cap, uint16_t opcode, uint32_t rid, uint32_t value);
 int kv_dec_u32_req(const uint8_t *buf, size_t len, uint32_t *ret_value);
 int kv_enc_empty(uint8_t *buf, size_t cap, uint16_t opcode, uint32_t rid);

@@ -303,6 +303,27 @@ def test_block_keys_and_the_prefix_cache_across_clients(daemon):
         assert s.attach("fp8_e4m3").lookup(keys) == []  # another tenant sees nothing
 
 
+def test_reset_prefixes_drops_the_keys_not_the_pages(daemon):
+    keys = kvpool.chain_keys(list(range(500, 500 + 3 * PAGE)), PAGE)
+    with kvpool.Client(daemon, name="resetter") as c, kvpool.Client(daemon, name="holder") as h:
+        p, ph = c.attach("fp16"), h.attach("fp16")
+        pages = ph.alloc(3)
+        assert ph.publish(pages, keys) == (3, [False] * 3)
+        ph.free(pages[2:])  # one idle cached page, two held
+        before = next(x for x in c.status()["pools"] if x["name"] == "fp16")
+        assert c.reset_prefixes("fp16") == before["pages_cached"] >= 3
+        after = next(x for x in c.status()["pools"] if x["name"] == "fp16")
+        assert (after["pages_cached"], after["pages_held"]) == (0, before["pages_held"])
+        assert p.lookup(keys) == []
+        ph.free(pages[:2])  # still held until now
+        assert c.reset_prefixes("fp16") == 0
+        with pytest.raises(kvpool.KvpoolError) as e:
+            c.reset_prefixes("no-such-pool")
+        assert e.value.errno == errno.ENOENT and "no pool named" in str(e.value)
+        with pytest.raises(ValueError, match="NUL"):
+            c.reset_prefixes("fp16\0x")
+
+
 def _free_pages(client, name):
     return next(x["pages_free"] for x in client.status()["pools"] if x["name"] == name)
 

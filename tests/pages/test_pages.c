@@ -566,3 +566,48 @@ Test(pages, check_null)
 {
         cr_assert_eq(kvd_pages_check(NULL), -EINVAL);
 }
+
+Test(pages, reset_keys_empties_the_cache_and_keeps_holdings)
+{
+        struct rec r = { 0 };
+        struct kvd_pages *t = mk(8, &r);
+        uint32_t a[4], b[2], got[4];
+        uint8_t k[6][KVD_KEY_LEN];
+        for (uint32_t i = 0; i < 6; i++)
+                key(k[i], 10 + i);
+        cr_assert_eq(kvd_pages_reset_keys(t), 0); /* nothing to drop */
+        cr_assert_eq(kvd_pages_alloc(t, 1, 4, a), 0);
+        cr_assert_eq(kvd_pages_alloc(t, 2, 2, b), 0);
+        cr_assert_eq(kvd_pages_publish(t, 1, salt0, 4, a, k, NULL), 4);
+        cr_assert_eq(kvd_pages_publish(t, 2, salt1, 2, b, k + 4, NULL), 2); /* another tenant */
+        cr_assert_eq(kvd_pages_release(t, 1, 2, a + 2), 0);                 /* a[2], a[3] idle */
+        cr_assert_eq(kvd_pages_lookup(t, 3, salt0, 1, k, got), 1);          /* a[0] held twice */
+        ASSERT_STATS(t, 2, 4, 6, 2);
+        cr_assert_eq(r.n_stored, 6);
+
+        cr_assert_eq(kvd_pages_reset_keys(t), 6);
+        /* the idle ones are free again, the held ones still held, by the same holders */
+        ASSERT_STATS(t, 4, 4, 0, 0);
+        cr_assert_eq(r.n_evicted, 0); /* the caller announces a reset once, not per key */
+        cr_assert_eq(kvd_pages_refcount(t, a[0]), 2);
+        cr_assert_eq(kvd_pages_session_count(t, 1), 2);
+        cr_assert_eq(kvd_pages_session_count(t, 2), 2);
+        /* no tenant finds anything */
+        cr_assert_eq(kvd_pages_lookup(t, 3, salt0, 4, k, got), 0);
+        cr_assert_eq(kvd_pages_lookup(t, 3, salt1, 2, k + 4, got), 0);
+        /* a held page released now is free, not cached */
+        cr_assert_eq(kvd_pages_release(t, 2, 2, b), 0);
+        ASSERT_STATS(t, 6, 2, 0, 0);
+        /* the pages and keys can be published again */
+        cr_assert_eq(kvd_pages_publish(t, 1, salt0, 1, a + 1, k + 1, NULL), 1);
+        cr_assert_eq(kvd_pages_lookup(t, 4, salt0, 2, k, got), 0); /* k[0] is gone */
+        cr_assert_eq(kvd_pages_lookup(t, 4, salt0, 1, k + 1, got), 1);
+        cr_assert_eq(got[0], a[1]);
+        cr_assert_eq(kvd_pages_reset_keys(t), 1);
+        cr_assert_eq(kvd_pages_drop_session(t, 1), 2);
+        cr_assert_eq(kvd_pages_drop_session(t, 3), 1);
+        cr_assert_eq(kvd_pages_drop_session(t, 4), 1);
+        ASSERT_STATS(t, 8, 0, 0, 0);
+        cr_assert_eq(kvd_pages_reset_keys(NULL), 0);
+        kvd_pages_free(t);
+}

@@ -3,7 +3,8 @@
  * Six sessions do random allocs, releases (valid and invalid: other
  * sessions' pages, free pages, out-of-range ids, a page listed more often
  * than held), publishes (held, not held, duplicate keys, a page that already
- * has a key), lookups (hits, partial runs, another salt) and session drops.
+ * has a key), lookups (hits, partial runs, another salt), session drops and,
+ * rarely, a reset of every key.
  * A plain-array reference model predicts every result; after every step the
  * test compares return values, returned ids, hook calls, stats, every
  * refcount and every session's count, and runs kvd_pages_check().  Evictions
@@ -336,6 +337,21 @@ static void do_lookup(struct kvd_pages *t, struct model *m, int s)
         m->hits += h;
 }
 
+/* every key goes; idle cached pages become free, held ones stay held */
+static void do_reset(struct kvd_pages *t, struct model *m)
+{
+        uint32_t keys = 0;
+        for (uint32_t id = 0; id < m->n; id++) {
+                if (!m->keyed[id])
+                        continue;
+                keys++;
+                m->page_of[m->keyof[id]] = -1;
+                m->keyed[id] = 0;
+        }
+        m->nlru = 0; /* every page on it was keyed */
+        cr_assert_eq(kvd_pages_reset_keys(t), keys);
+}
+
 static void run_model(uint32_t n, uint64_t seed, uint32_t steps)
 {
         static struct model m;
@@ -361,8 +377,10 @@ static void run_model(uint32_t n, uint64_t seed, uint32_t steps)
                         do_publish(t, &m, &w, s);
                 else if (op < 97)
                         do_lookup(t, &m, s);
-                else
+                else if (op < 99 || rnd(4))
                         do_drop(t, &m, s);
+                else
+                        do_reset(t, &m); /* one step in 400 */
                 if (op >= 25)
                         cr_assert_eq(w.nev, 0, "only alloc evicts");
                 if (op < 50 || op >= 70)

@@ -88,7 +88,8 @@ Test(events, publish_and_decode)
         kvd_events_evicted(e, "a-very-long-pool-name-that-is-cut-at-31-bytes", 123456, key);
         kvd_events_pressure(e, "gpu0", 0.0625, 0.1, 1);
         kvd_events_pressure(e, "gpu0", 0.25, 0.2, 0);
-        cr_assert_eq(kvd_events_seq(e), base + 4);
+        kvd_events_reset(e, "gpu0", 4000000000u);
+        cr_assert_eq(kvd_events_seq(e), base + 5);
 
         struct kvd_event ev;
         size_t len;
@@ -127,11 +128,19 @@ Test(events, publish_and_decode)
         cr_assert_eq(ev.seq, base + 4);
         cr_assert_eq(ev.entering, 0);
 
+        cr_assert_eq(recv_event(sub, &ev, &len), 0);
+        cr_assert_eq(len, KVD_EV_RESET_SIZE);
+        cr_assert_eq(ev.type, KVD_EV_RESET);
+        cr_assert_eq(ev.seq, base + 5);
+        cr_assert_str_eq(ev.pool, "gpu0");
+        cr_assert_eq(ev.keys, 4000000000u);
+        cr_assert_str_eq(kvd_event_type_name(KVD_EV_RESET), "reset");
+
         kvd_events_close(e);
         cr_assert_eq(recv_event(sub, &ev, &len), 0, "the shutdown event arrives before the close");
         cr_assert_eq(len, KVD_EV_HDR_SIZE);
         cr_assert_eq(ev.type, KVD_EV_SHUTDOWN);
-        cr_assert_eq(ev.seq, base + 5);
+        cr_assert_eq(ev.seq, base + 6);
         cr_assert_str_eq(ev.pool, "");
         nng_close(sub);
 }
@@ -261,6 +270,8 @@ Test(events, decode_rejects_bad_input)
         cr_assert_eq(kvd_event_decode(b, n, &ev), -EPROTO, "pool without NUL");
         n = mk(b, 1, KVD_EV_PRESSURE, 9, "p");
         cr_assert_eq(kvd_event_decode(b, 60, &ev), -EPROTO, "short pressure");
+        n = mk(b, 1, KVD_EV_RESET, 9, "p");
+        cr_assert_eq(kvd_event_decode(b, KVD_EV_RESET_SIZE - 1, &ev), -EPROTO, "short reset");
         cr_assert_eq(memcmp(&ev, &keep, sizeof(ev)), 0, "untouched on failure");
         /* an unknown type decodes its header */
         n = mk(b, 1, 99, 3, "q");
@@ -389,6 +400,7 @@ Test(ctl_events, json_gaps_and_shutdown)
         ctl_start(&c, "--json", NULL, NULL);
         send_raw(&c, KVD_EV_STORED, 1, 5);
         send_raw(&c, KVD_EV_EVICTED, 2, 6);
+        send_raw(&c, KVD_EV_RESET, 3, 42);
         send_raw(&c, KVD_EV_PRESSURE, 5, 0);
         send_raw(&c, 77, 6, 0);
         send_raw(&c, KVD_EV_SHUTDOWN, 7, 0);
@@ -397,7 +409,9 @@ Test(ctl_events, json_gaps_and_shutdown)
         char want[512];
         expect_page_json(&c, 1, "stored", 5);
         expect_page_json(&c, 2, "evicted", 6);
-        expect_line(&c, "{\"type\":\"missed\",\"missed\":2,\"first_seq\":3,\"last_seq\":4}");
+        snprintf(want, sizeof(want), "{\"seq\":3,%s,\"type\":\"reset\",\"pool\":\"pool\\\"x\",\"keys\":42}", t);
+        expect_line(&c, want);
+        expect_line(&c, "{\"type\":\"missed\",\"missed\":1,\"first_seq\":4,\"last_seq\":4}");
         snprintf(want, sizeof(want), "{\"seq\":5,%s,\"type\":\"pressure\",\"pool\":\"pool\\\"x\","
                  "\"free_fraction\":0.125,\"threshold\":0.25,\"entering\":true}", t);
         expect_line(&c, want);
@@ -412,17 +426,19 @@ Test(ctl_events, json_gaps_and_shutdown)
 Test(ctl_events, readable_and_count)
 {
         struct ctl c;
-        ctl_start(&c, "--count", "3", NULL);
+        ctl_start(&c, "--count", "4", NULL);
         send_raw(&c, KVD_EV_STORED, 10, 1);
         send_raw(&c, KVD_EV_EVICTED, 14, 2);
         send_raw(&c, KVD_EV_PRESSURE, 15, 0);
-        send_raw(&c, KVD_EV_STORED, 16, 3); /* past --count: not printed */
+        send_raw(&c, KVD_EV_RESET, 16, 3);
+        send_raw(&c, KVD_EV_STORED, 17, 3); /* past --count: not printed */
         cr_assert_eq(ctl_wait(&c), 0);
         expect_page_text(&c, 10, "stored", 1);
         expect_line(&c, "missed 3 events (seq 11..13)");
         expect_page_text(&c, 14, "evicted", 2);
         expect_line(&c, "#15 2023-11-14T22:13:20.123456Z pressure pool=pool\"x free=0.1250 "
                     "threshold=0.2500 entering (fell below)");
+        expect_line(&c, "#16 2023-11-14T22:13:20.123456Z reset    pool=pool\"x keys=3 (every prefix key dropped)");
         char line[256];
         cr_assert_null(fgets(line, sizeof(line), c.out), "extra output: %s", line);
         fclose(c.out);

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -595,4 +596,154 @@ Test(prefix, kvpoolctl_events_follows_the_daemon, .init = up, .fini = down, .tim
         cr_assert_eq(waitpid(pid, &status, 0), pid);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "kvpoolctl events exit status %d", status);
         fclose(out);
+}
+
+/* ---- resetting the prefix cache --------------------------------------------- */
+
+/* Runs kvpoolctl with args (NULL-terminated), returns its exit status and
+ * its first output line in out. */
+static int ctl_run(char *out, size_t len, ...)
+{
+        const char *exe = getenv("KVPOOLCTL");
+        cr_assert(exe && access(exe, X_OK) == 0, "KVPOOLCTL does not name kvpoolctl");
+        const char *argv[8] = { exe, "--socket", D.sock };
+        int argc = 3;
+        va_list ap;
+        va_start(ap, len);
+        for (const char *a; argc < 7 && (a = va_arg(ap, const char *)) != NULL;)
+                argv[argc++] = a;
+        va_end(ap);
+        argv[argc] = NULL;
+        int fd[2];
+        cr_assert_eq(pipe(fd), 0);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                dup2(fd[1], 1);
+                dup2(fd[1], 2);
+                close(fd[0]);
+                close(fd[1]);
+                execv(exe, (char *const *)argv);
+                _exit(127);
+        }
+        close(fd[1]);
+        FILE *f = fdopen(fd[0], "r");
+        out[0] = '\0';
+        if (fgets(out, (int)len, f))
+                out[strcspn(out, "\n")] = '\0';
+        while (fgetc(f) != EOF)
+                ;
+        fclose(f);
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+Test(prefix, reset_drops_every_key_and_keeps_holdings, .init = up, .fini = down, .timeout = 60)
+{
+        kvc_client *ctl;
+        cr_assert_eq(kvt_connect(&D, "test", NULL, &ctl), 0);
+        struct kvt_worker a, b, c;
+        worker(&a, NULL, "A", "p");
+        worker(&b, "000102030405060708090a0b0c0d0e0f", "B", "p"); /* another tenant */
+        worker(&c, NULL, "C", "q");
+        struct evsub e;
+        sub_open(&e, &a);
+
+        /* A: a chain of 4 written and published, the last two freed (idle
+         * cached); B: a chain of 2 of its tenant, held; C: 2 on pool q */
+        kvc_key kx[4], ky[2], kz[2];
+        chain_keys(31, 4, kx);
+        chain_keys(32, 2, ky);
+        chain_keys(33, 2, kz);
+        int32_t px[4], py[2], pz[2], got[4];
+        alloc_ids(&a, 4, px);
+        alloc_ids(&b, 2, py);
+        alloc_ids(&c, 2, pz);
+        char *il = idlist(py, 2);
+        cr_assert_str_eq(kvt_cmd(&b, "kvwrite 5 %s", il), "ok");
+        free(il);
+        char *sum_y = sum(&b, py, 2);
+        cr_assert_str_eq(publish(&a, px, kx, 4), "ok 4 0 0 0 0");
+        cr_assert_str_eq(publish(&b, py, ky, 2), "ok 2 0 0");
+        cr_assert_str_eq(publish(&c, pz, kz, 2), "ok 2 0 0");
+        cr_assert_str_eq(kvt_cmd(&a, "free %d %d", px[2], px[3]), "ok");
+        struct kvt_pool_stats st0, st, q0, q1;
+        stats(ctl, "p", &st0);
+        stats(ctl, "q", &q0);
+        cr_assert_geq(st0.cached, 6); /* and the idle probes of sub_open */
+
+        uint32_t n = 0;
+        cr_assert_eq(kvc_reset_prefixes(ctl, "p", &n), 0, "%s", kvc_errmsg(ctl));
+        cr_assert_eq(n, (uint32_t)st0.cached);
+        stats(ctl, "p", &st);
+        cr_assert_eq(st.cached, 0);
+        cr_assert_eq(st.cached_idle, 0);
+        cr_assert_eq(st.held, st0.held, "held pages stay held");
+        cr_assert_eq(st.free, st0.free + st0.cached_idle, "idle cached pages are free now");
+        cr_assert_eq(st.evictions, st0.evictions);
+        stats(ctl, "q", &q1);
+        cr_assert_eq(q1.cached, q0.cached, "another pool's keys stay");
+
+        /* one RESET event, after the STOREDs */
+        struct kvd_event ev = { 0 };
+        cr_assert_eq(nng_socket_set_ms(e.s, NNG_OPT_RECVTIMEO, 5000), 0);
+        while (ev.type != KVD_EV_RESET) {
+                void *buf;
+                size_t len;
+                int rv = nng_recv(e.s, &buf, &len, NNG_FLAG_ALLOC);
+                cr_assert_eq(rv, 0, "waiting for the RESET event: %s", nng_strerror(rv));
+                cr_assert_eq(kvd_event_decode(buf, len, &ev), 0);
+                nng_free(buf, len);
+        }
+        cr_assert_str_eq(ev.pool, "p");
+        cr_assert_eq(ev.keys, n);
+
+        /* nobody finds the keys; q's still are */
+        cr_assert_eq(lookup(&a, kx, 4, got), 0);
+        cr_assert_eq(lookup(&b, ky, 2, got), 0);
+        cr_assert_eq(lookup(&c, kz, 2, got), 2);
+        /* B still reads its pages, and frees them: free now, not cached */
+        char *sum_y2 = sum(&b, py, 2);
+        cr_assert_str_eq(sum_y2, sum_y);
+        il = idlist(py, 2);
+        cr_assert_str_eq(kvt_cmd(&b, "free %s", il), "ok");
+        free(il);
+        cr_assert_str_eq(kvt_cmd(&a, "free %d %d", px[0], px[1]), "ok");
+        stats(ctl, "p", &st);
+        cr_assert_eq(st.cached, 0);
+        cr_assert_eq(st.held, st0.held - 4);
+        /* the keys can be published again */
+        int32_t fresh;
+        alloc_ids(&a, 1, &fresh);
+        cr_assert_str_eq(publish(&a, &fresh, kx, 1), "ok 1 0");
+        cr_assert_eq(lookup(&a, kx, 4, got), 1);
+
+        /* what a caller gets wrong */
+        n = 77;
+        cr_assert_eq(kvc_reset_prefixes(ctl, "nope", &n), -ENOENT);
+        cr_assert(strstr(kvc_errmsg(ctl), "no pool named \"nope\""), "%s", kvc_errmsg(ctl));
+        cr_assert_eq(n, 77, "*ret_keys touched on failure");
+        cr_assert_eq(kvc_reset_prefixes(ctl, "", &n), -EINVAL);
+        cr_assert_eq(kvc_reset_prefixes(ctl, NULL, &n), -EINVAL);
+        cr_assert_eq(kvc_reset_prefixes(NULL, "p", &n), -EINVAL);
+        cr_assert_eq(kvc_reset_prefixes(ctl, "p", NULL), 0); /* the count is optional */
+
+        /* kvpoolctl reset-prefixes */
+        char line[256];
+        cr_assert_eq(ctl_run(line, sizeof line, "reset-prefixes", "p", NULL), 0, "%s", line);
+        cr_assert_str_eq(line, "pool p: 0 prefix-cache keys dropped"); /* the one above is gone again */
+        cr_assert_eq(ctl_run(line, sizeof line, "reset-prefixes", "q", NULL), 0, "%s", line);
+        cr_assert_str_eq(line, "pool q: 2 prefix-cache keys dropped");
+        cr_assert_eq(ctl_run(line, sizeof line, "reset-prefixes", "nope", NULL), 1, "%s", line);
+        cr_assert(strstr(line, "no pool named"), "%s", line);
+        cr_assert_eq(ctl_run(line, sizeof line, "reset-prefixes", NULL), 2, "%s", line);
+        cr_assert(strstr(line, "name the pool"), "%s", line);
+
+        free(sum_y);
+        free(sum_y2);
+        cr_assert_eq(kvt_worker_stop(&a), 0);
+        cr_assert_eq(kvt_worker_stop(&b), 0);
+        cr_assert_eq(kvt_worker_stop(&c), 0);
+        kvc_disconnect(ctl);
 }

@@ -11,7 +11,7 @@
 
 #include "kv_proto.h"
 
-#define SAMPLE_COUNT 20
+#define SAMPLE_COUNT 22
 
 /* Encodes the i-th sample message (0 <= i < SAMPLE_COUNT) into buf.
  * Returns its length or a negative errno from the encoder. */
@@ -79,6 +79,13 @@ static inline int sample_encode(int i, uint8_t *buf, size_t cap)
         case 17: return kv_enc_empty(buf, cap, KV_OP_BYE | KV_OP_REPLY, 9);
         case 18: return kv_enc_error(buf, cap, 10, KV_E_NOSPACE, "pool llama-8b: 5 pages asked, 3 free");
         case 19: return kv_enc_pages(buf, cap, KV_OP_LOOKUP | KV_OP_REPLY, 11, 0, 0, NULL);
+        case 20: {
+                struct kv_attach_req m;
+                memset(&m, 0, sizeof m);
+                strcpy(m.name, "llama-8b");
+                return kv_enc_reset_req(buf, cap, 12, &m);
+        }
+        case 21: return kv_enc_u32_req(buf, cap, KV_OP_RESET | KV_OP_REPLY, 12, 4321);
         default: return -1;
         }
 }
@@ -122,7 +129,8 @@ static inline int decode_frame(const uint8_t *buf, size_t len, volatile uint32_t
                         *sink += m.num_pools;
                 return rc;
         }
-        case KV_OP_ATTACH: {
+        case KV_OP_ATTACH:
+        case KV_OP_RESET: {
                 struct kv_attach_req m;
                 rc = kv_dec_attach_req(b, h.body_len, &m);
                 if (rc == 0)
@@ -178,7 +186,8 @@ static inline int decode_frame(const uint8_t *buf, size_t len, volatile uint32_t
                 return rc;
         }
         case KV_OP_STATUS:
-        case KV_OP_METRICS: {
+        case KV_OP_METRICS:
+        case KV_OP_RESET | KV_OP_REPLY: {
                 uint32_t v;
                 rc = kv_dec_u32_req(b, h.body_len, &v);
                 if (rc == 0)

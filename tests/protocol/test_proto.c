@@ -102,7 +102,7 @@ Test(proto, header_malformed)
         b[5] = 0;
 
         /* unknown opcodes */
-        uint16_t ops[] = { 0, 0x000a, 0x0100, 0x7fff, 0x8000, 0x800a, 0xfffe, 0x4001 };
+        uint16_t ops[] = { 0, 0x000b, 0x0100, 0x7fff, 0x8000, 0x800b, 0xfffe, 0x4001 };
         for (size_t i = 0; i < sizeof ops / sizeof *ops; i++) {
                 b[6] = (uint8_t)ops[i];
                 b[7] = (uint8_t)(ops[i] >> 8);
@@ -112,7 +112,7 @@ Test(proto, header_malformed)
         cr_assert_eq(memcmp(&h, &sentinel, sizeof h), 0);
 
         /* every known opcode is accepted */
-        for (uint16_t op = KV_OP_HELLO; op <= KV_OP_METRICS; op++) {
+        for (uint16_t op = KV_OP_HELLO; op <= KV_OP_LAST; op++) {
                 kv_hdr_encode(b, sizeof b, op, 0, 0);
                 cr_assert_eq(kv_hdr_decode(b, KV_HDR_SIZE, &h), 0);
                 kv_hdr_encode(b, sizeof b, op | KV_OP_REPLY, 0, 0);

@@ -146,6 +146,7 @@ _PROTOS = {
     "kvc_free": (_i, [_vp, _u32, c_int32_p]),
     "kvc_publish": (_i, [_vp, _u32, c_int32_p, ctypes.POINTER(Key), ctypes.POINTER(ctypes.c_uint8)]),
     "kvc_lookup": (_i, [_vp, _u32, ctypes.POINTER(Key), c_int32_p]),
+    "kvc_reset_prefixes": (_i, [_vp, ctypes.c_char_p, ctypes.POINTER(_u32)]),
     "kvc_block_key": (None, [ctypes.POINTER(Key), c_int32_p, ctypes.c_size_t, _vp, ctypes.c_size_t,
                              ctypes.POINTER(Key)]),
     "kvc_write": (_i, [_vp, ctypes.POINTER(WriteArgs), _vp]),

@@ -300,6 +300,18 @@ class Client:
         finally:
             C.libc.free(out.value)
 
+    def reset_prefixes(self, name):
+        """Drops every prefix-cache key of pool `name`, any tenant's
+        (kvc_reset_prefixes): after a change of model weights, or of
+        anything else the keys do not cover, the cached KV is wrong.  Pages
+        in use stay with their holders.  Needs no attach.  Returns the
+        number of keys dropped."""
+        n = ctypes.c_uint32()
+        with self._call():
+            self._check(C.lib.kvc_reset_prefixes(self._handle(), _cstr(name, "name"), ctypes.byref(n)),
+                        "kvc_reset_prefixes")
+        return n.value
+
     def attach(self, name):
         """Attaches to pool `name` and maps its memory (kvc_attach)."""
         h = ctypes.c_void_p()
