@@ -336,6 +336,12 @@ def test_closing_a_client_gives_its_pages_back(daemon):
         assert _free_pages(w, "fp16") == before - 5
         c.close()
         c.close()  # idempotent
+        # the daemon releases a session's pages when it sees the connection
+        # close, which the client does not wait for
+        for _ in range(100):
+            if _free_pages(w, "fp16") == before:
+                break
+            time.sleep(0.05)
         assert _free_pages(w, "fp16") == before
 
 
@@ -566,3 +572,78 @@ def test_kv_cache_arguments_are_checked(daemon):
         with pytest.raises(ValueError, match="only fp4_e2m1"):
             c.attach("bf16").kv_block_scales()
         assert len(p._exports) == 0  # nothing was handed out
+
+
+def test_a_failed_view_leaves_no_export(daemon, monkeypatch):
+    with kvpool.Client(daemon, name="views-fail") as c:
+        p = c.attach("fp8_e4m3")
+        monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails
+        with pytest.raises(ImportError, match="torch") as e:
+            p.kv_cache(0, like="torch")
+        assert len(p._exports) == 0, "an exporter was left behind by a failed call"
+        del e
+        p.detach()
+
+
+def test_a_second_close_waits_for_the_first_ones_outcome():
+    # thread A's shut is refused (a view is alive) while thread B's shut
+    # waits: B must not return as if the handle were shut, but shut it
+    import threading
+    from kvpool.client import _Life
+
+    life = _Life()
+    inside, release, order = threading.Event(), threading.Event(), []
+
+    def refuse_once():
+        inside.set()
+        release.wait(5)
+        return BufferError("a view is alive")
+
+    def a():
+        try:
+            life.shut("closed", refuse_once)
+        except BufferError:
+            order.append("A refused")
+
+    def b():
+        order.append("B shut" if life.shut("closed") else "B found it shut")
+
+    ta = threading.Thread(target=a)
+    ta.start()
+    assert inside.wait(5)
+    tb = threading.Thread(target=b)
+    tb.start()
+    time.sleep(0.2)
+    assert order == [], "the second shut returned while the first one was deciding"
+    release.set()
+    ta.join(5)
+    tb.join(5)
+    assert order == ["A refused", "B shut"] and life.closed == "closed"
+    assert life.shut("again") is False
+
+
+def test_a_with_block_that_raises_with_a_view_alive_closes_when_it_is_dropped(daemon):
+    import gc
+
+    def body():
+        with kvpool.Client(daemon, name="raiser") as c:
+            p = c.attach("bf16")
+            p.alloc(4)
+            views = [p.kv_cache(0)]  # alive in this frame when the exception leaves the block
+            raise RuntimeError(f"boom, {len(views)} view alive")
+
+    gc.disable()  # what is freed below must be freed by reference counting alone
+    try:
+        try:
+            body()
+        except RuntimeError:
+            pass  # the traceback, and with it the frame and the view, goes at the end of this block
+        with kvpool.Client(daemon, name="raiser-watch") as w:
+            for _ in range(100):
+                if not any(x["name"] == "raiser" for x in w.status()["clients"]):
+                    break
+                time.sleep(0.05)
+            assert not any(x["name"] == "raiser" for x in w.status()["clients"]), \
+                "the client left open by the with block was not closed once its view was dropped"
+    finally:
+        gc.enable()

@@ -22,8 +22,9 @@ an fp8_e4m3 and an fp4_e2m1 pool (8 kv heads x 128, page 16) it:
   - reads the written pages through Pool.kv_cache (and kv_block_scales for
     fp4): torch tensors over the pool's own device memory, decoded here,
     equal to the gathers; stores through them are what gather reads; the
-    tensors hold the pool, so detach refuses while one is alive.  A host
-    pool (fp8_e5m2) does the same with like='torch' CPU tensors.
+    tensors hold the pool, so detach refuses while one is alive.  An fp16
+    pool's view is float16 and like='numpy' is refused; a host pool
+    (fp8_e5m2) does the same with like='torch' CPU tensors.
 """
 import gc
 import math
@@ -68,6 +69,8 @@ def cuda_pools():
         if dt.startswith("fp8"):
             p["scales"] = {"source": "constant", "k": SCALE["k"], "v": SCALE["v"]}
         pools.append(p)
+    pools.append({"name": "fp16", "dtype": "fp16", "layers": LAYERS, "kv_heads": HEADS, "head_dim": DIM,
+                  "page_size": PAGE, "capacity": "16MiB", "backend": "cuda", "device": 0})
     pools.append({"name": "host", "dtype": "fp8_e5m2", "layers": LAYERS, "kv_heads": HEADS, "head_dim": DIM,
                   "page_size": PAGE, "capacity": "16MiB", "backend": "host",
                   "scales": {"source": "constant", "k": SCALE["k"], "v": SCALE["v"]}})
@@ -139,6 +142,30 @@ def run_views(pool, table, lens, kv):
     gc.collect()
     check(len(pool._exports) == 0, f"{dt} kv_cache: the exporters go with the tensors "
                                    f"({len(pool._exports)} left)")
+
+
+def run_fp16_views(c):
+    """An fp16 CUDA pool's view is float16 and holds what was written; a
+    NumPy view of device memory is refused."""
+    pool = c.attach("fp16")
+    dev = torch.device("cuda", pool.device)
+    page = pool.alloc(1)[0]
+    k = torch.randn((5, HEADS, DIM), device=dev).to(torch.bfloat16)
+    v = torch.randn((5, HEADS, DIM), device=dev).to(torch.bfloat16)
+    pool.write(1, k, v, torch.arange(5, device=dev, dtype=torch.int64) + page * PAGE)
+    torch.cuda.synchronize()
+    view = pool.kv_cache(1)
+    check(view.dtype == torch.float16, f"fp16 kv_cache: {view.dtype}")
+    check(torch.equal(view[0, page, :5], k.to(torch.float16)) and torch.equal(view[1, page, :5], v.to(torch.float16)),
+          "fp16 kv_cache: the view holds what was written")
+    try:
+        pool.kv_cache(1, like="numpy")
+        check(False, "fp16: a NumPy view of device memory was made")
+    except ValueError as e:
+        check("like" in str(e), f"fp16: like='numpy' on a CUDA pool refused ({e})")
+    del view
+    pool.free([page])
+    pool.detach()
 
 
 def run_host_views(c, gen):
@@ -307,6 +334,7 @@ def main():
                     run_pool(p, gen)
                     st = {x["name"]: x for x in c.status()["pools"]}[name]
                     check(st["pages_held"] > 0, f"{name}: the session's pages are held")
+                run_fp16_views(c)
                 run_host_views(c, gen)
             with kvpool.Client(url, name="after") as c2:
                 held = sum(x["pages_held"] for x in c2.status()["pools"])

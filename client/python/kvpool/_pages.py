@@ -95,19 +95,27 @@ def array(pool, exports, element, offset, shape, strides, like):
         raise ValueError(f"pool {pool.name}: the array would end at byte {last}, past its {pool.bytes}")
     cuda = pool.backend == "cuda"
     mem = _DeviceMemory(pool) if cuda else _HostMemory(pool)
-    exports.add(mem)
     elems = tuple(s // item for s in strides)
+    # the exporter is registered only with the array made: one left by a
+    # failure (an import, a dtype) would refuse detach for no array
     if like == "torch":
         torch = _module("torch", "like='torch'" if not cuda else f"a view of the CUDA pool {pool.name}")
         if cuda:
             raw = torch.as_tensor(mem, device=torch.device("cuda", pool.device))
+            if raw.data_ptr() != pool.base or raw.device.index != pool.device:
+                # torch copies when it places the pointer on another device
+                raise RuntimeError(f"pool {pool.name}: torch did not view the pool's memory in place "
+                                   f"(device {raw.device}, pool on cuda:{pool.device})")
         else:
             raw = torch.from_numpy(_module("numpy", "like='torch' on a host pool").asarray(mem))
-        return raw.view(getattr(torch, torch_name)).as_strided(shape, elems, offset // item)
-    np = _module("numpy", "like='numpy'")
-    dtype = getattr(_module(np_mod, f"a NumPy view of a {pool.dtype} pool"), np_name)
-    # (as_strided would lose ml_dtypes' element types through their type strings)
-    return np.ndarray(shape, dtype, buffer=np.asarray(mem), offset=offset, strides=strides)
+        out = raw.view(getattr(torch, torch_name)).as_strided(shape, elems, offset // item)
+    else:
+        np = _module("numpy", "like='numpy'")
+        dtype = getattr(_module(np_mod, f"a NumPy view of a {pool.dtype} pool"), np_name)
+        # (as_strided would lose ml_dtypes' element types through their type strings)
+        out = np.ndarray(shape, dtype, buffer=np.asarray(mem), offset=offset, strides=strides)
+    exports.add(mem)
+    return out
 
 
 def kv_cache(pool, layout, exports, layer, like):

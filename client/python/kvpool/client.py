@@ -110,12 +110,12 @@ class _Life:
     call starts after them (the C library frees the client and unmaps the
     pool, and a call still running would use freed memory)."""
 
-    __slots__ = ("lock", "cv", "busy", "closed")
+    __slots__ = ("lock", "cv", "busy", "closed", "shutting")
 
     def __init__(self):
         self.lock = threading.Lock()
         self.cv = threading.Condition(self.lock)
-        self.busy, self.closed = 0, None
+        self.busy, self.closed, self.shutting = 0, None, False
 
     def enter(self):
         with self.lock:
@@ -133,18 +133,31 @@ class _Life:
         """Refuses new calls with ValueError(why), waits for those running;
         False if it was already shut.  refuse: called once they have
         returned; an exception it returns is raised and the handle stays
-        open (calls made meanwhile got the ValueError)."""
+        open (calls made meanwhile got the ValueError).  A second shut
+        waits for the first one's outcome, and tries itself if that one was
+        refused."""
         with self.lock:
+            while self.shutting:
+                self.cv.wait()
             if self.closed:
                 return False
-            self.closed = why
+            self.closed, self.shutting = why, True
             while self.busy:
                 self.cv.wait()
+        # outside the lock: refuse runs Python code (a collection it starts
+        # may run a __del__ that calls this handle); no call can start now
+        try:
             err = refuse() if refuse is not None else None
+        except BaseException as e:
+            err = e
+        with self.lock:
+            self.shutting = False
             if err is not None:
                 self.closed = None
-                raise err
-            return True
+            self.cv.notify_all()
+        if err is not None:
+            raise err
+        return True
 
 
 class _InCall:
@@ -202,7 +215,10 @@ class Client:
 
     def __init__(self, url=None, name="python", tenant_salt=None):
         self._h = None
-        self._pools = []
+        # weak: a client and its pools are freed by reference counting, not
+        # left to the cyclic collector (a client left open by a with block
+        # that raised while views of a pool lived closes once they are gone)
+        self._pools = weakref.WeakSet()
         self._life = _Life()
         salt = _key(tenant_salt, "tenant_salt") if tenant_salt is not None else None
         h = ctypes.c_void_p()
@@ -230,11 +246,11 @@ class Client:
         """Drops the handles without a call (after fork, in the child)."""
         self._life = _Life()  # the parent's lock may have been held at fork
         self._life.closed = why
-        for p in self._pools:
+        for p in list(self._pools):
             p._life = _Life()
             p._life.closed = why
             p._h = None
-        self._pools = []
+        self._pools = weakref.WeakSet()
         self._h = None
 
     def close(self):
@@ -245,7 +261,7 @@ class Client:
         self._close(force=False)
 
     def _viewed(self):
-        for p in self._pools:
+        for p in list(self._pools):
             err = p._viewed()
             if err is not None:
                 return err
@@ -260,10 +276,10 @@ class Client:
                 raise err
         if not self._life.shut("the client is closed", None if force else self._viewed):
             return
-        for p in self._pools:
+        for p in list(self._pools):
             p._life.shut(f"pool {p.name} is detached (or its client closed)")
             p._h = None  # freed by kvc_disconnect
-        self._pools = []
+        self._pools = weakref.WeakSet()
         C.lib.kvc_disconnect(self._h)
         self._h = None
 
@@ -274,7 +290,7 @@ class Client:
         if exc_type is not None and self._viewed() is not None:
             # the frames of the exception hold the arrays: raising BufferError
             # here would bury the exception, so the client stays open until
-            # it is collected (__del__)
+            # the last of them and the client are dropped (__del__)
             return
         self.close()
 
@@ -318,7 +334,7 @@ class Client:
         with self._call():
             self._check(C.lib.kvc_attach(self._handle(), _cstr(name, "name"), ctypes.byref(h)), "kvc_attach")
             p = Pool(self, h.value)
-            self._pools.append(p)
+            self._pools.add(p)
         return p
 
 
@@ -386,7 +402,7 @@ class Pool:
             if self._life.shut(f"pool {self.name} is detached (or its client closed)", self._viewed):
                 C.lib.kvc_detach(self._h)
                 self._h = None
-                self._client._pools.remove(self)
+                self._client._pools.discard(self)
         finally:
             self._client._life.leave()
 
