@@ -11,13 +11,16 @@ sequences, the graph launches CTAs that find no keys.  For each shape
 (Hq/kv_heads/D = 32/8/128, page 16) and table capacity this prints the
 eager call's GPU time, the graph replay's and their ratio, and the host
 time each takes to return (an eager call: the binding's checks, the
-library's plan and its launches; a replay: one cudaGraphLaunch).  GPU
+library's plan and its launches; a replay: one cudaGraphLaunch), and the
+host time of the library's kvc_decode alone, called through ctypes with the
+argument struct the binding built (its checks, plan and launches).  GPU
 times are the median of --reps runs between two CUDA events around one
 call or one replay, the L2 cleaned before each by a streaming read of 256
 MiB (as bench_decode.py's --flush read), behind a 300 us spin kernel so
 that the host's time does not show in them.
 """
 import argparse
+import ctypes
 import os
 import sys
 import tempfile
@@ -28,6 +31,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "client", "python"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
 import kvpool  # noqa: E402
+from kvpool import _capi  # noqa: E402
 from kvpoold_proc import Kvpoold  # noqa: E402
 
 HEADS, DIM, PAGE, HQ = 8, 128, 16, 32
@@ -73,6 +77,27 @@ def timed(fn, flush, reps):
     return ts[len(ts) // 2], hs[len(hs) // 2]
 
 
+def library_call(pool, call):
+    """A function making the C call that call() makes through the binding,
+    with the same argument struct and stream, and nothing of the binding."""
+    seen = []
+    real = pool._run
+    pool._run = lambda name, args, stream: seen.append((name, args, stream)) or real(name, args, stream)
+    try:
+        call()
+    finally:
+        del pool._run
+    name, args, stream = seen[0]
+    fn, h = getattr(_capi.lib, name), pool._h
+    sh = kvpool.client._stream_handle(stream, pool.device)
+    ref = ctypes.byref(args)
+
+    def direct():
+        if fn(h, ref, sh) != 0:
+            sys.exit(f"bench_graph: {name} failed: {_capi.lib.kvc_errmsg(pool._client._h).decode()}")
+    return direct
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=30)
@@ -86,12 +111,14 @@ def main():
     gen = torch.Generator(device=dev).manual_seed(3)
     print(f"# {torch.cuda.get_device_name(0)}; Hq/kv_heads/D = {HQ}/{HEADS}/{DIM}, page {PAGE}; "
           f"median of {args.reps}, L2 cleaned by a read before each; times in us")
-    print("| B | L | table keys | dtype | eager us | graph us | graph / eager | eager host us | replay host us |")
-    print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| B | L | table keys | dtype | eager us | graph us | graph / eager | eager host us | "
+          "library host us | replay host us |")
+    print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
         d = Kvpoold(tmp, cuda_pools(dtypes, most)).start()
         url = d.url
         try:
+            printed_launch = False
             with kvpool.Client(url, name="bench-graph") as c:
                 for dt in dtypes:
                     pool = c.attach(dt)
@@ -124,9 +151,15 @@ def main():
                         err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
                         if err > 1e-2:
                             sys.exit(f"bench_graph: graph and eager outputs differ ({err:.3g}) at B={b} L={L}")
+                        if not printed_launch:  # what one kernel launch costs the host, for scale
+                            _, hz = timed(out.zero_, flush, args.reps)
+                            print(f"# one PyTorch launch (out.zero_()) returns after {hz:.1f} us of host time")
+                            printed_launch = True
                         te, he = timed(eager, flush, args.reps)
+                        _, hl = timed(library_call(pool, eager), flush, args.reps)
                         tg, hg = timed(g.replay, flush, args.reps)
-                        print(f"| {b} | {L} | {cap} | {dt} | {te:.1f} | {tg:.1f} | {tg / te:.2f} | {he:.1f} | {hg:.1f} |")
+                        print(f"| {b} | {L} | {cap} | {dt} | {te:.1f} | {tg:.1f} | {tg / te:.2f} | {he:.1f} | "
+                              f"{hl:.1f} | {hg:.1f} |")
                         del g
                     pool.free(pages)
                     pool.detach()
