@@ -52,11 +52,14 @@ def main():
                 table = pages.reshape(B, 1)
                 lens = np.full(B, PAGE, np.int32)
                 indptr = np.arange(B + 1, dtype=np.int32)
+                dplan, eplan = p.plan_decode(table, lens), p.plan_extend(indptr, table, lens)
                 calls = {
                     "write": ("kvc_write", lambda: p.write(0, k, k, slots)),
                     "gather": ("kvc_gather", lambda: p.gather(0, pages, ko, ko)),
                     "decode": ("kvc_decode", lambda: p.decode(0, q, out, table, lens)),
                     "extend": ("kvc_extend", lambda: p.extend(0, q, out, indptr, table, lens)),
+                    "decode, plan.run": ("kvc_decode", lambda: dplan.run(0, q, out)),
+                    "extend, plan.run": ("kvc_extend", lambda: eplan.run(0, q, out)),
                 }
                 print(f"# binding only (library call a no-op), NumPy arrays, median of 5 rounds of {args.calls} calls")
                 print("| call | us per call |")

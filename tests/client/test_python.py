@@ -647,3 +647,53 @@ def test_a_with_block_that_raises_with_a_view_alive_closes_when_it_is_dropped(da
                 "the client left open by the with block was not closed once its view was dropped"
     finally:
         gc.enable()
+
+
+def test_a_plan_checks_the_step_once_and_runs_every_layer(daemon):
+    rng = np.random.default_rng(5)
+    lens = [PAGE + 3, 2 * PAGE]
+    with kvpool.Client(daemon, name="plans") as c:
+        p = c.attach("fp8_e5m2")
+        table = np.zeros((2, 2), np.int32)
+        for b, n in enumerate(lens):
+            pages = p.alloc(2)
+            table[b] = pages
+            slots = np.array([pages[t // PAGE] * PAGE + t % PAGE for t in range(n)], np.int64)
+            for layer in range(LAYERS):  # other K/V in each layer
+                k = rng.standard_normal((n, HEADS, DIM)).astype(np.float32)
+                p.write(layer, k, -k, slots)
+        seq_lens = np.array(lens, np.int32)
+        plan = p.plan_decode(table, seq_lens)
+        assert plan.batch == 2 and plan.rows() == 2
+        for layer in range(LAYERS):
+            q = rng.standard_normal((2, 2 * HEADS, DIM)).astype(ml_dtypes.bfloat16)
+            got, want = np.zeros_like(q), np.zeros_like(q)
+            plan.run(layer, q, got, sm_scale=0.1)
+            p.decode(layer, q, want, table, seq_lens, sm_scale=0.1)
+            np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+            assert np.any(got.astype(np.float32) != 0)
+        with pytest.raises(ValueError, match="q: 3 rows"):
+            plan.run(0, np.zeros((3, 2 * HEADS, DIM), np.float16), np.zeros((3, 2 * HEADS, DIM), np.float16))
+        with pytest.raises(ValueError, match="layer"):
+            plan.run(LAYERS, q, got)
+        with pytest.raises(ValueError, match="sm_scale"):
+            plan.run(0, q, got, sm_scale=-1.0)
+        with pytest.raises(ValueError, match="page_table"):
+            p.plan_decode(table[:, 0], seq_lens)
+
+        # extend: the queries' rows follow qo_indptr_host as it is at each run
+        indptr = np.array([0, 2, 3], np.int32)
+        eplan = p.plan_extend(indptr, table, seq_lens)
+        assert eplan.rows() == 3
+        qe = rng.standard_normal((3, HEADS, DIM)).astype(np.float16)
+        got, want = np.zeros_like(qe), np.zeros_like(qe)
+        eplan.run(1, qe, got)
+        p.extend(1, qe, want, indptr, table, seq_lens)
+        np.testing.assert_array_equal(got, want)
+        indptr[2] = 4  # the host copy is the array itself on a host pool
+        assert eplan.rows() == 4
+        with pytest.raises(ValueError, match="ends at 4"):
+            eplan.run(1, qe, got)
+        p.detach()
+        with pytest.raises(ValueError, match="detached"):
+            plan.run(0, q, np.zeros_like(q))

@@ -16,6 +16,7 @@ an fp8_e4m3 and an fp4_e2m1 pool (8 kv heads x 128, page 16) it:
   - runs decode and extend attention through the binding and compares them
     with torch's scaled_dot_product_attention over the gathered K/V
     (relative error per sequence <= 1e-2, grouped-query 32/8);
+  - runs the same decode from a plan (Pool.plan_decode) and compares;
   - captures decode in a CUDA graph (torch.cuda.graph) with every length 1
     and replays it at longer lengths: each replay against SDPA;
   - checks that host arrays are refused for a CUDA pool before any launch;
@@ -271,6 +272,12 @@ def run_pool(pool, gen):
         e = rel(out[b:b + 1], sdpa(q[b:b + 1], *kv[b], scale))
         worst[dt, "decode"] = max(worst.get((dt, "decode"), 0), e)
         check(e <= 1e-2, f"{dt} decode b={b} L={n}: relative error {e:.2e} against SDPA")
+    # a plan made once runs the same call (the library's default stream choice included)
+    plan = pool.plan_decode(table.to(dev), seq_lens.to(dev), seq_lens_host=seq_lens)
+    out_p = torch.full_like(q, float("nan"))
+    plan.run(1, q, out_p)
+    torch.cuda.synchronize()
+    check(torch.equal(out_p, out), f"{dt} plan_decode + run: the same output as decode")
 
     # a CUDA graph, as serving engines replay their decode step: captured
     # with every length 1, replayed at the real lengths, then at others
@@ -306,7 +313,7 @@ def run_pool(pool, gen):
     run_views(pool, table, lens, kv)
 
     try:
-        pool.decode(1, q.cpu(), out.cpu(), table, seq_lens)
+        pool.decode(1, q.cpu(), out.cpu(), table.to(dev), seq_lens.to(dev), seq_lens_host=seq_lens)
         check(False, f"{dt}: host q on a CUDA pool was accepted")
     except TypeError as e:
         check("q:" in str(e) and "device" in str(e), f"{dt}: host q refused naming q ({e})")

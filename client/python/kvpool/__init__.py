@@ -6,6 +6,8 @@
         pages = pool.alloc(4)
         pool.write(layer, k, v, slots)                   # k, v: [T, kv_heads, head_dim]
         pool.decode(layer, q, out, page_table, seq_lens)
+        plan = pool.plan_decode(page_table, seq_lens)   # once a step, then per layer:
+        plan.run(layer, q, out)
         pool.publish(pages, kvpool.chain_keys(tokens, pool.page_size))
         kv = pool.kv_cache(layer)                        # the pages themselves, no copy
 
@@ -15,6 +17,7 @@ memory of the pool's GPU for a CUDA pool.  docs/python.md describes every
 call; the C contracts behind them are in client/include/kvclient.h.
 """
 from ._capi import DTYPES
+from ._plan import AttentionPlan
 from .client import Client, KvpoolError, Pool, block_key, chain_keys
 
-__all__ = ["Client", "Pool", "KvpoolError", "block_key", "chain_keys", "DTYPES"]
+__all__ = ["Client", "Pool", "AttentionPlan", "KvpoolError", "block_key", "chain_keys", "DTYPES"]

@@ -14,7 +14,6 @@ tensors alive until the stream has run them, as with any CUDA kernel.
 import ctypes
 import errno as _errno
 import json
-import math
 import operator
 import os
 import sys
@@ -22,7 +21,7 @@ import threading
 import weakref
 
 from . import _capi as C
-from . import _pages
+from . import _pages, _plan
 from ._arrays import contiguous, index_view, view
 
 
@@ -92,8 +91,15 @@ def chain_keys(tokens, page_size, extra=b""):
 def _stream_handle(stream, device):
     if stream is None:
         torch = sys.modules.get("torch")
-        if torch is not None and device is not None and torch.cuda.is_available():
-            return torch.cuda.current_stream(device).cuda_stream
+        if torch is None or device is None:
+            return None
+        # the raw handle, without a Stream object (Triton reads it so too);
+        # builds without it take the public way
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+        if raw is not None:
+            return raw(device) or None
+        if torch.cuda.is_available():
+            return torch.cuda.current_stream(device).cuda_stream or None
         return None
     if isinstance(stream, int):
         return stream or None
@@ -565,26 +571,23 @@ class Pool:
         a = C.GatherArgs(pages=_ptr32(pv), n_pages=n, layer=layer, k_out=ko.ptr, v_out=vo.ptr, elem=_ELEM[ko.kind])
         self._run("kvc_gather", a, stream)
 
-    def _attn_common(self, q, out, page_table, seq_lens, seq_lens_host, batch):
-        """Views of decode's and extend's arrays, checked; batch None: q's
-        rows (decode)."""
+    def _q_out(self, q, out):
+        """Checked views of an attention call's q and out."""
         qv = self._data(q, "q", ("bf16", "f16"))
         ov = self._data(out, "out", ("bf16", "f16"), writable=True)
-        if len(qv.shape) != 3 or qv.shape[2] != self.head_dim:
-            raise ValueError(f"q: shape {qv.shape} is not [rows, q_heads, {self.head_dim}]")
-        if batch is None:
-            batch = qv.shape[0]
-        if not qv.contiguous() or not ov.contiguous():
-            raise ValueError("q and out must be contiguous")
-        if ov.shape != qv.shape or ov.kind != qv.kind:
-            raise ValueError(f"out: {ov.kind}{list(ov.shape)}, expected q's {qv.kind}{list(qv.shape)}")
-        if qv.shape[1] == 0 or qv.shape[1] % self.kv_heads or qv.shape[1] > _MAX_Q_HEADS:
-            raise ValueError(f"q: {qv.shape[1]} q heads is not a positive multiple of kv_heads {self.kv_heads} "
-                             f"up to {_MAX_Q_HEADS}")
-        _u32(batch, "batch")
+        _plan.check_q_out(self, qv, ov)
+        return qv, ov
+
+    def _meta(self, page_table, seq_lens, seq_lens_host, batch):
+        """Checked views of an attention call's page table and lengths, for
+        `batch` sequences (None: the page table's rows)."""
         pt = self._index(page_table, "i32", "page_table")
+        if batch is None and len(pt.shape) == 2:
+            batch = pt.shape[0]
         if len(pt.shape) != 2 or pt.shape[0] != batch:
-            raise ValueError(f"page_table: shape {pt.shape}, expected [{batch}, max_pages]")
+            raise ValueError(f"page_table: shape {pt.shape}, expected [{batch if batch is not None else 'batch'}, "
+                             "max_pages]")
+        _u32(batch, "batch")
         if pt.shape[1] * self.page_size > 2**31 - 1:  # kvclient.h; ctypes would narrow max_pages
             raise ValueError(f"page_table: {pt.shape[1]} pages a row x page_size {self.page_size} "
                              "is more than 2^31-1 keys")
@@ -594,29 +597,25 @@ class Pool:
         slh = self._host_copy(seq_lens, sl, seq_lens_host, "seq_lens")
         if slh.shape != (batch,):
             raise ValueError(f"seq_lens_host: shape {slh.shape}, expected ({batch},)")
-        return qv, ov, pt, sl, slh, batch
+        return pt, sl, slh, batch
 
-    def decode(self, layer, q, out, page_table, seq_lens, sm_scale=None, seq_lens_host=None, stream=None):
-        """Paged decode attention (kvc_decode): q and out [B, Hq, head_dim]
-        (bfloat16 or float16), page_table int32 [B, max_pages], seq_lens
-        int32 [B].  On a CUDA pool seq_lens_host is its host copy (taken with
-        a device-to-host copy of a PyTorch tensor when not given).
-        sm_scale defaults to 1/sqrt(head_dim)."""
-        layer = self._layer(layer)
-        qv, ov, pt, sl, slh, b = self._attn_common(q, out, page_table, seq_lens, seq_lens_host, None)
-        a = C.DecodeArgs(q=qv.ptr, out=ov.ptr, elem=_ELEM[qv.kind], page_table=_ptr32(pt),
-                         max_pages=pt.shape[1], seq_lens=_ptr32(sl), seq_lens_host=_ptr32(slh), batch=b,
-                         num_q_heads=qv.shape[1], sm_scale=_scale(sm_scale, self.head_dim), layer=layer)
-        self._run("kvc_decode", a, stream)
+    def plan_decode(self, page_table, seq_lens, seq_lens_host=None):
+        """Decode attention's per-step arguments, checked once: page_table
+        int32 [B, max_pages], seq_lens int32 [B] and, on a CUDA pool, its
+        host copy seq_lens_host (taken with a device-to-host copy of a
+        PyTorch tensor when not given: a copy of the lengths as they are
+        now).  Returns an AttentionPlan; its run(layer, q, out) is decode
+        for one layer, with q and out [B, Hq, head_dim]."""
+        pt, sl, slh, b = self._meta(page_table, seq_lens, seq_lens_host, None)
+        a = C.DecodeArgs(page_table=_ptr32(pt), max_pages=pt.shape[1], seq_lens=_ptr32(sl),
+                         seq_lens_host=_ptr32(slh), batch=b)
+        return _plan.AttentionPlan(self, "kvc_decode", a, b, None, (pt, sl, slh))
 
-    def extend(self, layer, q, out, qo_indptr, page_table, seq_lens, sm_scale=None,
-               qo_indptr_host=None, seq_lens_host=None, stream=None):
-        """Extend (chunked-prefill) attention (kvc_extend): q and out
-        [total_q, Hq, head_dim]; qo_indptr int32 [B+1] (sequence b's queries
-        are rows qo_indptr[b]..qo_indptr[b+1]); page_table int32 [B,
-        max_pages]; seq_lens int32 [B], the new tokens included and already
-        written.  Host copies as for decode."""
-        layer = self._layer(layer)
+    def plan_extend(self, qo_indptr, page_table, seq_lens, qo_indptr_host=None, seq_lens_host=None):
+        """Extend attention's per-step arguments, checked once (as
+        plan_decode): qo_indptr int32 [B+1], page_table, seq_lens (the new
+        tokens included) and the host copies.  Its run(layer, q, out) takes
+        q and out [qo_indptr[B], Hq, head_dim]."""
         ip = self._index(qo_indptr, "i32", "qo_indptr")
         if len(ip.shape) != 1 or ip.shape[0] < 1:
             raise ValueError(f"qo_indptr: shape {ip.shape}, expected (batch+1,)")
@@ -624,18 +623,29 @@ class Pool:
         iph = self._host_copy(qo_indptr, ip, qo_indptr_host, "qo_indptr")
         if iph.shape != ip.shape:
             raise ValueError(f"qo_indptr_host: shape {iph.shape}, expected {ip.shape}")
-        qv, ov, pt, sl, slh, _ = self._attn_common(q, out, page_table, seq_lens, seq_lens_host, b)
-        first, last = ctypes.cast(iph.ptr, C.c_int32_p)[0], ctypes.cast(iph.ptr, C.c_int32_p)[b]
-        if first != 0:
-            raise ValueError(f"qo_indptr: starts at {first}, not 0")
-        if last != qv.shape[0]:
-            raise ValueError(f"qo_indptr: ends at {last}, but q has {qv.shape[0]} rows")
-        a = C.ExtendArgs(q=qv.ptr, out=ov.ptr, elem=_ELEM[qv.kind], qo_indptr=_ptr32(ip),
-                         qo_indptr_host=_ptr32(iph), page_table=_ptr32(pt), max_pages=pt.shape[1],
-                         seq_lens=_ptr32(sl), seq_lens_host=_ptr32(slh), batch=b, num_q_heads=qv.shape[1],
-                         sm_scale=_scale(sm_scale, self.head_dim), layer=layer)
-        self._run("kvc_extend", a, stream)
+        pt, sl, slh, _ = self._meta(page_table, seq_lens, seq_lens_host, b)
+        a = C.ExtendArgs(qo_indptr=_ptr32(ip), qo_indptr_host=_ptr32(iph), page_table=_ptr32(pt),
+                         max_pages=pt.shape[1], seq_lens=_ptr32(sl), seq_lens_host=_ptr32(slh), batch=b)
+        return _plan.AttentionPlan(self, "kvc_extend", a, b, iph, (ip, iph, pt, sl, slh))
 
+    def decode(self, layer, q, out, page_table, seq_lens, sm_scale=None, seq_lens_host=None, stream=None):
+        """Paged decode attention (kvc_decode): q and out [B, Hq, head_dim]
+        (bfloat16 or float16), page_table int32 [B, max_pages], seq_lens
+        int32 [B].  On a CUDA pool seq_lens_host is its host copy (taken with
+        a device-to-host copy of a PyTorch tensor when not given).
+        sm_scale defaults to 1/sqrt(head_dim).  plan_decode checks the
+        step's arguments once for every layer."""
+        self.plan_decode(page_table, seq_lens, seq_lens_host).run(layer, q, out, sm_scale, stream)
+
+    def extend(self, layer, q, out, qo_indptr, page_table, seq_lens, sm_scale=None,
+               qo_indptr_host=None, seq_lens_host=None, stream=None):
+        """Extend (chunked-prefill) attention (kvc_extend): q and out
+        [total_q, Hq, head_dim]; qo_indptr int32 [B+1] (sequence b's queries
+        are rows qo_indptr[b]..qo_indptr[b+1]); page_table int32 [B,
+        max_pages]; seq_lens int32 [B], the new tokens included and already
+        written.  Host copies as for decode; plan_extend checks them once."""
+        self.plan_extend(qo_indptr, page_table, seq_lens, qo_indptr_host,
+                         seq_lens_host).run(layer, q, out, sm_scale, stream)
 
     # ---- the pool's memory as arrays ---------------------------------------------
 
@@ -678,7 +688,6 @@ def _ptr32(v):
 
 _MAX_COUNT = 65536  # kvc_alloc and kvc_free (kvclient.h); ctypes would wrap a larger uint32_t
 _MAX_PREFIX = 8192  # kvc_publish and kvc_lookup
-_MAX_Q_HEADS = 65536  # KV_ATTN_MAX_Q_HEADS (kernels/kv_attn_common.cuh)
 
 
 def _int(x, what):
@@ -700,13 +709,3 @@ def _count(v, what, limit=_MAX_COUNT):
     if len(v.shape) != 1 or not 1 <= v.shape[0] <= limit:
         raise ValueError(f"{what}: expected a 1-D array of 1..{limit} entries, got shape {v.shape}")
     return v.shape[0]
-
-
-def _scale(s, d):
-    if isinstance(s, (str, bytes)):
-        raise TypeError(f"sm_scale: expected a number, got {type(s).__name__}")
-    s = 1.0 / math.sqrt(d) if s is None else float(s)
-    f32 = ctypes.c_float(s).value  # what the C call receives
-    if not math.isfinite(f32) or f32 <= 0:
-        raise ValueError(f"sm_scale: {s} is not a positive finite float32")
-    return s

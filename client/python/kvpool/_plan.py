@@ -1,0 +1,98 @@
+"""Attention plans: the per-step arguments of decode and extend (page table,
+lengths, query offsets and their host copies) checked once, then run for
+every layer with that layer's q and out (Pool.plan_decode, Pool.plan_extend).
+
+An engine's forward pass calls attention once a layer with the same page
+table and lengths: checking those once a step instead of once a layer is
+most of the binding's cost (docs/python.md, "Plans").  A plan holds its
+arrays; their contents are read by the library at every run, so they may
+change between runs as long as the host copies say what the device arrays
+hold (as for any call: kvclient.h).  Plan again when the batch changes
+shape.
+"""
+import ctypes
+import math
+
+from . import _capi as C
+
+_ELEM = {"bf16": C.ELEM_BF16, "f16": C.ELEM_F16}
+_MAX_Q_HEADS = 65536  # KV_ATTN_MAX_Q_HEADS (kernels/kv_attn_common.cuh)
+_default_scales = {}  # head_dim -> 1/sqrt(head_dim)
+
+
+def _ptr32(v):
+    return ctypes.cast(v.ptr, C.c_int32_p)
+
+
+def sm_scale_of(s, head_dim):
+    """sm_scale as the C call receives it (None: 1/sqrt(head_dim))."""
+    if isinstance(s, (str, bytes)):
+        raise TypeError(f"sm_scale: expected a number, got {type(s).__name__}")
+    s = 1.0 / math.sqrt(head_dim) if s is None else float(s)
+    f32 = ctypes.c_float(s).value
+    if not math.isfinite(f32) or f32 <= 0:
+        raise ValueError(f"sm_scale: {s} is not a positive finite float32")
+    return s
+
+
+class AttentionPlan:
+    """A checked decode or extend call without its q, out and layer; run()
+    adds them.  Made by Pool.plan_decode / Pool.plan_extend."""
+
+    __slots__ = ("_pool", "_call", "_args", "_batch", "_indptr_host", "_keep", "_default_scale")
+
+    def __init__(self, pool, call, args, batch, indptr_host, keep):
+        self._pool, self._call, self._args, self._batch = pool, call, args, batch
+        self._indptr_host, self._keep = indptr_host, keep
+        self._default_scale = _default_scales.get(pool.head_dim) or _default_scales.setdefault(
+            pool.head_dim, sm_scale_of(None, pool.head_dim))
+
+    @property
+    def batch(self):
+        """Sequences in the plan."""
+        return self._batch
+
+    def rows(self):
+        """The q rows run() needs: the batch for decode, qo_indptr_host's
+        last entry, as it is now, for extend."""
+        if self._indptr_host is None:
+            return self._batch
+        return _ptr32(self._indptr_host)[self._batch]
+
+    def run(self, layer, q, out, sm_scale=None, stream=None):
+        """The attention of one layer: q and out [rows, Hq, head_dim]
+        (bfloat16 or float16, contiguous; rows as rows() says), on the
+        stream given (by default PyTorch's current one), as Pool.decode and
+        Pool.extend."""
+        pool = self._pool
+        layer = pool._layer(layer)
+        qv, ov = pool._q_out(q, out)
+        if self._indptr_host is None:
+            if qv.shape[0] != self._batch:
+                raise ValueError(f"q: {qv.shape[0]} rows, one per sequence of the plan's {self._batch}")
+        else:
+            ip = _ptr32(self._indptr_host)
+            first, last = ip[0], ip[self._batch]
+            if first != 0:
+                raise ValueError(f"qo_indptr: starts at {first}, not 0")
+            if last != qv.shape[0]:
+                raise ValueError(f"qo_indptr: ends at {last}, but q has {qv.shape[0]} rows")
+        # a copy per run: plans may be run from several threads at once
+        a = type(self._args).from_buffer_copy(self._args)
+        a.q, a.out, a.elem, a.num_q_heads, a.layer = qv.ptr, ov.ptr, _ELEM[qv.kind], qv.shape[1], layer
+        a.sm_scale = self._default_scale if sm_scale is None else sm_scale_of(sm_scale, pool.head_dim)
+        pool._run(self._call, a, stream)
+
+
+def check_q_out(pool, qv, ov):
+    """q and out views (bf16 or f16, as Pool._q_out takes them) for
+    attention on pool, or the error naming them."""
+    if len(qv.shape) != 3 or qv.shape[2] != pool.head_dim:
+        raise ValueError(f"q: shape {qv.shape} is not [rows, q_heads, {pool.head_dim}]")
+    if not qv.contiguous() or not ov.contiguous():
+        raise ValueError("q and out must be contiguous")
+    if ov.shape != qv.shape or ov.kind != qv.kind:
+        raise ValueError(f"out: {ov.kind}{list(ov.shape)}, expected q's {qv.kind}{list(qv.shape)}")
+    if qv.shape[1] == 0 or qv.shape[1] % pool.kv_heads or qv.shape[1] > _MAX_Q_HEADS:
+        raise ValueError(f"q: {qv.shape[1]} q heads is not a positive multiple of kv_heads {pool.kv_heads} "
+                         f"up to {_MAX_Q_HEADS}")
