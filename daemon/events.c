@@ -1,12 +1,12 @@
 /* events.c - the event stream: an nng PUB0 socket announcing pages stored,
- * pages evicted, pool pressure and shutdown.
+ * pages evicted, prefix-cache resets, pool pressure and shutdown.
  *
  * Wire format of one event (one nng message, little-endian, no padding):
  *
  *   offset size field
  *   0      4    magic      "KVE1" (bytes 4B 56 45 31; 0x3145564B as a LE u32)
  *   4      2    version    1
- *   6      2    type       1 STORED, 2 EVICTED, 3 PRESSURE, 4 SHUTDOWN
+ *   6      2    type       1 STORED, 2 EVICTED, 3 PRESSURE, 4 SHUTDOWN, 5 RESET
  *   8      8    seq        1 for the first event of a daemon run, +1 per event
  *   16     8    time_ns    CLOCK_REALTIME when sent, ns since the Unix epoch
  *   24     32   pool       pool name, NUL-padded (empty for SHUTDOWN)
@@ -18,6 +18,8 @@
  *     56   8    free_fraction  IEEE-754 binary64, the pool's free fraction
  *     64   8    threshold      the threshold that was crossed
  *     72   4    entering       1: fell below the threshold, 0: rose back above
+ *     RESET (60 bytes in all):
+ *     56   4    keys       the keys the RESET request dropped in this pool
  *     SHUTDOWN (56 bytes in all): no body.
  *
  * A reader checks magic and version, ignores bytes after the fields it knows

@@ -583,24 +583,31 @@ int kvd_pages_lookup(struct kvd_pages *t, uint32_t sid, const uint8_t salt[KVD_K
         return (int)h;
 }
 
-uint32_t kvd_pages_reset_keys(struct kvd_pages *t)
+uint32_t kvd_pages_reset_keys(struct kvd_pages *t, const uint8_t salt[KVD_KEY_LEN])
 {
         if (!t)
                 return 0;
-        uint32_t dropped = t->st.cached;
-        /* every key goes: the key table is cleared whole, not key by key */
-        memset(t->slots, 0, ((size_t)t->kmask + 1) * sizeof(*t->slots));
+        uint32_t dropped = 0;
+        /* every key going, the key table is cleared whole; one tenant's keys
+         * go one by one (key_delete keeps the others' probe chains) */
+        if (!salt)
+                memset(t->slots, 0, ((size_t)t->kmask + 1) * sizeof(*t->slots));
         for (uint32_t id = 0; id < t->n; id++) {
                 struct page *p = &t->pages[id];
-                if (!p->keyed)
+                if (!p->keyed || (salt && memcmp(t->keys[id].salt, salt, KVD_KEY_LEN) != 0))
                         continue;
-                p->keyed = 0;
+                if (salt) {
+                        key_delete(t, id);
+                } else {
+                        p->keyed = 0;
+                        t->st.cached--;
+                }
                 if (p->on_lru) {
                         lru_remove(t, id);
                         free_push(t, id);
                 }
+                dropped++;
         }
-        t->st.cached = 0;
         return dropped;
 }
 

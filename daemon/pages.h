@@ -94,13 +94,13 @@ int kvd_pages_publish(struct kvd_pages *t, uint32_t sid, const uint8_t salt[KVD_
 int kvd_pages_lookup(struct kvd_pages *t, uint32_t sid, const uint8_t salt[KVD_KEY_LEN],
                      uint32_t n, const uint8_t (*keys)[KVD_KEY_LEN], uint32_t *ret_ids);
 
-/* Drops every key of the table, whatever its salt (the prefix cache is
- * emptied, as after a model change that makes cached KV wrong): idle cached
- * pages go back to FREE, held ones stay held by their holders and go to
- * FREE, not the LRU, when released.  No lookup finds any of them again.
- * The `evicted` hook is not called (the caller announces the reset once).
- * Returns the number of keys dropped; 0 for NULL. */
-uint32_t kvd_pages_reset_keys(struct kvd_pages *t);
+/* Drops every key of the table (salt NULL) or every key scoped by salt (the
+ * prefix cache is emptied, as after a model change that makes cached KV
+ * wrong): idle cached pages go back to FREE, held ones stay held by their
+ * holders and go to FREE, not the LRU, when released.  No lookup finds any
+ * of them again.  The `evicted` hook is not called (the caller announces
+ * the reset once).  Returns the number of keys dropped; 0 for NULL t. */
+uint32_t kvd_pages_reset_keys(struct kvd_pages *t, const uint8_t salt[KVD_KEY_LEN]);
 
 void kvd_pages_get_stats(const struct kvd_pages *t, struct kvd_pages_stats *ret);
 

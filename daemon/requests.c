@@ -181,8 +181,11 @@ static int do_hello(struct kvd_server *s, struct kvd_req *q, struct kvd_session 
 
 /* The pool a request body of one pool name (ATTACH, RESET) names, or NULL
  * with the error reply made (a malformed body, or no such pool: the message
- * lists the pools). */
-static struct kvd_pool *named_pool(struct kvd_server *s, struct kvd_req *q, const uint8_t *body, size_t len)
+ * lists the pools).  With ret_group, the name of a spec that expanded into
+ * several pools (tp_size, devices: their group) also matches: *ret_group
+ * then says so and the first of its pools is returned. */
+static struct kvd_pool *named_pool(struct kvd_server *s, struct kvd_req *q, const uint8_t *body, size_t len,
+                                   int *ret_group)
 {
         struct kv_attach_req m;
         int                  r;
@@ -195,6 +198,11 @@ static struct kvd_pool *named_pool(struct kvd_server *s, struct kvd_req *q, cons
         for (uint32_t i = 0; i < s->num_pools; i++)
                 if (strcmp(s->pools[i]->name, m.name) == 0)
                         return s->pools[i];
+        for (uint32_t i = 0; ret_group && i < s->num_pools; i++)
+                if (strcmp(s->pools[i]->group, m.name) == 0) { /* the exact names are above */
+                        *ret_group = 1;
+                        return s->pools[i];
+                }
         char names[256] = "";
         size_t off = 0;
 
@@ -211,7 +219,7 @@ static int do_attach(struct kvd_server *s, struct kvd_req *q, struct kvd_session
         size_t                n;
         uint8_t              *b;
 
-        if (!(p = named_pool(s, q, body, len)))
+        if (!(p = named_pool(s, q, body, len, NULL)))
                 return 0;
         kvd_pool_describe(p, &rep);
         n = kv_size_attach_rep(p->layout.g.num_layers);
@@ -224,23 +232,33 @@ static int do_attach(struct kvd_server *s, struct kvd_req *q, struct kvd_session
         return 0;
 }
 
-/* RESET: every prefix key of the pool goes (kvd_pages_reset_keys), for any
- * tenant; held pages stay held.  One RESET event and a log line say so. */
+/* RESET: the prefix keys of the pool go (kvd_pages_reset_keys): a tenant's
+ * session drops its tenant's, any other session every tenant's; held pages
+ * stay held.  A group's name (a spec expanded over tp_size or devices)
+ * resets each of its pools.  One RESET event a pool and a log line say so. */
 static int do_reset(struct kvd_server *s, struct kvd_req *q, struct kvd_session *ss, const uint8_t *body, size_t len)
 {
         struct kvd_pool *p;
         uint8_t         *b;
+        int              group = 0;
+        uint32_t         n = 0;
 
-        if (!(p = named_pool(s, q, body, len)))
+        if (!(p = named_pool(s, q, body, len, &group)))
                 return 0;
         if (!(b = reply_buf(q, KV_HDR_SIZE + 4u)))
                 return reply_error(q, KV_E_INTERNAL, "RESET: out of memory for the reply");
-        uint32_t n = kvd_pages_reset_keys(p->pages);
+        for (uint32_t i = 0; i < s->num_pools; i++) {
+                struct kvd_pool *x = s->pools[i];
+                if (group ? strcmp(x->group, p->group) != 0 : x != p)
+                        continue;
+                uint32_t k = kvd_pages_reset_keys(x->pages, ss->tenant ? ss->salt : NULL);
+                n += k;
+                kvd_info("pool %s: prefix cache reset by client %s (session %u): %u %skeys dropped", x->name,
+                         ss->name[0] ? ss->name : "?", ss->id, k, ss->tenant ? "of its tenant's " : "");
+                /* no pressure check: idle cached pages already counted as free */
+                kvd_events_reset(s->events, x->name, k);
+        }
         reply_len(q, kv_enc_u32_req(b, KV_HDR_SIZE + 4u, KV_OP_RESET | KV_OP_REPLY, q->rid, n));
-        kvd_info("pool %s: prefix cache reset by client %s (session %u): %u keys dropped", p->name,
-                 ss->name[0] ? ss->name : "?", ss->id, n);
-        /* no pressure check: idle cached pages already counted as free */
-        kvd_events_reset(s->events, p->name, n);
         return 0;
 }
 

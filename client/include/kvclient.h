@@ -178,13 +178,16 @@ int kvc_publish(kvc_pool *p, uint32_t n, const int32_t *pages, const kvc_key *ke
  * ret_pages[0..hits) are now also held by this session.  Returns hits (>= 0). */
 int kvc_lookup(kvc_pool *p, uint32_t n, const kvc_key *keys, int32_t *ret_pages);
 
-/* Drops every prefix key of pool `name` (any tenant's), as after a change of
- * model weights or of anything else the keys do not cover, which makes the
- * cached KV wrong: no lookup finds those pages again.  Idle cached pages
- * become free; held pages stay held by their holders, who may keep reading
- * them, and become free when released.  Needs no attach (an operator's
- * tool calls it; `kvpoolctl reset-prefixes`).  *ret_keys (may be NULL)
- * gets the number of keys dropped.  -ENOENT: no such pool. */
+/* Drops the prefix keys of pool `name`: every tenant's when c has no tenant
+ * salt, else c's tenant's only.  For a change of model weights, or of
+ * anything else the keys do not cover, which makes the cached KV wrong;
+ * stop the old model's engines first (docs/prefix-cache.md).  No lookup
+ * finds those pages again.  Idle cached pages become free; held pages stay
+ * held by their holders, who may keep reading them, and become free when
+ * released.  The name of a spec expanded over tp_size or devices resets
+ * each of its pools.  Needs no attach (`kvpoolctl reset-prefixes`).
+ * *ret_keys (may be NULL) gets the number of keys dropped.  -ENOENT: no
+ * such pool. */
 int kvc_reset_prefixes(kvc_client *c, const char *name, uint32_t *ret_keys);
 
 /* Chained block key: XXH3-128 (seed 0) over

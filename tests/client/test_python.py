@@ -665,13 +665,20 @@ def test_a_plan_checks_the_step_once_and_runs_every_layer(daemon):
         seq_lens = np.array(lens, np.int32)
         plan = p.plan_decode(table, seq_lens)
         assert plan.batch == 2 and plan.rows() == 2
-        for layer in range(LAYERS):
-            q = rng.standard_normal((2, 2 * HEADS, DIM)).astype(ml_dtypes.bfloat16)
+        q = rng.standard_normal((2, 2 * HEADS, DIM)).astype(ml_dtypes.bfloat16)
+        for layer in range(LAYERS):  # the same q: only the layer's K/V differ
             got, want = np.zeros_like(q), np.zeros_like(q)
             plan.run(layer, q, got, sm_scale=0.1)
             p.decode(layer, q, want, table, seq_lens, sm_scale=0.1)
             np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
-            assert np.any(got.astype(np.float32) != 0)
+            for b, n in enumerate(lens):  # against float64 attention over this layer's gathered K/V
+                ko = np.zeros((2 * PAGE, HEADS, DIM), np.float32)
+                vo = np.zeros_like(ko)
+                p.gather(layer, table[b], ko, vo)
+                ref = _attention(q[b:b + 1].astype(np.float64), ko[:n].astype(np.float64),
+                                 vo[:n].astype(np.float64), 0.1)
+                g = got[b:b + 1].astype(np.float64)
+                assert np.linalg.norm(g - ref) / np.linalg.norm(ref) <= 1e-2, (layer, b)
         with pytest.raises(ValueError, match="q: 3 rows"):
             plan.run(0, np.zeros((3, 2 * HEADS, DIM), np.float16), np.zeros((3, 2 * HEADS, DIM), np.float16))
         with pytest.raises(ValueError, match="layer"):
@@ -697,3 +704,35 @@ def test_a_plan_checks_the_step_once_and_runs_every_layer(daemon):
         p.detach()
         with pytest.raises(ValueError, match="detached"):
             plan.run(0, q, np.zeros_like(q))
+
+
+def test_reset_prefixes_of_a_tenant_and_of_a_group(tmp_path):
+    # a tenant's session drops only its tenant's keys; a group's name (a
+    # spec expanded over tp_size) resets each of its pools
+    pools = [{"name": "g", "dtype": "bf16", "layers": 1, "kv_heads": 2, "head_dim": DIM, "page_size": PAGE,
+              "capacity": "2MiB", "backend": "host", "tp_size": 2}]
+    d = Kvpoold(str(tmp_path), pools, exe=os.path.join(BUILD, "daemon", "kvpoold")).start()
+    try:
+        keys = kvpool.chain_keys(list(range(3 * PAGE)), PAGE)
+        salt = bytes(range(1, 17))
+        with kvpool.Client(d.url, name="plain") as c, kvpool.Client(d.url, name="tenant", tenant_salt=salt) as t:
+            for name in ("g.tp0", "g.tp1"):
+                for cl in (c, t):
+                    p = cl.attach(name)
+                    pages = p.alloc(3)
+                    assert p.publish(pages, keys)[0] == 3
+                    p.free(pages)
+            assert t.reset_prefixes("g.tp0") == 3  # its own three keys only
+            held = c.attach("g.tp0").lookup(keys)
+            assert len(held) == 3, "the plain client's keys went with the tenant's reset"
+            c.attach("g.tp0").free(held)
+            assert t.attach("g.tp0").lookup(keys) == []
+            assert c.reset_prefixes("g") == 3 + 6  # g.tp0's remaining three, g.tp1's six
+            cached = {x["name"]: x["pages_cached"] for x in c.status()["pools"]}
+            assert cached == {"g.tp0": 0, "g.tp1": 0}
+            assert 'kvpool_requests_total{op="reset"} 2' in c.metrics()
+            with pytest.raises(kvpool.KvpoolError) as e:
+                c.attach("g")  # a group name is not a pool to attach
+            assert e.value.errno == errno.ENOENT
+    finally:
+        assert d.stop(timeout=10) == 0, d.log_text()

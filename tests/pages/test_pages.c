@@ -575,7 +575,7 @@ Test(pages, reset_keys_empties_the_cache_and_keeps_holdings)
         uint8_t k[6][KVD_KEY_LEN];
         for (uint32_t i = 0; i < 6; i++)
                 key(k[i], 10 + i);
-        cr_assert_eq(kvd_pages_reset_keys(t), 0); /* nothing to drop */
+        cr_assert_eq(kvd_pages_reset_keys(t, NULL), 0); /* nothing to drop */
         cr_assert_eq(kvd_pages_alloc(t, 1, 4, a), 0);
         cr_assert_eq(kvd_pages_alloc(t, 2, 2, b), 0);
         cr_assert_eq(kvd_pages_publish(t, 1, salt0, 4, a, k, NULL), 4);
@@ -585,7 +585,7 @@ Test(pages, reset_keys_empties_the_cache_and_keeps_holdings)
         ASSERT_STATS(t, 2, 4, 6, 2);
         cr_assert_eq(r.n_stored, 6);
 
-        cr_assert_eq(kvd_pages_reset_keys(t), 6);
+        cr_assert_eq(kvd_pages_reset_keys(t, NULL), 6);
         /* the idle ones are free again, the held ones still held, by the same holders */
         ASSERT_STATS(t, 4, 4, 0, 0);
         cr_assert_eq(r.n_evicted, 0); /* the caller announces a reset once, not per key */
@@ -603,11 +603,11 @@ Test(pages, reset_keys_empties_the_cache_and_keeps_holdings)
         cr_assert_eq(kvd_pages_lookup(t, 4, salt0, 2, k, got), 0); /* k[0] is gone */
         cr_assert_eq(kvd_pages_lookup(t, 4, salt0, 1, k + 1, got), 1);
         cr_assert_eq(got[0], a[1]);
-        cr_assert_eq(kvd_pages_reset_keys(t), 1);
+        cr_assert_eq(kvd_pages_reset_keys(t, NULL), 1);
         cr_assert_eq(kvd_pages_drop_session(t, 1), 2);
         cr_assert_eq(kvd_pages_drop_session(t, 3), 1);
         cr_assert_eq(kvd_pages_drop_session(t, 4), 1);
         ASSERT_STATS(t, 8, 0, 0, 0);
-        cr_assert_eq(kvd_pages_reset_keys(NULL), 0);
+        cr_assert_eq(kvd_pages_reset_keys(NULL, NULL), 0);
         kvd_pages_free(t);
 }

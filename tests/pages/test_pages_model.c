@@ -337,19 +337,24 @@ static void do_lookup(struct kvd_pages *t, struct model *m, int s)
         m->hits += h;
 }
 
-/* every key goes; idle cached pages become free, held ones stay held */
+/* every key goes, or every key of one salt; idle cached pages become free,
+ * held ones stay held */
 static void do_reset(struct kvd_pages *t, struct model *m)
 {
-        uint32_t keys = 0;
+        int all = rnd(2) == 0;
+        uint32_t salt = rnd(NSALT), keys = 0;
+        uint8_t sb[KVD_KEY_LEN];
+        make_salt(sb, salt);
         for (uint32_t id = 0; id < m->n; id++) {
-                if (!m->keyed[id])
+                if (!m->keyed[id] || (!all && m->keyof[id] / m->nkeys != salt))
                         continue;
                 keys++;
+                if (m->ref[id] == 0)
+                        lru_del(m, id);
                 m->page_of[m->keyof[id]] = -1;
                 m->keyed[id] = 0;
         }
-        m->nlru = 0; /* every page on it was keyed */
-        cr_assert_eq(kvd_pages_reset_keys(t), keys);
+        cr_assert_eq(kvd_pages_reset_keys(t, all ? NULL : sb), keys);
 }
 
 static void run_model(uint32_t n, uint64_t seed, uint32_t steps)

@@ -15,9 +15,9 @@ import time
 import pytest
 
 MAGIC = 0x3150564B
-HELLO, ATTACH, ALLOC, FREE, STATUS, BYE, PUBLISH, LOOKUP, METRICS = range(1, 10)
+HELLO, ATTACH, ALLOC, FREE, STATUS, BYE, PUBLISH, LOOKUP, METRICS, RESET = range(1, 11)
 REPLY, ERROR = 0x8000, 0xFFFF
-E_MAGIC, E_NOHELLO, E_NOPOOL, E_NOSPACE, E_NOTHELD = 2, 6, 7, 8, 10
+E_PROTO, E_MAGIC, E_NOHELLO, E_NOPOOL, E_NOSPACE, E_NOTHELD, E_INVAL = 1, 2, 6, 7, 8, 10, 11
 LAYERS = 2
 SCALES = [0.5, 0.0152]
 
@@ -234,6 +234,31 @@ def test_alloc_free_publish_lookup(daemon):
     assert freed == ids + [ids[0]]
     rop, b = c.call(FREE, struct.pack("<III", pid, 1, ids[1]))
     assert rop == ERROR and error(b)[0] == E_NOTHELD
+    c.close()
+
+
+def test_reset_drops_the_keys(daemon):
+    c = Conn(daemon)
+    rop, b = c.call(RESET, name("p0"))
+    assert rop == ERROR and error(b)[0] == E_NOHELLO
+    hello(c)
+    pid = attach(c)["pool_id"]
+    ids = pages(c.ok(ALLOC, struct.pack("<II", pid, 2)))
+    keys = bytes(range(16)) + bytes(range(16, 32))
+    c.ok(PUBLISH, struct.pack("<II", pid, 2) + struct.pack("<I", ids[0]) + keys[:16] + struct.pack("<I", ids[1])
+         + keys[16:])
+    c.ok(FREE, struct.pack("<II", pid, 1) + struct.pack("<I", ids[1]))  # one held, one idle
+    b = c.ok(RESET, name("p0"))
+    assert len(b) == 4 and struct.unpack("<I", b)[0] >= 2  # u32 keys dropped (earlier tests' included)
+    assert pages(c.ok(LOOKUP, struct.pack("<II", pid, 1) + keys[:16])) == []
+    assert struct.unpack("<I", c.ok(RESET, name("p0")))[0] == 0
+    rop, b = c.call(RESET, name("nope"))
+    assert rop == ERROR and error(b)[0] == E_NOPOOL and "p0" in error(b)[1]
+    rop, b = c.call(RESET, name("p0")[:31])
+    assert rop == ERROR and error(b)[0] == E_PROTO
+    rop, b = c.call(RESET, b"x" * 32)  # no NUL
+    assert rop == ERROR and error(b)[0] == E_INVAL
+    c.ok(FREE, struct.pack("<II", pid, 1) + struct.pack("<I", ids[0]))  # still held: freed normally
     c.close()
 
 

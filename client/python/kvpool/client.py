@@ -97,7 +97,10 @@ def _stream_handle(stream, device):
         # builds without it take the public way
         raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
         if raw is not None:
-            return raw(device) or None
+            try:
+                return raw(device) or None
+            except RuntimeError:  # CUDA not usable by torch: as the public way says below
+                pass
         if torch.cuda.is_available():
             return torch.cuda.current_stream(device).cuda_stream or None
         return None
@@ -323,11 +326,12 @@ class Client:
             C.libc.free(out.value)
 
     def reset_prefixes(self, name):
-        """Drops every prefix-cache key of pool `name`, any tenant's
-        (kvc_reset_prefixes): after a change of model weights, or of
-        anything else the keys do not cover, the cached KV is wrong.  Pages
-        in use stay with their holders.  Needs no attach.  Returns the
-        number of keys dropped."""
+        """Drops the prefix-cache keys of pool `name` (kvc_reset_prefixes):
+        every tenant's, or only this client's tenant's when it has a salt.
+        After a change of model weights, or of anything else the keys do not
+        cover, the cached KV is wrong; stop the old engines first.  Pages in
+        use stay with their holders.  Needs no attach.  Returns the number
+        of keys dropped."""
         n = ctypes.c_uint32()
         with self._call():
             self._check(C.lib.kvc_reset_prefixes(self._handle(), _cstr(name, "name"), ctypes.byref(n)),
