@@ -410,7 +410,6 @@ const struct kvc_pool_desc *kvc_pool_get_desc(const kvc_pool *p)
         return p ? &p->desc : NULL;
 }
 
-
 /* Sent by name, like ATTACH, so that an operator's tool (kvpoolctl) need
  * not map the pool, which for a CUDA pool would need its GPU. */
 int kvc_reset_prefixes(kvc_client *c, const char *name, uint32_t *ret_keys)

@@ -241,7 +241,7 @@ static int do_reset(struct kvd_server *s, struct kvd_req *q, struct kvd_session 
         struct kvd_pool *p;
         uint8_t         *b;
         int              group = 0;
-        uint32_t         n = 0;
+        uint64_t         n = 0; /* a group's pools together may pass 2^32 - 1 keys */
 
         if (!(p = named_pool(s, q, body, len, &group)))
                 return 0;
@@ -258,7 +258,8 @@ static int do_reset(struct kvd_server *s, struct kvd_req *q, struct kvd_session 
                 /* no pressure check: idle cached pages already counted as free */
                 kvd_events_reset(s->events, x->name, k);
         }
-        reply_len(q, kv_enc_u32_req(b, KV_HDR_SIZE + 4u, KV_OP_RESET | KV_OP_REPLY, q->rid, n));
+        reply_len(q, kv_enc_u32_req(b, KV_HDR_SIZE + 4u, KV_OP_RESET | KV_OP_REPLY, q->rid,
+                                    n > UINT32_MAX ? UINT32_MAX : (uint32_t)n));
         return 0;
 }
 
