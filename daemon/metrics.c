@@ -19,7 +19,8 @@
  *   kvpool_pool_pages{pool,dtype,backend}           gauge, and _free/_held/
  *       _cached/_cached_idle_pages, kvpool_pool_token_capacity,
  *       kvpool_pool_size_bytes, kvpool_pool_page_size_tokens,
- *       kvpool_pool_{evictions,lookups,hits}_total (counters)
+ *       kvpool_pool_{evictions,lookups,hits,prefix_resets,keys_reset}_total
+ *       (counters)
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -276,7 +277,7 @@ static void render_requests(struct buf *b, const struct kvd_metrics *m)
 /* One gauge or counter family with a value per pool. */
 enum pool_field {
         PF_PAGES, PF_FREE, PF_HELD, PF_CACHED, PF_CACHED_IDLE, PF_TOKENS, PF_BYTES,
-        PF_PAGE_SIZE, PF_EVICTIONS, PF_LOOKUPS, PF_HITS, PF__COUNT
+        PF_PAGE_SIZE, PF_EVICTIONS, PF_LOOKUPS, PF_HITS, PF_RESETS, PF_KEYS_RESET, PF__COUNT
 };
 
 static const struct {
@@ -299,6 +300,9 @@ static const struct {
                              "Cached pages evicted to satisfy allocations." },
         [PF_LOOKUPS]     = { "kvpool_pool_lookups_total", "counter", "Prefix-cache keys looked up." },
         [PF_HITS]        = { "kvpool_pool_hits_total", "counter", "Prefix-cache keys found." },
+        [PF_RESETS]      = { "kvpool_pool_prefix_resets_total", "counter",
+                             "RESET requests that emptied the pool's prefix cache (or a tenant's part)." },
+        [PF_KEYS_RESET]  = { "kvpool_pool_keys_reset_total", "counter", "Prefix-cache keys dropped by resets." },
 };
 
 static uint64_t pool_value(const struct kvd_pool *p, const struct kvd_pages_stats *st, int f)
@@ -315,6 +319,8 @@ static uint64_t pool_value(const struct kvd_pool *p, const struct kvd_pages_stat
         case PF_EVICTIONS:   return st->evictions;
         case PF_LOOKUPS:     return st->lookups;
         case PF_HITS:        return st->hits;
+        case PF_RESETS:      return st->resets;
+        case PF_KEYS_RESET:  return st->keys_reset;
         }
         return 0;
 }

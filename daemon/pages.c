@@ -608,6 +608,8 @@ uint32_t kvd_pages_reset_keys(struct kvd_pages *t, const uint8_t salt[KVD_KEY_LE
                 }
                 dropped++;
         }
+        t->st.resets++;
+        t->st.keys_reset += dropped;
         return dropped;
 }
 

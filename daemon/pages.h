@@ -54,6 +54,8 @@ struct kvd_pages_stats {
         uint64_t lookups;     /* keys looked up */
         uint64_t hits;        /* keys found */
         uint64_t evictions;
+        uint64_t resets;      /* kvd_pages_reset_keys calls */
+        uint64_t keys_reset;  /* keys they dropped */
 };
 
 int  kvd_pages_new(uint32_t num_pages, const struct kvd_pages_hooks *hooks, struct kvd_pages **ret);

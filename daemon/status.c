@@ -54,6 +54,8 @@ static cJSON *pool_json(const struct kvd_pool *p)
              add_num(o, "hits", (double)st.hits) &&
              add_num(o, "hit_rate", st.lookups ? (double)st.hits / (double)st.lookups : 0.0) &&
              add_num(o, "evictions", (double)st.evictions) &&
+             add_num(o, "prefix_resets", (double)st.resets) &&
+             add_num(o, "keys_reset", (double)st.keys_reset) &&
              /* Several GPUs (issue 8): the configured spec it came from, and
               * its tensor-parallel rank (null for a pool that is not one). */
              add_str(o, "group", p->group) && /* kvd_pool_new always names it */

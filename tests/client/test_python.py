@@ -728,9 +728,14 @@ def test_reset_prefixes_of_a_tenant_and_of_a_group(tmp_path):
             c.attach("g.tp0").free(held)
             assert t.attach("g.tp0").lookup(keys) == []
             assert c.reset_prefixes("g") == 3 + 6  # g.tp0's remaining three, g.tp1's six
-            cached = {x["name"]: x["pages_cached"] for x in c.status()["pools"]}
-            assert cached == {"g.tp0": 0, "g.tp1": 0}
-            assert 'kvpool_requests_total{op="reset"} 2' in c.metrics()
+            st = {x["name"]: x for x in c.status()["pools"]}
+            assert {n: x["pages_cached"] for n, x in st.items()} == {"g.tp0": 0, "g.tp1": 0}
+            assert (st["g.tp0"]["prefix_resets"], st["g.tp0"]["keys_reset"]) == (2, 6)
+            assert (st["g.tp1"]["prefix_resets"], st["g.tp1"]["keys_reset"]) == (1, 6)
+            m = c.metrics()
+            assert 'kvpool_requests_total{op="reset"} 2' in m
+            assert 'kvpool_pool_prefix_resets_total{pool="g.tp0",dtype="bf16",backend="host"} 2' in m
+            assert 'kvpool_pool_keys_reset_total{pool="g.tp1",dtype="bf16",backend="host"} 6' in m
             with pytest.raises(kvpool.KvpoolError) as e:
                 c.attach("g")  # a group name is not a pool to attach
             assert e.value.errno == errno.ENOENT
