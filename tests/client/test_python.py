@@ -741,3 +741,12 @@ def test_reset_prefixes_of_a_tenant_and_of_a_group(tmp_path):
             assert e.value.errno == errno.ENOENT
     finally:
         assert d.stop(timeout=10) == 0, d.log_text()
+
+
+def test_the_prefix_reuse_example_runs(daemon):
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "client", "python", "examples", "prefix_reuse.py")
+    for pool in ("bf16", "fp4_e2m1"):
+        r = subprocess.run([sys.executable, example, "--socket", daemon, "--pool", pool], capture_output=True,
+                           text=True, timeout=120, env=dict(os.environ, KVPOOL_BUILD=BUILD))
+        assert r.returncode == 0 and r.stdout.rstrip().endswith("ok"), (pool, r.stdout, r.stderr)
+        assert "3 of 3 blocks found in the cache" in r.stdout, r.stdout

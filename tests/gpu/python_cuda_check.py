@@ -25,11 +25,14 @@ an fp8_e4m3 and an fp4_e2m1 pool (8 kv heads x 128, page 16) it:
     equal to the gathers; stores through them are what gather reads; the
     tensors hold the pool, so detach refuses while one is alive.  An fp16
     pool's view is float16 and like='numpy' is refused; a host pool
-    (fp8_e5m2) does the same with like='torch' CPU tensors.
+    (fp8_e5m2) does the same with like='torch' CPU tensors;
+  - runs client/python/examples/prefix_reuse.py on the bf16 and fp8 CUDA
+    pools.
 """
 import gc
 import math
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -346,6 +349,14 @@ def main():
             with kvpool.Client(url, name="after") as c2:
                 held = sum(x["pages_held"] for x in c2.status()["pools"])
                 check(held == 0, f"every page given back after close (held {held})")
+            # the example of docs/python.md on CUDA pools: two workers, a shared prefix
+            example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "client", "python",
+                                   "examples", "prefix_reuse.py")
+            for name in ("bf16", "fp8_e4m3"):
+                r = subprocess.run([sys.executable, example, "--socket", url, "--pool", name], capture_output=True,
+                                   text=True, timeout=300)
+                check(r.returncode == 0 and r.stdout.rstrip().endswith("ok"),
+                      f"examples/prefix_reuse.py on the CUDA pool {name}: rc {r.returncode}\n{r.stdout}{r.stderr}")
         finally:
             rc = d.stop()
             check(rc == 0, f"kvpoold exited with {rc}")
