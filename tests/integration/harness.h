@@ -46,9 +46,7 @@ double kvt_pool_num(const char *url, const char *pool, const char *key);
 /* Polls until pool's pages_free == pages_total or ms pass; 1 if they did. */
 int kvt_wait_all_free(const char *url, const char *pool, int ms);
 
-/* Runs argv (NULL-terminated) with stdout/stderr captured into *ret_out
- * (malloc'ed, NUL-terminated); returns the exit status, or -1. */
-int kvt_run(char *const argv[], char **ret_out);
+#include "run.h" /* kvt_run */
 
 /* A child process with a pipe to its stdin and one from its stdout. */
 struct kvt_proc {

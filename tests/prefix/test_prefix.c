@@ -26,6 +26,7 @@
 
 #include "events.h"
 #include "prefix_util.h"
+#include "run.h"
 
 #define POOL_P "name=p,dtype=bf16,layers=8,kv_heads=2,head_dim=64,page_size=16,capacity=2MiB,backend=host"
 #define POOL_Q "name=q,dtype=fp8_e4m3,layers=8,kv_heads=2,head_dim=64,page_size=16,capacity=2MiB,backend=host"
@@ -600,43 +601,26 @@ Test(prefix, kvpoolctl_events_follows_the_daemon, .init = up, .fini = down, .tim
 
 /* ---- resetting the prefix cache --------------------------------------------- */
 
-/* Runs kvpoolctl with args (NULL-terminated), returns its exit status and
- * its first output line in out. */
+/* Runs kvpoolctl with args (NULL-terminated, at most 4), returns its exit
+ * status and the first line of its output in out. */
 static int ctl_run(char *out, size_t len, ...)
 {
         const char *exe = getenv("KVPOOLCTL");
         cr_assert(exe && access(exe, X_OK) == 0, "KVPOOLCTL does not name kvpoolctl");
-        const char *argv[8] = { exe, "--socket", D.sock };
+        char *argv[8] = { (char *)exe, "--socket", D.sock };
         int argc = 3;
         va_list ap;
         va_start(ap, len);
-        for (const char *a; argc < 7 && (a = va_arg(ap, const char *)) != NULL;)
+        for (char *a; argc < 7 && (a = va_arg(ap, char *)) != NULL;)
                 argv[argc++] = a;
         va_end(ap);
         argv[argc] = NULL;
-        int fd[2];
-        cr_assert_eq(pipe(fd), 0);
-        pid_t pid = fork();
-        cr_assert_geq(pid, 0);
-        if (pid == 0) {
-                dup2(fd[1], 1);
-                dup2(fd[1], 2);
-                close(fd[0]);
-                close(fd[1]);
-                execv(exe, (char *const *)argv);
-                _exit(127);
-        }
-        close(fd[1]);
-        FILE *f = fdopen(fd[0], "r");
-        out[0] = '\0';
-        if (fgets(out, (int)len, f))
-                out[strcspn(out, "\n")] = '\0';
-        while (fgetc(f) != EOF)
-                ;
-        fclose(f);
-        int status;
-        cr_assert_eq(waitpid(pid, &status, 0), pid);
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+        char *text = NULL;
+        int rc = kvt_run(argv, &text);
+        cr_assert_not_null(text, "kvt_run lost kvpoolctl's output");
+        snprintf(out, len, "%.*s", (int)strcspn(text, "\n"), text);
+        free(text);
+        return rc;
 }
 
 Test(prefix, reset_drops_every_key_and_keeps_holdings, .init = up, .fini = down, .timeout = 60)

@@ -18,7 +18,6 @@ Arrays derived from one (slices, views, reshapes) keep it alive too; a copy
 does not.
 """
 import importlib
-import weakref
 
 # element type of each pool dtype: (torch name, (numpy module, name), bytes)
 _ELEMENTS = {
@@ -147,6 +146,3 @@ def _stacked(pool, layout, exports, layer, like, element, k_off, v_off, inner, i
                      (layout.layer_stride,) + kv[1], like)
     return array(pool, exports, element, k_off + layer * layout.layer_stride, kv[0], kv[1], like)
 
-
-def new_exports():
-    return weakref.WeakSet()

@@ -17,7 +17,6 @@ from . import _capi as C
 
 _ELEM = {"bf16": C.ELEM_BF16, "f16": C.ELEM_F16}
 _MAX_Q_HEADS = 65536  # KV_ATTN_MAX_Q_HEADS (kernels/kv_attn_common.cuh)
-_default_scales = {}  # head_dim -> 1/sqrt(head_dim)
 
 
 def _ptr32(v):
@@ -39,13 +38,11 @@ class AttentionPlan:
     """A checked decode or extend call without its q, out and layer; run()
     adds them.  Made by Pool.plan_decode / Pool.plan_extend."""
 
-    __slots__ = ("_pool", "_call", "_args", "_batch", "_indptr_host", "_keep", "_default_scale")
+    __slots__ = ("_pool", "_call", "_args", "_batch", "_indptr_host", "_keep")
 
     def __init__(self, pool, call, args, batch, indptr_host, keep):
         self._pool, self._call, self._args, self._batch = pool, call, args, batch
         self._indptr_host, self._keep = indptr_host, keep
-        self._default_scale = _default_scales.get(pool.head_dim) or _default_scales.setdefault(
-            pool.head_dim, sm_scale_of(None, pool.head_dim))
 
     @property
     def batch(self):
@@ -80,7 +77,7 @@ class AttentionPlan:
         # a copy per run: plans may be run from several threads at once
         a = type(self._args).from_buffer_copy(self._args)
         a.q, a.out, a.elem, a.num_q_heads, a.layer = qv.ptr, ov.ptr, _ELEM[qv.kind], qv.shape[1], layer
-        a.sm_scale = self._default_scale if sm_scale is None else sm_scale_of(sm_scale, pool.head_dim)
+        a.sm_scale = pool._default_scale if sm_scale is None else sm_scale_of(sm_scale, pool.head_dim)
         pool._run(self._call, a, stream)
 
 

@@ -369,7 +369,8 @@ class Pool:
         self.scale_source = d.scale_source.decode()
         self.base, self.bytes = d.base, d.bytes
         self._layout = _pages.Layout(d)
-        self._exports = _pages.new_exports()
+        self._exports = weakref.WeakSet()  # exporters of the arrays kv_cache & co. handed out
+        self._default_scale = _plan.sm_scale_of(None, self.head_dim)
 
     def __repr__(self):
         return (f"<kvpool.Pool {self.name} {self.dtype} {self.backend} {self.num_layers}x{self.kv_heads}"
