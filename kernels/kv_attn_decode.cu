@@ -12,7 +12,10 @@
  * no launch ends with a mostly empty second wave.  Launches of more than one
  * wave may be split in up to 4 when that fills their last wave clearly
  * better (chunks of at least 4096 keys; 1024 for the tiled extend kernel:
- * kv_attn_plan.cuh).  The partials (m, l, unnormalized
+ * kv_attn_plan.cuh).  Decode launches of several waves may instead give
+ * each warp a kv head of its own (p.hw: a CTA takes 4 kv heads of a row and
+ * all their keys, a quarter as many CTAs, no merge), where kva::take_heads
+ * estimates that faster from the rows' lengths.  The partials (m, l, unnormalized
  * o: rows * Hq * splits * (D + 2) floats) go to scratch taken with
  * cudaMallocFromPoolAsync on the caller's stream and given back with
  * cudaFreeAsync after the reduction kernel, so concurrent calls on different
@@ -157,6 +160,16 @@ extern "C" int kv_cuda_extend_kernel(int which)
         if (which != KV_EXTEND_AUTO && which != KV_EXTEND_TILED && which != KV_EXTEND_DECODE)
                 return -EINVAL;
         return extend_kernel.exchange(which, std::memory_order_relaxed);
+}
+
+/* kv_cuda_decode_warps' setting (kv_ops.h) */
+static std::atomic<int> decode_warps(KV_DECODE_AUTO);
+
+extern "C" int kv_cuda_decode_warps(int which)
+{
+        if (which != KV_DECODE_AUTO && which != KV_DECODE_TILES && which != KV_DECODE_HEADS)
+                return -EINVAL;
+        return decode_warps.exchange(which, std::memory_order_relaxed);
 }
 
 /* The tiled extend kernel's m-tiles per warp (*ret_mt: kva::pick_mt,
@@ -427,7 +440,21 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 gx = p.pack ? kva::ptile_grid(c->batch, rows, p.G, (int)p.pack) * hgt : ctas;
         }
         const uint64_t slots = (uint64_t)occ * (uint64_t)sms;
-        const kva::split_plan sp = kva::plan_keys(tiled, ctas, slots, max_len, kva::MAX_SPLITS);
+        kva::split_plan sp = kva::plan_keys(tiled, ctas, slots, max_len, kva::MAX_SPLITS);
+        /* A decode launch of several waves may give each warp a kv head of
+         * its own instead (p.hw, kva::take_heads): a quarter of the CTAs,
+         * each over 4 kv heads of a row, so fewer CTA starts and no merge.
+         * Weighed on the rows' lengths, so not under capture, where a
+         * replay's lengths are unknown. */
+        const int dw = decode_warps.load(std::memory_order_relaxed);
+        if (!tiled && !p.pack &&
+            (dw == KV_DECODE_HEADS ||
+             (dw == KV_DECODE_AUTO && KVA_HW && !captured && !c->qo_indptr && sp.splits == 1 &&
+              kva::take_heads(c->seq_lens_host, rows, c->max_pages * P, hgt, slots, KVA_HWC0X2)))) {
+                p.hw = 1;
+                ctas = gx = (uint64_t)rows * ((hgt + kva::WARPS - 1) / kva::WARPS);
+                sp = kva::plan_keys(false, ctas, slots, max_len, kva::MAX_SPLITS);
+        }
         p.chunk = sp.chunk;
         p.splits = (uint32_t)sp.splits;
         p.row_chunk = captured && !tiled && p.splits > 1;

@@ -14,6 +14,10 @@
  * (m, l, unnormalized o) that attn_reduce() combines (flash-decoding).  The
  * CTAs of one row's kv heads are adjacent in launch order (grid.x = row *
  * heads + head), so the CTAs that run together read whole token rows.
+ * Decode launches of several waves may instead give each warp a head (and
+ * group) of its own and every tile of the split (params.hw: a CTA takes 4
+ * kv heads of a row, no merge, 4 times fewer and longer CTAs; the launcher
+ * weighs the two with kva::take_heads).
  *
  * Memory path.  Each warp owns a ring of S stages in shared memory (tgeo),
  * one 16-key tile each, and keeps S-1 tiles in flight: it issues cp.async
@@ -90,6 +94,61 @@ __device__ __forceinline__ void store_out(const params &p, uint64_t i, float v)
                                                          : __half_as_ushort(__float2half_rn(v));
 }
 
+/* The output of a warp that took every tile of its head slot (p.hw): the
+ * thread's acc (dims vdim(g, 2i) and vdim(g, 2i+1) of columns 2t and 2t+1,
+ * see attn_kernel) normalized by the columns' sums, or with splits the
+ * partial (m, l, unnormalized o) as the CTA merge writes it: a column
+ * without keys gives m = -1e30, l = 0 and o = 0, or an output of exactly 0.
+ * Columns c >= ncol are padding. */
+template <int DT, int D, typename HQ>
+__device__ __forceinline__ void warp_out(const params &p, const float (&acc)[D / 16][4], float m0, float m1,
+                                         float l0, float l1, uint32_t ncol, int g, int t, uint32_t split,
+                                         const HQ &hq_of)
+{
+        const uint32_t c0 = 2 * t, c1 = 2 * t + 1;
+        const bool ok0 = c0 < ncol, ok1 = c1 < ncol;
+        const uint64_t hq0 = ok0 ? hq_of(c0) : 0, hq1 = ok1 ? hq_of(c1) : 0;
+        if (p.splits == 1) {
+                const float n0 = l0 > 0.0f ? p.out_scale / l0 : 0.0f, n1 = l1 > 0.0f ? p.out_scale / l1 : 0.0f;
+#pragma unroll
+                for (int i = 0; i < D / 16; i++) {
+                        const int d0 = vdim<DT, D>(g, 2 * i), d1 = vdim<DT, D>(g, 2 * i + 1);
+                        if (ok0) {
+                                store_out(p, hq0 * D + d0, acc[i][0] * n0);
+                                store_out(p, hq0 * D + d1, acc[i][2] * n0);
+                        }
+                        if (ok1) {
+                                store_out(p, hq1 * D + d0, acc[i][1] * n1);
+                                store_out(p, hq1 * D + d1, acc[i][3] * n1);
+                        }
+                }
+                return;
+        }
+        if (g == 0) {
+                if (ok0) {
+                        p.part_ml[(hq0 * p.splits + split) * 2] = l0 > 0.0f ? m0 : -1e30f;
+                        p.part_ml[(hq0 * p.splits + split) * 2 + 1] = l0;
+                }
+                if (ok1) {
+                        p.part_ml[(hq1 * p.splits + split) * 2] = l1 > 0.0f ? m1 : -1e30f;
+                        p.part_ml[(hq1 * p.splits + split) * 2 + 1] = l1;
+                }
+        }
+        float *o0 = p.part_o + (hq0 * p.splits + split) * D, *o1 = p.part_o + (hq1 * p.splits + split) * D;
+#pragma unroll
+        for (int i = 0; i < D / 16; i++) {
+                const int d0 = vdim<DT, D>(g, 2 * i), d1 = vdim<DT, D>(g, 2 * i + 1);
+                if (ok0) {
+                        o0[d0] = acc[i][0];
+                        o0[d1] = acc[i][2];
+                }
+                if (ok1) {
+                        o1[d0] = acc[i][1];
+                        o1[d1] = acc[i][3];
+                }
+        }
+}
+
 /* QLO: q is f16 on a bf16-compute pool (see qb below); a template argument
  * so that the common bf16-q case does not pay its registers.  PACK: p.pack
  * rows a CTA (extend, see below); a template argument so that decode's loop
@@ -114,10 +173,19 @@ attn_kernel(const params p)
         __shared__ uint32_t sm_valid[WARPS][G::S];
         __shared__ uint64_t sm_hq[HG];
 
-        const uint32_t cta = blockIdx.x / p.hgt, hy = blockIdx.x % p.hgt;
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        /* p.hw (a row a CTA only): warp w takes head slot 4 * (x % nq) + w
+         * of row x / nq (nq = the row's CTAs, ceil(hgt / 4)) and every tile
+         * of the split itself; a warp past the last slot has nothing to do.
+         * Otherwise the CTA's 4 warps take turns over one slot's tiles. */
+        const bool hw = !PACK && p.hw;
+        const uint32_t nq = (p.hgt + WARPS - 1) / WARPS;
+        const uint32_t cta = hw ? blockIdx.x / nq : blockIdx.x / p.hgt;
+        const uint32_t hy = hw ? blockIdx.x % nq * WARPS + warp : blockIdx.x % p.hgt;
+        if (hw && hy >= p.hgt)
+                return; /* no barrier follows on this path (the warp epilogue) */
         const uint32_t h = hy / p.head_groups, hg = hy % p.head_groups;
         const uint32_t split = blockIdx.y;
-        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
         const int g = lane / 4, t = lane % 4;
         uint8_t *ring = dsm + warp * G::S * G::STAGE;
 
@@ -177,7 +245,7 @@ attn_kernel(const params p)
         /* this warp's tiles: t_begin + (warp + 4k) * 16; the first S-1 go
          * out before Q is even loaded */
         const uint32_t t_begin = split * chunk;
-        const uint32_t first = t_begin + warp * TILE, step = WARPS * TILE;
+        const uint32_t first = hw ? t_begin : t_begin + warp * TILE, step = hw ? TILE : WARPS * TILE;
 
         /* A decode row is its own sequence, so its page-table row is known
          * before its length: the window's load goes out together with the
@@ -392,12 +460,18 @@ attn_kernel(const params p)
         }
         cp_wait<0>();
 
-        /* ---- merge the warps: l over g, then through shared memory (each
-         * warp's partial o goes into its own ring, which it no longer needs) */
+        /* ---- l over g; then a warp that took its slot's every tile (hw)
+         * writes its heads itself, else the warps merge through shared
+         * memory (each warp's partial o goes into its own ring, which it no
+         * longer needs) */
 #pragma unroll
         for (int o = 4; o < 32; o *= 2) {
                 l0 += __shfl_xor_sync(0xFFFFFFFFu, l0, o);
                 l1 += __shfl_xor_sync(0xFFFFFFFFu, l1, o);
+        }
+        if (hw) {
+                warp_out<DT, D>(p, acc, m0, m1, l0, l1, ncol, g, t, split, hq_of);
+                return;
         }
         __syncwarp();
         static_assert(HG * D * sizeof(float) <= G::S * G::STAGE, "partial o fits the ring");

@@ -13,6 +13,7 @@
 #ifndef KV_ATTN_PLAN_CUH
 #define KV_ATTN_PLAN_CUH
 
+#include <math.h>
 #include <stdint.h>
 
 namespace kva {
@@ -37,6 +38,12 @@ namespace kva {
 #endif
 #ifndef KVA_PSMID
 #define KVA_PSMID 1 /* plan_splits' mid for the tiled kernel (0: without, for measuring) */
+#endif
+#ifndef KVA_HWC0X2
+#define KVA_HWC0X2 5 /* take_heads' cost of a CTA, in half warp tiles */
+#endif
+#ifndef KVA_HW
+#define KVA_HW 1 /* decode: take_heads weighs warps a head (0: never, for measuring) */
 #endif
 #ifndef KVA_PWORK
 #define KVA_PWORK 5120 /* decode_is_short's work (0: never, for measuring) */
@@ -129,6 +136,65 @@ inline int pick_mt(uint64_t n1, uint64_t n2, uint64_t e2, uint64_t slots1, uint6
         if (fills_wave(n2, slots2) || (occ2 >= 2 && n1 > slots1 && half) || 2 * n1 < slots1)
                 return 2;
         return 1;
+}
+
+/* The waves a launch of w = CTAs / slots takes, as the H200 ran the decode
+ * kernel's uniform launches (docs/benchmarks.md "Warps a head"): the whole
+ * waves, and a last partial one counted in full from a fifth of a wave on
+ * (its CTAs start as the first ones end, so that only a thin last wave
+ * ends early: 3.03 waves of tiles ran as about 3.2, 3.39 as 3.9). */
+inline double eff_waves(double w)
+{
+        const double f = floor(w);
+        return f + fmin(1.0, 5.0 * (w - f));
+}
+
+/* Whether a decode launch gives each warp a head slot (kv head, group of q
+ * heads) of its own and all of its row's tiles (params.hw: a CTA takes 4
+ * slots of a row) instead of a CTA a slot whose 4 warps take turns over
+ * its tiles.  rows rows of lens[r] keys (the host copy; clamped to [0,
+ * cap]), hgt slots a row, slots CTAs at once on the GPU; c0x2 is twice a
+ * CTA's own cost (its start: length, page ids, q and the first copies'
+ * round trips; the merge) in 16-key warp tiles.
+ *
+ * Each way is estimated in warp tiles as its CTAs' mean cost times
+ * eff_waves, and at least its longest CTA; heads, whose CTAs are 4 times
+ * longer, also pay the spread of their lengths when they take more than
+ * one wave (a long CTA that starts late runs on alone: a ragged batch of
+ * 256 rows of 1/8 to all of 1k or 2k keys ran 7-15% slower with heads).
+ * Fewer, longer CTAs pay the start less often and no merge, but balance
+ * worse.  Heads when that comes out under 99%, and only where the slots of
+ * a row fill whole CTAs (hgt a multiple of 4: a CTA with idle warps
+ * streams less).  With c0 = 2.5 tiles the estimate picks the faster way at
+ * every uniform shape the H200 measured at head_dim 128 with 8 kv heads
+ * (docs/benchmarks.md "Warps a head") but fp4 at B = 128, L = 8k (heads
+ * 4.5% faster there, the estimate says tiles); the launcher asks only
+ * where the tiles' plan has one split (decode rows, not captured). */
+inline bool take_heads(const int32_t *lens, uint64_t rows, uint32_t cap, uint64_t hgt, uint64_t slots,
+                       uint64_t c0x2)
+{
+        if (rows == 0 || hgt == 0 || hgt % 4 != 0)
+                return false;
+        if (slots < 1)
+                slots = 1;
+        /* costs in half tiles: a tiles CTA 2 * ceil(len / 64) + c0x2, a
+         * heads CTA 2 * ceil(len / 16) + c0x2; a row's CTAs cost the same */
+        uint64_t sa = 0, sb = 0, ma = 0, mb = 0, nb = UINT64_MAX;
+        for (uint64_t r = 0; r < rows; r++) {
+                const uint64_t len = lens[r] < 0 ? 0 : (uint64_t)lens[r] > cap ? cap : (uint64_t)lens[r];
+                const uint64_t ca = 2 * ((len + 63) / 64) + c0x2, cb = 2 * ((len + 15) / 16) + c0x2;
+                sa += ca;
+                sb += cb;
+                ma = ca > ma ? ca : ma;
+                mb = cb > mb ? cb : mb;
+                nb = cb < nb ? cb : nb;
+        }
+        const double wa = (double)rows * (double)hgt / (double)slots;
+        const double wb = (double)rows * (double)(hgt / 4) / (double)slots;
+        const double ta = fmax(eff_waves(wa) * (double)sa / (double)rows, (double)ma);
+        const double tb = fmax(eff_waves(wb) * (double)sb / (double)rows + (wb > 1.0 ? (double)(mb - nb) : 0.0),
+                               (double)mb);
+        return tb < 0.99 * ta;
 }
 
 /* How the keys of a launch are split: chunk keys a split (a multiple of

@@ -44,6 +44,9 @@ struct params {
                                          * set under stream capture, where the splits were planned for
                                          * the table's capacity and a replay's lengths are unknown */
         uint32_t rows, hgt;             /* grid.x = rows * hgt (packed: tiles * hgt; hgt = H * head_groups), grid.y = splits */
+        uint32_t hw;                    /* decode kernel, a row a CTA: each warp takes a head slot (kv head,
+                                         * head group) and all its tiles, grid.x = rows * ceil(hgt / 4)
+                                         * (kva::take_heads); 0: the 4 warps share one slot's tiles */
         float qk_scale_log2;            /* sm_scale * k fold * log2(e) */
         float out_scale;                /* v fold */
         int elem;                       /* KVC_ELEM_BF16 / F16 */

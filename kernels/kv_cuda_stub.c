@@ -54,3 +54,10 @@ int kv_cuda_extend_kernel(int which)
         (void)which;
         return -ENOSYS;
 }
+
+/* Returns -ENOSYS: no kernels to choose between. */
+int kv_cuda_decode_warps(int which)
+{
+        (void)which;
+        return -ENOSYS;
+}

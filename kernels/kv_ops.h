@@ -52,6 +52,20 @@ int kv_cuda_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a
 enum kv_extend_kernel { KV_EXTEND_AUTO = 0, KV_EXTEND_TILED = 1, KV_EXTEND_DECODE = 2 };
 int kv_cuda_extend_kernel(int which);
 
+/* How the decode kernel's warps share a CTA's work, process-wide:
+ * KV_DECODE_AUTO (the launcher's rule, kva::take_heads in
+ * kernels/kv_attn_plan.cuh), KV_DECODE_TILES (the 4 warps of a CTA take
+ * turns over one kv head's 16-key tiles) or KV_DECODE_HEADS (each warp a
+ * kv head of its own and all its tiles), so that tests and benchmarks can
+ * run both on the same call (libkvclient never sets it).  It applies to
+ * calls on the decode kernel with a row a CTA (decode, and extend whose
+ * rows are not packed), those that start after it is set, in every
+ * thread; restore the value it returns when done.  Returns the previous
+ * setting, or -EINVAL for another value (nothing changed), -ENOSYS
+ * without CUDA. */
+enum kv_decode_warps { KV_DECODE_AUTO = 0, KV_DECODE_TILES = 1, KV_DECODE_HEADS = 2 };
+int kv_cuda_decode_warps(int which);
+
 /* 1 if this build has CUDA kernels and at least one device is usable. */
 int kv_cuda_available(void);
 

@@ -298,6 +298,14 @@ extern "C" int shim_extend_kernel(int which)
         return kv_cuda_extend_kernel(which);
 }
 
+/* kv_cuda_decode_warps (kv_ops.h): 0 the launcher's rule, 1 a CTA's warps
+ * take turns over one kv head's tiles, 2 each warp a kv head of its own;
+ * the previous setting. */
+extern "C" int shim_decode_warps(int which)
+{
+        return kv_cuda_decode_warps(which);
+}
+
 extern "C" int shim_extend(void *h, int layer, uint64_t q_dev, uint64_t out_dev, int elem, uint64_t indptr_dev,
                            const int32_t *indptr_host, uint64_t pt_dev, int max_pages, uint64_t lens_dev,
                            const int32_t *lens_host, int B, int Hq, float sm_scale, uint64_t stream)

@@ -29,6 +29,7 @@ decode of those bytes could show against SDPA in this run.
 import argparse
 import ctypes
 import os
+import random
 import statistics
 import sys
 import time
@@ -64,6 +65,8 @@ def load(path):
     lib.shim_errmsg.restype = ctypes.c_char_p
     lib.shim_stream_read.argtypes = [u64, u64, u64, u64]
     lib.shim_spin.argtypes = [u64, u64]
+    if hasattr(lib, "shim_decode_warps"):  # not in shims built before 2026-11-30
+        lib.shim_decode_warps.argtypes = [i32]
     lib.shim_decode.argtypes = [p, i32, u64, u64, i32, u64, i32, u64, ctypes.POINTER(ctypes.c_int32), i32, i32,
                                 f32, u64]
     return lib
@@ -181,6 +184,13 @@ def main():
     ap.add_argument("--heads", default="32/8",
                     help="HQ/KV: query heads and kv heads (default 32/8, the issue's shape; e.g. 4/1 with 8x the "
                          "rows reads the same bytes with each CTA's K/V rows contiguous in the page)")
+    ap.add_argument("--ragged", action="store_true",
+                    help="each row's length drawn uniformly from [L/8, L] (seeded), the page table sized for L; no "
+                         "SDPA (its dense K/V has one length): for comparing --decode-warps modes on ragged batches")
+    ap.add_argument("--decode-warps", default="auto",
+                    help="comma-separated: auto (the launcher's rule), tiles (a CTA's 4 warps share one kv head's "
+                         "tiles), heads (each warp a kv head of its own); each dtype runs once per mode, rows "
+                         "named dtype:mode when there are several")
     ap.add_argument("--sync-dir", help="with --sync-world N > 1: a directory shared by N runs of this script, "
                                        "one per GPU, that start each measurement together (bench_decode_multi.py)")
     ap.add_argument("--sync-rank", type=int, default=0)
@@ -189,6 +199,10 @@ def main():
     if args.sync_world > 1 and not (args.sync_dir and 0 <= args.sync_rank < args.sync_world):
         sys.exit("--sync-world %d needs --sync-dir and a --sync-rank in 0..%d" % (args.sync_world, args.sync_world - 1))
     lib = load(find_lib(args.lib))
+    warp_modes = {"auto": 0, "tiles": 1, "heads": 2}
+    modes = args.decode_warps.split(",")
+    if any(m not in warp_modes for m in modes):
+        sys.exit("--decode-warps: unknown mode in %s (known: auto, tiles, heads)" % args.decode_warps)
     torch.manual_seed(0)
     dev = torch.cuda.get_device_properties(0)
     stream = torch.cuda.current_stream().cuda_stream
@@ -253,16 +267,24 @@ def main():
         k = torch.randn(B, H, L, D, dtype=torch.bfloat16, device="cuda")
         v = torch.randn(B, H, L, D, dtype=torch.bfloat16, device="cuda")
         q4 = q.view(B, Hq, 1, D)
-        t_sdpa = timer.median_us(lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=True))
-        by = 2 * k.numel() * 2 + qo_bytes
-        print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %9s" % (B, L, "sdpa-bf16", t_sdpa, by / t_sdpa / 1e6,
-                                                        100 * by / t_sdpa / 1e6 / read_bw, "1.000x"))
+        t_sdpa = None
+        if not args.ragged:
+            t_sdpa = timer.median_us(lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=True))
+            by = 2 * k.numel() * 2 + qo_bytes
+            print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %9s" % (B, L, "sdpa-bf16", t_sdpa, by / t_sdpa / 1e6,
+                                                            100 * by / t_sdpa / 1e6 / read_bw, "1.000x"))
         del k, v
         pages = B * L // ps
         order = torch.randperm(pages, device="cuda") if args.pages == "random" else torch.arange(pages, device="cuda")
         pt = order.to(torch.int32).view(B, L // ps)
-        lens = torch.full((B,), L, dtype=torch.int32, device="cuda")
-        lens_host = (ctypes.c_int32 * B)(*([L] * B))
+        lens_list = [L] * B
+        if args.ragged:
+            rg = random.Random(B * 1000003 + L)
+            lens_list = [rg.randint(max(1, L // 8), L) for _ in range(B)]
+            print("%5d %6d ragged: lengths %d..%d, %d keys in all" % (B, L, min(lens_list), max(lens_list),
+                                                                       sum(lens_list)))
+        lens = torch.tensor(lens_list, dtype=torch.int32, device="cuda")
+        lens_host = (ctypes.c_int32 * B)(*lens_list)
         out = torch.empty(B, Hq, D, dtype=torch.bfloat16, device="cuda")
         floored = set()
         for name, dt, bits in dtypes:
@@ -273,15 +295,23 @@ def main():
                                     lens.data_ptr(), lens_host, B, Hq, D ** -0.5, stream)
                 if r:
                     raise RuntimeError("shim_decode: %d %s" % (r, lib.shim_errmsg().decode()))
-            t = timer.median_us(run)
-            kv = B * L * H * D * bits // 8 * 2
+            keys = sum(lens_list)
+            kv = keys * H * D * bits // 8 * 2
             if bits == 4:
-                kv += B * L * H * (D // 16) * 2
+                kv += keys * H * (D // 16) * 2
             by = kv + qo_bytes
-            if torch.isnan(out.float()).any():
-                sys.exit("NaN in the output of %s" % name)
-            print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %8.3fx" % (B, L, name, t, by / t / 1e6,
-                                                               100 * by / t / 1e6 / read_bw, t_sdpa / t))
+            for mode in modes:
+                if mode != "auto" and lib.shim_decode_warps(warp_modes[mode]) < 0:
+                    sys.exit("shim_decode_warps(%s) failed" % mode)
+                t = timer.median_us(run)
+                if mode != "auto":
+                    lib.shim_decode_warps(0)
+                if torch.isnan(out.float()).any():
+                    sys.exit("NaN in the output of %s (%s)" % (name, mode))
+                label = name if len(modes) == 1 else "%s:%s" % (name, mode)
+                print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %9s" % (B, L, label, t, by / t / 1e6,
+                                                                100 * by / t / 1e6 / read_bw,
+                                                                "%.3fx" % (t_sdpa / t) if t_sdpa else "-"))
             if args.pool_per_shape:
                 lib.shim_pool_free(pool)
             if args.floor and bits not in floored:
@@ -290,8 +320,9 @@ def main():
                 fb.fill_(1)
                 tf = timer.median_us(lambda: lib.shim_stream_read(fb.data_ptr(), fb.numel(), sink.data_ptr(),
                                                                   stream))
-                print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %8.3fx" % (B, L, "read" + str(bits), tf, kv / tf / 1e6,
-                                                                   100 * kv / tf / 1e6 / read_bw, t_sdpa / tf))
+                print("%5d %6d %-9s %9.1f %8.2f %6.0f%% %9s" % (B, L, "read" + str(bits), tf, kv / tf / 1e6,
+                                                                100 * kv / tf / 1e6 / read_bw,
+                                                                "%.3fx" % (t_sdpa / tf) if t_sdpa else "-"))
                 del fb
             sys.stdout.flush()
         del pt, lens, out, q

@@ -1,6 +1,6 @@
 /* test_plan.cu - the attention launcher's plan (kv_attn_plan.cuh:
  * take_tiled, decode_is_short, fills_wave, take_8warps, pick_mt,
- * plan_splits, plan_keys) and a captured launch's row chunks
+ * plan_splits, plan_keys, take_heads) and a captured launch's row chunks
  * (kv_attn_ring.cuh: row_chunk_of) on the CPU.
  *
  * Which extend kernel (take_tiled), and the plans the H200 measured best (docs/benchmarks.md "Which kernel, and
@@ -287,6 +287,77 @@ int main(void)
                 CHECK(sp.splits == 32 && kva::row_chunk_of(1024, (uint32_t)sp.splits) == 128,
                       "a 32k table at B = 1: %llu splits, a 1k row's chunk %u; want 32 and 128 (8 busy splits)",
                       (unsigned long long)sp.splits, kva::row_chunk_of(1024, (uint32_t)sp.splits));
+        }
+
+        /* Warps a head or warps sharing a head's tiles (take_heads), 8 kv
+         * heads of one group each: the way the H200 measured faster at each
+         * of these shapes (docs/benchmarks.md "Warps a head"): fp8 and bf16
+         * take 2 CTAs an SM (264 slots), fp4 4 (528) */
+        {
+                struct hw_case {
+                        uint32_t B, L;
+                        uint64_t slots;
+                        bool heads;
+                } const hc[] = {
+                        { 128, 1024, 264, true },  { 256, 1024, 264, true },  { 128, 512, 264, true },
+                        { 128, 2048, 264, true },  { 128, 4096, 264, true },  { 64, 1024, 264, false },
+                        { 96, 1024, 264, false },  { 32, 4096, 264, false },  { 8, 16384, 264, false },
+                        { 112, 1024, 264, true },  { 160, 1024, 264, false }, { 128, 8192, 264, true },
+                        { 512, 512, 264, true },   { 128, 1024, 528, false }, { 256, 1024, 528, true },
+                        { 128, 512, 528, false },  { 128, 2048, 528, false }, { 128, 4096, 528, false },
+                        { 64, 1024, 528, false },  { 112, 1024, 528, false }, { 160, 1024, 528, false },
+                        { 200, 1024, 528, false }, { 512, 512, 528, true },
+                };
+                int32_t *lens = (int32_t *)malloc(512 * sizeof *lens);
+                if (!lens) {
+                        printf("test_plan: out of memory\n");
+                        return 1;
+                }
+                for (const hw_case &c : hc) {
+                        for (uint32_t b = 0; b < c.B; b++)
+                                lens[b] = (int32_t)c.L;
+                        const bool got = kva::take_heads(lens, c.B, 32768, 8, c.slots, KVA_HWC0X2);
+                        CHECK(got == c.heads, "take_heads B = %u L = %u on %llu slots: %s, want %s", c.B, c.L,
+                              (unsigned long long)c.slots, got ? "heads" : "tiles", c.heads ? "heads" : "tiles");
+                }
+                /* one long row among short ones: its heads CTA would run alone */
+                for (uint32_t b = 0; b < 128; b++)
+                        lens[b] = b == 77 ? 4096 : 100;
+                CHECK(!kva::take_heads(lens, 128, 4096, 8, 264, KVA_HWC0X2),
+                      "take_heads: one row of 4096 keys among 127 of 100 took heads");
+                /* a ragged batch of 128 rows of 1..2047 keys: the longest
+                 * heads CTA is twice the mean one */
+                for (uint32_t b = 0; b < 128; b++)
+                        lens[b] = (int32_t)(1 + (b * 2654435761u) % 2047);
+                CHECK(!kva::take_heads(lens, 128, 4096, 8, 264, KVA_HWC0X2),
+                      "take_heads: 128 rows of 1..2047 keys took heads");
+                /* more than one wave of heads CTAs: 256 rows of 128..1023
+                 * keys measured 7% slower with heads, 512 rows of 64..511
+                 * 20% faster (fp8; its tiles CTAs are mostly start) */
+                for (uint32_t b = 0; b < 256; b++)
+                        lens[b] = (int32_t)(128 + (b * 2654435761u) % 896);
+                CHECK(!kva::take_heads(lens, 256, 4096, 8, 264, KVA_HWC0X2),
+                      "take_heads: 256 rows of 128..1023 keys took heads");
+                for (uint32_t b = 0; b < 512; b++)
+                        lens[b] = (int32_t)(64 + (b * 2654435761u) % 448);
+                CHECK(kva::take_heads(lens, 512, 4096, 8, 264, KVA_HWC0X2),
+                      "take_heads: 512 rows of 64..511 keys took tiles");
+                /* heads only where a row's slots fill whole CTAs; lengths
+                 * past the table (cap) count as the cap, negative ones as 0 */
+                for (uint32_t b = 0; b < 256; b++)
+                        lens[b] = 1024;
+                CHECK(!kva::take_heads(lens, 256, 32768, 6, 264, KVA_HWC0X2) &&
+                              !kva::take_heads(lens, 256, 32768, 2, 264, KVA_HWC0X2) &&
+                              kva::take_heads(lens, 256, 32768, 4, 264, KVA_HWC0X2),
+                      "take_heads with 6 or 2 slots a row must take tiles, with 4 (B = 256, L = 1k) heads");
+                lens[3] = 0x7FFFFFFF;
+                lens[4] = -5;
+                CHECK(kva::take_heads(lens, 128, 1024, 8, 264, KVA_HWC0X2),
+                      "take_heads: a length past the cap (1024) or below 0 moved B = 128 L = 1k off heads");
+                CHECK(!kva::take_heads(lens, 0, 1024, 8, 264, KVA_HWC0X2) &&
+                              !kva::take_heads(lens, 128, 1024, 0, 264, KVA_HWC0X2),
+                      "take_heads with no rows or no slots a row must take tiles");
+                free(lens);
         }
 
         printf("test_plan: %d checks, %d failures\n", cases, failures);

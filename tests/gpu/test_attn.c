@@ -15,6 +15,7 @@
  * argument error before any launch.  Pass: for every (row, head), ||gpu -
  * ref|| / ||ref|| <= 1e-2, no NaN, and rows that see no key are exactly 0. */
 #include <errno.h>
+#include <stdbool.h>
 #include "gpu_common.h"
 
 static int failures, cases;
@@ -28,6 +29,12 @@ static float sm_mul = 1.0f;
  * tiled kernel and on the decode kernel, each of which takes any extend
  * call: whichever the launcher picks, both are checked */
 static int ext_kernel = KV_EXTEND_AUTO;
+/* run_case's decode calls: the launcher's choice of how the decode
+ * kernel's warps share a CTA (kv_cuda_decode_warps), then each case again
+ * with the 4 warps of a CTA over one kv head's tiles and with a kv head a
+ * warp */
+static const int dec_modes[] = { KV_DECODE_AUTO, KV_DECODE_TILES, KV_DECODE_HEADS };
+static const char *const dec_names[] = { "auto", "tiles", "heads" };
 static double worst;
 
 struct apool {
@@ -220,13 +227,26 @@ static void run_case(enum kvc_dtype d, uint32_t D, uint32_t ps, uint32_t H, uint
                 struct kvc_decode_args a = { .q = dq, .out = dout, .elem = e, .page_table = dpt, .max_pages = maxp,
                                              .seq_lens = dlens, .seq_lens_host = lens, .batch = B,
                                              .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
-                rc = kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg);
                 struct kvc_decode_args h = a;
                 h.q = q;
                 h.out = ref;
                 h.page_table = pt;
                 h.seq_lens = lens;
                 rr = kv_ref_decode(&hv, &h, msg, sizeof msg);
+                EXPECT(rr == 0, "%s: kv_ref_decode returned %d: %s", what, rr, msg);
+                for (int pass = 0; pass < 3; pass++) {
+                        char kw[240];
+                        snprintf(kw, sizeof kw, "%s warps=%s", what, dec_names[pass]);
+                        CK(cudaMemset(dout, 0xFF, n * 2));
+                        EXPECT(kv_cuda_decode_warps(dec_modes[pass]) >= 0, "%s: kv_cuda_decode_warps failed", kw);
+                        rc = kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg);
+                        kv_cuda_decode_warps(KV_DECODE_AUTO);
+                        EXPECT(rc == 0, "%s: kv_cuda_decode returned %d: %s", kw, rc, msg);
+                        CK(cudaDeviceSynchronize());
+                        CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
+                        if (rc == 0 && rr == 0)
+                                compare(kw, got, ref, e, rows, Hq, D);
+                }
         } else {
                 struct kvc_extend_args a = { .q = dq, .out = dout, .elem = e, .qo_indptr = dind,
                                              .qo_indptr_host = indptr, .page_table = dpt, .max_pages = maxp,
@@ -240,31 +260,30 @@ static void run_case(enum kvc_dtype d, uint32_t D, uint32_t ps, uint32_t H, uint
                 h.seq_lens = lens;
                 rr = kv_ref_extend(&hv, &h, msg, sizeof msg);
                 EXPECT(rr == 0, "%s: kv_ref_extend returned %d: %s", what, rr, msg);
-                static const int again[] = { KV_EXTEND_TILED, KV_EXTEND_DECODE };
-                passes = ext_kernel == KV_EXTEND_AUTO ? 3 : 1;
+                /* the last pass: the decode kernel with a kv head a warp
+                 * (where its rows are not packed; packed rows ignore it) */
+                static const int again[] = { KV_EXTEND_TILED, KV_EXTEND_DECODE, KV_EXTEND_DECODE };
+                passes = ext_kernel == KV_EXTEND_AUTO ? 4 : 1;
                 for (int pass = 0; pass < passes; pass++) {
                         const int k = pass == 0 ? ext_kernel : again[pass - 1];
+                        const bool heads = pass == 3;
                         char kw[240];
                         snprintf(kw, sizeof kw, "%s kernel=%s", what,
-                                 k == KV_EXTEND_AUTO ? "auto" : k == KV_EXTEND_TILED ? "tiled" : "decode");
+                                 k == KV_EXTEND_AUTO ? "auto" : k == KV_EXTEND_TILED ? "tiled"
+                                                                : heads ? "decode/heads" : "decode");
                         CK(cudaMemset(dout, 0xFF, n * 2));
                         EXPECT(kv_cuda_extend_kernel(k) >= 0, "%s: kv_cuda_extend_kernel(%d) failed", kw, k);
+                        if (heads)
+                                kv_cuda_decode_warps(KV_DECODE_HEADS);
                         rc = kv_cuda_extend(&dv, &a, NULL, msg, sizeof msg);
                         kv_cuda_extend_kernel(KV_EXTEND_AUTO);
+                        kv_cuda_decode_warps(KV_DECODE_AUTO);
                         EXPECT(rc == 0, "%s: kv_cuda_extend returned %d: %s", kw, rc, msg);
                         CK(cudaDeviceSynchronize());
                         CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
                         if (rc == 0 && rr == 0)
                                 compare(kw, got, ref, e, rows, Hq, D);
                 }
-        }
-        if (!qn) {
-                EXPECT(rc == 0, "%s: kv_cuda_decode returned %d: %s", what, rc, msg);
-                EXPECT(rr == 0, "%s: kv_ref_decode returned %d: %s", what, rr, msg);
-                CK(cudaDeviceSynchronize());
-                CK(cudaMemcpy(got, dout, n * 2, cudaMemcpyDeviceToHost));
-                if (rc == 0 && rr == 0)
-                        compare(what, got, ref, e, rows, Hq, D);
         }
 
         cudaFree(dqbuf);
