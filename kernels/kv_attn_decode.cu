@@ -447,13 +447,19 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * Weighed on the rows' lengths, so not under capture, where a
          * replay's lengths are unknown. */
         const int dw = decode_warps.load(std::memory_order_relaxed);
-        if (!tiled && !p.pack &&
-            (dw == KV_DECODE_HEADS ||
-             (dw == KV_DECODE_AUTO && KVA_HW && !captured && !c->qo_indptr && sp.splits == 1 &&
-              kva::take_heads(c->seq_lens_host, rows, c->max_pages * P, hgt, slots, KVA_HWC0X2)))) {
-                p.hw = 1;
-                ctas = gx = (uint64_t)rows * ((hgt + kva::WARPS - 1) / kva::WARPS);
-                sp = kva::plan_keys(false, ctas, slots, max_len, kva::MAX_SPLITS);
+        if (!tiled && !p.pack && dw != KV_DECODE_TILES) {
+                const uint64_t hctas = (uint64_t)rows * ((hgt + kva::WARPS - 1) / kva::WARPS);
+                const kva::split_plan hsp = kva::plan_keys(false, hctas, slots, max_len, kva::MAX_SPLITS);
+                /* the rule weighs launches of one split both ways: not one
+                 * whose heads plan would split after all (a few hundred
+                 * rows of about 8k keys) */
+                if (dw == KV_DECODE_HEADS ||
+                    (KVA_HW && !captured && !c->qo_indptr && sp.splits == 1 && hsp.splits == 1 &&
+                     kva::take_heads(c->seq_lens_host, rows, c->max_pages * P, hgt, slots, KVA_HWC0X2))) {
+                        p.hw = 1;
+                        ctas = gx = hctas;
+                        sp = hsp;
+                }
         }
         p.chunk = sp.chunk;
         p.splits = (uint32_t)sp.splits;

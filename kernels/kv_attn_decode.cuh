@@ -242,8 +242,8 @@ attn_kernel(const params p)
                 chunk = row_chunk_of(len, p.splits);
         }
 
-        /* this warp's tiles: t_begin + (warp + 4k) * 16; the first S-1 go
-         * out before Q is even loaded */
+        /* this warp's tiles: t_begin + (warp + 4k) * 16, or with hw
+         * t_begin + 16k; the first S-1 go out before Q is even loaded */
         const uint32_t t_begin = split * chunk;
         const uint32_t first = hw ? t_begin : t_begin + warp * TILE, step = hw ? TILE : WARPS * TILE;
 

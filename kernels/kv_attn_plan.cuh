@@ -173,10 +173,12 @@ inline double eff_waves(double w)
 inline bool take_heads(const int32_t *lens, uint64_t rows, uint32_t cap, uint64_t hgt, uint64_t slots,
                        uint64_t c0x2)
 {
-        if (rows == 0 || hgt == 0 || hgt % 4 != 0)
-                return false;
         if (slots < 1)
                 slots = 1;
+        /* tiles in one wave cost their longest CTA, never more than heads'
+         * (the loop below would find that; this is the common small batch) */
+        if (rows == 0 || hgt == 0 || hgt % 4 != 0 || rows * hgt <= slots)
+                return false;
         /* costs in half tiles: a tiles CTA 2 * ceil(len / 64) + c0x2, a
          * heads CTA 2 * ceil(len / 16) + c0x2; a row's CTAs cost the same */
         uint64_t sa = 0, sb = 0, ma = 0, mb = 0, nb = UINT64_MAX;

@@ -34,6 +34,13 @@
 #define KV_WRITE_PDL 1
 #endif
 
+/* The slot's load and the input's go out together, the slot checked when
+ * both are back (see write_kernel), except for fp8 pools; 0, for
+ * measuring: the slot first for every dtype. */
+#ifndef KV_WRITE_EARLY
+#define KV_WRITE_EARLY 1
+#endif
+
 namespace kvk {
 
 struct write_params {
@@ -189,23 +196,34 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
 
         if (t >= p.T || c >= p.chunks)
                 return;
+        const uint32_t in_off = c * (uint32_t)(N * elem_traits<E>::bytes);
         /* Launched with programmatic stream serialization (launch_write's
          * pdl), this grid may start before the previous kernel on the stream
          * has finished: wait for it, and for its memory, before the first
          * global access.  Launched normally, this is a no-op. */
         grid_dep_wait();
+        /* The slot and the input go out together, the slot checked only
+         * when both are back (a skipped token's row is read for nothing:
+         * it is the caller's memory like every row below T), so that the
+         * first loads cost one trip to memory, not two.  Measured on the
+         * H200 against the slot first (docs/benchmarks.md, Write kernel):
+         * T = 4096 bf16/fp16 2-3% and fp4 5% less time a call, but fp8 1-2%
+         * more, so fp8 keeps the slot first. */
+        constexpr bool early = KV_WRITE_EARLY && D != KVC_DTYPE_FP8_E4M3 && D != KVC_DTYPE_FP8_E5M2;
         const int64_t slot = __ldg(p.slots + t);
         /* -1 means skip; anything else out of range is skipped too: the
          * slots live on the device, so the launcher cannot check them */
-        if (slot < 0 || slot >= p.num_slots)
+        const bool skip = slot < 0 || slot >= p.num_slots;
+        if (!early && skip)
                 return;
 
-        const uint32_t in_off = c * (uint32_t)(N * elem_traits<E>::bytes);
         if constexpr (fp4_from_raw<D, E>()) {
                 const int h = blockIdx.z; /* 0: K, 1: V */
                 uint4 w[NW];
                 load_raw<E, N>(p.src[h] + (int64_t)t * p.stride[h] + in_off, p.vec[h], w);
                 grid_dep_launch();
+                if (skip)
+                        return;
                 uint64_t doff, soff;
                 slot_offsets(p, slot, &doff, &soff);
                 uint16_t sc;
@@ -220,6 +238,8 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
         /* every load of this thread is issued: the next grid may be
          * scheduled (it waits for this one's completion all the same) */
         grid_dep_launch();
+        if (skip)
+                return;
 
         uint64_t doff, soff;
         slot_offsets(p, slot, &doff, &soff);

@@ -203,6 +203,8 @@ def main():
     modes = args.decode_warps.split(",")
     if any(m not in warp_modes for m in modes):
         sys.exit("--decode-warps: unknown mode in %s (known: auto, tiles, heads)" % args.decode_warps)
+    if modes != ["auto"] and not hasattr(lib, "shim_decode_warps"):
+        sys.exit("--decode-warps %s: this shim has no shim_decode_warps (built before 2026-11-30)" % args.decode_warps)
     torch.manual_seed(0)
     dev = torch.cuda.get_device_properties(0)
     stream = torch.cuda.current_stream().cuda_stream
