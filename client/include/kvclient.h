@@ -217,7 +217,9 @@ struct kvc_write_args {
         enum kvc_elem  elem;
         int64_t        k_row_stride; /* elements between consecutive tokens (>= kv_heads*head_dim) */
         int64_t        v_row_stride;
-        const int64_t *slots;        /* [T]: page*page_size + offset, -1 = skip */
+        const int64_t *slots;        /* [T]: page*page_size + offset, -1 = skip (a skipped
+                                        token's k and v rows may still be read: all T rows
+                                        must be readable) */
         uint32_t       num_tokens;   /* T */
         uint32_t       layer;
 };
