@@ -12,7 +12,9 @@
  * 32k keys, extend with many rows per sequence (the tiled kernel, its key
  * split included) and with a few (rows packed into the decode kernel's
  * CTAs), a device page id out of range (the key is skipped), and every
- * argument error before any launch.  Pass: for every (row, head), ||gpu -
+ * argument error before any launch.  Every decode case runs with the
+ * launcher's choice of how the decode kernel's warps share a CTA and again
+ * with each way forced (kv_cuda_decode_warps: tiles, a kv head a warp).  Pass: for every (row, head), ||gpu -
  * ref|| / ||ref|| <= 1e-2, no NaN, and rows that see no key are exactly 0. */
 #include <errno.h>
 #include <stdbool.h>
