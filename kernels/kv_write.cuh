@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
                 uint4 w[NW];
                 load_raw<E, N>(p.src[h] + (int64_t)t * p.stride[h] + in_off, p.vec[h], w);
                 grid_dep_launch();
-                if (skip)
+                if (early && skip)
                         return;
                 uint64_t doff, soff;
                 slot_offsets(p, slot, &doff, &soff);
@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
         /* every load of this thread is issued: the next grid may be
          * scheduled (it waits for this one's completion all the same) */
         grid_dep_launch();
-        if (skip)
+        if (early && skip)
                 return;
 
         uint64_t doff, soff;

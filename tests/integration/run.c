@@ -17,16 +17,20 @@ int kvt_run(char *const argv[], char **ret_out)
                 return -1;
         unlink(tmpl);
         pid = fork();
-        if (pid < 0)
+        if (pid < 0) {
+                close(fd);
                 return -1;
+        }
         if (pid == 0) {
                 dup2(fd, 1);
                 dup2(fd, 2);
                 execv(argv[0], argv);
                 _exit(127);
         }
-        if (waitpid(pid, &st, 0) != pid)
+        if (waitpid(pid, &st, 0) != pid) {
+                close(fd);
                 return -1;
+        }
         if (ret_out != NULL) {
                 off_t n = lseek(fd, 0, SEEK_END);
                 char *out = malloc((size_t)n + 1);

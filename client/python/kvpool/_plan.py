@@ -15,12 +15,7 @@ import math
 
 from . import _capi as C
 
-_ELEM = {"bf16": C.ELEM_BF16, "f16": C.ELEM_F16}
 _MAX_Q_HEADS = 65536  # KV_ATTN_MAX_Q_HEADS (kernels/kv_attn_common.cuh)
-
-
-def _ptr32(v):
-    return ctypes.cast(v.ptr, C.c_int32_p)
 
 
 def sm_scale_of(s, head_dim):
@@ -54,7 +49,7 @@ class AttentionPlan:
         last entry, as it is now, for extend."""
         if self._indptr_host is None:
             return self._batch
-        return _ptr32(self._indptr_host)[self._batch]
+        return C.ptr32(self._indptr_host)[self._batch]
 
     def run(self, layer, q, out, sm_scale=None, stream=None):
         """The attention of one layer: q and out [rows, Hq, head_dim]
@@ -68,7 +63,7 @@ class AttentionPlan:
             if qv.shape[0] != self._batch:
                 raise ValueError(f"q: {qv.shape[0]} rows, one per sequence of the plan's {self._batch}")
         else:
-            ip = _ptr32(self._indptr_host)
+            ip = C.ptr32(self._indptr_host)
             first, last = ip[0], ip[self._batch]
             if first != 0:
                 raise ValueError(f"qo_indptr: starts at {first}, not 0")
@@ -76,7 +71,7 @@ class AttentionPlan:
                 raise ValueError(f"qo_indptr: ends at {last}, but q has {qv.shape[0]} rows")
         # a copy per run: plans may be run from several threads at once
         a = type(self._args).from_buffer_copy(self._args)
-        a.q, a.out, a.elem, a.num_q_heads, a.layer = qv.ptr, ov.ptr, _ELEM[qv.kind], qv.shape[1], layer
+        a.q, a.out, a.elem, a.num_q_heads, a.layer = qv.ptr, ov.ptr, C.ELEMS[qv.kind], qv.shape[1], layer
         a.sm_scale = pool._default_scale if sm_scale is None else sm_scale_of(sm_scale, pool.head_dim)
         pool._run(self._call, a, stream)
 

@@ -70,7 +70,7 @@ def block_key(parent, tokens, extra=b""):
     par = _key(parent, "parent") if parent is not None else None
     ex = bytes(extra)
     out = C.Key()
-    C.lib.kvc_block_key(ctypes.byref(par) if par is not None else None, _ptr32(tv), tv.shape[0],
+    C.lib.kvc_block_key(ctypes.byref(par) if par is not None else None, C.ptr32(tv), tv.shape[0],
                         ex if ex else None, len(ex), ctypes.byref(out))
     return bytes(out.b)
 
@@ -442,7 +442,7 @@ class Pool:
         pv = index_view(pages, "i32", "pages", False)
         n = _count(pv, "pages")
         with self._call():
-            self._check(C.lib.kvc_free(self._handle(), n, _ptr32(pv)), "kvc_free")
+            self._check(C.lib.kvc_free(self._handle(), n, C.ptr32(pv)), "kvc_free")
 
     def publish(self, pages, keys):
         """Publishes held, fully written pages under keys.  Returns (stored,
@@ -455,7 +455,7 @@ class Pool:
             raise ValueError(f"keys: {nk} keys for {n} pages")
         dup = (ctypes.c_uint8 * n)()
         with self._call():
-            stored = self._check(C.lib.kvc_publish(self._handle(), n, _ptr32(pv), karr, dup), "kvc_publish")
+            stored = self._check(C.lib.kvc_publish(self._handle(), n, C.ptr32(pv), karr, dup), "kvc_publish")
         return stored, [bool(x) for x in dup]
 
     def lookup(self, keys):
@@ -554,7 +554,7 @@ class Pool:
             raise ValueError(f"slots: shape {sv.shape}, expected ({kv.shape[0]},), one per token")
         if kv.shape[0] == 0:
             return
-        a = C.WriteArgs(k=kv.ptr, v=vv.ptr, elem=_ELEM[kv.kind], k_row_stride=self._row_stride(kv),
+        a = C.WriteArgs(k=kv.ptr, v=vv.ptr, elem=C.ELEMS[kv.kind], k_row_stride=self._row_stride(kv),
                         v_row_stride=self._row_stride(vv), slots=ctypes.cast(sv.ptr, C.c_int64_p),
                         num_tokens=_u32(kv.shape[0], "k: tokens"), layer=layer)
         self._run("kvc_write", a, stream)
@@ -573,7 +573,7 @@ class Pool:
                 raise ValueError(f"{w}: shape {o.shape} (strides {o.strides}), expected a contiguous {want}")
         if ko.kind != vo.kind:
             raise ValueError(f"k_out is {ko.kind}, v_out {vo.kind}: they must agree")
-        a = C.GatherArgs(pages=_ptr32(pv), n_pages=n, layer=layer, k_out=ko.ptr, v_out=vo.ptr, elem=_ELEM[ko.kind])
+        a = C.GatherArgs(pages=C.ptr32(pv), n_pages=n, layer=layer, k_out=ko.ptr, v_out=vo.ptr, elem=C.ELEMS[ko.kind])
         self._run("kvc_gather", a, stream)
 
     def _q_out(self, q, out):
@@ -612,8 +612,8 @@ class Pool:
         now).  Returns an AttentionPlan; its run(layer, q, out) is decode
         for one layer, with q and out [B, Hq, head_dim]."""
         pt, sl, slh, b = self._meta(page_table, seq_lens, seq_lens_host, None)
-        a = C.DecodeArgs(page_table=_ptr32(pt), max_pages=pt.shape[1], seq_lens=_ptr32(sl),
-                         seq_lens_host=_ptr32(slh), batch=b)
+        a = C.DecodeArgs(page_table=C.ptr32(pt), max_pages=pt.shape[1], seq_lens=C.ptr32(sl),
+                         seq_lens_host=C.ptr32(slh), batch=b)
         return _plan.AttentionPlan(self, "kvc_decode", a, b, None, (pt, sl, slh))
 
     def plan_extend(self, qo_indptr, page_table, seq_lens, qo_indptr_host=None, seq_lens_host=None):
@@ -629,8 +629,8 @@ class Pool:
         if iph.shape != ip.shape:
             raise ValueError(f"qo_indptr_host: shape {iph.shape}, expected {ip.shape}")
         pt, sl, slh, _ = self._meta(page_table, seq_lens, seq_lens_host, b)
-        a = C.ExtendArgs(qo_indptr=_ptr32(ip), qo_indptr_host=_ptr32(iph), page_table=_ptr32(pt),
-                         max_pages=pt.shape[1], seq_lens=_ptr32(sl), seq_lens_host=_ptr32(slh), batch=b)
+        a = C.ExtendArgs(qo_indptr=C.ptr32(ip), qo_indptr_host=C.ptr32(iph), page_table=C.ptr32(pt),
+                         max_pages=pt.shape[1], seq_lens=C.ptr32(sl), seq_lens_host=C.ptr32(slh), batch=b)
         return _plan.AttentionPlan(self, "kvc_extend", a, b, iph, (ip, iph, pt, sl, slh))
 
     def decode(self, layer, q, out, page_table, seq_lens, sm_scale=None, seq_lens_host=None, stream=None):
@@ -682,13 +682,6 @@ class Pool:
         with self._call():
             self._handle()
             return _pages.kv_block_scales(self, self._layout, self._exports, layer, like)
-
-
-_ELEM = {"f32": C.ELEM_F32, "bf16": C.ELEM_BF16, "f16": C.ELEM_F16}
-
-
-def _ptr32(v):
-    return ctypes.cast(v.ptr, C.c_int32_p)
 
 
 _MAX_COUNT = 65536  # kvc_alloc and kvc_free (kvclient.h); ctypes would wrap a larger uint32_t
