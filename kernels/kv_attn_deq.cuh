@@ -69,6 +69,25 @@ __device__ __forceinline__ uint32_t e4m3x2_f16x2(uint32_t x)
         return (uint32_t)h.x | ((uint32_t)h.y << 16);
 }
 
+#ifndef KVA_E4H1
+#define KVA_E4H1 1
+#endif
+/* The same for the high 16 bits of x, as the 16-bit half of x that cvt
+ * takes, so that the conversion can read it in place (KVA_E4H1 0: x >> 16
+ * first, a shift per pair). */
+__device__ __forceinline__ uint32_t e4m3x2_f16x2_hi(uint32_t x)
+{
+#if KVA_E4H1
+        uint32_t r;
+        asm("{\n\t.reg .b16 lo, hi;\n\tmov.b32 {lo, hi}, %1;\n\tcvt.rn.f16x2.e4m3x2 %0, hi;\n\t}"
+            : "=r"(r)
+            : "r"(x));
+        return r;
+#else
+        return e4m3x2_f16x2(x >> 16);
+#endif
+}
+
 /* FP4: nibbles at bits [4p, 4p+4) and [16+4p, 20+4p) of x -> bf16x2 of
  * value * 2^-126 (the e=0 code 0.5 becomes the bf16 subnormal 2^-127): the
  * sign goes to bit 15 (31), the exponent and mantissa bits to bits 8..6
@@ -150,7 +169,7 @@ __device__ __forceinline__ void deq_k(const uint32_t (&w)[D / 4 * dtraits<DT>::b
 #pragma unroll
                 for (int i = 0; i < D / 16; i++) {
                         kp[2 * i] = e4m3x2_f16x2(w[i]);
-                        kp[2 * i + 1] = e4m3x2_f16x2(w[i] >> 16);
+                        kp[2 * i + 1] = e4m3x2_f16x2_hi(w[i]);
                 }
         } else if constexpr (DT == KVC_DTYPE_FP8_E5M2) {
 #pragma unroll
@@ -192,9 +211,9 @@ __device__ __forceinline__ void deq_v(const uint32_t (&a)[D / 8 * dtraits<DT>::b
                         const uint32_t x1 = prmt(a[i], b[i], 0x7362u); /* a2 b2 a3 b3 */
                         if constexpr (DT == KVC_DTYPE_FP8_E4M3) {
                                 vp[4 * i + 0] = e4m3x2_f16x2(x0);
-                                vp[4 * i + 1] = e4m3x2_f16x2(x0 >> 16);
+                                vp[4 * i + 1] = e4m3x2_f16x2_hi(x0);
                                 vp[4 * i + 2] = e4m3x2_f16x2(x1);
-                                vp[4 * i + 3] = e4m3x2_f16x2(x1 >> 16);
+                                vp[4 * i + 3] = e4m3x2_f16x2_hi(x1);
                         } else {
                                 vp[4 * i + 0] = prmt(x0, 0u, 0x1404u);
                                 vp[4 * i + 1] = prmt(x0, 0u, 0x3424u);

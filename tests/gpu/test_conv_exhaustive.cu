@@ -13,11 +13,15 @@
  * 16-bit input value at every block position against every scale class that
  * matters, and the IEEE division used for fp8 is
  * checked against a division in double rounded once to float (exact for
- * float operands).  Any difference is a failure, with the first inputs. */
+ * float operands).  Also the attention kernels' e4m3 pair decode
+ * (kv_attn_deq.cuh), the low pair of a word and the high pair read in
+ * place, on every 32-bit word.  Any difference is a failure, with the first
+ * inputs. */
 #include <stdio.h>
 #include <stdlib.h>
 #include "kv_cuda_common.cuh"
 #include "kv_write.cuh"
+#include "kv_attn_deq.cuh"
 
 #include "gpu_common.h"
 #include "fp4h_cases.h" /* mix, fp4h_case: shared with tests/codec/test_fp4_block_host.cu */
@@ -194,6 +198,31 @@ __global__ void sweep_fp4h(mism *m)
         }
 }
 
+/* One f16 half of the attention kernels' e4m3 decode vs the codec: the
+ * f16 of the byte's value (exact: e4m3 values are f16 values), any NaN for
+ * the NaN codes. */
+__device__ __forceinline__ bool e4m3_half_ok(uint32_t half, uint8_t c)
+{
+        const float f = kv_e4m3_to_f32(c);
+        if (f != f)
+                return (half & 0x7C00u) == 0x7C00u && (half & 0x3FFu) != 0;
+        return half == kv_f32_to_f16(f);
+}
+
+/* e4m3x2_f16x2 (bytes 0, 1 of x) and e4m3x2_f16x2_hi (bytes 2, 3, the
+ * high half read in place) over every word x */
+__global__ void sweep_e4m3_deq(mism *m)
+{
+        for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < (1ull << 32);
+             i += (uint64_t)gridDim.x * blockDim.x) {
+                const uint32_t x = (uint32_t)i;
+                const uint32_t lo = kva::e4m3x2_f16x2(x), hi = kva::e4m3x2_f16x2_hi(x);
+                if (!e4m3_half_ok(lo & 0xFFFFu, (uint8_t)x) || !e4m3_half_ok(lo >> 16, (uint8_t)(x >> 8)) ||
+                    !e4m3_half_ok(hi & 0xFFFFu, (uint8_t)(x >> 16)) || !e4m3_half_ok(hi >> 16, (uint8_t)(x >> 24)))
+                        record(m, x);
+        }
+}
+
 static int run(const char *name, void (*launch)(mism *), mism *dm)
 {
         mism h;
@@ -228,6 +257,7 @@ static void l_div3(mism *m) { sweep_div<<<G, B>>>(m, 3.0e-5f); }
 static void l_fp4(mism *m) { random_blocks<<<G, B>>>(m, 1ull << 24); }
 static void l_fp4bf(mism *m) { sweep_fp4h<KVC_ELEM_BF16><<<G, B>>>(m); }
 static void l_fp4hf(mism *m) { sweep_fp4h<KVC_ELEM_F16><<<G, B>>>(m); }
+static void l_e4deq(mism *m) { sweep_e4m3_deq<<<G, B>>>(m); }
 
 int main(void)
 {
@@ -251,6 +281,8 @@ int main(void)
                  l_fp4bf, dm);
         f += run("fp4 block16 from f16 (f16x2) vs kv_fp4_encode_block16, every f16 x position x scale class",
                  l_fp4hf, dm);
+        f += run("attention e4m3x2 -> f16x2, low pair and high pair in place, vs kv_e4m3_to_f32, all 2^32",
+                 l_e4deq, dm);
         {
                 /* the fast fp8 division over every x, at typical scales,
                  * awkward mantissas and both ends of its range */
