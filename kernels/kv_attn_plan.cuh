@@ -42,6 +42,9 @@ namespace kva {
 #ifndef KVA_HWC0X2
 #define KVA_HWC0X2 5 /* take_heads' cost of a CTA, in half warp tiles */
 #endif
+#ifndef KVA_HWE
+#define KVA_HWE 0.97 /* take_heads: heads' estimate times this where its CTAs take at most 2 waves (1.0: without) */
+#endif
 #ifndef KVA_HW
 #define KVA_HW 1 /* decode: take_heads weighs warps a head (0: never, for measuring) */
 #endif
@@ -163,13 +166,20 @@ inline double eff_waves(double w)
  * one wave (a long CTA that starts late runs on alone: a ragged batch of
  * 256 rows of 1/8 to all of 1k or 2k keys ran 7-15% slower with heads).
  * Fewer, longer CTAs pay the start less often and no merge, but balance
- * worse.  Heads when that comes out under 99%, and only where the slots of
- * a row fill whole CTAs (hgt a multiple of 4: a CTA with idle warps
+ * worse.  Heads in at most two waves also stream faster than either count
+ * says: at 16k and 32k keys, where the starts no longer matter (the two
+ * estimates within 1%), heads measured 1.7-3.1% faster for fp8 and bf16 at
+ * B = 128, 0.7-5.4% at B = 256 and fp4 11.5% at B = 256, while with more
+ * waves (B = 512 at 8k, 1024 at 4k) it measured as estimated: so heads'
+ * estimate is taken times e = 0.97 (KVA_HWE) where its CTAs take at most 2
+ * waves.  Heads when that comes out under 99%, and only where the slots
+ * of a row fill whole CTAs (hgt a multiple of 4: a CTA with idle warps
  * streams less).  With c0 = 2.5 tiles the estimate picks the faster way at
  * every uniform shape the H200 measured at head_dim 128 with 8 kv heads
- * (docs/benchmarks.md "Warps a head") but fp4 at B = 128, L = 8k (heads
- * 4.5% faster there, the estimate says tiles); the launcher asks only
- * where the tiles' plan has one split (decode rows, not captured). */
+ * (docs/benchmarks.md "Warps a head") but where heads' plan would split
+ * (fp4 at B = 128, L >= 8k: heads with 2 splits 5-10% faster) and within
+ * 1.6% at B = 96, L = 1k (fp8) and B = 512, L = 8k (bf16); the launcher
+ * asks only where both plans have one split (decode rows, not captured). */
 inline bool take_heads(const int32_t *lens, uint64_t rows, uint32_t cap, uint64_t hgt, uint64_t slots,
                        uint64_t c0x2)
 {
@@ -196,7 +206,7 @@ inline bool take_heads(const int32_t *lens, uint64_t rows, uint32_t cap, uint64_
         const double ta = fmax(eff_waves(wa) * (double)sa / (double)rows, (double)ma);
         const double tb = fmax(eff_waves(wb) * (double)sb / (double)rows + (wb > 1.0 ? (double)(mb - nb) : 0.0),
                                (double)mb);
-        return tb < 0.99 * ta;
+        return (wb <= 2.0 ? KVA_HWE : 1.0) * tb < 0.99 * ta;
 }
 
 /* How the keys of a launch are split: chunk keys a split (a multiple of
