@@ -70,14 +70,15 @@ __device__ __forceinline__ uint32_t e4m3x2_f16x2(uint32_t x)
 }
 
 #ifndef KVA_E4H1
-#define KVA_E4H1 1
+#define KVA_E4H1 1 /* e4m3x2_f16x2_hi reads the high half in place (0: shifts it down first) */
 #endif
 /* The same for the high 16 bits of x, as the 16-bit half of x that cvt
  * takes, so that the conversion can read it in place (KVA_E4H1 0: x >> 16
- * first, a shift per pair). */
+ * first, a shift per pair).  cvt from e4m3 needs sm_89; older targets take
+ * the shift and the intrinsic's emulation. */
 __device__ __forceinline__ uint32_t e4m3x2_f16x2_hi(uint32_t x)
 {
-#if KVA_E4H1
+#if KVA_E4H1 && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
         uint32_t r;
         asm("{\n\t.reg .b16 lo, hi;\n\tmov.b32 {lo, hi}, %1;\n\tcvt.rn.f16x2.e4m3x2 %0, hi;\n\t}"
             : "=r"(r)

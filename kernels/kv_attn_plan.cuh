@@ -43,7 +43,10 @@ namespace kva {
 #define KVA_HWC0X2 5 /* take_heads' cost of a CTA, in half warp tiles */
 #endif
 #ifndef KVA_HWE
-#define KVA_HWE 0.97 /* take_heads: heads' estimate times this where its CTAs take at most 2 waves (1.0: without) */
+#define KVA_HWE 0.97 /* take_heads: heads' estimate times this for long rows in at most 2 waves (1.0: without) */
+#endif
+#ifndef KVA_HWEL
+#define KVA_HWEL 16384 /* take_heads: rows of at least this many keys on average are long for KVA_HWE */
 #endif
 #ifndef KVA_HW
 #define KVA_HW 1 /* decode: take_heads weighs warps a head (0: never, for measuring) */
@@ -166,13 +169,15 @@ inline double eff_waves(double w)
  * one wave (a long CTA that starts late runs on alone: a ragged batch of
  * 256 rows of 1/8 to all of 1k or 2k keys ran 7-15% slower with heads).
  * Fewer, longer CTAs pay the start less often and no merge, but balance
- * worse.  Heads in at most two waves also stream faster than either count
- * says: at 16k and 32k keys, where the starts no longer matter (the two
- * estimates within 1%), heads measured 1.7-3.1% faster for fp8 and bf16 at
- * B = 128, 0.7-5.4% at B = 256 and fp4 11.5% at B = 256, while with more
- * waves (B = 512 at 8k, 1024 at 4k) it measured as estimated: so heads'
- * estimate is taken times e = 0.97 (KVA_HWE) where its CTAs take at most 2
- * waves.  Heads when that comes out under 99%, and only where the slots
+ * worse.  Long rows in at most two waves of heads also stream faster
+ * with heads than either count says: at 16k and 32k keys, where the starts
+ * no longer matter (the two estimates within 1%), heads measured 1.7-3.1%
+ * faster for fp8 and bf16 at B = 128, 0.7-5.4% at B = 256 and fp4 11.5% at
+ * B = 256, while fp8 and bf16 in 4 to 8 waves (B = 512 at 8k, 1024 at 4k)
+ * measured as estimated: so heads' estimate is taken times e = 0.97
+ * (KVA_HWE) where the rows average at least 16k keys (KVA_HWEL, what was
+ * measured; shorter rows keep the estimate as it was) and heads' CTAs take
+ * at most 2 waves.  Heads when that comes out under 99%, and only where the slots
  * of a row fill whole CTAs (hgt a multiple of 4: a CTA with idle warps
  * streams less).  With c0 = 2.5 tiles the estimate picks the faster way at
  * every uniform shape the H200 measured at head_dim 128 with 8 kv heads
@@ -206,7 +211,8 @@ inline bool take_heads(const int32_t *lens, uint64_t rows, uint32_t cap, uint64_
         const double ta = fmax(eff_waves(wa) * (double)sa / (double)rows, (double)ma);
         const double tb = fmax(eff_waves(wb) * (double)sb / (double)rows + (wb > 1.0 ? (double)(mb - nb) : 0.0),
                                (double)mb);
-        return (wb <= 2.0 ? KVA_HWE : 1.0) * tb < 0.99 * ta;
+        const bool lng = (double)sb >= (double)rows * (2.0 * (double)KVA_HWEL / 16.0 + (double)c0x2);
+        return (lng && wb <= 2.0 ? KVA_HWE : 1.0) * tb < 0.99 * ta;
 }
 
 /* How the keys of a launch are split: chunk keys a split (a multiple of
