@@ -288,14 +288,20 @@ static void print_pools(const cJSON *pools)
         table_print(&t2, "");
 }
 
-static void print_clients(const cJSON *clients)
+/* total: clients_total, every session (a daemon lists at most 2048 of them;
+ * one from before that key: -1) */
+static void print_clients(const cJSON *clients, double total)
 {
         struct table t;
         const cJSON *c;
         int n = cJSON_GetArraySize(clients);
 
-        if (n == 0) {
+        if (n == 0 && total <= 0) {
                 printf("clients: none\n");
+                return;
+        }
+        if (n == 0) {
+                printf("clients: %.0f, none listed\n", total);
                 return;
         }
         if (table_init(&t, 6, n + 1) != 0) {
@@ -314,6 +320,8 @@ static void print_clients(const cJSON *clients)
                           cJSON_IsTrue(tenant) ? "yes" : "no");
         }
         table_print(&t, "");
+        if (total > n)
+                printf("... and %.0f more clients (STATUS lists the %d oldest)\n", total - n, n);
 }
 
 static int print_status(const char *text, int json)
@@ -343,7 +351,11 @@ static int print_status(const char *text, int json)
                str(doc, "events"));
         print_pools(cJSON_GetObjectItemCaseSensitive(doc, "pools"));
         printf("\n");
-        print_clients(cJSON_GetObjectItemCaseSensitive(doc, "clients"));
+        {
+                const cJSON *tot = cJSON_GetObjectItemCaseSensitive(doc, "clients_total");
+                print_clients(cJSON_GetObjectItemCaseSensitive(doc, "clients"),
+                              cJSON_IsNumber(tot) ? tot->valuedouble : -1);
+        }
         cJSON_Delete(doc);
         return 0;
 }

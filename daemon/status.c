@@ -4,8 +4,43 @@
 #include <unistd.h>
 #include <cjson/cJSON.h>
 #include "status.h"
+#include "log.h"
 #include "server.h"
 #include "session.h"
+
+/* STATUS lists at most this many clients, the oldest sessions first, and
+ * counts them all in clients_total, so that the reply always fits its
+ * frame: a client is at most about 180 bytes of JSON (a 31-byte name of
+ * quotes escapes to 62), 2048 of them about 370 KB beside at most 64 pools,
+ * while anyone who may connect could otherwise open enough idle
+ * connections (about 12000) to push the reply past KV_MAX_FRAME, and STATUS,
+ * the health check, would fail for everyone.  $KVPOOLD_STATUS_CLIENTS sets
+ * a lower limit (1 to 2048). */
+#define STATUS_CLIENTS_MAX 2048
+
+/* The limit in force: $KVPOOLD_STATUS_CLIENTS, read once (STATUS runs on
+ * the serving thread only); anything else is reported once and the
+ * default used. */
+static uint32_t status_clients_max(void)
+{
+        static uint32_t max;
+        const char     *v;
+        char           *end;
+        long            n;
+
+        if (max)
+                return max;
+        max = STATUS_CLIENTS_MAX;
+        if (!(v = getenv("KVPOOLD_STATUS_CLIENTS")))
+                return max;
+        n = strtol(v, &end, 10);
+        if (end == v || *end || n < 1 || n > STATUS_CLIENTS_MAX)
+                kvd_warn("KVPOOLD_STATUS_CLIENTS='%s' is not a number of clients from 1 to %d; listing up to %d",
+                         v, STATUS_CLIENTS_MAX, STATUS_CLIENTS_MAX);
+        else
+                max = (uint32_t)n;
+        return max;
+}
 
 /* cJSON keeps numbers as doubles: exact for every count below 2^53. */
 static int add_num(cJSON *o, const char *k, double v)
@@ -129,11 +164,13 @@ char *kvd_status_json(const struct kvd_server *s)
         for (uint32_t i = 0; i < n && (ss = kvd_sessions_next(kvd_server_sessions(s), &cursor)); i++)
                 order[i] = ss;
         qsort(order, n, sizeof(*order), by_session_id);
-        for (uint32_t i = 0; i < n; i++) {
+        for (uint32_t i = 0; i < n && i < status_clients_max(); i++) {
                 if (!(item = client_json(s, order[i])))
                         goto out;
                 cJSON_AddItemToArray(clients, item);
         }
+        if (!add_num(root, "clients_total", n))
+                goto out;
         text = cJSON_PrintUnformatted(root);
 out:
         free(order);

@@ -513,6 +513,39 @@ Test(e2e, client_names_are_printable)
         stop_clean(&d);
 }
 
+/* STATUS lists at most $KVPOOLD_STATUS_CLIENTS clients, the oldest
+ * sessions first, and counts them all in clients_total: thousands of idle
+ * connections cannot push the reply past the frame limit. */
+Test(e2e, status_lists_at_most_its_limit)
+{
+        const char *const args[] = { "--pool", SMALL_POOL, NULL };
+        static const char *const names[] = { "first", "second", "third" };
+        struct daemon     d;
+        nng_socket        s[3];
+
+        cr_assert_eq(setenv("KVPOOLD_STATUS_CLIENTS", "2", 1), 0);
+        start_daemon(&d, args);
+        unsetenv("KVPOOLD_STATUS_CLIENTS");
+        for (int i = 0; i < 3; i++) {
+                s[i] = client(d.url, 5000);
+                hello(s[i], names[i], 0);
+        }
+        cJSON *st = status(s[2]);
+        const cJSON *cl = cJSON_GetObjectItem(st, "clients"), *tot = cJSON_GetObjectItem(st, "clients_total");
+        cr_assert_eq(cJSON_GetArraySize(cl), 2, "listed %d clients: %s", cJSON_GetArraySize(cl),
+                     cJSON_PrintUnformatted(st));
+        cr_assert(cJSON_IsNumber(tot) && tot->valuedouble == 3.0, "clients_total: %s", cJSON_PrintUnformatted(st));
+        for (int i = 0; i < 2; i++) {
+                const cJSON *n = cJSON_GetObjectItem(cJSON_GetArrayItem(cl, i), "name");
+                cr_assert(cJSON_IsString(n) && !strcmp(n->valuestring, names[i]), "client %d: %s", i,
+                          cJSON_PrintUnformatted(st));
+        }
+        cJSON_Delete(st);
+        for (int i = 0; i < 3; i++)
+                nng_close(s[i]);
+        stop_clean(&d);
+}
+
 Test(e2e, prefix_cache_requests)
 {
         const char *const args[] = { "--pool", SMALL_POOL, NULL };

@@ -77,6 +77,30 @@ Test(integration, kvpoolctl_status_table_and_json, .fini = cleanup, .timeout = 6
         kvc_disconnect(c);
 }
 
+/* With more clients than STATUS lists ($KVPOOLD_STATUS_CLIENTS), kvpoolctl
+ * says how many it does not show. */
+Test(integration, kvpoolctl_status_says_what_it_does_not_list, .fini = cleanup, .timeout = 60)
+{
+        const char *ctl = kvt_env_path("KVPOOLCTL");
+        const char *pools[] = { kvt_pool_spec(0, "ctlpool", "fp8_e4m3", "2MiB"), NULL };
+        char *argv[] = { (char *)ctl, "--socket", NULL, "status", NULL };
+        kvc_client *c;
+        char *out = NULL;
+
+        cr_assert_not_null(ctl);
+        cr_assert_eq(setenv("KVPOOLD_STATUS_CLIENTS", "1", 1), 0);
+        cr_assert_eq(kvt_daemon_start(&D, pools), 0);
+        unsetenv("KVPOOLD_STATUS_CLIENTS");
+        cr_assert_eq(kvc_connect(D.url, "ctl-oldest", NULL, &c), 0);
+        argv[2] = D.url;
+        cr_assert_eq(kvt_run(argv, &out), 0, "kvpoolctl status failed:\n%s", out);
+        cr_assert(strstr(out, "ctl-oldest") != NULL, "the oldest client missing in:\n%s", out);
+        cr_assert(strstr(out, "... and 1 more clients (STATUS lists the 1 oldest)") != NULL,
+                  "no line for the client not listed in:\n%s", out);
+        free(out);
+        kvc_disconnect(c);
+}
+
 Test(integration, kvpoolctl_metrics, .fini = cleanup, .timeout = 60)
 {
         const char *ctl = kvt_env_path("KVPOOLCTL");
