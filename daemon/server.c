@@ -23,16 +23,9 @@
 #include "metrics.h"
 #include "notify.h"
 #include "log.h"
+#include "status.h"
 
 #define LOOP_WAKE_MS 200 /* upper bound on noticing a stop request */
-/* How long a reply may wait for its connection: REP holds it only while
- * the previous reply to that connection is still unsent, which never
- * happens to a REQ peer that reads its replies (it sends the next request
- * after the whole reply), so only a peer that does not read waits here,
- * and the loop serves nobody meanwhile: with the wake period (200 ms),
- * 100 such peers held every other client for 15 s.  Well above the
- * moment nng takes to see a finished send. */
-#define SEND_WAIT_MS 20
 #define CLOSE_WAIT_MS 2000 /* default of $KVPOOLD_CLOSE_WAIT_MS: see close_bounded */
 /* The largest message nng may receive: a kvpool message of KV_MAX_FRAME
  * bytes plus the 4-byte request id the REQ protocol puts in front of it,
@@ -214,10 +207,15 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
         period = wake_ms / 2000.0;
         /* The send timeout bounds how long a peer that does not read its
          * replies (a raw peer pipelining requests) can hold the loop: REP
-         * waits while the previous reply to that pipe is still unsent
-         * (SEND_WAIT_MS). */
+         * waits while the previous reply to that pipe is still unsent.  It
+         * cannot be much shorter: libkvclient itself has several replies
+         * outstanding after its own timeouts (a timed-out ALLOC or LOOKUP
+         * keeps waiting on its context), and a reply larger than the socket
+         * buffer is sent only as the peer reads, so a worker paused for 40
+         * ms lost its session with a 20 ms timeout (docs/operations.md,
+         * "Peers that do not read their replies"). */
         if ((rv = nng_socket_set_ms(s->sock, NNG_OPT_RECVTIMEO, wake_ms)) ||
-            (rv = nng_socket_set_ms(s->sock, NNG_OPT_SENDTIMEO, SEND_WAIT_MS)))
+            (rv = nng_socket_set_ms(s->sock, NNG_OPT_SENDTIMEO, wake_ms)))
                 return kvd_log_ret(KVD_LOG_ERR, nng_errno(rv), "socket: cannot set timeouts: %s",
                                    nng_strerror(rv));
         while (!*stop) {
@@ -380,6 +378,7 @@ int kvd_server_new(const struct kvd_server_cfg *cfg, struct kvd_pool **pools, ui
         pthread_mutex_init(&s->lock, NULL);
         clock_gettime(CLOCK_MONOTONIC, &s->started);
         s->close_wait_ms = close_wait_ms();
+        (void)kvd_status_clients_max(); /* its environment setting, checked now */
         s->socket_url = strdup(cfg->socket_url);
         s->events_url = cfg->events_url ? strdup(cfg->events_url) : NULL;
         s->pools = calloc(num_pools ? num_pools : 1, sizeof(*s->pools));

@@ -18,27 +18,31 @@
  * a lower limit (1 to 2048). */
 #define STATUS_CLIENTS_MAX 2048
 
-/* The limit in force: $KVPOOLD_STATUS_CLIENTS, read once (STATUS runs on
- * the serving thread only); anything else is reported once and the
- * default used. */
-static uint32_t status_clients_max(void)
+/* The limit in force (status.h): read once, first from kvd_server_new
+ * before the serving thread exists, then only by it. */
+unsigned kvd_status_clients_max(void)
 {
-        static uint32_t max;
+        static unsigned max;
         const char     *v;
-        char           *end;
-        long            n;
+        unsigned long   n = 0;
+        int             ok;
 
         if (max)
                 return max;
         max = STATUS_CLIENTS_MAX;
         if (!(v = getenv("KVPOOLD_STATUS_CLIENTS")))
                 return max;
-        n = strtol(v, &end, 10);
-        if (end == v || *end || n < 1 || n > STATUS_CLIENTS_MAX)
+        /* digits only, as $KVPOOLD_CLOSE_WAIT_MS */
+        ok = v[0] != '\0' && strlen(v) <= 4;
+        for (const char *c = v; ok && *c; c++) {
+                ok = *c >= '0' && *c <= '9';
+                n = n * 10 + (unsigned long)(*c - '0');
+        }
+        if (!ok || n < 1 || n > STATUS_CLIENTS_MAX)
                 kvd_warn("KVPOOLD_STATUS_CLIENTS='%s' is not a number of clients from 1 to %d; listing up to %d",
                          v, STATUS_CLIENTS_MAX, STATUS_CLIENTS_MAX);
         else
-                max = (uint32_t)n;
+                max = (unsigned)n;
         return max;
 }
 
@@ -164,7 +168,7 @@ char *kvd_status_json(const struct kvd_server *s)
         for (uint32_t i = 0; i < n && (ss = kvd_sessions_next(kvd_server_sessions(s), &cursor)); i++)
                 order[i] = ss;
         qsort(order, n, sizeof(*order), by_session_id);
-        for (uint32_t i = 0; i < n && i < status_clients_max(); i++) {
+        for (uint32_t i = 0; i < n && i < kvd_status_clients_max(); i++) {
                 if (!(item = client_json(s, order[i])))
                         goto out;
                 cJSON_AddItemToArray(clients, item);

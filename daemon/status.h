@@ -8,8 +8,11 @@
  *             "bytes", "scale_source", "scale_path", "k_scale_min",
  *             "k_scale_max", "v_scale_min", "v_scale_max", "lookups", "hits",
  *             "hit_rate", "evictions"}],
- *  "clients": [{"name", "pid", "uid", "session_id", "pages_held", "tenant"}]}
+ *  "clients": [{"name", "pid", "uid", "session_id", "pages_held", "tenant"}],
+ *  "clients_total"}
  *
+ * "clients" lists at most kvd_status_clients_max() sessions, the oldest
+ * first; "clients_total" counts them all.
  * "events" is null when the event stream is off; "device" is -1 for host
  * pools; "pid"/"uid" of a client are -1 when unknown; "hit_rate" is
  * hits/lookups (0 before any lookup).
@@ -25,5 +28,10 @@ struct kvd_server;
  * caller frees it) or returns NULL when out of memory.  Caller holds the
  * server lock. */
 char *kvd_status_json(const struct kvd_server *s);
+
+/* The most clients the document lists: 2048, or $KVPOOLD_STATUS_CLIENTS
+ * (1 to 2048), read at the first call (kvd_server_new makes it, so that a
+ * bad value is reported at startup, once, and the default kept). */
+unsigned kvd_status_clients_max(void);
 
 #endif
