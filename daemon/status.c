@@ -168,7 +168,8 @@ char *kvd_status_json(const struct kvd_server *s)
         for (uint32_t i = 0; i < n && (ss = kvd_sessions_next(kvd_server_sessions(s), &cursor)); i++)
                 order[i] = ss;
         qsort(order, n, sizeof(*order), by_session_id);
-        for (uint32_t i = 0; i < n && i < kvd_status_clients_max(); i++) {
+        const uint32_t listed = n < kvd_status_clients_max() ? n : kvd_status_clients_max();
+        for (uint32_t i = 0; i < listed; i++) {
                 if (!(item = client_json(s, order[i])))
                         goto out;
                 cJSON_AddItemToArray(clients, item);

@@ -7,7 +7,8 @@
  *             "pages_held", "pages_cached", "cached_idle", "token_capacity",
  *             "bytes", "scale_source", "scale_path", "k_scale_min",
  *             "k_scale_max", "v_scale_min", "v_scale_max", "lookups", "hits",
- *             "hit_rate", "evictions"}],
+ *             "hit_rate", "evictions", "prefix_resets", "keys_reset", "group",
+ *             "tp_rank", "tp_size"}],
  *  "clients": [{"name", "pid", "uid", "session_id", "pages_held", "tenant"}],
  *  "clients_total"}
  *

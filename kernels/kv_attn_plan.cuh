@@ -177,9 +177,9 @@ inline double eff_waves(double w)
  * measured as estimated: so heads' estimate is taken times e = 0.97
  * (KVA_HWE) where the rows average at least 16k keys (KVA_HWEL, what was
  * measured; shorter rows keep the estimate as it was) and heads' CTAs take
- * at most 2 waves.  Heads when that comes out under 99%, and only where the slots
- * of a row fill whole CTAs (hgt a multiple of 4: a CTA with idle warps
- * streams less).  With c0 = 2.5 tiles the estimate picks the faster way at
+ * at most 2 waves.  Heads when that comes out under 99%, and only where the
+ * slots of a row fill whole CTAs (hgt a multiple of 4: a CTA with idle
+ * warps streams less).  With c0 = 2.5 tiles the estimate picks the faster way at
  * every uniform shape the H200 measured at head_dim 128 with 8 kv heads
  * (docs/benchmarks.md "Warps a head") but where heads' plan would split
  * (fp4 at B = 128, L >= 8k: heads with 2 splits 5-10% faster) and within

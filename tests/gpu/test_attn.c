@@ -14,8 +14,9 @@
  * CTAs), a device page id out of range (the key is skipped), and every
  * argument error before any launch.  Every decode case runs with the
  * launcher's choice of how the decode kernel's warps share a CTA and again
- * with each way forced (kv_cuda_decode_warps: tiles, a kv head a warp).  Pass: for every (row, head), ||gpu -
- * ref|| / ||ref|| <= 1e-2, no NaN, and rows that see no key are exactly 0. */
+ * with each way forced (kv_cuda_decode_warps: tiles, a kv head a warp).
+ * Pass: for every (row, head), ||gpu - ref|| / ||ref|| <= 1e-2, no NaN, and
+ * rows that see no key are exactly 0. */
 #include <errno.h>
 #include <stdbool.h>
 #include "gpu_common.h"

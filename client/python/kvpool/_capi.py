@@ -19,13 +19,13 @@ ELEM_F32, ELEM_BF16, ELEM_F16 = 0, 1, 2                        # enum kvc_elem
 BACKENDS = ("host", "cuda")                                     # enum kvc_backend
 
 c_int32_p = ctypes.POINTER(ctypes.c_int32)
+c_int64_p = ctypes.POINTER(ctypes.c_int64)
 ELEMS = {"f32": ELEM_F32, "bf16": ELEM_BF16, "f16": ELEM_F16}  # an array view's kind -> enum kvc_elem
 
 
 def ptr32(v):
     """The int32_t * of an int32 array view (_arrays.index_view)."""
     return ctypes.cast(v.ptr, c_int32_p)
-c_int64_p = ctypes.POINTER(ctypes.c_int64)
 
 
 class Key(ctypes.Structure):

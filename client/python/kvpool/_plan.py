@@ -15,9 +15,6 @@ import math
 
 from . import _capi as C
 
-_MAX_Q_HEADS = 65536  # KV_ATTN_MAX_Q_HEADS (kernels/kv_attn_common.cuh)
-
-
 def sm_scale_of(s, head_dim):
     """sm_scale as the C call receives it (None: 1/sqrt(head_dim))."""
     if isinstance(s, (str, bytes)):
@@ -74,17 +71,3 @@ class AttentionPlan:
         a.q, a.out, a.elem, a.num_q_heads, a.layer = qv.ptr, ov.ptr, C.ELEMS[qv.kind], qv.shape[1], layer
         a.sm_scale = pool._default_scale if sm_scale is None else sm_scale_of(sm_scale, pool.head_dim)
         pool._run(self._call, a, stream)
-
-
-def check_q_out(pool, qv, ov):
-    """q and out views (bf16 or f16, as Pool._q_out takes them) for
-    attention on pool, or the error naming them."""
-    if len(qv.shape) != 3 or qv.shape[2] != pool.head_dim:
-        raise ValueError(f"q: shape {qv.shape} is not [rows, q_heads, {pool.head_dim}]")
-    if not qv.contiguous() or not ov.contiguous():
-        raise ValueError("q and out must be contiguous")
-    if ov.shape != qv.shape or ov.kind != qv.kind:
-        raise ValueError(f"out: {ov.kind}{list(ov.shape)}, expected q's {qv.kind}{list(qv.shape)}")
-    if qv.shape[1] == 0 or qv.shape[1] % pool.kv_heads or qv.shape[1] > _MAX_Q_HEADS:
-        raise ValueError(f"q: {qv.shape[1]} q heads is not a positive multiple of kv_heads {pool.kv_heads} "
-                         f"up to {_MAX_Q_HEADS}")

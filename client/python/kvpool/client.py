@@ -580,7 +580,15 @@ class Pool:
         """Checked views of an attention call's q and out."""
         qv = self._data(q, "q", ("bf16", "f16"))
         ov = self._data(out, "out", ("bf16", "f16"), writable=True)
-        _plan.check_q_out(self, qv, ov)
+        if len(qv.shape) != 3 or qv.shape[2] != self.head_dim:
+            raise ValueError(f"q: shape {qv.shape} is not [rows, q_heads, {self.head_dim}]")
+        if not qv.contiguous() or not ov.contiguous():
+            raise ValueError("q and out must be contiguous")
+        if ov.shape != qv.shape or ov.kind != qv.kind:
+            raise ValueError(f"out: {ov.kind}{list(ov.shape)}, expected q's {qv.kind}{list(qv.shape)}")
+        if qv.shape[1] == 0 or qv.shape[1] % self.kv_heads or qv.shape[1] > _MAX_Q_HEADS:
+            raise ValueError(f"q: {qv.shape[1]} q heads is not a positive multiple of kv_heads {self.kv_heads} "
+                             f"up to {_MAX_Q_HEADS}")
         return qv, ov
 
     def _meta(self, page_table, seq_lens, seq_lens_host, batch):
@@ -686,6 +694,7 @@ class Pool:
 
 _MAX_COUNT = 65536  # kvc_alloc and kvc_free (kvclient.h); ctypes would wrap a larger uint32_t
 _MAX_PREFIX = 8192  # kvc_publish and kvc_lookup
+_MAX_Q_HEADS = 65536  # KV_ATTN_MAX_Q_HEADS (kernels/kv_attn_common.cuh)
 
 
 def _int(x, what):
