@@ -453,9 +453,13 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 /* the rule weighs launches of one split both ways: not one
                  * whose heads plan would split after all (a few hundred
                  * rows of about 8k keys) */
+                /* (KVA_HWSPLIT: or whose heads plan makes 2 splits in one
+                 * wave, weighed with its chunks and the reduction) */
+                const bool hsplit2 = KVA_HWSPLIT && hsp.splits == 2 && hctas * 2 <= slots;
                 if (dw == KV_DECODE_HEADS ||
-                    (KVA_HW && !captured && !c->qo_indptr && sp.splits == 1 && hsp.splits == 1 &&
-                     kva::take_heads(c->seq_lens_host, rows, c->max_pages * P, hgt, slots, KVA_HWC0X2))) {
+                    (KVA_HW && !captured && !c->qo_indptr && sp.splits == 1 && (hsp.splits == 1 || hsplit2) &&
+                     kva::take_heads(c->seq_lens_host, rows, c->max_pages * P, hgt, slots, KVA_HWC0X2, hsp.chunk,
+                                     hsp.splits))) {
                         p.hw = 1;
                         ctas = gx = hctas;
                         sp = hsp;

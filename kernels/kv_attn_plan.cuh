@@ -51,6 +51,12 @@ namespace kva {
 #ifndef KVA_HW
 #define KVA_HW 1 /* decode: take_heads weighs warps a head (0: never, for measuring) */
 #endif
+#ifndef KVA_HWSPLIT
+#define KVA_HWSPLIT 1 /* decode: take_heads also weighs heads with 2 splits in one wave (0: not) */
+#endif
+#ifndef KVA_HWRED
+#define KVA_HWRED 10 /* take_heads: a split launch's reduction, in half warp tiles */
+#endif
 #ifndef KVA_PWORK
 #define KVA_PWORK 5120 /* decode_is_short's work (0: never, for measuring) */
 #endif
@@ -181,12 +187,15 @@ inline double eff_waves(double w)
  * slots of a row fill whole CTAs (hgt a multiple of 4: a CTA with idle
  * warps streams less).  With c0 = 2.5 tiles the estimate picks the faster way at
  * every uniform shape the H200 measured at head_dim 128 with 8 kv heads
- * (docs/benchmarks.md "Warps a head") but where heads' plan would split
- * (fp4 at B = 128, L >= 8k: heads with 2 splits 5-10% faster) and within
- * 1.6% at B = 96, L = 1k (fp8) and B = 512, L = 8k (bf16); the launcher
- * asks only where both plans have one split (decode rows, not captured). */
+ * (docs/benchmarks.md "Warps a head") within 1.6% at B = 96, L = 1k
+ * (fp8) and B = 512, L = 8k (bf16).  The launcher asks where the tiles
+ * plan has one split and heads' has one, or two in one wave (decode rows,
+ * not captured): hchunk, hsplits are then heads' plan, each heads CTA
+ * costs its chunk's keys and the reduction KVA_HWRED half tiles more
+ * (fp4 at B = 120-132 and 16k-32k keys: 4.5-9% faster with heads' 2
+ * splits, docs/benchmarks.md "Heads with 2 splits"). */
 inline bool take_heads(const int32_t *lens, uint64_t rows, uint32_t cap, uint64_t hgt, uint64_t slots,
-                       uint64_t c0x2)
+                       uint64_t c0x2, uint32_t hchunk = 0, uint64_t hsplits = 1)
 {
         if (slots < 1)
                 slots = 1;
@@ -194,24 +203,37 @@ inline bool take_heads(const int32_t *lens, uint64_t rows, uint32_t cap, uint64_
          * (the loop below would find that; this is the common small batch) */
         if (rows == 0 || hgt == 0 || hgt % 4 != 0 || rows * hgt <= slots)
                 return false;
+        if (hsplits < 1 || (hsplits > 1 && hchunk == 0))
+                return false;
         /* costs in half tiles: a tiles CTA 2 * ceil(len / 64) + c0x2, a
-         * heads CTA 2 * ceil(len / 16) + c0x2; a row's CTAs cost the same */
+         * heads CTA 2 * ceil(keys / 16) + c0x2 for the keys of its split
+         * (hchunk a split; all of the row's with one split); a row's CTAs
+         * of one split cost the same */
         uint64_t sa = 0, sb = 0, ma = 0, mb = 0, nb = UINT64_MAX;
         for (uint64_t r = 0; r < rows; r++) {
                 const uint64_t len = lens[r] < 0 ? 0 : (uint64_t)lens[r] > cap ? cap : (uint64_t)lens[r];
-                const uint64_t ca = 2 * ((len + 63) / 64) + c0x2, cb = 2 * ((len + 15) / 16) + c0x2;
+                const uint64_t ca = 2 * ((len + 63) / 64) + c0x2;
                 sa += ca;
-                sb += cb;
                 ma = ca > ma ? ca : ma;
-                mb = cb > mb ? cb : mb;
-                nb = cb < nb ? cb : nb;
+                for (uint64_t s = 0; s < hsplits; s++) {
+                        const uint64_t lo = s * hchunk;
+                        const uint64_t k = hsplits == 1 ? len : len <= lo ? 0 : len - lo < hchunk ? len - lo : hchunk;
+                        const uint64_t cb = 2 * ((k + 15) / 16) + c0x2;
+                        sb += cb;
+                        mb = cb > mb ? cb : mb;
+                        nb = cb < nb ? cb : nb;
+                }
         }
         const double wa = (double)rows * (double)hgt / (double)slots;
-        const double wb = (double)rows * (double)(hgt / 4) / (double)slots;
+        const double wb = (double)rows * (double)(hgt / 4) * (double)hsplits / (double)slots;
         const double ta = fmax(eff_waves(wa) * (double)sa / (double)rows, (double)ma);
-        const double tb = fmax(eff_waves(wb) * (double)sb / (double)rows + (wb > 1.0 ? (double)(mb - nb) : 0.0),
-                               (double)mb);
-        const bool lng = (double)sb >= (double)rows * (2.0 * (double)KVA_HWEL / 16.0 + (double)c0x2);
+        const double tb = fmax(eff_waves(wb) * (double)sb / ((double)rows * (double)hsplits) +
+                                       (wb > 1.0 ? (double)(mb - nb) : 0.0),
+                               (double)mb) +
+                          (hsplits > 1 ? (double)KVA_HWRED : 0.0);
+        /* rows of at least KVA_HWEL keys on average (sb: a row's CTAs over its splits) */
+        const bool lng =
+                (double)sb >= (double)rows * (2.0 * (double)KVA_HWEL / 16.0 + (double)hsplits * (double)c0x2);
         return (lng && wb <= 2.0 ? KVA_HWE : 1.0) * tb < 0.99 * ta;
 }
 

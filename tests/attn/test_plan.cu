@@ -370,6 +370,35 @@ int main(void)
                 free(lens);
         }
 
+        /* heads with 2 splits in one wave (KVA_HWSPLIT): the launcher's
+         * plans, then the rule, at the shapes the H200 measured with heads
+         * forced (docs/benchmarks.md "Long rows"): fp4 at B = 128 (heads
+         * 256 CTAs x 2 splits on 528 slots) 8-10% faster at 16k and 32k keys,
+         * slower at 1k and 2k (at 4k even, at 8k 5% faster: the estimate
+         * takes tiles there, rows under KVA_HWEL) */
+        {
+                struct hs_case {
+                        uint32_t B, L;
+                        uint64_t slots;
+                        bool heads;
+                } const hs[] = {
+                        { 128, 1024, 528, false },  { 128, 2048, 528, false }, { 128, 16384, 528, true },
+                        { 128, 32768, 528, true },
+                };
+                int32_t lens[128];
+                for (const hs_case &c : hs) {
+                        for (uint32_t b = 0; b < c.B; b++)
+                                lens[b] = (int32_t)c.L;
+                        const kva::split_plan sp = kva::plan_keys(false, (uint64_t)c.B * 8, c.slots, c.L, MAX_SPLITS);
+                        const kva::split_plan hp = kva::plan_keys(false, (uint64_t)c.B * 2, c.slots, c.L, MAX_SPLITS);
+                        CHECK(sp.splits == 1 && hp.splits == 2, "B = %u L = %u: plans of %llu and %llu splits, want 1 and 2",
+                              c.B, c.L, (unsigned long long)sp.splits, (unsigned long long)hp.splits);
+                        const bool got = kva::take_heads(lens, c.B, 32768, 8, c.slots, KVA_HWC0X2, hp.chunk, hp.splits);
+                        CHECK(got == c.heads, "take_heads with 2 heads splits B = %u L = %u: %s, want %s", c.B, c.L,
+                              got ? "heads" : "tiles", c.heads ? "heads" : "tiles");
+                }
+        }
+
         printf("test_plan: %d checks, %d failures\n", cases, failures);
         return failures ? 1 : 0;
 }
