@@ -456,7 +456,11 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 /* (KVA_HWSPLIT: or whose heads plan makes 2 splits in one
                  * wave, weighed with its chunks and the reduction) */
                 const bool hsplit2 = KVA_HWSPLIT && hsp.splits == 2 && hctas * 2 <= slots;
-                if (dw == KV_DECODE_HEADS ||
+                /* rows under a line: heads wherever long tiles CTAs would share them */
+                const bool lines = KVA_HW && !captured && !c->qo_indptr &&
+                                   kva::take_heads_lines((uint64_t)D * kv_dtype_bits(dt) / 8, hgt, sp.chunk,
+                                                         ctas * sp.splits, hctas * hsp.splits, slots);
+                if (dw == KV_DECODE_HEADS || lines ||
                     (KVA_HW && !captured && !c->qo_indptr && sp.splits == 1 && (hsp.splits == 1 || hsplit2) &&
                      kva::take_heads(c->seq_lens_host, rows, c->max_pages * P, hgt, slots, KVA_HWC0X2, hsp.chunk,
                                      hsp.splits))) {

@@ -57,6 +57,9 @@ namespace kva {
 #ifndef KVA_HWRED
 #define KVA_HWRED 10 /* take_heads: a split launch's reduction, in half warp tiles */
 #endif
+#ifndef KVA_HWLINE
+#define KVA_HWLINE 8192 /* decode: take_heads_lines' least tiles chunk in keys (0: never) */
+#endif
 #ifndef KVA_PWORK
 #define KVA_PWORK 5120 /* decode_is_short's work (0: never, for measuring) */
 #endif
@@ -244,6 +247,36 @@ struct split_plan {
         uint32_t chunk;
         uint64_t splits;
 };
+
+/* Whether a decode launch takes a kv head a warp because its tiles CTAs
+ * would share cache lines: in the pool's NHD layout a token's kv heads lie
+ * side by side, so where a head's row is rb < 128 bytes (fp4 at head_dim
+ * 128 and under, fp8 at 64) two or more tiles CTAs, one a kv head, read
+ * halves of the same 128-byte lines, and the fp4 copies ask L2 for whole
+ * lines (KVA_PF).  CTAs that run in step share each fetch; long CTAs that
+ * drift apart (an SM with one CTA more than its neighbours issues each of
+ * them more slowly; a later wave starts them as slots free up) fetch the
+ * line once each.  A heads CTA reads its 4 kv heads' rows of a token
+ * together, whole lines.  Measured on the H200 (fp4, head_dim 128, 8 kv
+ * heads, 16k keys; docs/benchmarks.md "Shared lines"): 58 rows, 464 tiles
+ * CTAs on 528 slots, read 1.87 GB from DRAM where heads read 1.21 (ncu)
+ * and took 503-520 against 389-397 us; heads was 12-23% faster at 44 to
+ * 62 rows but for 48 (3% slower), level at 64 and 66 (more of the SMs
+ * with the same CTAs), and 7-13% faster at 128 to 1024 rows of 4k to 32k
+ * keys in several waves of tiles; slower only where the tiles CTAs were
+ * short (chunks of 1k to 4k keys: 3-7%); at head_dim 64 the launches it
+ * moves were 8-23% faster (fp4, and fp8 with its 64-byte rows).  So heads
+ * where the tiles chunk tchunk is at least KVA_HWLINE keys and heads'
+ * plan fits one wave that has at least the tiles' CTAs or 7/8 of the
+ * slots (tn, hn: the tiles and heads plans' CTAs times their splits; hgt
+ * a multiple of 4, as in take_heads). */
+inline bool take_heads_lines(uint64_t rb, uint64_t hgt, uint64_t tchunk, uint64_t tn, uint64_t hn, uint64_t slots)
+{
+        if (KVA_HWLINE == 0 || rb >= 128 || hgt == 0 || hgt % 4 != 0 || tchunk < KVA_HWLINE || hn == 0 ||
+            hn > slots)
+                return false;
+        return hn >= tn || 8 * hn >= 7 * slots;
+}
 
 /* The split of max_len keys for ctas busy CTAs on slots.  Under half the
  * slots: split so that the CTAs make about one full wave, chunks of at

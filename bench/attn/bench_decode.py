@@ -181,6 +181,8 @@ def main():
     ap.add_argument("--pool-per-shape", action="store_true",
                     help="allocate each dtype's pool per shape, its size, and free it after its row (the benchmark "
                          "before commit afdb8e1: the next pool lands where it was, see docs/benchmarks.md)")
+    ap.add_argument("--head-dim", type=int, default=128, choices=[64, 128, 256],
+                    help="head_dim D (default 128, the issue's shapes)")
     ap.add_argument("--heads", default="32/8",
                     help="HQ/KV: query heads and kv heads (default 32/8, the issue's shape; e.g. 4/1 with 8x the "
                          "rows reads the same bytes with each CTA's K/V rows contiguous in the page)")
@@ -210,7 +212,7 @@ def main():
     stream = torch.cuda.current_stream().cuda_stream
     timer = Timer(args.reps, args.flush, lib, args.spin_us, Barrier(args.sync_dir, args.sync_rank, args.sync_world))
     Hq, H = parse_heads(args.heads)
-    D, ps = 128, 16
+    D, ps = args.head_dim, 16
     Bs = [1, 32] if args.quick else [1, 8, 32, 128]
     Ls = [4096, 32768] if args.quick else [1024, 4096, 16384, 32768]
 

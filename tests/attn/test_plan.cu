@@ -399,6 +399,40 @@ int main(void)
                 }
         }
 
+        /* rows under a cache line (take_heads_lines): the launcher's plans for
+         * 8 kv heads, then the rule, at shapes the H200 measured with both
+         * ways forced (docs/benchmarks.md "Shared lines"): fp4 at head_dim
+         * 128 (64-byte rows) on 528 slots took heads at 28-58 rows of 16k
+         * keys, 36 of 8k, 88 of 32k and 128 of 8k-16k (several waves of
+         * tiles), tiles where the tiles CTAs are short (B = 8 at 16k keys:
+         * 8 splits of 2k; 128 rows of 1k; 32 of 4k); never for rows of a
+         * whole line (bf16 at 64 dims, fp8 at 128), nor with idle warps
+         * (hgt 6) or a heads plan past one wave */
+        {
+                struct ln_case {
+                        uint32_t B, L, rb, hgt;
+                        uint64_t slots;
+                        bool heads;
+                } const ln[] = {
+                        { 58, 16384, 64, 8, 528, true },   { 28, 16384, 64, 8, 528, true },
+                        { 36, 8192, 64, 8, 528, true },    { 88, 32768, 64, 8, 528, true },
+                        { 128, 8192, 64, 8, 528, true },   { 128, 16384, 64, 8, 528, true },
+                        { 58, 16384, 32, 8, 528, true },   { 8, 16384, 64, 8, 528, false },
+                        { 128, 1024, 64, 8, 528, false },  { 32, 4096, 64, 8, 528, false },
+                        { 58, 16384, 128, 8, 528, false }, { 58, 16384, 64, 6, 528, false },
+                        { 512, 8192, 64, 8, 528, false },
+                };
+                for (const ln_case &c : ln) {
+                        const uint64_t ctas = (uint64_t)c.B * c.hgt, hctas = (uint64_t)c.B * ((c.hgt + 3) / 4);
+                        const kva::split_plan sp = kva::plan_keys(false, ctas, c.slots, c.L, MAX_SPLITS);
+                        const kva::split_plan hp = kva::plan_keys(false, hctas, c.slots, c.L, MAX_SPLITS);
+                        const bool got = kva::take_heads_lines(c.rb, c.hgt, sp.chunk, ctas * sp.splits,
+                                                               hctas * hp.splits, c.slots);
+                        CHECK(got == c.heads, "take_heads_lines B = %u L = %u rows of %u bytes, hgt %u: %s, want %s",
+                              c.B, c.L, c.rb, c.hgt, got ? "heads" : "tiles", c.heads ? "heads" : "tiles");
+                }
+        }
+
         printf("test_plan: %d checks, %d failures\n", cases, failures);
         return failures ? 1 : 0;
 }
