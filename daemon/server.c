@@ -3,7 +3,8 @@
  * One REP socket, one serving thread.  The thread receives a request, takes
  * the server lock, decodes it, runs it against the session of the message's
  * pipe and the pool, writes the reply into the same nng message (no other
- * allocation per request), releases the lock and sends.  Pipe events (a
+ * allocation per request), releases the lock and hands the reply to nng
+ * without waiting for it to go out (replies.c).  Pipe events (a
  * client connecting or going away) and the metrics HTTP handler run on nng
  * threads and take the same lock.
  */
@@ -23,10 +24,19 @@
 #include "metrics.h"
 #include "notify.h"
 #include "log.h"
+#include "replies.h"
 #include "status.h"
 
 #define LOOP_WAKE_MS 200 /* upper bound on noticing a stop request */
 #define CLOSE_WAIT_MS 2000 /* default of $KVPOOLD_CLOSE_WAIT_MS: see close_bounded */
+/* How long a reply may wait behind its connection's unread replies before
+ * the connection is closed.  The loop does not wait for it (replies.c), so
+ * it can be generous: libkvclient has several replies outstanding after its
+ * own timeouts (a timed-out ALLOC or LOOKUP keeps waiting on its context),
+ * and a reply larger than the socket buffer goes out only as the peer
+ * reads, so a worker that pauses must not lose its session for it (it did,
+ * paused 40 ms, when this was 20 ms and the loop waited). */
+#define SEND_WAIT_MS 1000
 /* The largest message nng may receive: a kvpool message of KV_MAX_FRAME
  * bytes plus the 4-byte request id the REQ protocol puts in front of it,
  * which nng counts in NNG_OPT_RECVMAXSZ (docs/protocol.md §1). */
@@ -205,39 +215,22 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
         if (wd_usec && wd_usec / 2000 < (uint64_t)wake_ms)
                 wake_ms = wd_usec / 2000 ? (int)(wd_usec / 2000) : 1;
         period = wake_ms / 2000.0;
-        /* The send timeout bounds how long a peer that does not read its
-         * replies (a raw peer pipelining requests) can hold the loop: REP
-         * waits while the previous reply to that pipe is still unsent.  It
-         * cannot be much shorter: libkvclient itself has several replies
-         * outstanding after its own timeouts (a timed-out ALLOC or LOOKUP
-         * keeps waiting on its context), and a reply larger than the socket
-         * buffer is sent only as the peer reads, so a worker paused for 40
-         * ms lost its session with a 20 ms timeout (docs/operations.md,
-         * "Peers that do not read their replies"). */
-        if ((rv = nng_socket_set_ms(s->sock, NNG_OPT_RECVTIMEO, wake_ms)) ||
-            (rv = nng_socket_set_ms(s->sock, NNG_OPT_SENDTIMEO, wake_ms)))
-                return kvd_log_ret(KVD_LOG_ERR, nng_errno(rv), "socket: cannot set timeouts: %s",
-                                   nng_strerror(rv));
         while (!*stop) {
-                struct kvd_req q = { 0 };
-                nng_pipe       pipe;
-                double         t0, t1;
+                struct kvd_req         q = { 0 };
+                struct kvd_reply_slot *slot = NULL;
+                double                 t0, t1;
 
-                rv = nng_recvmsg(s->sock, &q.msg, 0);
+                rv = kvd_replies_recv(s->replies, wake_ms, &q.msg, &slot);
                 t0 = kvd_mono_s();
                 if (t0 - last_periodic >= period) {
                         periodic(s);
                         last_periodic = t0;
                 }
                 kvd_guard_beat(&s->guard, t0);
-                if (rv == NNG_ETIMEDOUT)
-                        continue;
-                if (rv == NNG_ECLOSED)
+                if (rv == -EBADF)
                         return kvd_log_ret(KVD_LOG_ERR, -EBADF, "socket closed under the serving loop");
-                if (rv) {
-                        kvd_warn("receive failed: %s", nng_strerror(rv));
-                        continue;
-                }
+                if (rv)
+                        continue; /* nothing came, or a failed receive (logged) */
                 pthread_mutex_lock(&s->lock);
                 kvd_requests_dispatch(s, &q);
                 t1 = kvd_mono_s();
@@ -245,19 +238,12 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
                 pthread_mutex_unlock(&s->lock);
                 if (!q.ok) {
                         nng_msg_free(q.msg); /* out of memory: the peer times out */
+                        kvd_replies_drop(s->replies, slot);
                         continue;
                 }
-                pipe = nng_msg_get_pipe(q.msg);
-                rv = nng_sendmsg(s->sock, q.msg, 0);
-                if (rv) {
-                        nng_msg_free(q.msg);
-                        if (rv == NNG_ETIMEDOUT) {
-                                /* It does not read: drop it (its session ends, its
-                                 * pages are released) rather than stall everyone. */
-                                kvd_warn("connection %u does not read its replies: closing it", nng_pipe_id(pipe));
-                                nng_pipe_close(pipe);
-                        }
-                }
+                /* without waiting: a peer that does not read its replies
+                 * holds a reply slot, not the loop (replies.c) */
+                kvd_replies_send(s->replies, slot, q.msg);
         }
         return 0;
 }
@@ -400,6 +386,10 @@ int kvd_server_new(const struct kvd_server_cfg *cfg, struct kvd_pool **pools, ui
         }
         s->sock_open = 1;
         nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, RECV_MAX);
+        if ((r = kvd_replies_new(s->sock, SEND_WAIT_MS, &s->replies))) {
+                snprintf(err, errlen, "cannot set up the reply path: %s", strerror(-r));
+                goto fail;
+        }
         if ((rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_POST, pipe_cb, s)) ||
             (rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_REM_POST, pipe_cb, s))) {
                 snprintf(err, errlen, "cannot watch connections: %s", nng_strerror(rv));
@@ -541,8 +531,10 @@ void kvd_server_free(struct kvd_server *s)
         kvd_guard_fini(&s->guard);
         /* after a stuck close the metrics handler may still run: it finds
          * closing set, but its struct has to stay */
-        if (!stuck)
+        if (!stuck) {
                 kvd_metrics_free(s->metrics);
+                kvd_replies_free(s->replies); /* the socket is closed: no send is pending */
+        }
         free(s->ids);
         free(s->keys);
         free(s->results);

@@ -8,6 +8,7 @@
 #include <nng/nng.h>
 #include "listen_guard.h"
 #include "reaper.h"
+#include "replies.h"
 #include "server.h"
 #include "session.h"
 #include "ticker.h"
@@ -15,6 +16,7 @@
 struct kvd_server {
         pthread_mutex_t      lock;
         nng_socket           sock;
+        struct kvd_replies  *replies;  /* REP contexts, replies sent without waiting (replies.c) */
         nng_listener         listener;
         int                  sock_open;
         int                  listening;

@@ -25,15 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "protocol"))
-from test_raw_client import MAGIC, METRICS, STATUS, Conn, hello, start  # noqa: E402
-
-
-def frame(c, op, body):
-    """One framed request of c's, to send without waiting for its reply."""
-    sp = struct.pack(">I", c.sp_id)
-    c.sp_id += 1
-    msg = struct.pack("<IHHII", MAGIC, 1, op, 1, len(body)) + body
-    return b"\x01" + struct.pack(">Q", len(sp) + len(msg)) + sp + msg
+from test_raw_client import METRICS, STATUS, Conn, hello, pipelined, start  # noqa: E402
 
 
 def one(k, requests, seconds):
@@ -52,7 +44,7 @@ def one(k, requests, seconds):
                 peers.append(c)
             for c in peers:
                 try:
-                    c.s.send(b"".join(frame(c, METRICS, struct.pack("<I", 0)) for _ in range(requests)))
+                    c.s.send(b"".join(pipelined(c, METRICS, struct.pack("<I", 0)) for _ in range(requests)))
                 except BlockingIOError:
                     pass  # the socket buffer is full: what went is enough
             worst, end = 0.0, time.time() + seconds

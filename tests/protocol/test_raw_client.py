@@ -347,3 +347,94 @@ def test_a_peer_that_leaves_during_the_handshake_does_not_lock_clients_out(daemo
         assert "took over the socket file" in DAEMON_LOG[0].read_text()
     c.close()
     kept.close()
+
+
+def pipelined(c, op, body):
+    """One framed request of c's, to send without waiting for its reply."""
+    sp = struct.pack(">I", c.sp_id)
+    c.sp_id += 1
+    c.rid += 1
+    msg = struct.pack("<IHHII", MAGIC, 1, op, c.rid, len(body)) + body
+    return b"\x01" + struct.pack(">Q", len(sp) + len(msg)) + sp + msg
+
+
+def stuck_peer(sock, requests, ready, hold):
+    """In a child process of its own (the daemon's reaper links sessions to
+    connections by pid): connects, says HELLO, sends requests METRICS
+    requests in one go, writes a byte to ready and reads none of the
+    replies until hold is closed, then exits."""
+    try:
+        c = Conn(sock)
+        hello(c, "stuck")
+        c.s.setblocking(False)
+        try:
+            c.s.send(b"".join(pipelined(c, METRICS, struct.pack("<I", 0)) for _ in range(requests)))
+        except BlockingIOError:
+            pass  # the socket buffer is full: what went is enough
+        os.write(ready, b"x")
+        os.read(hold, 1)
+        os._exit(0)
+    except BaseException:
+        os._exit(1)
+
+
+def test_peers_that_do_not_read_hold_nobody_up(tmp_path):
+    # 30 peers each send 100 requests at once and never read a reply.  The
+    # serving loop hands replies to nng without waiting (daemon/replies.c),
+    # so a client that reads is answered as fast as ever meanwhile, and the
+    # daemon closes each of them once 16 of its replies wait unsent.  (When
+    # the loop itself waited up to 200 ms for such a reply, 20 such peers
+    # held a reading client up for 3 s: docs/operations.md.)
+    sock = str(tmp_path / "kv.sock")
+    p, log = start(tmp_path, sock)
+    kids = []
+    hold_r, hold_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    try:
+        victim = Conn(sock, timeout=30)
+        hello(victim, "victim")
+        for _ in range(30):
+            pid = os.fork()
+            if pid == 0:
+                os.close(hold_w)
+                stuck_peer(sock, 100, ready_w, hold_r)
+            kids.append(pid)
+        got = 0
+        while got < len(kids):  # each has sent its requests
+            got += len(os.read(ready_r, len(kids) - got))
+        worst = 0.0
+        for _ in range(50):
+            t0 = time.time()
+            victim.ok(STATUS, struct.pack("<I", 0))
+            worst = max(worst, time.time() - t0)
+        deadline = time.time() + 15
+        while log.read_text().count("does not read its replies: closing it") < len(kids):
+            assert time.time() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert worst < 1.0, f"a client that reads waited {worst:.2f} s behind peers that do not"
+        # once they exit, their sessions end (where nng 1.5.2's pipe
+        # teardown sticks, closing a connection a message is arriving on,
+        # the daemon's reaper ends them within about 8 s: docs/operations.md
+        # §9); the victim's goes on
+        os.close(hold_w)
+        hold_w = -1
+        for pid in kids:
+            assert os.waitpid(pid, 0)[1] == 0
+        kids = []
+        deadline = time.time() + 30
+        while True:
+            clients = json.loads(victim.ok(STATUS, struct.pack("<I", 0))[4:])["clients"]
+            if [c["name"] for c in clients] == ["victim"]:
+                break
+            assert time.time() < deadline, clients
+            time.sleep(0.1)
+        victim.close()
+    finally:
+        if hold_w >= 0:
+            os.close(hold_w)
+        for pid in kids:
+            os.waitpid(pid, 0)
+        for fd in (hold_r, ready_r, ready_w):
+            os.close(fd)
+        p.terminate()
+        assert p.wait(timeout=10) == 0, log.read_text()
