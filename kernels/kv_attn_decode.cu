@@ -459,7 +459,8 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 /* rows under a line: heads wherever long tiles CTAs would share them */
                 const bool lines = KVA_HW && !captured && !c->qo_indptr &&
                                    kva::take_heads_lines((uint64_t)D * kv_dtype_bits(dt) / 8, hgt, sp.chunk,
-                                                         ctas * sp.splits, hctas * hsp.splits, slots);
+                                                         ctas * sp.splits, hctas * hsp.splits, slots,
+                                                         dt == KVC_DTYPE_FP4_E2M1);
                 if (dw == KV_DECODE_HEADS || lines ||
                     (KVA_HW && !captured && !c->qo_indptr && sp.splits == 1 && (hsp.splits == 1 || hsplit2) &&
                      kva::take_heads(c->seq_lens_host, rows, c->max_pages * P, hgt, slots, KVA_HWC0X2, hsp.chunk,

@@ -413,23 +413,30 @@ int main(void)
                         uint32_t B, L, rb, hgt;
                         uint64_t slots;
                         bool heads;
+                        bool fp8; /* an 8-bit pool (else fp4) */
                 } const ln[] = {
-                        { 58, 16384, 64, 8, 528, true },   { 28, 16384, 64, 8, 528, true },
-                        { 36, 8192, 64, 8, 528, true },    { 88, 32768, 64, 8, 528, true },
-                        { 128, 8192, 64, 8, 528, true },   { 128, 16384, 64, 8, 528, true },
-                        { 58, 16384, 32, 8, 528, true },   { 8, 16384, 64, 8, 528, false },
-                        { 128, 1024, 64, 8, 528, false },  { 32, 4096, 64, 8, 528, false },
-                        { 58, 16384, 128, 8, 528, false }, { 58, 16384, 64, 6, 528, false },
-                        { 512, 8192, 64, 8, 528, false },
+                        { 58, 16384, 64, 8, 528, true, false },   { 28, 16384, 64, 8, 528, true, false },
+                        { 36, 8192, 64, 8, 528, true, false },    { 88, 32768, 64, 8, 528, true, false },
+                        { 128, 8192, 64, 8, 528, true, false },   { 128, 16384, 64, 8, 528, true, false },
+                        { 58, 16384, 32, 8, 528, true, false },   { 8, 16384, 64, 8, 528, false, false },
+                        { 128, 1024, 64, 8, 528, false, false },  { 32, 4096, 64, 8, 528, false, false },
+                        { 58, 16384, 128, 8, 528, false, false }, { 58, 16384, 64, 6, 528, false, false },
+                        { 512, 8192, 64, 8, 528, false, false },
+                        /* several waves of tiles: fp8 at head_dim 64 takes heads
+                         * however full its one wave, fp4 only as above */
+                        { 128, 16384, 64, 8, 396, true, true },    { 100, 32768, 64, 8, 528, true, true },
+                        { 100, 32768, 64, 8, 528, false, false },  { 128, 2048, 64, 8, 396, false, true },
                 };
                 for (const ln_case &c : ln) {
                         const uint64_t ctas = (uint64_t)c.B * c.hgt, hctas = (uint64_t)c.B * ((c.hgt + 3) / 4);
                         const kva::split_plan sp = kva::plan_keys(false, ctas, c.slots, c.L, MAX_SPLITS);
                         const kva::split_plan hp = kva::plan_keys(false, hctas, c.slots, c.L, MAX_SPLITS);
+                        const bool fp4 = !c.fp8;
                         const bool got = kva::take_heads_lines(c.rb, c.hgt, sp.chunk, ctas * sp.splits,
-                                                               hctas * hp.splits, c.slots);
-                        CHECK(got == c.heads, "take_heads_lines B = %u L = %u rows of %u bytes, hgt %u: %s, want %s",
-                              c.B, c.L, c.rb, c.hgt, got ? "heads" : "tiles", c.heads ? "heads" : "tiles");
+                                                               hctas * hp.splits, c.slots, fp4);
+                        CHECK(got == c.heads,
+                              "take_heads_lines B = %u L = %u rows of %u bytes, hgt %u, %s: %s, want %s", c.B, c.L,
+                              c.rb, c.hgt, fp4 ? "fp4" : "fp8", got ? "heads" : "tiles", c.heads ? "heads" : "tiles");
                 }
         }
 
