@@ -8,12 +8,14 @@
  * context of its own and its reply is sent from that context
  * asynchronously: the loop goes on at once, and only that context stays
  * busy until the reply is on its way.  A connection that lets replies pile
- * up is closed (its session ends and its pages are released, as for any
- * connection that goes away): when KVD_REPLY_PER_PIPE of its replies wait
- * at once, when one has waited send_wait_ms, when every context is busy
- * and it holds the most of them, or when its next reply would take the
- * replies in flight past KVD_REPLY_BYTES while one of its own waits (STATUS
- * replies run to hundreds of kilobytes).
+ * up is doomed: when KVD_REPLY_PER_PIPE of its replies wait at once, when
+ * one has waited send_wait_ms, when every context is busy and it holds the
+ * most of them, or when its next reply would take the replies in flight
+ * past KVD_REPLY_BYTES while one of its own waits (STATUS replies run to
+ * hundreds of kilobytes).  The serving loop closes it on its next round,
+ * after a pause of KVD_REPLY_PARK_MS (its session ends and its pages are
+ * released, as for any connection that goes away; replies.c says why the
+ * pause); its requests that come in before get no reply.
  *
  * One thread (the serving loop) calls kvd_replies_recv, _send and _drop;
  * the send completions run on nng's threads.  Internal to the daemon. */
@@ -24,15 +26,17 @@
 #include <nng/nng.h>
 
 #define KVD_REPLY_SLOTS    1024 /* contexts at most (made as needed) */
-#define KVD_REPLY_PER_PIPE 16   /* replies of one connection waiting at once, at most */
+#define KVD_REPLY_PER_PIPE 32   /* replies of one connection waiting at once, at most (libkvclient
+                                 * may have 17 outstanding: 16 timed-out requests and one) */
 #define KVD_REPLY_BYTES (64u << 20) /* bytes of replies in flight beyond which a connection
-                                     * with one waiting already is closed for the next */
+                                     * with one waiting already is doomed by the next */
+#define KVD_REPLY_PARK_MS  10       /* the pause before doomed connections are closed (replies.c) */
 
 struct kvd_replies;
 struct kvd_reply_slot;
 
 /* Makes the reply path of the open REP socket sock; a reply that cannot be
- * sent within send_wait_ms (>= 1) closes its connection.  Returns 0 and
+ * sent within send_wait_ms (>= 1) dooms its connection.  Returns 0 and
  * *ret, or -ENOMEM / -EINVAL (*ret untouched). */
 int kvd_replies_new(nng_socket sock, int send_wait_ms, struct kvd_replies **ret);
 
