@@ -30,12 +30,13 @@
 #define LOOP_WAKE_MS 200 /* upper bound on noticing a stop request */
 #define CLOSE_WAIT_MS 2000 /* default of $KVPOOLD_CLOSE_WAIT_MS: see close_bounded */
 /* How long a reply may wait behind its connection's unread replies before
- * the connection is closed.  The loop does not wait for it (replies.c), so
- * it can be generous: libkvclient has several replies outstanding after its
- * own timeouts (a timed-out ALLOC or LOOKUP keeps waiting on its context),
- * and a reply larger than the socket buffer goes out only as the peer
- * reads, so a worker that pauses must not lose its session for it (it did,
- * paused 40 ms, when this was 20 ms and the loop waited). */
+ * the daemon gives up on the connection and closes it.  The loop does not
+ * wait for it (replies.c), so it can be generous: libkvclient has several
+ * replies outstanding after its own timeouts (a timed-out ALLOC or LOOKUP
+ * keeps waiting on its context), and a reply larger than the socket buffer
+ * goes out only as the peer reads, so a worker that pauses must not lose
+ * its session for it (it did, paused 40 ms, when this was 20 ms and the
+ * loop waited). */
 #define SEND_WAIT_MS 1000
 /* The largest message nng may receive: a kvpool message of KV_MAX_FRAME
  * bytes plus the 4-byte request id the REQ protocol puts in front of it,
