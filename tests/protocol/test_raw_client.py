@@ -385,7 +385,9 @@ def stuck_peer(sock, requests, ready, hold):
 
 
 def test_peers_that_do_not_read_hold_nobody_up(tmp_path):
-    # 30 peers each send 2000 requests and never read a reply.  The serving
+    # 48 peers each send 2000 requests and never read a reply (48 x 32
+    # waiting replies are more than the daemon's 1024 reply contexts, so the
+    # every-context-busy path runs too, in most runs).  The serving
     # loop hands replies to nng without waiting (daemon/replies.c), so a
     # client that reads is answered as fast as ever meanwhile.  Each of them
     # gets no more replies once 32 wait unsent, and is closed after a pause
@@ -401,7 +403,7 @@ def test_peers_that_do_not_read_hold_nobody_up(tmp_path):
     try:
         victim = Conn(sock, timeout=30)
         hello(victim, "victim")
-        for _ in range(30):
+        for _ in range(48):
             pid = os.fork()
             if pid == 0:
                 os.close(hold_w)
