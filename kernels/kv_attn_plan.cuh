@@ -273,19 +273,23 @@ struct split_plan {
  * plan fits one wave that has at least the tiles' CTAs or 7/8 of the
  * slots (tn, hn: the tiles and heads plans' CTAs times their splits; hgt
  * a multiple of 4, as in take_heads).  fp8 at head_dim 64 (fp4 false),
- * which waits on memory where fp4 waits on its unpack, also takes heads
- * where the tiles take several waves in chunks of at least KVA_HWLINE / 2
- * keys and heads' plan fits one wave however full: 14-21% faster at 128
- * rows of 4k to 32k keys and 200 of 16k ("Shared lines"), where fp4 at
- * head_dim 128 under the same rule ran 1.5-13% slower at 6 of 10 shapes. */
+ * which waits on memory where fp4 waits on its unpack, takes chunks of
+ * KVA_HWLINE / 2 keys for long (heads forced: 13-16% faster at 24 rows of
+ * 16k keys and 16 of 32k, chunks of 5.5k and 6.6k keys on its 660 slots),
+ * and also takes heads where the tiles take several waves and heads' plan
+ * fits one wave however full: 14-21% faster at 128 rows of 4k to 32k keys
+ * and 200 of 16k ("Shared lines"), where fp4 at head_dim 128 under the
+ * same rule ran 1.5-13% slower at 6 of 10 shapes. */
 inline bool take_heads_lines(uint64_t rb, uint64_t hgt, uint64_t tchunk, uint64_t tn, uint64_t hn, uint64_t slots,
                              bool fp4 = true)
 {
+        const uint64_t least = fp4 ? KVA_HWLINE : KVA_HWLINE / 2;
+
         if (KVA_HWLINE == 0 || rb >= 128 || hgt == 0 || hgt % 4 != 0 || hn == 0 || hn > slots)
                 return false;
-        if (!fp4 && KVA_HWMW && tn > slots && 2 * tchunk >= KVA_HWLINE)
+        if (!fp4 && KVA_HWMW && tn > slots && tchunk >= least)
                 return true;
-        return tchunk >= KVA_HWLINE && (hn >= tn || 8 * hn >= 7 * slots);
+        return tchunk >= least && (hn >= tn || 8 * hn >= 7 * slots);
 }
 
 /* The split of max_len keys for ctas busy CTAs on slots.  Under half the

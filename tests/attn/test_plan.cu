@@ -426,6 +426,9 @@ int main(void)
                          * however full its one wave, fp4 only as above */
                         { 128, 16384, 64, 8, 396, true, true },    { 100, 32768, 64, 8, 528, true, true },
                         { 100, 32768, 64, 8, 528, false, false },  { 128, 2048, 64, 8, 396, false, true },
+                        /* one wave of fp8 tiles at head_dim 64 (660 slots): chunks of
+                         * 5.5k keys count as long, 1.7k do not */
+                        { 24, 16384, 64, 8, 660, true, true },     { 8, 16384, 64, 8, 660, false, true },
                 };
                 for (const ln_case &c : ln) {
                         const uint64_t ctas = (uint64_t)c.B * c.hgt, hctas = (uint64_t)c.B * ((c.hgt + 3) / 4);
