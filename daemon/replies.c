@@ -294,8 +294,8 @@ static void doom_worst(struct kvd_replies *r)
 
 /* A free slot within wait_ms: one from the free list, a new one while there
  * are fewer than KVD_REPLY_SLOTS, else the first freed (once every slot is
- * busy, the connection holding the most is doomed: its queued replies time
- * out within send_wait_ms and free their slots). */
+ * busy, the connection holding the most is doomed and closed after the
+ * pause, which completes its queued replies and frees their slots). */
 static int take_slot(struct kvd_replies *r, int wait_ms, struct kvd_reply_slot **ret)
 {
         struct timespec until;
