@@ -478,3 +478,24 @@ void kvd_config_print(const struct kvd_config *c, FILE *f)
                 }
         }
 }
+
+unsigned long kvd_env_number(const char *name, unsigned long lo, unsigned long hi, unsigned long dflt,
+                             const char *what)
+{
+        const char   *v = getenv(name);
+        unsigned long n = 0;
+        int           ok;
+
+        if (!v)
+                return dflt;
+        /* at most 9 digits: no overflow, and every limit here is below 1e9 */
+        ok = v[0] != '\0' && strlen(v) <= 9;
+        for (const char *c = v; ok && *c; c++) {
+                ok = *c >= '0' && *c <= '9';
+                n = n * 10 + (unsigned long)(*c - '0');
+        }
+        if (ok && n >= lo && n <= hi)
+                return n;
+        kvd_warn("%s='%s' is not a number of %s from %lu to %lu; using %lu", name, v, what, lo, hi, dflt);
+        return dflt;
+}

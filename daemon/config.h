@@ -98,6 +98,13 @@ int kvd_config_load_scales(const struct kvd_config *c, FILE *f, struct kvd_scale
  * tokens and bytes where the capacity is in bytes) to f. */
 void kvd_config_print(const struct kvd_config *c, FILE *f);
 
+/* The daemon's settings from its environment (KVPOOLD_*): $name as a
+ * number from lo to hi, digits only (no sign, no blanks); dflt when unset,
+ * and also, with a warning naming the variable and what it counts (what:
+ * "milliseconds"), when it is anything else. */
+unsigned long kvd_env_number(const char *name, unsigned long lo, unsigned long hi, unsigned long dflt,
+                             const char *what);
+
 /* Frees what a spec owns (its scales object); accepts NULL. */
 void kvd_pool_spec_fini(struct kvd_pool_spec *s);
 

@@ -20,6 +20,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include "server_int.h"
+#include "config.h"
 #include "events.h"
 #include "metrics.h"
 #include "notify.h"
@@ -256,21 +257,7 @@ int kvd_server_run(struct kvd_server *s, volatile sig_atomic_t *stop)
  * Anything else is reported and the default used. */
 static int close_wait_ms(void)
 {
-        const char *v = getenv("KVPOOLD_CLOSE_WAIT_MS");
-        char       *end;
-        long        ms;
-
-        if (!v)
-                return CLOSE_WAIT_MS;
-        errno = 0;
-        ms = strtol(v, &end, 10);
-        /* digits only: strtol would also take " 5" and "+5" */
-        if (*v < '0' || *v > '9' || errno || *end || ms > 60000) {
-                kvd_warn("KVPOOLD_CLOSE_WAIT_MS='%s' is not a number of milliseconds from 0 to 60000; "
-                         "using %d", v, CLOSE_WAIT_MS);
-                return CLOSE_WAIT_MS;
-        }
-        return (int)ms;
+        return (int)kvd_env_number("KVPOOLD_CLOSE_WAIT_MS", 0, 60000, CLOSE_WAIT_MS, "milliseconds");
 }
 
 /* mkdir -p of the folder holding path. */

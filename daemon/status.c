@@ -4,7 +4,7 @@
 #include <unistd.h>
 #include <cjson/cJSON.h>
 #include "status.h"
-#include "log.h"
+#include "config.h"
 #include "server.h"
 #include "session.h"
 
@@ -23,26 +23,10 @@
 unsigned kvd_status_clients_max(void)
 {
         static unsigned max;
-        const char     *v;
-        unsigned long   n = 0;
-        int             ok;
 
-        if (max)
-                return max;
-        max = STATUS_CLIENTS_MAX;
-        if (!(v = getenv("KVPOOLD_STATUS_CLIENTS")))
-                return max;
-        /* digits only, as $KVPOOLD_CLOSE_WAIT_MS */
-        ok = v[0] != '\0' && strlen(v) <= 4;
-        for (const char *c = v; ok && *c; c++) {
-                ok = *c >= '0' && *c <= '9';
-                n = n * 10 + (unsigned long)(*c - '0');
-        }
-        if (!ok || n < 1 || n > STATUS_CLIENTS_MAX)
-                kvd_warn("KVPOOLD_STATUS_CLIENTS='%s' is not a number of clients from 1 to %d; listing up to %d",
-                         v, STATUS_CLIENTS_MAX, STATUS_CLIENTS_MAX);
-        else
-                max = (unsigned)n;
+        if (!max)
+                max = (unsigned)kvd_env_number("KVPOOLD_STATUS_CLIENTS", 1, STATUS_CLIENTS_MAX, STATUS_CLIENTS_MAX,
+                                               "clients");
         return max;
 }
 

@@ -448,26 +448,14 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
          * replay's lengths are unknown. */
         const int dw = decode_warps.load(std::memory_order_relaxed);
         if (!tiled && !p.pack && dw != KV_DECODE_TILES) {
-                const uint64_t hctas = (uint64_t)rows * ((hgt + kva::WARPS - 1) / kva::WARPS);
-                const kva::split_plan hsp = kva::plan_keys(false, hctas, slots, max_len, kva::MAX_SPLITS);
-                /* the rule weighs launches of one split both ways: not one
-                 * whose heads plan would split after all (a few hundred
-                 * rows of about 8k keys) */
-                /* (KVA_HWSPLIT: or whose heads plan makes 2 splits in one
-                 * wave, weighed with its chunks and the reduction) */
-                const bool hsplit2 = KVA_HWSPLIT && hsp.splits == 2 && hctas * 2 <= slots;
-                /* rows under a line: heads wherever long tiles CTAs would share them */
-                const bool lines = KVA_HW && !captured && !c->qo_indptr &&
-                                   kva::take_heads_lines((uint64_t)D * kv_dtype_bits(dt) / 8, hgt, sp.chunk,
-                                                         ctas * sp.splits, hctas * hsp.splits, slots,
-                                                         dt == KVC_DTYPE_FP4_E2M1);
-                if (dw == KV_DECODE_HEADS || lines ||
-                    (KVA_HW && !captured && !c->qo_indptr && sp.splits == 1 && (hsp.splits == 1 || hsplit2) &&
-                     kva::take_heads(c->seq_lens_host, rows, c->max_pages * P, hgt, slots, KVA_HWC0X2, hsp.chunk,
-                                     hsp.splits))) {
+                const kva::heads_choice hc =
+                        kva::pick_heads(!captured && !c->qo_indptr ? c->seq_lens_host : NULL, rows,
+                                        c->max_pages * P, hgt, ctas, sp, slots, max_len, kva::MAX_SPLITS,
+                                        kva::WARPS, (uint64_t)D * kv_dtype_bits(dt) / 8, dt == KVC_DTYPE_FP4_E2M1);
+                if (dw == KV_DECODE_HEADS || hc.heads) {
                         p.hw = 1;
-                        ctas = gx = hctas;
-                        sp = hsp;
+                        ctas = gx = hc.hctas;
+                        sp = hc.hsp;
                 }
         }
         p.chunk = sp.chunk;

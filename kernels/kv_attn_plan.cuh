@@ -354,5 +354,40 @@ inline split_plan plan_keys(bool tiled, uint64_t ctas, uint64_t slots, uint64_t 
         return plan_splits(ctas, slots, max_len, 4096, max_splits);
 }
 
+/* The decode launcher's heads plan and its choice between it and tiles. */
+struct heads_choice {
+        bool       heads; /* a kv head a warp (params.hw) */
+        uint64_t   hctas; /* heads' CTAs, rows x ceil(hgt / warps) */
+        split_plan hsp;   /* and their split (plan_keys on the same slots) */
+};
+
+/* For a decode launch of rows rows (not packed extend rows) with hgt head
+ * slots a row: tiles are ctas CTAs planned as sp on slots; heads' plan is
+ * made here (always: a caller that forces heads launches it).  lens: the
+ * rows' lengths (host, clamped to cap), or NULL where they must not be
+ * weighed (under capture, or extend rows): then tiles.  rb: bytes of a kv
+ * head's row; fp4: the pool is fp4.  Heads where take_heads_lines says so,
+ * or where the tiles plan has one split and heads' one, or two in one wave
+ * (KVA_HWSPLIT: weighed with its chunks and the reduction), and
+ * take_heads' estimate prefers it (not a launch whose heads plan would
+ * split more: a few hundred rows of about 8k keys). */
+inline heads_choice pick_heads(const int32_t *lens, uint64_t rows, uint32_t cap, uint64_t hgt, uint64_t ctas,
+                               const split_plan &sp, uint64_t slots, uint64_t max_len, uint64_t max_splits,
+                               uint64_t warps, uint64_t rb, bool fp4)
+{
+        heads_choice r;
+
+        r.hctas = rows * ((hgt + warps - 1) / warps);
+        r.hsp = plan_keys(false, r.hctas, slots, max_len, max_splits);
+        r.heads = false;
+        if (!KVA_HW || !lens)
+                return r;
+        const bool hsplit2 = KVA_HWSPLIT && r.hsp.splits == 2 && r.hctas * 2 <= slots;
+        r.heads = take_heads_lines(rb, hgt, sp.chunk, ctas * sp.splits, r.hctas * r.hsp.splits, slots, fp4) ||
+                  (sp.splits == 1 && (r.hsp.splits == 1 || hsplit2) &&
+                   take_heads(lens, rows, cap, hgt, slots, KVA_HWC0X2, r.hsp.chunk, r.hsp.splits));
+        return r;
+}
+
 } // namespace kva
 #endif

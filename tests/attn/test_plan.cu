@@ -104,6 +104,22 @@ static void want(const char *what, struct plan got, int pw, int mt, uint64_t cta
               (unsigned long long)splits);
 }
 
+/* The launcher's choice (kva::pick_heads) for B decode rows of L keys, 8
+ * or hgt head slots a row, on slots, rows of rb bytes; the tiles plan in
+ * *ret_sp.  weigh false: as under capture (no lengths). */
+static kva::heads_choice choose(uint32_t B, uint32_t L, uint64_t hgt, uint64_t slots, uint64_t rb, bool fp4,
+                                kva::split_plan *ret_sp, bool weigh = true)
+{
+        static int32_t lens[512];
+        for (uint32_t b = 0; b < B && b < 512; b++)
+                lens[b] = (int32_t)L;
+        const uint64_t ctas = (uint64_t)B * hgt;
+        const kva::split_plan sp = kva::plan_keys(false, ctas, slots, L, MAX_SPLITS);
+        if (ret_sp)
+                *ret_sp = sp;
+        return kva::pick_heads(weigh ? lens : NULL, B, 32768, hgt, ctas, sp, slots, L, MAX_SPLITS, 4, rb, fp4);
+}
+
 int main(void)
 {
         /* the tiled kernel from 128 query vectors a sequence on average
@@ -370,12 +386,13 @@ int main(void)
                 free(lens);
         }
 
-        /* heads with 2 splits in one wave (KVA_HWSPLIT): the launcher's
-         * plans, then the rule, at the shapes the H200 measured with heads
-         * forced (docs/benchmarks.md "Long rows"): fp4 at B = 128 (heads
-         * 256 CTAs x 2 splits on 528 slots) 8-10% faster at 16k and 32k keys,
-         * slower at 1k and 2k (at 4k even, at 8k 5% faster: the estimate
-         * takes tiles there, rows under KVA_HWEL) */
+        /* heads with 2 splits in one wave (KVA_HWSPLIT), as the launcher
+         * decides (kva::pick_heads), at the shapes the H200 measured with
+         * heads forced (docs/benchmarks.md "Long rows"): fp4 at B = 128
+         * (heads 256 CTAs x 2 splits on 528 slots) 8-10% faster at 16k and
+         * 32k keys, slower at 1k and 2k (at 4k even, at 8k 5% faster: the
+         * estimate takes tiles there, rows under KVA_HWEL).  Rows of 128
+         * bytes, so that the line rule below stays out of it. */
         {
                 struct hs_case {
                         uint32_t B, L;
@@ -385,29 +402,25 @@ int main(void)
                         { 128, 1024, 528, false },  { 128, 2048, 528, false }, { 128, 16384, 528, true },
                         { 128, 32768, 528, true },
                 };
-                int32_t lens[128];
                 for (const hs_case &c : hs) {
-                        for (uint32_t b = 0; b < c.B; b++)
-                                lens[b] = (int32_t)c.L;
-                        const kva::split_plan sp = kva::plan_keys(false, (uint64_t)c.B * 8, c.slots, c.L, MAX_SPLITS);
-                        const kva::split_plan hp = kva::plan_keys(false, (uint64_t)c.B * 2, c.slots, c.L, MAX_SPLITS);
-                        CHECK(sp.splits == 1 && hp.splits == 2, "B = %u L = %u: plans of %llu and %llu splits, want 1 and 2",
-                              c.B, c.L, (unsigned long long)sp.splits, (unsigned long long)hp.splits);
-                        const bool got = kva::take_heads(lens, c.B, 32768, 8, c.slots, KVA_HWC0X2, hp.chunk, hp.splits);
-                        CHECK(got == c.heads, "take_heads with 2 heads splits B = %u L = %u: %s, want %s", c.B, c.L,
-                              got ? "heads" : "tiles", c.heads ? "heads" : "tiles");
+                        kva::split_plan sp;
+                        const kva::heads_choice hc = choose(c.B, c.L, 8, c.slots, 128, true, &sp);
+                        CHECK(sp.splits == 1 && hc.hsp.splits == 2,
+                              "B = %u L = %u: plans of %llu and %llu splits, want 1 and 2", c.B, c.L,
+                              (unsigned long long)sp.splits, (unsigned long long)hc.hsp.splits);
+                        CHECK(hc.heads == c.heads, "heads with 2 splits B = %u L = %u: %s, want %s", c.B, c.L,
+                              hc.heads ? "heads" : "tiles", c.heads ? "heads" : "tiles");
                 }
         }
 
-        /* rows under a cache line (take_heads_lines): the launcher's plans for
-         * 8 kv heads, then the rule, at shapes the H200 measured with both
-         * ways forced (docs/benchmarks.md "Shared lines"): fp4 at head_dim
-         * 128 (64-byte rows) on 528 slots took heads at 28-58 rows of 16k
-         * keys, 36 of 8k, 88 of 32k and 128 of 8k-16k (several waves of
-         * tiles), tiles where the tiles CTAs are short (B = 8 at 16k keys:
-         * 8 splits of 2k; 128 rows of 1k; 32 of 4k); never for rows of a
-         * whole line (bf16 at 64 dims, fp8 at 128), nor with idle warps
-         * (hgt 6) or a heads plan past one wave */
+        /* rows under a cache line (take_heads_lines), as the launcher decides,
+         * at shapes the H200 measured with both ways forced
+         * (docs/benchmarks.md "Shared lines"): fp4 at head_dim 128 (64-byte
+         * rows) on 528 slots took heads at 28-58 rows of 16k keys, 36 of 8k,
+         * 88 of 32k and 128 of 8k-16k (several waves of tiles), tiles where
+         * the tiles CTAs are short (B = 8 at 16k keys: 8 splits of 2k; 128
+         * rows of 1k; 32 of 4k); not for rows of a whole line (bf16 at 64
+         * dims, fp8 at 128), nor with idle warps (hgt 6) */
         {
                 struct ln_case {
                         uint32_t B, L, rb, hgt;
@@ -421,7 +434,6 @@ int main(void)
                         { 58, 16384, 32, 8, 528, true, false },   { 8, 16384, 64, 8, 528, false, false },
                         { 128, 1024, 64, 8, 528, false, false },  { 32, 4096, 64, 8, 528, false, false },
                         { 58, 16384, 128, 8, 528, false, false }, { 58, 16384, 64, 6, 528, false, false },
-                        { 512, 8192, 64, 8, 528, false, false },
                         /* several waves of tiles: fp8 at head_dim 64 takes heads
                          * however full its one wave, fp4 only as above */
                         { 128, 16384, 64, 8, 396, true, true },    { 100, 32768, 64, 8, 528, true, true },
@@ -431,16 +443,17 @@ int main(void)
                         { 24, 16384, 64, 8, 660, true, true },     { 8, 16384, 64, 8, 660, false, true },
                 };
                 for (const ln_case &c : ln) {
-                        const uint64_t ctas = (uint64_t)c.B * c.hgt, hctas = (uint64_t)c.B * ((c.hgt + 3) / 4);
-                        const kva::split_plan sp = kva::plan_keys(false, ctas, c.slots, c.L, MAX_SPLITS);
-                        const kva::split_plan hp = kva::plan_keys(false, hctas, c.slots, c.L, MAX_SPLITS);
-                        const bool fp4 = !c.fp8;
-                        const bool got = kva::take_heads_lines(c.rb, c.hgt, sp.chunk, ctas * sp.splits,
-                                                               hctas * hp.splits, c.slots, fp4);
-                        CHECK(got == c.heads,
-                              "take_heads_lines B = %u L = %u rows of %u bytes, hgt %u, %s: %s, want %s", c.B, c.L,
-                              c.rb, c.hgt, fp4 ? "fp4" : "fp8", got ? "heads" : "tiles", c.heads ? "heads" : "tiles");
+                        const bool heads = choose(c.B, c.L, c.hgt, c.slots, c.rb, !c.fp8, NULL).heads;
+                        CHECK(heads == c.heads, "rows of %u bytes, B = %u L = %u, hgt %u, %s: %s, want %s", c.rb, c.B,
+                              c.L, c.hgt, c.fp8 ? "fp8" : "fp4", heads ? "heads" : "tiles",
+                              c.heads ? "heads" : "tiles");
                 }
+                /* a heads plan past one wave is never the line rule's */
+                CHECK(!kva::take_heads_lines(64, 8, 8192, 4096, 1024, 528, true),
+                      "take_heads_lines took heads whose plan has 1024 CTAs on 528 slots");
+                /* extend rows and captured launches (no lengths): tiles */
+                CHECK(!choose(58, 16384, 8, 528, 64, true, NULL, false).heads,
+                      "pick_heads without lengths took heads");
         }
 
         printf("test_plan: %d checks, %d failures\n", cases, failures);
