@@ -104,6 +104,13 @@ static void want(const char *what, struct plan got, int pw, int mt, uint64_t cta
               (unsigned long long)splits);
 }
 
+/* B rows of L keys on slots, and whether heads is the way wanted there */
+struct shape_case {
+        uint32_t B, L;
+        uint64_t slots;
+        bool     heads;
+};
+
 /* The launcher's choice (kva::pick_heads) for B decode rows of L keys, 8
  * or hgt head slots a row, on slots, rows of rb bytes; the tiles plan in
  * *ret_sp.  weigh false: as under capture (no lengths). */
@@ -310,11 +317,7 @@ int main(void)
          * of these shapes (docs/benchmarks.md "Warps a head"): fp8 and bf16
          * take 2 CTAs an SM (264 slots), fp4 4 (528) */
         {
-                struct hw_case {
-                        uint32_t B, L;
-                        uint64_t slots;
-                        bool heads;
-                } const hc[] = {
+                static const shape_case hc[] = {
                         { 128, 1024, 264, true },  { 256, 1024, 264, true },  { 128, 512, 264, true },
                         { 128, 2048, 264, true },  { 128, 4096, 264, true },  { 64, 1024, 264, false },
                         { 96, 1024, 264, false },  { 32, 4096, 264, false },  { 8, 16384, 264, false },
@@ -339,7 +342,7 @@ int main(void)
                         printf("test_plan: out of memory\n");
                         return 1;
                 }
-                for (const hw_case &c : hc) {
+                for (const shape_case &c : hc) {
                         for (uint32_t b = 0; b < c.B; b++)
                                 lens[b] = (int32_t)c.L;
                         const bool got = kva::take_heads(lens, c.B, 32768, 8, c.slots, KVA_HWC0X2);
@@ -394,15 +397,11 @@ int main(void)
          * estimate takes tiles there, rows under KVA_HWEL).  Rows of 128
          * bytes, so that the line rule below stays out of it. */
         {
-                struct hs_case {
-                        uint32_t B, L;
-                        uint64_t slots;
-                        bool heads;
-                } const hs[] = {
+                static const shape_case hs[] = {
                         { 128, 1024, 528, false },  { 128, 2048, 528, false }, { 128, 16384, 528, true },
                         { 128, 32768, 528, true },
                 };
-                for (const hs_case &c : hs) {
+                for (const shape_case &c : hs) {
                         kva::split_plan sp;
                         const kva::heads_choice hc = choose(c.B, c.L, 8, c.slots, 128, true, &sp);
                         CHECK(sp.splits == 1 && hc.hsp.splits == 2,
