@@ -60,6 +60,9 @@ namespace kva {
 #ifndef KVA_HWLINE
 #define KVA_HWLINE 8192 /* decode: take_heads_lines' least tiles chunk in keys (0: never) */
 #endif
+#ifndef KVA_HWLINE8
+#define KVA_HWLINE8 1024 /* the same for 8-bit pools (fp8 at head_dim 64) */
+#endif
 #ifndef KVA_HWMW
 #define KVA_HWMW 1 /* take_heads_lines: 8-bit rows also where the tiles take several waves (0: not) */
 #endif
@@ -274,20 +277,25 @@ struct split_plan {
  * slots (tn, hn: the tiles and heads plans' CTAs times their splits; hgt
  * a multiple of 4, as in take_heads).  fp8 at head_dim 64 (fp4 false),
  * which waits on memory where fp4 waits on its unpack, takes chunks of
- * KVA_HWLINE / 2 keys for long (heads forced: 13-16% faster at 24 rows of
- * 16k keys and 16 of 32k, chunks of 5.5k and 6.6k keys on its 660 slots),
- * and also takes heads where the tiles take several waves and heads' plan
- * fits one wave however full: 14-21% faster at 128 rows of 4k to 32k keys
- * and 200 of 16k ("Shared lines"), where fp4 at head_dim 128 under the
- * same rule ran 1.5-13% slower at 6 of 10 shapes. */
+ * KVA_HWLINE8 = 1024 keys for long (as the launcher's choice against
+ * tiles: 12-17% faster at 12 to 40 rows of 8k-32k keys, chunks of 4k to
+ * 6.6k keys on its 660 slots; 6% at 8 rows of 16k and 11% at 8 of 32k,
+ * chunks of 1.7k and 3.3k; level at 32 rows of 4k, chunks of 2k; heads
+ * 4% faster at 8 rows of 4k but 7% slower at 8 of 1k and 12% at one row
+ * of 16k, chunks of 448, 128 and 256 keys, which stay tiles), and also
+ * takes heads where the tiles take several waves in chunks of at least
+ * KVA_HWLINE / 2 = 4096 keys (what was measured) and heads' plan fits one
+ * wave however full: 14-21% faster at 128 rows of 4k to 32k keys and 200
+ * of 16k ("Shared lines"), where fp4 at head_dim 128 under the same rule
+ * ran 1.5-13% slower at 6 of 10 shapes. */
 inline bool take_heads_lines(uint64_t rb, uint64_t hgt, uint64_t tchunk, uint64_t tn, uint64_t hn, uint64_t slots,
                              bool fp4 = true)
 {
-        const uint64_t least = fp4 ? KVA_HWLINE : KVA_HWLINE / 2;
+        const uint64_t least = fp4 ? KVA_HWLINE : KVA_HWLINE8;
 
         if (KVA_HWLINE == 0 || rb >= 128 || hgt == 0 || hgt % 4 != 0 || hn == 0 || hn > slots)
                 return false;
-        if (!fp4 && KVA_HWMW && tn > slots && tchunk >= least)
+        if (!fp4 && KVA_HWMW && tn > slots && tchunk >= KVA_HWLINE / 2)
                 return true;
         return tchunk >= least && (hn >= tn || 8 * hn >= 7 * slots);
 }
