@@ -280,7 +280,7 @@ struct split_plan {
  * KVA_HWLINE8 = 1024 keys for long (as the launcher's choice against
  * tiles: 12-17% faster at 12 to 40 rows of 8k-32k keys, chunks of 4k to
  * 6.6k keys on its 660 slots; 6% at 8 rows of 16k and 11% at 8 of 32k,
- * chunks of 1.7k and 3.3k; level at 32 rows of 4k, chunks of 2k; heads
+ * chunks of 1.7k and 3.3k; 2% at 32 rows of 4k, chunks of 2k; heads
  * 4% faster at 8 rows of 4k but 7% slower at 8 of 1k and 12% at one row
  * of 16k, chunks of 448, 128 and 256 keys, which stay tiles), and also
  * takes heads where the tiles take several waves in chunks of at least
