@@ -36,6 +36,7 @@ static const char usage_text[] =
         "                             follow the event stream (stored, evicted, reset, pressure, shutdown)\n"
         "  reset-prefixes POOL        drop every prefix-cache key of POOL (after a model change);\n"
         "                             pages in use stay with their holders\n"
+        "  help                       this text\n"
         "\n"
         "options:\n"
         "  --socket URL   kvpoold's control socket (default: $KVPOOL_SOCKET, else "

@@ -13,7 +13,8 @@
  *    calling thread's last failure on that client.  The library never prints.
  *  - Thread safety: a kvc_client and its kvc_pools may be shared between
  *    threads.  Control requests on one client are serialized by an internal
- *    mutex (one request in flight per client); data-path calls (kvc_write,
+ *    mutex (one new request at a time per client; allocs and lookups that
+ *    timed out may still be in flight, see -ETIMEDOUT); data-path calls (kvc_write,
  *    kvc_gather, kvc_decode, kvc_extend) take no lock and may run
  *    concurrently.  Use one client per thread for parallel control requests.
  *  - Destructors accept NULL.
@@ -26,7 +27,7 @@
  *    never carried across fork).
  *
  * Error values used throughout:
- *  -ECONNREFUSED / -ENOENT on connect: no daemon at that address
+ *  -ECONNREFUSED on connect: no daemon at that address
  *  -EPROTO     malformed reply, or the daemon rejected a malformed request
  *  -ENOENT     no pool of that name
  *  -ENOSPC     alloc: not enough free pages (the message says how many are free)
@@ -275,7 +276,8 @@ struct kvc_extend_args {
 /* Extend (chunked-prefill) attention: query i of sequence b sits at position
  * seq_len[b] - n_b + i and attends causally to positions <= its own.  On a
  * CUDA pool a call whose sequences average at least 128 query vectors (new
- * rows x q heads per kv head; 80 with 4 or more sequences) runs a tiled
+ * rows x q heads per kv head) with one sequence, 96 with three, 80 with two
+ * or with four or more runs a tiled
  * kernel that reads and dequantizes each key once per 64 to 256 of them,
  * unless the decode kernel would finish it in a short launch (few keys and
  * CTAs); fewer rows run the decode kernel, once per 8 / G rows of a

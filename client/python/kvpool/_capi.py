@@ -5,9 +5,9 @@ client.py can stay about Python.  The struct layouts must match the header
 field for field; tests/client/test_python.py compares every size and offset
 with what a C compiler gives (tests/client/abi_layout.c).
 
-The library is found, in order, at $KVPOOL_LIB (a file path), as the
-installed libkvclient.so.0, or in $KVPOOL_BUILD/client (a meson build
-directory, as the tests run it).
+The library is found at $KVPOOL_LIB (a file path) alone when that is set;
+else in $KVPOOL_BUILD/client (a meson build directory, as the tests run it)
+first, then as the installed libkvclient.so.0.
 """
 import ctypes
 import os
