@@ -61,7 +61,10 @@ namespace kva {
 #define KVA_HWLINE 8192 /* decode: take_heads_lines' least tiles chunk in keys (0: never) */
 #endif
 #ifndef KVA_HWLINE8
-#define KVA_HWLINE8 1024 /* the same for 8-bit pools (fp8 at head_dim 64) */
+#define KVA_HWLINE8 1024 /* take_heads_lines' least chunk for 8-bit rows, one wave of split tiles (0: any) */
+#endif
+#ifndef KVA_HWLINE8MW
+#define KVA_HWLINE8MW 2048 /* the same where the tiles take several waves (0: any) */
 #endif
 #ifndef KVA_HWMW
 #define KVA_HWMW 1 /* take_heads_lines: 8-bit rows also where the tiles take several waves (0: not) */
@@ -276,26 +279,31 @@ struct split_plan {
  * plan fits one wave that has at least the tiles' CTAs or 7/8 of the
  * slots (tn, hn: the tiles and heads plans' CTAs times their splits; hgt
  * a multiple of 4, as in take_heads).  fp8 at head_dim 64 (fp4 false),
- * which waits on memory where fp4 waits on its unpack, takes chunks of
- * KVA_HWLINE8 = 1024 keys for long (as the launcher's choice against
- * tiles: 12-17% faster at 12 to 40 rows of 8k-32k keys, chunks of 4k to
- * 6.6k keys on its 660 slots; 6% at 8 rows of 16k and 11% at 8 of 32k,
- * chunks of 1.7k and 3.3k; 2% at 32 rows of 4k, chunks of 2k; heads
- * 4% faster at 8 rows of 4k but 7% slower at 8 of 1k and 12% at one row
- * of 16k, chunks of 448, 128 and 256 keys, which stay tiles), and also
- * takes heads where the tiles take several waves in chunks of at least
- * KVA_HWLINE / 2 = 4096 keys (what was measured) and heads' plan fits one
- * wave however full: 14-21% faster at 128 rows of 4k to 32k keys and 200
- * of 16k ("Shared lines"), where fp4 at head_dim 128 under the same rule
- * ran 1.5-13% slower at 6 of 10 shapes. */
-inline bool take_heads_lines(uint64_t rb, uint64_t hgt, uint64_t tchunk, uint64_t tn, uint64_t hn, uint64_t slots,
-                             bool fp4 = true)
+ * which waits on memory where fp4 waits on its unpack, counts shorter
+ * chunks as long where the tiles plan splits the rows (tsplit):
+ * KVA_HWLINE8 = 1024 keys, where heads' plan adds no reduction the tiles
+ * do not pay (as the launcher's choice against tiles, docs/benchmarks.md
+ * "Timed as the launcher's choice": 12-17% faster at 12 to 40 rows of
+ * 8k-32k keys in chunks of 4k to 6.6k on fp8's 660 slots, 6% and 11% at 8
+ * rows of 16k and 32k in chunks of 1.7k and 3.3k, 1-8% in chunks of 1k to
+ * 1.4k at 4 to 28 rows of 2k-24k keys, level at 5 x 16k); one wave of
+ * unsplit tiles keeps KVA_HWLINE / 2 = 4096 (with heads forced: 10%
+ * slower at 48 rows of 2k keys, 5-9% at 64 and 82 of 1k, 5-7% faster at 80
+ * of 2k).  And it takes heads wherever the tiles take several waves in
+ * chunks of at least KVA_HWLINE8MW = 2048 keys and heads' plan fits one
+ * wave, however full: heads forced 6-15% faster at 100 to 160 rows of 2k
+ * to 4k keys and 14-21% at 128 rows of 4k to 32k keys and 200 of 16k
+ * ("Shared lines"), level at 120 and 160 rows of 1k, which stay tiles;
+ * fp4 at head_dim 128 ran 1.5-13% slower at 6 of 10 shapes under that
+ * rule, and keeps the one above. */
+inline bool take_heads_lines(uint64_t rb, uint64_t hgt, uint64_t tchunk, bool tsplit, uint64_t tn, uint64_t hn,
+                             uint64_t slots, bool fp4 = true)
 {
-        const uint64_t least = fp4 ? KVA_HWLINE : KVA_HWLINE8;
+        const uint64_t least = fp4 ? KVA_HWLINE : tsplit ? KVA_HWLINE8 : KVA_HWLINE / 2;
 
         if (KVA_HWLINE == 0 || rb >= 128 || hgt == 0 || hgt % 4 != 0 || hn == 0 || hn > slots)
                 return false;
-        if (!fp4 && KVA_HWMW && tn > slots && tchunk >= KVA_HWLINE / 2)
+        if (!fp4 && KVA_HWMW && tn > slots && tchunk >= KVA_HWLINE8MW)
                 return true;
         return tchunk >= least && (hn >= tn || 8 * hn >= 7 * slots);
 }
@@ -391,7 +399,8 @@ inline heads_choice pick_heads(const int32_t *lens, uint64_t rows, uint32_t cap,
         if (!KVA_HW || !lens)
                 return r;
         const bool hsplit2 = KVA_HWSPLIT && r.hsp.splits == 2 && r.hctas * 2 <= slots;
-        r.heads = take_heads_lines(rb, hgt, sp.chunk, ctas * sp.splits, r.hctas * r.hsp.splits, slots, fp4) ||
+        r.heads = take_heads_lines(rb, hgt, sp.chunk, sp.splits > 1, ctas * sp.splits, r.hctas * r.hsp.splits,
+                                   slots, fp4) ||
                   (sp.splits == 1 && (r.hsp.splits == 1 || hsplit2) &&
                    take_heads(lens, rows, cap, hgt, slots, KVA_HWC0X2, r.hsp.chunk, r.hsp.splits));
         return r;

@@ -14,8 +14,8 @@
  *  - Thread safety: a kvc_client and its kvc_pools may be shared between
  *    threads.  Control requests on one client are serialized by an internal
  *    mutex (one new request at a time per client; allocs and lookups that
- *    timed out may still be in flight, see -ETIMEDOUT); data-path calls (kvc_write,
- *    kvc_gather, kvc_decode, kvc_extend) take no lock and may run
+ *    timed out may still be in flight, see -ETIMEDOUT); data-path calls
+ *    (kvc_write, kvc_gather, kvc_decode, kvc_extend) take no lock and may run
  *    concurrently.  Use one client per thread for parallel control requests.
  *  - Destructors accept NULL.
  *  - Counts: kvc_alloc and kvc_free take n in 1..65536, kvc_publish and
@@ -277,12 +277,11 @@ struct kvc_extend_args {
  * seq_len[b] - n_b + i and attends causally to positions <= its own.  On a
  * CUDA pool a call whose sequences average at least 128 query vectors (new
  * rows x q heads per kv head) with one sequence, 96 with three, 80 with two
- * or with four or more runs a tiled
- * kernel that reads and dequantizes each key once per 64 to 256 of them,
- * unless the decode kernel would finish it in a short launch (few keys and
- * CTAs); fewer rows run the decode kernel, once per 8 / G rows of a
- * sequence where a kv head has G <= 4 q heads, else once per row
- * (docs/benchmarks.md, "Extend attention"). */
+ * or with four or more runs a tiled kernel that reads and dequantizes each
+ * key once per 64 to 256 of them, unless the decode kernel would finish it
+ * in a short launch (few keys and CTAs); fewer rows run the decode kernel,
+ * once per 8 / G rows of a sequence where a kv head has G <= 4 q heads,
+ * else once per row (docs/benchmarks.md, "Extend attention"). */
 int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
 
 /* CUDA graphs.  Every data-path call may be captured into a CUDA graph

@@ -436,13 +436,21 @@ int main(void)
                         /* several waves of tiles: fp8 at head_dim 64 takes heads
                          * however full its one wave, fp4 only as above */
                         { 128, 16384, 64, 8, 396, true, true },    { 100, 32768, 64, 8, 528, true, true },
-                        { 100, 32768, 64, 8, 528, false, false },  { 128, 2048, 64, 8, 396, false, true },
-                        /* one wave of fp8 tiles at head_dim 64 (660 slots): chunks of
-                         * 1.7k to 6.6k keys count as long (heads measured 6-17%
-                         * faster), 128 to 448 do not (B = 8 L = 1k, B = 1 L = 16k:
-                         * heads 7-12% slower) */
+                        { 100, 32768, 64, 8, 528, false, false },  { 128, 1024, 64, 8, 396, false, true },
+                        /* fp8 tiles at head_dim 64 (660 slots): in one wave, split
+                         * chunks of 1k keys and more count as long (heads measured
+                         * 1-17% faster at 1k to 6.6k), unsplit ones from 4k (48 x
+                         * 2k 10% slower with heads, 64 x 1k and 82 x 1k 5-9%);
+                         * over several waves, chunks from 2k (100 x 2k and 128 x
+                         * 2k 15% faster, 160 x 1k level); shorter chunks are tiles
+                         * (10 x 4k: 512 keys) */
                         { 24, 16384, 64, 8, 660, true, true },     { 8, 16384, 64, 8, 660, true, true },
                         { 8, 32768, 64, 8, 660, true, true },      { 12, 32768, 64, 8, 660, true, true },
+                        { 5, 16384, 64, 8, 660, true, true },      { 28, 2048, 64, 8, 660, true, true },
+                        { 80, 2048, 64, 8, 660, false, true },     { 100, 2048, 64, 8, 660, true, true },
+                        { 48, 2048, 64, 8, 660, false, true },     { 128, 2048, 64, 8, 660, true, true },
+                        { 64, 1024, 64, 8, 660, false, true },     { 82, 1024, 64, 8, 660, false, true },
+                        { 160, 1024, 64, 8, 660, false, true },    { 10, 4096, 64, 8, 660, false, true },
                         { 8, 1024, 64, 8, 660, false, true },      { 1, 16384, 64, 8, 660, false, true },
                         { 8, 4096, 64, 8, 660, false, true },
                 };
@@ -453,7 +461,7 @@ int main(void)
                               c.heads ? "heads" : "tiles");
                 }
                 /* a heads plan past one wave is never the line rule's */
-                CHECK(!kva::take_heads_lines(64, 8, 8192, 4096, 1024, 528, true),
+                CHECK(!kva::take_heads_lines(64, 8, 8192, false, 4096, 1024, 528, true),
                       "take_heads_lines took heads whose plan has 1024 CTAs on 528 slots");
                 /* extend rows and captured launches (no lengths): tiles */
                 CHECK(!choose(58, 16384, 8, 528, 64, true, NULL, false).heads,
