@@ -8,6 +8,7 @@ Needs $KVPOOL_BUILD/daemon/kvpoold (fails, does not skip, without it).
 import json
 import os
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -119,13 +120,32 @@ def attach(c):
     return d
 
 
-def bare_connects(path, n=20):
+def bare_connects(path, n=20, pid=None):
     """n peers that connect and close before the SP handshake: on nng 1.5.2
-    (nanomsg/nng#1518) they stop the listener (20 do it every time here)."""
-    for _ in range(n):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(path)
-        s.close()
+    (nanomsg/nng#1518) they may stop the listener.  nng stops it when its
+    handshake write meets a peer that has already closed (EPIPE: NNG_ECLOSED
+    ends the socket's accept loop).  When nng writes first, the peer's close
+    fails the handshake with another error (ECONNRESET, NNG_ECONNSHUT); after
+    the latter nng's accept pauses 100 ms, and the failures of the peers that
+    close meanwhile reach nobody: the listener works on (now and then under
+    load).  pid: the daemon's (a child of this process), held stopped
+    (SIGSTOP) while the peers connect and close, so that nng accepts them
+    all closed and the listener stops every time."""
+    if pid:
+        os.kill(pid, signal.SIGSTOP)
+        # stopped once all its threads are: kill() returns before that, and
+        # under load a thread of nng's could still take the first peer meanwhile
+        _, status = os.waitpid(pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), f"kvpoold ended instead of stopping: status {status:#x}"
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(not pid)  # a full backlog (nng's is 128) fails at once, not waits for the stopped daemon
+            s.connect(path)
+            s.close()
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGCONT)
 
 
 def first_answer(path, within=40, why=lambda: ""):
