@@ -806,6 +806,89 @@ static void graph_short_extend(enum kvc_dtype d, uint32_t G, uint32_t n, int32_t
         apool_fini(&P);
 }
 
+/* An extend graph replayed with its new rows divided otherwise among the
+ * sequences: the same batch and the same total of rows (qo_indptr[B]),
+ * which is all the captured grid depends on (ptile_grid), a sequence with
+ * none included.  Each replay must equal the reference at the replay's
+ * qo_indptr: the kernels find a row's sequence and horizon in the device
+ * copy, and the split planned at capture holds any lengths up to the
+ * table's capacity. */
+static void graph_moved_rows(enum kvc_dtype d, uint32_t G, const int32_t *qn_cap,
+                             const int32_t *const *qn_replays, int nreplays, uint64_t seed)
+{
+        enum { B = 4 };
+        struct rng r = { seed * 2654435761u + 1 };
+        struct apool P;
+        uint32_t maxp;
+        char what[200], msg[256] = "";
+        const uint32_t H = 2, Hq = H * G, D = 128;
+        static const int32_t lens[B] = { 3000, 1100, 700, 300 };
+        int32_t *pt = apool_fill(&P, &r, d, H, D, 16, B, lens, &maxp);
+        int32_t ind[B + 1] = { 0 };
+        for (int b = 0; b < B; b++)
+                ind[b + 1] = ind[b] + qn_cap[b];
+        const uint32_t rows = (uint32_t)ind[B];
+        const size_t n = (size_t)rows * Hq * D;
+        void *q = make_q(&r, KVC_ELEM_BF16, n);
+        uint16_t *ref = malloc(n * 2), *got = malloc(n * 2);
+        struct devcall dc;
+        devcall_init(&dc, pt, (size_t)B * maxp, lens, B, ind, q, n * 2);
+        struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
+        const float sm = 1.0f / sqrtf((float)D);
+        struct kvc_extend_args a = { .q = dc.q, .out = dc.out, .elem = KVC_ELEM_BF16, .qo_indptr = dc.ind,
+                                     .qo_indptr_host = ind, .page_table = dc.pt, .max_pages = maxp,
+                                     .seq_lens = dc.lens, .seq_lens_host = lens, .batch = B,
+                                     .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
+        cudaStream_t st;
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+
+        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        int rc = kv_cuda_extend(&dv, &a, st, msg, sizeof msg);
+        CK(cudaStreamEndCapture(st, &g));
+        snprintf(what, sizeof what, "graph extend %s G=%u, rows %d %d %d %d", kvc_dtype_name(d), G, qn_cap[0],
+                 qn_cap[1], qn_cap[2], qn_cap[3]);
+        EXPECT(rc == 0, "%s: the captured call returned %d: %s", what, rc, msg);
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        for (int i = 0; i < nreplays && rc == 0; i++) {
+                const int32_t *qn = qn_replays[i];
+                int32_t rind[B + 1] = { 0 };
+                for (int b = 0; b < B; b++)
+                        rind[b + 1] = rind[b] + qn[b];
+                cases++;
+                snprintf(what, sizeof what, "graph extend %s G=%u, rows %d %d %d %d replayed as %d %d %d %d",
+                         kvc_dtype_name(d), G, qn_cap[0], qn_cap[1], qn_cap[2], qn_cap[3], qn[0], qn[1], qn[2],
+                         qn[3]);
+                EXPECT(rind[B] == ind[B], "%s: the test's replay has %d rows, the capture %d", what, rind[B],
+                       ind[B]);
+                CK(cudaMemcpy(dc.ind, rind, sizeof rind, cudaMemcpyHostToDevice));
+                CK(cudaMemset(dc.out, 0xFF, n * 2));
+                CK(cudaGraphLaunch(ge, st));
+                CK(cudaStreamSynchronize(st));
+                CK(cudaMemcpy(got, dc.out, n * 2, cudaMemcpyDeviceToHost));
+                struct kvc_extend_args h = a;
+                h.q = q;
+                h.out = ref;
+                h.qo_indptr = h.qo_indptr_host = rind;
+                h.page_table = pt;
+                h.seq_lens = h.seq_lens_host = lens;
+                int rr = kv_ref_extend(&hv, &h, msg, sizeof msg);
+                EXPECT(rr == 0, "%s: the reference returned %d: %s", what, rr, msg);
+                if (rr == 0)
+                        compare(what, got, ref, KVC_ELEM_BF16, rows, Hq, D);
+        }
+        CK(cudaGraphExecDestroy(ge));
+        CK(cudaGraphDestroy(g));
+        CK(cudaStreamDestroy(st));
+        devcall_finish(&dc, got);
+        free(q);
+        free(ref);
+        free(got);
+        free(pt);
+        apool_fini(&P);
+}
+
 static void graph_replays(void)
 {
         /* one long sequence (split over the GPU) and a batch (a few splits) */
@@ -831,6 +914,26 @@ static void graph_replays(void)
                 graph_short_extend(dts[i], 2, 4, 2, 350 + i);
                 graph_short_extend(dts[i], 2, 6, 1, 360 + i);
                 graph_short_extend(dts[i], 8, 4, 2, 370 + i);
+        }
+        /* extend graphs whose rows move between the sequences at replay
+         * (same batch, same total): 2 rows a sequence on the decode kernel
+         * (G = 4: 2 rows a CTA, G = 8: a row a CTA) and 64 (256 query
+         * vectors a sequence) on the tiled kernel and on the decode
+         * kernel, replayed with a sequence of none and one of most */
+        static const int32_t m2[4] = { 2, 2, 2, 2 }, m2a[4] = { 5, 0, 1, 2 }, m2b[4] = { 0, 0, 0, 8 };
+        static const int32_t *const m2r[] = { m2a, m2b, m2 };
+        static const int32_t m64[4] = { 64, 64, 64, 64 }, m64a[4] = { 100, 0, 92, 64 },
+                             m64b[4] = { 1, 200, 27, 28 };
+        static const int32_t *const m64r[] = { m64a, m64b, m64 };
+        for (int i = 0; i < 3; i++) {
+                graph_moved_rows(dts[i], 4, m2, m2r, 3, 400 + i);
+                graph_moved_rows(dts[i], 8, m2, m2r, 3, 410 + i);
+                /* 64 rows a sequence on each kernel, forced */
+                const int prev = kv_cuda_extend_kernel(KV_EXTEND_TILED);
+                graph_moved_rows(dts[i], 4, m64, m64r, 3, 420 + i);
+                kv_cuda_extend_kernel(KV_EXTEND_DECODE);
+                graph_moved_rows(dts[i], 4, m64, m64r, 3, 430 + i);
+                kv_cuda_extend_kernel(prev);
         }
         /* the decode graphs again with a kv head a warp (the launcher never
          * takes it under capture; the kernel's row chunks must hold all the
