@@ -637,6 +637,46 @@ static void devcall_finish(struct devcall *c, void *got)
         cudaFree(c->out);
 }
 
+/* Destroys a graph case's executable graph, graph and stream. */
+static void graph_free(cudaGraphExec_t ge, cudaGraph_t g, cudaStream_t st)
+{
+        CK(cudaGraphExecDestroy(ge));
+        CK(cudaGraphDestroy(g));
+        CK(cudaStreamDestroy(st));
+}
+
+/* One replay of ge on st into dc's output, poisoned first, copied to got. */
+static void graph_replay(cudaGraphExec_t ge, cudaStream_t st, struct devcall *dc, void *got)
+{
+        CK(cudaMemset(dc->out, 0xFF, dc->nout)); /* NaN in bf16 */
+        CK(cudaGraphLaunch(ge, st));
+        CK(cudaStreamSynchronize(st));
+        CK(cudaMemcpy(got, dc->out, dc->nout, cudaMemcpyDeviceToHost));
+}
+
+/* The reference of extend call h (its shape and scale) on host copies:
+ * q, out, qo_indptr, page table and lengths. */
+static int ref_extend(const struct kv_pool_view *hv, struct kvc_extend_args h, const void *q, void *out,
+                      const int32_t *ind, const int32_t *pt, const int32_t *lens, char *msg, size_t msglen)
+{
+        h.q = q;
+        h.out = out;
+        h.qo_indptr = h.qo_indptr_host = ind;
+        h.page_table = pt;
+        h.seq_lens = h.seq_lens_host = lens;
+        return kv_ref_extend(hv, &h, msg, msglen);
+}
+
+/* Frees a case's host buffers and its pool. */
+static void case_free(void *q, void *ref, void *got, int32_t *pt, struct apool *P)
+{
+        free(q);
+        free(ref);
+        free(got);
+        free(pt);
+        apool_fini(P);
+}
+
 /* Decode and extend captured into a CUDA graph with short lengths, then
  * replayed after the device lengths changed (longer, then mixed), as a
  * serving engine replays its decode graph every step: each replay must
@@ -694,10 +734,7 @@ static void graph_case(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *
                 snprintf(what, sizeof what, "graph %s %s G=%u B=%u replay %d (len0 %d, captured at %d)",
                          qn ? "extend" : "decode", kvc_dtype_name(d), G, B, i, replays[i][0], cap_lens[0]);
                 CK(cudaMemcpy(dc.lens, replays[i], sizeof(int32_t) * B, cudaMemcpyHostToDevice));
-                CK(cudaMemset(dc.out, 0xFF, n * 2));
-                CK(cudaGraphLaunch(ge, st));
-                CK(cudaStreamSynchronize(st));
-                CK(cudaMemcpy(got, dc.out, n * 2, cudaMemcpyDeviceToHost));
+                graph_replay(ge, st, &dc, got);
                 struct kvc_extend_args h = a;
                 h.q = q;
                 h.out = ref;
@@ -717,19 +754,14 @@ static void graph_case(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *
                 if (rr == 0)
                         compare(what, got, ref, KVC_ELEM_BF16, rows, Hq, D);
         }
-        if (ce == cudaSuccess) {
-                CK(cudaGraphExecDestroy(ge));
-                CK(cudaGraphDestroy(g));
-        }
-        CK(cudaStreamDestroy(st));
+        if (ce == cudaSuccess)
+                graph_free(ge, g, st);
+        else
+                CK(cudaStreamDestroy(st));
         devcall_finish(&dc, got);
-        free(q);
-        free(ref);
-        free(got);
-        free(pt);
         free(indptr);
         free(cap_lens);
-        apool_fini(&P);
+        case_free(q, ref, got, pt, &P);
 }
 
 /* An extend graph of n new rows replayed with seq_lens below n (eager calls
@@ -776,21 +808,13 @@ static void graph_short_extend(enum kvc_dtype d, uint32_t G, uint32_t n, int32_t
         CK(cudaMemcpy(dc.lens, short_len, sizeof short_len, cudaMemcpyHostToDevice));
         CK(cudaGraphLaunch(ge, st)); /* dc.out is NaN until then (devcall_init) */
         CK(cudaStreamSynchronize(st));
-        CK(cudaGraphExecDestroy(ge));
-        CK(cudaGraphDestroy(g));
-        CK(cudaStreamDestroy(st));
+        graph_free(ge, g, st);
         devcall_finish(&dc, got);
         /* the last `seen` rows sit at positions 0 .. seen - 1: the reference
          * of a sequence of seen keys whose seen new rows are those */
         const uint32_t seen = (uint32_t)short_len[0], blind = n - seen;
         const int32_t rind[2] = { 0, (int32_t)seen };
-        struct kvc_extend_args h = a;
-        h.q = q + blind * row;
-        h.out = ref;
-        h.qo_indptr = h.qo_indptr_host = rind;
-        h.page_table = pt;
-        h.seq_lens = h.seq_lens_host = short_len;
-        int rr = kv_ref_extend(&hv, &h, msg, sizeof msg);
+        int rr = ref_extend(&hv, a, q + blind * row, ref, rind, pt, short_len, msg, sizeof msg);
         EXPECT(rr == 0, "%s: the reference returned %d: %s", what, rr, msg);
         size_t nonzero = 0;
         for (size_t i = 0; i < blind * row; i++)
@@ -799,11 +823,7 @@ static void graph_short_extend(enum kvc_dtype d, uint32_t G, uint32_t n, int32_t
                nonzero, blind);
         if (rr == 0)
                 compare(what, got + blind * row, ref, KVC_ELEM_BF16, seen, Hq, D);
-        free(q);
-        free(got);
-        free(ref);
-        free(pt);
-        apool_fini(&P);
+        case_free(q, ref, got, pt, &P);
 }
 
 /* An extend graph replayed with its new rows divided otherwise among the
@@ -863,30 +883,15 @@ static void graph_moved_rows(enum kvc_dtype d, uint32_t G, const int32_t *qn_cap
                 EXPECT(rind[B] == ind[B], "%s: the test's replay has %d rows, the capture %d", what, rind[B],
                        ind[B]);
                 CK(cudaMemcpy(dc.ind, rind, sizeof rind, cudaMemcpyHostToDevice));
-                CK(cudaMemset(dc.out, 0xFF, n * 2));
-                CK(cudaGraphLaunch(ge, st));
-                CK(cudaStreamSynchronize(st));
-                CK(cudaMemcpy(got, dc.out, n * 2, cudaMemcpyDeviceToHost));
-                struct kvc_extend_args h = a;
-                h.q = q;
-                h.out = ref;
-                h.qo_indptr = h.qo_indptr_host = rind;
-                h.page_table = pt;
-                h.seq_lens = h.seq_lens_host = lens;
-                int rr = kv_ref_extend(&hv, &h, msg, sizeof msg);
+                graph_replay(ge, st, &dc, got);
+                int rr = ref_extend(&hv, a, q, ref, rind, pt, lens, msg, sizeof msg);
                 EXPECT(rr == 0, "%s: the reference returned %d: %s", what, rr, msg);
                 if (rr == 0)
                         compare(what, got, ref, KVC_ELEM_BF16, rows, Hq, D);
         }
-        CK(cudaGraphExecDestroy(ge));
-        CK(cudaGraphDestroy(g));
-        CK(cudaStreamDestroy(st));
+        graph_free(ge, g, st);
         devcall_finish(&dc, got);
-        free(q);
-        free(ref);
-        free(got);
-        free(pt);
-        apool_fini(&P);
+        case_free(q, ref, got, pt, &P);
 }
 
 static void graph_replays(void)
