@@ -285,13 +285,13 @@ struct split_plan {
  * do not pay (as the launcher's choice against tiles, docs/benchmarks.md
  * "Timed as the launcher's choice": 12-17% faster at 12 to 40 rows of
  * 8k-32k keys in chunks of 4k to 6.6k on fp8's 660 slots, 6% and 11% at 8
- * rows of 16k and 32k in chunks of 1.7k and 3.3k, 1-8% in chunks of 1k to
+ * rows of 16k and 32k in chunks of 1.7k and 3.3k, 0-8% in chunks of 1k to
  * 1.4k at 4 to 28 rows of 2k-24k keys, level at 5 x 16k); one wave of
  * unsplit tiles keeps KVA_HWLINE / 2 = 4096 (with heads forced: 10%
- * slower at 48 rows of 2k keys, 5-9% at 64 and 82 of 1k, 5-7% faster at 80
+ * slower at 48 rows of 2k keys, 4-10% at 64 and 82 of 1k, 4-5% faster at 80
  * of 2k).  And it takes heads wherever the tiles take several waves in
  * chunks of at least KVA_HWLINE8MW = 2048 keys and heads' plan fits one
- * wave, however full: heads forced 6-15% faster at 100 to 160 rows of 2k
+ * wave, however full: heads forced 5-16% faster at 100 to 160 rows of 2k
  * to 4k keys and 14-21% at 128 rows of 4k to 32k keys and 200 of 16k
  * ("Shared lines"), level at 120 and 160 rows of 1k, which stay tiles;
  * fp4 at head_dim 128 ran 1.5-13% slower at 6 of 10 shapes under that

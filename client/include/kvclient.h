@@ -295,12 +295,13 @@ int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
  * not for seq_lens_host, so a replay may hold any lengths up to that in
  * seq_lens (and any pages in page_table); an extend row whose position falls
  * before its sequence's start (seq_lens[b] below the sequence's new rows,
- * which eager calls refuse) sees no key and gets zeros.  kvc_extend's grid
- * depends on the batch and the total of new rows (qo_indptr[B]) alone, so
- * a replay must keep both, but its qo_indptr may divide the rows among the
- * sequences otherwise (a sequence with none included): the kernels find a
- * row's sequence in the device copy.  The kernel and the split were chosen
- * for the capture's division; another one runs correctly, perhaps slower.
+ * which eager calls refuse) sees no key and gets zeros.  kvc_extend chooses
+ * its kernel, warps and split from the capture's qo_indptr_host, but the
+ * grid it launches holds every division of the same total of new rows
+ * (qo_indptr[B]) among the same batch, and the kernels find a row's
+ * sequence in the device copy: a replay must keep the batch and the total,
+ * and may divide the rows otherwise (a sequence with none included),
+ * correctly if perhaps more slowly.
  * A replay whose lengths are far below the capacity launches
  * CTAs that find no keys (each still writes an empty partial for the
  * reduction): size max_pages for the longest sequence the graph serves

@@ -439,10 +439,10 @@ int main(void)
                         { 100, 32768, 64, 8, 528, false, false },  { 128, 1024, 64, 8, 396, false, true },
                         /* fp8 tiles at head_dim 64 (660 slots): in one wave, split
                          * chunks of 1k keys and more count as long (heads measured
-                         * 1-17% faster at 1k to 6.6k), unsplit ones from 4k (48 x
-                         * 2k 10% slower with heads, 64 x 1k and 82 x 1k 5-9%);
+                         * 0-17% faster at 1k to 6.6k), unsplit ones from 4k (48 x
+                         * 2k 10% slower with heads, 64 x 1k and 82 x 1k 4-10%);
                          * over several waves, chunks from 2k (100 x 2k and 128 x
-                         * 2k 15% faster, 160 x 1k level); shorter chunks are tiles
+                         * 2k 14-16% faster, 160 x 1k level); shorter chunks are tiles
                          * (10 x 4k: 512 keys) */
                         { 24, 16384, 64, 8, 660, true, true },     { 8, 16384, 64, 8, 660, true, true },
                         { 8, 32768, 64, 8, 660, true, true },      { 12, 32768, 64, 8, 660, true, true },
