@@ -90,12 +90,19 @@ static void unwait(struct kvd_replies *r, uint32_t id)
                 map_del_slot(&r->waiting, (uint32_t)i);
 }
 
-static void give_back(struct kvd_replies *r, struct kvd_reply_slot *sl)
+/* Puts slot sl on the free list and wakes a take_slot waiting for one.
+ * Caller holds the lock. */
+static void put_free_locked(struct kvd_replies *r, struct kvd_reply_slot *sl)
 {
-        pthread_mutex_lock(&r->lock);
         sl->next = r->free;
         r->free = sl;
         pthread_cond_signal(&r->freed);
+}
+
+static void give_back(struct kvd_replies *r, struct kvd_reply_slot *sl)
+{
+        pthread_mutex_lock(&r->lock);
+        put_free_locked(r, sl);
         pthread_mutex_unlock(&r->lock);
 }
 
@@ -190,9 +197,7 @@ static void sent(void *arg)
         r->bytes -= sl->len;
         sl->pipe = 0;
         sl->len = 0;
-        sl->next = r->free;
-        r->free = sl;
-        pthread_cond_signal(&r->freed);
+        put_free_locked(r, sl);
         pthread_mutex_unlock(&r->lock);
         if (rv == NNG_ETIMEDOUT) {
                 char why[48];
@@ -235,24 +240,14 @@ int kvd_replies_new(nng_socket sock, int send_wait_ms, struct kvd_replies **ret)
         r->sock = sock;
         r->send_wait_ms = send_wait_ms;
         /* room for every slot's connection: puts never fail later */
-        if (map_reserve(&r->waiting, KVD_REPLY_SLOTS) || nng_aio_alloc(&r->raio, NULL, NULL)) {
-                map_fini(&r->waiting);
-                free(r);
-                return -ENOMEM;
-        }
+        if (map_reserve(&r->waiting, KVD_REPLY_SLOTS) || nng_aio_alloc(&r->raio, NULL, NULL))
+                goto fail;
         /* CLOCK_MONOTONIC: a clock step must not stretch the loop's wait */
-        if (pthread_condattr_init(&ca)) {
-                nng_aio_free(r->raio);
-                map_fini(&r->waiting);
-                free(r);
-                return -ENOMEM;
-        }
+        if (pthread_condattr_init(&ca))
+                goto fail;
         if (pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) || pthread_cond_init(&r->freed, &ca)) {
                 pthread_condattr_destroy(&ca);
-                nng_aio_free(r->raio);
-                map_fini(&r->waiting);
-                free(r);
-                return -ENOMEM;
+                goto fail;
         }
         pthread_condattr_destroy(&ca);
         pthread_mutex_init(&r->lock, NULL);
@@ -265,6 +260,13 @@ int kvd_replies_new(nng_socket sock, int send_wait_ms, struct kvd_replies **ret)
         r->free = r->slots[0];
         *ret = r;
         return 0;
+
+fail:
+        if (r->raio)
+                nng_aio_free(r->raio);
+        map_fini(&r->waiting);
+        free(r);
+        return -ENOMEM;
 }
 
 /* Dooms the connection with the most replies in flight, if it has more

@@ -451,7 +451,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 const kva::heads_choice hc =
                         kva::pick_heads(!captured && !c->qo_indptr ? c->seq_lens_host : NULL, rows,
                                         c->max_pages * P, hgt, ctas, sp, slots, max_len, kva::MAX_SPLITS,
-                                        kva::WARPS, (uint64_t)D * kv_dtype_bits(dt) / 8, dt == KVC_DTYPE_FP4_E2M1);
+                                        kva::WARPS, L->head_bytes, dt == KVC_DTYPE_FP4_E2M1);
                 if (dw == KV_DECODE_HEADS || hc.heads) {
                         p.hw = 1;
                         ctas = gx = hc.hctas;

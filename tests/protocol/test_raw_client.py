@@ -46,11 +46,22 @@ class Conn:
             b += chunk
         return b
 
-    def raw(self, msg):
-        """Sends one kvpool message; returns the kvpool reply bytes."""
+    def framed(self, msg):
+        """One kvpool message as an SP frame with the next SP request id:
+        (the frame, the id's bytes)."""
         sp = struct.pack(">I", self.sp_id)
         self.sp_id += 1
-        self.s.sendall(b"\x01" + struct.pack(">Q", len(sp) + len(msg)) + sp + msg)
+        return b"\x01" + struct.pack(">Q", len(sp) + len(msg)) + sp + msg, sp
+
+    def message(self, op, body):
+        """A kvpool request of op with the next request id."""
+        self.rid += 1
+        return struct.pack("<IHHII", MAGIC, 1, op, self.rid, len(body)) + body
+
+    def raw(self, msg):
+        """Sends one kvpool message; returns the kvpool reply bytes."""
+        frame, sp = self.framed(msg)
+        self.s.sendall(frame)
         kind, n = struct.unpack(">BQ", self._read(9))
         assert kind == 1
         payload = self._read(n)
@@ -58,8 +69,7 @@ class Conn:
         return payload[4:]
 
     def call(self, op, body):
-        self.rid += 1
-        rep = self.raw(struct.pack("<IHHII", MAGIC, 1, op, self.rid, len(body)) + body)
+        rep = self.raw(self.message(op, body))
         magic, ver, rop, rid, blen = struct.unpack("<IHHII", rep[:16])
         assert (magic, ver, rid, blen) == (MAGIC, 1, self.rid, len(rep) - 16)
         assert rop in (op | REPLY, ERROR), hex(rop)
@@ -372,11 +382,7 @@ def test_a_peer_that_leaves_during_the_handshake_does_not_lock_clients_out(daemo
 
 def pipelined(c, op, body):
     """One framed request of c's, to send without waiting for its reply."""
-    sp = struct.pack(">I", c.sp_id)
-    c.sp_id += 1
-    c.rid += 1
-    msg = struct.pack("<IHHII", MAGIC, 1, op, c.rid, len(body)) + body
-    return b"\x01" + struct.pack(">Q", len(sp) + len(msg)) + sp + msg
+    return c.framed(c.message(op, body))[0]
 
 
 def stuck_peer(sock, requests, ready, hold):
