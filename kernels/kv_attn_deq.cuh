@@ -89,27 +89,51 @@ __device__ __forceinline__ uint32_t e4m3x2_f16x2_hi(uint32_t x)
 #endif
 }
 
-/* FP4: nibbles at bits [4p, 4p+4) and [16+4p, 20+4p) of x -> bf16x2 of
- * value * 2^-126 (the e=0 code 0.5 becomes the bf16 subnormal 2^-127): the
- * sign goes to bit 15 (31), the exponent and mantissa bits to bits 8..6
- * (24..22).  The sign has to move 6 bits further than the rest, so one
- * multiply by 2^a + 2^b moves the isolated nibbles both ways at once (the
- * two copies do not overlap: no carries) and a mask keeps the wanted bits:
- * two logic ops and one IMAD per pair instead of two shifts and two logic
- * ops, and the IMAD runs on the FMA pipe, not on the integer ALU that the
- * unpack saturates.  p = 2, 3 are p = 0, 1 of x >> 8 (one shift shared by
- * both).  Equal to the shift-and-mask form for all 2^32 words (checked
- * once on the CPU); host-callable so that tests/attn/test_fp4_unpack.cu
- * checks it against the codec's decode in CI. */
-template <int P>
-__host__ __device__ __forceinline__ uint32_t fp4pair(uint32_t x)
+/* FP4: the four pairs of a word x of 8 codes -> bf16x2 of value * 2^-126
+ * (the e=0 code 0.5 becomes the bf16 subnormal 2^-127): pair P holds
+ * nibbles P and P+4, the code at bits [4P, 4P+4) in the low half and the
+ * one at [16+4P, 20+4P) in the high half, each with its sign at bit 15
+ * (31) and its exponent and mantissa bits at 8..6 (24..22).
+ *
+ * In x a sign sits 3 bits above its magnitude; bf16 wants it 9 bits above.
+ * So two words are built where every sign already sits 9 bits above its
+ * own magnitude, by one bit-select (LOP3) each: w23 takes the magnitudes of
+ * nibbles 2, 3, 6, 7 from x >> 6 and their signs from x, w01 those of
+ * nibbles 0, 1, 4, 5 from x and their signs from x << 6.  The bits between
+ * are left as they fall: the shift that places a pair (none for pair 3, 4
+ * for pair 2, 2 and 6 for pairs 1 and 0) never brings them under the mask.
+ * 11 operations for 4 pairs, and the unpack is what limits the fp4 kernel
+ * (the integer ALU pipe the busiest): 7 of them logic ops or one right
+ * shift on that pipe, 4 left shifts that the compiler issues as IMAD.SHL
+ * on the FMA pipe.  The form that isolated each pair and placed its sign
+ * and magnitude with one multiply took 13 (9 on the ALU pipe); this one
+ * runs the fp4 kernel 3-5% faster (H200, docs/benchmarks.md "fp4: the
+ * unpack on two pipes").  Host-callable so that tests/attn/test_fp4_unpack.cu
+ * checks it against the codec in CI (test_conv_exhaustive checks the
+ * device code on all 2^32 words). */
+template <uint32_t C>
+__host__ __device__ __forceinline__ uint32_t bsel(uint32_t a, uint32_t b) /* a where C is set, else b */
 {
-        if constexpr (P >= 2) {
-                return fp4pair<P - 2>(x >> 8);
-        } else {
-                const uint32_t u = x & (0x000F000Fu << (4 * P));
-                return (u * ((1u << (12 - 4 * P)) + (1u << (6 - 4 * P)))) & 0x81C081C0u;
-        }
+#ifdef __CUDA_ARCH__
+        /* written out: the compiler splits a select by an immediate into
+         * two LOP3 */
+        uint32_t r;
+        asm("lop3.b32 %0, %1, %2, %3, 0xE2;" : "=r"(r) : "r"(a), "n"(C), "r"(b));
+        return r;
+#else
+        return (a & C) | (b & ~C);
+#endif
+}
+
+__host__ __device__ __forceinline__ void fp4quad(uint32_t x, uint32_t (&o)[4])
+{
+        constexpr uint32_t M = 0x81C081C0u; /* sign, exponent low bits, mantissa top bit of each half */
+        const uint32_t w23 = bsel<0x01DC01DCu>(x >> 6, x);
+        o[3] = w23 & M;
+        o[2] = (w23 << 4) & M;
+        const uint32_t w01 = bsel<0x00770077u>(x, x << 6);
+        o[1] = (w01 << 2) & M;
+        o[0] = (w01 << 6) & M;
 }
 
 /* E8M0 byte s -> the bf16 exponent field of 2^(s-65) (normal for every s;
@@ -147,7 +171,7 @@ __device__ __forceinline__ uint32_t bmul2(uint32_t a, uint32_t b)
 }
 
 /* Local K element order: pair j of the thread's D/4 dims holds elements
- * (kel<DT>(2j), kel<DT>(2j+1)).  Identity except fp4 (see fp4pair). */
+ * (kel<DT>(2j), kel<DT>(2j+1)).  Identity except fp4 (see fp4quad). */
 template <int DT>
 __device__ __forceinline__ constexpr int kel(int i)
 {
@@ -183,10 +207,11 @@ __device__ __forceinline__ void deq_k(const uint32_t (&w)[D / 4 * dtraits<DT>::b
 #pragma unroll
                 for (int i = 0; i < D / 32; i++) {
                         const uint32_t m2 = fp4mul2((sc >> (8 * (i / 2))) & 0xFFu);
-                        kp[4 * i + 0] = bmul2(fp4pair<0>(w[i]), m2);
-                        kp[4 * i + 1] = bmul2(fp4pair<1>(w[i]), m2);
-                        kp[4 * i + 2] = bmul2(fp4pair<2>(w[i]), m2);
-                        kp[4 * i + 3] = bmul2(fp4pair<3>(w[i]), m2);
+                        uint32_t q[4];
+                        fp4quad(w[i], q);
+#pragma unroll
+                        for (int P = 0; P < 4; P++)
+                                kp[4 * i + P] = bmul2(q[P], m2);
                 }
         }
 }
@@ -230,14 +255,14 @@ __device__ __forceinline__ void deq_v(const uint32_t (&a)[D / 8 * dtraits<DT>::b
                         const uint32_t m = fp4mul2((sa >> (8 * blk)) & 0xFFu, (sb >> (8 * blk)) & 0xFFu);
                         const uint32_t xl = prmt(a[i], b[i], 0x5410u); /* dims 8i..8i+3 of a | of b */
                         const uint32_t xh = prmt(a[i], b[i], 0x7632u); /* dims 8i+4..8i+7 */
-                        vp[8 * i + 0] = bmul2(fp4pair<0>(xl), m);
-                        vp[8 * i + 1] = bmul2(fp4pair<1>(xl), m);
-                        vp[8 * i + 2] = bmul2(fp4pair<2>(xl), m);
-                        vp[8 * i + 3] = bmul2(fp4pair<3>(xl), m);
-                        vp[8 * i + 4] = bmul2(fp4pair<0>(xh), m);
-                        vp[8 * i + 5] = bmul2(fp4pair<1>(xh), m);
-                        vp[8 * i + 6] = bmul2(fp4pair<2>(xh), m);
-                        vp[8 * i + 7] = bmul2(fp4pair<3>(xh), m);
+                        uint32_t ql[4], qh[4];
+                        fp4quad(xl, ql);
+                        fp4quad(xh, qh);
+#pragma unroll
+                        for (int P = 0; P < 4; P++) {
+                                vp[8 * i + P] = bmul2(ql[P], m);
+                                vp[8 * i + 4 + P] = bmul2(qh[P], m);
+                        }
                 }
         }
 }

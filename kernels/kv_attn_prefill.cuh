@@ -33,7 +33,7 @@
  * the compute tiles, quantized pools into a raw stage that all threads then
  * dequantize into the compute tiles (the conversions of kv_attn_deq.cuh,
  * exact; fp4 pairs land as elements (i, i+4) of each group of 8, the order
- * fp4pair produces, and q is stored in the same order so the dot products
+ * fp4quad produces, and q is stored in the same order so the dot products
  * see matching dims; the output undoes it).  Keys past the split, past the
  * CTA's last horizon or on a page id outside [0, num_pages) are zero-filled
  * and masked.  Each warp then computes, per m-tile, with g = lane/4, t =

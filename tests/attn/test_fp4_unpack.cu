@@ -1,7 +1,7 @@
 /* test_fp4_unpack.cu - the attention kernel's FP4 bit placement
- * (kv_attn_deq.cuh: fp4pair, fp4mul, fp4mul2) on the CPU, against the codec.
+ * (kv_attn_deq.cuh: fp4quad, fp4mul, fp4mul2) on the CPU, against the codec.
  *
- * fp4pair<P>(x) turns nibbles P and P+4 of a packed word into a bf16x2 of
+ * fp4quad(x) turns nibbles P and P+4 of a packed word into pair P, a bf16x2 of
  * value * 2^-126 (low half from nibble P); the nibbles around them must not
  * leak in.  The reference is kv_e2m1_to_f32 (kv_codec.h) times 2^-126 as a
  * float, whose top 16 bits are that bf16 exactly (the values have at most
@@ -38,28 +38,16 @@ static uint32_t want_pair(uint32_t x, int p)
         return half_of[(x >> (4 * p)) & 0xFu] | half_of[(x >> (16 + 4 * p)) & 0xFu] << 16;
 }
 
-static uint32_t got_pair(uint32_t x, int p)
-{
-        switch (p) {
-        case 0:
-                return kva::fp4pair<0>(x);
-        case 1:
-                return kva::fp4pair<1>(x);
-        case 2:
-                return kva::fp4pair<2>(x);
-        default:
-                return kva::fp4pair<3>(x);
-        }
-}
-
 static unsigned long long failures;
 
 static void check_word(uint32_t x)
 {
+        uint32_t q[4];
+        kva::fp4quad(x, q);
         for (int p = 0; p < 4; p++) {
-                const uint32_t g = got_pair(x, p), w = want_pair(x, p);
-                if (g != w && failures++ < 10)
-                        fprintf(stderr, "fp4pair<%d>(0x%08x) = 0x%08x, want 0x%08x\n", p, x, g, w);
+                const uint32_t w = want_pair(x, p);
+                if (q[p] != w && failures++ < 10)
+                        fprintf(stderr, "fp4quad(0x%08x)[%d] = 0x%08x, want 0x%08x\n", x, p, q[p], w);
         }
 }
 

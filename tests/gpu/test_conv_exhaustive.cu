@@ -15,7 +15,8 @@
  * checked against a division in double rounded once to float (exact for
  * float operands).  Also the attention kernels' e4m3 pair decode
  * (kv_attn_deq.cuh), the low pair of a word and the high pair read in
- * place, on every 32-bit word.  Any difference is a failure, with the first
+ * place, on every 32-bit word, and its fp4 unpack of a word into four
+ * bf16x2 pairs (fp4quad) on every word.  Any difference is a failure, with the first
  * inputs. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,6 +224,31 @@ __global__ void sweep_e4m3_deq(mism *m)
         }
 }
 
+/* fp4quad: the four bf16x2 pairs of a word (nibbles P and P+4 -> pair P),
+ * each half value * 2^-126 of the codec's e2m1 decode (as test_fp4_unpack
+ * checks on the CPU, here with the device's rotations and LOP3) over every
+ * word x */
+__device__ __forceinline__ uint32_t e2m1_bf16_scaled(uint32_t nibble)
+{
+        return __float_as_uint(kv_e2m1_to_f32((uint8_t)nibble) * 0x1p-126f) >> 16;
+}
+
+__global__ void sweep_fp4quad(mism *m)
+{
+        for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < (1ull << 32);
+             i += (uint64_t)gridDim.x * blockDim.x) {
+                const uint32_t x = (uint32_t)i;
+                uint32_t q[4];
+                kva::fp4quad(x, q);
+                bool ok = true;
+                for (int p = 0; p < 4; p++)
+                        ok = ok && q[p] == (e2m1_bf16_scaled((x >> (4 * p)) & 0xFu) |
+                                            e2m1_bf16_scaled((x >> (16 + 4 * p)) & 0xFu) << 16);
+                if (!ok)
+                        record(m, x);
+        }
+}
+
 static int run(const char *name, void (*launch)(mism *), mism *dm)
 {
         mism h;
@@ -258,6 +284,7 @@ static void l_fp4(mism *m) { random_blocks<<<G, B>>>(m, 1ull << 24); }
 static void l_fp4bf(mism *m) { sweep_fp4h<KVC_ELEM_BF16><<<G, B>>>(m); }
 static void l_fp4hf(mism *m) { sweep_fp4h<KVC_ELEM_F16><<<G, B>>>(m); }
 static void l_e4deq(mism *m) { sweep_e4m3_deq<<<G, B>>>(m); }
+static void l_fp4q(mism *m) { sweep_fp4quad<<<G, B>>>(m); }
 
 int main(void)
 {
@@ -283,6 +310,8 @@ int main(void)
                  l_fp4hf, dm);
         f += run("attention e4m3x2 -> f16x2, low pair and high pair in place, vs kv_e4m3_to_f32, all 2^32",
                  l_e4deq, dm);
+        f += run("attention fp4 word -> four bf16x2 pairs (fp4quad) vs kv_e2m1_to_f32 * 2^-126, all 2^32", l_fp4q,
+                 dm);
         {
                 /* the fast fp8 division over every x, at typical scales,
                  * awkward mantissas and both ends of its range */
