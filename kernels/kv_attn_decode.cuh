@@ -85,10 +85,6 @@
 #include "kv_attn_deq.cuh"
 #include "kv_attn_ring.cuh"
 
-#ifndef KVA_LAZY
-#define KVA_LAZY 8 /* > 0: the softmax max moves only by more than this (log2 units); 0: on every rise */
-#endif
-
 namespace kva {
 
 /* out[i] = v rounded to the output type (p.elem: bf16 or f16). */
@@ -414,39 +410,6 @@ attn_kernel(const params p)
                         mt0 = fmaxf(mt0, __shfl_xor_sync(0xFFFFFFFFu, mt0, o));
                         mt1 = fmaxf(mt1, __shfl_xor_sync(0xFFFFFFFFu, mt1, o));
                 }
-#if KVA_LAZY
-                /* the max the exponentials are taken against (m) moves only
-                 * when some head's tile max passes it by more than KVA_LAZY
-                 * (log2 units): p and the sums may then reach 2^KVA_LAZY,
-                 * which bf16/f16 P and the f32 sums hold as exactly as
-                 * values near 1, and the accumulators are rescaled on far
-                 * fewer tiles.  m, l and acc stay consistent, so the merge
-                 * and the splits' reduction take m as the reference max */
-                if (__any_sync(0xFFFFFFFFu, mt0 > m0 + KVA_LAZY || mt1 > m1 + KVA_LAZY)) {
-                        const float mn0 = fmaxf(m0, mt0), mn1 = fmaxf(m1, mt1);
-                        const float alpha0 = ex2(m0 - mn0), alpha1 = ex2(m1 - mn1);
-                        m0 = mn0;
-                        m1 = mn1;
-                        l0 *= alpha0;
-                        l1 *= alpha1;
-#pragma unroll
-                        for (int mt2 = 0; mt2 < KC; mt2++) {
-                                acc[mt2][0] *= alpha0;
-                                acc[mt2][1] *= alpha1;
-                                acc[mt2][2] *= alpha0;
-                                acc[mt2][3] *= alpha1;
-                        }
-                }
-                float pr[4];
-                pr[0] = ex2(x[0] - m0);
-                pr[1] = ex2(x[1] - m1);
-                pr[2] = ex2(x[2] - m0);
-                pr[3] = ex2(x[3] - m1);
-                l0 += pr[0] + pr[2];
-                l1 += pr[1] + pr[3];
-                const uint32_t pb0 = movt(pack2<BF>(pr[0], pr[1]));
-                const uint32_t pb1 = movt(pack2<BF>(pr[2], pr[3]));
-#else
                 const float mn0 = fmaxf(m0, mt0), mn1 = fmaxf(m1, mt1);
                 const float alpha0 = ex2(m0 - mn0), alpha1 = ex2(m1 - mn1);
                 m0 = mn0;
@@ -477,7 +440,6 @@ attn_kernel(const params p)
                                 acc[mt2][3] *= alpha1;
                         }
                 }
-#endif
 
                 /* ---- O^T += V^T P^T; keys that do not exist were
                  * zero-filled, so their V is 0 and their p is 0 */
