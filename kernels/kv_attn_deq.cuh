@@ -107,8 +107,8 @@ __device__ __forceinline__ uint32_t e4m3x2_f16x2_hi(uint32_t x)
  * shift on that pipe, 4 left shifts that the compiler issues as IMAD.SHL
  * on the FMA pipe.  The form that isolated each pair and placed its sign
  * and magnitude with one multiply took 13 (9 on the ALU pipe); this one
- * runs the fp4 kernel 3-5% faster (H200, docs/benchmarks.md "fp4: the
- * unpack on two pipes").  Host-callable so that tests/attn/test_fp4_unpack.cu
+ * runs the fp4 kernel 3.3-4.7% faster at 8 of issue 5's 9 shapes (H200,
+ * docs/benchmarks.md "fp4: the unpack on two pipes").  Host-callable so that tests/attn/test_fp4_unpack.cu
  * checks it against the codec in CI (test_conv_exhaustive checks the
  * device code on all 2^32 words). */
 template <uint32_t C>
