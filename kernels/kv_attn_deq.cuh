@@ -97,7 +97,7 @@ __device__ __forceinline__ uint32_t e4m3x2_f16x2_hi(uint32_t x)
  *
  * In x a sign sits 3 bits above its magnitude; bf16 wants it 9 bits above.
  * So two words are built where every sign already sits 9 bits above its
- * own magnitude, by one bit-select (LOP3) each: w23 takes the magnitudes of
+ * own magnitude, by one bit-select (LOP3, kvk::bitsel) each: w23 takes the magnitudes of
  * nibbles 2, 3, 6, 7 from x >> 6 and their signs from x, w01 those of
  * nibbles 0, 1, 4, 5 from x and their signs from x << 6.  The bits between
  * are left as they fall: the shift that places a pair (none for pair 3, 4
@@ -111,27 +111,13 @@ __device__ __forceinline__ uint32_t e4m3x2_f16x2_hi(uint32_t x)
  * docs/benchmarks.md "fp4: the unpack on two pipes").  Host-callable so that tests/attn/test_fp4_unpack.cu
  * checks it against the codec in CI (test_conv_exhaustive checks the
  * device code on all 2^32 words). */
-template <uint32_t C>
-__host__ __device__ __forceinline__ uint32_t bsel(uint32_t a, uint32_t b) /* a where C is set, else b */
-{
-#ifdef __CUDA_ARCH__
-        /* written out: the compiler splits a select by an immediate into
-         * two LOP3 */
-        uint32_t r;
-        asm("lop3.b32 %0, %1, %2, %3, 0xE2;" : "=r"(r) : "r"(a), "n"(C), "r"(b));
-        return r;
-#else
-        return (a & C) | (b & ~C);
-#endif
-}
-
 __host__ __device__ __forceinline__ void fp4quad(uint32_t x, uint32_t (&o)[4])
 {
         constexpr uint32_t M = 0x81C081C0u; /* sign, exponent low bits, mantissa top bit of each half */
-        const uint32_t w23 = bsel<0x01DC01DCu>(x >> 6, x);
+        const uint32_t w23 = kvk::bitsel(0x01DC01DCu, x >> 6, x);
         o[3] = w23 & M;
         o[2] = (w23 << 4) & M;
-        const uint32_t w01 = bsel<0x00770077u>(x, x << 6);
+        const uint32_t w01 = kvk::bitsel(0x00770077u, x, x << 6);
         o[1] = (w01 << 2) & M;
         o[0] = (w01 << 6) & M;
 }

@@ -87,6 +87,19 @@ __host__ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32
 #endif
 }
 
+/* (a & m) | (b & ~m): one LOP3 (ptxas does not always find it, and splits
+ * a select by a constant m into two). */
+__host__ __device__ __forceinline__ uint32_t bitsel(uint32_t m, uint32_t a, uint32_t b)
+{
+#ifdef __CUDA_ARCH__
+        uint32_t r;
+        asm("lop3.b32 %0, %1, %2, %3, 0xE4;" : "=r"(r) : "r"(a), "r"(b), "r"(m));
+        return r;
+#else
+        return (a & m) | (b & ~m);
+#endif
+}
+
 /* ---- device conversions proven equal to the codec -------------------------
  * Each of these equals the kv_codec.h function named beside it on EVERY
  * input (tests/gpu/test_conv_exhaustive.cu runs all 2^32 float patterns, or

@@ -194,18 +194,6 @@ __host__ __device__ __forceinline__ uint32_t bf2_fma(uint32_t a, uint32_t b, uin
 #endif
 }
 
-/* (a & m) | (b & ~m): one LOP3 (ptxas does not always find it). */
-__host__ __device__ __forceinline__ uint32_t bitsel(uint32_t m, uint32_t a, uint32_t b)
-{
-#ifdef __CUDA_ARCH__
-        uint32_t r;
-        asm("lop3.b32 %0, %1, %2, %3, 0xE4;" : "=r"(r) : "r"(a), "r"(b), "r"(m));
-        return r;
-#else
-        return (a & m) | (b & ~m);
-#endif
-}
-
 /* A block of 16-bit values (raw words) the fast paths do not handle, through
  * the codec's own encoder. */
 template <int E>
