@@ -97,20 +97,21 @@ __device__ __forceinline__ uint32_t e4m3x2_f16x2_hi(uint32_t x)
  *
  * In x a sign sits 3 bits above its magnitude; bf16 wants it 9 bits above.
  * So two words are built where every sign already sits 9 bits above its
- * own magnitude, by one bit-select (LOP3, kvk::bitsel) each: w23 takes the magnitudes of
- * nibbles 2, 3, 6, 7 from x >> 6 and their signs from x, w01 those of
- * nibbles 0, 1, 4, 5 from x and their signs from x << 6.  The bits between
- * are left as they fall: the shift that places a pair (none for pair 3, 4
- * for pair 2, 2 and 6 for pairs 1 and 0) never brings them under the mask.
- * 11 operations for 4 pairs, and the unpack is what limits the fp4 kernel
- * (the integer ALU pipe the busiest): 7 of them logic ops or one right
- * shift on that pipe, 4 left shifts that the compiler issues as IMAD.SHL
- * on the FMA pipe.  The form that isolated each pair and placed its sign
- * and magnitude with one multiply took 13 (9 on the ALU pipe); this one
- * runs the fp4 kernel 3.3-4.7% faster at 8 of issue 5's 9 shapes (H200,
- * docs/benchmarks.md "fp4: the unpack on two pipes").  Host-callable so that tests/attn/test_fp4_unpack.cu
- * checks it against the codec in CI (test_conv_exhaustive checks the
- * device code on all 2^32 words). */
+ * own magnitude, by one bit-select (LOP3, kvk::bitsel) each: w23 takes the
+ * magnitudes of nibbles 2, 3, 6, 7 from x >> 6 and their signs from x,
+ * w01 those of nibbles 0, 1, 4, 5 from x and their signs from x << 6.  The
+ * bits between are left as they fall: the shift that places a pair (none
+ * for pair 3, 4 for pair 2, 2 and 6 for pairs 1 and 0) never brings them
+ * under the mask.  11 operations for 4 pairs, and the unpack is what
+ * limits the fp4 kernel (the integer ALU pipe the busiest): 7 of them
+ * logic ops or one right shift on that pipe, 4 left shifts that the
+ * compiler issues as IMAD.SHL on the FMA pipe.  The form that isolated
+ * each pair and placed its sign and magnitude with one multiply took 13
+ * (9 on the ALU pipe); this one runs the fp4 kernel 3.3-4.7% faster at 8
+ * of issue 5's 9 shapes (H200, docs/benchmarks.md "fp4: the unpack on two
+ * pipes").  Host-callable so that tests/attn/test_fp4_unpack.cu checks it
+ * against the codec in CI (test_conv_exhaustive checks the device code on
+ * all 2^32 words). */
 __host__ __device__ __forceinline__ void fp4quad(uint32_t x, uint32_t (&o)[4])
 {
         constexpr uint32_t M = 0x81C081C0u; /* sign, exponent low bits, mantissa top bit of each half */

@@ -16,8 +16,8 @@
  * float operands).  Also the attention kernels' e4m3 pair decode
  * (kv_attn_deq.cuh), the low pair of a word and the high pair read in
  * place, on every 32-bit word, and its fp4 unpack of a word into four
- * bf16x2 pairs (fp4quad) on every word.  Any difference is a failure, with the first
- * inputs. */
+ * bf16x2 pairs (fp4quad) on every word.  Any difference is a failure, with
+ * the first inputs. */
 #include <stdio.h>
 #include <stdlib.h>
 #include "kv_cuda_common.cuh"
@@ -226,7 +226,7 @@ __global__ void sweep_e4m3_deq(mism *m)
 
 /* fp4quad: the four bf16x2 pairs of a word (nibbles P and P+4 -> pair P),
  * each half value * 2^-126 of the codec's e2m1 decode (as test_fp4_unpack
- * checks on the CPU, here with the device's rotations and LOP3) over every
+ * checks on the CPU, here with the device's shifts and LOP3) over every
  * word x */
 __device__ __forceinline__ uint32_t e2m1_bf16_scaled(uint32_t nibble)
 {
