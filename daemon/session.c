@@ -17,6 +17,7 @@ struct kvd_sessions {
         uint32_t             mask;  /* slots - 1 (power of two) */
         uint32_t             count;
         uint32_t             next_id;
+        int                  wrapped; /* next_id has wrapped: ids may be live */
         uint32_t             removed[REMOVED_RING];
         uint32_t             removed_pos;
 };
@@ -99,6 +100,43 @@ static int grow(struct kvd_sessions *t)
         return 0;
 }
 
+static int id_live(const struct kvd_sessions *t, uint32_t id)
+{
+        for (uint32_t i = 0; i <= t->mask; i++)
+                if (t->slots[i] && t->slots[i]->id == id)
+                        return 1;
+        return 0;
+}
+
+/* The next session id.  Never 0 ("none") or UINT32_MAX (the page table's
+ * mark of an unused key, pages.c and u32map.h), and, once the counter has
+ * wrapped after 2^32 - 2 connections, never the id of a live session: the
+ * page table keys a session's references by its id, so a second session
+ * with the same id could free the first one's pages, and its close would
+ * drop them while their owner still uses them.  A live id is skipped with
+ * a scan of the table, only after the wrap; fewer sessions than ids are
+ * live, so the search ends. */
+static uint32_t fresh_id(struct kvd_sessions *t)
+{
+        for (;;) {
+                const uint32_t id = t->next_id++;
+                if (t->next_id == 0 || t->next_id == UINT32_MAX) {
+                        t->next_id = 1;
+                        t->wrapped = 1;
+                }
+                if (!t->wrapped || !id_live(t, id))
+                        return id;
+        }
+}
+
+void kvd_sessions_set_next_id(struct kvd_sessions *t, uint32_t id)
+{
+        if (id != 0 && id != UINT32_MAX) {
+                t->next_id = id;
+                t->wrapped = 1; /* the ids from here on may be live */
+        }
+}
+
 int kvd_sessions_add(struct kvd_sessions *t, uint32_t pipe_id, struct kvd_session **ret)
 {
         struct kvd_session *s = kvd_sessions_find(t, pipe_id);
@@ -118,11 +156,7 @@ int kvd_sessions_add(struct kvd_sessions *t, uint32_t pipe_id, struct kvd_sessio
         if (!(s = calloc(1, sizeof(*s))))
                 return -ENOMEM;
         s->pipe_id = pipe_id;
-        s->id = t->next_id++;
-        /* 2^32 - 2 connections: wrap, skipping 0 ("none") and UINT32_MAX,
-         * the page table's mark of an unused key (pages.c, u32map.h) */
-        if (t->next_id == 0 || t->next_id == UINT32_MAX)
-                t->next_id = 1;
+        s->id = fresh_id(t);
         s->pid = -1;
         s->uid = -1;
         s->conn_fd = -1;

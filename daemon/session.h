@@ -44,7 +44,8 @@ void kvd_sessions_free(struct kvd_sessions *t);
 struct kvd_session *kvd_sessions_find(struct kvd_sessions *t, uint32_t pipe_id);
 
 /* Creates the session of pipe_id with a fresh session id (never 0, never
- * reused within a run), or returns the existing one.  Returns -ESTALE when
+ * the id of a live session: ids wrap only after 2^32 - 2 connections, and
+ * then skip the live ones), or returns the existing one.  Returns -ESTALE when
  * pipe_id was removed recently (a late message from a closed pipe must not
  * resurrect its session), -ENOMEM on allocation failure. */
 int kvd_sessions_add(struct kvd_sessions *t, uint32_t pipe_id, struct kvd_session **ret);
@@ -54,6 +55,11 @@ int kvd_sessions_add(struct kvd_sessions *t, uint32_t pipe_id, struct kvd_sessio
 struct kvd_session *kvd_sessions_remove(struct kvd_sessions *t, uint32_t pipe_id);
 
 uint32_t kvd_sessions_count(const struct kvd_sessions *t);
+
+/* For tests: the id the next kvd_sessions_add tries first (0 and
+ * UINT32_MAX are ignored; live ids are skipped from then on), so that the
+ * wrap of the counter can be reached without 2^32 connections. */
+void kvd_sessions_set_next_id(struct kvd_sessions *t, uint32_t id);
 
 /* Iteration: *cursor starts at 0; returns the next session or NULL at the
  * end.  The table must not change during an iteration. */

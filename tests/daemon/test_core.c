@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include "config.h"
+#include "pages.h"
 #include "pool.h"
 #include "session.h"
 
@@ -95,6 +96,46 @@ Test(sessions, add_is_idempotent_and_late_messages_do_not_resurrect)
         cr_assert_eq(kvd_sessions_count(t), 0);
         kvd_sessions_free(t);
         kvd_sessions_free(NULL);
+}
+
+/* The counter wraps after 2^32 - 2 connections (reached here with the test
+ * hook): a new session must not get the id of a live one, or it would
+ * share that session's page references in the page table, free them, and
+ * drop them all when it closes. */
+Test(sessions, ids_skip_live_sessions_after_the_counter_wraps)
+{
+        struct kvd_sessions *t;
+        struct kvd_session  *a, *b, *c, *d, *e, *f;
+        struct kvd_pages    *pg;
+        uint32_t             ids[4];
+
+        cr_assert_eq(kvd_sessions_new(&t), 0);
+        cr_assert_eq(kvd_pages_new(16, NULL, &pg), 0);
+        cr_assert_eq(kvd_sessions_add(t, 10, &a), 0); /* a long-lived worker */
+        cr_assert_eq(kvd_sessions_add(t, 11, &b), 0);
+        cr_assert_eq(a->id, 1);
+        cr_assert_eq(b->id, 2);
+        cr_assert_eq(kvd_pages_alloc(pg, a->id, 4, ids), 0);
+        kvd_sessions_set_next_id(t, UINT32_MAX - 2); /* 2^32 - 5 connections later */
+        cr_assert_eq(kvd_sessions_add(t, 12, &c), 0);
+        cr_assert_eq(kvd_sessions_add(t, 13, &d), 0);
+        cr_assert_eq(c->id, UINT32_MAX - 2);
+        cr_assert_eq(d->id, UINT32_MAX - 1, "UINT32_MAX marks an unused key in the page table");
+        cr_assert_eq(kvd_sessions_add(t, 14, &e), 0);
+        cr_assert_eq(e->id, 3, "after the wrap, ids 1 and 2 are live and must be skipped, got %u", e->id);
+        /* the new session cannot free the worker's pages, and its close
+         * leaves them held */
+        cr_assert_lt(kvd_pages_release(pg, e->id, 4, ids), 0);
+        kvd_pages_drop_session(pg, e->id);
+        free(kvd_sessions_remove(t, 14));
+        cr_assert_eq(kvd_pages_session_count(pg, a->id), 4);
+        /* a closed session's id may be taken again: it holds nothing */
+        free(kvd_sessions_remove(t, 11));
+        kvd_sessions_set_next_id(t, 1);
+        cr_assert_eq(kvd_sessions_add(t, 15, &f), 0);
+        cr_assert_eq(f->id, 2, "1 is live, 2 was closed: got %u", f->id);
+        kvd_pages_free(pg);
+        kvd_sessions_free(t);
 }
 
 /* ---- pools on the host backend --------------------------------------------------- */
