@@ -48,7 +48,9 @@ struct kv_attn_call {
 
 /* Checks every host-visible argument of an attention call against the pool:
  * pool view (base, geometry, fp8 scales), layer, elem (BF16 or F16), q/out
- * non-NULL, Hq a positive multiple of kv_heads and at most
+ * non-NULL and 2-byte aligned when there are rows, page_table, seq_lens,
+ * qo_indptr and their host copies 4-byte aligned (before any is read),
+ * Hq a positive multiple of kv_heads and at most
  * KV_ATTN_MAX_Q_HEADS, sm_scale finite, max_pages * page_size <= 2^31-1, a
  * page table whenever max_pages > 0, every
  * seq_len in [0, max_pages*page_size], for extend qo_indptr[0] = 0,

@@ -275,11 +275,6 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 return r;
         if (rows == 0)
                 return 0;
-        if (((uintptr_t)c->q | (uintptr_t)c->out) & 1u)
-                return kv_fail(-EINVAL, msg, msglen, "%s: q or out is not 2-byte aligned", c->op);
-        if (((uintptr_t)c->page_table | (uintptr_t)c->seq_lens | (uintptr_t)c->qo_indptr) & 3u)
-                return kv_fail(-EINVAL, msg, msglen, "%s: page_table, seq_lens or qo_indptr is not 4-byte aligned",
-                               c->op);
 
         const struct kv_layout *L = &pv->layout;
         const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;

@@ -89,6 +89,13 @@ int kv_attn_check(const struct kv_pool_view *p, const struct kv_attn_call *c, bo
                 *ret_max_len = 0;
                 return 0;
         }
+        /* the index arrays are read as int32 (here the host copies, on a
+         * host pool every one): natural alignment, or the reads are
+         * undefined behaviour; the CUDA kernels ask for the same */
+        if (((uintptr_t)c->page_table | (uintptr_t)c->seq_lens | (uintptr_t)c->qo_indptr |
+             (uintptr_t)c->seq_lens_host | (uintptr_t)c->qo_indptr_host) & 3u)
+                return kv_fail(-EINVAL, msg, msglen, "%s: page_table, seq_lens or qo_indptr is not 4-byte aligned",
+                               op);
         const int32_t *lens = c->seq_lens_host;
         if (!lens)
                 return kv_fail(-EINVAL, msg, msglen, "%s: seq_lens_host is NULL (the host copy of seq_lens is required)",
@@ -135,6 +142,8 @@ int kv_attn_check(const struct kv_pool_view *p, const struct kv_attn_call *c, bo
         const uint32_t rows = ext ? (uint32_t)c->qo_indptr_host[c->batch] : c->batch;
         if (rows > 0 && (!c->q || !c->out))
                 return kv_fail(-EINVAL, msg, msglen, "%s: %s is NULL", op, !c->q ? "q" : "out");
+        if (rows > 0 && (((uintptr_t)c->q | (uintptr_t)c->out) & 1u))
+                return kv_fail(-EINVAL, msg, msglen, "%s: q or out is not 2-byte aligned", op);
         if (read_pages) {
                 for (uint32_t b = 0; b < c->batch; b++) {
                         uint32_t np = ((uint32_t)lens[b] + P - 1) / P;
@@ -172,31 +181,56 @@ static void store_out(void *out, enum kvc_elem e, uint64_t i, float v)
         ((uint16_t *)out)[i] = e == KVC_ELEM_BF16 ? kv_f32_to_bf16(v) : kv_f32_to_f16(v);
 }
 
+/* Scratch of one sequence: its dequantized K and V, scores, one row's
+ * accumulator and q, sized for the longest sequence of the call. */
+struct scratch {
+        float *K, *V, *s, *acc, *q;
+};
+
+static void scratch_free(struct scratch *w)
+{
+        free(w->K);
+        free(w->V);
+        free(w->s);
+        free(w->acc);
+        free(w->q);
+}
+
+/* Allocated before any output is written, so that a call the host cannot
+ * hold fails with out untouched; -ENOMEM also where len * D floats would
+ * not fit a size_t (32-bit hosts). */
+static int scratch_new(uint32_t max_len, uint32_t D, struct scratch *w)
+{
+        memset(w, 0, sizeof(*w));
+        if ((uint64_t)max_len * D > SIZE_MAX / sizeof(float))
+                return -ENOMEM;
+        const size_t n = (max_len > 0 ? max_len : 1);
+        w->K = malloc(n * D * sizeof(float));
+        w->V = malloc(n * D * sizeof(float));
+        w->s = malloc(n * sizeof(float));
+        w->acc = malloc((size_t)D * sizeof(float));
+        w->q = malloc((size_t)D * sizeof(float));
+        if (!w->K || !w->V || !w->s || !w->acc || !w->q) {
+                scratch_free(w);
+                return -ENOMEM;
+        }
+        return 0;
+}
+
 /* Attention of sequence b's query rows [r0, r0+n) over its first len keys,
- * row r0+i seeing keys [0, len - n + i] (decode: n = 1, sees all). */
-static int attend_seq(const struct kv_pool_view *p, const struct kv_attn_call *c, uint32_t b,
-                      uint32_t r0, uint32_t n, uint32_t len)
+ * row r0+i seeing keys [0, len - n + i] (decode: n = 1, sees all); sc holds
+ * at least len keys. */
+static void attend_seq(const struct kv_pool_view *p, const struct kv_attn_call *c, uint32_t b,
+                       uint32_t r0, uint32_t n, uint32_t len, const struct scratch *sc)
 {
         const struct kv_layout *L = &p->layout;
         const uint32_t H = L->g.kv_heads, D = L->g.head_dim, Hq = c->num_q_heads, G = Hq / H;
         const int32_t *pt = c->page_table ? c->page_table + (uint64_t)b * c->max_pages : NULL;
+        float *K = sc->K, *V = sc->V, *s = sc->s, *acc = sc->acc, *q = sc->q;
         struct kv_ref_layer ly;
-        float *K = NULL, *V = NULL, *s = NULL, *acc = NULL, *q = NULL;
-        int ret = 0;
 
         if (n == 0)
-                return 0;
-        if (len > 0) {
-                K = malloc((size_t)len * D * sizeof(float));
-                V = malloc((size_t)len * D * sizeof(float));
-                s = malloc((size_t)len * sizeof(float));
-        }
-        acc = malloc((size_t)D * sizeof(float));
-        q = malloc((size_t)D * sizeof(float));
-        if ((len > 0 && (!K || !V || !s)) || !acc || !q) {
-                ret = -ENOMEM;
-                goto out;
-        }
+                return;
         kv_ref_layer_of(p, c->layer, &ly);
         for (uint32_t h = 0; h < H; h++) {
                 /* dequantize this kv head once for all its q heads and rows */
@@ -237,13 +271,6 @@ static int attend_seq(const struct kv_pool_view *p, const struct kv_attn_call *c
                         }
                 }
         }
-out:
-        free(K);
-        free(V);
-        free(s);
-        free(acc);
-        free(q);
-        return ret;
 }
 
 static int run(const struct kv_pool_view *p, const struct kv_attn_call *c, char *msg, size_t msglen)
@@ -270,6 +297,12 @@ static int run(const struct kv_pool_view *p, const struct kv_attn_call *c, char 
                                        "(on a host pool they must hold the same values)",
                                        c->op, b, c->qo_indptr[b], b, c->qo_indptr_host[b]);
         }
+        if (rows == 0)
+                return 0;
+        struct scratch w;
+        if (scratch_new(max_len, p->layout.g.head_dim, &w) < 0)
+                return kv_fail(-ENOMEM, msg, msglen, "%s: out of host memory for the scratch of %u keys", c->op,
+                               max_len);
         for (uint32_t b = 0; b < c->batch; b++) {
                 const uint32_t len = (uint32_t)c->seq_lens[b];
                 uint32_t r0 = b, n = 1;
@@ -277,10 +310,9 @@ static int run(const struct kv_pool_view *p, const struct kv_attn_call *c, char 
                         r0 = (uint32_t)c->qo_indptr[b];
                         n = (uint32_t)(c->qo_indptr[b + 1] - c->qo_indptr[b]);
                 }
-                r = attend_seq(p, c, b, r0, n, len);
-                if (r < 0)
-                        return kv_fail(r, msg, msglen, "%s: out of memory for %u keys", c->op, len);
+                attend_seq(p, c, b, r0, n, len, &w);
         }
+        scratch_free(&w);
         return 0;
 }
 
@@ -296,6 +328,8 @@ int kv_ref_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a,
         if (!a)
                 return kv_fail(-EINVAL, msg, msglen, "decode: args are NULL");
         kv_attn_from_decode(a, &c);
+        if (c.batch > 0 && !c.seq_lens)
+                return kv_fail(-EINVAL, msg, msglen, "decode: seq_lens is NULL");
         if (!c.seq_lens_host)
                 c.seq_lens_host = c.seq_lens; /* host pool: the array is host memory */
         return run(p, &c, msg, msglen);
@@ -312,6 +346,8 @@ int kv_ref_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a,
         if (!a)
                 return kv_fail(-EINVAL, msg, msglen, "extend: args are NULL");
         kv_attn_from_extend(a, &c);
+        if (c.batch > 0 && !c.seq_lens)
+                return kv_fail(-EINVAL, msg, msglen, "extend: seq_lens is NULL");
         if (!c.seq_lens_host)
                 c.seq_lens_host = c.seq_lens;
         if (!c.qo_indptr_host)

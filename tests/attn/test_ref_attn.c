@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "kv_codec.h"
 #include "kv_layout.h"
@@ -238,6 +239,49 @@ Test(ref_attn, single_key_returns_its_value)
         tpool_fini(&P);
 }
 
+/* A call whose keys the host cannot hold in its scratch (here: the address
+ * space limited below it) fails with -ENOMEM before any output row is
+ * written, even when its first sequences are short. */
+Test(ref_attn, out_of_memory_leaves_out_untouched)
+{
+#if defined(__SANITIZE_ADDRESS__)
+        cr_skip_test("ASan reserves address space that RLIMIT_AS would take away");
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+        cr_skip_test("ASan reserves address space that RLIMIT_AS would take away");
+#endif
+#endif
+        struct tpool P;
+        const int32_t lens1[1] = { 16 };
+        st = 11;
+        tpool_init(&P, KVC_DTYPE_FP16, 1, 64, 16, 1, lens1);
+        enum { MAXP = 1 << 18 };          /* 4M keys: 1 GiB of K scratch alone */
+        int32_t *pt = malloc(sizeof(int32_t) * 2 * MAXP), lens[2] = { 16, MAXP * 16 };
+        for (uint32_t i = 0; i < 2u * MAXP; i++)
+                pt[i] = P.pt[0];          /* every entry the one written page */
+        uint16_t *q = make_q(2 * 64), out[2 * 64];
+        memset(out, 0xAB, sizeof out);
+        struct kvc_decode_args a = { .q = q, .out = out, .elem = KVC_ELEM_F16, .page_table = pt,
+                                     .max_pages = MAXP, .seq_lens = lens, .batch = 2, .num_q_heads = 1,
+                                     .sm_scale = 0.125f, .layer = 1 };
+        long pages = 0;
+        FILE *f = fopen("/proc/self/statm", "r");
+        cr_assert_not_null(f);
+        cr_assert_eq(fscanf(f, "%ld", &pages), 1);
+        fclose(f);
+        const struct rlimit rl = { .rlim_cur = (rlim_t)pages * 4096 + (256u << 20), .rlim_max = RLIM_INFINITY };
+        cr_assert_eq(setrlimit(RLIMIT_AS, &rl), 0);
+        char m[256] = "";
+        const int r = kv_ref_decode(&P.v, &a, m, sizeof m);
+        cr_assert_eq(r, -ENOMEM, "got %d (%s)", r, m);
+        cr_expect(strstr(m, "scratch") != NULL, "%s", m);
+        for (size_t i = 0; i < 2 * 64; i++)
+                cr_assert_eq(out[i], 0xABAB, "out[%zu] written by a call that failed", i);
+        free(q);
+        free(pt);
+        tpool_fini(&P);
+}
+
 #define ERR(call, want, needle)                                                                    \
         do {                                                                                       \
                 char m_[256] = "";                                                                 \
@@ -281,6 +325,12 @@ Test(ref_attn, decode_argument_errors)
         ERR(kv_ref_decode, -EINVAL, "out is NULL");
         a = ok; a.page_table = NULL;
         ERR(kv_ref_decode, -EINVAL, "page_table is NULL");
+        a = ok; a.seq_lens = NULL; /* seq_lens_host is optional on a host pool, seq_lens is not */
+        ERR(kv_ref_decode, -EINVAL, "decode: seq_lens is NULL");
+        a = ok; a.q = (const char *)q + 1;
+        ERR(kv_ref_decode, -EINVAL, "q or out is not 2-byte aligned");
+        a = ok; a.page_table = (const int32_t *)((const char *)P.pt + 2);
+        ERR(kv_ref_decode, -EINVAL, "page_table, seq_lens or qo_indptr is not 4-byte aligned");
         /* a table of max_pages entries per row is part of the call even when
          * every length is 0 (the CUDA kernel reads rows ahead of lengths) */
         const int32_t zero[2] = { 0, 0 };
