@@ -111,6 +111,14 @@ int kv_ref_write(const struct kv_pool_view *p, const struct kvc_write_args *a, c
         if (a->v_row_stride > PTRDIFF_MAX / esz / a->num_tokens)
                 return kv_fail(-EINVAL, msg, msglen, "v_row_stride %" PRId64 ": %u rows overflow the address space",
                                a->v_row_stride, a->num_tokens);
+        /* the same alignment kv_cuda_write asks for (natural alignment:
+         * anything less is undefined behaviour in C as well), so that a
+         * caller tested on a host pool passes on a GPU pool */
+        if ((uintptr_t)a->k % esz || (uintptr_t)a->v % esz)
+                return kv_fail(-EINVAL, msg, msglen, "%s: pointer not aligned to its %d-byte element",
+                               (uintptr_t)a->k % esz ? "k" : "v", (int)esz);
+        if ((uintptr_t)a->slots % 8)
+                return kv_fail(-EINVAL, msg, msglen, "slots: pointer not aligned to 8 bytes");
         const int64_t nslots = (int64_t)L->num_pages * P;
         for (uint32_t t = 0; t < a->num_tokens; t++) {
                 int64_t s = a->slots[t];
@@ -175,6 +183,12 @@ int kv_ref_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a,
         if (!a->pages || !a->k_out || !a->v_out)
                 return kv_fail(-EINVAL, msg, msglen, "%s is NULL with n_pages = %u",
                                !a->pages ? "pages" : !a->k_out ? "k_out" : "v_out", a->n_pages);
+        /* as kv_cuda_gather, whose kernel writes 16-byte vectors */
+        if ((uintptr_t)a->k_out % 16 || (uintptr_t)a->v_out % 16)
+                return kv_fail(-EINVAL, msg, msglen, "%s: pointer not 16-byte aligned",
+                               (uintptr_t)a->k_out % 16 ? "k_out" : "v_out");
+        if ((uintptr_t)a->pages % 4)
+                return kv_fail(-EINVAL, msg, msglen, "pages: pointer not aligned to 4 bytes");
         for (uint32_t i = 0; i < a->n_pages; i++) {
                 if (a->pages[i] < 0 || (uint32_t)a->pages[i] >= L->num_pages)
                         return kv_fail(-ERANGE, msg, msglen, "pages[%u] = %d out of range [0, %u)",

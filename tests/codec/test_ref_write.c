@@ -346,6 +346,12 @@ Test(ref_write, argument_errors)
         expect_write_error(&f, &wa, -EINVAL, "k is NULL");
         wa = good; wa.slots = NULL;
         expect_write_error(&f, &wa, -EINVAL, "slots is NULL");
+        /* pointers the CUDA write refuses are refused here too (reading
+         * them would be undefined behaviour) */
+        wa = good; wa.k = (const char *)k + 2;
+        expect_write_error(&f, &wa, -EINVAL, "k: pointer not aligned to its 4-byte element");
+        wa = good; wa.slots = (const int64_t *)((const char *)slots + 4);
+        expect_write_error(&f, &wa, -EINVAL, "slots: pointer not aligned to 8 bytes");
         /* a bad slot after good ones: nothing written at all */
         slots[2] = 4 * 16;
         expect_write_error(&f, &good, -ERANGE, "slots[2] = 64");
@@ -381,7 +387,8 @@ Test(ref_write, gather_argument_errors)
         struct fixture f;
         char msg[256];
         pool_new(&f, KVC_DTYPE_FP4_E2M1, 2, 64, 16, 4);
-        float ko[2 * 16 * 128], vo[2 * 16 * 128];
+        _Alignas(16) float ko[2 * 16 * 128];
+        _Alignas(16) float vo[2 * 16 * 128];
         int32_t pages[2] = { 3, 0 };
         struct kvc_gather_args good = { .pages = pages, .n_pages = 2, .layer = 2, .k_out = ko,
                                         .v_out = vo, .elem = KVC_ELEM_F32 };
@@ -398,6 +405,9 @@ Test(ref_write, gather_argument_errors)
         ga = good; ga.elem = KVC_ELEM_F16;
         cr_expect_eq(kv_ref_gather(&f.view, &ga, msg, sizeof(msg)), -EINVAL);
         cr_expect(strstr(msg, "elem"), "%s", msg);
+        ga = good; ga.k_out = ko + 1; /* the CUDA gather writes 16-byte vectors */
+        cr_expect_eq(kv_ref_gather(&f.view, &ga, msg, sizeof(msg)), -EINVAL);
+        cr_expect(strstr(msg, "k_out: pointer not 16-byte aligned"), "%s", msg);
         ga = good; ga.layer = 9;
         cr_expect_eq(kv_ref_gather(&f.view, &ga, msg, sizeof(msg)), -EINVAL);
         cr_expect(strstr(msg, "layer 9"), "%s", msg);
