@@ -7,6 +7,7 @@
  * little-endian.  The concatenation is hashed with XXH3's streaming API, which
  * gives the same result as hashing one buffer holding all three parts.
  */
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -23,24 +24,22 @@ static void put64le(uint8_t *p, uint64_t v)
                 p[i] = (uint8_t)(v >> (8 * i));
 }
 
-/* Contract in kvclient.h.  Pure: thread safe.  NULL tokens/extra count as
- * empty whatever their length; a NULL ret_key is ignored (the function cannot
- * report errors). */
-void kvc_block_key(const kvc_key *parent, const int32_t *tokens, size_t n_tokens,
-                   const void *extra, size_t extra_len, kvc_key *ret_key)
+/* Contract in kvclient.h.  Pure: thread safe. */
+int kvc_block_key(const kvc_key *parent, const int32_t *tokens, size_t n_tokens,
+                  const void *extra, size_t extra_len, kvc_key *ret_key)
 {
         static const uint8_t zero[KVC_KEY_LEN];
         uint8_t buf[TOKEN_CHUNK * 4];
         XXH3_state_t st;
         XXH128_hash_t h;
 
-        if (ret_key == NULL)
-                return;
+        if (ret_key == NULL || (tokens == NULL && n_tokens > 0) || (extra == NULL && extra_len > 0))
+                return -EINVAL;
         XXH3_128bits_reset(&st);
         XXH3_128bits_update(&st, parent ? parent->b : zero, KVC_KEY_LEN);
         /* Tokens go through a small buffer in little-endian order so the keys
          * are the same on every host, whatever its byte order. */
-        for (size_t i = 0; tokens != NULL && i < n_tokens; i += TOKEN_CHUNK) {
+        for (size_t i = 0; i < n_tokens; i += TOKEN_CHUNK) {
                 size_t n = n_tokens - i < TOKEN_CHUNK ? n_tokens - i : TOKEN_CHUNK;
 
                 for (size_t j = 0; j < n; j++) {
@@ -53,9 +52,10 @@ void kvc_block_key(const kvc_key *parent, const int32_t *tokens, size_t n_tokens
                 }
                 XXH3_128bits_update(&st, buf, 4 * n);
         }
-        if (extra != NULL && extra_len > 0)
+        if (extra_len > 0)
                 XXH3_128bits_update(&st, extra, extra_len);
         h = XXH3_128bits_digest(&st);
         put64le(ret_key->b, h.high64);
         put64le(ret_key->b + 8, h.low64);
+        return 0;
 }

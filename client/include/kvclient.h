@@ -10,7 +10,9 @@
  *  - Every function returning int returns 0 (or a count where documented) on
  *    success and a negative errno on failure; ret_* out-parameters are left
  *    untouched on failure.  kvc_errmsg() gives a one-line explanation of the
- *    calling thread's last failure on that client.  The library never prints.
+ *    calling thread's last failure on that client.  A NULL client or pool
+ *    handle gets -EINVAL and no message (there is no client to hold it):
+ *    kvc_errmsg() still shows the one before.  The library never prints.
  *  - Thread safety: a kvc_client and its kvc_pools may be shared between
  *    threads.  Control requests on one client are serialized by an internal
  *    mutex (one new request at a time per client; allocs and lookups that
@@ -196,9 +198,14 @@ int kvc_reset_prefixes(kvc_client *c, const char *name, uint32_t *ret_keys);
  *   tokens as little-endian int32 ||
  *   extra bytes (optional, e.g. a LoRA id or image hash),
  * written as the 128-bit hash's high 64 bits little-endian then the low 64
- * bits little-endian.  docs/prefix-cache.md gives a Python equivalent. */
-void kvc_block_key(const kvc_key *parent, const int32_t *tokens, size_t n_tokens,
-                   const void *extra, size_t extra_len, kvc_key *ret_key);
+ * bits little-endian.  docs/prefix-cache.md gives a Python equivalent.
+ * Returns 0, or -EINVAL with *ret_key untouched when ret_key is NULL, tokens
+ * is NULL with n_tokens > 0 or extra is NULL with extra_len > 0 (a key of
+ * data that is not there would equal the key of an empty block or of no
+ * extra, and share their pages).  Pure and thread safe; it records no
+ * kvc_errmsg (there is no client). */
+int kvc_block_key(const kvc_key *parent, const int32_t *tokens, size_t n_tokens,
+                  const void *extra, size_t extra_len, kvc_key *ret_key);
 
 /* ---- data path --------------------------------------------------------------
  * On a CUDA pool every pointer below is device memory and the call is

@@ -656,8 +656,18 @@ Test(blockkey, is_xxh3_128_of_the_concatenation)
         h = XXH3_128bits(buf, 36);
         for (int j = 0; j < 8; j++)
                 cr_assert_eq(k0.b[j], (uint8_t)(h.high64 >> (8 * j)));
+        /* Data that is not there is refused, not hashed as empty (its key
+         * would equal an empty block's, or no extra's), and the key is left
+         * as it was. */
+        memset(&k2, 0x5A, sizeof k2);
+        cr_assert_eq(kvc_block_key(NULL, NULL, 5, NULL, 0, &k2), -EINVAL);
+        cr_assert_eq(kvc_block_key(NULL, tok, 5, NULL, 3, &k2), -EINVAL);
+        cr_assert_eq(kvc_block_key(NULL, tok, 5, NULL, 0, NULL), -EINVAL);
+        for (int j = 0; j < 16; j++)
+                cr_assert_eq(k2.b[j], 0x5A, "ret_key written by a refused call");
+        cr_assert_eq(kvc_block_key(NULL, NULL, 0, NULL, 0, &k2), 0, "an empty block is a block");
         /* Chaining: a different parent gives a different key. */
-        kvc_block_key(&k1, tok, 5, "abc", 3, &k2);
+        cr_assert_eq(kvc_block_key(&k1, tok, 5, "abc", 3, &k2), 0);
         cr_assert_neq(memcmp(k1.b, k2.b, 16), 0);
         /* Many tokens (more than one internal chunk) equal the one-shot hash. */
         {

@@ -70,8 +70,10 @@ def block_key(parent, tokens, extra=b""):
     par = _key(parent, "parent") if parent is not None else None
     ex = bytes(extra)
     out = C.Key()
-    C.lib.kvc_block_key(ctypes.byref(par) if par is not None else None, C.ptr32(tv), tv.shape[0],
-                        ex if ex else None, len(ex), ctypes.byref(out))
+    r = C.lib.kvc_block_key(ctypes.byref(par) if par is not None else None, C.ptr32(tv), tv.shape[0],
+                            ex if ex else None, len(ex), ctypes.byref(out))
+    if r < 0:  # not reached: the arguments above are never NULL with a length
+        raise ValueError(f"kvc_block_key: {os.strerror(-r)}")
     return bytes(out.b)
 
 
