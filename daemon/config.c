@@ -310,6 +310,11 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                 if ((r = check_url(ws, c.socket_url, err, errlen)) ||
                     (c.events_url && (r = check_url(we, c.events_url, err, errlen))))
                         goto out;
+                if (c.events_url && strcmp(c.events_url, c.socket_url) == 0) {
+                        r = kvd_cfg_fail(err, errlen, "%s: \"%s\" is the control socket's address too (%s)", we,
+                                         c.events_url, ws);
+                        goto out;
+                }
                 if (c.metrics_addr && (r = kvd_metrics_check_addr(c.metrics_addr, err, errlen))) {
                         char e[300];
 

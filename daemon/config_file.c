@@ -2,10 +2,13 @@
  * keys).  Unknown keys are errors, and every error names the file and the
  * key (pools[1].head_dim) and says what was expected. */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <cjson/cJSON.h>
 #include "config_int.h"
 #include "json_strict.h"
@@ -216,13 +219,29 @@ static unsigned line_of(const char *text, const char *at)
 
 static char *read_file(const char *path, size_t *ret_len, char *err, size_t errlen, int *ret_err)
 {
-        FILE  *f = fopen(path, "rb");
-        char  *buf = NULL;
-        size_t n = 0;
+        /* O_NONBLOCK: a FIFO named here must not hang the open (the type
+         * check refuses it); a regular file ignores the flag */
+        int         fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        struct stat st;
+        FILE       *f = NULL;
+        char       *buf = NULL;
+        size_t      n = 0;
 
-        if (!f) {
+        if (fd < 0) {
                 *ret_err = -errno;
                 snprintf(err, errlen, "%s: cannot open config file: %s", path, strerror(errno));
+                return NULL;
+        }
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+                *ret_err = -EINVAL;
+                snprintf(err, errlen, "%s: cannot read config file: not a regular file", path);
+                close(fd);
+                return NULL;
+        }
+        if (!(f = fdopen(fd, "rb"))) {
+                *ret_err = -ENOMEM;
+                snprintf(err, errlen, "%s: cannot read config file: out of memory", path);
+                close(fd);
                 return NULL;
         }
         buf = malloc(MAX_CONFIG_FILE + 1);

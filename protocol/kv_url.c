@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <nng/nng.h>
 
 #include "kv_url.h"
@@ -29,6 +30,18 @@ int kv_url_check(const char *u, char *why, size_t whylen)
         if ((rv = nng_url_parse(&url, u)) != 0) {
                 snprintf(why, whylen, "\"%s\": %s", u, nng_strerror(rv));
                 return -EINVAL;
+        }
+        /* a Unix socket address holds a path of at most 107 bytes; nng says
+         * only "Address invalid" when it listens */
+        if (strncmp(u, "ipc://", 6) == 0) {
+                const size_t len = strlen(sep + 3), max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+
+                if (len > max) {
+                        snprintf(why, whylen, "\"%s\": the path is %zu bytes, more than the %zu a Unix socket "
+                                 "address holds", u, len, max);
+                        nng_url_free(url);
+                        return -EINVAL;
+                }
         }
         rv = 0;
         /* nng takes a service name or nothing as the port; kvpool wants the

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "config.h"
 #include "log.h"
@@ -311,6 +312,24 @@ Test(config, missing_file)
         cr_assert(strstr(err, "/nonexistent/kvpoold.json"), "%s", err);
 }
 
+/* A config path that names a FIFO (or a directory) is refused at once: a
+ * FIFO used to block the daemon, and --check-config, until a writer came. */
+Test(config, not_a_regular_file)
+{
+        struct kvd_config c;
+        char fifo[64];
+
+        snprintf(fifo, sizeof(fifo), "/tmp/kvtest-fifo-%d", (int)getpid());
+        unlink(fifo);
+        cr_assert_eq(mkfifo(fifo, 0600), 0);
+        const int r = parse(&c, "--config", fifo, "--check-config", NULL);
+        unlink(fifo);
+        cr_assert_eq(r, -EINVAL, "%d: %s", r, err);
+        expect_err("a FIFO", fifo, "not a regular file", NULL);
+        cr_assert_eq(parse(&c, "--config", "/tmp", NULL), -EINVAL, "%s", err);
+        expect_err("a directory", "/tmp", "not a regular file", NULL);
+}
+
 Test(config, pool_arg)
 {
         struct kvd_pool_spec s;
@@ -518,6 +537,26 @@ Test(config, command_line_errors)
                 { "--metrics", "not-an-addr", "expected HOST:PORT" },
                 { "--metrics", "127.0.0.1:99999", "port must be a number in 1..65535" },
         };
+        char long_ipc[200], ok_ipc[200];
+        /* a Unix socket path holds 107 bytes: 108 is refused by name, 107 kept */
+        snprintf(long_ipc, sizeof(long_ipc), "ipc:///tmp/%0*d", 108 - 5, 0);
+        snprintf(ok_ipc, sizeof(ok_ipc), "ipc:///tmp/%0*d", 107 - 5, 0);
+        const char *bad2[][3] = {
+                { "--socket", long_ipc, "the path is 108 bytes, more than the 107 a Unix socket address holds" },
+                { "--events", long_ipc, "--events" },
+        };
+        for (unsigned i = 0; i < sizeof(bad2) / sizeof(bad2[0]); i++) {
+                cr_assert_neq(parse(&c, bad2[i][0], bad2[i][1], "--check-config", NULL), 0, "%s %s accepted",
+                              bad2[i][0], bad2[i][1]);
+                expect_err(bad2[i][1], bad2[i][0], bad2[i][2], NULL);
+        }
+        cr_assert_eq(parse(&c, "--socket", ok_ipc, "--check-config", NULL), 0, "%s", err);
+        kvd_config_fini(&c);
+        /* the event socket at the control socket's address: refused before
+         * any pool is made */
+        cr_assert_neq(parse(&c, "--socket", "ipc:///tmp/kv-same.sock", "--events", "ipc:///tmp/kv-same.sock",
+                            "--check-config", NULL), 0);
+        expect_err("events = socket", "--events", "the control socket's address too", "--socket", NULL);
         for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
                 cr_assert_neq(parse(&c, bad[i][0], bad[i][1], "--check-config", NULL), 0, "%s %s accepted",
                               bad[i][0], bad[i][1]);
