@@ -229,6 +229,13 @@ int kvd_cfg_check_spec(const struct kvd_pool_spec *s, const char *where, char *e
                 return kvd_cfg_fail(err, errlen,
                             "%s.capacity: a fraction (%g) is a share of free GPU memory, but this kvpoold was built without CUDA; give bytes (e.g. \"8GiB\")",
                             where, s->capacity_fraction);
+        /* what pool creation would refuse for "backend": "cuda" on any
+         * machine, refused here so that --check-config says it ("auto"
+         * may still fall back to a host pool, which takes other head_dims) */
+        if (strcmp(s->backend, "cuda") == 0 && s->geom.head_dim != 64 && s->geom.head_dim != 128 &&
+            s->geom.head_dim != 256)
+                return kvd_cfg_fail(err, errlen, "%s.head_dim: %u, but CUDA pools support head_dim 64, 128 or 256",
+                            where, s->geom.head_dim);
         if (s->capacity_fraction > 0 && strcmp(s->backend, "host") == 0)
                 return kvd_cfg_fail(err, errlen,
                             "%s.capacity: a fraction (%g) is a share of free GPU memory; host pools need bytes (e.g. \"8GiB\")",

@@ -362,6 +362,15 @@ Test(config, pool_arg)
                 cr_assert(strstr(err, "without CUDA"), "%s", err);
         }
 
+        /* a head_dim CUDA pools do not take, with backend cuda: refused
+         * here, not only when the pool is made (auto may fall back to host) */
+        cr_assert_eq(kvd_config_parse_pool_arg("name=c,dtype=bf16,layers=2,kv_heads=2,head_dim=80,page_size=16,"
+                                               "capacity=8MiB,backend=cuda", &s, err, sizeof(err)), -EINVAL);
+        cr_assert(strstr(err, "head_dim: 80, but CUDA pools support head_dim 64, 128 or 256"), "%s", err);
+        cr_assert_eq(kvd_config_parse_pool_arg("name=c,dtype=bf16,layers=2,kv_heads=2,head_dim=80,page_size=16,"
+                                               "capacity=8MiB,backend=auto", &s, err, sizeof(err)), 0, "%s", err);
+        kvd_pool_spec_fini(&s);
+
         struct { const char *arg, *frag; } bad[] = {
                 { "name=a,dtype=bf16,layers=4,kv_heads=2,head_dim=64,page_size=16,capacity=1G,colour=red", "colour" },
                 { "name=a,dtype=bf16,layers=4,kv_heads=2,head_dim=64,page_size=16", "capacity" },
