@@ -5,6 +5,7 @@
  * attention) in datapath.c, which only reads the immutable parts of a
  * kvc_pool that kvc_attach() filled in.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -324,6 +325,9 @@ int kvc__send(struct kvc_client *c, nng_msg *req, int enc, uint16_t op, const ch
 
 /* ---- connection ------------------------------------------------------------ */
 
+/* $KVPOOL_TIMEOUT_MS, or the default when it is unset or empty; -EINVAL
+ * when it is set to anything but a whole number of milliseconds in
+ * 1..2^31-1 (a typo must not turn into the default silently). */
 static int timeout_ms(void)
 {
         const char *s = getenv("KVPOOL_TIMEOUT_MS");
@@ -334,8 +338,8 @@ static int timeout_ms(void)
                 return DEFAULT_TIMEOUT_MS;
         errno = 0;
         v = strtol(s, &end, 10);
-        if (errno != 0 || *end != '\0' || v <= 0 || v > INT_MAX)
-                return DEFAULT_TIMEOUT_MS;
+        if (errno != 0 || end == s || *end != '\0' || v <= 0 || v > INT_MAX || !isdigit((unsigned char)*s))
+                return -EINVAL;
         return (int)v;
 }
 
@@ -385,6 +389,9 @@ int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, k
                                  sizeof c->url - 1);
         if (name == NULL || *name == '\0')
                 name = program_invocation_short_name;
+        if ((tmo = timeout_ms()) < 0)
+                return kvc__fail(NULL, -EINVAL, "kvc_connect: KVPOOL_TIMEOUT_MS \"%s\": expected a whole number of "
+                                 "milliseconds in 1..2147483647", getenv("KVPOOL_TIMEOUT_MS"));
 
         c = calloc(1, sizeof *c);
         if (c == NULL)
@@ -402,7 +409,6 @@ int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, k
         }
         /* requests go out on the transport's contexts, which set their own
          * resend time (none: alloc is not idempotent) and reply timeout */
-        tmo = timeout_ms();
         if ((rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, KV_MAX_FRAME + 4096)) != 0 ||
             (rv = nng_socket_set_ms(c->sock, NNG_OPT_RECONNMINT, 20)) != 0 ||
             (rv = nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, 500)) != 0) {

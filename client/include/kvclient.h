@@ -126,7 +126,9 @@ struct kvc_pool_desc {
  * fails at once (-ECONNREFUSED); a daemon whose socket accepts
  * but which does not answer (stopped, hung) fails with -ETIMEDOUT only after
  * nng's connection handshake gives up, 10 s whatever $KVPOOL_TIMEOUT_MS
- * says (it bounds the replies to requests, not the handshake). */
+ * says (it bounds the replies to requests, not the handshake).
+ * $KVPOOL_TIMEOUT_MS set to anything but milliseconds in 1..2^31-1 is
+ * -EINVAL, named in kvc_errmsg(NULL). */
 int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, kvc_client **ret_client);
 
 /* Detaches every pool still attached, says bye, closes.  The daemon releases

@@ -385,6 +385,26 @@ Test(client, wrapping_descriptor_is_refused)
         kvc_disconnect(c);
 }
 
+/* A $KVPOOL_TIMEOUT_MS that is not milliseconds fails the connect, named,
+ * instead of turning into the default silently. */
+Test(client, junk_timeout_in_the_environment_is_refused)
+{
+        static const char *const junk[] = { "abc", "0", "-5", "1e3", "99999999999", " 5", "5ms" };
+        kvc_client *c = (kvc_client *)0x1;
+
+        for (unsigned i = 0; i < sizeof(junk) / sizeof(junk[0]); i++) {
+                setenv("KVPOOL_TIMEOUT_MS", junk[i], 1);
+                cr_assert_eq(kvc_connect(F.url, "fake-client", NULL, &c), -EINVAL, "\"%s\" accepted", junk[i]);
+                cr_assert(strstr(kvc_errmsg(NULL), "KVPOOL_TIMEOUT_MS") && strstr(kvc_errmsg(NULL), junk[i]),
+                          "%s", kvc_errmsg(NULL));
+                cr_assert_eq(c, (kvc_client *)0x1, "ret_client written by a failed connect");
+        }
+        setenv("KVPOOL_TIMEOUT_MS", "", 1); /* empty: the default */
+        cr_assert_eq(kvc_connect(F.url, "fake-client", NULL, &c), 0, "%s", kvc_errmsg(NULL));
+        kvc_disconnect(c);
+        unsetenv("KVPOOL_TIMEOUT_MS");
+}
+
 Test(client, no_reply_is_etimedout_and_the_client_recovers)
 {
         kvc_client *c;
