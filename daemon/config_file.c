@@ -18,10 +18,18 @@
 
 /* ---- JSON file -------------------------------------------------------------- */
 
+/* What j is, for "expected ..., got %s": a number with its value (a
+ * negative or fractional count says itself).  One call per message: the
+ * number's text lives in a buffer of the calling thread. */
 static const char *json_type(const cJSON *j)
 {
+        static _Thread_local char num[48];
+
         if (cJSON_IsString(j)) return "a string";
-        if (cJSON_IsNumber(j)) return "a number";
+        if (cJSON_IsNumber(j)) {
+                snprintf(num, sizeof(num), "%.17g", j->valuedouble);
+                return num;
+        }
         if (cJSON_IsBool(j)) return "a boolean";
         if (cJSON_IsNull(j)) return "null";
         if (cJSON_IsArray(j)) return "an array";
@@ -37,7 +45,8 @@ static int json_u32(const cJSON *j, const char *file, const char *key, uint32_t 
                 return kvd_cfg_fail(err, errlen, "%s: %s: expected a non-negative integer, got %s", file, key, json_type(j));
         d = j->valuedouble;
         if (d < 0 || d > UINT32_MAX || floor(d) != d)
-                return kvd_cfg_fail(err, errlen, "%s: %s: expected a non-negative integer, got %g", file, key, d);
+                return kvd_cfg_fail(err, errlen, "%s: %s: expected a non-negative integer, got %s", file, key,
+                                    json_type(j));
         *ret = (uint32_t)d;
         return 0;
 }
