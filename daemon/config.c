@@ -438,7 +438,7 @@ int kvd_config_load_scales(const struct kvd_config *c, FILE *f, struct kvd_scale
                 if (f)
                         fprintf(f, "pool %s scales: %s%s%s, k %g..%g, v %g..%g over %u layers%s\n", s->name,
                                 sc->source, sc->path[0] ? " " : "", sc->path, sc->k_min, sc->k_max, sc->v_min, sc->v_max,
-                                sc->num_layers, sc->warn_unscaled ? " (UNSCALED fp8: configure \"scales\")" : "");
+                                sc->num_layers, sc->warn_unscaled ? " (fp8 without calibrated scales: configure \"scales\")" : "");
         }
         if (r || !ret) {
                 for (uint32_t i = 0; i < n; i++)

@@ -183,8 +183,9 @@ static int pool_make(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_s
                 return r;
         }
         if (p->scales.warn_unscaled) /* set for fp8 pools only */
-                kvd_warn("pool %s: %s with constant scales k=%g v=%g: UNSCALED FP8 is known to wreck some models' "
-                         "accuracy; configure \"scales\" from the model's calibration (json or safetensors)",
+                kvd_warn("pool %s: %s with constant scales k=%g v=%g, not calibrated ones: FP8 without calibrated "
+                         "scales is known to wreck some models' accuracy; configure \"scales\" from the model's "
+                         "calibration (json or safetensors)",
                          p->name, dname, p->scales.k_min, p->scales.v_min);
         r = be->create(p->name, p->layout.alloc_bytes, be == &kvd_backend_host ? -1 : spec->device,
                        spec->group, spec->has_group, &p->region, e, sizeof(e));

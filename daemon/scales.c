@@ -197,8 +197,10 @@ int kvd_sc_parse_json(const char *path, const char *buf, size_t len, cJSON **ret
         for (size_t i = from; i < len && n < sizeof near - 1; i++)
                 near[n++] = (unsigned char)buf[i] < 0x20 ? ' ' : (unsigned char)buf[i] >= 0x7f ? '?' : buf[i];
         near[n] = 0;
-        return kvd_sc_fail(err, errlen, -EINVAL, "%s:%zu:%zu: not valid JSON near \"%s\" (NaN and Infinity are not JSON numbers)",
-                           path, line, col, near);
+        /* the note only where the text shows one of them */
+        const int nonum = strcasestr(near, "nan") || strcasestr(near, "inf");
+        return kvd_sc_fail(err, errlen, -EINVAL, "%s:%zu:%zu: not valid JSON near \"%s\"%s", path, line, col, near,
+                           nonum ? " (NaN and Infinity are not JSON numbers)" : "");
 }
 
 /* Reads and parses a whole JSON file; the caller deletes *ret. */
