@@ -541,6 +541,11 @@ int kvd_metrics_http_start(struct kvd_metrics *m, struct kvd_server *s, const ch
                 goto fail;
         if ((rv = nng_http_handler_set_data(h, m, NULL)) != 0)
                 goto fail;
+        /* a scrape has no body: refuse one at once (nng would otherwise
+         * read and keep up to 1 MiB of it per connection, for as long as
+         * the peer takes to send it) */
+        if ((rv = nng_http_handler_collect_body(h, true, 0)) != 0)
+                goto fail;
         if ((rv = nng_http_server_add_handler(hs, h)) != 0)
                 goto fail;
         h = NULL; /* the server owns it now */

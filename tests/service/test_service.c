@@ -16,6 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -306,6 +310,27 @@ Test(service, metrics_agree_with_status, .timeout = 60)
         cr_expect_eq(st, 0, "promtool check metrics: %s\n%s", out, body);
         free(out);
         cr_expect_eq(svc_http_get(port, "/status", NULL, NULL, 0), 404);
+        {
+                /* a request that announces a 1 MiB body and sends a little
+                 * of it is refused at once, not held while the rest comes */
+                struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+                struct timeval tv = { .tv_sec = 5 };
+                char req[256], part[1000], rep[64] = "";
+                int fd = socket(AF_INET, SOCK_STREAM, 0);
+                cr_assert(fd >= 0);
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+                cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+                snprintf(req, sizeof(req), "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 1048576\r\n\r\n",
+                         port);
+                memset(part, 'x', sizeof(part));
+                cr_assert_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+                cr_assert_eq(write(fd, part, sizeof(part)), (ssize_t)sizeof(part));
+                const ssize_t n = read(fd, rep, sizeof(rep) - 1);
+                cr_expect(n == 0 || (n > 0 && strncmp(rep, "HTTP/1.1 200", 12) != 0),
+                          "a request with a body was waited on or served (read %zd: %.12s)", n, rep);
+                close(fd);
+        }
 
         /* Only our client is connected while we scrape. */
         cr_assert_eq(svc_metric(body, "kvpool_clients", &v), 0);
