@@ -338,7 +338,7 @@ static int timeout_ms(void)
                 return DEFAULT_TIMEOUT_MS;
         errno = 0;
         v = strtol(s, &end, 10);
-        if (errno != 0 || end == s || *end != '\0' || v <= 0 || v > INT_MAX || !isdigit((unsigned char)*s))
+        if (errno != 0 || !isdigit((unsigned char)*s) || *end != '\0' || v <= 0 || v > INT_MAX)
                 return -EINVAL;
         return (int)v;
 }
