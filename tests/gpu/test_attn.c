@@ -645,6 +645,31 @@ static void graph_free(cudaGraphExec_t ge, cudaGraph_t g, cudaStream_t st)
         CK(cudaStreamDestroy(st));
 }
 
+/* Ends the capture of one library call on st (which returned rc, with
+ * msg) and instantiates its graph into *ge.  Returns 1 with *g and *ge set;
+ * 0 after counting the failure (the call's error, or the capture's, named
+ * with `what`), with the stream destroyed and nothing left to free: a
+ * failed call must fail the test with its own message, not stop it at the
+ * next CUDA call (a call that failed inside a capture can invalidate it). */
+static int capture_end(cudaStream_t st, int rc, const char *msg, const char *what, cudaGraph_t *g,
+                       cudaGraphExec_t *ge)
+{
+        *g = NULL;
+        cudaError_t ce = cudaStreamEndCapture(st, g);
+        EXPECT(rc == 0, "%s: the captured call returned %d: %s", what, rc, msg);
+        EXPECT(ce == cudaSuccess, "%s: cudaStreamEndCapture: %s", what, cudaGetErrorString(ce));
+        if (rc == 0 && ce == cudaSuccess) {
+                CK(cudaGraphInstantiate(ge, *g, 0));
+                return 1;
+        }
+        if (ce != cudaSuccess)
+                (void)cudaGetLastError();
+        if (*g)
+                CK(cudaGraphDestroy(*g));
+        CK(cudaStreamDestroy(st));
+        return 0;
+}
+
 /* One replay of ge on st into dc's output, poisoned first, copied to got. */
 static void graph_replay(cudaGraphExec_t ge, cudaStream_t st, struct devcall *dc, void *got)
 {
@@ -721,15 +746,9 @@ static void graph_case(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *
         CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
         rc = qn ? kv_cuda_extend(&dv, &a, st, msg, sizeof msg) : kv_cuda_decode(&dv, &da, st, msg, sizeof msg);
-        cudaError_t ce = cudaStreamEndCapture(st, &g);
         snprintf(what, sizeof what, "graph %s %s G=%u B=%u", qn ? "extend" : "decode", kvc_dtype_name(d), G, B);
-        EXPECT(rc == 0, "%s: the captured call returned %d: %s", what, rc, msg);
-        EXPECT(ce == cudaSuccess, "%s: cudaStreamEndCapture: %s", what, cudaGetErrorString(ce));
-        if (ce != cudaSuccess)
-                (void)cudaGetLastError();
-        else
-                CK(cudaGraphInstantiate(&ge, g, 0));
-        for (int i = 0; i < nreplays && rc == 0 && ce == cudaSuccess; i++) {
+        const int ok = capture_end(st, rc, msg, what, &g, &ge);
+        for (int i = 0; i < nreplays && ok; i++) {
                 cases++;
                 snprintf(what, sizeof what, "graph %s %s G=%u B=%u replay %d (len0 %d, captured at %d)",
                          qn ? "extend" : "decode", kvc_dtype_name(d), G, B, i, replays[i][0], cap_lens[0]);
@@ -754,10 +773,8 @@ static void graph_case(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *
                 if (rr == 0)
                         compare(what, got, ref, KVC_ELEM_BF16, rows, Hq, D);
         }
-        if (ce == cudaSuccess)
+        if (ok)
                 graph_free(ge, g, st);
-        else
-                CK(cudaStreamDestroy(st));
         devcall_finish(&dc, got);
         free(indptr);
         free(cap_lens);
@@ -802,9 +819,11 @@ static void graph_short_extend(enum kvc_dtype d, uint32_t G, uint32_t n, int32_t
         CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
         int rc = kv_cuda_extend(&dv, &a, st, msg, sizeof msg);
-        CK(cudaStreamEndCapture(st, &g));
-        EXPECT(rc == 0, "%s: the captured call returned %d: %s", what, rc, msg);
-        CK(cudaGraphInstantiate(&ge, g, 0));
+        if (!capture_end(st, rc, msg, what, &g, &ge)) {
+                devcall_finish(&dc, got);
+                case_free(q, ref, got, pt, &P);
+                return;
+        }
         CK(cudaMemcpy(dc.lens, short_len, sizeof short_len, cudaMemcpyHostToDevice));
         CK(cudaGraphLaunch(ge, st)); /* dc.out is NaN until then (devcall_init) */
         CK(cudaStreamSynchronize(st));
@@ -866,12 +885,10 @@ static void graph_moved_rows(enum kvc_dtype d, uint32_t G, const int32_t *qn_cap
         CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
         int rc = kv_cuda_extend(&dv, &a, st, msg, sizeof msg);
-        CK(cudaStreamEndCapture(st, &g));
         snprintf(what, sizeof what, "graph extend %s G=%u, rows %d %d %d %d", kvc_dtype_name(d), G, qn_cap[0],
                  qn_cap[1], qn_cap[2], qn_cap[3]);
-        EXPECT(rc == 0, "%s: the captured call returned %d: %s", what, rc, msg);
-        CK(cudaGraphInstantiate(&ge, g, 0));
-        for (int i = 0; i < nreplays && rc == 0; i++) {
+        const int ok = capture_end(st, rc, msg, what, &g, &ge);
+        for (int i = 0; i < nreplays && ok; i++) {
                 const int32_t *qn = qn_replays[i];
                 int32_t rind[B + 1] = { 0 };
                 for (int b = 0; b < B; b++)
@@ -889,7 +906,8 @@ static void graph_moved_rows(enum kvc_dtype d, uint32_t G, const int32_t *qn_cap
                 if (rr == 0)
                         compare(what, got, ref, KVC_ELEM_BF16, rows, Hq, D);
         }
-        graph_free(ge, g, st);
+        if (ok)
+                graph_free(ge, g, st);
         devcall_finish(&dc, got);
         case_free(q, ref, got, pt, &P);
 }
