@@ -1,5 +1,7 @@
-/* kv_cuda_common.cu - CUDA error conversion, argument checks shared by the
- * write and gather launchers, and kv_cuda_available(). */
+/* kv_cuda_common.cu - CUDA error conversion, the argument checks of the
+ * write and gather launchers (kv_write_check / kv_gather_check, shared with
+ * the CPU reference, plus what only the kernels need of the pool), and
+ * kv_cuda_available(). */
 #include <errno.h>
 #include <stdint.h>
 #include <cuda_runtime.h>
@@ -71,100 +73,33 @@ extern "C" int kv_cuda_check_aligned(const struct kv_pool_view *p, uint32_t laye
         return 0;
 }
 
-/* Checks shared by write and gather: the pool view (kv_ref_check_view), a
- * head_dim the kernels are built for, the layer with its fp8 scales
- * (kv_ref_check_layer) and its arrays' alignment. */
+/* What the write and gather kernels need of a pool that kv_write_check /
+ * kv_gather_check accepted (so the view and the layer are valid): a head_dim
+ * they are built for, and the layer's arrays 16-byte aligned
+ * (kv_cuda_check_aligned).  Checked also when there is no work
+ * (num_tokens or n_pages 0), so that a pool the kernels cannot take fails
+ * on the first call, empty or not. */
 static int check_pool(const struct kv_pool_view *p, uint32_t layer, char *msg, size_t msglen)
 {
-        int r = kv_ref_check_view(p, NULL, msg, msglen);
-
-        if (r < 0)
-                return r;
         if (p->layout.g.head_dim != 64 && p->layout.g.head_dim != 128 && p->layout.g.head_dim != 256)
                 return kv_fail(-EINVAL, msg, msglen,
                                "pool: head_dim %u is not supported by the CUDA kernels (64, 128 or 256)",
                                p->layout.g.head_dim);
-        r = kv_ref_check_layer(p, layer, NULL, msg, msglen);
-        return r < 0 ? r : kv_cuda_check_aligned(p, layer, "pool", msg, msglen);
+        return kv_cuda_check_aligned(p, layer, "pool", msg, msglen);
 }
 
 extern "C" int kv_cuda_check_write(const struct kv_pool_view *p, const struct kvc_write_args *a,
                                    char *msg, size_t msglen)
 {
-        int64_t row;
-        size_t esz;
-        int r;
+        int r = kv_write_check(p, a, msg, msglen);
 
-        if (!a)
-                return kv_fail(-EINVAL, msg, msglen, "args: NULL write arguments");
-        r = check_pool(p, a->layer, msg, msglen);
-        if (r < 0)
-                return r;
-        switch (a->elem) {
-        case KVC_ELEM_F32: esz = 4; break;
-        case KVC_ELEM_BF16: esz = 2; break;
-        case KVC_ELEM_F16: esz = 2; break;
-        default:
-                return kv_fail(-EINVAL, msg, msglen, "elem: unknown element type %d (f32, bf16 or f16)", (int)a->elem);
-        }
-        if (a->num_tokens == 0)
-                return 0;
-        if (!a->k || !a->v)
-                return kv_fail(-EINVAL, msg, msglen, "%s: NULL with num_tokens %u", !a->k ? "k" : "v", a->num_tokens);
-        if (!a->slots)
-                return kv_fail(-EINVAL, msg, msglen, "slots: NULL with num_tokens %u", a->num_tokens);
-        row = (int64_t)p->layout.g.kv_heads * p->layout.g.head_dim;
-        if (a->k_row_stride < row)
-                return kv_fail(-EINVAL, msg, msglen, "k_row_stride: %lld is less than kv_heads*head_dim = %lld",
-                               (long long)a->k_row_stride, (long long)row);
-        if (a->v_row_stride < row)
-                return kv_fail(-EINVAL, msg, msglen, "v_row_stride: %lld is less than kv_heads*head_dim = %lld",
-                               (long long)a->v_row_stride, (long long)row);
-        /* the last row's end must be addressable without overflow: the
-         * kernel computes t * stride * esz in int64 (the same bound as
-         * kv_ref_write's) */
-        if ((uint64_t)a->k_row_stride > (uint64_t)(PTRDIFF_MAX / esz) / a->num_tokens ||
-            (uint64_t)a->v_row_stride > (uint64_t)(PTRDIFF_MAX / esz) / a->num_tokens)
-                return kv_fail(-EINVAL, msg, msglen, "k_row_stride/v_row_stride: %u rows overflow the address space",
-                               a->num_tokens);
-        if ((uintptr_t)a->k % esz || (uintptr_t)a->v % esz)
-                return kv_fail(-EINVAL, msg, msglen, "%s: pointer not aligned to its %zu-byte element",
-                               (uintptr_t)a->k % esz ? "k" : "v", esz);
-        if ((uintptr_t)a->slots % 8)
-                return kv_fail(-EINVAL, msg, msglen, "slots: pointer not aligned to 8 bytes");
-        return 0;
+        return r < 0 ? r : check_pool(p, a->layer, msg, msglen);
 }
 
 extern "C" int kv_cuda_check_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a,
                                     char *msg, size_t msglen)
 {
-        size_t esz;
-        int r;
+        int r = kv_gather_check(p, a, msg, msglen);
 
-        if (!a)
-                return kv_fail(-EINVAL, msg, msglen, "args: NULL gather arguments");
-        r = check_pool(p, a->layer, msg, msglen);
-        if (r < 0)
-                return r;
-        switch (a->elem) {
-        case KVC_ELEM_F32: esz = 4; break;
-        case KVC_ELEM_BF16: esz = 2; break;
-        default:
-                return kv_fail(-EINVAL, msg, msglen, "elem: gather writes f32 or bf16, not element type %d",
-                               (int)a->elem);
-        }
-        if (a->n_pages == 0)
-                return 0;
-        if (!a->pages)
-                return kv_fail(-EINVAL, msg, msglen, "pages: NULL with n_pages %u", a->n_pages);
-        if (!a->k_out || !a->v_out)
-                return kv_fail(-EINVAL, msg, msglen, "%s: NULL with n_pages %u", !a->k_out ? "k_out" : "v_out",
-                               a->n_pages);
-        /* the kernel writes 16-byte vectors (rows are multiples of 16 bytes) */
-        if ((uintptr_t)a->k_out % 16 || (uintptr_t)a->v_out % 16)
-                return kv_fail(-EINVAL, msg, msglen, "%s: pointer not 16-byte aligned (element size %zu)",
-                               (uintptr_t)a->k_out % 16 ? "k_out" : "v_out", esz);
-        if ((uintptr_t)a->pages % 4)
-                return kv_fail(-EINVAL, msg, msglen, "pages: pointer not aligned to 4 bytes");
-        return 0;
+        return r < 0 ? r : check_pool(p, a->layer, msg, msglen);
 }

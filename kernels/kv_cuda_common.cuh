@@ -27,16 +27,18 @@ extern "C" {
  *   anything else                 -> -EIO */
 int kv_cuda_errno(int cuda_err, const char *what, char *msg, size_t msglen);
 
-/* Checks every host-side argument of a write (the same rules and messages as
- * kv_ref_write, plus what the CUDA kernels need: head_dim 64/128/256, a device
- * pool, element pointers aligned to their element size).  Returns 0 or
- * -EINVAL/-ERANGE with the argument named in msg.  Slots are device memory
- * and are not read here: the kernel skips the out-of-range ones. */
+/* Checks every host-side argument of a write: kv_write_check (kv_ops.h, the
+ * same check kv_ref_write makes), then what only the CUDA kernels need of
+ * the pool: head_dim 64, 128 or 256 and the layer's arrays 16-byte aligned
+ * (kv_cuda_check_aligned).  Returns 0 (also for num_tokens 0) or -EINVAL
+ * with the argument named in msg.  Slots are device memory and are not read
+ * here: the kernel skips the out-of-range ones. */
 int kv_cuda_check_write(const struct kv_pool_view *p, const struct kvc_write_args *a,
                         char *msg, size_t msglen);
 
-/* The same for a gather; page ids are device memory and not read here: the
- * kernel writes zeros for the rows of an out-of-range page. */
+/* The same for a gather (kv_gather_check, then the pool); page ids are
+ * device memory and not read here: the kernel writes zeros for the rows of
+ * an out-of-range page. */
 int kv_cuda_check_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a,
                          char *msg, size_t msglen);
 

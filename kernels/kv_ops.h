@@ -32,6 +32,24 @@ struct kv_pool_view {
 };
 
 
+/* The argument checks of write and gather, shared by both backends (the CPU
+ * references call them first; the CUDA launchers too, and then check what
+ * only the kernels need of the pool: kv_cuda_common.cu).  Everything that
+ * can be checked without reading caller arrays: a non-NULL a, the pool view
+ * and the layer (with its fp8 scales), elem (write: F32, BF16 or F16;
+ * gather: F32 or BF16), and, only when there is work (num_tokens or n_pages
+ * > 0): write's k, v and slots non-NULL, row strides of at least
+ * kv_heads*head_dim whose last row is addressable, k and v aligned to their
+ * element and slots to 8 bytes; gather's pages, k_out and v_out non-NULL,
+ * k_out and v_out 16-byte aligned and pages 4-byte aligned.  Slots and page
+ * ids are not read (the reference range-checks them; on a GPU they are
+ * device memory and the kernels skip bad ones).  Returns 0 (also for
+ * num_tokens or n_pages 0: the caller has nothing to do) or -EINVAL with one
+ * line in msg (if not NULL) that names the bad argument first.
+ * Thread-safe; touches nothing. */
+int kv_write_check(const struct kv_pool_view *p, const struct kvc_write_args *a, char *msg, size_t msglen);
+int kv_gather_check(const struct kv_pool_view *p, const struct kvc_gather_args *a, char *msg, size_t msglen);
+
 int kv_ref_write(const struct kv_pool_view *p, const struct kvc_write_args *a, char *msg, size_t msglen);
 int kv_ref_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a, char *msg, size_t msglen);
 int kv_ref_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a, char *msg, size_t msglen);

@@ -12,6 +12,11 @@
  *         scales are not used.
  *   bf16/fp16  plain round-to-nearest-even conversion; scales not used.
  * Input elements (bf16/f16) are widened to fp32 exactly first.
+ *
+ * The argument checks of both operations (kv_write_check, kv_gather_check)
+ * are here too: the CUDA launchers call them as well, and add only what the
+ * kernels need of the pool (kv_cuda_common.cu), so that both backends refuse
+ * the same arguments with the same words.
  */
 #include <inttypes.h>
 #include <stddef.h>
@@ -21,14 +26,6 @@
 #include "kv_codec.h"
 #include "kv_ops.h"
 #include "kv_ref_common.h"
-
-/* Checks what both operations need of the pool view and the layer. */
-static int check_pool(const struct kv_pool_view *p, uint32_t layer, char *msg, size_t msglen)
-{
-        int r = kv_ref_check_view(p, NULL, msg, msglen);
-
-        return r < 0 ? r : kv_ref_check_layer(p, layer, NULL, msg, msglen);
-}
 
 /* Quantizes one head (head_dim elements at src, element i at src_index0 + i)
  * into its place: dst = data bytes of that head, sdst = its fp4 scale bytes. */
@@ -69,56 +66,83 @@ static void put_head(enum kvc_dtype d, uint32_t D, const void *src, enum kvc_ele
         }
 }
 
-/* Writes K and V of a->num_tokens tokens into the pool (see the file
- * comment for the arithmetic).  Every argument is checked before the first
- * byte is written: on error nothing in the pool has changed.  Returns 0;
- * -EINVAL (bad pool view, layer, elem, NULL pointer, row stride, fp8 scale);
- * -ERANGE (a slot that is neither -1 nor in [0, num_pages*page_size)).
- * msg (if not NULL) gets one line naming the bad argument.  Thread-safe for
- * writes to distinct slots. */
-int kv_ref_write(const struct kv_pool_view *p, const struct kvc_write_args *a, char *msg, size_t msglen)
+/* Checks what both operations need of the pool view and the layer. */
+static int check_pool(const struct kv_pool_view *p, uint32_t layer, char *msg, size_t msglen)
+{
+        int r = kv_ref_check_view(p, NULL, msg, msglen);
+
+        return r < 0 ? r : kv_ref_check_layer(p, layer, NULL, msg, msglen);
+}
+
+/* Contract: kv_ops.h. */
+int kv_write_check(const struct kv_pool_view *p, const struct kvc_write_args *a, char *msg, size_t msglen)
 {
         if (!a)
-                return kv_fail(-EINVAL, msg, msglen, "write args are NULL");
+                return kv_fail(-EINVAL, msg, msglen, "args: NULL write arguments");
         int r = check_pool(p, a->layer, msg, msglen);
         if (r < 0)
                 return r;
-        const struct kv_layout *L = &p->layout;
-        const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;
-        const int64_t row = (int64_t)H * D;
+        const int64_t row = (int64_t)p->layout.g.kv_heads * p->layout.g.head_dim;
+        int64_t esz;
 
-        if (a->elem != KVC_ELEM_F32 && a->elem != KVC_ELEM_BF16 && a->elem != KVC_ELEM_F16)
-                return kv_fail(-EINVAL, msg, msglen, "elem %d is not F32, BF16 or F16", (int)a->elem);
+        switch (a->elem) {
+        case KVC_ELEM_F32: esz = 4; break;
+        case KVC_ELEM_BF16: esz = 2; break;
+        case KVC_ELEM_F16: esz = 2; break;
+        default:
+                return kv_fail(-EINVAL, msg, msglen, "elem: %d is not F32, BF16 or F16", (int)a->elem);
+        }
         if (a->num_tokens == 0)
                 return 0;
         if (!a->k || !a->v || !a->slots)
-                return kv_fail(-EINVAL, msg, msglen, "%s is NULL with num_tokens = %u",
+                return kv_fail(-EINVAL, msg, msglen, "%s: NULL with num_tokens %u",
                                !a->k ? "k" : !a->v ? "v" : "slots", a->num_tokens);
         if (a->k_row_stride < row)
-                return kv_fail(-EINVAL, msg, msglen, "k_row_stride %" PRId64 " < kv_heads*head_dim = %" PRId64,
+                return kv_fail(-EINVAL, msg, msglen,
+                               "k_row_stride: %" PRId64 " is less than kv_heads*head_dim = %" PRId64,
                                a->k_row_stride, row);
         if (a->v_row_stride < row)
-                return kv_fail(-EINVAL, msg, msglen, "v_row_stride %" PRId64 " < kv_heads*head_dim = %" PRId64,
+                return kv_fail(-EINVAL, msg, msglen,
+                               "v_row_stride: %" PRId64 " is less than kv_heads*head_dim = %" PRId64,
                                a->v_row_stride, row);
         /* Element t*stride + h*D + i is read for t < num_tokens: the last row
          * must be addressable (the element index, times the element size,
-         * within ptrdiff_t), or the index arithmetic overflows and reads
-         * somewhere else entirely.  kv_cuda_write refuses these strides too. */
-        const int64_t esz = a->elem == KVC_ELEM_F32 ? 4 : 2;
+         * within ptrdiff_t; the CUDA kernel computes t * stride * esz in
+         * int64), or the index arithmetic overflows and reads somewhere else
+         * entirely.  The strides are positive here (>= row >= 1). */
         if (a->k_row_stride > PTRDIFF_MAX / esz / a->num_tokens)
-                return kv_fail(-EINVAL, msg, msglen, "k_row_stride %" PRId64 ": %u rows overflow the address space",
+                return kv_fail(-EINVAL, msg, msglen,
+                               "k_row_stride: %" PRId64 " with %u rows would overflow the address space",
                                a->k_row_stride, a->num_tokens);
         if (a->v_row_stride > PTRDIFF_MAX / esz / a->num_tokens)
-                return kv_fail(-EINVAL, msg, msglen, "v_row_stride %" PRId64 ": %u rows overflow the address space",
+                return kv_fail(-EINVAL, msg, msglen,
+                               "v_row_stride: %" PRId64 " with %u rows would overflow the address space",
                                a->v_row_stride, a->num_tokens);
-        /* the same alignment kv_cuda_write asks for (natural alignment:
-         * anything less is undefined behaviour in C as well), so that a
-         * caller tested on a host pool passes on a GPU pool */
+        /* natural alignment (anything less is undefined behaviour in C as
+         * well, and the CUDA kernel loads whole elements), so that a caller
+         * tested on a host pool passes on a GPU pool */
         if ((uintptr_t)a->k % esz || (uintptr_t)a->v % esz)
                 return kv_fail(-EINVAL, msg, msglen, "%s: pointer not aligned to its %d-byte element",
                                (uintptr_t)a->k % esz ? "k" : "v", (int)esz);
         if ((uintptr_t)a->slots % 8)
                 return kv_fail(-EINVAL, msg, msglen, "slots: pointer not aligned to 8 bytes");
+        return 0;
+}
+
+/* Writes K and V of a->num_tokens tokens into the pool (see the file
+ * comment for the arithmetic).  Every argument is checked before the first
+ * byte is written: on error nothing in the pool has changed.  Returns 0;
+ * -EINVAL (kv_write_check: bad pool view, layer, fp8 scale, elem, NULL
+ * pointer, row stride, alignment); -ERANGE (a slot that is neither -1 nor
+ * in [0, num_pages*page_size)).  msg (if not NULL) gets one line naming the
+ * bad argument.  Thread-safe for writes to distinct slots. */
+int kv_ref_write(const struct kv_pool_view *p, const struct kvc_write_args *a, char *msg, size_t msglen)
+{
+        int r = kv_write_check(p, a, msg, msglen);
+        if (r < 0 || a->num_tokens == 0)
+                return r;
+        const struct kv_layout *L = &p->layout;
+        const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;
         const int64_t nslots = (int64_t)L->num_pages * P;
         for (uint32_t t = 0; t < a->num_tokens; t++) {
                 int64_t s = a->slots[t];
@@ -159,36 +183,47 @@ static void store_row(void *out, enum kvc_elem e, uint64_t i0, const float *x, u
                 o[i] = kv_f32_to_bf16(x[i]);
 }
 
-/* Dequantizes n_pages pages of one layer into dense k_out/v_out, shaped
- * [n_pages*page_size, kv_heads, head_dim] (fp8 times the layer's scale, fp4
- * times each block's scale), as F32 or BF16 (rounded to nearest even).
- * Every argument is checked before the first byte is written.  Returns 0;
- * -EINVAL (bad pool view, layer, elem, NULL pointer); -ERANGE (a page id
- * outside [0, num_pages)).  msg (if not NULL) names the bad argument.
- * Thread-safe. */
-int kv_ref_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a, char *msg, size_t msglen)
+/* Contract: kv_ops.h. */
+int kv_gather_check(const struct kv_pool_view *p, const struct kvc_gather_args *a, char *msg, size_t msglen)
 {
         if (!a)
-                return kv_fail(-EINVAL, msg, msglen, "gather args are NULL");
+                return kv_fail(-EINVAL, msg, msglen, "args: NULL gather arguments");
         int r = check_pool(p, a->layer, msg, msglen);
         if (r < 0)
                 return r;
-        const struct kv_layout *L = &p->layout;
-        const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;
-
         if (a->elem != KVC_ELEM_F32 && a->elem != KVC_ELEM_BF16)
-                return kv_fail(-EINVAL, msg, msglen, "elem %d is not F32 or BF16 (gather output)", (int)a->elem);
+                return kv_fail(-EINVAL, msg, msglen, "elem: %d is not F32 or BF16 (gather output)", (int)a->elem);
         if (a->n_pages == 0)
                 return 0;
         if (!a->pages || !a->k_out || !a->v_out)
-                return kv_fail(-EINVAL, msg, msglen, "%s is NULL with n_pages = %u",
+                return kv_fail(-EINVAL, msg, msglen, "%s: NULL with n_pages %u",
                                !a->pages ? "pages" : !a->k_out ? "k_out" : "v_out", a->n_pages);
-        /* as kv_cuda_gather, whose kernel writes 16-byte vectors */
+        /* the CUDA kernel writes 16-byte vectors (rows are multiples of 16
+         * bytes); asked of host outputs too, so that a caller tested on a
+         * host pool passes on a GPU pool */
         if ((uintptr_t)a->k_out % 16 || (uintptr_t)a->v_out % 16)
                 return kv_fail(-EINVAL, msg, msglen, "%s: pointer not 16-byte aligned",
                                (uintptr_t)a->k_out % 16 ? "k_out" : "v_out");
         if ((uintptr_t)a->pages % 4)
                 return kv_fail(-EINVAL, msg, msglen, "pages: pointer not aligned to 4 bytes");
+        return 0;
+}
+
+/* Dequantizes n_pages pages of one layer into dense k_out/v_out, shaped
+ * [n_pages*page_size, kv_heads, head_dim] (fp8 times the layer's scale, fp4
+ * times each block's scale), as F32 or BF16 (rounded to nearest even).
+ * Every argument is checked before the first byte is written.  Returns 0;
+ * -EINVAL (kv_gather_check: bad pool view, layer, fp8 scale, elem, NULL
+ * pointer, alignment); -ERANGE (a page id outside [0, num_pages)).  msg (if
+ * not NULL) names the bad argument.  Thread-safe. */
+int kv_ref_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a, char *msg, size_t msglen)
+{
+        int r = kv_gather_check(p, a, msg, msglen);
+        if (r < 0 || a->n_pages == 0)
+                return r;
+        const struct kv_layout *L = &p->layout;
+        const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;
+
         for (uint32_t i = 0; i < a->n_pages; i++) {
                 if (a->pages[i] < 0 || (uint32_t)a->pages[i] >= L->num_pages)
                         return kv_fail(-ERANGE, msg, msglen, "pages[%u] = %d out of range [0, %u)",

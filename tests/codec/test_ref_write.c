@@ -331,21 +331,23 @@ Test(ref_write, argument_errors)
         wa = good; wa.layer = LAYERS;
         expect_write_error(&f, &wa, -EINVAL, "layer 3");
         wa = good; wa.elem = (enum kvc_elem)7;
-        expect_write_error(&f, &wa, -EINVAL, "elem");
+        expect_write_error(&f, &wa, -EINVAL, "elem: 7 is not F32, BF16 or F16");
         wa = good; wa.k_row_stride = 127;
-        expect_write_error(&f, &wa, -EINVAL, "k_row_stride");
+        expect_write_error(&f, &wa, -EINVAL, "k_row_stride: 127 is less than kv_heads*head_dim = 128");
         wa = good; wa.v_row_stride = 0;
-        expect_write_error(&f, &wa, -EINVAL, "v_row_stride");
+        expect_write_error(&f, &wa, -EINVAL, "v_row_stride: 0 is less than");
         /* a stride whose last row lies beyond the address space: refused (as
          * kv_cuda_write does), not dereferenced */
         wa = good; wa.k_row_stride = INT64_MAX;
-        expect_write_error(&f, &wa, -EINVAL, "k_row_stride");
+        expect_write_error(&f, &wa, -EINVAL, "k_row_stride: 9223372036854775807 with 3 rows would overflow");
         wa = good; wa.v_row_stride = INT64_MAX / 2;
-        expect_write_error(&f, &wa, -EINVAL, "v_row_stride");
+        expect_write_error(&f, &wa, -EINVAL, "v_row_stride: 4611686018427387903 with 3 rows would overflow");
         wa = good; wa.k = NULL;
-        expect_write_error(&f, &wa, -EINVAL, "k is NULL");
+        expect_write_error(&f, &wa, -EINVAL, "k: NULL with num_tokens 3");
+        wa = good; wa.v = NULL;
+        expect_write_error(&f, &wa, -EINVAL, "v: NULL with num_tokens 3");
         wa = good; wa.slots = NULL;
-        expect_write_error(&f, &wa, -EINVAL, "slots is NULL");
+        expect_write_error(&f, &wa, -EINVAL, "slots: NULL with num_tokens 3");
         /* pointers the CUDA write refuses are refused here too (reading
          * them would be undefined behaviour) */
         wa = good; wa.k = (const char *)k + 2;
@@ -373,7 +375,7 @@ Test(ref_write, argument_errors)
         f.view.layout.g.head_dim = 72;
         expect_write_error(&f, &good, -EINVAL, "head_dim");
         f.view.layout.g.head_dim = 64;
-        expect_write_error(&f, NULL, -EINVAL, "NULL");
+        expect_write_error(&f, NULL, -EINVAL, "args: NULL write arguments");
         /* zero tokens is a no-op even with NULL pointers */
         wa = good; wa.num_tokens = 0; wa.k = wa.v = NULL; wa.slots = NULL;
         cr_expect_eq(kv_ref_write(&f.view, &wa, NULL, 0), 0);
@@ -404,7 +406,7 @@ Test(ref_write, gather_argument_errors)
         pages[1] = 0;
         ga = good; ga.elem = KVC_ELEM_F16;
         cr_expect_eq(kv_ref_gather(&f.view, &ga, msg, sizeof(msg)), -EINVAL);
-        cr_expect(strstr(msg, "elem"), "%s", msg);
+        cr_expect(strstr(msg, "elem: 2 is not F32 or BF16"), "%s", msg);
         ga = good; ga.k_out = ko + 1; /* the CUDA gather writes 16-byte vectors */
         cr_expect_eq(kv_ref_gather(&f.view, &ga, msg, sizeof(msg)), -EINVAL);
         cr_expect(strstr(msg, "k_out: pointer not 16-byte aligned"), "%s", msg);
@@ -413,7 +415,18 @@ Test(ref_write, gather_argument_errors)
         cr_expect(strstr(msg, "layer 9"), "%s", msg);
         ga = good; ga.v_out = NULL;
         cr_expect_eq(kv_ref_gather(&f.view, &ga, msg, sizeof(msg)), -EINVAL);
-        cr_expect(strstr(msg, "v_out"), "%s", msg);
+        cr_expect(strstr(msg, "v_out: NULL with n_pages 2"), "%s", msg);
+        ga = good; ga.pages = NULL;
+        cr_expect_eq(kv_ref_gather(&f.view, &ga, msg, sizeof(msg)), -EINVAL);
+        cr_expect(strstr(msg, "pages: NULL with n_pages 2"), "%s", msg);
+        ga = good; ga.pages = (const int32_t *)((const char *)pages + 2);
+        cr_expect_eq(kv_ref_gather(&f.view, &ga, msg, sizeof(msg)), -EINVAL);
+        cr_expect(strstr(msg, "pages: pointer not aligned to 4 bytes"), "%s", msg);
+        cr_expect_eq(kv_ref_gather(&f.view, NULL, msg, sizeof(msg)), -EINVAL);
+        cr_expect(strstr(msg, "args: NULL gather arguments"), "%s", msg);
+        /* no pages is a no-op even with NULL pointers */
+        ga = good; ga.n_pages = 0; ga.pages = NULL; ga.k_out = ga.v_out = NULL;
+        cr_expect_eq(kv_ref_gather(&f.view, &ga, NULL, 0), 0);
         cr_expect_eq(kv_ref_gather(NULL, &good, msg, sizeof(msg)), -EINVAL);
         for (uint64_t i = 0; i < f.view.layout.alloc_bytes; i++)
                 cr_assert_eq(f.mem[i], POISON, "gather never writes the pool");
