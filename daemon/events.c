@@ -8,7 +8,7 @@
  *   4      2    version    1
  *   6      2    type       1 STORED, 2 EVICTED, 3 PRESSURE, 4 SHUTDOWN, 5 RESET
  *   8      8    seq        1 for the first event of a daemon run, +1 per event
- *   16     8    time_ns    CLOCK_REALTIME when sent, ns since the Unix epoch
+ *   16     8    time_ns    CLOCK_REALTIME when announced (queued), ns since the Unix epoch
  *   24     32   pool       pool name, NUL-padded (empty for SHUTDOWN)
  *   56     ...  body, by type:
  *     STORED, EVICTED (76 bytes in all):
@@ -24,10 +24,24 @@
  *
  * A reader checks magic and version, ignores bytes after the fields it knows
  * (later versions may append) and may skip types it does not know.  Up to
- * EVENT_QUEUE events wait per subscriber; beyond that nng's PUB drops messages
+ * SUB_QUEUE events wait per subscriber; beyond that nng's PUB drops messages
  * for a subscriber that does not keep up, and a gap in seq tells the
  * subscriber how many it missed.  Subscribers must subscribe to the empty
  * topic ("" = everything): the type is not a topic prefix.
+ *
+ * Threads.  nng's PUB copies a message to every subscriber's queue inside
+ * nng_send, so a send costs in proportion to the subscribers.  The thread
+ * that announces an event (the serving thread) therefore only stamps it
+ * (seq and time, under e->lock, so that seq order is queue order) and
+ * copies its bytes into a ring of KVD_EV_QUEUE fixed-size slots allocated at
+ * open; one sender thread takes them from the ring and calls nng_send, in
+ * ring order, so subscribers get events in seq order.  When the ring is
+ * full the event is dropped: its seq is still used up (subscribers see the
+ * gap, as for nng's own drops), kvd_events_dropped counts it, and the
+ * sender logs the drops, at most once every DROP_LOG_EVERY s.
+ * kvd_events_shutdown queues SHUTDOWN and waits up to SHUTDOWN_WAIT_MS for
+ * the sender to hand everything to nng; kvd_events_close then joins the
+ * sender before it closes the socket.
  *
  * The decoder is in events_wire.c, which kvpoolctl links alone.  The
  * socket file has a listener guard (listen_guard.c) with a probe of its
@@ -49,18 +63,48 @@
 
 #include "listen_guard.h"
 #include "log.h"
+#include "ticker.h" /* kvd_mono_s */
 
 #define POOL_LEN 32
-#define EVENT_QUEUE 8192 /* nng's maximum */
+#define SUB_QUEUE 8192 /* per subscriber, in nng's PUB: nng's maximum */
+#define SLOT_MAX KVD_EV_PAGE_SIZE /* the longest event */
+#define SEND_BATCH 256          /* events the sender takes from the ring at a time */
+#define SHUTDOWN_WAIT_MS 1000   /* for the sender to send what is queued, SHUTDOWN last */
+#define DROP_LOG_EVERY 10.0     /* seconds between the sender's reports of drops */
 #define GUARD_PROBE_EVERY 10.0 /* seconds between the listener guard's probes */
 #define GUARD_RECV_MAX 65536   /* a new listener's NNG_OPT_RECVMAXSZ: subscribers send nothing */
+
+_Static_assert(KVD_EV_PRESSURE_SIZE <= SLOT_MAX && KVD_EV_RESET_SIZE <= SLOT_MAX &&
+               KVD_EV_HDR_SIZE <= SLOT_MAX, "an event does not fit a slot");
+_Static_assert((KVD_EV_QUEUE & (KVD_EV_QUEUE - 1)) == 0, "KVD_EV_QUEUE is not a power of two");
+
+struct slot {
+        uint8_t len;
+        uint8_t buf[SLOT_MAX];
+};
 
 struct kvd_events {
         nng_socket      sock;
         int             open;        /* 0: events are off (NULL url) */
-        pthread_mutex_t lock;        /* seq order == send order */
+        pthread_mutex_t lock;        /* seq, the ring's indices, the flags below */
         uint64_t        seq;
         atomic_int      subscribers; /* pipes attached, from nng's pipe callback */
+        /* the queue: slots [head, tail) (indices mod KVD_EV_QUEUE) wait for
+         * the sender or are being sent by it; only the sender advances
+         * head, and only once it is done with those slots, so an announcer
+         * never writes a slot that is being sent */
+        struct slot     *ring;
+        uint64_t         head, tail;
+        pthread_cond_t   wake;       /* the sender: events queued, limit raised, or stop */
+        pthread_cond_t   sent;       /* head moved (shutdown and hold wait for it) */
+        pthread_t        sender;
+        int              sender_idle; /* waiting on wake: an announcer signals it */
+        uint64_t         limit;      /* kvd_events_hold: the sender stops at this index */
+        int              shut;       /* kvd_events_shutdown has run */
+        atomic_int       stop;       /* the sender ends (after the send in progress) */
+        uint64_t         dropped;    /* events dropped because the ring was full (__atomic) */
+        uint64_t         drops_told; /* dropped as last logged (sender thread) */
+        double           drop_log_at; /* kvd_mono_s() of that log (sender thread) */
         /* the listener guard (listen_guard.c), for an ipc:// socket file */
         struct kvd_guard guard;
         char            *path;       /* the socket file, for the guard */
@@ -120,6 +164,148 @@ static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
                         return;
                 atomic_fetch_sub(&e->subscribers, 1);
         }
+}
+
+/* ---- the queue and its sender thread ----------------------------------- */
+
+/* ts = t, a kvd_mono_s() time, for pthread_cond_timedwait on a
+ * CLOCK_MONOTONIC condition variable. */
+static void mono_at(struct timespec *ts, double t)
+{
+        if (t < 0)
+                t = 0;
+        ts->tv_sec = (time_t)t;
+        ts->tv_nsec = (long)((t - (double)ts->tv_sec) * 1e9);
+        if (ts->tv_nsec >= 1000000000L) {
+                ts->tv_sec++;
+                ts->tv_nsec -= 1000000000L;
+        }
+}
+
+/* Logs the drops since the last report: at once for the first ones, then
+ * at most once every DROP_LOG_EVERY s (force: now, at the end).  The
+ * sender's thread only, so that the announcing thread never writes to the
+ * log for a drop (a slow journal would hold it up as subscribers did). */
+static void tell_drops(struct kvd_events *e, int force)
+{
+        uint64_t d = __atomic_load_n(&e->dropped, __ATOMIC_RELAXED);
+        double   now;
+
+        if (d == e->drops_told)
+                return;
+        now = kvd_mono_s();
+        if (!force && now < e->drop_log_at + DROP_LOG_EVERY)
+                return;
+        kvd_warn("events: %llu events dropped (%llu since kvpoold started): the send queue of %u events "
+                 "was full, the event sender cannot keep up with the subscribers; they see a gap in seq "
+                 "(docs/operations.md §7)", (unsigned long long)(d - e->drops_told), (unsigned long long)d,
+                 (unsigned)KVD_EV_QUEUE);
+        e->drops_told = d;
+        e->drop_log_at = now;
+}
+
+/* The sender: takes up to SEND_BATCH events at a time from the ring and
+ * sends them, in ring (= seq) order; the slots are given back (head moves)
+ * after they are sent, so that nng_send reads them without a copy and
+ * without the lock. */
+static void *sender_main(void *arg)
+{
+        struct kvd_events *e = arg;
+
+        pthread_mutex_lock(&e->lock);
+        while (!atomic_load(&e->stop)) {
+                if (e->head == e->tail || e->head >= e->limit) {
+                        struct timespec due;
+
+                        e->sender_idle = 1;
+                        /* drops not yet told: wake when the report is due */
+                        if (__atomic_load_n(&e->dropped, __ATOMIC_RELAXED) != e->drops_told) {
+                                mono_at(&due, e->drop_log_at + DROP_LOG_EVERY);
+                                pthread_cond_timedwait(&e->wake, &e->lock, &due);
+                        } else {
+                                pthread_cond_wait(&e->wake, &e->lock);
+                        }
+                        e->sender_idle = 0;
+                        pthread_mutex_unlock(&e->lock);
+                        tell_drops(e, 0);
+                        pthread_mutex_lock(&e->lock);
+                        continue;
+                }
+                uint64_t from = e->head, to = e->tail - e->head > SEND_BATCH ? e->head + SEND_BATCH : e->tail;
+
+                if (to > e->limit)
+                        to = e->limit;
+                pthread_mutex_unlock(&e->lock);
+                for (uint64_t i = from; i < to && !atomic_load(&e->stop); i++) {
+                        struct slot *sl = &e->ring[i & (KVD_EV_QUEUE - 1)];
+
+                        /* PUB never blocks: a subscriber whose queue is full
+                         * loses its oldest message (a gap in its seq) */
+                        (void)nng_send(e->sock, sl->buf, sl->len, NNG_FLAG_NONBLOCK);
+                }
+                tell_drops(e, 0);
+                pthread_mutex_lock(&e->lock);
+                e->head = to;
+                pthread_cond_broadcast(&e->sent);
+        }
+        pthread_mutex_unlock(&e->lock);
+        tell_drops(e, 1);
+        return NULL;
+}
+
+/* Stops the sender after the send in progress and joins it. */
+static void stop_sender(struct kvd_events *e)
+{
+        pthread_mutex_lock(&e->lock);
+        atomic_store(&e->stop, 1);
+        pthread_cond_signal(&e->wake);
+        pthread_mutex_unlock(&e->lock);
+        pthread_join(e->sender, NULL);
+}
+
+/* The lock, the condition variables (on CLOCK_MONOTONIC, for the timed
+ * waits) and, with a url, the ring.  0 or -errno; nothing is left on
+ * failure. */
+static int queue_init(struct kvd_events *e, int ring)
+{
+        pthread_condattr_t ca;
+        int                r;
+
+        if (ring && !(e->ring = calloc(KVD_EV_QUEUE, sizeof(*e->ring))))
+                return -ENOMEM;
+        if ((r = pthread_condattr_init(&ca)))
+                goto fail;
+        if ((r = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)) || (r = pthread_cond_init(&e->wake, &ca))) {
+                pthread_condattr_destroy(&ca);
+                goto fail;
+        }
+        if ((r = pthread_cond_init(&e->sent, &ca))) {
+                pthread_cond_destroy(&e->wake);
+                pthread_condattr_destroy(&ca);
+                goto fail;
+        }
+        pthread_condattr_destroy(&ca);
+        if ((r = pthread_mutex_init(&e->lock, NULL))) {
+                pthread_cond_destroy(&e->wake);
+                pthread_cond_destroy(&e->sent);
+                goto fail;
+        }
+        /* the first drop is told at once */
+        e->drop_log_at = -DROP_LOG_EVERY;
+        e->limit = UINT64_MAX;
+        return 0;
+fail:
+        free(e->ring);
+        e->ring = NULL;
+        return -r;
+}
+
+static void queue_fini(struct kvd_events *e)
+{
+        pthread_cond_destroy(&e->wake);
+        pthread_cond_destroy(&e->sent);
+        pthread_mutex_destroy(&e->lock);
+        free(e->ring);
 }
 
 /* The listener guard's probe (kvd_guard_probe_only): a subscriber that
@@ -209,21 +395,27 @@ int kvd_events_open_mode(const char *url, int mode, gid_t gid, struct kvd_events
                         snprintf(err, errlen, "events: out of memory");
                 return -ENOMEM;
         }
-        pthread_mutex_init(&e->lock, NULL);
         atomic_init(&e->subscribers, 0);
+        int rv = queue_init(e, url != NULL);
+        if (rv) {
+                if (err)
+                        snprintf(err, errlen, "events: cannot set up the send queue: %s", strerror(-rv));
+                free(e);
+                return rv;
+        }
         if (!url) {
                 *ret = e;
                 return 0;
         }
         nng_listener l = NNG_LISTENER_INITIALIZER;
-        int rv = nng_pub0_open(&e->sock);
+        rv = nng_pub0_open(&e->sock);
         if (rv != 0) {
                 if (err)
                         snprintf(err, errlen, "events: cannot open a PUB socket: %s", nng_strerror(rv));
         } else {
                 /* one alloc may evict thousands of pages at once: queue a
                  * burst per subscriber rather than drop it (default: 16) */
-                rv = nng_socket_set_int(e->sock, NNG_OPT_SENDBUF, EVENT_QUEUE);
+                rv = nng_socket_set_int(e->sock, NNG_OPT_SENDBUF, SUB_QUEUE);
                 if (rv != 0 && err)
                         snprintf(err, errlen, "events: cannot size the send queue: %s", nng_strerror(rv));
                 if (rv == 0) {
@@ -231,11 +423,13 @@ int kvd_events_open_mode(const char *url, int mode, gid_t gid, struct kvd_events
                         nng_pipe_notify(e->sock, NNG_PIPE_EV_REM_POST, on_pipe, e);
                         rv = listen_on(e, url, mode, gid, &l, err, errlen);
                 }
+                if (rv == 0 && (rv = -pthread_create(&e->sender, NULL, sender_main, e)) != 0 && err)
+                        snprintf(err, errlen, "events: cannot start the sender thread: %s", strerror(-rv));
                 if (rv != 0)
                         nng_close(e->sock);
         }
         if (rv != 0) {
-                pthread_mutex_destroy(&e->lock);
+                queue_fini(e);
                 free(e);
                 return rv < 0 ? rv : nng_to_errno(rv);
         }
@@ -259,7 +453,7 @@ int kvd_events_open(const char *url, struct kvd_events **ret, char *err, size_t 
         return kvd_events_open_mode(url, 0, (gid_t)-1, ret, err, errlen);
 }
 
-/* Fills the common header; seq is set under the lock in send_event. */
+/* Fills the common header; seq is set under the lock in queue_locked. */
 static void header(uint8_t *buf, uint16_t type, const char *pool)
 {
         struct timespec ts;
@@ -275,15 +469,38 @@ static void header(uint8_t *buf, uint16_t type, const char *pool)
         }
 }
 
-/* Sends without blocking.  A failed send still consumes its sequence number,
- * so subscribers see the gap instead of silently missing an event. */
+/* Numbers the event and queues it for the sender; caller holds e->lock.
+ * Numbering and queueing under one lock makes seq order the ring's order,
+ * which is the send order.  An event that finds the ring full is dropped
+ * but keeps its number, so subscribers see the gap instead of silently
+ * missing an event. */
+static void queue_locked(struct kvd_events *e, uint8_t *buf, size_t len)
+{
+        uint64_t seq = e->seq + 1;
+
+        __atomic_store_n(&e->seq, seq, __ATOMIC_RELAXED);
+        put64(buf + 8, seq);
+        if (e->tail - e->head >= KVD_EV_QUEUE) {
+                __atomic_fetch_add(&e->dropped, 1, __ATOMIC_RELAXED);
+                return;
+        }
+        struct slot *sl = &e->ring[e->tail & (KVD_EV_QUEUE - 1)];
+        memcpy(sl->buf, buf, len);
+        sl->len = (uint8_t)len;
+        e->tail++;
+        /* one wake-up per idle spell, not one per event of a burst */
+        if (e->sender_idle) {
+                e->sender_idle = 0;
+                pthread_cond_signal(&e->wake);
+        }
+}
+
+/* Queues without blocking: the lock is held by the sender only to take or
+ * give back slots, never while it sends. */
 static void send_event(struct kvd_events *e, uint8_t *buf, size_t len)
 {
         pthread_mutex_lock(&e->lock);
-        uint64_t seq = e->seq + 1;
-        __atomic_store_n(&e->seq, seq, __ATOMIC_RELAXED);
-        put64(buf + 8, seq);
-        (void)nng_send(e->sock, buf, len, NNG_FLAG_NONBLOCK);
+        queue_locked(e, buf, len);
         pthread_mutex_unlock(&e->lock);
 }
 
@@ -343,14 +560,64 @@ uint64_t kvd_events_seq(const struct kvd_events *e)
         return __atomic_load_n(&e->seq, __ATOMIC_RELAXED);
 }
 
+uint64_t kvd_events_dropped(const struct kvd_events *e)
+{
+        /* no lock: counted with an atomic add, read for metrics only */
+        return e ? __atomic_load_n(&e->dropped, __ATOMIC_RELAXED) : 0;
+}
+
+void kvd_events_hold(struct kvd_events *e, uint64_t allow)
+{
+        if (!e || !e->open)
+                return;
+        pthread_mutex_lock(&e->lock);
+        if (allow == UINT64_MAX) {
+                e->limit = UINT64_MAX;
+        } else {
+                /* from sending freely: what was announced before goes out
+                 * first, so that the count starts at an empty queue */
+                while (e->limit == UINT64_MAX && e->head != e->tail)
+                        pthread_cond_wait(&e->sent, &e->lock);
+                if (e->limit == UINT64_MAX)
+                        e->limit = e->head;
+                e->limit = allow > UINT64_MAX - 1 - e->limit ? UINT64_MAX - 1 : e->limit + allow;
+        }
+        if (e->sender_idle) {
+                e->sender_idle = 0;
+                pthread_cond_signal(&e->wake);
+        }
+        pthread_mutex_unlock(&e->lock);
+}
+
 void kvd_events_shutdown(struct kvd_events *e)
 {
         if (!e || !e->open)
                 return;
         kvd_guard_stop(&e->guard); /* no take-over while the socket goes */
-        uint8_t buf[KVD_EV_HDR_SIZE];
+        struct timespec until;
+        uint8_t         buf[KVD_EV_HDR_SIZE];
+        uint64_t        left;
+
+        mono_at(&until, kvd_mono_s() + SHUTDOWN_WAIT_MS / 1000.0);
         header(buf, KVD_EV_SHUTDOWN, NULL);
-        send_event(e, buf, sizeof(buf));
+        pthread_mutex_lock(&e->lock);
+        if (e->shut) {
+                pthread_mutex_unlock(&e->lock);
+                return;
+        }
+        e->shut = 1;
+        /* SHUTDOWN is worth waiting for room: nothing is served any more */
+        while (e->tail - e->head >= KVD_EV_QUEUE && pthread_cond_timedwait(&e->sent, &e->lock, &until) == 0)
+                ;
+        queue_locked(e, buf, sizeof(buf));
+        while (e->head != e->tail && pthread_cond_timedwait(&e->sent, &e->lock, &until) == 0)
+                ;
+        left = e->tail - e->head;
+        pthread_mutex_unlock(&e->lock);
+        if (left)
+                kvd_warn("events: %llu events, the shutdown event last, were not sent within %d ms of shutdown "
+                         "(too many subscribers for the event sender to keep up)", (unsigned long long)left,
+                         SHUTDOWN_WAIT_MS);
         /* nng sends asynchronously and closing drops what is queued: give
          * connected subscribers a moment to receive the event */
         if (atomic_load(&e->subscribers) > 0) {
@@ -364,10 +631,12 @@ void kvd_events_close(struct kvd_events *e)
         if (!e)
                 return;
         kvd_events_shutdown(e);
-        if (e->open)
+        if (e->open) {
+                stop_sender(e); /* before the socket it sends on closes */
                 nng_close(e->sock);
+        }
         kvd_guard_fini(&e->guard);
         free(e->path);
-        pthread_mutex_destroy(&e->lock);
+        queue_fini(e);
         free(e);
 }

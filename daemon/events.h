@@ -3,8 +3,11 @@
  * shutdown.  Each event
  * carries a sequence number (starting at 1, +1 per event, per daemon run) so
  * that a subscriber can tell it missed some.  The wire format of an event is
- * in docs/protocol.md ("Event stream").  Publishing never blocks: nng's PUB
- * drops messages for slow subscribers. */
+ * in docs/protocol.md ("Event stream").  Announcing an event never blocks
+ * and never waits on subscribers: it is numbered and queued (at most
+ * KVD_EV_QUEUE wait) for a sender thread of the module's own, which hands it
+ * to nng's PUB; that drops messages for slow subscribers, and the queue drops
+ * events when it is full. */
 #ifndef KVD_EVENTS_H
 #define KVD_EVENTS_H
 
@@ -22,8 +25,17 @@ enum kvd_event_type {
         KVD_EV_RESET    = 5,
 };
 
-/* Listens on url (e.g. ipc:///run/kvpool/events.sock). NULL url: events off
- * (every call below is then a no-op). */
+/* Events waiting for the sender thread, at most: a ring of fixed-size slots
+ * allocated at open (1.2 MiB).  A publish announces up to 8192 events
+ * (KV_MAX_KEYS_REQ) at once, faster than the sender sends them: the ring
+ * holds two such bursts.  (An alloc announces one event per page it
+ * evicts, which can be more.) */
+#define KVD_EV_QUEUE 16384u
+
+/* Listens on url (e.g. ipc:///run/kvpool/events.sock) and starts the sender
+ * thread.  NULL url: events off (every call below is then a no-op).
+ * Returns 0 or a negative errno, with err naming the step; *ret is
+ * untouched on failure. */
 int  kvd_events_open(const char *url, struct kvd_events **ret, char *err, size_t errlen);
 /* As kvd_events_open; for an ipc:// url, mode != 0 gives the socket file that
  * mode (e.g. 0660, like the request socket) and gid != (gid_t)-1 that group,
@@ -33,11 +45,21 @@ int  kvd_events_open(const char *url, struct kvd_events **ret, char *err, size_t
  * does not attach it (listen_guard.c; kvd_events_shutdown stops it). */
 int  kvd_events_open_mode(const char *url, int mode, gid_t gid, struct kvd_events **ret,
                           char *err, size_t errlen);
-/* Publishes the SHUTDOWN event and gives subscribers 100 ms to get it; the
- * socket stays open (kvd_events_close calls it).  Accepts NULL. */
+/* Stops the listener guard, queues the SHUTDOWN event (waiting for room if
+ * the queue is full), waits for the sender to hand everything queued to nng
+ * (up to 1 s in all: what is left then is logged) and gives subscribers
+ * 100 ms to get it; the socket and the sender stay (kvd_events_close calls
+ * it).  Once: later calls do nothing.  Accepts NULL. */
 void kvd_events_shutdown(struct kvd_events *e);
-/* kvd_events_shutdown, then closes and frees. Accepts NULL. */
+/* kvd_events_shutdown, then stops and joins the sender, closes and frees.
+ * Accepts NULL. */
 void kvd_events_close(struct kvd_events *e);
+
+/* Announcing: the event gets the next sequence number and the time now and
+ * is queued; the calls never block on subscribers and allocate nothing.
+ * When the queue is full the event is dropped: its number is used up all
+ * the same (subscribers see a gap) and kvd_events_dropped counts it.  Thread
+ * safe; events are sent in the order of their numbers. */
 void kvd_events_stored(struct kvd_events *e, const char *pool, uint32_t page, const uint8_t key[16]);
 void kvd_events_evicted(struct kvd_events *e, const char *pool, uint32_t page, const uint8_t key[16]);
 /* Every prefix key of the pool was dropped (RESET request): keys of them. */
@@ -45,7 +67,18 @@ void kvd_events_reset(struct kvd_events *e, const char *pool, uint32_t keys);
 /* free_fraction crossed threshold: entering = 1 when it fell below, 0 when it rose back. */
 void kvd_events_pressure(struct kvd_events *e, const char *pool, double free_fraction,
                          double threshold, int entering);
-uint64_t kvd_events_seq(const struct kvd_events *e); /* last sequence number sent */
+uint64_t kvd_events_seq(const struct kvd_events *e); /* last sequence number given out (sent or dropped) */
+/* Events dropped because the queue was full, since open (0 for NULL or
+ * events off).  Any thread. */
+uint64_t kvd_events_dropped(const struct kvd_events *e);
+/* For tests: allow == UINT64_MAX lets the sender send freely (the default).
+ * Otherwise the sender sends `allow` more events than it was allowed so far
+ * and then stops: events queue up, and are dropped once the queue is full.
+ * Coming from sending freely, the call first waits until every event queued
+ * so far has gone to nng, so that the count starts at an empty queue.  Do
+ * not hold the sender across kvd_events_shutdown: its 1 s wait would lapse
+ * and SHUTDOWN stay unsent. */
+void kvd_events_hold(struct kvd_events *e, uint64_t allow);
 
 /* ---- decoding (events_wire.c; used by kvpoolctl, which links that file
  * alone: nothing below depends on daemon state) ---------------------------- */

@@ -13,6 +13,7 @@
  *   kvpool_build_info{version,cuda}                 gauge 1
  *   kvpool_start_time_seconds                       gauge, unix time
  *   kvpool_clients                                  gauge, connected sessions
+ *   kvpool_events_dropped_total                     counter, events.c's queue full
  *   kvpool_requests_total{op}                       counter
  *   kvpool_request_errors_total{op,code}            counter
  *   kvpool_request_duration_seconds{op}             histogram, 10us .. 1s
@@ -383,6 +384,10 @@ char *kvd_metrics_render(const struct kvd_metrics *m, const struct kvd_server *s
         put(&b, "kvpool_start_time_seconds %.3f\n", m->start_time);
         family(&b, "kvpool_clients", "gauge", "Connected client sessions.");
         put(&b, "kvpool_clients %u\n", s ? kvd_server_client_count(s) : 0u);
+        family(&b, "kvpool_events_dropped_total", "counter",
+               "Events dropped because the event send queue was full (subscribers see a gap in seq).");
+        put(&b, "kvpool_events_dropped_total %llu\n",
+            (unsigned long long)(s ? kvd_server_events_dropped(s) : 0));
 
         render_requests(&b, m);
         render_pools(&b, s);

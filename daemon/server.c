@@ -73,6 +73,7 @@ uint32_t kvd_server_client_count(const struct kvd_server *s) { return kvd_sessio
 const struct kvd_sessions *kvd_server_sessions(const struct kvd_server *s) { return s->sessions; }
 const char *kvd_server_socket_url(const struct kvd_server *s) { return s->socket_url; }
 const char *kvd_server_events_url(const struct kvd_server *s) { return s->events_url; }
+uint64_t kvd_server_events_dropped(const struct kvd_server *s) { return kvd_events_dropped(s->events); }
 void kvd_server_lock(struct kvd_server *s) { pthread_mutex_lock(&s->lock); }
 void kvd_server_unlock(struct kvd_server *s) { pthread_mutex_unlock(&s->lock); }
 int kvd_server_closing(const struct kvd_server *s) { return s->closing; }

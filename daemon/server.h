@@ -29,6 +29,9 @@ struct kvd_server;
 uint32_t               kvd_server_pool_count(const struct kvd_server *s);
 const struct kvd_pool *kvd_server_pool(const struct kvd_server *s, uint32_t i);
 uint32_t               kvd_server_client_count(const struct kvd_server *s);
+/* Events dropped because the event send queue was full (events.c); 0 when
+ * events are off.  Needs no lock. */
+uint64_t               kvd_server_events_dropped(const struct kvd_server *s);
 
 void kvd_server_lock(struct kvd_server *s);
 void kvd_server_unlock(struct kvd_server *s);

@@ -1,5 +1,5 @@
 /* test_events.c - the event stream (daemon/events.c) over a real nng PUB/SUB
- * pair, its decoder on good and bad input, and `kvpoolctl events` (readable
+ * pair (with its send queue held and overflowed), its decoder on good and bad input, and `kvpoolctl events` (readable
  * and JSON output, gap reports, --count, exit on shutdown) against a PUB
  * socket this test drives by hand. */
 #include <criterion/criterion.h>
@@ -170,6 +170,77 @@ Test(events, a_burst_is_not_dropped)
                 cr_assert_eq(ev.page, i);
         }
         kvd_events_close(e);
+        nng_close(sub);
+}
+
+/* The first event after *base that arrives (the probes of wait_connected
+ * may still be on their way). */
+static int recv_after(nng_socket s, uint64_t base, struct kvd_event *ev)
+{
+        int r;
+
+        while ((r = recv_event(s, ev, NULL)) == 0 && ev->seq <= base)
+                ;
+        return r;
+}
+
+/* Announcing only queues: the sender thread sends.  With the sender held
+ * (kvd_events_hold), more events than the queue holds are announced
+ * anyway: every one gets its number, nothing reaches the subscriber, and
+ * those past the queue's room are dropped and counted.  Let go a chunk at a
+ * time (the subscriber's own queue holds 8192), the queued events arrive
+ * in seq order, and the next event comes after the gap of the dropped
+ * ones. */
+Test(events, full_queue_drops_with_a_gap)
+{
+        char url[128];
+        url_for(url, sizeof(url), "queue");
+        struct kvd_events *e = NULL;
+        char err[256];
+        cr_assert_eq(kvd_events_open(url, &e, err, sizeof(err)), 0, "%s", err);
+        nng_socket sub = subscriber(url);
+        cr_assert_eq(nng_socket_set_int(sub, NNG_OPT_RECVBUF, 8192), 0);
+        wait_connected(sub, e);
+
+        kvd_events_hold(e, 0);
+        uint64_t base = kvd_events_seq(e);
+        uint8_t key[16] = { 7 };
+        enum { EXTRA = 100, CHUNK = 4096 };
+        const uint32_t n = KVD_EV_QUEUE + EXTRA;
+        for (uint32_t i = 0; i < n; i++)
+                kvd_events_evicted(e, "p", i, key);
+        cr_assert_eq(kvd_events_seq(e), base + n, "every event got its number");
+        cr_assert_eq(kvd_events_dropped(e), EXTRA, "dropped %llu, want %d",
+                     (unsigned long long)kvd_events_dropped(e), EXTRA);
+
+        struct kvd_event ev;
+        nng_socket_set_ms(sub, NNG_OPT_RECVTIMEO, 200);
+        cr_assert_neq(recv_after(sub, base, &ev), 0, "event %llu was sent while the sender was held",
+                      (unsigned long long)ev.seq);
+        nng_socket_set_ms(sub, NNG_OPT_RECVTIMEO, 5000);
+
+        for (uint32_t i = 0; i < KVD_EV_QUEUE; i++) {
+                if (i % CHUNK == 0)
+                        kvd_events_hold(e, CHUNK);
+                cr_assert_eq(recv_after(sub, base, &ev), 0, "event %u of %u did not arrive", i,
+                             (unsigned)KVD_EV_QUEUE);
+                cr_assert_eq(ev.seq, base + 1 + i, "got seq %llu, want %llu", (unsigned long long)ev.seq,
+                             (unsigned long long)(base + 1 + i));
+                cr_assert_eq(ev.page, i);
+        }
+        kvd_events_hold(e, UINT64_MAX);
+        kvd_events_stored(e, "p", 424242, key);
+        cr_assert_eq(recv_after(sub, base, &ev), 0);
+        cr_assert_eq(ev.type, KVD_EV_STORED);
+        cr_assert_eq(ev.seq, base + n + 1, "after the gap: seq %llu, want %llu", (unsigned long long)ev.seq,
+                     (unsigned long long)(base + n + 1));
+        cr_assert_eq(ev.page, 424242);
+        cr_assert_eq(kvd_events_dropped(e), EXTRA);
+
+        kvd_events_close(e);
+        cr_assert_eq(recv_after(sub, base, &ev), 0, "the shutdown event arrives before the close");
+        cr_assert_eq(ev.type, KVD_EV_SHUTDOWN);
+        cr_assert_eq(ev.seq, base + n + 2);
         nng_close(sub);
 }
 

@@ -29,6 +29,7 @@ struct kvd_server {
         struct kvd_pool *pools[4];
         uint32_t         npools;
         uint32_t         clients;
+        uint64_t         events_dropped;
         int              locked;     /* lock depth: must be 1 while rendering */
         int              lock_calls;
         int              closing;    /* kvd_server_free has begun */
@@ -43,6 +44,7 @@ const struct kvd_pool *kvd_server_pool(const struct kvd_server *s, uint32_t i)
         return i < s->npools ? s->pools[i] : NULL;
 }
 uint32_t kvd_server_client_count(const struct kvd_server *s) { return s->clients; }
+uint64_t kvd_server_events_dropped(const struct kvd_server *s) { return s->events_dropped; }
 void kvd_server_lock(struct kvd_server *s)
 {
         __atomic_add_fetch(&s->locked, 1, __ATOMIC_SEQ_CST);
@@ -112,6 +114,7 @@ Test(metrics, empty_daemon_is_valid_exposition)
         cr_assert_eq(kvd_metrics_new(&m), 0);
         t = render(m);
         expect_metric(t, "kvpool_clients", 0);
+        expect_metric(t, "kvpool_events_dropped_total", 0);
         expect_metric(t, "kvpool_requests_total{op=\"alloc\"}", 0);
         cr_expect(strstr(t, "kvpool_build_info{version=\""), "no build info:\n%s", t);
         cr_expect(strstr(t, "# TYPE kvpool_request_duration_seconds histogram\n"));
@@ -174,12 +177,14 @@ Test(metrics, pools_match_page_tables)
         a = add_pool("main", KVC_DTYPE_FP8_E4M3, 100);
         b = add_pool("we\"ird\\na\nme", KVC_DTYPE_FP4_E2M1, 40);
         fake.clients = 3;
+        fake.events_dropped = 12345678901ull; /* past 2^32 */
         cr_assert_eq(kvd_pages_alloc(a->pages, 1, 10, ids), 0);
         cr_assert_eq(kvd_pages_alloc(a->pages, 2, 7, ids), 0);
         cr_assert_eq(kvd_pages_release(a->pages, 2, 2, ids), 0);
         cr_assert_eq(kvd_pages_alloc(b->pages, 1, 40, ids), 0);
         t = render(m);
         expect_metric(t, "kvpool_clients", 3);
+        expect_metric(t, "kvpool_events_dropped_total", 12345678901.0);
 #define A "{pool=\"main\",dtype=\"fp8_e4m3\",backend=\"host\"}"
         expect_metric(t, "kvpool_pool_pages" A, 100);
         expect_metric(t, "kvpool_pool_free_pages" A, 85);
