@@ -1,8 +1,8 @@
 /* log.h - kvpoold's leveled logging: one line per message on stderr, with the
  * sd-daemon priority prefix ("<3>" error, "<4>" warning, "<6>" info, "<7>"
  * debug) so that journald keeps the level when the daemon runs under systemd.
- * Thread safe: pipe callbacks and the metrics HTTP handler log from nng
- * threads; each message is written with one write(2). */
+ * Thread safe: pipe callbacks log from nng threads, the reaper and the
+ * guard from theirs; each message is written with one write(2). */
 #ifndef KVD_LOG_H
 #define KVD_LOG_H
 

@@ -1,9 +1,10 @@
 /* metrics.c - request counters, a request-latency histogram, per-pool gauges,
  * and their Prometheus text exposition (format 0.0.4), served at GET /metrics
- * by nng's HTTP server and returned by the METRICS request.
+ * by a bounded HTTP server of our own (http_serve.c) and returned by the
+ * METRICS request.
  *
  * Counters are written by the serving thread only and read by whichever
- * thread renders (the serving thread for METRICS, an nng HTTP thread for
+ * thread renders (the serving thread for METRICS, the HTTP thread for
  * /metrics).  One writer makes a plain load + store enough; both sides use
  * relaxed atomic accesses so a reader never sees a torn value and the
  * compiler keeps the stores.  The hot path (kvd_metrics_observe) therefore
@@ -32,11 +33,11 @@
 #include <time.h>
 
 #include <nng/nng.h>
-#include <nng/supplemental/http/http.h>
 
 #include "kv_config.h"
 #include "kv_proto.h"
 #include "kvclient.h"
+#include "http_serve.h"
 #include "metrics.h"
 #include "pool.h"
 #include "server.h"
@@ -80,9 +81,10 @@ struct op_stats {
 struct kvd_metrics {
         struct op_stats   ops[NUM_OPS];
         double            start_time; /* unix seconds */
-        /* HTTP endpoint (NULL when off) */
-        nng_http_server  *http;
+        /* HTTP endpoint (NULL when off) and its limits (0: the defaults) */
+        struct kvd_http   *http;
         struct kvd_server *srv;
+        unsigned           http_max_conns, http_deadline_ms;
 };
 
 /* ---- counters ----------------------------------------------------------- */
@@ -401,42 +403,30 @@ char *kvd_metrics_render(const struct kvd_metrics *m, const struct kvd_server *s
 
 /* ---- HTTP endpoint ---------------------------------------------------------- */
 
-/* GET /metrics on an nng HTTP thread.  Anything else (other paths) never gets
- * here: nng's server answers 404 itself, and 405 for other methods. */
-static void http_metrics_cb(nng_aio *aio)
+/* GET or HEAD /metrics on the HTTP thread (http_serve.c answers everything
+ * else itself: 404, 405, 413, ...).  Returns 200 with the text in *ret_body,
+ * 503 while the server shuts down, 500 when out of memory. */
+static int http_metrics_get(void *arg, char **ret_body, size_t *ret_len)
 {
-        nng_http_handler *h = nng_aio_get_input(aio, 1);
-        struct kvd_metrics *m = nng_http_handler_get_data(h);
-        nng_http_res *res = NULL;
+        struct kvd_metrics *m = arg;
         char *text;
         int closing;
 
         kvd_server_lock(m->srv);
-        /* a shutdown that could not wait for this HTTP server to stop (its
-         * stop stuck in nng, or KVPOOLD_CLOSE_WAIT_MS=0) frees the pools
-         * with a handler possibly still to run (kvd_server_free): nothing
-         * to render then */
+        /* a shutdown that did not wait for its close thread, which stops
+         * this endpoint first (KVPOOLD_CLOSE_WAIT_MS=0, or a wait that ran
+         * out), frees the pools with this possibly still to run
+         * (kvd_server_free): nothing to render then */
         closing = kvd_server_closing(m->srv);
         text = closing ? NULL : kvd_metrics_render(m, m->srv);
         kvd_server_unlock(m->srv);
-
-        if (text && nng_http_res_alloc(&res) == 0) {
-                if (nng_http_res_set_header(res, "Content-Type", "text/plain; version=0.0.4; charset=utf-8") != 0 ||
-                    nng_http_res_copy_data(res, text, strlen(text)) != 0) {
-                        nng_http_res_free(res);
-                        res = NULL;
-                }
-        }
-        free(text);
-        if (!res && nng_http_res_alloc_error(&res, closing ? NNG_HTTP_STATUS_SERVICE_UNAVAILABLE
-                                                           : NNG_HTTP_STATUS_INTERNAL_SERVER_ERROR) != 0) {
-                /* Not even an error response: fail the aio, nng closes the
-                 * connection. */
-                nng_aio_finish(aio, NNG_ENOMEM);
-                return;
-        }
-        nng_aio_set_output(aio, 0, res);
-        nng_aio_finish(aio, 0);
+        if (closing)
+                return 503;
+        if (!text)
+                return 500;
+        *ret_body = text;
+        *ret_len = strlen(text);
+        return 200;
 }
 
 static int nng_to_errno(int rv)
@@ -485,8 +475,9 @@ static int addr_to_url(const char *addr, char *url, size_t cap, char *err, size_
         return 0;
 }
 
-/* addr (HOST:PORT) as the nng URL the HTTP server listens on: 0 with
- * *ret to nng_url_free, or a negative errno with err naming the address. */
+/* addr (HOST:PORT) parsed as a URL (u_hostname without brackets, u_port):
+ * 0 with *ret to nng_url_free, or a negative errno with err naming the
+ * address.  Only the parse is nng's; the server is http_serve.c. */
 static int parse_addr(const char *addr, nng_url **ret, char *err, size_t errlen)
 {
         char urlstr[300];
@@ -514,18 +505,35 @@ int kvd_metrics_check_addr(const char *addr, char *err, size_t errlen)
         return 0;
 }
 
+/* Sets the HTTP endpoint's limits for its next start: at most max_conns
+ * connections (the oldest is closed for a new one beyond that), each closed
+ * deadline_ms after accept at the latest; 0 keeps a default
+ * (KVD_HTTP_MAX_CONNS, KVD_HTTP_DEADLINE_MS).  Accepts NULL m. */
+void kvd_metrics_http_limits(struct kvd_metrics *m, unsigned max_conns, unsigned deadline_ms)
+{
+        if (!m)
+                return;
+        m->http_max_conns = max_conns;
+        m->http_deadline_ms = deadline_ms;
+}
+
 /* Starts serving GET /metrics on addr ("127.0.0.1:9464"; NULL, "" or "none":
- * off, returns 0).  s is the server whose pools are rendered; the handler
- * takes kvd_server_lock(s) around rendering.  Returns 0, -EALREADY when
- * already started, -EINVAL for a bad address, -EADDRINUSE, or another
- * negative errno, with a message naming the address in err. */
+ * off, returns 0) from a thread of its own.  s is the server whose pools
+ * are rendered; the handler takes kvd_server_lock(s) around rendering.
+ * Returns 0, -EALREADY when already started, -EINVAL for a bad address,
+ * -EADDRINUSE, or another negative errno, with a message naming the
+ * address in err. */
 int kvd_metrics_http_start(struct kvd_metrics *m, struct kvd_server *s, const char *addr,
                            char *err, size_t errlen)
 {
         nng_url *url = NULL;
-        nng_http_server *hs = NULL;
-        nng_http_handler *h = NULL;
-        int rv, r;
+        struct kvd_http_cfg cfg = {
+                .path = "/metrics",
+                .content_type = "text/plain; version=0.0.4; charset=utf-8",
+                .get = http_metrics_get,
+        };
+        char why[256] = "";
+        int r;
 
         if (!addr || !*addr || strcmp(addr, "none") == 0)
                 return 0;
@@ -539,48 +547,31 @@ int kvd_metrics_http_start(struct kvd_metrics *m, struct kvd_server *s, const ch
         }
         if ((r = parse_addr(addr, &url, err, errlen)) < 0)
                 return r;
-        m->srv = s;
-        if ((rv = nng_http_server_hold(&hs, url)) != 0)
-                goto fail;
-        if ((rv = nng_http_handler_alloc(&h, "/metrics", http_metrics_cb)) != 0)
-                goto fail;
-        if ((rv = nng_http_handler_set_data(h, m, NULL)) != 0)
-                goto fail;
-        /* a scrape has no body: refuse one at once (nng would otherwise
-         * read and keep up to 1 MiB of it per connection, for as long as
-         * the peer takes to send it) */
-        if ((rv = nng_http_handler_collect_body(h, true, 0)) != 0)
-                goto fail;
-        if ((rv = nng_http_server_add_handler(hs, h)) != 0)
-                goto fail;
-        h = NULL; /* the server owns it now */
-        if ((rv = nng_http_server_start(hs)) != 0)
-                goto fail;
-        nng_url_free(url);
-        m->http = hs;
+        cfg.host = url->u_hostname;
+        cfg.port = url->u_port;
+        cfg.arg = m;
+        cfg.max_conns = m->http_max_conns;
+        cfg.deadline_ms = m->http_deadline_ms;
+        m->srv = s; /* before the thread can call http_metrics_get */
+        r = kvd_http_start(&cfg, &m->http, why, sizeof(why));
+        nng_url_free(url); /* the strings are read only while starting */
+        if (r < 0) {
+                snprintf(err, errlen, "metrics: cannot serve http://%s/metrics: %s",
+                         addr + (strncmp(addr, "http://", 7) ? 0 : 7), why);
+                m->srv = NULL;
+                return r;
+        }
         return 0;
-
-fail:
-        snprintf(err, errlen, "metrics: cannot serve http://%s/metrics: %s", addr + (strncmp(addr, "http://", 7) ? 0 : 7),
-                 nng_strerror(rv));
-        if (h) /* nng 1.5 does not accept NULL here */
-                nng_http_handler_free(h);
-        if (hs)
-                nng_http_server_release(hs);
-        nng_url_free(url);
-        m->srv = NULL;
-        return nng_to_errno(rv);
 }
 
-/* Stops the HTTP endpoint (no-op if not started; accepts NULL).  Waits for a
- * handler in progress, which takes the server lock: do not call it while
- * holding kvd_server_lock. */
+/* Stops the HTTP endpoint (no-op if not started; accepts NULL): closes its
+ * connections and joins its thread, after a handler in progress, which
+ * takes the server lock: do not call it while holding kvd_server_lock. */
 void kvd_metrics_http_stop(struct kvd_metrics *m)
 {
         if (!m || !m->http)
                 return;
-        nng_http_server_stop(m->http);
-        nng_http_server_release(m->http);
+        kvd_http_stop(m->http);
         m->http = NULL;
         m->srv = NULL;
 }

@@ -1,5 +1,5 @@
 /* metrics.h - request counters, a latency histogram, and the Prometheus text
- * exposition served at /metrics (nng's HTTP server) and by the METRICS
+ * exposition served at /metrics (http_serve.c, bounded) and by the METRICS
  * request.  Counters are updated by the serving thread; rendering happens
  * under the server lock (kvd_server_lock), so no extra locking is needed. */
 #ifndef KVD_METRICS_H
@@ -19,11 +19,16 @@ void kvd_metrics_observe(struct kvd_metrics *m, uint16_t opcode, uint32_t err_co
  * Returns a malloc'ed NUL-terminated string or NULL on OOM.  Caller holds the
  * server lock. */
 char *kvd_metrics_render(const struct kvd_metrics *m, const struct kvd_server *s);
-/* Serves GET /metrics on addr ("127.0.0.1:9464"); NULL/"" = off. */
 /* 0 when addr (NULL, "" or "none": off) is what kvd_metrics_http_start
  * accepts as an address, else -EINVAL with the reason in err: for checking
  * a configuration before anything is allocated. */
 int  kvd_metrics_check_addr(const char *addr, char *err, size_t errlen);
+/* The HTTP endpoint's limits for its next start: connections at most, and
+ * milliseconds from accept to close at the latest; 0: the default (32,
+ * 5000).  For $KVPOOLD_METRICS_CONNS / _DEADLINE_MS and for tests. */
+void kvd_metrics_http_limits(struct kvd_metrics *m, unsigned max_conns, unsigned deadline_ms);
+/* Serves GET /metrics on addr ("127.0.0.1:9464"; NULL/""/"none" = off) from
+ * a thread of its own (http_serve.c); stop joins it.  Details in metrics.c. */
 int  kvd_metrics_http_start(struct kvd_metrics *m, struct kvd_server *s, const char *addr,
                             char *err, size_t errlen);
 void kvd_metrics_http_stop(struct kvd_metrics *m);

@@ -5,8 +5,9 @@
  * pipe and the pool, writes the reply into the same nng message (no other
  * allocation per request), releases the lock and hands the reply to nng
  * without waiting for it to go out (replies.c).  Pipe events (a
- * client connecting or going away) and the metrics HTTP handler run on nng
- * threads and take the same lock.
+ * client connecting or going away) run on nng threads, the metrics HTTP
+ * handler on the metrics endpoint's thread (http_serve.c); both take the
+ * same lock.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -22,6 +23,7 @@
 #include "server_int.h"
 #include "config.h"
 #include "events.h"
+#include "http_serve.h" /* the endpoint's default limits */
 #include "metrics.h"
 #include "notify.h"
 #include "log.h"
@@ -401,6 +403,15 @@ int kvd_server_new(const struct kvd_server_cfg *cfg, struct kvd_pool **pools, ui
         for (uint32_t i = 0; i < num_pools; i++)
                 pools[i]->events = s->events;
         if (cfg->metrics_addr && *cfg->metrics_addr) {
+                /* $KVPOOLD_METRICS_CONNS (1..1024, default 32) and
+                 * $KVPOOLD_METRICS_DEADLINE_MS (10..60000, default 5000):
+                 * how many connections the endpoint keeps, and for how long
+                 * at most (docs/operations.md §7) */
+                kvd_metrics_http_limits(s->metrics,
+                                        (unsigned)kvd_env_number("KVPOOLD_METRICS_CONNS", 1, 1024,
+                                                                 KVD_HTTP_MAX_CONNS, "connections"),
+                                        (unsigned)kvd_env_number("KVPOOLD_METRICS_DEADLINE_MS", 10, 60000,
+                                                                 KVD_HTTP_DEADLINE_MS, "milliseconds"));
                 if ((r = kvd_metrics_http_start(s->metrics, s, cfg->metrics_addr, err, errlen)))
                         goto fail;
                 s->metrics_http = 1;

@@ -1,6 +1,6 @@
 /* server.h - the serving loop: one nng REP socket, sessions bound to pipes,
- * request dispatch.  One thread serves requests; pipe events and the metrics
- * HTTP handler run on nng threads and take the server lock. */
+ * request dispatch.  One thread serves requests; pipe events (nng threads)
+ * and the metrics HTTP handler (its own thread) take the server lock. */
 #ifndef KVD_SERVER_H
 #define KVD_SERVER_H
 
@@ -36,7 +36,7 @@ uint64_t               kvd_server_events_dropped(const struct kvd_server *s);
 void kvd_server_lock(struct kvd_server *s);
 void kvd_server_unlock(struct kvd_server *s);
 /* Non-zero once kvd_server_free has begun to take the pools down; a handler
- * running on an nng thread (metrics) then must not touch them.  Caller holds
+ * running on another thread (a pipe callback, metrics) then must not touch them.  Caller holds
  * the lock. */
 int                    kvd_server_closing(const struct kvd_server *s);
 

@@ -1,5 +1,6 @@
 /* svc_util.c - helpers shared by the service tests (see svc_util.h). */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -319,4 +320,102 @@ const char *svc_log_tail(const char *path)
         buf[n] = '\0';
         fclose(f);
         return buf;
+}
+
+int svc_tcp_connect(int port)
+{
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        if (fd < 0)
+                return -1;
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+                close(fd);
+                return -1;
+        }
+        return fd;
+}
+
+int svc_http_raw(int port, const char *req, size_t reqlen, char **ret_reply)
+{
+        size_t len = 0, cap = 65536;
+        char *buf;
+        int fd = svc_tcp_connect(port), status = -1;
+
+        if (fd < 0)
+                return -1;
+        if (reqlen && write(fd, req, reqlen) != (ssize_t)reqlen) {
+                close(fd);
+                return -1;
+        }
+        buf = malloc(cap);
+        cr_assert(buf);
+        for (;;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                ssize_t n;
+
+                if (len + 1 == cap) {
+                        cap *= 2;
+                        buf = realloc(buf, cap);
+                        cr_assert(buf);
+                }
+                if (poll(&p, 1, 10000) != 1)
+                        break;
+                n = read(fd, buf + len, cap - 1 - len);
+                if (n <= 0)
+                        break;
+                len += (size_t)n;
+        }
+        close(fd);
+        buf[len] = '\0';
+        if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
+                status = -1;
+        if (ret_reply)
+                *ret_reply = buf;
+        else
+                free(buf);
+        return status;
+}
+
+int svc_wait_closed(int fd, int timeout_ms)
+{
+        uint64_t end = svc_now_usec() + (uint64_t)timeout_ms * 1000u;
+        char junk[4096];
+
+        for (;;) {
+                uint64_t now = svc_now_usec();
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                ssize_t n;
+
+                if (now >= end || poll(&p, 1, (int)((end - now) / 1000u) + 1) == 0)
+                        return 0;
+                n = recv(fd, junk, sizeof(junk), MSG_DONTWAIT);
+                if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+                        return 1;
+        }
+}
+
+int svc_is_open(int fd)
+{
+        char c;
+        ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
+
+        return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+int svc_count_fds(pid_t pid)
+{
+        char path[64];
+        struct dirent *e;
+        DIR *d;
+        int n = 0;
+
+        snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+        if (!(d = opendir(path)))
+                return -1;
+        while ((e = readdir(d)))
+                n += e->d_name[0] != '.';
+        closedir(d);
+        return n;
 }

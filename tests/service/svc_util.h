@@ -46,6 +46,26 @@ int svc_free_port(void);
  * body and the Content-Type header value) or -1 if no connection/response. */
 int svc_http_get(int port, const char *path, char **ret_body, char *ctype, size_t ctcap);
 
+/* A blocking TCP connection to 127.0.0.1:port: the fd, or -1. */
+int svc_tcp_connect(int port);
+
+/* Sends the reqlen bytes of req (none when 0) on a new connection to
+ * 127.0.0.1:port and reads the reply until the server closes (or 10 s
+ * pass without a byte).  Returns its HTTP status, or -1 when none came; the
+ * whole reply (NUL-terminated) goes to *ret_reply when non-NULL, to free. */
+int svc_http_raw(int port, const char *req, size_t reqlen, char **ret_reply);
+
+/* Reads and drops what comes on fd until the peer closes it (end of file or
+ * a reset): 1 when that happened within timeout_ms, else 0. */
+int svc_wait_closed(int fd, int timeout_ms);
+
+/* 1 when fd's peer has not closed it (nothing to read, no end of file, no
+ * error), without waiting. */
+int svc_is_open(int fd);
+
+/* How many descriptors process pid has open (from /proc), or -1. */
+int svc_count_fds(pid_t pid);
+
 /* Runs a shell command, feeding input (may be NULL) to its stdin and
  * collecting stdout+stderr into a malloc'ed *ret_out.  Returns the exit code
  * (or -1). */

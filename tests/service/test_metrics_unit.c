@@ -336,3 +336,48 @@ Test(metrics, http_port_in_use)
         kvd_metrics_free(m);
         close(fd);
 }
+
+/* The endpoint is bounded: with more idle connections than its cap a scrape
+ * is still answered (the oldest idle one makes room), and an idle
+ * connection is closed by the deadline.  nng's HTTP server, before, kept
+ * every connection for as long as the peer liked. */
+Test(metrics, http_connections_are_bounded, .timeout = 30)
+{
+        enum { CAP = 4, N = 40 };
+        struct kvd_metrics *m;
+        char addr[64], err[256] = "", *body = NULL, *direct;
+        int port = svc_free_port(), fds[N], open_left = 0, idle;
+        uint64_t t0;
+
+        cr_assert_eq(kvd_metrics_new(&m), 0);
+        add_pool("main", KVC_DTYPE_BF16, 8);
+        snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+        kvd_metrics_http_limits(m, CAP, 400);
+        cr_assert_eq(kvd_metrics_http_start(m, &fake, addr, err, sizeof(err)), 0, "%s", err);
+
+        for (int i = 0; i < N; i++)
+                cr_assert((fds[i] = svc_tcp_connect(port)) >= 0, "connect %d", i);
+        cr_assert_eq(svc_http_get(port, "/metrics", &body, NULL, 0), 200, "a scrape behind %d idle connections", N);
+        direct = render(m);
+        cr_expect_str_eq(body, direct);
+        free(body);
+        free(direct);
+        for (int i = 0; i < N; i++) {
+                open_left += svc_is_open(fds[i]);
+                close(fds[i]);
+        }
+        cr_expect_leq(open_left, CAP - 1, "%d of %d idle connections open, cap %d", open_left, N, CAP);
+
+        idle = svc_tcp_connect(port);
+        t0 = svc_now_usec();
+        cr_assert(idle >= 0);
+        cr_expect(svc_wait_closed(idle, 3000), "an idle connection still open after %llu ms (deadline 400 ms)",
+                  (unsigned long long)(svc_now_usec() - t0) / 1000);
+        close(idle);
+
+        /* the limits' other answers, through the real handler */
+        cr_expect_eq(svc_http_raw(port, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 35, NULL), 200);
+        cr_expect_eq(svc_http_raw(port, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 35, NULL), 405);
+        kvd_metrics_http_limits(NULL, 1, 1);
+        kvd_metrics_free(m);
+}

@@ -7,7 +7,8 @@
  *    requests, STATUS= must follow usage, and SIGTERM must say STOPPING=1.
  *  - metrics: /metrics over HTTP passes `promtool check metrics` and its
  *    page counts agree with `kvpoolctl status --json`; `kvpoolctl metrics`
- *    prints the same families.
+ *    prints the same families; 200 idle HTTP connections cost the daemon at
+ *    most 32 descriptors, and an idle one is closed by the deadline.
  *
  * KVPOOLD and KVPOOLCTL (from meson) name the binaries under test. */
 #include <errno.h>
@@ -399,6 +400,70 @@ Test(service, metrics_agree_with_status, .timeout = 60)
         d.pid = 0;
         cr_expect(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvpoold exit status %d", st);
         cr_expect_eq(svc_http_get(port, "/metrics", NULL, NULL, 0), -1, "/metrics still served after exit");
+        finish(&d);
+}
+
+/* Idle connections to /metrics cannot pile up in the daemon: 200 of them
+ * leave it at most its cap (32) of descriptors more, a scrape and a control
+ * client still get through, and an idle connection is closed by the
+ * deadline ($KVPOOLD_METRICS_DEADLINE_MS, short here).  With nng's HTTP
+ * server each of the 200 held a descriptor until the peer closed it. */
+/* Reads the notify datagrams that have come: with WATCHDOG_USEC set the
+ * daemon pings every 0.5 s, and once 10 of them wait unread (Linux's
+ * default net.unix.max_dgram_qlen) sd_notify blocks the serving loop. */
+static void drain_notify(struct daemon *d)
+{
+        char buf[4096];
+
+        while (svc_recv(d->notify_fd, buf, sizeof(buf), 0) > 0)
+                ;
+}
+
+Test(service, metrics_connections_bounded, .timeout = 60)
+{
+        enum { N = 200, CAP = 32 };
+        struct daemon d;
+        char metrics_addr[64], cmd[1024], *body = NULL, *ctl = NULL;
+        const char *ctlexe = getenv("KVPOOLCTL");
+        int port = svc_free_port(), fds[N], base, now, idle, st;
+
+        cr_assert(ctlexe && access(ctlexe, X_OK) == 0, "KVPOOLCTL is not set to an executable");
+        snprintf(metrics_addr, sizeof(metrics_addr), "127.0.0.1:%d", port);
+        setenv("KVPOOLD_METRICS_DEADLINE_MS", "1000", 1);
+        start(&d, metrics_addr, 1);
+        unsetenv("KVPOOLD_METRICS_DEADLINE_MS");
+        base = svc_count_fds(d.pid);
+        cr_assert_gt(base, 0);
+
+        for (int i = 0; i < N; i++)
+                cr_assert((fds[i] = svc_tcp_connect(port)) >= 0, "connect %d", i);
+        /* accepted in order: once the scrape is answered, all 200 were */
+        st = svc_http_get(port, "/metrics", &body, NULL, 0);
+        cr_expect_eq(st, 200, "a scrape behind %d idle connections: %d; log:\n%s", N, st, svc_log_tail(d.log));
+        cr_expect(body && strstr(body, "kvpool_pool_pages{pool=\"p8\""), "scrape:\n%s", body);
+        free(body);
+        now = svc_count_fds(d.pid);
+        drain_notify(&d);
+        cr_log_info("kvpoold descriptors: %d before, %d with %d idle metrics connections", base, now, N);
+        cr_expect_leq(now, base + CAP + 2, "kvpoold holds %d descriptors with %d idle connections (%d before)", now, N,
+                      base);
+        snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' status", ctlexe, d.url);
+        cr_expect_eq(svc_run(cmd, NULL, &ctl), 0, "kvpoolctl status with %d idle metrics connections: %s", N, ctl);
+        free(ctl);
+        for (int i = 0; i < N; i++)
+                close(fds[i]);
+
+        idle = svc_tcp_connect(port);
+        cr_assert(idle >= 0);
+        cr_expect(svc_wait_closed(idle, 3000), "an idle connection outlived KVPOOLD_METRICS_DEADLINE_MS=1000 by 2 s");
+        close(idle);
+        drain_notify(&d);
+
+        st = svc_stop(d.pid, 10000);
+        d.pid = 0;
+        cr_expect(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvpoold exit status %d", st);
+        cr_expect(!strstr(svc_log_tail(d.log), "KVPOOLD_METRICS"), "a complaint about the setting:\n%s",
+                  svc_log_tail(d.log));
         finish(&d);
 }
 
