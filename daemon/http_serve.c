@@ -201,6 +201,7 @@ static char *next_line(char **s)
 static int judge(const struct kvd_http_cfg *cfg, char *head, bool *head_only)
 {
         char *line = next_line(&head), *method = line, *target, *version, *end;
+        const char *path;
         bool has_host = false, body = false;
         size_t plen = strlen(cfg->path);
 
@@ -245,14 +246,18 @@ static int judge(const struct kvd_http_cfg *cfg, char *head, bool *head_only)
                 return 400; /* RFC 9112 3.2: a 1.1 request without Host */
         if (body)
                 return 413;
-        /* absolute form (a proxy's): the path is what follows the host */
+        /* absolute form (a proxy's): the path is what follows the
+         * authority, which ends at the first '/', '?' or '#'.  target stays
+         * in the request buffer (it is cut below): with no path it points
+         * at the query or at the end, never at a string literal */
         if (!strncasecmp(target, "http://", 7) || !strncasecmp(target, "https://", 8)) {
-                char *slash = strchr(strstr(target, "://") + 3, '/');
+                char *auth = strstr(target, "://") + 3;
 
-                target = slash ? slash : "/";
+                target = auth + strcspn(auth, "/?#");
         }
         target[strcspn(target, "?#")] = '\0';
-        if (strncmp(target, cfg->path, plen) != 0 || (target[plen] && strcmp(target + plen, "/") != 0))
+        path = *target ? target : "/"; /* an empty path is "/" (RFC 9112 3.2.2) */
+        if (strncmp(path, cfg->path, plen) != 0 || (path[plen] && strcmp(path + plen, "/") != 0))
                 return 404;
         if (strcmp(method, "GET") != 0 && !*head_only)
                 return 405;

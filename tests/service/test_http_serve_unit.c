@@ -82,6 +82,13 @@ Test(http_serve, requests_and_their_statuses, .timeout = 30)
                 { "GET /metrics/ HTTP/1.1\r\nHost: x\r\n\r\n", 200 },
                 { "GET /metrics?name[]=up HTTP/1.1\r\nHost: x\r\n\r\n", 200 },
                 { "GET http://x:9464/metrics HTTP/1.1\r\nHost: x\r\n\r\n", 200 },
+                { "GET http://x:9464/metrics?a=/b HTTP/1.1\r\nHost: x\r\n\r\n", 200 },
+                /* absolute form without a path: the path is "/" (these
+                 * used to crash the server: a write to a string literal) */
+                { "GET http://x HTTP/1.1\r\nHost: x\r\n\r\n", 404 },
+                { "GET https://x:9464 HTTP/1.1\r\nHost: x\r\n\r\n", 404 },
+                { "GET http://x?/metrics HTTP/1.1\r\nHost: x\r\n\r\n", 404 },
+                { "GET http://x#/metrics HTTP/1.1\r\nHost: x\r\n\r\n", 404 },
                 { "GET /metrics HTTP/1.0\r\n\r\n", 200 },           /* 1.0 needs no Host */
                 { "GET /metrics HTTP/1.1\nHost: x\n\n", 200 },      /* bare LF lines */
                 { "GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 200 },
