@@ -211,9 +211,12 @@ static int judge(const struct kvd_http_cfg *cfg, char *head, bool *head_only)
         if (!(version = strchr(target, ' ')))
                 return 400;
         *version++ = '\0';
-        if (!*method || !*target || strncmp(version, "HTTP/", 5) != 0 || strchr(version, ' '))
+        /* HTTP-version = "HTTP/" DIGIT "." DIGIT (RFC 9112 2.3): anything
+         * else ("HTTP/1.x", "HTTP/1.1junk") is malformed, not a 1.x */
+        if (!*method || !*target || strncmp(version, "HTTP/", 5) != 0 || !(version[5] >= '0' && version[5] <= '9') ||
+            version[6] != '.' || !(version[7] >= '0' && version[7] <= '9') || version[8] != '\0')
                 return 400;
-        if (strncmp(version, "HTTP/1.", 7) != 0)
+        if (version[5] != '1')
                 return 505;
         *head_only = strcmp(method, "HEAD") == 0; /* no body in any reply to it */
         while (*(line = next_line(&head))) {

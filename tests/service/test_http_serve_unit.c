@@ -108,6 +108,13 @@ Test(http_serve, requests_and_their_statuses, .timeout = 30)
                 { "GET /metrics HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n", 400 },
                 { "GET /metrics HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400 },
                 { "GET /metrics HTTP/2.0\r\nHost: x\r\n\r\n", 505 },
+                { "GET /metrics HTTP/1.2\r\nHost: x\r\n\r\n", 200 },   /* a later 1.x is served as 1.1 */
+                /* not an HTTP-version at all: malformed (these were taken for 1.x) */
+                { "GET /metrics HTTP/1.x\r\nHost: x\r\n\r\n", 400 },
+                { "GET /metrics HTTP/1.\r\n\r\n", 400 },
+                { "GET /metrics HTTP/1.1junk\r\nHost: x\r\n\r\n", 400 },
+                { "GET /metrics HTTP/1.10\r\n\r\n", 400 },
+                { "GET /metrics HTTP/\r\nHost: x\r\n\r\n", 400 },
         };
         int port;
         struct kvd_http *h = start(&port, 0, 0);
