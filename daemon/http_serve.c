@@ -37,9 +37,9 @@
  * its accept (connections are served before accepting), so it would take
  * four turns of newer connections to make it the oldest and evict it. */
 #define ACCEPT_BATCH_MAX 8u
-/* Out of descriptors (EMFILE, ENFILE): the pending connection stays queued
- * and the listener readable, so accepting pauses this long instead of
- * spinning. */
+/* Out of descriptors (EMFILE, ENFILE) with no connection of ours to give
+ * back, or out of memory: the pending connection stays queued and the
+ * listener readable, so accepting pauses this long instead of spinning. */
 #define ACCEPT_PAUSE_MS 100
 #define BACKLOG 128
 
@@ -322,35 +322,66 @@ static void conn_drain(struct kvd_http *h, struct conn *c)
 
 /* ---- the loop --------------------------------------------------------------- */
 
+/* The connection to close to make room: the oldest of those already
+ * answered (draining), else the oldest still waiting for its request head
+ * (an idle peer), else the oldest being answered; NULL if none is open.
+ * An idle peer is always the oldest of its kind soon, so idle connections
+ * cannot lock a scrape out, they can only be replaced, and a reply in
+ * progress goes last. */
+static struct conn *victim(struct kvd_http *h)
+{
+        static const enum cstate order[] = { C_DRAIN, C_HEAD, C_REPLY };
+
+        for (unsigned o = 0; o < sizeof(order) / sizeof(order[0]); o++) {
+                struct conn *best = NULL;
+
+                for (unsigned i = 0; i < h->cfg.max_conns; i++) {
+                        struct conn *x = &h->conns[i];
+
+                        if (x->st == order[o] && (!best || x->seq < best->seq))
+                                best = x;
+                }
+                if (best)
+                        return best;
+        }
+        return NULL;
+}
+
 static void accept_some(struct kvd_http *h, uint64_t now)
 {
         unsigned batch = h->cfg.max_conns / 4;
 
         batch = batch < 1 ? 1 : batch > ACCEPT_BATCH_MAX ? ACCEPT_BATCH_MAX : batch;
         for (unsigned k = 0; k < batch; k++) {
-                struct conn *c = NULL, *oldest = NULL;
+                struct conn *c = NULL;
                 int fd = accept4(h->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
                 if (fd < 0) {
-                        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                        if (errno == EMFILE || errno == ENFILE) {
+                                /* out of descriptors (the process or the
+                                 * system): give one of ours back and take the
+                                 * waiting peer on the next turn, or the
+                                 * listen backlog fills behind idle peers that
+                                 * hold every slot until their deadline */
+                                struct conn *v = victim(h);
+
+                                if (v)
+                                        conn_close(h, v);
+                                else
+                                        h->accept_at = now + ACCEPT_PAUSE_MS;
+                        } else if (errno == ENOBUFS || errno == ENOMEM) {
                                 h->accept_at = now + ACCEPT_PAUSE_MS;
+                        }
                         /* else EAGAIN (none left), or one that aborted: next turn */
                         return;
                 }
-                for (unsigned i = 0; i < h->cfg.max_conns && !c; i++) {
-                        struct conn *x = &h->conns[i];
-
-                        if (x->st == C_FREE)
-                                c = x;
-                        else if (!oldest || x->seq < oldest->seq)
-                                oldest = x;
-                }
+                for (unsigned i = 0; i < h->cfg.max_conns && !c; i++)
+                        if (h->conns[i].st == C_FREE)
+                                c = &h->conns[i];
                 if (!c) {
-                        /* full: the oldest goes.  An idle peer is always
-                         * the oldest soon, so idle connections cannot lock
-                         * a scrape out, they can only be replaced. */
-                        conn_close(h, oldest);
-                        c = oldest;
+                        /* full: one goes (victim) */
+                        c = victim(h);
+                        conn_close(h, c);
                 }
                 c->fd = fd;
                 c->st = C_HEAD;

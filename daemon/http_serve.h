@@ -33,7 +33,7 @@ struct kvd_http;
 typedef int (*kvd_http_get_fn)(void *arg, char **ret_body, size_t *ret_len);
 
 struct kvd_http_cfg {
-        const char     *host;         /* numeric or a name; "" or "*": every address */
+        const char     *host;         /* numeric or a name; "" or "*": every IPv4 address (0.0.0.0; "::" for IPv6 as well) */
         const char     *port;         /* decimal */
         const char     *path;         /* "/metrics" */
         const char     *content_type; /* of a 200 */

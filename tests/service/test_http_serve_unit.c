@@ -13,6 +13,8 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -232,6 +234,90 @@ Test(http_serve, cap_closes_the_oldest, .timeout = 30)
                 close(fds[i]);
         }
         cr_expect_leq(open_left, CAP - 1, "%d of %d idle connections still open with a cap of %d", open_left, N, CAP);
+        kvd_http_stop(h);
+}
+
+/* A full server makes room from idle peers, not from a reply in progress:
+ * a slow reader of a big reply is the oldest connection, yet the idle ones
+ * go first. */
+Test(http_serve, cap_spares_a_reply_in_progress, .timeout = 30)
+{
+        enum { CAP = 4, BIG = 32 << 20 };
+        const char *get_req = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        int port, idle[CAP], rcvbuf = 4096, slow;
+        struct kvd_http *h = start(&port, CAP, 20000); /* no deadline in play */
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        char buf[65536];
+
+        sa.sin_port = htons((uint16_t)port);
+        cr_assert((slow = socket(AF_INET, SOCK_STREAM, 0)) >= 0);
+        setsockopt(slow, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+        cr_assert_eq(connect(slow, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        big = BIG;
+        cr_assert_eq(write(slow, get_req, strlen(get_req)), (ssize_t)strlen(get_req));
+        while (__atomic_load_n(&calls, __ATOMIC_SEQ_CST) == 0)
+                usleep(1000);
+        usleep(50000); /* the reply is under way and stuck in the window */
+        for (int i = 0; i < CAP; i++) /* the last one takes a place */
+                cr_assert((idle[i] = svc_tcp_connect(port)) >= 0);
+        cr_expect(svc_wait_closed(idle[0], 3000), "the oldest idle connection was not closed for the new one");
+        /* the whole reply still comes (the server's socket buffer holds
+         * a few MiB of it at most: the rest is sent as we read) */
+        size_t got = 0;
+        for (;;) {
+                struct pollfd p = { .fd = slow, .events = POLLIN };
+                ssize_t n;
+
+                if (poll(&p, 1, 5000) != 1 || (n = recv(slow, buf, sizeof(buf), 0)) <= 0)
+                        break;
+                got += (size_t)n;
+        }
+        cr_expect_gt(got, (size_t)BIG, "the reply in progress was cut at %zu of %d bytes to make room", got, BIG);
+        for (int i = 0; i < CAP; i++)
+                close(idle[i]);
+        close(slow);
+        kvd_http_stop(h);
+}
+
+/* Out of descriptors (RLIMIT_NOFILE reached with idle peers in every
+ * place the limit leaves): the server closes one of its own to take the
+ * waiting scrape, instead of leaving it in the listen backlog until the idle
+ * peers' deadline (20 s here). */
+Test(http_serve, out_of_descriptors_makes_room, .timeout = 30)
+{
+        enum { N = 6 };
+        const char *get_req = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        int port, idle[N], scrape, lowest;
+        struct kvd_http *h = start(&port, 32, 20000);
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        struct rlimit old, lim;
+        char rep[64] = "";
+
+        sa.sin_port = htons((uint16_t)port);
+        for (int i = 0; i < N; i++)
+                cr_assert((idle[i] = svc_tcp_connect(port)) >= 0);
+        usleep(200000); /* accepted: each holds a descriptor of the server's */
+        cr_assert((scrape = socket(AF_INET, SOCK_STREAM, 0)) >= 0); /* made before the limit */
+        /* no new descriptor from now on: the limit is the lowest free one */
+        cr_assert((lowest = dup(0)) >= 0);
+        close(lowest);
+        cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+        lim = old;
+        lim.rlim_cur = (rlim_t)lowest;
+        cr_assert_eq(setrlimit(RLIMIT_NOFILE, &lim), 0);
+
+        cr_assert_eq(connect(scrape, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        cr_assert_eq(write(scrape, get_req, strlen(get_req)), (ssize_t)strlen(get_req));
+        struct pollfd p = { .fd = scrape, .events = POLLIN };
+        int ready = poll(&p, 1, 3000);
+        cr_expect_eq(ready, 1, "no reply in 3 s with the server out of descriptors");
+        if (ready == 1)
+                cr_expect(read(scrape, rep, sizeof(rep) - 1) > 12 && strncmp(rep, "HTTP/1.1 200", 12) == 0,
+                          "got %s", rep);
+        cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+        close(scrape);
+        for (int i = 0; i < N; i++)
+                close(idle[i]);
         kvd_http_stop(h);
 }
 

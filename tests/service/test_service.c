@@ -403,11 +403,6 @@ Test(service, metrics_agree_with_status, .timeout = 60)
         finish(&d);
 }
 
-/* Idle connections to /metrics cannot pile up in the daemon: 200 of them
- * leave it at most its cap (32) of descriptors more, a scrape and a control
- * client still get through, and an idle connection is closed by the
- * deadline ($KVPOOLD_METRICS_DEADLINE_MS, short here).  With nng's HTTP
- * server each of the 200 held a descriptor until the peer closed it. */
 /* Reads the notify datagrams that have come: with WATCHDOG_USEC set the
  * daemon pings every 0.5 s, and once 10 of them wait unread (Linux's
  * default net.unix.max_dgram_qlen) sd_notify blocks the serving loop. */
@@ -419,6 +414,11 @@ static void drain_notify(struct daemon *d)
                 ;
 }
 
+/* Idle connections to /metrics cannot pile up in the daemon: 200 of them
+ * leave it at most its cap (32) of descriptors more, a scrape and a control
+ * client still get through, and an idle connection is closed by the
+ * deadline ($KVPOOLD_METRICS_DEADLINE_MS, short here).  With nng's HTTP
+ * server each of the 200 held a descriptor until the peer closed it. */
 Test(service, metrics_connections_bounded, .timeout = 60)
 {
         enum { N = 200, CAP = 32 };
