@@ -13,8 +13,9 @@
  * announces a body (Content-Length above 0, or any Transfer-Encoding) 413;
  * a request head over KVD_HTTP_HEAD_MAX bytes 431; a malformed one 400 (and
  * HTTP/1.1 without Host), a version other than HTTP/1.x 505.  Every reply
- * says Connection: close.  Beyond the cap the oldest connection is closed
- * to make room for the new one. */
+ * says Connection: close.  Beyond the cap an older connection is closed to
+ * make room for the new one: the oldest answered one, else the oldest idle
+ * one, else the oldest reply in progress. */
 #ifndef KVD_HTTP_SERVE_H
 #define KVD_HTTP_SERVE_H
 
