@@ -36,8 +36,12 @@
  * copies its bytes into a ring of KVD_EV_QUEUE fixed-size slots allocated at
  * open; one sender thread takes them from the ring and calls nng_send, in
  * ring order, so subscribers get events in seq order.  When the ring is
- * full the event is dropped: its seq is still used up (subscribers see the
- * gap, as for nng's own drops), kvd_events_dropped counts it, and the
+ * full (a burst larger than the ring: one alloc can evict 65536 pages) the
+ * announcer waits for the sender to make room, as a send used to take that
+ * long, but for at most FULL_WAIT_MS an overflow; past that (the sender
+ * cannot keep up with the subscribers) events are dropped until the ring
+ * is half empty again.  A dropped event's seq is still used up (subscribers
+ * see the gap, as for nng's own drops), kvd_events_dropped counts it, and the
  * sender logs the drops, at most once every DROP_LOG_EVERY s.
  * kvd_events_shutdown queues SHUTDOWN and waits up to SHUTDOWN_WAIT_MS for
  * the sender to hand everything to nng; kvd_events_close then joins the
@@ -71,6 +75,7 @@
 #define SEND_BATCH 256          /* events the sender takes from the ring at a time */
 #define SHUTDOWN_WAIT_MS 1000   /* for the sender to send what is queued, SHUTDOWN last */
 #define DROP_LOG_EVERY 10.0     /* seconds between the sender's reports of drops */
+#define FULL_WAIT_MS 1000       /* an announcer's wait for room in a full ring, per overflow */
 #define GUARD_PROBE_EVERY 10.0 /* seconds between the listener guard's probes */
 #define GUARD_RECV_MAX 65536   /* a new listener's NNG_OPT_RECVMAXSZ: subscribers send nothing */
 
@@ -100,6 +105,8 @@ struct kvd_events {
         pthread_t        sender;
         int              sender_idle; /* waiting on wake: an announcer signals it */
         uint64_t         limit;      /* kvd_events_hold: the sender stops at this index */
+        double           full_until; /* an overflow's end of waiting (kvd_mono_s); 0: none */
+        int              stalled;    /* it ended: drop until the ring is half empty */
         int              shut;       /* kvd_events_shutdown has run */
         atomic_int       stop;       /* the sender ends (after the send in progress) */
         uint64_t         dropped;    /* events dropped because the ring was full (__atomic) */
@@ -469,13 +476,45 @@ static void header(uint8_t *buf, uint16_t type, const char *pool)
         }
 }
 
+/* The ring is full: waits (e->lock held, released while waiting) for the
+ * sender to give slots back, until the overflow's FULL_WAIT_MS are spent;
+ * then marks the ring stalled.  Not while the sender is held
+ * (kvd_events_hold: the tests' drops) or stopping. */
+static void wait_room_locked(struct kvd_events *e)
+{
+        struct timespec due;
+
+        if (e->full_until == 0)
+                e->full_until = kvd_mono_s() + FULL_WAIT_MS / 1000.0;
+        mono_at(&due, e->full_until);
+        if (e->sender_idle) {
+                e->sender_idle = 0;
+                pthread_cond_signal(&e->wake);
+        }
+        while (e->tail - e->head >= KVD_EV_QUEUE && !atomic_load(&e->stop))
+                if (pthread_cond_timedwait(&e->sent, &e->lock, &due) == ETIMEDOUT)
+                        break;
+        if (e->tail - e->head >= KVD_EV_QUEUE)
+                e->stalled = 1;
+}
+
 /* Numbers the event and queues it for the sender; caller holds e->lock.
  * Numbering and queueing under one lock makes seq order the ring's order,
- * which is the send order.  An event that finds the ring full is dropped
- * but keeps its number, so subscribers see the gap instead of silently
- * missing an event. */
+ * which is the send order.  An event that finds the ring full waits for
+ * room (wait_room_locked), within the overflow's time; one that still finds
+ * it full is dropped but keeps its number, so subscribers see the gap
+ * instead of silently missing an event. */
 static void queue_locked(struct kvd_events *e, uint8_t *buf, size_t len)
 {
+        if (e->tail - e->head <= KVD_EV_QUEUE / 2) {
+                e->full_until = 0; /* the overflow, if any, is over */
+                e->stalled = 0;
+        }
+        if (e->tail - e->head >= KVD_EV_QUEUE && !e->stalled && e->limit == UINT64_MAX &&
+            !atomic_load(&e->stop))
+                wait_room_locked(e);
+        /* numbered after the wait, which lets go of the lock: another
+         * announcer may have queued meanwhile, and seq order is ring order */
         uint64_t seq = e->seq + 1;
 
         __atomic_store_n(&e->seq, seq, __ATOMIC_RELAXED);
@@ -495,8 +534,9 @@ static void queue_locked(struct kvd_events *e, uint8_t *buf, size_t len)
         }
 }
 
-/* Queues without blocking: the lock is held by the sender only to take or
- * give back slots, never while it sends. */
+/* Queues without waiting on subscribers: the lock is held by the sender
+ * only to take or give back slots, never while it sends; only a burst
+ * larger than the ring waits for the sender (queue_locked). */
 static void send_event(struct kvd_events *e, uint8_t *buf, size_t len)
 {
         pthread_mutex_lock(&e->lock);
@@ -609,6 +649,8 @@ void kvd_events_shutdown(struct kvd_events *e)
         /* SHUTDOWN is worth waiting for room: nothing is served any more */
         while (e->tail - e->head >= KVD_EV_QUEUE && pthread_cond_timedwait(&e->sent, &e->lock, &until) == 0)
                 ;
+        if (e->tail - e->head >= KVD_EV_QUEUE)
+                e->stalled = 1; /* waited enough: queue_locked drops it at once */
         queue_locked(e, buf, sizeof(buf));
         while (e->head != e->tail && pthread_cond_timedwait(&e->sent, &e->lock, &until) == 0)
                 ;
