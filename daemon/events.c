@@ -39,8 +39,8 @@
  * full (a burst larger than the ring: one alloc can evict 65536 pages) the
  * announcer waits for the sender to make room, as a send used to take that
  * long, but for at most FULL_WAIT_MS an overflow; past that (the sender
- * cannot keep up with the subscribers) events are dropped until the ring
- * is half empty again.  A dropped event's seq is still used up (subscribers
+ * cannot keep up with the subscribers) an event that finds the ring full is
+ * dropped at once, without waiting, until the ring is half empty again.  A dropped event's seq is still used up (subscribers
  * see the gap, as for nng's own drops), kvd_events_dropped counts it, and the
  * sender logs the drops, at most once every DROP_LOG_EVERY s.
  * kvd_events_shutdown queues SHUTDOWN and waits up to SHUTDOWN_WAIT_MS for
@@ -106,7 +106,7 @@ struct kvd_events {
         int              sender_idle; /* waiting on wake: an announcer signals it */
         uint64_t         limit;      /* kvd_events_hold: the sender stops at this index */
         double           full_until; /* an overflow's end of waiting (kvd_mono_s); 0: none */
-        int              stalled;    /* it ended: drop until the ring is half empty */
+        int              stalled;    /* it ended: no waiting until the ring is half empty */
         int              shut;       /* kvd_events_shutdown has run */
         atomic_int       stop;       /* the sender ends (after the send in progress) */
         uint64_t         dropped;    /* events dropped because the ring was full (__atomic) */

@@ -3,11 +3,12 @@
  * shutdown.  Each event
  * carries a sequence number (starting at 1, +1 per event, per daemon run) so
  * that a subscriber can tell it missed some.  The wire format of an event is
- * in docs/protocol.md ("Event stream").  Announcing an event never blocks
- * and never waits on subscribers: it is numbered and queued (at most
- * KVD_EV_QUEUE wait) for a sender thread of the module's own, which hands it
- * to nng's PUB; that drops messages for slow subscribers, and the queue drops
- * events when it is full. */
+ * in docs/protocol.md ("Event stream").  Announcing an event does not send
+ * it: it is numbered and queued (at most KVD_EV_QUEUE wait) for a sender
+ * thread of the module's own, which hands it to nng's PUB; that drops
+ * messages for slow subscribers.  Only when the queue is full does the
+ * announcer wait for the sender to make room, at most 1 s an overflow;
+ * past that, events that find the queue full are dropped. */
 #ifndef KVD_EVENTS_H
 #define KVD_EVENTS_H
 
@@ -55,10 +56,12 @@ void kvd_events_shutdown(struct kvd_events *e);
  * Accepts NULL. */
 void kvd_events_close(struct kvd_events *e);
 
-/* Announcing: the event gets the next sequence number and the time now and
- * is queued; the calls never block on subscribers and allocate nothing.
- * When the queue is full the event is dropped: its number is used up all
- * the same (subscribers see a gap) and kvd_events_dropped counts it.  Thread
+/* Announcing: the event gets the time now, waits for room when the queue
+ * is full (for the sender to send: up to 1 s in all until the queue is half
+ * empty again; not while the sender is held or stopping), then the next
+ * sequence number, and is queued; the calls allocate nothing.  One that
+ * still finds the queue full is dropped: its number is used up all the
+ * same (subscribers see a gap) and kvd_events_dropped counts it.  Thread
  * safe; events are sent in the order of their numbers. */
 void kvd_events_stored(struct kvd_events *e, const char *pool, uint32_t page, const uint8_t key[16]);
 void kvd_events_evicted(struct kvd_events *e, const char *pool, uint32_t page, const uint8_t key[16]);
