@@ -105,7 +105,7 @@ struct kvd_events {
         pthread_t        sender;
         int              sender_idle; /* waiting on wake: an announcer signals it */
         uint64_t         limit;      /* kvd_events_hold: the sender stops at this index */
-        double           full_until; /* an overflow's end of waiting (kvd_mono_s); 0: none */
+        double           full_left;  /* seconds an overflow may still wait (FULL_WAIT_MS at first) */
         int              stalled;    /* it ended: no waiting until the ring is half empty */
         int              shut;       /* kvd_events_shutdown has run */
         atomic_int       stop;       /* the sender ends (after the send in progress) */
@@ -300,6 +300,7 @@ static int queue_init(struct kvd_events *e, int ring)
         /* the first drop is told at once */
         e->drop_log_at = -DROP_LOG_EVERY;
         e->limit = UINT64_MAX;
+        e->full_left = FULL_WAIT_MS / 1000.0;
         return 0;
 fail:
         free(e->ring);
@@ -460,15 +461,13 @@ int kvd_events_open(const char *url, struct kvd_events **ret, char *err, size_t 
         return kvd_events_open_mode(url, 0, (gid_t)-1, ret, err, errlen);
 }
 
-/* Fills the common header; seq is set under the lock in queue_locked. */
+/* Fills the common header; seq and time are set under the lock in
+ * queue_locked. */
 static void header(uint8_t *buf, uint16_t type, const char *pool)
 {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
         put32(buf, KVD_EV_MAGIC);
         put16(buf + 4, KVD_EV_VERSION);
         put16(buf + 6, type);
-        put64(buf + 16, (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec);
         memset(buf + 24, 0, POOL_LEN);
         if (pool) {
                 size_t n = strnlen(pool, POOL_LEN - 1);
@@ -477,16 +476,17 @@ static void header(uint8_t *buf, uint16_t type, const char *pool)
 }
 
 /* The ring is full: waits (e->lock held, released while waiting) for the
- * sender to give slots back, until the overflow's FULL_WAIT_MS are spent;
- * then marks the ring stalled.  Not while the sender is held
- * (kvd_events_hold: the tests' drops) or stopping. */
+ * sender to give slots back, out of the overflow's budget of FULL_WAIT_MS
+ * of waiting (only the time spent waiting counts: an overflow that lasts
+ * while the ring stays above half full between its waits keeps the rest);
+ * with the budget spent, marks the ring stalled.  Not while the sender is
+ * held (kvd_events_hold: the tests' drops) or stopping. */
 static void wait_room_locked(struct kvd_events *e)
 {
+        const double t0 = kvd_mono_s();
         struct timespec due;
 
-        if (e->full_until == 0)
-                e->full_until = kvd_mono_s() + FULL_WAIT_MS / 1000.0;
-        mono_at(&due, e->full_until);
+        mono_at(&due, t0 + e->full_left);
         if (e->sender_idle) {
                 e->sender_idle = 0;
                 pthread_cond_signal(&e->wake);
@@ -494,7 +494,8 @@ static void wait_room_locked(struct kvd_events *e)
         while (e->tail - e->head >= KVD_EV_QUEUE && !atomic_load(&e->stop))
                 if (pthread_cond_timedwait(&e->sent, &e->lock, &due) == ETIMEDOUT)
                         break;
-        if (e->tail - e->head >= KVD_EV_QUEUE)
+        e->full_left -= kvd_mono_s() - t0;
+        if (e->tail - e->head >= KVD_EV_QUEUE || e->full_left <= 0)
                 e->stalled = 1;
 }
 
@@ -507,7 +508,7 @@ static void wait_room_locked(struct kvd_events *e)
 static void queue_locked(struct kvd_events *e, uint8_t *buf, size_t len)
 {
         if (e->tail - e->head <= KVD_EV_QUEUE / 2) {
-                e->full_until = 0; /* the overflow, if any, is over */
+                e->full_left = FULL_WAIT_MS / 1000.0; /* the overflow, if any, is over */
                 e->stalled = 0;
         }
         if (e->tail - e->head >= KVD_EV_QUEUE && !e->stalled && e->limit == UINT64_MAX &&
@@ -516,9 +517,12 @@ static void queue_locked(struct kvd_events *e, uint8_t *buf, size_t len)
         /* numbered after the wait, which lets go of the lock: another
          * announcer may have queued meanwhile, and seq order is ring order */
         uint64_t seq = e->seq + 1;
+        struct timespec ts;
 
         __atomic_store_n(&e->seq, seq, __ATOMIC_RELAXED);
         put64(buf + 8, seq);
+        clock_gettime(CLOCK_REALTIME, &ts); /* when queued: after any wait */
+        put64(buf + 16, (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec);
         if (e->tail - e->head >= KVD_EV_QUEUE) {
                 __atomic_fetch_add(&e->dropped, 1, __ATOMIC_RELAXED);
                 return;

@@ -324,15 +324,16 @@ static void conn_drain(struct kvd_http *h, struct conn *c)
 
 /* The connection to close to make room: the oldest of those already
  * answered (draining), else the oldest still waiting for its request head
- * (an idle peer), else the oldest being answered; NULL if none is open.
+ * (an idle peer), else (with replies) the oldest being answered; NULL if
+ * none of those is open.
  * An idle peer is always the oldest of its kind soon, so idle connections
  * cannot lock a scrape out, they can only be replaced, and a reply in
  * progress goes last. */
-static struct conn *victim(struct kvd_http *h)
+static struct conn *victim(struct kvd_http *h, bool replies)
 {
         static const enum cstate order[] = { C_DRAIN, C_HEAD, C_REPLY };
 
-        for (unsigned o = 0; o < sizeof(order) / sizeof(order[0]); o++) {
+        for (unsigned o = 0; o < (replies ? 3u : 2u); o++) {
                 struct conn *best = NULL;
 
                 for (unsigned i = 0; i < h->cfg.max_conns; i++) {
@@ -362,8 +363,12 @@ static void accept_some(struct kvd_http *h, uint64_t now)
                                  * system): give one of ours back and take the
                                  * waiting peer on the next turn, or the
                                  * listen backlog fills behind idle peers that
-                                 * hold every slot until their deadline */
-                                struct conn *v = victim(h);
+                                 * hold every slot until their deadline; not
+                                 * a reply in progress: the descriptors may be
+                                 * short for another reason than our
+                                 * connections, and each turn would close one
+                                 * more */
+                                struct conn *v = victim(h, false);
 
                                 if (v)
                                         conn_close(h, v);
@@ -380,7 +385,7 @@ static void accept_some(struct kvd_http *h, uint64_t now)
                                 c = &h->conns[i];
                 if (!c) {
                         /* full: one goes (victim) */
-                        c = victim(h);
+                        c = victim(h, true);
                         conn_close(h, c);
                 }
                 c->fd = fd;
