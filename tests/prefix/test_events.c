@@ -69,6 +69,19 @@ static void wait_connected(nng_socket sub, struct kvd_events *e)
         nng_socket_set_ms(sub, NNG_OPT_RECVTIMEO, 5000);
 }
 
+/* Events on a fresh socket (tag in its name) with one subscriber whose
+ * queue holds 8192 events, connected. */
+static nng_socket open_with_subscriber(const char *tag, struct kvd_events **ret_e)
+{
+        char url[128], err[256];
+        url_for(url, sizeof(url), tag);
+        cr_assert_eq(kvd_events_open(url, ret_e, err, sizeof(err)), 0, "%s", err);
+        nng_socket sub = subscriber(url);
+        cr_assert_eq(nng_socket_set_int(sub, NNG_OPT_RECVBUF, 8192), 0);
+        wait_connected(sub, *ret_e);
+        return sub;
+}
+
 Test(events, publish_and_decode)
 {
         char url[128];
@@ -149,14 +162,8 @@ Test(events, publish_and_decode)
  * is not reading arrives whole, without a gap. */
 Test(events, a_burst_is_not_dropped)
 {
-        char url[128];
-        url_for(url, sizeof(url), "burst");
         struct kvd_events *e = NULL;
-        char err[256];
-        cr_assert_eq(kvd_events_open(url, &e, err, sizeof(err)), 0, "%s", err);
-        nng_socket sub = subscriber(url);
-        cr_assert_eq(nng_socket_set_int(sub, NNG_OPT_RECVBUF, 8192), 0);
-        wait_connected(sub, e);
+        nng_socket sub = open_with_subscriber("burst", &e);
         uint64_t base = kvd_events_seq(e);
         uint8_t key[16] = { 9 };
         enum { N = 4000 };
@@ -193,14 +200,8 @@ static int recv_after(nng_socket s, uint64_t base, struct kvd_event *ev)
  * ones. */
 Test(events, full_queue_drops_with_a_gap)
 {
-        char url[128];
-        url_for(url, sizeof(url), "queue");
         struct kvd_events *e = NULL;
-        char err[256];
-        cr_assert_eq(kvd_events_open(url, &e, err, sizeof(err)), 0, "%s", err);
-        nng_socket sub = subscriber(url);
-        cr_assert_eq(nng_socket_set_int(sub, NNG_OPT_RECVBUF, 8192), 0);
-        wait_connected(sub, e);
+        nng_socket sub = open_with_subscriber("queue", &e);
 
         kvd_events_hold(e, 0);
         uint64_t base = kvd_events_seq(e);
