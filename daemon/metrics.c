@@ -506,9 +506,10 @@ int kvd_metrics_check_addr(const char *addr, char *err, size_t errlen)
 }
 
 /* Sets the HTTP endpoint's limits for its next start: at most max_conns
- * connections (the oldest is closed for a new one beyond that), each closed
- * deadline_ms after accept at the latest; 0 keeps a default
- * (KVD_HTTP_MAX_CONNS, KVD_HTTP_DEADLINE_MS).  Accepts NULL m. */
+ * connections (beyond that an older one is closed for the new one, which
+ * one: http_serve.h), each closed deadline_ms after accept at the latest;
+ * 0 keeps a default (KVD_HTTP_MAX_CONNS, KVD_HTTP_DEADLINE_MS).  Accepts
+ * NULL m. */
 void kvd_metrics_http_limits(struct kvd_metrics *m, unsigned max_conns, unsigned deadline_ms)
 {
         if (!m)
