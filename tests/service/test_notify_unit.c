@@ -1,9 +1,15 @@
 /* test_notify_unit.c - daemon/notify.c against a datagram socket standing in
  * for systemd's NOTIFY_SOCKET.  Criterion runs each test in its own process,
  * so notify.c's process-global state starts fresh in each. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -139,7 +145,8 @@ Test(notify, watchdog_is_rate_limited)
         /* Calls every 5 ms for 600 ms: a ping at most every half interval
          * (50 ms) => at most 13, and at least one per interval => at least 5. */
         /* Read while calling: an AF_UNIX datagram queue holds only
-         * net.unix.max_dgram_qlen (10) messages before sd_notify blocks. */
+         * net.unix.max_dgram_qlen (10) messages; beyond that pings are
+         * coalesced (see full_socket_never_blocks) and the count is off. */
         uint64_t end = svc_now_usec() + 600000;
         while (svc_now_usec() < end) {
                 kvd_notify_watchdog();
@@ -217,4 +224,175 @@ Test(notify, watchdog_before_init)
         kvd_notify_watchdog(); /* 30 ms >= 25 ms: ping */
         cr_assert_gt(svc_recv(sock_fd, buf, sizeof(buf), 1000), 0, "no ping");
         cr_expect_str_eq(buf, "WATCHDOG=1");
+}
+
+/* Fills the notify socket's queue from a socket of the test's own until a
+ * send would block (net.unix.max_dgram_qlen datagrams, 10 by default): from
+ * then on the daemon's datagrams do not fit either.  Returns how many. */
+static int fill_queue(void)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), n = 0;
+
+        cr_assert(fd >= 0);
+        strcpy(sa.sun_path, sock_path);
+        while (n < 100000 && sendto(fd, "FILLER=1", 8, MSG_DONTWAIT, (struct sockaddr *)&sa, sizeof(sa)) == 8)
+                n++;
+        cr_assert(errno == EAGAIN || errno == EWOULDBLOCK, "filling the queue: %s", strerror(errno));
+        close(fd);
+        cr_assert_gt(n, 0);
+        return n;
+}
+
+/* Sends stderr (kvd_log writes fd 2) to a fresh file until restore_stderr. */
+static int capture_stderr(char *path, size_t cap)
+{
+        int saved = dup(2), fd;
+
+        svc_tmp_path(path, cap, "stderr");
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        cr_assert(saved >= 0 && fd >= 0);
+        dup2(fd, 2);
+        close(fd);
+        return saved;
+}
+
+/* Restores stderr; returns how many lines of the capture contain needle. */
+static int restore_stderr(int saved, const char *path, const char *needle)
+{
+        char  line[2048];
+        int   n = 0;
+        FILE *f;
+
+        dup2(saved, 2);
+        close(saved);
+        f = fopen(path, "r");
+        cr_assert(f);
+        while (fgets(line, sizeof(line), f))
+                n += strstr(line, needle) != NULL;
+        fclose(f);
+        unlink(path);
+        return n;
+}
+
+/* A receiver that does not read must not hold up the serving loop: with the
+ * queue full, every call returns at once (sd_notify blocked in the first
+ * one, and the suite's timeout failed the test), the failure is logged once,
+ * and once the reader reads, one datagram brings READY=1 with the latest
+ * STATUS= and a ping, not the history. */
+Test(notify, full_socket_never_blocks, .timeout = 20)
+{
+        char     buf[1024], val[256], errpath[256], line[64];
+        int      filler, saved, got = 0;
+        uint64_t worst = 0;
+
+        setenv("WATCHDOG_USEC", "20000", 1); /* a ping is due every 5 ms */
+        cr_assert_eq(kvd_notify_init(), 10000);
+        filler = fill_queue();
+        saved = capture_stderr(errpath, sizeof(errpath));
+        for (int i = 0; i < 3 * filler + 10; i++) {
+                uint64_t t0 = svc_now_usec(), dt;
+
+                if (i == 0) {
+                        kvd_notify_ready("starting");
+                } else {
+                        snprintf(line, sizeof(line), "line %d", i);
+                        kvd_notify_status(line);
+                        kvd_notify_watchdog();
+                }
+                dt = svc_now_usec() - t0;
+                worst = dt > worst ? dt : worst;
+                usleep(2000);
+        }
+        cr_expect_eq(restore_stderr(saved, errpath, "NOTIFY_SOCKET"), 1, "the blocked send is logged once");
+        cr_expect_lt(worst, 100000, "a call took %llu us with the notify queue full", (unsigned long long)worst);
+
+        /* The reader catches up: the filler, and nothing of ours fitted. */
+        while (svc_recv(sock_fd, buf, sizeof(buf), 0) > 0) {
+                cr_expect_str_eq(buf, "FILLER=1");
+                got++;
+        }
+        cr_expect_eq(got, filler);
+        kvd_notify_watchdog(); /* the next tick sends what is pending */
+        cr_assert_gt(svc_recv(sock_fd, buf, sizeof(buf), 1000), 0, "READY=1 was lost");
+        cr_expect(svc_has_line(buf, "READY=1", NULL, 0), "got: %s", buf);
+        cr_expect(svc_has_line(buf, "STATUS=", val, sizeof(val)), "got: %s", buf);
+        snprintf(line, sizeof(line), "line %d", 3 * filler + 9);
+        cr_expect_str_eq(val, line, "the latest status, not an older one");
+        cr_expect(svc_has_line(buf, "WATCHDOG=1", NULL, 0), "got: %s", buf);
+        kvd_notify_status(line);
+        cr_expect_eq(drain(50), 0, "sent once");
+}
+
+/* STOPPING=1 has no later tick: it is retried for a while (the reader
+ * starts reading 200 ms later and gets it) and never for long. */
+static void *read_later(void *arg)
+{
+        char buf[1024];
+        int *seen = arg;
+
+        usleep(200000);
+        while (svc_recv(sock_fd, buf, sizeof(buf), 500) > 0)
+                *seen |= svc_has_line(buf, "STOPPING=1", NULL, 0);
+        return NULL;
+}
+
+Test(notify, stopping_is_retried_briefly, .timeout = 20)
+{
+        pthread_t th;
+        uint64_t  t0, dt;
+        int       seen = 0;
+
+        kvd_notify_init();
+        fill_queue();
+        cr_assert_eq(pthread_create(&th, NULL, read_later, &seen), 0);
+        t0 = svc_now_usec();
+        kvd_notify_stopping();
+        dt = svc_now_usec() - t0;
+        pthread_join(th, NULL);
+        cr_expect(seen, "STOPPING=1 was lost although the reader read within 200 ms");
+        cr_expect_lt(dt, 900000, "stopping took %llu us", (unsigned long long)dt);
+
+        /* A reader that never reads holds the exit up for about a second. */
+        fill_queue();
+        t0 = svc_now_usec();
+        kvd_notify_stopping();
+        dt = svc_now_usec() - t0;
+        cr_expect(dt >= 500000 && dt < 3000000, "stopping with nobody reading took %llu us", (unsigned long long)dt);
+}
+
+/* NOTIFY_SOCKET="@name" is an abstract address, as sd_notify reads it. */
+Test(notify, abstract_address)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char name[64], env[80], buf[256];
+        int  fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+        cr_assert(fd >= 0);
+        snprintf(name, sizeof(name), "kvtest-notify-%d", (int)getpid());
+        memcpy(sa.sun_path + 1, name, strlen(name));
+        socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+
+        cr_assert(bind(fd, (struct sockaddr *)&sa, len) == 0, "bind: %s", strerror(errno));
+        snprintf(env, sizeof(env), "@%s", name);
+        setenv("NOTIFY_SOCKET", env, 1);
+        kvd_notify_ready(NULL);
+        cr_assert_gt(svc_recv(fd, buf, sizeof(buf), 1000), 0, "nothing on the abstract socket");
+        cr_expect_str_eq(buf, "READY=1");
+        close(fd);
+}
+
+/* An address it cannot use ("vsock:", a relative path) sends nothing,
+ * crashes nothing, and is reported once. */
+Test(notify, unusable_address)
+{
+        char errpath[256];
+        int  saved;
+
+        setenv("NOTIFY_SOCKET", "relative/notify.sock", 1);
+        saved = capture_stderr(errpath, sizeof(errpath));
+        kvd_notify_ready("x");
+        kvd_notify_status("y");
+        kvd_notify_stopping();
+        cr_expect_eq(restore_stderr(saved, errpath, "NOTIFY_SOCKET"), 1);
 }

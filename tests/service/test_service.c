@@ -4,7 +4,8 @@
  *    must mean "clients can attach now" (we attach the moment it arrives),
  *    WATCHDOG=1 must keep coming within half the watchdog timeout (plus
  *    slack for this shared machine) both idle and under a stream of
- *    requests, STATUS= must follow usage, and SIGTERM must say STOPPING=1.
+ *    requests, STATUS= must follow usage, and SIGTERM must say STOPPING=1;
+ *    a notify socket nobody reads holds up no client.
  *  - metrics: /metrics over HTTP passes `promtool check metrics` and its
  *    page counts agree with `kvpoolctl status --json`; `kvpoolctl metrics`
  *    prints the same families; 200 idle HTTP connections cost the daemon at
@@ -21,6 +22,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -237,6 +239,81 @@ Test(service, notify_ready_watchdog_status_stopping, .timeout = 60)
         finish(&d);
 }
 
+/* Fills the notify socket's queue with datagrams of our own until a send
+ * would block (net.unix.max_dgram_qlen, 10 by default).  Returns how many. */
+static int fill_notify(struct daemon *d)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), n = 0;
+
+        cr_assert(fd >= 0);
+        strcpy(sa.sun_path, d->notify_path);
+        while (n < 100000 && sendto(fd, "FILLER=1", 8, MSG_DONTWAIT, (struct sockaddr *)&sa, sizeof(sa)) == 8)
+                n++;
+        close(fd);
+        return n;
+}
+
+/* A service manager that does not read its notify socket (busy, or a
+ * NOTIFY_SOCKET nobody reads) must not hold up the serving loop: with the
+ * queue full, clients are served while several pings come due, the kept
+ * ping goes out once the socket is read, and SIGTERM still ends in
+ * STOPPING=1 and a clean exit.  With sd_notify's blocking send the loop
+ * stopped at the first ping. */
+Test(service, unread_notify_socket_holds_up_nothing, .timeout = 60)
+{
+        struct daemon d;
+        struct pings p = { 0 };
+        kvc_client *c = NULL;
+        kvc_pool *p8 = NULL;
+        int32_t pages[4];
+        uint64_t end, worst = 0;
+        int rounds = 0, filler, st;
+
+        start(&d, "none", 1);
+        cr_assert_eq(kvc_connect(d.url, "notify-full", NULL, &c), 0);
+        cr_assert_eq(kvc_attach(c, "p8", &p8), 0, "%s", kvc_errmsg(c));
+        filler = fill_notify(&d);
+        cr_assert_gt(filler, 0);
+        /* 2.5 s: at least four pings (one every 0.5 s) find the queue full. */
+        end = svc_now_usec() + 2500000u;
+        while (svc_now_usec() < end) {
+                uint64_t t0 = svc_now_usec(), dt;
+                int r = kvc_alloc(p8, 4, pages);
+
+                if (r == 0)
+                        r = kvc_free(p8, 4, pages);
+                dt = svc_now_usec() - t0;
+                worst = dt > worst ? dt : worst;
+                cr_assert_eq(r, 0, "round trip %d with the notify queue full: %d %s; log:\n%s", rounds, r,
+                             kvc_errmsg(c), svc_log_tail(d.log));
+                rounds++;
+                usleep(20000);
+        }
+        cr_log_info("notify queue full: %d round trips, the slowest %llu us", rounds, (unsigned long long)worst);
+        cr_expect_lt(worst, 1000000, "a round trip took %llu us with the notify queue full",
+                     (unsigned long long)worst);
+        cr_expect(strstr(svc_log_tail(d.log), "is full"), "the full queue is not logged:\n%s", svc_log_tail(d.log));
+
+        /* Read now: the filler, then the kept ping within a tick or two. */
+        collect(d.notify_fd, &p, 1500);
+        cr_expect_geq(p.count, 1, "no WATCHDOG=1 once the notify socket was read again");
+        kvc_disconnect(c);
+
+        kill(d.pid, SIGTERM);
+        end = svc_now_usec() + 10000000u;
+        while (waitpid(d.pid, &st, WNOHANG) != d.pid) {
+                cr_assert(svc_now_usec() < end, "kvpoold did not exit after SIGTERM");
+                collect(d.notify_fd, &p, 50);
+        }
+        d.pid = 0;
+        collect(d.notify_fd, &p, 50);
+        cr_expect(p.stopping, "no STOPPING=1");
+        cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "kvpoold exit status %d; log:\n%s", st,
+                  svc_log_tail(d.log));
+        finish(&d);
+}
+
 /* ---- metrics ----------------------------------------------------------------- */
 
 static char *family_set(const char *text)
@@ -405,7 +482,9 @@ Test(service, metrics_agree_with_status, .timeout = 60)
 
 /* Reads the notify datagrams that have come: with WATCHDOG_USEC set the
  * daemon pings every 0.5 s, and once 10 of them wait unread (Linux's
- * default net.unix.max_dgram_qlen) sd_notify blocks the serving loop. */
+ * default net.unix.max_dgram_qlen) further ones are only kept, not sent
+ * (unread_notify_socket_holds_up_nothing); draining keeps the socket as
+ * systemd's would be. */
 static void drain_notify(struct daemon *d)
 {
         char buf[4096];
