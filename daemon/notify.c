@@ -117,6 +117,10 @@ static int parse_address(const char *s)
 {
         size_t len = strlen(s);
 
+        /* "@" or "/" alone names nothing; sd_notify refuses them (EINVAL)
+         * rather than sending to the empty abstract name or to "/" */
+        if (len < 2)
+                return s[0] == '@' || s[0] == '/' ? -EINVAL : -EAFNOSUPPORT;
         memset(&addr, 0, sizeof(addr));
         addr.sun_family = AF_UNIX;
         if (s[0] == '/') {

@@ -396,3 +396,25 @@ Test(notify, unusable_address)
         kvd_notify_stopping();
         cr_expect_eq(restore_stderr(saved, errpath, "NOTIFY_SOCKET"), 1);
 }
+
+/* "@" alone is no address to sd_notify (EINVAL): nothing may reach the
+ * abstract socket whose name is empty (what "@" would otherwise name),
+ * and the unusable address is reported once. */
+Test(notify, bare_at_is_no_address)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char errpath[256], buf[256];
+        int  saved, fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+        cr_assert(fd >= 0);
+        /* the empty abstract name: a leading NUL and nothing after it */
+        if (bind(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1)) != 0)
+                cr_skip_test("cannot bind the empty abstract name: %s", strerror(errno));
+        setenv("NOTIFY_SOCKET", "@", 1);
+        saved = capture_stderr(errpath, sizeof(errpath));
+        kvd_notify_ready("x");
+        kvd_notify_status("y");
+        cr_expect_eq(restore_stderr(saved, errpath, "NOTIFY_SOCKET"), 1, "an unusable address is reported once");
+        cr_expect_leq(svc_recv(fd, buf, sizeof(buf), 100), 0, "\"@\" sent to the empty abstract name: %s", buf);
+        close(fd);
+}
