@@ -10,7 +10,8 @@
  *
  * No send ever waits.  sd_notify() sends with a blocking sendmsg: when the
  * receiver does not read (systemd busy, or a NOTIFY_SOCKET nobody reads) and
- * its queue is full (net.unix.max_dgram_qlen, 10 by default) it blocks, and
+ * its queue is full (net.unix.max_dgram_qlen: 10 by default, 512 once
+ * systemd as PID 1 has raised it) it blocks, and
  * with it the serving loop and every client.  So the datagram is sent here
  * on a non-blocking socket (MSG_DONTWAIT).  What cannot be sent now stays
  * pending as state, not as a queue of messages: READY=1 and STOPPING=1 are
