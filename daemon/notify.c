@@ -108,6 +108,9 @@ static void warn_once(int r)
                 kvd_warn("$NOTIFY_SOCKET (%s) is full: its reader is not reading; the latest state is kept "
                          "and sent when it can be (further failures are not logged)",
                          getenv("NOTIFY_SOCKET") ? getenv("NOTIFY_SOCKET") : "?");
+        else if (r == -ENOBUFS || r == -ENOMEM)
+                kvd_warn("notify to $NOTIFY_SOCKET: %s; the latest state is kept and sent when it can be "
+                         "(further failures are not logged)", strerror(-r));
         else
                 kvd_warn("notify to $NOTIFY_SOCKET failed: %s (further failures are not logged)", strerror(-r));
 }
@@ -143,8 +146,8 @@ static int parse_address(const char *s)
 }
 
 /* Sends msg as one datagram without waiting.  Returns 0, -EAGAIN when it
- * would block (or the kernel is short of memory: worth a retry), or another
- * negative errno (not worth one). */
+ * would block, -ENOBUFS / -ENOMEM when the kernel is short of memory (both
+ * worth a retry: flush_locked), or another negative errno (not worth one). */
 static int send_datagram(const char *msg)
 {
         ssize_t n;
@@ -157,7 +160,7 @@ static int send_datagram(const char *msg)
         while (n < 0 && errno == EINTR);
         if (n >= 0)
                 return 0;
-        return errno == EWOULDBLOCK || errno == ENOBUFS || errno == ENOMEM ? -EAGAIN : -errno;
+        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
 }
 
 /* Builds the next datagram from the pending bits into msg and returns the
@@ -199,8 +202,8 @@ static bool flush_locked(void)
                 unsigned carry = compose(msg, sizeof(msg));
                 int      r = msg[0] ? send_datagram(msg) : 0;
 
-                if (r == -EAGAIN) {
-                        warn_once(r);
+                if (r == -EAGAIN || r == -ENOBUFS || r == -ENOMEM) {
+                        warn_once(r); /* the kernel short of memory: worth a retry too */
                         return false;
                 }
                 if (r < 0)
