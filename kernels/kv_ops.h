@@ -56,6 +56,17 @@ int kv_ref_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a,
 int kv_ref_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a, char *msg, size_t msglen);
 
 int kv_cuda_write(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream, char *msg, size_t msglen);
+/* fp8 pools from 16-bit input: kv_cuda_write calls of at most this many
+ * tokens run K and V in separate threads (grid z = 2), as fp4 from 16-bit
+ * input always does; longer ones convert both in one thread.  Measured on
+ * the H200 (docs/benchmarks.md, Write kernel, "fp8: K and V apart in short
+ * calls"): apart, T = 1, 16 and 256 took 1.01, 1.14 and 1.98 us a call
+ * against 1.21, 1.43 and 2.15; at T = 4096 3-4% more, so longer calls stay
+ * as they were.  0: never (for measuring).  Here, not in kv_write.cuh, so
+ * that the GPU test (C) covers both sides of it. */
+#ifndef KV_WRITE_SPLIT8_T
+#define KV_WRITE_SPLIT8_T 256
+#endif
 int kv_cuda_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a, void *stream, char *msg, size_t msglen);
 int kv_cuda_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *stream, char *msg, size_t msglen);
 int kv_cuda_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a, void *stream, char *msg, size_t msglen);

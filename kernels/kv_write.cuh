@@ -41,6 +41,8 @@
 #define KV_WRITE_EARLY 1
 #endif
 
+/* KV_WRITE_SPLIT8_T (kv_ops.h): fp8 calls that run K and V apart. */
+
 namespace kvk {
 
 struct write_params {
@@ -145,6 +147,18 @@ __host__ __device__ __forceinline__ constexpr bool fp4_from_raw()
 #endif
 }
 
+/* fp8 from 16-bit input: K and V in separate threads when launched with
+ * grid z = 2 (launch_write_d, KV_WRITE_SPLIT8_T). */
+template <int D, int E>
+__host__ __device__ __forceinline__ constexpr bool fp8_may_split()
+{
+#ifdef KV_CUDA_CODEC_ONLY
+        return false;
+#else
+        return KV_WRITE_SPLIT8_T > 0 && (D == KVC_DTYPE_FP8_E4M3 || D == KVC_DTYPE_FP8_E5M2) && E != KVC_ELEM_F32;
+#endif
+}
+
 /* One 16-byte chunk of an fp4 pool (two blocks of 16) from 32 raw 16-bit
  * inputs; the two scale bytes into *sc, first block in the low byte. */
 template <int E>
@@ -184,8 +198,10 @@ __device__ __forceinline__ void slot_offsets(const write_params &p, int64_t slot
  * bytes per tensor, and with both in one thread too few threads keep too few
  * bytes in flight (H200, T = 16384: 85.3 % of the copy split, 81.8 % joint;
  * docs/benchmarks.md, Write kernel, has the run and its command, a bench-write
- * mode removed after commit 63fc4fa).  No division unless the pool layout is
- * not flat. */
+ * mode removed after commit 63fc4fa).  fp8 from 16-bit input does the same
+ * in calls of at most KV_WRITE_SPLIT8_T tokens (launched with grid z = 2),
+ * where more threads with half the work each finish short calls sooner.
+ * No division unless the pool layout is not flat. */
 template <int D, int E>
 __global__ void __launch_bounds__(256) write_kernel(const write_params p)
 {
@@ -230,6 +246,22 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
                 const uint4 o = fp4_chunk_raw<E>(w, &sc);
                 *(uint4 *)(p.dst[h] + doff + (uint64_t)c * 16) = o;
                 *(uint16_t *)(p.sdst[h] + soff + (uint64_t)c * 2) = sc;
+                return;
+        }
+        if (fp8_may_split<D, E>() && gridDim.z == 2) { /* uniform over the grid */
+                const int h = blockIdx.z; /* 0: K, 1: V */
+                uint4 w[NW];
+                load_raw<E, N>(p.src[h] + (int64_t)t * p.stride[h] + in_off, p.vec[h], w);
+                grid_dep_launch();
+                if (early && skip)
+                        return;
+                uint64_t doff, soff;
+                slot_offsets(p, slot, &doff, &soff);
+                uint16_t unused = 0;
+                float f[N];
+                unpack_f32<E, N>(w, f);
+                *(uint4 *)(p.dst[h] + doff + (uint64_t)c * 16) =
+                        convert_chunk<D>(f, p.scale[h], p.rscale[h], p.fastdiv, &unused);
                 return;
         }
         uint4 wk[NW], wv[NW];
@@ -320,11 +352,13 @@ static inline cudaError_t launch_write_d(const write_params &wp0, enum kvc_elem 
         const unsigned ty = 256 / tx > 0 ? 256 / tx : 1;
         const uint32_t piece = 1u << 24;
         write_params wp = wp0;
-        /* fp4_from_raw kernels: one grid z per tensor */
-        const unsigned gz = (elem == KVC_ELEM_BF16 && fp4_from_raw<D, KVC_ELEM_BF16>()) ||
-                                            (elem == KVC_ELEM_F16 && fp4_from_raw<D, KVC_ELEM_F16>())
-                                    ? 2
-                                    : 1;
+        /* fp4_from_raw kernels: one grid z per tensor; fp8 from 16-bit
+         * input too for calls of at most KV_WRITE_SPLIT8_T tokens */
+        const bool raw = elem == KVC_ELEM_BF16 || elem == KVC_ELEM_F16;
+        const bool fp4raw = (elem == KVC_ELEM_BF16 && fp4_from_raw<D, KVC_ELEM_BF16>()) ||
+                            (elem == KVC_ELEM_F16 && fp4_from_raw<D, KVC_ELEM_F16>());
+        const bool fp8split = raw && fp8_may_split<D, KVC_ELEM_BF16>() && wp0.T <= (uint32_t)KV_WRITE_SPLIT8_T;
+        const unsigned gz = fp4raw || fp8split ? 2 : 1;
 
         for (uint32_t t0 = 0; t0 < wp0.T; t0 += piece) {
                 wp.T = wp0.T - t0 < piece ? wp0.T - t0 : piece;

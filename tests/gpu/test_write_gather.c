@@ -86,21 +86,21 @@ static void *to_dev(const void *h, size_t n, size_t misalign)
         return d + misalign;
 }
 
-/* One write + gather case.  misalign: element offset of the device inputs
- * from a 16-byte boundary (forces the scalar load path); pad: extra
- * elements per row. */
-static void run_case(enum kvc_dtype d, uint32_t hd, enum kvc_elem e, int pad, int misalign, uint64_t seed)
+/* One write + gather case of T tokens into a pool of `pages` pages.
+ * misalign: element offset of the device inputs from a 16-byte boundary
+ * (forces the scalar load path); pad: extra elements per row. */
+static void run_case_n(enum kvc_dtype d, uint32_t hd, enum kvc_elem e, int pad, int misalign, uint64_t seed,
+                       uint32_t T, uint32_t pages)
 {
-        const uint32_t heads = hd == 256 ? 2 : 4, page = 16, pages = 7, layers = 3, layer = 1;
-        const uint32_t T = 61;
+        const uint32_t heads = hd == 256 ? 2 : 4, page = 16, layers = 3, layer = 1;
         struct pool P;
         struct rng r = { seed };
         char msg[256], what[128];
         const size_t es = elem_size(e);
 
         cases++;
-        snprintf(what, sizeof what, "%s hd=%u elem=%d pad=%d misalign=%d", kvc_dtype_name(d), hd, (int)e, pad,
-                 misalign);
+        snprintf(what, sizeof what, "%s hd=%u elem=%d pad=%d misalign=%d T=%u", kvc_dtype_name(d), hd, (int)e, pad,
+                 misalign, T);
         pool_init(&P, d, layers, heads, hd, page, pages, seed * 31 + 7);
         const int64_t row = (int64_t)heads * hd, stride = row + pad;
         const int64_t nslots = (int64_t)pages * page;
@@ -209,6 +209,11 @@ static void run_case(enum kvc_dtype d, uint32_t hd, enum kvc_elem e, int pad, in
         cudaFree(dv);
         cudaFree(dslots);
         pool_fini(&P);
+}
+
+static void run_case(enum kvc_dtype d, uint32_t hd, enum kvc_elem e, int pad, int misalign, uint64_t seed)
+{
+        run_case_n(d, hd, e, pad, misalign, seed, 61, 7);
 }
 
 /* Slots and page ids live on the device: out-of-range ones are skipped by
@@ -424,6 +429,12 @@ int main(void)
                                 int mis = (d + e) % 4 == 3 ? 1 : 0;
                                 run_case((enum kvc_dtype)d, hds[h], (enum kvc_elem)e, pad, mis, seed++ * 0x9E3779B97F4A7C15ull);
                         }
+        /* fp8 from 16-bit input runs K and V in separate threads up to
+         * KV_WRITE_SPLIT8_T tokens and in one thread beyond: both ways */
+        for (int d = KVC_DTYPE_FP8_E4M3; d <= KVC_DTYPE_FP8_E5M2; d++)
+                for (int e = KVC_ELEM_BF16; e <= KVC_ELEM_F16; e++)
+                        run_case_n((enum kvc_dtype)d, 128, (enum kvc_elem)e, 0, 0, seed++ * 0x9E3779B97F4A7C15ull,
+                                   KV_WRITE_SPLIT8_T + 5, (KV_WRITE_SPLIT8_T + 5) / 16 + 40);
         for (int d = 0; d < KVC_DTYPE__COUNT; d++)
                 out_of_range_on_device((enum kvc_dtype)d);
         argument_errors();
