@@ -2,7 +2,9 @@
  * sd-daemon priority prefix ("<3>" error, "<4>" warning, "<6>" info, "<7>"
  * debug) so that journald keeps the level when the daemon runs under systemd.
  * Thread safe: pipe callbacks log from nng threads, the reaper and the
- * guard from theirs; each message is written with one write(2). */
+ * guard from theirs; each message is written with one write(2), or, when
+ * stderr is a socket (journald's stream), sent without waiting for room: a
+ * journal that does not read costs lines, never a blocked thread (log.c). */
 #ifndef KVD_LOG_H
 #define KVD_LOG_H
 
@@ -43,6 +45,13 @@ void kvd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
  * (a negative errno), so a failure path reads
  *         return kvd_log_ret(KVD_LOG_ERR, -ENOMEM, "pool %s: out of memory", name); */
 int kvd_log_ret(int level, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Looks again at what stderr is (a socket: journald's stream, sent to
+ * without waiting).  Done at the first message; call it after redirecting
+ * stderr (tests). */
+void kvd_log_probe_stderr(void);
+/* Lines dropped because stderr was a full socket, since start. */
+unsigned long long kvd_log_dropped(void);
 
 #define kvd_err(...)   kvd_log(KVD_LOG_ERR, __VA_ARGS__)
 #define kvd_warn(...)  kvd_log(KVD_LOG_WARNING, __VA_ARGS__)

@@ -500,3 +500,94 @@ Test(requests, a_forgotten_connection_gets_no_session)
         kvd_sessions_free(srv.sessions);
         pthread_mutex_destroy(&srv.lock);
 }
+
+/* ---- log.c: stderr as journald's stream socket ----------------------------- */
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include "log.h"
+
+static long long test_mono_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Reads what is waiting on fd (non-blocking) into buf, NUL-terminated. */
+static size_t drain_fd(int fd, char *buf, size_t cap)
+{
+        size_t n = 0;
+
+        for (;;) {
+                ssize_t r = recv(fd, buf + n, cap - 1 - n, MSG_DONTWAIT);
+
+                if (r <= 0 || n + (size_t)r >= cap - 1) {
+                        if (r > 0)
+                                n += (size_t)r;
+                        break;
+                }
+                n += (size_t)r;
+        }
+        buf[n] = '\0';
+        return n;
+}
+
+/* A journal that does not read: logging into its full socket costs lines,
+ * not time (a blocking write(2) held the logging thread, the serving loop
+ * among them, until it read), and once it reads again the next line is
+ * preceded by the count of the lines lost. */
+Test(log, a_full_journal_socket_costs_lines_not_time, .timeout = 30)
+{
+        enum { LINES = 20000 };
+        static char got[1 << 22];
+        char pad[201];
+        int sv[2], sndbuf = 4096, saved;
+
+        memset(pad, 'x', sizeof(pad) - 1);
+        pad[sizeof(pad) - 1] = '\0';
+        cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+        setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+        cr_assert((saved = dup(STDERR_FILENO)) >= 0);
+        cr_assert_eq(dup2(sv[0], STDERR_FILENO), STDERR_FILENO);
+        kvd_log_probe_stderr();
+        const unsigned long long d0 = kvd_log_dropped();
+        const long long t0 = test_mono_ms();
+        for (int i = 0; i < LINES; i++)
+                kvd_warn("line %d %s", i, pad);
+        const long long took = test_mono_ms() - t0;
+        const unsigned long long lost = kvd_log_dropped() - d0;
+        size_t n = drain_fd(sv[1], got, sizeof(got));
+        kvd_warn("after the journal read");
+        n += drain_fd(sv[1], got + n, sizeof(got) - n);
+        cr_assert_eq(dup2(saved, STDERR_FILENO), STDERR_FILENO);
+        close(saved);
+        kvd_log_probe_stderr();
+
+        cr_expect_lt(took, 10000, "%d lines into a full socket took %lld ms", LINES, took);
+        cr_expect_gt(lost, 0, "no line was dropped with a socket that holds far fewer than %d", LINES);
+        cr_expect_lt(lost, (unsigned long long)LINES, "every line was dropped");
+        char want[96];
+        snprintf(want, sizeof(want), "<4>kvpoold: %llu log lines dropped", lost);
+        const char *note = strstr(got, want);
+        cr_expect(note, "no '%s' line in what the journal read (%zu bytes)", want, n);
+        cr_expect(note && strstr(note, "\n<4>after the journal read\n"),
+                  "the line after the note is not whole");
+        /* whole lines before it: each "<4>line ..." ends with the pad and a
+         * newline, but for at most one cut short */
+        int bad = 0;
+        for (const char *p = got; note && p < note;) {
+                const char *e = strchr(p, '\n');
+                if (!e)
+                        break;
+                if (strncmp(p, "<4>line ", 8) != 0 || (size_t)(e - p) < sizeof(pad) - 1 ||
+                    memcmp(e - (sizeof(pad) - 1), pad, sizeof(pad) - 1) != 0)
+                        bad++;
+                p = e + 1;
+        }
+        cr_expect_leq(bad, 1, "%d lines before the note are not whole", bad);
+        close(sv[0]);
+        close(sv[1]);
+}
