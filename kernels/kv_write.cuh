@@ -233,7 +233,9 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
         if (!early && skip)
                 return;
 
-        if constexpr (fp4_from_raw<D, E>()) {
+        /* one tensor a thread: fp4 from 16-bit input always, fp8 from
+         * 16-bit input when launched with grid z = 2 (uniform over the grid) */
+        if (fp4_from_raw<D, E>() || (fp8_may_split<D, E>() && gridDim.z == 2)) {
                 const int h = blockIdx.z; /* 0: K, 1: V */
                 uint4 w[NW];
                 load_raw<E, N>(p.src[h] + (int64_t)t * p.stride[h] + in_off, p.vec[h], w);
@@ -242,26 +244,18 @@ __global__ void __launch_bounds__(256) write_kernel(const write_params p)
                         return;
                 uint64_t doff, soff;
                 slot_offsets(p, slot, &doff, &soff);
-                uint16_t sc;
-                const uint4 o = fp4_chunk_raw<E>(w, &sc);
-                *(uint4 *)(p.dst[h] + doff + (uint64_t)c * 16) = o;
-                *(uint16_t *)(p.sdst[h] + soff + (uint64_t)c * 2) = sc;
-                return;
-        }
-        if (fp8_may_split<D, E>() && gridDim.z == 2) { /* uniform over the grid */
-                const int h = blockIdx.z; /* 0: K, 1: V */
-                uint4 w[NW];
-                load_raw<E, N>(p.src[h] + (int64_t)t * p.stride[h] + in_off, p.vec[h], w);
-                grid_dep_launch();
-                if (early && skip)
-                        return;
-                uint64_t doff, soff;
-                slot_offsets(p, slot, &doff, &soff);
-                uint16_t unused = 0;
-                float f[N];
-                unpack_f32<E, N>(w, f);
-                *(uint4 *)(p.dst[h] + doff + (uint64_t)c * 16) =
-                        convert_chunk<D>(f, p.scale[h], p.rscale[h], p.fastdiv, &unused);
+                if constexpr (fp4_from_raw<D, E>()) {
+                        uint16_t sc;
+                        const uint4 o = fp4_chunk_raw<E>(w, &sc);
+                        *(uint4 *)(p.dst[h] + doff + (uint64_t)c * 16) = o;
+                        *(uint16_t *)(p.sdst[h] + soff + (uint64_t)c * 2) = sc;
+                } else {
+                        uint16_t unused = 0;
+                        float f[N];
+                        unpack_f32<E, N>(w, f);
+                        *(uint4 *)(p.dst[h] + doff + (uint64_t)c * 16) =
+                                convert_chunk<D>(f, p.scale[h], p.rscale[h], p.fastdiv, &unused);
+                }
                 return;
         }
         uint4 wk[NW], wv[NW];
