@@ -10,7 +10,11 @@
  * finished within LINE_WAIT_MS, waiting for room with poll, else the rest
  * is dropped too and the next line out begins with the newline that ends
  * the cut one.  Lines are sent under a mutex, so the threads' lines do not
- * mix.  A terminal, file or pipe keeps the plain blocking write.
+ * mix; a thread that logs waits at most for the lines ahead of it, each at
+ * most 2 x LINE_WAIT_MS (the dropped-lines note and the line), and on a
+ * Unix stream socket a line of at most LINE_MAX_BYTES goes whole or not at
+ * all in practice.  A terminal, file or pipe keeps the plain blocking
+ * write.
  */
 #include <errno.h>
 #include <poll.h>
@@ -138,7 +142,10 @@ static int send_all(const char *buf, size_t len)
 
                         if (due < 0)
                                 due = now + LINE_WAIT_MS;
-                        if (now >= due || poll(&p, 1, (int)(due - now)) <= 0)
+                        if (now >= due)
+                                return -1;
+                        int pr = poll(&p, 1, (int)(due - now));
+                        if (pr == 0 || (pr < 0 && errno != EINTR)) /* a signal: wait out the rest */
                                 return -1;
                         continue;
                 }

@@ -4,7 +4,9 @@
  * Thread safe: pipe callbacks log from nng threads, the reaper and the
  * guard from theirs; each message is written with one write(2), or, when
  * stderr is a socket (journald's stream), sent without waiting for room: a
- * journal that does not read costs lines, never a blocked thread (log.c). */
+ * journal that does not read costs lines, not a thread blocked for as long
+ * as it does not read (at most a bounded wait for a line sent in part:
+ * log.c). */
 #ifndef KVD_LOG_H
 #define KVD_LOG_H
 
