@@ -15,6 +15,7 @@
  *   kvpool_start_time_seconds                       gauge, unix time
  *   kvpool_clients                                  gauge, connected sessions
  *   kvpool_events_dropped_total                     counter, events.c's queue full
+ *   kvpool_log_lines_dropped_total                  counter, log.c: the journal's socket full
  *   kvpool_requests_total{op}                       counter
  *   kvpool_request_errors_total{op,code}            counter
  *   kvpool_request_duration_seconds{op}             histogram, 10us .. 1s
@@ -38,6 +39,7 @@
 #include "kv_proto.h"
 #include "kvclient.h"
 #include "http_serve.h"
+#include "log.h"
 #include "metrics.h"
 #include "pool.h"
 #include "server.h"
@@ -390,6 +392,9 @@ char *kvd_metrics_render(const struct kvd_metrics *m, const struct kvd_server *s
                "Events dropped because the event send queue was full (subscribers see a gap in seq).");
         put(&b, "kvpool_events_dropped_total %llu\n",
             (unsigned long long)(s ? kvd_server_events_dropped(s) : 0));
+        family(&b, "kvpool_log_lines_dropped_total", "counter",
+               "Log lines dropped because stderr, the journal's socket, was full.");
+        put(&b, "kvpool_log_lines_dropped_total %llu\n", kvd_log_dropped());
 
         render_requests(&b, m);
         render_pools(&b, s);

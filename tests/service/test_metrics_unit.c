@@ -115,6 +115,7 @@ Test(metrics, empty_daemon_is_valid_exposition)
         t = render(m);
         expect_metric(t, "kvpool_clients", 0);
         expect_metric(t, "kvpool_events_dropped_total", 0);
+        expect_metric(t, "kvpool_log_lines_dropped_total", 0);
         expect_metric(t, "kvpool_requests_total{op=\"alloc\"}", 0);
         cr_expect(strstr(t, "kvpool_build_info{version=\""), "no build info:\n%s", t);
         cr_expect(strstr(t, "# TYPE kvpool_request_duration_seconds histogram\n"));
