@@ -25,12 +25,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 
 #include "http_serve.h"
+#include "ticker.h" /* kvd_mono_ms */
 
 /* Connections accepted per turn of the loop: a quarter of max_conns, 1 to
  * 8.  A connection whose request has come in is served on the turn after
@@ -67,14 +67,6 @@ struct kvd_http {
         uint64_t            seq;
         uint64_t            accept_at; /* ms: accept again from then on */
 };
-
-static uint64_t now_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static void conn_close(struct kvd_http *h, struct conn *c)
 {
@@ -402,7 +394,7 @@ static void *serve(void *arg)
         struct kvd_http *h = arg;
 
         for (;;) {
-                uint64_t now = now_ms(), next = UINT64_MAX;
+                uint64_t now = kvd_mono_ms(), next = UINT64_MAX;
                 nfds_t   n = 0;
                 bool     accepting = now >= h->accept_at;
                 int      r, timeout;
@@ -438,7 +430,7 @@ static void *serve(void *arg)
                 }
                 if (h->pfd[0].revents)
                         break; /* kvd_http_stop */
-                now = now_ms();
+                now = kvd_mono_ms();
                 /* the connections first: one whose request is in is served
                  * before accepting can evict it */
                 for (nfds_t i = 1; i < n; i++) {

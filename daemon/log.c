@@ -23,11 +23,11 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include "log.h"
+#include "ticker.h" /* kvd_mono_ms */
 
 #define LINE_MAX_BYTES 1024
 #define LINE_WAIT_MS 100 /* to finish a line sent in part */
@@ -112,18 +112,10 @@ unsigned long long kvd_log_dropped(void)
  * once some of it went, waits up to LINE_WAIT_MS for room for the rest.
  * Returns 1 when all of it went, 0 when none did (the socket full), -1 when
  * part went and the rest did not (or another error).  sock_lock held. */
-static long long mono_ms(void)
-{
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int send_all(const char *buf, size_t len)
 {
         size_t    done = 0;
-        long long due = -1; /* set at the first wait */
+        uint64_t  due = 0; /* set at the first wait */
 
         while (done < len) {
                 ssize_t w = send(STDERR_FILENO, buf + done, len - done, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -138,9 +130,9 @@ static int send_all(const char *buf, size_t len)
                         if (done == 0)
                                 return 0;
                         struct pollfd p = { .fd = STDERR_FILENO, .events = POLLOUT };
-                        const long long now = mono_ms();
+                        const uint64_t now = kvd_mono_ms();
 
-                        if (due < 0)
+                        if (due == 0)
                                 due = now + LINE_WAIT_MS;
                         if (now >= due)
                                 return -1;

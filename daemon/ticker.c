@@ -12,6 +12,14 @@ double kvd_mono_s(void)
         return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+uint64_t kvd_mono_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 static void *ticker_main(void *arg)
 {
         struct kvd_ticker *t = arg;

@@ -7,6 +7,7 @@
 #define KVD_TICKER_H
 
 #include <pthread.h>
+#include <stdint.h>
 
 struct kvd_ticker {
         pthread_t       thread;
@@ -22,6 +23,8 @@ struct kvd_ticker {
 /* Now, in seconds of CLOCK_MONOTONIC (the daemon's clock for periods and
  * graces: a step of the wall clock stretches none of them). */
 double kvd_mono_s(void);
+/* The same in whole milliseconds. */
+uint64_t kvd_mono_ms(void);
 
 /* Starts t's thread, which calls tick(arg, kvd_mono_s()) every `every`
  * seconds (> 0) until kvd_ticker_stop; nothing if it is running already.
