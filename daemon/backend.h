@@ -41,13 +41,6 @@ extern const struct kvd_backend_ops kvd_backend_host;
 /* NULL in builds without CUDA. */
 extern const struct kvd_backend_ops *const kvd_backend_cuda;
 
-/* The head_dims the CUDA kernels are built for (host pools take any
- * multiple of 16 up to 512). */
-static inline int kvd_cuda_head_dim_ok(uint32_t d)
-{
-        return d == 64 || d == 128 || d == 256;
-}
-
 /* Device memory free on device, for "capacity": "0.9" style fractions.
  * Returns 0 or -ENODEV. */
 int kvd_cuda_mem_info(int device, uint64_t *ret_free, uint64_t *ret_total);

@@ -232,7 +232,7 @@ int kvd_cfg_check_spec(const struct kvd_pool_spec *s, const char *where, char *e
         /* what pool creation would refuse for "backend": "cuda" on any
          * machine, refused here so that --check-config says it ("auto"
          * may still fall back to a host pool, which takes other head_dims) */
-        if (strcmp(s->backend, "cuda") == 0 && !kvd_cuda_head_dim_ok(s->geom.head_dim))
+        if (strcmp(s->backend, "cuda") == 0 && !kv_cuda_head_dim_ok(s->geom.head_dim))
                 return kvd_cfg_fail(err, errlen, "%s.head_dim: %u, but CUDA pools support head_dim 64, 128 or 256",
                             where, s->geom.head_dim);
         if (s->capacity_fraction > 0 && strcmp(s->backend, "host") == 0)

@@ -59,7 +59,7 @@ static int choose_backend(const struct kvd_pool_spec *spec, const struct kvd_bac
                 *ret = &kvd_backend_host;
                 return 0;
         }
-        if (!want_cuda && kvd_backend_cuda && !kvd_cuda_head_dim_ok(spec->geom.head_dim)) {
+        if (!want_cuda && kvd_backend_cuda && !kv_cuda_head_dim_ok(spec->geom.head_dim)) {
                 kvd_warn("pool %s: backend auto: head_dim %u is not supported by the CUDA kernels (64, 128, 256), "
                          "using host shared memory", spec->name, spec->geom.head_dim);
                 *ret = &kvd_backend_host;
@@ -114,7 +114,7 @@ static int pool_make(const struct kvd_pool_spec *spec, uint32_t id, struct kvd_s
         }
         if ((r = choose_backend(spec, &be, &free_b, err, errlen)))
                 return r;
-        if (be != &kvd_backend_host && !kvd_cuda_head_dim_ok(spec->geom.head_dim)) {
+        if (be != &kvd_backend_host && !kv_cuda_head_dim_ok(spec->geom.head_dim)) {
                 snprintf(err, errlen, "pool %s: head_dim %u: CUDA pools support head_dim 64, 128 or 256",
                          spec->name, spec->geom.head_dim);
                 return -EINVAL;

@@ -81,7 +81,7 @@ extern "C" int kv_cuda_check_aligned(const struct kv_pool_view *p, uint32_t laye
  * on the first call, empty or not. */
 static int check_pool(const struct kv_pool_view *p, uint32_t layer, char *msg, size_t msglen)
 {
-        if (p->layout.g.head_dim != 64 && p->layout.g.head_dim != 128 && p->layout.g.head_dim != 256)
+        if (!kv_cuda_head_dim_ok(p->layout.g.head_dim))
                 return kv_fail(-EINVAL, msg, msglen,
                                "pool: head_dim %u is not supported by the CUDA kernels (64, 128 or 256)",
                                p->layout.g.head_dim);

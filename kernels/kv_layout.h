@@ -64,6 +64,11 @@ static inline uint64_t kv_layout_v(const struct kv_layout *L, uint32_t l) { retu
 static inline uint64_t kv_layout_ks(const struct kv_layout *L, uint32_t l) { return L->ks_offset + (uint64_t)l * L->layer_stride; }
 static inline uint64_t kv_layout_vs(const struct kv_layout *L, uint32_t l) { return L->vs_offset + (uint64_t)l * L->layer_stride; }
 
+/* The head_dims the CUDA kernels are built for (host pools take any
+ * multiple of 16 up to 512): the one list the launchers' checks and
+ * kvpoold's pool configuration share. */
+static inline int kv_cuda_head_dim_ok(uint32_t d) { return d == 64 || d == 128 || d == 256; }
+
 /* Token capacity = num_pages * page_size. */
 static inline uint64_t kv_layout_tokens(const struct kv_layout *L) { return (uint64_t)L->num_pages * L->g.page_size; }
 

@@ -67,7 +67,7 @@ int kv_attn_check(const struct kv_pool_view *p, const struct kv_attn_call *c, bo
                 return r;
         const struct kv_layout *L = &p->layout;
         const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;
-        if (device && D != 64 && D != 128 && D != 256)
+        if (device && !kv_cuda_head_dim_ok(D))
                 return kv_fail(-EINVAL, msg, msglen, "%s: head_dim %u: the CUDA kernels support 64, 128 and 256",
                                op, D);
         r = kv_ref_check_layer(p, c->layer, op, msg, msglen);
