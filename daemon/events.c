@@ -344,7 +344,7 @@ static int events_probe(void *arg, const char *path)
         /* SUB (0x21) to PUB (0x20); a probe that cannot connect says
          * nothing, one whose handshake does not come asks whether the pipe
          * was attached all the same */
-        fd = kvd_guard_dial(path, 0x21, 0x20, PROBE_WAIT_MS / 1000);
+        fd = kvd_guard_dial(path, 0x21, 0x20, PROBE_WAIT_MS);
         seen = fd == -EPROTO ? atomic_load(&e->probe_seen) : 1;
         if (fd >= 0) {
                 /* nng attaches the pipe right after the handshake */

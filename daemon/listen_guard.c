@@ -9,7 +9,7 @@
  * client killed while connecting, or a second kvpoold started on the same
  * path (nng's check for a stale socket file connects and closes) is enough.
  *
- * How it is noticed: every KVD_GUARD_EVERY seconds the guard lists the
+ * How it is noticed: every KVD_GUARD_EVERY_MS (3 s) the guard lists the
  * connections the watched listener accepted (/proc/net/unix names an
  * accepted AF_UNIX connection by the name its listener was bound to; this
  * process's own are those whose inode is among /proc/self/fd) and how many
@@ -18,7 +18,7 @@
  * (the serving loop takes them within microseconds).  A connection that
  * nng accepted but never handed over keeps what its peer sent after the
  * handshake.  So when bytes have waited in a connection, not shrinking,
- * for KVD_GUARD_STUCK seconds, the listener may have stopped.  Peers that
+ * for KVD_GUARD_STUCK_MS (12 s), the listener may have stopped.  Peers that
  * are slow or silent during the handshake, and connections that are
  * closing (their session just ended), have nothing unread; a serving loop
  * that was held up longer than two periods (its reads waited with it)
@@ -41,8 +41,19 @@
  * served clients keep working; the unserved ones stay with nng until the
  * daemon exits: an old listener must not be closed before then, or nng
  * would remove the live socket file).  The clients that came while it was
- * stopped fail at their own request timeout.  At most KVD_GUARD_MAX tries a
- * process: more means something else is wrong.
+ * stopped fail at their own request timeout.
+ *
+ * How long it goes on: each take-over leaks what the stopped listener
+ * holds (its listening descriptor, the connections it accepted and never
+ * handed over, the guard's probe connection among them) and a little
+ * memory, until the daemon exits.  So the guard takes over while the
+ * process has descriptors to spare: under 3/4 of RLIMIT_NOFILE's soft
+ * limit (kvpoold raises it to the hard one at start), the last quarter
+ * being the serving loop's (sessions, the metrics endpoint, pools), and at
+ * most KVD_GUARD_CEILING times (listen_guard.h says why a ceiling still).
+ * Past that (kvd_guard_headroom), or when a take-over fails, it gives up
+ * for good and says why and that kvpoold must be restarted; the metrics
+ * show its take-overs and whether it gave up (kvd_guard_stats).
  *
  * Without /proc/net/unix or /proc/self/fd (a sandbox that hides them) the
  * guard says so once and does nothing.  The checks run on a thread of the
@@ -51,6 +62,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +71,7 @@
 #include <unistd.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include "kv_proto.h"
@@ -206,11 +219,72 @@ void kvd_guard_init(struct kvd_guard *g, nng_socket sock, nng_listener l, const 
         g->group = group;
         if (path)
                 snprintf(g->bound, sizeof g->bound, "%s", path);
+        kvd_guard_timing(g, 0, 0, 0);
+}
+
+void kvd_guard_timing(struct kvd_guard *g, unsigned every_ms, unsigned stuck_ms, unsigned probe_ms)
+{
+        g->every = (every_ms ? every_ms : KVD_GUARD_EVERY_MS) / 1000.0;
+        g->stuck = (stuck_ms ? stuck_ms : KVD_GUARD_STUCK_MS) / 1000.0;
+        g->probe_ms = (int)(probe_ms ? probe_ms : KVD_GUARD_PROBE_MS);
 }
 
 int kvd_guard_due(const struct kvd_guard *g, double now)
 {
-        return g->path && g->tries < KVD_GUARD_MAX && !(g->quiet & 2) && now - g->last >= KVD_GUARD_EVERY;
+        return g->path && !(g->quiet & 2) && now - g->last >= g->every;
+}
+
+int kvd_guard_headroom(long fds_open, unsigned long fd_limit, unsigned tries, char *why, size_t whylen)
+{
+        if (tries >= KVD_GUARD_CEILING) {
+                snprintf(why, whylen, "%u take-overs tried, the most one process makes (each leaks a few descriptors "
+                         "and some memory)", tries);
+                return 0;
+        }
+        /* the last quarter is the serving loop's: sessions, the metrics
+         * endpoint's connections, pools; written so that a limit near
+         * ULONG_MAX does not overflow */
+        if (fds_open >= 0 && fd_limit > 0 && (unsigned long)fds_open >= fd_limit - fd_limit / 4) {
+                snprintf(why, whylen, "descriptors %ld of limit %lu open, and a take-over may fill at most 3/4 of the "
+                         "limit (each leaks a few)", fds_open, fd_limit);
+                return 0;
+        }
+        return 1;
+}
+
+int kvd_guard_stats(const struct kvd_guard *g, uint64_t *ret_taken, int *ret_gave_up)
+{
+        if (!g || !g->path)
+                return -ENOENT;
+        *ret_taken = atomic_load(&g->taken);
+        *ret_gave_up = atomic_load(&g->gave_up);
+        return 0;
+}
+
+/* The descriptors open in this process (entries of /proc/self/fd, less
+ * the one that reads it), or -errno. */
+static long open_fds(void)
+{
+        DIR           *d = opendir("/proc/self/fd");
+        struct dirent *e;
+        long           n = 0;
+
+        if (!d)
+                return -errno;
+        while ((e = readdir(d)) != NULL)
+                n += e->d_name[0] != '.' && atoi(e->d_name) != dirfd(d);
+        closedir(d);
+        return n;
+}
+
+/* RLIMIT_NOFILE's soft limit, 0 for none (or unknown). */
+static unsigned long fd_limit(void)
+{
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+                return 0;
+        return (unsigned long)rl.rlim_cur;
 }
 
 void kvd_guard_fini(struct kvd_guard *g)
@@ -252,10 +326,10 @@ static int recv_all(int fd, uint8_t *buf, size_t n)
         return 0;
 }
 
-int kvd_guard_dial(const char *path, uint8_t proto, uint8_t peer_proto, int timeout_s)
+int kvd_guard_dial(const char *path, uint8_t proto, uint8_t peer_proto, int timeout_ms)
 {
         struct sockaddr_un a = { .sun_family = AF_UNIX };
-        struct timeval     tv = { .tv_sec = timeout_s };
+        struct timeval     tv = { .tv_sec = timeout_ms / 1000, .tv_usec = timeout_ms % 1000 * 1000 };
         const uint8_t      hs[8] = { 0, 'S', 'P', 0, 0x00, proto, 0, 0 };
         uint8_t            peer[8];
         int                fd, e;
@@ -288,19 +362,19 @@ int kvd_guard_dial(const char *path, uint8_t proto, uint8_t peer_proto, int time
  * a REQ peer (docs/protocol.md appendix), finishes the SP handshake, sends
  * one STATUS request and reads the reply's frame header (before HELLO the
  * daemon answers with an error: any answer will do), each step within
- * KVD_GUARD_PROBE seconds.  The count of unread connections can also come
+ * probe_ms milliseconds.  The count of unread connections can also come
  * from nng's stuck pipe teardown (reaper.c): a connection whose
  * teardown never finished keeps its peer's last request, while the
  * listener works.  1: answered; 0: not; -1: the probe could not be made
  * (no socket: at the fd limit, which says nothing about the listener). */
-static int probe_answers(const char *path)
+static int probe_answers(const char *path, int probe_ms)
 {
         uint8_t msg[13 + KV_HDR_SIZE + 4], rep;
         int     fd, ok = 0;
 
         /* REQ (0x30) to REP (0x31); no socket at all (the fd limit) says
          * nothing about the listener */
-        if ((fd = kvd_guard_dial(path, 0x30, 0x31, (int)KVD_GUARD_PROBE)) < 0)
+        if ((fd = kvd_guard_dial(path, 0x30, 0x31, probe_ms)) < 0)
                 return fd == -ECONNREFUSED || fd == -EPROTO || fd == -ENAMETOOLONG ? 0 : -1;
         {
                 /* frame: type 1, big-endian u64 length, SP request id (top
@@ -320,6 +394,33 @@ static int probe_answers(const char *path)
         return ok;
 }
 
+int kvd_guard_name(const char *path, unsigned n, char *buf, size_t len)
+{
+        const size_t max = sizeof(((struct sockaddr_un *)0)->sun_path); /* with its NUL */
+        const char  *slash = strrchr(path, '/');
+        const int    dir = slash ? (int)(slash - path) : 0;
+        /* the file name's first character keeps two guards' names apart in
+         * one folder (kvpool.sock and events.sock) */
+        const char   c = slash ? slash[1] : path[0];
+        int          k;
+
+        /* each form's length is checked as written, whatever the digits of
+         * n: snprintf's count, not the buffer's, so that a cut name is never
+         * taken for one that fits */
+        k = snprintf(buf, len, "%s.%u", path, n);
+        if (k >= 0 && (size_t)k < len && (size_t)k < max)
+                return 0;
+        /* a path near sun_path's 108 bytes: a shorter name in the same
+         * folder (rename stays within one file system) */
+        k = snprintf(buf, len, "%.*s%s.kvg%c%u", dir, path, slash ? "/" : "", c, n);
+        if (k >= 0 && (size_t)k < len && (size_t)k < max)
+                return 0;
+        k = snprintf(buf, len, "%.*s%s.%c%u", dir, path, slash ? "/" : "", c, n); /* a short file name */
+        if (k >= 0 && (size_t)k < len && (size_t)k < max)
+                return 0;
+        return -ENAMETOOLONG;
+}
+
 /* A new listener bound beside the socket file, renamed over it, watched
  * from now on.  0, or -1 with why (the old listener stays the watched one). */
 static int take_over(struct kvd_guard *g, size_t recv_max, char *why, size_t whylen)
@@ -328,25 +429,11 @@ static int take_over(struct kvd_guard *g, size_t recv_max, char *why, size_t why
         nng_listener l;
         int          rv;
 
-        snprintf(name, sizeof name, "%s.%u", g->path, g->tries);
-        if (strlen(name) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
-                /* a path near sun_path's 108 bytes: a shorter name in the
-                 * same folder (rename stays within one file system) */
-                const char *slash = strrchr(g->path, '/');
-                int         dir = slash ? (int)(slash - g->path) : 0;
-                /* the file name's first character keeps two guards' names
-                 * apart in one folder (kvpool.sock and events.sock) */
-                const char  c = slash ? slash[1] : g->path[0];
-
-                snprintf(name, sizeof name, "%.*s%s.kvg%c%u", dir, g->path, slash ? "/" : "", c, g->tries);
-                if (strlen(name) >= sizeof(((struct sockaddr_un *)0)->sun_path)) /* a short file name */
-                        snprintf(name, sizeof name, "%.*s%s.%c%u", dir, g->path, slash ? "/" : "", c, g->tries);
-        }
-        snprintf(url, sizeof url, "ipc://%s", name);
-        if (strlen(name) >= sizeof(((struct sockaddr_un *)0)->sun_path) || strlen(name) >= sizeof g->bound) {
+        if (kvd_guard_name(g->path, g->tries, name, sizeof name) != 0 || strlen(name) >= sizeof g->bound) {
                 snprintf(why, whylen, "%s is too long for a socket name", name);
                 return -1;
         }
+        snprintf(url, sizeof url, "ipc://%s", name);
         (void)unlink(name); /* a leftover of an earlier process */
         if ((rv = nng_listener_create(&l, g->sock, url))) {
                 snprintf(why, whylen, "listen on %s: %s", name, nng_strerror(rv));
@@ -377,21 +464,47 @@ void kvd_guard_probe_only(struct kvd_guard *g, int (*probe)(void *arg, const cha
         g->probe_every = every;
 }
 
-/* Replaces the watched listener and says so (the tick's last step). */
+/* Stops taking over for good (the guard thread's). */
+static void give_up(struct kvd_guard *g)
+{
+        g->quiet |= 2;
+        atomic_store(&g->gave_up, 1);
+}
+
+/* Replaces the watched listener and says so (the tick's last step), or
+ * gives up when the process has no room for one more take-over's leak. */
 static void mend(struct kvd_guard *g, size_t recv_max, const char *what)
 {
-        char why[400];
+        char                why[400];
+        const unsigned long lim = fd_limit();
+        long                fds = open_fds();
 
+        /* no descriptor left to read /proc/self/fd with: at the limit */
+        if ((fds == -EMFILE || fds == -ENFILE) && lim > 0 && lim <= (unsigned long)LONG_MAX)
+                fds = (long)lim;
+        if (!kvd_guard_headroom(fds, lim, g->tries, why, sizeof why)) {
+                kvd_err("the listener on %s stopped handing connections over (%s: nng 1.5.2, nanomsg/nng#1518) and "
+                        "the listener guard gives up: %s; new clients get no answer until kvpoold is restarted "
+                        "(systemctl restart kvpoold)", g->path, what, why);
+                give_up(g);
+                return;
+        }
         g->tries++;
         if (take_over(g, recv_max, why, sizeof why) == 0) {
+                atomic_fetch_add(&g->taken, 1);
+                if (fds >= 0 && lim > 0)
+                        snprintf(why, sizeof why, "descriptors %ld of limit %lu", fds, lim);
+                else
+                        snprintf(why, sizeof why, "descriptors not known");
                 kvd_warn("the listener on %s stopped handing connections over (%s: nng 1.5.2, nanomsg/nng#1518, a "
-                         "peer closed during the handshake); a new one took over the socket file (%u of at most %u)",
-                         g->path, what, g->tries, KVD_GUARD_MAX);
+                         "peer closed during the handshake); a new one took over the socket file (take-over %u; %s)",
+                         g->path, what, g->tries, why);
         } else {
-                kvd_warn("the listener on %s stopped handing connections over (nng 1.5.2, nanomsg/nng#1518) and "
-                         "a new one could not take over (%s)%s",
-                         g->path, why, g->tries < KVD_GUARD_MAX ? "" : ": restart kvpoold");
-                g->quiet |= 2; /* a failure would only repeat */
+                /* a failure would only repeat */
+                kvd_err("the listener on %s stopped handing connections over (nng 1.5.2, nanomsg/nng#1518) and "
+                        "a new one could not take over (%s): new clients get no answer until kvpoold is restarted "
+                        "(systemctl restart kvpoold)", g->path, why);
+                give_up(g);
         }
 }
 
@@ -421,8 +534,8 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
         {
                 const double beat = (double)atomic_load(&g->beat_ms) / 1000.0;
 
-                stalled = (g->last > 0 && now - g->last > 2 * KVD_GUARD_EVERY) ||
-                          (beat > 0 && now - beat > 2 * KVD_GUARD_EVERY);
+                stalled = (g->last > 0 && now - g->last > 2 * g->every) ||
+                          (beat > 0 && now - beat > 2 * g->every);
         }
         g->last = now;
         if ((m = accepted_connections(g->bound, &ino, &rq)) < 0 || !(seen = malloc(((size_t)m + 1) * sizeof *seen))) {
@@ -436,7 +549,7 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
                 return;
         }
         /* A connection is stuck when bytes have waited in it, unread by nng,
-         * for KVD_GUARD_STUCK seconds: nng reads every connection it has
+         * for g->stuck seconds: nng reads every connection it has
          * (the handshake, then each request), so only one that nng never
          * handed to the socket keeps them.  Peers that are slow or silent
          * during the handshake, and connections whose session has just
@@ -451,7 +564,7 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
                                                 seen[n] = g->seen[k];
                                         break;
                                 }
-                stuck += rq[n] > 0 && now - seen[n] >= KVD_GUARD_STUCK;
+                stuck += rq[n] > 0 && now - seen[n] >= g->stuck;
         }
         kvd_guard_fini(g);
         g->ino = ino;
@@ -461,7 +574,7 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
         if (stuck == 0)
                 return;
         const uint64_t b0 = atomic_load(&g->beat_ms);
-        const int      r = probe_answers(g->path);
+        const int      r = probe_answers(g->path, g->probe_ms);
         char           what[96];
 
         /* no socket for the probe, or a serving loop that did not go round
@@ -473,16 +586,16 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
                 /* the listener works: these connections are ones nng stopped
                  * tearing down, never to be read; not counted again */
                 for (size_t k = 0; k < g->n; k++)
-                        if (g->unread[k] > 0 && now - g->seen[k] >= KVD_GUARD_STUCK)
+                        if (g->unread[k] > 0 && now - g->seen[k] >= g->stuck)
                                 g->seen[k] = INFINITY;
                 if (!(g->quiet & 4))
-                        kvd_info("listener guard: %u connection%s of %s unread for %.0f s, but a new client is "
+                        kvd_info("listener guard: %u connection%s of %s unread for %.3g s, but a new client is "
                                  "answered: not a stopped listener (nng's stuck pipe teardown, docs/operations.md "
-                                 "§9)", (unsigned)stuck, stuck == 1 ? "" : "s", g->path, KVD_GUARD_STUCK);
+                                 "§9)", (unsigned)stuck, stuck == 1 ? "" : "s", g->path, g->stuck);
                 g->quiet |= 4;
                 return;
         }
-        snprintf(what, sizeof what, "%u of its connections unread for %.0f s", (unsigned)stuck, KVD_GUARD_STUCK);
+        snprintf(what, sizeof what, "%u of its connections unread for %.3g s", (unsigned)stuck, g->stuck);
         mend(g, recv_max, what);
 }
 
@@ -500,7 +613,7 @@ int kvd_guard_start(struct kvd_guard *g, size_t recv_max)
         if (!g->path)
                 return 0;
         g->recv_max = recv_max;
-        return kvd_ticker_start(&g->ticker, KVD_GUARD_EVERY, guard_tick, g);
+        return kvd_ticker_start(&g->ticker, g->every, guard_tick, g);
 }
 
 void kvd_guard_stop(struct kvd_guard *g)

@@ -13,10 +13,23 @@
 #include <nng/nng.h>
 #include "ticker.h"
 
-#define KVD_GUARD_MAX    8   /* take-overs (tried) in a process at most */
-#define KVD_GUARD_EVERY  3.0 /* seconds between checks */
-#define KVD_GUARD_STUCK  12.0 /* seconds bytes must wait unread in a connection */
-#define KVD_GUARD_PROBE  3    /* seconds each step of the probe client may take (listen_guard.c) */
+/* Take-overs (tried) in a process at most.  Each one leaks a few
+ * descriptors and a little memory for good (the stopped listener and the
+ * connections it never handed over cannot be closed: listen_guard.c), and
+ * the descriptor rule (kvd_guard_headroom) bounds that only where
+ * RLIMIT_NOFILE is modest: container runtimes set 1048576 or even 2^30,
+ * where three quarters of it would be gigabytes of leaked socket memory
+ * and every check's /proc/self/fd scan (the guard's, the reaper's) would
+ * read hundreds of thousands of links.  A take-over needs at least
+ * KVD_GUARD_STUCK_MS + KVD_GUARD_PROBE_MS (15 s): 4096 of them are 17 hours
+ * of a listener stopped again and again, some 25000 descriptors (about 6
+ * each in tests/protocol/test_listen_guard.py) and tens of MB; a cause that
+ * persistent wants a restart (and a look) anyway. */
+#define KVD_GUARD_CEILING 4096u
+/* The defaults of the guard's timings (kvd_guard_timing), in ms */
+#define KVD_GUARD_EVERY_MS 3000u  /* between checks */
+#define KVD_GUARD_STUCK_MS 12000u /* bytes must wait unread in a connection */
+#define KVD_GUARD_PROBE_MS 3000u  /* each step of the probe client may take (listen_guard.c) */
 
 struct kvd_guard {
         nng_socket    sock;
@@ -26,9 +39,15 @@ struct kvd_guard {
         int           mode;       /* the socket file's mode and group, for a new listener */
         int           has_group;
         gid_t         group;
-        unsigned      tries;      /* take-overs tried */
+        unsigned      tries;      /* take-overs tried (the guard thread's): <path>.<tries> */
         int           quiet;      /* 1: said it cannot watch; 2: gave up; 4: said a probe was answered */
         double        last;       /* time of the last check (s) */
+        double        every;      /* seconds between checks (kvd_guard_timing) */
+        double        stuck;      /* seconds bytes must wait unread */
+        int           probe_ms;   /* each step of probe_answers */
+        /* for the metrics (kvd_guard_stats), read from any thread */
+        _Atomic uint64_t taken;   /* take-overs that succeeded */
+        atomic_int       gave_up; /* 1: takes over no more (quiet & 2) */
         /* the watched listener's accepted connections at the last check:
          * inode, since when its unread bytes have waited, how many */
         unsigned long *ino;       /* malloc'ed, n of them */
@@ -50,6 +69,12 @@ struct kvd_guard {
  * and group are the socket file's.  Does not copy path: it must outlive g. */
 void kvd_guard_init(struct kvd_guard *g, nng_socket sock, nng_listener l, const char *path, int mode,
                     int has_group, gid_t group);
+/* The guard's timings in milliseconds, 0 for a default: between checks
+ * (KVD_GUARD_EVERY_MS), how long bytes must wait unread in a connection
+ * (KVD_GUARD_STUCK_MS), and each step of the probe client
+ * (KVD_GUARD_PROBE_MS).  For $KVPOOLD_GUARD_*_MS (server.c) and tests.
+ * After kvd_guard_init, before kvd_guard_start. */
+void kvd_guard_timing(struct kvd_guard *g, unsigned every_ms, unsigned stuck_ms, unsigned probe_ms);
 /* Frees what g holds (not the listeners: nng_close closes them). */
 void kvd_guard_fini(struct kvd_guard *g);
 /* For a socket whose peers send nothing once connected (the events PUB
@@ -58,6 +83,26 @@ void kvd_guard_fini(struct kvd_guard *g);
  * peer on the socket file is served (1) or not (0: take over).  Before
  * kvd_guard_start. */
 void kvd_guard_probe_only(struct kvd_guard *g, int (*probe)(void *arg, const char *path), void *arg, double every);
+/* Whether the guard may take over once more: fds_open descriptors are
+ * open in the process (negative: unknown), fd_limit is RLIMIT_NOFILE's soft
+ * limit (0: none), tries take-overs were tried before.  1: yes, while the
+ * open descriptors stay under 3/4 of the limit and tries under
+ * KVD_GUARD_CEILING; 0: no, with why in why ("descriptors n of limit m
+ * ...").  why untouched on 1.  Pure; any thread. */
+int kvd_guard_headroom(long fds_open, unsigned long fd_limit, unsigned tries, char *why, size_t whylen);
+/* The name the take-over numbered n binds its listener to before it is
+ * renamed over the socket file at path: <path>.<n>, or where that would
+ * not fit sun_path, <dir>/.kvg<c><n>, else <dir>/.<c><n> (c: the file
+ * name's first character).  0 with the name in buf, or -ENAMETOOLONG when
+ * none fits sun_path or len (buf then holds the last one tried, for the
+ * message).  Pure. */
+int kvd_guard_name(const char *path, unsigned n, char *buf, size_t len);
+/* What g has done, for the metrics: take-overs that succeeded
+ * (*ret_taken) and whether it gave up (*ret_gave_up = 1: it takes over no
+ * more, and a listener that stops keeps new clients out until kvpoold is
+ * restarted).  0, or -ENOENT for a guard that watches nothing (no ipc://
+ * path), ret_* untouched then.  Any thread; lock-free. */
+int kvd_guard_stats(const struct kvd_guard *g, uint64_t *ret_taken, int *ret_gave_up);
 /* One of this process's sockets. */
 struct kvd_own_sock {
         unsigned long ino;
@@ -71,13 +116,13 @@ long kvd_own_sockets(struct kvd_own_sock **ret);
 
 /* Connects to the SP socket file at path as protocol proto (e.g. 0x30,
  * REQ) and finishes the handshake with a peer of protocol peer_proto,
- * each step within timeout_s seconds: the connected descriptor (the
+ * each step within timeout_ms milliseconds: the connected descriptor (the
  * caller closes it), -ECONNREFUSED when it cannot connect, -EPROTO when
  * the handshake fails or does not come, -ENAMETOOLONG for a path beyond
  * sun_path, or another -errno when no socket could be made (the fd
  * limit).  The guards' probes (probe_answers, events.c events_probe). */
-int kvd_guard_dial(const char *path, uint8_t proto, uint8_t peer_proto, int timeout_s);
-/* Starts the thread that checks every KVD_GUARD_EVERY seconds (nothing
+int kvd_guard_dial(const char *path, uint8_t proto, uint8_t peer_proto, int timeout_ms);
+/* Starts the thread that checks every g->every seconds (nothing
  * for a guard without a path); recv_max: a new listener's
  * NNG_OPT_RECVMAXSZ.  0, or -errno (no guard then; the daemon serves on). */
 int kvd_guard_start(struct kvd_guard *g, size_t recv_max);
@@ -91,9 +136,11 @@ void kvd_guard_beat(struct kvd_guard *g, double now);
 /* Whether a check is due at now (seconds, CLOCK_MONOTONIC). */
 int kvd_guard_due(const struct kvd_guard *g, double now);
 /* A check at now (the thread's; tests may call it): when bytes have waited unread by nng in a connection the
- * watched listener accepted, not shrinking, for KVD_GUARD_STUCK seconds,
+ * watched listener accepted, not shrinking, for g->stuck seconds,
  * and a probe client gets no answer on the socket file, starts a new
- * listener (recv_max: its NNG_OPT_RECVMAXSZ) in its place.
+ * listener (recv_max: its NNG_OPT_RECVMAXSZ) in its place, while
+ * kvd_guard_headroom allows; when it does not (or a take-over fails) the
+ * guard gives up for good and says so.
  * Logs what it did; never fails the caller. */
 void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max);
 

@@ -331,6 +331,20 @@ static int start_listener(struct kvd_server *s, const struct kvd_server_cfg *cfg
         }
         kvd_guard_init(&s->guard, s->sock, s->listener, s->socket_path, cfg->socket_mode ? cfg->socket_mode : 0600,
                        cfg->has_group, cfg->has_group ? cfg->group : (gid_t)-1);
+        /* $KVPOOLD_GUARD_EVERY_MS (250..60000, default 3000),
+         * $KVPOOLD_GUARD_STUCK_MS (500..600000, default 12000) and
+         * $KVPOOLD_GUARD_PROBE_MS (250..60000, default 3000): the guard's
+         * timings, for tests that make it take over many times
+         * (docs/operations.md §9).  250 ms at least: a check counts the
+         * serving loop held up when its beat (every 200 ms at most) is two
+         * periods old. */
+        kvd_guard_timing(&s->guard,
+                         (unsigned)kvd_env_number("KVPOOLD_GUARD_EVERY_MS", 250, 60000, KVD_GUARD_EVERY_MS,
+                                                  "milliseconds"),
+                         (unsigned)kvd_env_number("KVPOOLD_GUARD_STUCK_MS", 500, 600000, KVD_GUARD_STUCK_MS,
+                                                  "milliseconds"),
+                         (unsigned)kvd_env_number("KVPOOLD_GUARD_PROBE_MS", 250, 60000, KVD_GUARD_PROBE_MS,
+                                                  "milliseconds"));
         if ((r = kvd_guard_start(&s->guard, RECV_MAX)))
                 kvd_warn("listener guard: cannot start its thread (%s): not watching %s for nng 1.5.2's stopped "
                          "listener (docs/operations.md §9)", strerror(-r), s->socket_path);
