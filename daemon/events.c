@@ -610,6 +610,12 @@ uint64_t kvd_events_dropped(const struct kvd_events *e)
         return e ? __atomic_load_n(&e->dropped, __ATOMIC_RELAXED) : 0;
 }
 
+int kvd_events_guard_stats(const struct kvd_events *e, uint64_t *ret_taken, int *ret_gave_up)
+{
+        /* no lock: the guard's counts are atomic */
+        return e ? kvd_guard_stats(&e->guard, ret_taken, ret_gave_up) : -ENOENT;
+}
+
 void kvd_events_hold(struct kvd_events *e, uint64_t allow)
 {
         if (!e || !e->open)

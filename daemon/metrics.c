@@ -16,6 +16,8 @@
  *   kvpool_clients                                  gauge, connected sessions
  *   kvpool_events_dropped_total                     counter, events.c's queue full
  *   kvpool_log_lines_dropped_total                  counter, log.c: the journal's socket full
+ *   kvpool_listener_takeovers_total{socket}         counter, listen_guard.c's take-overs
+ *   kvpool_listener_guard_gave_up{socket}           gauge 0/1, listen_guard.c gave up
  *   kvpool_requests_total{op}                       counter
  *   kvpool_request_errors_total{op,code}            counter
  *   kvpool_request_duration_seconds{op}             histogram, 10us .. 1s
@@ -366,6 +368,32 @@ static void render_pools(struct buf *b, const struct kvd_server *s)
         free(st);
 }
 
+/* The listener guards (listen_guard.c) of the request socket ("control")
+ * and of the events socket ("events"), each where it has one (an ipc://
+ * socket file): how often nng 1.5.2's stopped listener was replaced, and
+ * whether the guard gave up (new clients then get no answer once the
+ * listener stops again: restart kvpoold). */
+static void render_guards(struct buf *b, const struct kvd_server *s)
+{
+        static const char *const names[2] = { "control", "events" };
+        uint64_t                 taken[2];
+        int                      gave_up[2], has[2];
+
+        for (int i = 0; i < 2; i++)
+                has[i] = s && kvd_server_listener_guard(s, i, &taken[i], &gave_up[i]) == 0;
+        family(b, "kvpool_listener_takeovers_total", "counter",
+               "New listeners that took over a socket file after nng 1.5.2 stopped the old one (nanomsg/nng#1518).");
+        for (int i = 0; i < 2; i++)
+                if (has[i])
+                        put(b, "kvpool_listener_takeovers_total{socket=\"%s\"} %llu\n", names[i],
+                            (unsigned long long)taken[i]);
+        family(b, "kvpool_listener_guard_gave_up", "gauge",
+               "1 when the listener guard takes over no more (descriptors, or a failed take-over): restart kvpoold.");
+        for (int i = 0; i < 2; i++)
+                if (has[i])
+                        put(b, "kvpool_listener_guard_gave_up{socket=\"%s\"} %d\n", names[i], gave_up[i]);
+}
+
 /* Returns the whole exposition as a malloc'ed NUL-terminated string, or NULL
  * on OOM.  s may be NULL (no pool families' samples, no clients).  The caller
  * holds the server lock (kvd_server_lock) so pools and sessions cannot change
@@ -395,6 +423,7 @@ char *kvd_metrics_render(const struct kvd_metrics *m, const struct kvd_server *s
         family(&b, "kvpool_log_lines_dropped_total", "counter",
                "Log lines dropped because stderr, the journal's socket, was full.");
         put(&b, "kvpool_log_lines_dropped_total %llu\n", kvd_log_dropped());
+        render_guards(&b, s);
 
         render_requests(&b, m);
         render_pools(&b, s);

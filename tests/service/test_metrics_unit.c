@@ -33,6 +33,9 @@ struct kvd_server {
         int              locked;     /* lock depth: must be 1 while rendering */
         int              lock_calls;
         int              closing;    /* kvd_server_free has begun */
+        int              guards;     /* bit i: socket i (0 control, 1 events) has a listener guard */
+        uint64_t         takeovers[2];
+        int              gave_up[2];
 };
 
 static struct kvd_server fake;
@@ -45,6 +48,14 @@ const struct kvd_pool *kvd_server_pool(const struct kvd_server *s, uint32_t i)
 }
 uint32_t kvd_server_client_count(const struct kvd_server *s) { return s->clients; }
 uint64_t kvd_server_events_dropped(const struct kvd_server *s) { return s->events_dropped; }
+int kvd_server_listener_guard(const struct kvd_server *s, int events, uint64_t *ret_taken, int *ret_gave_up)
+{
+        if (!(s->guards & (1 << !!events)))
+                return -ENOENT;
+        *ret_taken = s->takeovers[!!events];
+        *ret_gave_up = s->gave_up[!!events];
+        return 0;
+}
 void kvd_server_lock(struct kvd_server *s)
 {
         __atomic_add_fetch(&s->locked, 1, __ATOMIC_SEQ_CST);
@@ -112,10 +123,14 @@ Test(metrics, empty_daemon_is_valid_exposition)
         char *t;
 
         cr_assert_eq(kvd_metrics_new(&m), 0);
+        fake.guards = 1; /* the request socket's guard, no events socket */
         t = render(m);
         expect_metric(t, "kvpool_clients", 0);
         expect_metric(t, "kvpool_events_dropped_total", 0);
         expect_metric(t, "kvpool_log_lines_dropped_total", 0);
+        expect_metric(t, "kvpool_listener_takeovers_total{socket=\"control\"}", 0);
+        expect_metric(t, "kvpool_listener_guard_gave_up{socket=\"control\"}", 0);
+        cr_expect(!strstr(t, "socket=\"events\""), "no events socket, no events guard series:\n%s", t);
         expect_metric(t, "kvpool_requests_total{op=\"alloc\"}", 0);
         cr_expect(strstr(t, "kvpool_build_info{version=\""), "no build info:\n%s", t);
         cr_expect(strstr(t, "# TYPE kvpool_request_duration_seconds histogram\n"));
@@ -126,6 +141,34 @@ Test(metrics, empty_daemon_is_valid_exposition)
         free(kvd_metrics_render(m, NULL)); /* no server: still renders */
         kvd_metrics_free(m);
         kvd_metrics_free(NULL);
+}
+
+Test(metrics, listener_guards)
+{
+        struct kvd_metrics *m;
+        char *t;
+
+        cr_assert_eq(kvd_metrics_new(&m), 0);
+        fake.guards = 3;
+        fake.takeovers[0] = 9;
+        fake.takeovers[1] = 2;
+        fake.gave_up[1] = 1;
+        t = render(m);
+        expect_metric(t, "kvpool_listener_takeovers_total{socket=\"control\"}", 9);
+        expect_metric(t, "kvpool_listener_takeovers_total{socket=\"events\"}", 2);
+        expect_metric(t, "kvpool_listener_guard_gave_up{socket=\"control\"}", 0);
+        expect_metric(t, "kvpool_listener_guard_gave_up{socket=\"events\"}", 1);
+        cr_expect(strstr(t, "# TYPE kvpool_listener_takeovers_total counter\n"));
+        cr_expect(strstr(t, "# TYPE kvpool_listener_guard_gave_up gauge\n"));
+        expect_promtool_clean(t);
+        free(t);
+        fake.guards = 0; /* no ipc:// socket file: the families, no series */
+        t = render(m);
+        cr_expect(strstr(t, "# TYPE kvpool_listener_takeovers_total counter\n"));
+        cr_expect(!strstr(t, "kvpool_listener_takeovers_total{"), "no guard, no series:\n%s", t);
+        expect_promtool_clean(t);
+        free(t);
+        kvd_metrics_free(m);
 }
 
 Test(metrics, counters_and_histogram)
