@@ -9,10 +9,16 @@ subscriber of its own.
 The fault it mends is nng 1.5.2's (nanomsg/nng#1518): a peer that connects
 and closes before the SP handshake is done stops the listener.
 
+Then how long it goes on: more than 8 take-overs in one process (the cap it
+had before), each counted in /metrics, with the guard's timings shortened
+through KVPOOLD_GUARD_*_MS; and where the descriptors run short (a
+lowered RLIMIT_NOFILE) it gives up, says why, and the metrics say so.
+
 Needs $KVPOOL_BUILD/daemon/kvpoold, as test_raw_client.py.
 """
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -21,7 +27,40 @@ import time
 
 import pytest
 
-from test_raw_client import STATUS, Conn, bare_connects, first_answer, hello, start
+from test_raw_client import METRICS, STATUS, Conn, bare_connects, first_answer, hello, start
+
+# the guard's timings for tests (docs/operations.md §9): a check every
+# 300 ms, bytes unread for 1 s, a probe that waits 500 ms: a take-over
+# within about 2 s of the first client that got no answer, not 15-20 s
+FAST = {"KVPOOLD_GUARD_EVERY_MS": "300", "KVPOOLD_GUARD_STUCK_MS": "1000", "KVPOOLD_GUARD_PROBE_MS": "500"}
+
+
+def metric(c, series):
+    """The value of one series (name and labels as written) in the daemon's
+    METRICS text, asked on c (after HELLO); None when it is not there."""
+    body = c.ok(METRICS, struct.pack("<I", 0))
+    (n,) = struct.unpack("<I", body[:4])
+    for line in body[4:4 + n].decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def served(path, within):
+    """first_answer with a shorter wait per try (0.5 s): the first new
+    client that gets an answer to HELLO within `within` seconds, and how
+    many tries got none (each one leaves nng a connection with unread
+    bytes, which the guard counts); (None, tries) when none did."""
+    deadline, stuck = time.time() + within, 0
+    while time.time() < deadline:
+        try:
+            c = Conn(path, timeout=0.5)
+            hello(c)
+            return c, stuck
+        except (OSError, AssertionError):
+            stuck += 1
+            time.sleep(0.1)
+    return None, stuck
 
 
 @pytest.mark.parametrize("leaf", ["s.sock", "k.s"])
@@ -98,3 +137,80 @@ def test_the_events_socket_is_mended_too(tmp_path):
     assert "the listener on " + ev + " stopped handing connections over" in text, \
         "the 20 bare connects did not stop nng's listener, or the guard did not see it: " + text
     assert "took over the socket file" in text, text
+
+
+def test_more_than_8_take_overs_and_a_new_client_is_still_served(tmp_path):
+    # The guard used to stop after 8 take-overs a process (KVD_GUARD_MAX),
+    # leaving kvpoold deaf to new clients the 9th time its listener
+    # stopped.  Now it takes over while the process has descriptors to
+    # spare: 10 stops are mended, a new client is served after the last,
+    # /metrics counts them, and a client connected before works throughout.
+    d = f"/tmp/kvtest-guard10-{os.getpid()}"
+    os.makedirs(d, exist_ok=True)
+    path, want = d + "/s.sock", 10
+    p, logpath = start(tmp_path, path, env=FAST)
+    try:
+        kept = Conn(path)
+        hello(kept, "kept")
+        for i in range(want):
+            bare_connects(path, pid=p.pid)  # held stopped meanwhile: the listener stops every time
+            c, stuck = served(path, within=15)
+            assert c, f"stop {i + 1}: no new client was served within 15 s: " + logpath.read_text()
+            assert stuck, f"stop {i + 1}: the bare connects did not stop nng's listener: " + logpath.read_text()
+            c.close()
+        text = logpath.read_text()
+        assert text.count("took over the socket file") == want, text
+        assert f"took over the socket file (take-over {want}; descriptors " in text, text
+        assert "gives up" not in text and "could not take over" not in text, text
+        c, stuck = served(path, within=5)
+        assert c and stuck == 0, "a new client after the take-overs: " + text
+        assert metric(c, 'kvpool_listener_takeovers_total{socket="control"}') == want
+        assert metric(c, 'kvpool_listener_guard_gave_up{socket="control"}') == 0
+        assert metric(kept, 'kvpool_listener_takeovers_total{socket="control"}') == want
+        c.close()
+        kept.close()
+    finally:
+        p.terminate()
+        assert p.wait(timeout=10) == 0, logpath.read_text()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_short_of_descriptors_the_guard_gives_up_and_says_why(tmp_path):
+    # A take-over leaks a few descriptors for good, so the guard stops at
+    # 3/4 of RLIMIT_NOFILE: with the daemon's limit lowered (after its start
+    # raised the soft limit to the hard one) to leave it room for a take-over
+    # or so, a stop or two later it gives up, says so at error level with
+    # the count and the limit, and the gauge says it to a client connected
+    # before.
+    d = f"/tmp/kvtest-guardfd-{os.getpid()}"
+    os.makedirs(d, exist_ok=True)
+    path = d + "/s.sock"
+    p, logpath = start(tmp_path, path, env=FAST)
+    try:
+        kept = Conn(path)
+        hello(kept, "kept")
+        base = len(os.listdir(f"/proc/{p.pid}/fd"))
+        # 3/4 of the limit is base + 14: room for a stop's leak or two
+        # (each: its listener, the clients that got no answer, the probe:
+        # about 6), not for many
+        limit = (base + 14) * 4 // 3 + 1
+        resource.prlimit(p.pid, resource.RLIMIT_NOFILE, (limit, limit))
+        for i in range(6):
+            bare_connects(path, pid=p.pid)
+            c, _ = served(path, within=5)
+            if c:
+                c.close()
+            if "gives up" in logpath.read_text():
+                break
+        text = logpath.read_text()
+        assert "the listener guard gives up: descriptors " in text, text
+        assert f" of limit {limit} open" in text, text
+        assert "new clients get no answer until kvpoold is restarted" in text, text
+        assert metric(kept, 'kvpool_listener_guard_gave_up{socket="control"}') == 1
+        taken = metric(kept, 'kvpool_listener_takeovers_total{socket="control"}')
+        assert taken == text.count("took over the socket file"), text
+        kept.close()
+    finally:
+        p.terminate()
+        assert p.wait(timeout=10) == 0, logpath.read_text()
+        shutil.rmtree(d, ignore_errors=True)
