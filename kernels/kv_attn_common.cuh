@@ -40,6 +40,9 @@ struct kv_attn_call {
         uint32_t       num_q_heads;
         float          sm_scale;
         uint32_t       layer;
+        void          *ws;            /* CUDA only: the caller's scratch for the split
+                                         partials, or NULL for the library's own */
+        size_t         ws_bytes;      /* its size */
 };
 
 /* Most query heads an attention call takes (far above any model's; the
@@ -72,12 +75,23 @@ void kv_attn_from_extend(const struct kvc_extend_args *a, struct kv_attn_call *c
 /* CUDA builds only (kv_attn_decode.cu): checks c with kv_attn_check (page
  * ids are device memory and are range-checked in the kernel instead), plans
  * the split over the sequence and launches the attention kernel (plus the
- * split reduction) on stream.  Scratch for the split partials is taken with
- * cudaMallocAsync and given back with cudaFreeAsync on the same stream, so
- * calls on different streams never share it.  Returns 0 or a negative errno
- * with msg naming the argument or the CUDA error. */
+ * split reduction) on stream.  The split partials go to c->ws when it is
+ * not NULL (kv_attn_ws_check's shape, device memory of the current device:
+ * -EINVAL; smaller than the plan needs: -ENOSPC, before any launch), else
+ * to scratch taken with cudaMallocFromPoolAsync and given back with
+ * cudaFreeAsync on the same stream, so calls on different streams never
+ * share it.  Returns 0 or a negative errno with msg naming the argument or
+ * the CUDA error. */
 int kv_attn_cuda_run(const struct kv_pool_view *p, const struct kv_attn_call *c, void *stream,
                      char *msg, size_t msglen);
+
+/* CUDA builds only: checks and plans c on stream exactly as
+ * kv_attn_cuda_run does (under capture too), launches nothing, and stores
+ * in *ret_bytes the scratch the split partials need (0: no split, or no
+ * rows).  c->ws is not looked at.  Returns 0 or kv_attn_cuda_run's errors,
+ * *ret_bytes untouched then. */
+int kv_attn_cuda_ws_bytes(const struct kv_pool_view *p, const struct kv_attn_call *c, void *stream,
+                          size_t *ret_bytes, char *msg, size_t msglen);
 
 #ifdef __cplusplus
 }

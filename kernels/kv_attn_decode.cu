@@ -1,5 +1,6 @@
 /* kv_attn_decode.cu - launchers of the paged attention kernel
- * (kv_attn_decode.cuh): kv_cuda_decode and the planner/launcher shared with
+ * (kv_attn_decode.cuh): kv_cuda_decode (with a caller's workspace
+ * kv_cuda_decode_ws, and its size) and the planner/launcher shared with
  * kv_cuda_extend (kv_attn_extend.cu).
  *
  * Split planning (flash-decoding).  A CTA covers one (query row, kv head,
@@ -16,7 +17,11 @@
  * each warp a kv head of its own (p.hw: a CTA takes 4 kv heads of a row and
  * all their keys, a quarter as many CTAs, no merge), where kva::take_heads
  * estimates that faster from the rows' lengths.  The partials (m, l, unnormalized
- * o: rows * Hq * splits * (D + 2) floats) go to scratch taken with
+ * o: rows * Hq * splits * (D + 2) floats, o first) go to the caller's
+ * workspace when the call has one (kv_cuda_decode_ws, kv_cuda_extend_ws:
+ * kvc_decode_ws in kvclient.h), checked against the plan's size before
+ * any launch (-ENOSPC), so that a captured call puts only kernel nodes into
+ * its graph.  Without one they go to scratch taken with
  * cudaMallocFromPoolAsync on the caller's stream and given back with
  * cudaFreeAsync after the reduction kernel, so concurrent calls on different
  * streams never share scratch.  The pool is the library's own, one per device, created on first
@@ -25,7 +30,10 @@
  * every synchronization and make each call map fresh memory (seen on the
  * H200: tens of microseconds per small call).  Scratch is about one wave of
  * CTAs times 8 * (D + 2) floats (under 1 MiB at D = 128) for the first kind
- * of split, up to 4 * rows * Hq * (D + 2) floats for the second.
+ * of split, up to 4 * rows * Hq * (D + 2) floats for the second.  The plan
+ * (plan_call) launches nothing, so the size queries (kv_cuda_decode_ws_bytes,
+ * kv_cuda_extend_ws_bytes) run it alone and answer with what the call,
+ * planned again the same way, will need.
  */
 #include <errno.h>
 #include <math.h>
@@ -266,13 +274,34 @@ static int capture_max_len(const struct kv_attn_call *c, uint32_t page_size, voi
         return 0;
 }
 
-extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_attn_call *c, void *stream,
-                                char *msg, size_t msglen)
+/* A call as plan_call planned it: the kernel's parameters and grid
+ * (p.part_o and p.part_ml not yet set), which kernel, and the scratch its
+ * split partials take.  p.rows == 0: nothing to launch. */
+struct attn_plan {
+        kva::params p;
+        dim3 grid;
+        bool tiled, qlo;
+        int mt, pw;             /* the tiled kernel's m-tiles per warp and warps a CTA */
+        int dev;                /* the current device, which every cache was indexed by */
+        uint32_t D;
+        enum kvc_dtype dt;
+        size_t ws_bytes;        /* rows * Hq * splits * (D + 2) floats when p.splits > 1, else 0 */
+};
+
+/* Checks c (kv_attn_check) and plans it on stream as kv_attn_cuda_run
+ * launches it: the kernel, its occupancy, the split of the keys, the grid.
+ * Launches nothing and takes no memory, so that kv_attn_cuda_ws_bytes
+ * answers with the plan the call itself will make (the occupancy and SM
+ * count queries are cached per device, so planning twice costs little).
+ * Returns 0 with *pl set, or a negative errno with msg. */
+static int plan_call(const struct kv_pool_view *pv, const struct kv_attn_call *c, void *stream,
+                     struct attn_plan *pl, char *msg, size_t msglen)
 {
         uint32_t rows, max_len;
         int r = kv_attn_check(pv, c, false, true, &rows, &max_len, msg, msglen);
         if (r < 0)
                 return r;
+        *pl = attn_plan{};
         if (rows == 0)
                 return 0;
 
@@ -462,32 +491,112 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 return kv_fail(-EINVAL, msg, msglen, "%s: %llu query rows x kv heads exceed the grid limit", c->op,
                                (unsigned long long)gx);
 
-        cudaStream_t st = (cudaStream_t)stream;
-        void *ws = NULL;
-        if (p.splits > 1) {
-                const size_t n = (size_t)rows * p.Hq * p.splits;
-                cudaMemPool_t pool;
-                int pe = scratch_pool(dev, &pool);
-                if (pe != 0)
-                        return kv_cuda_errno(pe, "attention scratch pool (cudaMemPoolCreate)", msg, msglen);
-                cudaError_t e = cudaMallocFromPoolAsync(&ws, n * (D + 2) * sizeof(float), pool, st);
-                if (e != cudaSuccess)
-                        return kv_cuda_errno(e, "attention scratch (cudaMallocFromPoolAsync)", msg, msglen);
-                p.part_o = (float *)ws;
-                p.part_ml = (float *)ws + n * D;
-        }
         /* CTAs of one row's kv heads are adjacent in launch order, so the
          * CTAs running together read whole token rows of the pool (all
-         * heads), not one head's slice of many rows.  The dtype and head_dim
-         * have a kernel (the occupancy query above): r is 0 or a cudaError_t */
-        dim3 grid((unsigned)gx, p.splits);
-        if (tiled)
-                r = kv_prefill_launch((int)dt, D, mt, pw, qlo, p, grid, st, dev, NULL);
+         * heads), not one head's slice of many rows */
+        pl->p = p;
+        pl->grid = dim3((unsigned)gx, p.splits);
+        pl->tiled = tiled;
+        pl->qlo = qlo;
+        pl->mt = mt;
+        pl->pw = pw;
+        pl->dev = dev;
+        pl->D = D;
+        pl->dt = dt;
+        pl->ws_bytes = p.splits > 1 ? (size_t)rows * p.Hq * p.splits * (D + 2) * sizeof(float) : 0;
+        return 0;
+}
+
+/* A caller's workspace c->ws (not NULL) on the current device dev: device
+ * (or managed) memory of that device, as cudaPointerGetAttributes sees it.
+ * Returns 0 or -EINVAL with msg naming it. */
+static int ws_on_device(const struct kv_attn_call *c, int dev, char *msg, size_t msglen)
+{
+        cudaPointerAttributes a;
+        cudaError_t e;
+        memset(&a, 0, sizeof a);
+        {
+                /* a query, not stream work: allowed under any capture
+                 * mode, but say so rather than rely on it */
+                const kvk::relaxed_capture relaxed;
+                e = cudaPointerGetAttributes(&a, c->ws);
+        }
+        if (e != cudaSuccess) {
+                (void)cudaGetLastError(); /* not left for the launch's check to report */
+                return kv_fail(-EINVAL, msg, msglen, "%s: workspace %p is not CUDA memory (%s)", c->op, c->ws,
+                               cudaGetErrorString(e));
+        }
+        if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged)
+                return kv_fail(-EINVAL, msg, msglen, "%s: workspace %p is %s memory, not device memory", c->op,
+                               c->ws, a.type == cudaMemoryTypeHost ? "pinned host" : "host");
+        if (a.device != dev)
+                return kv_fail(-EINVAL, msg, msglen, "%s: workspace %p is on CUDA device %d, the pool on %d",
+                               c->op, c->ws, a.device, dev);
+        return 0;
+}
+
+extern "C" int kv_attn_cuda_ws_bytes(const struct kv_pool_view *pv, const struct kv_attn_call *c, void *stream,
+                                     size_t *ret_bytes, char *msg, size_t msglen)
+{
+        struct attn_plan pl;
+        int r = plan_call(pv, c, stream, &pl, msg, msglen);
+        if (r < 0)
+                return r;
+        *ret_bytes = pl.ws_bytes;
+        return 0;
+}
+
+extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_attn_call *c, void *stream,
+                                char *msg, size_t msglen)
+{
+        int r = kv_attn_ws_check(c->ws, c->ws_bytes, c->op, msg, msglen);
+        if (r < 0)
+                return r;
+        struct attn_plan pl;
+        if ((r = plan_call(pv, c, stream, &pl, msg, msglen)) < 0)
+                return r;
+        if (pl.p.rows == 0)
+                return 0;
+        if (c->ws && (r = ws_on_device(c, pl.dev, msg, msglen)) < 0)
+                return r;
+
+        kva::params &p = pl.p;
+        cudaStream_t st = (cudaStream_t)stream;
+        void *ws = NULL, *own = NULL; /* own: taken here, given back after the launch */
+        if (p.splits > 1) {
+                if (c->ws) {
+                        /* before any launch: a short workspace must not
+                         * get partials written past its end */
+                        if (c->ws_bytes < pl.ws_bytes)
+                                return kv_fail(-ENOSPC, msg, msglen,
+                                               "%s: workspace of %zu bytes is too small, the call needs %zu",
+                                               c->op, c->ws_bytes, pl.ws_bytes);
+                        ws = c->ws;
+                } else {
+                        cudaMemPool_t pool;
+                        int pe = scratch_pool(pl.dev, &pool);
+                        if (pe != 0)
+                                return kv_cuda_errno(pe, "attention scratch pool (cudaMemPoolCreate)", msg, msglen);
+                        cudaError_t e = cudaMallocFromPoolAsync(&own, pl.ws_bytes, pool, st);
+                        if (e != cudaSuccess)
+                                return kv_cuda_errno(e, "attention scratch (cudaMallocFromPoolAsync)", msg, msglen);
+                        ws = own;
+                }
+                const size_t n = (size_t)p.rows * p.Hq * p.splits;
+                p.part_o = (float *)ws;
+                p.part_ml = (float *)ws + n * pl.D;
+        }
+        /* the dtype and head_dim have a kernel (plan_call's occupancy
+         * query): r is 0 or a cudaError_t */
+        if (pl.tiled)
+                r = kv_prefill_launch((int)pl.dt, pl.D, pl.mt, pl.pw, pl.qlo, p, pl.grid, st, pl.dev, NULL);
         else
-                kvk::with_dtype(dt, [&](auto t) { r = launch_d<decltype(t)::value>(D, p, grid, st, dev, NULL); });
+                kvk::with_dtype(pl.dt, [&](auto t) {
+                        r = launch_d<decltype(t)::value>(pl.D, p, pl.grid, st, pl.dev, NULL);
+                });
         cudaError_t e = r > 0 ? (cudaError_t)r : cudaGetLastError();
-        if (ws)
-                cudaFreeAsync(ws, st);
+        if (own)
+                cudaFreeAsync(own, st);
         if (e != cudaSuccess)
                 return kv_cuda_errno(e, c->op, msg, msglen);
         return 0;
@@ -501,10 +610,34 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
 extern "C" int kv_cuda_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *stream,
                               char *msg, size_t msglen)
 {
+        return kv_cuda_decode_ws(p, a, NULL, 0, stream, msg, msglen);
+}
+
+/* kv_cuda_decode with the caller's scratch for the split partials (ws, of
+ * ws_bytes; NULL and 0: the library's own), kv_ops.h. */
+extern "C" int kv_cuda_decode_ws(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *ws,
+                                 size_t ws_bytes, void *stream, char *msg, size_t msglen)
+{
         struct kv_attn_call c;
 
         if (!a)
                 return kv_fail(-EINVAL, msg, msglen, "decode: args are NULL");
         kv_attn_from_decode(a, &c);
+        c.ws = ws;
+        c.ws_bytes = ws_bytes;
         return kv_attn_cuda_run(p, &c, stream, msg, msglen);
+}
+
+/* The scratch kv_cuda_decode_ws would need for a on stream (kv_ops.h). */
+extern "C" int kv_cuda_decode_ws_bytes(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *stream,
+                                       size_t *ret_bytes, char *msg, size_t msglen)
+{
+        struct kv_attn_call c;
+
+        if (!a)
+                return kv_fail(-EINVAL, msg, msglen, "decode: args are NULL");
+        if (!ret_bytes)
+                return kv_fail(-EINVAL, msg, msglen, "decode: ret_bytes is NULL");
+        kv_attn_from_decode(a, &c);
+        return kv_attn_cuda_ws_bytes(p, &c, stream, ret_bytes, msg, msglen);
 }

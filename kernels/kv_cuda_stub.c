@@ -42,6 +42,34 @@ int kv_cuda_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a
         return nosys("kv_cuda_extend", msg, msglen);
 }
 
+/* Returns -ENOSYS ("built without CUDA"); touches nothing. */
+int kv_cuda_decode_ws(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *ws, size_t ws_bytes,
+                      void *stream, char *msg, size_t msglen)
+{
+        return nosys("kv_cuda_decode_ws", msg, msglen);
+}
+
+/* Returns -ENOSYS ("built without CUDA"); touches nothing. */
+int kv_cuda_extend_ws(const struct kv_pool_view *p, const struct kvc_extend_args *a, void *ws, size_t ws_bytes,
+                      void *stream, char *msg, size_t msglen)
+{
+        return nosys("kv_cuda_extend_ws", msg, msglen);
+}
+
+/* Returns -ENOSYS ("built without CUDA"); *ret_bytes untouched. */
+int kv_cuda_decode_ws_bytes(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *stream,
+                            size_t *ret_bytes, char *msg, size_t msglen)
+{
+        return nosys("kv_cuda_decode_ws_bytes", msg, msglen);
+}
+
+/* Returns -ENOSYS ("built without CUDA"); *ret_bytes untouched. */
+int kv_cuda_extend_ws_bytes(const struct kv_pool_view *p, const struct kvc_extend_args *a, void *stream,
+                            size_t *ret_bytes, char *msg, size_t msglen)
+{
+        return nosys("kv_cuda_extend_ws_bytes", msg, msglen);
+}
+
 /* Always 0: this build has no CUDA kernels. */
 int kv_cuda_available(void)
 {

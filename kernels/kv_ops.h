@@ -54,6 +54,18 @@ int kv_ref_write(const struct kv_pool_view *p, const struct kvc_write_args *a, c
 int kv_ref_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a, char *msg, size_t msglen);
 int kv_ref_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a, char *msg, size_t msglen);
 int kv_ref_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a, char *msg, size_t msglen);
+/* The checks kv_ref_decode / kv_ref_extend make before computing, with the
+ * same returns and messages; nothing is computed or written (the size
+ * query of a host pool's workspace, which needs none). */
+int kv_ref_decode_check(const struct kv_pool_view *p, const struct kvc_decode_args *a, char *msg, size_t msglen);
+int kv_ref_extend_check(const struct kv_pool_view *p, const struct kvc_extend_args *a, char *msg, size_t msglen);
+
+/* The shape of a caller's workspace for the split partials of decode and
+ * extend, checkable on any pool: ws NULL with ws_bytes > 0, or ws not
+ * 16-byte aligned, is -EINVAL with msg ("<op>: workspace ...").  NULL with
+ * 0 (the library's own scratch) and a non-NULL ws of any size pass.
+ * Thread-safe; touches nothing. */
+int kv_attn_ws_check(const void *ws, size_t ws_bytes, const char *op, char *msg, size_t msglen);
 
 int kv_cuda_write(const struct kv_pool_view *p, const struct kvc_write_args *a, void *stream, char *msg, size_t msglen);
 /* fp8 pools from 16-bit input: kv_cuda_write calls of at most this many
@@ -70,6 +82,30 @@ int kv_cuda_write(const struct kv_pool_view *p, const struct kvc_write_args *a, 
 int kv_cuda_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a, void *stream, char *msg, size_t msglen);
 int kv_cuda_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *stream, char *msg, size_t msglen);
 int kv_cuda_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a, void *stream, char *msg, size_t msglen);
+
+/* Decode and extend whose split partials go to the caller's workspace ws
+ * (ws_bytes of device memory on the current device, 16-byte aligned)
+ * instead of scratch the launcher takes from its stream-ordered pool; ws
+ * NULL with ws_bytes 0 is that scratch, so kv_cuda_decode(p, a, s, ...) is
+ * kv_cuda_decode_ws(p, a, NULL, 0, s, ...).  Besides kv_cuda_decode's
+ * errors: kv_attn_ws_check's, -EINVAL for a ws that is not device memory
+ * of the current device, and -ENOSPC when the call splits and ws_bytes is
+ * below what it needs (the message says both), all before any launch.
+ * Under stream capture a call with ws puts only kernel nodes into the
+ * graph. */
+int kv_cuda_decode_ws(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *ws, size_t ws_bytes,
+                      void *stream, char *msg, size_t msglen);
+int kv_cuda_extend_ws(const struct kv_pool_view *p, const struct kvc_extend_args *a, void *ws, size_t ws_bytes,
+                      void *stream, char *msg, size_t msglen);
+/* The bytes of workspace kv_cuda_decode_ws / kv_cuda_extend_ws would need
+ * for the same arguments on the same stream (planned as the call plans:
+ * under capture for the page table's capacity), in *ret_bytes: 0 when the
+ * call would not split.  Launches nothing.  The call's argument errors
+ * (and -EINVAL for a NULL ret_bytes), *ret_bytes untouched then. */
+int kv_cuda_decode_ws_bytes(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *stream,
+                            size_t *ret_bytes, char *msg, size_t msglen);
+int kv_cuda_extend_ws_bytes(const struct kv_pool_view *p, const struct kvc_extend_args *a, void *stream,
+                            size_t *ret_bytes, char *msg, size_t msglen);
 
 /* Which kernel kv_cuda_extend takes, process-wide: KV_EXTEND_AUTO (the
  * launcher's rule, kernels/kv_attn_plan.cuh), or always the tiled kernel or

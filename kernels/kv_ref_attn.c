@@ -273,16 +273,20 @@ static void attend_seq(const struct kv_pool_view *p, const struct kv_attn_call *
         }
 }
 
-static int run(const struct kv_pool_view *p, const struct kv_attn_call *c, char *msg, size_t msglen)
+/* kv_attn_check with the host page table read, then what only a host pool
+ * needs: the arrays the loop reads (seq_lens, qo_indptr) must hold what
+ * the checked host copies hold.  Returns 0 with *ret_rows and *ret_max_len
+ * (kv_attn_check's), or a negative errno with msg. */
+static int check(const struct kv_pool_view *p, const struct kv_attn_call *c, uint32_t *ret_rows,
+                 uint32_t *ret_max_len, char *msg, size_t msglen)
 {
-        uint32_t rows, max_len;
-        int r = kv_attn_check(p, c, true, false, &rows, &max_len, msg, msglen);
+        int r = kv_attn_check(p, c, true, false, ret_rows, ret_max_len, msg, msglen);
         if (r < 0)
                 return r;
-        /* kv_attn_check read the host copies; the loop below reads seq_lens
-         * and qo_indptr (on a host pool both are host memory, possibly other
-         * arrays).  A copy that disagrees would take the loop past what was
-         * checked: page-table entries, pages, q and out rows. */
+        /* kv_attn_check read the host copies; the loop of run() reads
+         * seq_lens and qo_indptr (on a host pool both are host memory,
+         * possibly other arrays).  A copy that disagrees would take the loop
+         * past what was checked: page-table entries, pages, q and out rows. */
         for (uint32_t b = 0; b < c->batch; b++) {
                 if (c->seq_lens[b] != c->seq_lens_host[b])
                         return kv_fail(-EINVAL, msg, msglen,
@@ -297,6 +301,15 @@ static int run(const struct kv_pool_view *p, const struct kv_attn_call *c, char 
                                        "(on a host pool they must hold the same values)",
                                        c->op, b, c->qo_indptr[b], b, c->qo_indptr_host[b]);
         }
+        return 0;
+}
+
+static int run(const struct kv_pool_view *p, const struct kv_attn_call *c, char *msg, size_t msglen)
+{
+        uint32_t rows, max_len;
+        int r = check(p, c, &rows, &max_len, msg, msglen);
+        if (r < 0)
+                return r;
         if (rows == 0)
                 return 0;
         struct scratch w;
@@ -316,6 +329,38 @@ static int run(const struct kv_pool_view *p, const struct kv_attn_call *c, char 
         return 0;
 }
 
+/* c from decode arguments a as the reference takes them: seq_lens_host may
+ * be NULL (then seq_lens, host memory, is used).  Returns 0 or -EINVAL. */
+static int decode_call(const struct kvc_decode_args *a, struct kv_attn_call *c, char *msg, size_t msglen)
+{
+        if (!a)
+                return kv_fail(-EINVAL, msg, msglen, "decode: args are NULL");
+        kv_attn_from_decode(a, c);
+        if (c->batch > 0 && !c->seq_lens)
+                return kv_fail(-EINVAL, msg, msglen, "decode: seq_lens is NULL");
+        if (!c->seq_lens_host)
+                c->seq_lens_host = c->seq_lens; /* host pool: the array is host memory */
+        return 0;
+}
+
+/* The same for extend: qo_indptr_host may be NULL too. */
+static int extend_call(const struct kvc_extend_args *a, struct kv_attn_call *c, char *msg, size_t msglen)
+{
+        if (!a)
+                return kv_fail(-EINVAL, msg, msglen, "extend: args are NULL");
+        kv_attn_from_extend(a, c);
+        if (c->batch > 0 && !c->seq_lens)
+                return kv_fail(-EINVAL, msg, msglen, "extend: seq_lens is NULL");
+        if (!c->seq_lens_host)
+                c->seq_lens_host = c->seq_lens;
+        if (!c->qo_indptr_host)
+                c->qo_indptr_host = c->qo_indptr;
+        /* as kv_cuda_extend: an empty batch needs no qo_indptr */
+        if (a->batch > 0 && !c->qo_indptr)
+                return kv_fail(-EINVAL, msg, msglen, "extend: qo_indptr is NULL");
+        return 0;
+}
+
 /* Paged decode attention on host memory (see the file comment).  All
  * pointers are host memory; seq_lens_host may equal seq_lens (or be another
  * array holding the same values: -EINVAL if they differ).  Returns 0,
@@ -324,15 +369,9 @@ static int run(const struct kv_pool_view *p, const struct kv_attn_call *c, char 
 int kv_ref_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a, char *msg, size_t msglen)
 {
         struct kv_attn_call c;
+        int r = decode_call(a, &c, msg, msglen);
 
-        if (!a)
-                return kv_fail(-EINVAL, msg, msglen, "decode: args are NULL");
-        kv_attn_from_decode(a, &c);
-        if (c.batch > 0 && !c.seq_lens)
-                return kv_fail(-EINVAL, msg, msglen, "decode: seq_lens is NULL");
-        if (!c.seq_lens_host)
-                c.seq_lens_host = c.seq_lens; /* host pool: the array is host memory */
-        return run(p, &c, msg, msglen);
+        return r < 0 ? r : run(p, &c, msg, msglen);
 }
 
 /* Extend (chunked-prefill) attention on host memory: query i of sequence b
@@ -342,18 +381,39 @@ int kv_ref_decode(const struct kv_pool_view *p, const struct kvc_decode_args *a,
 int kv_ref_extend(const struct kv_pool_view *p, const struct kvc_extend_args *a, char *msg, size_t msglen)
 {
         struct kv_attn_call c;
+        int r = extend_call(a, &c, msg, msglen);
 
-        if (!a)
-                return kv_fail(-EINVAL, msg, msglen, "extend: args are NULL");
-        kv_attn_from_extend(a, &c);
-        if (c.batch > 0 && !c.seq_lens)
-                return kv_fail(-EINVAL, msg, msglen, "extend: seq_lens is NULL");
-        if (!c.seq_lens_host)
-                c.seq_lens_host = c.seq_lens;
-        if (!c.qo_indptr_host)
-                c.qo_indptr_host = c.qo_indptr;
-        /* as kv_cuda_extend: an empty batch needs no qo_indptr */
-        if (a->batch > 0 && !c.qo_indptr)
-                return kv_fail(-EINVAL, msg, msglen, "extend: qo_indptr is NULL");
-        return run(p, &c, msg, msglen);
+        return r < 0 ? r : run(p, &c, msg, msglen);
+}
+
+/* kv_ops.h: kv_ref_decode's and kv_ref_extend's checks alone. */
+int kv_ref_decode_check(const struct kv_pool_view *p, const struct kvc_decode_args *a, char *msg, size_t msglen)
+{
+        struct kv_attn_call c;
+        uint32_t rows, max_len;
+        int r = decode_call(a, &c, msg, msglen);
+
+        return r < 0 ? r : check(p, &c, &rows, &max_len, msg, msglen);
+}
+
+int kv_ref_extend_check(const struct kv_pool_view *p, const struct kvc_extend_args *a, char *msg, size_t msglen)
+{
+        struct kv_attn_call c;
+        uint32_t rows, max_len;
+        int r = extend_call(a, &c, msg, msglen);
+
+        return r < 0 ? r : check(p, &c, &rows, &max_len, msg, msglen);
+}
+
+/* kv_ops.h: the shape of a caller's attention workspace. */
+int kv_attn_ws_check(const void *ws, size_t ws_bytes, const char *op, char *msg, size_t msglen)
+{
+        if (!ws && ws_bytes > 0)
+                return kv_fail(-EINVAL, msg, msglen, "%s: workspace is NULL with workspace_bytes %zu", op,
+                               ws_bytes);
+        /* the library's own scratch comes 256-byte aligned; 16 leaves the
+         * kernels free to store partials as float4 */
+        if ((uintptr_t)ws % 16u)
+                return kv_fail(-EINVAL, msg, msglen, "%s: workspace %p is not 16-byte aligned", op, ws);
+        return 0;
 }

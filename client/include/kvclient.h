@@ -293,6 +293,52 @@ struct kvc_extend_args {
  * else once per row (docs/benchmarks.md, "Extend attention"). */
 int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
 
+/* A caller's workspace for decode and extend.  On a CUDA pool a call whose
+ * keys are split over the GPU (flash-decoding: few rows, long sequences)
+ * writes partial results, rows * Hq * splits * (head_dim + 2) floats, and
+ * merges them in a second kernel.  kvc_decode and kvc_extend take that
+ * scratch from a stream-ordered pool of the library's own
+ * (cudaMallocFromPoolAsync on `stream`, freed after the merge);
+ * kvc_decode_ws and kvc_extend_ws put it in the caller's workspace instead,
+ * so that a captured call adds only kernel nodes to its graph (below, "CUDA
+ * graphs"), as serving engines hand FlashInfer a float workspace buffer.
+ *
+ * kvc_decode_workspace / kvc_extend_workspace: *ret_bytes gets the bytes
+ * of workspace the same call (same arguments, same stream) needs: the call
+ * plans its split as the call itself will, under stream capture for the
+ * table's capacity (max_pages * page_size keys a sequence) rather than for
+ * seq_lens_host, so ask on the capturing stream (or for the same capacity)
+ * when sizing a graph's workspace.  0 when the call would not split, and
+ * always 0 on a host pool.  The answer depends on the batch, the rows,
+ * the q heads, the lengths (seq_lens_host, or under capture the capacity),
+ * the pool and the GPU, and not monotonically (fewer rows may split into
+ * more pieces): ask for each shape of call and keep the largest answer.
+ * Launches nothing and allocates nothing.  Errors: the call's own, with
+ * its messages, and -EINVAL for a NULL ret_bytes; *ret_bytes untouched.
+ *
+ * kvc_decode_ws / kvc_extend_ws: kvc_decode / kvc_extend with workspace,
+ * workspace_bytes of device memory on the pool's device, 16-byte aligned.
+ * workspace NULL with workspace_bytes 0 is the library's own scratch:
+ * kvc_decode(p, a, s) is kvc_decode_ws(p, a, NULL, 0, s).  Besides the
+ * call's errors, all before any launch: -EINVAL naming `workspace` when it
+ * is NULL with workspace_bytes > 0, not 16-byte aligned, or (CUDA) not
+ * device memory of the pool's device; -ENOSPC when the call splits and
+ * workspace_bytes is below what it needs (the message gives both sizes;
+ * a call that does not split takes any workspace, even of 0 bytes).  A
+ * host pool checks the workspace's shape (NULL with bytes, alignment)
+ * like a CUDA pool and otherwise ignores it: the CPU reference needs none.
+ * The workspace's contents need no initialisation and mean nothing after
+ * the call.  It is the call's until the stream has run it: it must not be
+ * used by another call running at the same time (two streams, or two
+ * graphs that may replay at once, need two workspaces); calls one after
+ * another on one stream may share it. */
+int kvc_decode_workspace(kvc_pool *p, const struct kvc_decode_args *a, void *stream, size_t *ret_bytes);
+int kvc_extend_workspace(kvc_pool *p, const struct kvc_extend_args *a, void *stream, size_t *ret_bytes);
+int kvc_decode_ws(kvc_pool *p, const struct kvc_decode_args *a, void *workspace, size_t workspace_bytes,
+                  void *stream);
+int kvc_extend_ws(kvc_pool *p, const struct kvc_extend_args *a, void *workspace, size_t workspace_bytes,
+                  void *stream);
+
 /* CUDA graphs.  Every data-path call may be captured into a CUDA graph
  * (stream capture, any capture mode, also as the process's first call:
  * the kernels are then loaded during the capture, which the driver tested,
@@ -318,11 +364,17 @@ int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
  * A replay runs none of the calls' host-side checks: the graph keeps the
  * pool's mapping, the layer's fp8 scales and every pointer as captured.
  * Replay it only while the pool stays attached and the client is not stale
- * (-ESTALE after a kvpoold restart); after a re-attach, capture again.  A
- * captured kvc_decode or kvc_extend whose keys are split puts a memory
- * allocation and a free node for its scratch into the graph, which CUDA
- * then allows one instantiation at a time and neither clones nor takes as
- * a child graph node. */
+ * (-ESTALE after a kvpoold restart); after a re-attach, capture again.
+ * Scratch: a captured kvc_decode or kvc_extend whose keys are split puts a
+ * memory allocation and a free node for its scratch into the graph, which
+ * CUDA then allows one instantiation at a time and neither clones nor takes
+ * as a child graph node.  Captured with a workspace instead (kvc_decode_ws,
+ * kvc_extend_ws, sized with kvc_decode_workspace on the capturing stream),
+ * the graph has kernel nodes only: it may be cloned, instantiated several
+ * times and embedded as a child graph.  The graph keeps the workspace's
+ * address: it must stay allocated as long as the graph may replay, and
+ * instances that may replay at the same time need workspaces of their own
+ * (capture once per workspace). */
 
 /* Names: "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"; NULL if unknown. */
 const char *kvc_dtype_name(enum kvc_dtype d);
