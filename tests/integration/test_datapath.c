@@ -235,3 +235,160 @@ Test(integration, decode_and_extend_through_libkvclient, .fini = cleanup, .timeo
         free(k); free(v); free(q); free(out);
         kvc_disconnect(c);
 }
+
+/* The part of the client's last message after "<call> on pool <name>: ",
+ * to compare two calls' messages whatever their names. */
+static const char *after_pool(const char *m)
+{
+        const char *s = strstr(m, " on pool ");
+
+        s = s ? strstr(s, ": ") : NULL;
+        return s ? s + 2 : m;
+}
+
+/* The workspace calls on a host pool (kvclient.h): the CPU reference needs
+ * no workspace, so the size queries answer 0 and kvc_decode_ws and
+ * kvc_extend_ws ignore a well-formed workspace (even one that points
+ * nowhere: it is never touched) and equal kvc_decode and kvc_extend; a
+ * workspace of the wrong shape (NULL with bytes, misaligned) is refused as a
+ * CUDA pool refuses it, the output untouched; the size queries check what
+ * the calls check, with the same messages, and leave *ret_bytes alone on
+ * every failure. */
+Test(integration, workspace_calls_on_a_host_pool, .fini = cleanup, .timeout = 60)
+{
+        const char *pools[] = { kvt_pool_spec(0, "att", "bf16", "2MiB"), NULL };
+        enum { NT = 21, SENT = 0x5eed };
+        kvc_client *c;
+        kvc_pool *p;
+        const struct kvc_pool_desc *d;
+        int32_t pages[2];
+        unsigned seed = 77;
+
+        cr_assert_eq(kvt_daemon_start(&D, pools), 0);
+        cr_assert_eq(kvc_connect(D.url, "workspace", NULL, &c), 0);
+        cr_assert_eq(kvc_attach(c, "att", &p), 0);
+        d = kvc_pool_get_desc(p);
+        cr_assert_eq(kvc_alloc(p, 2, pages), 0);
+
+        /* NT tokens over two pages (page_size 16), two sequences of NT and 5
+         * keys sharing them; extend: the last 3 and 2 of them are new */
+        const uint32_t H = d->kv_heads, Dm = d->head_dim, Hq = 2 * H, row = H * Dm;
+        float *k = malloc(NT * row * 4), *v = malloc(NT * row * 4);
+        int64_t slots[NT];
+        for (uint32_t i = 0; i < NT * row; i++) {
+                k[i] = rnd(&seed);
+                v[i] = rnd(&seed);
+        }
+        for (int t = 0; t < NT; t++)
+                slots[t] = (int64_t)pages[t / (int)d->page_size] * d->page_size + t % (int)d->page_size;
+        struct kvc_write_args w = { .k = k, .v = v, .elem = KVC_ELEM_F32, .k_row_stride = row,
+                                    .v_row_stride = row, .slots = slots, .num_tokens = NT, .layer = 1 };
+        cr_assert_eq(kvc_write(p, &w, NULL), 0, "%s", kvc_errmsg(c));
+
+        const size_t n = 5 * (size_t)Hq * Dm; /* 5 rows: 2 of decode, 3 + 2 of extend */
+        uint16_t *q = malloc(n * 2), *want = malloc(n * 2), *got = malloc(n * 2);
+        for (size_t i = 0; i < n; i++)
+                q[i] = bf16(rnd(&seed));
+        int32_t table[4] = { pages[0], pages[1], pages[0], -1 }, lens[2] = { NT, 5 }, indptr[3] = { 0, 3, 5 };
+        struct kvc_decode_args da = { .q = q, .out = want, .elem = KVC_ELEM_BF16, .page_table = table,
+                                      .max_pages = 2, .seq_lens = lens, .seq_lens_host = lens, .batch = 2,
+                                      .num_q_heads = Hq, .sm_scale = 0.125f, .layer = 1 };
+        struct kvc_extend_args ea = { .q = q, .out = want, .elem = KVC_ELEM_BF16, .qo_indptr = indptr,
+                                      .qo_indptr_host = indptr, .page_table = table, .max_pages = 2,
+                                      .seq_lens = lens, .seq_lens_host = lens, .batch = 2,
+                                      .num_q_heads = Hq, .sm_scale = 0.125f, .layer = 1 };
+        /* a workspace the host pool must ignore: aligned, never dereferenced */
+        _Alignas(16) static unsigned char ws[64];
+        void *const nowhere = (void *)(uintptr_t)0x1000;
+        size_t bytes;
+        char first[256];
+
+        /* decode: sizes 0, and the _ws calls equal kvc_decode */
+        bytes = SENT;
+        cr_assert_eq(kvc_decode_workspace(p, &da, NULL, &bytes), 0, "%s", kvc_errmsg(c));
+        cr_assert_eq(bytes, 0);
+        memset(want, 0xff, n * 2);
+        cr_assert_eq(kvc_decode(p, &da, NULL), 0, "%s", kvc_errmsg(c));
+        da.out = got;
+        memset(got, 0xff, n * 2);
+        cr_assert_eq(kvc_decode_ws(p, &da, NULL, 0, NULL), 0, "%s", kvc_errmsg(c));
+        cr_assert_eq(memcmp(got, want, 2 * (size_t)Hq * Dm * 2), 0, "decode_ws(NULL, 0) differs from decode");
+        memset(got, 0xff, n * 2);
+        cr_assert_eq(kvc_decode_ws(p, &da, ws, sizeof ws, NULL), 0, "%s", kvc_errmsg(c));
+        cr_assert_eq(memcmp(got, want, 2 * (size_t)Hq * Dm * 2), 0, "decode_ws(ws) differs from decode");
+        memset(got, 0xff, n * 2);
+        cr_assert_eq(kvc_decode_ws(p, &da, nowhere, (size_t)1 << 30, NULL), 0, "%s", kvc_errmsg(c));
+        cr_assert_eq(memcmp(got, want, 2 * (size_t)Hq * Dm * 2), 0, "decode_ws(nowhere) differs from decode");
+
+        /* extend: the same */
+        ea.out = want;
+        bytes = SENT;
+        cr_assert_eq(kvc_extend_workspace(p, &ea, NULL, &bytes), 0, "%s", kvc_errmsg(c));
+        cr_assert_eq(bytes, 0);
+        memset(want, 0xff, n * 2);
+        cr_assert_eq(kvc_extend(p, &ea, NULL), 0, "%s", kvc_errmsg(c));
+        ea.out = got;
+        memset(got, 0xff, n * 2);
+        cr_assert_eq(kvc_extend_ws(p, &ea, NULL, 0, NULL), 0, "%s", kvc_errmsg(c));
+        cr_assert_eq(memcmp(got, want, n * 2), 0, "extend_ws(NULL, 0) differs from extend");
+        memset(got, 0xff, n * 2);
+        cr_assert_eq(kvc_extend_ws(p, &ea, ws, 0, NULL), 0, "%s", kvc_errmsg(c));
+        cr_assert_eq(memcmp(got, want, n * 2), 0, "extend_ws(ws, 0) differs from extend");
+
+        /* a workspace of the wrong shape: -EINVAL naming it, nothing written */
+        memset(got, 0xff, n * 2);
+        cr_assert_eq(kvc_decode_ws(p, &da, NULL, 64, NULL), -EINVAL);
+        cr_assert(strstr(kvc_errmsg(c), "kvc_decode_ws") && strstr(kvc_errmsg(c), "workspace is NULL"), "%s",
+                  kvc_errmsg(c));
+        cr_assert_eq(kvc_decode_ws(p, &da, ws + 4, sizeof ws - 4, NULL), -EINVAL);
+        cr_assert(strstr(kvc_errmsg(c), "16-byte aligned"), "%s", kvc_errmsg(c));
+        cr_assert_eq(kvc_extend_ws(p, &ea, ws + 8, 8, NULL), -EINVAL);
+        cr_assert(strstr(kvc_errmsg(c), "kvc_extend_ws") && strstr(kvc_errmsg(c), "workspace"), "%s",
+                  kvc_errmsg(c));
+        for (size_t i = 0; i < n; i++)
+                cr_assert_eq(got[i], 0xffff, "a refused call wrote out[%zu]", i);
+
+        /* NULL handles and arguments, NULL ret_bytes: *ret_bytes untouched */
+        bytes = SENT;
+        cr_assert_eq(kvc_decode_workspace(NULL, &da, NULL, &bytes), -EINVAL);
+        cr_assert_eq(kvc_decode_ws(NULL, &da, NULL, 0, NULL), -EINVAL);
+        cr_assert_eq(kvc_decode_workspace(p, NULL, NULL, &bytes), -EINVAL);
+        cr_assert(strstr(kvc_errmsg(c), "kvc_decode_workspace: args is NULL"), "%s", kvc_errmsg(c));
+        cr_assert_eq(kvc_extend_workspace(p, NULL, NULL, &bytes), -EINVAL);
+        cr_assert(strstr(kvc_errmsg(c), "kvc_extend_workspace: args is NULL"), "%s", kvc_errmsg(c));
+        cr_assert_eq(kvc_extend_ws(p, NULL, ws, sizeof ws, NULL), -EINVAL);
+        cr_assert(strstr(kvc_errmsg(c), "kvc_extend_ws: args is NULL"), "%s", kvc_errmsg(c));
+        cr_assert_eq(kvc_decode_workspace(p, &da, NULL, NULL), -EINVAL);
+        cr_assert(strstr(kvc_errmsg(c), "ret_bytes"), "%s", kvc_errmsg(c));
+        cr_assert_eq(kvc_extend_workspace(p, &ea, NULL, NULL), -EINVAL);
+        cr_assert(strstr(kvc_errmsg(c), "ret_bytes"), "%s", kvc_errmsg(c));
+
+        /* bad call arguments: the size query fails as the call does, with
+         * its message */
+        da.num_q_heads = H + 1;
+        cr_assert_eq(kvc_decode(p, &da, NULL), -EINVAL);
+        snprintf(first, sizeof first, "%s", after_pool(kvc_errmsg(c)));
+        cr_assert(strstr(first, "num_q_heads"), "%s", first);
+        cr_assert_eq(kvc_decode_workspace(p, &da, NULL, &bytes), -EINVAL);
+        cr_assert_str_eq(after_pool(kvc_errmsg(c)), first);
+        da.num_q_heads = Hq;
+        table[1] = (int32_t)d->num_pages; /* a page id out of range: the reference reads the table */
+        cr_assert_eq(kvc_decode(p, &da, NULL), -ERANGE);
+        snprintf(first, sizeof first, "%s", after_pool(kvc_errmsg(c)));
+        cr_assert_eq(kvc_decode_workspace(p, &da, NULL, &bytes), -ERANGE);
+        cr_assert_str_eq(after_pool(kvc_errmsg(c)), first);
+        cr_assert_eq(kvc_extend(p, &ea, NULL), -ERANGE);
+        snprintf(first, sizeof first, "%s", after_pool(kvc_errmsg(c)));
+        cr_assert_eq(kvc_extend_workspace(p, &ea, NULL, &bytes), -ERANGE);
+        cr_assert_str_eq(after_pool(kvc_errmsg(c)), first);
+        table[1] = pages[1];
+        ea.qo_indptr = NULL;
+        cr_assert_eq(kvc_extend(p, &ea, NULL), -EINVAL);
+        snprintf(first, sizeof first, "%s", after_pool(kvc_errmsg(c)));
+        cr_assert(strstr(first, "qo_indptr"), "%s", first);
+        cr_assert_eq(kvc_extend_workspace(p, &ea, NULL, &bytes), -EINVAL);
+        cr_assert_str_eq(after_pool(kvc_errmsg(c)), first);
+        cr_assert_eq(bytes, SENT, "a failed size query wrote *ret_bytes");
+        free(k); free(v); free(q); free(want); free(got);
+        kvc_disconnect(c);
+}
