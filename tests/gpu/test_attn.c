@@ -16,7 +16,10 @@
  * launcher's choice of how the decode kernel's warps share a CTA and again
  * with each way forced (kv_cuda_decode_warps: tiles, a kv head a warp).
  * Pass: for every (row, head), ||gpu - ref|| / ||ref|| <= 1e-2, no NaN, and
- * rows that see no key are exactly 0. */
+ * rows that see no key are exactly 0.  Last, the split partials in a
+ * caller's workspace (kv_cuda_decode_ws, kv_cuda_extend_ws): eager, too
+ * small, and captured into a graph with no allocation node that is cloned,
+ * instantiated twice and embedded as a child graph. */
 #include <errno.h>
 #include <stdbool.h>
 #include "gpu_common.h"
@@ -1233,11 +1236,383 @@ static void arg_errors(void)
         apool_fini(&P);
 }
 
+/* ---- a caller's workspace (kv_cuda_decode_ws, kv_cuda_extend_ws) ---------- */
+
+/* The nodes of g of type t (a captured graph is flat: no child graphs). */
+static size_t graph_count(cudaGraph_t g, enum cudaGraphNodeType t)
+{
+        size_t n = 0, k = 0;
+        CK(cudaGraphGetNodes(g, NULL, &n));
+        cudaGraphNode_t *nodes = malloc(sizeof *nodes * (n ? n : 1));
+        CK(cudaGraphGetNodes(g, nodes, &n));
+        for (size_t i = 0; i < n; i++) {
+                enum cudaGraphNodeType nt;
+                CK(cudaGraphNodeGetType(nodes[i], &nt));
+                k += nt == t;
+        }
+        free(nodes);
+        return k;
+}
+
+/* One workspace case's call, extend (ext) or decode: ws_run makes it with
+ * workspace ws of `bytes` (NULL, 0: the launcher's own scratch), ws_need
+ * asks the size of workspace it needs. */
+struct wscall {
+        const struct kv_pool_view *dv;
+        bool ext;
+        struct kvc_decode_args da;
+        struct kvc_extend_args ea;
+};
+
+static int ws_run(const struct wscall *w, void *ws, size_t bytes, cudaStream_t st, char *msg, size_t msglen)
+{
+        return w->ext ? kv_cuda_extend_ws(w->dv, &w->ea, ws, bytes, st, msg, msglen)
+                      : kv_cuda_decode_ws(w->dv, &w->da, ws, bytes, st, msg, msglen);
+}
+
+static int ws_need(const struct wscall *w, cudaStream_t st, size_t *ret_need, char *msg, size_t msglen)
+{
+        return w->ext ? kv_cuda_extend_ws_bytes(w->dv, &w->ea, st, ret_need, msg, msglen)
+                      : kv_cuda_decode_ws_bytes(w->dv, &w->da, st, ret_need, msg, msglen);
+}
+
+/* The reference of w's call over host copies: q, out, qo_indptr (extend),
+ * page table and lengths. */
+static int ws_ref(const struct kv_pool_view *hv, const struct wscall *w, const void *q, void *out,
+                  const int32_t *ind, const int32_t *pt, const int32_t *lens, char *msg, size_t msglen)
+{
+        if (w->ext)
+                return ref_extend(hv, w->ea, q, out, ind, pt, lens, msg, msglen);
+        struct kvc_decode_args h = w->da;
+        h.q = q;
+        h.out = out;
+        h.page_table = pt;
+        h.seq_lens = h.seq_lens_host = lens;
+        return kv_ref_decode(hv, &h, msg, msglen);
+}
+
+/* The call w of a case set up on dc (B sequences, qo_indptr ind for
+ * extend, the host lengths lens). */
+static struct wscall ws_call(const struct kv_pool_view *dv, const struct devcall *dc, uint32_t maxp, uint32_t B,
+                             uint32_t Hq, const int32_t *ind, const int32_t *lens, bool ext)
+{
+        const float sm = 1.0f / sqrtf(128.0f);
+        struct wscall w = { .dv = dv, .ext = ext };
+        w.da = (struct kvc_decode_args){ .q = dc->q, .out = dc->out, .elem = KVC_ELEM_BF16, .page_table = dc->pt,
+                                         .max_pages = maxp, .seq_lens = dc->lens, .seq_lens_host = lens,
+                                         .batch = B, .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
+        w.ea = (struct kvc_extend_args){ .q = dc->q, .out = dc->out, .elem = KVC_ELEM_BF16, .qo_indptr = dc->ind,
+                                         .qo_indptr_host = ind, .page_table = dc->pt, .max_pages = maxp,
+                                         .seq_lens = dc->lens, .seq_lens_host = lens, .batch = B,
+                                         .num_q_heads = Hq, .sm_scale = sm, .layer = 1 };
+        return w;
+}
+
+/* An eager decode (qn NULL) or extend (qn[b] new rows) with a workspace of
+ * the size the query gives, poisoned (its contents need no
+ * initialisation), 64 guard bytes after it: equal to the reference, and
+ * bit for bit to the same call on the launcher's scratch (the same plan);
+ * the partials went to the workspace (its poison is gone) and not past
+ * the size asked (the guard is intact).  A call that splits (split) must
+ * be refused, nothing launched, with a workspace a byte short (-ENOSPC,
+ * both sizes in the message), misaligned, in host memory or NULL with a
+ * size; one that does not (size 0) must run with a workspace of 0 bytes. */
+static void ws_eager(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *lens, const int32_t *qn, bool split,
+                     uint64_t seed)
+{
+        struct rng r = { seed * 2654435761u + 1 };
+        struct apool P;
+        uint32_t maxp;
+        char what[200], msg[256] = "";
+        const uint32_t H = 2, Hq = H * G, D = 128;
+        int32_t *pt = apool_fill(&P, &r, d, H, D, 16, B, lens, &maxp);
+        int32_t *ind = malloc(sizeof(int32_t) * (B + 1));
+        ind[0] = 0;
+        for (uint32_t b = 0; b < B; b++)
+                ind[b + 1] = ind[b] + (qn ? qn[b] : 1);
+        const uint32_t rows = (uint32_t)ind[B];
+        const size_t n = (size_t)rows * Hq * D;
+        void *q = make_q(&r, KVC_ELEM_BF16, n);
+        uint16_t *ref = malloc(n * 2), *got = malloc(n * 2), *plain = malloc(n * 2);
+        struct devcall dc;
+        devcall_init(&dc, pt, (size_t)B * maxp, lens, B, qn ? ind : NULL, q, n * 2);
+        struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
+        const struct wscall w = ws_call(&dv, &dc, maxp, B, Hq, ind, lens, qn != NULL);
+        size_t need = 1;
+        int rc, rr;
+
+        cases++;
+        snprintf(what, sizeof what, "workspace %s %s G=%u B=%u len0=%d", qn ? "extend" : "decode",
+                 kvc_dtype_name(d), G, B, lens[0]);
+        rr = ws_ref(&hv, &w, q, ref, ind, pt, lens, msg, sizeof msg);
+        EXPECT(rr == 0, "%s: the reference returned %d: %s", what, rr, msg);
+        rc = ws_need(&w, NULL, &need, msg, sizeof msg);
+        EXPECT(rc == 0 && (need > 0) == split, "%s: the size query returned %d, %zu bytes (%s): %s", what, rc,
+               need, split ? "the case must split" : "the case must not split", msg);
+        if (rc != 0 || (need > 0) != split || rr != 0)
+                goto out;
+
+        /* the launcher's own scratch: the bits to equal */
+        rc = ws_run(&w, NULL, 0, NULL, msg, sizeof msg);
+        EXPECT(rc == 0, "%s: the call without workspace returned %d: %s", what, rc, msg);
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(plain, dc.out, n * 2, cudaMemcpyDeviceToHost));
+
+        const size_t guard = 64;
+        uint8_t *ws, *hws = malloc(need + guard);
+        CK(cudaMalloc((void **)&ws, need + guard));
+        CK(cudaMemset(ws, 0xFF, need + guard));
+        CK(cudaMemset(dc.out, 0xFF, n * 2));
+        rc = ws_run(&w, ws, need, NULL, msg, sizeof msg);
+        EXPECT(rc == 0, "%s: the call with a workspace of %zu bytes returned %d: %s", what, need, rc, msg);
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(got, dc.out, n * 2, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(hws, ws, need + guard, cudaMemcpyDeviceToHost));
+        compare(what, got, ref, KVC_ELEM_BF16, rows, Hq, D);
+        EXPECT(memcmp(got, plain, n * 2) == 0, "%s: the output differs from the same call without workspace",
+               what);
+        size_t written = 0, past = 0;
+        for (size_t i = 0; i < need + guard; i++) {
+                written += i < need && hws[i] != 0xFF;
+                past += i >= need && hws[i] != 0xFF;
+        }
+        EXPECT(!split || written > 0, "%s: the split call wrote nothing into its workspace", what);
+        EXPECT(split || written == 0, "%s: a call that does not split wrote %zu bytes of its workspace", what,
+               written);
+        EXPECT(past == 0, "%s: %zu bytes written past the %zu the size query gave", what, past, need);
+
+        /* refused before any launch: the output keeps its poison */
+        CK(cudaMemset(dc.out, 0xFF, n * 2));
+        if (split) {
+                char want[160];
+                snprintf(want, sizeof want, "workspace of %zu bytes is too small, the call needs %zu", need - 1,
+                         need);
+                ARGERR(ws_run(&w, ws, need - 1, NULL, msg, sizeof msg), -ENOSPC, want);
+                ARGERR(ws_run(&w, ws, 0, NULL, msg, sizeof msg), -ENOSPC, "workspace of 0 bytes");
+        }
+        ARGERR(ws_run(&w, ws + 8, need, NULL, msg, sizeof msg), -EINVAL, "16-byte aligned");
+        ARGERR(ws_run(&w, NULL, need ? need : 16, NULL, msg, sizeof msg), -EINVAL, "workspace is NULL");
+        {
+                /* never written: refused before the launch (or the
+                 * kernel's fault fails the test at the next CK) */
+                static _Alignas(256) uint8_t host[256];
+                ARGERR(ws_run(&w, host, need, NULL, msg, sizeof msg), -EINVAL, "not device memory");
+        }
+        CK(cudaDeviceSynchronize());
+        CK(cudaGetLastError());
+        CK(cudaMemcpy(got, dc.out, n * 2, cudaMemcpyDeviceToHost));
+        size_t touched = 0;
+        for (size_t i = 0; i < n; i++)
+                touched += got[i] != 0xFFFF;
+        EXPECT(touched == 0, "%s: a refused call wrote %zu outputs", what, touched);
+        if (!split) { /* any workspace does, even of 0 bytes */
+                rc = ws_run(&w, ws, 0, NULL, msg, sizeof msg);
+                EXPECT(rc == 0, "%s: a call that does not split refused a workspace of 0 bytes: %d %s", what, rc,
+                       msg);
+                CK(cudaDeviceSynchronize());
+                CK(cudaMemcpy(got, dc.out, n * 2, cudaMemcpyDeviceToHost));
+                if (rc == 0)
+                        compare(what, got, ref, KVC_ELEM_BF16, rows, Hq, D);
+        }
+        CK(cudaFree(ws));
+        free(hws);
+out:
+        devcall_finish(&dc, got);
+        free(ind);
+        free(plain);
+        case_free(q, ref, got, pt, &P);
+}
+
+/* Ends a capture that must hold no node (the calls in it were size queries
+ * or refused before any launch); what: the case. */
+static void capture_empty(cudaStream_t st, const char *what, const char *after)
+{
+        cudaGraph_t g = NULL;
+        cudaError_t ce = cudaStreamEndCapture(st, &g);
+        EXPECT(ce == cudaSuccess, "%s: cudaStreamEndCapture after %s: %s", what, after, cudaGetErrorString(ce));
+        if (ce != cudaSuccess) {
+                (void)cudaGetLastError();
+                return;
+        }
+        size_t nodes = 0;
+        CK(cudaGraphGetNodes(g, NULL, &nodes));
+        EXPECT(nodes == 0, "%s: %s left %zu nodes in the capture", what, after, nodes);
+        CK(cudaGraphDestroy(g));
+}
+
+/* A split decode or extend captured with a workspace sized on the
+ * capturing stream (for the table's capacity: sized for the capture's
+ * short lengths it would be 0), as graph_case captures: the graph must
+ * hold kernel nodes only (the same call on the launcher's scratch, the
+ * control, holds an allocation and a free node), so that CUDA clones it,
+ * instantiates the clone twice and embeds it as a child graph node; every
+ * one of the four executables, replayed with new q and lengths, must
+ * equal the reference.  A workspace a byte short is refused under capture
+ * too, leaving the capture empty. */
+static void ws_graph(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *lens_max,
+                     const int32_t *const *replays, int nreplays, const int32_t *qn, uint64_t seed)
+{
+        static const char *const execs[] = { "the captured graph", "its clone", "its clone, instantiated again",
+                                             "a graph holding it as a child graph node" };
+        struct rng r = { seed * 2654435761u + 1 };
+        struct apool P;
+        uint32_t maxp;
+        char what[200], msg[256] = "";
+        const uint32_t H = 2, Hq = H * G, D = 128;
+        int32_t *pt = apool_fill(&P, &r, d, H, D, 16, B, lens_max, &maxp);
+        int32_t *ind = malloc(sizeof(int32_t) * (B + 1)), *cap_lens = malloc(sizeof(int32_t) * B);
+        ind[0] = 0;
+        for (uint32_t b = 0; b < B; b++) {
+                ind[b + 1] = ind[b] + (qn ? qn[b] : 1);
+                cap_lens[b] = qn ? qn[b] : 1; /* the capture's lengths: as short as the queries allow */
+        }
+        const uint32_t rows = (uint32_t)ind[B];
+        const size_t n = (size_t)rows * Hq * D;
+        void *q = make_q(&r, KVC_ELEM_BF16, n);
+        uint16_t *ref = malloc(n * 2), *got = malloc(n * 2);
+        struct devcall dc;
+        devcall_init(&dc, pt, (size_t)B * maxp, cap_lens, B, qn ? ind : NULL, q, n * 2);
+        struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
+        const struct wscall w = ws_call(&dv, &dc, maxp, B, Hq, ind, cap_lens, qn != NULL);
+        cudaStream_t st;
+        cudaGraph_t g = NULL, gs = NULL, gc = NULL, gp = NULL;
+        cudaGraphExec_t ex[4] = { NULL };
+        cudaGraphNode_t child;
+        size_t need = 0, eager = 1;
+        uint8_t *ws = NULL;
+        int rc;
+
+        cases++;
+        snprintf(what, sizeof what, "workspace graph %s %s G=%u B=%u", qn ? "extend" : "decode",
+                 kvc_dtype_name(d), G, B);
+        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        /* the size, asked while st captures (a cudaMalloc may not run in
+         * the capture: a capture of its own); outside a capture the
+         * capture's short lengths do not split */
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        rc = ws_need(&w, st, &need, msg, sizeof msg);
+        capture_empty(st, what, "the size query");
+        EXPECT(rc == 0 && need > 0, "%s: the size query under capture returned %d, %zu bytes: %s", what, rc, need,
+               msg);
+        int rc2 = ws_need(&w, NULL, &eager, msg, sizeof msg);
+        EXPECT(rc2 == 0 && eager == 0, "%s: the size query outside the capture returned %d, %zu bytes: %s", what,
+               rc2, eager, msg);
+        if (rc != 0 || need == 0)
+                goto out;
+        CK(cudaMalloc((void **)&ws, need));
+        CK(cudaMemset(ws, 0xFF, need));
+
+        /* a byte short: refused under capture, nothing captured */
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        rc = ws_run(&w, ws, need - 1, st, msg, sizeof msg);
+        capture_empty(st, what, "the call with a short workspace");
+        EXPECT(rc == -ENOSPC, "%s: a workspace a byte short under capture: %d %s", what, rc, msg);
+
+        /* the control: on the launcher's scratch the graph allocates */
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        rc = ws_run(&w, NULL, 0, st, msg, sizeof msg);
+        cudaError_t ce = cudaStreamEndCapture(st, &gs);
+        EXPECT(rc == 0 && ce == cudaSuccess, "%s: the control capture: %d %s, %s", what, rc, msg,
+               cudaGetErrorString(ce));
+        if (ce == cudaSuccess) {
+                EXPECT(graph_count(gs, cudaGraphNodeTypeMemAlloc) > 0 && graph_count(gs, cudaGraphNodeTypeMemFree) > 0,
+                       "%s: the call without workspace captured no allocation: the check below proves nothing",
+                       what);
+                CK(cudaGraphDestroy(gs));
+        } else {
+                (void)cudaGetLastError();
+        }
+
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        rc = ws_run(&w, ws, need, st, msg, sizeof msg);
+        ce = cudaStreamEndCapture(st, &g);
+        EXPECT(rc == 0 && ce == cudaSuccess, "%s: the capture: %d %s, %s", what, rc, msg, cudaGetErrorString(ce));
+        if (rc != 0 || ce != cudaSuccess) {
+                (void)cudaGetLastError();
+                if (g)
+                        CK(cudaGraphDestroy(g));
+                goto out;
+        }
+        const size_t allocs = graph_count(g, cudaGraphNodeTypeMemAlloc) + graph_count(g, cudaGraphNodeTypeMemFree);
+        EXPECT(allocs == 0, "%s: %zu allocation or free nodes in the graph", what, allocs);
+        EXPECT(graph_count(g, cudaGraphNodeTypeKernel) >= 2, "%s: %zu kernel nodes: a split needs the merge too",
+               what, graph_count(g, cudaGraphNodeTypeKernel));
+        CK(cudaGraphClone(&gc, g));
+        CK(cudaGraphCreate(&gp, 0));
+        CK(cudaGraphAddChildGraphNode(&child, gp, NULL, 0, g));
+        CK(cudaGraphInstantiate(&ex[0], g, 0));
+        CK(cudaGraphInstantiate(&ex[1], gc, 0));
+        CK(cudaGraphInstantiate(&ex[2], gc, 0));
+        CK(cudaGraphInstantiate(&ex[3], gp, 0));
+        for (int i = 0; i < nreplays; i++) {
+                for (int e = 0; e < 4; e++) {
+                        char rw[300];
+                        cases++;
+                        snprintf(rw, sizeof rw, "%s: %s, replay %d (len0 %d)", what, execs[e], i, replays[i][0]);
+                        void *q2 = make_q(&r, KVC_ELEM_BF16, n); /* new contents each replay */
+                        CK(cudaMemcpy(dc.q, q2, n * 2, cudaMemcpyHostToDevice));
+                        CK(cudaMemcpy(dc.lens, replays[i], sizeof(int32_t) * B, cudaMemcpyHostToDevice));
+                        graph_replay(ex[e], st, &dc, got);
+                        int rr = ws_ref(&hv, &w, q2, ref, ind, pt, replays[i], msg, sizeof msg);
+                        EXPECT(rr == 0, "%s: the reference returned %d: %s", rw, rr, msg);
+                        if (rr == 0)
+                                compare(rw, got, ref, KVC_ELEM_BF16, rows, Hq, D);
+                        free(q2);
+                }
+        }
+        for (int e = 0; e < 4; e++)
+                CK(cudaGraphExecDestroy(ex[e]));
+        CK(cudaGraphDestroy(gp));
+        CK(cudaGraphDestroy(gc));
+        CK(cudaGraphDestroy(g));
+out:
+        CK(cudaStreamSynchronize(st));
+        CK(cudaStreamDestroy(st));
+        if (ws)
+                CK(cudaFree(ws));
+        devcall_finish(&dc, got);
+        free(ind);
+        free(cap_lens);
+        case_free(q, ref, got, pt, &P);
+}
+
+static void workspaces(void)
+{
+        static const int32_t one[1] = { 20000 }, four[4] = { 5000, 4100, 700, 64 }, few[2] = { 16, 100 };
+        static const int32_t qn[4] = { 2, 2, 2, 2 }, qt[4] = { 64, 64, 64, 64 }, qf[2] = { 1, 3 };
+
+        /* eager: decode split over the GPU (one long sequence, a batch),
+         * extend on the decode kernel (G = 4: 2 rows a CTA; G = 8: a row a
+         * CTA) and on the tiled kernel (64 rows a sequence), and calls
+         * that do not split */
+        ws_eager(KVC_DTYPE_BF16, 4, 1, one, NULL, true, 500);
+        ws_eager(KVC_DTYPE_FP8_E4M3, 4, 4, four, NULL, true, 501);
+        ws_eager(KVC_DTYPE_FP4_E2M1, 8, 4, four, NULL, true, 502);
+        ws_eager(KVC_DTYPE_BF16, 4, 4, four, qn, true, 503);
+        ws_eager(KVC_DTYPE_FP8_E4M3, 8, 4, four, qn, true, 504);
+        ws_eager(KVC_DTYPE_FP4_E2M1, 4, 4, four, qt, true, 505);
+        ws_eager(KVC_DTYPE_BF16, 4, 2, few, NULL, false, 506);
+        ws_eager(KVC_DTYPE_BF16, 4, 2, few, qf, false, 507);
+
+        /* captured, cloned, instantiated twice, embedded; replayed at
+         * other lengths (graph_replays' cases) */
+        static const int32_t one_a[1] = { 20000 }, one_b[1] = { 3000 };
+        static const int32_t *const ones[] = { one_a, one_b };
+        static const int32_t four_b[4] = { 17, 4100, 2, 64 }, four_d[4] = { 64, 4100, 90, 64 };
+        static const int32_t *const fours[] = { four, four_b }, *const fourt[] = { four, four_d };
+        ws_graph(KVC_DTYPE_BF16, 4, 1, one, ones, 2, NULL, 510);
+        ws_graph(KVC_DTYPE_FP8_E4M3, 4, 4, four, fours, 2, NULL, 511);
+        ws_graph(KVC_DTYPE_BF16, 4, 4, four, fours, 2, qn, 512);
+        ws_graph(KVC_DTYPE_FP4_E2M1, 8, 4, four, fours, 2, qn, 513);
+        ws_graph(KVC_DTYPE_FP8_E4M3, 4, 4, four, fourt, 2, qt, 514);
+}
+
 int main(int argc, char **argv)
 {
         gpu_require_device(argv[0]);
         if (argc > 1 && strcmp(argv[1], "graph") == 0) { /* test_attn graph: the graph replays alone */
                 graph_replays();
+                workspaces();
                 printf("test_attn graph: %d cases, %d failures, worst relative error %.3g (bound 1e-2)\n", cases,
                        failures, worst);
                 return failures ? 1 : 0;
@@ -1248,6 +1623,7 @@ int main(int argc, char **argv)
         packed_rows();
         many_rows();
         graph_replays();
+        workspaces();
         bad_page();
         arg_errors();
         CK(cudaGetLastError());
