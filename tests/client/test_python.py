@@ -706,6 +706,79 @@ def test_a_plan_checks_the_step_once_and_runs_every_layer(daemon):
             plan.run(0, q, np.zeros_like(q))
 
 
+def test_a_workspace_is_checked_and_ignored_on_a_host_pool(daemon):
+    # kvclient.h: a host pool needs no workspace (sizes 0) and ignores a
+    # well-formed one; the binding passes it as kvc_decode_ws does, and the
+    # library refuses the shapes a CUDA pool refuses (NULL with bytes,
+    # misaligned)
+    rng = np.random.default_rng(9)
+    lens = [PAGE + 5, 3]
+    with kvpool.Client(daemon, name="workspace") as c:
+        p = c.attach("bf16")
+        table = np.zeros((2, 2), np.int32)
+        for b, n in enumerate(lens):
+            pages = p.alloc(2)
+            table[b] = pages
+            slots = np.array([pages[t // PAGE] * PAGE + t % PAGE for t in range(n)], np.int64)
+            k = rng.standard_normal((n, HEADS, DIM)).astype(np.float32)
+            p.write(0, k, 2 * k, slots)
+        seq_lens = np.array(lens, np.int32)
+        q = rng.standard_normal((2, 2 * HEADS, DIM)).astype(ml_dtypes.bfloat16)
+        raw = np.zeros(256, np.uint8)
+        off = -raw.ctypes.data % 16
+        ws = raw[off:off + 128]  # 16-byte aligned
+        want = np.zeros_like(q)
+        p.decode(0, q, want, table, seq_lens)
+        assert p.decode_workspace(0, q, want, table, seq_lens) == 0
+        for w in (ws, (ws.ctypes.data, ws.nbytes), (ws.ctypes.data, 0), ws.view(np.float32)):
+            got = np.full_like(q, np.nan)
+            p.decode(0, q, got, table, seq_lens, workspace=w)
+            np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+        plan = p.plan_decode(table, seq_lens)
+        assert plan.workspace_bytes(0, q, want) == 0
+        got = np.full_like(q, np.nan)
+        plan.run(0, q, got, workspace=ws)
+        np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+
+        indptr = np.array([0, 2, 3], np.int32)
+        qe = rng.standard_normal((3, HEADS, DIM)).astype(np.float16)
+        ewant = np.zeros_like(qe)
+        p.extend(0, qe, ewant, indptr, table, seq_lens)
+        assert p.extend_workspace(0, qe, ewant, indptr, table, seq_lens) == 0
+        got = np.full_like(qe, np.nan)
+        p.extend(0, qe, got, indptr, table, seq_lens, workspace=ws)
+        np.testing.assert_array_equal(got, ewant)
+
+        # the library's refusals, before anything is written
+        got = np.full_like(q, np.nan)
+        for w, text in ((raw[off + 4:off + 132], "16-byte aligned"), ((0, 64), "workspace is NULL")):
+            with pytest.raises(kvpool.KvpoolError) as e:
+                p.decode(0, q, got, table, seq_lens, workspace=w)
+            assert e.value.errno == errno.EINVAL and text in str(e.value) and "kvc_decode_ws" in str(e.value)
+        assert np.isnan(got.astype(np.float32)).all()
+        eout = np.full_like(qe, np.nan)
+        with pytest.raises(kvpool.KvpoolError) as e:
+            p.extend(0, qe, eout, indptr, table, seq_lens, workspace=raw[off + 8:off + 24])
+        assert e.value.errno == errno.EINVAL and "kvc_extend_ws" in str(e.value)
+        assert np.isnan(eout).all()
+        with pytest.raises(kvpool.KvpoolError) as e:  # the size query checks what the call checks
+            p.decode_workspace(0, q, want, table, seq_lens + 2 * PAGE)
+        assert e.value.errno == errno.EINVAL and "kvc_decode_workspace" in str(e.value) and "seq_len" in str(e.value)
+
+        # the binding's own checks
+        class OnGpu:
+            __cuda_array_interface__ = {"shape": (64,), "typestr": "|u1", "data": (0, False), "version": 3}
+        ro = ws.copy()
+        ro.setflags(write=False)
+        for w, exc, text in ((OnGpu(), TypeError, "needs host memory"),
+                             (np.zeros((4, 64), np.uint8)[:, ::2], ValueError, "contiguous"),
+                             (ro, ValueError, "read-only"),
+                             ("ws", TypeError, "workspace: expected an array"),
+                             ((-16, 64), ValueError, "negative")):
+            with pytest.raises(exc, match=text):
+                p.decode(0, q, got, table, seq_lens, workspace=w)
+
+
 def test_reset_prefixes_of_a_tenant_and_of_a_group(tmp_path):
     # a tenant's session drops only its tenant's keys; a group's name (a
     # spec expanded over tp_size) resets each of its pools

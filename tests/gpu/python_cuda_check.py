@@ -19,6 +19,9 @@ an fp8_e4m3 and an fp4_e2m1 pool (8 kv heads x 128, page 16) it:
   - runs the same decode from a plan (Pool.plan_decode) and compares;
   - captures decode in a CUDA graph (torch.cuda.graph) with every length 1
     and replays it at longer lengths: each replay against SDPA;
+  - runs decode with a workspace tensor (decode_workspace bytes): the same
+    output as without, -ENOSPC a byte short with nothing written, and a
+    graph captured with one (sized during the capture) replays as above;
   - checks that host arrays are refused for a CUDA pool before any launch;
   - reads the written pages through Pool.kv_cache (and kv_block_scales for
     fp4): torch tensors over the pool's own device memory, decoded here,
@@ -29,6 +32,7 @@ an fp8_e4m3 and an fp4_e2m1 pool (8 kv heads x 128, page 16) it:
   - runs client/python/examples/prefix_reuse.py on the bf16 and fp8 CUDA
     pools.
 """
+import errno
 import gc
 import math
 import os
@@ -299,6 +303,50 @@ def run_pool(pool, gen):
             e = rel(out_g[b:b + 1], sdpa(q[b:b + 1], kb[:n], vb[:n], scale))
             worst[dt, "decode graph"] = max(worst.get((dt, "decode graph"), 0), e)
             check(e <= 1e-2, f"{dt} decode graph replay b={b} L={n}: relative error {e:.2e} against SDPA")
+
+    # a workspace the caller owns (kvc_decode_ws): the same output as the
+    # library's own scratch; a byte short is refused before any launch; a
+    # graph captured with one (sized while capturing: planned for the
+    # table's capacity) replays as the graph above does
+    table_dev, seq_dev = table.to(dev), seq_lens.to(dev)
+    need = pool.decode_workspace(1, q, out, table_dev, seq_dev, seq_lens_host=seq_lens)
+    check(need > 0, f"{dt}: the decode of {lens} splits and needs a workspace ({need} bytes)")
+    if need > 0:
+        ws = torch.empty(need, dtype=torch.uint8, device=dev)
+        out_w = torch.full_like(q, float("nan"))
+        pool.decode(1, q, out_w, table_dev, seq_dev, seq_lens_host=seq_lens, workspace=ws)
+        plan.run(1, q, out_p, workspace=ws)
+        torch.cuda.synchronize()
+        check(torch.equal(out_w, out) and torch.equal(out_p, out),
+              f"{dt} decode with a workspace: the same output as without")
+        out_w.fill_(float("nan"))
+        try:
+            pool.decode(1, q, out_w, table_dev, seq_dev, seq_lens_host=seq_lens, workspace=ws[:need - 1])
+            check(False, f"{dt}: a workspace a byte short was accepted")
+        except kvpool.KvpoolError as e:
+            check(e.errno == errno.ENOSPC and f"needs {need}" in str(e), f"{dt}: a short workspace refused ({e})")
+        torch.cuda.synchronize()
+        check(torch.isnan(out_w.float()).all().item(), f"{dt}: the refused call wrote its output")
+    ones = torch.ones(len(lens), dtype=torch.int32)
+    lens_dev.fill_(1)
+    out_g.fill_(float("nan"))
+    graph_w = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph_w):
+        need_g = pool.decode_workspace(1, q, out_g, table_dev, lens_dev, seq_lens_host=ones)
+        ws_g = torch.empty(max(need_g, 16), dtype=torch.uint8, device=dev)  # the graph's memory, held by ws_g
+        pool.decode(1, q, out_g, table_dev, lens_dev, seq_lens_host=ones, workspace=ws_g)
+    check(need_g > 0, f"{dt}: a captured decode plans for the table's capacity and needs a workspace ({need_g})")
+    for replay in (lens, [max(1, n // 3) for n in lens]):
+        lens_dev.copy_(torch.tensor(replay, dtype=torch.int32))
+        out_g.fill_(float("nan"))
+        graph_w.replay()
+        torch.cuda.synchronize()
+        for b, n in enumerate(replay):
+            kb, vb = kv[b]
+            e = rel(out_g[b:b + 1], sdpa(q[b:b + 1], kb[:n], vb[:n], scale))
+            worst[dt, "decode graph, workspace"] = max(worst.get((dt, "decode graph, workspace"), 0), e)
+            check(e <= 1e-2, f"{dt} decode graph with a workspace, replay b={b} L={n}: relative error {e:.2e}")
+    del graph_w, ws_g
 
     new = [1, 7, 200, 64]
     indptr = torch.tensor([0] + list(torch.cumsum(torch.tensor(new), 0)), dtype=torch.int32)

@@ -161,6 +161,60 @@ def view(x, what):
                     f"__cuda_array_interface__), got {type(x).__name__}")
 
 
+class Buffer:
+    """A caller's raw buffer (an attention workspace): ptr, nbytes, cuda
+    (bool, or None when a bare pointer does not say), device (CUDA ordinal
+    or None), keep (what must stay alive while the pointer is used)."""
+
+    __slots__ = ("ptr", "nbytes", "cuda", "device", "keep")
+
+    def __init__(self, ptr, nbytes, cuda, device, keep):
+        self.ptr, self.nbytes, self.cuda, self.device, self.keep = ptr, nbytes, cuda, device, keep
+
+    def where(self):
+        return f"CUDA device {self.device}" if self.cuda else "host memory"
+
+
+def buffer(x, what):
+    """The Buffer of x: a contiguous, writable array of any element type
+    (PyTorch tensor, __cuda_array_interface__, __array_interface__), or a
+    (pointer, nbytes) pair of ints, whose memory kind the library checks."""
+    if isinstance(x, tuple) and len(x) == 2 and all(isinstance(v, int) for v in x):
+        ptr, n = x
+        if ptr < 0 or n < 0:
+            raise ValueError(f"{what}: pointer {ptr} and size {n} must not be negative")
+        return Buffer(ptr, n, None, _cuda_pointer_device(ptr) if ptr else None, None)
+    if hasattr(x, "data_ptr") and hasattr(x, "element_size") and hasattr(x, "is_cuda"):  # PyTorch
+        dev = getattr(getattr(x, "device", None), "type", None)
+        if dev not in ("cpu", "cuda"):
+            raise TypeError(f"{what}: a tensor on device {dev} (the pool needs CPU or CUDA memory)")
+        if not x.is_contiguous():
+            raise ValueError(f"{what}: must be contiguous (strides {tuple(x.stride())})")
+        cuda = dev == "cuda"
+        return Buffer(x.data_ptr(), x.numel() * x.element_size(), cuda, x.device.index if cuda else None, x)
+    for attr, cuda in (("__cuda_array_interface__", True), ("__array_interface__", False)):
+        ai = getattr(x, attr, None)
+        if ai is None:
+            continue
+        data, typestr, shape = ai.get("data"), ai["typestr"], tuple(ai["shape"])
+        if not isinstance(data, tuple):
+            raise TypeError(f"{what}: its array interface gives no data pointer")
+        if data[1]:
+            raise ValueError(f"{what}: is read-only")
+        size = int(typestr[2:])
+        strides = ai.get("strides")
+        if strides is not None and (any(s % size for s in strides) or
+                                    not contiguous(shape, tuple(s // size for s in strides))):
+            raise ValueError(f"{what}: must be contiguous (strides {strides})")
+        n = size
+        for d in shape:
+            n *= d
+        ptr = data[0] or 0
+        return Buffer(ptr, n, cuda, _cuda_pointer_device(ptr) if cuda and ptr else None, x)
+    raise TypeError(f"{what}: expected an array (PyTorch tensor, NumPy array or an object with "
+                    f"__cuda_array_interface__) or a (pointer, nbytes) pair, got {type(x).__name__}")
+
+
 def index_view(x, kind, what, cuda):
     """An index array of C type `kind` ('i32' or 'i64'), 1-D or 2-D, in the
     memory the pool's calls need (cuda: device memory).  A Python sequence

@@ -159,6 +159,10 @@ _PROTOS = {
     "kvc_gather": (_i, [_vp, ctypes.POINTER(GatherArgs), _vp]),
     "kvc_decode": (_i, [_vp, ctypes.POINTER(DecodeArgs), _vp]),
     "kvc_extend": (_i, [_vp, ctypes.POINTER(ExtendArgs), _vp]),
+    "kvc_decode_ws": (_i, [_vp, ctypes.POINTER(DecodeArgs), _vp, ctypes.c_size_t, _vp]),
+    "kvc_extend_ws": (_i, [_vp, ctypes.POINTER(ExtendArgs), _vp, ctypes.c_size_t, _vp]),
+    "kvc_decode_workspace": (_i, [_vp, ctypes.POINTER(DecodeArgs), _vp, ctypes.POINTER(ctypes.c_size_t)]),
+    "kvc_extend_workspace": (_i, [_vp, ctypes.POINTER(ExtendArgs), _vp, ctypes.POINTER(ctypes.c_size_t)]),
 }
 for _name, (_res, _args) in _PROTOS.items():
     _f = getattr(lib, _name)

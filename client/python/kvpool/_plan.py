@@ -48,11 +48,9 @@ class AttentionPlan:
             return self._batch
         return C.ptr32(self._indptr_host)[self._batch]
 
-    def run(self, layer, q, out, sm_scale=None, stream=None):
-        """The attention of one layer: q and out [rows, Hq, head_dim]
-        (bfloat16 or float16, contiguous; rows as rows() says), on the
-        stream given (by default PyTorch's current one), as Pool.decode and
-        Pool.extend."""
+    def _call_args(self, layer, q, out, sm_scale):
+        """The C call's arguments: the plan's, with the layer, q, out and
+        scale checked and added."""
         pool = self._pool
         layer = pool._layer(layer)
         qv, ov = pool._q_out(q, out)
@@ -70,4 +68,30 @@ class AttentionPlan:
         a = type(self._args).from_buffer_copy(self._args)
         a.q, a.out, a.elem, a.num_q_heads, a.layer = qv.ptr, ov.ptr, C.ELEMS[qv.kind], qv.shape[1], layer
         a.sm_scale = pool._default_scale if sm_scale is None else sm_scale_of(sm_scale, pool.head_dim)
-        pool._run(self._call, a, stream)
+        return a
+
+    def run(self, layer, q, out, sm_scale=None, stream=None, workspace=None):
+        """The attention of one layer: q and out [rows, Hq, head_dim]
+        (bfloat16 or float16, contiguous; rows as rows() says), on the
+        stream given (by default PyTorch's current one), as Pool.decode and
+        Pool.extend.  workspace: scratch for the split partials that the
+        caller owns (kvc_decode_ws): a contiguous array of any element type
+        of at least workspace_bytes() bytes, device memory of the pool's
+        GPU, 16-byte aligned, or a (pointer, nbytes) pair; None: the
+        library's own scratch."""
+        pool = self._pool
+        a = self._call_args(layer, q, out, sm_scale)
+        if workspace is None:
+            pool._run(self._call, a, stream)
+        else:
+            ptr, n = pool._workspace(workspace)
+            pool._run(self._call + "_ws", a, stream, ptr, n)
+
+    def workspace_bytes(self, layer, q, out, sm_scale=None, stream=None):
+        """The bytes of workspace run() with the same arguments on the same
+        stream needs (kvc_decode_workspace / kvc_extend_workspace): 0 when
+        it does not split its keys, and on a host pool.  Under CUDA graph
+        capture it is planned for the page table's capacity, as the
+        captured run is: ask while capturing."""
+        return self._pool._workspace_bytes(self._call + "_workspace", self._call_args(layer, q, out, sm_scale),
+                                           stream)

@@ -22,7 +22,7 @@ import weakref
 
 from . import _capi as C
 from . import _pages, _plan
-from ._arrays import contiguous, index_view, view
+from ._arrays import buffer, contiguous, index_view, view
 
 
 class KvpoolError(OSError):
@@ -495,12 +495,34 @@ class Pool:
         if v.cuda and v.device is not None and v.device != self.device:
             raise ValueError(f"{what}: on CUDA device {v.device}, pool {self.name} on device {self.device}")
 
-    def _run(self, call, args, stream):
-        """Calls libkvclient's data-path function `call` with args on the
+    def _run(self, call, args, stream, *extra):
+        """Calls libkvclient's data-path function `call` with args (and
+        extra, before the stream: a workspace's pointer and size) on the
         stream (see _stream_handle) while the pool is held open."""
         sh = _stream_handle(stream, self.device)
         with self._call():
-            self._check(getattr(C.lib, call)(self._handle(), ctypes.byref(args), sh), call)
+            self._check(getattr(C.lib, call)(self._handle(), ctypes.byref(args), *extra, sh), call)
+
+    def _workspace_bytes(self, call, args, stream):
+        """The answer of the size query `call` (kvc_decode_workspace,
+        kvc_extend_workspace) for args on the stream."""
+        sh = _stream_handle(stream, self.device)
+        n = ctypes.c_size_t()
+        with self._call():
+            self._check(getattr(C.lib, call)(self._handle(), ctypes.byref(args), sh, ctypes.byref(n)), call)
+        return n.value
+
+    def _workspace(self, x):
+        """(pointer, bytes) of a caller's workspace, in the memory the pool's
+        calls use (a host pool ignores it; the library checks its alignment
+        and, on a CUDA pool, that it is device memory of the pool's GPU)."""
+        b = buffer(x, "workspace")
+        cuda = self.backend == "cuda"
+        if b.cuda is not None and b.cuda != cuda:
+            raise TypeError(f"workspace: pool {self.name} is a {self.backend} pool and needs "
+                            f"{'device' if cuda else 'host'} memory, got {b.where()}")
+        self._on_device(b, "workspace")
+        return b.ptr, b.nbytes
 
     def _layer(self, layer):
         layer = _int(layer, "layer")
@@ -643,24 +665,43 @@ class Pool:
                          max_pages=pt.shape[1], seq_lens=C.ptr32(sl), seq_lens_host=C.ptr32(slh), batch=b)
         return _plan.AttentionPlan(self, "kvc_extend", a, b, iph, (ip, iph, pt, sl, slh))
 
-    def decode(self, layer, q, out, page_table, seq_lens, sm_scale=None, seq_lens_host=None, stream=None):
+    def decode(self, layer, q, out, page_table, seq_lens, sm_scale=None, seq_lens_host=None, stream=None,
+               workspace=None):
         """Paged decode attention (kvc_decode): q and out [B, Hq, head_dim]
         (bfloat16 or float16), page_table int32 [B, max_pages], seq_lens
         int32 [B].  On a CUDA pool seq_lens_host is its host copy (taken with
         a device-to-host copy of a PyTorch tensor when not given).
-        sm_scale defaults to 1/sqrt(head_dim).  plan_decode checks the
-        step's arguments once for every layer."""
-        self.plan_decode(page_table, seq_lens, seq_lens_host).run(layer, q, out, sm_scale, stream)
+        sm_scale defaults to 1/sqrt(head_dim).  workspace: the caller's
+        scratch for the split partials (kvc_decode_ws; see
+        AttentionPlan.run), of at least decode_workspace() bytes.
+        plan_decode checks the step's arguments once for every layer."""
+        self.plan_decode(page_table, seq_lens, seq_lens_host).run(layer, q, out, sm_scale, stream, workspace)
+
+    def decode_workspace(self, layer, q, out, page_table, seq_lens, sm_scale=None, seq_lens_host=None,
+                         stream=None):
+        """The bytes of workspace decode() with the same arguments on the
+        same stream needs (kvc_decode_workspace): 0 when it would not split
+        its keys, and on a host pool."""
+        return self.plan_decode(page_table, seq_lens, seq_lens_host).workspace_bytes(layer, q, out, sm_scale,
+                                                                                     stream)
 
     def extend(self, layer, q, out, qo_indptr, page_table, seq_lens, sm_scale=None,
-               qo_indptr_host=None, seq_lens_host=None, stream=None):
+               qo_indptr_host=None, seq_lens_host=None, stream=None, workspace=None):
         """Extend (chunked-prefill) attention (kvc_extend): q and out
         [total_q, Hq, head_dim]; qo_indptr int32 [B+1] (sequence b's queries
         are rows qo_indptr[b]..qo_indptr[b+1]); page_table int32 [B,
         max_pages]; seq_lens int32 [B], the new tokens included and already
-        written.  Host copies as for decode; plan_extend checks them once."""
+        written.  Host copies as for decode; plan_extend checks them once.
+        workspace as for decode (extend_workspace() bytes)."""
         self.plan_extend(qo_indptr, page_table, seq_lens, qo_indptr_host,
-                         seq_lens_host).run(layer, q, out, sm_scale, stream)
+                         seq_lens_host).run(layer, q, out, sm_scale, stream, workspace)
+
+    def extend_workspace(self, layer, q, out, qo_indptr, page_table, seq_lens, sm_scale=None,
+                         qo_indptr_host=None, seq_lens_host=None, stream=None):
+        """The bytes of workspace extend() with the same arguments on the
+        same stream needs (kvc_extend_workspace)."""
+        return self.plan_extend(qo_indptr, page_table, seq_lens, qo_indptr_host,
+                                seq_lens_host).workspace_bytes(layer, q, out, sm_scale, stream)
 
     # ---- the pool's memory as arrays ---------------------------------------------
 
