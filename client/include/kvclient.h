@@ -307,8 +307,10 @@ int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
  * of workspace the same call (same arguments, same stream) needs: the call
  * plans its split as the call itself will, under stream capture for the
  * table's capacity (max_pages * page_size keys a sequence) rather than for
- * seq_lens_host, so ask on the capturing stream (or for the same capacity)
- * when sizing a graph's workspace.  0 when the call would not split, and
+ * seq_lens_host, so size a graph's workspace with a query on the capturing
+ * stream while it captures (the query adds nothing to the graph; allocate
+ * the workspace outside the capture, or from memory the capture may
+ * allocate, such as PyTorch's graph pool).  0 when the call would not split, and
  * always 0 on a host pool.  The answer depends on the batch, the rows,
  * the q heads, the lengths (seq_lens_host, or under capture the capacity),
  * the pool and the GPU, and not monotonically (fewer rows may split into
