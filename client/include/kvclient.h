@@ -17,8 +17,8 @@
  *    threads.  Control requests on one client are serialized by an internal
  *    mutex (one new request at a time per client; allocs and lookups that
  *    timed out may still be in flight, see -ETIMEDOUT); data-path calls
- *    (kvc_write, kvc_gather, kvc_decode, kvc_extend) take no lock and may run
- *    concurrently.  Use one client per thread for parallel control requests.
+ *    (kvc_write, kvc_gather, kvc_decode, kvc_extend and the workspace
+ *    calls) take no lock and may run concurrently.  Use one client per thread for parallel control requests.
  *  - Destructors accept NULL.
  *  - Counts: kvc_alloc and kvc_free take n in 1..65536, kvc_publish and
  *    kvc_lookup n in 1..8192; n == 0 is -EINVAL, even where the call would
@@ -304,14 +304,14 @@ int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
  * graphs"), as serving engines hand FlashInfer a float workspace buffer.
  *
  * kvc_decode_workspace / kvc_extend_workspace: *ret_bytes gets the bytes
- * of workspace the same call (same arguments, same stream) needs: the call
- * plans its split as the call itself will, under stream capture for the
- * table's capacity (max_pages * page_size keys a sequence) rather than for
- * seq_lens_host, so size a graph's workspace with a query on the capturing
- * stream while it captures (the query adds nothing to the graph; allocate
- * the workspace outside the capture, or from memory the capture may
- * allocate, such as PyTorch's graph pool).  0 when the call would not split, and
- * always 0 on a host pool.  The answer depends on the batch, the rows,
+ * of workspace the same call (same arguments, same stream) needs: the
+ * query plans the split as the call itself will, under stream capture for
+ * the table's capacity (max_pages * page_size keys a sequence) rather than
+ * for seq_lens_host, so size a graph's workspace with a query on the
+ * capturing stream while it captures (the query adds nothing to the graph;
+ * allocate the workspace outside the capture, or from memory the capture
+ * may allocate, such as PyTorch's graph pool).  0 when the call would not
+ * split, and always 0 on a host pool.  The answer depends on the batch, the rows,
  * the q heads, the lengths (seq_lens_host, or under capture the capacity),
  * the pool and the GPU, and not monotonically (fewer rows may split into
  * more pieces): ask for each shape of call and keep the largest answer.
