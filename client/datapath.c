@@ -103,11 +103,11 @@ static int dispatch(kvc_pool *p, enum op op, const void *args, const struct ws_a
                         rv = kv_ref_extend(&v, args, msg, sizeof msg);
                 break;
         case OP_DECODE_WS_BYTES:
-                rv = cuda ? kv_cuda_decode_ws_bytes(&v, args, stream, &bytes, msg, sizeof msg)
+                rv = cuda ? kv_cuda_decode_ws_bytes(&v, args, &bytes, msg, sizeof msg)
                           : kv_ref_decode_check(&v, args, msg, sizeof msg);
                 break;
         case OP_EXTEND_WS_BYTES:
-                rv = cuda ? kv_cuda_extend_ws_bytes(&v, args, stream, &bytes, msg, sizeof msg)
+                rv = cuda ? kv_cuda_extend_ws_bytes(&v, args, &bytes, msg, sizeof msg)
                           : kv_ref_extend_check(&v, args, msg, sizeof msg);
                 break;
         default:
@@ -142,16 +142,18 @@ int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream)
         return dispatch(p, OP_EXTEND, a, NULL, stream);
 }
 
-int kvc_decode_workspace(kvc_pool *p, const struct kvc_decode_args *a, void *stream, size_t *ret_bytes)
+/* The size queries have no stream: they answer for the call eagerly and
+ * under capture alike (kv_cuda_decode_ws_bytes). */
+int kvc_decode_workspace(kvc_pool *p, const struct kvc_decode_args *a, size_t *ret_bytes)
 {
         const struct ws_arg w = { NULL, NULL, 0, ret_bytes };
-        return dispatch(p, OP_DECODE_WS_BYTES, a, &w, stream);
+        return dispatch(p, OP_DECODE_WS_BYTES, a, &w, NULL);
 }
 
-int kvc_extend_workspace(kvc_pool *p, const struct kvc_extend_args *a, void *stream, size_t *ret_bytes)
+int kvc_extend_workspace(kvc_pool *p, const struct kvc_extend_args *a, size_t *ret_bytes)
 {
         const struct ws_arg w = { NULL, NULL, 0, ret_bytes };
-        return dispatch(p, OP_EXTEND_WS_BYTES, a, &w, stream);
+        return dispatch(p, OP_EXTEND_WS_BYTES, a, &w, NULL);
 }
 
 int kvc_decode_ws(kvc_pool *p, const struct kvc_decode_args *a, void *workspace, size_t workspace_bytes,

@@ -85,13 +85,15 @@ void kv_attn_from_extend(const struct kvc_extend_args *a, struct kv_attn_call *c
 int kv_attn_cuda_run(const struct kv_pool_view *p, const struct kv_attn_call *c, void *stream,
                      char *msg, size_t msglen);
 
-/* CUDA builds only: checks and plans c on stream exactly as
- * kv_attn_cuda_run does (under capture too), launches nothing, and stores
- * in *ret_bytes the scratch the split partials need (0: no split, or no
- * rows).  c->ws is not looked at.  Returns 0 or kv_attn_cuda_run's errors,
- * *ret_bytes untouched then. */
-int kv_attn_cuda_ws_bytes(const struct kv_pool_view *p, const struct kv_attn_call *c, void *stream,
-                          size_t *ret_bytes, char *msg, size_t msglen);
+/* CUDA builds only: checks c and plans it as kv_attn_cuda_run does, twice:
+ * as an eager call (for seq_lens_host) and as a captured one (for the page
+ * table's capacity), launches nothing, and stores in *ret_bytes the larger
+ * scratch the two plans' split partials need (each 0 when that plan does
+ * not split; 0 for no rows), enough for the call on any stream, capturing
+ * or not.  c->ws is not looked at.  Returns 0 or kv_attn_cuda_run's
+ * argument errors, *ret_bytes untouched then. */
+int kv_attn_cuda_ws_bytes(const struct kv_pool_view *p, const struct kv_attn_call *c, size_t *ret_bytes,
+                          char *msg, size_t msglen);
 
 #ifdef __cplusplus
 }

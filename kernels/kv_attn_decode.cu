@@ -32,8 +32,9 @@
  * CTAs times 8 * (D + 2) floats (under 1 MiB at D = 128) for the first kind
  * of split, up to 4 * rows * Hq * (D + 2) floats for the second.  The plan
  * (plan_call) launches nothing, so the size queries (kv_cuda_decode_ws_bytes,
- * kv_cuda_extend_ws_bytes) run it alone and answer with what the call,
- * planned again the same way, will need.
+ * kv_cuda_extend_ws_bytes) run it alone, once as an eager call and once as
+ * a captured one (see capture_max_len), and answer with the larger need:
+ * a workspace sized before a capture then serves the call in it too.
  */
 #include <errno.h>
 #include <math.h>
@@ -254,18 +255,31 @@ static int plan_tiles(enum kvc_dtype dt, uint32_t D, bool qlo, const kva::params
  * lengths are still read on the device; the decode
  * kernel's rows then spread their own lengths over the splits (params
  * row_chunk), so that a replay's short rows still use every split.
- * *max_len is raised to that bound and *ret_captured set under capture;
+ *
+ * Whether the call is captured: a call asks its stream (PLAN_STREAM); the
+ * size query, which has no stream, plans the call both ways (PLAN_EAGER,
+ * PLAN_CAPTURED) and answers with the larger, so that one workspace serves
+ * the call eagerly and under capture. */
+enum plan_mode { PLAN_STREAM, PLAN_EAGER, PLAN_CAPTURED };
+
+/* *max_len is raised to the capacity and *ret_captured set when the call
+ * is planned as captured (mode, or for PLAN_STREAM the stream capturing);
  * both are left alone otherwise. */
-static int capture_max_len(const struct kv_attn_call *c, uint32_t page_size, void *stream, uint32_t *max_len,
-                           bool *ret_captured, char *msg, size_t msglen)
+static int capture_max_len(const struct kv_attn_call *c, uint32_t page_size, void *stream, enum plan_mode mode,
+                           uint32_t *max_len, bool *ret_captured, char *msg, size_t msglen)
 {
-        cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-        cudaError_t e = cudaStreamIsCapturing((cudaStream_t)stream, &cs);
-        if (e != cudaSuccess) {
-                (void)cudaGetLastError();
-                return kv_cuda_errno(e, c->op, msg, msglen); /* e.g. the legacy stream while another captures */
+        bool captured = mode == PLAN_CAPTURED;
+        if (mode == PLAN_STREAM) {
+                cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+                cudaError_t e = cudaStreamIsCapturing((cudaStream_t)stream, &cs);
+                if (e != cudaSuccess) {
+                        (void)cudaGetLastError();
+                        /* e.g. the legacy stream while another captures */
+                        return kv_cuda_errno(e, c->op, msg, msglen);
+                }
+                captured = cs == cudaStreamCaptureStatusActive;
         }
-        if (cs == cudaStreamCaptureStatusActive) {
+        if (captured) {
                 const uint64_t cap = (uint64_t)c->max_pages * page_size; /* <= 2^31-1: kv_attn_check */
                 if (cap > *max_len)
                         *max_len = (uint32_t)cap;
@@ -288,13 +302,15 @@ struct attn_plan {
         size_t ws_bytes;        /* rows * Hq * splits * (D + 2) floats when p.splits > 1, else 0 */
 };
 
-/* Checks c (kv_attn_check) and plans it on stream as kv_attn_cuda_run
- * launches it: the kernel, its occupancy, the split of the keys, the grid.
- * Launches nothing and takes no memory, so that kv_attn_cuda_ws_bytes
- * answers with the plan the call itself will make (the occupancy and SM
- * count queries are cached per device, so planning twice costs little).
- * Returns 0 with *pl set, or a negative errno with msg. */
-static int plan_call(const struct kv_pool_view *pv, const struct kv_attn_call *c, void *stream,
+/* Checks c (kv_attn_check) and plans it as kv_attn_cuda_run launches it:
+ * the kernel, its occupancy, the split of the keys, the grid; as captured
+ * or not by mode (PLAN_STREAM: as stream says; stream is not looked at
+ * otherwise).  Launches nothing and takes no memory, so that
+ * kv_attn_cuda_ws_bytes answers with the plans the call itself can make
+ * (the occupancy and SM count queries are cached per device, so planning
+ * again costs little).  Returns 0 with *pl set, or a negative errno with
+ * msg. */
+static int plan_call(const struct kv_pool_view *pv, const struct kv_attn_call *c, void *stream, enum plan_mode mode,
                      struct attn_plan *pl, char *msg, size_t msglen)
 {
         uint32_t rows, max_len;
@@ -308,7 +324,7 @@ static int plan_call(const struct kv_pool_view *pv, const struct kv_attn_call *c
         const struct kv_layout *L = &pv->layout;
         const uint32_t H = L->g.kv_heads, D = L->g.head_dim, P = L->g.page_size;
         bool captured = false;
-        if ((r = capture_max_len(c, P, stream, &max_len, &captured, msg, msglen)) < 0)
+        if ((r = capture_max_len(c, P, stream, mode, &max_len, &captured, msg, msglen)) < 0)
                 return r;
         /* the kernel addresses a key as slot * token_bytes: pages must be
          * page_size token rows back to back, as kv_layout_init lays them
@@ -535,14 +551,19 @@ static int ws_on_device(const struct kv_attn_call *c, int dev, char *msg, size_t
         return 0;
 }
 
-extern "C" int kv_attn_cuda_ws_bytes(const struct kv_pool_view *pv, const struct kv_attn_call *c, void *stream,
+extern "C" int kv_attn_cuda_ws_bytes(const struct kv_pool_view *pv, const struct kv_attn_call *c,
                                      size_t *ret_bytes, char *msg, size_t msglen)
 {
-        struct attn_plan pl;
-        int r = plan_call(pv, c, stream, &pl, msg, msglen);
+        /* a call plans as captured or not as its stream says; the query
+         * has no stream (a graph's workspace is sized before its capture):
+         * the larger of both plans serves the call either way */
+        struct attn_plan eager, captured;
+        int r = plan_call(pv, c, NULL, PLAN_EAGER, &eager, msg, msglen);
         if (r < 0)
                 return r;
-        *ret_bytes = pl.ws_bytes;
+        if ((r = plan_call(pv, c, NULL, PLAN_CAPTURED, &captured, msg, msglen)) < 0)
+                return r;
+        *ret_bytes = eager.ws_bytes > captured.ws_bytes ? eager.ws_bytes : captured.ws_bytes;
         return 0;
 }
 
@@ -553,7 +574,7 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
         if (r < 0)
                 return r;
         struct attn_plan pl;
-        if ((r = plan_call(pv, c, stream, &pl, msg, msglen)) < 0)
+        if ((r = plan_call(pv, c, stream, PLAN_STREAM, &pl, msg, msglen)) < 0)
                 return r;
         if (pl.p.rows == 0)
                 return 0;
@@ -628,8 +649,8 @@ extern "C" int kv_cuda_decode_ws(const struct kv_pool_view *p, const struct kvc_
         return kv_attn_cuda_run(p, &c, stream, msg, msglen);
 }
 
-/* The scratch kv_cuda_decode_ws would need for a on stream (kv_ops.h). */
-extern "C" int kv_cuda_decode_ws_bytes(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *stream,
+/* The scratch kv_cuda_decode_ws needs for a, eagerly or captured (kv_ops.h). */
+extern "C" int kv_cuda_decode_ws_bytes(const struct kv_pool_view *p, const struct kvc_decode_args *a,
                                        size_t *ret_bytes, char *msg, size_t msglen)
 {
         struct kv_attn_call c;
@@ -639,5 +660,5 @@ extern "C" int kv_cuda_decode_ws_bytes(const struct kv_pool_view *p, const struc
         if (!ret_bytes)
                 return kv_fail(-EINVAL, msg, msglen, "decode: ret_bytes is NULL");
         kv_attn_from_decode(a, &c);
-        return kv_attn_cuda_ws_bytes(p, &c, stream, ret_bytes, msg, msglen);
+        return kv_attn_cuda_ws_bytes(p, &c, ret_bytes, msg, msglen);
 }

@@ -52,8 +52,8 @@ extern "C" int kv_cuda_extend_ws(const struct kv_pool_view *p, const struct kvc_
         return kv_attn_cuda_run(p, &c, stream, msg, msglen);
 }
 
-/* The scratch kv_cuda_extend_ws would need for a on stream (kv_ops.h). */
-extern "C" int kv_cuda_extend_ws_bytes(const struct kv_pool_view *p, const struct kvc_extend_args *a, void *stream,
+/* The scratch kv_cuda_extend_ws needs for a, eagerly or captured (kv_ops.h). */
+extern "C" int kv_cuda_extend_ws_bytes(const struct kv_pool_view *p, const struct kvc_extend_args *a,
                                        size_t *ret_bytes, char *msg, size_t msglen)
 {
         struct kv_attn_call c;
@@ -63,5 +63,5 @@ extern "C" int kv_cuda_extend_ws_bytes(const struct kv_pool_view *p, const struc
                 return kv_fail(-EINVAL, msg, msglen, "extend: ret_bytes is NULL");
         if ((r = extend_call(a, &c, msg, msglen)) < 0)
                 return r;
-        return kv_attn_cuda_ws_bytes(p, &c, stream, ret_bytes, msg, msglen);
+        return kv_attn_cuda_ws_bytes(p, &c, ret_bytes, msg, msglen);
 }

@@ -57,15 +57,15 @@ int kv_cuda_extend_ws(const struct kv_pool_view *p, const struct kvc_extend_args
 }
 
 /* Returns -ENOSYS ("built without CUDA"); *ret_bytes untouched. */
-int kv_cuda_decode_ws_bytes(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *stream,
-                            size_t *ret_bytes, char *msg, size_t msglen)
+int kv_cuda_decode_ws_bytes(const struct kv_pool_view *p, const struct kvc_decode_args *a, size_t *ret_bytes,
+                            char *msg, size_t msglen)
 {
         return nosys("kv_cuda_decode_ws_bytes", msg, msglen);
 }
 
 /* Returns -ENOSYS ("built without CUDA"); *ret_bytes untouched. */
-int kv_cuda_extend_ws_bytes(const struct kv_pool_view *p, const struct kvc_extend_args *a, void *stream,
-                            size_t *ret_bytes, char *msg, size_t msglen)
+int kv_cuda_extend_ws_bytes(const struct kv_pool_view *p, const struct kvc_extend_args *a, size_t *ret_bytes,
+                            char *msg, size_t msglen)
 {
         return nosys("kv_cuda_extend_ws_bytes", msg, msglen);
 }

@@ -97,15 +97,18 @@ int kv_cuda_decode_ws(const struct kv_pool_view *p, const struct kvc_decode_args
                       void *stream, char *msg, size_t msglen);
 int kv_cuda_extend_ws(const struct kv_pool_view *p, const struct kvc_extend_args *a, void *ws, size_t ws_bytes,
                       void *stream, char *msg, size_t msglen);
-/* The bytes of workspace kv_cuda_decode_ws / kv_cuda_extend_ws would need
- * for the same arguments on the same stream (planned as the call plans:
- * under capture for the page table's capacity), in *ret_bytes: 0 when the
- * call would not split.  Launches nothing.  The call's argument errors
- * (and -EINVAL for a NULL ret_bytes), *ret_bytes untouched then. */
-int kv_cuda_decode_ws_bytes(const struct kv_pool_view *p, const struct kvc_decode_args *a, void *stream,
-                            size_t *ret_bytes, char *msg, size_t msglen);
-int kv_cuda_extend_ws_bytes(const struct kv_pool_view *p, const struct kvc_extend_args *a, void *stream,
-                            size_t *ret_bytes, char *msg, size_t msglen);
+/* The bytes of workspace kv_cuda_decode_ws / kv_cuda_extend_ws need for
+ * the same arguments both as an eager call (planned for seq_lens_host) and
+ * under stream capture (planned for the page table's capacity), in
+ * *ret_bytes: the larger of the two plans' needs, each 0 when that plan
+ * does not split.  A workspace of that size serves the call eagerly and
+ * captured, so a graph's workspace can be sized and allocated before the
+ * capture.  Launches nothing, looks at no stream.  The call's argument
+ * errors (and -EINVAL for a NULL ret_bytes), *ret_bytes untouched then. */
+int kv_cuda_decode_ws_bytes(const struct kv_pool_view *p, const struct kvc_decode_args *a, size_t *ret_bytes,
+                            char *msg, size_t msglen);
+int kv_cuda_extend_ws_bytes(const struct kv_pool_view *p, const struct kvc_extend_args *a, size_t *ret_bytes,
+                            char *msg, size_t msglen);
 
 /* Which kernel kv_cuda_extend takes, process-wide: KV_EXTEND_AUTO (the
  * launcher's rule, kernels/kv_attn_plan.cuh), or always the tiled kernel or

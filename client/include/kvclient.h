@@ -304,19 +304,21 @@ int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
  * graphs"), as serving engines hand FlashInfer a float workspace buffer.
  *
  * kvc_decode_workspace / kvc_extend_workspace: *ret_bytes gets the bytes
- * of workspace the same call (same arguments, same stream) needs: the
- * query plans the split as the call itself will, under stream capture for
- * the table's capacity (max_pages * page_size keys a sequence) rather than
- * for seq_lens_host, so size a graph's workspace with a query on the
- * capturing stream while it captures (the query adds nothing to the graph;
- * allocate the workspace outside the capture, or from memory the capture
- * may allocate, such as PyTorch's graph pool).  0 when the call would not
- * split, and always 0 on a host pool.  The answer depends on the batch, the rows,
- * the q heads, the lengths (seq_lens_host, or under capture the capacity),
- * the pool and the GPU, and not monotonically (fewer rows may split into
- * more pieces): ask for each shape of call and keep the largest answer.
- * Launches nothing and allocates nothing.  Errors: the call's own, with
- * its messages, and -EINVAL for a NULL ret_bytes; *ret_bytes untouched.
+ * of workspace the call with the same arguments needs, eagerly and under
+ * stream capture alike: the query plans the split twice, as an eager call
+ * plans it (for seq_lens_host) and as a captured one (for the table's
+ * capacity, max_pages * page_size keys a sequence: "CUDA graphs" below),
+ * and answers with the larger need, each 0 where that plan does not split.
+ * A workspace of that size serves the call on any stream, captured or not,
+ * so a graph's workspace is sized and allocated before its capture begins
+ * (no cudaMalloc may run inside a global-mode capture), with no capture to
+ * size it.  0 when neither plan splits, and always 0 on a host pool.  The
+ * answer depends on the batch, the rows, the q heads, the lengths
+ * (seq_lens_host), the capacity (max_pages), the pool and the GPU, and not
+ * monotonically (fewer rows may split into more pieces): ask for each
+ * shape of call and keep the largest answer.  Takes no stream, launches
+ * nothing and allocates nothing.  Errors: the call's own, with its
+ * messages, and -EINVAL for a NULL ret_bytes; *ret_bytes untouched.
  *
  * kvc_decode_ws / kvc_extend_ws: kvc_decode / kvc_extend with workspace,
  * workspace_bytes of device memory on the pool's device, 16-byte aligned.
@@ -325,17 +327,19 @@ int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
  * call's errors, all before any launch: -EINVAL naming `workspace` when it
  * is NULL with workspace_bytes > 0, not 16-byte aligned, or (CUDA) not
  * device memory of the pool's device; -ENOSPC when the call splits and
- * workspace_bytes is below what it needs (the message gives both sizes;
- * a call that does not split takes any workspace, even of 0 bytes).  A
- * host pool checks the workspace's shape (NULL with bytes, alignment)
- * like a CUDA pool and otherwise ignores it: the CPU reference needs none.
+ * workspace_bytes is below what it needs as planned on `stream` (eagerly
+ * or captured; at most the size query's answer; the message gives both
+ * sizes; a call that does not split takes any workspace, even of 0
+ * bytes).  A host pool checks the workspace's shape (NULL with bytes,
+ * alignment) like a CUDA pool and otherwise ignores it: the CPU reference
+ * needs none.
  * The workspace's contents need no initialisation and mean nothing after
  * the call.  It is the call's until the stream has run it: it must not be
  * used by another call running at the same time (two streams, or two
  * graphs that may replay at once, need two workspaces); calls one after
  * another on one stream may share it. */
-int kvc_decode_workspace(kvc_pool *p, const struct kvc_decode_args *a, void *stream, size_t *ret_bytes);
-int kvc_extend_workspace(kvc_pool *p, const struct kvc_extend_args *a, void *stream, size_t *ret_bytes);
+int kvc_decode_workspace(kvc_pool *p, const struct kvc_decode_args *a, size_t *ret_bytes);
+int kvc_extend_workspace(kvc_pool *p, const struct kvc_extend_args *a, size_t *ret_bytes);
 int kvc_decode_ws(kvc_pool *p, const struct kvc_decode_args *a, void *workspace, size_t workspace_bytes,
                   void *stream);
 int kvc_extend_ws(kvc_pool *p, const struct kvc_extend_args *a, void *workspace, size_t workspace_bytes,
@@ -371,12 +375,14 @@ int kvc_extend_ws(kvc_pool *p, const struct kvc_extend_args *a, void *workspace,
  * memory allocation and a free node for its scratch into the graph, which
  * CUDA then allows one instantiation at a time and neither clones nor takes
  * as a child graph node.  Captured with a workspace instead (kvc_decode_ws,
- * kvc_extend_ws, sized with kvc_decode_workspace on the capturing stream),
- * the graph has kernel nodes only: it may be cloned, instantiated several
- * times and embedded as a child graph.  The graph keeps the workspace's
- * address: it must stay allocated as long as the graph may replay, and
- * instances that may replay at the same time need workspaces of their own
- * (capture once per workspace). */
+ * kvc_extend_ws), the graph has kernel nodes only: it may be cloned,
+ * instantiated several times and embedded as a child graph.  Size the
+ * workspace with kvc_decode_workspace / kvc_extend_workspace and allocate
+ * it before the capture begins: the answer covers the captured call (its
+ * plan for the capacity) as well as the eager one.  The graph keeps the
+ * workspace's address: it must stay allocated as long as the graph may
+ * replay, and instances that may replay at the same time need workspaces
+ * of their own (capture once per workspace). */
 
 /* Names: "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"; NULL if unknown. */
 const char *kvc_dtype_name(enum kvc_dtype d);

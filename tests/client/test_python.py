@@ -736,6 +736,11 @@ def test_a_workspace_is_checked_and_ignored_on_a_host_pool(daemon):
             np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
         plan = p.plan_decode(table, seq_lens)
         assert plan.workspace_bytes(0, q, want) == 0
+        # the size answers for the call on any stream, captured or not: no stream argument
+        with pytest.raises(TypeError):
+            p.decode_workspace(0, q, want, table, seq_lens, stream=None)
+        with pytest.raises(TypeError):
+            plan.workspace_bytes(0, q, want, stream=None)
         got = np.full_like(q, np.nan)
         plan.run(0, q, got, workspace=ws)
         np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))

@@ -1270,10 +1270,10 @@ static int ws_run(const struct wscall *w, void *ws, size_t bytes, cudaStream_t s
                       : kv_cuda_decode_ws(w->dv, &w->da, ws, bytes, st, msg, msglen);
 }
 
-static int ws_need(const struct wscall *w, cudaStream_t st, size_t *ret_need, char *msg, size_t msglen)
+static int ws_need(const struct wscall *w, size_t *ret_need, char *msg, size_t msglen)
 {
-        return w->ext ? kv_cuda_extend_ws_bytes(w->dv, &w->ea, st, ret_need, msg, msglen)
-                      : kv_cuda_decode_ws_bytes(w->dv, &w->da, st, ret_need, msg, msglen);
+        return w->ext ? kv_cuda_extend_ws_bytes(w->dv, &w->ea, ret_need, msg, msglen)
+                      : kv_cuda_decode_ws_bytes(w->dv, &w->da, ret_need, msg, msglen);
 }
 
 /* The reference of w's call over host copies: q, out, qo_indptr (extend),
@@ -1346,7 +1346,7 @@ static void ws_eager(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *le
                  kvc_dtype_name(d), G, B, lens[0]);
         rr = ws_ref(&hv, &w, q, ref, ind, pt, lens, msg, sizeof msg);
         EXPECT(rr == 0, "%s: the reference returned %d: %s", what, rr, msg);
-        rc = ws_need(&w, NULL, &need, msg, sizeof msg);
+        rc = ws_need(&w, &need, msg, sizeof msg);
         EXPECT(rc == 0 && (need > 0) == split, "%s: the size query returned %d, %zu bytes (%s): %s", what, rc,
                need, split ? "the case must split" : "the case must not split", msg);
         if (rc != 0 || (need > 0) != split || rr != 0)
@@ -1490,11 +1490,11 @@ static void ws_graph(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *le
          * the capture: a capture of its own); outside a capture the
          * capture's short lengths do not split */
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-        rc = ws_need(&w, st, &need, msg, sizeof msg);
+        rc = ws_need(&w, &need, msg, sizeof msg);
         capture_empty(st, what, "the size query");
         EXPECT(rc == 0 && need > 0, "%s: the size query under capture returned %d, %zu bytes: %s", what, rc, need,
                msg);
-        int rc2 = ws_need(&w, NULL, &eager, msg, sizeof msg);
+        int rc2 = ws_need(&w, &eager, msg, sizeof msg);
         EXPECT(rc2 == 0 && eager == 0, "%s: the size query outside the capture returned %d, %zu bytes: %s", what,
                rc2, eager, msg);
         if (rc != 0 || need == 0)

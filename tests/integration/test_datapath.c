@@ -305,7 +305,7 @@ Test(integration, workspace_calls_on_a_host_pool, .fini = cleanup, .timeout = 60
 
         /* decode: sizes 0, and the _ws calls equal kvc_decode */
         bytes = SENT;
-        cr_assert_eq(kvc_decode_workspace(p, &da, NULL, &bytes), 0, "%s", kvc_errmsg(c));
+        cr_assert_eq(kvc_decode_workspace(p, &da, &bytes), 0, "%s", kvc_errmsg(c));
         cr_assert_eq(bytes, 0);
         memset(want, 0xff, n * 2);
         cr_assert_eq(kvc_decode(p, &da, NULL), 0, "%s", kvc_errmsg(c));
@@ -323,7 +323,7 @@ Test(integration, workspace_calls_on_a_host_pool, .fini = cleanup, .timeout = 60
         /* extend: the same */
         ea.out = want;
         bytes = SENT;
-        cr_assert_eq(kvc_extend_workspace(p, &ea, NULL, &bytes), 0, "%s", kvc_errmsg(c));
+        cr_assert_eq(kvc_extend_workspace(p, &ea, &bytes), 0, "%s", kvc_errmsg(c));
         cr_assert_eq(bytes, 0);
         memset(want, 0xff, n * 2);
         cr_assert_eq(kvc_extend(p, &ea, NULL), 0, "%s", kvc_errmsg(c));
@@ -350,17 +350,17 @@ Test(integration, workspace_calls_on_a_host_pool, .fini = cleanup, .timeout = 60
 
         /* NULL handles and arguments, NULL ret_bytes: *ret_bytes untouched */
         bytes = SENT;
-        cr_assert_eq(kvc_decode_workspace(NULL, &da, NULL, &bytes), -EINVAL);
+        cr_assert_eq(kvc_decode_workspace(NULL, &da, &bytes), -EINVAL);
         cr_assert_eq(kvc_decode_ws(NULL, &da, NULL, 0, NULL), -EINVAL);
-        cr_assert_eq(kvc_decode_workspace(p, NULL, NULL, &bytes), -EINVAL);
+        cr_assert_eq(kvc_decode_workspace(p, NULL, &bytes), -EINVAL);
         cr_assert(strstr(kvc_errmsg(c), "kvc_decode_workspace: args is NULL"), "%s", kvc_errmsg(c));
-        cr_assert_eq(kvc_extend_workspace(p, NULL, NULL, &bytes), -EINVAL);
+        cr_assert_eq(kvc_extend_workspace(p, NULL, &bytes), -EINVAL);
         cr_assert(strstr(kvc_errmsg(c), "kvc_extend_workspace: args is NULL"), "%s", kvc_errmsg(c));
         cr_assert_eq(kvc_extend_ws(p, NULL, ws, sizeof ws, NULL), -EINVAL);
         cr_assert(strstr(kvc_errmsg(c), "kvc_extend_ws: args is NULL"), "%s", kvc_errmsg(c));
-        cr_assert_eq(kvc_decode_workspace(p, &da, NULL, NULL), -EINVAL);
+        cr_assert_eq(kvc_decode_workspace(p, &da, NULL), -EINVAL);
         cr_assert(strstr(kvc_errmsg(c), "ret_bytes"), "%s", kvc_errmsg(c));
-        cr_assert_eq(kvc_extend_workspace(p, &ea, NULL, NULL), -EINVAL);
+        cr_assert_eq(kvc_extend_workspace(p, &ea, NULL), -EINVAL);
         cr_assert(strstr(kvc_errmsg(c), "ret_bytes"), "%s", kvc_errmsg(c));
 
         /* bad call arguments: the size query fails as the call does, with
@@ -369,24 +369,24 @@ Test(integration, workspace_calls_on_a_host_pool, .fini = cleanup, .timeout = 60
         cr_assert_eq(kvc_decode(p, &da, NULL), -EINVAL);
         snprintf(first, sizeof first, "%s", after_pool(kvc_errmsg(c)));
         cr_assert(strstr(first, "num_q_heads"), "%s", first);
-        cr_assert_eq(kvc_decode_workspace(p, &da, NULL, &bytes), -EINVAL);
+        cr_assert_eq(kvc_decode_workspace(p, &da, &bytes), -EINVAL);
         cr_assert_str_eq(after_pool(kvc_errmsg(c)), first);
         da.num_q_heads = Hq;
         table[1] = (int32_t)d->num_pages; /* a page id out of range: the reference reads the table */
         cr_assert_eq(kvc_decode(p, &da, NULL), -ERANGE);
         snprintf(first, sizeof first, "%s", after_pool(kvc_errmsg(c)));
-        cr_assert_eq(kvc_decode_workspace(p, &da, NULL, &bytes), -ERANGE);
+        cr_assert_eq(kvc_decode_workspace(p, &da, &bytes), -ERANGE);
         cr_assert_str_eq(after_pool(kvc_errmsg(c)), first);
         cr_assert_eq(kvc_extend(p, &ea, NULL), -ERANGE);
         snprintf(first, sizeof first, "%s", after_pool(kvc_errmsg(c)));
-        cr_assert_eq(kvc_extend_workspace(p, &ea, NULL, &bytes), -ERANGE);
+        cr_assert_eq(kvc_extend_workspace(p, &ea, &bytes), -ERANGE);
         cr_assert_str_eq(after_pool(kvc_errmsg(c)), first);
         table[1] = pages[1];
         ea.qo_indptr = NULL;
         cr_assert_eq(kvc_extend(p, &ea, NULL), -EINVAL);
         snprintf(first, sizeof first, "%s", after_pool(kvc_errmsg(c)));
         cr_assert(strstr(first, "qo_indptr"), "%s", first);
-        cr_assert_eq(kvc_extend_workspace(p, &ea, NULL, &bytes), -EINVAL);
+        cr_assert_eq(kvc_extend_workspace(p, &ea, &bytes), -EINVAL);
         cr_assert_str_eq(after_pool(kvc_errmsg(c)), first);
         cr_assert_eq(bytes, SENT, "a failed size query wrote *ret_bytes");
         free(k); free(v); free(q); free(want); free(got);

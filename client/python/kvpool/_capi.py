@@ -161,8 +161,8 @@ _PROTOS = {
     "kvc_extend": (_i, [_vp, ctypes.POINTER(ExtendArgs), _vp]),
     "kvc_decode_ws": (_i, [_vp, ctypes.POINTER(DecodeArgs), _vp, ctypes.c_size_t, _vp]),
     "kvc_extend_ws": (_i, [_vp, ctypes.POINTER(ExtendArgs), _vp, ctypes.c_size_t, _vp]),
-    "kvc_decode_workspace": (_i, [_vp, ctypes.POINTER(DecodeArgs), _vp, ctypes.POINTER(ctypes.c_size_t)]),
-    "kvc_extend_workspace": (_i, [_vp, ctypes.POINTER(ExtendArgs), _vp, ctypes.POINTER(ctypes.c_size_t)]),
+    "kvc_decode_workspace": (_i, [_vp, ctypes.POINTER(DecodeArgs), ctypes.POINTER(ctypes.c_size_t)]),
+    "kvc_extend_workspace": (_i, [_vp, ctypes.POINTER(ExtendArgs), ctypes.POINTER(ctypes.c_size_t)]),
 }
 for _name, (_res, _args) in _PROTOS.items():
     _f = getattr(lib, _name)

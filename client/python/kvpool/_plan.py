@@ -87,11 +87,12 @@ class AttentionPlan:
             ptr, n = pool._workspace(workspace)
             pool._run(self._call + "_ws", a, stream, ptr, n)
 
-    def workspace_bytes(self, layer, q, out, sm_scale=None, stream=None):
-        """The bytes of workspace run() with the same arguments on the same
-        stream needs (kvc_decode_workspace / kvc_extend_workspace): 0 when
-        it does not split its keys, and on a host pool.  Under CUDA graph
-        capture it is planned for the page table's capacity, as the
-        captured run is: ask while capturing."""
-        return self._pool._workspace_bytes(self._call + "_workspace", self._call_args(layer, q, out, sm_scale),
-                                           stream)
+    def workspace_bytes(self, layer, q, out, sm_scale=None):
+        """The bytes of workspace run() with the same arguments needs, on
+        any stream, eagerly and under CUDA graph capture alike
+        (kvc_decode_workspace / kvc_extend_workspace): the larger of the
+        eager run's need (planned for seq_lens_host) and the captured
+        run's (planned for the page table's capacity), so a graph's
+        workspace is sized and allocated before the capture.  0 when
+        neither splits its keys, and on a host pool."""
+        return self._pool._workspace_bytes(self._call + "_workspace", self._call_args(layer, q, out, sm_scale))

@@ -503,13 +503,13 @@ class Pool:
         with self._call():
             self._check(getattr(C.lib, call)(self._handle(), ctypes.byref(args), *extra, sh), call)
 
-    def _workspace_bytes(self, call, args, stream):
+    def _workspace_bytes(self, call, args):
         """The answer of the size query `call` (kvc_decode_workspace,
-        kvc_extend_workspace) for args on the stream."""
-        sh = _stream_handle(stream, self.device)
+        kvc_extend_workspace) for args: no stream, it answers for the call
+        eagerly and captured."""
         n = ctypes.c_size_t()
         with self._call():
-            self._check(getattr(C.lib, call)(self._handle(), ctypes.byref(args), sh, ctypes.byref(n)), call)
+            self._check(getattr(C.lib, call)(self._handle(), ctypes.byref(args), ctypes.byref(n)), call)
         return n.value
 
     def _workspace(self, x):
@@ -677,13 +677,12 @@ class Pool:
         plan_decode checks the step's arguments once for every layer."""
         self.plan_decode(page_table, seq_lens, seq_lens_host).run(layer, q, out, sm_scale, stream, workspace)
 
-    def decode_workspace(self, layer, q, out, page_table, seq_lens, sm_scale=None, seq_lens_host=None,
-                         stream=None):
-        """The bytes of workspace decode() with the same arguments on the
-        same stream needs (kvc_decode_workspace): 0 when it would not split
-        its keys, and on a host pool."""
-        return self.plan_decode(page_table, seq_lens, seq_lens_host).workspace_bytes(layer, q, out, sm_scale,
-                                                                                     stream)
+    def decode_workspace(self, layer, q, out, page_table, seq_lens, sm_scale=None, seq_lens_host=None):
+        """The bytes of workspace decode() with the same arguments needs,
+        eagerly and under CUDA graph capture alike (kvc_decode_workspace;
+        AttentionPlan.workspace_bytes): ask before capturing.  0 when it
+        would not split its keys, and on a host pool."""
+        return self.plan_decode(page_table, seq_lens, seq_lens_host).workspace_bytes(layer, q, out, sm_scale)
 
     def extend(self, layer, q, out, qo_indptr, page_table, seq_lens, sm_scale=None,
                qo_indptr_host=None, seq_lens_host=None, stream=None, workspace=None):
@@ -697,11 +696,11 @@ class Pool:
                          seq_lens_host).run(layer, q, out, sm_scale, stream, workspace)
 
     def extend_workspace(self, layer, q, out, qo_indptr, page_table, seq_lens, sm_scale=None,
-                         qo_indptr_host=None, seq_lens_host=None, stream=None):
-        """The bytes of workspace extend() with the same arguments on the
-        same stream needs (kvc_extend_workspace)."""
+                         qo_indptr_host=None, seq_lens_host=None):
+        """The bytes of workspace extend() with the same arguments needs,
+        eagerly and under CUDA graph capture alike (kvc_extend_workspace)."""
         return self.plan_extend(qo_indptr, page_table, seq_lens, qo_indptr_host,
-                                seq_lens_host).workspace_bytes(layer, q, out, sm_scale, stream)
+                                seq_lens_host).workspace_bytes(layer, q, out, sm_scale)
 
     # ---- the pool's memory as arrays ---------------------------------------------
 
