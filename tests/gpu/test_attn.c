@@ -1256,7 +1256,8 @@ static size_t graph_count(cudaGraph_t g, enum cudaGraphNodeType t)
 
 /* One workspace case's call, extend (ext) or decode: ws_run makes it with
  * workspace ws of `bytes` (NULL, 0: the launcher's own scratch), ws_need
- * asks the size of workspace it needs. */
+ * asks the size of workspace it needs (the larger of its eager plan's and
+ * its captured plan's: no stream). */
 struct wscall {
         const struct kv_pool_view *dv;
         bool ext;
@@ -1274,6 +1275,15 @@ static int ws_need(const struct wscall *w, size_t *ret_need, char *msg, size_t m
 {
         return w->ext ? kv_cuda_extend_ws_bytes(w->dv, &w->ea, ret_need, msg, msglen)
                       : kv_cuda_decode_ws_bytes(w->dv, &w->da, ret_need, msg, msglen);
+}
+
+/* The bytes an -ENOSPC message says the call needs ("... the call needs
+ * N"), 0 if it says none. */
+static size_t ws_said_need(const char *msg)
+{
+        static const char key[] = "the call needs ";
+        const char *at = strstr(msg, key);
+        return at ? (size_t)strtoull(at + sizeof key - 1, NULL, 10) : 0;
 }
 
 /* The reference of w's call over host copies: q, out, qo_indptr (extend),
@@ -1311,12 +1321,17 @@ static struct wscall ws_call(const struct kv_pool_view *dv, const struct devcall
 /* An eager decode (qn NULL) or extend (qn[b] new rows) with a workspace of
  * the size the query gives, poisoned (its contents need no
  * initialisation), 64 guard bytes after it: equal to the reference, and
- * bit for bit to the same call on the launcher's scratch (the same plan);
- * the partials went to the workspace (its poison is gone) and not past
- * the size asked (the guard is intact).  A call that splits (split) must
- * be refused, nothing launched, with a workspace a byte short (-ENOSPC,
- * both sizes in the message), misaligned, in host memory or NULL with a
- * size; one that does not (size 0) must run with a workspace of 0 bytes. */
+ * bit for bit to the same call on the launcher's scratch (the same plan).
+ * The query answers for the call captured too (planned for the table's
+ * capacity), which may need more than the eager call: what the eager call
+ * itself needs (act) is what a workspace of 0 bytes is refused with
+ * (-ENOSPC, "the call needs act"), at most the query's answer.  The
+ * partials went to the workspace (its poison is gone) and nowhere past
+ * act bytes (the rest of the workspace and the guard are intact).  A call
+ * that splits (split) must run with exactly act bytes and be refused,
+ * nothing launched, with act - 1 (-ENOSPC, both sizes in the message),
+ * misaligned, in host memory or NULL with a size; one that does not (act
+ * 0) must write none of its workspace and run with one of 0 bytes. */
 static void ws_eager(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *lens, const int32_t *qn, bool split,
                      uint64_t seed)
 {
@@ -1338,7 +1353,7 @@ static void ws_eager(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *le
         devcall_init(&dc, pt, (size_t)B * maxp, lens, B, qn ? ind : NULL, q, n * 2);
         struct kv_pool_view hv = view(&P, 0), dv = view(&P, 1);
         const struct wscall w = ws_call(&dv, &dc, maxp, B, Hq, ind, lens, qn != NULL);
-        size_t need = 1;
+        size_t need = 0, act = 0;
         int rc, rr;
 
         cases++;
@@ -1347,9 +1362,9 @@ static void ws_eager(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *le
         rr = ws_ref(&hv, &w, q, ref, ind, pt, lens, msg, sizeof msg);
         EXPECT(rr == 0, "%s: the reference returned %d: %s", what, rr, msg);
         rc = ws_need(&w, &need, msg, sizeof msg);
-        EXPECT(rc == 0 && (need > 0) == split, "%s: the size query returned %d, %zu bytes (%s): %s", what, rc,
-               need, split ? "the case must split" : "the case must not split", msg);
-        if (rc != 0 || (need > 0) != split || rr != 0)
+        EXPECT(rc == 0 && (need > 0 || !split), "%s: the size query returned %d, %zu bytes (the case must split): %s",
+               what, rc, need, msg);
+        if (rc != 0 || (need == 0 && split) || rr != 0)
                 goto out;
 
         /* the launcher's own scratch: the bits to equal */
@@ -1362,6 +1377,16 @@ static void ws_eager(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *le
         uint8_t *ws, *hws = malloc(need + guard);
         CK(cudaMalloc((void **)&ws, need + guard));
         CK(cudaMemset(ws, 0xFF, need + guard));
+        if (split) {
+                /* the eager call's own need: refused before any launch */
+                msg[0] = 0;
+                rc = ws_run(&w, ws, 0, NULL, msg, sizeof msg);
+                act = ws_said_need(msg);
+                EXPECT(rc == -ENOSPC && act > 0 && act <= need,
+                       "%s: a workspace of 0 bytes: %d '%s' (the size query gave %zu)", what, rc, msg, need);
+                if (rc != -ENOSPC || act == 0 || act > need)
+                        act = need; /* counted: the checks below still run */
+        }
         CK(cudaMemset(dc.out, 0xFF, n * 2));
         rc = ws_run(&w, ws, need, NULL, msg, sizeof msg);
         EXPECT(rc == 0, "%s: the call with a workspace of %zu bytes returned %d: %s", what, need, rc, msg);
@@ -1373,21 +1398,35 @@ static void ws_eager(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *le
                what);
         size_t written = 0, past = 0;
         for (size_t i = 0; i < need + guard; i++) {
-                written += i < need && hws[i] != 0xFF;
-                past += i >= need && hws[i] != 0xFF;
+                written += i < act && hws[i] != 0xFF;
+                past += i >= act && hws[i] != 0xFF;
         }
         EXPECT(!split || written > 0, "%s: the split call wrote nothing into its workspace", what);
-        EXPECT(split || written == 0, "%s: a call that does not split wrote %zu bytes of its workspace", what,
-               written);
-        EXPECT(past == 0, "%s: %zu bytes written past the %zu the size query gave", what, past, need);
+        EXPECT(past == 0,
+               "%s: %zu bytes written past the %zu the call needs (of a workspace of %zu, the size query's, and "
+               "%zu guard bytes)",
+               what, past, act, need, guard);
+
+        if (split) { /* exactly its need does */
+                CK(cudaMemset(dc.out, 0xFF, n * 2));
+                rc = ws_run(&w, ws, act, NULL, msg, sizeof msg);
+                EXPECT(rc == 0, "%s: the call with a workspace of the %zu bytes it needs returned %d: %s", what, act,
+                       rc, msg);
+                CK(cudaDeviceSynchronize());
+                CK(cudaMemcpy(got, dc.out, n * 2, cudaMemcpyDeviceToHost));
+                if (rc == 0)
+                        EXPECT(memcmp(got, plain, n * 2) == 0,
+                               "%s: the output with a workspace of %zu bytes differs from the call without", what,
+                               act);
+        }
 
         /* refused before any launch: the output keeps its poison */
         CK(cudaMemset(dc.out, 0xFF, n * 2));
         if (split) {
                 char want[160];
-                snprintf(want, sizeof want, "workspace of %zu bytes is too small, the call needs %zu", need - 1,
-                         need);
-                ARGERR(ws_run(&w, ws, need - 1, NULL, msg, sizeof msg), -ENOSPC, want);
+                snprintf(want, sizeof want, "workspace of %zu bytes is too small, the call needs %zu", act - 1,
+                         act);
+                ARGERR(ws_run(&w, ws, act - 1, NULL, msg, sizeof msg), -ENOSPC, want);
                 ARGERR(ws_run(&w, ws, 0, NULL, msg, sizeof msg), -ENOSPC, "workspace of 0 bytes");
         }
         ARGERR(ws_run(&w, ws + 8, need, NULL, msg, sizeof msg), -EINVAL, "16-byte aligned");
@@ -1440,15 +1479,19 @@ static void capture_empty(cudaStream_t st, const char *what, const char *after)
         CK(cudaGraphDestroy(g));
 }
 
-/* A split decode or extend captured with a workspace sized on the
- * capturing stream (for the table's capacity: sized for the capture's
- * short lengths it would be 0), as graph_case captures: the graph must
- * hold kernel nodes only (the same call on the launcher's scratch, the
- * control, holds an allocation and a free node), so that CUDA clones it,
- * instantiates the clone twice and embeds it as a child graph node; every
- * one of the four executables, replayed with new q and lengths, must
- * equal the reference.  A workspace a byte short is refused under capture
- * too, leaving the capture empty. */
+/* A split decode or extend captured with a workspace sized and allocated
+ * before the capture, as an engine must (no cudaMalloc in a global-mode
+ * capture): the size query answers for the captured call too, planned for
+ * the table's capacity, so it is above 0 although the call at the
+ * capture's short lengths does not split eagerly (it runs with a
+ * workspace of 0 bytes), and a byte short of it is refused under capture
+ * (-ENOSPC naming it as the need), leaving the capture empty.  Captured
+ * as graph_case captures, the graph must hold kernel nodes only (the same
+ * call on the launcher's scratch, the control, holds an allocation and a
+ * free node), so that CUDA clones it, instantiates the clone twice and
+ * embeds it as a child graph node; every one of the four executables,
+ * replayed with new q and lengths, must equal the reference, and leave
+ * the 64 guard bytes after the workspace alone. */
 static void ws_graph(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *lens_max,
                      const int32_t *const *replays, int nreplays, const int32_t *qn, uint64_t seed)
 {
@@ -1478,7 +1521,8 @@ static void ws_graph(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *le
         cudaGraph_t g = NULL, gs = NULL, gc = NULL, gp = NULL;
         cudaGraphExec_t ex[4] = { NULL };
         cudaGraphNode_t child;
-        size_t need = 0, eager = 1;
+        size_t need = 0;
+        const size_t guard = 64;
         uint8_t *ws = NULL;
         int rc;
 
@@ -1486,27 +1530,39 @@ static void ws_graph(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *le
         snprintf(what, sizeof what, "workspace graph %s %s G=%u B=%u", qn ? "extend" : "decode",
                  kvc_dtype_name(d), G, B);
         CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-        /* the size, asked while st captures (a cudaMalloc may not run in
-         * the capture: a capture of its own); outside a capture the
-         * capture's short lengths do not split */
-        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        /* the size, asked before any capture */
         rc = ws_need(&w, &need, msg, sizeof msg);
-        capture_empty(st, what, "the size query");
-        EXPECT(rc == 0 && need > 0, "%s: the size query under capture returned %d, %zu bytes: %s", what, rc, need,
-               msg);
-        int rc2 = ws_need(&w, &eager, msg, sizeof msg);
-        EXPECT(rc2 == 0 && eager == 0, "%s: the size query outside the capture returned %d, %zu bytes: %s", what,
-               rc2, eager, msg);
+        EXPECT(rc == 0 && need > 0,
+               "%s: the size query returned %d, %zu bytes (the call captured, planned for the capacity, must "
+               "split): %s",
+               what, rc, need, msg);
         if (rc != 0 || need == 0)
                 goto out;
-        CK(cudaMalloc((void **)&ws, need));
-        CK(cudaMemset(ws, 0xFF, need));
+        CK(cudaMalloc((void **)&ws, need + guard));
+        CK(cudaMemset(ws, 0xFF, need + guard));
 
-        /* a byte short: refused under capture, nothing captured */
+        /* eagerly the capture's short lengths do not split: the answer is
+         * the captured plan's alone */
+        rc = ws_run(&w, ws, 0, st, msg, sizeof msg);
+        CK(cudaStreamSynchronize(st));
+        EXPECT(rc == 0, "%s: the eager call at the capture's lengths refused a workspace of 0 bytes: %d %s", what,
+               rc, msg);
+        if (rc != 0)
+                goto out;
+
+        /* a byte short: refused under capture, nothing captured; the
+         * captured call needs all of the answer */
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        msg[0] = 0;
         rc = ws_run(&w, ws, need - 1, st, msg, sizeof msg);
         capture_empty(st, what, "the call with a short workspace");
-        EXPECT(rc == -ENOSPC, "%s: a workspace a byte short under capture: %d %s", what, rc, msg);
+        {
+                char want[160];
+                snprintf(want, sizeof want, "workspace of %zu bytes is too small, the call needs %zu", need - 1,
+                         need);
+                EXPECT(rc == -ENOSPC && strstr(msg, want), "%s: a workspace a byte short under capture: %d '%s', "
+                       "want '%s'", what, rc, msg, want);
+        }
 
         /* the control: on the launcher's scratch the graph allocates */
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
@@ -1559,6 +1615,15 @@ static void ws_graph(enum kvc_dtype d, uint32_t G, uint32_t B, const int32_t *le
                                 compare(rw, got, ref, KVC_ELEM_BF16, rows, Hq, D);
                         free(q2);
                 }
+        }
+        {
+                uint8_t hg[64];
+                size_t past = 0;
+                CK(cudaMemcpy(hg, ws + need, guard, cudaMemcpyDeviceToHost));
+                for (size_t i = 0; i < guard; i++)
+                        past += hg[i] != 0xFF;
+                EXPECT(past == 0, "%s: the replays wrote %zu of the %zu guard bytes after the workspace", what, past,
+                       guard);
         }
         for (int e = 0; e < 4; e++)
                 CK(cudaGraphExecDestroy(ex[e]));
