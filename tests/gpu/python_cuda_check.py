@@ -19,9 +19,12 @@ an fp8_e4m3 and an fp4_e2m1 pool (8 kv heads x 128, page 16) it:
   - runs the same decode from a plan (Pool.plan_decode) and compares;
   - captures decode in a CUDA graph (torch.cuda.graph) with every length 1
     and replays it at longer lengths: each replay against SDPA;
-  - runs decode with a workspace tensor (decode_workspace bytes): the same
-    output as without, -ENOSPC a byte short with nothing written, and a
-    graph captured with one (sized during the capture) replays as above;
+  - runs decode with a workspace tensor (decode_workspace bytes, which
+    cover the call eagerly and captured): the same output as without, also
+    with exactly the bytes the eager call needs (those a workspace of 0
+    bytes is refused with), -ENOSPC a byte short of that with nothing
+    written, and a graph captured with one (sized and allocated before the
+    capture) replays as above;
   - checks that host arrays are refused for a CUDA pool before any launch;
   - reads the written pages through Pool.kv_cache (and kv_block_scales for
     fp4): torch tensors over the pool's own device memory, decoded here,
@@ -36,6 +39,7 @@ import errno
 import gc
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -305,9 +309,12 @@ def run_pool(pool, gen):
             check(e <= 1e-2, f"{dt} decode graph replay b={b} L={n}: relative error {e:.2e} against SDPA")
 
     # a workspace the caller owns (kvc_decode_ws): the same output as the
-    # library's own scratch; a byte short is refused before any launch; a
-    # graph captured with one (sized while capturing: planned for the
-    # table's capacity) replays as the graph above does
+    # library's own scratch.  decode_workspace answers for the call eagerly
+    # and captured (planned for the table's capacity), so the eager call
+    # may need less: what it needs is what a workspace of 0 bytes is
+    # refused with; exactly that runs, a byte short is refused before any
+    # launch.  A graph captured with one (sized and allocated before the
+    # capture) replays as the graph above does
     table_dev, seq_dev = table.to(dev), seq_lens.to(dev)
     need = pool.decode_workspace(1, q, out, table_dev, seq_dev, seq_lens_host=seq_lens)
     check(need > 0, f"{dt}: the decode of {lens} splits and needs a workspace ({need} bytes)")
@@ -319,23 +326,42 @@ def run_pool(pool, gen):
         torch.cuda.synchronize()
         check(torch.equal(out_w, out) and torch.equal(out_p, out),
               f"{dt} decode with a workspace: the same output as without")
-        out_w.fill_(float("nan"))
+        act = 0
         try:
-            pool.decode(1, q, out_w, table_dev, seq_dev, seq_lens_host=seq_lens, workspace=ws[:need - 1])
-            check(False, f"{dt}: a workspace a byte short was accepted")
+            pool.decode(1, q, out_w, table_dev, seq_dev, seq_lens_host=seq_lens, workspace=(ws.data_ptr(), 0))
+            check(False, f"{dt}: a workspace of 0 bytes was accepted by a decode that splits")
         except kvpool.KvpoolError as e:
-            check(e.errno == errno.ENOSPC and f"needs {need}" in str(e), f"{dt}: a short workspace refused ({e})")
-        torch.cuda.synchronize()
-        check(torch.isnan(out_w.float()).all().item(), f"{dt}: the refused call wrote its output")
+            m = re.search(r"the call needs (\d+)", str(e))
+            act = int(m.group(1)) if m else 0
+            check(e.errno == errno.ENOSPC and 0 < act <= need,
+                  f"{dt}: a workspace of 0 bytes refused with the eager call's need, at most {need} ({e})")
+        if 0 < act <= need:
+            out_w.fill_(float("nan"))
+            pool.decode(1, q, out_w, table_dev, seq_dev, seq_lens_host=seq_lens, workspace=ws[:act])
+            torch.cuda.synchronize()
+            check(torch.equal(out_w, out), f"{dt} decode with a workspace of the {act} bytes it needs: "
+                                           f"the same output as without")
+            out_w.fill_(float("nan"))
+            try:
+                pool.decode(1, q, out_w, table_dev, seq_dev, seq_lens_host=seq_lens, workspace=ws[:act - 1])
+                check(False, f"{dt}: a workspace a byte short was accepted")
+            except kvpool.KvpoolError as e:
+                check(e.errno == errno.ENOSPC and f"of {act - 1} bytes is too small, the call needs {act}" in str(e),
+                      f"{dt}: a short workspace refused ({e})")
+            torch.cuda.synchronize()
+            check(torch.isnan(out_w.float()).all().item(), f"{dt}: the refused call wrote its output")
     ones = torch.ones(len(lens), dtype=torch.int32)
     lens_dev.fill_(1)
     out_g.fill_(float("nan"))
+    # sized and allocated before the capture (no capture to size it): the
+    # answer covers the captured call, planned for the table's capacity,
+    # although at the capture's lengths of 1 the eager call does not split
+    need_g = pool.decode_workspace(1, q, out_g, table_dev, lens_dev, seq_lens_host=ones)
+    check(need_g > 0, f"{dt}: a captured decode plans for the table's capacity and needs a workspace ({need_g})")
+    ws_g = torch.empty(max(need_g, 16), dtype=torch.uint8, device=dev)
     graph_w = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph_w):
-        need_g = pool.decode_workspace(1, q, out_g, table_dev, lens_dev, seq_lens_host=ones)
-        ws_g = torch.empty(max(need_g, 16), dtype=torch.uint8, device=dev)  # the graph's memory, held by ws_g
         pool.decode(1, q, out_g, table_dev, lens_dev, seq_lens_host=ones, workspace=ws_g)
-    check(need_g > 0, f"{dt}: a captured decode plans for the table's capacity and needs a workspace ({need_g})")
     for replay in (lens, [max(1, n // 3) for n in lens]):
         lens_dev.copy_(torch.tensor(replay, dtype=torch.int32))
         out_g.fill_(float("nan"))
