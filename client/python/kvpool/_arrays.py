@@ -116,9 +116,15 @@ def _cuda_pointer_device(ptr):
     return a.device
 
 
-class _PointerAttributes(ctypes.Structure):  # cudaPointerAttributes (CUDA >= 11)
+class _PointerAttributes(ctypes.Structure):
+    """cudaPointerAttributes: the four fields of CUDA >= 11, then room for
+    what later runtimes add after them (CUDA 12 and 13 have `long
+    reserved[8]`).  The runtime writes its whole struct: without the
+    room, cudaPointerGetAttributes wrote 64 bytes past this one and
+    crashed the process (SIGSEGV in python_cuda_check.py on the H200)."""
     _fields_ = [("type", ctypes.c_int), ("device", ctypes.c_int),
-                ("devicePointer", ctypes.c_void_p), ("hostPointer", ctypes.c_void_p)]
+                ("devicePointer", ctypes.c_void_p), ("hostPointer", ctypes.c_void_p),
+                ("reserved", ctypes.c_long * 32)]
 
 
 _rt = []
