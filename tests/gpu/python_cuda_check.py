@@ -294,19 +294,24 @@ def run_pool(pool, gen):
     # with every length 1, replayed at the real lengths, then at others
     lens_dev = torch.ones(len(lens), dtype=torch.int32, device=dev)
     table_dev, out_g = table.to(dev), torch.full_like(q, float("nan"))
+    def replays(graph, label):
+        # the graph replayed at the real lengths, then at others: each
+        # sequence's output against SDPA at its replay length
+        for replay in (lens, [max(1, n // 3) for n in lens]):
+            lens_dev.copy_(torch.tensor(replay, dtype=torch.int32))
+            out_g.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            for b, n in enumerate(replay):
+                kb, vb = kv[b]
+                e = rel(out_g[b:b + 1], sdpa(q[b:b + 1], kb[:n], vb[:n], scale))
+                worst[dt, label] = max(worst.get((dt, label), 0), e)
+                check(e <= 1e-2, f"{dt} {label} replay b={b} L={n}: relative error {e:.2e} against SDPA")
+
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         pool.decode(1, q, out_g, table_dev, lens_dev, seq_lens_host=torch.ones(len(lens), dtype=torch.int32))
-    for replay in (lens, [max(1, n // 3) for n in lens]):
-        lens_dev.copy_(torch.tensor(replay, dtype=torch.int32))
-        out_g.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        for b, n in enumerate(replay):
-            kb, vb = kv[b]
-            e = rel(out_g[b:b + 1], sdpa(q[b:b + 1], kb[:n], vb[:n], scale))
-            worst[dt, "decode graph"] = max(worst.get((dt, "decode graph"), 0), e)
-            check(e <= 1e-2, f"{dt} decode graph replay b={b} L={n}: relative error {e:.2e} against SDPA")
+    replays(graph, "decode graph")
 
     # a workspace the caller owns (kvc_decode_ws): the same output as the
     # library's own scratch.  decode_workspace answers for the call eagerly
@@ -362,16 +367,7 @@ def run_pool(pool, gen):
     graph_w = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph_w):
         pool.decode(1, q, out_g, table_dev, lens_dev, seq_lens_host=ones, workspace=ws_g)
-    for replay in (lens, [max(1, n // 3) for n in lens]):
-        lens_dev.copy_(torch.tensor(replay, dtype=torch.int32))
-        out_g.fill_(float("nan"))
-        graph_w.replay()
-        torch.cuda.synchronize()
-        for b, n in enumerate(replay):
-            kb, vb = kv[b]
-            e = rel(out_g[b:b + 1], sdpa(q[b:b + 1], kb[:n], vb[:n], scale))
-            worst[dt, "decode graph, workspace"] = max(worst.get((dt, "decode graph, workspace"), 0), e)
-            check(e <= 1e-2, f"{dt} decode graph with a workspace, replay b={b} L={n}: relative error {e:.2e}")
+    replays(graph_w, "decode graph, workspace")
     del graph_w, ws_g
 
     new = [1, 7, 200, 64]
