@@ -784,6 +784,35 @@ def test_a_workspace_is_checked_and_ignored_on_a_host_pool(daemon):
                 p.decode(0, q, got, table, seq_lens, workspace=w)
 
 
+def test_a_pointer_pair_workspace_asks_no_cuda_and_must_fit_64_bits(daemon, monkeypatch):
+    # A (pointer, nbytes) workspace: the binding cannot tell its device and
+    # leaves that to the library (kvc_decode_ws checks it on a CUDA pool), so
+    # it must not call into the CUDA runtime for it: on a host pool that would
+    # create a CUDA context in a process that uses no GPU, and under
+    # torch.cuda.graph it would be an unwrapped runtime call inside a
+    # global-mode capture.  Values ctypes would wrap modulo 2^64 are refused
+    # by name instead of reaching the library as other numbers.
+    from kvpool import _arrays
+    asked = []
+    monkeypatch.setattr(_arrays, "_cuda_pointer_device", lambda ptr: asked.append(ptr))
+    with kvpool.Client(daemon, name="ws-pair") as c:
+        p = c.attach("bf16")
+        table = np.zeros((1, 1), np.int32)
+        table[0, 0] = p.alloc(1)[0]
+        seq_lens = np.array([1], np.int32)
+        p.write(0, np.ones((1, HEADS, DIM), np.float32), np.ones((1, HEADS, DIM), np.float32),
+                np.array([table[0, 0] * PAGE], np.int64))
+        q = np.ones((1, 2 * HEADS, DIM), ml_dtypes.bfloat16)
+        out = np.zeros_like(q)
+        raw = np.zeros(256, np.uint8)
+        off = -raw.ctypes.data % 16
+        p.decode(0, q, out, table, seq_lens, workspace=(raw.ctypes.data + off, 64))
+        assert asked == [], "the binding queried CUDA for a pointer pair on a host pool"
+        for w in ((2**64, 64), (raw.ctypes.data + off, 2**64 + 16), (2**64 + raw.ctypes.data + off, 0)):
+            with pytest.raises(ValueError, match="workspace"):
+                p.decode(0, q, out, table, seq_lens, workspace=w)
+
+
 def test_reset_prefixes_of_a_tenant_and_of_a_group(tmp_path):
     # a tenant's session drops only its tenant's keys; a group's name (a
     # spec expanded over tp_size) resets each of its pools

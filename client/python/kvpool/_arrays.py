@@ -187,9 +187,11 @@ def buffer(x, what):
     (pointer, nbytes) pair of ints, whose memory kind the library checks."""
     if isinstance(x, tuple) and len(x) == 2 and all(isinstance(v, int) for v in x):
         ptr, n = x
-        if ptr < 0 or n < 0:
-            raise ValueError(f"{what}: pointer {ptr} and size {n} must not be negative")
-        return Buffer(ptr, n, None, _cuda_pointer_device(ptr) if ptr else None, None)
+        if not (0 <= ptr < 2**64 and 0 <= n < 2**64):
+            raise ValueError(f"{what}: pointer {ptr} and size {n} must not be negative nor 2^64 or more")
+        # the memory kind and device are the library's to check (kvc_decode_ws):
+        # no CUDA runtime call here (a host pool's process, or a capture)
+        return Buffer(ptr, n, None, None, None)
     if hasattr(x, "data_ptr") and hasattr(x, "element_size") and hasattr(x, "is_cuda"):  # PyTorch
         dev = getattr(getattr(x, "device", None), "type", None)
         if dev not in ("cpu", "cuda"):
