@@ -325,7 +325,8 @@ int kvc_extend(kvc_pool *p, const struct kvc_extend_args *a, void *stream);
  * workspace NULL with workspace_bytes 0 is the library's own scratch:
  * kvc_decode(p, a, s) is kvc_decode_ws(p, a, NULL, 0, s).  Besides the
  * call's errors, all before any launch: -EINVAL naming `workspace` when it
- * is NULL with workspace_bytes > 0, not 16-byte aligned, or (CUDA) not
+ * is NULL with workspace_bytes > 0, not 16-byte aligned, or (CUDA, a call
+ * with rows to compute: one of batch 0 or no rows returns 0 at once) not
  * device memory of the pool's device; -ENOSPC when the call splits and
  * workspace_bytes is below what it needs as planned on `stream` (eagerly
  * or captured; at most the size query's answer; the message gives both
