@@ -322,7 +322,9 @@ static void queue_fini(struct kvd_events *e)
  * sends nothing after the handshake, so the guard's unread-bytes rule
  * cannot see a stopped events listener (nng 1.5.2, nanomsg/nng#1518):
  * subscribers that come later just never get an event.  1: attached, or
- * the probe could not be made (nothing to say then); 0: not attached. */
+ * the probe could not be made (nothing to say then); 0: not attached;
+ * -EMFILE or -ENFILE: no descriptor for the probe (the guard reports the
+ * process out of descriptors). */
 #define PROBE_WAIT_MS 3000
 static int events_probe(void *arg, const char *path)
 {
@@ -345,7 +347,7 @@ static int events_probe(void *arg, const char *path)
          * nothing, one whose handshake does not come asks whether the pipe
          * was attached all the same */
         fd = kvd_guard_dial(path, 0x21, 0x20, PROBE_WAIT_MS);
-        seen = fd == -EPROTO ? atomic_load(&e->probe_seen) : 1;
+        seen = fd == -EPROTO ? atomic_load(&e->probe_seen) : fd == -EMFILE || fd == -ENFILE ? fd : 1;
         if (fd >= 0) {
                 /* nng attaches the pipe right after the handshake */
                 for (int ms = 0; !atomic_load(&e->probe_seen) && ms < PROBE_WAIT_MS; ms += 10) {
@@ -610,10 +612,10 @@ uint64_t kvd_events_dropped(const struct kvd_events *e)
         return e ? __atomic_load_n(&e->dropped, __ATOMIC_RELAXED) : 0;
 }
 
-int kvd_events_guard_stats(const struct kvd_events *e, uint64_t *ret_taken, int *ret_gave_up)
+int kvd_events_guard_stats(const struct kvd_events *e, uint64_t *ret_taken, int *ret_gave_up, int *ret_unmended)
 {
         /* no lock: the guard's counts are atomic */
-        return e ? kvd_guard_stats(&e->guard, ret_taken, ret_gave_up) : -ENOENT;
+        return e ? kvd_guard_stats(&e->guard, ret_taken, ret_gave_up, ret_unmended) : -ENOENT;
 }
 
 void kvd_events_hold(struct kvd_events *e, uint64_t allow)

@@ -75,10 +75,11 @@ uint64_t kvd_events_seq(const struct kvd_events *e); /* last sequence number giv
  * events off).  Any thread. */
 uint64_t kvd_events_dropped(const struct kvd_events *e);
 /* The events socket's listener guard (listen_guard.c kvd_guard_stats):
- * take-overs done and whether it gave up.  0, or -ENOENT when there is
- * none (NULL, events off, not an ipc:// socket file), ret_* untouched
- * then.  Any thread. */
-int kvd_events_guard_stats(const struct kvd_events *e, uint64_t *ret_taken, int *ret_gave_up);
+ * take-overs done, whether it gave up, and whether new subscribers get
+ * nothing that it cannot mend now.  0, or -ENOENT when there is none
+ * (NULL, events off, not an ipc:// socket file), ret_* untouched then.
+ * Any thread. */
+int kvd_events_guard_stats(const struct kvd_events *e, uint64_t *ret_taken, int *ret_gave_up, int *ret_unmended);
 /* For tests: allow == UINT64_MAX lets the sender send freely (the default).
  * Otherwise the sender sends `allow` more events than it was allowed so far
  * and then stops: events queue up, and are dropped once the queue is full.

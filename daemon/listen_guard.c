@@ -51,9 +51,16 @@
  * limit (kvpoold raises it to the hard one at start), the last quarter
  * being the serving loop's (sessions, the metrics endpoint, pools), and at
  * most KVD_GUARD_CEILING times (listen_guard.h says why a ceiling still).
- * Past that (kvd_guard_headroom), or when a take-over fails, it gives up
- * for good and says why and that kvpoold must be restarted; the metrics
- * show its take-overs and whether it gave up (kvd_guard_stats).
+ * Short of descriptors (kvd_guard_headroom: live sessions count too, and
+ * they leave) it says once, at error level, that the stopped listener
+ * cannot be replaced now, and takes over at the first check that finds
+ * room.  Out of descriptors altogether (EMFILE: the scan or the probe
+ * cannot open one; nng cannot accept new clients either) it says so once
+ * and checks again each time.  Past the ceiling, or when a take-over
+ * fails, it gives up for good and says why and that kvpoold must be
+ * restarted.  The metrics show its take-overs, whether new clients get no
+ * answer that it cannot mend now, and whether it gave up
+ * (kvd_guard_stats).
  *
  * Without /proc/net/unix or /proc/self/fd (a sandbox that hides them) the
  * guard says so once and does nothing.  The checks run on a thread of the
@@ -239,6 +246,14 @@ int kvd_guard_headroom(long fds_open, unsigned long fd_limit, unsigned tries, ch
         if (tries >= KVD_GUARD_CEILING) {
                 snprintf(why, whylen, "%u take-overs tried, the most one process makes (each leaks a few descriptors "
                          "and some memory)", tries);
+                return -1;
+        }
+        if (fds_open == -EMFILE || fds_open == -ENFILE) {
+                if (fds_open == -EMFILE && fd_limit > 0)
+                        snprintf(why, whylen, "no descriptor left (EMFILE): limit %lu reached", fd_limit);
+                else
+                        snprintf(why, whylen, "no descriptor left (%s)", fds_open == -EMFILE ? "EMFILE" :
+                                 "ENFILE: the system's file table is full");
                 return 0;
         }
         /* the last quarter is the serving loop's: sessions, the metrics
@@ -252,12 +267,13 @@ int kvd_guard_headroom(long fds_open, unsigned long fd_limit, unsigned tries, ch
         return 1;
 }
 
-int kvd_guard_stats(const struct kvd_guard *g, uint64_t *ret_taken, int *ret_gave_up)
+int kvd_guard_stats(const struct kvd_guard *g, uint64_t *ret_taken, int *ret_gave_up, int *ret_unmended)
 {
         if (!g || !g->path)
                 return -ENOENT;
         *ret_taken = atomic_load(&g->taken);
         *ret_gave_up = atomic_load(&g->gave_up);
+        *ret_unmended = atomic_load(&g->unmended);
         return 0;
 }
 
@@ -365,8 +381,10 @@ int kvd_guard_dial(const char *path, uint8_t proto, uint8_t peer_proto, int time
  * probe_ms milliseconds.  The count of unread connections can also come
  * from nng's stuck pipe teardown (reaper.c): a connection whose
  * teardown never finished keeps its peer's last request, while the
- * listener works.  1: answered; 0: not; -1: the probe could not be made
- * (no socket: at the fd limit, which says nothing about the listener). */
+ * listener works.  1: answered; 0: not; -EMFILE or -ENFILE: no
+ * descriptor for the probe (the process is out of them); -1: the probe
+ * could not be made otherwise.  Neither negative says anything about the
+ * listener. */
 static int probe_answers(const char *path, int probe_ms)
 {
         uint8_t msg[13 + KV_HDR_SIZE + 4], rep;
@@ -375,7 +393,9 @@ static int probe_answers(const char *path, int probe_ms)
         /* REQ (0x30) to REP (0x31); no socket at all (the fd limit) says
          * nothing about the listener */
         if ((fd = kvd_guard_dial(path, 0x30, 0x31, probe_ms)) < 0)
-                return fd == -ECONNREFUSED || fd == -EPROTO || fd == -ENAMETOOLONG ? 0 : -1;
+                return fd == -ECONNREFUSED || fd == -EPROTO || fd == -ENAMETOOLONG ? 0
+                       : fd == -EMFILE || fd == -ENFILE                           ? fd
+                                                                                  : -1;
         {
                 /* frame: type 1, big-endian u64 length, SP request id (top
                  * bit set), then the kvpool message (little-endian) */
@@ -464,41 +484,104 @@ void kvd_guard_probe_only(struct kvd_guard *g, int (*probe)(void *arg, const cha
         g->probe_every = every;
 }
 
-/* Stops taking over for good (the guard thread's). */
+/* Stops taking over for good (the guard thread's).  Always after a stop
+ * was seen: new clients get no answer from then on. */
 static void give_up(struct kvd_guard *g)
 {
         g->quiet |= 2;
+        g->waits = 0;
+        atomic_store(&g->unmended, 1);
         atomic_store(&g->gave_up, 1);
 }
 
-/* Replaces the watched listener and says so (the tick's last step), or
- * gives up when the process has no room for one more take-over's leak. */
-static void mend(struct kvd_guard *g, size_t recv_max, const char *what)
+/* The process is out of descriptors (e: EMFILE or ENFILE, met by the
+ * scan or the probe): nng cannot accept new clients, and the guard can
+ * neither see whether the listener stopped nor replace it.  Says so once
+ * (until it has descriptors again: no_fds_over); the next check tries
+ * again.  The guard thread's. */
+static void no_fds(struct kvd_guard *g, double now, int e, const char *doing)
+{
+        char                why[96];
+        const unsigned long lim = fd_limit();
+
+        atomic_store(&g->unmended, 1);
+        if (g->waits == KVD_GUARD_WAIT_NO_FDS)
+                return;
+        if (e == EMFILE && lim > 0)
+                snprintf(why, sizeof why, "EMFILE: all %lu of its limit are open", lim);
+        else
+                snprintf(why, sizeof why, "%s", e == EMFILE ? "EMFILE" : "ENFILE: the system's file table is full");
+        kvd_err("kvpoold is out of descriptors (%s; the listener guard could not %s): new clients on %s get no "
+                "answer, and the guard can neither check nor replace its listener now; it tries again each check "
+                "(every %.3g s)", why, doing, g->path, g->every);
+        g->waits = KVD_GUARD_WAIT_NO_FDS;
+        g->wait_since = now;
+}
+
+/* A check got the descriptors it needed: ends the out-of-descriptors
+ * state of no_fds, and says so.  The guard thread's. */
+static void no_fds_over(struct kvd_guard *g, double now)
+{
+        if (g->waits != KVD_GUARD_WAIT_NO_FDS)
+                return;
+        g->waits = 0;
+        atomic_store(&g->unmended, 0);
+        kvd_warn("kvpoold has descriptors again after %.3g s: the listener guard watches %s again", now - g->wait_since,
+                 g->path);
+}
+
+/* Replaces the watched listener and says so (the tick's last step), or,
+ * when the process has no room for one more take-over's leak, says once
+ * that it cannot now (each check calls it again until it can), or gives up
+ * for good (the ceiling, a take-over that failed).  what: how the stop was
+ * seen. */
+static void mend(struct kvd_guard *g, double now, size_t recv_max, const char *what)
 {
         char                why[400];
         const unsigned long lim = fd_limit();
         long                fds = open_fds();
+        int                 room;
 
         /* no descriptor left to read /proc/self/fd with: at the limit */
-        if ((fds == -EMFILE || fds == -ENFILE) && lim > 0 && lim <= (unsigned long)LONG_MAX)
+        if (fds == -EMFILE && lim > 0 && lim <= (unsigned long)LONG_MAX)
                 fds = (long)lim;
-        if (!kvd_guard_headroom(fds, lim, g->tries, why, sizeof why)) {
+        if ((room = kvd_guard_headroom(fds, lim, g->tries, why, sizeof why)) < 0) {
                 kvd_err("the listener on %s stopped handing connections over (%s: nng 1.5.2, nanomsg/nng#1518) and "
                         "the listener guard gives up: %s; new clients get no answer until kvpoold is restarted "
                         "(systemctl restart kvpoold)", g->path, what, why);
                 give_up(g);
                 return;
         }
+        if (room == 0) {
+                /* sessions hold descriptors too, and they leave: not for good */
+                atomic_store(&g->unmended, 1);
+                if (g->waits == KVD_GUARD_WAIT_STOPPED)
+                        return;
+                kvd_err("the listener on %s stopped handing connections over (%s: nng 1.5.2, nanomsg/nng#1518) and "
+                        "cannot be replaced now: %s; new clients get no answer until descriptors are freed (sessions "
+                        "that end) or the limit is raised (docs/operations.md §9); the listener guard tries again "
+                        "each check (every %.3g s)", g->path, what, why, g->every);
+                g->waits = KVD_GUARD_WAIT_STOPPED;
+                g->wait_since = now;
+                return;
+        }
         g->tries++;
         if (take_over(g, recv_max, why, sizeof why) == 0) {
                 atomic_fetch_add(&g->taken, 1);
+                atomic_store(&g->unmended, 0);
                 if (fds >= 0 && lim > 0)
                         snprintf(why, sizeof why, "descriptors %ld of limit %lu", fds, lim);
                 else
                         snprintf(why, sizeof why, "descriptors not known");
-                kvd_warn("the listener on %s stopped handing connections over (%s: nng 1.5.2, nanomsg/nng#1518, a "
-                         "peer closed during the handshake); a new one took over the socket file (take-over %u; %s)",
-                         g->path, what, g->tries, why);
+                if (g->waits == KVD_GUARD_WAIT_STOPPED)
+                        kvd_warn("the listener guard recovered: descriptors allow it now, and a new listener on %s "
+                                 "took over the socket file %.3g s after it could not (take-over %u; %s); new clients "
+                                 "are answered again", g->path, now - g->wait_since, g->tries, why);
+                else
+                        kvd_warn("the listener on %s stopped handing connections over (%s: nng 1.5.2, "
+                                 "nanomsg/nng#1518, a peer closed during the handshake); a new one took over the "
+                                 "socket file (take-over %u; %s)", g->path, what, g->tries, why);
+                g->waits = 0;
         } else {
                 /* a failure would only repeat */
                 kvd_err("the listener on %s stopped handing connections over (nng 1.5.2, nanomsg/nng#1518) and "
@@ -520,13 +603,29 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
 
         if (!kvd_guard_due(g, now))
                 return;
-        if (g->probe) {
+        /* a listener seen stopped stays stopped: each check only asks
+         * whether there is room to replace it now */
+        if (g->waits == KVD_GUARD_WAIT_STOPPED) {
                 g->last = now;
-                if (now - g->probe_last < g->probe_every)
+                mend(g, now, recv_max, "seen at an earlier check");
+                return;
+        }
+        if (g->probe) {
+                int r;
+
+                g->last = now;
+                /* out of descriptors: the next check asks again, not the
+                 * next period */
+                if (now - g->probe_last < g->probe_every && g->waits != KVD_GUARD_WAIT_NO_FDS)
                         return;
+                if ((r = g->probe(g->probe_arg, g->path)) == -EMFILE || r == -ENFILE) {
+                        no_fds(g, now, -r, "probe the socket");
+                        return;
+                }
                 g->probe_last = now;
-                if (!g->probe(g->probe_arg, g->path))
-                        mend(g, recv_max, "a new peer was not attached within the probe's wait");
+                no_fds_over(g, now);
+                if (r == 0)
+                        mend(g, now, recv_max, "a new peer was not attached within the probe's wait");
                 return;
         }
         /* the serving loop (or this thread) was held up: what nng did not
@@ -538,7 +637,12 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
                           (beat > 0 && now - beat > 2 * g->every);
         }
         g->last = now;
-        if ((m = accepted_connections(g->bound, &ino, &rq)) < 0 || !(seen = malloc(((size_t)m + 1) * sizeof *seen))) {
+        /* no descriptor to read /proc with: nng cannot accept either */
+        if ((m = accepted_connections(g->bound, &ino, &rq)) == -EMFILE || m == -ENFILE) {
+                no_fds(g, now, (int)-m, "list the connections");
+                return;
+        }
+        if (m < 0 || !(seen = malloc(((size_t)m + 1) * sizeof *seen))) {
                 free(ino);
                 free(rq);
                 if (!g->quiet)
@@ -571,12 +675,19 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
         g->seen = seen;
         g->unread = rq;
         g->n = n;
-        if (stuck == 0)
+        if (stuck == 0) {
+                no_fds_over(g, now);
                 return;
+        }
         const uint64_t b0 = atomic_load(&g->beat_ms);
         const int      r = probe_answers(g->path, g->probe_ms);
         char           what[96];
 
+        if (r == -EMFILE || r == -ENFILE) {
+                no_fds(g, now, -r, "probe the socket");
+                return;
+        }
+        no_fds_over(g, now);
         /* no socket for the probe, or a serving loop that did not go round
          * while the probe waited (it answers the probe): that says nothing
          * about the listener; the next check asks again */
@@ -596,7 +707,7 @@ void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max)
                 return;
         }
         snprintf(what, sizeof what, "%u of its connections unread for %.3g s", (unsigned)stuck, g->stuck);
-        mend(g, recv_max, what);
+        mend(g, now, recv_max, what);
 }
 
 /* ---- the thread ---------------------------------------------------------------- */

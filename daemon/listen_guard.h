@@ -41,6 +41,8 @@ struct kvd_guard {
         gid_t         group;
         unsigned      tries;      /* take-overs tried (the guard thread's): <path>.<tries> */
         int           quiet;      /* 1: said it cannot watch; 2: gave up; 4: said a probe was answered */
+        int           waits;      /* KVD_GUARD_WAIT_*: why it cannot mend now (the guard thread's) */
+        double        wait_since; /* since when (s) */
         double        last;       /* time of the last check (s) */
         double        every;      /* seconds between checks (kvd_guard_timing) */
         double        stuck;      /* seconds bytes must wait unread */
@@ -48,6 +50,7 @@ struct kvd_guard {
         /* for the metrics (kvd_guard_stats), read from any thread */
         _Atomic uint64_t taken;   /* take-overs that succeeded */
         atomic_int       gave_up; /* 1: takes over no more (quiet & 2) */
+        atomic_int       unmended; /* 1: new clients get no answer and it cannot mend that now (kvd_guard_stats) */
         /* the watched listener's accepted connections at the last check:
          * inode, since when its unread bytes have waited, how many */
         unsigned long *ino;       /* malloc'ed, n of them */
@@ -80,15 +83,23 @@ void kvd_guard_fini(struct kvd_guard *g);
 /* For a socket whose peers send nothing once connected (the events PUB
  * socket: subscribers only read), where unread bytes cannot tell a stopped
  * listener: every `every` seconds probe(arg, path) is asked whether a new
- * peer on the socket file is served (1) or not (0: take over).  Before
- * kvd_guard_start. */
+ * peer on the socket file is served (1) or not (0: take over); -EMFILE or
+ * -ENFILE: no descriptor for the probe (out of descriptors: reported, and
+ * asked again at the next check).  Before kvd_guard_start. */
 void kvd_guard_probe_only(struct kvd_guard *g, int (*probe)(void *arg, const char *path), void *arg, double every);
+/* Why a guard cannot mend its socket now (struct kvd_guard's waits) */
+#define KVD_GUARD_WAIT_STOPPED 1 /* the listener stopped; no descriptor headroom to replace it */
+#define KVD_GUARD_WAIT_NO_FDS  2 /* out of descriptors (EMFILE, ENFILE): cannot check at all */
+
 /* Whether the guard may take over once more: fds_open descriptors are
- * open in the process (negative: unknown), fd_limit is RLIMIT_NOFILE's soft
- * limit (0: none), tries take-overs were tried before.  1: yes, while the
- * open descriptors stay under 3/4 of the limit and tries under
- * KVD_GUARD_CEILING; 0: no, with why in why ("descriptors n of limit m
- * ...").  why untouched on 1.  Pure; any thread. */
+ * open in the process (negative: -errno, unknown; -EMFILE or -ENFILE: none
+ * left to count them with), fd_limit is RLIMIT_NOFILE's soft limit (0:
+ * none), tries take-overs were tried before.  1: yes, while the open
+ * descriptors stay under 3/4 of the limit and tries under
+ * KVD_GUARD_CEILING; 0: not now, the descriptors are short ("descriptors
+ * n of limit m ..."), which sessions that leave can change; -1: never
+ * again, KVD_GUARD_CEILING take-overs were tried.  why says why on 0 and
+ * -1, untouched on 1.  Pure; any thread. */
 int kvd_guard_headroom(long fds_open, unsigned long fd_limit, unsigned tries, char *why, size_t whylen);
 /* The name the take-over numbered n binds its listener to before it is
  * renamed over the socket file at path: <path>.<n>, or where that would
@@ -98,11 +109,15 @@ int kvd_guard_headroom(long fds_open, unsigned long fd_limit, unsigned tries, ch
  * message).  Pure. */
 int kvd_guard_name(const char *path, unsigned n, char *buf, size_t len);
 /* What g has done, for the metrics: take-overs that succeeded
- * (*ret_taken) and whether it gave up (*ret_gave_up = 1: it takes over no
+ * (*ret_taken), whether it gave up (*ret_gave_up = 1: it takes over no
  * more, and a listener that stops keeps new clients out until kvpoold is
- * restarted).  0, or -ENOENT for a guard that watches nothing (no ipc://
- * path), ret_* untouched then.  Any thread; lock-free. */
-int kvd_guard_stats(const struct kvd_guard *g, uint64_t *ret_taken, int *ret_gave_up);
+ * restarted), and whether new clients get no answer now that it cannot
+ * mend (*ret_unmended = 1: the listener stopped and the descriptors are too
+ * short to replace it, or it gave up; or the process is out of
+ * descriptors; 0 once a new listener took over, or descriptors are back,
+ * or no stop is known).  0, or -ENOENT for a guard that watches nothing
+ * (no ipc:// path), ret_* untouched then.  Any thread; lock-free. */
+int kvd_guard_stats(const struct kvd_guard *g, uint64_t *ret_taken, int *ret_gave_up, int *ret_unmended);
 /* One of this process's sockets. */
 struct kvd_own_sock {
         unsigned long ino;
@@ -139,8 +154,12 @@ int kvd_guard_due(const struct kvd_guard *g, double now);
  * watched listener accepted, not shrinking, for g->stuck seconds,
  * and a probe client gets no answer on the socket file, starts a new
  * listener (recv_max: its NNG_OPT_RECVMAXSZ) in its place, while
- * kvd_guard_headroom allows; when it does not (or a take-over fails) the
- * guard gives up for good and says so.
+ * kvd_guard_headroom allows.  When the descriptors are short it says so
+ * once and takes over at the first check that finds room (no scan, no
+ * probe meanwhile: the stopped listener stays stopped); when the process
+ * is out of descriptors (the scan or the probe gets EMFILE) it says so
+ * once and checks again each time; past KVD_GUARD_CEILING, or when a
+ * take-over fails, it gives up for good and says so.
  * Logs what it did; never fails the caller. */
 void kvd_guard_tick(struct kvd_guard *g, double now, size_t recv_max);
 

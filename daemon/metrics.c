@@ -18,6 +18,7 @@
  *   kvpool_log_lines_dropped_total                  counter, log.c: the journal's socket full
  *   kvpool_listener_takeovers_total{socket}         counter, listen_guard.c's take-overs
  *   kvpool_listener_guard_gave_up{socket}           gauge 0/1, listen_guard.c gave up
+ *   kvpool_listener_unmended{socket}                gauge 0/1, new clients unanswered, not mendable now
  *   kvpool_requests_total{op}                       counter
  *   kvpool_request_errors_total{op,code}            counter
  *   kvpool_request_duration_seconds{op}             histogram, 10us .. 1s
@@ -370,17 +371,19 @@ static void render_pools(struct buf *b, const struct kvd_server *s)
 
 /* The listener guards (listen_guard.c) of the request socket ("control")
  * and of the events socket ("events"), each where it has one (an ipc://
- * socket file): how often nng 1.5.2's stopped listener was replaced, and
- * whether the guard gave up (new clients then get no answer once the
- * listener stops again: restart kvpoold). */
+ * socket file): how often nng 1.5.2's stopped listener was replaced,
+ * whether the guard gave up for good (new clients get no answer: restart
+ * kvpoold), and whether new clients get no answer now that the guard
+ * cannot mend yet (descriptors short or none left; it does once they are
+ * freed) or at all (it gave up). */
 static void render_guards(struct buf *b, const struct kvd_server *s)
 {
         static const char *const names[2] = { "control", "events" };
         uint64_t                 taken[2];
-        int                      gave_up[2], has[2];
+        int                      gave_up[2], unmended[2], has[2];
 
         for (int i = 0; i < 2; i++)
-                has[i] = s && kvd_server_listener_guard(s, i, &taken[i], &gave_up[i]) == 0;
+                has[i] = s && kvd_server_listener_guard(s, i, &taken[i], &gave_up[i], &unmended[i]) == 0;
         family(b, "kvpool_listener_takeovers_total", "counter",
                "New listeners that took over a socket file after nng 1.5.2 stopped the old one (nanomsg/nng#1518).");
         for (int i = 0; i < 2; i++)
@@ -388,10 +391,17 @@ static void render_guards(struct buf *b, const struct kvd_server *s)
                         put(b, "kvpool_listener_takeovers_total{socket=\"%s\"} %llu\n", names[i],
                             (unsigned long long)taken[i]);
         family(b, "kvpool_listener_guard_gave_up", "gauge",
-               "1 when the listener guard takes over no more (descriptors, or a failed take-over): restart kvpoold.");
+               "1 when the listener guard takes over no more (4096 take-overs, or a failed take-over): restart "
+               "kvpoold.");
         for (int i = 0; i < 2; i++)
                 if (has[i])
                         put(b, "kvpool_listener_guard_gave_up{socket=\"%s\"} %d\n", names[i], gave_up[i]);
+        family(b, "kvpool_listener_unmended", "gauge",
+               "1 while new clients get no answer and the listener guard cannot mend it now (nng 1.5.2 stopped the "
+               "listener and descriptors are short, or none is left; or it gave up); 0 once mended.");
+        for (int i = 0; i < 2; i++)
+                if (has[i])
+                        put(b, "kvpool_listener_unmended{socket=\"%s\"} %d\n", names[i], unmended[i]);
 }
 
 /* Returns the whole exposition as a malloc'ed NUL-terminated string, or NULL

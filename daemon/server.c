@@ -76,10 +76,11 @@ const struct kvd_sessions *kvd_server_sessions(const struct kvd_server *s) { ret
 const char *kvd_server_socket_url(const struct kvd_server *s) { return s->socket_url; }
 const char *kvd_server_events_url(const struct kvd_server *s) { return s->events_url; }
 uint64_t kvd_server_events_dropped(const struct kvd_server *s) { return kvd_events_dropped(s->events); }
-int kvd_server_listener_guard(const struct kvd_server *s, int events, uint64_t *ret_taken, int *ret_gave_up)
+int kvd_server_listener_guard(const struct kvd_server *s, int events, uint64_t *ret_taken, int *ret_gave_up,
+                              int *ret_unmended)
 {
-        return events ? kvd_events_guard_stats(s->events, ret_taken, ret_gave_up)
-                      : kvd_guard_stats(&s->guard, ret_taken, ret_gave_up);
+        return events ? kvd_events_guard_stats(s->events, ret_taken, ret_gave_up, ret_unmended)
+                      : kvd_guard_stats(&s->guard, ret_taken, ret_gave_up, ret_unmended);
 }
 void kvd_server_lock(struct kvd_server *s) { pthread_mutex_lock(&s->lock); }
 void kvd_server_unlock(struct kvd_server *s) { pthread_mutex_unlock(&s->lock); }

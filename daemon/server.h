@@ -33,12 +33,13 @@ uint32_t               kvd_server_client_count(const struct kvd_server *s);
  * events are off.  Needs no lock. */
 uint64_t               kvd_server_events_dropped(const struct kvd_server *s);
 /* The listener guard (listen_guard.c) of the request socket (events 0) or
- * of the events socket (events 1): take-overs done (*ret_taken) and
- * whether it gave up (*ret_gave_up).  0, or -ENOENT when that socket has
- * no guard (not an ipc:// socket file, events off), ret_* untouched then.
- * Needs no lock. */
+ * of the events socket (events 1): take-overs done (*ret_taken), whether
+ * it gave up (*ret_gave_up), and whether new clients get no answer that it
+ * cannot mend now (*ret_unmended: kvd_guard_stats).  0, or -ENOENT when
+ * that socket has no guard (not an ipc:// socket file, events off), ret_*
+ * untouched then.  Needs no lock. */
 int                    kvd_server_listener_guard(const struct kvd_server *s, int events, uint64_t *ret_taken,
-                                                 int *ret_gave_up);
+                                                 int *ret_gave_up, int *ret_unmended);
 
 void kvd_server_lock(struct kvd_server *s);
 void kvd_server_unlock(struct kvd_server *s);

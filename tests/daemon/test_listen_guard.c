@@ -1,9 +1,11 @@
 /* test_listen_guard.c - the listener guard's pure rules (daemon/listen_guard.c):
  * how long it may go on taking over (kvd_guard_headroom: descriptors under
- * 3/4 of RLIMIT_NOFILE's soft limit, KVD_GUARD_CEILING take-overs at most)
- * and the names its new listeners are bound to (kvd_guard_name) with many
- * digits.  The end-to-end check, a kvpoold that takes over more than 8
- * times, is tests/protocol/test_listen_guard.py. */
+ * 3/4 of RLIMIT_NOFILE's soft limit, which only holds it back until
+ * descriptors are freed, and KVD_GUARD_CEILING take-overs at most, for
+ * good) and the names its new listeners are bound to (kvd_guard_name)
+ * with many digits.  The end-to-end checks, a kvpoold that takes over more
+ * than 8 times and one that waits for descriptors, are
+ * tests/protocol/test_listen_guard.py. */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -37,10 +39,43 @@ Test(listen_guard, an_unknown_count_or_limit_leaves_only_the_ceiling)
         cr_assert_eq(kvd_guard_headroom(-ENOENT, 1024, 100, why, sizeof why), 1, "no /proc/self/fd");
         cr_assert_eq(kvd_guard_headroom(100000, 0, 100, why, sizeof why), 1, "no limit");
         cr_assert_eq(kvd_guard_headroom(-ENOENT, 0, KVD_GUARD_CEILING - 1, why, sizeof why), 1);
-        cr_assert_eq(kvd_guard_headroom(-ENOENT, 0, KVD_GUARD_CEILING, why, sizeof why), 0);
+        cr_assert_eq(kvd_guard_headroom(-ENOENT, 0, KVD_GUARD_CEILING, why, sizeof why), -1);
         cr_assert(strstr(why, "take-overs tried"), "%s", why);
-        cr_assert_eq(kvd_guard_headroom(10, 1024, KVD_GUARD_CEILING, why, sizeof why), 0, "the ceiling holds with room");
+        cr_assert_eq(kvd_guard_headroom(10, 1024, KVD_GUARD_CEILING, why, sizeof why), -1,
+                     "the ceiling holds with room");
         cr_assert_gt(KVD_GUARD_CEILING, 8);
+}
+
+/* Live sessions hold descriptors too, and leave: short of them the guard
+ * waits (0) and takes over once they are freed; only the ceiling is for
+ * good (-1), and it comes first. */
+Test(listen_guard, short_of_descriptors_is_not_for_good_the_ceiling_is)
+{
+        char why[200];
+
+        cr_assert_eq(kvd_guard_headroom(768, 1024, 0, why, sizeof why), 0, "waits, does not give up");
+        cr_assert_eq(kvd_guard_headroom(768, 1024, KVD_GUARD_CEILING - 1, why, sizeof why), 0);
+        cr_assert_eq(kvd_guard_headroom(768, 1024, KVD_GUARD_CEILING, why, sizeof why), -1, "short and at the ceiling");
+        cr_assert(strstr(why, "take-overs tried"), "%s", why);
+        cr_assert_eq(kvd_guard_headroom(767, 1024, 0, why, sizeof why), 1, "and once one is freed, takes over");
+}
+
+/* No descriptor left to count them with (opendir of /proc/self/fd gets
+ * EMFILE, or ENFILE system-wide): no room now, whatever the limit says,
+ * and not for good. */
+Test(listen_guard, no_descriptor_left_is_no_room_now)
+{
+        char why[200] = "";
+
+        cr_assert_eq(kvd_guard_headroom(-EMFILE, 1024, 0, why, sizeof why), 0);
+        cr_assert(strstr(why, "EMFILE") && strstr(why, "1024"), "%s", why);
+        cr_assert_eq(kvd_guard_headroom(-EMFILE, 0, 0, why, sizeof why), 0, "no limit known");
+        cr_assert(strstr(why, "EMFILE"), "%s", why);
+        cr_assert_eq(kvd_guard_headroom(-ENFILE, 0, 0, why, sizeof why), 0, "the system's file table full");
+        cr_assert(strstr(why, "ENFILE"), "%s", why);
+        cr_assert_eq(kvd_guard_headroom(-EMFILE, 1024, KVD_GUARD_CEILING, why, sizeof why), -1);
+        cr_assert_eq(kvd_guard_headroom(-ENOENT, 1024, 0, why, sizeof why), 1,
+                     "unknown for another reason: the ceiling alone");
 }
 
 /* a path of exactly len bytes: base, then 'd's, then /leaf */

@@ -36,6 +36,7 @@ struct kvd_server {
         int              guards;     /* bit i: socket i (0 control, 1 events) has a listener guard */
         uint64_t         takeovers[2];
         int              gave_up[2];
+        int              unmended[2];
 };
 
 static struct kvd_server fake;
@@ -48,12 +49,14 @@ const struct kvd_pool *kvd_server_pool(const struct kvd_server *s, uint32_t i)
 }
 uint32_t kvd_server_client_count(const struct kvd_server *s) { return s->clients; }
 uint64_t kvd_server_events_dropped(const struct kvd_server *s) { return s->events_dropped; }
-int kvd_server_listener_guard(const struct kvd_server *s, int events, uint64_t *ret_taken, int *ret_gave_up)
+int kvd_server_listener_guard(const struct kvd_server *s, int events, uint64_t *ret_taken, int *ret_gave_up,
+                              int *ret_unmended)
 {
         if (!(s->guards & (1 << !!events)))
                 return -ENOENT;
         *ret_taken = s->takeovers[!!events];
         *ret_gave_up = s->gave_up[!!events];
+        *ret_unmended = s->unmended[!!events];
         return 0;
 }
 void kvd_server_lock(struct kvd_server *s)
@@ -130,6 +133,7 @@ Test(metrics, empty_daemon_is_valid_exposition)
         expect_metric(t, "kvpool_log_lines_dropped_total", 0);
         expect_metric(t, "kvpool_listener_takeovers_total{socket=\"control\"}", 0);
         expect_metric(t, "kvpool_listener_guard_gave_up{socket=\"control\"}", 0);
+        expect_metric(t, "kvpool_listener_unmended{socket=\"control\"}", 0);
         cr_expect(!strstr(t, "socket=\"events\""), "no events socket, no events guard series:\n%s", t);
         expect_metric(t, "kvpool_requests_total{op=\"alloc\"}", 0);
         cr_expect(strstr(t, "kvpool_build_info{version=\""), "no build info:\n%s", t);
@@ -153,19 +157,26 @@ Test(metrics, listener_guards)
         fake.takeovers[0] = 9;
         fake.takeovers[1] = 2;
         fake.gave_up[1] = 1;
+        fake.unmended[0] = 1; /* short of descriptors now, not given up */
+        fake.unmended[1] = 1;
         t = render(m);
         expect_metric(t, "kvpool_listener_takeovers_total{socket=\"control\"}", 9);
         expect_metric(t, "kvpool_listener_takeovers_total{socket=\"events\"}", 2);
         expect_metric(t, "kvpool_listener_guard_gave_up{socket=\"control\"}", 0);
         expect_metric(t, "kvpool_listener_guard_gave_up{socket=\"events\"}", 1);
+        expect_metric(t, "kvpool_listener_unmended{socket=\"control\"}", 1);
+        expect_metric(t, "kvpool_listener_unmended{socket=\"events\"}", 1);
         cr_expect(strstr(t, "# TYPE kvpool_listener_takeovers_total counter\n"));
         cr_expect(strstr(t, "# TYPE kvpool_listener_guard_gave_up gauge\n"));
+        cr_expect(strstr(t, "# TYPE kvpool_listener_unmended gauge\n"));
         expect_promtool_clean(t);
         free(t);
         fake.guards = 0; /* no ipc:// socket file: the families, no series */
         t = render(m);
         cr_expect(strstr(t, "# TYPE kvpool_listener_takeovers_total counter\n"));
         cr_expect(!strstr(t, "kvpool_listener_takeovers_total{"), "no guard, no series:\n%s", t);
+        cr_expect(strstr(t, "# TYPE kvpool_listener_unmended gauge\n"));
+        cr_expect(!strstr(t, "kvpool_listener_unmended{"), "no guard, no series:\n%s", t);
         expect_promtool_clean(t);
         free(t);
         kvd_metrics_free(m);
