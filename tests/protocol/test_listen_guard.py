@@ -11,8 +11,11 @@ and closes before the SP handshake is done stops the listener.
 
 Then how long it goes on: more than 8 take-overs in one process (the cap it
 had before), each counted in /metrics, with the guard's timings shortened
-through KVPOOLD_GUARD_*_MS; and where the descriptors run short (a
-lowered RLIMIT_NOFILE) it gives up, says why, and the metrics say so.
+through KVPOOLD_GUARD_*_MS; where the descriptors run short (a lowered
+RLIMIT_NOFILE) it says why it cannot mend now and the metrics say so, and
+it takes over once they are freed (the limit raised again); at the limit
+itself (EMFILE) it says that kvpoold is out of descriptors, and watches
+again once they are back.
 
 Needs $KVPOOL_BUILD/daemon/kvpoold, as test_raw_client.py.
 """
@@ -175,13 +178,20 @@ def test_more_than_8_take_overs_and_a_new_client_is_still_served(tmp_path):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_short_of_descriptors_the_guard_gives_up_and_says_why(tmp_path):
-    # A take-over leaks a few descriptors for good, so the guard stops at
-    # 3/4 of RLIMIT_NOFILE: with the daemon's limit lowered (after its start
-    # raised the soft limit to the hard one) to leave it room for a take-over
-    # or so, a stop or two later it gives up, says so at error level with
-    # the count and the limit, and the gauge says it to a client connected
-    # before.
+UNMENDED = 'kvpool_listener_unmended{socket="control"}'
+GAVE_UP = 'kvpool_listener_guard_gave_up{socket="control"}'
+TAKEN = 'kvpool_listener_takeovers_total{socket="control"}'
+
+
+def test_short_of_descriptors_the_guard_waits_and_takes_over_once_they_are_freed(tmp_path):
+    # A take-over leaks a few descriptors for good, so the guard takes over
+    # only under 3/4 of RLIMIT_NOFILE.  Live sessions count too, and leave:
+    # so short of descriptors it no longer gives up for good (it did, for
+    # the life of the process): it says once, at error level, with the
+    # count and the limit, that the stopped listener cannot be replaced
+    # now, kvpool_listener_unmended is 1, and once descriptors are freed
+    # (here: the daemon's soft limit raised back) it takes over at its next
+    # check, a new client is served, and the gauge is 0 again.
     d = f"/tmp/kvtest-guardfd-{os.getpid()}"
     os.makedirs(d, exist_ok=True)
     path = d + "/s.sock"
@@ -189,26 +199,109 @@ def test_short_of_descriptors_the_guard_gives_up_and_says_why(tmp_path):
     try:
         kept = Conn(path)
         hello(kept, "kept")
+        soft, hard = resource.prlimit(p.pid, resource.RLIMIT_NOFILE)
         base = len(os.listdir(f"/proc/{p.pid}/fd"))
         # 3/4 of the limit is base + 14: room for a stop's leak or two
         # (each: its listener, the clients that got no answer, the probe:
-        # about 6), not for many
+        # about 6), not for many; only the soft limit (kvpoold raised it to
+        # the hard one at start), which the daemon could raise again itself
         limit = (base + 14) * 4 // 3 + 1
-        resource.prlimit(p.pid, resource.RLIMIT_NOFILE, (limit, limit))
+        assert limit < soft
+        resource.prlimit(p.pid, resource.RLIMIT_NOFILE, (limit, hard))
         for i in range(6):
             bare_connects(path, pid=p.pid)
             c, _ = served(path, within=5)
             if c:
                 c.close()
-            if "gives up" in logpath.read_text():
+            if "cannot be replaced now" in logpath.read_text():
                 break
         text = logpath.read_text()
-        assert "the listener guard gives up: descriptors " in text, text
+        assert "stopped handing connections over (" in text and "cannot be replaced now: descriptors " in text, text
         assert f" of limit {limit} open" in text, text
-        assert "new clients get no answer until kvpoold is restarted" in text, text
-        assert metric(kept, 'kvpool_listener_guard_gave_up{socket="control"}') == 1
-        taken = metric(kept, 'kvpool_listener_takeovers_total{socket="control"}')
+        assert "the listener guard tries again each check" in text, text
+        assert "gives up" not in text and "could not take over" not in text, text
+        assert metric(kept, UNMENDED) == 1, text
+        assert metric(kept, GAVE_UP) == 0
+        taken = metric(kept, TAKEN)
         assert taken == text.count("took over the socket file"), text
+        c, _ = served(path, within=1.5)
+        assert c is None, "the listener was not stopped: " + text
+
+        resource.prlimit(p.pid, resource.RLIMIT_NOFILE, (soft, hard))  # descriptors freed
+        c, _ = served(path, within=5)
+        text = logpath.read_text()
+        assert c, "no new client was served within 5 s of the limit raised: " + text
+        assert "the listener guard recovered: descriptors allow it now, and a new listener on " + path in text, text
+        assert text.count("cannot be replaced now") == 1, "said once, not each check: " + text
+        assert metric(c, UNMENDED) == 0
+        assert metric(c, GAVE_UP) == 0
+        assert metric(c, TAKEN) == taken + 1
+        assert metric(kept, UNMENDED) == 0
+        c.close()
+        c, stuck = served(path, within=5)
+        assert c and stuck == 0, "a second new client: " + logpath.read_text()
+        c.close()
+        kept.close()
+    finally:
+        p.terminate()
+        assert p.wait(timeout=10) == 0, logpath.read_text()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_out_of_descriptors_the_guard_says_so_and_watches_again_after(tmp_path):
+    # At the descriptor limit itself the guard cannot list the connections
+    # (opendir of /proc/self/fd gets EMFILE), nor can nng accept a new
+    # client.  It used to say once, at info level, that it was "not
+    # watching", and nothing when descriptors came back.  Now it says at
+    # error level that kvpoold is out of descriptors and new clients get no
+    # answer, kvpool_listener_unmended is 1; once descriptors are back it
+    # says so, the gauge is 0, and it mends a stop again.
+    d = f"/tmp/kvtest-guardemfile-{os.getpid()}"
+    os.makedirs(d, exist_ok=True)
+    path = d + "/s.sock"
+    p, logpath = start(tmp_path, path, env=FAST)
+    try:
+        kept = Conn(path)
+        hello(kept, "kept")
+        assert metric(kept, UNMENDED) == 0
+        soft, hard = resource.prlimit(p.pid, resource.RLIMIT_NOFILE)
+        # the soft limit at the lowest free descriptor: every open gets
+        # EMFILE, while those it has keep working; the least of a few looks,
+        # since a scan of the guard's or the reaper's holds one a moment
+        lowest_free = 1 << 30
+        for _ in range(20):
+            fds = {int(f) for f in os.listdir(f"/proc/{p.pid}/fd")}
+            lowest_free = min(lowest_free, min(set(range(max(fds) + 2)) - fds))
+            time.sleep(0.01)
+        resource.prlimit(p.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
+        deadline = time.time() + 5
+        while "kvpoold is out of descriptors" not in logpath.read_text() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)  # a few more checks: said once
+        text = logpath.read_text()
+        said = ("kvpoold is out of descriptors (EMFILE: all %d of its limit are open; the listener guard could not "
+                "list the connections): new clients on %s get no answer" % (lowest_free, path))
+        assert text.count(said) == 1, text
+        assert "cannot list the connections" not in text, text
+        assert metric(kept, UNMENDED) == 1, text
+        assert metric(kept, GAVE_UP) == 0
+
+        resource.prlimit(p.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        deadline = time.time() + 5
+        while "kvpoold has descriptors again" not in logpath.read_text() and time.time() < deadline:
+            time.sleep(0.1)
+        text = logpath.read_text()
+        assert "kvpoold has descriptors again after " in text, text
+        assert "the listener guard watches " + path + " again" in text, text
+        assert metric(kept, UNMENDED) == 0
+        # and it watches: a stop is mended
+        bare_connects(path, pid=p.pid)
+        c, stuck = served(path, within=15)
+        assert c, "no new client was served within 15 s: " + logpath.read_text()
+        assert stuck, "the bare connects did not stop nng's listener: " + logpath.read_text()
+        assert metric(c, TAKEN) == 1
+        assert metric(c, UNMENDED) == 0
+        c.close()
         kept.close()
     finally:
         p.terminate()
