@@ -65,6 +65,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/pubsub0/pub.h>
 
+#include "kv_proto.h" /* kv_deadline_ms */
 #include "listen_guard.h"
 #include "log.h"
 #include "ticker.h" /* kvd_mono_s */
@@ -175,20 +176,6 @@ static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 
 /* ---- the queue and its sender thread ----------------------------------- */
 
-/* ts = t, a kvd_mono_s() time, for pthread_cond_timedwait on a
- * CLOCK_MONOTONIC condition variable. */
-static void mono_at(struct timespec *ts, double t)
-{
-        if (t < 0)
-                t = 0;
-        ts->tv_sec = (time_t)t;
-        ts->tv_nsec = (long)((t - (double)ts->tv_sec) * 1e9);
-        if (ts->tv_nsec >= 1000000000L) {
-                ts->tv_sec++;
-                ts->tv_nsec -= 1000000000L;
-        }
-}
-
 /* Logs the drops since the last report: at once for the first ones, then
  * at most once every DROP_LOG_EVERY s (force: now, at the end).  The
  * sender's thread only, so that the announcing thread never writes to the
@@ -227,7 +214,9 @@ static void *sender_main(void *arg)
                         e->sender_idle = 1;
                         /* drops not yet told: wake when the report is due */
                         if (__atomic_load_n(&e->dropped, __ATOMIC_RELAXED) != e->drops_told) {
-                                mono_at(&due, e->drop_log_at + DROP_LOG_EVERY);
+                                const double left = e->drop_log_at + DROP_LOG_EVERY - kvd_mono_s();
+
+                                kv_deadline_ms(&due, left > 0 ? (uint32_t)(left * 1000.0) + 1 : 0);
                                 pthread_cond_timedwait(&e->wake, &e->lock, &due);
                         } else {
                                 pthread_cond_wait(&e->wake, &e->lock);
@@ -488,7 +477,7 @@ static void wait_room_locked(struct kvd_events *e)
         const double t0 = kvd_mono_s();
         struct timespec due;
 
-        mono_at(&due, t0 + e->full_left);
+        kv_deadline_ms(&due, e->full_left > 0 ? (uint32_t)(e->full_left * 1000.0) + 1 : 0);
         if (e->sender_idle) {
                 e->sender_idle = 0;
                 pthread_cond_signal(&e->wake);
@@ -650,7 +639,7 @@ void kvd_events_shutdown(struct kvd_events *e)
         uint8_t         buf[KVD_EV_HDR_SIZE];
         uint64_t        left;
 
-        mono_at(&until, kvd_mono_s() + SHUTDOWN_WAIT_MS / 1000.0);
+        kv_deadline_ms(&until, SHUTDOWN_WAIT_MS);
         header(buf, KVD_EV_SHUTDOWN, NULL);
         pthread_mutex_lock(&e->lock);
         if (e->shut) {

@@ -2,6 +2,7 @@
  * ticker.h). */
 #include <errno.h>
 #include <time.h>
+#include "kv_proto.h" /* kv_deadline_ms */
 #include "ticker.h"
 
 double kvd_mono_s(void)
@@ -23,19 +24,13 @@ uint64_t kvd_mono_ms(void)
 static void *ticker_main(void *arg)
 {
         struct kvd_ticker *t = arg;
-        const long         ns = (long)((t->every - (double)(time_t)t->every) * 1e9);
+        const uint32_t     ms = (uint32_t)(t->every * 1000.0);
 
         pthread_mutex_lock(&t->mu);
         while (!t->stopping) {
                 struct timespec until;
 
-                clock_gettime(CLOCK_MONOTONIC, &until);
-                until.tv_sec += (time_t)t->every;
-                until.tv_nsec += ns;
-                if (until.tv_nsec >= 1000000000L) {
-                        until.tv_sec++;
-                        until.tv_nsec -= 1000000000L;
-                }
+                kv_deadline_ms(&until, ms);
                 /* wakes at the period or at kvd_ticker_stop; a spurious
                  * wake only makes one call early */
                 pthread_cond_timedwait(&t->cv, &t->mu, &until);
