@@ -143,20 +143,26 @@ def _cudart():
     return _rt[0]
 
 
+def _torch_device(x, what):
+    """(cuda, CUDA ordinal or None) of PyTorch tensor x, or TypeError naming
+    `what` for a device whose memory the library cannot use (mps, xpu,
+    meta, ...)."""
+    dev = getattr(getattr(x, "device", None), "type", None)
+    if dev not in ("cpu", "cuda"):
+        raise TypeError(f"{what}: a tensor on device {dev} (the pool needs CPU or CUDA memory)")
+    return dev == "cuda", x.device.index if dev == "cuda" else None
+
+
 def view(x, what):
     """The View of x, or TypeError naming `what` when x is no array."""
     if hasattr(x, "data_ptr") and hasattr(x, "stride") and hasattr(x, "is_cuda"):  # PyTorch
         kind = _KINDS_TORCH.get(str(x.dtype))
         if kind is None:
             raise TypeError(f"{what}: element type {x.dtype} is not float32, bfloat16, float16, int32 or int64")
-        dev = getattr(getattr(x, "device", None), "type", None)
-        if dev not in ("cpu", "cuda"):  # mps, xpu, meta, ...: no pointer the library can use
-            raise TypeError(f"{what}: a tensor on device {dev} (the pool needs CPU or CUDA memory)")
+        cuda, device = _torch_device(x, what)
         if getattr(x, "layout", None) is not None and str(x.layout) != "torch.strided":
             raise TypeError(f"{what}: a {x.layout} tensor (a dense, strided one is needed)")
-        cuda = dev == "cuda"
-        return _aligned(View(x.data_ptr(), tuple(x.shape), tuple(x.stride()), kind, cuda,
-                             x.device.index if cuda else None, True, x), what)
+        return _aligned(View(x.data_ptr(), tuple(x.shape), tuple(x.stride()), kind, cuda, device, True, x), what)
     ai = getattr(x, "__cuda_array_interface__", None)
     if ai is not None:
         return _from_interface(x, ai, True, what)
@@ -193,13 +199,10 @@ def buffer(x, what):
         # no CUDA runtime call here (a host pool's process, or a capture)
         return Buffer(ptr, n, None, None, None)
     if hasattr(x, "data_ptr") and hasattr(x, "element_size") and hasattr(x, "is_cuda"):  # PyTorch
-        dev = getattr(getattr(x, "device", None), "type", None)
-        if dev not in ("cpu", "cuda"):
-            raise TypeError(f"{what}: a tensor on device {dev} (the pool needs CPU or CUDA memory)")
+        cuda, device = _torch_device(x, what)
         if not x.is_contiguous():
             raise ValueError(f"{what}: must be contiguous (strides {tuple(x.stride())})")
-        cuda = dev == "cuda"
-        return Buffer(x.data_ptr(), x.numel() * x.element_size(), cuda, x.device.index if cuda else None, x)
+        return Buffer(x.data_ptr(), x.numel() * x.element_size(), cuda, device, x)
     for attr, cuda in (("__cuda_array_interface__", True), ("__array_interface__", False)):
         ai = getattr(x, attr, None)
         if ai is None:
