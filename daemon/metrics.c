@@ -369,6 +369,18 @@ static void render_pools(struct buf *b, const struct kvd_server *s)
         free(st);
 }
 
+/* One family of the guards' series: a sample per socket that has a guard. */
+static void per_socket(struct buf *b, const char *name, const char *type, const char *help, const int has[2],
+                       const uint64_t v[2])
+{
+        static const char *const sockets[2] = { "control", "events" };
+
+        family(b, name, type, help);
+        for (int i = 0; i < 2; i++)
+                if (has[i])
+                        put(b, "%s{socket=\"%s\"} %llu\n", name, sockets[i], (unsigned long long)v[i]);
+}
+
 /* The listener guards (listen_guard.c) of the request socket ("control")
  * and of the events socket ("events"), each where it has one (an ipc://
  * socket file): how often nng 1.5.2's stopped listener was replaced,
@@ -378,30 +390,26 @@ static void render_pools(struct buf *b, const struct kvd_server *s)
  * freed) or at all (it gave up). */
 static void render_guards(struct buf *b, const struct kvd_server *s)
 {
-        static const char *const names[2] = { "control", "events" };
-        uint64_t                 taken[2];
-        int                      gave_up[2], unmended[2], has[2];
+        uint64_t taken[2], gave_up[2], unmended[2];
+        int      has[2];
 
-        for (int i = 0; i < 2; i++)
-                has[i] = s && kvd_server_listener_guard(s, i, &taken[i], &gave_up[i], &unmended[i]) == 0;
-        family(b, "kvpool_listener_takeovers_total", "counter",
-               "New listeners that took over a socket file after nng 1.5.2 stopped the old one (nanomsg/nng#1518).");
-        for (int i = 0; i < 2; i++)
-                if (has[i])
-                        put(b, "kvpool_listener_takeovers_total{socket=\"%s\"} %llu\n", names[i],
-                            (unsigned long long)taken[i]);
-        family(b, "kvpool_listener_guard_gave_up", "gauge",
-               "1 when the listener guard takes over no more (4096 take-overs, or a failed take-over): restart "
-               "kvpoold.");
-        for (int i = 0; i < 2; i++)
-                if (has[i])
-                        put(b, "kvpool_listener_guard_gave_up{socket=\"%s\"} %d\n", names[i], gave_up[i]);
-        family(b, "kvpool_listener_unmended", "gauge",
-               "1 while new clients get no answer and the listener guard cannot mend it now (nng 1.5.2 stopped the "
-               "listener and descriptors are short, or none is left; or it gave up); 0 once mended.");
-        for (int i = 0; i < 2; i++)
-                if (has[i])
-                        put(b, "kvpool_listener_unmended{socket=\"%s\"} %d\n", names[i], unmended[i]);
+        for (int i = 0; i < 2; i++) {
+                int g = 0, u = 0;
+
+                has[i] = s && kvd_server_listener_guard(s, i, &taken[i], &g, &u) == 0;
+                gave_up[i] = (uint64_t)g;
+                unmended[i] = (uint64_t)u;
+        }
+        per_socket(b, "kvpool_listener_takeovers_total", "counter",
+                   "New listeners that took over a socket file after nng 1.5.2 stopped the old one "
+                   "(nanomsg/nng#1518).", has, taken);
+        per_socket(b, "kvpool_listener_guard_gave_up", "gauge",
+                   "1 when the listener guard takes over no more (4096 take-overs, or a failed take-over): restart "
+                   "kvpoold.", has, gave_up);
+        per_socket(b, "kvpool_listener_unmended", "gauge",
+                   "1 while new clients get no answer and the listener guard cannot mend it now (nng 1.5.2 stopped "
+                   "the listener and descriptors are short, or none is left; or it gave up); 0 once mended.",
+                   has, unmended);
 }
 
 /* Returns the whole exposition as a malloc'ed NUL-terminated string, or NULL
