@@ -91,11 +91,18 @@ int kv_attn_check(const struct kv_pool_view *p, const struct kv_attn_call *c, bo
         }
         /* the index arrays are read as int32 (here the host copies, on a
          * host pool every one): natural alignment, or the reads are
-         * undefined behaviour; the CUDA kernels ask for the same */
-        if (((uintptr_t)c->page_table | (uintptr_t)c->seq_lens | (uintptr_t)c->qo_indptr |
-             (uintptr_t)c->seq_lens_host | (uintptr_t)c->qo_indptr_host) & 3u)
-                return kv_fail(-EINVAL, msg, msglen, "%s: page_table, seq_lens or qo_indptr is not 4-byte aligned",
-                               op);
+         * undefined behaviour; the CUDA kernels ask for the same.  Each is
+         * named on its own: a list of candidates would name the wrong ones
+         * (a misaligned seq_lens_host used to read "page_table, seq_lens or
+         * qo_indptr"). */
+        const struct { const int32_t *a; const char *name; } idx[] = {
+                { c->page_table, "page_table" }, { c->seq_lens, "seq_lens" },
+                { c->seq_lens_host, "seq_lens_host" }, { c->qo_indptr, "qo_indptr" },
+                { c->qo_indptr_host, "qo_indptr_host" },
+        };
+        for (size_t i = 0; i < sizeof(idx) / sizeof(idx[0]); i++)
+                if ((uintptr_t)idx[i].a & 3u)
+                        return kv_fail(-EINVAL, msg, msglen, "%s: %s is not 4-byte aligned", op, idx[i].name);
         const int32_t *lens = c->seq_lens_host;
         if (!lens)
                 return kv_fail(-EINVAL, msg, msglen, "%s: seq_lens_host is NULL (the host copy of seq_lens is required)",
@@ -143,7 +150,8 @@ int kv_attn_check(const struct kv_pool_view *p, const struct kv_attn_call *c, bo
         if (rows > 0 && (!c->q || !c->out))
                 return kv_fail(-EINVAL, msg, msglen, "%s: %s is NULL", op, !c->q ? "q" : "out");
         if (rows > 0 && (((uintptr_t)c->q | (uintptr_t)c->out) & 1u))
-                return kv_fail(-EINVAL, msg, msglen, "%s: q or out is not 2-byte aligned", op);
+                return kv_fail(-EINVAL, msg, msglen, "%s: %s is not 2-byte aligned", op,
+                               (uintptr_t)c->q & 1u ? "q" : "out");
         if (read_pages) {
                 for (uint32_t b = 0; b < c->batch; b++) {
                         uint32_t np = ((uint32_t)lens[b] + P - 1) / P;

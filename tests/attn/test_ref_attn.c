@@ -327,10 +327,22 @@ Test(ref_attn, decode_argument_errors)
         ERR(kv_ref_decode, -EINVAL, "page_table is NULL");
         a = ok; a.seq_lens = NULL; /* seq_lens_host is optional on a host pool, seq_lens is not */
         ERR(kv_ref_decode, -EINVAL, "decode: seq_lens is NULL");
+        /* a misaligned array is named itself, not as one of a list (a
+         * seq_lens_host off by 2 bytes used to be reported as "page_table,
+         * seq_lens or qo_indptr") */
         a = ok; a.q = (const char *)q + 1;
-        ERR(kv_ref_decode, -EINVAL, "q or out is not 2-byte aligned");
+        ERR(kv_ref_decode, -EINVAL, "decode: q is not 2-byte aligned");
+        a = ok; a.out = (char *)out + 1;
+        ERR(kv_ref_decode, -EINVAL, "decode: out is not 2-byte aligned");
         a = ok; a.page_table = (const int32_t *)((const char *)P.pt + 2);
-        ERR(kv_ref_decode, -EINVAL, "page_table, seq_lens or qo_indptr is not 4-byte aligned");
+        ERR(kv_ref_decode, -EINVAL, "decode: page_table is not 4-byte aligned");
+        _Alignas(8) char lens_buf[3 * sizeof(int32_t)];
+        int32_t *lens_mis = (int32_t *)(lens_buf + 2);
+        memcpy(lens_mis, P.lens, 2 * sizeof(int32_t));
+        a = ok; a.seq_lens = lens_mis;
+        ERR(kv_ref_decode, -EINVAL, "decode: seq_lens is not 4-byte aligned");
+        a = ok; a.seq_lens_host = lens_mis;
+        ERR(kv_ref_decode, -EINVAL, "decode: seq_lens_host is not 4-byte aligned");
         /* a table of max_pages entries per row is part of the call even when
          * every length is 0 (the CUDA kernel reads rows ahead of lengths) */
         const int32_t zero[2] = { 0, 0 };
@@ -395,6 +407,14 @@ Test(ref_attn, extend_argument_errors)
         ERR(kv_ref_extend, -EINVAL, "qo_indptr[2] = 4 < qo_indptr[1] = 5");
         a = ok; a.qo_indptr = NULL;
         ERR(kv_ref_extend, -EINVAL, "qo_indptr is NULL");
+        int32_t good_[3] = { 0, 3, 6 };
+        _Alignas(8) char ind_buf[4 * sizeof(int32_t)];
+        int32_t *ind_mis = (int32_t *)(ind_buf + 2);
+        memcpy(ind_mis, good_, sizeof good_);
+        a = ok; a.qo_indptr = ind_mis;
+        ERR(kv_ref_extend, -EINVAL, "extend: qo_indptr is not 4-byte aligned");
+        a = ok; a.qo_indptr = good_; a.qo_indptr_host = ind_mis;
+        ERR(kv_ref_extend, -EINVAL, "extend: qo_indptr_host is not 4-byte aligned");
         a = ok; a.qo_indptr = NULL; a.batch = 0;
         cr_expect_eq(kv_ref_extend(&P.v, &a, NULL, 0), 0, "an empty batch needs no qo_indptr (as on CUDA)");
         int32_t good[3] = { 0, 3, 6 };
