@@ -24,6 +24,14 @@ extern "C" int kv_cuda_errno(int cuda_err, const char *what, char *msg, size_t m
         case cudaErrorInvalidConfiguration:
         case cudaErrorInvalidDevicePointer:
         case cudaErrorInvalidPitchValue:
+        /* A handle the caller passed that CUDA cannot use here: on the data
+         * path, a stream of another device (or context) than the current
+         * one, or a destroyed one, which the launch refuses before anything
+         * runs.  A bad argument, not a stale pool (-ESTALE tells a worker to
+         * reconnect and attach again, kvclient.h); the one place where a
+         * CUDA error does mean a stale pool, opening its IPC handle, returns
+         * -ESTALE itself (client_cuda.c). */
+        case cudaErrorInvalidResourceHandle:
                 err = -EINVAL;
                 break;
         case cudaErrorNoDevice:
@@ -33,7 +41,6 @@ extern "C" int kv_cuda_errno(int cuda_err, const char *what, char *msg, size_t m
         case cudaErrorCompatNotSupportedOnDevice:
                 err = -ENODEV;
                 break;
-        case cudaErrorInvalidResourceHandle:
         case cudaErrorMapBufferObjectFailed:
                 err = -ESTALE;
                 break;
@@ -41,8 +48,11 @@ extern "C" int kv_cuda_errno(int cuda_err, const char *what, char *msg, size_t m
                 err = -EIO;
                 break;
         }
-        return kv_fail(err, msg, msglen, "%s: %s: %s", what ? what : "CUDA", cudaGetErrorName(e),
-                       cudaGetErrorString(e));
+        return kv_fail(err, msg, msglen, "%s: %s: %s%s", what ? what : "CUDA", cudaGetErrorName(e),
+                       cudaGetErrorString(e),
+                       e == cudaErrorInvalidResourceHandle
+                               ? " (a stream of another device than the current one, or destroyed?)"
+                               : "");
 }
 
 extern "C" int kv_cuda_available(void)

@@ -21,9 +21,11 @@ extern "C" {
  * a negative errno and, when msg is not NULL, writes "<what>: <CUDA error name>:
  * <description>" into it.  cudaSuccess gives 0 and leaves msg alone.
  *   memory allocation             -> -ENOMEM
- *   invalid value / configuration -> -EINVAL
+ *   invalid value / configuration,
+ *   invalid resource handle       -> -EINVAL (the message adds: a stream of
+ *                                    another device, or destroyed?)
  *   no device / driver too old    -> -ENODEV
- *   stale or invalid IPC handle   -> -ESTALE
+ *   failed IPC buffer mapping     -> -ESTALE
  *   anything else                 -> -EIO */
 int kv_cuda_errno(int cuda_err, const char *what, char *msg, size_t msglen);
 

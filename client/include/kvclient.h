@@ -217,9 +217,11 @@ int kvc_block_key(const kvc_key *parent, const int32_t *tokens, size_t n_tokens,
  * calling thread's current device, which must be the pool's
  * (kvc_pool_desc.device; -EINVAL otherwise, before anything runs): a
  * process with pools on several GPUs calls cudaSetDevice before each pool's
- * calls.  Arguments are checked before any kernel runs; device-resident
- * indices (slots, page tables) are range-checked in the kernel, which skips
- * out-of-range entries. */
+ * calls.  The stream must be one of that device too: another device's is
+ * refused by the launch itself, -EINVAL with CUDA's "invalid resource
+ * handle", nothing run.  Arguments are checked before any kernel runs;
+ * device-resident indices (slots, page tables) are range-checked in the
+ * kernel, which skips out-of-range entries. */
 
 struct kvc_write_args {
         const void    *k;            /* [T, kv_heads, head_dim], elem, rows k_row_stride apart */

@@ -16,7 +16,9 @@
  *     writes pages through the kernel, and holds them.
  *  3. A third process, seeing both GPUs, attaches all four pools: a data
  *     call on a pool of the other device is refused (-EINVAL naming both
- *     devices) before anything runs; after cudaSetDevice every pool's pages
+ *     devices) before anything runs, and so is one on the pool's device
+ *     with a stream of the other (-EINVAL, CUDA's invalid resource handle;
+ *     it was -ESTALE); after cudaSetDevice every pool's pages
  *     equal the CPU reference, raw bytes and gathered values.
  *  4. Worker 0 is killed with SIGKILL: rank 0's pools get all their pages
  *     back, rank 1's keep exactly their worker's, whose pages are checked
@@ -157,6 +159,35 @@ static int wrong_device_refused(kvc_client *c, kvc_pool *p, int other)
                 printf("check: %s, device %d current: refused: %s\n", d->name, other, kvc_errmsg(c));
         }
         CK(cudaDeviceSynchronize()); /* the context is still good */
+
+        /* The pool's device current but a stream of the other one: the
+         * launch refuses it (CUDA's invalid resource handle), -EINVAL,
+         * which used to come back as -ESTALE, the errno that tells a worker
+         * the daemon restarted and to reconnect. */
+        cudaStream_t st;
+        int32_t *dpl2;
+        void *out2;
+        CK(cudaStreamCreate(&st)); /* on `other`, still current */
+        CK(cudaSetDevice(d->device));
+        CK(cudaMalloc((void **)&dpl2, sizeof(int32_t)));
+        CK(cudaMemset(dpl2, 0, sizeof(int32_t)));
+        CK(cudaMalloc(&out2, (size_t)d->page_size * d->kv_heads * d->head_dim * 4));
+        struct kvc_gather_args g2 = { .pages = dpl2, .n_pages = 1, .layer = 0, .k_out = out2, .v_out = out2,
+                                      .elem = KVC_ELEM_F32 };
+        r = kvc_gather(p, &g2, st);
+        if (r != -EINVAL || !strstr(kvc_errmsg(c), "invalid resource handle")) {
+                printf("check: %s: gather on a stream of device %d gave %d (%s), expected -EINVAL "
+                       "(invalid resource handle)\n",
+                       d->name, other, r, kvc_errmsg(c));
+                bad++;
+        } else {
+                printf("check: %s, stream of device %d: refused: %s\n", d->name, other, kvc_errmsg(c));
+        }
+        CK(cudaDeviceSynchronize());
+        cudaFree(dpl2);
+        cudaFree(out2);
+        CK(cudaSetDevice(other));
+        CK(cudaStreamDestroy(st));
         cudaFree(dpl);
         cudaFree(out);
         return bad;
