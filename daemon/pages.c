@@ -23,7 +23,8 @@
  *
  * Keys come from clients, so the table hashes them with SipHash-1-3 under a
  * random per-table secret: a client cannot build colliding keys to make
- * probes long.
+ * probes long.  The page ids a session holds are the client's choice too
+ * (u32map.h): its map hashes them under another per-table secret.
  */
 #include "pages.h"
 #include "u32map.h"
@@ -102,6 +103,7 @@ struct kvd_pages {
         uint32_t               *slots; /* key table: page + 1, 0 = empty */
         uint32_t                kmask;
         uint64_t                sipkey[2];
+        uint32_t                mapseed; /* of the session maps' hash (u32map.h says why) */
         uint32_t                free_head;
         uint32_t                lru_head, lru_tail;
         uint32_t               *scratch; /* [n], for drop_session */
@@ -252,6 +254,7 @@ static int sess_reserve(struct kvd_pages *t, uint32_t sid, uint32_t extra, struc
                 }
                 s = &t->sess[idx];
                 memset(s, 0, sizeof(*s));
+                map_init(&s->held, t->mapseed);
                 s->sid = sid;
                 map_put(&t->sids, sid, idx);
         }
@@ -343,13 +346,16 @@ int kvd_pages_new(uint32_t num_pages, const struct kvd_pages_hooks *hooks, struc
                 return -ENOMEM;
         }
         t->kmask = (uint32_t)(kcap - 1);
-        if (getrandom(t->sipkey, sizeof(t->sipkey), GRND_NONBLOCK) != (ssize_t)sizeof(t->sipkey)) {
+        if (getrandom(t->sipkey, sizeof(t->sipkey), GRND_NONBLOCK) != (ssize_t)sizeof(t->sipkey) ||
+            getrandom(&t->mapseed, sizeof(t->mapseed), GRND_NONBLOCK) != (ssize_t)sizeof(t->mapseed)) {
                 /* no entropy yet (early boot): still unpredictable enough to a client */
                 struct timespec ts;
                 clock_gettime(CLOCK_MONOTONIC, &ts);
                 t->sipkey[0] = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ULL ^ (uint64_t)getpid();
                 t->sipkey[1] = (uint64_t)ts.tv_sec * 0xC2B2AE3D27D4EB4FULL ^ (uint64_t)(uintptr_t)t;
+                t->mapseed = (uint32_t)(t->sipkey[0] >> 32) ^ (uint32_t)t->sipkey[1];
         }
+        map_init(&t->sids, t->mapseed);
         if (hooks)
                 t->hooks = *hooks;
         t->free_head = NIL;

@@ -2,7 +2,16 @@
  * shift deletion, power-of-two capacity) for the page table (pages.c): sid
  * -> session index and, per session, page -> count of references.  Keys
  * are never MAP_EMPTY.  Header-only: every function is small and on the
- * page table's hot path. */
+ * page table's hot path.
+ *
+ * A client chooses the keys of its own page -> count map: the free list
+ * hands back the pages freed last, and LOOKUP the pages of the keys it
+ * names.  With a public hash it could hold ids whose homes share a narrow
+ * band of slots, one probe run as long as the map, and make every ALLOC
+ * and FREE quadratic (32768 such pages: a second of the serving thread's
+ * time, against a millisecond).  So the hash takes a secret seed, which
+ * the owner of a map sets (map_init) and which the map keeps through its
+ * rehashes and map_fini. */
 #ifndef KVD_U32MAP_H
 #define KVD_U32MAP_H
 
@@ -21,11 +30,12 @@ struct u32map {
         uint32_t *v;
         uint32_t  cap; /* 0 or a power of two */
         uint32_t  len;
+        uint32_t  seed; /* of the hash (map_home): secret where clients choose keys */
 };
 
 static inline uint32_t mix32(uint32_t x)
 {
-        /* a cheap bijective mixer (lowbias32); keys here are daemon-chosen */
+        /* a cheap bijective mixer (lowbias32); map_home seeds it */
         x ^= x >> 16;
         x *= 0x7feb352dU;
         x ^= x >> 15;
@@ -34,12 +44,26 @@ static inline uint32_t mix32(uint32_t x)
         return x;
 }
 
+/* The slot where key's probe run starts.  The seed goes in before the
+ * mixer, so that which ids share a home cannot be worked out without it. */
+static inline uint32_t map_home(const struct u32map *m, uint32_t key)
+{
+        return mix32(key ^ m->seed) & (m->cap - 1);
+}
+
+/* An empty map whose hash takes seed. */
+static inline void map_init(struct u32map *m, uint32_t seed)
+{
+        memset(m, 0, sizeof(*m));
+        m->seed = seed;
+}
+
 static inline int64_t map_find(const struct u32map *m, uint32_t key)
 {
         if (m->cap == 0)
                 return -1;
         uint32_t mask = m->cap - 1;
-        for (uint32_t i = mix32(key) & mask;; i = (i + 1) & mask) {
+        for (uint32_t i = map_home(m, key);; i = (i + 1) & mask) {
                 if (m->k[i] == key)
                         return i;
                 if (m->k[i] == MAP_EMPTY)
@@ -51,7 +75,7 @@ static inline int64_t map_find(const struct u32map *m, uint32_t key)
 static inline void map_put(struct u32map *m, uint32_t key, uint32_t val)
 {
         uint32_t mask = m->cap - 1;
-        uint32_t i = mix32(key) & mask;
+        uint32_t i = map_home(m, key);
         while (m->k[i] != MAP_EMPTY)
                 i = (i + 1) & mask;
         m->k[i] = key;
@@ -69,7 +93,7 @@ static inline int map_rehash(struct u32map *m, uint32_t cap)
                 return -ENOMEM;
         }
         memset(k, 0xff, (size_t)cap * sizeof(*k));
-        struct u32map n = { .k = k, .v = v, .cap = cap, .len = 0 };
+        struct u32map n = { .k = k, .v = v, .cap = cap, .len = 0, .seed = m->seed };
         for (uint32_t i = 0; i < m->cap; i++)
                 if (m->k[i] != MAP_EMPTY)
                         map_put(&n, m->k[i], m->v[i]);
@@ -103,7 +127,7 @@ static inline void map_del_slot(struct u32map *m, uint32_t i)
                 j = (j + 1) & mask;
                 if (m->k[j] == MAP_EMPTY)
                         break;
-                uint32_t home = mix32(m->k[j]) & mask;
+                uint32_t home = map_home(m, m->k[j]);
                 /* move j into the hole i unless its home lies cyclically in (i, j] */
                 bool stays = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
                 if (!stays) {
@@ -128,11 +152,12 @@ static inline void map_maybe_shrink(struct u32map *m)
         (void)map_rehash(m, cap);
 }
 
+/* Frees the slots; the map is empty again, with the same seed. */
 static inline void map_fini(struct u32map *m)
 {
         free(m->k);
         free(m->v);
-        memset(m, 0, sizeof(*m));
+        map_init(m, m->seed);
 }
 
 #endif

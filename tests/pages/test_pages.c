@@ -611,3 +611,84 @@ Test(pages, reset_keys_empties_the_cache_and_keeps_holdings)
         cr_assert_eq(kvd_pages_reset_keys(NULL, NULL), 0);
         kvd_pages_free(t);
 }
+
+/* ---- hash flooding ------------------------------------------------------- */
+
+#include <stdlib.h>
+#include <time.h>
+#include "u32map.h"
+
+static double mono_s(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* What a client can do with ALLOC and FREE alone: session 1 takes every page
+ * and frees them so that the pages of `chosen` come out of the free list
+ * first; session 2 then ALLOCs exactly those and FREEs them.  Returns how
+ * long session 2's ALLOC and FREE took. */
+static double alloc_free_chosen(uint32_t n, const uint32_t *chosen, uint32_t h)
+{
+        struct kvd_pages *t = mk(n, NULL);
+        uint32_t         *all = malloc(n * sizeof(*all)), *order = malloc(n * sizeof(*order)), m = 0;
+        uint8_t          *is = calloc(n, 1);
+        double            t0;
+
+        cr_assert(all && order && is);
+        cr_assert_eq(kvd_pages_alloc(t, 1, n, all), 0);
+        for (uint32_t i = 0; i < h; i++)
+                is[chosen[i]] = 1;
+        for (uint32_t id = 0; id < n; id++)
+                if (!is[id])
+                        order[m++] = id;
+        cr_assert_eq(kvd_pages_release(t, 1, m, order), 0);
+        /* released last, so on top of the free list */
+        cr_assert_eq(kvd_pages_release(t, 1, h, chosen), 0);
+        t0 = mono_s();
+        cr_assert_eq(kvd_pages_alloc(t, 2, h, all), 0);
+        cr_assert_eq(kvd_pages_release(t, 2, h, all), 0);
+        t0 = mono_s() - t0;
+        for (uint32_t i = 0; i < h; i++)
+                cr_assert(is[all[i]], "session 2 got page %u, not one of the chosen", all[i]);
+        cr_assert_eq(kvd_pages_check(t), 0);
+        kvd_pages_free(t);
+        free(all);
+        free(order);
+        free(is);
+        return t0;
+}
+
+/* A session's holdings are a hash map keyed by page id, and a client
+ * chooses which ids it holds (the free list hands back what was freed
+ * last; LOOKUP hands out published pages).  When the map hashed with
+ * u32map.h's mixer alone, ids whose mix32 falls into a narrow band of the
+ * map's slots made one long probe run: an ALLOC and FREE of 32768 such
+ * pages held the serving thread for about a second (65536 pages of a
+ * 2^20-page pool: 5 s), against a millisecond for any other 32768.  The
+ * map's secret seed makes them as good as any others. */
+Test(pages, chosen_page_ids_cannot_make_probes_long, .timeout = 120)
+{
+        enum { N = 1u << 19, H = 32768 };
+        const uint32_t mask = 2 * H - 1; /* the map an ALLOC of H pages reserves */
+        uint32_t      *bad = malloc(H * sizeof(*bad)), *good = malloc(H * sizeof(*good)), nb = 0;
+        double         t_good, t_bad;
+
+        cr_assert(bad && good);
+        /* a band of a little more than H / 8 slots: N / (mask + 1) = 8 ids
+         * have their home in each slot */
+        for (uint32_t id = 0; id < N && nb < H; id++)
+                if ((mix32(id) & mask) < H / 8 + H / 64)
+                        bad[nb++] = id;
+        cr_assert_eq(nb, H, "only %u ids in the band", nb);
+        for (uint32_t i = 0; i < H; i++)
+                good[i] = i * (N / H);
+        t_good = alloc_free_chosen(N, good, H);
+        t_bad = alloc_free_chosen(N, bad, H);
+        cr_assert_lt(t_bad, 10 * t_good + 0.05, "ALLOC + FREE of chosen pages: %.1f ms, of spread ones %.1f ms",
+                     t_bad * 1e3, t_good * 1e3);
+        free(bad);
+        free(good);
+}
