@@ -498,6 +498,12 @@ uint32_t kvd_pages_session_count(const struct kvd_pages *t, uint32_t sid)
         return s ? s->total : 0;
 }
 
+uint32_t kvd_pages_longest_probe(const struct kvd_pages *t, uint32_t sid)
+{
+        const struct sess *s = (t && sid != MAP_EMPTY) ? sess_get(t, sid) : NULL;
+        return s ? map_longest_probe(&s->held) : 0;
+}
+
 uint32_t kvd_pages_refcount(const struct kvd_pages *t, uint32_t id)
 {
         return (t && id < t->n) ? t->pages[id].ref : 0;

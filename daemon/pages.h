@@ -78,6 +78,11 @@ uint32_t kvd_pages_drop_session(struct kvd_pages *t, uint32_t sid);
 /* References sid holds in total, and on page id. */
 uint32_t kvd_pages_session_count(const struct kvd_pages *t, uint32_t sid);
 uint32_t kvd_pages_refcount(const struct kvd_pages *t, uint32_t id);
+/* For tests: the longest probe, in slots past a page id's home, of the map
+ * that holds session sid's pages (0 without the session).  Page ids are the
+ * client's choice, so it must stay short whichever ids a session holds
+ * (u32map.h). */
+uint32_t kvd_pages_longest_probe(const struct kvd_pages *t, uint32_t sid);
 
 /* Publishes ids[i] under keys[i] (scoped by salt).  Each page must be held by
  * sid (-EPERM otherwise, nothing published; -ERANGE for a bad id).  A key

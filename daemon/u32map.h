@@ -152,6 +152,20 @@ static inline void map_maybe_shrink(struct u32map *m)
         (void)map_rehash(m, cap);
 }
 
+/* The longest distance of a key from its home slot, in slots: how long
+ * the longest probe is (for tests: tests/pages/test_pages.c). */
+static inline uint32_t map_longest_probe(const struct u32map *m)
+{
+        uint32_t most = 0;
+        for (uint32_t i = 0; i < m->cap; i++)
+                if (m->k[i] != MAP_EMPTY) {
+                        uint32_t d = (i - map_home(m, m->k[i])) & (m->cap - 1);
+                        if (d > most)
+                                most = d;
+                }
+        return most;
+}
+
 /* Frees the slots; the map is empty again, with the same seed. */
 static inline void map_fini(struct u32map *m)
 {
