@@ -25,9 +25,11 @@ extern "C" int kv_cuda_errno(int cuda_err, const char *what, char *msg, size_t m
         case cudaErrorInvalidDevicePointer:
         case cudaErrorInvalidPitchValue:
         /* A handle the caller passed that CUDA cannot use here: on the data
-         * path, a stream of another device (or context) than the current
-         * one, or a destroyed one, which the launch refuses before anything
-         * runs.  A bad argument, not a stale pool (-ESTALE tells a worker to
+         * path, a stream of another device than the current one, which the
+         * launch refuses before anything runs (CUDA programming guide,
+         * "Stream and Event Behavior").  A stream of a second context of
+         * the same device is not refused: a gather on one ran and returned
+         * 0 on the H200 (2026-12-01).  A bad argument, not a stale pool (-ESTALE tells a worker to
          * reconnect and attach again, kvclient.h); the one place where a
          * CUDA error does mean a stale pool, opening its IPC handle, returns
          * -ESTALE itself (client_cuda.c). */
