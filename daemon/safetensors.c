@@ -78,15 +78,104 @@ static float half_to_float(uint16_t h)
         return (h & 0x8000) ? -f : f;
 }
 
+/* The [begin, end) of tensor name (header entry t) in the data section of
+ * data_size bytes into off[2]: 0, or -EINVAL naming the file and tensor. */
+static int tensor_span(const char *path, const char *name, const cJSON *t, uint64_t data_size, uint64_t off[2],
+                       char *err, size_t errlen)
+{
+        const cJSON *offs = cJSON_GetObjectItemCaseSensitive(t, "data_offsets"), *it;
+        int i = 0;
+
+        if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2)
+                return kvd_sc_fail(err, errlen, -EINVAL, "%s: tensor %s: \"data_offsets\" must be [begin, end]", path, name);
+        cJSON_ArrayForEach(it, offs) {
+                double d = cJSON_IsNumber(it) ? it->valuedouble : -1.0;
+                if (!(d >= 0 && d <= 9007199254740992.0) || d != floor(d))
+                        return kvd_sc_fail(err, errlen, -EINVAL, "%s: tensor %s: data_offsets: expected whole numbers >= 0",
+                                           path, name);
+                off[i++] = (uint64_t)d;
+        }
+        if (off[1] < off[0] || off[1] > data_size)
+                return kvd_sc_fail(err, errlen, -EINVAL,
+                                   "%s: tensor %s: data_offsets [%llu, %llu] lie outside the data section (%llu bytes)", path,
+                                   name, (unsigned long long)off[0], (unsigned long long)off[1],
+                                   (unsigned long long)data_size);
+        return 0;
+}
+
+struct span {
+        uint64_t    begin, end;
+        const char *name;
+};
+
+static int span_cmp(const void *a, const void *b)
+{
+        const struct span *x = a, *y = b;
+
+        if (x->begin != y->begin)
+                return x->begin < y->begin ? -1 : 1;
+        return x->end < y->end ? -1 : x->end > y->end;
+}
+
+/* Checks the data_offsets of every tensor of the header root, not only the
+ * scales': each within the data section, and no byte in two tensors (the
+ * format's own rule; the safetensors library refuses such a file).  Why
+ * all of them: a scale whose bytes are also another tensor's (a corrupt or
+ * hand-edited header) reads that tensor's bytes as a plausible scale, and a
+ * weight that runs past the end of the data is a truncated checkpoint;
+ * either loaded before without a word.  0, -ENOMEM, or -EINVAL naming the
+ * file and the tensor(s). */
+static int check_spans(const char *path, const cJSON *root, uint64_t data_size, char *err, size_t errlen)
+{
+        const cJSON *t;
+        struct span *s;
+        size_t n = 0, cap = (size_t)cJSON_GetArraySize(root);
+        int r = 0;
+
+        if (!cap)
+                return 0;
+        if (!(s = malloc(cap * sizeof(*s))))
+                return kvd_sc_fail(err, errlen, -ENOMEM, "%s: out of memory for %zu header entries", path, cap);
+        cJSON_ArrayForEach(t, root) {
+                uint64_t off[2];
+
+                if (!strcmp(t->string, "__metadata__")) /* free-form strings, no data */
+                        continue;
+                if (!cJSON_IsObject(t)) {
+                        r = kvd_sc_fail(err, errlen, -EINVAL, "%s: tensor %s: expected an object in the header, got %s",
+                                        path, t->string, kvd_sc_json_type(t));
+                        goto out;
+                }
+                if ((r = tensor_span(path, t->string, t, data_size, off, err, errlen)))
+                        goto out;
+                s[n++] = (struct span){ off[0], off[1], t->string };
+        }
+        qsort(s, n, sizeof(*s), span_cmp);
+        for (size_t i = 1; i < n; i++) {
+                if (s[i].begin < s[i - 1].end) {
+                        r = kvd_sc_fail(err, errlen, -EINVAL,
+                                        "%s: tensors %s (data_offsets [%llu, %llu]) and %s ([%llu, %llu]) overlap: "
+                                        "each byte of the data section belongs to one tensor (a corrupt header?)",
+                                        path, s[i - 1].name, (unsigned long long)s[i - 1].begin,
+                                        (unsigned long long)s[i - 1].end, s[i].name, (unsigned long long)s[i].begin,
+                                        (unsigned long long)s[i].end);
+                        goto out;
+                }
+        }
+out:
+        free(s);
+        return r;
+}
+
 /* Validates one scale tensor's header entry and reads its value. */
 static int read_scale(const char *path, int fd, uint64_t data_start, uint64_t data_size, const char *name,
                       const cJSON *t, float *ret, char *err, size_t errlen)
 {
-        const cJSON *dt, *shape, *offs, *it;
+        const cJSON *dt, *shape, *it;
         uint64_t off[2];
         size_t esize;
         uint8_t raw[4];
-        int i = 0;
+        int r;
 
         if (!cJSON_IsObject(t))
                 return kvd_sc_fail(err, errlen, -EINVAL, "%s: tensor %s: expected an object in the header, got %s", path, name,
@@ -114,21 +203,8 @@ static int read_scale(const char *path, int fd, uint64_t data_start, uint64_t da
                 return kvd_sc_fail(err, errlen, -EINVAL, "%s: tensor %s: shape [%s], expected a scalar ([] or [1])", path,
                                    name, s);
         }
-        offs = cJSON_GetObjectItemCaseSensitive(t, "data_offsets");
-        if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2)
-                return kvd_sc_fail(err, errlen, -EINVAL, "%s: tensor %s: \"data_offsets\" must be [begin, end]", path, name);
-        cJSON_ArrayForEach(it, offs) {
-                double d = cJSON_IsNumber(it) ? it->valuedouble : -1.0;
-                if (!(d >= 0 && d <= 9007199254740992.0) || d != floor(d))
-                        return kvd_sc_fail(err, errlen, -EINVAL, "%s: tensor %s: data_offsets: expected whole numbers >= 0",
-                                           path, name);
-                off[i++] = (uint64_t)d;
-        }
-        if (off[1] < off[0] || off[1] > data_size)
-                return kvd_sc_fail(err, errlen, -EINVAL,
-                                   "%s: tensor %s: data_offsets [%llu, %llu] lie outside the data section (%llu bytes)", path,
-                                   name, (unsigned long long)off[0], (unsigned long long)off[1],
-                                   (unsigned long long)data_size);
+        if ((r = tensor_span(path, name, t, data_size, off, err, errlen)))
+                return r;
         if (off[1] - off[0] != esize)
                 return kvd_sc_fail(err, errlen, -EINVAL, "%s: tensor %s: data_offsets span %llu bytes, expected %zu for one %s",
                                    path, name, (unsigned long long)(off[1] - off[0]), esize, dt->valuestring);
@@ -200,6 +276,8 @@ static int load_st_file(const char *path, const cJSON *weight_map, const char *s
                                 kvd_sc_json_type(root));
                 goto out;
         }
+        if ((r = check_spans(path, root, size - 8 - hlen, err, errlen)))
+                goto out;
         cJSON_ArrayForEach(t, root) {
                 uint32_t l;
                 int which = match_name(t->string, &l);

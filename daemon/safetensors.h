@@ -11,7 +11,9 @@
  * a model folder (its index if it has one, else its model.safetensors).  A
  * layer's scales are the tensors model.layers.N.self_attn.{k,v}_scale or
  * model.layers.N.self_attn.{k,v}_proj.{k,v}_scale, F32/BF16/F16 scalars,
- * positive and finite; every layer needs exactly one of each.  Fills
+ * positive and finite; every layer needs exactly one of each.  Every
+ * tensor's data_offsets, a scale's or not, must lie within the file's data
+ * section, no byte in two tensors.  Fills
  * k[0..num_layers) and v[0..num_layers) and returns 0, or returns
  * -EINVAL/-ENOENT/-EIO/-ENOMEM with err naming the file, tensor or layer
  * (k and v may then be partly written). */

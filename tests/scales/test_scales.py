@@ -262,6 +262,58 @@ def test_offsets_outside_data(probe, tmp_path):
     refuse(probe, st(path), str(path), "model.layers.0.self_attn.k_scale", "outside the data section (4 bytes)")
 
 
+def raw_checkpoint(path, hdr, data):
+    """A safetensors file written by hand (the library refuses to write a
+    corrupt one): header hdr (a dict), then data."""
+    text = json.dumps(hdr).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    return path
+
+
+def test_overlapping_offsets(probe, tmp_path):
+    # every scale of every layer on the same four bytes: each scale is the
+    # same plausible 0.5, read without a word before
+    hdr = {f"model.layers.{i}.self_attn.{kv}_scale": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}
+           for i in range(L) for kv in "kv"}
+    path = raw_checkpoint(tmp_path / "shared.safetensors", hdr, struct.pack("<f", 0.5))
+    refuse(probe, st(path), str(path), "overlap", "model.layers.0.self_attn.k_scale")
+    # a scale whose bytes lie inside another tensor's (the bytes of a weight
+    # read as a scale); the header's order is not the data's
+    hdr = {f"model.layers.{i}.self_attn.{kv}_scale": {"dtype": "F32", "shape": [],
+                                                       "data_offsets": [64 + 8 * i + 4 * (kv == "v"),
+                                                                        68 + 8 * i + 4 * (kv == "v")]}
+           for i in range(L) for kv in "kv"}
+    hdr["model.layers.2.self_attn.v_scale"]["data_offsets"] = [8, 12]
+    hdr["model.embed_tokens.weight"] = {"dtype": "F32", "shape": [16], "data_offsets": [0, 64]}
+    data = struct.pack("<16f", *[0.25] * 16) + struct.pack(f"<{2 * L}f", *[0.5] * (2 * L))
+    path = raw_checkpoint(tmp_path / "inside.safetensors", hdr, data)
+    refuse(probe, st(path), str(path), "overlap", "model.embed_tokens.weight", "model.layers.2.self_attn.v_scale")
+    # a valid file with the header in another order than the data loads
+    del hdr["model.layers.2.self_attn.v_scale"]
+    hdr["model.layers.2.self_attn.v_scale"] = {"dtype": "F32", "shape": [], "data_offsets": [96, 100]}
+    data = data + struct.pack("<f", 0.125)
+    path = raw_checkpoint(tmp_path / "reordered.safetensors", hdr, data)
+    got = load(probe, st(path))
+    assert got["v"] == [0.5, 0.5, 0.125, 0.5]
+
+
+def test_truncated_data_of_another_tensor(probe, tmp_path):
+    # the scales are whole but a weight after them runs past the end of the
+    # file: a truncated checkpoint, loaded before
+    good = valid_file(tmp_path, "full.safetensors").read_bytes()
+    (hlen,) = struct.unpack("<Q", good[:8])
+    hdr, data = json.loads(good[8:8 + hlen]), good[8 + hlen:]
+    hdr["model.layers.0.mlp.down_proj.weight"] = {"dtype": "F32", "shape": [64, 64],
+                                                  "data_offsets": [len(data), len(data) + 64 * 64 * 4]}
+    path = raw_checkpoint(tmp_path / "cut.safetensors", hdr, data + b"\0" * 1000)
+    refuse(probe, st(path), str(path), "model.layers.0.mlp.down_proj.weight", "outside the data section")
+    # __metadata__ has no data and is no tensor
+    del hdr["model.layers.0.mlp.down_proj.weight"]
+    hdr["__metadata__"] = {"format": "pt"}
+    path = raw_checkpoint(tmp_path / "meta.safetensors", hdr, data)
+    assert load(probe, st(path))["k"] == [f32(x) for x in K]
+
+
 def test_safetensors_on_bf16_pool_refused(probe, tmp_path):
     path = valid_file(tmp_path)
     refuse(probe, st(path), "only to fp8 pools", "bf16", dtype="bf16")
