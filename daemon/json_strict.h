@@ -11,6 +11,7 @@
 #define KVD_JSON_STRICT_H
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
@@ -83,22 +84,63 @@ static inline long kvd_json_nul(const char *s, size_t n)
         return -1;
 }
 
-/* Looks for a key given twice in one object anywhere under node: 1 with
- * *ret_key the key and path[] (cap bytes, holding len bytes of the path so
- * far, e.g. "pools[0].scales") the object's place; 0 when there is none. */
-static inline int kvd_json_dup_key(const cJSON *node, char *path, size_t cap, size_t len, const char **ret_key)
+/* Key comparisons kvd_json_dup_key has made in this translation unit and
+ * thread: a test's measure of its cost (a sum, never reset here). */
+static _Thread_local unsigned long long kvd_json_key_compares;
+
+static inline int kvd_json_key_cmp(const void *a, const void *b)
+{
+        kvd_json_key_compares++;
+        return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The key given twice among obj's members, or NULL.  Sorted, not compared
+ * pairwise: an object's members compared with every other member cost
+ * n^2/2 comparisons, and a sharded checkpoint's index of a large model has
+ * tens of thousands of weight_map entries (36000: 15 s at start, before
+ * systemd's start timeout was half spent; 90000 would pass it).  Pairwise
+ * for a handful of members, or when the array cannot be allocated (slow but
+ * right). */
+static inline const char *kvd_json_dup_in_object(const cJSON *obj)
 {
         const cJSON *a, *b;
+        const char **keys = NULL, *dup = NULL;
+        size_t       n = 0;
+
+        for (a = obj->child; a; a = a->next)
+                n += a->string != NULL;
+        if (n > 8)
+                keys = (const char **)malloc(n * sizeof(*keys));
+        if (!keys) {
+                for (a = obj->child; a; a = a->next)
+                        for (b = obj->child; b != a; b = b->next)
+                                if (a->string && b->string && kvd_json_key_cmp(&a->string, &b->string) == 0)
+                                        return a->string;
+                return NULL;
+        }
+        n = 0;
+        for (a = obj->child; a; a = a->next)
+                if (a->string)
+                        keys[n++] = a->string;
+        qsort(keys, n, sizeof(*keys), kvd_json_key_cmp);
+        for (size_t i = 1; i < n && !dup; i++)
+                if (kvd_json_key_cmp(&keys[i - 1], &keys[i]) == 0)
+                        dup = keys[i];
+        free(keys);
+        return dup;
+}
+
+/* Looks for a key given twice in one object anywhere under node: 1 with
+ * *ret_key the key and path[] (cap bytes, holding len bytes of the path so
+ * far, e.g. "pools[0].scales") the object's place; 0 when there is none.
+ * O(n log n) in an object's members. */
+static inline int kvd_json_dup_key(const cJSON *node, char *path, size_t cap, size_t len, const char **ret_key)
+{
+        const cJSON *a;
         unsigned i = 0;
 
-        if (cJSON_IsObject(node)) {
-                for (a = node->child; a; a = a->next)
-                        for (b = node->child; b != a; b = b->next)
-                                if (a->string && b->string && strcmp(a->string, b->string) == 0) {
-                                        *ret_key = a->string;
-                                        return 1;
-                                }
-        }
+        if (cJSON_IsObject(node) && (*ret_key = kvd_json_dup_in_object(node)) != NULL)
+                return 1;
         if (!cJSON_IsObject(node) && !cJSON_IsArray(node))
                 return 0;
         for (a = node->child; a; a = a->next, i++) {
