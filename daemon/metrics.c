@@ -514,6 +514,14 @@ static int addr_to_url(const char *addr, char *url, size_t cap, char *err, size_
                 snprintf(err, errlen, "metrics address \"%s\": write an IPv6 host in brackets, e.g. [::1]:9464", addr);
                 return -EINVAL;
         }
+        /* "[]": nng's parse gives an empty host, which listen_on takes for
+         * every address; an endpoint without authentication must not
+         * widen to the network from a typo */
+        if (addr[0] == '[' && colon == addr + 2) {
+                snprintf(err, errlen, "metrics address \"%s\": an empty host between the brackets; name one, "
+                         "e.g. [::1]:9464 (or [::]:9464 for every address)", addr);
+                return -EINVAL;
+        }
         errno = 0;
         port = strtol(colon + 1, &end, 10);
         if (errno || end == colon + 1 || *end || port < 1 || port > 65535) {

@@ -350,6 +350,10 @@ Test(metrics, http_address_errors)
                 { "127.0.0.1:12ab", -EINVAL, "1..65535" },
                 { "::1:9464", -EINVAL, "brackets" },
                 { "127.0.0.1:80/x", -EINVAL, "1..65535" },
+                /* nng parses it to an empty host, which http_serve.c took
+                 * for every address: the endpoint, which has no
+                 * authentication, listened on 0.0.0.0 */
+                { "[]:19464", -EINVAL, "empty host" },
         };
         struct kvd_metrics *m;
         char err[256];
