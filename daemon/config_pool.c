@@ -136,10 +136,16 @@ int kvd_cfg_check_name(const char *name, const char *where, char *err, size_t er
         for (size_t i = 0; i < n; i++) {
                 unsigned char c = (unsigned char)name[i];
                 /* The name goes into the shm object name and the status JSON. */
-                if (!isalnum(c) && c != '_' && c != '-' && c != '.')
+                if (!isalnum(c) && c != '_' && c != '-' && c != '.' && c >= 0x20 && c < 0x7f)
                         return kvd_cfg_fail(err, errlen,
                                     "%s: \"%s\" has a '%c': expected letters, digits, '_', '-' and '.'",
                                     where, name, c);
+                /* a control character or a byte of a UTF-8 sequence shown
+                 * as '%c' is invisible or half a character: name its value */
+                if (!isalnum(c) && c != '_' && c != '-' && c != '.')
+                        return kvd_cfg_fail(err, errlen,
+                                    "%s: \"%s\" has byte 0x%02x at offset %zu: expected ASCII letters, digits, "
+                                    "'_', '-' and '.'", where, name, c, i);
         }
         return 0;
 }

@@ -198,6 +198,13 @@ Test(config, errors_name_the_key)
                           "\"pressure\": {\"low\": 0.1, \"hi\": 0.2}}]}", "pools[0].pressure.hi", NULL);
         expect_file_error("{\"pools\": [{\"name\": \"a/b\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
                           "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\"}]}", "pools[0].name", "a/b");
+        /* a character that '%c' would print invisibly or in half is named by its value */
+        expect_file_error("{\"pools\": [{\"name\": \"a\\u001bb\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\"}]}", "pools[0].name",
+                          "byte 0x1b at offset 1");
+        expect_file_error("{\"pools\": [{\"name\": \"p\xc3\xb6" "ol\", \"dtype\": \"bf16\", \"layers\": 2, \"kv_heads\": 2, "
+                          "\"head_dim\": 64, \"page_size\": 16, \"capacity\": \"8MiB\"}]}", "pools[0].name",
+                          "byte 0xc3 at offset 1");
         expect_file_error("{\"pools\": [" POOL_OK ", " POOL_OK "]}", "\"p\"", "twice");
         expect_file_error("{\"pools\": {\"name\": \"p\"}}", "pools", "array");
         expect_file_error("{\"log_level\": \"loud\"}", "log_level", NULL);
