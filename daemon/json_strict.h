@@ -137,10 +137,13 @@ static inline const char *kvd_json_dup_in_object(const cJSON *obj)
 static inline int kvd_json_dup_key(const cJSON *node, char *path, size_t cap, size_t len, const char **ret_key)
 {
         const cJSON *a;
-        unsigned i = 0;
+        const char  *dup = cJSON_IsObject(node) ? kvd_json_dup_in_object(node) : NULL;
+        unsigned     i = 0;
 
-        if (cJSON_IsObject(node) && (*ret_key = kvd_json_dup_in_object(node)) != NULL)
+        if (dup) {
+                *ret_key = dup; /* only when found: *ret_key untouched otherwise */
                 return 1;
+        }
         if (!cJSON_IsObject(node) && !cJSON_IsArray(node))
                 return 0;
         for (a = node->child; a; a = a->next, i++) {
