@@ -311,6 +311,8 @@ int kvc_attach(kvc_client *c, const char *name, kvc_pool **ret_pool)
 
         if (c == NULL)
                 return -EINVAL;
+        if (kvc__forked(c))
+                return kvc__fail_forked(c, "kvc_attach");
         if (ret_pool == NULL)
                 return kvc__fail(c, -EINVAL, "kvc_attach: ret_pool is NULL");
         rv = check_name(c, "kvc_attach", name);
@@ -390,6 +392,8 @@ void kvc_detach(kvc_pool *p)
         if (p == NULL)
                 return;
         c = p->c;
+        if (kvc__forked(c)) /* as kvc_disconnect: the parent's, left alone */
+                return;
         pthread_mutex_lock(&c->lock);
         if (--p->attaches > 0) {
                 pthread_mutex_unlock(&c->lock);
@@ -423,6 +427,8 @@ int kvc_reset_prefixes(kvc_client *c, const char *name, uint32_t *ret_keys)
 
         if (c == NULL)
                 return -EINVAL;
+        if (kvc__forked(c))
+                return kvc__fail_forked(c, "kvc_reset_prefixes");
         rv = check_name(c, "kvc_reset_prefixes", name);
         if (rv != 0)
                 return rv;

@@ -43,6 +43,10 @@ struct errslot {
 static __thread struct errslot errslots[ERR_SLOTS];
 static __thread unsigned       errnext;
 static uint64_t                serial_counter;
+/* The process whose kvc_connect started nng (0: none yet).  A forked child
+ * inherits it, and nng aborts the process when the child initialises it
+ * again ("nng is not fork-reentrant safe"). */
+static pid_t                   nng_pid;
 
 static uint64_t serial_of(const struct kvc_client *c)
 {
@@ -85,6 +89,12 @@ int kvc__fail(const struct kvc_client *c, int err, const char *fmt, ...)
         vsnprintf(s->msg, sizeof s->msg, fmt, ap);
         va_end(ap);
         return err;
+}
+
+int kvc__fail_forked(const struct kvc_client *c, const char *what)
+{
+        return kvc__fail(c, -ECHILD, "%s: the client belongs to process %d and this is a forked child of it "
+                         "(nng does not survive fork): connect again, after an exec", what, (int)c->pid);
 }
 
 const char *kvc_errmsg(const kvc_client *c)
@@ -376,6 +386,7 @@ static int hello(struct kvc_client *c, const kvc_key *salt)
 int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, kvc_client **ret_client)
 {
         struct kvc_client *c;
+        pid_t owner;
         int rv, tmo;
 
         if (ret_client == NULL)
@@ -389,6 +400,10 @@ int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, k
                                  sizeof c->url - 1);
         if (name == NULL || *name == '\0')
                 name = program_invocation_short_name;
+        if ((owner = __atomic_load_n(&nng_pid, __ATOMIC_RELAXED)) != 0 && owner != getpid())
+                return kvc__fail(NULL, -ECHILD, "kvc_connect: this process is a forked child of process %d, "
+                                 "which used libkvclient (nng does not survive fork): exec before connecting",
+                                 (int)owner);
         if ((tmo = timeout_ms()) < 0)
                 return kvc__fail(NULL, -EINVAL, "kvc_connect: KVPOOL_TIMEOUT_MS \"%s\": expected a whole number of "
                                  "milliseconds in 1..2147483647", getenv("KVPOOL_TIMEOUT_MS"));
@@ -397,6 +412,7 @@ int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, k
         if (c == NULL)
                 return kvc__fail(NULL, -ENOMEM, "kvc_connect: out of memory");
         c->serial = __atomic_add_fetch(&serial_counter, 1, __ATOMIC_RELAXED);
+        c->pid = getpid();
         snprintf(c->url, sizeof c->url, "%s", url);
         snprintf(c->name, sizeof c->name, "%s", name);
         pthread_mutex_init(&c->lock, NULL);
@@ -407,6 +423,8 @@ int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, k
                                nng_strerror(rv));
                 goto fail_nosock;
         }
+        /* nng is initialised now: a fork from here on cannot use it */
+        __atomic_store_n(&nng_pid, c->pid, __ATOMIC_RELAXED);
         /* requests go out on the transport's contexts, which set their own
          * resend time (none: alloc is not idempotent) and reply timeout */
         if ((rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, KV_MAX_FRAME + 4096)) != 0 ||
@@ -466,6 +484,11 @@ void kvc_disconnect(kvc_client *c)
 
         if (c == NULL)
                 return;
+        /* A forked child leaves the parent's client alone: nng would abort
+         * it, the lock may have been held at the fork, and the parent's
+         * session is the parent's. */
+        if (kvc__forked(c))
+                return;
         pthread_mutex_lock(&c->lock);
         while (c->pools != NULL) {
                 struct kvc_pool *p = c->pools;
@@ -500,6 +523,8 @@ static int pool_enter(kvc_pool *p, const char *what, uint32_t n, uint32_t max, c
         if (p == NULL)
                 return -EINVAL;
         c = p->c;
+        if (kvc__forked(c))
+                return kvc__fail_forked(c, what);
         if (n == 0 || n > max)
                 return kvc__fail(c, -EINVAL, "%s: n is %u, must be 1 to %u", what, n, max);
         if (a1 == NULL)
@@ -696,6 +721,8 @@ static int text_request(kvc_client *c, uint16_t op, const char *what, char **ret
 
         if (c == NULL)
                 return -EINVAL;
+        if (kvc__forked(c))
+                return kvc__fail_forked(c, what);
         if (ret_text == NULL)
                 return kvc__fail(c, -EINVAL, "%s: the output pointer is NULL", what);
         pthread_mutex_lock(&c->lock);

@@ -7,6 +7,8 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #include <nng/nng.h>
 
@@ -36,6 +38,7 @@ struct kvc_client {
         uint64_t         session_id;
         uint64_t         serial;     /* unique per client in this process (errmsg slots) */
         int              stale;      /* the daemon forgot this session: every call -ESTALE */
+        pid_t            pid;        /* the process that connected (fork: kvc__forked) */
         struct kvc_pool *pools;
         char             url[256];
         char             name[32];
@@ -101,6 +104,18 @@ int kvc__tp_exchange(struct kvc_transport *t, nng_msg *req, uint16_t op, uint32_
  * holds the client's lock. */
 int kvc__tp_orphan_reply(struct kvc_transport *t, uint16_t *ret_op, uint32_t *ret_rid, uint32_t *ret_pool,
                          nng_msg **ret_rep);
+
+/* 1 when the calling process is not the one that connected c: a forked
+ * child, where nng has no threads (a call would wait forever) and aborts
+ * the process on its next initialisation.  Checked before c->lock, which
+ * another of the parent's threads may have held at the fork. */
+static inline int kvc__forked(const struct kvc_client *c)
+{
+        return c->pid != getpid();
+}
+
+/* -ECHILD with its message: the public calls' answer in a forked child. */
+int kvc__fail_forked(const struct kvc_client *c, const char *what);
 
 /* Drops a pool handle's mapping reference and frees it (attach.c). */
 void kvc__pool_free(struct kvc_pool *p);

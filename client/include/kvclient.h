@@ -26,7 +26,10 @@
  *    skip those calls themselves.
  *  - fork(): nng, underneath, does not survive a fork; a child of a process
  *    that has used libkvclient must exec before it connects (a client is
- *    never carried across fork).
+ *    never carried across fork).  In such a child kvc_connect, and every
+ *    control call on a client (or its pools) of the parent, is -ECHILD;
+ *    kvc_detach and kvc_disconnect of the parent's do nothing (the parent's
+ *    session stays the parent's).
  *
  * Error values used throughout:
  *  -ECONNREFUSED on connect: no daemon at that address
@@ -43,6 +46,8 @@
  *              on the client and its pools fails so from then on; disconnect,
  *              connect and attach again (docs/operations.md section 4)
  *  -ESHUTDOWN  the daemon is shutting down
+ *  -ECHILD     a forked child calling on its parent's client, or connecting
+ *              (see fork() above)
  *  -ETIMEDOUT  no reply within the client's timeout ($KVPOOL_TIMEOUT_MS,
  *              10 s by default).  The daemon may still carry the request
  *              out.  For kvc_alloc and kvc_lookup the library keeps

@@ -199,9 +199,9 @@ _clients = weakref.WeakSet()
 
 
 def _after_fork_in_child():
-    # nng does not survive fork (kvclient.h): a disconnect from the child
-    # aborts the process ("nng is not fork-reentrant safe"), any other call
-    # is undefined.  The child forgets the parent's clients without a call.
+    # nng does not survive fork (kvclient.h): the library answers a child's
+    # calls on the parent's client with -ECHILD and its disconnect does
+    # nothing.  The child forgets the parent's clients without a call.
     for c in list(_clients):
         c._forget("the client was inherited across fork(): connect again in this process")
 
