@@ -5,8 +5,9 @@
  *   kvpoolctl [--socket URL] [--events URL] events [--json] [--count N]
  *   kvpoolctl [--socket URL] reset-prefixes POOL
  *
- * Exit status: 0 success, 1 failure (daemon unreachable, request failed),
- * 2 usage error.
+ * Exit status: 0 success, 1 failure (daemon unreachable, request failed, a
+ * status document that is not an object or lacks its pools or clients
+ * array: what it has is still shown), 2 usage error.
  */
 #include <errno.h>
 #include <math.h>
@@ -180,10 +181,17 @@ static const char *fmt_range(char *buf, size_t len, double lo, double hi)
         return buf;
 }
 
+/* "-" for an uptime the daemon did not give, or not a count of seconds
+ * that a long holds (converting one would be undefined). */
 static const char *fmt_uptime(char *buf, size_t len, double s)
 {
-        long t = isnan(s) ? 0 : (long)s;
+        long t;
 
+        if (!(s >= 0 && s < 9e18)) { /* NaN fails both */
+                snprintf(buf, len, "-");
+                return buf;
+        }
+        t = (long)s;
         if (t >= 86400)
                 snprintf(buf, len, "%ldd%ldh", t / 86400, t % 86400 / 3600);
         else if (t >= 3600)
@@ -251,7 +259,10 @@ static void print_pools(const cJSON *pools)
                 hr = num(p, "hit_rate");
                 rank = num(p, "tp_rank");
                 size = num(p, "tp_size");
-                if (device_key(p) >= 1e9)
+                /* neither a device nor the host backend: not reported */
+                if (device_key(p) >= 1e9 && isnan(num(p, "device")) && strcmp(str(p, "backend"), "host") != 0)
+                        snprintf(device, sizeof device, "-");
+                else if (device_key(p) >= 1e9)
                         snprintf(device, sizeof device, "host");
                 else
                         snprintf(device, sizeof device, "%.0f", device_key(p));
@@ -260,8 +271,11 @@ static void print_pools(const cJSON *pools)
                         snprintf(tp, sizeof tp, "%.0f/%.0f", rank, size);
                 else
                         snprintf(tp, sizeof tp, "-");
-                snprintf(geom, sizeof geom, "%.0fx%.0fx%.0f", num(p, "layers"), num(p, "kv_heads"),
-                         num(p, "head_dim"));
+                if (isnan(num(p, "layers")) || isnan(num(p, "kv_heads")) || isnan(num(p, "head_dim")))
+                        snprintf(geom, sizeof geom, "-");
+                else
+                        snprintf(geom, sizeof geom, "%.0fx%.0fx%.0f", num(p, "layers"), num(p, "kv_heads"),
+                                 num(p, "head_dim"));
                 /* The hit rate is the daemon's when it gives one, else derived. */
                 if (isnan(hr) && !isnan(lookups) && lookups > 0 && !isnan(h))
                         hr = h / lookups;
@@ -325,10 +339,43 @@ static void print_clients(const cJSON *clients, double total)
                 printf("... and %.0f more clients (STATUS lists the %d oldest)\n", total - n, n);
 }
 
+/* What v is, for a message about a status key of the wrong type. */
+static const char *json_kind(const cJSON *v)
+{
+        if (v == NULL)
+                return "missing";
+        if (cJSON_IsNumber(v))
+                return "a number";
+        if (cJSON_IsString(v))
+                return "a string";
+        if (cJSON_IsObject(v))
+                return "an object";
+        if (cJSON_IsArray(v))
+                return "an array";
+        if (cJSON_IsBool(v))
+                return "a boolean";
+        return "null";
+}
+
+/* The array at key of the status document, or NULL after saying on stderr
+ * that it is missing or of another type: a table of nothing would read as
+ * "pools: none", which the daemon did not say. */
+static const cJSON *status_array(const cJSON *doc, const char *key)
+{
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, key);
+
+        if (cJSON_IsArray(v))
+                return v;
+        fprintf(stderr, "kvpoolctl: the daemon's status has no \"%s\" array (%s)\n", key, json_kind(v));
+        return NULL;
+}
+
 static int print_status(const char *text, int json)
 {
         cJSON *doc = cJSON_Parse(text);
-        char up[32];
+        const cJSON *pools, *clients;
+        char up[32], pid[24];
+        int rv = 0;
 
         if (doc == NULL) {
                 fprintf(stderr, "kvpoolctl: the daemon's status is not valid JSON\n");
@@ -347,18 +394,31 @@ static int print_status(const char *text, int json)
                 cJSON_Delete(doc);
                 return 0;
         }
-        printf("kvpoold %s, pid %.0f, up %s, socket %s, events %s\n\n", str(doc, "version"),
-               num(doc, "pid"), fmt_uptime(up, sizeof up, num(doc, "uptime_s")), str(doc, "socket"),
-               str(doc, "events"));
-        print_pools(cJSON_GetObjectItemCaseSensitive(doc, "pools"));
+        /* every key below is looked up in an object: another document
+         * (an array, a string) is not a status, whatever it holds */
+        if (!cJSON_IsObject(doc)) {
+                fprintf(stderr, "kvpoolctl: the daemon's status is not a JSON object (%s)\n", json_kind(doc));
+                cJSON_Delete(doc);
+                return 1;
+        }
+        printf("kvpoold %s, pid %s, up %s, socket %s, events %s\n\n", str(doc, "version"),
+               fmt_count(pid, sizeof pid, num(doc, "pid")), fmt_uptime(up, sizeof up, num(doc, "uptime_s")),
+               str(doc, "socket"), str(doc, "events"));
+        /* what is there is shown; a missing list makes the exit status 1 */
+        if ((pools = status_array(doc, "pools")) != NULL)
+                print_pools(pools);
+        else
+                rv = 1;
         printf("\n");
-        {
+        if ((clients = status_array(doc, "clients")) != NULL) {
                 const cJSON *tot = cJSON_GetObjectItemCaseSensitive(doc, "clients_total");
-                print_clients(cJSON_GetObjectItemCaseSensitive(doc, "clients"),
-                              cJSON_IsNumber(tot) ? tot->valuedouble : -1);
+
+                print_clients(clients, cJSON_IsNumber(tot) ? tot->valuedouble : -1);
+        } else {
+                rv = 1;
         }
         cJSON_Delete(doc);
-        return 0;
+        return rv;
 }
 
 /* ---- commands ----------------------------------------------------------------- */

@@ -443,3 +443,66 @@ Test(tp, kvpoolctl_groups_cuda_pools_by_device, .timeout = 60)
         cr_assert(m1 && a1 && m1 > a1, "scales rows of device 1 missing or out of order:\n%s", out);
         free(out);
 }
+
+/* Runs `kvpoolctl status [extra]` against the fake answering doc: its exit
+ * status, *ret_out its stdout and stderr. */
+static int ctl_status_of(const char *doc, const char *extra, char **ret_out)
+{
+        const char *ctl = kvt_env_path("KVPOOLCTL");
+        char *argv[] = { (char *)ctl, "--socket", FK.url, "status", (char *)extra, NULL };
+        int rv;
+
+        cr_assert_not_null(ctl);
+        FK.doc = doc;
+        snprintf(FK.url, sizeof FK.url, "ipc:///tmp/kvtest-%d-oddfake.sock", (int)getpid());
+        cr_assert_eq(nng_rep0_open(&FK.sock), 0);
+        cr_assert_eq(nng_listen(FK.sock, FK.url, NULL, 0), 0);
+        cr_assert_eq(pthread_create(&FK.thread, NULL, fake_serve, NULL), 0);
+        rv = kvt_run(argv, ret_out);
+        nng_close(FK.sock);
+        pthread_join(FK.thread, NULL);
+        unlink(FK.url + 6);
+        return rv;
+}
+
+/* A status document of another shape than kvpoold's (another version, a
+ * bug): kvpoolctl says what is missing or of the wrong type, "-" for a value
+ * the daemon did not give, instead of inventing one ("pid nan", "up 0s",
+ * "pools: none") or converting an out-of-range number (undefined). */
+Test(tp, kvpoolctl_says_what_is_odd_in_a_status_document, .timeout = 60)
+{
+        static const struct {
+                const char *doc;
+                int         status;
+                const char *want[3];
+                const char *not_want;
+        } cases[] = {
+                { "[1, 2]", 1, { "the daemon's status is not a JSON object" }, "kvpoold" },
+                { "\"x\"", 1, { "the daemon's status is not a JSON object" }, "kvpoold" },
+                { "{}", 1, { "kvpoold -, pid -, up -, socket -, events -", "no \"pools\" array",
+                             "no \"clients\" array" }, "pools: none" },
+                { "{\"pools\": 5, \"clients\": {\"a\": 1}}", 1,
+                  { "no \"pools\" array (a number)", "no \"clients\" array (an object)" }, "pools: none" },
+                { "{\"pid\": 1e300, \"uptime_s\": 1e300, \"pools\": [], \"clients\": []}", 0,
+                  { "up -,", "pools: none", "clients: none" }, NULL },
+                /* a pool entry that is no object: a row of "-", not a host pool */
+                { "{\"pools\": [1], \"clients\": []}", 0, { "\n-       -     -   -      -" }, "host" },
+                { "{\"pid\": 7, \"uptime_s\": -5, \"pools\": [], \"clients\": []}", 0, { "pid 7, up -," }, NULL },
+                { "{\"uptime_s\": 90061, \"pools\": [], \"clients\": []}", 0, { "up 1d1h," }, NULL },
+        };
+
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+                char *out = NULL;
+                int rv = ctl_status_of(cases[k].doc, NULL, &out);
+
+                cr_assert_eq(rv, cases[k].status, "%s: exit %d:\n%s", cases[k].doc, rv, out);
+                for (int i = 0; i < 3 && cases[k].want[i]; i++)
+                        cr_assert(strstr(out, cases[k].want[i]) != NULL, "%s: no \"%s\" in:\n%s", cases[k].doc,
+                                  cases[k].want[i], out);
+                cr_assert(!cases[k].not_want || strstr(out, cases[k].not_want) == NULL, "%s: \"%s\" in:\n%s",
+                          cases[k].doc, cases[k].not_want, out);
+                cr_assert(strstr(out, "nan") == NULL && strstr(out, "runtime error") == NULL, "%s:\n%s",
+                          cases[k].doc, out);
+                free(out);
+        }
+}
