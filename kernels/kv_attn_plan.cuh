@@ -69,6 +69,15 @@ namespace kva {
 #ifndef KVA_HWMW
 #define KVA_HWMW 1 /* take_heads_lines: 8-bit rows also where the tiles take several waves (0: not) */
 #endif
+#ifndef KVA_DSFLOOR
+#define KVA_DSFLOOR 4096 /* keys a split at least where the decode kernel's launch has more CTAs than slots */
+#endif
+#ifndef KVA_DSFLOOR2
+#define KVA_DSFLOOR2 1024 /* the same where its last wave would be nearly empty (decode_floor) */
+#endif
+#ifndef KVA_DSMAX
+#define KVA_DSMAX 150 /* decode_floor: KVA_DSFLOOR2 for launches of 1 to this % of a wave (100: never) */
+#endif
 #ifndef KVA_PWORK
 #define KVA_PWORK 5120 /* decode_is_short's work (0: never, for measuring) */
 #endif
@@ -358,16 +367,43 @@ inline split_plan plan_splits(uint64_t ctas, uint64_t slots, uint64_t max_len, u
         return r;
 }
 
+/* The decode kernel's least chunk for a launch of ctas CTAs on slots:
+ * KVA_DSFLOOR (4096 keys), or KVA_DSFLOOR2 (1024) where the launch is more
+ * than one wave and less than KVA_DSMAX% (150) of one.  Unsplit, all of the
+ * first wave's CTAs start together and end about together, and the CTAs
+ * past it then run on a nearly idle GPU; split in up to 4 (plan_splits),
+ * each row's keys take more, shorter CTAs that the block scheduler spreads
+ * over the SMs.  Past two waves the CTAs no longer end together and the
+ * last ones start early, so the split, whose reduction costs its own, was
+ * slower there.  Measured on the H200, read flush, 8 kv heads, rows of 4096
+ * keys, 264 slots for bf16 and fp8, 528 for fp4 (docs/benchmarks.md "Rows
+ * past a wave"), unsplit -> split, us:
+ * - 34 rows (272 CTAs): bf16 157.5 -> 142.4, fp8 e4m3 98.0 -> 90.2;
+ * - 40 rows: bf16 180.0 -> 166.3, fp8 107.5 -> 98.0;
+ * - 44 rows: bf16 183.4 -> 180.1, fp8 114.2 -> 104.7;
+ * - 48 rows (1.45 waves): bf16 192.1 -> 192.5, fp8 115.0 -> 109.0;
+ * - 52 rows (1.58 waves): fp8 116.5 -> 120.3, slower;
+ * - 67 and 68 rows (2.03 and 2.06 waves): bf16 255.0 -> 264.7 and 259.7 ->
+ *   268.3, slower; fp4 (1.02 waves of its slots) 136.9 -> 121.2;
+ * - 34 rows of 8192 keys: fp8 160.6 -> 153.2 (4 splits instead of 2);
+ * - one wave or less (32 rows), and B = 128 at 1k and 4k: unchanged. */
+inline uint64_t decode_floor(uint64_t ctas, uint64_t slots)
+{
+        if (ctas > slots && 100 * ctas < (uint64_t)KVA_DSMAX * slots)
+                return KVA_DSFLOOR2;
+        return KVA_DSFLOOR;
+}
+
 /* The split of max_len keys as the launcher plans it for either kernel:
  * the tiled kernel's floor, least and mid (KVA_PSFLOOR, KVA_PSMIN,
- * KVA_PSMID), the decode kernel's 4096 and 128 (see plan_splits).  One
+ * KVA_PSMID), the decode kernel's decode_floor and 128 (see plan_splits).  One
  * place, so that the plans the launcher weighs (pick_mt's split1, the
  * decode kernel's short launch) are the plans it then launches. */
 inline split_plan plan_keys(bool tiled, uint64_t ctas, uint64_t slots, uint64_t max_len, uint64_t max_splits)
 {
         if (tiled)
                 return plan_splits(ctas, slots, max_len, KVA_PSFLOOR, max_splits, KVA_PSMIN, KVA_PSMID != 0);
-        return plan_splits(ctas, slots, max_len, 4096, max_splits);
+        return plan_splits(ctas, slots, max_len, decode_floor(ctas, slots), max_splits);
 }
 
 /* The decode launcher's heads plan and its choice between it and tiles. */

@@ -263,6 +263,16 @@ int main(void)
                 { "1 CTA, 2000 slots, 1M keys", 1, 2000, 1u << 20, 1024, 1024 },
                 { "1 CTA, 300 keys", 1, 264, 300, 3, 128 },
                 { "no keys", 1, 264, 0, 1, 64 },
+                /* 1 to 1.5 waves take chunks of 1024 keys (decode_floor),
+                 * from 1.5 waves on 4096 */
+                { "decode B = 34 L = 4k (272 CTAs)", 272, 264, 4096, 4, 1024 },
+                { "decode B = 44 L = 4k (352 CTAs)", 352, 264, 4096, 3, 1408 },
+                { "decode B = 48 L = 4k (384 CTAs, 1.45 waves)", 384, 264, 4096, 2, 2048 },
+                { "decode B = 52 L = 4k (416 CTAs, 1.58 waves)", 416, 264, 4096, 1, 4096 },
+                { "decode B = 67 L = 4k (536 CTAs, 2.03 waves)", 536, 264, 4096, 1, 4096 },
+                { "fp4 B = 67 L = 4k (536 CTAs on 528 slots)", 536, 528, 4096, 4, 1024 },
+                { "decode B = 34 L = 8k (272 CTAs)", 272, 264, 8192, 4, 2048 },
+                { "decode B = 34 L = 1k (272 CTAs)", 272, 264, 1024, 1, 1024 },
         };
         for (const splits_case &c : sc) {
                 const kva::split_plan d = kva::plan_keys(false, c.ctas, c.slots, c.max_len, MAX_SPLITS);

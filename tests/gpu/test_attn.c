@@ -462,6 +462,15 @@ static void prefill_tiles(void)
         }
         run_case(KVC_DTYPE_BF16, 128, 16, 8, 1, NW, l9, q9, KVC_ELEM_BF16, 433);
         run_case(KVC_DTYPE_FP4_E2M1, 128, 16, 8, 1, NW, l9, q9, KVC_ELEM_BF16, 434);
+        /* decode of 34 rows of up to 4096 keys, 8 kv heads: 272 CTAs on a
+         * 132-SM H200's 264 slots (bf16, fp8), a last wave of 8, which the
+         * planner splits in 4 (chunks of at least 1024 keys: decode_floor) */
+        enum { NX = 34 };
+        int32_t lx[NX];
+        for (int i = 0; i < NX; i++)
+                lx[i] = 4096 - (i * 97) % 700;
+        run_case(KVC_DTYPE_FP8_E4M3, 128, 16, 8, 4, NX, lx, NULL, KVC_ELEM_BF16, 435);
+        run_case(KVC_DTYPE_BF16, 128, 16, 8, 4, NX, lx, NULL, KVC_ELEM_F16, 436);
         /* q only 2-byte aligned: the element-wise q load */
         q_shift = 1;
         int32_t l2[2] = { 700, 64 }, q2[2] = { 300, 64 };
