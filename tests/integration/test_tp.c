@@ -395,6 +395,27 @@ static void *fake_serve(void *arg)
         "\"v_scale_max\": 0.02, \"lookups\": 0, \"hits\": 0, \"hit_rate\": 0, \"evictions\": 0, " tp "}"
 #define NO_TP "\"group\": \"x\", \"tp_rank\": null, \"tp_size\": null"
 
+/* Runs `kvpoolctl status [extra]` against the fake answering doc: its exit
+ * status, *ret_out its stdout and stderr. */
+static int ctl_status_of(const char *doc, const char *extra, char **ret_out)
+{
+        const char *ctl = kvt_env_path("KVPOOLCTL");
+        char *argv[] = { (char *)ctl, "--socket", FK.url, "status", (char *)extra, NULL };
+        int rv;
+
+        cr_assert_not_null(ctl);
+        FK.doc = doc;
+        snprintf(FK.url, sizeof FK.url, "ipc:///tmp/kvtest-%d-statusfake.sock", (int)getpid());
+        cr_assert_eq(nng_rep0_open(&FK.sock), 0);
+        cr_assert_eq(nng_listen(FK.sock, FK.url, NULL, 0), 0);
+        cr_assert_eq(pthread_create(&FK.thread, NULL, fake_serve, NULL), 0);
+        rv = kvt_run(argv, ret_out);
+        nng_close(FK.sock);
+        pthread_join(FK.thread, NULL);
+        unlink(FK.url + 6);
+        return rv;
+}
+
 Test(tp, kvpoolctl_groups_cuda_pools_by_device, .timeout = 60)
 {
         /* Reported out of order: rank 1 on GPU 1 first, a host pool in the
@@ -413,20 +434,9 @@ Test(tp, kvpoolctl_groups_cuda_pools_by_device, .timeout = 60)
                 "1       a      -    fp8_e4m3  cuda ", "1       m.tp1  1/2  fp8_e4m3  cuda ",
                 "host    h      -    fp8_e4m3  host ",
         };
-        const char *ctl = kvt_env_path("KVPOOLCTL");
-        char *argv[] = { (char *)ctl, "--socket", FK.url, "status", NULL };
         char *out = NULL, *at;
 
-        cr_assert_not_null(ctl);
-        FK.doc = doc;
-        snprintf(FK.url, sizeof FK.url, "ipc:///tmp/kvtest-%d-tpfake.sock", (int)getpid());
-        cr_assert_eq(nng_rep0_open(&FK.sock), 0);
-        cr_assert_eq(nng_listen(FK.sock, FK.url, NULL, 0), 0);
-        cr_assert_eq(pthread_create(&FK.thread, NULL, fake_serve, NULL), 0);
-        cr_assert_eq(kvt_run(argv, &out), 0, "kvpoolctl status failed:\n%s", out);
-        nng_close(FK.sock);
-        pthread_join(FK.thread, NULL);
-        unlink(FK.url + 6);
+        cr_assert_eq(ctl_status_of(doc, NULL, &out), 0, "kvpoolctl status failed:\n%s", out);
         cr_log_info("kvpoolctl status against the fake daemon:\n%s", out);
         cr_assert_not_null(strstr(out, "\nDEVICE  POOL   TP   DTYPE"), "header:\n%s", out);
         at = out;
@@ -442,27 +452,6 @@ Test(tp, kvpoolctl_groups_cuda_pools_by_device, .timeout = 60)
         const char *m1 = strstr(at, "\n1       m.tp1  json"), *a1 = strstr(at, "\n1       a      json");
         cr_assert(m1 && a1 && m1 > a1, "scales rows of device 1 missing or out of order:\n%s", out);
         free(out);
-}
-
-/* Runs `kvpoolctl status [extra]` against the fake answering doc: its exit
- * status, *ret_out its stdout and stderr. */
-static int ctl_status_of(const char *doc, const char *extra, char **ret_out)
-{
-        const char *ctl = kvt_env_path("KVPOOLCTL");
-        char *argv[] = { (char *)ctl, "--socket", FK.url, "status", (char *)extra, NULL };
-        int rv;
-
-        cr_assert_not_null(ctl);
-        FK.doc = doc;
-        snprintf(FK.url, sizeof FK.url, "ipc:///tmp/kvtest-%d-oddfake.sock", (int)getpid());
-        cr_assert_eq(nng_rep0_open(&FK.sock), 0);
-        cr_assert_eq(nng_listen(FK.sock, FK.url, NULL, 0), 0);
-        cr_assert_eq(pthread_create(&FK.thread, NULL, fake_serve, NULL), 0);
-        rv = kvt_run(argv, ret_out);
-        nng_close(FK.sock);
-        pthread_join(FK.thread, NULL);
-        unlink(FK.url + 6);
-        return rv;
 }
 
 /* A status document of another shape than kvpoold's (another version, a
