@@ -3,7 +3,8 @@
  * attach reply that is backend specific), and destroys it.
  *
  *   host: POSIX shared memory (shm_open + ftruncate + mmap), mode 0600, or
- *         0660 with a configured group; name /kvpool.<pid>.<pool>.
+ *         0660 with a configured group; name /kvpool.<pid>.<pool>, locked
+ *         (flock) while the pool lives.
  *   cuda: one cudaMalloc on the pool's device, zeroed, exported with
  *         cudaIpcGetMemHandle; the attach reply carries the handle and the
  *         device UUID.  Only in builds with CUDA.
@@ -22,6 +23,10 @@ struct kvd_region {
         uint64_t  bytes;
         int       device;         /* cuda ordinal, -1 for host */
         char      shm_name[KV_SHM_NAME_LEN];
+        /* host: the object, kept open with an flock(LOCK_EX) on it for the
+         * pool's life, so that a later kvpoold can tell it from a dead
+         * daemon's (backend_host.c); valid while shm_name[0] is set. */
+        int       shm_fd;
         uint8_t   ipc_handle[64];
         uint8_t   device_uuid[16];
 };

@@ -1,19 +1,69 @@
 /* backend_host.c - pools in POSIX shared memory (see backend.h).
  *
  * The object is /kvpool.<pid>.<pool>: the pid keeps two daemons (a test and
- * a system service) apart, and O_EXCL refuses to adopt a leftover object of
- * a crashed daemon that happened to have the same pid.  The memory is
- * reserved with posix_fallocate, so that a /dev/shm too small for the pool
- * is an error at start instead of a SIGBUS in a worker later. */
+ * a system service) apart, and O_EXCL refuses to adopt a leftover object.
+ * The daemon keeps the object open with an flock(LOCK_EX) on it until the
+ * pool is destroyed, so a name that is taken can be told apart: locked, it
+ * is a live kvpoold's (one with the same pid in another pid namespace that
+ * shares /dev/shm) and is left alone; unlocked, its daemon died (a crash,
+ * SIGKILL) and a restart that got the same pid (a container's pid 1 does
+ * every time) removes it and makes its own, instead of failing until an
+ * operator removes it by hand.  The memory is reserved with
+ * posix_fallocate, so that a /dev/shm too small for the pool is an error at
+ * start instead of a SIGBUS in a worker later. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "backend.h"
 #include "log.h"
+
+/* The object name exists: removes it when no live kvpoold holds its lock
+ * (see the top of this file).  Returns 0 (removed, or gone meanwhile:
+ * create again), -EEXIST when a live daemon holds it, or another negative
+ * errno; err says which. */
+static int remove_if_dead(const char *name, char *err, size_t errlen)
+{
+        struct stat a, b;
+        int         fd, again, rc;
+
+        if ((fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0)) < 0) {
+                if (errno == ENOENT)
+                        return 0;
+                rc = -errno;
+                snprintf(err, errlen, "shm_open(%s): it exists (an earlier kvpoold with the same pid?) and cannot "
+                         "be opened to see whether its daemon lives: %s; remove /dev/shm%s if no kvpoold uses it",
+                         name, strerror(-rc), name);
+                return rc;
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+                rc = errno == EWOULDBLOCK ? -EEXIST : -errno;
+                if (rc == -EEXIST)
+                        snprintf(err, errlen, "shm_open(%s): in use by a live kvpoold with the same pid (in "
+                                 "another pid namespace sharing /dev/shm?): rename this daemon's pool", name);
+                else
+                        snprintf(err, errlen, "shm_open(%s): it exists and cannot be locked: %s", name,
+                                 strerror(-rc));
+                close(fd);
+                return rc;
+        }
+        /* Only the object we locked: had another daemon removed it and made
+         * its own meanwhile, the name would now be that one's. */
+        again = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
+        if (again >= 0 && fstat(fd, &a) == 0 && fstat(again, &b) == 0 && a.st_dev == b.st_dev &&
+            a.st_ino == b.st_ino && shm_unlink(name) == 0)
+                kvd_warn("removed %s, the shared memory of a kvpoold with the same pid that is gone "
+                         "(%lld bytes; workers that still map it keep it until they unmap it)", name,
+                         (long long)a.st_size);
+        if (again >= 0)
+                close(again);
+        close(fd);
+        return 0;
+}
 
 static int host_create(const char *pool_name, uint64_t bytes, int device, gid_t group, int has_group,
                        struct kvd_region *ret, char *err, size_t errlen)
@@ -37,17 +87,27 @@ static int host_create(const char *pool_name, uint64_t bytes, int device, gid_t 
                 return -ENAMETOOLONG;
         }
         fd = shm_open(r.shm_name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, mode);
+        if (fd < 0 && errno == EEXIST) {
+                /* a kvpoold with our pid made it: never adopt it, remove it
+                 * only when that daemon is dead */
+                if ((rc = remove_if_dead(r.shm_name, err, errlen)))
+                        return rc;
+                fd = shm_open(r.shm_name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, mode);
+        }
         if (fd < 0) {
                 rc = -errno;
-                /* EEXIST: a crashed kvpoold that had our pid left it behind (or a
-                 * daemon in another pid namespace shares /dev/shm): never adopt or
-                 * remove it here, tell the operator. */
-                if (rc == -EEXIST)
-                        snprintf(err, errlen, "shm_open(%s): %s (left by an earlier kvpoold with the same pid? "
-                                 "remove /dev/shm%s if no kvpoold uses it)", r.shm_name, strerror(-rc), r.shm_name);
-                else
-                        snprintf(err, errlen, "shm_open(%s): %s", r.shm_name, strerror(-rc));
+                snprintf(err, errlen, "shm_open(%s): %s", r.shm_name, strerror(-rc));
                 return rc;
+        }
+        /* Locked before anything else: from here on the name is a live
+         * daemon's (remove_if_dead).  A new object's lock cannot be held
+         * by anyone else but a remove_if_dead of the same name that
+         * opened it this very instant: another kvpoold with our pid,
+         * starting at the same moment in another pid namespace. */
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+                rc = -errno;
+                snprintf(err, errlen, "cannot lock %s: %s", r.shm_name, strerror(-rc));
+                goto fail;
         }
         /* The umask may have masked bits off: set the mode we mean. */
         if (fchmod(fd, mode) != 0 || (has_group && fchown(fd, (uid_t)-1, group) != 0)) {
@@ -76,10 +136,11 @@ static int host_create(const char *pool_name, uint64_t bytes, int device, gid_t 
                          strerror(errno));
                 goto fail;
         }
-        /* The mapping keeps the object alive; the fd is no longer needed.
-         * The memory is zero: a new shm object reads as zeros, and fallocate
-         * has already committed its pages, so there is nothing to memset. */
-        close(fd);
+        /* The fd stays open for its lock (the mapping alone would keep the
+         * memory).  The memory is zero: a new shm object reads as zeros, and
+         * fallocate has already committed its pages, so there is nothing to
+         * memset. */
+        r.shm_fd = fd;
         r.base = base;
         kvd_debug("host backend: %s, %llu bytes, mode %04o", r.shm_name, (unsigned long long)bytes, (unsigned)mode);
         *ret = r;
@@ -106,9 +167,12 @@ static void host_destroy(struct kvd_region *r)
         if (r->base)
                 munmap(r->base, (size_t)r->bytes);
         /* Unlinking removes the name; workers that still map the pool keep
-         * their mapping until they unmap it. */
+         * their mapping until they unmap it.  The lock goes after the name,
+         * so no other daemon ever finds this name unlocked while it is ours. */
         if (r->shm_name[0] && shm_unlink(r->shm_name) != 0 && errno != ENOENT)
                 kvd_warn("shm_unlink(%s): %s", r->shm_name, strerror(errno));
+        if (r->shm_name[0])
+                close(r->shm_fd);
         memset(r, 0, sizeof(*r));
         r->device = -1;
 }

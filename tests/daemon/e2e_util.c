@@ -74,6 +74,11 @@ void dump_log(const struct daemon *d)
  * and waits until it accepts a connection. */
 void start_daemon(struct daemon *d, const char *const *extra)
 {
+        start_daemon_pre(d, extra, NULL);
+}
+
+void start_daemon_pre(struct daemon *d, const char *const *extra, void (*before_exec)(void))
+{
         char *argv[40];
         int   argc = 0;
 
@@ -98,6 +103,8 @@ void start_daemon(struct daemon *d, const char *const *extra)
                 int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
                 dup2(fd, 1); /* never hold the test runner's output pipes */
                 dup2(fd, 2);
+                if (before_exec)
+                        before_exec();
                 execv(argv[0], argv);
                 _exit(127);
         }

@@ -42,6 +42,9 @@ void dump_log(const struct daemon *d);
 /* Starts kvpoold on a private socket with extra arguments (NULL-ended),
  * metrics off, and waits until it accepts a connection. */
 void start_daemon(struct daemon *d, const char *const *extra);
+/* start_daemon, calling before_exec (if not NULL) in the child just before
+ * it execs kvpoold: the daemon will have the child's pid. */
+void start_daemon_pre(struct daemon *d, const char *const *extra, void (*before_exec)(void));
 /* SIGTERM; the exit code, or -1 when it did not exit normally. */
 int stop_daemon(struct daemon *d);
 /* Number of /dev/shm/kvpool.<pid>.* objects. */

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -76,8 +78,9 @@ Test(lifecycle, capacity_by_dtype)
         stop_clean(&d);
 }
 
-/* Runs kvpoold with args; returns its exit code, output in out. */
-static int run_kvpoold(const char *const *args, char *out, size_t cap, pid_t *ret_pid)
+/* Runs kvpoold with args; returns its exit code, output in out.
+ * before_exec (if not NULL) runs in the child just before the exec. */
+static int run_kvpoold_pre(const char *const *args, char *out, size_t cap, pid_t *ret_pid, void (*before_exec)(void))
 {
         char *argv[16];
         int   argc = 0, fds[2], st;
@@ -95,6 +98,8 @@ static int run_kvpoold(const char *const *args, char *out, size_t cap, pid_t *re
                 dup2(fds[1], 1);
                 dup2(fds[1], 2);
                 close(fds[0]);
+                if (before_exec)
+                        before_exec();
                 execv(argv[0], argv);
                 _exit(127);
         }
@@ -107,6 +112,11 @@ static int run_kvpoold(const char *const *args, char *out, size_t cap, pid_t *re
         if (ret_pid)
                 *ret_pid = pid;
         return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int run_kvpoold(const char *const *args, char *out, size_t cap, pid_t *ret_pid)
+{
+        return run_kvpoold_pre(args, out, cap, ret_pid, NULL);
 }
 
 Test(lifecycle, check_config)
@@ -185,6 +195,73 @@ Test(lifecycle, bad_scales_of_a_later_pool_stop_the_start_before_any_pool)
         cr_assert(strstr(out, "pool b: scales") && strstr(out, "/tmp/kvtest-no-such-scales.json"), "%s", out);
         cr_assert_null(strstr(out, "pool a: "), "pool a was made before the scales were checked:\n%s", out);
         cr_assert_eq(shm_objects(pid), 0, "a failed start left shared memory behind");
+}
+
+/* Before the exec, in the child whose pid kvpoold will have: the shm object
+ * of pool "a" of an earlier kvpoold with that pid, as a restart in a pid
+ * namespace (a container's pid 1) finds it after a crash. */
+static void leave_stale_shm(void)
+{
+        char name[48];
+        int  fd;
+
+        snprintf(name, sizeof(name), "/kvpool.%d.a", (int)getpid());
+        if ((fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600)) < 0 || ftruncate(fd, 4096) != 0)
+                _exit(125);
+        close(fd);
+}
+
+Test(lifecycle, restart_with_the_same_pid_removes_the_dead_daemons_shm)
+{
+        /* it used to refuse to start (EEXIST) until someone removed the
+         * object by hand: a crash loop in a container */
+        const char *const args[] = { "--pool", SMALL_POOL ",backend=host", NULL };
+        struct daemon     d;
+        struct rep        keep;
+
+        start_daemon_pre(&d, args, leave_stale_shm);
+        nng_socket s = client(d.url, 5000);
+        hello(s, "same-pid", 0);
+        struct kv_attach_rep a = attach(s, "a", &keep);
+        char path[96];
+        struct stat sb;
+        snprintf(path, sizeof(path), "/dev/shm%s", a.shm_name);
+        cr_assert_eq(stat(path, &sb), 0);
+        cr_assert_eq((uint64_t)sb.st_size, a.pool_bytes, "the pool is not the new object");
+        rep_free(&keep);
+        nng_close(s);
+        const char *log = stop_clean_log(&d);
+        cr_assert(strstr(log, "removed") && strstr(log, "/kvpool."), "the removal is not logged:\n%s", log);
+}
+
+/* As leave_stale_shm, but the object's owner is alive: the locked
+ * description stays open across the exec (a live kvpoold with the same pid
+ * in another pid namespace holds such a lock). */
+static void leave_locked_shm(void)
+{
+        char name[48];
+        int  fd;
+
+        snprintf(name, sizeof(name), "/kvpool.%d.a", (int)getpid());
+        if ((fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600)) < 0 || ftruncate(fd, 4096) != 0 ||
+            fcntl(fd, F_SETFD, 0) != 0 || flock(fd, LOCK_EX) != 0)
+                _exit(125);
+}
+
+Test(lifecycle, a_live_daemons_shm_with_the_same_name_is_left_alone)
+{
+        char        out[8192], path[64];
+        pid_t       pid;
+        struct stat sb;
+        const char *args[] = { "--metrics", "none", "--socket", "ipc:///tmp/kvtest-ls.sock",
+                               "--pool", SMALL_POOL ",backend=host", NULL };
+
+        cr_assert_eq(run_kvpoold_pre(args, out, sizeof(out), &pid, leave_locked_shm), 1, "%s", out);
+        snprintf(path, sizeof(path), "/dev/shm/kvpool.%d.a", (int)pid);
+        cr_assert(strstr(out, path + 8), "%s", out);
+        cr_assert_eq(stat(path, &sb), 0, "the live owner's object was removed:\n%s", out);
+        cr_assert_eq(sb.st_size, 4096, "the live owner's object was replaced:\n%s", out);
+        unlink(path);
 }
 
 Test(lifecycle, pressure_crossings_are_announced_once)
