@@ -377,6 +377,11 @@ def test_arguments_the_kernels_cannot_take_are_refused_by_name(daemon):
             (lambda: p.lookup([16]), TypeError, "keys[0]"),
             (lambda: p.lookup([bytes(16)] * 8193), ValueError, "keys"),
             (lambda: kvpool.block_key(None, [2**32 + 5]), ValueError, "tokens"),
+            # bytes(3) is three zero bytes: a LoRA id given as an int keyed its blocks with zeros
+            # (and bytes(2**40) asks for a TiB); a str failed without naming extra
+            (lambda: kvpool.block_key(None, [1, 2], extra=3), TypeError, "extra"),
+            (lambda: kvpool.chain_keys(list(range(PAGE)), PAGE, extra=7), TypeError, "extra"),
+            (lambda: kvpool.block_key(None, [1, 2], extra="lora-7"), TypeError, "extra"),
             (lambda: p.decode(0, np.zeros((), np.float16), q, [[0]], [1]), ValueError, "q: shape"),
             (lambda: p.decode(0, q[:, :0], q[:, :0], [[0]], [1]), ValueError, "q heads"),
             (lambda: p.decode(0, q, np.zeros_like(q), wide, [1]), ValueError, "page_table"),

@@ -61,13 +61,16 @@ def _keys(keys, what):
 def block_key(parent, tokens, extra=b""):
     """The chained prefix-cache key of one block (kvc_block_key): parent is
     the previous block's key (None for the first block), tokens the block's
-    token ids, extra optional bytes (a LoRA id, an image hash).  Returns 16
+    token ids, extra optional bytes-like data (a LoRA id, an image hash,
+    encoded by the caller: an int or a str is a TypeError).  Returns 16
     bytes."""
     # integers in int32 only: ctypes would wrap a larger one into another token's key
     tv = index_view(list(tokens), "i32", "tokens", False)
     if len(tv.shape) != 1:
         raise ValueError(f"tokens: a flat sequence of token ids, got shape {tv.shape}")
     par = _key(parent, "parent") if parent is not None else None
+    if isinstance(extra, (int, str)):  # bytes(3) would be three zero bytes, bytes("...") an error without the name
+        raise TypeError(f"extra: bytes-like data is needed (encode a LoRA id or a name), got {type(extra).__name__}")
     ex = bytes(extra)
     out = C.Key()
     r = C.lib.kvc_block_key(ctypes.byref(par) if par is not None else None, C.ptr32(tv), tv.shape[0],
