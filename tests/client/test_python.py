@@ -387,6 +387,11 @@ def test_arguments_the_kernels_cannot_take_are_refused_by_name(daemon):
             (lambda: p.decode(0, q, np.zeros_like(q), wide, [1]), ValueError, "page_table"),
             (lambda: p.decode(0, q, np.zeros_like(q), [[0]], [1], sm_scale=1e39), ValueError, "sm_scale"),
             (lambda: c.attach("bf16\0x"), ValueError, "name"),
+            # a cudaStream_t is a pointer: ctypes passed -1 as 2^64-1 and 2^64+5 as stream 5
+            (lambda: p.write(0, k, k, slots, stream=-1), ValueError, "stream"),
+            (lambda: p.write(0, k, k, slots, stream=2**64), ValueError, "stream"),
+            (lambda: p.decode(0, q, np.zeros_like(q), [[page]], [1], stream=type("S", (), {"ptr": 2**64 + 5})()),
+             ValueError, "stream"),
         ]
         for fn, exc, words in cases:
             with pytest.raises(exc) as e:

@@ -109,12 +109,15 @@ def _stream_handle(stream, device):
         if torch.cuda.is_available():
             return torch.cuda.current_stream(device).cuda_stream or None
         return None
-    if isinstance(stream, int):
-        return stream or None
-    for attr in ("cuda_stream", "ptr", "handle"):  # torch.cuda.Stream, cupy Stream, others
-        h = getattr(stream, attr, None)
-        if isinstance(h, int):
-            return h or None
+    h = stream
+    if not isinstance(h, int):
+        # torch.cuda.Stream, cupy Stream, others
+        h = next((x for x in (getattr(stream, a, None) for a in ("cuda_stream", "ptr", "handle"))
+                  if isinstance(x, int)), None)
+    if h is not None:
+        if not 0 <= h < 2**64:  # a cudaStream_t is a pointer: ctypes would wrap the value into another stream
+            raise ValueError(f"stream: handle {h} is not a pointer value (0 to 2^64-1)")
+        return h or None
     raise TypeError(f"stream: expected a CUDA stream handle (int) or a stream object, got {type(stream).__name__}")
 
 
