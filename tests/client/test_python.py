@@ -376,6 +376,14 @@ def test_arguments_the_kernels_cannot_take_are_refused_by_name(daemon):
             (lambda: p.alloc(2.5), TypeError, "n"),
             (lambda: p.lookup([16]), TypeError, "keys[0]"),
             (lambda: p.lookup([bytes(16)] * 8193), ValueError, "keys"),
+            # bytes()'s own errors named nothing
+            (lambda: p.lookup([1.5]), TypeError, "keys[0]"),
+            (lambda: p.lookup([bytes(16), [300] * 16]), ValueError, "keys[1]"),
+            (lambda: kvpool.block_key(None, [1], extra=1.5), TypeError, "extra"),
+            (lambda: p.decode(0, q, np.zeros_like(q), [[page]], [1], sm_scale=object()), TypeError, "sm_scale"),
+            (lambda: p.decode(0, q, np.zeros_like(q), [[page]], [1], sm_scale=np.array([0.1, 0.2])), TypeError,
+             "sm_scale"),
+            (lambda: p.decode(0, q, np.zeros_like(q), [[page]], [1], sm_scale=10**400), ValueError, "sm_scale"),
             (lambda: kvpool.block_key(None, [2**32 + 5]), ValueError, "tokens"),
             # bytes(3) is three zero bytes: a LoRA id given as an int keyed its blocks with zeros
             # (and bytes(2**40) asks for a TiB); a str failed without naming extra

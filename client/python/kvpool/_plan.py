@@ -19,7 +19,12 @@ def sm_scale_of(s, head_dim):
     """sm_scale as the C call receives it (None: 1/sqrt(head_dim))."""
     if isinstance(s, (str, bytes)):
         raise TypeError(f"sm_scale: expected a number, got {type(s).__name__}")
-    s = 1.0 / math.sqrt(head_dim) if s is None else float(s)
+    try:
+        s = 1.0 / math.sqrt(head_dim) if s is None else float(s)
+    except (TypeError, ValueError) as e:  # an object, an array of several values
+        raise TypeError(f"sm_scale: expected a number, got {type(s).__name__} ({e})") from None
+    except OverflowError:  # an int past float64
+        raise ValueError(f"sm_scale: {s} is not a positive finite float32") from None
     f32 = ctypes.c_float(s).value
     if not math.isfinite(f32) or f32 <= 0:
         raise ValueError(f"sm_scale: {s} is not a positive finite float32")

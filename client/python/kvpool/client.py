@@ -35,12 +35,20 @@ def _raise(rv, message, call):
     raise KvpoolError(err, f"{call}: {text}" if not text.startswith(call) else text)
 
 
+def _bytes(x, what):
+    """bytes(x), its errors (a float, ints past 255) naming `what`."""
+    try:
+        return bytes(x)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{what}: bytes-like data is needed ({e})") from None
+
+
 def _key(k, what):
     if isinstance(k, C.Key):
         return k
     if isinstance(k, (int, str)):  # bytes(16) would be 16 zero bytes, bytes("...") an error without the name
         raise TypeError(f"{what}: a key is {C.KEY_LEN} bytes (bytes-like), got {type(k).__name__}")
-    b = bytes(k)
+    b = _bytes(k, what)
     if len(b) != C.KEY_LEN:
         raise ValueError(f"{what}: a key is {C.KEY_LEN} bytes, got {len(b)}")
     out = C.Key()
@@ -71,7 +79,7 @@ def block_key(parent, tokens, extra=b""):
     par = _key(parent, "parent") if parent is not None else None
     if isinstance(extra, (int, str)):  # bytes(3) would be three zero bytes, bytes("...") an error without the name
         raise TypeError(f"extra: bytes-like data is needed (encode a LoRA id or a name), got {type(extra).__name__}")
-    ex = bytes(extra)
+    ex = _bytes(extra, "extra")
     out = C.Key()
     r = C.lib.kvc_block_key(ctypes.byref(par) if par is not None else None, C.ptr32(tv), tv.shape[0],
                             ex if ex else None, len(ex), ctypes.byref(out))
