@@ -748,7 +748,8 @@ def test_a_workspace_is_checked_and_ignored_on_a_host_pool(daemon):
         want = np.zeros_like(q)
         p.decode(0, q, want, table, seq_lens)
         assert p.decode_workspace(0, q, want, table, seq_lens) == 0
-        for w in (ws, (ws.ctypes.data, ws.nbytes), (ws.ctypes.data, 0), ws.view(np.float32)):
+        # any element type: datetime64's type string '<M8[ns]' used to fail int('8[ns]'), unnamed
+        for w in (ws, (ws.ctypes.data, ws.nbytes), (ws.ctypes.data, 0), ws.view(np.float32), ws.view("M8[ns]")):
             got = np.full_like(q, np.nan)
             p.decode(0, q, got, table, seq_lens, workspace=w)
             np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
@@ -797,9 +798,18 @@ def test_a_workspace_is_checked_and_ignored_on_a_host_pool(daemon):
                              (np.zeros((4, 64), np.uint8)[:, ::2], ValueError, "contiguous"),
                              (ro, ValueError, "read-only"),
                              ("ws", TypeError, "workspace: expected an array"),
+                             (np.zeros(16, object), TypeError, "workspace: element type"),
                              ((-16, 64), ValueError, "negative")):
             with pytest.raises(exc, match=text):
                 p.decode(0, q, got, table, seq_lens, workspace=w)
+
+
+def test_a_workspace_counts_the_bytes_of_its_elements():
+    # numpy's type string of a str array gives characters ('<U4': 16 bytes an
+    # element), and the size was read as bytes: a quarter of the buffer
+    from kvpool import _arrays
+    for a in (np.zeros(4, "U4"), np.zeros((2, 3), "M8[ns]"), np.zeros(5, np.complex64), np.zeros(7, "S3")):
+        assert _arrays.buffer(a, "workspace").nbytes == a.nbytes, a.dtype
 
 
 def test_a_pointer_pair_workspace_asks_no_cuda_and_must_fit_64_bits(daemon, monkeypatch):

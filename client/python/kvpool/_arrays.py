@@ -212,7 +212,7 @@ def buffer(x, what):
             raise TypeError(f"{what}: its array interface gives no data pointer")
         if data[1]:
             raise ValueError(f"{what}: is read-only")
-        size = int(typestr[2:])
+        size = _item_bytes(typestr, what)
         strides = ai.get("strides")
         if strides is not None and (any(s % size for s in strides) or
                                     not contiguous(shape, tuple(s // size for s in strides))):
@@ -224,6 +224,17 @@ def buffer(x, what):
         return Buffer(ptr, n, cuda, _cuda_pointer_device(ptr) if cuda and ptr else None, x)
     raise TypeError(f"{what}: expected an array (PyTorch tensor, NumPy array or an object with "
                     f"__cuda_array_interface__) or a (pointer, nbytes) pair, got {type(x).__name__}")
+
+
+def _item_bytes(typestr, what):
+    """The bytes of an element of array-interface type string typestr:
+    its number ('<f4', '<M8[ns]'), which for numpy's str arrays ('<U4')
+    counts characters of 4 bytes.  TypeError naming `what` for one
+    without a size (Python objects, '|O')."""
+    digits = typestr[2:].split("[")[0]
+    if not digits.isdigit() or typestr[1] == "O":
+        raise TypeError(f"{what}: element type {typestr} has no fixed size in bytes (an array of Python objects?)")
+    return int(digits) * (4 if typestr[1] == "U" else 1)
 
 
 def index_view(x, kind, what, cuda):
