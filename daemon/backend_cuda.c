@@ -144,8 +144,12 @@ static void cuda_destroy(struct kvd_region *r)
 {
         if (!r || !r->base)
                 return;
-        /* clients that still have the handle open keep the memory alive
-         * until they close it; the daemon's reference goes now */
+        /* The pool goes with the daemon.  Workers that still have the
+         * handle open map freed memory from here on: CUDA calls freeing an
+         * exported allocation before every importer closed it undefined
+         * (cudaIpcOpenMemHandle), so their kernels must not touch it again;
+         * libkvclient answers -ESTALE once the next daemon is up
+         * (docs/operations.md section 4). */
         if (cudaSetDevice(r->device) == cudaSuccess)
                 cudaFree(r->base);
         (void)cudaGetLastError();
