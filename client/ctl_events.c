@@ -140,7 +140,9 @@ static void print_event(int json, const struct kvd_event *ev)
                        ev->entering ? "entering (fell below)" : "leaving (rose above)");
                 break;
         case KVD_EV_RESET:
-                printf("%-8s pool=%s keys=%u (every prefix key dropped)\n", name, ev->pool, ev->keys);
+                /* not "every key": a tenant's RESET drops only its tenant's
+                 * keys, and the event does not say which it was */
+                printf("%-8s pool=%s keys=%u (prefix keys dropped)\n", name, ev->pool, ev->keys);
                 break;
         case KVD_EV_SHUTDOWN:
                 printf("shutdown\n");

@@ -19,7 +19,8 @@
  *     64   8    threshold      the threshold that was crossed
  *     72   4    entering       1: fell below the threshold, 0: rose back above
  *     RESET (60 bytes in all):
- *     56   4    keys       the keys the RESET request dropped in this pool
+ *     56   4    keys       the keys the RESET request dropped in this pool (all, or
+ *                           its tenant's only when a tenant's session sent it)
  *     SHUTDOWN (56 bytes in all): no body.
  *
  * A reader checks magic and version, ignores bytes after the fields it knows

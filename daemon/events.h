@@ -65,7 +65,8 @@ void kvd_events_close(struct kvd_events *e);
  * safe; events are sent in the order of their numbers. */
 void kvd_events_stored(struct kvd_events *e, const char *pool, uint32_t page, const uint8_t key[16]);
 void kvd_events_evicted(struct kvd_events *e, const char *pool, uint32_t page, const uint8_t key[16]);
-/* Every prefix key of the pool was dropped (RESET request): keys of them. */
+/* A RESET request dropped `keys` prefix keys of the pool: every key, or a
+ * tenant's session's own tenant's only (the event does not say which). */
 void kvd_events_reset(struct kvd_events *e, const char *pool, uint32_t keys);
 /* free_fraction crossed threshold: entering = 1 when it fell below, 0 when it rose back. */
 void kvd_events_pressure(struct kvd_events *e, const char *pool, double free_fraction,

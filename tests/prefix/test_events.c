@@ -540,7 +540,7 @@ Test(ctl_events, readable_and_count)
         expect_page_text(&c, 14, "evicted", 2);
         expect_line(&c, "#15 2023-11-14T22:13:20.123456Z pressure pool=pool\"x free=0.1250 "
                     "threshold=0.2500 entering (fell below)");
-        expect_line(&c, "#16 2023-11-14T22:13:20.123456Z reset    pool=pool\"x keys=3 (every prefix key dropped)");
+        expect_line(&c, "#16 2023-11-14T22:13:20.123456Z reset    pool=pool\"x keys=3 (prefix keys dropped)");
         char line[256];
         cr_assert_null(fgets(line, sizeof(line), c.out), "extra output: %s", line);
         fclose(c.out);
