@@ -95,7 +95,8 @@ int kvd_pages_publish(struct kvd_pages *t, uint32_t sid, const uint8_t salt[KVD_
 
 /* Finds the longest leading run of keys that are cached under salt; each found
  * page gains a reference for sid (atomically: nothing can evict it between
- * finding and holding) and moves to the most recently used end.  Returns the
+ * finding and holding); an idle one leaves the LRU list and re-enters it at
+ * the most recently used end when its last reference is dropped.  Returns the
  * number of hits h and fills ret_ids[0..h); -EOVERFLOW (nothing changes) if
  * a page's refcount or sid's references would pass 2^32-1. */
 int kvd_pages_lookup(struct kvd_pages *t, uint32_t sid, const uint8_t salt[KVD_KEY_LEN],
