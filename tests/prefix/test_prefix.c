@@ -281,6 +281,21 @@ static void recv_next(struct evsub *e, uint64_t seq, struct kvd_event *out)
         cr_assert_eq(out->seq, seq, "event gap: %lu, want %lu", (unsigned long)out->seq, (unsigned long)seq);
 }
 
+/* Receives events until a RESET arrived (others are skipped) into *out. */
+static void recv_reset(struct evsub *e, struct kvd_event *out)
+{
+        out->type = 0;
+        cr_assert_eq(nng_socket_set_ms(e->s, NNG_OPT_RECVTIMEO, 5000), 0);
+        while (out->type != KVD_EV_RESET) {
+                void *buf;
+                size_t len;
+                int rv = nng_recv(e->s, &buf, &len, NNG_FLAG_ALLOC);
+                cr_assert_eq(rv, 0, "waiting for the RESET event: %s", nng_strerror(rv));
+                cr_assert_eq(kvd_event_decode(buf, len, out), 0);
+                nng_free(buf, len);
+        }
+}
+
 Test(prefix, lru_eviction_with_events, .init = up, .fini = down, .timeout = 60)
 {
         kvc_client *ctl;
@@ -670,16 +685,8 @@ Test(prefix, reset_drops_every_key_and_keeps_holdings, .init = up, .fini = down,
         cr_assert_eq(q1.cached, q0.cached, "another pool's keys stay");
 
         /* one RESET event, after the STOREDs */
-        struct kvd_event ev = { 0 };
-        cr_assert_eq(nng_socket_set_ms(e.s, NNG_OPT_RECVTIMEO, 5000), 0);
-        while (ev.type != KVD_EV_RESET) {
-                void *buf;
-                size_t len;
-                int rv = nng_recv(e.s, &buf, &len, NNG_FLAG_ALLOC);
-                cr_assert_eq(rv, 0, "waiting for the RESET event: %s", nng_strerror(rv));
-                cr_assert_eq(kvd_event_decode(buf, len, &ev), 0);
-                nng_free(buf, len);
-        }
+        struct kvd_event ev;
+        recv_reset(&e, &ev);
         cr_assert_str_eq(ev.pool, "p");
         cr_assert_eq(ev.keys, n);
 
@@ -779,16 +786,8 @@ Test(prefix, reset_by_a_tenant_drops_only_its_keys, .init = up, .fini = down, .t
         cr_assert_eq(st.free, st0.free + 2, "tenant 1's idle pages are free now");
         cr_assert_eq(st.held, st0.held, "held pages stay held");
 
-        struct kvd_event ev = { 0 };
-        cr_assert_eq(nng_socket_set_ms(e.s, NNG_OPT_RECVTIMEO, 5000), 0);
-        while (ev.type != KVD_EV_RESET) {
-                void *buf;
-                size_t len;
-                int rv = nng_recv(e.s, &buf, &len, NNG_FLAG_ALLOC);
-                cr_assert_eq(rv, 0, "waiting for the RESET event: %s", nng_strerror(rv));
-                cr_assert_eq(kvd_event_decode(buf, len, &ev), 0);
-                nng_free(buf, len);
-        }
+        struct kvd_event ev;
+        recv_reset(&e, &ev);
         cr_assert_str_eq(ev.pool, "p");
         cr_assert_eq(ev.keys, 3, "the RESET event counts %u keys, the reset dropped 3", ev.keys);
 
