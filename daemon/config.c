@@ -331,7 +331,11 @@ int kvd_config_parse(int argc, char **argv, struct kvd_config *ret, char *err, s
                 if (g && *g) {
                         struct group *gr = getgrnam(g);
                         if (!gr) {
-                                r = kvd_cfg_fail(err, errlen, "%s: no such group \"%s\"", cli.has_group ? "--group" : "group", g);
+                                char wg[300];
+
+                                setting_name(wg, sizeof(wg), cli.has_group, file.has_group, c.config_path, "--group",
+                                             "group", "group");
+                                r = kvd_cfg_fail(err, errlen, "%s: no such group \"%s\"", wg, g);
                                 goto out;
                         }
                         c.gid = gr->gr_gid;

@@ -208,6 +208,9 @@ Test(config, errors_name_the_key)
         expect_file_error("{\"pools\": [" POOL_OK ", " POOL_OK "]}", "\"p\"", "twice");
         expect_file_error("{\"pools\": {\"name\": \"p\"}}", "pools", "array");
         expect_file_error("{\"log_level\": \"loud\"}", "log_level", NULL);
+        /* a group the file names that does not exist: the file and the key */
+        expect_file_error("{\"group\": \"kvtest-no-such-group-xyz\"}", ": group: no such group",
+                          "kvtest-no-such-group-xyz");
         expect_file_error("{\"pools\": [{\"name\": \"q\", \"dtype\": \"bf16\", \"layers\": 32, \"kv_heads\": 8, "
                           "\"head_dim\": 128, \"page_size\": 16, \"capacity\": \"1KiB\"}]}",
                           "pools[0].capacity", "2 MiB");
