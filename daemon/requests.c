@@ -78,7 +78,7 @@ static int reply_malformed(struct kvd_req *q, int r)
         switch (code) {
         case KV_E_PROTO: why = "its length disagrees with its fields or counts"; break;
         case KV_E_TOOBIG: why = "a count or length is above its limit"; break;
-        case KV_E_INVAL: why = "a field has a value outside its domain (e.g. a name without NUL)"; break;
+        case KV_E_INVAL: why = "a field has a value outside its domain (a count of 0, a name without NUL)"; break;
         case KV_E_MAGIC: why = "bad magic (not a kvpool message)"; break;
         case KV_E_VERSION: why = "unsupported protocol version"; break;
         case KV_E_OPCODE: why = "unknown opcode"; break;

@@ -421,6 +421,9 @@ int kv_enc_alloc_req(uint8_t *buf, size_t cap, uint32_t rid, const struct kv_all
 
         if (m == NULL)
                 return -EINVAL;
+        /* as the other encoders: never send what the decoder refuses */
+        if (m->count > KV_MAX_PAGES_REQ)
+                return -EMSGSIZE;
         b = begin(buf, cap, KV_OP_ALLOC, rid, 8);
         if (b == NULL)
                 return -ENOBUFS;

@@ -3,7 +3,8 @@
  *
  * Wire rules (docs/protocol.md is the normative text):
  *  - every message is one nng message: a 16-byte header then the body;
- *  - all integers are little-endian, fixed width, no padding on the wire;
+ *  - all integers are little-endian, fixed width, no padding on the wire
+ *    but the PUBLISH reply's results, zero-padded to a multiple of 4;
  *  - strings are fixed-size, NUL-padded fields (a field of N bytes holds at
  *    most N-1 characters and at least one NUL) unless a length is given;
  *  - a reply has opcode (request opcode | KV_OP_REPLY); a failed request gets

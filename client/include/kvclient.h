@@ -45,7 +45,9 @@
  *  -ESTALE     the daemon restarted since this client said HELLO: every call
  *              on the client and its pools fails so from then on; disconnect,
  *              connect and attach again (docs/operations.md section 4)
- *  -ESHUTDOWN  the daemon is shutting down
+ *  -ESHUTDOWN  the daemon refused a request whose connection it was already
+ *              closing (a stopping daemon closes its socket instead: see
+ *              -ESTALE and -ETIMEDOUT)
  *  -ECHILD     a forked child calling on its parent's client, or connecting
  *              (see fork() above)
  *  -ETIMEDOUT  no reply within the client's timeout ($KVPOOL_TIMEOUT_MS,

@@ -398,6 +398,10 @@ Test(proto, alloc_req)
         cr_assert_eq(kv_dec_alloc_req(buf + KV_HDR_SIZE, 8, &r), -KV_E_INVAL);
         cr_assert_eq(kv_dec_alloc_req(buf + KV_HDR_SIZE, 7, &r), -KV_E_PROTO);
         cr_assert_eq(kv_dec_alloc_req(buf + KV_HDR_SIZE, 12, &r), -KV_E_PROTO);
+        /* the encoder does not send a count the decoder refuses as too big */
+        struct kv_alloc_req big = { 1, KV_MAX_PAGES_REQ + 1 }, most = { 1, KV_MAX_PAGES_REQ };
+        cr_assert_eq(kv_enc_alloc_req(buf, sizeof buf, 7, &big), -EMSGSIZE);
+        cr_assert_eq(kv_enc_alloc_req(buf, sizeof buf, 7, &most), (int)(KV_HDR_SIZE + 8));
         cr_assert_eq(memcmp(&r, &sentinel, sizeof r), 0);
 }
 
