@@ -19,6 +19,7 @@ again once they are back.
 
 Needs $KVPOOL_BUILD/daemon/kvpoold, as test_raw_client.py.
 """
+import contextlib
 import json
 import os
 import resource
@@ -37,6 +38,11 @@ from test_raw_client import METRICS, STATUS, Conn, bare_connects, first_answer, 
 # within about 2 s of the first client that got no answer, not 15-20 s
 FAST = {"KVPOOLD_GUARD_EVERY_MS": "300", "KVPOOLD_GUARD_STUCK_MS": "1000", "KVPOOLD_GUARD_PROBE_MS": "500"}
 
+# the guard's metrics of the request socket (docs/operations.md §7)
+UNMENDED = 'kvpool_listener_unmended{socket="control"}'
+GAVE_UP = 'kvpool_listener_guard_gave_up{socket="control"}'
+TAKEN = 'kvpool_listener_takeovers_total{socket="control"}'
+
 
 def metric(c, series):
     """The value of one series (name and labels as written) in the daemon's
@@ -49,21 +55,28 @@ def metric(c, series):
     return None
 
 
+
+@contextlib.contextmanager
+def daemon_on(tmp_path, folder, path, **kw):
+    """A kvpoold (test_raw_client.start, kw passed on) on the request socket
+    path, which lies under folder: yields (process, log path); then stops
+    it, which must exit 0, and removes folder."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    p, logpath = start(tmp_path, path, **kw)
+    try:
+        yield p, logpath
+    finally:
+        if p.poll() is None:
+            p.terminate()
+        assert p.wait(timeout=10) == 0, logpath.read_text()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def served(path, within):
-    """first_answer with a shorter wait per try (0.5 s): the first new
-    client that gets an answer to HELLO within `within` seconds, and how
-    many tries got none (each one leaves nng a connection with unread
-    bytes, which the guard counts); (None, tries) when none did."""
-    deadline, stuck = time.time() + within, 0
-    while time.time() < deadline:
-        try:
-            c = Conn(path, timeout=0.5)
-            hello(c)
-            return c, stuck
-        except (OSError, AssertionError):
-            stuck += 1
-            time.sleep(0.1)
-    return None, stuck
+    """first_answer with a shorter wait per try (0.5 s), (None, tries) when
+    no new client got an answer within `within` seconds: each try that got
+    none leaves nng a connection with unread bytes, which the guard counts."""
+    return first_answer(path, within, per_try=0.5, pause=0.1, must=False)
 
 
 @pytest.mark.parametrize("leaf", ["s.sock", "k.s"])
@@ -73,9 +86,7 @@ def test_a_socket_path_of_107_bytes_is_mended_too(tmp_path, leaf):
     base = f"/tmp/kvtest-guard-{os.getpid()}/"
     path = base + "d" * (107 - len(base) - len("/" + leaf)) + "/" + leaf
     assert len(path) == 107  # sun_path holds 108 bytes with the NUL: path.0 would not fit
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    p, logpath = start(tmp_path, path)
-    try:
+    with daemon_on(tmp_path, base, path) as (p, logpath):
         kept = Conn(path)
         hello(kept, "kept")
         bare_connects(path, pid=p.pid)  # held stopped meanwhile: the listener stops every time
@@ -90,10 +101,6 @@ def test_a_socket_path_of_107_bytes_is_mended_too(tmp_path, leaf):
         assert not os.path.exists(f"{folder}/.kvg{leaf[0]}1") and not os.path.exists(f"{folder}/.{leaf[0]}1")
         c.close()
         kept.close()
-    finally:
-        p.terminate()
-        assert p.wait(timeout=10) == 0, logpath.read_text()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_the_events_socket_is_mended_too(tmp_path):
@@ -103,10 +110,8 @@ def test_the_events_socket_is_mended_too(tmp_path):
     # listener takes the socket file.  A subscriber that comes after the
     # bare connects gets the shutdown event.
     d = f"/tmp/kvtest-evguard-{os.getpid()}"
-    os.makedirs(d, exist_ok=True)
     path, ev = d + "/s.sock", d + "/ev.sock"
-    p, logpath = start(tmp_path, path, events="ipc://" + ev)
-    try:
+    with daemon_on(tmp_path, d, path, events="ipc://" + ev) as (p, logpath):
         bare_connects(ev, pid=p.pid)  # the daemon held stopped meanwhile: they stop nng's listener every time
         time.sleep(10 + 3 + 3 + 2)  # a probe period, its wait, a check, slack
         sub = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -131,11 +136,6 @@ def test_the_events_socket_is_mended_too(tmp_path):
         assert len(got) == 9 + 56, f"the subscriber got {len(got)} bytes: " + logpath.read_text()
         assert got[0] == 1 and struct.unpack("<IHH", got[9:17]) == (0x3145564B, 1, 4)  # SHUTDOWN
         sub.close()
-    finally:
-        if p.poll() is None:
-            p.terminate()
-        assert p.wait(timeout=10) == 0, logpath.read_text()
-        shutil.rmtree(d, ignore_errors=True)
     text = logpath.read_text()
     assert "the listener on " + ev + " stopped handing connections over" in text, \
         "the 20 bare connects did not stop nng's listener, or the guard did not see it: " + text
@@ -149,10 +149,8 @@ def test_more_than_8_take_overs_and_a_new_client_is_still_served(tmp_path):
     # spare: 10 stops are mended, a new client is served after the last,
     # /metrics counts them, and a client connected before works throughout.
     d = f"/tmp/kvtest-guard10-{os.getpid()}"
-    os.makedirs(d, exist_ok=True)
     path, want = d + "/s.sock", 10
-    p, logpath = start(tmp_path, path, env=FAST)
-    try:
+    with daemon_on(tmp_path, d, path, env=FAST) as (p, logpath):
         kept = Conn(path)
         hello(kept, "kept")
         for i in range(want):
@@ -167,20 +165,11 @@ def test_more_than_8_take_overs_and_a_new_client_is_still_served(tmp_path):
         assert "gives up" not in text and "could not take over" not in text, text
         c, stuck = served(path, within=5)
         assert c and stuck == 0, "a new client after the take-overs: " + text
-        assert metric(c, 'kvpool_listener_takeovers_total{socket="control"}') == want
-        assert metric(c, 'kvpool_listener_guard_gave_up{socket="control"}') == 0
-        assert metric(kept, 'kvpool_listener_takeovers_total{socket="control"}') == want
+        assert metric(c, TAKEN) == want
+        assert metric(c, GAVE_UP) == 0
+        assert metric(kept, TAKEN) == want
         c.close()
         kept.close()
-    finally:
-        p.terminate()
-        assert p.wait(timeout=10) == 0, logpath.read_text()
-        shutil.rmtree(d, ignore_errors=True)
-
-
-UNMENDED = 'kvpool_listener_unmended{socket="control"}'
-GAVE_UP = 'kvpool_listener_guard_gave_up{socket="control"}'
-TAKEN = 'kvpool_listener_takeovers_total{socket="control"}'
 
 
 def test_short_of_descriptors_the_guard_waits_and_takes_over_once_they_are_freed(tmp_path):
@@ -193,10 +182,8 @@ def test_short_of_descriptors_the_guard_waits_and_takes_over_once_they_are_freed
     # (here: the daemon's soft limit raised back) it takes over at its next
     # check, a new client is served, and the gauge is 0 again.
     d = f"/tmp/kvtest-guardfd-{os.getpid()}"
-    os.makedirs(d, exist_ok=True)
     path = d + "/s.sock"
-    p, logpath = start(tmp_path, path, env=FAST)
-    try:
+    with daemon_on(tmp_path, d, path, env=FAST) as (p, logpath):
         kept = Conn(path)
         hello(kept, "kept")
         soft, hard = resource.prlimit(p.pid, resource.RLIMIT_NOFILE)
@@ -242,10 +229,6 @@ def test_short_of_descriptors_the_guard_waits_and_takes_over_once_they_are_freed
         assert c and stuck == 0, "a second new client: " + logpath.read_text()
         c.close()
         kept.close()
-    finally:
-        p.terminate()
-        assert p.wait(timeout=10) == 0, logpath.read_text()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_out_of_descriptors_the_guard_says_so_and_watches_again_after(tmp_path):
@@ -257,10 +240,8 @@ def test_out_of_descriptors_the_guard_says_so_and_watches_again_after(tmp_path):
     # answer, kvpool_listener_unmended is 1; once descriptors are back it
     # says so, the gauge is 0, and it mends a stop again.
     d = f"/tmp/kvtest-guardemfile-{os.getpid()}"
-    os.makedirs(d, exist_ok=True)
     path = d + "/s.sock"
-    p, logpath = start(tmp_path, path, env=FAST)
-    try:
+    with daemon_on(tmp_path, d, path, env=FAST) as (p, logpath):
         kept = Conn(path)
         hello(kept, "kept")
         assert metric(kept, UNMENDED) == 0
@@ -303,7 +284,3 @@ def test_out_of_descriptors_the_guard_says_so_and_watches_again_after(tmp_path):
         assert metric(c, UNMENDED) == 0
         c.close()
         kept.close()
-    finally:
-        p.terminate()
-        assert p.wait(timeout=10) == 0, logpath.read_text()
-        shutil.rmtree(d, ignore_errors=True)
