@@ -314,7 +314,16 @@ static int plan_call(const struct kv_pool_view *pv, const struct kv_attn_call *c
                      struct attn_plan *pl, char *msg, size_t msglen)
 {
         uint32_t rows, max_len;
-        int r = kv_attn_check(pv, c, false, true, &rows, &max_len, msg, msglen);
+        /* kv_attn_check reads the host copies: device memory passed as
+         * one would be a SIGSEGV there */
+        const struct kv_mem_arg host[] = {
+                { c->seq_lens_host, "seq_lens_host", KV_MEM_HOST },
+                { c->qo_indptr_host, "qo_indptr_host", KV_MEM_HOST },
+        };
+        int r = c->batch ? kv_cuda_check_mem(host, 2, c->op, msg, msglen) : 0;
+        if (r < 0)
+                return r;
+        r = kv_attn_check(pv, c, false, true, &rows, &max_len, msg, msglen);
         if (r < 0)
                 return r;
         *pl = attn_plan{};
@@ -523,34 +532,6 @@ static int plan_call(const struct kv_pool_view *pv, const struct kv_attn_call *c
         return 0;
 }
 
-/* A caller's workspace c->ws (not NULL) on the current device dev: device
- * (or managed) memory of that device, as cudaPointerGetAttributes sees it.
- * Returns 0 or -EINVAL with msg naming it. */
-static int ws_on_device(const struct kv_attn_call *c, int dev, char *msg, size_t msglen)
-{
-        cudaPointerAttributes a;
-        cudaError_t e;
-        memset(&a, 0, sizeof a);
-        {
-                /* a query, not stream work: allowed under any capture
-                 * mode, but say so rather than rely on it */
-                const kvk::relaxed_capture relaxed;
-                e = cudaPointerGetAttributes(&a, c->ws);
-        }
-        if (e != cudaSuccess) {
-                (void)cudaGetLastError(); /* not left for the launch's check to report */
-                return kv_fail(-EINVAL, msg, msglen, "%s: workspace %p is not CUDA memory (%s)", c->op, c->ws,
-                               cudaGetErrorString(e));
-        }
-        if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged)
-                return kv_fail(-EINVAL, msg, msglen, "%s: workspace %p is %s memory, not device memory", c->op,
-                               c->ws, a.type == cudaMemoryTypeHost ? "pinned host" : "host");
-        if (a.device != dev)
-                return kv_fail(-EINVAL, msg, msglen, "%s: workspace %p is on CUDA device %d, the pool on %d",
-                               c->op, c->ws, a.device, dev);
-        return 0;
-}
-
 extern "C" int kv_attn_cuda_ws_bytes(const struct kv_pool_view *pv, const struct kv_attn_call *c,
                                      size_t *ret_bytes, char *msg, size_t msglen)
 {
@@ -578,7 +559,15 @@ extern "C" int kv_attn_cuda_run(const struct kv_pool_view *pv, const struct kv_a
                 return r;
         if (pl.p.rows == 0)
                 return 0;
-        if (c->ws && (r = ws_on_device(c, pl.dev, msg, msglen)) < 0)
+        /* where the arrays the kernels touch live (the host copies: in
+         * plan_call); the workspace only on the pool's device, where the
+         * partials are written and read back at full speed */
+        const struct kv_mem_arg mem[] = {
+                { c->q, "q", KV_MEM_GPU }, { c->out, "out", KV_MEM_GPU },
+                { c->page_table, "page_table", KV_MEM_GPU }, { c->seq_lens, "seq_lens", KV_MEM_GPU },
+                { c->qo_indptr, "qo_indptr", KV_MEM_GPU }, { c->ws, "workspace", KV_MEM_DEVICE },
+        };
+        if ((r = kv_cuda_check_mem(mem, sizeof mem / sizeof mem[0], c->op, msg, msglen)) < 0)
                 return r;
 
         kva::params &p = pl.p;

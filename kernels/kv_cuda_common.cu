@@ -1,9 +1,11 @@
 /* kv_cuda_common.cu - CUDA error conversion, the argument checks of the
  * write and gather launchers (kv_write_check / kv_gather_check, shared with
- * the CPU reference, plus what only the kernels need of the pool), and
- * kv_cuda_available(). */
+ * the CPU reference, plus what only the kernels need of the pool), where
+ * the data-path pointers live (kv_cuda_check_mem), and kv_cuda_available(). */
+#include <atomic>
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 #include <cuda_runtime.h>
 
 #include "kv_cuda_common.cuh"
@@ -105,7 +107,12 @@ extern "C" int kv_cuda_check_write(const struct kv_pool_view *p, const struct kv
 {
         int r = kv_write_check(p, a, msg, msglen);
 
-        return r < 0 ? r : check_pool(p, a->layer, msg, msglen);
+        if (r < 0 || (r = check_pool(p, a->layer, msg, msglen)) < 0 || a->num_tokens == 0)
+                return r;
+        const struct kv_mem_arg mem[] = {
+                { a->k, "k", KV_MEM_GPU }, { a->v, "v", KV_MEM_GPU }, { a->slots, "slots", KV_MEM_GPU },
+        };
+        return kv_cuda_check_mem(mem, sizeof mem / sizeof mem[0], NULL, msg, msglen);
 }
 
 extern "C" int kv_cuda_check_gather(const struct kv_pool_view *p, const struct kvc_gather_args *a,
@@ -113,5 +120,108 @@ extern "C" int kv_cuda_check_gather(const struct kv_pool_view *p, const struct k
 {
         int r = kv_gather_check(p, a, msg, msglen);
 
-        return r < 0 ? r : check_pool(p, a->layer, msg, msglen);
+        if (r < 0 || (r = check_pool(p, a->layer, msg, msglen)) < 0 || a->n_pages == 0)
+                return r;
+        const struct kv_mem_arg mem[] = {
+                { a->pages, "pages", KV_MEM_GPU }, { a->k_out, "k_out", KV_MEM_GPU },
+                { a->v_out, "v_out", KV_MEM_GPU },
+        };
+        return kv_cuda_check_mem(mem, sizeof mem / sizeof mem[0], NULL, msg, msglen);
+}
+
+/* Whether device dev reads pageable host memory (HMM or ATS): then plain
+ * malloc'ed memory is fine for KV_MEM_GPU.  Asked once per device. */
+static bool pageable_ok(int dev)
+{
+        static std::atomic<int> known[64]; /* 0 not asked, 1 no, 2 yes */
+        if (dev < 0 || dev >= 64)
+                return false;
+        int k = known[dev].load(std::memory_order_relaxed);
+        if (k == 0) {
+                int v = 0;
+                const kvk::relaxed_capture relaxed;
+                if (cudaDeviceGetAttribute(&v, cudaDevAttrPageableMemoryAccess, dev) != cudaSuccess) {
+                        (void)cudaGetLastError();
+                        v = 0;
+                }
+                k = v ? 2 : 1;
+                known[dev].store(k, std::memory_order_relaxed);
+        }
+        return k == 2;
+}
+
+static const char *mem_name(cudaMemoryType t)
+{
+        switch (t) {
+        case cudaMemoryTypeDevice:
+                return "device";
+        case cudaMemoryTypeManaged:
+                return "managed";
+        case cudaMemoryTypeHost:
+                return "pinned host";
+        default:
+                return "host";
+        }
+}
+
+extern "C" int kv_cuda_check_mem(const struct kv_mem_arg *args, size_t n, const char *op, char *msg, size_t msglen)
+{
+        const char *sep = op ? ": " : "";
+        int dev = -1;
+
+        if (!op)
+                op = "";
+        for (size_t i = 0; i < n; i++) {
+                const struct kv_mem_arg *m = &args[i];
+                if (!m->ptr)
+                        continue;
+                if (dev < 0 && cudaGetDevice(&dev) != cudaSuccess) {
+                        (void)cudaGetLastError();
+                        return kv_fail(-ENODEV, msg, msglen, "%s%sno current CUDA device", op, sep);
+                }
+                cudaPointerAttributes a;
+                cudaError_t e;
+                memset(&a, 0, sizeof a);
+                {
+                        const kvk::relaxed_capture relaxed;
+                        e = cudaPointerGetAttributes(&a, m->ptr);
+                }
+                if (e != cudaSuccess) {
+                        /* runtimes before 11 failed for memory CUDA does not
+                         * know; now that is type Unregistered */
+                        (void)cudaGetLastError();
+                        a.type = cudaMemoryTypeUnregistered;
+                }
+                const bool on_dev = a.type == cudaMemoryTypeDevice;
+                switch (m->want) {
+                case KV_MEM_HOST:
+                        if (on_dev)
+                                return kv_fail(-EINVAL, msg, msglen,
+                                               "%s%s%s %p is device memory (CUDA device %d): it is the host copy, "
+                                               "read on the CPU before the launch",
+                                               op, sep, m->name, m->ptr, a.device);
+                        break;
+                case KV_MEM_GPU:
+                        /* pinned host memory is mapped into the device's
+                         * address space under unified addressing */
+                        if ((a.type == cudaMemoryTypeHost && a.devicePointer) || a.type == cudaMemoryTypeManaged)
+                                break;
+                        if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeHost && pageable_ok(dev))
+                                break;
+                        /* else as a workspace: device memory, and of which device */
+                        [[fallthrough]];
+                case KV_MEM_DEVICE:
+                        if (a.type == cudaMemoryTypeManaged)
+                                break;
+                        if (!on_dev)
+                                return kv_fail(-EINVAL, msg, msglen, "%s%s%s %p is %s memory, not device memory "
+                                               "of CUDA device %d", op, sep, m->name, m->ptr, mem_name(a.type), dev);
+                        if (a.device != dev)
+                                return kv_fail(-EINVAL, msg, msglen,
+                                               "%s%s%s %p is memory of CUDA device %d, the pool's is %d", op,
+                                               sep, m->name, m->ptr, a.device, dev);
+                        break;
+                }
+        }
+        return 0;
 }

@@ -51,6 +51,32 @@ int kv_cuda_check_gather(const struct kv_pool_view *p, const struct kvc_gather_a
  * failing here.  Returns 0 or -EINVAL naming op and the layer. */
 int kv_cuda_check_aligned(const struct kv_pool_view *p, uint32_t layer, const char *op, char *msg, size_t msglen);
 
+/* Where a data-path pointer must live for the kernels (or the launcher) to
+ * read it (kv_cuda_check_mem). */
+enum kv_mem {
+        KV_MEM_GPU,       /* read or written by a kernel on device dev: device memory
+                             of dev, managed memory, mapped pinned host memory, or
+                             plain host memory where dev can access pageable memory */
+        KV_MEM_DEVICE,    /* device (or managed) memory of dev only: a workspace */
+        KV_MEM_HOST,      /* read by the launcher on the CPU: anything but device memory */
+};
+
+struct kv_mem_arg {
+        const void *ptr;  /* NULL: not checked (the argument checks say whether it may be) */
+        const char *name; /* the argument, as messages name it */
+        enum kv_mem want;
+};
+
+/* Checks that each of the n pointers lives where its want says, as
+ * cudaPointerGetAttributes sees it, for a launch on the current device:
+ * a host array passed where the kernel reads device memory is an illegal
+ * address on the device (a sticky error that ends the process's CUDA
+ * context), and a device array passed as a host copy a SIGSEGV in the
+ * launcher.  A query, not stream work: allowed while a stream is being
+ * captured.  Returns 0 or -EINVAL with msg naming op (NULL: no prefix)
+ * and the argument (-ENODEV with no current device). */
+int kv_cuda_check_mem(const struct kv_mem_arg *args, size_t n, const char *op, char *msg, size_t msglen);
+
 #ifdef __cplusplus
 }
 #endif

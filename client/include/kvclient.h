@@ -217,8 +217,14 @@ int kvc_block_key(const kvc_key *parent, const int32_t *tokens, size_t n_tokens,
                   const void *extra, size_t extra_len, kvc_key *ret_key);
 
 /* ---- data path --------------------------------------------------------------
- * On a CUDA pool every pointer below is device memory and the call is
- * asynchronous on `stream` (a cudaStream_t; NULL = the default stream).  On a
+ * On a CUDA pool every pointer below but the host copies (*_host) is
+ * memory the pool's device reads: device memory of that device (or managed
+ * memory, or pinned host memory, which is mapped; plain host memory only
+ * where the device reads pageable memory), checked with
+ * cudaPointerGetAttributes before anything runs: -EINVAL naming the
+ * argument and where it lives, as for a host copy that is device memory.
+ * The call is asynchronous on `stream` (a cudaStream_t; NULL = the
+ * default stream).  On a
  * host pool every pointer is host memory, the call runs the CPU reference
  * synchronously and stream is ignored.  A CUDA pool's calls run on the
  * calling thread's current device, which must be the pool's

@@ -1301,6 +1301,47 @@ static void arg_errors(void)
         x = eok; x.qo_indptr_host = bad_ind;
         ARGERR(kv_cuda_extend(&dv, &x, NULL, msg, sizeof msg), -EINVAL, "qo_indptr[0] = 1");
 
+        {
+                /* where the arrays live (kv_cuda_check_mem): a device array
+                 * passed as a host copy used to be read on the CPU by the
+                 * argument check (SIGSEGV); host memory the device cannot
+                 * read would be an illegal address in the kernel, a sticky
+                 * error that ends the process's CUDA context */
+                char want[160];
+                size_t bytes = 0;
+                a = ok; a.seq_lens_host = dlens;
+                snprintf(want, sizeof want, "decode: seq_lens_host %p is device memory", (void *)dlens);
+                ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, want);
+                ARGERR(kv_cuda_decode_ws_bytes(&dv, &a, &bytes, msg, sizeof msg), -EINVAL, want);
+                EXPECT(bytes == 0, "a refused size query wrote %zu into ret_bytes", bytes);
+                x = eok; x.qo_indptr_host = dind;
+                snprintf(want, sizeof want, "extend: qo_indptr_host %p is device memory", (void *)dind);
+                ARGERR(kv_cuda_extend(&dv, &x, NULL, msg, sizeof msg), -EINVAL, want);
+                void *pinned;
+                CK(cudaMallocHost(&pinned, 1 << 20));
+                snprintf(want, sizeof want, "workspace %p is pinned host memory, not device memory", pinned);
+                ARGERR(kv_cuda_decode_ws(&dv, &ok, pinned, 1 << 20, NULL, msg, sizeof msg), -EINVAL, want);
+                int pageable = 0;
+                CK(cudaDeviceGetAttribute(&pageable, cudaDevAttrPageableMemoryAccess, 0));
+                if (!pageable) { /* else the device reads it: nothing to refuse */
+                        void *hq = malloc(2 * 8 * 128 * 2);
+                        a = ok; a.q = hq;
+                        snprintf(want, sizeof want, "decode: q %p is host memory, not device memory", hq);
+                        ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, want);
+                        a = ok; a.seq_lens = lens;
+                        snprintf(want, sizeof want, "decode: seq_lens %p is host memory", (void *)lens);
+                        ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, want);
+                        x = eok; x.page_table = pt;
+                        snprintf(want, sizeof want, "extend: page_table %p is host memory", (void *)pt);
+                        ARGERR(kv_cuda_extend(&dv, &x, NULL, msg, sizeof msg), -EINVAL, want);
+                        free(hq);
+                } else {
+                        printf("# the device reads pageable host memory: host arrays are not refused\n");
+                }
+                CK(cudaDeviceSynchronize());
+                CK(cudaFreeHost(pinned));
+        }
+
         /* nothing ran: the output keeps its 0xAB fill */
         uint8_t *o = malloc(2 * 8 * 128 * 2);
         CK(cudaDeviceSynchronize());

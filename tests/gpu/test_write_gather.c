@@ -312,6 +312,57 @@ static void expect_gather_err(struct kv_pool_view *pv, struct kvc_gather_args *a
         EXPECT(strstr(msg, word) != NULL, "%s: message \"%s\" does not name \"%s\"", what, msg, word);
 }
 
+/* Where the arrays of a write and a gather live (kv_cuda_check_mem): host
+ * memory the device cannot read (hk: the tokens, hs: the slots, both
+ * malloc'ed) is refused before the launch, not an illegal address in the
+ * kernel (a sticky error that ends the process's CUDA context); pinned host
+ * memory is mapped into the device's address space and taken: a gather
+ * through pinned page ids equals the same gather through device ones. */
+static void where_arrays_live(struct pool *P, struct kv_pool_view *pv, const struct kvc_write_args *good,
+                              const struct kvc_gather_args *gg, void *hk, int64_t *hs)
+{
+        struct kvc_write_args a;
+        struct kvc_gather_args g;
+        char want[160];
+        int pageable = 0;
+
+        CK(cudaDeviceGetAttribute(&pageable, cudaDevAttrPageableMemoryAccess, 0));
+        if (!pageable) { /* else the device reads them: nothing to refuse */
+                a = *good; a.slots = hs;
+                snprintf(want, sizeof want, "slots %p is host memory, not device memory", (void *)hs);
+                expect_write_err(P, pv, &a, -EINVAL, want, "host slots");
+                a = *good; a.v = hk;
+                snprintf(want, sizeof want, "v %p is host memory", hk);
+                expect_write_err(P, pv, &a, -EINVAL, want, "host v");
+                g = *gg; g.k_out = hk;
+                snprintf(want, sizeof want, "k_out %p is host memory", hk);
+                expect_gather_err(pv, &g, -EINVAL, want, "gather to host k_out");
+        } else {
+                printf("# the device reads pageable host memory: host arrays are not refused\n");
+        }
+        const size_t out_bytes = (size_t)P->L.g.page_size * P->L.g.kv_heads * P->L.g.head_dim * 4;
+        int32_t *pinned;
+        uint8_t *o1 = malloc(out_bytes), *o2 = malloc(out_bytes);
+        CK(cudaMallocHost((void **)&pinned, sizeof(int32_t)));
+        CK(cudaMemcpy(pinned, gg->pages, sizeof(int32_t), cudaMemcpyDeviceToHost));
+        char msg[256] = "";
+        CK(cudaMemset(gg->k_out, 0xAB, out_bytes));
+        int r = kv_cuda_gather(pv, gg, NULL, msg, sizeof msg);
+        EXPECT(r == 0, "gather through device page ids: %d %s", r, msg);
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(o1, gg->k_out, out_bytes, cudaMemcpyDeviceToHost));
+        CK(cudaMemset(gg->k_out, 0xAB, out_bytes));
+        g = *gg; g.pages = pinned;
+        r = kv_cuda_gather(pv, &g, NULL, msg, sizeof msg);
+        EXPECT(r == 0, "gather through pinned host page ids: %d %s", r, msg);
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(o2, gg->k_out, out_bytes, cudaMemcpyDeviceToHost));
+        EXPECT(memcmp(o1, o2, out_bytes) == 0, "the gather through pinned page ids differs");
+        CK(cudaFreeHost(pinned));
+        free(o1);
+        free(o2);
+}
+
 static void argument_errors(void)
 {
         struct pool P;
@@ -404,6 +455,7 @@ static void argument_errors(void)
         g = gg; g.v_out = (uint8_t *)out + 4;
         expect_gather_err(&pv, &g, -EINVAL, "v_out", "gather v_out not 16-byte aligned");
         CK(cudaDeviceSynchronize());
+        where_arrays_live(&P, &pv, &good, &gg, k, slots);
 
         cudaFree(out);
         cudaFree(dpl);
