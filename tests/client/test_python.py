@@ -483,10 +483,129 @@ def test_a_capture_without_host_lengths_is_refused_before_any_copy(monkeypatch):
     pool = kvpool.Pool.__new__(kvpool.Pool)
     pool.backend, pool.name = "cuda", "shell"
     with pytest.raises(ValueError, match="seq_lens_host: pass it"):
-        pool._host_copy(DeviceLens(), None, None, "seq_lens")
+        pool._host_copy(DeviceLens(), None, None, "seq_lens", None)
     assert copied == []
     capturing[0] = False
-    assert pool._host_copy(DeviceLens(), None, None, "seq_lens").shape == (1,) and copied == [1]
+    assert pool._host_copy(DeviceLens(), None, None, "seq_lens", None).shape == (1,) and copied == [1]
+
+
+class _FakeTorch:
+    """Enough of torch's stream API for the binding's host copies, without
+    torch or a GPU: streams are their handles, the current one is what
+    torch.cuda.stream sets, and `capturing` names the handles whose
+    capture is under way."""
+
+    class Stream:
+        def __init__(self, handle):
+            self.cuda_stream = handle
+
+    def __init__(self, current):
+        import contextlib
+        import types
+        fake = self
+        self.current, self.capturing = self.Stream(current), set()
+
+        @contextlib.contextmanager
+        def stream(s):
+            prev, fake.current = fake.current, s
+            try:
+                yield
+            finally:
+                fake.current = prev
+
+        self.cuda = types.SimpleNamespace(
+            Stream=self.Stream, stream=stream,
+            ExternalStream=lambda h, device=None: self.Stream(h),
+            default_stream=lambda device=None: self.Stream(0),
+            is_current_stream_capturing=lambda: fake.current.cuda_stream in fake.capturing)
+        self._C = types.SimpleNamespace(_cuda_getCurrentRawStream=lambda device: fake.current.cuda_stream)
+        self.device = lambda kind, index: (kind, index)
+
+
+class _FakeTensor:
+    """A CUDA tensor as the binding sees one (data_ptr, stride, dtype,
+    device), over a NumPy array; cpu() notes the stream current at the
+    copy in `copies`."""
+
+    def __init__(self, a, dtype, torch, copies):
+        import types
+        self.a, self.dtype, self.torch, self.copies = a, dtype, torch, copies
+        self.is_cuda, self.layout = True, "torch.strided"
+        self.device = types.SimpleNamespace(type="cuda", index=0)
+        self.shape = a.shape
+
+    def data_ptr(self):
+        return self.a.ctypes.data
+
+    def stride(self):
+        return tuple(s // self.a.itemsize for s in self.a.strides)
+
+    def cpu(self):
+        self.copies.append(self.torch.current.cuda_stream)
+        return self.a.copy()
+
+
+def _cuda_shell(monkeypatch, calls):
+    """A CUDA pool's shell on device 0 whose library calls only note their
+    name and stream in `calls`, in order."""
+    import types
+    pool = kvpool.Pool.__new__(kvpool.Pool)
+    pool.backend, pool.name, pool.device, pool._h = "cuda", "shell", 0, 1
+    pool.num_layers, pool.kv_heads, pool.head_dim, pool.page_size = LAYERS, HEADS, DIM, PAGE
+    pool._default_scale = 1 / DIM ** 0.5
+    pool._life = kvpool.client._Life()
+    pool._client = types.SimpleNamespace(_life=kvpool.client._Life(), _check=lambda rv, call: rv)
+
+    class Lib:
+        def __getattr__(self, name):
+            return lambda *a: calls.append((name, a[-1])) or 0
+    monkeypatch.setattr(_capi, "lib", Lib())
+    return pool
+
+
+def test_the_host_copy_is_taken_on_the_calls_stream(monkeypatch):
+    # seq_lens (and qo_indptr) written by the caller on the stream it passes
+    # as stream= must be copied to the host after that work: the copy was
+    # made on torch's current stream whatever stream= said, so it could
+    # read lengths not yet written.  A stand-in torch notes the stream
+    # current at each copy; the pool is a CUDA pool's shell.
+    torch = _FakeTorch(current=5)
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    copies, calls = [], []
+    pool = _cuda_shell(monkeypatch, calls)
+    t = lambda a, dtype="torch.int32": _FakeTensor(a, dtype, torch, copies)  # noqa: E731
+    table, lens = t(np.zeros((2, 3), np.int32)), t(np.array([3, 17], np.int32))
+    q = t(np.zeros((2, 2 * HEADS, DIM), np.uint16), "torch.bfloat16")
+    out = t(np.zeros((2, 2 * HEADS, DIM), np.uint16), "torch.bfloat16")
+
+    indptr = t(np.array([0, 1, 2], np.int32))
+    pool.decode(0, q, out, table, lens, stream=11)
+    assert copies == [11] and calls == [("kvc_decode", 11)]
+    pool.extend(0, q, out, indptr, table, lens, stream=15)
+    assert copies == [11, 15, 15] and calls == [("kvc_decode", 11), ("kvc_extend", 15)]
+    del copies[:], calls[:]
+    pool.plan_decode(table, lens)                       # no stream: the current one, as the call's
+    pool.plan_decode(table, lens, stream=7)             # a handle
+    pool.plan_decode(table, lens, stream=torch.Stream(9))  # a stream object
+    pool.plan_decode(table, lens, stream=0)             # the legacy default stream
+    assert copies == [5, 7, 9, 0]
+    assert torch.current.cuda_stream == 5               # the current stream is given back
+    del copies[:]
+    plan = pool.plan_extend(indptr, table, lens, stream=13)
+    assert copies == [13, 13] and plan.rows() == 2
+    del copies[:]
+
+    # a capture on the call's stream, or on the current one, refuses before any copy
+    for capturing in (7, 5):
+        torch.capturing = {capturing}
+        with pytest.raises(ValueError, match="seq_lens_host: pass it"):
+            pool.plan_decode(table, lens, stream=7)
+        with pytest.raises(ValueError, match="qo_indptr_host: pass it"):
+            pool.extend(0, q, out, indptr, table, lens, stream=7)
+    assert copies == [] and calls == []
+    torch.capturing = set()
+    pool.plan_decode(table, lens, seq_lens_host=np.array([3, 17], np.int32), stream=7)  # given: no copy
+    assert copies == []
 
 
 def _fp4_decode(codes, scales):

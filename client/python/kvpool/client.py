@@ -544,21 +544,37 @@ class Pool:
             raise ValueError(f"layer: {layer} is out of range (pool {self.name} has {self.num_layers} layers)")
         return layer
 
-    def _host_copy(self, x, v, given, what):
-        """The host copy of a device index array the launcher plans with."""
+    def _host_copy(self, x, v, given, what, stream):
+        """The host copy of a device index array the launcher plans with:
+        for a PyTorch tensor, one device-to-host copy ordered on the call's
+        stream (`stream` as the calls take it; None: PyTorch's current
+        one), the stream that wrote x if the caller's work is ordered."""
         if self.backend == "host":
             return v
         if given is not None:
             return index_view(given, "i32", what + "_host", False)
-        if hasattr(x, "cpu"):  # PyTorch: one device-to-host copy, ordered on the current stream
-            torch = sys.modules.get("torch")
-            if torch is not None and torch.cuda.is_current_stream_capturing():
-                # the copy would wait on a capturing stream, which CUDA
-                # refuses and which invalidates the caller's graph
-                raise ValueError(f"{what}_host: pass it (a CPU tensor) while a CUDA graph is being captured: "
-                                 f"the device-to-host copy of {what} cannot be captured")
+        if not hasattr(x, "cpu"):
+            raise TypeError(f"{what}_host: needed on a CUDA pool when {what} is not a PyTorch tensor")
+        torch = sys.modules.get("torch")
+        if torch is None:  # not reached with a tensor: x.cpu() as it comes
             return index_view(x.cpu(), "i32", what + "_host", False)
-        raise TypeError(f"{what}_host: needed on a CUDA pool when {what} is not a PyTorch tensor")
+        self._no_capture(torch, what)  # the current stream, captured in global mode, refuses the copy too
+        if stream is None:
+            return index_view(x.cpu(), "i32", what + "_host", False)
+        h = _stream_handle(stream, self.device)
+        dev = torch.device("cuda", self.device)
+        s = torch.cuda.ExternalStream(h, device=dev) if h else torch.cuda.default_stream(dev)
+        with torch.cuda.stream(s):  # x.cpu() copies on the current stream of x's device, the pool's
+            self._no_capture(torch, what)
+            return index_view(x.cpu(), "i32", what + "_host", False)
+
+    @staticmethod
+    def _no_capture(torch, what):
+        if torch.cuda.is_current_stream_capturing():
+            # the copy would wait on a capturing stream, which CUDA
+            # refuses and which invalidates the caller's graph
+            raise ValueError(f"{what}_host: pass it (a CPU tensor) while a CUDA graph is being captured: "
+                             f"the device-to-host copy of {what} cannot be captured")
 
     def _kv_shape(self, v, what):
         want = (self.kv_heads, self.head_dim)
@@ -629,9 +645,10 @@ class Pool:
                              f"up to {_MAX_Q_HEADS}")
         return qv, ov
 
-    def _meta(self, page_table, seq_lens, seq_lens_host, batch):
+    def _meta(self, page_table, seq_lens, seq_lens_host, batch, stream):
         """Checked views of an attention call's page table and lengths, for
-        `batch` sequences (None: the page table's rows)."""
+        `batch` sequences (None: the page table's rows); the host copy of
+        seq_lens ordered on `stream` when the binding takes it."""
         pt = self._index(page_table, "i32", "page_table")
         if batch is None and len(pt.shape) == 2:
             batch = pt.shape[0]
@@ -645,36 +662,38 @@ class Pool:
         sl = self._index(seq_lens, "i32", "seq_lens")
         if sl.shape != (batch,):
             raise ValueError(f"seq_lens: shape {sl.shape}, expected ({batch},)")
-        slh = self._host_copy(seq_lens, sl, seq_lens_host, "seq_lens")
+        slh = self._host_copy(seq_lens, sl, seq_lens_host, "seq_lens", stream)
         if slh.shape != (batch,):
             raise ValueError(f"seq_lens_host: shape {slh.shape}, expected ({batch},)")
         return pt, sl, slh, batch
 
-    def plan_decode(self, page_table, seq_lens, seq_lens_host=None):
+    def plan_decode(self, page_table, seq_lens, seq_lens_host=None, stream=None):
         """Decode attention's per-step arguments, checked once: page_table
         int32 [B, max_pages], seq_lens int32 [B] and, on a CUDA pool, its
         host copy seq_lens_host (taken with a device-to-host copy of a
         PyTorch tensor when not given: a copy of the lengths as they are
-        now).  Returns an AttentionPlan; its run(layer, q, out) is decode
-        for one layer, with q and out [B, Hq, head_dim]."""
-        pt, sl, slh, b = self._meta(page_table, seq_lens, seq_lens_host, None)
+        now, once the work on `stream` has run; stream as the calls take
+        it, by default PyTorch's current one).  Returns an AttentionPlan;
+        its run(layer, q, out) is decode for one layer, with q and out
+        [B, Hq, head_dim]."""
+        pt, sl, slh, b = self._meta(page_table, seq_lens, seq_lens_host, None, stream)
         a = C.DecodeArgs(page_table=C.ptr32(pt), max_pages=pt.shape[1], seq_lens=C.ptr32(sl),
                          seq_lens_host=C.ptr32(slh), batch=b)
         return _plan.AttentionPlan(self, "kvc_decode", a, b, None, (pt, sl, slh))
 
-    def plan_extend(self, qo_indptr, page_table, seq_lens, qo_indptr_host=None, seq_lens_host=None):
+    def plan_extend(self, qo_indptr, page_table, seq_lens, qo_indptr_host=None, seq_lens_host=None, stream=None):
         """Extend attention's per-step arguments, checked once (as
-        plan_decode): qo_indptr int32 [B+1], page_table, seq_lens (the new
-        tokens included) and the host copies.  Its run(layer, q, out) takes
-        q and out [qo_indptr[B], Hq, head_dim]."""
+        plan_decode, stream included): qo_indptr int32 [B+1], page_table,
+        seq_lens (the new tokens included) and the host copies.  Its
+        run(layer, q, out) takes q and out [qo_indptr[B], Hq, head_dim]."""
         ip = self._index(qo_indptr, "i32", "qo_indptr")
         if len(ip.shape) != 1 or ip.shape[0] < 1:
             raise ValueError(f"qo_indptr: shape {ip.shape}, expected (batch+1,)")
         b = ip.shape[0] - 1
-        iph = self._host_copy(qo_indptr, ip, qo_indptr_host, "qo_indptr")
+        iph = self._host_copy(qo_indptr, ip, qo_indptr_host, "qo_indptr", stream)
         if iph.shape != ip.shape:
             raise ValueError(f"qo_indptr_host: shape {iph.shape}, expected {ip.shape}")
-        pt, sl, slh, _ = self._meta(page_table, seq_lens, seq_lens_host, b)
+        pt, sl, slh, _ = self._meta(page_table, seq_lens, seq_lens_host, b, stream)
         a = C.ExtendArgs(qo_indptr=C.ptr32(ip), qo_indptr_host=C.ptr32(iph), page_table=C.ptr32(pt),
                          max_pages=pt.shape[1], seq_lens=C.ptr32(sl), seq_lens_host=C.ptr32(slh), batch=b)
         return _plan.AttentionPlan(self, "kvc_extend", a, b, iph, (ip, iph, pt, sl, slh))
@@ -684,12 +703,14 @@ class Pool:
         """Paged decode attention (kvc_decode): q and out [B, Hq, head_dim]
         (bfloat16 or float16), page_table int32 [B, max_pages], seq_lens
         int32 [B].  On a CUDA pool seq_lens_host is its host copy (taken with
-        a device-to-host copy of a PyTorch tensor when not given).
+        a device-to-host copy of a PyTorch tensor when not given, on the
+        call's stream).
         sm_scale defaults to 1/sqrt(head_dim).  workspace: the caller's
         scratch for the split partials (kvc_decode_ws; see
         AttentionPlan.run), of at least decode_workspace() bytes.
         plan_decode checks the step's arguments once for every layer."""
-        self.plan_decode(page_table, seq_lens, seq_lens_host).run(layer, q, out, sm_scale, stream, workspace)
+        self.plan_decode(page_table, seq_lens, seq_lens_host, stream).run(layer, q, out, sm_scale, stream,
+                                                                          workspace)
 
     def decode_workspace(self, layer, q, out, page_table, seq_lens, sm_scale=None, seq_lens_host=None):
         """The bytes of workspace decode() with the same arguments needs,
@@ -706,8 +727,8 @@ class Pool:
         max_pages]; seq_lens int32 [B], the new tokens included and already
         written.  Host copies as for decode; plan_extend checks them once.
         workspace as for decode (extend_workspace() bytes)."""
-        self.plan_extend(qo_indptr, page_table, seq_lens, qo_indptr_host,
-                         seq_lens_host).run(layer, q, out, sm_scale, stream, workspace)
+        self.plan_extend(qo_indptr, page_table, seq_lens, qo_indptr_host, seq_lens_host,
+                         stream).run(layer, q, out, sm_scale, stream, workspace)
 
     def extend_workspace(self, layer, q, out, qo_indptr, page_table, seq_lens, sm_scale=None,
                          qo_indptr_host=None, seq_lens_host=None):
