@@ -608,6 +608,136 @@ def test_the_host_copy_is_taken_on_the_calls_stream(monkeypatch):
     assert copies == []
 
 
+class _OnGpu:
+    """An object with a __cuda_array_interface__ (version 3) over a NumPy
+    array; stream: its "stream" key, left out when absent."""
+    _absent = object()
+
+    def __init__(self, a, stream=_absent, readonly=False):
+        self.a, self.stream, self.readonly = a, stream, readonly
+
+    @property
+    def __cuda_array_interface__(self):
+        ai = {"shape": self.a.shape, "typestr": self.a.dtype.str, "data": (self.a.ctypes.data, self.readonly),
+              "strides": None, "version": 3}
+        if self.stream is not self._absent:
+            ai["stream"] = self.stream
+        return ai
+
+
+class _FakeRuntime:
+    """libcudart as wait_streams uses it, noting each event call in `log`."""
+
+    def __init__(self, log, device=0, fail=None):
+        self.log, self.device, self.fail, self.events = log, device, fail, 0
+
+    def cudaPointerGetAttributes(self, attrs, ptr):
+        return 1  # unknown: no device to check
+
+    def cudaGetLastError(self):
+        return 0
+
+    def cudaGetDevice(self, ref):
+        ref._obj.value = self.device
+        return 0
+
+    def cudaSetDevice(self, d):
+        self.log.append(("set_device", d))
+        return 0
+
+    def cudaEventCreateWithFlags(self, ref, flags):
+        self.events += 1
+        ref._obj.value = 0x1000 + self.events
+        self.log.append(("create", flags))
+        return 0
+
+    def cudaEventRecord(self, ev, stream):
+        self.log.append(("record", ev.value, stream.value))
+        return 0
+
+    def cudaStreamWaitEvent(self, stream, ev, flags):
+        self.log.append(("wait", stream.value, ev.value))
+        return self.fail or 0
+
+    def cudaEventDestroy(self, ev):
+        self.log.append(("destroy", ev.value))
+        return 0
+
+    def cudaGetErrorName(self, e):
+        return b"cudaErrorInvalidResourceHandle" if e == 400 else None
+
+
+def test_a_cuda_array_interface_stream_is_waited_for(monkeypatch):
+    # CUDA Array Interface v3: "stream" is the stream to synchronize on
+    # before the memory is used (None: nothing to wait for; 1 the legacy
+    # default stream, 2 the per-thread one; 0 disallowed).  It was ignored:
+    # a kernel on the call's stream read k before the producer's stream
+    # had written it.  The call's stream must wait for it (an event
+    # recorded there, waited for on the call's stream) before the launch.
+    from kvpool import _arrays
+    log, calls = [], []
+    rt = _FakeRuntime(log)
+    monkeypatch.setattr(_arrays, "_cudart", lambda: rt)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # no current stream: None is the legacy one
+    pool = _cuda_shell(monkeypatch, calls)
+    pool._run = (lambda run: lambda *a: (log.append(("launch", a[0])), run(*a))[1])(pool._run)
+    k = np.zeros((3, HEADS, DIM), np.float32)
+    slots = np.arange(3, dtype=np.int64)
+
+    pool.write(0, _OnGpu(k), _OnGpu(k), _OnGpu(slots), stream=0x55)  # no stream key: no CUDA call
+    pool.write(0, _OnGpu(k, None), _OnGpu(k, 0x55), _OnGpu(slots, 0x55), stream=0x55)  # None, or the call's own
+    pool.write(0, _OnGpu(k, 1), _OnGpu(k), _OnGpu(slots), stream=None)  # 1 is the legacy stream, as None
+    assert log == [("launch", "kvc_write")] * 3 and calls == [("kvc_write", 0x55)] * 2 + [("kvc_write", None)]
+    del log[:], calls[:]
+
+    pool.write(0, _OnGpu(k, 0x77), _OnGpu(k, 0x77), _OnGpu(slots, 2), stream=0x55)
+    assert log == [("launch", "kvc_write"),
+                   ("create", 2), ("record", 0x1001, 0x77), ("wait", 0x55, 0x1001), ("destroy", 0x1001),
+                   ("create", 2), ("record", 0x1002, 2), ("wait", 0x55, 0x1002), ("destroy", 0x1002)]
+    assert calls == [("kvc_write", 0x55)]
+    del log[:], calls[:]
+
+    # a plan's arrays are waited for at each run, the point of use; the
+    # pool's device is made current for the events, then given back
+    rt.device = 1
+    table = _OnGpu(np.zeros((2, 1), np.int32), 0x77)
+    lens = _OnGpu(np.array([1, 1], np.int32))
+    q = _OnGpu(np.zeros((2, 2 * HEADS, DIM), np.float16))
+    out = _OnGpu(np.zeros((2, 2 * HEADS, DIM), np.float16), 0x88)
+    plan = pool.plan_decode(table, lens, seq_lens_host=np.array([1, 1], np.int32))
+    assert log == []
+    for _ in range(2):
+        plan.run(0, q, out, stream=0x55)
+    one = [("set_device", 0), ("create", 2), ("record", None, 0x77), ("wait", 0x55, None), ("destroy", None),
+           ("create", 2), ("record", None, 0x88), ("wait", 0x55, None), ("destroy", None), ("set_device", 1)]
+    assert [tuple(None if isinstance(x, int) and x > 0x1000 and i else x for i, x in enumerate(e)) for e in log
+            if e[0] != "launch"] == one * 2
+    assert calls == [("kvc_decode", 0x55)] * 2
+    del log[:], calls[:]
+    rt.device = 0
+
+    # what the interface does not allow, named; CUDA's refusal, named
+    for bad, exc, text in ((0, ValueError, "k: its __cuda_array_interface__ gives stream 0"),
+                           ("s", TypeError, "k: its __cuda_array_interface__ stream is str"),
+                           (True, TypeError, "k: its __cuda_array_interface__ stream is bool"),
+                           (2**64, ValueError, "k: its __cuda_array_interface__ stream")):
+        with pytest.raises(exc, match=text):
+            pool.write(0, _OnGpu(k, bad), _OnGpu(k), _OnGpu(slots))
+    with pytest.raises(ValueError, match="workspace: its __cuda_array_interface__ gives stream 0"):
+        plan.run(0, q, _OnGpu(out.a), workspace=_OnGpu(np.zeros(64, np.uint8), 0))
+    rt.fail = 400
+    with pytest.raises(ValueError, match=r"v: waiting for its __cuda_array_interface__ stream 0x99: "
+                                         r"cudaStreamWaitEvent failed \(cudaErrorInvalidResourceHandle\)"):
+        pool.write(0, _OnGpu(k), _OnGpu(k, 0x99), _OnGpu(slots), stream=0x55)
+    assert calls == [], "a call was launched after a refusal"
+    # a read-only output on a CUDA pool
+    with pytest.raises(ValueError, match="k_out: is read-only"):
+        pool.gather(0, _OnGpu(np.zeros(1, np.int32)), _OnGpu(np.zeros((PAGE, HEADS, DIM), np.float32), readonly=True),
+                    _OnGpu(np.zeros((PAGE, HEADS, DIM), np.float32)))
+    with pytest.raises(ValueError, match="out: is read-only"):
+        plan.run(0, q, _OnGpu(out.a, readonly=True))
+
+
 def _fp4_decode(codes, scales):
     """fp4 codes (uint8 [..., D/2], the even element in the low nibble) and
     their E8M0 block scales (uint8 [..., D/16]) as float32, from

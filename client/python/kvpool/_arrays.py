@@ -5,7 +5,9 @@ a GPU.
 Three kinds of arrays are understood, without importing any of their
 libraries:
   - PyTorch tensors (CPU or CUDA), by their methods (data_ptr, stride, ...);
-  - anything with __cuda_array_interface__ (CuPy, Numba, ...);
+  - anything with __cuda_array_interface__ (CuPy, Numba, ...), whose
+    version 3 "stream" key (the stream that must be waited for before the
+    memory is used) the call honours (wait_streams);
   - anything with __array_interface__ (NumPy; ml_dtypes' bfloat16 is
     recognised by its dtype name, since its type string is an opaque 'V2').
 Python sequences of ints are accepted where an index array lives in host
@@ -28,13 +30,16 @@ _INTS = {"i32": ("int32", ctypes.c_int32, -2**31, 2**31 - 1), "i64": ("int64", c
 class View:
     """ptr, shape, strides (elements), kind ('f32' 'bf16' 'f16' 'i32' 'i64'),
     cuda (bool), device (CUDA ordinal in this process, or None), writable.
-    keep holds whatever must stay alive while the pointer is used."""
+    keep holds whatever must stay alive while the pointer is used.  stream:
+    the cudaStream_t its __cuda_array_interface__ says to wait for (1 the
+    legacy default stream, 2 the per-thread one), or None."""
 
-    __slots__ = ("ptr", "shape", "strides", "kind", "cuda", "device", "writable", "keep")
+    __slots__ = ("ptr", "shape", "strides", "kind", "cuda", "device", "writable", "keep", "stream")
 
-    def __init__(self, ptr, shape, strides, kind, cuda, device, writable, keep):
+    def __init__(self, ptr, shape, strides, kind, cuda, device, writable, keep, stream=None):
         self.ptr, self.shape, self.strides, self.kind = ptr, tuple(shape), tuple(strides), kind
         self.cuda, self.device, self.writable, self.keep = cuda, device, writable, keep
+        self.stream = stream
 
     def where(self):
         return f"CUDA device {self.device}" if self.cuda else "host memory"
@@ -87,10 +92,77 @@ def _from_interface(x, ai, cuda, what):
             raise ValueError(f"{what}: strides {ai['strides']} are not multiples of the element size {size}")
         strides = tuple(s // size for s in ai["strides"])
     ptr, readonly = ai["data"]
-    device = None
+    device, stream = None, None
     if cuda:
         device = _cuda_pointer_device(ptr)
-    return _aligned(View(ptr or 0, shape, strides, kind, cuda, device, not readonly, x), what)
+        stream = _cai_stream(ai, what)
+    return _aligned(View(ptr or 0, shape, strides, kind, cuda, device, not readonly, x, stream), what)
+
+
+def _cai_stream(ai, what):
+    """The stream a __cuda_array_interface__ (version 3) says its memory
+    must be waited for on, or None (no key, or None: nothing to wait for).
+    0 is ambiguous between the legacy and the per-thread default stream
+    and the interface disallows it."""
+    s = ai.get("stream")
+    if s is None:
+        return None
+    if isinstance(s, bool) or not isinstance(s, int):
+        raise TypeError(f"{what}: its __cuda_array_interface__ stream is {type(s).__name__}, not an int "
+                        "(a cudaStream_t) or None")
+    if s == 0:
+        raise ValueError(f"{what}: its __cuda_array_interface__ gives stream 0, which the interface disallows "
+                         "(1 is the legacy default stream, 2 the per-thread one)")
+    if not 0 < s < 2**64:
+        raise ValueError(f"{what}: its __cuda_array_interface__ stream {s} is not a pointer value (1 to 2^64-1)")
+    return s
+
+
+def wait_streams(arrays, stream, device):
+    """Makes `stream` (the call's cudaStream_t; None is the legacy default
+    stream) wait for the work enqueued so far on each stream that arrays
+    (Views and Buffers) name through their __cuda_array_interface__,
+    before the call is launched on it: an event recorded on that stream,
+    waited for on the call's.  Streams equal to the call's need nothing
+    (their order is the stream's own).  device: the pool's ordinal, current
+    while the events are made (an event is recorded on streams of its own
+    device only).  ValueError naming the array if CUDA refuses."""
+    call = stream or 1  # NULL is the legacy default stream, as is 1 (cudaStreamLegacy)
+    todo = [(a.stream, what) for a, what in arrays if a is not None and a.stream is not None and a.stream != call]
+    if not todo:
+        return
+    rt = _cudart()
+    prev = ctypes.c_int(-1 if device is None else device)
+    if device is not None:
+        rt.cudaGetDevice(ctypes.byref(prev))  # its failure leaves prev at device: nothing to switch
+        if prev.value != device:
+            rt.cudaSetDevice(device)  # its failure shows as the event's, on the device that is current
+    try:
+        done = set()
+        for s, what in todo:
+            if s in done:
+                continue
+            ev = ctypes.c_void_p()
+            step, e = "cudaEventCreateWithFlags", rt.cudaEventCreateWithFlags(ctypes.byref(ev), 2)  # DisableTiming
+            if e == 0:
+                step, e = "cudaEventRecord", rt.cudaEventRecord(ev, ctypes.c_void_p(s))
+                if e == 0:
+                    step, e = "cudaStreamWaitEvent", rt.cudaStreamWaitEvent(ctypes.c_void_p(stream), ev, 0)
+                # released once the wait has run, as CUDA does for a recorded event
+                rt.cudaEventDestroy(ev)
+            if e != 0:
+                rt.cudaGetLastError()
+                raise ValueError(f"{what}: waiting for its __cuda_array_interface__ stream {s:#x}: {step} failed "
+                                 f"({_cuda_error_name(rt, e)})")
+            done.add(s)
+    finally:
+        if device is not None and prev.value != device:
+            rt.cudaSetDevice(prev.value)
+
+
+def _cuda_error_name(rt, e):
+    name = rt.cudaGetErrorName(e)  # a const char * (_cudart)
+    return name.decode() if name else f"cudaError {e}"
 
 
 def _aligned(v, what):
@@ -134,10 +206,12 @@ def _cudart():
     if not _rt:
         for name in ("libcudart.so", "libcudart.so.13", "libcudart.so.12"):
             try:
-                _rt.append(ctypes.CDLL(name))
-                break
+                rt = ctypes.CDLL(name)
             except OSError:
                 continue
+            rt.cudaGetErrorName.restype = ctypes.c_char_p
+            _rt.append(rt)
+            break
         else:
             raise OSError("libcudart not found")
     return _rt[0]
@@ -176,12 +250,14 @@ def view(x, what):
 class Buffer:
     """A caller's raw buffer (an attention workspace): ptr, nbytes, cuda
     (bool, or None when a bare pointer does not say), device (CUDA ordinal
-    or None), keep (what must stay alive while the pointer is used)."""
+    or None), keep (what must stay alive while the pointer is used),
+    stream (as View's)."""
 
-    __slots__ = ("ptr", "nbytes", "cuda", "device", "keep")
+    __slots__ = ("ptr", "nbytes", "cuda", "device", "keep", "stream")
 
-    def __init__(self, ptr, nbytes, cuda, device, keep):
+    def __init__(self, ptr, nbytes, cuda, device, keep, stream=None):
         self.ptr, self.nbytes, self.cuda, self.device, self.keep = ptr, nbytes, cuda, device, keep
+        self.stream = stream
 
     def where(self):
         return f"CUDA device {self.device}" if self.cuda else "host memory"
@@ -221,7 +297,8 @@ def buffer(x, what):
         for d in shape:
             n *= d
         ptr = data[0] or 0
-        return Buffer(ptr, n, cuda, _cuda_pointer_device(ptr) if cuda and ptr else None, x)
+        return Buffer(ptr, n, cuda, _cuda_pointer_device(ptr) if cuda and ptr else None, x,
+                      _cai_stream(ai, what) if cuda else None)
     raise TypeError(f"{what}: expected an array (PyTorch tensor, NumPy array or an object with "
                     f"__cuda_array_interface__) or a (pointer, nbytes) pair, got {type(x).__name__}")
 

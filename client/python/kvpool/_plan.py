@@ -35,11 +35,15 @@ class AttentionPlan:
     """A checked decode or extend call without its q, out and layer; run()
     adds them.  Made by Pool.plan_decode / Pool.plan_extend."""
 
-    __slots__ = ("_pool", "_call", "_args", "_batch", "_indptr_host", "_keep")
+    __slots__ = ("_pool", "_call", "_args", "_batch", "_indptr_host", "_keep", "_waits")
 
     def __init__(self, pool, call, args, batch, indptr_host, keep):
+        """keep: (view, name) pairs of the plan's arrays."""
         self._pool, self._call, self._args, self._batch = pool, call, args, batch
         self._indptr_host, self._keep = indptr_host, keep
+        # those whose __cuda_array_interface__ names a stream, waited for
+        # at every run (the point of consumption): usually none
+        self._waits = tuple(x for x in keep if x[0].stream is not None)
 
     @property
     def batch(self):
@@ -54,8 +58,8 @@ class AttentionPlan:
         return C.ptr32(self._indptr_host)[self._batch]
 
     def _call_args(self, layer, q, out, sm_scale):
-        """The C call's arguments: the plan's, with the layer, q, out and
-        scale checked and added."""
+        """The C call's arguments, the plan's with the layer, q, out and
+        scale checked and added, and the views of q and out."""
         pool = self._pool
         layer = pool._layer(layer)
         qv, ov = pool._q_out(q, out)
@@ -73,7 +77,7 @@ class AttentionPlan:
         a = type(self._args).from_buffer_copy(self._args)
         a.q, a.out, a.elem, a.num_q_heads, a.layer = qv.ptr, ov.ptr, C.ELEMS[qv.kind], qv.shape[1], layer
         a.sm_scale = pool._default_scale if sm_scale is None else sm_scale_of(sm_scale, pool.head_dim)
-        return a
+        return a, qv, ov
 
     def run(self, layer, q, out, sm_scale=None, stream=None, workspace=None):
         """The attention of one layer: q and out [rows, Hq, head_dim]
@@ -85,12 +89,13 @@ class AttentionPlan:
         GPU, 16-byte aligned, or a (pointer, nbytes) pair; None: the
         library's own scratch."""
         pool = self._pool
-        a = self._call_args(layer, q, out, sm_scale)
+        a, qv, ov = self._call_args(layer, q, out, sm_scale)
+        arrays = self._waits + ((qv, "q"), (ov, "out"))
         if workspace is None:
-            pool._run(self._call, a, stream)
+            pool._run(self._call, a, stream, arrays)
         else:
-            ptr, n = pool._workspace(workspace)
-            pool._run(self._call + "_ws", a, stream, ptr, n)
+            b = pool._workspace(workspace)
+            pool._run(self._call + "_ws", a, stream, arrays + ((b, "workspace"),), b.ptr, b.nbytes)
 
     def workspace_bytes(self, layer, q, out, sm_scale=None):
         """The bytes of workspace run() with the same arguments needs, on
@@ -100,4 +105,4 @@ class AttentionPlan:
         run's (planned for the page table's capacity), so a graph's
         workspace is sized and allocated before the capture.  0 when
         neither splits its keys, and on a host pool."""
-        return self._pool._workspace_bytes(self._call + "_workspace", self._call_args(layer, q, out, sm_scale))
+        return self._pool._workspace_bytes(self._call + "_workspace", self._call_args(layer, q, out, sm_scale)[0])

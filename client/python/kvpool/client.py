@@ -9,7 +9,9 @@ ValueError naming the argument, before anything reaches the library.
 Data-path calls on a CUDA pool are asynchronous on the stream given (by
 default PyTorch's current stream of the pool's device when PyTorch is loaded,
 else the legacy default stream), exactly as the C calls: the caller keeps its
-tensors alive until the stream has run them, as with any CUDA kernel.
+tensors alive until the stream has run them, as with any CUDA kernel.  That
+stream first waits for the streams that arrays name in their
+__cuda_array_interface__ (_arrays.wait_streams).
 """
 import ctypes
 import errno as _errno
@@ -22,7 +24,7 @@ import weakref
 
 from . import _capi as C
 from . import _pages, _plan
-from ._arrays import buffer, contiguous, index_view, view
+from ._arrays import buffer, contiguous, index_view, view, wait_streams
 
 
 class KvpoolError(OSError):
@@ -509,11 +511,15 @@ class Pool:
         if v.cuda and v.device is not None and v.device != self.device:
             raise ValueError(f"{what}: on CUDA device {v.device}, pool {self.name} on device {self.device}")
 
-    def _run(self, call, args, stream, *extra):
+    def _run(self, call, args, stream, arrays, *extra):
         """Calls libkvclient's data-path function `call` with args (and
         extra, before the stream: a workspace's pointer and size) on the
-        stream (see _stream_handle) while the pool is held open."""
+        stream (see _stream_handle) while the pool is held open.  arrays:
+        (view, name) pairs of the call's arrays; the stream first waits for
+        those whose __cuda_array_interface__ names another stream."""
         sh = _stream_handle(stream, self.device)
+        if self.backend == "cuda":
+            wait_streams(arrays, sh, self.device)
         with self._call():
             self._check(getattr(C.lib, call)(self._handle(), ctypes.byref(args), *extra, sh), call)
 
@@ -527,7 +533,7 @@ class Pool:
         return n.value
 
     def _workspace(self, x):
-        """(pointer, bytes) of a caller's workspace, in the memory the pool's
+        """The Buffer of a caller's workspace, in the memory the pool's
         calls use (a host pool ignores it; the library checks its alignment
         and, on a CUDA pool, that it is device memory of the pool's GPU)."""
         b = buffer(x, "workspace")
@@ -536,7 +542,7 @@ class Pool:
             raise TypeError(f"workspace: pool {self.name} is a {self.backend} pool and needs "
                             f"{'device' if cuda else 'host'} memory, got {b.where()}")
         self._on_device(b, "workspace")
-        return b.ptr, b.nbytes
+        return b
 
     def _layer(self, layer):
         layer = _int(layer, "layer")
@@ -611,7 +617,7 @@ class Pool:
         a = C.WriteArgs(k=kv.ptr, v=vv.ptr, elem=C.ELEMS[kv.kind], k_row_stride=self._row_stride(kv),
                         v_row_stride=self._row_stride(vv), slots=ctypes.cast(sv.ptr, C.c_int64_p),
                         num_tokens=_u32(kv.shape[0], "k: tokens"), layer=layer)
-        self._run("kvc_write", a, stream)
+        self._run("kvc_write", a, stream, ((kv, "k"), (vv, "v"), (sv, "slots")))
 
     def gather(self, layer, pages, k_out, v_out, stream=None):
         """Dequantizes pages (int32 [n]) of one layer into k_out and v_out,
@@ -628,7 +634,7 @@ class Pool:
         if ko.kind != vo.kind:
             raise ValueError(f"k_out is {ko.kind}, v_out {vo.kind}: they must agree")
         a = C.GatherArgs(pages=C.ptr32(pv), n_pages=n, layer=layer, k_out=ko.ptr, v_out=vo.ptr, elem=C.ELEMS[ko.kind])
-        self._run("kvc_gather", a, stream)
+        self._run("kvc_gather", a, stream, ((pv, "pages"), (ko, "k_out"), (vo, "v_out")))
 
     def _q_out(self, q, out):
         """Checked views of an attention call's q and out."""
@@ -679,7 +685,8 @@ class Pool:
         pt, sl, slh, b = self._meta(page_table, seq_lens, seq_lens_host, None, stream)
         a = C.DecodeArgs(page_table=C.ptr32(pt), max_pages=pt.shape[1], seq_lens=C.ptr32(sl),
                          seq_lens_host=C.ptr32(slh), batch=b)
-        return _plan.AttentionPlan(self, "kvc_decode", a, b, None, (pt, sl, slh))
+        return _plan.AttentionPlan(self, "kvc_decode", a, b, None, ((pt, "page_table"), (sl, "seq_lens"),
+                                                                    (slh, "seq_lens_host")))
 
     def plan_extend(self, qo_indptr, page_table, seq_lens, qo_indptr_host=None, seq_lens_host=None, stream=None):
         """Extend attention's per-step arguments, checked once (as
@@ -696,7 +703,9 @@ class Pool:
         pt, sl, slh, _ = self._meta(page_table, seq_lens, seq_lens_host, b, stream)
         a = C.ExtendArgs(qo_indptr=C.ptr32(ip), qo_indptr_host=C.ptr32(iph), page_table=C.ptr32(pt),
                          max_pages=pt.shape[1], seq_lens=C.ptr32(sl), seq_lens_host=C.ptr32(slh), batch=b)
-        return _plan.AttentionPlan(self, "kvc_extend", a, b, iph, (ip, iph, pt, sl, slh))
+        return _plan.AttentionPlan(self, "kvc_extend", a, b, iph, ((ip, "qo_indptr"), (iph, "qo_indptr_host"),
+                                                                   (pt, "page_table"), (sl, "seq_lens"),
+                                                                   (slh, "seq_lens_host")))
 
     def decode(self, layer, q, out, page_table, seq_lens, sm_scale=None, seq_lens_host=None, stream=None,
                workspace=None):
