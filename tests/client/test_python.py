@@ -738,6 +738,43 @@ def test_a_cuda_array_interface_stream_is_waited_for(monkeypatch):
         plan.run(0, q, _OnGpu(out.a, readonly=True))
 
 
+def test_read_only_inputs_are_taken_and_read_only_outputs_refused(daemon):
+    # every output (gather's k_out and v_out, attention's out, a workspace)
+    # goes through the writable check; inputs may be read-only
+    def ro(a):
+        a = np.array(a)
+        a.setflags(write=False)
+        return a
+    rng = np.random.default_rng(3)
+    with kvpool.Client(daemon, name="read-only") as c:
+        p = c.attach("bf16")
+        pages = p.alloc(1)
+        k = ro(rng.standard_normal((5, HEADS, DIM)).astype(np.float32))
+        p.write(0, k, ro(-k), ro(np.arange(pages[0] * PAGE, pages[0] * PAGE + 5, dtype=np.int64)))
+        ko, vo = np.zeros((PAGE, HEADS, DIM), np.float32), np.zeros((PAGE, HEADS, DIM), np.float32)
+        p.gather(0, ro(np.array(pages, np.int32)), ko, vo)
+        np.testing.assert_array_equal(ko[:5], k.astype(ml_dtypes.bfloat16).astype(np.float32))
+        table, lens = ro(np.array([pages], np.int32)), ro(np.array([5], np.int32))
+        indptr = ro(np.array([0, 2], np.int32))
+        q = ro(rng.standard_normal((1, 2 * HEADS, DIM)).astype(np.float16))
+        qe = ro(rng.standard_normal((2, 2 * HEADS, DIM)).astype(np.float16))
+        out, oute = np.zeros_like(q), np.zeros_like(qe)
+        p.decode(0, q, out, table, lens, seq_lens_host=ro(lens))
+        p.extend(0, qe, oute, indptr, table, lens, qo_indptr_host=indptr, seq_lens_host=lens)
+        assert np.abs(out.astype(np.float32)).sum() > 0 and np.abs(oute.astype(np.float32)).sum() > 0
+        plan = p.plan_decode(table, lens)
+        ws = np.zeros(64, np.uint8)
+        for fn, name in ((lambda: p.gather(0, pages, ro(ko), vo), "k_out"),
+                         (lambda: p.gather(0, pages, ko, ro(vo)), "v_out"),
+                         (lambda: p.decode(0, q, ro(out), table, lens), "out"),
+                         (lambda: p.extend(0, qe, ro(oute), indptr, table, lens), "out"),
+                         (lambda: plan.run(0, q, ro(out)), "out"),
+                         (lambda: plan.run(0, q, out, workspace=ro(ws)), "workspace")):
+            with pytest.raises(ValueError, match=f"^{name}: is read-only"):
+                fn()
+        p.free(pages)
+
+
 def _fp4_decode(codes, scales):
     """fp4 codes (uint8 [..., D/2], the even element in the low nibble) and
     their E8M0 block scales (uint8 [..., D/16]) as float32, from
