@@ -26,6 +26,12 @@ an fp8_e4m3 and an fp4_e2m1 pool (8 kv heads x 128, page 16) it:
     written, and a graph captured with one (sized and allocated before the
     capture) replays as above;
   - checks that host arrays are refused for a CUDA pool before any launch;
+  - on the bf16 pool, with arrays written on a side stream after a long
+    sleep: the host copies of seq_lens and qo_indptr the binding takes are
+    ordered on the call's stream= (a handle or a torch.cuda.Stream), and
+    inputs whose __cuda_array_interface__ names that stream (K/V of a
+    write, a decode's page table) are waited for on the call's stream;
+    stream 0 is refused naming the argument;
   - reads the written pages through Pool.kv_cache (and kv_block_scales for
     fp4): torch tensors over the pool's own device memory, decoded here,
     equal to the gathers; stores through them are what gather reads; the
@@ -402,6 +408,127 @@ def run_pool(pool, gen):
         check("seq_len" in str(e), f"{dt}: lengths beyond the page table refused by the library ({e})")
 
 
+SLEEP = 1 << 28  # GPU clock cycles, ~0.14 s on an H200: far longer than the binding's work before the launch
+
+
+def late(t, value, s):
+    """value (a device tensor of t's shape) copied into t on stream s after
+    a sleep: until s has run, t holds what the current stream left there."""
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(SLEEP)
+        t.copy_(value)
+    t.record_stream(s)  # made on the current stream, used on s: not reused before s has run
+    value.record_stream(s)
+
+
+class Cai:
+    """Tensor t seen only through a __cuda_array_interface__ (version 3)
+    whose "stream" key is `stream`, as CuPy or Numba hand over an array
+    still being written on a stream of theirs."""
+
+    def __init__(self, t, stream):
+        self.t, self.stream = t, stream
+
+    @property
+    def __cuda_array_interface__(self):
+        t = self.t
+        return {"shape": tuple(t.shape), "typestr": {torch.float32: "<f4", torch.int32: "<i4"}[t.dtype],
+                "data": (t.data_ptr(), False), "strides": tuple(x * t.element_size() for x in t.stride()),
+                "version": 3, "stream": self.stream}
+
+
+def run_streams(pool, gen):
+    """The streams arrays are written on: the host copies of seq_lens and
+    qo_indptr that the binding takes are ordered on the call's stream=
+    (they were taken on PyTorch's current stream whatever stream= said),
+    and an input whose __cuda_array_interface__ names a stream is waited
+    for on the call's stream before the launch (the key was ignored).  The
+    arrays are written on a side stream after a long sleep, so that a copy
+    or a kernel not ordered after that stream reads what was there before."""
+    dt, dev = pool.dtype, torch.device("cuda", pool.device)
+    lens = [2 * PAGE + 3, 9]
+    table = torch.zeros((len(lens), 3), dtype=torch.int32)
+    for b, n in enumerate(lens):
+        pages = pool.alloc(-(-n // PAGE))
+        table[b, :len(pages)] = torch.tensor(pages, dtype=torch.int32)
+        t = torch.arange(n)
+        slots = (torch.tensor(pages, dtype=torch.int64)[t // PAGE] * PAGE + t % PAGE).to(dev)
+        k = torch.randn((n, HEADS, DIM), generator=gen, device=dev).to(torch.bfloat16)
+        pool.write(1, k, -k, slots)
+    table_dev, lens_host = table.to(dev), torch.tensor(lens, dtype=torch.int32)
+    lens_real = lens_host.to(dev)
+    q = torch.randn((len(lens), HQ, DIM), generator=gen, device=dev).to(torch.bfloat16)
+    want = torch.full_like(q, float("nan"))
+    pool.decode(1, q, want, table_dev, lens_real, seq_lens_host=lens_host)
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+
+    # 1. the binding's host copy of seq_lens, on the call's stream: before
+    # the side stream has run, seq_lens is beyond the page table, which the
+    # library refuses from the host copy
+    for how, stream in (("a handle", side.cuda_stream), ("a torch.cuda.Stream", side)):
+        lens_dev = torch.full((len(lens),), 3 * PAGE + 1, dtype=torch.int32, device=dev)
+        got = torch.full_like(q, float("nan"))  # before late(): side waits for it
+        late(lens_dev, lens_real, side)
+        try:
+            pool.decode(1, q, got, table_dev, lens_dev, stream=stream)
+            side.synchronize()
+            check(torch.equal(got, want), f"{dt} decode on stream= ({how}), seq_lens written there: "
+                                          "the output of the lengths written")
+        except kvpool.KvpoolError as e:
+            check(False, f"{dt} decode on stream= ({how}): the host copy of seq_lens was taken before the "
+                         f"stream wrote it ({e})")
+    indptr = torch.tensor([0, 2, 5], dtype=torch.int32, device=dev)
+    indptr_dev = torch.zeros_like(indptr)
+    late(indptr_dev, indptr, side)
+    plan = pool.plan_extend(indptr_dev, table_dev, lens_real, seq_lens_host=lens_host, stream=side)
+    check(plan.rows() == 5, f"{dt} plan_extend on stream=: qo_indptr's host copy is the one the stream wrote "
+                            f"(rows {plan.rows()}, expected 5)")
+    torch.cuda.synchronize()
+
+    # 2. __cuda_array_interface__'s stream: K and V written on `side`,
+    # written into the pool on the current stream (no stream=), which
+    # waits for `side` first; then a page table the same way for decode
+    n = lens[1]
+    pages = table[1, :1].tolist()
+    t = torch.arange(n)
+    slots = (torch.tensor(pages, dtype=torch.int64)[t // PAGE] * PAGE + t % PAGE).to(dev)
+    k_real = torch.randn((n, HEADS, DIM), generator=gen, device=dev).to(torch.bfloat16).float()
+    v_real = 2 * k_real
+    k_dev, v_dev = torch.zeros_like(k_real), torch.zeros_like(k_real)
+    late(k_dev, k_real, side)
+    late(v_dev, v_real, side)
+    pool.write(1, Cai(k_dev, side.cuda_stream), Cai(v_dev, side.cuda_stream), slots)
+    kf = torch.full((PAGE, HEADS, DIM), float("nan"), dtype=torch.float32, device=dev)
+    vf = torch.full_like(kf, float("nan"))
+    pool.gather(1, torch.tensor(pages, dtype=torch.int32, device=dev), kf, vf)
+    torch.cuda.synchronize()
+    check(torch.equal(kf[:n], k_real) and torch.equal(vf[:n], v_real),
+          f"{dt} write of K/V whose __cuda_array_interface__ names the stream writing them: the values written "
+          f"there ({'zeros' if not kf[:n].any().item() else 'others'} without the wait)")
+    # want again: the K/V of sequence 1 changed
+    pool.decode(1, q, want, table_dev, lens_real, seq_lens_host=lens_host)
+    table_late = torch.zeros_like(table_dev)
+    got = torch.full_like(q, float("nan"))
+    late(table_late, table_dev, side)
+    third = torch.cuda.Stream()
+    third.wait_stream(torch.cuda.current_stream())  # got, want's inputs; not side's work
+    pool.decode(1, q, got, Cai(table_late, side.cuda_stream), lens_real, seq_lens_host=lens_host, stream=third)
+    torch.cuda.synchronize()
+    check(torch.equal(got, want), f"{dt} decode with a page table whose __cuda_array_interface__ names the stream "
+                                  "writing it, on a third stream: the output of the table written")
+    try:
+        pool.write(1, Cai(k_dev, 0), Cai(v_dev, None), slots)
+        check(False, f"{dt}: a __cuda_array_interface__ stream of 0 was accepted")
+    except ValueError as e:
+        check(str(e).startswith("k:") and "stream 0" in str(e), f"{dt}: stream 0 refused naming k ({e})")
+    # None (nothing to wait for) and the call's own stream need no wait
+    pool.write(1, Cai(k_dev, None), Cai(v_dev, side.cuda_stream), slots, stream=side)
+    side.synchronize()
+    check(True, f"{dt}: a stream of None, or the call's own, is taken")
+
+
 def main():
     gen = torch.Generator(device="cuda").manual_seed(5)
     with tempfile.TemporaryDirectory() as tmp:
@@ -412,6 +539,8 @@ def main():
                 for name in ("bf16", "fp8_e4m3", "fp4_e2m1"):
                     p = c.attach(name)
                     run_pool(p, gen)
+                    if name == "bf16":
+                        run_streams(p, gen)
                     st = {x["name"]: x for x in c.status()["pools"]}[name]
                     check(st["pages_held"] > 0, f"{name}: the session's pages are held")
                 run_fp16_views(c)
