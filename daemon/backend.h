@@ -4,7 +4,8 @@
  *
  *   host: POSIX shared memory (shm_open + ftruncate + mmap), mode 0600, or
  *         0660 with a configured group; name /kvpool.<pid>.<pool>, locked
- *         (flock) while the pool lives.
+ *         (flock) while the pool lives; kvd_host_sweep removes those of dead
+ *         daemons.
  *   cuda: one cudaMalloc on the pool's device, zeroed, exported with
  *         cudaIpcGetMemHandle; the attach reply carries the handle and the
  *         device UUID.  Only in builds with CUDA.
@@ -43,6 +44,22 @@ struct kvd_backend_ops {
 };
 
 extern const struct kvd_backend_ops kvd_backend_host;
+
+/* Where shm_open keeps its objects (glibc, Linux). */
+#define KVD_SHM_DIR "/dev/shm"
+
+/* Removes from dir (KVD_SHM_DIR; a test passes its own) the host pools of
+ * kvpoolds that are gone: every regular file named kvpool.<digits>.<pool>
+ * that is not empty and whose flock nobody holds, whatever its pid.  Leaves
+ * alone a locked object (a live kvpoold's, maybe in another pid namespace),
+ * an empty one (maybe a starting kvpoold's), any other name, anything but a
+ * regular file, and what it cannot open or remove.  Logs one info line per
+ * object removed, with its size, and a warning naming each object it could
+ * not open, lock or remove.  Returns the number removed, or a negative errno
+ * (logged) when dir cannot be read; what it removed before a read error
+ * stays removed.  Thread safe (no state of its own); objects of this
+ * process's pools are locked, so never removed. */
+int kvd_host_sweep(const char *dir);
 /* NULL in builds without CUDA. */
 extern const struct kvd_backend_ops *const kvd_backend_cuda;
 

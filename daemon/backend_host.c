@@ -10,7 +10,15 @@
  * every time) removes it and makes its own, instead of failing until an
  * operator removes it by hand.  The memory is reserved with
  * posix_fallocate, so that a /dev/shm too small for the pool is an error at
- * start instead of a SIGBUS in a worker later. */
+ * start instead of a SIGBUS in a worker later.
+ *
+ * A dead daemon's objects with other pids (a kvpoold killed with SIGKILL
+ * and started again with a new pid) are found by kvd_host_sweep, which the
+ * daemon runs once at start: the same test, the lock free, removes them.
+ * It never locks an empty object: host_create locks a new object before it
+ * gives it its size, so an empty one may be a starting daemon's, whose own
+ * flock(LOCK_NB) a sweeper's lock of that instant would fail. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -103,7 +111,8 @@ static int host_create(const char *pool_name, uint64_t bytes, int device, gid_t 
          * daemon's (remove_if_dead).  A new object's lock cannot be held
          * by anyone else but a remove_if_dead of the same name that
          * opened it this very instant: another kvpoold with our pid,
-         * starting at the same moment in another pid namespace. */
+         * starting at the same moment in another pid namespace (the sweep
+         * of other kvpoolds leaves it alone while it is empty). */
         if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
                 rc = -errno;
                 snprintf(err, errlen, "cannot lock %s: %s", r.shm_name, strerror(-rc));
@@ -175,6 +184,102 @@ static void host_destroy(struct kvd_region *r)
                 close(r->shm_fd);
         memset(r, 0, sizeof(*r));
         r->device = -1;
+}
+
+/* kvpool.<digits>.<pool>: the name of a host pool's object in /dev/shm
+ * (host_create's, without the leading slash). */
+static int is_pool_object(const char *name)
+{
+        const char *p = name + 7;
+
+        if (strncmp(name, "kvpool.", 7) != 0 || *p < '0' || *p > '9')
+                return 0;
+        while (*p >= '0' && *p <= '9')
+                p++;
+        return p[0] == '.' && p[1] != '\0';
+}
+
+/* One entry of kvd_host_sweep: returns 1 when it removed it, else 0 (left
+ * alone; logged when something failed). */
+static int sweep_one(int dfd, const char *dir, const char *name)
+{
+        struct stat a, b;
+        int         fd, removed = 0;
+
+        /* Not opened unless a regular file: opening a FIFO would wait for a
+         * writer, a symbolic link could point anywhere. */
+        if (fstatat(dfd, name, &a, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(a.st_mode))
+                return 0;
+        /* O_NOFOLLOW | O_NONBLOCK: it may have become one since. */
+        fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+        if (fd < 0) {
+                if (errno != ENOENT && errno != ELOOP)
+                        kvd_warn("cannot open %s/%s to see whether its kvpoold lives: %s; left alone", dir, name,
+                                 strerror(errno));
+                return 0;
+        }
+        if (fstat(fd, &a) != 0 || !S_ISREG(a.st_mode))
+                goto out;
+        /* Empty: a kvpoold may be making it this instant (top of this
+         * file); an empty object holds no memory anyway. */
+        if (a.st_size == 0) {
+                kvd_debug("%s/%s: empty, left alone", dir, name);
+                goto out;
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+                if (errno == EWOULDBLOCK)
+                        kvd_debug("%s/%s: locked by a live kvpoold, left alone", dir, name);
+                else
+                        kvd_warn("cannot lock %s/%s to see whether its kvpoold lives: %s; left alone", dir, name,
+                                 strerror(errno));
+                goto out;
+        }
+        /* Only the object we locked: had its name been removed and made
+         * again meanwhile, it would now be another daemon's.  From here on
+         * no kvpoold removes the name (that takes the lock we hold), so
+         * what we checked is what we unlink. */
+        if (fstatat(dfd, name, &b, AT_SYMLINK_NOFOLLOW) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+                goto out;
+        if (unlinkat(dfd, name, 0) != 0) {
+                if (errno != ENOENT)
+                        kvd_warn("cannot remove %s/%s, left by a kvpoold that is gone (%lld bytes): %s", dir, name,
+                                 (long long)a.st_size, strerror(errno));
+                goto out;
+        }
+        kvd_info("removed %s/%s, left by a kvpoold that is gone (%lld bytes; workers that still map it keep it "
+                 "until they unmap it)", dir, name, (long long)a.st_size);
+        removed = 1;
+out:
+        close(fd);
+        return removed;
+}
+
+int kvd_host_sweep(const char *dir)
+{
+        struct dirent *e;
+        DIR           *d;
+        int            n = 0, rc = 0;
+
+        if (!(d = opendir(dir))) {
+                rc = -errno;
+                return kvd_log_ret(KVD_LOG_WARNING, rc, "cannot read %s to remove the pools of dead kvpoolds: %s",
+                                   dir, strerror(-rc));
+        }
+        for (;;) {
+                errno = 0;
+                if (!(e = readdir(d))) {
+                        rc = -errno;
+                        break;
+                }
+                if (is_pool_object(e->d_name))
+                        n += sweep_one(dirfd(d), dir, e->d_name);
+        }
+        closedir(d);
+        if (rc)
+                return kvd_log_ret(KVD_LOG_WARNING, rc, "reading %s for the pools of dead kvpoolds: %s", dir,
+                                   strerror(-rc));
+        kvd_debug("%s: %d pools of dead kvpoolds removed", dir, n);
+        return n;
 }
 
 const struct kvd_backend_ops kvd_backend_host = {

@@ -1,11 +1,11 @@
 /* main.c - kvpoold: configuration, startup in a fixed order, signals, and a
  * clean shutdown.
  *
- * Start: parse the configuration -> create every pool (any failure: free what
- * was made and exit 1; the daemon never starts half-configured) -> listen ->
- * event stream -> metrics HTTP -> READY=1.  SIGTERM/SIGINT: STOPPING=1 ->
- * close the listener -> shutdown event -> destroy pools (unlink shm) ->
- * remove the socket file -> exit 0.
+ * Start: parse the configuration -> remove dead kvpoolds' shm objects ->
+ * create every pool (any failure: free what was made and exit 1; the daemon
+ * never starts half-configured) -> listen -> event stream -> metrics HTTP ->
+ * READY=1.  SIGTERM/SIGINT: STOPPING=1 -> close the listener -> shutdown
+ * event -> destroy pools (unlink shm) -> remove the socket file -> exit 0.
  */
 #include <errno.h>
 #include <signal.h>
@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include "backend.h"
 #include "config.h"
 #include "log.h"
 #include "notify.h"
@@ -136,6 +137,13 @@ int main(int argc, char **argv)
                 kvd_config_fini(&c);
                 return 1;
         }
+        /* Before any pool is made: the shared memory a dead kvpoold left
+         * is then free for our own pools (a /dev/shm it filled would fail
+         * their posix_fallocate), and there is no pool of ours to meet.
+         * Always, whatever the backends: a daemon that died may have had
+         * host pools this configuration has not.  A failed sweep is logged
+         * and does not stop the start. */
+        (void)kvd_host_sweep(KVD_SHM_DIR);
         if (!(pools = calloc(c.num_pools, sizeof(*pools)))) {
                 kvd_err("out of memory");
                 free_scales(scales, c.num_pools);

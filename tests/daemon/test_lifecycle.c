@@ -199,14 +199,17 @@ Test(lifecycle, bad_scales_of_a_later_pool_stop_the_start_before_any_pool)
 
 /* Before the exec, in the child whose pid kvpoold will have: the shm object
  * of pool "a" of an earlier kvpoold with that pid, as a restart in a pid
- * namespace (a container's pid 1) finds it after a crash. */
+ * namespace (a container's pid 1) finds it after a crash.  Empty (a daemon
+ * that died making it): the start-up sweep of every kvpoold, this one's and
+ * those other tests start meanwhile, leaves an empty object alone, so that
+ * it is this daemon's pool creation that meets it. */
 static void leave_stale_shm(void)
 {
         char name[48];
         int  fd;
 
         snprintf(name, sizeof(name), "/kvpool.%d.a", (int)getpid());
-        if ((fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600)) < 0 || ftruncate(fd, 4096) != 0)
+        if ((fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600)) < 0)
                 _exit(125);
         close(fd);
 }
@@ -236,15 +239,17 @@ Test(lifecycle, restart_with_the_same_pid_removes_the_dead_daemons_shm)
 
 /* As leave_stale_shm, but the object's owner is alive: the locked
  * description stays open across the exec (a live kvpoold with the same pid
- * in another pid namespace holds such a lock). */
+ * in another pid namespace holds such a lock).  Empty too: once kvpoold has
+ * exited, nothing holds the lock, and a kvpoold another test starts before
+ * this one looks at the object would sweep it were it not empty. */
 static void leave_locked_shm(void)
 {
         char name[48];
         int  fd;
 
         snprintf(name, sizeof(name), "/kvpool.%d.a", (int)getpid());
-        if ((fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600)) < 0 || ftruncate(fd, 4096) != 0 ||
-            fcntl(fd, F_SETFD, 0) != 0 || flock(fd, LOCK_EX) != 0)
+        if ((fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600)) < 0 || fcntl(fd, F_SETFD, 0) != 0 ||
+            flock(fd, LOCK_EX) != 0)
                 _exit(125);
 }
 
@@ -260,7 +265,119 @@ Test(lifecycle, a_live_daemons_shm_with_the_same_name_is_left_alone)
         snprintf(path, sizeof(path), "/dev/shm/kvpool.%d.a", (int)pid);
         cr_assert(strstr(out, path + 8), "%s", out);
         cr_assert_eq(stat(path, &sb), 0, "the live owner's object was removed:\n%s", out);
-        cr_assert_eq(sb.st_size, 4096, "the live owner's object was replaced:\n%s", out);
+        cr_assert_eq(sb.st_size, 0, "the live owner's object was replaced:\n%s", out);
+        unlink(path);
+}
+
+/* Makes /dev/shm/name a regular file of 4096 bytes; returns it open
+ * (close-on-exec), its inode in *ret_ino. */
+static int make_shm_file(const char *name, ino_t *ret_ino)
+{
+        char        path[160];
+        struct stat sb;
+        int         fd;
+
+        snprintf(path, sizeof(path), "/dev/shm/%.96s", name);
+        fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+        cr_assert(fd >= 0, "%s: %s", path, strerror(errno));
+        cr_assert_eq(ftruncate(fd, 4096), 0);
+        cr_assert_eq(fstat(fd, &sb), 0);
+        *ret_ino = sb.st_ino;
+        return fd;
+}
+
+/* The inode at /dev/shm/name, not followed; 0 when there is nothing. */
+static ino_t shm_ino(const char *name)
+{
+        char        path[160];
+        struct stat sb;
+
+        snprintf(path, sizeof(path), "/dev/shm/%.96s", name);
+        return lstat(path, &sb) == 0 ? sb.st_ino : 0;
+}
+
+Test(lifecycle, start_removes_the_shm_of_dead_daemons_with_other_pids)
+{
+        /* A kvpoold killed with SIGKILL and started again with another pid
+         * used to leave its pools in /dev/shm for good.  Every name carries
+         * this test's pid: other tests' kvpoolds sweep /dev/shm at the same
+         * time (they may remove the dead one first: the assertions hold all
+         * the same), and only what this test made is removed at the end. */
+        const char *const args[] = { "--pool", SMALL_POOL ",backend=host", NULL };
+        enum { STALE, LIVE, TARGET, N_FILES };
+        static const char *const near_miss[] = { "kvpool.%d", "kvpool.%d.", "kvpool..sweep-%d", "kvpool.x%d.sweep",
+                                                  "kvpool.%dx.sweep", "kvpool-%d.sweep", "Kvpool.%d.sweep",
+                                                  "kvpoolx.%d.sweep", " kvpool.%d.sweep" };
+        enum { N_MISS = sizeof(near_miss) / sizeof(near_miss[0]) };
+        char          files[N_FILES][96], miss[N_MISS][96], dir[96], fifo[96], link[96], path[160];
+        ino_t         ino[N_FILES], miss_ino[N_MISS];
+        int           fd[N_FILES], me = (int)getpid(), st;
+        struct daemon d;
+        pid_t         dead;
+
+        /* a pid whose process is gone, as a daemon killed long ago */
+        cr_assert((dead = fork()) >= 0);
+        if (dead == 0)
+                _exit(0);
+        cr_assert_eq(waitpid(dead, &st, 0), dead);
+        snprintf(files[STALE], sizeof(files[0]), "kvpool.%d.sweep-%d", (int)dead, me);
+        snprintf(files[LIVE], sizeof(files[0]), "kvpool.%d.sweep-%d-live", (int)dead, me);
+        snprintf(files[TARGET], sizeof(files[0]), "kvtest-sweep-%d-target", me);
+        for (int i = 0; i < N_FILES; i++)
+                fd[i] = make_shm_file(files[i], &ino[i]);
+        close(fd[STALE]);
+        close(fd[TARGET]);
+        /* the live one: this process is its daemon and holds its lock */
+        cr_assert_eq(flock(fd[LIVE], LOCK_EX | LOCK_NB), 0);
+        for (int i = 0; i < N_MISS; i++) {
+                snprintf(miss[i], sizeof(miss[0]), near_miss[i], me);
+                close(make_shm_file(miss[i], &miss_ino[i]));
+        }
+        /* matching names that are not regular files */
+        snprintf(dir, sizeof(dir), "kvpool.%d.sweep-%d-dir", (int)dead, me);
+        snprintf(fifo, sizeof(fifo), "kvpool.%d.sweep-%d-fifo", (int)dead, me);
+        snprintf(link, sizeof(link), "kvpool.%d.sweep-%d-link", (int)dead, me);
+        snprintf(path, sizeof(path), "/dev/shm/%s", dir);
+        cr_assert_eq(mkdir(path, 0700), 0);
+        snprintf(path, sizeof(path), "/dev/shm/%s", fifo);
+        cr_assert_eq(mkfifo(path, 0600), 0);
+        snprintf(path, sizeof(path), "/dev/shm/%s", link);
+        cr_assert_eq(symlink(files[TARGET], path), 0);
+
+        start_daemon(&d, args);
+        nng_socket s = client(d.url, 5000);
+        hello(s, "sweep", 0);
+        nng_close(s);
+        const char *log = stop_clean_log(&d);
+
+        cr_expect_eq(shm_ino(files[STALE]), 0, "the dead daemon's object is still there:\n%s", log);
+        cr_expect_eq(shm_ino(files[LIVE]), ino[LIVE], "the live daemon's object is gone:\n%s", log);
+        cr_expect_eq(shm_ino(files[TARGET]), ino[TARGET], "the link's target is gone:\n%s", log);
+        for (int i = 0; i < N_MISS; i++)
+                cr_expect_eq(shm_ino(miss[i]), miss_ino[i], "\"%s\" is gone:\n%s", miss[i], log);
+        cr_expect_neq(shm_ino(dir), 0, "the directory is gone:\n%s", log);
+        cr_expect_neq(shm_ino(fifo), 0, "the FIFO is gone:\n%s", log);
+        cr_expect_neq(shm_ino(link), 0, "the link is gone:\n%s", log);
+        /* the one removal this daemon may have logged: the dead one's */
+        for (const char *at = log; (at = strstr(at, "removed ")); at++)
+                cr_expect(strncmp(at + 8, "/dev/shm/", 9) == 0 && strncmp(at + 17, files[STALE], strlen(files[STALE])) == 0,
+                          "removed something else:\n%s", log);
+
+        /* only what this test made */
+        close(fd[LIVE]);
+        for (int i = 0; i < N_FILES; i++) {
+                snprintf(path, sizeof(path), "/dev/shm/%.96s", files[i]);
+                unlink(path);
+        }
+        for (int i = 0; i < N_MISS; i++) {
+                snprintf(path, sizeof(path), "/dev/shm/%.96s", miss[i]);
+                unlink(path);
+        }
+        snprintf(path, sizeof(path), "/dev/shm/%.96s", dir);
+        rmdir(path);
+        snprintf(path, sizeof(path), "/dev/shm/%.96s", fifo);
+        unlink(path);
+        snprintf(path, sizeof(path), "/dev/shm/%.96s", link);
         unlink(path);
 }
 
