@@ -83,7 +83,8 @@ def library_call(pool, call):
     with the same argument struct and stream, and nothing of the binding."""
     seen = []
     real = pool._run
-    pool._run = lambda name, args, stream: seen.append((name, args, stream)) or real(name, args, stream)
+    pool._run = lambda name, args, stream, *rest: seen.append((name, args, stream)) or real(name, args, stream,
+                                                                                            *rest)
     try:
         call()
     finally:

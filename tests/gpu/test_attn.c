@@ -1331,9 +1331,14 @@ static void arg_errors(void)
                         a = ok; a.seq_lens = lens;
                         snprintf(want, sizeof want, "decode: seq_lens %p is host memory", (void *)lens);
                         ARGERR(kv_cuda_decode(&dv, &a, NULL, msg, sizeof msg), -EINVAL, want);
-                        x = eok; x.page_table = pt;
+                        /* eok itself is refused (4 queries for 3 keys):
+                         * one query a sequence passes every other check */
+                        int32_t one[3] = { 0, 1, 2 };
+                        int32_t *done = to_dev(one, 12);
+                        x = eok; x.qo_indptr = done; x.qo_indptr_host = one; x.page_table = pt;
                         snprintf(want, sizeof want, "extend: page_table %p is host memory", (void *)pt);
                         ARGERR(kv_cuda_extend(&dv, &x, NULL, msg, sizeof msg), -EINVAL, want);
+                        CK(cudaFree(done));
                         free(hq);
                 } else {
                         printf("# the device reads pageable host memory: host arrays are not refused\n");
