@@ -199,6 +199,15 @@ static void tell_drops(struct kvd_events *e, int force)
         e->drop_log_at = now;
 }
 
+/* *due: the deadline (kv_deadline_ms: CLOCK_MONOTONIC, the condition
+ * variables' clock) left seconds from now, rounded up to the next
+ * millisecond so that a wait never ends just before its time; now when
+ * left is not positive. */
+static void deadline_in(struct timespec *due, double left)
+{
+        kv_deadline_ms(due, left > 0 ? (uint32_t)(left * 1000.0) + 1 : 0);
+}
+
 /* The sender: takes up to SEND_BATCH events at a time from the ring and
  * sends them, in ring (= seq) order; the slots are given back (head moves)
  * after they are sent, so that nng_send reads them without a copy and
@@ -217,7 +226,7 @@ static void *sender_main(void *arg)
                         if (__atomic_load_n(&e->dropped, __ATOMIC_RELAXED) != e->drops_told) {
                                 const double left = e->drop_log_at + DROP_LOG_EVERY - kvd_mono_s();
 
-                                kv_deadline_ms(&due, left > 0 ? (uint32_t)(left * 1000.0) + 1 : 0);
+                                deadline_in(&due, left);
                                 pthread_cond_timedwait(&e->wake, &e->lock, &due);
                         } else {
                                 pthread_cond_wait(&e->wake, &e->lock);
@@ -478,7 +487,7 @@ static void wait_room_locked(struct kvd_events *e)
         const double t0 = kvd_mono_s();
         struct timespec due;
 
-        kv_deadline_ms(&due, e->full_left > 0 ? (uint32_t)(e->full_left * 1000.0) + 1 : 0);
+        deadline_in(&due, e->full_left);
         if (e->sender_idle) {
                 e->sender_idle = 0;
                 pthread_cond_signal(&e->wake);
