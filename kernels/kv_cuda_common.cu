@@ -203,8 +203,14 @@ extern "C" int kv_cuda_check_mem(const struct kv_mem_arg *args, size_t n, const 
                         break;
                 case KV_MEM_GPU:
                         /* pinned host memory is mapped into the device's
-                         * address space under unified addressing */
-                        if ((a.type == cudaMemoryTypeHost && a.devicePointer) || a.type == cudaMemoryTypeManaged)
+                         * address space under unified addressing, at its
+                         * host address only where the device can use host
+                         * pointers of registered memory
+                         * (cudaDevAttrCanUseHostPointerForRegisteredMem):
+                         * elsewhere cudaHostRegister'ed memory has another
+                         * device address, and the kernel would read ptr */
+                        if ((a.type == cudaMemoryTypeHost && a.devicePointer == m->ptr) ||
+                            a.type == cudaMemoryTypeManaged)
                                 break;
                         if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeHost && pageable_ok(dev))
                                 break;
