@@ -130,7 +130,8 @@ extern "C" int kv_cuda_check_gather(const struct kv_pool_view *p, const struct k
 }
 
 /* Whether device dev reads pageable host memory (HMM or ATS): then plain
- * malloc'ed memory is fine for KV_MEM_GPU.  Asked once per device. */
+ * malloc'ed memory is fine for KV_MEM_GPU.  Asked once per device; a
+ * failed query is no for this call only, not remembered. */
 static bool pageable_ok(int dev)
 {
         static std::atomic<int> known[64]; /* 0 not asked, 1 no, 2 yes */
@@ -142,7 +143,7 @@ static bool pageable_ok(int dev)
                 const kvk::relaxed_capture relaxed;
                 if (cudaDeviceGetAttribute(&v, cudaDevAttrPageableMemoryAccess, dev) != cudaSuccess) {
                         (void)cudaGetLastError();
-                        v = 0;
+                        return false;
                 }
                 k = v ? 2 : 1;
                 known[dev].store(k, std::memory_order_relaxed);
