@@ -219,8 +219,9 @@ int kvc_block_key(const kvc_key *parent, const int32_t *tokens, size_t n_tokens,
 /* ---- data path --------------------------------------------------------------
  * On a CUDA pool every pointer below but the host copies (*_host) is
  * memory the pool's device reads: device memory of that device (or managed
- * memory, or pinned host memory, which is mapped; plain host memory only
- * where the device reads pageable memory), checked with
+ * memory, or pinned host memory mapped at its own address, as
+ * cudaMallocHost's is; plain host memory only where the device reads
+ * pageable memory), checked with
  * cudaPointerGetAttributes before anything runs: -EINVAL naming the
  * argument and where it lives, as for a host copy that is device memory.
  * The call is asynchronous on `stream` (a cudaStream_t; NULL = the
