@@ -22,7 +22,7 @@
 #include "kv_proto.h"
 #include "kvclient.h"
 
-enum mode { NORMAL, NOHELLO, WRONG_RID, SILENT, NOSPACE, BADPAGE, BAD_DESC, WRAP_DESC, HUGE_DESC, LATE, FREE_NOHELLO };
+enum mode { NORMAL, NOHELLO, WRONG_RID, SILENT, NOSPACE, BADPAGE, BAD_DESC, WRAP_DESC, HUGE_DESC, LATE, FREE_NOHELLO, HELLO_REFUSED };
 
 static struct fake {
         nng_socket      sock;
@@ -115,6 +115,11 @@ static void *serve(void *arg)
                 const uint8_t *body = b + KV_HDR_SIZE;
                 uint16_t rop = h.opcode | KV_OP_REPLY;
 
+                if (h.opcode == KV_OP_HELLO && F.mode == HELLO_REFUSED) {
+                        reply(m, out, kv_enc_error(out, sizeof out, h.request_id, KV_E_SHUTDOWN,
+                                                   "kvpoold is stopping"));
+                        continue;
+                }
                 if (h.opcode == KV_OP_HELLO) {
                         struct kv_hello_rep hr = { .session_id = 1, .num_pools = 1, .max_frame = KV_MAX_FRAME };
 
@@ -632,6 +637,32 @@ Test(client, connect_and_client_messages_are_kept_apart)
         cr_assert_str_neq(kvc_errmsg(c), "");
         cr_assert_str_eq(kvc_errmsg(NULL), copy);
         cr_assert_str_eq(cm, copy, "kvc_connect's message now reads: %s", cm);
+        kvc_disconnect(c);
+}
+
+/* A kvc_connect whose HELLO is refused fails with the daemon's message in
+ * kvc_errmsg(NULL); the client it was building never reached the caller
+ * and must not keep a message slot of the thread (it did: 7 refused
+ * connects evicted a live client's message, of 2 clients in all). */
+Test(client, a_refused_hello_takes_no_message_slot)
+{
+        kvc_client *c, *bad;
+        kvc_pool *p = attach(&c);
+        int32_t page;
+        char want[700];
+
+        cr_assert_eq(kvc_alloc(p, 0, &page), -EINVAL);
+        snprintf(want, sizeof want, "%s", kvc_errmsg(c));
+        cr_assert_str_neq(want, "");
+        F.mode = HELLO_REFUSED;
+        for (int i = 0; i < 2 * 8; i++) {
+                bad = (kvc_client *)0x1;
+                cr_assert_eq(kvc_connect(F.url, "refused", NULL, &bad), -ESHUTDOWN, "%d: %s", i, kvc_errmsg(NULL));
+                cr_assert_eq(bad, (kvc_client *)0x1);
+                cr_assert(strstr(kvc_errmsg(NULL), "kvpoold is stopping") != NULL, "%s", kvc_errmsg(NULL));
+        }
+        F.mode = NORMAL;
+        cr_assert_str_eq(kvc_errmsg(c), want, "the live client's message was evicted");
         kvc_disconnect(c);
 }
 
