@@ -78,6 +78,17 @@ static struct errslot *errslot_take(const struct kvc_client *c)
         return s;
 }
 
+/* Frees the calling thread's slot of c, if it has one: for a client that
+ * kvc_connect gave up on, which never reached the caller (other threads
+ * never saw it). */
+static void errslot_drop(const struct kvc_client *c)
+{
+        struct errslot *s = errslot_find(c);
+
+        if (s != NULL)
+                s->used = 0;
+}
+
 int kvc__fail(const struct kvc_client *c, int err, const char *fmt, ...)
 {
         struct errslot *s = errslot_find(c);
@@ -463,6 +474,7 @@ int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, k
         pthread_mutex_unlock(&c->lock);
         if (rv != 0) {
                 kvc__fail(NULL, rv, "%s", kvc_errmsg(c));
+                errslot_drop(c);
                 goto fail;
         }
         *ret_client = c;
