@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,6 +36,7 @@ static struct fake {
         int             late_once; /* ... only the first of them */
         volatile int    late_sent; /* late replies sent */
         uint32_t        freed[64], nfreed, freed_pool; /* the pages of the FREE requests */
+        int             stopped;
 } F;
 
 static void reply(nng_msg *req, const uint8_t *buf, int len)
@@ -225,6 +227,8 @@ static void fake_start(void)
 
 static void fake_stop(void)
 {
+        if (F.stopped++)
+                return;
         nng_close(F.sock);
         pthread_join(F.thread, NULL);
         shm_unlink(F.shm);
@@ -663,6 +667,31 @@ Test(client, a_refused_hello_takes_no_message_slot)
         }
         F.mode = NORMAL;
         cr_assert_str_eq(kvc_errmsg(c), want, "the live client's message was evicted");
+        kvc_disconnect(c);
+}
+
+/* Shared memory this user may not open for writing is -EACCES, and the
+ * message names the pool and the object (it named the object twice). */
+Test(client, attach_without_permission_names_the_pool)
+{
+        kvc_client *c;
+        kvc_pool *p = (kvc_pool *)0x1;
+        char want[160];
+        int fd;
+
+        if (geteuid() == 0) {
+                fake_stop(); /* a skipped test gets no .fini */
+                cr_skip_test("root opens any shared memory object");
+        }
+        fd = shm_open(F.shm, O_RDWR, 0);
+        cr_assert(fd >= 0);
+        cr_assert_eq(fchmod(fd, 0400), 0);
+        close(fd);
+        cr_assert_eq(kvc_connect(F.url, "fake-client", NULL, &c), 0, "%s", kvc_errmsg(NULL));
+        cr_assert_eq(kvc_attach(c, "p", &p), -EACCES, "%s", kvc_errmsg(c));
+        cr_assert_eq(p, (kvc_pool *)0x1, "ret_pool written by a failed attach");
+        snprintf(want, sizeof want, "attach p: no permission to open shared memory %s", F.shm);
+        cr_assert(strstr(kvc_errmsg(c), want) != NULL, "%s", kvc_errmsg(c));
         kvc_disconnect(c);
 }
 
