@@ -35,7 +35,7 @@ struct kvc_mapping {
 static pthread_mutex_t     reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct kvc_mapping *reg_head;
 
-static int map_host(struct kvc_client *c, const struct kv_attach_rep *r, void **ret_base)
+static int map_host(struct kvc_client *c, const char *pool, const struct kv_attach_rep *r, void **ret_base)
 {
         struct stat st;
         void *base;
@@ -46,27 +46,27 @@ static int map_host(struct kvc_client *c, const struct kv_attach_rep *r, void **
                 err = errno;
                 if (err == EACCES)
                         return kvc__fail(c, -EACCES, "attach %s: no permission to open shared memory "
-                                         "%s (is this user in the daemon's group?)", r->shm_name, r->shm_name);
-                return kvc__fail(c, -err, "attach: cannot open shared memory %s: %s",
-                                 r->shm_name, strerror(err));
+                                         "%s (is this user in the daemon's group?)", pool, r->shm_name);
+                return kvc__fail(c, -err, "attach %s: cannot open shared memory %s: %s",
+                                 pool, r->shm_name, strerror(err));
         }
         if (fstat(fd, &st) != 0) {
                 err = errno;
                 close(fd);
-                return kvc__fail(c, -err, "attach: cannot stat shared memory %s: %s", r->shm_name,
-                                 strerror(err));
+                return kvc__fail(c, -err, "attach %s: cannot stat shared memory %s: %s", pool,
+                                 r->shm_name, strerror(err));
         }
         if ((uint64_t)st.st_size < r->pool_bytes) {
                 close(fd);
-                return kvc__fail(c, -EPROTO, "attach: shared memory %s holds %lld bytes, the daemon "
-                                 "announced %llu", r->shm_name, (long long)st.st_size,
+                return kvc__fail(c, -EPROTO, "attach %s: shared memory %s holds %lld bytes, the daemon "
+                                 "announced %llu", pool, r->shm_name, (long long)st.st_size,
                                  (unsigned long long)r->pool_bytes);
         }
         base = mmap(NULL, r->pool_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         err = errno;
         close(fd);
         if (base == MAP_FAILED)
-                return kvc__fail(c, -err, "attach: cannot map %llu bytes of %s: %s",
+                return kvc__fail(c, -err, "attach %s: cannot map %llu bytes of %s: %s", pool,
                                  (unsigned long long)r->pool_bytes, r->shm_name, strerror(err));
         *ret_base = base;
         return 0;
@@ -110,7 +110,7 @@ static int mapping_ref(struct kvc_client *c, const char *pool, const struct kv_a
         m->bytes = r->pool_bytes;
         m->device = -1;
         if (r->backend == KV_BACKEND_HOST) {
-                rv = map_host(c, r, &m->base);
+                rv = map_host(c, pool, r, &m->base);
         } else {
                 /* -ENODEV in a build without CUDA, with err saying so. */
                 rv = kvc__cuda_map(r, &m->base, &m->device, err, sizeof err);
