@@ -424,6 +424,7 @@ int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, k
                 return kvc__fail(NULL, -ENOMEM, "kvc_connect: out of memory");
         c->serial = __atomic_add_fetch(&serial_counter, 1, __ATOMIC_RELAXED);
         c->pid = getpid();
+        c->timeout_ms = tmo;
         snprintf(c->url, sizeof c->url, "%s", url);
         snprintf(c->name, sizeof c->name, "%s", name);
         pthread_mutex_init(&c->lock, NULL);
@@ -509,9 +510,11 @@ void kvc_disconnect(kvc_client *c)
                 kvc__pool_free(p);
         }
         /* BYE is a courtesy (closing the pipe releases the session anyway):
-         * don't let a dead daemon hold up the exit for the full timeout. */
+         * don't let a dead daemon hold up the exit for the full timeout (nor
+         * for longer than a shorter one). */
         if (!kvc__is_stale(c) && kvc__req_new(c, KV_HDR_SIZE, &req) == 0) {
-                kvc__tp_set_timeout(c->tp, BYE_TIMEOUT_MS);
+                if (c->timeout_ms > BYE_TIMEOUT_MS)
+                        kvc__tp_set_timeout(c->tp, BYE_TIMEOUT_MS);
                 /* exchange, not kvc__call: BYE releases every page anyway */
                 if (chop(c, req, kv_enc_empty(nng_msg_body(req), nng_msg_len(req), KV_OP_BYE, 0), "bye") == 0 &&
                     exchange(c, req, KV_OP_BYE, "bye", &rep, &body, &len) == 0)

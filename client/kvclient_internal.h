@@ -37,6 +37,7 @@ struct kvc_client {
         uint32_t         next_rid;
         uint64_t         session_id;
         uint64_t         serial;     /* unique per client in this process (errmsg slots) */
+        int              timeout_ms; /* replies' timeout ($KVPOOL_TIMEOUT_MS) */
         int              stale;      /* the daemon forgot this session: every call -ESTALE */
         pid_t            pid;        /* the process that connected (fork: kvc__forked) */
         struct kvc_pool *pools;
