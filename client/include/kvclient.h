@@ -140,7 +140,9 @@ int kvc_connect(const char *url, const char *name, const kvc_key *tenant_salt, k
 
 /* Detaches every pool still attached, says bye, closes.  The daemon releases
  * every page this client still holds.  Every kvc_pool of c is freed with it:
- * neither it nor its descriptor may be used (or detached) afterwards. */
+ * neither it nor its descriptor may be used (or detached) afterwards.  As
+ * for the last kvc_detach, every call on c and its pools must have returned
+ * and their CUDA work completed. */
 void kvc_disconnect(kvc_client *c);
 
 /* The calling thread's last error message on c ("" if none).  Valid until the
@@ -167,7 +169,11 @@ int kvc_metrics_text(kvc_client *c, char **ret_text);
  * kvc_detach. */
 int kvc_attach(kvc_client *c, const char *name, kvc_pool **ret_pool);
 /* Undoes one kvc_attach; the last unmaps the pool.  Pages still held stay
- * held until free or disconnect. */
+ * held until free or disconnect.  Before the last, every call on the pool
+ * has returned and, on a CUDA pool, the work those calls queued has
+ * completed (synchronize their streams; graphs that captured them are not
+ * replayed again): the mapping may be closed at once, and
+ * cudaIpcCloseMemHandle is documented to unmap, not to wait for kernels. */
 void kvc_detach(kvc_pool *p);
 const struct kvc_pool_desc *kvc_pool_get_desc(const kvc_pool *p);
 
