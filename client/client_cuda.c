@@ -121,17 +121,28 @@ int kvc__cuda_map(const struct kv_attach_rep *rep, void **ret_base, int *ret_dev
         if (prev >= 0 && prev != dev)
                 cudaSetDevice(prev);
         if (e != cudaSuccess) {
-                char what[200];
+                /* A handle whose memory is gone (its kvpoold exited or
+                 * restarted since it answered: an old handle opened on the
+                 * H200 gives an invalid resource handle) is a stale pool,
+                 * -ESTALE: reconnect and attach again.  A process that
+                 * cannot reach the daemon's (CUDA IPC checks that both live
+                 * in one pid namespace: a worker in a container of its own)
+                 * gets the same errors, so the message names both causes.
+                 * Any other error is not a stale pool, and a reconnect would
+                 * meet it again: kv_cuda_errno's errno. */
+                const int stale = e == cudaErrorInvalidResourceHandle || e == cudaErrorMapBufferObjectFailed;
+                const int rc = stale ? -ESTALE : kv_cuda_errno(e, NULL, NULL, 0);
 
                 (void)cudaGetLastError();
-                /* The usual cause: the daemon that exported the handle exited
-                 * or restarted, so the allocation behind it is gone.  Never
-                 * guess further and map something else. */
-                snprintf(what, sizeof what,
-                         "cuda pool: cannot open its CUDA IPC handle on device %d (stale handle: kvpoold exited or "
-                         "restarted since the attach; reconnect and re-attach)", dev);
-                kv_cuda_errno(e, what, err, errlen);
-                return -ESTALE;
+                if (err && errlen)
+                        snprintf(err, errlen, "cuda pool: cannot open its CUDA IPC handle on device %d: %s: %s%s",
+                                 dev, cudaGetErrorName(e), cudaGetErrorString(e),
+                                 stale ? " (the memory behind it is gone: kvpoold exited or restarted since the "
+                                         "attach, reconnect and re-attach; or this process cannot reach kvpoold's "
+                                         "CUDA memory: the two must share a pid namespace, a container needs "
+                                         "--pid=host)"
+                                       : "");
+                return rc;
         }
         *ret_base = base;
         *ret_device = dev;

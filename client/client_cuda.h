@@ -20,8 +20,11 @@ void kvc__uuid_str(const uint8_t u[16], char out[48]);
  * pool's start and *ret_device the ordinal; release with kvc__cuda_unmap().
  * Errors (message in err): -ENODEV no device with that UUID in this process
  * (the UUID is named) or no usable CUDA at all, or a build without CUDA
- * ("built without CUDA"); -ESTALE the handle cannot be opened (the daemon
- * that exported it has exited or restarted); -EINVAL rep is not a cuda pool.
+ * ("built without CUDA"); -ESTALE the handle cannot be opened because its
+ * memory is gone or out of reach (the daemon that exported it has exited or
+ * restarted, or this process is in another pid namespace: the message says
+ * both); another errno (kv_cuda_errno's) for any other failure to open it,
+ * which a reconnect would meet again; -EINVAL rep is not a cuda pool.
  * Opening costs milliseconds: call it once per process and pool.
  * Thread-safe (the CUDA runtime serializes what it must). */
 int kvc__cuda_map(const struct kv_attach_rep *rep, void **ret_base, int *ret_device, char *err, size_t errlen);

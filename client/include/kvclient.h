@@ -166,7 +166,11 @@ int kvc_metrics_text(kvc_client *c, char **ret_text);
 /* Attaches to pool `name` and maps its memory.  A process maps a pool once:
  * attaching twice to the same pool on one client returns the same kvc_pool
  * without a request to the daemon, and each kvc_attach needs its own
- * kvc_detach. */
+ * kvc_detach.  A CUDA pool whose IPC handle cannot be opened gives -ESTALE
+ * where its memory is gone or out of reach (the daemon restarted since it
+ * answered, or this process is in another pid namespace than kvpoold's: the
+ * message names both) and CUDA's own errno otherwise (-ENOMEM, -EINVAL,
+ * -EIO); either way the client stays usable, and nothing is attached. */
 int kvc_attach(kvc_client *c, const char *name, kvc_pool **ret_pool);
 /* Undoes one kvc_attach; the last unmaps the pool.  Pages still held stay
  * held until free or disconnect.  Before the last, every call on the pool
