@@ -92,7 +92,8 @@ int kvc__tp_open(nng_socket sock, int timeout_ms, struct kvc_transport **ret);
 void kvc__tp_close(struct kvc_transport *t);
 void kvc__tp_set_timeout(struct kvc_transport *t, int timeout_ms);
 /* Sends req (consumed) and waits for its reply: 0 with *ret_rep, or an nng
- * error (NNG_ETIMEDOUT when no reply came in time); *ret_sent says whether
+ * error (NNG_ETIMEDOUT when no reply came in time: the send and the reply
+ * share one timeout); *ret_sent says whether
  * the request went out.  A timed-out ALLOC or LOOKUP (op) keeps waiting for
  * its reply in the background, remembered with rid and pool_id (*ret_kept
  * 1), unless 16 already wait (then it is cancelled like any other).  Caller

@@ -188,6 +188,11 @@ int kvc__tp_exchange(struct kvc_transport *t, nng_msg *req, uint16_t op, uint32_
 
         *ret_sent = 0;
         *ret_kept = 0;
+        /* One deadline for the send and the reply together: a send that
+         * waited for a connection (a daemon restarting) leaves the reply
+         * only the rest, so -ETIMEDOUT comes within the client's timeout
+         * as kvclient.h says, not after up to twice it. */
+        kv_deadline_ms(&deadline, (uint32_t)t->timeout_ms);
         nng_aio_set_msg(t->saio, req);
         nng_aio_set_timeout(t->saio, t->timeout_ms);
         nng_ctx_send(s->ctx, t->saio);
@@ -205,7 +210,6 @@ int kvc__tp_exchange(struct kvc_transport *t, nng_msg *req, uint16_t op, uint32_
         pthread_mutex_lock(&t->lock);
         s->done = 0;
         pthread_mutex_unlock(&t->lock);
-        kv_deadline_ms(&deadline, (uint32_t)t->timeout_ms);
         nng_ctx_recv(s->ctx, s->raio);
         if (wait_done(t, s, &deadline))
                 return take_reply(s, ret_rep);
